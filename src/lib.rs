@@ -1,0 +1,66 @@
+//! # switchyard
+//!
+//! Tower [`Layer`](tower::Layer)s and [`Service`](tower::Service)s to assemble
+//! an API and AI gateway in code, inside your own hyper, axum or tonic
+//! application, built around **blue/green and canary releases**.
+//!
+//! Put the current version of a service (blue) and the next one (green)
+//! behind a [`Split`](split::Split), keep its [`SplitHandle`](split::SplitHandle),
+//! send chosen traffic to green, watch each version's counters, then promote
+//! green or roll back in one call, with no request dropped.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use switchyard::split::{Split, Target};
+//! use tower::{service_fn, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Two versions of one service; any `Service + Clone` will do (axum
+//! // `Router`s, tonic services, `switchyard` proxies, closures).
+//! let version = |name: &'static str| {
+//!     service_fn(move |_req: Request<String>| async move {
+//!         Ok::<_, Infallible>(Response::new(name.to_string()))
+//!     })
+//! };
+//!
+//! let split = Split::builder()
+//!     .target("blue", version("blue v1"), 100)
+//!     .target("green", version("green v2"), 0)
+//!     .build()?;
+//! let handle = split.handle();
+//!
+//! let res = split.clone().oneshot(Request::new(String::new())).await?;
+//! assert_eq!(res.into_body().into_inner(), "blue v1");
+//!
+//! // Promote green: the very next request goes there.
+//! handle.promote("green")?;
+//! let res = split.clone().oneshot(Request::new(String::new())).await?;
+//! assert_eq!(res.into_body().into_inner(), "green v2");
+//!
+//! // Changed our mind: back to the weights before the last change.
+//! handle.rollback()?;
+//! assert_eq!(handle.weights().get("blue"), Some(100));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Modules
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | [`split`] | [`Split`](split::Split): weighted, sticky blue/green and canary routing with a live handle, per-target counters and `drained` |
+//! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, custom) from a request |
+//!
+//! ## Feature flags
+//!
+//! | feature | enables |
+//! | --- | --- |
+//! | `axum` | [`KeyBy::peer_ip`](key::KeyBy::peer_ip) also reads axum's `ConnectInfo<SocketAddr>` |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod key;
+pub mod split;

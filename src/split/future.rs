@@ -1,0 +1,159 @@
+//! The response future and response body of [`Split`](super::Split).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::handle::Shared;
+
+/// One request in flight on one target; leaving it (by drop) ends the
+/// request's in-flight time.
+pub(crate) struct InFlight {
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+impl InFlight {
+    /// Takes over a request already counted in flight by `Shared::enter`.
+    pub(crate) fn adopt(shared: Arc<Shared>, index: usize) -> Self {
+        Self { shared, index }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.exit(self.index);
+    }
+}
+
+pin_project! {
+    /// Response future of [`Split`](super::Split).
+    ///
+    /// Counts the response's status class (or the error) on the chosen
+    /// target, adds the echo header if configured, and hands the in-flight
+    /// count over to the [`SplitBody`]. Dropping it before it completes
+    /// ends the request's in-flight time.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(inner: F, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<SplitBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let in_flight = this.in_flight.take();
+        match result {
+            Ok(mut res) => {
+                if let Some(f) = &in_flight {
+                    let meta = &f.shared.targets[f.index];
+                    meta.counters.response(res.status());
+                    if let Some(name) = &f.shared.echo_header {
+                        res.headers_mut()
+                            .insert(name.clone(), meta.header_value.clone());
+                    }
+                }
+                Poll::Ready(Ok(res.map(|inner| SplitBody { inner, in_flight })))
+            }
+            Err(e) => {
+                if let Some(f) = &in_flight {
+                    f.shared.counters(f.index).error();
+                }
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// Response body of [`Split`](super::Split): the target's body, which
+    /// keeps the request counted in flight on its target until the body
+    /// has ended (its last frame, or an error) or been dropped.
+    pub struct SplitBody<B> {
+        #[pin]
+        inner: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B> SplitBody<B> {
+    /// The target's body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// The target's body, ending its in-flight time.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: Body> Body for SplitBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        match &frame {
+            None => drop(this.in_flight.take()),
+            Some(Err(_)) => {
+                if let Some(f) = this.in_flight.take() {
+                    f.shared.counters(f.index).body_error();
+                }
+            }
+            Some(Ok(_)) => {
+                if this.inner.is_end_stream() {
+                    drop(this.in_flight.take());
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> std::fmt::Debug for SplitBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplitBody")
+            .field("in_flight", &self.in_flight.is_some())
+            .finish_non_exhaustive()
+    }
+}

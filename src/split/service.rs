@@ -1,0 +1,419 @@
+//! [`Split`], its builder, and the [`Target`] extension.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use rand::SeedableRng;
+use rand::rngs::{SmallRng, Xoshiro256PlusPlus};
+use tower::Service;
+use tower::util::{Oneshot, ServiceExt};
+
+use super::future::{InFlight, ResponseFuture, SplitBody};
+use super::handle::{Counters, Shared, SplitHandle, TargetMeta};
+use super::SplitError;
+use crate::key::KeyBy;
+
+// === impl Target ===
+
+/// The target a [`Split`] chose for a request, recorded in the request's
+/// extensions before the target's service is called.
+///
+/// ```
+/// use switchyard::split::Target;
+///
+/// fn served_by<B>(req: &http::Request<B>) -> Option<&str> {
+///     req.extensions().get::<Target>().map(Target::name)
+/// }
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    name: Arc<str>,
+    index: usize,
+}
+
+impl Target {
+    /// The target's name, as given to [`SplitBuilder::target`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The target's position in the split, from 0, in the order the
+    /// targets were added.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Target({:?})", &*self.name)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+// === impl Split ===
+
+/// Sends each request to one of several versions of a service ("targets")
+/// by weight, with a live [`SplitHandle`] to shift, promote and roll back
+/// traffic.
+///
+/// # Choosing a target
+///
+/// In this order:
+///
+/// 1. **Override header** (off by default, see
+///    [`SplitBuilder::override_header`]): a request naming a target in it
+///    goes there, whatever the weights, so testers can reach green at
+///    weight 0. A name that is not a target is ignored.
+/// 2. **Sticky key** (see [`SplitBuilder::sticky`]): the key's stable hash
+///    picks a point in a fixed 64-bit bucket space cut into one range per
+///    target, in target order, each as wide as its weight's share. The same
+///    key keeps its target while the weights stay put, and raising a
+///    target's weight only moves keys *onto* it, never off it, so a canary
+///    ramp never bounces a user back and forth.
+/// 3. **Random by weight**, for requests without the key or when no key is
+///    configured. Seed it with [`SplitBuilder::seed`] for repeatable tests.
+///
+/// The choice is recorded as a [`Target`] in the request's extensions and,
+/// optionally, echoed in a response header.
+///
+/// # Readiness
+///
+/// `Split` is always ready: `poll_ready` returns `Ready(Ok(()))` at once, and
+/// `call` drives a clone of the chosen target with
+/// [`oneshot`](tower::ServiceExt::oneshot), which waits for that target
+/// alone to be ready. A slow or overloaded target therefore never blocks
+/// requests bound for the others, but a `Split` also passes no
+/// backpressure upstream: put a concurrency limit or load shedding in front
+/// of it when that matters. Targets must be `Clone`, and cheap to clone (an
+/// axum `Router`, a tonic service or a hyper client are).
+///
+/// # Counters and draining
+///
+/// Each target counts its requests, responses by status class, errors and
+/// requests in flight. A request is in flight from `call` until its response
+/// body ends or is dropped, or its response future is dropped, so a
+/// streaming response (SSE, gRPC streams) stays in flight until its last
+/// frame. [`SplitHandle::drained`] resolves when a target has weight zero
+/// and nothing in flight.
+///
+/// # Example
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{header::HeaderName, Request, Response};
+/// use switchyard::{key::KeyBy, split::Split};
+/// use tower::{service_fn, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let version = |v: &'static str| service_fn(move |_: Request<()>| async move {
+///     Ok::<_, Infallible>(Response::new(v))
+/// });
+///
+/// let split = Split::builder()
+///     .target("blue", version("v1"), 90)
+///     .target("green", version("v2"), 10)
+///     // The same user always lands on the same version.
+///     .sticky(KeyBy::header(HeaderName::from_static("x-user")))
+///     // Testers can ask for a version by name.
+///     .override_header(HeaderName::from_static("x-switchyard-target"))
+///     // Tell clients which version answered.
+///     .echo_header(HeaderName::from_static("x-switchyard-target"))
+///     .build()?;
+///
+/// let req = Request::builder().header("x-switchyard-target", "green").body(())?;
+/// let res = split.clone().oneshot(req).await?;
+/// assert_eq!(res.headers()["x-switchyard-target"], "green");
+/// # Ok(())
+/// # }
+/// ```
+pub struct Split<S> {
+    services: Vec<S>,
+    shared: Arc<Shared>,
+    config: Arc<Config>,
+}
+
+struct Config {
+    sticky: Option<KeyBy>,
+    sticky_seed: u64,
+    override_header: Option<HeaderName>,
+    rng: RngSource,
+}
+
+impl<S> Split<S> {
+    /// A builder; add targets with [`SplitBuilder::target`].
+    pub fn builder() -> SplitBuilder<S> {
+        SplitBuilder::new()
+    }
+
+    /// A handle on this split's weights and counters, shared with every
+    /// clone of the split.
+    pub fn handle(&self) -> SplitHandle {
+        SplitHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The target this request would be sent to now, without sending it or
+    /// counting anything. For random selection this draws a random number,
+    /// so two calls may disagree; for a sticky key or the override header
+    /// it is the target `call` would choose.
+    ///
+    /// This is the whole selection path of `call`; it does not allocate.
+    pub fn choose<B>(&self, req: &Request<B>) -> &Target {
+        let snapshot = self.shared.snapshot.load();
+        let index = match self.forced(req) {
+            Some(index) => index,
+            None => self.pick(&snapshot, req),
+        };
+        &self.shared.targets[index].target
+    }
+
+    /// The target named by the override header, if any.
+    #[inline]
+    fn forced<B>(&self, req: &Request<B>) -> Option<usize> {
+        let name = self.config.override_header.as_ref()?;
+        let value = req.headers().get(name)?;
+        self.shared.index_of(value.as_bytes())
+    }
+
+    /// A weighted pick: by the sticky key when there is one, else random.
+    #[inline]
+    fn pick<B>(&self, snapshot: &super::weights::Snapshot, req: &Request<B>) -> usize {
+        let point = match self.config.sticky.as_ref().and_then(|k| k.extract(req)) {
+            Some(key) => key.stable_hash(self.config.sticky_seed),
+            None => self.config.rng.next_u64(),
+        };
+        snapshot.pick(point)
+    }
+}
+
+impl<S: Clone> Clone for Split<S> {
+    fn clone(&self) -> Self {
+        Self {
+            services: self.services.clone(),
+            shared: self.shared.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for Split<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Split")
+            .field("weights", &self.handle().weights())
+            .field("sticky", &self.config.sticky)
+            .field("override_header", &self.config.override_header)
+            .field("echo_header", &self.shared.echo_header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Split<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+{
+    type Response = Response<SplitBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Oneshot<S, Request<ReqB>>>;
+
+    /// Always ready; see the type's docs on readiness.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let shared = &self.shared;
+        let index = match self.forced(&req) {
+            Some(index) => {
+                shared.enter_index(index);
+                index
+            }
+            None => shared.enter(|snapshot| self.pick(snapshot, &req)),
+        };
+        let in_flight = InFlight::adopt(shared.clone(), index);
+        let meta = &shared.targets[index];
+        meta.counters.request();
+        req.extensions_mut().insert(meta.target.clone());
+        let svc = self.services[index].clone();
+        ResponseFuture::new(svc.oneshot(req), in_flight)
+    }
+}
+
+// === impl SplitBuilder ===
+
+/// Builds a [`Split`]; see [`Split::builder`].
+pub struct SplitBuilder<S> {
+    targets: Vec<(String, S, u32)>,
+    sticky: Option<KeyBy>,
+    sticky_seed: u64,
+    override_header: Option<HeaderName>,
+    echo_header: Option<HeaderName>,
+    rng: RngSource,
+}
+
+impl<S> SplitBuilder<S> {
+    fn new() -> Self {
+        Self {
+            targets: Vec::new(),
+            sticky: None,
+            sticky_seed: 0,
+            override_header: None,
+            echo_header: None,
+            rng: RngSource::Thread,
+        }
+    }
+
+    /// Adds a target: a name (1 to 64 visible ASCII characters, unique in
+    /// the split), the service that serves it, and its relative weight
+    /// (zero allowed: 100/0 is plain blue/green). Targets keep the order
+    /// they are added in.
+    pub fn target(mut self, name: impl Into<String>, service: S, weight: u32) -> Self {
+        self.targets.push((name.into(), service, weight));
+        self
+    }
+
+    /// Sticky selection by `key`: the same key keeps its target while the
+    /// weights stay put, and raising a target's weight only moves keys onto
+    /// it. Requests without the key are picked at random by weight.
+    pub fn sticky(mut self, key: KeyBy) -> Self {
+        self.sticky = Some(key);
+        self
+    }
+
+    /// Salts the sticky hash. Splits with the same salt (the default is
+    /// none) put a given key at the same point of the bucket space, so a
+    /// user in the first 10 % of one split is in the first 10 % of the
+    /// others too; give each split its own salt to decorrelate them.
+    pub fn sticky_salt(mut self, salt: &str) -> Self {
+        self.sticky_seed = crate::key::Key::from(salt).stable_hash(0);
+        self
+    }
+
+    /// Lets a request force a target by naming it in this header (for
+    /// testers checking green before any weight moves). Off by default. A
+    /// name that is not a target is ignored and the request is routed as
+    /// usual. Forcing works even on a target of weight zero.
+    pub fn override_header(mut self, name: HeaderName) -> Self {
+        self.override_header = Some(name);
+        self
+    }
+
+    /// Adds a response header naming the target that served the request.
+    /// Off by default.
+    pub fn echo_header(mut self, name: HeaderName) -> Self {
+        self.echo_header = Some(name);
+        self
+    }
+
+    /// Random selection from a seeded generator, for repeatable tests and
+    /// simulations. The generator is shared by all clones of the split, so
+    /// the sequence of picks is fixed for a fixed order of calls. The
+    /// default is a fast generator per thread, seeded from the system.
+    pub fn seed(self, seed: u64) -> Self {
+        self.rng(Xoshiro256PlusPlus::seed_from_u64(seed))
+    }
+
+    /// Random selection from `rng` (shared by all clones of the split
+    /// behind a mutex; see [`SplitBuilder::seed`]).
+    pub fn rng<R: rand::Rng + Send + 'static>(mut self, mut rng: R) -> Self {
+        self.rng = RngSource::Shared(Arc::new(Mutex::new(Box::new(move || rng.next_u64()))));
+        self
+    }
+
+    /// Checks the targets and builds the split.
+    ///
+    /// Fails with [`SplitError::NoTargets`], [`SplitError::DuplicateTarget`],
+    /// [`SplitError::InvalidTargetName`] or [`SplitError::AllWeightsZero`].
+    pub fn build(self) -> Result<Split<S>, SplitError> {
+        let mut metas = Vec::with_capacity(self.targets.len());
+        let mut services = Vec::with_capacity(self.targets.len());
+        let mut weights = Vec::with_capacity(self.targets.len());
+        for (index, (name, service, weight)) in self.targets.into_iter().enumerate() {
+            let header_value = valid_name(&name)?;
+            if metas.iter().any(|m: &TargetMeta| m.target.name() == name) {
+                return Err(SplitError::DuplicateTarget(name));
+            }
+            metas.push(TargetMeta {
+                target: Target {
+                    name: name.into(),
+                    index,
+                },
+                header_value,
+                counters: Counters::default(),
+            });
+            services.push(service);
+            weights.push(weight);
+        }
+        let shared = Shared::new(metas.into(), weights.into(), self.echo_header)?;
+        Ok(Split {
+            services,
+            shared: Arc::new(shared),
+            config: Arc::new(Config {
+                sticky: self.sticky,
+                sticky_seed: self.sticky_seed,
+                override_header: self.override_header,
+                rng: self.rng,
+            }),
+        })
+    }
+}
+
+impl<S> fmt::Debug for SplitBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SplitBuilder")
+            .field(
+                "targets",
+                &self.targets.iter().map(|(n, _, w)| (n, w)).collect::<Vec<_>>(),
+            )
+            .field("sticky", &self.sticky)
+            .field("override_header", &self.override_header)
+            .field("echo_header", &self.echo_header)
+            .finish_non_exhaustive()
+    }
+}
+
+fn valid_name(name: &str) -> Result<HeaderValue, SplitError> {
+    let ok = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| HeaderValue::from_str(name).ok())
+        .flatten()
+        .ok_or_else(|| SplitError::InvalidTargetName(name.to_owned()))
+}
+
+// === impl RngSource ===
+
+type SharedRng = Arc<Mutex<Box<dyn FnMut() -> u64 + Send>>>;
+
+#[derive(Clone)]
+enum RngSource {
+    /// A per-thread small generator seeded from the system.
+    Thread,
+    /// One generator for all clones, behind a mutex (tests, simulations).
+    Shared(SharedRng),
+}
+
+thread_local! {
+    static THREAD_RNG: RefCell<SmallRng> = RefCell::new(rand::make_rng());
+}
+
+impl RngSource {
+    #[inline]
+    fn next_u64(&self) -> u64 {
+        match self {
+            RngSource::Thread => THREAD_RNG.with(|rng| rand::Rng::next_u64(&mut *rng.borrow_mut())),
+            RngSource::Shared(rng) => {
+                let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
+                rng()
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Weighted selection over targets: the snapshot the hot path reads, and the
+//! public [`Weights`] value.
+
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::SplitError;
+
+// === impl Snapshot ===
+
+/// An immutable set of weights, swapped whole on every change.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) weights: Box<[u32]>,
+    /// `cumulative[i]` is the sum of `weights[..=i]`.
+    cumulative: Box<[u64]>,
+    /// Sum of all weights; never zero.
+    total: u64,
+    /// Bumped on every change; see `Shared::enter`.
+    pub(crate) generation: u64,
+}
+
+impl Snapshot {
+    pub(crate) fn new(weights: Box<[u32]>, generation: u64) -> Result<Self, SplitError> {
+        let cumulative: Box<[u64]> = weights
+            .iter()
+            .scan(0u64, |sum, &w| {
+                *sum += u64::from(w);
+                Some(*sum)
+            })
+            .collect();
+        let total = cumulative.last().copied().unwrap_or(0);
+        if total == 0 {
+            return Err(if weights.is_empty() {
+                SplitError::NoTargets
+            } else {
+                SplitError::AllWeightsZero
+            });
+        }
+        Ok(Self {
+            weights,
+            cumulative,
+            total,
+            generation,
+        })
+    }
+
+    /// Maps a point of the 64-bit bucket space to a target.
+    ///
+    /// The space `[0, 2^64)` is cut into consecutive ranges, one per target
+    /// in target order, each as wide as its share of the total weight:
+    /// target `i` owns the points `x` with
+    /// `cumulative[i-1] / total <= x / 2^64 < cumulative[i] / total`. The
+    /// comparison below is that inequality in exact integer arithmetic, so:
+    ///
+    /// * a zero-weight target owns an empty range and is never picked;
+    /// * the same point maps to the same target while weights stay put;
+    /// * raising one target's weight moves the boundaries around it
+    ///   outwards only, so points only ever move *onto* that target
+    ///   (ramp-monotonic stickiness).
+    ///
+    /// A uniformly random point gives a pick proportional to weight; a
+    /// key's stable hash gives a sticky one.
+    #[inline]
+    pub(crate) fn pick(&self, point: u64) -> usize {
+        // floor(point * total / 2^64) < total, so some cumulative exceeds it.
+        let scaled = ((u128::from(point) * u128::from(self.total)) >> 64) as u64;
+        let last = self.cumulative.len() - 1;
+        self.cumulative[..last]
+            .iter()
+            .position(|&c| scaled < c)
+            .unwrap_or(last)
+    }
+}
+
+// === impl Weights ===
+
+/// A set of weights by target name, in target order.
+///
+/// Weights are relative: `{blue: 90, green: 10}` and `{blue: 9, green: 1}`
+/// split traffic the same way, and a zero weight means "no traffic" (100/0 is
+/// plain blue/green). It serializes as a map, `{"blue": 90, "green": 10}`,
+/// and deserializes from one, keeping the order of the document.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Weights(Vec<(String, u32)>);
+
+impl Weights {
+    /// The weight of `target`, if it is in the set.
+    pub fn get(&self, target: &str) -> Option<u32> {
+        self.0.iter().find(|(n, _)| n == target).map(|&(_, w)| w)
+    }
+
+    /// The targets and their weights, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, u32)> {
+        self.0.iter().map(|(n, w)| (n.as_str(), *w))
+    }
+
+    /// Number of targets in the set.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set names no target.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Each target's share of traffic, from 0.0 to 1.0, in order.
+    pub fn shares(&self) -> impl ExactSizeIterator<Item = (&str, f64)> {
+        let total: u64 = self.0.iter().map(|&(_, w)| u64::from(w)).sum();
+        self.0.iter().map(move |(n, w)| {
+            let share = if total == 0 {
+                0.0
+            } else {
+                f64::from(*w) / total as f64
+            };
+            (n.as_str(), share)
+        })
+    }
+}
+
+impl<K: Into<String>> FromIterator<(K, u32)> for Weights {
+    fn from_iter<I: IntoIterator<Item = (K, u32)>>(iter: I) -> Self {
+        Weights(iter.into_iter().map(|(k, w)| (k.into(), w)).collect())
+    }
+}
+
+impl<K: Into<String>, const N: usize> From<[(K, u32); N]> for Weights {
+    fn from(pairs: [(K, u32); N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl IntoIterator for Weights {
+    type Item = (String, u32);
+    type IntoIter = std::vec::IntoIter<(String, u32)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Weights {
+    type Item = (&'a str, u32);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, u32)>, fn(&'a (String, u32)) -> (&'a str, u32)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(n, w)| (n.as_str(), *w))
+    }
+}
+
+impl Serialize for Weights {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, weight) in &self.0 {
+            map.serialize_entry(name, weight)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Weights {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct WeightsVisitor;
+
+        impl<'de> Visitor<'de> for WeightsVisitor {
+            type Value = Weights;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of target names to non-negative integer weights")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Weights, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(2).min(64));
+                while let Some((name, weight)) = map.next_entry::<String, u32>()? {
+                    out.push((name, weight));
+                }
+                Ok(Weights(out))
+            }
+        }
+
+        deserializer.deserialize_map(WeightsVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(w: &[u32]) -> Snapshot {
+        Snapshot::new(w.into(), 0).unwrap()
+    }
+
+    #[test]
+    fn pick_edges() {
+        let s = snap(&[1, 1]);
+        assert_eq!(s.pick(0), 0);
+        assert_eq!(s.pick(u64::MAX / 2), 0);
+        assert_eq!(s.pick(u64::MAX / 2 + 1), 1);
+        assert_eq!(s.pick(u64::MAX), 1);
+
+        let s = snap(&[0, 5, 0]);
+        for p in [0, 1, u64::MAX / 3, u64::MAX] {
+            assert_eq!(s.pick(p), 1);
+        }
+        let s = snap(&[u32::MAX, u32::MAX, u32::MAX]);
+        assert_eq!(s.pick(u64::MAX), 2);
+        assert_eq!(s.pick(0), 0);
+    }
+
+    #[test]
+    fn rejects_empty_and_zero() {
+        assert!(matches!(Snapshot::new(Box::new([]), 0), Err(SplitError::NoTargets)));
+        assert!(matches!(
+            Snapshot::new(Box::new([0, 0]), 0),
+            Err(SplitError::AllWeightsZero)
+        ));
+    }
+}
