@@ -64,3 +64,8 @@
 
 pub mod key;
 pub mod split;
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
