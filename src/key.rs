@@ -50,6 +50,7 @@ type CustomFn = dyn Fn(&RequestView<'_>) -> Option<Key<'static>> + Send + Sync;
 enum Source {
     Global,
     PeerIp,
+    ClientIp(TrustedProxies),
     Header(HeaderName),
     Cookie(Box<str>),
     Custom(Box<CustomFn>),
@@ -75,6 +76,38 @@ impl KeyBy {
     /// then a global key in disguise.
     pub fn peer_ip() -> Self {
         Self::from_source(Source::PeerIp)
+    }
+
+    /// The client's IP address behind reverse proxies you trust.
+    ///
+    /// Starts from the peer address (as [`KeyBy::peer_ip`]). If the peer is
+    /// not a trusted proxy, that is the client, and any `X-Forwarded-For`
+    /// it sent is ignored — a client cannot pick its own key. If the peer is
+    /// trusted, the forwarding header is walked **from the right** (each
+    /// proxy appends the address it saw), skipping trusted addresses; the
+    /// first untrusted address is the client. If every address is trusted,
+    /// the leftmost is used. An entry that is not an IP address stops the
+    /// walk, and the last trusted address before it is used: a trusted proxy
+    /// wrote it, so the request is keyed to that proxy rather than to a
+    /// value the client chose.
+    ///
+    /// ```
+    /// use switchyard::key::{KeyBy, TrustedProxies};
+    ///
+    /// let trusted = TrustedProxies::new(["10.0.0.0/8", "::1/128"])?;
+    /// let by = KeyBy::client_ip(trusted);
+    ///
+    /// let mut req = http::Request::builder()
+    ///     .header("x-forwarded-for", "203.0.113.7, 198.51.100.2, 10.0.0.5")
+    ///     .body(())?;
+    /// req.extensions_mut().insert("10.0.0.9:41000".parse::<std::net::SocketAddr>()?);
+    /// // 10.0.0.5 is a trusted proxy; 198.51.100.2 is the client (the
+    /// // leftmost value could have been written by anyone).
+    /// assert_eq!(by.extract(&req).unwrap().as_ip(), Some("198.51.100.2".parse()?));
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn client_ip(trusted: TrustedProxies) -> Self {
+        Self::from_source(Source::ClientIp(trusted))
     }
 
     /// The value of a request header. A missing or empty header gives no
@@ -127,13 +160,7 @@ impl KeyBy {
     /// carry it. Borrows from the request for header and cookie keys, so it
     /// does not allocate (a custom closure may).
     pub fn extract<'r, B>(&self, req: &'r Request<B>) -> Option<Key<'r>> {
-        self.extract_parts(req.headers(), req.extensions(), || RequestView {
-            method: req.method(),
-            uri: req.uri(),
-            version: req.version(),
-            headers: req.headers(),
-            extensions: req.extensions(),
-        })
+        self.extract_parts(req.headers(), req.extensions(), || RequestView::of(req))
     }
 
     fn extract_parts<'r>(
@@ -145,6 +172,9 @@ impl KeyBy {
         match &*self.source {
             Source::Global => Some(Key::global()),
             Source::PeerIp => peer_ip(extensions).map(Key::from),
+            Source::ClientIp(trusted) => peer_ip(extensions)
+                .map(|peer| trusted.client(peer, headers))
+                .map(Key::from),
             Source::Header(name) => headers
                 .get(name)
                 .map(|v| v.as_bytes())
@@ -164,6 +194,7 @@ impl fmt::Debug for KeyBy {
         match &*self.source {
             Source::Global => f.write_str("KeyBy::global()"),
             Source::PeerIp => f.write_str("KeyBy::peer_ip()"),
+            Source::ClientIp(t) => write!(f, "KeyBy::client_ip({t:?})"),
             Source::Header(name) => write!(f, "KeyBy::header({:?})", name.as_str()),
             Source::Cookie(name) => write!(f, "KeyBy::cookie({name:?})"),
             Source::Custom(_) => f.write_str("KeyBy::custom(..)"),
@@ -204,6 +235,160 @@ fn cookie<'r>(headers: &'r HeaderMap, name: &str) -> Option<&'r [u8]> {
         .filter(|v| !v.is_empty())
 }
 
+// === impl TrustedProxies ===
+
+/// The address ranges of reverse proxies whose forwarding headers
+/// [`KeyBy::client_ip`] believes, and which header they write.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TrustedProxies {
+    ranges: Vec<Cidr>,
+    forwarded: bool,
+}
+
+/// Why a [`TrustedProxies`] range could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid address range `{0}`: expected an IP address or CIDR like `10.0.0.0/8`")]
+pub struct InvalidRange(pub String);
+
+impl TrustedProxies {
+    /// Trust these ranges (`10.0.0.0/8`, `fd00::/8`, or single addresses),
+    /// reading `X-Forwarded-For`.
+    pub fn new<I, S>(ranges: I) -> Result<Self, InvalidRange>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let ranges = ranges
+            .into_iter()
+            .map(|r| Cidr::parse(r.as_ref()).ok_or_else(|| InvalidRange(r.as_ref().to_owned())))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            ranges,
+            forwarded: false,
+        })
+    }
+
+    /// Read the standard `Forwarded` header (RFC 7239, its `for=`
+    /// parameters) instead of `X-Forwarded-For`.
+    pub fn forwarded_header(mut self) -> Self {
+        self.forwarded = true;
+        self
+    }
+
+    /// Whether `ip` is in a trusted range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.ranges.iter().any(|r| r.contains(ip))
+    }
+
+    fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let mut client = peer;
+        if !self.contains(client) {
+            return client;
+        }
+        let name = if self.forwarded {
+            FORWARDED
+        } else {
+            X_FORWARDED_FOR
+        };
+        // Later headers were added later; within one, entries go left to right.
+        for value in headers.get_all(name).iter().rev() {
+            let Ok(value) = value.to_str() else { return client };
+            for entry in value.rsplit(',') {
+                let parsed = if self.forwarded {
+                    forwarded_for(entry)
+                } else {
+                    parse_ip(entry.trim())
+                };
+                let Some(ip) = parsed else { return client };
+                client = ip;
+                if !self.contains(ip) {
+                    return ip;
+                }
+            }
+        }
+        client
+    }
+}
+
+impl fmt::Debug for TrustedProxies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_list();
+        for r in &self.ranges {
+            list.entry(&format_args!("{}/{}", r.addr, r.len));
+        }
+        list.finish()
+    }
+}
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const FORWARDED: &str = "forwarded";
+
+/// An address, optionally with a port (`1.2.3.4:80`, `[::1]:80`).
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+/// The `for=` node of one `Forwarded` element (`for=192.0.2.60;proto=http`,
+/// `for="[2001:db8::1]:4711"`); `unknown` and obfuscated nodes are `None`.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let node = element.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+    })?;
+    let node = node.trim_matches('"');
+    let bare = node
+        .strip_prefix('[')
+        .and_then(|n| n.split_once(']'))
+        .map_or(node, |(ip, _)| ip);
+    parse_ip(bare).or_else(|| parse_ip(node))
+}
+
+/// An address range. Written here rather than taken from a crate: it is
+/// std's address parser plus a prefix compare.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Cidr {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl Cidr {
+    fn parse(s: &str) -> Option<Self> {
+        let (addr, len) = match s.trim().split_once('/') {
+            Some((a, l)) => (a.parse::<IpAddr>().ok()?, Some(l.parse::<u8>().ok()?)),
+            None => (s.trim().parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = len.unwrap_or(max);
+        (len <= max).then_some(())?;
+        // Keep IPv4-mapped ranges comparable with canonical addresses.
+        match addr {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() && len >= 96 => Some(Cidr {
+                addr: addr.to_canonical(),
+                len: len - 96,
+            }),
+            _ => Some(Cidr { addr, len }),
+        }
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_eq(u128::from(u32::from(net)) << 96, u128::from(u32::from(ip)) << 96, self.len)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(u128::from(net), u128::from(ip), self.len),
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: u128, b: u128, len: u8) -> bool {
+    len == 0 || (a ^ b) >> (128 - u32::from(len)) == 0
+}
+
 // === impl RequestView ===
 
 /// The head of a request, as [`KeyBy::custom`] closures see it.
@@ -220,6 +405,19 @@ pub struct RequestView<'r> {
     pub headers: &'r HeaderMap,
     /// The request extensions (what earlier layers recorded).
     pub extensions: &'r Extensions,
+}
+
+impl<'r> RequestView<'r> {
+    /// A view of `req`'s head.
+    pub fn of<B>(req: &'r Request<B>) -> Self {
+        RequestView {
+            method: req.method(),
+            uri: req.uri(),
+            version: req.version(),
+            headers: req.headers(),
+            extensions: req.extensions(),
+        }
+    }
 }
 
 // === impl Key ===
@@ -360,13 +558,19 @@ impl StableHasher {
 
     #[inline]
     fn finish(&self) -> u64 {
-        let mut k = self.0;
-        k ^= k >> 33;
-        k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        k ^= k >> 33;
-        k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        k ^ (k >> 33)
+        fmix64(self.0)
     }
+}
+
+/// MurmurHash3's 64-bit finalizer: a bijection that spreads every input
+/// bit over every output bit.
+#[inline]
+pub(crate) fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
 }
 
 #[cfg(test)]
@@ -423,6 +627,68 @@ mod tests {
         let key = KeyBy::peer_ip().extract(&r).unwrap();
         assert_eq!(key.as_ip(), Some("10.1.2.3".parse().unwrap()));
         assert_eq!(KeyBy::peer_ip().extract(&req(&[])), None);
+    }
+
+    fn with_peer(peer: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut r = req(headers);
+        r.extensions_mut().insert(peer.parse::<SocketAddr>().unwrap());
+        r
+    }
+
+    #[test]
+    fn client_ip_walks_from_the_right() {
+        let by = KeyBy::client_ip(TrustedProxies::new(["10.0.0.0/8", "fd00::/8"]).unwrap());
+        let ip = |r: &Request<()>| by.extract(r).unwrap().as_ip().unwrap().to_string();
+        // Untrusted peer: its own header is ignored.
+        let r = with_peer("203.0.113.9:1", &[("x-forwarded-for", "1.1.1.1")]);
+        assert_eq!(ip(&r), "203.0.113.9");
+        // Trusted chain: first untrusted from the right.
+        let r = with_peer("10.0.0.1:1", &[("x-forwarded-for", "6.6.6.6, 7.7.7.7, 10.1.1.1")]);
+        assert_eq!(ip(&r), "7.7.7.7");
+        // Across two headers, the later one is nearer.
+        let r = with_peer(
+            "[fd00::1]:1",
+            &[("x-forwarded-for", "8.8.8.8"), ("x-forwarded-for", "10.2.2.2")],
+        );
+        assert_eq!(ip(&r), "8.8.8.8");
+        // All trusted: the leftmost.
+        let r = with_peer("10.0.0.1:1", &[("x-forwarded-for", "10.9.9.9, 10.1.1.1")]);
+        assert_eq!(ip(&r), "10.9.9.9");
+        // Garbage stops the walk at the last trusted hop.
+        let r = with_peer("10.0.0.1:1", &[("x-forwarded-for", "evil, 10.1.1.1")]);
+        assert_eq!(ip(&r), "10.1.1.1");
+        // No header: the peer.
+        assert_eq!(ip(&with_peer("10.0.0.1:1", &[])), "10.0.0.1");
+        // Ports are tolerated.
+        let r = with_peer("10.0.0.1:1", &[("x-forwarded-for", "9.9.9.9:5555")]);
+        assert_eq!(ip(&r), "9.9.9.9");
+    }
+
+    #[test]
+    fn client_ip_from_forwarded_header() {
+        let trusted = TrustedProxies::new(["127.0.0.1"]).unwrap().forwarded_header();
+        let by = KeyBy::client_ip(trusted);
+        let r = with_peer(
+            "127.0.0.1:1",
+            &[(
+                "forwarded",
+                r#"for=192.0.2.60;proto=http;by=203.0.113.43, for="[2001:db8:cafe::17]:4711""#,
+            )],
+        );
+        assert_eq!(by.extract(&r).unwrap().as_ip(), Some("2001:db8:cafe::17".parse().unwrap()));
+        let r = with_peer("127.0.0.1:1", &[("forwarded", "for=unknown")]);
+        assert_eq!(by.extract(&r).unwrap().as_ip(), Some("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn cidr_ranges() {
+        let t = TrustedProxies::new(["192.168.0.0/16", "::ffff:172.16.0.0/108", "0.0.0.0/0"]).unwrap();
+        assert!(t.contains("192.168.3.4".parse().unwrap()));
+        assert!(t.contains("172.16.0.1".parse().unwrap()));
+        assert!(!TrustedProxies::new(["10.0.0.0/8"]).unwrap().contains("11.0.0.0".parse().unwrap()));
+        assert!(TrustedProxies::new(["10.0.0.0/33"]).is_err());
+        assert!(TrustedProxies::new(["nope"]).is_err());
+        assert!(!TrustedProxies::new(["::/0"]).unwrap().contains("1.2.3.4".parse().unwrap()));
     }
 
     #[test]

@@ -51,18 +51,24 @@
 //! | module | what it holds |
 //! | --- | --- |
 //! | [`split`] | [`Split`](split::Split): weighted, sticky blue/green and canary routing with a live handle, per-target counters and `drained` |
-//! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, custom) from a request |
+//! | [`ratelimit`] | [`RateLimitLayer`](ratelimit::RateLimitLayer): keyed GCRA rate limiting with several quotas, costs, IETF `RateLimit` headers and bounded memory |
+//! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, client IP behind trusted proxies, custom) from a request |
+//! | [`problem`] | [`Problem`](problem::Problem): the `application/problem+json` rejections every layer answers with |
+//! | [`body`] | [`ResponseBody`](body::ResponseBody): the inner body, or a layer's own answer |
 //!
 //! ## Feature flags
 //!
 //! | feature | enables |
 //! | --- | --- |
-//! | `axum` | [`KeyBy::peer_ip`](key::KeyBy::peer_ip) also reads axum's `ConnectInfo<SocketAddr>` |
+//! | `axum` | [`KeyBy::peer_ip`](key::KeyBy::peer_ip) also reads axum's `ConnectInfo<SocketAddr>`; [`Problem`](problem::Problem) implements `IntoResponse` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod body;
 pub mod key;
+pub mod problem;
+pub mod ratelimit;
 pub mod split;
 
 /// The README's examples, compiled as doctests so they cannot rot.

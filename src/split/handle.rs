@@ -146,10 +146,15 @@ impl Shared {
         Ok(())
     }
 
-    fn change(&self, weights: Box<[u32]>) -> Result<(), SplitError> {
+    /// Applies `f` to the current weights and stores the result, all under
+    /// the writers' lock, so concurrent changes cannot interleave.
+    fn change(
+        &self,
+        f: impl FnOnce(&[u32]) -> Result<Box<[u32]>, SplitError>,
+    ) -> Result<(), SplitError> {
         let mut history = self.lock_history();
         let previous = self.snapshot.load().weights.clone();
-        self.store(weights)?;
+        self.store(f(&previous)?)?;
         if history.len() == HISTORY {
             history.remove(0);
         }
@@ -247,7 +252,7 @@ impl SplitHandle {
             .zip(self.targets())
             .map(|(w, t)| w.ok_or_else(|| SplitError::MissingTarget(t.name().to_owned())))
             .collect::<Result<Box<[u32]>, _>>()?;
-        self.shared.change(new)
+        self.shared.change(|_| Ok(new))
     }
 
     /// Sends all traffic to `target`: it gets the sum of the current
@@ -257,11 +262,12 @@ impl SplitHandle {
             .shared
             .index_of(target.as_bytes())
             .ok_or_else(|| SplitError::UnknownTarget(target.to_owned()))?;
-        let current = self.shared.snapshot.load();
-        let total: u64 = current.weights.iter().map(|&w| u64::from(w)).sum();
-        let mut new = vec![0; current.weights.len()].into_boxed_slice();
-        new[index] = u32::try_from(total).unwrap_or(u32::MAX).max(1);
-        self.shared.change(new)
+        self.shared.change(|current| {
+            let total: u64 = current.iter().map(|&w| u64::from(w)).sum();
+            let mut new = vec![0; current.len()].into_boxed_slice();
+            new[index] = u32::try_from(total).unwrap_or(u32::MAX).max(1);
+            Ok(new)
+        })
     }
 
     /// Returns to the weights in force before the last change.

@@ -14,7 +14,7 @@ use tower::util::{Oneshot, ServiceExt};
 use super::future::{InFlight, ResponseFuture, SplitBody};
 use super::handle::{Counters, Shared, SplitHandle, TargetMeta};
 use super::SplitError;
-use crate::key::KeyBy;
+use crate::key::{Key, KeyBy};
 
 // === impl Target ===
 
@@ -73,12 +73,14 @@ impl fmt::Display for Target {
 ///    [`SplitBuilder::override_header`]): a request naming a target in it
 ///    goes there, whatever the weights, so testers can reach green at
 ///    weight 0. A name that is not a target is ignored.
-/// 2. **Sticky key** (see [`SplitBuilder::sticky`]): the key's stable hash
-///    picks a point in a fixed 64-bit bucket space cut into one range per
-///    target, in target order, each as wide as its weight's share. The same
-///    key keeps its target while the weights stay put, and raising a
-///    target's weight only moves keys *onto* it, never off it, so a canary
-///    ramp never bounces a user back and forth.
+/// 2. **Sticky key** (see [`SplitBuilder::sticky`]): weighted rendezvous
+///    hashing over the key's stable hash and each target's name, so each
+///    target gets its weight's share of keys, the same key keeps its
+///    target while the weights stay put, and raising a target's weight only
+///    moves keys *onto* it — never off it, never between other targets,
+///    with any number of targets — so a canary ramp never bounces a user
+///    back and forth. The hash is stable across processes, platforms and
+///    releases, so gateway replicas agree.
 /// 3. **Random by weight**, for requests without the key or when no key is
 ///    configured. Seed it with [`SplitBuilder::seed`] for repeatable tests.
 ///
@@ -145,6 +147,9 @@ pub struct Split<S> {
 struct Config {
     sticky: Option<KeyBy>,
     sticky_seed: u64,
+    /// Per-target seeds of the sticky pick: stable hashes of the names, so
+    /// that reordering targets does not move keys.
+    target_seeds: Box<[u64]>,
     override_header: Option<HeaderName>,
     rng: RngSource,
 }
@@ -189,11 +194,13 @@ impl<S> Split<S> {
     /// A weighted pick: by the sticky key when there is one, else random.
     #[inline]
     fn pick<B>(&self, snapshot: &super::weights::Snapshot, req: &Request<B>) -> usize {
-        let point = match self.config.sticky.as_ref().and_then(|k| k.extract(req)) {
-            Some(key) => key.stable_hash(self.config.sticky_seed),
-            None => self.config.rng.next_u64(),
-        };
-        snapshot.pick(point)
+        match self.config.sticky.as_ref().and_then(|k| k.extract(req)) {
+            Some(key) => snapshot.pick_sticky(
+                key.stable_hash(self.config.sticky_seed),
+                &self.config.target_seeds,
+            ),
+            None => snapshot.pick(self.config.rng.next_u64()),
+        }
     }
 }
 
@@ -291,11 +298,12 @@ impl<S> SplitBuilder<S> {
     }
 
     /// Salts the sticky hash. Splits with the same salt (the default is
-    /// none) put a given key at the same point of the bucket space, so a
-    /// user in the first 10 % of one split is in the first 10 % of the
-    /// others too; give each split its own salt to decorrelate them.
+    /// none) and the same target names agree on keys: a user on green in
+    /// one is on green in the others whose green weight is at least as
+    /// large, which keeps a user on one version across services. Give a
+    /// split its own salt to decorrelate it from the others.
     pub fn sticky_salt(mut self, salt: &str) -> Self {
-        self.sticky_seed = crate::key::Key::from(salt).stable_hash(0);
+        self.sticky_seed = Key::from(salt).stable_hash(0);
         self
     }
 
@@ -315,18 +323,42 @@ impl<S> SplitBuilder<S> {
         self
     }
 
-    /// Random selection from a seeded generator, for repeatable tests and
-    /// simulations. The generator is shared by all clones of the split, so
-    /// the sequence of picks is fixed for a fixed order of calls. The
-    /// default is a fast generator per thread, seeded from the system.
+    /// Random selection from a seeded generator (xoshiro256++), for
+    /// repeatable tests and simulations. The generator is shared by all
+    /// clones of the split, so the sequence of picks is fixed for a fixed
+    /// order of calls. The default is a fast generator per thread, seeded
+    /// from the system.
     pub fn seed(self, seed: u64) -> Self {
-        self.rng(Xoshiro256PlusPlus::seed_from_u64(seed))
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        self.rng(move || rand::Rng::next_u64(&mut rng))
     }
 
-    /// Random selection from `rng` (shared by all clones of the split
-    /// behind a mutex; see [`SplitBuilder::seed`]).
-    pub fn rng<R: rand::Rng + Send + 'static>(mut self, mut rng: R) -> Self {
-        self.rng = RngSource::Shared(Arc::new(Mutex::new(Box::new(move || rng.next_u64()))));
+    /// Random selection from a source of uniformly distributed `u64`s of
+    /// your choosing, shared by all clones of the split behind a mutex (see
+    /// [`SplitBuilder::seed`]). A closure keeps your generator's crate and
+    /// version out of this API:
+    ///
+    /// ```
+    /// # use switchyard::split::Split;
+    /// # let svc = tower::service_fn(|_: http::Request<()>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    /// # });
+    /// let mut state = 42u64; // any generator will do; this is SplitMix64
+    /// let split = Split::builder()
+    ///     .target("blue", svc.clone(), 50)
+    ///     .target("green", svc, 50)
+    ///     .rng(move || {
+    ///         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    ///         let mut z = state;
+    ///         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    ///         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ///         z ^ (z >> 31)
+    ///     })
+    ///     .build()?;
+    /// # Ok::<_, switchyard::split::SplitError>(())
+    /// ```
+    pub fn rng(mut self, next_u64: impl FnMut() -> u64 + Send + 'static) -> Self {
+        self.rng = RngSource::Shared(Arc::new(Mutex::new(Box::new(next_u64))));
         self
     }
 
@@ -354,6 +386,10 @@ impl<S> SplitBuilder<S> {
             services.push(service);
             weights.push(weight);
         }
+        let target_seeds = metas
+            .iter()
+            .map(|m| Key::from(m.target.name()).stable_hash(TARGET_SEED))
+            .collect();
         let shared = Shared::new(metas.into(), weights.into(), self.echo_header)?;
         Ok(Split {
             services,
@@ -361,6 +397,7 @@ impl<S> SplitBuilder<S> {
             config: Arc::new(Config {
                 sticky: self.sticky,
                 sticky_seed: self.sticky_seed,
+                target_seeds,
                 override_header: self.override_header,
                 rng: self.rng,
             }),
@@ -381,6 +418,9 @@ impl<S> fmt::Debug for SplitBuilder<S> {
             .finish_non_exhaustive()
     }
 }
+
+/// Separates the hash of a target name from the hash of a key.
+const TARGET_SEED: u64 = 0x7461_7267_6574; // "target"
 
 fn valid_name(name: &str) -> Result<HeaderValue, SplitError> {
     let ok = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic());

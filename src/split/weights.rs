@@ -21,6 +21,8 @@ pub(crate) struct Snapshot {
     total: u64,
     /// Bumped on every change; see `Shared::enter`.
     pub(crate) generation: u64,
+    /// The one target with weight, when only one has (100/0).
+    only: Option<usize>,
 }
 
 impl Snapshot {
@@ -40,30 +42,26 @@ impl Snapshot {
                 SplitError::AllWeightsZero
             });
         }
+        let mut positive = weights.iter().enumerate().filter(|(_, w)| **w > 0);
+        let only = match (positive.next(), positive.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        };
         Ok(Self {
             weights,
             cumulative,
             total,
             generation,
+            only,
         })
     }
 
-    /// Maps a point of the 64-bit bucket space to a target.
+    /// A pick proportional to weight from a uniformly random `point`.
     ///
     /// The space `[0, 2^64)` is cut into consecutive ranges, one per target
-    /// in target order, each as wide as its share of the total weight:
-    /// target `i` owns the points `x` with
-    /// `cumulative[i-1] / total <= x / 2^64 < cumulative[i] / total`. The
-    /// comparison below is that inequality in exact integer arithmetic, so:
-    ///
-    /// * a zero-weight target owns an empty range and is never picked;
-    /// * the same point maps to the same target while weights stay put;
-    /// * raising one target's weight moves the boundaries around it
-    ///   outwards only, so points only ever move *onto* that target
-    ///   (ramp-monotonic stickiness).
-    ///
-    /// A uniformly random point gives a pick proportional to weight; a
-    /// key's stable hash gives a sticky one.
+    /// in target order, each as wide as its share of the total weight, and
+    /// the point's range wins; the comparison is exact integer arithmetic,
+    /// so a zero-weight target owns an empty range and is never picked.
     #[inline]
     pub(crate) fn pick(&self, point: u64) -> usize {
         // floor(point * total / 2^64) < total, so some cumulative exceeds it.
@@ -74,6 +72,51 @@ impl Snapshot {
             .position(|&c| scaled < c)
             .unwrap_or(last)
     }
+
+    /// A sticky pick for a key's stable hash: weighted rendezvous hashing.
+    ///
+    /// Each target `i` gets a score `w_i / -ln(u_i)`, where `u_i` in (0, 1)
+    /// is derived from the key's hash and the target's own seed (a hash of
+    /// its name), and the highest score wins. The winner is target `i` with
+    /// probability `w_i / total`, and since a target's weight enters only
+    /// its own score:
+    ///
+    /// * the same key keeps its target while the weights stay put;
+    /// * raising one target's weight can only make keys move *onto* it
+    ///   (its score rises, no other score changes), never between two other
+    ///   targets and never off it — for any number of targets;
+    /// * a zero-weight target scores zero and is never picked.
+    ///
+    /// (Cutting the hash space into consecutive ranges, as [`Self::pick`]
+    /// does, would not do: with three targets, raising the last one shifts
+    /// every boundary and moves keys between the first two.)
+    #[inline]
+    pub(crate) fn pick_sticky(&self, hash: u64, seeds: &[u64]) -> usize {
+        if let Some(only) = self.only {
+            return only;
+        }
+        let mut best = 0;
+        let mut best_score = -1.0;
+        for (i, (&w, &seed)) in self.weights.iter().zip(seeds).enumerate() {
+            if w == 0 {
+                continue;
+            }
+            let score = f64::from(w) / -unit(hash ^ seed).ln();
+            if score > best_score {
+                best = i;
+                best_score = score;
+            }
+        }
+        best
+    }
+}
+
+/// A well-mixed value in the open interval (0, 1) from 64 bits.
+#[inline]
+fn unit(x: u64) -> f64 {
+    let x = crate::key::fmix64(x);
+    // 53 random bits, centred in their ulp so that neither 0 nor 1 occurs.
+    ((x >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
 }
 
 // === impl Weights ===
@@ -209,6 +252,33 @@ mod tests {
         let s = snap(&[u32::MAX, u32::MAX, u32::MAX]);
         assert_eq!(s.pick(u64::MAX), 2);
         assert_eq!(s.pick(0), 0);
+    }
+
+    #[test]
+    fn sticky_pick_is_ramp_monotonic_for_three_targets() {
+        // The case that defeats consecutive ranges: raising the last target.
+        let seeds = [11, 22, 33];
+        let before = snap(&[90, 10, 0]);
+        let after = snap(&[90, 10, 5]);
+        for key in 0..20_000u64 {
+            let h = crate::key::fmix64(key);
+            let (b, a) = (before.pick_sticky(h, &seeds), after.pick_sticky(h, &seeds));
+            assert!(a == b || a == 2, "key {key} moved {b} -> {a}");
+        }
+    }
+
+    #[test]
+    fn sticky_pick_follows_weights() {
+        let seeds = [1, 2, 3];
+        let s = snap(&[60, 30, 10]);
+        let mut counts = [0u32; 3];
+        for key in 0..100_000u64 {
+            counts[s.pick_sticky(crate::key::fmix64(key), &seeds)] += 1;
+        }
+        for (c, want) in counts.iter().zip([60_000.0, 30_000.0, 10_000.0]) {
+            assert!((f64::from(*c) - want).abs() < 1_000.0, "{counts:?}");
+        }
+        assert_eq!(snap(&[0, 7, 0]).pick_sticky(12345, &seeds), 1);
     }
 
     #[test]

@@ -1,0 +1,102 @@
+//! Time, as the rate limiter sees it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A monotonic clock: the time elapsed since a fixed origin of the clock's
+/// choosing. The rate limiter reads it once per request.
+///
+/// Implement it to drive time yourself, e.g. from tokio's clock so that
+/// `tokio::time::pause` and `advance` control the limiter in tests:
+///
+/// ```
+/// use std::time::Duration;
+/// use switchyard::ratelimit::Clock;
+///
+/// #[derive(Debug)]
+/// struct TokioClock(tokio::time::Instant);
+///
+/// impl Clock for TokioClock {
+///     fn now(&self) -> Duration {
+///         self.0.elapsed()
+///     }
+/// }
+/// ```
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// Time since this clock's origin. Must never go backwards.
+    fn now(&self) -> Duration;
+}
+
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> Duration {
+        (**self).now()
+    }
+}
+
+/// The default clock: [`Instant`] since the clock was created.
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock {
+    origin: Instant,
+}
+
+impl MonotonicClock {
+    /// A clock whose origin is now.
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    #[inline]
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+/// A clock that moves only when told to: for tests and simulations.
+///
+/// Clones share one time.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchyard::ratelimit::{Clock, ManualClock};
+///
+/// let clock = ManualClock::new();
+/// clock.advance(Duration::from_millis(1500));
+/// assert_eq!(clock.now(), Duration::from_millis(1500));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock at its origin.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.saturating_add(by)));
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
+    }
+}

@@ -1,0 +1,83 @@
+//! Rate-limit response headers: draft-ietf-httpapi-ratelimit-headers
+//! (`RateLimit-Policy`, `RateLimit`), `Retry-After`, and the legacy
+//! `X-RateLimit-*` trio.
+
+use std::fmt::Write;
+
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::HeaderMap;
+
+use super::gcra::ceil_secs;
+use super::service::QuotaState;
+
+pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// `"name";q=100;w=60, ...`: one list member per quota. `w` is the period
+/// in whole seconds, rounded up (a structured-field integer).
+pub(crate) fn policy(quotas: &[(String, u32, u64)]) -> HeaderValue {
+    let mut out = String::new();
+    for (i, (name, q, period_nanos)) in quotas.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "\"{name}\";q={q};w={}", ceil_secs(*period_nanos).max(1));
+    }
+    // Names are checked to be visible ASCII without `"` or `\`.
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Writes the per-request headers for `states` (one per quota, in order).
+pub(crate) fn write(
+    headers: &mut HeaderMap,
+    names: &[String],
+    states: &[QuotaState],
+    policy: &HeaderValue,
+    legacy: bool,
+) {
+    let mut out = String::with_capacity(32 * states.len());
+    for (i, (name, s)) in names.iter().zip(states).enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(
+            out,
+            "\"{name}\";r={};t={}",
+            s.remaining,
+            reset_secs(s)
+        );
+    }
+    if let Ok(v) = HeaderValue::from_str(&out) {
+        headers.insert(RATELIMIT.clone(), v);
+    }
+    headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
+    if legacy {
+        // The most constrained quota speaks for all.
+        if let Some((limit, s)) = names
+            .iter()
+            .zip(states)
+            .map(|(_, s)| (s.limit, s))
+            .min_by_key(|(_, s)| s.remaining)
+        {
+            headers.insert(X_LIMIT.clone(), HeaderValue::from(limit));
+            headers.insert(X_REMAINING.clone(), HeaderValue::from(s.remaining));
+            headers.insert(X_RESET.clone(), HeaderValue::from(reset_secs(s)));
+        }
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up and never 0.
+pub(crate) fn retry_after(headers: &mut HeaderMap, wait_nanos: u64) {
+    headers.insert(RETRY_AFTER, HeaderValue::from(retry_secs(wait_nanos)));
+}
+
+pub(crate) fn retry_secs(wait_nanos: u64) -> u64 {
+    ceil_secs(wait_nanos).max(1)
+}
+
+fn reset_secs(s: &QuotaState) -> u64 {
+    ceil_secs(u64::try_from(s.reset.as_nanos()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,811 @@
+//! The layer, service, handle and builder of the rate limiter.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::clock::{Clock, MonotonicClock};
+use super::gcra::{Gcra, Verdict};
+use super::headers;
+use super::store::{Entry, KeyState, SLOTS, Store};
+use super::{Quota, RateLimitError};
+use crate::body::ResponseBody;
+use crate::key::{Key, KeyBy, RequestView};
+use crate::problem::Problem;
+
+type CostFn = dyn Fn(&RequestView<'_>) -> u32 + Send + Sync;
+
+// === impl Limiter ===
+
+/// Everything every service of one layer shares.
+struct Limiter {
+    config: ArcSwap<Config>,
+    /// Serialises changes through the handle.
+    write: Mutex<()>,
+    store: Store,
+    clock: Box<dyn Clock>,
+    key_by: KeyBy,
+    cost: Option<Box<CostFn>>,
+    on_missing: MissingKey,
+    headers_on_allowed: bool,
+    legacy_headers: bool,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    allowed: AtomicU64,
+    rejected: AtomicU64,
+    dry_run_rejected: AtomicU64,
+    missing_key: AtomicU64,
+    bypassed: AtomicU64,
+}
+
+/// The live part: swapped whole by the handle.
+#[derive(Clone)]
+struct Config {
+    quotas: Vec<(Quota, Gcra)>,
+    names: Vec<String>,
+    policy: HeaderValue,
+    dry_run: bool,
+    allow: HashSet<Key<'static>>,
+}
+
+impl Config {
+    fn new(
+        quotas: Vec<Quota>,
+        dry_run: bool,
+        allow: HashSet<Key<'static>>,
+    ) -> Result<Self, RateLimitError> {
+        if quotas.is_empty() {
+            return Err(RateLimitError::NoQuota);
+        }
+        if quotas.len() > SLOTS {
+            return Err(RateLimitError::TooManyQuotas {
+                max: SLOTS,
+                got: quotas.len(),
+            });
+        }
+        let mut names: Vec<String> = Vec::with_capacity(quotas.len());
+        let mut checked = Vec::with_capacity(quotas.len());
+        for quota in quotas {
+            let name = quota.name();
+            let valid = (1..=64).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+            if !valid {
+                return Err(RateLimitError::InvalidName(name));
+            }
+            if names.contains(&name) {
+                return Err(RateLimitError::DuplicateName(name));
+            }
+            let gcra = Gcra::new(&quota).ok_or_else(|| RateLimitError::InvalidQuota(name.clone()))?;
+            names.push(name);
+            checked.push((quota, gcra));
+        }
+        let policy = headers::policy(
+            &checked
+                .iter()
+                .zip(&names)
+                .map(|((q, _), n)| {
+                    let period = u64::try_from(q.period().as_nanos()).unwrap_or(u64::MAX);
+                    (n.clone(), q.count(), period)
+                })
+                .collect::<Vec<_>>(),
+        );
+        Ok(Self {
+            quotas: checked,
+            names,
+            policy,
+            dry_run,
+            allow,
+        })
+    }
+}
+
+impl Limiter {
+    #[inline]
+    fn now(&self) -> u64 {
+        u64::try_from(self.clock.now().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Asks every quota about `cost` units for `key` at `now`; with
+    /// `consume`, takes them if all agree (and none otherwise).
+    fn decide(&self, config: &Config, key: &Key<'_>, cost: u32, now: u64, consume: bool) -> Decision {
+        let fresh = KeyState::default();
+        self.store.with(key, now, consume, |entry| {
+            let state = match entry {
+                Entry::Tracked(s) | Entry::Overflow(s) => s,
+                Entry::Untracked if consume => return Some(Decision::unlimited(config)),
+                Entry::Untracked => &fresh,
+            };
+            decide_on(config, state, cost, now, consume)
+        })
+    }
+
+    fn reject(&self, config: &Config, decision: &Decision, cost: u32) -> Rejection {
+        let index = decision.refused_by.unwrap_or(0);
+        let name = &config.names[index];
+        let mut headers = HeaderMap::new();
+        let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS).with("policy", name.as_str());
+        let problem = match decision.retry_after {
+            Some(wait) => {
+                let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+                headers::retry_after(&mut headers, wait);
+                let secs = headers::retry_secs(wait);
+                problem
+                    .detail(format!("rate limit `{name}` exceeded; retry in {secs} s"))
+                    .with("retry_after", secs)
+            }
+            None => problem.detail(format!(
+                "the request costs {cost} units, more than the burst of {} that rate limit `{name}` allows",
+                config.quotas[index].1.burst
+            )),
+        };
+        headers::write(
+            &mut headers,
+            &config.names,
+            decision.quotas(),
+            &config.policy,
+            self.legacy_headers,
+        );
+        Rejection { problem, headers }
+    }
+}
+
+/// The all-or-nothing check of every quota against one key's state.
+/// `None` when the state was removed meanwhile (the caller looks again).
+fn decide_on(config: &Config, state: &KeyState, cost: u32, now: u64, consume: bool) -> Option<Decision> {
+    let mut decision = Decision::unlimited(config);
+    for (i, (_, gcra)) in config.quotas.iter().enumerate() {
+        let cell = &state.tats[i];
+        let verdict = if consume {
+            gcra.acquire(cell, now, cost)
+        } else {
+            gcra.peek(cell, now, cost)
+        };
+        match verdict {
+            // After taking the units; a peek reports the state as it is.
+            Verdict::Allowed { tat } if consume => decision.states[i] = QuotaState::at(gcra, tat, now),
+            Verdict::Allowed { .. } => {
+                decision.states[i] = QuotaState::at(gcra, cell.load(Ordering::Acquire), now)
+            }
+            Verdict::Gone => {
+                refund(config, state, i, cost, consume);
+                return None;
+            }
+            Verdict::Refused { wait } => {
+                refund(config, state, i, cost, consume);
+                let mut longest = wait;
+                for (j, (_, gcra)) in config.quotas.iter().enumerate() {
+                    let tat = state.tats[j].load(Ordering::Acquire);
+                    decision.states[j] = QuotaState::at(gcra, tat, now);
+                    if j > i {
+                        if let Verdict::Refused { wait } = gcra.peek(&state.tats[j], now, cost) {
+                            longest = longest.max(wait);
+                        }
+                    }
+                }
+                decision.allowed = false;
+                decision.refused_by = Some(i);
+                decision.retry_after = (longest != u64::MAX).then(|| Duration::from_nanos(longest));
+                return Some(decision);
+            }
+        }
+    }
+    Some(decision)
+}
+
+fn refund(config: &Config, state: &KeyState, upto: usize, cost: u32, consumed: bool) {
+    if consumed {
+        for (j, (_, gcra)) in config.quotas.iter().enumerate().take(upto) {
+            gcra.refund(&state.tats[j], cost);
+        }
+    }
+}
+
+// === impl Decision ===
+
+/// What the limiter decided about one request: allowed or not, when to
+/// retry, and each quota's state after the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    allowed: bool,
+    refused_by: Option<usize>,
+    retry_after: Option<Duration>,
+    states: [QuotaState; SLOTS],
+    len: usize,
+}
+
+impl Decision {
+    fn unlimited(config: &Config) -> Self {
+        let mut states = [QuotaState::default(); SLOTS];
+        for (s, (_, gcra)) in states.iter_mut().zip(&config.quotas) {
+            *s = QuotaState {
+                limit: gcra.burst,
+                remaining: gcra.burst,
+                reset: Duration::ZERO,
+            };
+        }
+        Decision {
+            allowed: true,
+            refused_by: None,
+            retry_after: None,
+            states,
+            len: config.quotas.len(),
+        }
+    }
+
+    /// Whether the request may go on.
+    pub fn is_allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// For a refused request, how long until the same request would be
+    /// allowed; `None` when allowed, or when its cost exceeds a quota's
+    /// burst so that it never will be.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// For a refused request, the position of the first quota that
+    /// refused it.
+    pub fn refused_by(&self) -> Option<usize> {
+        self.refused_by
+    }
+
+    /// Each quota's state, in quota order: after the units were taken for
+    /// an allowed [`check`](RateLimitHandle::check) or request, as it is
+    /// for a refused one or a [`peek`](RateLimitHandle::peek).
+    pub fn quotas(&self) -> &[QuotaState] {
+        &self.states[..self.len]
+    }
+}
+
+/// One quota's state for one key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QuotaState {
+    /// The burst size: the most units available at once.
+    pub limit: u32,
+    /// Units a request could take now.
+    pub remaining: u32,
+    /// Time until all `limit` units are available again.
+    pub reset: Duration,
+}
+
+impl QuotaState {
+    fn at(gcra: &Gcra, tat: u64, now: u64) -> Self {
+        QuotaState {
+            limit: gcra.burst,
+            remaining: gcra.remaining(tat, now),
+            reset: Duration::from_nanos(gcra.reset_after(tat, now)),
+        }
+    }
+}
+
+// === impl RateLimitLayer ===
+
+/// A [`Layer`] that rate-limits requests; every service it wraps shares
+/// one limiter. See the [module docs](super).
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    limiter: Arc<Limiter>,
+}
+
+impl RateLimitLayer {
+    /// A builder; add at least one [`Quota`].
+    pub fn builder() -> RateLimitBuilder {
+        RateLimitBuilder::default()
+    }
+
+    /// The live handle on this limiter.
+    pub fn handle(&self) -> RateLimitHandle {
+        RateLimitHandle {
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            inner,
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("key_by", &self.limiter.key_by)
+            .field("quotas", &self.limiter.config.load().quotas.iter().map(|(q, _)| q).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl RateLimit ===
+
+/// A rate-limited service; built by [`RateLimitLayer`].
+///
+/// `poll_ready` is the inner service's. A refused request is answered by
+/// the limiter without calling the inner service.
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    limiter: Arc<Limiter>,
+}
+
+impl<S> RateLimit<S> {
+    /// The live handle on this service's limiter.
+    pub fn handle(&self) -> RateLimitHandle {
+        RateLimitHandle {
+            limiter: self.limiter.clone(),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S> fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("key_by", &self.limiter.key_by)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let limiter = &*self.limiter;
+        let Some(key) = limiter.key_by.extract(&req) else {
+            limiter.counters.missing_key.fetch_add(1, Ordering::Relaxed);
+            return match limiter.on_missing {
+                MissingKey::Reject(status) => ResponseFuture::rejected(Rejection {
+                    problem: Problem::new(status).detail(format!(
+                        "the request carries no rate-limit key (expected {:?})",
+                        limiter.key_by
+                    )),
+                    headers: HeaderMap::new(),
+                }),
+                MissingKey::Allow => ResponseFuture::inner(self.inner.call(req), None),
+            };
+        };
+        let config = limiter.config.load();
+        if !config.allow.is_empty() && allow_listed(&config.allow, &key) {
+            limiter.counters.bypassed.fetch_add(1, Ordering::Relaxed);
+            return ResponseFuture::inner(self.inner.call(req), None);
+        }
+        let cost = match &limiter.cost {
+            Some(f) => f(&RequestView::of(&req)),
+            None => 1,
+        };
+        let now = limiter.now();
+        let decision = limiter.decide(&config, &key, cost, now, true);
+        if decision.allowed {
+            limiter.counters.allowed.fetch_add(1, Ordering::Relaxed);
+        } else if config.dry_run {
+            limiter.counters.dry_run_rejected.fetch_add(1, Ordering::Relaxed);
+        } else {
+            limiter.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return ResponseFuture::rejected(limiter.reject(&config, &decision, cost));
+        }
+        let patch = (limiter.headers_on_allowed || !decision.allowed).then(|| HeaderPatch {
+            decision,
+            config: arc_swap::Guard::into_inner(config),
+            legacy: limiter.legacy_headers,
+        });
+        ResponseFuture::inner(self.inner.call(req), patch)
+    }
+}
+
+/// `set.contains(key)` for a borrowed key: a `HashSet` is covariant in its
+/// element type, so a set of `Key<'static>` is a set of `Key<'r>`.
+fn allow_listed<'r>(set: &HashSet<Key<'r>>, key: &Key<'r>) -> bool {
+    set.contains(key)
+}
+
+// === impl ResponseFuture ===
+
+struct Rejection {
+    problem: Problem,
+    headers: HeaderMap,
+}
+
+struct HeaderPatch {
+    decision: Decision,
+    config: Arc<Config>,
+    legacy: bool,
+}
+
+pin_project! {
+    /// Response future of [`RateLimit`]: the inner service's response with
+    /// rate-limit headers added, or the limiter's own 429.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Inner { #[pin] future: F, patch: Option<HeaderPatch> },
+        Rejected { rejection: Option<Rejection> },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    fn inner(future: F, patch: Option<HeaderPatch>) -> Self {
+        Self {
+            state: State::Inner { future, patch },
+        }
+    }
+
+    fn rejected(rejection: Rejection) -> Self {
+        Self {
+            state: State::Rejected {
+                rejection: Some(rejection),
+            },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Inner { future, patch } => {
+                let mut res = ready!(future.poll(cx))?;
+                if let Some(p) = patch.take() {
+                    headers::write(
+                        res.headers_mut(),
+                        &p.config.names,
+                        p.decision.quotas(),
+                        &p.config.policy,
+                        p.legacy,
+                    );
+                }
+                Poll::Ready(Ok(res.map(ResponseBody::new)))
+            }
+            StateProj::Rejected { rejection } => {
+                let Rejection { problem, headers } = rejection.take().unwrap_or_else(|| Rejection {
+                    problem: Problem::new(StatusCode::TOO_MANY_REQUESTS),
+                    headers: HeaderMap::new(),
+                });
+                let mut res = problem.into_response();
+                res.headers_mut().extend(headers);
+                Poll::Ready(Ok(res))
+            }
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+// === impl RateLimitHandle ===
+
+/// A live handle on a rate limiter: change quotas, dry-run and the allow
+/// list; inspect, check or charge a key; read counters. Cheap to clone.
+#[derive(Clone)]
+pub struct RateLimitHandle {
+    limiter: Arc<Limiter>,
+}
+
+impl RateLimitHandle {
+    /// Checks and, if allowed, takes `cost` units for `key` now, exactly as
+    /// a request would (without the allow list and dry-run, which are the
+    /// layer's business).
+    pub fn check(&self, key: &Key<'_>, cost: u32) -> Decision {
+        let config = self.limiter.config.load();
+        self.limiter.decide(&config, key, cost, self.limiter.now(), true)
+    }
+
+    /// What [`check`](Self::check) would decide for `cost` units, without
+    /// taking anything. The quota states are the key's as they are now (its
+    /// remaining capacity), not as they would be after the request.
+    pub fn peek(&self, key: &Key<'_>, cost: u32) -> Decision {
+        let config = self.limiter.config.load();
+        self.limiter.decide(&config, key, cost, self.limiter.now(), false)
+    }
+
+    /// Charges `cost` more units to `key` on every quota, unconditionally:
+    /// for usage known only after the response (tokens an AI model used).
+    /// The key may go into debt; its next requests wait until it is paid.
+    pub fn charge(&self, key: &Key<'_>, cost: u64) {
+        let limiter = &*self.limiter;
+        let config = limiter.config.load();
+        let now = limiter.now();
+        limiter.store.with(key, now, true, |entry| {
+            let state = match entry {
+                Entry::Tracked(s) | Entry::Overflow(s) => s,
+                Entry::Untracked => return Some(()),
+            };
+            for (i, (_, gcra)) in config.quotas.iter().enumerate() {
+                if !gcra.charge(&state.tats[i], now, cost) {
+                    return None;
+                }
+            }
+            Some(())
+        })
+    }
+
+    /// The key this limiter reads from `req`, if the request has one: to
+    /// [`charge`](Self::charge) it later.
+    pub fn key_of<'r, B>(&self, req: &'r Request<B>) -> Option<Key<'r>> {
+        self.limiter.key_by.extract(req)
+    }
+
+    /// Replaces the quotas. Each key's state is kept per position: the
+    /// quota at position `i` continues from the state of the quota that
+    /// was at position `i` (so changing a quota's rate or burst keeps what
+    /// each key has used). A position that never held a quota starts fresh
+    /// for every key; one that held a since-removed quota continues from
+    /// its state, which can only make the new quota stricter, for at most
+    /// as long as the old one would have taken to recover.
+    pub fn set_quotas(&self, quotas: impl IntoIterator<Item = Quota>) -> Result<(), RateLimitError> {
+        self.update(|c| Config::new(quotas.into_iter().collect(), c.dry_run, c.allow.clone()))
+    }
+
+    /// The current quotas.
+    pub fn quotas(&self) -> Vec<Quota> {
+        self.limiter.config.load().quotas.iter().map(|(q, _)| q.clone()).collect()
+    }
+
+    /// Turns dry-run on or off: in dry-run, requests over the limit are
+    /// counted and get the headers, but are let through.
+    pub fn set_dry_run(&self, dry_run: bool) {
+        let _ = self.update(|c| Ok(Config { dry_run, ..c.clone() }));
+    }
+
+    /// Replaces the allow list: keys that bypass the limit entirely.
+    pub fn set_allow_list<K: Into<Key<'static>>>(&self, keys: impl IntoIterator<Item = K>) {
+        let allow: HashSet<Key<'static>> = keys.into_iter().map(Into::into).collect();
+        let _ = self.update(|c| Ok(Config { allow: allow.clone(), ..c.clone() }));
+    }
+
+    fn update(&self, f: impl FnOnce(&Config) -> Result<Config, RateLimitError>) -> Result<(), RateLimitError> {
+        let _write = self.limiter.write.lock().unwrap_or_else(|e| e.into_inner());
+        let next = f(&self.limiter.config.load())?;
+        self.limiter.config.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// The limiter's counters.
+    pub fn stats(&self) -> RateLimitStats {
+        let c = &self.limiter.counters;
+        let store = &self.limiter.store;
+        RateLimitStats {
+            allowed: c.allowed.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            dry_run_rejected: c.dry_run_rejected.load(Ordering::Relaxed),
+            missing_key: c.missing_key.load(Ordering::Relaxed),
+            bypassed: c.bypassed.load(Ordering::Relaxed),
+            tracked_keys: store.len() as u64,
+            overflowed: store.overflowed.load(Ordering::Relaxed),
+            evicted: store.evicted.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl fmt::Debug for RateLimitHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitHandle")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters of a rate limiter since it was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RateLimitStats {
+    /// Requests allowed.
+    pub allowed: u64,
+    /// Requests refused with 429.
+    pub rejected: u64,
+    /// Requests over the limit let through by dry-run.
+    pub dry_run_rejected: u64,
+    /// Requests without a key.
+    pub missing_key: u64,
+    /// Requests whose key is on the allow list.
+    pub bypassed: u64,
+    /// Keys in the table now.
+    pub tracked_keys: u64,
+    /// New keys not stored because the table was full of live keys.
+    pub overflowed: u64,
+    /// Keys removed by sweeps because their state was back to fresh.
+    pub evicted: u64,
+}
+
+// === impl RateLimitBuilder ===
+
+/// What the layer does with a request that has no key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Refuse it with this status (400 by default; 429 also makes sense)
+    /// and a problem+json body.
+    Reject(StatusCode),
+    /// Let it through unlimited. To limit it by another key instead, chain
+    /// keys: `KeyBy::header(..).or(KeyBy::peer_ip())`.
+    Allow,
+}
+
+/// Builds a [`RateLimitLayer`]; see [`RateLimitLayer::builder`].
+pub struct RateLimitBuilder {
+    key_by: KeyBy,
+    quotas: Vec<Quota>,
+    cost: Option<Box<CostFn>>,
+    dry_run: bool,
+    allow: HashSet<Key<'static>>,
+    max_keys: usize,
+    share_when_full: bool,
+    clock: Box<dyn Clock>,
+    on_missing: MissingKey,
+    headers_on_allowed: bool,
+    legacy_headers: bool,
+}
+
+impl Default for RateLimitBuilder {
+    fn default() -> Self {
+        Self {
+            key_by: KeyBy::peer_ip(),
+            quotas: Vec::new(),
+            cost: None,
+            dry_run: false,
+            allow: HashSet::new(),
+            max_keys: 100_000,
+            share_when_full: true,
+            clock: Box::new(MonotonicClock::new()),
+            on_missing: MissingKey::Reject(StatusCode::BAD_REQUEST),
+            headers_on_allowed: true,
+            legacy_headers: false,
+        }
+    }
+}
+
+impl RateLimitBuilder {
+    /// Where each request's key comes from; [`KeyBy::peer_ip`] by default.
+    pub fn key_by(mut self, key_by: KeyBy) -> Self {
+        self.key_by = key_by;
+        self
+    }
+
+    /// Adds a quota (up to four). A request passes only if every quota
+    /// allows it.
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quotas.push(quota);
+        self
+    }
+
+    /// The cost of a request in quota units (1 by default), e.g. estimated
+    /// prompt tokens. A cost above a quota's burst is always refused.
+    pub fn cost<F>(mut self, cost: F) -> Self
+    where
+        F: Fn(&RequestView<'_>) -> u32 + Send + Sync + 'static,
+    {
+        self.cost = Some(Box::new(cost));
+        self
+    }
+
+    /// Count and add headers, but never refuse (to try a limit on real
+    /// traffic first). Can be changed later through the handle.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// Lets requests with this key bypass the limit.
+    pub fn allow(mut self, key: impl Into<Key<'static>>) -> Self {
+        self.allow.insert(key.into());
+        self
+    }
+
+    /// The most keys tracked at once (100,000 by default); see the module
+    /// docs on memory.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// When the table is full of live keys, let new keys through
+    /// unlimited (fail open) instead of having them share one state.
+    pub fn unlimited_when_full(mut self) -> Self {
+        self.share_when_full = false;
+        self
+    }
+
+    /// The clock ([`MonotonicClock`] by default).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Box::new(clock);
+        self
+    }
+
+    /// What to do with a request that has no key (refuse with 400 by
+    /// default). Never a 500.
+    pub fn on_missing_key(mut self, on_missing: MissingKey) -> Self {
+        self.on_missing = on_missing;
+        self
+    }
+
+    /// Whether allowed responses carry `RateLimit` and `RateLimit-Policy`
+    /// too (yes by default).
+    pub fn headers_on_allowed(mut self, on: bool) -> Self {
+        self.headers_on_allowed = on;
+        self
+    }
+
+    /// Also send `X-RateLimit-Limit`, `-Remaining` and `-Reset` (seconds),
+    /// for clients that expect them (off by default).
+    pub fn legacy_headers(mut self, on: bool) -> Self {
+        self.legacy_headers = on;
+        self
+    }
+
+    /// Checks the quotas and builds the layer.
+    pub fn build(self) -> Result<RateLimitLayer, RateLimitError> {
+        if self.max_keys == 0 {
+            return Err(RateLimitError::NoKeys);
+        }
+        let config = Config::new(self.quotas, self.dry_run, self.allow)?;
+        Ok(RateLimitLayer {
+            limiter: Arc::new(Limiter {
+                config: ArcSwap::from_pointee(config),
+                write: Mutex::new(()),
+                store: Store::new(self.max_keys, self.share_when_full),
+                clock: self.clock,
+                key_by: self.key_by,
+                cost: self.cost,
+                on_missing: self.on_missing,
+                headers_on_allowed: self.headers_on_allowed,
+                legacy_headers: self.legacy_headers,
+                counters: Counters::default(),
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for RateLimitBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitBuilder")
+            .field("key_by", &self.key_by)
+            .field("quotas", &self.quotas)
+            .field("max_keys", &self.max_keys)
+            .finish_non_exhaustive()
+    }
+}
