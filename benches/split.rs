@@ -1,1 +1,181 @@
-fn main(){}
+//! Routing overhead of `Split` over calling the target directly, next to
+//! `tower::steer::Steer` doing an equivalent weighted pick.
+//!
+//! Every function builds the same request (with an `x-user` header cycling
+//! through a small set of users), drives `ready()` + `call` + the response
+//! future, and drops the response inside the iteration, so the differences
+//! between them are the routing (and in-flight accounting) alone. The
+//! targets answer with an immediately ready future, so futures are polled
+//! once with a no-op waker instead of running an executor.
+//!
+//! ```text
+//! cargo bench --bench split -- --warm-up-time 1 --measurement-time 3
+//! ```
+//!
+//! Budget (see DESIGN.md): `random` − `direct` ≤ 50 ns, `sticky` − `direct`
+//! ≤ 100 ns. `direct_ext` is `direct` plus recording a `Target` in the
+//! request's extensions, as `Split` must: the part of the overhead that is
+//! `http::Extensions` allocating its map on a fresh request.
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
+use rand::rngs::SmallRng;
+use switchyard::key::KeyBy;
+use switchyard::split::Split;
+use tower::steer::Steer;
+use tower::{Service, ServiceExt};
+
+/// A target that does nothing: always ready, answers at once, allocates
+/// nothing.
+#[derive(Clone, Copy, Debug)]
+struct Noop;
+
+impl Service<Request<()>> for Noop {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<()>) -> Self::Future {
+        ready(Ok(Response::new(())))
+    }
+}
+
+/// Polls a future that must be ready at once.
+#[inline]
+fn now<F: Future>(fut: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(fut).poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("benchmarked futures are immediately ready"),
+    }
+}
+
+/// A small set of users so sticky hashing does not see one key over and over.
+const USERS: usize = 16;
+
+struct Requests {
+    name: HeaderName,
+    users: Vec<HeaderValue>,
+    next: usize,
+}
+
+impl Requests {
+    fn new() -> Self {
+        Self {
+            name: HeaderName::from_static("x-user"),
+            users: (0..USERS)
+                .map(|i| HeaderValue::try_from(format!("user-{i:04}")).unwrap())
+                .collect(),
+            next: 0,
+        }
+    }
+
+    /// The request every function builds, identically.
+    #[inline]
+    fn build(&mut self) -> Request<()> {
+        self.next = (self.next + 1) % USERS;
+        Request::builder()
+            .header(self.name.clone(), self.users[self.next].clone())
+            .body(())
+            .unwrap()
+    }
+}
+
+/// One full round trip: ready, call, poll to completion, drop the response.
+#[inline]
+fn round_trip<S, B>(svc: &mut S, req: Request<()>)
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+{
+    let svc = now(svc.ready()).unwrap();
+    let res = now(svc.call(req)).unwrap();
+    drop(black_box(res));
+}
+
+thread_local! {
+    /// The same kind of generator `Split` uses for random picks.
+    static RNG: RefCell<SmallRng> = RefCell::new(rand::make_rng());
+}
+
+/// Steer's picker: 90/10 by weight from a per-thread fast generator, the
+/// same arithmetic as `Split`'s random pick.
+fn pick_90_10(_req: &Request<()>, _services: &[Noop]) -> usize {
+    let point = RNG.with(|rng| rand::Rng::next_u64(&mut *rng.borrow_mut()));
+    let scaled = ((u128::from(point) * 100) >> 64) as u64;
+    usize::from(scaled >= 90)
+}
+
+fn split(c: &mut Criterion) {
+    let mut group = c.benchmark_group("split");
+
+    group.bench_function("direct", |b| {
+        let mut reqs = Requests::new();
+        let mut svc = Noop;
+        b.iter(|| round_trip(&mut svc, reqs.build()));
+    });
+
+    // `Split` records the chosen `Target` in the request's extensions, and
+    // on a request with no extensions yet `http::Extensions` allocates its
+    // map for that (three allocations). This is the direct call plus that
+    // same insertion: the baseline for what `Split` itself adds.
+    group.bench_function("direct_ext", |b| {
+        let mut reqs = Requests::new();
+        let target = Split::builder()
+            .target("blue", Noop, 1)
+            .build()
+            .unwrap()
+            .choose(&Request::new(()))
+            .clone();
+        let mut svc = Noop;
+        b.iter(|| {
+            let mut req = reqs.build();
+            req.extensions_mut().insert(target.clone());
+            round_trip(&mut svc, req)
+        });
+    });
+
+    group.bench_function("random", |b| {
+        let mut reqs = Requests::new();
+        let mut svc = Split::builder()
+            .target("blue", Noop, 90)
+            .target("green", Noop, 10)
+            .build()
+            .unwrap();
+        b.iter(|| round_trip(&mut svc, reqs.build()));
+    });
+
+    group.bench_function("sticky", |b| {
+        let mut reqs = Requests::new();
+        let mut svc = Split::builder()
+            .target("blue", Noop, 90)
+            .target("green", Noop, 10)
+            .sticky(KeyBy::header(HeaderName::from_static("x-user")))
+            .build()
+            .unwrap();
+        b.iter(|| round_trip(&mut svc, reqs.build()));
+    });
+
+    group.bench_function("steer", |b| {
+        let mut reqs = Requests::new();
+        let picker: fn(&Request<()>, &[Noop]) -> usize = pick_90_10;
+        let mut svc = Steer::new([Noop, Noop], picker);
+        b.iter(|| round_trip(&mut svc, reqs.build()));
+    });
+
+    group.finish();
+}
+
+criterion_group!(benches, split);
+criterion_main!(benches);

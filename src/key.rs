@@ -293,7 +293,9 @@ impl TrustedProxies {
         };
         // Later headers were added later; within one, entries go left to right.
         for value in headers.get_all(name).iter().rev() {
-            let Ok(value) = value.to_str() else { return client };
+            let Ok(value) = value.to_str() else {
+                return client;
+            };
             for entry in value.rsplit(',') {
                 let parsed = if self.forwarded {
                     forwarded_for(entry)
@@ -376,10 +378,14 @@ impl Cidr {
 
     fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                prefix_eq(u128::from(u32::from(net)) << 96, u128::from(u32::from(ip)) << 96, self.len)
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(
+                u128::from(u32::from(net)) << 96,
+                u128::from(u32::from(ip)) << 96,
+                self.len,
+            ),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_eq(u128::from(net), u128::from(ip), self.len)
             }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(u128::from(net), u128::from(ip), self.len),
             _ => false,
         }
     }
@@ -477,7 +483,13 @@ impl<'r> Key<'r> {
     /// several gateway replicas, and a gateway after an upgrade, agree on
     /// sticky assignments. `seed` separates independent uses of one key.
     pub fn stable_hash(&self, seed: u64) -> u64 {
-        let mut h = StableHasher::new(seed);
+        self.stable_hash_seeded(HashSeed::new(seed))
+    }
+
+    /// [`stable_hash`](Self::stable_hash) from a precomputed seed state.
+    #[inline]
+    pub(crate) fn stable_hash_seeded(&self, seed: HashSeed) -> u64 {
+        let mut h = seed.0;
         match &self.0 {
             Repr::Global => h.write(&[0]),
             Repr::Ip(IpAddr::V4(ip)) => {
@@ -494,6 +506,17 @@ impl<'r> Key<'r> {
             }
         }
         h.finish()
+    }
+}
+
+/// The stable hasher's state after hashing a seed: computed once per
+/// layer rather than once per request.
+#[derive(Clone, Copy)]
+pub(crate) struct HashSeed(StableHasher);
+
+impl HashSeed {
+    pub(crate) fn new(seed: u64) -> Self {
+        HashSeed(StableHasher::new(seed))
     }
 }
 
@@ -537,6 +560,7 @@ impl From<IpAddr> for Key<'_> {
 /// is part of the contract (sticky assignments must not move when Rust's
 /// `DefaultHasher` or a dependency changes) and it is a dozen lines; FNV-1a
 /// alone mixes short keys poorly into the high bits, which `fmix64` fixes.
+#[derive(Clone, Copy)]
 struct StableHasher(u64);
 
 impl StableHasher {
@@ -631,7 +655,8 @@ mod tests {
 
     fn with_peer(peer: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut r = req(headers);
-        r.extensions_mut().insert(peer.parse::<SocketAddr>().unwrap());
+        r.extensions_mut()
+            .insert(peer.parse::<SocketAddr>().unwrap());
         r
     }
 
@@ -643,12 +668,18 @@ mod tests {
         let r = with_peer("203.0.113.9:1", &[("x-forwarded-for", "1.1.1.1")]);
         assert_eq!(ip(&r), "203.0.113.9");
         // Trusted chain: first untrusted from the right.
-        let r = with_peer("10.0.0.1:1", &[("x-forwarded-for", "6.6.6.6, 7.7.7.7, 10.1.1.1")]);
+        let r = with_peer(
+            "10.0.0.1:1",
+            &[("x-forwarded-for", "6.6.6.6, 7.7.7.7, 10.1.1.1")],
+        );
         assert_eq!(ip(&r), "7.7.7.7");
         // Across two headers, the later one is nearer.
         let r = with_peer(
             "[fd00::1]:1",
-            &[("x-forwarded-for", "8.8.8.8"), ("x-forwarded-for", "10.2.2.2")],
+            &[
+                ("x-forwarded-for", "8.8.8.8"),
+                ("x-forwarded-for", "10.2.2.2"),
+            ],
         );
         assert_eq!(ip(&r), "8.8.8.8");
         // All trusted: the leftmost.
@@ -666,7 +697,9 @@ mod tests {
 
     #[test]
     fn client_ip_from_forwarded_header() {
-        let trusted = TrustedProxies::new(["127.0.0.1"]).unwrap().forwarded_header();
+        let trusted = TrustedProxies::new(["127.0.0.1"])
+            .unwrap()
+            .forwarded_header();
         let by = KeyBy::client_ip(trusted);
         let r = with_peer(
             "127.0.0.1:1",
@@ -675,20 +708,35 @@ mod tests {
                 r#"for=192.0.2.60;proto=http;by=203.0.113.43, for="[2001:db8:cafe::17]:4711""#,
             )],
         );
-        assert_eq!(by.extract(&r).unwrap().as_ip(), Some("2001:db8:cafe::17".parse().unwrap()));
+        assert_eq!(
+            by.extract(&r).unwrap().as_ip(),
+            Some("2001:db8:cafe::17".parse().unwrap())
+        );
         let r = with_peer("127.0.0.1:1", &[("forwarded", "for=unknown")]);
-        assert_eq!(by.extract(&r).unwrap().as_ip(), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            by.extract(&r).unwrap().as_ip(),
+            Some("127.0.0.1".parse().unwrap())
+        );
     }
 
     #[test]
     fn cidr_ranges() {
-        let t = TrustedProxies::new(["192.168.0.0/16", "::ffff:172.16.0.0/108", "0.0.0.0/0"]).unwrap();
+        let t =
+            TrustedProxies::new(["192.168.0.0/16", "::ffff:172.16.0.0/108", "0.0.0.0/0"]).unwrap();
         assert!(t.contains("192.168.3.4".parse().unwrap()));
         assert!(t.contains("172.16.0.1".parse().unwrap()));
-        assert!(!TrustedProxies::new(["10.0.0.0/8"]).unwrap().contains("11.0.0.0".parse().unwrap()));
+        assert!(
+            !TrustedProxies::new(["10.0.0.0/8"])
+                .unwrap()
+                .contains("11.0.0.0".parse().unwrap())
+        );
         assert!(TrustedProxies::new(["10.0.0.0/33"]).is_err());
         assert!(TrustedProxies::new(["nope"]).is_err());
-        assert!(!TrustedProxies::new(["::/0"]).unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!(
+            !TrustedProxies::new(["::/0"])
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
     }
 
     #[test]
@@ -714,7 +762,13 @@ mod tests {
         // every sticky user. Update only with a deliberate, announced break.
         // (Cross-checked against an independent FNV-1a + fmix64 in Python.)
         assert_eq!(Key::from("alice").stable_hash(0), 0xa894_00d8_ae6b_0b1b);
-        assert_ne!(Key::from("alice").stable_hash(1), Key::from("alice").stable_hash(0));
-        assert_ne!(Key::from("alice").stable_hash(0), Key::from("alicf").stable_hash(0));
+        assert_ne!(
+            Key::from("alice").stable_hash(1),
+            Key::from("alice").stable_hash(0)
+        );
+        assert_ne!(
+            Key::from("alice").stable_hash(0),
+            Key::from("alicf").stable_hash(0)
+        );
     }
 }

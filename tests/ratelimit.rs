@@ -46,22 +46,27 @@ fn req(key: &str) -> Request<Full<Bytes>> {
 }
 
 /// An inner service that counts its calls.
-fn counting() -> (
-    Arc<AtomicUsize>,
-    impl Service<
-        Request<Full<Bytes>>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-        Future = impl Send,
-    > + Clone,
-) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    let svc = service_fn(move |_req: Request<Full<Bytes>>| {
-        c.fetch_add(1, Ordering::SeqCst);
-        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
-    });
-    (calls, svc)
+#[derive(Clone, Default)]
+struct Counting(Arc<AtomicUsize>);
+
+impl Service<Request<Full<Bytes>>> for Counting {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"ok")))))
+    }
+}
+
+fn counting() -> (Arc<AtomicUsize>, Counting) {
+    let svc = Counting::default();
+    (svc.0.clone(), svc)
 }
 
 fn header<'a, B>(res: &'a Response<B>, name: &str) -> &'a str {
@@ -92,7 +97,11 @@ async fn burst_boundary_and_one_emission_interval() {
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&res, "retry-after"), "1");
     assert_eq!(header(&res, "content-type"), "application/problem+json");
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "inner not called when refused");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "inner not called when refused"
+    );
     let body: serde_json::Value =
         serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["status"], 429);
@@ -257,10 +266,14 @@ fn builder_errors() {
             .quota(Quota::per_minute(1).named("x"))),
         RateLimitError::DuplicateName("x".into())
     );
-    let five = (1..=5).fold(RateLimitLayer::builder(), |b, i| b.quota(Quota::per_second(i)));
+    let five = (1..=5).fold(RateLimitLayer::builder(), |b, i| {
+        b.quota(Quota::per_second(i))
+    });
     assert_eq!(err(five), RateLimitError::TooManyQuotas { max: 4, got: 5 });
     assert_eq!(
-        err(RateLimitLayer::builder().quota(Quota::per_second(1)).max_keys(0)),
+        err(RateLimitLayer::builder()
+            .quota(Quota::per_second(1))
+            .max_keys(0)),
         RateLimitError::NoKeys
     );
 }
@@ -348,9 +361,10 @@ fn missing_key_outcomes() {
     .unwrap();
     assert_eq!(res.status(), 400);
     assert_eq!(header(&res, "content-type"), "application/problem+json");
-    let res =
-        futures_lite_block_on(build(MissingKey::Reject(StatusCode::TOO_MANY_REQUESTS)).oneshot(keyless()))
-            .unwrap();
+    let res = futures_lite_block_on(
+        build(MissingKey::Reject(StatusCode::TOO_MANY_REQUESTS)).oneshot(keyless()),
+    )
+    .unwrap();
     assert_eq!(res.status(), 429);
     let svc = build(MissingKey::Allow);
     for _ in 0..3 {
@@ -367,9 +381,24 @@ fn missing_key_outcomes() {
         .layer(service_fn(|_: Request<Full<Bytes>>| async {
             Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
         }));
-    assert_eq!(futures_lite_block_on(svc.clone().oneshot(keyless())).unwrap().status(), 200);
-    assert_eq!(futures_lite_block_on(svc.clone().oneshot(keyless())).unwrap().status(), 429);
-    assert_eq!(futures_lite_block_on(svc.clone().oneshot(req("k"))).unwrap().status(), 200);
+    assert_eq!(
+        futures_lite_block_on(svc.clone().oneshot(keyless()))
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        futures_lite_block_on(svc.clone().oneshot(keyless()))
+            .unwrap()
+            .status(),
+        429
+    );
+    assert_eq!(
+        futures_lite_block_on(svc.clone().oneshot(req("k")))
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[test]
@@ -388,20 +417,29 @@ fn spoofed_forwarded_for_from_untrusted_peer_is_ignored() {
             .header("x-forwarded-for", xff)
             .body(Full::<Bytes>::default())
             .unwrap();
-        r.extensions_mut().insert(peer.parse::<SocketAddr>().unwrap());
+        r.extensions_mut()
+            .insert(peer.parse::<SocketAddr>().unwrap());
         r
     };
     // An untrusted client rotating fake addresses is still one key.
     let statuses: Vec<u16> = (0..4)
         .map(|i| {
-            let res = futures_lite_block_on(svc.clone().oneshot(from("203.0.113.5:4000", &format!("1.2.3.{i}")))).unwrap();
+            let res = futures_lite_block_on(
+                svc.clone()
+                    .oneshot(from("203.0.113.5:4000", &format!("1.2.3.{i}"))),
+            )
+            .unwrap();
             res.status().as_u16()
         })
         .collect();
     assert_eq!(statuses, [200, 200, 429, 429]);
     // Through a trusted proxy, the forwarded address is the key.
     for i in 0..4 {
-        let res = futures_lite_block_on(svc.clone().oneshot(from("10.0.0.1:4000", &format!("1.2.3.{i}")))).unwrap();
+        let res = futures_lite_block_on(
+            svc.clone()
+                .oneshot(from("10.0.0.1:4000", &format!("1.2.3.{i}"))),
+        )
+        .unwrap();
         assert_eq!(res.status(), 200);
     }
 }

@@ -143,7 +143,6 @@ impl Gcra {
     pub(crate) fn reset_after(&self, tat: u64, now: u64) -> u64 {
         tat.saturating_sub(now)
     }
-
 }
 
 /// Nanoseconds to whole seconds, rounded up.
@@ -169,7 +168,10 @@ mod tests {
             assert!(matches!(g.acquire(&cell, now, 1), Verdict::Allowed { .. }));
         }
         // The burst+1-th in the same instant is refused for exactly T.
-        assert_eq!(g.acquire(&cell, now, 1), Verdict::Refused { wait: g.interval });
+        assert_eq!(
+            g.acquire(&cell, now, 1),
+            Verdict::Refused { wait: g.interval }
+        );
         assert_eq!(
             g.acquire(&cell, now + g.interval - 1, 1),
             Verdict::Refused { wait: 1 }

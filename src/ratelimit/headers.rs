@@ -4,8 +4,8 @@
 
 use std::fmt::Write;
 
-use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 
 use super::gcra::ceil_secs;
 use super::service::QuotaState;
@@ -24,7 +24,11 @@ pub(crate) fn policy(quotas: &[(String, u32, u64)]) -> HeaderValue {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "\"{name}\";q={q};w={}", ceil_secs(*period_nanos).max(1));
+        let _ = write!(
+            out,
+            "\"{name}\";q={q};w={}",
+            ceil_secs(*period_nanos).max(1)
+        );
     }
     // Names are checked to be visible ASCII without `"` or `\`.
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
@@ -43,12 +47,7 @@ pub(crate) fn write(
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(
-            out,
-            "\"{name}\";r={};t={}",
-            s.remaining,
-            reset_secs(s)
-        );
+        let _ = write!(out, "\"{name}\";r={};t={}", s.remaining, reset_secs(s));
     }
     if let Ok(v) = HeaderValue::from_str(&out) {
         headers.insert(RATELIMIT.clone(), v);

@@ -211,7 +211,9 @@ pub enum RateLimitError {
     },
     /// A quota with a zero count, period or burst, or whose burst lasts
     /// longer than the limiter can count (about 146 years).
-    #[error("quota `{0}`: count, period and burst must be above zero, and burst × period / count below 146 years")]
+    #[error(
+        "quota `{0}`: count, period and burst must be above zero, and burst × period / count below 146 years"
+    )]
     InvalidQuota(String),
     /// A quota name unusable in a header.
     #[error("quota name `{0}`: use 1 to 64 visible ASCII characters without `\"` or `\\`")]

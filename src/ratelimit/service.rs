@@ -81,14 +81,17 @@ impl Config {
         for quota in quotas {
             let name = quota.name();
             let valid = (1..=64).contains(&name.len())
-                && name.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
             if !valid {
                 return Err(RateLimitError::InvalidName(name));
             }
             if names.contains(&name) {
                 return Err(RateLimitError::DuplicateName(name));
             }
-            let gcra = Gcra::new(&quota).ok_or_else(|| RateLimitError::InvalidQuota(name.clone()))?;
+            let gcra =
+                Gcra::new(&quota).ok_or_else(|| RateLimitError::InvalidQuota(name.clone()))?;
             names.push(name);
             checked.push((quota, gcra));
         }
@@ -120,7 +123,14 @@ impl Limiter {
 
     /// Asks every quota about `cost` units for `key` at `now`; with
     /// `consume`, takes them if all agree (and none otherwise).
-    fn decide(&self, config: &Config, key: &Key<'_>, cost: u32, now: u64, consume: bool) -> Decision {
+    fn decide(
+        &self,
+        config: &Config,
+        key: &Key<'_>,
+        cost: u32,
+        now: u64,
+        consume: bool,
+    ) -> Decision {
         let fresh = KeyState::default();
         self.store.with(key, now, consume, |entry| {
             let state = match entry {
@@ -164,7 +174,13 @@ impl Limiter {
 
 /// The all-or-nothing check of every quota against one key's state.
 /// `None` when the state was removed meanwhile (the caller looks again).
-fn decide_on(config: &Config, state: &KeyState, cost: u32, now: u64, consume: bool) -> Option<Decision> {
+fn decide_on(
+    config: &Config,
+    state: &KeyState,
+    cost: u32,
+    now: u64,
+    consume: bool,
+) -> Option<Decision> {
     let mut decision = Decision::unlimited(config);
     for (i, (_, gcra)) in config.quotas.iter().enumerate() {
         let cell = &state.tats[i];
@@ -175,7 +191,9 @@ fn decide_on(config: &Config, state: &KeyState, cost: u32, now: u64, consume: bo
         };
         match verdict {
             // After taking the units; a peek reports the state as it is.
-            Verdict::Allowed { tat } if consume => decision.states[i] = QuotaState::at(gcra, tat, now),
+            Verdict::Allowed { tat } if consume => {
+                decision.states[i] = QuotaState::at(gcra, tat, now)
+            }
             Verdict::Allowed { .. } => {
                 decision.states[i] = QuotaState::at(gcra, cell.load(Ordering::Acquire), now)
             }
@@ -331,7 +349,17 @@ impl fmt::Debug for RateLimitLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("key_by", &self.limiter.key_by)
-            .field("quotas", &self.limiter.config.load().quotas.iter().map(|(q, _)| q).collect::<Vec<_>>())
+            .field(
+                "quotas",
+                &self
+                    .limiter
+                    .config
+                    .load()
+                    .quotas
+                    .iter()
+                    .map(|(q, _)| q)
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -411,7 +439,10 @@ where
         if decision.allowed {
             limiter.counters.allowed.fetch_add(1, Ordering::Relaxed);
         } else if config.dry_run {
-            limiter.counters.dry_run_rejected.fetch_add(1, Ordering::Relaxed);
+            limiter
+                .counters
+                .dry_run_rejected
+                .fetch_add(1, Ordering::Relaxed);
         } else {
             limiter.counters.rejected.fetch_add(1, Ordering::Relaxed);
             return ResponseFuture::rejected(limiter.reject(&config, &decision, cost));
@@ -499,10 +530,11 @@ where
                 Poll::Ready(Ok(res.map(ResponseBody::new)))
             }
             StateProj::Rejected { rejection } => {
-                let Rejection { problem, headers } = rejection.take().unwrap_or_else(|| Rejection {
-                    problem: Problem::new(StatusCode::TOO_MANY_REQUESTS),
-                    headers: HeaderMap::new(),
-                });
+                let Rejection { problem, headers } =
+                    rejection.take().unwrap_or_else(|| Rejection {
+                        problem: Problem::new(StatusCode::TOO_MANY_REQUESTS),
+                        headers: HeaderMap::new(),
+                    });
                 let mut res = problem.into_response();
                 res.headers_mut().extend(headers);
                 Poll::Ready(Ok(res))
@@ -532,7 +564,8 @@ impl RateLimitHandle {
     /// layer's business).
     pub fn check(&self, key: &Key<'_>, cost: u32) -> Decision {
         let config = self.limiter.config.load();
-        self.limiter.decide(&config, key, cost, self.limiter.now(), true)
+        self.limiter
+            .decide(&config, key, cost, self.limiter.now(), true)
     }
 
     /// What [`check`](Self::check) would decide for `cost` units, without
@@ -540,7 +573,8 @@ impl RateLimitHandle {
     /// remaining capacity), not as they would be after the request.
     pub fn peek(&self, key: &Key<'_>, cost: u32) -> Decision {
         let config = self.limiter.config.load();
-        self.limiter.decide(&config, key, cost, self.limiter.now(), false)
+        self.limiter
+            .decide(&config, key, cost, self.limiter.now(), false)
     }
 
     /// Charges `cost` more units to `key` on every quota, unconditionally:
@@ -577,28 +611,50 @@ impl RateLimitHandle {
     /// for every key; one that held a since-removed quota continues from
     /// its state, which can only make the new quota stricter, for at most
     /// as long as the old one would have taken to recover.
-    pub fn set_quotas(&self, quotas: impl IntoIterator<Item = Quota>) -> Result<(), RateLimitError> {
+    pub fn set_quotas(
+        &self,
+        quotas: impl IntoIterator<Item = Quota>,
+    ) -> Result<(), RateLimitError> {
         self.update(|c| Config::new(quotas.into_iter().collect(), c.dry_run, c.allow.clone()))
     }
 
     /// The current quotas.
     pub fn quotas(&self) -> Vec<Quota> {
-        self.limiter.config.load().quotas.iter().map(|(q, _)| q.clone()).collect()
+        self.limiter
+            .config
+            .load()
+            .quotas
+            .iter()
+            .map(|(q, _)| q.clone())
+            .collect()
     }
 
     /// Turns dry-run on or off: in dry-run, requests over the limit are
     /// counted and get the headers, but are let through.
     pub fn set_dry_run(&self, dry_run: bool) {
-        let _ = self.update(|c| Ok(Config { dry_run, ..c.clone() }));
+        let _ = self.update(|c| {
+            Ok(Config {
+                dry_run,
+                ..c.clone()
+            })
+        });
     }
 
     /// Replaces the allow list: keys that bypass the limit entirely.
     pub fn set_allow_list<K: Into<Key<'static>>>(&self, keys: impl IntoIterator<Item = K>) {
         let allow: HashSet<Key<'static>> = keys.into_iter().map(Into::into).collect();
-        let _ = self.update(|c| Ok(Config { allow: allow.clone(), ..c.clone() }));
+        let _ = self.update(|c| {
+            Ok(Config {
+                allow: allow.clone(),
+                ..c.clone()
+            })
+        });
     }
 
-    fn update(&self, f: impl FnOnce(&Config) -> Result<Config, RateLimitError>) -> Result<(), RateLimitError> {
+    fn update(
+        &self,
+        f: impl FnOnce(&Config) -> Result<Config, RateLimitError>,
+    ) -> Result<(), RateLimitError> {
         let _write = self.limiter.write.lock().unwrap_or_else(|e| e.into_inner());
         let next = f(&self.limiter.config.load())?;
         self.limiter.config.store(Arc::new(next));

@@ -167,7 +167,10 @@ impl Store {
         // The new key may become fresh before any key the last sweep kept.
         self.next_sweep.fetch_min(now, Ordering::AcqRel);
         let stored = StoredKey(key.clone().into_owned());
-        Entry::Tracked(self.map.get_or_insert_with(stored, KeyState::default, guard))
+        Entry::Tracked(
+            self.map
+                .get_or_insert_with(stored, KeyState::default, guard),
+        )
     }
 
     /// Removes every key whose state equals a fresh key's.
@@ -184,7 +187,11 @@ impl Store {
         let budget = (self.max_keys as u64 / 16).max(1);
         let starved = self.last_freed.load(Ordering::Relaxed) < budget
             && self.pending.load(Ordering::Relaxed) < budget
-            && now < self.last_sweep.load(Ordering::Relaxed).saturating_add(SECOND);
+            && now
+                < self
+                    .last_sweep
+                    .load(Ordering::Relaxed)
+                    .saturating_add(SECOND);
         if now < self.next_sweep.load(Ordering::Acquire)
             || starved
             || self.sweeping.swap(true, Ordering::AcqRel)

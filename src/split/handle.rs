@@ -126,7 +126,11 @@ impl Shared {
 
     fn is_drained(&self, index: usize) -> bool {
         self.snapshot.load().weights[index] == 0
-            && self.targets[index].counters.in_flight.load(Ordering::SeqCst) == 0
+            && self.targets[index]
+                .counters
+                .in_flight
+                .load(Ordering::SeqCst)
+                == 0
     }
 
     fn lock_history(&self) -> MutexGuard<'_, Vec<Box<[u32]>>> {

@@ -11,10 +11,10 @@ use rand::rngs::{SmallRng, Xoshiro256PlusPlus};
 use tower::Service;
 use tower::util::{Oneshot, ServiceExt};
 
+use super::SplitError;
 use super::future::{InFlight, ResponseFuture, SplitBody};
 use super::handle::{Counters, Shared, SplitHandle, TargetMeta};
-use super::SplitError;
-use crate::key::{Key, KeyBy};
+use crate::key::{HashSeed, Key, KeyBy};
 
 // === impl Target ===
 
@@ -146,7 +146,7 @@ pub struct Split<S> {
 
 struct Config {
     sticky: Option<KeyBy>,
-    sticky_seed: u64,
+    sticky_seed: HashSeed,
     /// Per-target seeds of the sticky pick: stable hashes of the names, so
     /// that reordering targets does not move keys.
     target_seeds: Box<[u64]>,
@@ -196,7 +196,7 @@ impl<S> Split<S> {
     fn pick<B>(&self, snapshot: &super::weights::Snapshot, req: &Request<B>) -> usize {
         match self.config.sticky.as_ref().and_then(|k| k.extract(req)) {
             Some(key) => snapshot.pick_sticky(
-                key.stable_hash(self.config.sticky_seed),
+                key.stable_hash_seeded(self.config.sticky_seed),
                 &self.config.target_seeds,
             ),
             None => snapshot.pick(self.config.rng.next_u64()),
@@ -396,7 +396,7 @@ impl<S> SplitBuilder<S> {
             shared: Arc::new(shared),
             config: Arc::new(Config {
                 sticky: self.sticky,
-                sticky_seed: self.sticky_seed,
+                sticky_seed: HashSeed::new(self.sticky_seed),
                 target_seeds,
                 override_header: self.override_header,
                 rng: self.rng,
@@ -410,7 +410,11 @@ impl<S> fmt::Debug for SplitBuilder<S> {
         f.debug_struct("SplitBuilder")
             .field(
                 "targets",
-                &self.targets.iter().map(|(n, _, w)| (n, w)).collect::<Vec<_>>(),
+                &self
+                    .targets
+                    .iter()
+                    .map(|(n, _, w)| (n, w))
+                    .collect::<Vec<_>>(),
             )
             .field("sticky", &self.sticky)
             .field("override_header", &self.override_header)

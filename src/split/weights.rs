@@ -188,7 +188,10 @@ impl IntoIterator for Weights {
 
 impl<'a> IntoIterator for &'a Weights {
     type Item = (&'a str, u32);
-    type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, u32)>, fn(&'a (String, u32)) -> (&'a str, u32)>;
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, u32)>,
+        fn(&'a (String, u32)) -> (&'a str, u32),
+    >;
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter().map(|(n, w)| (n.as_str(), *w))
@@ -283,7 +286,10 @@ mod tests {
 
     #[test]
     fn rejects_empty_and_zero() {
-        assert!(matches!(Snapshot::new(Box::new([]), 0), Err(SplitError::NoTargets)));
+        assert!(matches!(
+            Snapshot::new(Box::new([]), 0),
+            Err(SplitError::NoTargets)
+        ));
         assert!(matches!(
             Snapshot::new(Box::new([0, 0]), 0),
             Err(SplitError::AllWeightsZero)
