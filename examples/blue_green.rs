@@ -48,9 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/promote/{target}", post(promote))
         .route("/rollback", post(rollback))
         .with_state(handle.clone());
-    let app = Router::new()
-        .nest("/admin", admin)
-        .fallback_service(split);
+    let app = Router::new().nest("/admin", admin).fallback_service(split);
 
     // Report when a version has no weight and nothing in flight: the moment
     // a deploy script may stop it.
