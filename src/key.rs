@@ -51,6 +51,7 @@ enum Source {
     Global,
     PeerIp,
     ClientIp(TrustedProxies),
+    Identity,
     Header(HeaderName),
     Cookie(Box<str>),
     Custom(Box<CustomFn>),
@@ -108,6 +109,14 @@ impl KeyBy {
     /// ```
     pub fn client_ip(trusted: TrustedProxies) -> Self {
         Self::from_source(Source::ClientIp(trusted))
+    }
+
+    /// The id of the caller's [`Identity`](crate::auth::Identity), recorded
+    /// by an authentication layer in front; no key without one (or for an
+    /// anonymous identity, which would otherwise make every anonymous
+    /// caller one key: chain `.or(KeyBy::peer_ip())` for those).
+    pub fn identity() -> Self {
+        Self::from_source(Source::Identity)
     }
 
     /// The value of a request header. A missing or empty header gives no
@@ -172,6 +181,10 @@ impl KeyBy {
         match &*self.source {
             Source::Global => Some(Key::global()),
             Source::PeerIp => peer_ip(extensions).map(Key::from),
+            Source::Identity => extensions
+                .get::<crate::auth::Identity>()
+                .filter(|i| !i.is_anonymous())
+                .map(|i| Key::from_bytes(i.id().as_bytes())),
             Source::ClientIp(trusted) => peer_ip(extensions)
                 .map(|peer| trusted.client(peer, headers))
                 .map(Key::from),
@@ -195,6 +208,7 @@ impl fmt::Debug for KeyBy {
             Source::Global => f.write_str("KeyBy::global()"),
             Source::PeerIp => f.write_str("KeyBy::peer_ip()"),
             Source::ClientIp(t) => write!(f, "KeyBy::client_ip({t:?})"),
+            Source::Identity => f.write_str("KeyBy::identity()"),
             Source::Header(name) => write!(f, "KeyBy::header({:?})", name.as_str()),
             Source::Cookie(name) => write!(f, "KeyBy::cookie({name:?})"),
             Source::Custom(_) => f.write_str("KeyBy::custom(..)"),

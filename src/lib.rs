@@ -51,6 +51,7 @@
 //! | module | what it holds |
 //! | --- | --- |
 //! | [`split`] | [`Split`](split::Split): weighted, sticky blue/green and canary routing with a live handle, per-target counters and `drained` |
+//! | [`auth`] | [`ApiKeyLayer`](auth::ApiKeyLayer), `JwtLayer` (feature `jwt`), [`RequireScopes`](auth::RequireScopes) and the [`Identity`](auth::Identity) they record |
 //! | [`ratelimit`] | [`RateLimitLayer`](ratelimit::RateLimitLayer): keyed GCRA rate limiting with several quotas, costs, IETF `RateLimit` headers and bounded memory |
 //! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, client IP behind trusted proxies, custom) from a request |
 //! | [`problem`] | [`Problem`](problem::Problem): the `application/problem+json` rejections every layer answers with |
@@ -60,12 +61,15 @@
 //!
 //! | feature | enables |
 //! | --- | --- |
+//! | `jwt` | `auth::JwtLayer`: bearer JWTs (HS256, RS256, ES256, JWK) with `jsonwebtoken` |
 //! | `axum` | [`KeyBy::peer_ip`](key::KeyBy::peer_ip) also reads axum's `ConnectInfo<SocketAddr>`; [`Problem`](problem::Problem) implements `IntoResponse` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod auth;
 pub mod body;
+pub mod future;
 pub mod key;
 pub mod problem;
 pub mod ratelimit;

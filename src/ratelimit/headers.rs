@@ -4,7 +4,6 @@
 
 use std::fmt::Write;
 
-use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 
 use super::gcra::ceil_secs;
@@ -34,9 +33,9 @@ pub(crate) fn policy(quotas: &[(String, u32, u64)]) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// Writes the per-request headers for `states` (one per quota, in order).
+/// The per-request headers for `states` (one per quota, in order).
 pub(crate) fn write(
-    headers: &mut HeaderMap,
+    headers: &mut Vec<(HeaderName, HeaderValue)>,
     names: &[String],
     states: &[QuotaState],
     policy: &HeaderValue,
@@ -50,9 +49,9 @@ pub(crate) fn write(
         let _ = write!(out, "\"{name}\";r={};t={}", s.remaining, reset_secs(s));
     }
     if let Ok(v) = HeaderValue::from_str(&out) {
-        headers.insert(RATELIMIT.clone(), v);
+        headers.push((RATELIMIT.clone(), v));
     }
-    headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
+    headers.push((RATELIMIT_POLICY.clone(), policy.clone()));
     if legacy {
         // The most constrained quota speaks for all.
         if let Some((limit, s)) = names
@@ -61,16 +60,16 @@ pub(crate) fn write(
             .map(|(_, s)| (s.limit, s))
             .min_by_key(|(_, s)| s.remaining)
         {
-            headers.insert(X_LIMIT.clone(), HeaderValue::from(limit));
-            headers.insert(X_REMAINING.clone(), HeaderValue::from(s.remaining));
-            headers.insert(X_RESET.clone(), HeaderValue::from(reset_secs(s)));
+            headers.push((X_LIMIT.clone(), HeaderValue::from(limit)));
+            headers.push((X_REMAINING.clone(), HeaderValue::from(s.remaining)));
+            headers.push((X_RESET.clone(), HeaderValue::from(reset_secs(s))));
         }
     }
 }
 
 /// `Retry-After` in whole seconds, rounded up and never 0.
-pub(crate) fn retry_after(headers: &mut HeaderMap, wait_nanos: u64) {
-    headers.insert(RETRY_AFTER, HeaderValue::from(retry_secs(wait_nanos)));
+pub(crate) fn retry_after(headers: &mut Vec<(HeaderName, HeaderValue)>, wait_nanos: u64) {
+    headers.push((RETRY_AFTER, HeaderValue::from(retry_secs(wait_nanos))));
 }
 
 pub(crate) fn retry_secs(wait_nanos: u64) -> u64 {

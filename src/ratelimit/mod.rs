@@ -80,10 +80,11 @@ mod store;
 use std::fmt;
 use std::time::Duration;
 
+pub use crate::future::ResponseFuture;
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use service::{
     Decision, MissingKey, QuotaState, RateLimit, RateLimitBuilder, RateLimitHandle, RateLimitLayer,
-    RateLimitStats, ResponseFuture,
+    RateLimitStats,
 };
 
 /// A rate: `count` units per `period`, with bursts of up to `burst` units

@@ -2,16 +2,13 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use pin_project_lite::pin_project;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use super::clock::{Clock, MonotonicClock};
@@ -20,6 +17,7 @@ use super::headers;
 use super::store::{Entry, KeyState, SLOTS, Store};
 use super::{Quota, RateLimitError};
 use crate::body::ResponseBody;
+use crate::future::{Rejection, ResponseFuture};
 use crate::key::{Key, KeyBy, RequestView};
 use crate::problem::Problem;
 
@@ -145,7 +143,7 @@ impl Limiter {
     fn reject(&self, config: &Config, decision: &Decision, cost: u32) -> Rejection {
         let index = decision.refused_by.unwrap_or(0);
         let name = &config.names[index];
-        let mut headers = HeaderMap::new();
+        let mut headers = Vec::with_capacity(4);
         let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS).with("policy", name.as_str());
         let problem = match decision.retry_after {
             Some(wait) => {
@@ -168,7 +166,26 @@ impl Limiter {
             &config.policy,
             self.legacy_headers,
         );
-        Rejection { problem, headers }
+        headers
+            .into_iter()
+            .fold(Rejection::new(problem), |r, (name, value)| {
+                r.header(name, value)
+            })
+    }
+
+    /// The headers of an allowed (or dry-run) response.
+    fn headers(&self, config: &Config, decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers = Vec::new();
+        if self.headers_on_allowed || !decision.allowed {
+            headers::write(
+                &mut headers,
+                &config.names,
+                decision.quotas(),
+                &config.policy,
+                self.legacy_headers,
+            );
+        }
+        headers
     }
 }
 
@@ -207,10 +224,10 @@ fn decide_on(
                 for (j, (_, gcra)) in config.quotas.iter().enumerate() {
                     let tat = state.tats[j].load(Ordering::Acquire);
                     decision.states[j] = QuotaState::at(gcra, tat, now);
-                    if j > i {
-                        if let Verdict::Refused { wait } = gcra.peek(&state.tats[j], now, cost) {
-                            longest = longest.max(wait);
-                        }
+                    if j > i
+                        && let Verdict::Refused { wait } = gcra.peek(&state.tats[j], now, cost)
+                    {
+                        longest = longest.max(wait);
                     }
                 }
                 decision.allowed = false;
@@ -415,20 +432,19 @@ where
         let Some(key) = limiter.key_by.extract(&req) else {
             limiter.counters.missing_key.fetch_add(1, Ordering::Relaxed);
             return match limiter.on_missing {
-                MissingKey::Reject(status) => ResponseFuture::rejected(Rejection {
-                    problem: Problem::new(status).detail(format!(
+                MissingKey::Reject(status) => {
+                    ResponseFuture::rejected(Rejection::new(Problem::new(status).detail(format!(
                         "the request carries no rate-limit key (expected {:?})",
                         limiter.key_by
-                    )),
-                    headers: HeaderMap::new(),
-                }),
-                MissingKey::Allow => ResponseFuture::inner(self.inner.call(req), None),
+                    ))))
+                }
+                MissingKey::Allow => ResponseFuture::inner(self.inner.call(req)),
             };
         };
         let config = limiter.config.load();
         if !config.allow.is_empty() && allow_listed(&config.allow, &key) {
             limiter.counters.bypassed.fetch_add(1, Ordering::Relaxed);
-            return ResponseFuture::inner(self.inner.call(req), None);
+            return ResponseFuture::inner(self.inner.call(req));
         }
         let cost = match &limiter.cost {
             Some(f) => f(&RequestView::of(&req)),
@@ -447,12 +463,8 @@ where
             limiter.counters.rejected.fetch_add(1, Ordering::Relaxed);
             return ResponseFuture::rejected(limiter.reject(&config, &decision, cost));
         }
-        let patch = (limiter.headers_on_allowed || !decision.allowed).then(|| HeaderPatch {
-            decision,
-            config: arc_swap::Guard::into_inner(config),
-            legacy: limiter.legacy_headers,
-        });
-        ResponseFuture::inner(self.inner.call(req), patch)
+        let headers = limiter.headers(&config, &decision);
+        ResponseFuture::inner_with_headers(self.inner.call(req), headers)
     }
 }
 
@@ -460,93 +472,6 @@ where
 /// element type, so a set of `Key<'static>` is a set of `Key<'r>`.
 fn allow_listed<'r>(set: &HashSet<Key<'r>>, key: &Key<'r>) -> bool {
     set.contains(key)
-}
-
-// === impl ResponseFuture ===
-
-struct Rejection {
-    problem: Problem,
-    headers: HeaderMap,
-}
-
-struct HeaderPatch {
-    decision: Decision,
-    config: Arc<Config>,
-    legacy: bool,
-}
-
-pin_project! {
-    /// Response future of [`RateLimit`]: the inner service's response with
-    /// rate-limit headers added, or the limiter's own 429.
-    pub struct ResponseFuture<F> {
-        #[pin]
-        state: State<F>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Inner { #[pin] future: F, patch: Option<HeaderPatch> },
-        Rejected { rejection: Option<Rejection> },
-    }
-}
-
-impl<F> ResponseFuture<F> {
-    fn inner(future: F, patch: Option<HeaderPatch>) -> Self {
-        Self {
-            state: State::Inner { future, patch },
-        }
-    }
-
-    fn rejected(rejection: Rejection) -> Self {
-        Self {
-            state: State::Rejected {
-                rejection: Some(rejection),
-            },
-        }
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<ResponseBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Inner { future, patch } => {
-                let mut res = ready!(future.poll(cx))?;
-                if let Some(p) = patch.take() {
-                    headers::write(
-                        res.headers_mut(),
-                        &p.config.names,
-                        p.decision.quotas(),
-                        &p.config.policy,
-                        p.legacy,
-                    );
-                }
-                Poll::Ready(Ok(res.map(ResponseBody::new)))
-            }
-            StateProj::Rejected { rejection } => {
-                let Rejection { problem, headers } =
-                    rejection.take().unwrap_or_else(|| Rejection {
-                        problem: Problem::new(StatusCode::TOO_MANY_REQUESTS),
-                        headers: HeaderMap::new(),
-                    });
-                let mut res = problem.into_response();
-                res.headers_mut().extend(headers);
-                Poll::Ready(Ok(res))
-            }
-        }
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
 }
 
 // === impl RateLimitHandle ===

@@ -1,0 +1,267 @@
+//! Finding a credential in a request, telling malformed input apart, and
+//! removing credentials before the request goes further.
+
+use std::borrow::Cow;
+
+use http::header::{AUTHORIZATION, HeaderName};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Request, Uri};
+use percent_encoding::percent_decode_str;
+
+/// Where credentials are looked for, in this order: `Authorization:
+/// Bearer`, a named header, a query parameter.
+#[derive(Clone, Debug)]
+pub(crate) struct Sources {
+    pub(crate) bearer: bool,
+    pub(crate) header: Option<HeaderName>,
+    pub(crate) query: Option<String>,
+}
+
+/// Why a request's credentials could not be read at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Malformed(pub(crate) &'static str);
+
+impl Sources {
+    /// The first credential present, by source order.
+    pub(crate) fn find<'r, B>(
+        &self,
+        req: &'r Request<B>,
+    ) -> Result<Option<Cow<'r, str>>, Malformed> {
+        if self.bearer
+            && let Some(token) = bearer(req.headers())?
+        {
+            return Ok(Some(Cow::Borrowed(token)));
+        }
+        if let Some(name) = &self.header
+            && let Some(key) = single(req.headers(), name)?
+        {
+            return Ok(Some(Cow::Borrowed(key)));
+        }
+        if let Some(param) = &self.query
+            && let Some(key) = query_param(req.uri(), param)?
+        {
+            return Ok(Some(key));
+        }
+        Ok(None)
+    }
+
+    /// Removes every credential these sources would read, so that upstream
+    /// services never see a client's key. Other headers, and the rest of the
+    /// query string byte for byte, are kept.
+    pub(crate) fn strip<B>(&self, req: &mut Request<B>) {
+        if self.bearer && is_bearer(req.headers()) {
+            req.headers_mut().remove(AUTHORIZATION);
+        }
+        if let Some(name) = &self.header {
+            req.headers_mut().remove(name);
+        }
+        if let Some(param) = &self.query
+            && let Some(uri) = without_param(req.uri(), param)
+        {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (RFC 6750). An
+/// `Authorization` header of another scheme is not ours: `Ok(None)`.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Malformed> {
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    let value = match (all.next(), all.next()) {
+        (None, _) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(Malformed(
+                "the request has more than one Authorization header",
+            ));
+        }
+        (Some(value), None) => value,
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Malformed("the Authorization header is not visible ASCII"))?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = rest.trim_matches(' ');
+    if token.is_empty() {
+        return Err(Malformed("`Bearer` is not followed by a token"));
+    }
+    // b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+    let body = token.trim_end_matches('=');
+    let valid = !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+    if !valid {
+        return Err(Malformed("the bearer token is not a valid b64token"));
+    }
+    Ok(Some(token))
+}
+
+fn is_bearer(headers: &HeaderMap) -> bool {
+    headers.get_all(AUTHORIZATION).iter().any(|v| {
+        v.as_bytes()
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
+            || v.as_bytes().eq_ignore_ascii_case(b"bearer")
+    })
+}
+
+/// The value of a header that must appear at most once.
+fn single<'r>(headers: &'r HeaderMap, name: &HeaderName) -> Result<Option<&'r str>, Malformed> {
+    let mut all = headers.get_all(name).iter();
+    match (all.next(), all.next()) {
+        (None, _) => Ok(None),
+        (Some(_), Some(_)) => Err(Malformed("the credential header appears more than once")),
+        (Some(v), None) => {
+            let v = v
+                .to_str()
+                .map_err(|_| Malformed("the credential header is not visible ASCII"))?
+                .trim();
+            if v.is_empty() {
+                Err(Malformed("the credential header is empty"))
+            } else {
+                Ok(Some(v))
+            }
+        }
+    }
+}
+
+/// A query parameter's value, percent-decoded (RFC 3986; `+` is kept as
+/// it is, since keys often contain it).
+fn query_param<'r>(uri: &'r Uri, name: &str) -> Result<Option<Cow<'r, str>>, Malformed> {
+    let Some(query) = uri.query() else {
+        return Ok(None);
+    };
+    let mut found = None;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != name {
+            continue;
+        }
+        if found.is_some() {
+            return Err(Malformed(
+                "the credential query parameter appears more than once",
+            ));
+        }
+        let v = percent_decode_str(v)
+            .decode_utf8()
+            .map_err(|_| Malformed("the credential query parameter is not UTF-8"))?;
+        if v.is_empty() {
+            return Err(Malformed("the credential query parameter is empty"));
+        }
+        found = Some(v);
+    }
+    Ok(found)
+}
+
+/// `uri` without query parameter `name`; `None` if it has none.
+fn without_param(uri: &Uri, name: &str) -> Option<Uri> {
+    let query = uri.query()?;
+    let is_it = |pair: &&str| pair.split_once('=').map_or(*pair, |(k, _)| k) == name;
+    if !query.split('&').any(|p| is_it(&p)) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_it(p)).collect();
+    let mut pq = String::with_capacity(uri.path().len() + query.len());
+    pq.push_str(uri.path());
+    if !kept.is_empty() {
+        pq.push('?');
+        pq.push_str(&kept.join("&"));
+    }
+    let mut parts = uri.clone().into_parts();
+    // Removing a parameter from a valid path and query leaves a valid one.
+    parts.path_and_query = Some(PathAndQuery::try_from(pq).ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &[u8])], uri: &str) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, http::HeaderValue::from_bytes(v).unwrap());
+        }
+        b.body(()).unwrap()
+    }
+
+    fn all() -> Sources {
+        Sources {
+            bearer: true,
+            header: Some(HeaderName::from_static("x-api-key")),
+            query: Some("api_key".into()),
+        }
+    }
+
+    #[test]
+    fn order_and_sources() {
+        let s = all();
+        let r = req(
+            &[("authorization", b"Bearer tok"), ("x-api-key", b"hdr")],
+            "/?api_key=q",
+        );
+        assert_eq!(s.find(&r).unwrap().as_deref(), Some("tok"));
+        let r = req(&[("x-api-key", b"hdr")], "/?api_key=q");
+        assert_eq!(s.find(&r).unwrap().as_deref(), Some("hdr"));
+        let r = req(&[], "/p?a=1&api_key=q%2Bx+y&b=2");
+        assert_eq!(s.find(&r).unwrap().as_deref(), Some("q+x+y"));
+        // Another scheme is not ours.
+        let r = req(&[("authorization", b"Basic dXNlcjpwYXNz")], "/");
+        assert_eq!(s.find(&r).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_inputs() {
+        let s = all();
+        for (headers, uri) in [
+            (vec![("authorization", &b"Bearer"[..])], "/"),
+            (vec![("authorization", &b"Bearer   "[..])], "/"),
+            (vec![("authorization", &b"Bearer a b"[..])], "/"),
+            (vec![("authorization", &b"Bearer \xff"[..])], "/"),
+            (
+                vec![
+                    ("authorization", &b"Bearer a"[..]),
+                    ("authorization", &b"Bearer b"[..]),
+                ],
+                "/",
+            ),
+            (vec![("x-api-key", &b""[..])], "/"),
+            (
+                vec![("x-api-key", &b"a"[..]), ("x-api-key", &b"b"[..])],
+                "/",
+            ),
+            (vec![("x-api-key", &b"\xfe"[..])], "/"),
+            (vec![], "/?api_key=a&api_key=b"),
+            (vec![], "/?api_key=%ff"),
+            (vec![], "/?api_key="),
+        ] {
+            let r = req(&headers, uri);
+            assert!(s.find(&r).is_err(), "{headers:?} {uri}");
+        }
+    }
+
+    #[test]
+    fn strip_removes_only_credentials() {
+        let mut r = req(
+            &[
+                ("authorization", b"Bearer tok"),
+                ("x-api-key", b"k"),
+                ("x-other", b"1"),
+            ],
+            "http://h/p/q?a=1&api_key=secret&b=%20x",
+        );
+        all().strip(&mut r);
+        assert!(r.headers().get("authorization").is_none());
+        assert!(r.headers().get("x-api-key").is_none());
+        assert_eq!(r.headers()["x-other"], "1");
+        assert_eq!(r.uri().to_string(), "http://h/p/q?a=1&b=%20x");
+
+        let mut r = req(&[("authorization", b"Basic abc")], "/p?api_key=s");
+        all().strip(&mut r);
+        assert_eq!(r.headers()["authorization"], "Basic abc");
+        assert_eq!(r.uri().to_string(), "/p");
+    }
+}

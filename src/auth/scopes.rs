@@ -1,0 +1,165 @@
+//! Authorization by scope.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use super::Identity;
+use super::reject::Challenge;
+use crate::body::ResponseBody;
+use crate::future::ResponseFuture;
+
+/// A [`Layer`] that lets a request through only if its [`Identity`] (put
+/// there by an authentication layer in front) holds the required scopes:
+/// all of them ([`RequireScopes::all`]) or at least one
+/// ([`RequireScopes::any`]).
+///
+/// A request without an identity (no authentication layer in front, or an
+/// anonymous one) gets 401; an identity without the scopes gets 403 naming
+/// what is missing. Use it per route with axum's `route_layer`:
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use switchyard::auth::RequireScopes;
+///
+/// let app: Router = Router::new()
+///     .route("/admin/users", get(|| async { "users" }))
+///     .route_layer(RequireScopes::all(["admin"]))
+///     .route("/v1/chat", get(|| async { "chat" }));
+/// // ... then `.layer(api_keys)` so every route is authenticated first.
+/// ```
+#[derive(Clone)]
+pub struct RequireScopes {
+    rule: Arc<Rule>,
+}
+
+struct Rule {
+    scopes: Vec<String>,
+    all: bool,
+    joined: String,
+    challenge: Challenge,
+}
+
+impl RequireScopes {
+    /// Requires every one of `scopes`.
+    pub fn all<I, S>(scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::new(scopes, true)
+    }
+
+    /// Requires at least one of `scopes`.
+    pub fn any<I, S>(scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::new(scopes, false)
+    }
+
+    fn new<I, S>(scopes: I, all: bool) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let scopes: Vec<String> = scopes.into_iter().map(Into::into).collect();
+        let joined = scopes.join(" ");
+        Self {
+            rule: Arc::new(Rule {
+                scopes,
+                all,
+                joined,
+                challenge: Challenge::new("switchyard"),
+            }),
+        }
+    }
+
+    /// The realm named in `WWW-Authenticate` (`switchyard` by default).
+    pub fn realm(self, realm: &str) -> Self {
+        let r = &self.rule;
+        Self {
+            rule: Arc::new(Rule {
+                scopes: r.scopes.clone(),
+                all: r.all,
+                joined: r.joined.clone(),
+                challenge: Challenge::new(realm),
+            }),
+        }
+    }
+
+    /// The scopes `identity` lacks under this rule; empty if it passes.
+    fn missing<'a>(&'a self, identity: &Identity) -> Vec<&'a str> {
+        let missing: Vec<&str> = self
+            .rule
+            .scopes
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !identity.has_scope(s))
+            .collect();
+        let passes = if self.rule.all {
+            missing.is_empty()
+        } else {
+            self.rule.scopes.is_empty() || missing.len() < self.rule.scopes.len()
+        };
+        if passes { Vec::new() } else { missing }
+    }
+}
+
+impl fmt::Debug for RequireScopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.rule.all { "all" } else { "any" };
+        write!(f, "RequireScopes::{kind}({:?})", self.rule.scopes)
+    }
+}
+
+impl<S> Layer<S> for RequireScopes {
+    type Service = ScopeCheck<S>;
+
+    fn layer(&self, inner: S) -> ScopeCheck<S> {
+        ScopeCheck {
+            inner,
+            rule: self.clone(),
+        }
+    }
+}
+
+/// A service behind a scope check; built by [`RequireScopes`].
+#[derive(Clone, Debug)]
+pub struct ScopeCheck<S> {
+    inner: S,
+    rule: RequireScopes,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for ScopeCheck<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let rule = &self.rule.rule;
+        match req.extensions().get::<Identity>() {
+            Some(identity) if !identity.is_anonymous() => {
+                let missing = self.rule.missing(identity);
+                if !missing.is_empty() {
+                    return ResponseFuture::rejected(
+                        rule.challenge.insufficient(&rule.joined, &missing),
+                    );
+                }
+            }
+            _ => return ResponseFuture::rejected(rule.challenge.missing()),
+        }
+        ResponseFuture::inner(self.inner.call(req))
+    }
+}

@@ -1,0 +1,122 @@
+//! The response future shared by layers that may answer a request
+//! themselves.
+//!
+//! Such a layer either calls its inner service, and then at most adds a few
+//! headers to the response, or refuses the request with a
+//! [`Problem`](crate::problem::Problem) response of its own without calling
+//! the inner service. [`ResponseFuture`] is that choice.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
+use pin_project_lite::pin_project;
+
+use crate::body::ResponseBody;
+use crate::problem::Problem;
+
+/// A refusal: the problem document and any headers that go with it
+/// (`WWW-Authenticate`, `Retry-After`, ...).
+#[derive(Debug)]
+pub(crate) struct Rejection {
+    pub(crate) problem: Problem,
+    pub(crate) headers: HeaderMap,
+}
+
+impl Rejection {
+    pub(crate) fn new(problem: Problem) -> Self {
+        Self {
+            problem,
+            headers: HeaderMap::new(),
+        }
+    }
+
+    pub(crate) fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.append(name, value);
+        self
+    }
+
+    pub(crate) fn into_response<B>(self) -> Response<ResponseBody<B>> {
+        let mut res = self.problem.into_response();
+        res.headers_mut().extend(self.headers);
+        res
+    }
+}
+
+pin_project! {
+    /// Response future of switchyard's admission layers (authentication,
+    /// scope checks, rate limiting): the inner service's response with the
+    /// layer's headers added, or the layer's own rejection.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Inner {
+            #[pin]
+            future: F,
+            headers: Vec<(HeaderName, HeaderValue)>,
+        },
+        Rejected {
+            rejection: Option<Rejection>,
+        },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn inner(future: F) -> Self {
+        Self::inner_with_headers(future, Vec::new())
+    }
+
+    pub(crate) fn inner_with_headers(future: F, headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        Self {
+            state: State::Inner { future, headers },
+        }
+    }
+
+    pub(crate) fn rejected(rejection: Rejection) -> Self {
+        Self {
+            state: State::Rejected {
+                rejection: Some(rejection),
+            },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Inner { future, headers } => {
+                let mut res = ready!(future.poll(cx))?;
+                let map = res.headers_mut();
+                for (name, value) in headers.drain(..) {
+                    map.insert(name, value);
+                }
+                Poll::Ready(Ok(res.map(ResponseBody::new)))
+            }
+            StateProj::Rejected { rejection } => {
+                let rejection = rejection.take().unwrap_or_else(|| {
+                    // Polled again after completing: answer, never panic.
+                    Rejection::new(Problem::new(http::StatusCode::INTERNAL_SERVER_ERROR))
+                });
+                Poll::Ready(Ok(rejection.into_response()))
+            }
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
