@@ -18,28 +18,26 @@ use crate::problem::Problem;
 
 /// A refusal: the problem document and any headers that go with it
 /// (`WWW-Authenticate`, `Retry-After`, ...).
+///
+/// Boxed, so that the futures and results carrying one stay small on the
+/// path where nothing is refused.
 #[derive(Debug)]
-pub(crate) struct Rejection {
-    pub(crate) problem: Problem,
-    pub(crate) headers: HeaderMap,
-}
+pub(crate) struct Rejection(Box<(Problem, HeaderMap)>);
 
 impl Rejection {
     pub(crate) fn new(problem: Problem) -> Self {
-        Self {
-            problem,
-            headers: HeaderMap::new(),
-        }
+        Self(Box::new((problem, HeaderMap::new())))
     }
 
     pub(crate) fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.append(name, value);
+        self.0.1.append(name, value);
         self
     }
 
     pub(crate) fn into_response<B>(self) -> Response<ResponseBody<B>> {
-        let mut res = self.problem.into_response();
-        res.headers_mut().extend(self.headers);
+        let (problem, headers) = *self.0;
+        let mut res = problem.into_response();
+        res.headers_mut().extend(headers);
         res
     }
 }

@@ -111,8 +111,9 @@ impl KeyBy {
         Self::from_source(Source::ClientIp(trusted))
     }
 
-    /// The id of the caller's [`Identity`](crate::auth::Identity), recorded
-    /// by an authentication layer in front; no key without one (or for an
+    /// The caller's [`Identity`](crate::auth::Identity) (its tenant and
+    /// id, see [`Identity::key`](crate::auth::Identity::key)), recorded by an
+    /// authentication layer in front; no key without one (or for an
     /// anonymous identity, which would otherwise make every anonymous
     /// caller one key: chain `.or(KeyBy::peer_ip())` for those).
     pub fn identity() -> Self {
@@ -184,7 +185,7 @@ impl KeyBy {
             Source::Identity => extensions
                 .get::<crate::auth::Identity>()
                 .filter(|i| !i.is_anonymous())
-                .map(|i| Key::from_bytes(i.id().as_bytes())),
+                .map(|i| Key::from_bytes(i.key().as_bytes())),
             Source::ClientIp(trusted) => peer_ip(extensions)
                 .map(|peer| trusted.client(peer, headers))
                 .map(Key::from),

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -13,8 +12,7 @@ use http::{HeaderName, Request, Response};
 use sha2::{Digest as _, Sha256};
 use tower::{Layer, Service};
 
-use super::credentials::{Malformed, Sources};
-use super::reject::Challenge;
+use super::credentials::{AuthStats, Authenticator, Sources};
 use super::{AuthError, Identity};
 use crate::body::ResponseBody;
 use crate::future::ResponseFuture;
@@ -185,20 +183,7 @@ type Table = HashMap<Digest, ApiKey, BuildHasherDefault<DigestHasher>>;
 struct Shared {
     table: ArcSwap<Table>,
     write: Mutex<()>,
-    sources: Sources,
-    strip: bool,
-    anonymous: Option<Identity>,
-    challenge: Challenge,
-    stats: Counters,
-}
-
-#[derive(Default)]
-struct Counters {
-    authenticated: AtomicU64,
-    anonymous: AtomicU64,
-    missing: AtomicU64,
-    invalid: AtomicU64,
-    malformed: AtomicU64,
+    auth: Authenticator,
 }
 
 /// A [`Layer`] that authenticates requests by API key and records the
@@ -275,7 +260,7 @@ impl fmt::Debug for ApiKeyLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiKeyLayer")
             .field("keys", &self.shared.table.load().len())
-            .field("sources", &self.shared.sources)
+            .field("sources", &self.shared.auth.sources)
             .finish_non_exhaustive()
     }
 }
@@ -311,42 +296,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let shared = &*self.shared;
-        let count = |c: &AtomicU64| c.fetch_add(1, Ordering::Relaxed);
-        let identity = match shared.sources.find(&req) {
-            Err(Malformed(why)) => {
-                count(&shared.stats.malformed);
-                return ResponseFuture::rejected(shared.challenge.malformed(why));
-            }
-            Ok(None) => match &shared.anonymous {
-                Some(anonymous) => {
-                    count(&shared.stats.anonymous);
-                    anonymous.clone()
-                }
-                None => {
-                    count(&shared.stats.missing);
-                    return ResponseFuture::rejected(shared.challenge.missing());
-                }
-            },
-            Ok(Some(key)) => {
-                let digest = Digest::of(&key);
-                match shared.table.load().get(&digest).filter(|k| k.usable()) {
-                    Some(k) => {
-                        count(&shared.stats.authenticated);
-                        k.identity.clone()
-                    }
-                    None => {
-                        count(&shared.stats.invalid);
-                        return ResponseFuture::rejected(shared.challenge.invalid());
-                    }
-                }
-            }
+        let table = self.shared.table.load();
+        let verify = |key: &str| {
+            let usable = table.get(&Digest::of(key)).filter(|k| k.usable())?;
+            Some(usable.identity.clone())
         };
-        if shared.strip {
-            shared.sources.strip(&mut req);
+        match self.shared.auth.admit(&mut req, verify) {
+            Ok(()) => ResponseFuture::inner(self.inner.call(req)),
+            Err(rejection) => ResponseFuture::rejected(rejection),
         }
-        req.extensions_mut().insert(identity);
-        ResponseFuture::inner(self.inner.call(req))
     }
 }
 
@@ -405,16 +363,8 @@ impl ApiKeyHandle {
     }
 
     /// The layer's counters.
-    pub fn stats(&self) -> ApiKeyStats {
-        let s = &self.shared.stats;
-        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        ApiKeyStats {
-            authenticated: read(&s.authenticated),
-            anonymous: read(&s.anonymous),
-            missing: read(&s.missing),
-            invalid: read(&s.invalid),
-            malformed: read(&s.malformed),
-        }
+    pub fn stats(&self) -> AuthStats {
+        self.shared.auth.stats()
     }
 
     fn update(&self, f: impl FnOnce(&mut Table)) {
@@ -431,22 +381,6 @@ impl fmt::Debug for ApiKeyHandle {
             .field("keys", &self.shared.table.load().len())
             .finish_non_exhaustive()
     }
-}
-
-/// Counters of an [`ApiKeyLayer`] since it was built.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct ApiKeyStats {
-    /// Requests with a valid key.
-    pub authenticated: u64,
-    /// Requests let through as anonymous.
-    pub anonymous: u64,
-    /// Requests refused for lack of credentials.
-    pub missing: u64,
-    /// Requests refused for an invalid key.
-    pub invalid: u64,
-    /// Requests refused for unreadable credentials.
-    pub malformed: u64,
 }
 
 // === impl ApiKeyBuilder ===
@@ -549,11 +483,7 @@ impl ApiKeyBuilder {
             shared: Arc::new(Shared {
                 table: ArcSwap::from_pointee(table),
                 write: Mutex::new(()),
-                sources: self.sources,
-                strip: self.strip,
-                anonymous: self.anonymous,
-                challenge: Challenge::new(&self.realm),
-                stats: Counters::default(),
+                auth: Authenticator::new(self.sources, self.strip, self.anonymous, &self.realm),
             }),
         })
     }

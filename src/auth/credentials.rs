@@ -2,11 +2,129 @@
 //! removing credentials before the request goes further.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{AUTHORIZATION, HeaderName};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Uri};
 use percent_encoding::percent_decode_str;
+
+use super::Identity;
+use super::reject::Challenge;
+use crate::future::Rejection;
+
+// === impl Authenticator ===
+
+/// What every authentication layer does around its own check of a
+/// credential: find it, refuse what is missing or unreadable, admit
+/// anonymous callers if configured, strip credentials, record the
+/// identity, and count each outcome.
+#[derive(Debug)]
+pub(crate) struct Authenticator {
+    pub(crate) sources: Sources,
+    pub(crate) strip: bool,
+    pub(crate) anonymous: Option<Identity>,
+    pub(crate) challenge: Challenge,
+    stats: Counters,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    authenticated: AtomicU64,
+    anonymous: AtomicU64,
+    missing: AtomicU64,
+    invalid: AtomicU64,
+    malformed: AtomicU64,
+}
+
+impl Authenticator {
+    pub(crate) fn new(
+        sources: Sources,
+        strip: bool,
+        anonymous: Option<Identity>,
+        realm: &str,
+    ) -> Self {
+        Self {
+            sources,
+            strip,
+            anonymous,
+            challenge: Challenge::new(realm),
+            stats: Counters::default(),
+        }
+    }
+
+    /// Admits `req` with the identity `verify` finds for its credential, or
+    /// says how to refuse it. A wrong credential is refused even where
+    /// anonymous access is allowed.
+    pub(crate) fn admit<B>(
+        &self,
+        req: &mut Request<B>,
+        verify: impl FnOnce(&str) -> Option<Identity>,
+    ) -> Result<(), Rejection> {
+        let count = |c: &AtomicU64| c.fetch_add(1, Ordering::Relaxed);
+        let identity = match self.sources.find(req) {
+            Err(Malformed(why)) => {
+                count(&self.stats.malformed);
+                return Err(self.challenge.malformed(why));
+            }
+            Ok(None) => match &self.anonymous {
+                Some(anonymous) => {
+                    count(&self.stats.anonymous);
+                    anonymous.clone()
+                }
+                None => {
+                    count(&self.stats.missing);
+                    return Err(self.challenge.missing());
+                }
+            },
+            Ok(Some(credential)) => match verify(&credential) {
+                Some(identity) => {
+                    count(&self.stats.authenticated);
+                    identity
+                }
+                None => {
+                    count(&self.stats.invalid);
+                    return Err(self.challenge.invalid());
+                }
+            },
+        };
+        if self.strip {
+            self.sources.strip(req);
+        }
+        req.extensions_mut().insert(identity);
+        Ok(())
+    }
+
+    pub(crate) fn stats(&self) -> AuthStats {
+        let s = &self.stats;
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        AuthStats {
+            authenticated: read(&s.authenticated),
+            anonymous: read(&s.anonymous),
+            missing: read(&s.missing),
+            invalid: read(&s.invalid),
+            malformed: read(&s.malformed),
+        }
+    }
+}
+
+/// Counters of an authentication layer since it was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct AuthStats {
+    /// Requests with valid credentials.
+    pub authenticated: u64,
+    /// Requests let through as anonymous.
+    pub anonymous: u64,
+    /// Requests refused for lack of credentials.
+    pub missing: u64,
+    /// Requests refused for invalid credentials.
+    pub invalid: u64,
+    /// Requests refused for unreadable credentials.
+    pub malformed: u64,
+}
+
+// === impl Sources ===
 
 /// Where credentials are looked for, in this order: `Authorization:
 /// Bearer`, a named header, a query parameter.
@@ -79,11 +197,14 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Malformed> {
     let value = value
         .to_str()
         .map_err(|_| Malformed("the Authorization header is not visible ASCII"))?;
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    // Tolerate tabs and stray spaces around the scheme: a key must never
+    // slip past as "not a bearer token" and on to the upstream.
+    let value = value.trim_matches([' ', '\t']);
+    let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);
     }
-    let token = rest.trim_matches(' ');
+    let token = rest.trim_matches([' ', '\t']);
     if token.is_empty() {
         return Err(Malformed("`Bearer` is not followed by a token"));
     }
@@ -101,10 +222,10 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Malformed> {
 
 fn is_bearer(headers: &HeaderMap) -> bool {
     headers.get_all(AUTHORIZATION).iter().any(|v| {
-        v.as_bytes()
-            .get(..7)
-            .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
-            || v.as_bytes().eq_ignore_ascii_case(b"bearer")
+        let v = v.as_bytes().trim_ascii_start();
+        v.get(..6)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer"))
+            && v.get(6).is_none_or(|b| b.is_ascii_whitespace())
     })
 }
 

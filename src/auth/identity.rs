@@ -47,30 +47,49 @@ struct Data {
     labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     anonymous: bool,
+    /// Tenant and id in one injective string: the identity's rate-limit
+    /// key. Derived; kept up to date by every constructor.
+    #[serde(skip)]
+    key: String,
+}
+
+impl Data {
+    fn rekey(&mut self) {
+        self.key = match &self.tenant {
+            Some(t) => format!("t{}:{t}{}", t.len(), self.id),
+            None => format!("i{}", self.id),
+        };
+    }
 }
 
 impl Identity {
     /// An identity with this id and nothing else.
     pub fn new(id: impl Into<String>) -> Self {
-        Identity(Arc::new(Data {
+        let mut data = Data {
             id: id.into(),
             ..Data::default()
-        }))
+        };
+        data.rekey();
+        Identity(Arc::new(data))
     }
 
     /// The identity given to requests without credentials when a layer
     /// allows anonymous access: id `anonymous`, no scopes.
     pub fn anonymous() -> Self {
-        Identity(Arc::new(Data {
+        let mut data = Data {
             id: "anonymous".to_owned(),
             anonymous: true,
             ..Data::default()
-        }))
+        };
+        data.rekey();
+        Identity(Arc::new(data))
     }
 
     /// With this tenant.
     pub fn with_tenant(mut self, tenant: impl Into<String>) -> Self {
-        Arc::make_mut(&mut self.0).tenant = Some(tenant.into());
+        let data = Arc::make_mut(&mut self.0);
+        data.tenant = Some(tenant.into());
+        data.rekey();
         self
     }
 
@@ -139,6 +158,12 @@ impl Identity {
         &self.0.labels
     }
 
+    /// The tenant and id as one string, different for every (tenant, id)
+    /// pair: what [`KeyBy::identity`](crate::key::KeyBy::identity) keys on.
+    pub fn key(&self) -> &str {
+        &self.0.key
+    }
+
     /// Whether this is the anonymous identity of a request without
     /// credentials.
     pub fn is_anonymous(&self) -> bool {
@@ -180,6 +205,7 @@ impl<'de> Deserialize<'de> for Identity {
         let mut data = Data::deserialize(deserializer)?;
         data.scopes.sort_unstable();
         data.scopes.dedup();
+        data.rekey();
         Ok(Identity(Arc::new(data)))
     }
 }

@@ -11,8 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use tower::{Layer, Service};
 
-use super::credentials::{Malformed, Sources};
-use super::reject::Challenge;
+use super::credentials::{AuthStats, Authenticator, Sources};
 use super::{AuthError, Identity};
 use crate::body::ResponseBody;
 use crate::future::ResponseFuture;
@@ -27,10 +26,7 @@ struct VerifyKey {
 struct Shared {
     keys: Vec<VerifyKey>,
     tenant_claim: String,
-    anonymous: Option<Identity>,
-    strip: bool,
-    sources: Sources,
-    challenge: Challenge,
+    auth: Authenticator,
 }
 
 /// A [`Layer`] that authenticates `Authorization: Bearer <JWT>` requests
@@ -41,8 +37,9 @@ struct Shared {
 /// signed with another algorithm, or `alg: none`, is refused. `exp` is
 /// required and checked, `nbf` is checked, both with a leeway (60 s by
 /// default); `iss` and `aud` are checked when configured. A token with a
-/// `kid` is verified by the key with that id; one without is tried against
-/// every key of its algorithm.
+/// `kid` is verified by the key with that id (or, failing one, by the keys
+/// configured without an id); one without is tried against every key of
+/// its algorithm. An empty `sub` is refused.
 ///
 /// Claims become the identity: `sub` is the id, a configurable claim
 /// (`tenant` by default) the tenant, and `scope` (space-separated) or `scp`
@@ -78,6 +75,11 @@ impl JwtLayer {
     /// A builder; add at least one key.
     pub fn builder() -> JwtBuilder {
         JwtBuilder::default()
+    }
+
+    /// The layer's counters, shared by every service it wrapped.
+    pub fn stats(&self) -> AuthStats {
+        self.shared.auth.stats()
     }
 }
 
@@ -127,24 +129,10 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let shared = &*self.shared;
-        let identity = match shared.sources.find(&req) {
-            Err(Malformed(why)) => {
-                return ResponseFuture::rejected(shared.challenge.malformed(why));
-            }
-            Ok(None) => match &shared.anonymous {
-                Some(anonymous) => anonymous.clone(),
-                None => return ResponseFuture::rejected(shared.challenge.missing()),
-            },
-            Ok(Some(token)) => match shared.verify(&token) {
-                Some(identity) => identity,
-                None => return ResponseFuture::rejected(shared.challenge.invalid()),
-            },
-        };
-        if shared.strip {
-            shared.sources.strip(&mut req);
+        match shared.auth.admit(&mut req, |token| shared.verify(token)) {
+            Ok(()) => ResponseFuture::inner(self.inner.call(req)),
+            Err(rejection) => ResponseFuture::rejected(rejection),
         }
-        req.extensions_mut().insert(identity);
-        ResponseFuture::inner(self.inner.call(req))
     }
 }
 
@@ -167,7 +155,8 @@ impl Shared {
 
 /// Maps verified claims to an identity; `None` without a string `sub`.
 fn identity(claims: &Map<String, Value>, tenant_claim: &str) -> Option<Identity> {
-    let mut identity = Identity::new(claims.get("sub")?.as_str()?);
+    let sub = claims.get("sub")?.as_str().filter(|s| !s.is_empty())?;
+    let mut identity = Identity::new(sub);
     if let Some(tenant) = claims.get(tenant_claim).and_then(Value::as_str) {
         identity = identity.with_tenant(tenant);
     }
@@ -363,11 +352,15 @@ impl JwtBuilder {
             validation.leeway = self.leeway.as_secs();
             validation.validate_nbf = true;
             validation.validate_aud = !self.audiences.is_empty();
+            // jsonwebtoken compares `iss` and `aud` only when the token has
+            // them: make them required when they are to be checked.
             if !self.audiences.is_empty() {
                 validation.set_audience(&self.audiences);
+                validation.required_spec_claims.insert("aud".to_owned());
             }
             if !self.issuers.is_empty() {
                 validation.set_issuer(&self.issuers);
+                validation.required_spec_claims.insert("iss".to_owned());
             }
             keys.push(VerifyKey {
                 kid,
@@ -379,14 +372,16 @@ impl JwtBuilder {
             shared: Arc::new(Shared {
                 keys,
                 tenant_claim: self.tenant_claim,
-                anonymous: self.anonymous,
-                strip: self.strip,
-                sources: Sources {
-                    bearer: true,
-                    header: None,
-                    query: None,
-                },
-                challenge: Challenge::new(&self.realm),
+                auth: Authenticator::new(
+                    Sources {
+                        bearer: true,
+                        header: None,
+                        query: None,
+                    },
+                    self.strip,
+                    self.anonymous,
+                    &self.realm,
+                ),
             }),
         })
     }

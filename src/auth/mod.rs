@@ -48,9 +48,8 @@ mod jwt;
 mod reject;
 mod scopes;
 
-pub use api_key::{
-    ApiKey, ApiKeyAuth, ApiKeyBuilder, ApiKeyHandle, ApiKeyLayer, ApiKeyStats, digest,
-};
+pub use api_key::{ApiKey, ApiKeyAuth, ApiKeyBuilder, ApiKeyHandle, ApiKeyLayer, digest};
+pub use credentials::AuthStats;
 pub use identity::Identity;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]

@@ -30,6 +30,8 @@ impl Challenge {
             v.push_str(&format!(", error=\"{error}\""));
         }
         if let Some(scope) = scope {
+            // A quoted-string: escape what would end or break it.
+            let scope = scope.replace('\\', "\\\\").replace('"', "\\\"");
             v.push_str(&format!(", scope=\"{scope}\""));
         }
         HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))

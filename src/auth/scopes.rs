@@ -80,14 +80,15 @@ impl RequireScopes {
     }
 
     /// The realm named in `WWW-Authenticate` (`switchyard` by default).
-    pub fn realm(self, realm: &str) -> Self {
+    pub fn realm(self, realm: impl Into<String>) -> Self {
+        let realm = realm.into();
         let r = &self.rule;
         Self {
             rule: Arc::new(Rule {
                 scopes: r.scopes.clone(),
                 all: r.all,
                 joined: r.joined.clone(),
-                challenge: Challenge::new(realm),
+                challenge: Challenge::new(&realm),
             }),
         }
     }

@@ -159,13 +159,7 @@ impl Limiter {
                 config.quotas[index].1.burst
             )),
         };
-        headers::write(
-            &mut headers,
-            &config.names,
-            decision.quotas(),
-            &config.policy,
-            self.legacy_headers,
-        );
+        self.write_headers(&mut headers, config, decision);
         headers
             .into_iter()
             .fold(Rejection::new(problem), |r, (name, value)| {
@@ -177,15 +171,24 @@ impl Limiter {
     fn headers(&self, config: &Config, decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
         let mut headers = Vec::new();
         if self.headers_on_allowed || !decision.allowed {
-            headers::write(
-                &mut headers,
-                &config.names,
-                decision.quotas(),
-                &config.policy,
-                self.legacy_headers,
-            );
+            self.write_headers(&mut headers, config, decision);
         }
         headers
+    }
+
+    fn write_headers(
+        &self,
+        headers: &mut Vec<(HeaderName, HeaderValue)>,
+        config: &Config,
+        decision: &Decision,
+    ) {
+        headers::write(
+            headers,
+            &config.names,
+            decision.quotas(),
+            &config.policy,
+            self.legacy_headers,
+        );
     }
 }
 
