@@ -191,8 +191,8 @@ fn several_quotas_are_all_or_nothing() {
     }
     // The refused requests took nothing from the fast quota.
     let peek = handle.peek(&key, 1);
-    assert_eq!(peek.quotas()[0].remaining, 7);
-    assert_eq!(peek.quotas()[1].remaining, 0);
+    assert_eq!(peek.quota(0).unwrap().remaining, 7);
+    assert_eq!(peek.quota(1).unwrap().remaining, 0);
 }
 
 #[test]
@@ -234,7 +234,7 @@ fn cost_and_charge() {
     // Usage known after the fact: 30 more units; the key may go into debt.
     let key = handle.key_of(&costly("1")).unwrap().into_owned();
     handle.charge(&key, 30);
-    assert_eq!(handle.peek(&key, 1).quotas()[0].remaining, 10);
+    assert_eq!(handle.peek(&key, 1).quota(0).unwrap().remaining, 10);
     handle.charge(&key, 50);
     let d = handle.peek(&key, 1);
     assert!(!d.is_allowed());
@@ -291,13 +291,13 @@ fn live_quota_change_keeps_key_state() {
     for _ in 0..6 {
         assert!(handle.check(&key, 1).is_allowed());
     }
-    assert_eq!(handle.peek(&key, 1).quotas()[0].remaining, 4);
+    assert_eq!(handle.peek(&key, 1).quota(0).unwrap().remaining, 4);
     // Double the rate and the burst: the 6 units used stay used.
     handle
         .set_quotas([Quota::per_second(20).burst(20).named("api")])
         .unwrap();
     // 6 units of 100 ms = 600 ms of debt = 12 units of 50 ms.
-    assert_eq!(handle.peek(&key, 1).quotas()[0].remaining, 8);
+    assert_eq!(handle.peek(&key, 1).quota(0).unwrap().remaining, 8);
     // An invalid change is refused and nothing changes.
     assert!(handle.set_quotas([]).is_err());
     assert_eq!(handle.quotas()[0].count(), 20);

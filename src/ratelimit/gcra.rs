@@ -20,7 +20,7 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 pub(crate) const MAX_TAU: u64 = 1 << 62;
 
 /// A quota in the units the algorithm works in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Gcra {
     /// Emission interval `T`, in nanoseconds; at least 1.
     pub(crate) interval: u64,

@@ -37,16 +37,16 @@ pub(crate) fn policy(quotas: &[(String, u32, u64)]) -> HeaderValue {
 pub(crate) fn write(
     headers: &mut Vec<(HeaderName, HeaderValue)>,
     names: &[String],
-    states: &[QuotaState],
+    states: impl ExactSizeIterator<Item = QuotaState> + Clone,
     policy: &HeaderValue,
     legacy: bool,
 ) {
     let mut out = String::with_capacity(32 * states.len());
-    for (i, (name, s)) in names.iter().zip(states).enumerate() {
+    for (i, (name, s)) in names.iter().zip(states.clone()).enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "\"{name}\";r={};t={}", s.remaining, reset_secs(s));
+        let _ = write!(out, "\"{name}\";r={};t={}", s.remaining, reset_secs(&s));
     }
     if let Ok(v) = HeaderValue::from_str(&out) {
         headers.push((RATELIMIT.clone(), v));
@@ -54,15 +54,10 @@ pub(crate) fn write(
     headers.push((RATELIMIT_POLICY.clone(), policy.clone()));
     if legacy {
         // The most constrained quota speaks for all.
-        if let Some((limit, s)) = names
-            .iter()
-            .zip(states)
-            .map(|(_, s)| (s.limit, s))
-            .min_by_key(|(_, s)| s.remaining)
-        {
-            headers.push((X_LIMIT.clone(), HeaderValue::from(limit)));
+        if let Some(s) = states.min_by_key(|s| s.remaining) {
+            headers.push((X_LIMIT.clone(), HeaderValue::from(s.limit)));
             headers.push((X_REMAINING.clone(), HeaderValue::from(s.remaining)));
-            headers.push((X_RESET.clone(), HeaderValue::from(reset_secs(s))));
+            headers.push((X_RESET.clone(), HeaderValue::from(reset_secs(&s))));
         }
     }
 }

@@ -116,7 +116,7 @@ impl Config {
 impl Limiter {
     #[inline]
     fn now(&self) -> u64 {
-        u64::try_from(self.clock.now().as_nanos()).unwrap_or(u64::MAX)
+        self.clock.now_nanos()
     }
 
     /// Asks every quota about `cost` units for `key` at `now`; with
@@ -133,7 +133,7 @@ impl Limiter {
         self.store.with(key, now, consume, |entry| {
             let state = match entry {
                 Entry::Tracked(s) | Entry::Overflow(s) => s,
-                Entry::Untracked if consume => return Some(Decision::unlimited(config)),
+                Entry::Untracked if consume => return Some(Decision::unlimited(config, now)),
                 Entry::Untracked => &fresh,
             };
             decide_on(config, state, cost, now, consume)
@@ -194,6 +194,7 @@ impl Limiter {
 
 /// The all-or-nothing check of every quota against one key's state.
 /// `None` when the state was removed meanwhile (the caller looks again).
+#[inline]
 fn decide_on(
     config: &Config,
     state: &KeyState,
@@ -201,7 +202,7 @@ fn decide_on(
     now: u64,
     consume: bool,
 ) -> Option<Decision> {
-    let mut decision = Decision::unlimited(config);
+    let mut decision = Decision::new(config.quotas.len(), now);
     for (i, (_, gcra)) in config.quotas.iter().enumerate() {
         let cell = &state.tats[i];
         let verdict = if consume {
@@ -211,12 +212,8 @@ fn decide_on(
         };
         match verdict {
             // After taking the units; a peek reports the state as it is.
-            Verdict::Allowed { tat } if consume => {
-                decision.states[i] = QuotaState::at(gcra, tat, now)
-            }
-            Verdict::Allowed { .. } => {
-                decision.states[i] = QuotaState::at(gcra, cell.load(Ordering::Acquire), now)
-            }
+            Verdict::Allowed { tat } if consume => decision.states[i] = (*gcra, tat),
+            Verdict::Allowed { .. } => decision.states[i] = (*gcra, cell.load(Ordering::Acquire)),
             Verdict::Gone => {
                 refund(config, state, i, cost, consume);
                 return None;
@@ -225,8 +222,7 @@ fn decide_on(
                 refund(config, state, i, cost, consume);
                 let mut longest = wait;
                 for (j, (_, gcra)) in config.quotas.iter().enumerate() {
-                    let tat = state.tats[j].load(Ordering::Acquire);
-                    decision.states[j] = QuotaState::at(gcra, tat, now);
+                    decision.states[j] = (*gcra, state.tats[j].load(Ordering::Acquire));
                     if j > i
                         && let Verdict::Refused { wait } = gcra.peek(&state.tats[j], now, cost)
                     {
@@ -255,32 +251,43 @@ fn refund(config: &Config, state: &KeyState, upto: usize, cost: u32, consumed: b
 
 /// What the limiter decided about one request: allowed or not, when to
 /// retry, and each quota's state after the decision.
+///
+/// It keeps each quota's raw state and works out the
+/// [`QuotaState`](QuotaState)s only when asked, so a bare check pays for
+/// no division.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
     allowed: bool,
     refused_by: Option<usize>,
     retry_after: Option<Duration>,
-    states: [QuotaState; SLOTS],
+    now: u64,
+    /// Each quota's parameters and the key's arrival time for it.
+    states: [(Gcra, u64); SLOTS],
     len: usize,
 }
 
 impl Decision {
-    fn unlimited(config: &Config) -> Self {
-        let mut states = [QuotaState::default(); SLOTS];
-        for (s, (_, gcra)) in states.iter_mut().zip(&config.quotas) {
-            *s = QuotaState {
-                limit: gcra.burst,
-                remaining: gcra.burst,
-                reset: Duration::ZERO,
-            };
-        }
+    /// Allowed, every quota as for a fresh key; the caller fills in the
+    /// states of the quotas it checks.
+    #[inline]
+    fn new(len: usize, now: u64) -> Self {
         Decision {
             allowed: true,
             refused_by: None,
             retry_after: None,
-            states,
-            len: config.quotas.len(),
+            now,
+            states: [(Gcra::default(), 0); SLOTS],
+            len,
         }
+    }
+
+    /// Allowed without being counted (a key the full table could not hold).
+    fn unlimited(config: &Config, now: u64) -> Self {
+        let mut decision = Decision::new(config.quotas.len(), now);
+        for (s, (_, gcra)) in decision.states.iter_mut().zip(&config.quotas) {
+            *s = (*gcra, now);
+        }
+        decision
     }
 
     /// Whether the request may go on.
@@ -301,11 +308,19 @@ impl Decision {
         self.refused_by
     }
 
-    /// Each quota's state, in quota order: after the units were taken for
-    /// an allowed [`check`](RateLimitHandle::check) or request, as it is
-    /// for a refused one or a [`peek`](RateLimitHandle::peek).
-    pub fn quotas(&self) -> &[QuotaState] {
-        &self.states[..self.len]
+    /// The state of the quota at position `index`: after the units were
+    /// taken for an allowed [`check`](RateLimitHandle::check) or request,
+    /// as it is for a refused one or a [`peek`](RateLimitHandle::peek).
+    pub fn quota(&self, index: usize) -> Option<QuotaState> {
+        let (gcra, tat) = self.states[..self.len].get(index)?;
+        Some(QuotaState::at(gcra, *tat, self.now))
+    }
+
+    /// Every quota's state, in quota order (see [`quota`](Self::quota)).
+    pub fn quotas(&self) -> impl ExactSizeIterator<Item = QuotaState> + Clone + '_ {
+        self.states[..self.len]
+            .iter()
+            .map(|(gcra, tat)| QuotaState::at(gcra, *tat, self.now))
     }
 }
 
@@ -490,6 +505,7 @@ impl RateLimitHandle {
     /// Checks and, if allowed, takes `cost` units for `key` now, exactly as
     /// a request would (without the allow list and dry-run, which are the
     /// layer's business).
+    #[inline]
     pub fn check(&self, key: &Key<'_>, cost: u32) -> Decision {
         let config = self.limiter.config.load();
         self.limiter
