@@ -447,10 +447,10 @@ impl<'r> RequestView<'r> {
 /// possible), an IP address, or the single global key.
 ///
 /// Two keys are equal when they are of the same kind with the same value.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Key<'r>(Repr<'r>);
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 enum Repr<'r> {
     Global,
     Ip(IpAddr),
@@ -532,6 +532,21 @@ pub(crate) struct HashSeed(StableHasher);
 impl HashSeed {
     pub(crate) fn new(seed: u64) -> Self {
         HashSeed(StableHasher::new(seed))
+    }
+}
+
+/// One write per key (the bytes, or the address with its family) instead of
+/// the derived tag-length-bytes sequence: keys are looked up on every
+/// request. Kinds cannot collide in a way that matters: equal hashes of
+/// different kinds only share a bucket, `Eq` still tells them apart.
+impl std::hash::Hash for Key<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match &self.0 {
+            Repr::Global => state.write_u8(0),
+            Repr::Ip(IpAddr::V4(ip)) => state.write_u32(u32::from(*ip)),
+            Repr::Ip(IpAddr::V6(ip)) => state.write_u128(u128::from(*ip)),
+            Repr::Bytes(b) => state.write(b),
+        }
     }
 }
 

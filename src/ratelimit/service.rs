@@ -28,10 +28,13 @@ type CostFn = dyn Fn(&RequestView<'_>) -> u32 + Send + Sync;
 /// Everything every service of one layer shares.
 struct Limiter {
     config: ArcSwap<Config>,
+    /// The quotas' parameters again, for the handle's checks: read without
+    /// touching `config` (see [`HotQuotas`]).
+    hot: HotQuotas,
     /// Serialises changes through the handle.
     write: Mutex<()>,
     store: Store,
-    clock: Box<dyn Clock>,
+    clock: ClockSource,
     key_by: KeyBy,
     cost: Option<Box<CostFn>>,
     on_missing: MissingKey,
@@ -49,10 +52,19 @@ struct Counters {
     bypassed: AtomicU64,
 }
 
+/// The default clock is called directly (inlined) on the hot path; a
+/// clock of the user's through a trait object.
+enum ClockSource {
+    Monotonic(MonotonicClock),
+    Custom(Box<dyn Clock>),
+}
+
 /// The live part: swapped whole by the handle.
 #[derive(Clone)]
 struct Config {
     quotas: Vec<(Quota, Gcra)>,
+    /// The quotas' parameters alone, in order.
+    gcras: Vec<Gcra>,
     names: Vec<String>,
     policy: HeaderValue,
     dry_run: bool,
@@ -104,6 +116,7 @@ impl Config {
                 .collect::<Vec<_>>(),
         );
         Ok(Self {
+            gcras: checked.iter().map(|(_, g)| *g).collect(),
             quotas: checked,
             names,
             policy,
@@ -113,31 +126,106 @@ impl Config {
     }
 }
 
+/// The quotas' parameters behind a sequence lock of atomics.
+///
+/// [`RateLimitHandle::check`] is a hot path of its own (limits checked
+/// outside HTTP, and the governor comparison bench), and loading the
+/// `ArcSwap` config there cost a fifth of a check. Readers copy the few
+/// parameters and retry in the rare case a change overlapped; the writer
+/// runs under the handle's lock. Requests through the layer keep reading
+/// the whole config, whose quotas are the same.
+struct HotQuotas {
+    seq: AtomicU64,
+    len: AtomicU64,
+    interval: [AtomicU64; SLOTS],
+    tau: [AtomicU64; SLOTS],
+    burst: [AtomicU64; SLOTS],
+}
+
+impl HotQuotas {
+    fn new(quotas: &[Gcra]) -> Self {
+        let hot = HotQuotas {
+            seq: AtomicU64::new(0),
+            len: AtomicU64::new(0),
+            interval: Default::default(),
+            tau: Default::default(),
+            burst: Default::default(),
+        };
+        hot.write(quotas);
+        hot
+    }
+
+    #[inline]
+    fn read(&self) -> ([Gcra; SLOTS], usize) {
+        loop {
+            let before = self.seq.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let len = (self.len.load(Ordering::Relaxed) as usize).min(SLOTS);
+                let mut out = [Gcra::default(); SLOTS];
+                for (i, g) in out.iter_mut().enumerate().take(len) {
+                    *g = Gcra {
+                        interval: self.interval[i].load(Ordering::Relaxed),
+                        tau: self.tau[i].load(Ordering::Relaxed),
+                        burst: self.burst[i].load(Ordering::Relaxed) as u32,
+                    };
+                }
+                std::sync::atomic::fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == before {
+                    return (out, len);
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Called with the handle's write lock held (or before sharing).
+    fn write(&self, quotas: &[Gcra]) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        self.len.store(quotas.len() as u64, Ordering::Relaxed);
+        for (i, g) in quotas.iter().enumerate().take(SLOTS) {
+            self.interval[i].store(g.interval, Ordering::Relaxed);
+            self.tau[i].store(g.tau, Ordering::Relaxed);
+            self.burst[i].store(u64::from(g.burst), Ordering::Relaxed);
+        }
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+}
+
 impl Limiter {
     #[inline]
     fn now(&self) -> u64 {
-        self.clock.now_nanos()
+        match &self.clock {
+            ClockSource::Monotonic(c) => c.now_nanos(),
+            ClockSource::Custom(c) => c.now_nanos(),
+        }
     }
 
     /// Asks every quota about `cost` units for `key` at `now`; with
     /// `consume`, takes them if all agree (and none otherwise).
+    #[inline]
     fn decide(
         &self,
-        config: &Config,
+        quotas: &[Gcra],
         key: &Key<'_>,
         cost: u32,
         now: u64,
         consume: bool,
     ) -> Decision {
+        // Filled in place: a `Decision` is large enough that moving it
+        // through closures and options costs more than the check itself.
+        let mut decision = Decision::new(quotas, now);
         let fresh = KeyState::default();
         self.store.with(key, now, consume, |entry| {
             let state = match entry {
                 Entry::Tracked(s) | Entry::Overflow(s) => s,
-                Entry::Untracked if consume => return Some(Decision::unlimited(config, now)),
+                Entry::Untracked if consume => return Some(()),
                 Entry::Untracked => &fresh,
             };
-            decide_on(config, state, cost, now, consume)
-        })
+            decide_on(quotas, state, cost, now, consume, &mut decision)
+        });
+        decision
     }
 
     fn reject(&self, config: &Config, decision: &Decision, cost: u32) -> Rejection {
@@ -192,18 +280,19 @@ impl Limiter {
     }
 }
 
-/// The all-or-nothing check of every quota against one key's state.
-/// `None` when the state was removed meanwhile (the caller looks again).
+/// The all-or-nothing check of every quota against one key's state, into
+/// `decision`. `None` when the state was removed meanwhile (the caller
+/// looks again).
 #[inline]
 fn decide_on(
-    config: &Config,
+    quotas: &[Gcra],
     state: &KeyState,
     cost: u32,
     now: u64,
     consume: bool,
-) -> Option<Decision> {
-    let mut decision = Decision::new(config.quotas.len(), now);
-    for (i, (_, gcra)) in config.quotas.iter().enumerate() {
+    decision: &mut Decision,
+) -> Option<()> {
+    for (i, gcra) in quotas.iter().enumerate() {
         let cell = &state.tats[i];
         let verdict = if consume {
             gcra.acquire(cell, now, cost)
@@ -212,17 +301,17 @@ fn decide_on(
         };
         match verdict {
             // After taking the units; a peek reports the state as it is.
-            Verdict::Allowed { tat } if consume => decision.states[i] = (*gcra, tat),
-            Verdict::Allowed { .. } => decision.states[i] = (*gcra, cell.load(Ordering::Acquire)),
+            Verdict::Allowed { tat } if consume => decision.tats[i] = tat,
+            Verdict::Allowed { .. } => decision.tats[i] = cell.load(Ordering::Acquire),
             Verdict::Gone => {
-                refund(config, state, i, cost, consume);
+                refund(quotas, state, i, cost, consume);
                 return None;
             }
             Verdict::Refused { wait } => {
-                refund(config, state, i, cost, consume);
+                refund(quotas, state, i, cost, consume);
                 let mut longest = wait;
-                for (j, (_, gcra)) in config.quotas.iter().enumerate() {
-                    decision.states[j] = (*gcra, state.tats[j].load(Ordering::Acquire));
+                for (j, gcra) in quotas.iter().enumerate() {
+                    decision.tats[j] = state.tats[j].load(Ordering::Acquire);
                     if j > i
                         && let Verdict::Refused { wait } = gcra.peek(&state.tats[j], now, cost)
                     {
@@ -232,16 +321,16 @@ fn decide_on(
                 decision.allowed = false;
                 decision.refused_by = Some(i);
                 decision.retry_after = (longest != u64::MAX).then(|| Duration::from_nanos(longest));
-                return Some(decision);
+                return Some(());
             }
         }
     }
-    Some(decision)
+    Some(())
 }
 
-fn refund(config: &Config, state: &KeyState, upto: usize, cost: u32, consumed: bool) {
+fn refund(quotas: &[Gcra], state: &KeyState, upto: usize, cost: u32, consumed: bool) {
     if consumed {
-        for (j, (_, gcra)) in config.quotas.iter().enumerate().take(upto) {
+        for (j, gcra) in quotas.iter().enumerate().take(upto) {
             gcra.refund(&state.tats[j], cost);
         }
     }
@@ -261,31 +350,34 @@ pub struct Decision {
     refused_by: Option<usize>,
     retry_after: Option<Duration>,
     now: u64,
-    /// Each quota's parameters and the key's arrival time for it.
-    states: [(Gcra, u64); SLOTS],
+    /// The key's arrival time for each quota, and each quota's emission
+    /// interval and burst: kept in compact arrays, since every check
+    /// writes the whole `Decision` and its size shows in the cost.
+    tats: [u64; SLOTS],
+    intervals: [u64; SLOTS],
+    bursts: [u32; SLOTS],
     len: usize,
 }
 
 impl Decision {
-    /// Allowed, every quota as for a fresh key; the caller fills in the
-    /// states of the quotas it checks.
+    /// Allowed, every quota as for a fresh key (which is also the answer
+    /// for a key the full table could not hold); the check then fills in
+    /// the arrival times it finds.
     #[inline]
-    fn new(len: usize, now: u64) -> Self {
-        Decision {
+    fn new(quotas: &[Gcra], now: u64) -> Self {
+        let mut decision = Decision {
             allowed: true,
             refused_by: None,
             retry_after: None,
             now,
-            states: [(Gcra::default(), 0); SLOTS],
-            len,
-        }
-    }
-
-    /// Allowed without being counted (a key the full table could not hold).
-    fn unlimited(config: &Config, now: u64) -> Self {
-        let mut decision = Decision::new(config.quotas.len(), now);
-        for (s, (_, gcra)) in decision.states.iter_mut().zip(&config.quotas) {
-            *s = (*gcra, now);
+            tats: [now; SLOTS],
+            intervals: [1; SLOTS],
+            bursts: [0; SLOTS],
+            len: quotas.len(),
+        };
+        for (i, gcra) in quotas.iter().enumerate() {
+            decision.intervals[i] = gcra.interval;
+            decision.bursts[i] = gcra.burst;
         }
         decision
     }
@@ -312,15 +404,12 @@ impl Decision {
     /// taken for an allowed [`check`](RateLimitHandle::check) or request,
     /// as it is for a refused one or a [`peek`](RateLimitHandle::peek).
     pub fn quota(&self, index: usize) -> Option<QuotaState> {
-        let (gcra, tat) = self.states[..self.len].get(index)?;
-        Some(QuotaState::at(gcra, *tat, self.now))
+        (index < self.len).then(|| self.state(index))
     }
 
     /// Every quota's state, in quota order (see [`quota`](Self::quota)).
     pub fn quotas(&self) -> impl ExactSizeIterator<Item = QuotaState> + Clone + '_ {
-        self.states[..self.len]
-            .iter()
-            .map(|(gcra, tat)| QuotaState::at(gcra, *tat, self.now))
+        (0..self.len).map(|i| self.state(i))
     }
 }
 
@@ -336,12 +425,18 @@ pub struct QuotaState {
     pub reset: Duration,
 }
 
-impl QuotaState {
-    fn at(gcra: &Gcra, tat: u64, now: u64) -> Self {
+impl Decision {
+    fn state(&self, i: usize) -> QuotaState {
+        let gcra = Gcra {
+            interval: self.intervals[i],
+            tau: self.intervals[i] * u64::from(self.bursts[i]),
+            burst: self.bursts[i],
+        };
+        let tat = self.tats[i];
         QuotaState {
             limit: gcra.burst,
-            remaining: gcra.remaining(tat, now),
-            reset: Duration::from_nanos(gcra.reset_after(tat, now)),
+            remaining: gcra.remaining(tat, self.now),
+            reset: Duration::from_nanos(gcra.reset_after(tat, self.now)),
         }
     }
 }
@@ -469,7 +564,7 @@ where
             None => 1,
         };
         let now = limiter.now();
-        let decision = limiter.decide(&config, &key, cost, now, true);
+        let decision = limiter.decide(&config.gcras, &key, cost, now, true);
         if decision.allowed {
             limiter.counters.allowed.fetch_add(1, Ordering::Relaxed);
         } else if config.dry_run {
@@ -507,18 +602,18 @@ impl RateLimitHandle {
     /// layer's business).
     #[inline]
     pub fn check(&self, key: &Key<'_>, cost: u32) -> Decision {
-        let config = self.limiter.config.load();
+        let (quotas, len) = self.limiter.hot.read();
         self.limiter
-            .decide(&config, key, cost, self.limiter.now(), true)
+            .decide(&quotas[..len], key, cost, self.limiter.now(), true)
     }
 
     /// What [`check`](Self::check) would decide for `cost` units, without
     /// taking anything. The quota states are the key's as they are now (its
     /// remaining capacity), not as they would be after the request.
     pub fn peek(&self, key: &Key<'_>, cost: u32) -> Decision {
-        let config = self.limiter.config.load();
+        let (quotas, len) = self.limiter.hot.read();
         self.limiter
-            .decide(&config, key, cost, self.limiter.now(), false)
+            .decide(&quotas[..len], key, cost, self.limiter.now(), false)
     }
 
     /// Charges `cost` more units to `key` on every quota, unconditionally:
@@ -526,14 +621,14 @@ impl RateLimitHandle {
     /// The key may go into debt; its next requests wait until it is paid.
     pub fn charge(&self, key: &Key<'_>, cost: u64) {
         let limiter = &*self.limiter;
-        let config = limiter.config.load();
+        let (quotas, len) = limiter.hot.read();
         let now = limiter.now();
         limiter.store.with(key, now, true, |entry| {
             let state = match entry {
                 Entry::Tracked(s) | Entry::Overflow(s) => s,
                 Entry::Untracked => return Some(()),
             };
-            for (i, (_, gcra)) in config.quotas.iter().enumerate() {
+            for (i, gcra) in quotas[..len].iter().enumerate() {
                 if !gcra.charge(&state.tats[i], now, cost) {
                     return None;
                 }
@@ -601,6 +696,7 @@ impl RateLimitHandle {
     ) -> Result<(), RateLimitError> {
         let _write = self.limiter.write.lock().unwrap_or_else(|e| e.into_inner());
         let next = f(&self.limiter.config.load())?;
+        self.limiter.hot.write(&next.gcras);
         self.limiter.config.store(Arc::new(next));
         Ok(())
     }
@@ -675,7 +771,7 @@ pub struct RateLimitBuilder {
     allow: HashSet<Key<'static>>,
     max_keys: usize,
     share_when_full: bool,
-    clock: Box<dyn Clock>,
+    clock: ClockSource,
     on_missing: MissingKey,
     headers_on_allowed: bool,
     legacy_headers: bool,
@@ -691,7 +787,7 @@ impl Default for RateLimitBuilder {
             allow: HashSet::new(),
             max_keys: 100_000,
             share_when_full: true,
-            clock: Box::new(MonotonicClock::new()),
+            clock: ClockSource::Monotonic(MonotonicClock::new()),
             on_missing: MissingKey::Reject(StatusCode::BAD_REQUEST),
             headers_on_allowed: true,
             legacy_headers: false,
@@ -752,7 +848,7 @@ impl RateLimitBuilder {
 
     /// The clock ([`MonotonicClock`] by default).
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Box::new(clock);
+        self.clock = ClockSource::Custom(Box::new(clock));
         self
     }
 
@@ -785,6 +881,7 @@ impl RateLimitBuilder {
         let config = Config::new(self.quotas, self.dry_run, self.allow)?;
         Ok(RateLimitLayer {
             limiter: Arc::new(Limiter {
+                hot: HotQuotas::new(&config.gcras),
                 config: ArcSwap::from_pointee(config),
                 write: Mutex::new(()),
                 store: Store::new(self.max_keys, self.share_when_full),
