@@ -313,7 +313,7 @@ fn call_allocates_only_the_target_extension() {
         for req in &requests {
             round_trip(&mut split, req.clone());
             let mut req = req.clone();
-            let target = split.choose(&req).clone();
+            let target = *split.choose(&req);
             req.extensions_mut().insert(target);
             round_trip(&mut direct, req);
         }
@@ -321,13 +321,13 @@ fn call_allocates_only_the_target_extension() {
         for template in &requests {
             // The value `Split` records, so the baseline inserts an
             // extension of exactly the same type and size.
-            let target: Target = split.choose(template).clone();
+            let target: Target = *split.choose(template);
 
             for _ in 0..16 {
                 let req = template.clone();
                 let (_, baseline) = counting(|| {
                     let mut req = req;
-                    req.extensions_mut().insert(target.clone());
+                    req.extensions_mut().insert(target);
                     round_trip(&mut direct, req);
                 });
 

@@ -46,8 +46,15 @@ pub(crate) struct TargetMeta {
 #[derive(Default)]
 #[repr(align(128))]
 pub(crate) struct Counters {
-    requests: AtomicU64,
-    in_flight: AtomicU64,
+    /// Requests started (including picks that were redone, see `retried`).
+    started: AtomicU64,
+    /// Requests whose in-flight time has ended. In flight is
+    /// `started - finished`: one counter moves when a request starts and
+    /// one when it ends, so a request costs two atomic updates, not three.
+    finished: AtomicU64,
+    /// Picks undone and redone because the weights changed meanwhile; they
+    /// count as started and finished but are not requests.
+    retried: AtomicU64,
     /// Responses by status class, 1xx to 5xx.
     classes: [AtomicU64; 5],
     errors: AtomicU64,
@@ -81,12 +88,12 @@ impl Shared {
     /// in flight, such that a writer that changed the weights and then sees
     /// a target's in-flight count at zero cannot have missed this request.
     ///
-    /// The in-flight count is raised *after* the pick, so a weight change
-    /// can land in between. To close that gap the generation is read again
-    /// after the raise: if it moved, the pick is undone and redone under
-    /// the new weights. All operations are `SeqCst`, so either this re-read
-    /// sees the writer's new generation, or the writer's later read of the
-    /// in-flight count sees the raise.
+    /// The request is counted *after* the pick, so a weight change can land
+    /// in between. To close that gap the generation is read again after
+    /// counting: if it moved, the pick is undone and redone under the new
+    /// weights. All operations are `SeqCst`, so either this re-read sees
+    /// the writer's new generation, or the writer's later reading of the
+    /// counters sees this request.
     #[inline]
     pub(crate) fn enter(&self, pick: impl Fn(&Snapshot) -> usize) -> usize {
         loop {
@@ -96,6 +103,10 @@ impl Shared {
             if self.generation.load(Ordering::SeqCst) == snapshot.generation {
                 return index;
             }
+            self.targets[index]
+                .counters
+                .retried
+                .fetch_add(1, Ordering::Relaxed);
             self.exit(index);
         }
     }
@@ -104,17 +115,17 @@ impl Shared {
     pub(crate) fn enter_index(&self, index: usize) {
         self.targets[index]
             .counters
-            .in_flight
+            .started
             .fetch_add(1, Ordering::SeqCst);
     }
 
     #[inline]
     pub(crate) fn exit(&self, index: usize) {
-        let before = self.targets[index]
-            .counters
-            .in_flight
-            .fetch_sub(1, Ordering::SeqCst);
-        if before == 1 && self.waiters.count.load(Ordering::SeqCst) > 0 {
+        let counters = &self.targets[index].counters;
+        let finished = counters.finished.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.waiters.count.load(Ordering::SeqCst) > 0
+            && counters.started.load(Ordering::SeqCst) == finished
+        {
             self.waiters.wake_all();
         }
     }
@@ -125,12 +136,7 @@ impl Shared {
     }
 
     fn is_drained(&self, index: usize) -> bool {
-        self.snapshot.load().weights[index] == 0
-            && self.targets[index]
-                .counters
-                .in_flight
-                .load(Ordering::SeqCst)
-                == 0
+        self.snapshot.load().weights[index] == 0 && self.targets[index].counters.in_flight() == 0
     }
 
     fn lock_history(&self) -> MutexGuard<'_, Vec<Box<[u32]>>> {
@@ -168,9 +174,13 @@ impl Shared {
 }
 
 impl Counters {
-    #[inline]
-    pub(crate) fn request(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+    /// Requests in flight now. `finished` is read first: both counters
+    /// only grow and `started >= finished` at every instant, so equal
+    /// readings mean nothing was in flight when `finished` was read.
+    fn in_flight(&self) -> u64 {
+        let finished = self.finished.load(Ordering::SeqCst);
+        let started = self.started.load(Ordering::SeqCst);
+        started.saturating_sub(finished)
     }
 
     #[inline]
@@ -396,8 +406,11 @@ impl TargetStats {
         TargetStats {
             name: meta.target.name().to_owned(),
             weight,
-            requests: c.requests.load(Ordering::Relaxed),
-            in_flight: c.in_flight.load(Ordering::SeqCst),
+            in_flight: c.in_flight(),
+            requests: c
+                .started
+                .load(Ordering::Relaxed)
+                .saturating_sub(c.retried.load(Ordering::Relaxed)),
             responses: StatusClasses {
                 informational: class(0),
                 success: class(1),

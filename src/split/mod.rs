@@ -48,7 +48,7 @@ mod service;
 mod weights;
 
 pub use error::SplitError;
-pub use future::{ResponseFuture, SplitBody};
+pub use future::{Dispatch, ResponseFuture, SplitBody};
 pub use handle::{Drained, SplitHandle, StatusClasses, TargetStats};
 pub use service::{Split, SplitBuilder, Target};
 pub use weights::Weights;

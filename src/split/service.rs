@@ -1,18 +1,18 @@
 //! [`Split`], its builder, and the [`Target`] extension.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use rand::SeedableRng;
 use rand::rngs::{SmallRng, Xoshiro256PlusPlus};
 use tower::Service;
-use tower::util::{Oneshot, ServiceExt};
 
 use super::SplitError;
-use super::future::{InFlight, ResponseFuture, SplitBody};
+use super::future::{Dispatch, InFlight, ResponseFuture, SplitBody};
 use super::handle::{Counters, Shared, SplitHandle, TargetMeta};
 use crate::key::{HashSeed, Key, KeyBy};
 
@@ -28,16 +28,20 @@ use crate::key::{HashSeed, Key, KeyBy};
 ///     req.extensions().get::<Target>().map(Target::name)
 /// }
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash)]
+///
+/// It is `Copy`: target names are interned once per process (a few bytes
+/// for each distinct name ever used), so recording the target on every
+/// request touches no reference count.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Target {
-    name: Arc<str>,
+    name: &'static str,
     index: usize,
 }
 
 impl Target {
     /// The target's name, as given to [`SplitBuilder::target`].
-    pub fn name(&self) -> &str {
-        &self.name
+    pub fn name(&self) -> &'static str {
+        self.name
     }
 
     /// The target's position in the split, from 0, in the order the
@@ -49,13 +53,33 @@ impl Target {
 
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Target({:?})", &*self.name)
+        write!(f, "Target({:?})", self.name)
     }
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.name)
+        f.write_str(self.name)
+    }
+}
+
+/// The process-wide copy of a target name.
+///
+/// Names are leaked on purpose, once each: they are few and short, splits
+/// are built rarely, and in exchange a [`Target`] is a plain `Copy` value.
+fn intern(name: &str) -> &'static str {
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    match names.get(name) {
+        Some(interned) => interned,
+        None => {
+            let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+            names.insert(leaked);
+            leaked
+        }
     }
 }
 
@@ -90,9 +114,9 @@ impl fmt::Display for Target {
 /// # Readiness
 ///
 /// `Split` is always ready: `poll_ready` returns `Ready(Ok(()))` at once, and
-/// `call` drives a clone of the chosen target with
-/// [`oneshot`](tower::ServiceExt::oneshot), which waits for that target
-/// alone to be ready. A slow or overloaded target therefore never blocks
+/// `call` drives a clone of the chosen target as
+/// [`oneshot`](tower::ServiceExt::oneshot) does (see [`Dispatch`]), waiting
+/// for that target alone to be ready. A slow or overloaded target therefore never blocks
 /// requests bound for the others, but a `Split` also passes no
 /// backpressure upstream: put a concurrency limit or load shedding in front
 /// of it when that matters. Targets must be `Clone`, and cheap to clone (an
@@ -231,7 +255,7 @@ where
 {
     type Response = Response<SplitBody<ResB>>;
     type Error = S::Error;
-    type Future = ResponseFuture<Oneshot<S, Request<ReqB>>>;
+    type Future = ResponseFuture<Dispatch<S, Request<ReqB>>>;
 
     /// Always ready; see the type's docs on readiness.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -249,10 +273,9 @@ where
         };
         let in_flight = InFlight::adopt(shared.clone(), index);
         let meta = &shared.targets[index];
-        meta.counters.request();
-        req.extensions_mut().insert(meta.target.clone());
+        req.extensions_mut().insert(meta.target);
         let svc = self.services[index].clone();
-        ResponseFuture::new(svc.oneshot(req), in_flight)
+        ResponseFuture::new(Dispatch::new(svc, req), in_flight)
     }
 }
 
@@ -377,7 +400,7 @@ impl<S> SplitBuilder<S> {
             }
             metas.push(TargetMeta {
                 target: Target {
-                    name: name.into(),
+                    name: intern(&name),
                     index,
                 },
                 header_value,
