@@ -2,9 +2,8 @@
 //! themselves.
 //!
 //! Such a layer either calls its inner service, and then at most adds a few
-//! headers to the response, or refuses the request with a
-//! [`Problem`](crate::problem::Problem) response of its own without calling
-//! the inner service. [`ResponseFuture`] is that choice.
+//! headers to the response, or refuses the request with a [`Problem`]
+//! response of its own without calling the inner service. [`ResponseFuture`] is that choice.
 
 use std::future::Future;
 use std::pin::Pin;

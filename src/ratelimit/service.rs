@@ -342,7 +342,7 @@ fn refund(quotas: &[Gcra], state: &KeyState, upto: usize, cost: u32, consumed: b
 /// retry, and each quota's state after the decision.
 ///
 /// It keeps each quota's raw state and works out the
-/// [`QuotaState`](QuotaState)s only when asked, so a bare check pays for
+/// [`QuotaState`]s only when asked, so a bare check pays for
 /// no division.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
