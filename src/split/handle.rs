@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
 use serde::Serialize;
 
-use super::weights::{Snapshot, Weights};
+use super::weights::{Live, Snapshot, Weights};
 use super::{SplitError, Target};
 
 /// How many earlier weight sets `rollback` can walk back through.
@@ -26,9 +26,8 @@ const HISTORY: usize = 32;
 pub(crate) struct Shared {
     pub(crate) targets: Box<[TargetMeta]>,
     pub(crate) snapshot: ArcSwap<Snapshot>,
-    /// The generation of the stored snapshot, published after the store;
-    /// see [`Shared::enter`].
-    generation: AtomicU64,
+    /// The same weights for the request path; see [`Live`].
+    pub(crate) live: Live,
     /// Serialises writers and keeps the history for `rollback`.
     history: Mutex<Vec<Box<[u32]>>>,
     pub(crate) echo_header: Option<HeaderName>,
@@ -67,11 +66,11 @@ impl Shared {
         weights: Box<[u32]>,
         echo_header: Option<HeaderName>,
     ) -> Result<Self, SplitError> {
-        let snapshot = Snapshot::new(weights, 0)?;
+        let snapshot = Snapshot::new(weights)?;
         Ok(Self {
             targets,
+            live: Live::new(&snapshot),
             snapshot: ArcSwap::from_pointee(snapshot),
-            generation: AtomicU64::new(0),
             history: Mutex::new(Vec::new()),
             echo_header,
             waiters: Waiters::default(),
@@ -89,18 +88,17 @@ impl Shared {
     /// a target's in-flight count at zero cannot have missed this request.
     ///
     /// The request is counted *after* the pick, so a weight change can land
-    /// in between. To close that gap the generation is read again after
-    /// counting: if it moved, the pick is undone and redone under the new
-    /// weights. All operations are `SeqCst`, so either this re-read sees
-    /// the writer's new generation, or the writer's later reading of the
-    /// counters sees this request.
+    /// in between. To close that gap the weights' sequence number is read
+    /// again after counting: if it moved, the pick is undone and redone
+    /// under the new weights. A writer bumps the sequence number (`SeqCst`)
+    /// before it changes anything, so either this re-read sees the bump, or
+    /// the writer's later reading of the counters sees this request.
     #[inline]
-    pub(crate) fn enter(&self, pick: impl Fn(&Snapshot) -> usize) -> usize {
+    pub(crate) fn enter(&self, pick: impl Fn(&Live) -> usize) -> usize {
         loop {
-            let snapshot = self.snapshot.load();
-            let index = pick(&snapshot);
+            let (index, seq) = self.live.read(&pick);
             self.enter_index(index);
-            if self.generation.load(Ordering::SeqCst) == snapshot.generation {
+            if self.live.seq() == seq {
                 return index;
             }
             self.targets[index]
@@ -148,10 +146,9 @@ impl Shared {
 
     /// Stores new weights; the caller holds the history lock.
     fn store(&self, weights: Box<[u32]>) -> Result<(), SplitError> {
-        let generation = self.snapshot.load().generation + 1;
-        let snapshot = Snapshot::new(weights, generation)?;
+        let snapshot = Snapshot::new(weights)?;
+        self.live.publish(&snapshot);
         self.snapshot.store(Arc::new(snapshot));
-        self.generation.store(generation, Ordering::SeqCst);
         self.waiters.wake_all();
         Ok(())
     }

@@ -14,6 +14,7 @@ use tower::Service;
 use super::SplitError;
 use super::future::{Dispatch, InFlight, ResponseFuture, SplitBody};
 use super::handle::{Counters, Shared, SplitHandle, TargetMeta};
+use super::weights::View;
 use crate::key::{HashSeed, Key, KeyBy};
 
 // === impl Target ===
@@ -199,10 +200,9 @@ impl<S> Split<S> {
     ///
     /// This is the whole selection path of `call`; it does not allocate.
     pub fn choose<B>(&self, req: &Request<B>) -> &Target {
-        let snapshot = self.shared.snapshot.load();
         let index = match self.forced(req) {
             Some(index) => index,
-            None => self.pick(&snapshot, req),
+            None => self.shared.live.read(|live| self.pick(live, req)).0,
         };
         &self.shared.targets[index].target
     }
@@ -217,7 +217,7 @@ impl<S> Split<S> {
 
     /// A weighted pick: by the sticky key when there is one, else random.
     #[inline]
-    fn pick<B>(&self, snapshot: &super::weights::Snapshot, req: &Request<B>) -> usize {
+    fn pick<B>(&self, snapshot: &impl View, req: &Request<B>) -> usize {
         match self.config.sticky.as_ref().and_then(|k| k.extract(req)) {
             Some(key) => snapshot.pick_sticky(
                 key.stable_hash_seeded(self.config.sticky_seed),

@@ -1,7 +1,9 @@
-//! Weighted selection over targets: the snapshot the hot path reads, and the
+//! Weighted selection over targets: the snapshot of weights, the atomics the
+//! hot path reads them from, and the
 //! public [`Weights`] value.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -17,16 +19,13 @@ pub(crate) struct Snapshot {
     pub(crate) weights: Box<[u32]>,
     /// `cumulative[i]` is the sum of `weights[..=i]`.
     cumulative: Box<[u64]>,
-    /// Sum of all weights; never zero.
-    total: u64,
-    /// Bumped on every change; see `Shared::enter`.
-    pub(crate) generation: u64,
+
     /// The one target with weight, when only one has (100/0).
     only: Option<usize>,
 }
 
 impl Snapshot {
-    pub(crate) fn new(weights: Box<[u32]>, generation: u64) -> Result<Self, SplitError> {
+    pub(crate) fn new(weights: Box<[u32]>) -> Result<Self, SplitError> {
         let cumulative: Box<[u64]> = weights
             .iter()
             .scan(0u64, |sum, &w| {
@@ -50,11 +49,21 @@ impl Snapshot {
         Ok(Self {
             weights,
             cumulative,
-            total,
-            generation,
             only,
         })
     }
+}
+
+// === impl View ===
+
+/// Read access to a set of weights, from a [`Snapshot`] or from [`Live`].
+pub(crate) trait View {
+    fn len(&self) -> usize;
+    fn weight(&self, i: usize) -> u32;
+    /// The sum of the weights of targets `0..=i`.
+    fn cumulative(&self, i: usize) -> u64;
+    /// The one target with weight, when only one has (100/0).
+    fn only(&self) -> Option<usize>;
 
     /// A pick proportional to weight from a uniformly random `point`.
     ///
@@ -63,13 +72,13 @@ impl Snapshot {
     /// the point's range wins; the comparison is exact integer arithmetic,
     /// so a zero-weight target owns an empty range and is never picked.
     #[inline]
-    pub(crate) fn pick(&self, point: u64) -> usize {
+    fn pick(&self, point: u64) -> usize {
+        let last = self.len() - 1;
+        let total = self.cumulative(last);
         // floor(point * total / 2^64) < total, so some cumulative exceeds it.
-        let scaled = ((u128::from(point) * u128::from(self.total)) >> 64) as u64;
-        let last = self.cumulative.len() - 1;
-        self.cumulative[..last]
-            .iter()
-            .position(|&c| scaled < c)
+        let scaled = ((u128::from(point) * u128::from(total)) >> 64) as u64;
+        (0..last)
+            .find(|&i| scaled < self.cumulative(i))
             .unwrap_or(last)
     }
 
@@ -87,17 +96,18 @@ impl Snapshot {
     ///   targets and never off it — for any number of targets;
     /// * a zero-weight target scores zero and is never picked.
     ///
-    /// (Cutting the hash space into consecutive ranges, as [`Self::pick`]
+    /// (Cutting the hash space into consecutive ranges, as [`View::pick`]
     /// does, would not do: with three targets, raising the last one shifts
     /// every boundary and moves keys between the first two.)
     #[inline]
-    pub(crate) fn pick_sticky(&self, hash: u64, seeds: &[u64]) -> usize {
-        if let Some(only) = self.only {
+    fn pick_sticky(&self, hash: u64, seeds: &[u64]) -> usize {
+        if let Some(only) = self.only() {
             return only;
         }
         let mut best = 0;
         let mut best_score = -1.0;
-        for (i, (&w, &seed)) in self.weights.iter().zip(seeds).enumerate() {
+        for (i, &seed) in seeds.iter().enumerate().take(self.len()) {
+            let w = self.weight(i);
             if w == 0 {
                 continue;
             }
@@ -108,6 +118,117 @@ impl Snapshot {
             }
         }
         best
+    }
+}
+
+impl View for Snapshot {
+    fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    fn weight(&self, i: usize) -> u32 {
+        self.weights[i]
+    }
+
+    fn cumulative(&self, i: usize) -> u64 {
+        self.cumulative[i]
+    }
+
+    fn only(&self) -> Option<usize> {
+        self.only
+    }
+}
+
+// === impl Live ===
+
+/// The weights the request path reads: the current [`Snapshot`] copied into
+/// atomics behind a sequence lock.
+///
+/// Reading an `ArcSwap` costs more than the rest of a weighted pick; here a
+/// reader loads a few words and checks that the sequence number did not
+/// move (retrying in the rare case a change overlapped). The number of
+/// targets never changes, so the arrays are allocated once. The sequence
+/// number doubles as the generation of the weights (see `Shared::enter`).
+pub(crate) struct Live {
+    seq: AtomicU64,
+    weights: Box<[AtomicU32]>,
+    cumulative: Box<[AtomicU64]>,
+    /// `usize::MAX` when more than one target has weight.
+    only: AtomicUsize,
+}
+
+impl Live {
+    pub(crate) fn new(snapshot: &Snapshot) -> Self {
+        let live = Live {
+            seq: AtomicU64::new(0),
+            weights: snapshot.weights.iter().map(|_| AtomicU32::new(0)).collect(),
+            cumulative: snapshot.weights.iter().map(|_| AtomicU64::new(0)).collect(),
+            only: AtomicUsize::new(usize::MAX),
+        };
+        live.publish(snapshot);
+        live
+    }
+
+    /// Runs `read` on a consistent copy; returns its result and the
+    /// sequence number it was read at (always even).
+    #[inline]
+    pub(crate) fn read<R>(&self, read: impl Fn(&Self) -> R) -> (R, u64) {
+        loop {
+            let before = self.seq.load(Ordering::SeqCst);
+            if before & 1 == 0 {
+                let out = read(self);
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == before {
+                    return (out, before);
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// The current sequence number.
+    #[inline]
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq.load(Ordering::SeqCst)
+    }
+
+    /// Publishes new weights of the same length. Writers are serialised
+    /// by the caller.
+    pub(crate) fn publish(&self, snapshot: &Snapshot) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::SeqCst);
+        fence(Ordering::Release);
+        for (i, w) in self.weights.iter().enumerate() {
+            w.store(snapshot.weights[i], Ordering::Relaxed);
+            self.cumulative[i].store(snapshot.cumulative[i], Ordering::Relaxed);
+        }
+        self.only
+            .store(snapshot.only.unwrap_or(usize::MAX), Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(2), Ordering::SeqCst);
+    }
+}
+
+impl View for Live {
+    #[inline]
+    fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    #[inline]
+    fn weight(&self, i: usize) -> u32 {
+        self.weights[i].load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn cumulative(&self, i: usize) -> u64 {
+        self.cumulative[i].load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn only(&self) -> Option<usize> {
+        let only = self.only.load(Ordering::Relaxed);
+        // A torn read may name an index out of range; the read is retried.
+        (only < self.weights.len()).then_some(only)
     }
 }
 
@@ -237,7 +358,7 @@ mod tests {
     use super::*;
 
     fn snap(w: &[u32]) -> Snapshot {
-        Snapshot::new(w.into(), 0).unwrap()
+        Snapshot::new(w.into()).unwrap()
     }
 
     #[test]
@@ -287,11 +408,11 @@ mod tests {
     #[test]
     fn rejects_empty_and_zero() {
         assert!(matches!(
-            Snapshot::new(Box::new([]), 0),
+            Snapshot::new(Box::new([])),
             Err(SplitError::NoTargets)
         ));
         assert!(matches!(
-            Snapshot::new(Box::new([0, 0]), 0),
+            Snapshot::new(Box::new([0, 0])),
             Err(SplitError::AllWeightsZero)
         ));
     }
