@@ -26,10 +26,7 @@
 //! Budget (see DESIGN.md): `api_key_hit` − `passthrough` ≤ 300 ns.
 
 use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::header::{HeaderName, HeaderValue};
@@ -37,34 +34,8 @@ use http::{Request, Response};
 use switchyard::auth::{ApiKey, ApiKeyLayer, Identity};
 use tower::{Layer, Service, ServiceExt};
 
-/// A service that does nothing: always ready, answers at once, allocates
-/// nothing.
-#[derive(Clone, Copy, Debug)]
-struct Noop;
-
-impl Service<Request<()>> for Noop {
-    type Response = Response<()>;
-    type Error = Infallible;
-    type Future = Ready<Result<Response<()>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _req: Request<()>) -> Self::Future {
-        ready(Ok(Response::new(())))
-    }
-}
-
-/// Polls a future that must be ready at once.
-#[inline]
-fn now<F: Future>(fut: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(fut).poll(&mut cx) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("benchmarked futures are immediately ready"),
-    }
-}
+mod support;
+use support::{Noop, now};
 
 /// Ready, call and poll to completion: the response.
 #[inline]

@@ -22,10 +22,7 @@
 
 use std::cell::RefCell;
 use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::header::{HeaderName, HeaderValue};
@@ -36,34 +33,8 @@ use switchyard::split::Split;
 use tower::steer::Steer;
 use tower::{Service, ServiceExt};
 
-/// A target that does nothing: always ready, answers at once, allocates
-/// nothing.
-#[derive(Clone, Copy, Debug)]
-struct Noop;
-
-impl Service<Request<()>> for Noop {
-    type Response = Response<()>;
-    type Error = Infallible;
-    type Future = Ready<Result<Response<()>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _req: Request<()>) -> Self::Future {
-        ready(Ok(Response::new(())))
-    }
-}
-
-/// Polls a future that must be ready at once.
-#[inline]
-fn now<F: Future>(fut: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(fut).poll(&mut cx) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("benchmarked futures are immediately ready"),
-    }
-}
+mod support;
+use support::{Noop, now};
 
 /// A small set of users so sticky hashing does not see one key over and over.
 const USERS: usize = 16;
