@@ -73,6 +73,7 @@ pub mod future;
 pub mod key;
 pub mod problem;
 pub mod ratelimit;
+mod seqlock;
 pub mod split;
 
 /// The README's examples, compiled as doctests so they cannot rot.

@@ -20,6 +20,7 @@ use crate::body::ResponseBody;
 use crate::future::{Rejection, ResponseFuture};
 use crate::key::{Key, KeyBy, RequestView};
 use crate::problem::Problem;
+use crate::seqlock::SeqCount;
 
 type CostFn = dyn Fn(&RequestView<'_>) -> u32 + Send + Sync;
 
@@ -135,7 +136,7 @@ impl Config {
 /// runs under the handle's lock. Requests through the layer keep reading
 /// the whole config, whose quotas are the same.
 struct HotQuotas {
-    seq: AtomicU64,
+    seq: SeqCount,
     len: AtomicU64,
     interval: [AtomicU64; SLOTS],
     tau: [AtomicU64; SLOTS],
@@ -145,7 +146,7 @@ struct HotQuotas {
 impl HotQuotas {
     fn new(quotas: &[Gcra]) -> Self {
         let hot = HotQuotas {
-            seq: AtomicU64::new(0),
+            seq: SeqCount::default(),
             len: AtomicU64::new(0),
             interval: Default::default(),
             tau: Default::default(),
@@ -157,9 +158,8 @@ impl HotQuotas {
 
     #[inline]
     fn read(&self) -> ([Gcra; SLOTS], usize) {
-        loop {
-            let before = self.seq.load(Ordering::Acquire);
-            if before & 1 == 0 {
+        self.seq
+            .read(|| {
                 let len = (self.len.load(Ordering::Relaxed) as usize).min(SLOTS);
                 let mut out = [Gcra::default(); SLOTS];
                 for (i, g) in out.iter_mut().enumerate().take(len) {
@@ -169,27 +169,21 @@ impl HotQuotas {
                         burst: self.burst[i].load(Ordering::Relaxed) as u32,
                     };
                 }
-                std::sync::atomic::fence(Ordering::Acquire);
-                if self.seq.load(Ordering::Relaxed) == before {
-                    return (out, len);
-                }
-            }
-            std::hint::spin_loop();
-        }
+                (out, len)
+            })
+            .0
     }
 
     /// Called with the handle's write lock held (or before sharing).
     fn write(&self, quotas: &[Gcra]) {
-        let seq = self.seq.load(Ordering::Relaxed);
-        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
-        std::sync::atomic::fence(Ordering::Release);
-        self.len.store(quotas.len() as u64, Ordering::Relaxed);
-        for (i, g) in quotas.iter().enumerate().take(SLOTS) {
-            self.interval[i].store(g.interval, Ordering::Relaxed);
-            self.tau[i].store(g.tau, Ordering::Relaxed);
-            self.burst[i].store(u64::from(g.burst), Ordering::Relaxed);
-        }
-        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+        self.seq.write(|| {
+            self.len.store(quotas.len() as u64, Ordering::Relaxed);
+            for (i, g) in quotas.iter().enumerate().take(SLOTS) {
+                self.interval[i].store(g.interval, Ordering::Relaxed);
+                self.tau[i].store(g.tau, Ordering::Relaxed);
+                self.burst[i].store(u64::from(g.burst), Ordering::Relaxed);
+            }
+        });
     }
 }
 

@@ -3,13 +3,14 @@
 //! public [`Weights`] value.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::SplitError;
+use crate::seqlock::SeqCount;
 
 // === impl Snapshot ===
 
@@ -150,7 +151,7 @@ impl View for Snapshot {
 /// targets never changes, so the arrays are allocated once. The sequence
 /// number doubles as the generation of the weights (see `Shared::enter`).
 pub(crate) struct Live {
-    seq: AtomicU64,
+    seq: SeqCount,
     weights: Box<[AtomicU32]>,
     cumulative: Box<[AtomicU64]>,
     /// `usize::MAX` when more than one target has weight.
@@ -160,7 +161,7 @@ pub(crate) struct Live {
 impl Live {
     pub(crate) fn new(snapshot: &Snapshot) -> Self {
         let live = Live {
-            seq: AtomicU64::new(0),
+            seq: SeqCount::default(),
             weights: snapshot.weights.iter().map(|_| AtomicU32::new(0)).collect(),
             cumulative: snapshot.weights.iter().map(|_| AtomicU64::new(0)).collect(),
             only: AtomicUsize::new(usize::MAX),
@@ -170,41 +171,29 @@ impl Live {
     }
 
     /// Runs `read` on a consistent copy; returns its result and the
-    /// sequence number it was read at (always even).
+    /// sequence number it was read at.
     #[inline]
     pub(crate) fn read<R>(&self, read: impl Fn(&Self) -> R) -> (R, u64) {
-        loop {
-            let before = self.seq.load(Ordering::SeqCst);
-            if before & 1 == 0 {
-                let out = read(self);
-                fence(Ordering::Acquire);
-                if self.seq.load(Ordering::Relaxed) == before {
-                    return (out, before);
-                }
-            }
-            std::hint::spin_loop();
-        }
+        self.seq.read(|| read(self))
     }
 
     /// The current sequence number.
     #[inline]
     pub(crate) fn seq(&self) -> u64 {
-        self.seq.load(Ordering::SeqCst)
+        self.seq.current()
     }
 
     /// Publishes new weights of the same length. Writers are serialised
     /// by the caller.
     pub(crate) fn publish(&self, snapshot: &Snapshot) {
-        let seq = self.seq.load(Ordering::Relaxed);
-        self.seq.store(seq.wrapping_add(1), Ordering::SeqCst);
-        fence(Ordering::Release);
-        for (i, w) in self.weights.iter().enumerate() {
-            w.store(snapshot.weights[i], Ordering::Relaxed);
-            self.cumulative[i].store(snapshot.cumulative[i], Ordering::Relaxed);
-        }
-        self.only
-            .store(snapshot.only.unwrap_or(usize::MAX), Ordering::Relaxed);
-        self.seq.store(seq.wrapping_add(2), Ordering::SeqCst);
+        self.seq.write(|| {
+            for (i, w) in self.weights.iter().enumerate() {
+                w.store(snapshot.weights[i], Ordering::Relaxed);
+                self.cumulative[i].store(snapshot.cumulative[i], Ordering::Relaxed);
+            }
+            self.only
+                .store(snapshot.only.unwrap_or(usize::MAX), Ordering::Relaxed);
+        });
     }
 }
 
