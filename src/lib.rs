@@ -56,6 +56,7 @@
 //! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, client IP behind trusted proxies, custom) from a request |
 //! | [`problem`] | [`Problem`](problem::Problem): the `application/problem+json` rejections every layer answers with |
 //! | [`body`] | [`ResponseBody`](body::ResponseBody): the inner body, or a layer's own answer |
+//! | [`future`] | [`ResponseFuture`](future::ResponseFuture): the response future of the admission layers (auth, scopes, rate limit) |
 //!
 //! ## Feature flags
 //!
