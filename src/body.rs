@@ -1,9 +1,13 @@
-//! The response body of layers that may answer a request themselves.
+//! The bodies of layers that may answer a request themselves or rewrite a
+//! body.
 //!
 //! A layer that refuses a request (401, 429, ...) answers with a small body
 //! of its own; otherwise the inner service's body passes through untouched,
-//! frame by frame. [`ResponseBody`] is either of the two, so the layer's
-//! response type stays one type.
+//! frame by frame. [`ResponseBody`] is either of the two (or, after a layer
+//! read the start of a body and then decided to leave it alone, the bytes
+//! it read followed by the rest), so the layer's response type stays one
+//! type. [`RequestBody`] is the same on the way in: the client's body
+//! streamed through, or a body a layer buffered and rewrote.
 //!
 //! ```
 //! use http_body_util::BodyExt;
@@ -22,7 +26,8 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -40,6 +45,14 @@ pin_project! {
     enum Kind<B> {
         Inner { #[pin] body: B },
         Full { data: Option<Bytes> },
+        Replay {
+            prefix: Option<Bytes>,
+            trailers: Option<HeaderMap>,
+            ended: bool,
+            // Boxed: the layer polled it inside its own pinned future before
+            // deciding to hand it on, and a pinned value cannot move.
+            rest: Pin<Box<B>>,
+        },
     }
 }
 
@@ -67,6 +80,21 @@ impl<B> ResponseBody<B> {
             kind: Kind::Full { data: None },
         }
     }
+
+    /// The part of `rest` a layer already read (as [`Collected`]), then
+    /// whatever `rest` still holds: what a layer answers with when it read
+    /// the start of a body and decided to leave it alone.
+    #[cfg_attr(not(feature = "transform"), allow(dead_code))]
+    pub(crate) fn replay(read: Collected, rest: Pin<Box<B>>) -> Self {
+        Self {
+            kind: Kind::Replay {
+                prefix: (!read.data.is_empty()).then_some(read.data),
+                trailers: read.trailers,
+                ended: read.ended,
+                rest,
+            },
+        }
+    }
 }
 
 impl<B> Body for ResponseBody<B>
@@ -83,6 +111,23 @@ where
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Replay {
+                prefix,
+                trailers,
+                ended,
+                rest,
+            } => {
+                if let Some(data) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                if let Some(trailers) = trailers.take() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                if *ended {
+                    return Poll::Ready(None);
+                }
+                rest.as_mut().poll_frame(cx)
+            }
         }
     }
 
@@ -90,6 +135,12 @@ where
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
+            Kind::Replay {
+                prefix,
+                trailers,
+                ended,
+                rest,
+            } => prefix.is_none() && trailers.is_none() && (*ended || rest.is_end_stream()),
         }
     }
 
@@ -98,6 +149,24 @@ where
             Kind::Inner { body } => body.size_hint(),
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Replay {
+                prefix,
+                ended,
+                rest,
+                ..
+            } => {
+                let read = prefix.as_ref().map_or(0, |d| d.len() as u64);
+                if *ended {
+                    return SizeHint::with_exact(read);
+                }
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(read));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(read));
+                }
+                hint
             }
         }
     }
@@ -108,6 +177,237 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
         match &self.kind {
             Kind::Inner { .. } => f.write_str("ResponseBody::Inner(..)"),
             Kind::Full { data } => f.debug_tuple("ResponseBody::Full").field(data).finish(),
+            Kind::Replay { .. } => f.write_str("ResponseBody::Replay(..)"),
+        }
+    }
+}
+
+// === impl RequestBody ===
+
+pin_project! {
+    /// The body a layer hands to its inner service: the client's body
+    /// streamed through untouched, or a complete body the layer buffered
+    /// (and perhaps rewrote). See the [module docs](self).
+    ///
+    /// ```
+    /// use http_body_util::BodyExt;
+    /// use switchyard::body::RequestBody;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let body = RequestBody::new(String::from("streamed"));
+    /// assert_eq!(body.collect().await.unwrap().to_bytes(), "streamed");
+    /// # }
+    /// ```
+    pub struct RequestBody<B> {
+        #[pin]
+        kind: RequestKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = RequestKindProj]
+    enum RequestKind<B> {
+        Inner { #[pin] body: B },
+        Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
+    }
+}
+
+impl<B> RequestBody<B> {
+    /// The client's body, passed through.
+    pub fn new(body: B) -> Self {
+        Self {
+            kind: RequestKind::Inner { body },
+        }
+    }
+
+    /// A complete body, with the trailers the original body had.
+    #[cfg_attr(not(feature = "transform"), allow(dead_code))]
+    pub(crate) fn full(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Self {
+            kind: RequestKind::Full {
+                data: (!data.is_empty()).then_some(data),
+                trailers,
+            },
+        }
+    }
+
+    /// Whether this is the client's body, streamed through untouched.
+    pub fn is_streamed(&self) -> bool {
+        matches!(self.kind, RequestKind::Inner { .. })
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            RequestKindProj::Inner { body } => body.poll_frame(cx),
+            RequestKindProj::Full { data, trailers } => Poll::Ready(match data.take() {
+                Some(d) => Some(Ok(Frame::data(d))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            RequestKind::Inner { body } => body.is_end_stream(),
+            RequestKind::Full { data, trailers } => data.is_none() && trailers.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            RequestKind::Inner { body } => body.size_hint(),
+            RequestKind::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for RequestBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            RequestKind::Inner { .. } => f.write_str("RequestBody::Inner(..)"),
+            RequestKind::Full { data, .. } => {
+                f.debug_tuple("RequestBody::Full").field(data).finish()
+            }
+        }
+    }
+}
+
+// === impl Collector ===
+
+/// What [`Collector`] read of a body.
+#[derive(Debug, Default)]
+#[cfg_attr(not(feature = "transform"), allow(dead_code))]
+pub(crate) struct Collected {
+    pub(crate) data: Bytes,
+    pub(crate) trailers: Option<HeaderMap>,
+    /// Whether the body ended (the data and trailers are all of it).
+    pub(crate) ended: bool,
+}
+
+/// Why [`Collector`] stopped before the end of the body.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "transform"), allow(dead_code))]
+pub(crate) enum CollectError<E> {
+    /// The body is longer than the limit. What was read so far (including
+    /// the frame that crossed the limit) is still in the collector.
+    TooLarge,
+    /// The body failed.
+    Body(E),
+}
+
+/// Buffers a body up to a limit, poll by poll, inside a layer's future.
+///
+/// Written here rather than taken from `http-body-util`'s `Limited` +
+/// `collect` because a layer that finds a body too large (a response it
+/// meant to rewrite) must be able to hand back every byte it read, followed
+/// by the rest of the body, which those adapters do not allow.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "transform"), allow(dead_code))]
+pub(crate) struct Collector {
+    /// The first chunk, kept as is: a body that arrives in one chunk is
+    /// never copied.
+    first: Option<Bytes>,
+    more: BytesMut,
+    trailers: Option<HeaderMap>,
+    len: usize,
+    limit: usize,
+    ended: bool,
+}
+
+#[cfg_attr(not(feature = "transform"), allow(dead_code))]
+impl Collector {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            first: None,
+            more: BytesMut::new(),
+            trailers: None,
+            len: 0,
+            limit,
+            ended: false,
+        }
+    }
+
+    /// Reads frames until the body ends (`Ok`), fails, or passes the limit.
+    pub(crate) fn poll_collect<B>(
+        &mut self,
+        mut body: Pin<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), CollectError<B::Error>>>
+    where
+        B: Body<Data = Bytes>,
+    {
+        if self.ended {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            let Some(frame) = std::task::ready!(body.as_mut().poll_frame(cx)) else {
+                self.ended = true;
+                return Poll::Ready(Ok(()));
+            };
+            let frame = frame.map_err(CollectError::Body)?;
+            match frame.into_data() {
+                Ok(data) => {
+                    self.len = self.len.saturating_add(data.len());
+                    self.push(data);
+                    if self.len > self.limit {
+                        return Poll::Ready(Err(CollectError::TooLarge));
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        // Trailers are the last frame of a body.
+                        self.trailers = Some(trailers);
+                        self.ended = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        match &self.first {
+            None => self.first = Some(data),
+            Some(first) => {
+                if self.more.is_empty() {
+                    self.more.reserve(first.len() + data.len());
+                    self.more.extend_from_slice(first);
+                }
+                self.more.extend_from_slice(&data);
+            }
+        }
+    }
+
+    /// Everything read so far.
+    pub(crate) fn take(&mut self) -> Collected {
+        let data = if self.more.is_empty() {
+            self.first.take().unwrap_or_default()
+        } else {
+            self.first = None;
+            std::mem::take(&mut self.more).freeze()
+        };
+        self.len = 0;
+        Collected {
+            data,
+            trailers: self.trailers.take(),
+            ended: self.ended,
         }
     }
 }

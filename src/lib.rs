@@ -53,6 +53,7 @@
 //! | [`split`] | [`Split`](split::Split): weighted, sticky blue/green and canary routing with a live handle, per-target counters and `drained` |
 //! | [`auth`] | [`ApiKeyLayer`](auth::ApiKeyLayer), `JwtLayer` (feature `jwt`), [`RequireScopes`](auth::RequireScopes) and the [`Identity`](auth::Identity) they record |
 //! | [`ratelimit`] | [`RateLimitLayer`](ratelimit::RateLimitLayer): keyed GCRA rate limiting with several quotas, costs, IETF `RateLimit` headers and bounded memory |
+//! | `transform` (feature `transform`) | `TransformLayer`: header, path, query, method, host and JSON body rewriting from rules checked at build time |
 //! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, client IP behind trusted proxies, custom) from a request |
 //! | [`problem`] | [`Problem`](problem::Problem): the `application/problem+json` rejections every layer answers with |
 //! | [`body`] | [`ResponseBody`](body::ResponseBody): the inner body, or a layer's own answer |
@@ -76,6 +77,9 @@ pub mod problem;
 pub mod ratelimit;
 mod seqlock;
 pub mod split;
+#[cfg(feature = "transform")]
+#[cfg_attr(docsrs, doc(cfg(feature = "transform")))]
+pub mod transform;
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

@@ -1,0 +1,471 @@
+//! Applying checked rules to one request, and planning what happens to its
+//! response.
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::sync::Arc;
+
+use http::header::{CONTENT_TYPE, HOST};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use regex::Captures;
+
+use super::compile::{Compiled, Headers, Match, Query, Set, Value, When};
+use super::template::{Context, Escape, decode_component, encode_component};
+use crate::future::Rejection;
+use crate::problem::Problem;
+
+/// What is left to do for a request after its head was rewritten.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Body changes, in order; empty when no matching set has body rules.
+    pub(crate) body: Vec<super::json::BodyOp>,
+    pub(crate) response: Option<Box<ResponsePlan>>,
+}
+
+/// What happens to the response.
+#[derive(Debug)]
+pub(crate) struct ResponsePlan {
+    pub(crate) rules: Arc<Compiled>,
+    /// The sets whose response header rules apply, with their template
+    /// values rendered from the request.
+    pub(crate) headers: Vec<(usize, Vec<Option<String>>)>,
+    pub(crate) body: Vec<super::json::BodyOp>,
+    /// The request was `HEAD`: the response has no body to rewrite.
+    pub(crate) head: bool,
+}
+
+impl ResponsePlan {
+    pub(crate) fn apply_headers(&self, headers: &mut HeaderMap) {
+        for (i, rendered) in &self.headers {
+            let set = &self.rules.sets[*i];
+            apply_headers(
+                headers,
+                &set.response_headers,
+                rendered,
+                set.empty_when_missing,
+            );
+        }
+    }
+
+    pub(crate) fn rewrites_body(&self) -> bool {
+        !self.body.is_empty() && !self.head
+    }
+}
+
+/// Rewrites the request head with every matching rule set, in order, and
+/// returns what is left to do; or the 400 that a rewrite into an invalid
+/// URI calls for.
+pub(crate) fn apply(rules: &Arc<Compiled>, parts: &mut Parts) -> Result<Plan, Rejection> {
+    // Conditions read the request as it arrived, before any set changed it.
+    let mut matched = 0u64;
+    for (i, set) in rules.sets.iter().enumerate() {
+        if matches(&set.when, parts) {
+            matched |= 1 << i;
+        }
+    }
+    let mut plan = Plan::default();
+    if matched == 0 {
+        return Ok(plan);
+    }
+    let uuid = OnceCell::new();
+    while matched != 0 {
+        let i = matched.trailing_zeros() as usize;
+        matched &= matched - 1;
+        apply_set(rules, i, parts, &uuid, &mut plan)?;
+    }
+    Ok(plan)
+}
+
+fn apply_set(
+    rules: &Arc<Compiled>,
+    i: usize,
+    parts: &mut Parts,
+    uuid: &OnceCell<String>,
+    plan: &mut Plan,
+) -> Result<(), Rejection> {
+    let set = &rules.sets[i];
+    let empty = set.empty_when_missing;
+
+    // The path captures are taken from a copy of the URI (a reference
+    // count, not a copy of the bytes), so that they outlive the rewrite.
+    let snapshot = set.regex.as_ref().map(|_| parts.uri.clone());
+    let captures: Option<Captures<'_>> = match (&set.regex, &snapshot) {
+        (Some((re, _)), Some(uri)) => re.captures(stripped(set, uri.path())),
+        _ => None,
+    };
+
+    // Every template of the request rules reads the request as this set
+    // found it, so the order rules run in never changes what a template
+    // sees.
+    let mut rendered = Vec::new();
+    let mut prefix = None;
+    let mut query = Vec::new();
+    {
+        let ctx = Context {
+            parts,
+            captures: captures.as_ref(),
+            uuid,
+        };
+        if set.request_headers.has_templates {
+            render_headers(&set.request_headers, &ctx, empty, &mut rendered);
+        }
+        if let Some(t) = &set.add_prefix {
+            let mut out = String::new();
+            prefix = Some(t.render(&ctx, Escape::Path, empty, &mut out).then_some(out));
+        }
+        if let Some(q) = &set.query {
+            for (_, t) in q.replace.iter().chain(&q.add) {
+                let mut out = String::new();
+                query.push(
+                    t.render(&ctx, Escape::Query, empty, &mut out)
+                        .then_some(out),
+                );
+            }
+        }
+        if let Some(body) = &set.request_body {
+            body.plan(&ctx, empty, &mut plan.body);
+        }
+    }
+
+    apply_headers(&mut parts.headers, &set.request_headers, &rendered, empty);
+    if set.rewrites_uri {
+        rewrite_uri(set, parts, captures.as_ref(), prefix.flatten(), &query)?;
+    }
+    if let Some(method) = &set.method {
+        parts.method = method.clone();
+    }
+    if let Some((authority, value)) = &set.host {
+        parts.headers.insert(HOST, value.clone());
+        if parts.uri.authority().is_some() {
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.authority = Some(authority.clone());
+            parts.uri = Uri::from_parts(uri).map_err(|_| bad_uri())?;
+        }
+    }
+
+    // Response rules: rendered now, from the request as it goes on.
+    let response_body = set.response_body.as_ref();
+    if set.response_headers.is_empty() && response_body.is_none() {
+        return Ok(());
+    }
+    let response = plan.response.get_or_insert_with(|| {
+        Box::new(ResponsePlan {
+            rules: Arc::clone(rules),
+            headers: Vec::new(),
+            body: Vec::new(),
+            head: parts.method == http::Method::HEAD,
+        })
+    });
+    let ctx = Context {
+        parts,
+        captures: captures.as_ref(),
+        uuid,
+    };
+    if !set.response_headers.is_empty() {
+        let mut rendered = Vec::new();
+        if set.response_headers.has_templates {
+            render_headers(&set.response_headers, &ctx, empty, &mut rendered);
+        }
+        response.headers.push((i, rendered));
+    }
+    if let Some(body) = response_body {
+        body.plan(&ctx, empty, &mut response.body);
+    }
+    Ok(())
+}
+
+// === conditions ===
+
+fn matches(when: &When, parts: &Parts) -> bool {
+    if !when.methods.is_empty() && !when.methods.contains(&parts.method) {
+        return false;
+    }
+    if let Some(prefix) = &when.path_prefix
+        && strip_segments(parts.uri.path(), prefix).is_none()
+    {
+        return false;
+    }
+    when.headers.iter().all(|(name, m)| match m {
+        Match::Present => parts.headers.contains_key(name),
+        Match::Absent => !parts.headers.contains_key(name),
+        Match::Equals(v) => parts.headers.get_all(name).iter().any(|x| x == v),
+    })
+}
+
+/// `path` without `prefix` (stored without a trailing slash), if `path`
+/// starts with it segment-wise.
+fn strip_segments<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
+    let rest = path.strip_prefix(prefix)?;
+    if rest.is_empty() {
+        Some("/")
+    } else if rest.starts_with('/') {
+        Some(rest)
+    } else {
+        None
+    }
+}
+
+/// The path after the set's `strip_prefix`, when it applies.
+fn stripped<'p>(set: &Set, path: &'p str) -> &'p str {
+    set.strip_prefix
+        .as_deref()
+        .and_then(|prefix| strip_segments(path, prefix))
+        .unwrap_or(path)
+}
+
+// === headers ===
+
+fn render_headers(
+    headers: &Headers,
+    ctx: &Context<'_>,
+    empty: bool,
+    out: &mut Vec<Option<String>>,
+) {
+    for (_, value) in headers
+        .replace
+        .iter()
+        .chain(&headers.add)
+        .chain(&headers.append)
+    {
+        if let Value::Template(t) = value {
+            let mut text = String::new();
+            out.push(
+                t.render(ctx, Escape::None, empty, &mut text)
+                    .then_some(text),
+            );
+        }
+    }
+}
+
+/// Applies header rules in their fixed order. `rendered` holds the
+/// template values of `replace`, `add` and `append`, in that order.
+pub(crate) fn apply_headers(
+    map: &mut HeaderMap,
+    rules: &Headers,
+    rendered: &[Option<String>],
+    empty: bool,
+) {
+    for name in &rules.remove {
+        map.remove(name);
+    }
+    for (from, to) in &rules.rename {
+        if from == to {
+            continue;
+        }
+        let mut values = map.get_all(from).iter();
+        match (values.next().is_some(), values.next().is_some()) {
+            (false, _) => {}
+            (true, false) => {
+                if let Some(value) = map.remove(from) {
+                    map.insert(to.clone(), value);
+                }
+            }
+            (true, true) => {
+                let all: Vec<HeaderValue> = map.get_all(from).iter().cloned().collect();
+                map.remove(from);
+                map.remove(to);
+                for value in all {
+                    map.append(to.clone(), value);
+                }
+            }
+        }
+    }
+    let mut rendered = rendered.iter();
+    let mut value = |v: &Value| -> Option<HeaderValue> {
+        match v {
+            Value::Literal(v) => Some(v.clone()),
+            Value::Template(_) => {
+                let text = rendered.next()?.as_deref()?;
+                // A value that cannot be a header value (a control character
+                // from a decoded query parameter, say) counts as missing.
+                match HeaderValue::from_str(text) {
+                    Ok(v) => Some(v),
+                    Err(_) if empty => Some(HeaderValue::from_static("")),
+                    Err(_) => None,
+                }
+            }
+        }
+    };
+    for (name, v) in &rules.replace {
+        let v = value(v);
+        if let (Some(v), true) = (v, map.contains_key(name)) {
+            map.insert(name.clone(), v);
+        }
+    }
+    for (name, v) in &rules.add {
+        let v = value(v);
+        if let (Some(v), false) = (v, map.contains_key(name)) {
+            map.insert(name.clone(), v);
+        }
+    }
+    for (name, v) in &rules.append {
+        if let Some(v) = value(v) {
+            map.append(name.clone(), v);
+        }
+    }
+}
+
+// === path and query ===
+
+fn rewrite_uri(
+    set: &Set,
+    parts: &mut Parts,
+    captures: Option<&Captures<'_>>,
+    prefix: Option<String>,
+    rendered_query: &[Option<String>],
+) -> Result<(), Rejection> {
+    let uri = &parts.uri;
+    let mut path: Cow<'_, str> = Cow::Borrowed(stripped(set, uri.path()));
+    if let (Some((_, replace)), Some(caps)) = (&set.regex, captures)
+        && let Some(m) = caps.get(0)
+    {
+        let mut out = String::with_capacity(path.len() + replace.len());
+        out.push_str(&path[..m.start()]);
+        caps.expand(replace, &mut out);
+        out.push_str(&path[m.end()..]);
+        path = Cow::Owned(out);
+    }
+    if !path.starts_with('/') {
+        path = Cow::Owned(format!("/{path}"));
+    }
+    if let Some(prefix) = prefix {
+        let prefix = prefix.trim_end_matches('/');
+        path = Cow::Owned(format!("{prefix}{path}"));
+    }
+    let query = match &set.query {
+        Some(rules) => rewrite_query(uri.query(), rules, rendered_query),
+        None => uri.query().map(Cow::Borrowed),
+    };
+    let mut text = path.into_owned();
+    if let Some(query) = query {
+        text.push('?');
+        text.push_str(&query);
+    }
+    let pq = PathAndQuery::try_from(text).map_err(|_| bad_uri())?;
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = Some(pq);
+    parts.uri = Uri::from_parts(uri).map_err(|_| bad_uri())?;
+    Ok(())
+}
+
+/// The query after `rules`; `None` when no parameter is left. Parameters
+/// the rules do not touch keep their bytes.
+fn rewrite_query<'q>(
+    query: Option<&'q str>,
+    rules: &Query,
+    rendered: &[Option<String>],
+) -> Option<Cow<'q, str>> {
+    let mut pairs: Vec<(Cow<'q, str>, Option<Cow<'q, str>>)> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) => (Cow::Borrowed(k), Some(Cow::Borrowed(v))),
+            None => (Cow::Borrowed(pair), None),
+        })
+        .collect();
+    let named = |pair: &(Cow<'_, str>, _), name: &str| decode_component(&pair.0) == name;
+
+    for name in &rules.remove {
+        pairs.retain(|p| !named(p, name));
+    }
+    for (from, to) in &rules.rename {
+        for pair in pairs.iter_mut().filter(|p| named(p, from)) {
+            pair.0 = Cow::Owned(encode_component(to).to_string());
+        }
+    }
+    let mut rendered = rendered.iter();
+    for (name, _) in &rules.replace {
+        let value = rendered.next().and_then(Option::as_ref);
+        let Some(value) = value else { continue };
+        let mut first = true;
+        pairs.retain_mut(|p| {
+            if !named(p, name) {
+                return true;
+            }
+            if first {
+                first = false;
+                p.1 = Some(Cow::Owned(value.clone()));
+                return true;
+            }
+            false
+        });
+    }
+    for (name, _) in &rules.add {
+        let value = rendered.next().and_then(Option::as_ref);
+        if let Some(value) = value
+            && !pairs.iter().any(|p| named(p, name))
+        {
+            pairs.push((
+                Cow::Owned(encode_component(name).to_string()),
+                Some(Cow::Owned(value.clone())),
+            ));
+        }
+    }
+    if pairs.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    for (k, v) in &pairs {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(k);
+        if let Some(v) = v {
+            out.push('=');
+            out.push_str(v);
+        }
+    }
+    Some(Cow::Owned(out))
+}
+
+fn bad_uri() -> Rejection {
+    Rejection::new(
+        Problem::new(StatusCode::BAD_REQUEST).detail("the rewritten request URI is not valid"),
+    )
+}
+
+/// Whether a `Content-Type` is JSON: `application/json` or
+/// `application/*+json`, any parameters.
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_prefixes() {
+        assert_eq!(strip_segments("/api", "/api"), Some("/"));
+        assert_eq!(strip_segments("/api/x", "/api"), Some("/x"));
+        assert_eq!(strip_segments("/apix", "/api"), None);
+        assert_eq!(strip_segments("/x", ""), Some("/x"));
+    }
+
+    #[test]
+    fn json_media_types() {
+        let h = |v: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(CONTENT_TYPE, HeaderValue::from_static(v));
+            m
+        };
+        assert!(is_json(&h("application/json")));
+        assert!(is_json(&h("Application/JSON; charset=utf-8")));
+        assert!(is_json(&h("application/merge-patch+json")));
+        assert!(!is_json(&h("text/json")));
+        assert!(!is_json(&h("application/jsonx")));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+}
