@@ -173,6 +173,13 @@ impl KeyBy {
         self.extract_parts(req.headers(), req.extensions(), || RequestView::of(req))
     }
 
+    /// [`extract`](Self::extract) from a request's head.
+    pub fn extract_head<'r>(&self, head: &'r http::request::Parts) -> Option<Key<'r>> {
+        self.extract_parts(&head.headers, &head.extensions, || {
+            RequestView::of_head(head)
+        })
+    }
+
     fn extract_parts<'r>(
         &self,
         headers: &'r HeaderMap,
@@ -437,6 +444,17 @@ impl<'r> RequestView<'r> {
             version: req.version(),
             headers: req.headers(),
             extensions: req.extensions(),
+        }
+    }
+
+    /// A view of a request head.
+    pub fn of_head(head: &'r http::request::Parts) -> Self {
+        RequestView {
+            method: &head.method,
+            uri: &head.uri,
+            version: head.version,
+            headers: &head.headers,
+            extensions: &head.extensions,
         }
     }
 }

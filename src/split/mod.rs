@@ -45,7 +45,7 @@ mod error;
 mod future;
 mod handle;
 mod service;
-mod weights;
+pub(crate) mod weights;
 
 pub use error::SplitError;
 pub use future::{Dispatch, ResponseFuture, SplitBody};

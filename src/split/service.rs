@@ -1,14 +1,11 @@
 //! [`Split`], its builder, and the [`Target`] extension.
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response};
-use rand::SeedableRng;
-use rand::rngs::{SmallRng, Xoshiro256PlusPlus};
 use tower::Service;
 
 use super::SplitError;
@@ -16,6 +13,7 @@ use super::future::{Dispatch, InFlight, ResponseFuture, SplitBody};
 use super::handle::{Counters, Shared, SplitHandle, TargetMeta};
 use super::weights::View;
 use crate::key::{HashSeed, Key, KeyBy};
+use crate::rng::RngSource;
 
 // === impl Target ===
 
@@ -351,9 +349,9 @@ impl<S> SplitBuilder<S> {
     /// clones of the split, so the sequence of picks is fixed for a fixed
     /// order of calls. The default is a fast generator per thread, seeded
     /// from the system.
-    pub fn seed(self, seed: u64) -> Self {
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-        self.rng(move || rand::Rng::next_u64(&mut rng))
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.rng = RngSource::seeded(seed);
+        self
     }
 
     /// Random selection from a source of uniformly distributed `u64`s of
@@ -381,7 +379,7 @@ impl<S> SplitBuilder<S> {
     /// # Ok::<_, switchyard::split::SplitError>(())
     /// ```
     pub fn rng(mut self, next_u64: impl FnMut() -> u64 + Send + 'static) -> Self {
-        self.rng = RngSource::Shared(Arc::new(Mutex::new(Box::new(next_u64))));
+        self.rng = RngSource::from_fn(next_u64);
         self
     }
 
@@ -454,33 +452,4 @@ fn valid_name(name: &str) -> Result<HeaderValue, SplitError> {
     ok.then(|| HeaderValue::from_str(name).ok())
         .flatten()
         .ok_or_else(|| SplitError::InvalidTargetName(name.to_owned()))
-}
-
-// === impl RngSource ===
-
-type SharedRng = Arc<Mutex<Box<dyn FnMut() -> u64 + Send>>>;
-
-#[derive(Clone)]
-enum RngSource {
-    /// A per-thread small generator seeded from the system.
-    Thread,
-    /// One generator for all clones, behind a mutex (tests, simulations).
-    Shared(SharedRng),
-}
-
-thread_local! {
-    static THREAD_RNG: RefCell<SmallRng> = RefCell::new(rand::make_rng());
-}
-
-impl RngSource {
-    #[inline]
-    fn next_u64(&self) -> u64 {
-        match self {
-            RngSource::Thread => THREAD_RNG.with(|rng| rand::Rng::next_u64(&mut *rng.borrow_mut())),
-            RngSource::Shared(rng) => {
-                let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
-                rng()
-            }
-        }
-    }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, request, response};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -122,7 +122,12 @@ where
         let req = Request::from_parts(parts, RequestBody::new(body));
         ResponseFuture::calling(inner.call(req), plan.response, shared)
     };
-    if !is_json(&parts.headers) {
+    let declared = content_length(&parts.headers);
+    if body.is_end_stream() || declared == Some(0) {
+        // No body: nothing to rewrite.
+        return stream(inner, parts, body, plan);
+    }
+    if !is_json(&parts.headers) || is_encoded(&parts.headers) {
         return match rules.non_json {
             NonJson::Skip => stream(inner, parts, body, plan),
             NonJson::Reject => {
@@ -145,14 +150,9 @@ where
         };
     }
     let limit = rules.body_limit;
-    let declared = content_length(&parts.headers).unwrap_or(0);
-    if declared > limit as u64 || body.size_hint().lower() > limit as u64 {
+    if declared.unwrap_or(0) > limit as u64 || body.size_hint().lower() > limit as u64 {
         stats.rejected_large.fetch_add(1, Relaxed);
         return ResponseFuture::rejected(too_large(limit));
-    }
-    if body.is_end_stream() {
-        // No body: nothing to rewrite.
-        return stream(inner, parts, body, plan);
     }
     // The instance that was polled ready is the one called, once the body
     // is read; a clone takes its place here.
@@ -261,6 +261,7 @@ where
                     let limit = plan.rules.body_limit;
                     let declared = content_length(&parts.headers).unwrap_or(0);
                     if !is_json(&parts.headers)
+                        || is_encoded(&parts.headers)
                         || declared > limit as u64
                         || body.size_hint().lower() > limit as u64
                     {
@@ -368,6 +369,15 @@ fn polled_after_completion<B>() -> Response<ResponseBody<B>> {
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR)
         .detail("response future polled after completion")
         .into_response()
+}
+
+/// Whether a body is content-encoded (gzip, ...): its bytes are not the
+/// JSON text.
+fn is_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

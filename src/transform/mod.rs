@@ -85,9 +85,10 @@
 //!
 //! Only requests a body rule applies to are buffered, up to
 //! [`Rules::body_limit`] (413 beyond it); every other request streams
-//! through untouched. A request body rule meets a non-JSON request with
-//! [`NonJson::Skip`] (stream it through) or [`NonJson::Reject`] (415);
-//! invalid JSON is a 400. `Content-Length` is set to the rewritten length.
+//! through untouched, and so does a request without a body. A request body
+//! rule meets a non-JSON request (or a content-encoded one, whose bytes are
+//! not JSON text) with [`NonJson::Skip`] (stream it through) or
+//! [`NonJson::Reject`] (415); invalid JSON is a 400. `Content-Length` is set to the rewritten length.
 //! Response body rules rewrite JSON responses up to the same limit; larger,
 //! non-JSON or invalid responses pass through untouched, every byte. A
 //! response without body rules, such as a server-sent event stream, is

@@ -245,22 +245,22 @@ impl<'a> Context<'a> {
             Source::IdentityId => parts
                 .extensions
                 .get::<Identity>()
-                .map(|i| Cow::Owned(i.id().to_owned())),
+                .map(|i| Cow::Borrowed(i.id())),
             Source::IdentityTenant => parts
                 .extensions
                 .get::<Identity>()?
                 .tenant()
-                .map(|t| Cow::Owned(t.to_owned())),
+                .map(Cow::Borrowed),
             Source::IdentityTier => parts
                 .extensions
                 .get::<Identity>()?
                 .tier()
-                .map(|t| Cow::Owned(t.to_owned())),
+                .map(Cow::Borrowed),
             Source::Target => parts
                 .extensions
                 .get::<Target>()
                 .map(|t| Cow::Borrowed(t.name())),
-            Source::Method => Some(Cow::Owned(parts.method.as_str().to_owned())),
+            Source::Method => Some(Cow::Borrowed(parts.method.as_str())),
             Source::Uuid => Some(Cow::Owned(self.uuid.get_or_init(new_uuid).clone())),
         }
     }

@@ -1,0 +1,133 @@
+//! Latency histograms: fixed buckets of atomic counters, cheap to record
+//! from any thread, read as cumulative counts (Prometheus style) or as
+//! quantile estimates.
+//!
+//! ```
+//! use std::time::Duration;
+//! use switchyard::metrics::LatencyHistogram;
+//!
+//! let h = LatencyHistogram::default();
+//! for ms in [3, 4, 8, 40, 900] {
+//!     h.record(Duration::from_millis(ms));
+//! }
+//! let s = h.snapshot();
+//! assert_eq!(s.count, 5);
+//! assert_eq!(s.quantile(0.5), Some(Duration::from_millis(10))); // a bucket's bound
+//! assert_eq!(s.quantile(0.99), Some(Duration::from_millis(1000)));
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Upper bounds of the buckets, in microseconds (the last bucket, beyond
+/// them, is unbounded).
+pub const BUCKETS_MICROS: [u64; 16] = [
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    30_000_000,
+    60_000_000,
+    120_000_000,
+];
+
+/// A latency histogram with fixed buckets from 1 ms to 120 s.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; BUCKETS_MICROS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn record(&self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let i = BUCKETS_MICROS.partition_point(|&bound| bound < micros);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    /// A reading of the counters.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let buckets: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        HistogramSnapshot {
+            count: buckets.iter().sum(),
+            sum_micros: self.sum_micros.load(Relaxed),
+            buckets,
+        }
+    }
+}
+
+/// A reading of a [`LatencyHistogram`]. Readings only grow; subtract two
+/// with [`HistogramSnapshot::since`] for a window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct HistogramSnapshot {
+    /// Observations per bucket (not cumulative); the bucket `i` holds
+    /// latencies up to `BUCKETS_MICROS[i]`, the last one the rest.
+    pub buckets: Vec<u64>,
+    /// Observations in all.
+    pub count: u64,
+    /// Their sum, in microseconds.
+    pub sum_micros: u64,
+}
+
+impl HistogramSnapshot {
+    /// The observations made after `earlier` was read.
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        let buckets: Vec<u64> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| n.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
+            .collect();
+        HistogramSnapshot {
+            count: buckets.iter().sum(),
+            sum_micros: self.sum_micros.saturating_sub(earlier.sum_micros),
+            buckets,
+        }
+    }
+
+    /// An upper estimate of quantile `q` (0 to 1): the bound of the bucket
+    /// that holds it. `None` without observations; observations beyond the
+    /// last bound read as `Duration::MAX`.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(
+                    BUCKETS_MICROS
+                        .get(i)
+                        .map_or(Duration::MAX, |&us| Duration::from_micros(us)),
+                );
+            }
+        }
+        Some(Duration::MAX)
+    }
+
+    /// Cumulative counts per bucket bound, in seconds, ending with `+Inf`:
+    /// the `le` series of a Prometheus histogram.
+    pub fn cumulative(&self) -> impl Iterator<Item = (Option<f64>, u64)> + '_ {
+        let mut total = 0;
+        self.buckets.iter().enumerate().map(move |(i, &n)| {
+            total += n;
+            (BUCKETS_MICROS.get(i).map(|&us| us as f64 / 1e6), total)
+        })
+    }
+}

@@ -1,0 +1,287 @@
+//! [`ModelBody`]: the upstream's response body passed through chunk by
+//! chunk while its token usage is read, or the router's own answer.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use serde::Deserialize;
+
+use super::stats::VersionCounters;
+
+pin_project! {
+    /// The router's response body: the upstream's body, untouched and
+    /// undelayed, or an answer of the router's own (an error, the model
+    /// list).
+    ///
+    /// While the upstream's body passes, the last few chunks are kept (by
+    /// reference, not copied) and, when it ends, the last `"usage"` object
+    /// in them is read: OpenAI-style JSON responses and server-sent event
+    /// streams both end with it. The version's in-flight count ends when
+    /// the body ends or is dropped.
+    pub struct ModelBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Full { data: Option<Bytes> },
+        Tracked {
+            #[pin]
+            body: B,
+            tracker: Tracker,
+        },
+    }
+}
+
+impl<B> ModelBody<B> {
+    pub(crate) fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        Self {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    pub(crate) fn tracked(body: B, counters: Arc<VersionCounters>, scan: bool) -> Self {
+        Self {
+            kind: Kind::Tracked {
+                body,
+                tracker: Tracker {
+                    counters,
+                    tail: scan.then(Box::default),
+                    done: false,
+                },
+            },
+        }
+    }
+}
+
+impl<B> Body for ModelBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Tracked { body, tracker } => {
+                let frame = std::task::ready!(body.poll_frame(cx));
+                match &frame {
+                    Some(Ok(frame)) => {
+                        if let (Some(tail), Some(data)) = (&mut tracker.tail, frame.data_ref()) {
+                            tail.push(data);
+                        }
+                    }
+                    Some(Err(_)) => {
+                        tracker.counters.body_error();
+                        tracker.finish();
+                    }
+                    None => tracker.finish(),
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full { data } => data.is_none(),
+            Kind::Tracked { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Tracked { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for ModelBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Full { data } => f.debug_tuple("ModelBody::Full").field(data).finish(),
+            Kind::Tracked { .. } => f.write_str("ModelBody::Tracked(..)"),
+        }
+    }
+}
+
+// === Tracker ===
+
+/// Ends the in-flight count once, and reads the usage at the end.
+struct Tracker {
+    counters: Arc<VersionCounters>,
+    tail: Option<Box<Tail>>,
+    done: bool,
+}
+
+impl Tracker {
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        if let Some((prompt, completion)) = self.tail.take().and_then(|t| t.usage()) {
+            self.counters.tokens(prompt, completion);
+        }
+        self.counters.finish();
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if !self.done {
+            // Dropped before the end: the client went away. Counted as
+            // finished; the usage of a cut-off stream is not counted.
+            self.tail = None;
+            self.finish();
+        }
+    }
+}
+
+/// The last chunks of a body, by reference.
+///
+/// Usage sits at the end of a response (the last JSON field, the last
+/// event before `[DONE]`), so the trailing chunks are enough, and keeping
+/// them costs a reference count per chunk instead of a scan of every byte.
+/// The oldest chunk is let go once the newer ones hold [`TAIL_BYTES`]
+/// (or there are [`TAIL_CHUNKS`] of them), so however a stream is cut into
+/// chunks, the last 4 KiB are kept.
+#[derive(Default)]
+pub(crate) struct Tail {
+    chunks: VecDeque<Bytes>,
+    /// Bytes in `chunks`.
+    len: usize,
+}
+
+const TAIL_BYTES: usize = 4096;
+const TAIL_CHUNKS: usize = 256;
+
+impl Tail {
+    #[inline]
+    pub(crate) fn push(&mut self, data: &Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len();
+        self.chunks.push_back(data.clone());
+        while let Some(front) = self.chunks.front() {
+            if self.len - front.len() < TAIL_BYTES && self.chunks.len() <= TAIL_CHUNKS {
+                break;
+            }
+            self.len -= front.len();
+            self.chunks.pop_front();
+        }
+    }
+
+    /// The last `"usage"` object with token counts, as (prompt,
+    /// completion).
+    pub(crate) fn usage(&self) -> Option<(u64, u64)> {
+        match self.chunks.len() {
+            0 => None,
+            1 => last_usage(&self.chunks[0]),
+            _ => {
+                let mut joined = Vec::with_capacity(self.len);
+                for chunk in &self.chunks {
+                    joined.extend_from_slice(chunk);
+                }
+                last_usage(&joined)
+            }
+        }
+    }
+}
+
+/// The last `"usage"` key in `text` whose value is an object with token
+/// counts. A `"usage"` inside a JSON string has escaped quotes, so an
+/// unescaped one followed by `:` is a key.
+pub(crate) fn last_usage(text: &[u8]) -> Option<(u64, u64)> {
+    #[derive(Deserialize)]
+    struct Usage {
+        #[serde(default)]
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+        #[serde(default)]
+        total_tokens: Option<u64>,
+    }
+    const KEY: &[u8] = b"\"usage\"";
+    let mut end = text.len();
+    while let Some(at) = memchr::memmem::rfind(&text[..end], KEY) {
+        end = at;
+        let rest = &text[at + KEY.len()..];
+        let rest = trim_start(rest);
+        let Some(rest) = rest.strip_prefix(b":") else {
+            continue;
+        };
+        let rest = trim_start(rest);
+        if !rest.starts_with(b"{") {
+            continue; // `null`, or not a usage object
+        }
+        let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Usage>();
+        if let Some(Ok(u)) = values.next()
+            && (u.prompt_tokens > 0 || u.completion_tokens > 0 || u.total_tokens.is_some()) {
+                return Some((u.prompt_tokens, u.completion_tokens));
+            }
+    }
+    None
+}
+
+fn trim_start(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_from_json_and_sse() {
+        let json = br#"{"id":"x","choices":[{"message":{"content":"\"usage\": {\"prompt_tokens\": 99}"}}],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46}}"#;
+        assert_eq!(last_usage(json), Some((12, 34)));
+        let sse = b"data: {\"choices\":[],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\n\ndata: [DONE]\n\n";
+        assert_eq!(last_usage(sse), Some((5, 7)));
+        assert_eq!(last_usage(b"data: {\"usage\":null}\n\n"), None);
+        assert_eq!(last_usage(b"{\"usage\": {\"prompt_tokens\": 1"), None);
+    }
+
+    #[test]
+    fn tail_joins_chunks_split_mid_line() {
+        let sse =
+            b"data: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n";
+        let mut tail = Tail::default();
+        for piece in sse.chunks(5) {
+            tail.push(&Bytes::copy_from_slice(piece));
+        }
+        assert_eq!(tail.usage(), Some((3, 4)));
+
+        // A long stream keeps only its last 4 KiB or so.
+        let mut tail = Tail::default();
+        let event =
+            Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n");
+        for _ in 0..10_000 {
+            tail.push(&event);
+        }
+        for piece in sse.chunks(7) {
+            tail.push(&Bytes::copy_from_slice(piece));
+        }
+        assert!(tail.len < TAIL_BYTES + 64);
+        assert_eq!(tail.usage(), Some((3, 4)));
+    }
+}
