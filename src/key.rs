@@ -225,7 +225,7 @@ impl fmt::Debug for KeyBy {
     }
 }
 
-fn peer_ip(extensions: &Extensions) -> Option<IpAddr> {
+pub(crate) fn peer_ip(extensions: &Extensions) -> Option<IpAddr> {
     #[cfg(feature = "axum")]
     if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
         return Some(info.0.ip().to_canonical());

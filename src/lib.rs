@@ -54,9 +54,11 @@
 //! | [`auth`] | [`ApiKeyLayer`](auth::ApiKeyLayer), `JwtLayer` (feature `jwt`), [`RequireScopes`](auth::RequireScopes) and the [`Identity`](auth::Identity) they record |
 //! | [`ratelimit`] | [`RateLimitLayer`](ratelimit::RateLimitLayer): keyed GCRA rate limiting with several quotas, costs, IETF `RateLimit` headers and bounded memory |
 //! | `transform` (feature `transform`) | `TransformLayer`: header, path, query, method, host and JSON body rewriting from rules checked at build time |
+//! | `gateway` (feature `config`; `admin` for its admin API) | `Gateway`: a whole gateway from one TOML configuration, reloadable while serving, with an admin API and Prometheus metrics |
 //! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, client IP behind trusted proxies, custom) from a request |
 //! | `model` (feature `json`) | `ModelRouter`: OpenAI-compatible model aliases over weighted versions, pins, sticky picks, fallback, token counts |
 //! | [`metrics`] | [`LatencyHistogram`](metrics::LatencyHistogram): fixed-bucket latency counters with quantile estimates |
+//! | `proxy` (feature `proxy`) | `Upstream`: forwards to an upstream server over a pooled hyper client, with proxy semantics, 502/504 as problem+json |
 //! | [`problem`] | [`Problem`](problem::Problem): the `application/problem+json` rejections every layer answers with |
 //! | [`body`] | [`ResponseBody`](body::ResponseBody): the inner body, or a layer's own answer |
 //! | [`future`] | [`ResponseFuture`](future::ResponseFuture): the response future of the admission layers (auth, scopes, rate limit) |
@@ -74,12 +76,18 @@
 pub mod auth;
 pub mod body;
 pub mod future;
+#[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+pub mod gateway;
 pub mod key;
 pub mod metrics;
 #[cfg(feature = "json")]
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub mod model;
 pub mod problem;
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod proxy;
 pub mod ratelimit;
 mod rng;
 mod seqlock;

@@ -235,9 +235,10 @@ pub(crate) fn last_usage(text: &[u8]) -> Option<(u64, u64)> {
         }
         let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Usage>();
         if let Some(Ok(u)) = values.next()
-            && (u.prompt_tokens > 0 || u.completion_tokens > 0 || u.total_tokens.is_some()) {
-                return Some((u.prompt_tokens, u.completion_tokens));
-            }
+            && (u.prompt_tokens > 0 || u.completion_tokens > 0 || u.total_tokens.is_some())
+        {
+            return Some((u.prompt_tokens, u.completion_tokens));
+        }
     }
     None
 }

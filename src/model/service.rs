@@ -252,15 +252,16 @@ impl<S> ModelRouter<S> {
         }
 
         if !(catalog.identity_pins.is_empty() && catalog.tenant_pins.is_empty())
-            && let Some(identity) = head.extensions.get::<Identity>() {
-                let by_identity = catalog.identity_pins.get(identity.id());
-                let by_tenant = identity.tenant().and_then(|t| catalog.tenant_pins.get(t));
-                for pins in [by_identity, by_tenant].into_iter().flatten() {
-                    if let Some(&(_, m)) = pins.iter().find(|(pg, _)| *pg == g) {
-                        return picked(m, ChoiceReason::Pinned);
-                    }
+            && let Some(identity) = head.extensions.get::<Identity>()
+        {
+            let by_identity = catalog.identity_pins.get(identity.id());
+            let by_tenant = identity.tenant().and_then(|t| catalog.tenant_pins.get(t));
+            for pins in [by_identity, by_tenant].into_iter().flatten() {
+                if let Some(&(_, m)) = pins.iter().find(|(pg, _)| *pg == g) {
+                    return picked(m, ChoiceReason::Pinned);
                 }
             }
+        }
 
         if let Some(key) = self
             .config
@@ -311,10 +312,12 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (mut head, body) = req.into_parts();
         if let Some(path) = &self.config.models_path
-            && head.method == Method::GET && head.uri.path() == path {
-                let catalog = self.shared.catalog.load();
-                return ResponseFuture::answer(StatusCode::OK, super::openai::model_list(&catalog));
-            }
+            && head.method == Method::GET
+            && head.uri.path() == path
+        {
+            let catalog = self.shared.catalog.load();
+            return ResponseFuture::answer(StatusCode::OK, super::openai::model_list(&catalog));
+        }
         match &self.config.source {
             ModelSource::Body => {
                 let limit = self.config.body_limit;

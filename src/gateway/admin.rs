@@ -1,0 +1,352 @@
+//! The admin API (feature `admin`): read and change a running [`Gateway`]
+//! over HTTP, with JSON in and out.
+//!
+//! ```no_run
+//! # use switchyard::gateway::{Gateway, GatewayConfig};
+//! # async fn run(gateway: Gateway) -> Result<(), Box<dyn std::error::Error>> {
+//! let admin = switchyard::gateway::admin::router(&gateway)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9901").await?;
+//! axum::serve(listener, admin).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! | method and path | does |
+//! | --- | --- |
+//! | `GET /healthz` | `ok` (the only route without a key, for load balancers) |
+//! | `GET /config` | the configuration in force, weights as they are now |
+//! | `PUT /config` | checks a new configuration (JSON) and reloads; 422 with every problem otherwise |
+//! | `GET /splits`, `GET /splits/{route}` | weights and per-target counters |
+//! | `PUT /splits/{route}/weights` | `{"blue": 90, "green": 10}` (or `{"weights": {...}}`) |
+//! | `POST /splits/{route}/promote/{target}` | all traffic to `target` |
+//! | `POST /splits/{route}/rollback` | back to the weights before the last change |
+//! | `GET /models/{route}` | the catalog and per-version counters |
+//! | `PUT /models/{route}/{alias}/weights` | an alias's version weights |
+//! | `POST /models/{route}/{alias}/promote/{model}` | all of an alias's traffic to `model` |
+//! | `POST /models/{route}/{alias}/rollback` | an alias back to its previous weights |
+//! | `GET /metrics` | Prometheus text exposition |
+//!
+//! Every route but `/healthz` needs one of the configuration's admin keys
+//! (`admin.keys`), as a bearer token or in `x-api-key`. Every change is
+//! logged with the `tracing` crate at `INFO`, with the admin's identity
+//! and the state before and after. Errors are problem+json.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ConfigError, Gateway, GatewayConfig};
+use crate::auth::{ApiKeyLayer, Identity};
+use crate::problem::Problem;
+use crate::split::Weights;
+
+/// Why the admin API could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The configuration has no admin keys: the admin API is never served
+    /// unprotected.
+    #[error("the configuration has no admin keys (admin.keys); the admin API needs at least one")]
+    NoKeys,
+    /// An admin key is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// The admin API for `gateway`, protected by the keys in its
+/// configuration's `admin.keys` (as they are when this is called).
+pub fn router(gateway: &Gateway) -> Result<Router, AdminError> {
+    let config = gateway.config();
+    if config.admin.keys.is_empty() {
+        return Err(AdminError::NoKeys);
+    }
+    let mut problems = super::build::Problems::default();
+    let keys = super::build::api_keys(&config.admin.keys, "admin.keys", &mut problems);
+    problems.into_result()?;
+    let auth = ApiKeyLayer::builder()
+        .keys(keys)
+        .realm("switchyard admin")
+        .build()
+        .map_err(|e| {
+            AdminError::Config(ConfigError {
+                problems: vec![super::ConfigProblem {
+                    at: "admin.keys".into(),
+                    message: e.to_string(),
+                }],
+            })
+        })?;
+
+    let protected = Router::new()
+        .route("/config", get(get_config).put(put_config))
+        .route("/splits", get(get_splits))
+        .route("/splits/{route}", get(get_split))
+        .route("/splits/{route}/weights", put(put_split_weights))
+        .route("/splits/{route}/promote/{target}", post(promote_split))
+        .route("/splits/{route}/rollback", post(rollback_split))
+        .route("/models/{route}", get(get_models))
+        .route("/models/{route}/{alias}/weights", put(put_model_weights))
+        .route(
+            "/models/{route}/{alias}/promote/{model}",
+            post(promote_model),
+        )
+        .route("/models/{route}/{alias}/rollback", post(rollback_model))
+        .route("/metrics", get(get_metrics))
+        .layer(auth);
+    Ok(Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(protected)
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such admin route") })
+        .with_state(gateway.clone()))
+}
+
+fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
+    IntoResponse::into_response(Problem::new(status).detail(detail))
+}
+
+fn who(identity: &Option<Extension<Identity>>) -> String {
+    identity
+        .as_ref()
+        .map_or_else(|| "unknown".to_owned(), |Extension(i)| i.id().to_owned())
+}
+
+async fn get_config(State(gw): State<Gateway>) -> Json<GatewayConfig> {
+    Json(gw.config())
+}
+
+async fn put_config(
+    State(gw): State<Gateway>,
+    identity: Option<Extension<Identity>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let config: GatewayConfig = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                format!("not a gateway configuration: {e}"),
+            );
+        }
+    };
+    let before = gw.routes();
+    match gw.reload(config) {
+        Ok(()) => {
+            tracing::info!(admin = %who(&identity), ?before, after = ?gw.routes(), "gateway configuration reloaded");
+            Json(json!({ "status": "reloaded", "routes": gw.routes() })).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(admin = %who(&identity), error = %e, "gateway configuration refused");
+            let problems: Vec<Value> = e
+                .problems
+                .iter()
+                .map(|p| json!({ "at": p.at, "message": p.message }))
+                .collect();
+            IntoResponse::into_response(
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY)
+                    .detail("the configuration was refused; the old one keeps serving")
+                    .with("problems", problems),
+            )
+        }
+    }
+}
+
+fn split_json(gw: &Gateway, route: &str) -> Option<Value> {
+    let handle = gw.split(route)?;
+    Some(json!({ "route": route, "weights": handle.weights(), "targets": handle.stats() }))
+}
+
+async fn get_splits(State(gw): State<Gateway>) -> Json<Value> {
+    let all: Vec<Value> = gw
+        .routes()
+        .iter()
+        .filter_map(|r| split_json(&gw, r))
+        .collect();
+    Json(Value::Array(all))
+}
+
+async fn get_split(State(gw): State<Gateway>, Path(route): Path<String>) -> Response {
+    match split_json(&gw, &route) {
+        Some(v) => Json(v).into_response(),
+        None => problem(StatusCode::NOT_FOUND, format!("no split route `{route}`")),
+    }
+}
+
+/// `{"blue": 90}` or `{"weights": {"blue": 90}}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WeightsBody {
+    Wrapped { weights: BTreeMap<String, u32> },
+    Bare(BTreeMap<String, u32>),
+}
+
+impl WeightsBody {
+    fn into_weights(self) -> BTreeMap<String, u32> {
+        match self {
+            WeightsBody::Wrapped { weights } | WeightsBody::Bare(weights) => weights,
+        }
+    }
+}
+
+fn parse_weights(body: &[u8]) -> Result<BTreeMap<String, u32>, Box<Response>> {
+    serde_json::from_slice::<WeightsBody>(body)
+        .map(WeightsBody::into_weights)
+        .map_err(|_| {
+            Box::new(problem(
+                StatusCode::BAD_REQUEST,
+                "expected {\"target\": weight, ...} or {\"weights\": {...}} with non-negative integer weights",
+            ))
+        })
+}
+
+/// Applies a split change and answers with the new state, logging it.
+fn split_change(
+    gw: &Gateway,
+    route: &str,
+    identity: &Option<Extension<Identity>>,
+    what: &str,
+    change: impl FnOnce(&crate::split::SplitHandle) -> Result<(), crate::split::SplitError>,
+) -> Response {
+    let Some(handle) = gw.split(route) else {
+        return problem(StatusCode::NOT_FOUND, format!("no split route `{route}`"));
+    };
+    let before = handle.weights();
+    match change(&handle) {
+        Ok(()) => {
+            let after = handle.weights();
+            tracing::info!(admin = %who(identity), route, action = what, ?before, ?after, "split changed");
+            Json(json!({ "route": route, "weights": after })).into_response()
+        }
+        Err(e) => {
+            let status = match e {
+                crate::split::SplitError::UnknownTarget(_) => StatusCode::NOT_FOUND,
+                crate::split::SplitError::NothingToRollBack => StatusCode::CONFLICT,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            problem(status, e.to_string())
+        }
+    }
+}
+
+async fn put_split_weights(
+    State(gw): State<Gateway>,
+    Path(route): Path<String>,
+    identity: Option<Extension<Identity>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let weights = match parse_weights(&body) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    split_change(&gw, &route, &identity, "set_weights", |h| {
+        h.set_weights(weights)
+    })
+}
+
+async fn promote_split(
+    State(gw): State<Gateway>,
+    Path((route, target)): Path<(String, String)>,
+    identity: Option<Extension<Identity>>,
+) -> Response {
+    split_change(&gw, &route, &identity, "promote", |h| h.promote(&target))
+}
+
+async fn rollback_split(
+    State(gw): State<Gateway>,
+    Path(route): Path<String>,
+    identity: Option<Extension<Identity>>,
+) -> Response {
+    split_change(&gw, &route, &identity, "rollback", |h| h.rollback())
+}
+
+async fn get_models(State(gw): State<Gateway>, Path(route): Path<String>) -> Response {
+    match gw.model(&route) {
+        Some(h) => Json(json!({ "route": route, "catalog": h.catalog(), "versions": h.stats() }))
+            .into_response(),
+        None => problem(StatusCode::NOT_FOUND, format!("no model route `{route}`")),
+    }
+}
+
+fn model_change(
+    gw: &Gateway,
+    route: &str,
+    alias: &str,
+    identity: &Option<Extension<Identity>>,
+    what: &str,
+    change: impl FnOnce(&crate::model::ModelHandle) -> Result<(), crate::model::ModelError>,
+) -> Response {
+    let Some(handle) = gw.model(route) else {
+        return problem(StatusCode::NOT_FOUND, format!("no model route `{route}`"));
+    };
+    let Some(before) = handle.weights(alias) else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!("no alias `{alias}` on route `{route}`"),
+        );
+    };
+    match change(&handle) {
+        Ok(()) => {
+            let after = handle
+                .weights(alias)
+                .unwrap_or_else(|| Weights::from_iter(Vec::<(String, u32)>::new()));
+            tracing::info!(admin = %who(identity), route, alias, action = what, ?before, ?after, "model alias changed");
+            Json(json!({ "route": route, "alias": alias, "weights": after })).into_response()
+        }
+        Err(e) => {
+            let status = match e {
+                crate::model::ModelError::NothingToRollBack { .. } => StatusCode::CONFLICT,
+                crate::model::ModelError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            problem(status, e.to_string())
+        }
+    }
+}
+
+async fn put_model_weights(
+    State(gw): State<Gateway>,
+    Path((route, alias)): Path<(String, String)>,
+    identity: Option<Extension<Identity>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let weights = match parse_weights(&body) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    model_change(&gw, &route, &alias, &identity, "set_weights", |h| {
+        h.set_weights(&alias, weights)
+    })
+}
+
+async fn promote_model(
+    State(gw): State<Gateway>,
+    Path((route, alias, model)): Path<(String, String, String)>,
+    identity: Option<Extension<Identity>>,
+) -> Response {
+    model_change(&gw, &route, &alias, &identity, "promote", |h| {
+        h.promote(&alias, &model)
+    })
+}
+
+async fn rollback_model(
+    State(gw): State<Gateway>,
+    Path((route, alias)): Path<(String, String)>,
+    identity: Option<Extension<Identity>>,
+) -> Response {
+    model_change(&gw, &route, &alias, &identity, "rollback", |h| {
+        h.rollback(&alias)
+    })
+}
+
+async fn get_metrics(State(gw): State<Gateway>) -> Response {
+    let mut res = gw.metrics().into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}

@@ -1,0 +1,729 @@
+//! Checking a [`GatewayConfig`] and assembling its pipelines, reusing the
+//! state of the gateway it replaces.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderName, Method, Request, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+
+use super::config::{
+    ApiKeyConfig, GatewayConfig, KeyConfig, QuotaConfig, RouteConfig, UpstreamConfig,
+};
+use super::{ConfigError, ConfigProblem, GatewayBody};
+use crate::auth::{ApiKey, ApiKeyLayer, Identity, RequireScopes};
+use crate::key::{KeyBy, TrustedProxies};
+use crate::metrics::LatencyHistogram;
+use crate::model::{ModelHandle, ModelRouter};
+use crate::proxy::{BoxError, Upstream};
+use crate::ratelimit::{Quota, RateLimitHandle, RateLimitLayer};
+use crate::split::{Split, SplitHandle};
+use crate::transform::{TransformHandle, TransformLayer};
+
+/// A route's whole pipeline, boxed.
+pub(crate) type Pipeline =
+    BoxCloneSyncService<Request<GatewayBody>, Response<GatewayBody>, Infallible>;
+
+/// Everything built from one config.
+pub(crate) struct State {
+    pub(crate) config: GatewayConfig,
+    pub(crate) routes: Vec<BuiltRoute>,
+    pub(crate) upstreams: HashMap<String, (UpstreamConfig, Upstream)>,
+    pub(crate) auth: Option<ApiKeyLayer>,
+}
+
+/// One route, with the handles the admin API needs.
+pub(crate) struct BuiltRoute {
+    pub(crate) name: String,
+    pub(crate) config: RouteConfig,
+    pub(crate) matcher: Matcher,
+    pub(crate) service: Pipeline,
+    pub(crate) split: Option<BuiltSplit>,
+    pub(crate) model: Option<(ModelRouter<Upstream>, ModelHandle)>,
+    pub(crate) limiter: Option<(RateLimitLayer, RateLimitHandle)>,
+    pub(crate) transform: Option<(TransformLayer, TransformHandle)>,
+    pub(crate) counters: Arc<RouteCounters>,
+}
+
+pub(crate) struct BuiltSplit {
+    pub(crate) split: Split<Timed>,
+    pub(crate) handle: SplitHandle,
+    pub(crate) latency: Vec<Arc<LatencyHistogram>>,
+}
+
+/// Which requests a route takes.
+pub(crate) struct Matcher {
+    prefix: String,
+    host: Option<String>,
+    methods: Vec<Method>,
+}
+
+impl Matcher {
+    pub(crate) fn matches<B>(&self, req: &Request<B>) -> bool {
+        if !self.methods.is_empty() && !self.methods.contains(req.method()) {
+            return false;
+        }
+        if let Some(host) = &self.host {
+            let given = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().host());
+            let given = given.map(|h| h.rsplit_once(':').map_or(h, |(h, _)| h));
+            if !given.is_some_and(|g| g.eq_ignore_ascii_case(host)) {
+                return false;
+            }
+        }
+        let path = req.uri().path();
+        match path.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/') || self.prefix.is_empty(),
+            None => false,
+        }
+    }
+}
+
+/// Requests and responses of a route, by status class.
+#[derive(Debug, Default)]
+pub(crate) struct RouteCounters {
+    pub(crate) requests: std::sync::atomic::AtomicU64,
+    pub(crate) classes: [std::sync::atomic::AtomicU64; 5],
+}
+
+/// An upstream that times its responses (to response headers) for the
+/// gateway's latency histograms.
+#[derive(Clone)]
+pub(crate) struct Timed {
+    upstream: Upstream,
+    latency: Arc<LatencyHistogram>,
+}
+
+impl<B> Service<Request<B>> for Timed
+where
+    Upstream: Service<Request<B>>,
+    <Upstream as Service<Request<B>>>::Future: Send + 'static,
+{
+    type Response = <Upstream as Service<Request<B>>>::Response;
+    type Error = <Upstream as Service<Request<B>>>::Error;
+    type Future = futures_timed::Timed<<Upstream as Service<Request<B>>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<Request<B>>::poll_ready(&mut self.upstream, cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        futures_timed::Timed::new(self.upstream.call(req), Arc::clone(&self.latency))
+    }
+}
+
+mod futures_timed {
+    use super::*;
+    use pin_project_lite::pin_project;
+    use std::future::Future;
+    use std::pin::Pin;
+
+    pin_project! {
+        pub(crate) struct Timed<F> {
+            #[pin]
+            inner: F,
+            started: Instant,
+            latency: Arc<LatencyHistogram>,
+        }
+    }
+
+    impl<F> Timed<F> {
+        pub(crate) fn new(inner: F, latency: Arc<LatencyHistogram>) -> Self {
+            Self {
+                inner,
+                started: Instant::now(),
+                latency,
+            }
+        }
+    }
+
+    impl<F: Future> Future for Timed<F> {
+        type Output = F::Output;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            let this = self.project();
+            let out = std::task::ready!(this.inner.poll(cx));
+            this.latency.record(this.started.elapsed());
+            Poll::Ready(out)
+        }
+    }
+}
+
+// === building ===
+
+#[derive(Default)]
+pub(crate) struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    pub(crate) fn into_result(self) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems: self.0 })
+        }
+    }
+
+    fn push(&mut self, at: impl Into<String>, message: impl std::fmt::Display) {
+        self.0.push(ConfigProblem {
+            at: at.into(),
+            message: message.to_string(),
+        });
+    }
+}
+
+/// Builds the state for `config`, reusing what `old` has for routes,
+/// targets and upstreams that still exist. Every problem is reported.
+pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State, ConfigError> {
+    let mut problems = Problems(Vec::new());
+
+    // Upstreams.
+    let mut upstreams = HashMap::new();
+    for (name, uc) in &config.upstreams {
+        let reused = old
+            .and_then(|o| o.upstreams.get(name))
+            .filter(|(c, _)| c == uc)
+            .map(|(_, u)| u.clone());
+        let upstream = match reused {
+            Some(u) => Some(u),
+            None => {
+                let mut b = Upstream::builder(&uc.url)
+                    .http2(uc.http2)
+                    .preserve_host(uc.preserve_host);
+                if let Some(ms) = uc.connect_timeout_ms {
+                    b = b.connect_timeout(Some(Duration::from_millis(ms)));
+                }
+                if let Some(ms) = uc.response_timeout_ms {
+                    b = b.response_timeout(Duration::from_millis(ms));
+                }
+                match b.build() {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        problems.push(format!("upstreams.{name}.url"), e);
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(u) = upstream {
+            upstreams.insert(name.clone(), (uc.clone(), u));
+        }
+    }
+
+    // API keys: one layer for every route, changed in place on reload.
+    let keys = api_keys(&config.api_keys, "api_keys", &mut problems);
+    let needs_auth = config.routes.iter().any(|r| r.auth.is_some());
+    let auth = match old.and_then(|o| o.auth.clone()) {
+        Some(layer) => {
+            // New keys first, then the ones that went away: a key in both
+            // configs is accepted throughout.
+            let handle = layer.handle();
+            let kept: Vec<String> = keys.iter().map(ApiKey::digest).collect();
+            for key in keys {
+                handle.insert(key);
+            }
+            for key in handle.keys() {
+                let digest = key.digest();
+                if !kept.contains(&digest) {
+                    let _ = handle.revoke_digest(&digest);
+                }
+            }
+            Some(layer)
+        }
+        None if needs_auth => match ApiKeyLayer::builder().keys(keys).build() {
+            Ok(layer) => Some(layer),
+            Err(e) => {
+                problems.push("api_keys", e);
+                None
+            }
+        },
+        None => None,
+    };
+
+    // Routes.
+    let mut routes = Vec::with_capacity(config.routes.len());
+    let mut names = Vec::new();
+    for (i, rc) in config.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if rc.name.is_empty() {
+            problems.push(format!("{at}.name"), "a route needs a name");
+        } else if names.contains(&rc.name) {
+            problems.push(
+                format!("{at}.name"),
+                format!("route `{}` is named twice", rc.name),
+            );
+        }
+        names.push(rc.name.clone());
+        let old_route = old.and_then(|o| o.routes.iter().find(|r| r.name == rc.name));
+        let old_upstreams = old.map(|o| &o.upstreams);
+        if let Some(route) = build_route(
+            rc,
+            &at,
+            &upstreams,
+            old_upstreams,
+            auth.as_ref(),
+            old_route,
+            &mut problems,
+        ) {
+            routes.push(route);
+        }
+    }
+
+    problems.into_result()?;
+    Ok(State {
+        config,
+        routes,
+        upstreams,
+        auth,
+    })
+}
+
+pub(crate) fn api_keys(list: &[ApiKeyConfig], at: &str, problems: &mut Problems) -> Vec<ApiKey> {
+    let mut keys = Vec::new();
+    for (i, k) in list.iter().enumerate() {
+        let here = format!("{at}[{i}]");
+        if k.id.is_empty() {
+            problems.push(format!("{here}.id"), "a key needs an identity id");
+            continue;
+        }
+        let mut identity = Identity::new(k.id.clone()).with_scopes(k.scopes.iter().cloned());
+        if let Some(t) = &k.tenant {
+            identity = identity.with_tenant(t.clone());
+        }
+        if let Some(t) = &k.tier {
+            identity = identity.with_tier(t.clone());
+        }
+        match (&k.key, &k.digest) {
+            (Some(key), None) => keys.push(ApiKey::new(key, identity)),
+            (None, Some(digest)) => match ApiKey::from_digest(digest, identity) {
+                Ok(key) => keys.push(key),
+                Err(e) => problems.push(format!("{here}.digest"), e),
+            },
+            _ => problems.push(here, "give exactly one of `key` and `digest`"),
+        }
+    }
+    keys
+}
+
+pub(crate) fn key_by(key: &KeyConfig, at: &str, problems: &mut Problems) -> Option<KeyBy> {
+    Some(match key {
+        KeyConfig::Global => KeyBy::global(),
+        KeyConfig::PeerIp => KeyBy::peer_ip(),
+        KeyConfig::Identity => KeyBy::identity(),
+        KeyConfig::ClientIp(ranges) => match TrustedProxies::new(ranges.iter().map(String::as_str))
+        {
+            Ok(t) => KeyBy::client_ip(t),
+            Err(e) => {
+                problems.push(at, e);
+                return None;
+            }
+        },
+        KeyConfig::Header(name) => match HeaderName::from_str(name) {
+            Ok(h) => KeyBy::header(h),
+            Err(_) => {
+                problems.push(at, format!("invalid header name `{name}`"));
+                return None;
+            }
+        },
+        KeyConfig::Cookie(name) => KeyBy::cookie(name.clone()),
+    })
+}
+
+/// `"1s"`, `"500ms"`, `"2m"`, `"1h"`, `"1d"`.
+pub(crate) fn period(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok().filter(|&n| n > 0)?;
+    Some(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        "d" => Duration::from_secs(n.checked_mul(86_400)?),
+        _ => return None,
+    })
+}
+
+fn quotas(list: &[QuotaConfig], at: &str, problems: &mut Problems) -> Vec<Quota> {
+    let mut out = Vec::new();
+    for (i, q) in list.iter().enumerate() {
+        let here = format!("{at}[{i}]");
+        let Some(p) = period(&q.period) else {
+            problems.push(
+                format!("{here}.period"),
+                format!("invalid period `{}` (use 500ms, 1s, 1m, 1h, 1d)", q.period),
+            );
+            continue;
+        };
+        if q.limit == 0 {
+            problems.push(
+                format!("{here}.limit"),
+                "a quota allows at least one request",
+            );
+            continue;
+        }
+        let mut quota = Quota::new(q.limit, p);
+        if let Some(b) = q.burst {
+            quota = quota.burst(b);
+        }
+        if let Some(n) = &q.name {
+            quota = quota.named(n.clone());
+        }
+        out.push(quota);
+    }
+    out
+}
+
+fn build_route(
+    rc: &RouteConfig,
+    at: &str,
+    upstreams: &HashMap<String, (UpstreamConfig, Upstream)>,
+    old_upstreams: Option<&HashMap<String, (UpstreamConfig, Upstream)>>,
+    auth: Option<&ApiKeyLayer>,
+    old: Option<&BuiltRoute>,
+    problems: &mut Problems,
+) -> Option<BuiltRoute> {
+    let before = problems.0.len();
+    let prefix = rc.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
+    if !prefix.starts_with('/') {
+        problems.push(format!("{at}.path_prefix"), "must start with `/`");
+    }
+    let mut methods = Vec::new();
+    for (j, m) in rc.methods.iter().enumerate() {
+        match Method::from_bytes(m.as_bytes()) {
+            Ok(m) => methods.push(m),
+            Err(_) => problems.push(
+                format!("{at}.methods[{j}]"),
+                format!("invalid method `{m}`"),
+            ),
+        }
+    }
+    let matcher = Matcher {
+        prefix: prefix.trim_end_matches('/').to_owned(),
+        host: rc.host.clone(),
+        methods,
+    };
+
+    // The terminal service: a split or a model router.
+    let mut split = None;
+    let mut model = None;
+    let terminal: Option<Pipeline> = match (&rc.split, &rc.model) {
+        (Some(_), Some(_)) | (None, None) => {
+            problems.push(at, "a route needs exactly one of `split` and `model`");
+            None
+        }
+        (Some(sc), None) => {
+            let here = format!("{at}.split");
+            let mut targets = Vec::new();
+            for (j, t) in sc.targets.iter().enumerate() {
+                match upstreams.get(&t.upstream) {
+                    Some((_, u)) => targets.push((t, u.clone())),
+                    None => problems.push(
+                        format!("{here}.targets[{j}].upstream"),
+                        format!("unknown upstream `{}`", t.upstream),
+                    ),
+                }
+            }
+            let sticky = sc
+                .sticky
+                .as_ref()
+                .and_then(|k| key_by(k, &format!("{here}.sticky"), problems));
+            let header = |h: &Option<String>, field: &str, problems: &mut Problems| {
+                h.as_ref().and_then(|h| match HeaderName::from_str(h) {
+                    Ok(h) => Some(h),
+                    Err(_) => {
+                        problems.push(
+                            format!("{here}.{field}"),
+                            format!("invalid header name `{h}`"),
+                        );
+                        None
+                    }
+                })
+            };
+            let override_header = header(&sc.override_header, "override_header", problems);
+            let echo_header = header(&sc.echo_header, "echo_header", problems);
+
+            // Reuse the old split (its counters, in-flight counts and
+            // history) when its shape is unchanged; only weights moved.
+            let reusable = old.and_then(|o| {
+                let old_sc = o.config.split.as_ref()?;
+                let same_shape = old_sc.sticky == sc.sticky
+                    && old_sc.override_header == sc.override_header
+                    && old_sc.echo_header == sc.echo_header
+                    && old_sc.targets.len() == sc.targets.len()
+                    && old_sc.targets.iter().zip(&sc.targets).all(|(a, b)| {
+                        a.name == b.name
+                            && a.upstream == b.upstream
+                            && upstreams.get(&b.upstream).map(|(c, _)| c)
+                                == old_upstreams
+                                    .and_then(|m| m.get(&a.upstream))
+                                    .map(|(c, _)| c)
+                    });
+                same_shape.then_some(o.split.as_ref()?)
+            });
+            if let Some(old_split) = reusable {
+                let weights: Vec<(&str, u32)> = sc
+                    .targets
+                    .iter()
+                    .map(|t| (t.name.as_str(), t.weight))
+                    .collect();
+                let changed = old_split.handle.weights().iter().collect::<Vec<_>>() != weights;
+                if let (true, Err(e)) = (changed, old_split.handle.set_weights(weights.clone())) {
+                    problems.push(format!("{here}.targets"), e);
+                }
+                split = Some(BuiltSplit {
+                    split: old_split.split.clone(),
+                    handle: old_split.handle.clone(),
+                    latency: old_split.latency.clone(),
+                });
+            } else if targets.len() == sc.targets.len() {
+                let mut builder = Split::builder();
+                let mut latency = Vec::new();
+                for (t, u) in targets {
+                    let h = Arc::new(LatencyHistogram::default());
+                    latency.push(Arc::clone(&h));
+                    builder = builder.target(
+                        t.name.clone(),
+                        Timed {
+                            upstream: u,
+                            latency: h,
+                        },
+                        t.weight,
+                    );
+                }
+                if let Some(k) = sticky {
+                    builder = builder.sticky(k);
+                }
+                if let Some(h) = override_header {
+                    builder = builder.override_header(h);
+                }
+                if let Some(h) = echo_header {
+                    builder = builder.echo_header(h);
+                }
+                match builder.build() {
+                    Ok(s) => {
+                        let handle = s.handle();
+                        split = Some(BuiltSplit {
+                            split: s,
+                            handle,
+                            latency,
+                        });
+                    }
+                    Err(e) => problems.push(format!("{here}.targets"), e),
+                }
+            }
+            split.as_ref().map(|s| boxed(s.split.clone()))
+        }
+        (None, Some(mc)) => {
+            let here = format!("{at}.model");
+            let sticky = mc
+                .sticky
+                .as_ref()
+                .and_then(|k| key_by(k, &format!("{here}.sticky"), problems));
+            let reusable = old.and_then(|o| {
+                let old_mc = o.config.model.as_ref()?;
+                (old_mc.sticky == mc.sticky && old_mc.body_limit == mc.body_limit)
+                    .then_some(o.model.as_ref()?)
+            });
+            let built = match reusable {
+                Some((router, handle)) => match handle.set_catalog(mc.catalog.clone()) {
+                    Ok(()) => Some((router.clone(), handle.clone())),
+                    Err(e) => {
+                        problems.push(format!("{here}.catalog"), e);
+                        None
+                    }
+                },
+                None => {
+                    let mut b = ModelRouter::builder().catalog(mc.catalog.clone());
+                    for (name, (_, u)) in upstreams {
+                        b = b.upstream(name.clone(), u.clone());
+                    }
+                    if let Some(k) = sticky {
+                        b = b.sticky(k);
+                    }
+                    if let Some(limit) = mc.body_limit {
+                        b = b.body_limit(limit);
+                    }
+                    match b.build() {
+                        Ok(r) => {
+                            let h = r.handle();
+                            Some((r, h))
+                        }
+                        Err(e) => {
+                            problems.push(format!("{here}.catalog"), e);
+                            None
+                        }
+                    }
+                }
+            };
+            model = built;
+            model.as_ref().map(|(r, _)| boxed(r.clone()))
+        }
+    };
+
+    // Transform.
+    let transform = rc.transform.as_ref().and_then(|rules| {
+        let reused = old.and_then(|o| o.transform.as_ref());
+        match reused {
+            Some((layer, handle)) => match handle.set_rules(rules.clone()) {
+                Ok(()) => Some((layer.clone(), handle.clone())),
+                Err(e) => {
+                    problems.push(format!("{at}.transform"), e);
+                    None
+                }
+            },
+            None => match TransformLayer::new(rules.clone()) {
+                Ok(layer) => {
+                    let h = layer.handle();
+                    Some((layer, h))
+                }
+                Err(e) => {
+                    problems.push(format!("{at}.transform"), e);
+                    None
+                }
+            },
+        }
+    });
+
+    // Rate limit.
+    let limiter = rc.rate_limit.as_ref().and_then(|rl| {
+        let here = format!("{at}.rate_limit");
+        let key = key_by(&rl.key, &format!("{here}.key"), problems)?;
+        let qs = quotas(&rl.quotas, &format!("{here}.quotas"), problems);
+        if qs.is_empty() {
+            problems.push(format!("{here}.quotas"), "at least one quota");
+            return None;
+        }
+        let reused = old
+            .filter(|o| {
+                o.config
+                    .rate_limit
+                    .as_ref()
+                    .is_some_and(|o| o.key == rl.key)
+            })
+            .and_then(|o| o.limiter.as_ref());
+        match reused {
+            Some((layer, handle)) => match handle.set_quotas(qs) {
+                Ok(()) => Some((layer.clone(), handle.clone())),
+                Err(e) => {
+                    problems.push(format!("{here}.quotas"), e);
+                    None
+                }
+            },
+            None => {
+                let mut b = RateLimitLayer::builder().key_by(key);
+                for q in qs {
+                    b = b.quota(q);
+                }
+                match b.build() {
+                    Ok(layer) => {
+                        let h = layer.handle();
+                        Some((layer, h))
+                    }
+                    Err(e) => {
+                        problems.push(format!("{here}.quotas"), e);
+                        None
+                    }
+                }
+            }
+        }
+    });
+
+    if problems.0.len() > before {
+        return None;
+    }
+    let mut service = terminal?;
+    if let Some((layer, _)) = &transform {
+        let inner = service.map_request(|req: Request<crate::body::RequestBody<GatewayBody>>| {
+            req.map(|b| b.map_err(Into::<BoxError>::into).boxed_unsync())
+        });
+        service = boxed(layer.layer(inner));
+    }
+    if let Some((layer, _)) = &limiter {
+        service = boxed(layer.layer(service));
+    }
+    if let Some(a) = &rc.auth {
+        if !a.scopes.is_empty() {
+            service = boxed(RequireScopes::all(a.scopes.iter().cloned()).layer(service));
+        }
+        match auth {
+            Some(layer) => service = boxed(layer.layer(service)),
+            None => return None,
+        }
+    }
+    let counters = old.map_or_else(Default::default, |o| Arc::clone(&o.counters));
+    let service = boxed(Counted {
+        inner: service,
+        counters: Arc::clone(&counters),
+    });
+    Some(BuiltRoute {
+        name: rc.name.clone(),
+        config: rc.clone(),
+        matcher,
+        service,
+        split,
+        model,
+        limiter,
+        transform,
+        counters,
+    })
+}
+
+/// Boxes a service whose responses have any body into a [`Pipeline`].
+pub(crate) fn boxed<S, B>(svc: S) -> Pipeline
+where
+    S: Service<Request<GatewayBody>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    BoxCloneSyncService::new(
+        svc.map_response(|res: Response<B>| res.map(|b| b.map_err(Into::into).boxed_unsync())),
+    )
+}
+
+/// Counts a route's requests and responses.
+#[derive(Clone)]
+struct Counted {
+    inner: Pipeline,
+    counters: Arc<RouteCounters>,
+}
+
+impl Service<Request<GatewayBody>> for Counted {
+    type Response = Response<GatewayBody>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<GatewayBody>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<GatewayBody>) -> Self::Future {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counters.requests.fetch_add(1, Relaxed);
+        let counters = Arc::clone(&self.counters);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await?;
+            let class = usize::from(res.status().as_u16() / 100).clamp(1, 5) - 1;
+            counters.classes[class].fetch_add(1, Relaxed);
+            Ok(res)
+        })
+    }
+}

@@ -1,0 +1,217 @@
+//! The gateway's configuration: plain serde data, usually read from TOML.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Catalog;
+use crate::transform::Rules;
+
+/// The whole gateway: upstreams, API keys, routes, admin keys. Listeners
+/// are your application's business; this says what happens to a request.
+///
+/// `examples/gateway.toml` is a complete example; [`GatewayConfig::from_toml`]
+/// reads one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// Upstream servers by name.
+    pub upstreams: std::collections::BTreeMap<String, UpstreamConfig>,
+    /// API keys accepted on routes with `auth`.
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Routes, matched in order; the first that matches serves.
+    pub routes: Vec<RouteConfig>,
+    /// The admin API's keys.
+    pub admin: AdminConfig,
+}
+
+impl GatewayConfig {
+    /// Parses TOML. Unknown fields are refused.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+}
+
+/// An upstream server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UpstreamConfig {
+    /// `http://host[:port][/prefix]`.
+    pub url: String,
+    /// Speak h2c (gRPC upstreams).
+    pub http2: bool,
+    /// Connect timeout in milliseconds (5000 by default).
+    pub connect_timeout_ms: Option<u64>,
+    /// Time to response headers in milliseconds (none by default).
+    pub response_timeout_ms: Option<u64>,
+    /// Pass the client's `Host` on.
+    pub preserve_host: bool,
+}
+
+impl UpstreamConfig {
+    /// An upstream at `url` with the default settings.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// An API key: its SHA-256 digest (`sha256:<hex>`, what real configs
+/// hold) or, for demos, the key itself; and the identity it stands for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ApiKeyConfig {
+    /// The key in plain text (demos only).
+    pub key: Option<String>,
+    /// The key's digest, `sha256:<64 hex digits>`.
+    pub digest: Option<String>,
+    /// The identity's id.
+    pub id: String,
+    /// Its tenant.
+    pub tenant: Option<String>,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// Its tier.
+    pub tier: Option<String>,
+}
+
+/// The admin API's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AdminConfig {
+    /// Keys accepted by the admin API (bearer or `x-api-key`).
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+/// A route: which requests, and the pipeline they go through.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RouteConfig {
+    /// The route's name (unique; the admin API addresses routes by it).
+    pub name: String,
+    /// The path prefix, segment-wise (`/api` matches `/api/x`, not
+    /// `/apix`); `/` by default.
+    pub path_prefix: Option<String>,
+    /// The host (without port), any host when absent.
+    pub host: Option<String>,
+    /// Methods, any when empty.
+    pub methods: Vec<String>,
+    /// Require an API key from `api_keys`.
+    pub auth: Option<AuthConfig>,
+    /// Rate limits.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Request and response rewriting.
+    pub transform: Option<Rules>,
+    /// Split over upstreams. A route has a split or a model router.
+    pub split: Option<SplitConfig>,
+    /// Model router over upstreams.
+    pub model: Option<ModelConfig>,
+}
+
+/// Authentication on a route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuthConfig {
+    /// Scopes the caller must all have (403 otherwise).
+    pub scopes: Vec<String>,
+}
+
+/// Rate limiting on a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RateLimitConfig {
+    /// What is limited: `"identity"`, `"peer_ip"`, `"global"`,
+    /// `{ header = "x-user" }`, `{ client_ip = ["10.0.0.0/8"] }` ...
+    pub key: KeyConfig,
+    /// The quotas, all of which must allow a request.
+    pub quotas: Vec<QuotaConfig>,
+}
+
+/// A quota: `limit` requests per `period`, with bursts of `burst`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct QuotaConfig {
+    /// Requests per period.
+    pub limit: u32,
+    /// `"1s"`, `"500ms"`, `"1m"`, `"1h"`, `"1d"`.
+    pub period: String,
+    /// The burst (the limit by default).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// A name for the `RateLimit` headers.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Where a key comes from (see [`KeyBy`](crate::key::KeyBy)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum KeyConfig {
+    /// One key for everyone.
+    Global,
+    /// The peer's IP address.
+    PeerIp,
+    /// The client's IP behind these trusted proxy ranges.
+    ClientIp(Vec<String>),
+    /// A header.
+    Header(String),
+    /// A cookie.
+    Cookie(String),
+    /// The authenticated identity.
+    Identity,
+}
+
+/// A split over upstreams.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SplitConfig {
+    /// The targets, in order.
+    pub targets: Vec<TargetConfig>,
+    /// Sticky key.
+    pub sticky: Option<KeyConfig>,
+    /// Header that forces a target (testers).
+    pub override_header: Option<String>,
+    /// Response header naming the target.
+    pub echo_header: Option<String>,
+}
+
+/// A split target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TargetConfig {
+    /// The target's name.
+    pub name: String,
+    /// The upstream that serves it.
+    pub upstream: String,
+    /// Its weight.
+    pub weight: u32,
+}
+
+/// A model router over upstreams (its models name upstreams).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ModelConfig {
+    /// The catalog.
+    pub catalog: Catalog,
+    /// Sticky key within an alias.
+    pub sticky: Option<KeyConfig>,
+    /// Request body limit in bytes (4 MiB by default).
+    pub body_limit: Option<usize>,
+}

@@ -1,0 +1,277 @@
+//! The gateway's counters in the Prometheus text exposition format
+//! (version 0.0.4), written by hand: a handful of counter families do not
+//! need a metrics crate.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::build::State;
+use crate::metrics::HistogramSnapshot;
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub(crate) fn render(state: &State) -> String {
+    let mut out = String::new();
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+
+    family(
+        &mut out,
+        "switchyard_route_requests_total",
+        "counter",
+        "Requests matched to a route.",
+    );
+    for r in &state.routes {
+        let _ = writeln!(
+            out,
+            "switchyard_route_requests_total{{route=\"{}\"}} {}",
+            esc(&r.name),
+            r.counters.requests.load(Relaxed)
+        );
+    }
+    family(
+        &mut out,
+        "switchyard_route_responses_total",
+        "counter",
+        "Responses of a route by status class.",
+    );
+    for r in &state.routes {
+        for (i, class) in CLASSES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "switchyard_route_responses_total{{route=\"{}\",class=\"{class}\"}} {}",
+                esc(&r.name),
+                r.counters.classes[i].load(Relaxed)
+            );
+        }
+    }
+
+    family(
+        &mut out,
+        "switchyard_target_weight",
+        "gauge",
+        "A split target's weight.",
+    );
+    let splits: Vec<_> = state
+        .routes
+        .iter()
+        .filter_map(|r| r.split.as_ref().map(|s| (r, s, s.handle.stats())))
+        .collect();
+    for (r, _, stats) in &splits {
+        for t in stats {
+            let _ = writeln!(
+                out,
+                "switchyard_target_weight{{route=\"{}\",target=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&t.name),
+                t.weight
+            );
+        }
+    }
+    family(
+        &mut out,
+        "switchyard_target_requests_total",
+        "counter",
+        "Requests sent to a split target.",
+    );
+    for (r, _, stats) in &splits {
+        for t in stats {
+            let _ = writeln!(
+                out,
+                "switchyard_target_requests_total{{route=\"{}\",target=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&t.name),
+                t.requests
+            );
+        }
+    }
+    family(
+        &mut out,
+        "switchyard_target_responses_total",
+        "counter",
+        "Responses of a split target by status class.",
+    );
+    for (r, _, stats) in &splits {
+        for t in stats {
+            let c = &t.responses;
+            for (class, n) in CLASSES.iter().zip([
+                c.informational,
+                c.success,
+                c.redirection,
+                c.client_error,
+                c.server_error,
+            ]) {
+                let _ = writeln!(
+                    out,
+                    "switchyard_target_responses_total{{route=\"{}\",target=\"{}\",class=\"{class}\"}} {n}",
+                    esc(&r.name),
+                    esc(&t.name)
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
+        "switchyard_target_errors_total",
+        "counter",
+        "Calls to a split target that failed without a response.",
+    );
+    for (r, _, stats) in &splits {
+        for t in stats {
+            let _ = writeln!(
+                out,
+                "switchyard_target_errors_total{{route=\"{}\",target=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&t.name),
+                t.errors + t.body_errors
+            );
+        }
+    }
+    family(
+        &mut out,
+        "switchyard_target_in_flight",
+        "gauge",
+        "Requests in flight on a split target.",
+    );
+    for (r, _, stats) in &splits {
+        for t in stats {
+            let _ = writeln!(
+                out,
+                "switchyard_target_in_flight{{route=\"{}\",target=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&t.name),
+                t.in_flight
+            );
+        }
+    }
+    family(
+        &mut out,
+        "switchyard_target_latency_seconds",
+        "histogram",
+        "Time to response headers from a split target's upstream.",
+    );
+    for (r, s, stats) in &splits {
+        for (t, h) in stats.iter().zip(&s.latency) {
+            let labels = format!("route=\"{}\",target=\"{}\"", esc(&r.name), esc(&t.name));
+            histogram(
+                &mut out,
+                "switchyard_target_latency_seconds",
+                &labels,
+                &h.snapshot(),
+            );
+        }
+    }
+
+    family(
+        &mut out,
+        "switchyard_ratelimit_rejected_total",
+        "counter",
+        "Requests refused with 429.",
+    );
+    for r in &state.routes {
+        if let Some((_, h)) = &r.limiter {
+            let _ = writeln!(
+                out,
+                "switchyard_ratelimit_rejected_total{{route=\"{}\"}} {}",
+                esc(&r.name),
+                h.stats().rejected
+            );
+        }
+    }
+    family(
+        &mut out,
+        "switchyard_ratelimit_allowed_total",
+        "counter",
+        "Requests the rate limit let through.",
+    );
+    for r in &state.routes {
+        if let Some((_, h)) = &r.limiter {
+            let _ = writeln!(
+                out,
+                "switchyard_ratelimit_allowed_total{{route=\"{}\"}} {}",
+                esc(&r.name),
+                h.stats().allowed
+            );
+        }
+    }
+
+    let models: Vec<_> = state
+        .routes
+        .iter()
+        .filter_map(|r| r.model.as_ref().map(|(_, h)| (r, h.stats())))
+        .collect();
+    family(
+        &mut out,
+        "switchyard_model_requests_total",
+        "counter",
+        "Requests sent to a model version.",
+    );
+    for (r, stats) in &models {
+        for v in stats {
+            let _ = writeln!(
+                out,
+                "switchyard_model_requests_total{{route=\"{}\",model=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&v.model),
+                v.requests
+            );
+        }
+    }
+    family(
+        &mut out,
+        "switchyard_model_tokens_total",
+        "counter",
+        "Tokens counted from a model version's responses.",
+    );
+    for (r, stats) in &models {
+        for v in stats {
+            let labels = format!("route=\"{}\",model=\"{}\"", esc(&r.name), esc(&v.model));
+            let _ = writeln!(
+                out,
+                "switchyard_model_tokens_total{{{labels},kind=\"prompt\"}} {}",
+                v.prompt_tokens
+            );
+            let _ = writeln!(
+                out,
+                "switchyard_model_tokens_total{{{labels},kind=\"completion\"}} {}",
+                v.completion_tokens
+            );
+        }
+    }
+    family(
+        &mut out,
+        "switchyard_model_fallbacks_total",
+        "counter",
+        "Requests a model version failed that were retried on the fallback.",
+    );
+    for (r, stats) in &models {
+        for v in stats {
+            let _ = writeln!(
+                out,
+                "switchyard_model_fallbacks_total{{route=\"{}\",model=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&v.model),
+                v.fallbacks
+            );
+        }
+    }
+    out
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
+    for (bound, count) in h.cumulative() {
+        let le = bound.map_or_else(|| "+Inf".to_owned(), |b| format!("{b}"));
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_micros as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+}
+
+/// Escapes a label value.
+fn esc(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,287 @@
+//! A whole gateway from one configuration (feature `config`): routes, each
+//! a pipeline of authentication, rate limiting, transformation and a split
+//! (or a model router) over upstream servers, reloadable while it serves.
+//!
+//! ```no_run
+//! use switchyard::gateway::{Gateway, GatewayConfig};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = GatewayConfig::from_toml(r#"
+//!     [upstreams.blue]
+//!     url = "http://127.0.0.1:3001"
+//!     [upstreams.green]
+//!     url = "http://127.0.0.1:3002"
+//!
+//!     [[api_keys]]
+//!     digest = "sha256:8d969eef6ecad3c29a3a629280e686cf0c3f5d5a86aff3ca12020c923adc6c92"
+//!     id = "alice"
+//!
+//!     [[routes]]
+//!     name = "api"
+//!     auth = {}
+//!     rate_limit = { key = "identity", quotas = [{ limit = 50, period = "1s", burst = 100 }] }
+//!     split.targets = [
+//!         { name = "blue", upstream = "blue", weight = 100 },
+//!         { name = "green", upstream = "green", weight = 0 },
+//!     ]
+//!     split.sticky = { header = "x-user" }
+//! "#)?;
+//! let gateway = Gateway::from_config(config)?;
+//!
+//! // A tower Service: serve it with axum or hyper.
+//! let app = axum::Router::new().fallback_service(gateway.clone());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Gateway::from_config`] checks everything first and reports every
+//! problem with its place in the configuration
+//! (`routes[2].split.targets[1].upstream: unknown upstream "x"`).
+//! [`Gateway::reload`] swaps in a new configuration while serving: requests
+//! under way finish on the old pipeline; rate-limiter state, counters and
+//! in-flight counts carry over for routes and splits that still exist with
+//! the same shape (same targets on the same upstreams); an invalid
+//! configuration is refused and the old one keeps serving.
+//!
+//! `examples/gateway.rs` runs a complete gateway with its admin API.
+
+mod build;
+mod config;
+mod metrics;
+
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use tower::Service;
+use tower::util::Oneshot;
+
+pub use config::{
+    AdminConfig, ApiKeyConfig, AuthConfig, GatewayConfig, KeyConfig, ModelConfig, QuotaConfig,
+    RateLimitConfig, RouteConfig, SplitConfig, TargetConfig, UpstreamConfig,
+};
+
+use crate::model::ModelHandle;
+use crate::problem::Problem;
+use crate::proxy::BoxError;
+use crate::ratelimit::RateLimitHandle;
+use crate::split::SplitHandle;
+use build::{Pipeline, State};
+
+/// The body type inside the gateway, both ways.
+pub type GatewayBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// One problem in a configuration, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConfigProblem {
+    /// The place, as a path into [`GatewayConfig`] (`routes[0].split.targets[1].upstream`).
+    pub at: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A configuration that was refused, with every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid gateway configuration:{}", .problems.iter().map(|p| format!("\n  {}: {}", p.at, p.message)).collect::<String>())]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The problems.
+    pub problems: Vec<ConfigProblem>,
+}
+
+/// The gateway: a tower `Service` that matches each request to a route and
+/// runs it through that route's pipeline. Cheap to clone; clones share the
+/// configuration and every reload.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: ArcSwap<State>,
+    /// Serialises reloads.
+    reload: Mutex<()>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.inner.state.load();
+        f.debug_struct("Gateway")
+            .field(
+                "routes",
+                &state.routes.iter().map(|r| &r.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Checks `config` and builds the gateway.
+    pub fn from_config(config: GatewayConfig) -> Result<Self, ConfigError> {
+        let state = build::build(config, None)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                state: ArcSwap::from_pointee(state),
+                reload: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Replaces the configuration while serving; see the
+    /// [module docs](self). On error nothing changes.
+    pub fn reload(&self, config: GatewayConfig) -> Result<(), ConfigError> {
+        let _guard = self.inner.reload.lock().unwrap_or_else(|e| e.into_inner());
+        // Check on fresh objects first, so that a refused configuration
+        // cannot have touched the live limiters, splits or keys.
+        build::build(config.clone(), None)?;
+        let old = self.inner.state.load_full();
+        let state = build::build(config, Some(&old))?;
+        self.inner.state.store(Arc::new(state));
+        Ok(())
+    }
+
+    /// The configuration in force (weights as the splits have them now).
+    pub fn config(&self) -> GatewayConfig {
+        let state = self.inner.state.load();
+        let mut config = state.config.clone();
+        for (route, built) in config.routes.iter_mut().zip(&state.routes) {
+            if let (Some(split), Some(b)) = (route.split.as_mut(), built.split.as_ref()) {
+                let weights = b.handle.weights();
+                for t in &mut split.targets {
+                    if let Some(w) = weights.get(&t.name) {
+                        t.weight = w;
+                    }
+                }
+            }
+            if let (Some(model), Some((_, handle))) = (route.model.as_mut(), built.model.as_ref()) {
+                model.catalog = handle.catalog();
+            }
+        }
+        config
+    }
+
+    /// The names of the routes, in order.
+    pub fn routes(&self) -> Vec<String> {
+        self.inner
+            .state
+            .load()
+            .routes
+            .iter()
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// The split handle of a route.
+    pub fn split(&self, route: &str) -> Option<SplitHandle> {
+        let state = self.inner.state.load();
+        let r = state.routes.iter().find(|r| r.name == route)?;
+        r.split.as_ref().map(|s| s.handle.clone())
+    }
+
+    /// The model handle of a route.
+    pub fn model(&self, route: &str) -> Option<ModelHandle> {
+        let state = self.inner.state.load();
+        let r = state.routes.iter().find(|r| r.name == route)?;
+        r.model.as_ref().map(|(_, h)| h.clone())
+    }
+
+    /// The rate-limit handle of a route.
+    pub fn rate_limit(&self, route: &str) -> Option<RateLimitHandle> {
+        let state = self.inner.state.load();
+        let r = state.routes.iter().find(|r| r.name == route)?;
+        r.limiter.as_ref().map(|(_, h)| h.clone())
+    }
+
+    /// Every counter, in the Prometheus text exposition format.
+    pub fn metrics(&self) -> String {
+        metrics::render(&self.inner.state.load())
+    }
+
+    fn route(&self, req: &Request<GatewayBody>) -> Option<Pipeline> {
+        let state = self.inner.state.load();
+        state
+            .routes
+            .iter()
+            .find(|r| r.matcher.matches(req))
+            .map(|r| r.service.clone())
+    }
+}
+
+impl<B> Service<Request<B>> for Gateway
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<GatewayBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    /// Always ready; each route's pipeline is awaited per call.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> ResponseFuture {
+        let req = req.map(|b| b.map_err(Into::into).boxed_unsync());
+        match self.route(&req) {
+            Some(pipeline) => ResponseFuture {
+                kind: Kind::Route {
+                    oneshot: tower::ServiceExt::oneshot(pipeline, req),
+                },
+            },
+            None => ResponseFuture {
+                kind: Kind::NotFound,
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`Gateway`].
+    pub struct ResponseFuture {
+        #[pin]
+        kind: Kind,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind {
+        Route { #[pin] oneshot: Oneshot<Pipeline, Request<GatewayBody>> },
+        NotFound,
+    }
+}
+
+impl std::future::Future for ResponseFuture {
+    type Output = Result<Response<GatewayBody>, Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Route { oneshot } => oneshot.poll(cx),
+            KindProj::NotFound => Poll::Ready(Ok(Problem::new(StatusCode::NOT_FOUND)
+                .detail("no route matches this request")
+                .into_response::<GatewayBody>()
+                .map(|b| b.boxed_unsync()))),
+        }
+    }
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,467 @@
+//! Forwarding to upstream servers (feature `proxy`).
+//!
+//! [`Upstream`] is a tower `Service` that sends each request to an upstream
+//! base URL over a pooled hyper client (HTTP/1.1 keep-alive, or h2c for
+//! gRPC upstreams), with a proxy's manners: hop-by-hop headers removed both
+//! ways, `X-Forwarded-*` added, `Host` set to the upstream, bodies and
+//! trailers streamed both ways, and failures answered as problem+json
+//! (502 when the upstream cannot be reached, 504 when it does not answer
+//! in time) so that a [`Split`](crate::split::Split) counts them against
+//! the target.
+//!
+//! ```no_run
+//! use switchyard::proxy::Upstream;
+//! use switchyard::split::Split;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let blue = Upstream::builder("http://10.0.0.1:8080")
+//!     .response_timeout(std::time::Duration::from_secs(30))
+//!     .build()?;
+//! let green = Upstream::new("http://10.0.0.2:8080")?;
+//! let split = Split::builder()
+//!     .target("blue", blue, 100)
+//!     .target("green", green, 0)
+//!     .build()?;
+//! // `split` is a tower Service: serve it with axum or hyper.
+//! # Ok(())
+//! # }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower::Service;
+
+use crate::body::ResponseBody;
+use crate::problem::Problem;
+
+/// A boxed error, as hyper and tower use.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body an [`Upstream`] sends: whatever body the request had, boxed.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why an [`Upstream`] could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The URL does not parse, or is not `http://host[:port][/prefix]`.
+    #[error("invalid upstream URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Forwards requests to one upstream server. See the [module docs](self).
+///
+/// Cheap to clone: clones share the connection pool.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+    /// The URL's path, without a trailing `/`, put before every request
+    /// path.
+    prefix: String,
+    client: Client<HttpConnector, ProxyBody>,
+    response_timeout: Option<Duration>,
+    preserve_host: bool,
+    forwarded: bool,
+    http2: bool,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("url", &self.inner.url)
+            .field("http2", &self.inner.http2)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// An upstream with the default settings (5 s connect timeout, no
+    /// response timeout, HTTP/1.1).
+    pub fn new(url: &str) -> Result<Self, ProxyError> {
+        Self::builder(url).build()
+    }
+
+    /// A builder for the upstream at `url` (`http://host[:port][/prefix]`).
+    pub fn builder(url: &str) -> UpstreamBuilder {
+        UpstreamBuilder {
+            url: url.to_owned(),
+            connect_timeout: Some(Duration::from_secs(5)),
+            response_timeout: None,
+            http2: false,
+            preserve_host: false,
+            forwarded: false,
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 64,
+        }
+    }
+
+    /// The upstream's URL.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+}
+
+/// Builds an [`Upstream`]; see [`Upstream::builder`].
+#[derive(Debug, Clone)]
+pub struct UpstreamBuilder {
+    url: String,
+    connect_timeout: Option<Duration>,
+    response_timeout: Option<Duration>,
+    http2: bool,
+    preserve_host: bool,
+    forwarded: bool,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
+}
+
+impl UpstreamBuilder {
+    /// How long to wait for a TCP connection (5 s by default; `None` waits
+    /// as long as the OS does). Past it the client gets a 502.
+    pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the response headers once the request is sent
+    /// (no limit by default). Past it the client gets a 504. The body is
+    /// not limited: streams may last.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = Some(timeout);
+        self
+    }
+
+    /// Speaks HTTP/2 over cleartext (h2c, prior knowledge) to the upstream,
+    /// as gRPC servers expect.
+    pub fn http2(mut self, yes: bool) -> Self {
+        self.http2 = yes;
+        self
+    }
+
+    /// Passes the client's `Host` header on instead of the upstream's.
+    pub fn preserve_host(mut self, yes: bool) -> Self {
+        self.preserve_host = yes;
+        self
+    }
+
+    /// Also adds an RFC 7239 `Forwarded` header.
+    pub fn forwarded_header(mut self, yes: bool) -> Self {
+        self.forwarded = yes;
+        self
+    }
+
+    /// How long an idle pooled connection is kept (90 s by default).
+    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_idle_timeout = timeout;
+        self
+    }
+
+    /// How many idle connections are kept per upstream (64 by default).
+    pub fn pool_max_idle(mut self, n: usize) -> Self {
+        self.pool_max_idle_per_host = n;
+        self
+    }
+
+    /// Checks the URL and builds the upstream.
+    pub fn build(self) -> Result<Upstream, ProxyError> {
+        let invalid = |reason: &str| ProxyError::InvalidUrl {
+            url: self.url.clone(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = self
+            .url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| invalid("no scheme (write http://...)"))?;
+        if scheme != Scheme::HTTP {
+            return Err(invalid(
+                "only http:// upstreams are supported (TLS to upstreams is not built in)",
+            ));
+        }
+        let authority = uri.authority().cloned().ok_or_else(|| invalid("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(invalid("credentials in the URL are not supported"));
+        }
+        if uri.query().is_some() {
+            return Err(invalid("a query is not allowed in an upstream URL"));
+        }
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid("bad host"))?;
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(self.connect_timeout);
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(self.http2)
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .build(connector);
+        Ok(Upstream {
+            inner: Arc::new(Inner {
+                url: self.url,
+                scheme,
+                authority,
+                host,
+                prefix,
+                client,
+                response_timeout: self.response_timeout,
+                preserve_host: self.preserve_host,
+                forwarded: self.forwarded,
+                http2: self.http2,
+            }),
+        })
+    }
+}
+
+type Answer = Result<Response<ResponseBody<Incoming>>, Infallible>;
+
+/// The response future of [`Upstream`].
+pub struct ResponseFuture {
+    // Boxed: the hyper client's future is not nameable, and one allocation
+    // is nothing next to a network round trip.
+    inner: Pin<Box<dyn Future<Output = Answer> + Send>>,
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<ResponseBody<Incoming>>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<B> Service<Request<B>> for Upstream
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<Incoming>>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    /// Always ready: the pool opens connections as requests need them.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> ResponseFuture {
+        let inner = Arc::clone(&self.inner);
+        let (mut parts, body) = req.into_parts();
+        let Some(uri) = inner.upstream_uri(&parts.uri) else {
+            let problem = Problem::new(StatusCode::BAD_REQUEST).detail("invalid request path");
+            return ResponseFuture {
+                inner: Box::pin(async move { Ok(problem.into_response()) }),
+            };
+        };
+        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let peer = crate::key::peer_ip(&parts.extensions);
+
+        remove_hop_by_hop(&mut parts.headers, true);
+        inner.add_forwarded(&mut parts.headers, peer, client_host.as_ref());
+        if !inner.preserve_host || client_host.is_none() {
+            parts.headers.insert(header::HOST, inner.host.clone());
+        }
+        parts.uri = uri;
+        parts.version = if inner.http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+
+        let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        let sent = inner.client.request(req);
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let result = match inner.response_timeout {
+                    Some(limit) => match tokio::time::timeout(limit, sent).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            return Ok(Problem::new(StatusCode::GATEWAY_TIMEOUT)
+                                .detail(format!(
+                                    "upstream {} did not answer within {limit:?}",
+                                    inner.url
+                                ))
+                                .into_response());
+                        }
+                    },
+                    None => sent.await,
+                };
+                Ok(match result {
+                    Ok(mut res) => {
+                        remove_hop_by_hop(res.headers_mut(), false);
+                        res.map(ResponseBody::new)
+                    }
+                    Err(e) => {
+                        let detail = if e.is_connect() {
+                            format!("could not connect to upstream {}", inner.url)
+                        } else {
+                            format!("upstream {} failed: {}", inner.url, error_chain(&e))
+                        };
+                        Problem::new(StatusCode::BAD_GATEWAY)
+                            .detail(detail)
+                            .into_response()
+                    }
+                })
+            }),
+        }
+    }
+}
+
+impl Inner {
+    /// The request's URI on the upstream; `None` if it cannot be one.
+    fn upstream_uri(&self, uri: &Uri) -> Option<Uri> {
+        let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let pq = if self.prefix.is_empty() {
+            PathAndQuery::try_from(pq)
+        } else {
+            PathAndQuery::try_from(format!("{}{pq}", self.prefix))
+        }
+        .ok()?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .ok()
+    }
+
+    fn add_forwarded(
+        &self,
+        headers: &mut HeaderMap,
+        peer: Option<IpAddr>,
+        host: Option<&HeaderValue>,
+    ) {
+        const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+        const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+        const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+        if let Some(ip) = peer {
+            let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+                Some(prior) => format!("{prior}, {ip}"),
+                None => ip.to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(XFF, v);
+            }
+        }
+        if !headers.contains_key(&XFP) {
+            headers.insert(XFP, HeaderValue::from_static("http"));
+        }
+        if let (Some(host), false) = (host, headers.contains_key(&XFH)) {
+            headers.insert(XFH, host.clone());
+        }
+        if self.forwarded {
+            let mut element = String::new();
+            if let Some(ip) = peer {
+                match ip {
+                    IpAddr::V4(v4) => element.push_str(&format!("for={v4}")),
+                    IpAddr::V6(v6) => element.push_str(&format!("for=\"[{v6}]\"")),
+                }
+            }
+            if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+                if !element.is_empty() {
+                    element.push(';');
+                }
+                element.push_str(&format!("host=\"{host}\""));
+            }
+            if !element.is_empty() {
+                element.push_str(";proto=http");
+                if let Ok(v) = HeaderValue::from_str(&element) {
+                    headers.append(header::FORWARDED, v);
+                }
+            }
+        }
+    }
+}
+
+/// Removes the hop-by-hop headers (RFC 9110 section 7.6.1): `Connection`
+/// and the headers it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Upgrade`. On requests, `TE: trailers` is kept:
+/// gRPC needs it end to end.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let te_trailers = request
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
