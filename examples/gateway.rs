@@ -1,0 +1,137 @@
+//! The demo gateway: blue/green behind API keys, a rate limit and a request
+//! id, with an admin API to shift traffic.
+//!
+//! ```sh
+//! cargo run --example gateway                      # demo upstreams + gateway on :8080, admin on :9901
+//! cargo run --example gateway -- --config my.toml  # your configuration, your upstreams
+//! cargo run --example gateway -- --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
+//! ```
+//!
+//! Without `--config` it starts two demo upstream servers on loopback
+//! (blue answers `blue v1`, green `green v2`; `/headers` echoes what they
+//! received) and serves `examples/gateway.toml` in front of them.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::routing::get;
+use switchyard::gateway::{Gateway, GatewayConfig};
+
+const DEMO_CONFIG: &str = include_str!("gateway.toml");
+
+struct Args {
+    config: Option<String>,
+    listen: String,
+    admin_listen: String,
+}
+
+fn args() -> Result<Args, String> {
+    let mut args = Args {
+        config: None,
+        listen: "127.0.0.1:8080".into(),
+        admin_listen: "127.0.0.1:9901".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--config" => args.config = Some(value()?),
+            "--listen" => args.listen = value()?,
+            "--admin-listen" => args.admin_listen = value()?,
+            "-h" | "--help" => {
+                println!("usage: gateway [--config FILE] [--listen ADDR] [--admin-listen ADDR]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)")),
+        }
+    }
+    Ok(args)
+}
+
+/// A demo upstream: `GET /` names its version, `/headers` echoes the
+/// request headers as JSON.
+async fn demo_upstream(version: &'static str) -> std::io::Result<SocketAddr> {
+    let app = Router::new()
+        .route(
+            "/headers",
+            get(move |req: Request| async move {
+                let headers: serde_json::Map<String, serde_json::Value> = req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                    .collect();
+                axum::Json(serde_json::json!({ "version": version, "headers": headers }))
+            }),
+        )
+        .fallback(move || async move { format!("{version}\n") });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = args()?;
+    let config = match &args.config {
+        Some(path) => GatewayConfig::from_toml(&std::fs::read_to_string(path)?)?,
+        None => {
+            let mut config = GatewayConfig::from_toml(DEMO_CONFIG)?;
+            for (name, version) in [("blue", "blue v1"), ("green", "green v2")] {
+                let addr = demo_upstream(version).await?;
+                if let Some(upstream) = config.upstreams.get_mut(name) {
+                    upstream.url = format!("http://{addr}");
+                }
+            }
+            config
+        }
+    };
+    let gateway = Gateway::from_config(config)?;
+    let admin = switchyard::gateway::admin::router(&gateway)?;
+
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    let addr = listener.local_addr()?;
+    let admin_listener = tokio::net::TcpListener::bind(&args.admin_listen).await?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    // The peer address goes into each request (for X-Forwarded-For and
+    // per-IP limits).
+    let app = Router::new().fallback_service(gateway.clone());
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    );
+    let serve_admin = axum::serve(admin_listener, admin);
+
+    println!("gateway: http://{addr}");
+    println!("admin:   http://{admin_addr}");
+    if args.config.is_none() {
+        let g = format!("http://{addr}");
+        let a = format!("http://{admin_addr}");
+        println!(
+            r#"
+Try:
+  curl -s {g}/ -H 'x-api-key: demo-key'                                  # blue v1
+  curl -s {g}/ -H 'x-api-key: demo-key' -H 'x-switchyard-target: green'  # a tester reaches green v2
+  curl -s {g}/headers -H 'x-api-key: demo-key'                           # what the upstream sees
+  curl -si {g}/                                                          # 401 problem+json
+
+  curl -s -X PUT {a}/splits/api/weights -H 'authorization: Bearer demo-admin-key' \
+       -H 'content-type: application/json' -d '{{"blue": 90, "green": 10}}'   # 10 % of users (sticky by x-user)
+  for u in 1 2 3 4 5 6 7 8 9 10; do curl -s {g}/ -H 'x-api-key: demo-key' -H "x-user: $u"; done
+  curl -s -X POST {a}/splits/api/promote/green -H 'authorization: Bearer demo-admin-key'
+  curl -s -X POST {a}/splits/api/rollback -H 'authorization: Bearer demo-admin-key'
+  seq 300 | xargs -P 30 -I@ curl -s -o /dev/null -w '%{{http_code}}\n' {g}/ -H 'x-api-key: demo-key' | sort | uniq -c   # 429s past the burst
+  curl -s {a}/metrics -H 'authorization: Bearer demo-admin-key'
+"#
+        );
+    }
+    let result = tokio::select! {
+        r = serve => r,
+        r = serve_admin => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    };
+    result?;
+    Ok(())
+}
