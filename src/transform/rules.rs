@@ -381,8 +381,10 @@ impl PathRules {
 }
 
 /// Query parameter rules, applied in this order: `remove`, `rename`,
-/// `replace`, `add`. Names are compared percent-decoded; parameters no rule
-/// touches keep their exact bytes.
+/// `replace`, `add`. Names and values are plain text: names are compared
+/// percent-decoded, and what a rule writes is percent-encoded (`"en us"`
+/// goes out as `en%20us`). Parameters no rule touches keep their exact
+/// bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

@@ -139,6 +139,11 @@ impl Template {
     ) -> bool {
         for piece in &self.pieces {
             match piece {
+                // Query values are text: the literal parts are encoded like
+                // the values (paths keep their literal `/`s, checked at build).
+                Piece::Literal(text) if escape == Escape::Query => {
+                    out.extend(utf8_percent_encode(text, QUERY));
+                }
                 Piece::Literal(text) => out.push_str(text),
                 Piece::Var(source) => match ctx.value(source) {
                     Some(value) => match (escape, source) {
