@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, Method, Request, Response};
@@ -21,10 +21,9 @@ use super::config::{
 use super::{ConfigError, ConfigProblem, GatewayBody};
 use crate::auth::{ApiKey, ApiKeyLayer, Identity, RequireScopes};
 use crate::key::{KeyBy, TrustedProxies};
-use crate::metrics::LatencyHistogram;
 use crate::model::{ModelHandle, ModelRouter};
 use crate::proxy::{BoxError, Upstream};
-use crate::ratelimit::{Quota, RateLimitHandle, RateLimitLayer};
+use crate::ratelimit::{MonotonicClock, Quota, RateLimitHandle, RateLimitLayer};
 use crate::split::{Split, SplitHandle};
 use crate::transform::{TransformHandle, TransformLayer};
 
@@ -54,9 +53,8 @@ pub(crate) struct BuiltRoute {
 }
 
 pub(crate) struct BuiltSplit {
-    pub(crate) split: Split<Timed>,
+    pub(crate) split: Split<Upstream>,
     pub(crate) handle: SplitHandle,
-    pub(crate) latency: Vec<Arc<LatencyHistogram>>,
 }
 
 /// Which requests a route takes.
@@ -95,69 +93,6 @@ impl Matcher {
 pub(crate) struct RouteCounters {
     pub(crate) requests: std::sync::atomic::AtomicU64,
     pub(crate) classes: [std::sync::atomic::AtomicU64; 5],
-}
-
-/// An upstream that times its responses (to response headers) for the
-/// gateway's latency histograms.
-#[derive(Clone)]
-pub(crate) struct Timed {
-    upstream: Upstream,
-    latency: Arc<LatencyHistogram>,
-}
-
-impl<B> Service<Request<B>> for Timed
-where
-    Upstream: Service<Request<B>>,
-    <Upstream as Service<Request<B>>>::Future: Send + 'static,
-{
-    type Response = <Upstream as Service<Request<B>>>::Response;
-    type Error = <Upstream as Service<Request<B>>>::Error;
-    type Future = futures_timed::Timed<<Upstream as Service<Request<B>>>::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Service::<Request<B>>::poll_ready(&mut self.upstream, cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        futures_timed::Timed::new(self.upstream.call(req), Arc::clone(&self.latency))
-    }
-}
-
-mod futures_timed {
-    use super::*;
-    use pin_project_lite::pin_project;
-    use std::future::Future;
-    use std::pin::Pin;
-
-    pin_project! {
-        pub(crate) struct Timed<F> {
-            #[pin]
-            inner: F,
-            started: Instant,
-            latency: Arc<LatencyHistogram>,
-        }
-    }
-
-    impl<F> Timed<F> {
-        pub(crate) fn new(inner: F, latency: Arc<LatencyHistogram>) -> Self {
-            Self {
-                inner,
-                started: Instant::now(),
-                latency,
-            }
-        }
-    }
-
-    impl<F: Future> Future for Timed<F> {
-        type Output = F::Output;
-
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-            let this = self.project();
-            let out = std::task::ready!(this.inner.poll(cx));
-            this.latency.record(this.started.elapsed());
-            Poll::Ready(out)
-        }
-    }
 }
 
 // === building ===
@@ -478,28 +413,17 @@ fn build_route(
                     .map(|t| (t.name.as_str(), t.weight))
                     .collect();
                 let changed = old_split.handle.weights().iter().collect::<Vec<_>>() != weights;
-                if let (true, Err(e)) = (changed, old_split.handle.set_weights(weights.clone())) {
+                if changed && let Err(e) = old_split.handle.set_weights(weights) {
                     problems.push(format!("{here}.targets"), e);
                 }
                 split = Some(BuiltSplit {
                     split: old_split.split.clone(),
                     handle: old_split.handle.clone(),
-                    latency: old_split.latency.clone(),
                 });
             } else if targets.len() == sc.targets.len() {
-                let mut builder = Split::builder();
-                let mut latency = Vec::new();
+                let mut builder = Split::builder().latency(MonotonicClock::new());
                 for (t, u) in targets {
-                    let h = Arc::new(LatencyHistogram::default());
-                    latency.push(Arc::clone(&h));
-                    builder = builder.target(
-                        t.name.clone(),
-                        Timed {
-                            upstream: u,
-                            latency: h,
-                        },
-                        t.weight,
-                    );
+                    builder = builder.target(t.name.clone(), u, t.weight);
                 }
                 if let Some(k) = sticky {
                     builder = builder.sticky(k);
@@ -513,11 +437,7 @@ fn build_route(
                 match builder.build() {
                     Ok(s) => {
                         let handle = s.handle();
-                        split = Some(BuiltSplit {
-                            split: s,
-                            handle,
-                            latency,
-                        });
+                        split = Some(BuiltSplit { split: s, handle });
                     }
                     Err(e) => problems.push(format!("{here}.targets"), e),
                 }

@@ -151,14 +151,14 @@ pub(crate) fn render(state: &State) -> String {
         "histogram",
         "Time to response headers from a split target's upstream.",
     );
-    for (r, s, stats) in &splits {
-        for (t, h) in stats.iter().zip(&s.latency) {
+    for (r, _, stats) in &splits {
+        for t in stats {
             let labels = format!("route=\"{}\",target=\"{}\"", esc(&r.name), esc(&t.name));
             histogram(
                 &mut out,
                 "switchyard_target_latency_seconds",
                 &labels,
-                &h.snapshot(),
+                &t.latency,
             );
         }
     }

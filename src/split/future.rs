@@ -17,12 +17,20 @@ use super::handle::Shared;
 pub(crate) struct InFlight {
     shared: Arc<Shared>,
     index: usize,
+    /// When the request was sent, on the split's latency clock (0 without
+    /// one).
+    started: u64,
 }
 
 impl InFlight {
     /// Takes over a request already counted in flight by `Shared::enter`.
     pub(crate) fn adopt(shared: Arc<Shared>, index: usize) -> Self {
-        Self { shared, index }
+        let started = shared.clock.as_ref().map_or(0, |c| c.now_nanos());
+        Self {
+            shared,
+            index,
+            started,
+        }
     }
 }
 
@@ -153,6 +161,10 @@ where
                 if let Some(f) = &in_flight {
                     let meta = &f.shared.targets[f.index];
                     meta.counters.response(res.status());
+                    if let Some(clock) = &f.shared.clock {
+                        let took = clock.now_nanos().saturating_sub(f.started);
+                        meta.latency.record(std::time::Duration::from_nanos(took));
+                    }
                     if let Some(name) = &f.shared.echo_header {
                         res.headers_mut()
                             .insert(name.clone(), meta.header_value.clone());

@@ -12,6 +12,8 @@ use serde::Serialize;
 
 use super::weights::{Live, Snapshot, Weights};
 use super::{SplitError, Target};
+use crate::metrics::{HistogramSnapshot, LatencyHistogram};
+use crate::ratelimit::Clock;
 
 /// How many earlier weight sets `rollback` can walk back through.
 const HISTORY: usize = 32;
@@ -31,6 +33,8 @@ pub(crate) struct Shared {
     /// Serialises writers and keeps the history for `rollback`.
     history: Mutex<Vec<Box<[u32]>>>,
     pub(crate) echo_header: Option<HeaderName>,
+    /// The clock latency is measured with, when it is.
+    pub(crate) clock: Option<Arc<dyn Clock>>,
     waiters: Waiters,
 }
 
@@ -38,6 +42,8 @@ pub(crate) struct TargetMeta {
     pub(crate) target: Target,
     pub(crate) header_value: HeaderValue,
     pub(crate) counters: Counters,
+    /// Time to response headers (recorded when the split has a clock).
+    pub(crate) latency: LatencyHistogram,
 }
 
 /// Per-target counters, padded to their own cache lines so that targets
@@ -65,6 +71,7 @@ impl Shared {
         targets: Box<[TargetMeta]>,
         weights: Box<[u32]>,
         echo_header: Option<HeaderName>,
+        clock: Option<Arc<dyn Clock>>,
     ) -> Result<Self, SplitError> {
         let snapshot = Snapshot::new(weights)?;
         Ok(Self {
@@ -73,6 +80,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             history: Mutex::new(Vec::new()),
             echo_header,
+            clock,
             waiters: Waiters::default(),
         })
     }
@@ -373,6 +381,9 @@ pub struct TargetStats {
     pub errors: u64,
     /// Response bodies that failed after the response had started.
     pub body_errors: u64,
+    /// Time to response headers; empty unless the split records latency
+    /// ([`SplitBuilder::latency`](super::SplitBuilder::latency)).
+    pub latency: HistogramSnapshot,
 }
 
 /// Response counts by status class.
@@ -417,6 +428,7 @@ impl TargetStats {
             },
             errors: c.errors.load(Ordering::Relaxed),
             body_errors: c.body_errors.load(Ordering::Relaxed),
+            latency: meta.latency.snapshot(),
         }
     }
 }

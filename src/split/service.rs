@@ -13,6 +13,7 @@ use super::future::{Dispatch, InFlight, ResponseFuture, SplitBody};
 use super::handle::{Counters, Shared, SplitHandle, TargetMeta};
 use super::weights::View;
 use crate::key::{HashSeed, Key, KeyBy};
+use crate::ratelimit::Clock;
 use crate::rng::RngSource;
 
 // === impl Target ===
@@ -287,6 +288,7 @@ pub struct SplitBuilder<S> {
     override_header: Option<HeaderName>,
     echo_header: Option<HeaderName>,
     rng: RngSource,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl<S> SplitBuilder<S> {
@@ -298,6 +300,7 @@ impl<S> SplitBuilder<S> {
             override_header: None,
             echo_header: None,
             rng: RngSource::Thread,
+            clock: None,
         }
     }
 
@@ -341,6 +344,17 @@ impl<S> SplitBuilder<S> {
     /// Off by default.
     pub fn echo_header(mut self, name: HeaderName) -> Self {
         self.echo_header = Some(name);
+        self
+    }
+
+    /// Records each target's time to response headers, read from `clock`,
+    /// in [`TargetStats::latency`](super::TargetStats::latency) (what a
+    /// rollout's analysis compares). Off by default: it costs two clock
+    /// reads per request. Use
+    /// [`MonotonicClock`](crate::ratelimit::MonotonicClock) for real time,
+    /// or a clock over tokio's for tests on a paused clock.
+    pub fn latency(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
         self
     }
 
@@ -403,6 +417,7 @@ impl<S> SplitBuilder<S> {
                 },
                 header_value,
                 counters: Counters::default(),
+                latency: Default::default(),
             });
             services.push(service);
             weights.push(weight);
@@ -411,7 +426,7 @@ impl<S> SplitBuilder<S> {
             .iter()
             .map(|m| Key::from(m.target.name()).stable_hash(TARGET_SEED))
             .collect();
-        let shared = Shared::new(metas.into(), weights.into(), self.echo_header)?;
+        let shared = Shared::new(metas.into(), weights.into(), self.echo_header, self.clock)?;
         Ok(Split {
             services,
             shared: Arc::new(shared),
