@@ -55,6 +55,7 @@
 //! | [`ratelimit`] | [`RateLimitLayer`](ratelimit::RateLimitLayer): keyed GCRA rate limiting with several quotas, costs, IETF `RateLimit` headers and bounded memory |
 //! | `transform` (feature `transform`) | `TransformLayer`: header, path, query, method, host and JSON body rewriting from rules checked at build time |
 //! | `gateway` (feature `config`; `admin` for its admin API) | `Gateway`: a whole gateway from one TOML configuration, reloadable while serving, with an admin API and Prometheus metrics |
+//! | `rollout` (feature `rollout`) | `Rollout`: step plans with live analysis of canary against stable, automatic promotion and rollback |
 //! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, client IP behind trusted proxies, custom) from a request |
 //! | `model` (feature `json`) | `ModelRouter`: OpenAI-compatible model aliases over weighted versions, pins, sticky picks, fallback, token counts |
 //! | [`metrics`] | [`LatencyHistogram`](metrics::LatencyHistogram): fixed-bucket latency counters with quantile estimates |
@@ -90,6 +91,9 @@ pub mod problem;
 pub mod proxy;
 pub mod ratelimit;
 mod rng;
+#[cfg(feature = "rollout")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rollout")))]
+pub mod rollout;
 mod seqlock;
 pub mod split;
 #[cfg(feature = "transform")]

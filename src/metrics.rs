@@ -14,6 +14,8 @@
 //! assert_eq!(s.count, 5);
 //! assert_eq!(s.quantile(0.5), Some(Duration::from_millis(10))); // a bucket's bound
 //! assert_eq!(s.quantile(0.99), Some(Duration::from_millis(1000)));
+//! // Interpolated within the bucket, as Prometheus does.
+//! assert_eq!(s.quantile_interpolated(0.5), Some(Duration::from_micros(7_500)));
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -119,6 +121,36 @@ impl HistogramSnapshot {
             }
         }
         Some(Duration::MAX)
+    }
+
+    /// An estimate of quantile `q` (0 to 1) that interpolates linearly
+    /// within the bucket that holds it, as Prometheus's
+    /// `histogram_quantile` does: finer than [`quantile`](Self::quantile),
+    /// which answers with bucket bounds. Observations beyond the last
+    /// bound read as the last bound.
+    pub fn quantile_interpolated(&self, q: f64) -> Option<Duration> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * self.count as f64;
+        let mut below = 0u64;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let Some(&upper) = BUCKETS_MICROS.get(i) else {
+                    return Some(Duration::from_micros(
+                        BUCKETS_MICROS[BUCKETS_MICROS.len() - 1],
+                    ));
+                };
+                let lower = if i == 0 { 0 } else { BUCKETS_MICROS[i - 1] };
+                let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+                let micros = lower as f64 + within * (upper - lower) as f64;
+                return Some(Duration::from_micros(micros.round() as u64));
+            }
+            below += n;
+        }
+        Some(Duration::from_micros(
+            BUCKETS_MICROS[BUCKETS_MICROS.len() - 1],
+        ))
     }
 
     /// Cumulative counts per bucket bound, in seconds, ending with `+Inf`:

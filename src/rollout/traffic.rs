@@ -1,0 +1,241 @@
+//! What a rollout drives: a split's two targets, or two versions of a
+//! model alias.
+
+use serde::Serialize;
+
+use super::RolloutError;
+use crate::metrics::HistogramSnapshot;
+use crate::split::{SplitHandle, TargetStats};
+
+/// The traffic a rollout moves and the evidence it reads. Implemented for
+/// a split ([`SplitTraffic`]) and a model alias ([`ModelTraffic`], feature
+/// `json`); implement it to drive anything else.
+pub trait Traffic: Send + Sync + 'static {
+    /// Gives the canary `percent` (0 to 100) of the traffic and the stable
+    /// version the rest, in one atomic change.
+    fn set_canary(&self, percent: u32) -> Result<(), String>;
+    /// Sends all traffic to the canary.
+    fn promote(&self) -> Result<(), String>;
+    /// The counters now; they only grow.
+    fn sample(&self) -> Sample;
+}
+
+/// Counters of both versions at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Sample {
+    /// The stable version.
+    pub stable: TargetSample,
+    /// The canary.
+    pub canary: TargetSample,
+}
+
+/// One version's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TargetSample {
+    /// Requests answered (a response or an error).
+    pub answered: u64,
+    /// Of those, 5xx responses and errors.
+    pub failed: u64,
+    /// Time to response headers (empty if not recorded).
+    pub latency: HistogramSnapshot,
+}
+
+impl TargetSample {
+    /// A sample from counters.
+    pub fn new(answered: u64, failed: u64, latency: HistogramSnapshot) -> Self {
+        Self {
+            answered,
+            failed,
+            latency,
+        }
+    }
+
+    pub(crate) fn since(&self, earlier: &TargetSample) -> TargetSample {
+        TargetSample {
+            answered: self.answered.saturating_sub(earlier.answered),
+            failed: self.failed.saturating_sub(earlier.failed),
+            latency: self.latency.since(&earlier.latency),
+        }
+    }
+
+    fn from_split(stats: &TargetStats) -> Self {
+        let r = &stats.responses;
+        let answered = r.informational
+            + r.success
+            + r.redirection
+            + r.client_error
+            + r.server_error
+            + stats.errors;
+        Self {
+            answered,
+            failed: r.server_error + stats.errors,
+            latency: stats.latency.clone(),
+        }
+    }
+}
+
+/// A rollout over two targets of a [`Split`](crate::split::Split). Other
+/// targets of the split get weight 0 when the rollout sets weights.
+///
+/// Latency checks need the split to record latency
+/// ([`SplitBuilder::latency`](crate::split::SplitBuilder::latency)).
+#[derive(Debug, Clone)]
+pub struct SplitTraffic {
+    handle: SplitHandle,
+    stable: String,
+    canary: String,
+}
+
+impl SplitTraffic {
+    /// Moves traffic from `stable` to `canary`, two targets of the split.
+    pub fn new(handle: SplitHandle, stable: &str, canary: &str) -> Result<Self, RolloutError> {
+        for name in [stable, canary] {
+            if handle.target_stats(name).is_none() {
+                return Err(RolloutError::UnknownTarget(name.to_owned()));
+            }
+        }
+        if stable == canary {
+            return Err(RolloutError::SameTarget(stable.to_owned()));
+        }
+        Ok(Self {
+            handle,
+            stable: stable.to_owned(),
+            canary: canary.to_owned(),
+        })
+    }
+}
+
+impl Traffic for SplitTraffic {
+    fn set_canary(&self, percent: u32) -> Result<(), String> {
+        let percent = percent.min(100);
+        let weights: Vec<(String, u32)> = self
+            .handle
+            .targets()
+            .map(|t| {
+                let w = if t.name() == self.canary {
+                    percent
+                } else if t.name() == self.stable {
+                    100 - percent
+                } else {
+                    0
+                };
+                (t.name().to_owned(), w)
+            })
+            .collect();
+        self.handle.set_weights(weights).map_err(|e| e.to_string())
+    }
+
+    fn promote(&self) -> Result<(), String> {
+        self.handle.promote(&self.canary).map_err(|e| e.to_string())
+    }
+
+    fn sample(&self) -> Sample {
+        let read = |name: &str| {
+            self.handle
+                .target_stats(name)
+                .map(|s| TargetSample::from_split(&s))
+                .unwrap_or_default()
+        };
+        Sample {
+            stable: read(&self.stable),
+            canary: read(&self.canary),
+        }
+    }
+}
+
+/// A rollout over two versions of a model alias.
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+#[derive(Debug, Clone)]
+pub struct ModelTraffic {
+    handle: crate::model::ModelHandle,
+    alias: String,
+    stable: String,
+    canary: String,
+}
+
+#[cfg(feature = "json")]
+impl ModelTraffic {
+    /// Moves `alias`'s traffic from version `stable` to version `canary`.
+    pub fn new(
+        handle: crate::model::ModelHandle,
+        alias: &str,
+        stable: &str,
+        canary: &str,
+    ) -> Result<Self, RolloutError> {
+        let weights = handle
+            .weights(alias)
+            .ok_or_else(|| RolloutError::UnknownTarget(alias.to_owned()))?;
+        for name in [stable, canary] {
+            if weights.get(name).is_none() {
+                return Err(RolloutError::UnknownTarget(name.to_owned()));
+            }
+        }
+        if stable == canary {
+            return Err(RolloutError::SameTarget(stable.to_owned()));
+        }
+        Ok(Self {
+            handle,
+            alias: alias.to_owned(),
+            stable: stable.to_owned(),
+            canary: canary.to_owned(),
+        })
+    }
+}
+
+#[cfg(feature = "json")]
+impl Traffic for ModelTraffic {
+    fn set_canary(&self, percent: u32) -> Result<(), String> {
+        let percent = percent.min(100);
+        let weights = self
+            .handle
+            .weights(&self.alias)
+            .ok_or_else(|| format!("alias `{}` is gone", self.alias))?;
+        let new: Vec<(String, u32)> = weights
+            .iter()
+            .map(|(m, _)| {
+                let w = if m == self.canary {
+                    percent
+                } else if m == self.stable {
+                    100 - percent
+                } else {
+                    0
+                };
+                (m.to_owned(), w)
+            })
+            .collect();
+        self.handle
+            .set_weights(&self.alias, new)
+            .map_err(|e| e.to_string())
+    }
+
+    fn promote(&self) -> Result<(), String> {
+        self.handle
+            .promote(&self.alias, &self.canary)
+            .map_err(|e| e.to_string())
+    }
+
+    fn sample(&self) -> Sample {
+        let read = |name: &str| {
+            self.handle
+                .model_stats(name)
+                .map(|s| {
+                    let r = &s.responses;
+                    let answered = r.informational
+                        + r.success
+                        + r.redirection
+                        + r.client_error
+                        + r.server_error
+                        + s.errors;
+                    TargetSample::new(answered, r.server_error + s.errors, s.latency)
+                })
+                .unwrap_or_default()
+        };
+        Sample {
+            stable: read(&self.stable),
+            canary: read(&self.canary),
+        }
+    }
+}
