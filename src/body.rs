@@ -116,18 +116,7 @@ where
                 trailers,
                 ended,
                 rest,
-            } => {
-                if let Some(data) = prefix.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                if let Some(trailers) = trailers.take() {
-                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                }
-                if *ended {
-                    return Poll::Ready(None);
-                }
-                rest.as_mut().poll_frame(cx)
-            }
+            } => poll_replay(prefix, trailers, *ended, rest, cx),
         }
     }
 
@@ -151,23 +140,8 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Replay {
-                prefix,
-                ended,
-                rest,
-                ..
-            } => {
-                let read = prefix.as_ref().map_or(0, |d| d.len() as u64);
-                if *ended {
-                    return SizeHint::with_exact(read);
-                }
-                let rest = rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(rest.lower().saturating_add(read));
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(upper.saturating_add(read));
-                }
-                hint
-            }
+                prefix, ended, rest, ..
+            } => replay_hint(prefix.as_ref(), *ended, rest.size_hint()),
         }
     }
 }
@@ -180,6 +154,40 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
             Kind::Replay { .. } => f.write_str("ResponseBody::Replay(..)"),
         }
     }
+}
+
+/// A replayed body's next frame: what was read, then the rest.
+fn poll_replay<B: Body<Data = Bytes>>(
+    prefix: &mut Option<Bytes>,
+    trailers: &mut Option<HeaderMap>,
+    ended: bool,
+    rest: &mut Pin<Box<B>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    if let Some(data) = prefix.take() {
+        return Poll::Ready(Some(Ok(Frame::data(data))));
+    }
+    if let Some(trailers) = trailers.take() {
+        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+    }
+    if ended {
+        return Poll::Ready(None);
+    }
+    rest.as_mut().poll_frame(cx)
+}
+
+/// A replayed body's size: what was read plus what is left.
+fn replay_hint(prefix: Option<&Bytes>, ended: bool, rest: SizeHint) -> SizeHint {
+    let read = prefix.map_or(0, |d| d.len() as u64);
+    if ended {
+        return SizeHint::with_exact(read);
+    }
+    let mut hint = SizeHint::new();
+    hint.set_lower(rest.lower().saturating_add(read));
+    if let Some(upper) = rest.upper() {
+        hint.set_upper(upper.saturating_add(read));
+    }
+    hint
 }
 
 // === impl RequestBody ===
@@ -210,6 +218,13 @@ pin_project! {
     enum RequestKind<B> {
         Inner { #[pin] body: B },
         Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        Replay {
+            prefix: Option<Bytes>,
+            trailers: Option<HeaderMap>,
+            ended: bool,
+            // Boxed for the same reason as `ResponseBody`'s.
+            rest: Pin<Box<B>>,
+        },
     }
 }
 
@@ -228,6 +243,19 @@ impl<B> RequestBody<B> {
             kind: RequestKind::Full {
                 data: (!data.is_empty()).then_some(data),
                 trailers,
+            },
+        }
+    }
+
+    /// What a layer read of `rest` (every byte of it), then the rest.
+    #[cfg_attr(not(feature = "mirror"), allow(dead_code))]
+    pub(crate) fn replay(read: Collected, rest: Pin<Box<B>>) -> Self {
+        Self {
+            kind: RequestKind::Replay {
+                prefix: (!read.data.is_empty()).then_some(read.data),
+                trailers: read.trailers,
+                ended: read.ended,
+                rest,
             },
         }
     }
@@ -255,6 +283,12 @@ where
                 Some(d) => Some(Ok(Frame::data(d))),
                 None => trailers.take().map(|t| Ok(Frame::trailers(t))),
             }),
+            RequestKindProj::Replay {
+                prefix,
+                trailers,
+                ended,
+                rest,
+            } => poll_replay(prefix, trailers, *ended, rest, cx),
         }
     }
 
@@ -262,6 +296,12 @@ where
         match &self.kind {
             RequestKind::Inner { body } => body.is_end_stream(),
             RequestKind::Full { data, trailers } => data.is_none() && trailers.is_none(),
+            RequestKind::Replay {
+                prefix,
+                trailers,
+                ended,
+                rest,
+            } => prefix.is_none() && trailers.is_none() && (*ended || rest.is_end_stream()),
         }
     }
 
@@ -271,6 +311,9 @@ where
             RequestKind::Full { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            RequestKind::Replay {
+                prefix, ended, rest, ..
+            } => replay_hint(prefix.as_ref(), *ended, rest.size_hint()),
         }
     }
 }
@@ -282,6 +325,7 @@ impl<B> std::fmt::Debug for RequestBody<B> {
             RequestKind::Full { data, .. } => {
                 f.debug_tuple("RequestBody::Full").field(data).finish()
             }
+            RequestKind::Replay { .. } => f.write_str("RequestBody::Replay(..)"),
         }
     }
 }

@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -11,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use serde::Deserialize;
 
-use super::stats::VersionCounters;
+use super::stats::Flight;
 
 pin_project! {
     /// The router's response body: the upstream's body, untouched and
@@ -51,14 +50,13 @@ impl<B> ModelBody<B> {
         }
     }
 
-    pub(crate) fn tracked(body: B, counters: Arc<VersionCounters>, scan: bool) -> Self {
+    pub(crate) fn tracked(body: B, flight: Flight, scan: bool) -> Self {
         Self {
             kind: Kind::Tracked {
                 body,
                 tracker: Tracker {
-                    counters,
+                    flight: Some(flight),
                     tail: scan.then(Box::default),
-                    done: false,
                 },
             },
         }
@@ -78,16 +76,24 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Tracked { body, tracker } => {
-                let frame = std::task::ready!(body.poll_frame(cx));
+            KindProj::Tracked { mut body, tracker } => {
+                let frame = std::task::ready!(body.as_mut().poll_frame(cx));
                 match &frame {
                     Some(Ok(frame)) => {
                         if let (Some(tail), Some(data)) = (&mut tracker.tail, frame.data_ref()) {
                             tail.push(data);
                         }
+                        // hyper stops polling (and drops the body) once it
+                        // says it has ended, without waiting for `None`.
+                        if body.is_end_stream() {
+                            tracker.finish();
+                        }
                     }
                     Some(Err(_)) => {
-                        tracker.counters.body_error();
+                        if let Some(f) = &tracker.flight {
+                            f.counters().body_error();
+                        }
+                        tracker.tail = None;
                         tracker.finish();
                     }
                     None => tracker.finish(),
@@ -125,32 +131,21 @@ impl<B> std::fmt::Debug for ModelBody<B> {
 
 // === Tracker ===
 
-/// Ends the in-flight count once, and reads the usage at the end.
+/// Reads the usage at the end and ends the in-flight count. Dropped
+/// before the end (the client went away), the flight ends with it and the
+/// usage of the cut-off stream is not counted.
 struct Tracker {
-    counters: Arc<VersionCounters>,
+    flight: Option<Flight>,
     tail: Option<Box<Tail>>,
-    done: bool,
 }
 
 impl Tracker {
     fn finish(&mut self) {
-        if std::mem::replace(&mut self.done, true) {
+        let Some(flight) = self.flight.take() else {
             return;
-        }
+        };
         if let Some((prompt, completion)) = self.tail.take().and_then(|t| t.usage()) {
-            self.counters.tokens(prompt, completion);
-        }
-        self.counters.finish();
-    }
-}
-
-impl Drop for Tracker {
-    fn drop(&mut self) {
-        if !self.done {
-            // Dropped before the end: the client went away. Counted as
-            // finished; the usage of a cut-off stream is not counted.
-            self.tail = None;
-            self.finish();
+            flight.counters().tokens(prompt, completion);
         }
     }
 }
@@ -161,8 +156,8 @@ impl Drop for Tracker {
 /// event before `[DONE]`), so the trailing chunks are enough, and keeping
 /// them costs a reference count per chunk instead of a scan of every byte.
 /// The oldest chunk is let go once the newer ones hold [`TAIL_BYTES`]
-/// (or there are [`TAIL_CHUNKS`] of them), so however a stream is cut into
-/// chunks, the last 4 KiB are kept.
+/// (or there are [`TAIL_CHUNKS`] of them, which takes 1-byte chunks), so
+/// however a stream is cut into chunks, the last 4 KiB are kept.
 #[derive(Default)]
 pub(crate) struct Tail {
     chunks: VecDeque<Bytes>,
@@ -171,7 +166,7 @@ pub(crate) struct Tail {
 }
 
 const TAIL_BYTES: usize = 4096;
-const TAIL_CHUNKS: usize = 256;
+const TAIL_CHUNKS: usize = TAIL_BYTES;
 
 impl Tail {
     #[inline]

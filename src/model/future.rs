@@ -16,6 +16,7 @@ use tower::Service;
 
 use super::body::ModelBody;
 use super::catalog::Compiled;
+use super::stats::Flight;
 use super::openai::{OpenAiError, json_response, model_field};
 use super::service::{
     ChoiceReason, ModelChoice, ModelRouter, Picked, set_length, splice, too_large,
@@ -67,6 +68,8 @@ struct Attempt<S> {
     choice: ModelChoice,
     started: Instant,
     retry: Option<Retry>,
+    /// Ends the in-flight count if this future is dropped (cancelled).
+    flight: Flight,
 }
 
 /// What a retry on the fallback needs: the request as it was before the
@@ -140,7 +143,7 @@ where
     S: Service<Request<RequestBody<ReqB>>> + Clone,
 {
     let entry = &catalog.models[model];
-    entry.counters.start();
+    let flight = Flight::start(Arc::clone(&entry.counters));
     head.extensions.insert(choice.clone());
     let service = router.upstreams[entry.upstream].clone();
     State::Calling {
@@ -152,6 +155,7 @@ where
             choice,
             started: Instant::now(),
             retry,
+            flight,
         })),
     }
 }
@@ -239,8 +243,9 @@ where
                         choice,
                         started,
                         retry,
+                        flight,
                     } = *attempt;
-                    let counters = Arc::clone(&catalog.models[model].counters);
+                    let counters = flight.counters();
                     let on = router.config.fallback_on;
                     let failed = match &out {
                         Ok(res) => {
@@ -258,7 +263,7 @@ where
                             // the fallback with the body as it came.
                             drop(out);
                             counters.fallback();
-                            counters.finish();
+                            drop(flight);
                             let fallback = &catalog.models[retry.model];
                             let (head, body) =
                                 rewritten(retry.head, &retry.body, retry.span, &fallback.json_name);
@@ -291,11 +296,11 @@ where
                             }
                             let scan = scans_usage(&parts.headers);
                             parts.extensions.insert(choice);
-                            let body = ModelBody::tracked(body, counters, scan);
+                            let body = ModelBody::tracked(body, flight, scan);
                             return Poll::Ready(Ok(Response::from_parts(parts, body)));
                         }
                         (Err(e), _) => {
-                            counters.finish();
+                            drop(flight);
                             return Poll::Ready(Err(e));
                         }
                     }

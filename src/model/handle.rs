@@ -54,10 +54,20 @@ impl Shared {
     ) -> Result<(), ModelError> {
         let mut writer = self.lock();
         let mut catalog = self.catalog.load().source.clone();
-        f(&mut catalog, &mut writer)?;
-        let compiled = writer.compile(catalog, &self.upstreams)?;
-        self.catalog.store(Arc::new(compiled));
-        Ok(())
+        // A refused change leaves the rollback history as it was, too.
+        let history = writer.history.clone();
+        let result = f(&mut catalog, &mut writer)
+            .and_then(|()| writer.compile(catalog, &self.upstreams));
+        match result {
+            Ok(compiled) => {
+                self.catalog.store(Arc::new(compiled));
+                Ok(())
+            }
+            Err(e) => {
+                writer.history = history;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -165,26 +175,17 @@ impl ModelHandle {
     /// [`set_weights`](Self::set_weights) or [`promote`](Self::promote).
     /// An undo over the last 32 changes; a rollback is not recorded.
     pub fn rollback(&self, alias: &str) -> Result<(), ModelError> {
-        let mut taken = None;
-        let result = self.shared.change(|catalog, writer| {
+        self.shared.change(|catalog, writer| {
             let entry = alias_mut(catalog, alias)?;
-            let previous = writer
+            entry.versions = writer
                 .history
                 .get_mut(alias)
                 .and_then(Vec::pop)
                 .ok_or_else(|| ModelError::NothingToRollBack {
                     alias: alias.to_owned(),
                 })?;
-            taken = Some(previous.clone());
-            entry.versions = previous;
             Ok(())
-        });
-        if let (Err(_), Some(previous)) = (&result, taken) {
-            // The old weights no longer check out (a version was retired
-            // since): keep them in the history, change nothing.
-            self.shared.lock().remember(alias, previous);
-        }
-        result
+        })
     }
 
     /// Pins a tenant or an identity to one version of an alias (replacing

@@ -1,5 +1,6 @@
 //! Per-version counters: requests, outcomes, latency and tokens.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -25,11 +26,11 @@ pub(crate) struct VersionCounters {
 }
 
 impl VersionCounters {
-    pub(crate) fn start(&self) {
+    fn start(&self) {
         self.started.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn finish(&self) {
+    fn finish(&self) {
         self.finished.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -81,6 +82,31 @@ impl VersionCounters {
             latency: self.latency.snapshot(),
             weight,
         }
+    }
+}
+
+/// One request in flight on a version: counted when made, ended exactly
+/// once, when it ends or when it is dropped (a cancelled request, a
+/// dropped body).
+#[derive(Debug)]
+pub(crate) struct Flight {
+    counters: Arc<VersionCounters>,
+}
+
+impl Flight {
+    pub(crate) fn start(counters: Arc<VersionCounters>) -> Self {
+        counters.start();
+        Self { counters }
+    }
+
+    pub(crate) fn counters(&self) -> &VersionCounters {
+        &self.counters
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.counters.finish();
     }
 }
 
