@@ -140,7 +140,10 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Replay {
-                prefix, ended, rest, ..
+                prefix,
+                ended,
+                rest,
+                ..
             } => replay_hint(prefix.as_ref(), *ended, rest.size_hint()),
         }
     }
@@ -312,7 +315,10 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             RequestKind::Replay {
-                prefix, ended, rest, ..
+                prefix,
+                ended,
+                rest,
+                ..
             } => replay_hint(prefix.as_ref(), *ended, rest.size_hint()),
         }
     }

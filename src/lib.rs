@@ -58,6 +58,7 @@
 //! | `rollout` (feature `rollout`) | `Rollout`: step plans with live analysis of canary against stable, automatic promotion and rollback |
 //! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, client IP behind trusted proxies, custom) from a request |
 //! | `model` (feature `json`) | `ModelRouter`: OpenAI-compatible model aliases over weighted versions, pins, sticky picks, fallback, token counts |
+//! | `mirror` (feature `mirror`) | `MirrorLayer`: shadow traffic to a new version, bounded and never delaying the client, with answer comparison |
 //! | [`metrics`] | [`LatencyHistogram`](metrics::LatencyHistogram): fixed-bucket latency counters with quantile estimates |
 //! | `proxy` (feature `proxy`) | `Upstream`: forwards to an upstream server over a pooled hyper client, with proxy semantics, 502/504 as problem+json |
 //! | [`problem`] | [`Problem`](problem::Problem): the `application/problem+json` rejections every layer answers with |
@@ -82,6 +83,9 @@ pub mod future;
 pub mod gateway;
 pub mod key;
 pub mod metrics;
+#[cfg(feature = "mirror")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mirror")))]
+pub mod mirror;
 #[cfg(feature = "json")]
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub mod model;

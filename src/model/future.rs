@@ -16,11 +16,11 @@ use tower::Service;
 
 use super::body::ModelBody;
 use super::catalog::Compiled;
-use super::stats::Flight;
 use super::openai::{OpenAiError, json_response, model_field};
 use super::service::{
     ChoiceReason, ModelChoice, ModelRouter, Picked, set_length, splice, too_large,
 };
+use super::stats::Flight;
 use crate::body::{CollectError, Collector, RequestBody};
 use crate::split::Dispatch;
 

@@ -56,8 +56,8 @@ impl Shared {
         let mut catalog = self.catalog.load().source.clone();
         // A refused change leaves the rollback history as it was, too.
         let history = writer.history.clone();
-        let result = f(&mut catalog, &mut writer)
-            .and_then(|()| writer.compile(catalog, &self.upstreams));
+        let result =
+            f(&mut catalog, &mut writer).and_then(|()| writer.compile(catalog, &self.upstreams));
         match result {
             Ok(compiled) => {
                 self.catalog.store(Arc::new(compiled));
