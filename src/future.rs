@@ -16,25 +16,62 @@ use crate::body::ResponseBody;
 use crate::problem::Problem;
 
 /// A refusal: the problem document and any headers that go with it
-/// (`WWW-Authenticate`, `Retry-After`, ...).
+/// (`WWW-Authenticate`, `Retry-After`, ...), answered as problem+json, or
+/// as a trailers-only gRPC response to a gRPC request (see
+/// [`crate::grpc`]).
 ///
 /// Boxed, so that the futures and results carrying one stay small on the
 /// path where nothing is refused.
 #[derive(Debug)]
-pub(crate) struct Rejection(Box<(Problem, HeaderMap)>);
+pub(crate) struct Rejection(Box<Refusal>);
+
+#[derive(Debug)]
+struct Refusal {
+    problem: Problem,
+    headers: HeaderMap,
+    grpc: bool,
+}
 
 impl Rejection {
     pub(crate) fn new(problem: Problem) -> Self {
-        Self(Box::new((problem, HeaderMap::new())))
+        Self(Box::new(Refusal {
+            problem,
+            headers: HeaderMap::new(),
+            grpc: false,
+        }))
     }
 
     pub(crate) fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.0.1.append(name, value);
+        self.0.headers.append(name, value);
+        self
+    }
+
+    /// Answers in the request's protocol: gRPC requests get a gRPC status.
+    pub(crate) fn for_request(self, request_headers: &HeaderMap) -> Self {
+        self.grpc(crate::grpc::is_grpc(request_headers))
+    }
+
+    /// Answers as gRPC (or not).
+    pub(crate) fn grpc(mut self, yes: bool) -> Self {
+        self.0.grpc = yes;
         self
     }
 
     pub(crate) fn into_response<B>(self) -> Response<ResponseBody<B>> {
-        let (problem, headers) = *self.0;
+        let Refusal {
+            problem,
+            headers,
+            grpc,
+        } = *self.0;
+        if grpc {
+            let message = problem.message();
+            let mut res = Response::new(ResponseBody::empty());
+            *res.status_mut() = problem.status();
+            res.headers_mut().extend(headers);
+            let (mut parts, body) = res.into_parts();
+            crate::grpc::trailers_only(&mut parts.headers, &mut parts.status, &message);
+            return Response::from_parts(parts, body);
+        }
         let mut res = problem.into_response();
         res.headers_mut().extend(headers);
         res

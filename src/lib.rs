@@ -56,6 +56,7 @@
 //! | `transform` (feature `transform`) | `TransformLayer`: header, path, query, method, host and JSON body rewriting from rules checked at build time |
 //! | `gateway` (feature `config`; `admin` for its admin API) | `Gateway`: a whole gateway from one TOML configuration, reloadable while serving, with an admin API and Prometheus metrics |
 //! | `rollout` (feature `rollout`) | `Rollout`: step plans with live analysis of canary against stable, automatic promotion and rollback |
+//! | [`grpc`] | how every layer's refusals look to gRPC clients (trailers-only responses with `grpc-status`) |
 //! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, client IP behind trusted proxies, custom) from a request |
 //! | `model` (feature `json`) | `ModelRouter`: OpenAI-compatible model aliases over weighted versions, pins, sticky picks, fallback, token counts |
 //! | `mirror` (feature `mirror`) | `MirrorLayer`: shadow traffic to a new version, bounded and never delaying the client, with answer comparison |
@@ -81,6 +82,7 @@ pub mod future;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod gateway;
+pub mod grpc;
 pub mod key;
 pub mod metrics;
 #[cfg(feature = "mirror")]

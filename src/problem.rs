@@ -93,6 +93,12 @@ impl Problem {
         self.status
     }
 
+    /// The detail, or the title when there is none: a one-line message
+    /// (what a gRPC client sees as `grpc-message`).
+    pub fn message(&self) -> String {
+        self.detail.clone().unwrap_or_else(|| self.title.clone())
+    }
+
     /// The document as JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing a map of strings, numbers and JSON values to a Vec

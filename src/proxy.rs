@@ -49,6 +49,7 @@ use hyper_util::rt::TokioExecutor;
 use tower::Service;
 
 use crate::body::ResponseBody;
+use crate::future::Rejection;
 use crate::problem::Problem;
 
 /// A boxed error, as hyper and tower use.
@@ -284,10 +285,12 @@ where
     fn call(&mut self, req: Request<B>) -> ResponseFuture {
         let inner = Arc::clone(&self.inner);
         let (mut parts, body) = req.into_parts();
+        let grpc = crate::grpc::is_grpc(&parts.headers);
+        let answer = move |problem: Problem| Rejection::new(problem).grpc(grpc).into_response();
         let Some(uri) = inner.upstream_uri(&parts.uri) else {
-            let problem = Problem::new(StatusCode::BAD_REQUEST).detail("invalid request path");
+            let res = answer(Problem::new(StatusCode::BAD_REQUEST).detail("invalid request path"));
             return ResponseFuture {
-                inner: Box::pin(async move { Ok(problem.into_response()) }),
+                inner: Box::pin(async move { Ok(res) }),
             };
         };
         let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -318,12 +321,9 @@ where
                     Some(limit) => match tokio::time::timeout(limit, sent).await {
                         Ok(result) => result,
                         Err(_) => {
-                            return Ok(Problem::new(StatusCode::GATEWAY_TIMEOUT)
-                                .detail(format!(
-                                    "upstream {} did not answer within {limit:?}",
-                                    inner.url
-                                ))
-                                .into_response());
+                            return Ok(answer(Problem::new(StatusCode::GATEWAY_TIMEOUT).detail(
+                                format!("upstream {} did not answer within {limit:?}", inner.url),
+                            )));
                         }
                     },
                     None => sent.await,
@@ -339,9 +339,7 @@ where
                         } else {
                             format!("upstream {} failed: {}", inner.url, error_chain(&e))
                         };
-                        Problem::new(StatusCode::BAD_GATEWAY)
-                            .detail(detail)
-                            .into_response()
+                        answer(Problem::new(StatusCode::BAD_GATEWAY).detail(detail))
                     }
                 })
             }),

@@ -303,7 +303,7 @@ where
         };
         match self.shared.auth.admit(&mut req, verify) {
             Ok(()) => ResponseFuture::inner(self.inner.call(req)),
-            Err(rejection) => ResponseFuture::rejected(rejection),
+            Err(rejection) => ResponseFuture::rejected(rejection.for_request(req.headers())),
         }
     }
 }

@@ -131,7 +131,7 @@ where
         let shared = &*self.shared;
         match shared.auth.admit(&mut req, |token| shared.verify(token)) {
             Ok(()) => ResponseFuture::inner(self.inner.call(req)),
-            Err(rejection) => ResponseFuture::rejected(rejection),
+            Err(rejection) => ResponseFuture::rejected(rejection.for_request(req.headers())),
         }
     }
 }

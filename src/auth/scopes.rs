@@ -155,11 +155,17 @@ where
                 let missing = self.rule.missing(identity);
                 if !missing.is_empty() {
                     return ResponseFuture::rejected(
-                        rule.challenge.insufficient(&rule.joined, &missing),
+                        rule.challenge
+                            .insufficient(&rule.joined, &missing)
+                            .for_request(req.headers()),
                     );
                 }
             }
-            _ => return ResponseFuture::rejected(rule.challenge.missing()),
+            _ => {
+                return ResponseFuture::rejected(
+                    rule.challenge.missing().for_request(req.headers()),
+                );
+            }
         }
         ResponseFuture::inner(self.inner.call(req))
     }

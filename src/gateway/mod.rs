@@ -244,7 +244,9 @@ where
                 },
             },
             None => ResponseFuture {
-                kind: Kind::NotFound,
+                kind: Kind::NotFound {
+                    grpc: crate::grpc::is_grpc(req.headers()),
+                },
             },
         }
     }
@@ -262,7 +264,7 @@ pin_project_lite::pin_project! {
     #[project = KindProj]
     enum Kind {
         Route { #[pin] oneshot: Oneshot<Pipeline, Request<GatewayBody>> },
-        NotFound,
+        NotFound { grpc: bool },
     }
 }
 
@@ -272,10 +274,12 @@ impl std::future::Future for ResponseFuture {
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Route { oneshot } => oneshot.poll(cx),
-            KindProj::NotFound => Poll::Ready(Ok(Problem::new(StatusCode::NOT_FOUND)
-                .detail("no route matches this request")
-                .into_response::<GatewayBody>()
-                .map(|b| b.boxed_unsync()))),
+            KindProj::NotFound { grpc } => Poll::Ready(Ok(crate::future::Rejection::new(
+                Problem::new(StatusCode::NOT_FOUND).detail("no route matches this request"),
+            )
+            .grpc(*grpc)
+            .into_response::<GatewayBody>()
+            .map(|b| b.boxed_unsync()))),
         }
     }
 }

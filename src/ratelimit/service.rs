@@ -539,12 +539,13 @@ where
         let Some(key) = limiter.key_by.extract(&req) else {
             limiter.counters.missing_key.fetch_add(1, Ordering::Relaxed);
             return match limiter.on_missing {
-                MissingKey::Reject(status) => {
-                    ResponseFuture::rejected(Rejection::new(Problem::new(status).detail(format!(
+                MissingKey::Reject(status) => ResponseFuture::rejected(
+                    Rejection::new(Problem::new(status).detail(format!(
                         "the request carries no rate-limit key (expected {:?})",
                         limiter.key_by
-                    ))))
-                }
+                    )))
+                    .for_request(req.headers()),
+                ),
                 MissingKey::Allow => ResponseFuture::inner(self.inner.call(req)),
             };
         };
@@ -568,7 +569,11 @@ where
                 .fetch_add(1, Ordering::Relaxed);
         } else {
             limiter.counters.rejected.fetch_add(1, Ordering::Relaxed);
-            return ResponseFuture::rejected(limiter.reject(&config, &decision, cost));
+            return ResponseFuture::rejected(
+                limiter
+                    .reject(&config, &decision, cost)
+                    .for_request(req.headers()),
+            );
         }
         let headers = limiter.headers(&config, &decision);
         ResponseFuture::inner_with_headers(self.inner.call(req), headers)

@@ -141,18 +141,21 @@ where
                     None => "this route rewrites JSON bodies; the request has no Content-Type"
                         .to_owned(),
                 };
-                ResponseFuture::rejected(Rejection::new(
-                    Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE)
-                        .detail(detail)
-                        .with("accept", "application/json"),
-                ))
+                ResponseFuture::rejected(
+                    Rejection::new(
+                        Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+                            .detail(detail)
+                            .with("accept", "application/json"),
+                    )
+                    .for_request(&parts.headers),
+                )
             }
         };
     }
     let limit = rules.body_limit;
     if declared.unwrap_or(0) > limit as u64 || body.size_hint().lower() > limit as u64 {
         stats.rejected_large.fetch_add(1, Relaxed);
-        return ResponseFuture::rejected(too_large(limit));
+        return ResponseFuture::rejected(too_large(limit).for_request(&parts.headers));
     }
     // The instance that was polled ready is the one called, once the body
     // is read; a clone takes its place here.
@@ -226,6 +229,7 @@ where
                                         Problem::new(StatusCode::BAD_REQUEST).detail(format!(
                                             "the request body is not valid JSON: {e}"
                                         )),
+                                        &parts.headers,
                                     )
                                 }
                             }
@@ -233,7 +237,7 @@ where
                         Err(CollectError::TooLarge) => {
                             stats.rejected_large.fetch_add(1, Relaxed);
                             State::Rejected {
-                                rejection: Some(too_large(limit)),
+                                rejection: Some(too_large(limit).for_request(&parts.headers)),
                             }
                         }
                         Err(CollectError::Body(_)) => {
@@ -241,6 +245,7 @@ where
                             rejected(
                                 Problem::new(StatusCode::BAD_REQUEST)
                                     .detail("the request body failed while it was being read"),
+                                &parts.headers,
                             )
                         }
                     }
@@ -345,12 +350,12 @@ where
     }
 }
 
-fn rejected<S, ReqB, ResB>(problem: Problem) -> State<S, ReqB, ResB>
+fn rejected<S, ReqB, ResB>(problem: Problem, request: &HeaderMap) -> State<S, ReqB, ResB>
 where
     S: Service<Request<RequestBody<ReqB>>>,
 {
     State::Rejected {
-        rejection: Some(Rejection::new(problem)),
+        rejection: Some(Rejection::new(problem).for_request(request)),
     }
 }
 

@@ -103,7 +103,7 @@ where
             Ok(plan) => plan,
             Err(rejection) => {
                 self.shared.stats.rejected_uri.fetch_add(1, Relaxed);
-                return ResponseFuture::rejected(rejection);
+                return ResponseFuture::rejected(rejection.for_request(&parts.headers));
             }
         };
         if !plan.body.is_empty() {
