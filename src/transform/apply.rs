@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::sync::Arc;
 
-use http::header::{CONTENT_TYPE, HOST};
+use http::header::{CONTENT_TYPE, Entry, HOST};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
@@ -241,6 +241,9 @@ fn render_headers(
 
 /// Applies header rules in their fixed order. `rendered` holds the
 /// template values of `replace`, `add` and `append`, in that order.
+///
+/// Each rule costs one lookup in the map where it can (`entry`), and a
+/// fixed value is cloned only when the rule applies.
 pub(crate) fn apply_headers(
     map: &mut HeaderMap,
     rules: &Headers,
@@ -254,55 +257,70 @@ pub(crate) fn apply_headers(
         if from == to {
             continue;
         }
-        let mut values = map.get_all(from).iter();
-        match (values.next().is_some(), values.next().is_some()) {
-            (false, _) => {}
-            (true, false) => {
-                if let Some(value) = map.remove(from) {
-                    map.insert(to.clone(), value);
-                }
-            }
-            (true, true) => {
-                let all: Vec<HeaderValue> = map.get_all(from).iter().cloned().collect();
-                map.remove(from);
-                map.remove(to);
-                for value in all {
-                    map.append(to.clone(), value);
-                }
+        let Entry::Occupied(entry) = map.entry(from) else {
+            continue;
+        };
+        let (_, mut values) = entry.remove_entry_mult();
+        let first = values.next();
+        // Collecting nothing allocates nothing: single values stay cheap.
+        let rest: Vec<HeaderValue> = values.collect();
+        if let Some(first) = first {
+            map.insert(to.clone(), first);
+            for value in rest {
+                map.append(to.clone(), value);
             }
         }
     }
-    let mut rendered = rendered.iter();
-    let mut value = |v: &Value| -> Option<HeaderValue> {
-        match v {
-            Value::Literal(v) => Some(v.clone()),
-            Value::Template(_) => {
-                let text = rendered.next()?.as_deref()?;
-                // A value that cannot be a header value (a control character
-                // from a decoded query parameter, say) counts as missing.
-                match HeaderValue::from_str(text) {
-                    Ok(v) => Some(v),
-                    Err(_) if empty => Some(HeaderValue::from_static("")),
-                    Err(_) => None,
-                }
-            }
-        }
-    };
+    let rendered = &mut rendered.iter();
     for (name, v) in &rules.replace {
-        let v = value(v);
-        if let (Some(v), true) = (v, map.contains_key(name)) {
-            map.insert(name.clone(), v);
+        let v = resolve(v, rendered);
+        if let Entry::Occupied(mut entry) = map.entry(name)
+            && let Some(v) = v.value(empty)
+        {
+            entry.insert(v);
         }
     }
     for (name, v) in &rules.add {
-        let v = value(v);
-        if let (Some(v), false) = (v, map.contains_key(name)) {
-            map.insert(name.clone(), v);
+        let v = resolve(v, rendered);
+        if let Entry::Vacant(entry) = map.entry(name)
+            && let Some(v) = v.value(empty)
+        {
+            entry.insert(v);
         }
     }
     for (name, v) in &rules.append {
-        if let Some(v) = value(v) {
+        if let Some(v) = resolve(v, rendered).value(empty) {
             map.append(name.clone(), v);
+        }
+    }
+}
+
+fn resolve<'a>(v: &'a Value, rendered: &mut std::slice::Iter<'a, Option<String>>) -> Resolved<'a> {
+    match v {
+        Value::Literal(v) => Resolved::Literal(v),
+        Value::Template(_) => Resolved::Rendered(rendered.next().and_then(Option::as_deref)),
+    }
+}
+
+/// A rule's value for one request.
+enum Resolved<'a> {
+    Literal(&'a HeaderValue),
+    /// A rendered template; `None` when a value was missing.
+    Rendered(Option<&'a str>),
+}
+
+impl Resolved<'_> {
+    fn value(self, empty: bool) -> Option<HeaderValue> {
+        match self {
+            Resolved::Literal(v) => Some(v.clone()),
+            Resolved::Rendered(text) => match HeaderValue::from_str(text?) {
+                Ok(v) => Some(v),
+                // A value that cannot be a header value (a control
+                // character from a decoded query parameter, say) counts as
+                // missing.
+                Err(_) if empty => Some(HeaderValue::from_static("")),
+                Err(_) => None,
+            },
         }
     }
 }

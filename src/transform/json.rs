@@ -3,8 +3,13 @@
 
 use std::sync::Arc;
 
+use std::borrow::Cow;
+
 use regex::Regex;
-use serde_json::{Map, Value};
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::TransformError;
 use super::compile::template;
@@ -46,86 +51,6 @@ impl Pointer {
             tokens.push(token);
         }
         Ok(Arc::new(Self(tokens)))
-    }
-
-    /// The parent container of the pointed-to value, and the last token.
-    fn parent<'v>(&self, doc: &'v mut Value) -> Option<(&'v mut Value, &str)> {
-        let (last, path) = self.0.split_last()?;
-        let mut at = doc;
-        for token in path {
-            at = child(at, token)?;
-        }
-        Some((at, last))
-    }
-
-    /// Removes and returns the value.
-    fn take(&self, doc: &mut Value) -> Option<Value> {
-        match self.parent(doc)? {
-            // Keep the order of the fields that stay (`preserve_order`).
-            #[cfg(feature = "json")]
-            (Value::Object(map), key) => map.shift_remove(key),
-            #[cfg(not(feature = "json"))]
-            (Value::Object(map), key) => map.remove(key),
-            (Value::Array(items), key) => {
-                let i = index(key, items.len())?;
-                Some(items.remove(i))
-            }
-            _ => None,
-        }
-    }
-
-    /// Sets the value, creating missing parent objects. `false` when a
-    /// parent is a scalar or an array index is out of range.
-    fn set(&self, doc: &mut Value, value: Value) -> bool {
-        let Some((last, path)) = self.0.split_last() else {
-            return false;
-        };
-        let mut at = doc;
-        for token in path {
-            at = match at {
-                Value::Object(map) => map
-                    .entry(token.clone())
-                    .or_insert_with(|| Value::Object(Map::new())),
-                Value::Array(items) => match index(token, items.len()) {
-                    Some(i) => &mut items[i],
-                    None => return false,
-                },
-                _ => return false,
-            };
-        }
-        match at {
-            Value::Object(map) => {
-                map.insert(last.clone(), value);
-                true
-            }
-            Value::Array(items) if last == "-" => {
-                items.push(value);
-                true
-            }
-            Value::Array(items) => match last.parse::<usize>() {
-                Ok(i) if i < items.len() => {
-                    items[i] = value;
-                    true
-                }
-                Ok(i) if i == items.len() => {
-                    items.push(value);
-                    true
-                }
-                _ => false,
-            },
-            _ => false,
-        }
-    }
-}
-
-fn child<'v>(value: &'v mut Value, token: &str) -> Option<&'v mut Value> {
-    match value {
-        Value::Object(map) => map.get_mut(token),
-        Value::Array(items) => {
-            let i = index(token, items.len())?;
-            items.get_mut(i)
-        }
-        _ => None,
     }
 }
 
@@ -300,26 +225,270 @@ pub(crate) enum RewriteError {
 
 /// Parses `body`, applies `ops` in order, and serializes the result.
 pub(crate) fn rewrite(body: &[u8], ops: Vec<BodyOp>) -> Result<Vec<u8>, RewriteError> {
-    let mut doc: Value = serde_json::from_slice(body).map_err(RewriteError::Invalid)?;
+    // The whole body is checked here; only what the rules reach is taken
+    // apart (see `Node`).
+    let raw: &RawValue = serde_json::from_slice(body).map_err(RewriteError::Invalid)?;
+    let mut doc = Node::Raw(raw);
+    let mut changed = false;
     for op in ops {
-        match op {
-            BodyOp::Remove(p) => {
-                p.take(&mut doc);
-            }
-            BodyOp::Rename(from, to) => {
-                if let Some(value) = from.take(&mut doc) {
-                    to.set(&mut doc, value);
+        changed |= match op {
+            BodyOp::Remove(p) => doc.take(&p.0).is_some(),
+            BodyOp::Rename(from, to) => match doc.take(&from.0) {
+                Some(node) => {
+                    doc.set(&to.0, node);
+                    true
+                }
+                None => false,
+            },
+            BodyOp::Set(p, value) => doc.set(&p.0, Node::Value(value)),
+        };
+    }
+    if !changed {
+        // No rule reached anything: the body goes on byte for byte.
+        return Ok(body.to_vec());
+    }
+    let mut out = Vec::with_capacity(body.len() + 64);
+    doc.write(&mut out);
+    Ok(out)
+}
+
+// === Node ===
+
+/// A JSON document taken apart only where rules reach into it.
+///
+/// Parsing a whole body into a `serde_json::Value` builds a map for every
+/// object and a string for every key; a rule touching one field needs none
+/// of that. Here the body stays raw text (validated once), and only the
+/// objects and arrays on a rule's path are split into members, whose values
+/// stay raw in turn. Untouched parts are written back byte for byte:
+/// their spacing, number spelling and escapes do not change.
+#[derive(Debug)]
+enum Node<'a> {
+    /// Untouched text from the body.
+    Raw(&'a RawValue),
+    /// A value a rule set.
+    Value(Value),
+    /// An object split into members, in order.
+    Object(Vec<(Cow<'a, str>, Node<'a>)>),
+    /// An array split into items.
+    Array(Vec<Node<'a>>),
+}
+
+impl<'a> Node<'a> {
+    /// Splits a container (raw, or a value a rule set) into members or
+    /// items, so that they can be changed. Scalars stay as they are.
+    fn expand(&mut self) {
+        match self {
+            Node::Raw(raw) => {
+                let raw: &'a RawValue = raw;
+                let text = raw.get().trim_start();
+                // The body was validated as a whole, so these parse.
+                if text.starts_with('{') {
+                    if let Ok(Members(members)) = serde_json::from_str(raw.get()) {
+                        *self = Node::Object(
+                            members
+                                .into_iter()
+                                .map(|(k, v)| (k, Node::Raw(v)))
+                                .collect(),
+                        );
+                    }
+                } else if text.starts_with('[')
+                    && let Ok(items) = serde_json::from_str::<Vec<&'a RawValue>>(raw.get())
+                {
+                    *self = Node::Array(items.into_iter().map(Node::Raw).collect());
                 }
             }
-            BodyOp::Set(p, value) => {
-                p.set(&mut doc, value);
+            Node::Value(Value::Object(map)) => {
+                let map = std::mem::take(map);
+                *self = Node::Object(
+                    map.into_iter()
+                        .map(|(k, v)| (Cow::Owned(k), Node::Value(v)))
+                        .collect(),
+                );
+            }
+            Node::Value(Value::Array(items)) => {
+                let items = std::mem::take(items);
+                *self = Node::Array(items.into_iter().map(Node::Value).collect());
+            }
+            _ => {}
+        }
+    }
+
+    fn child(&mut self, token: &str) -> Option<&mut Node<'a>> {
+        self.expand();
+        match self {
+            Node::Object(members) => members.iter_mut().find(|(k, _)| k == token).map(|(_, v)| v),
+            Node::Array(items) => {
+                let i = index(token, items.len())?;
+                items.get_mut(i)
+            }
+            _ => None,
+        }
+    }
+
+    /// Removes and returns the node at `tokens`.
+    fn take(&mut self, tokens: &[String]) -> Option<Node<'a>> {
+        let (last, path) = tokens.split_last()?;
+        let mut at = self;
+        for token in path {
+            at = at.child(token)?;
+        }
+        at.expand();
+        match at {
+            Node::Object(members) => {
+                let i = members.iter().position(|(k, _)| k == last)?;
+                Some(members.remove(i).1)
+            }
+            Node::Array(items) => {
+                let i = index(last, items.len())?;
+                Some(items.remove(i))
+            }
+            _ => None,
+        }
+    }
+
+    /// Sets the node at `tokens`, creating missing parent objects. `false`
+    /// when a parent is a scalar or an array index is out of range. A field
+    /// already there keeps its place; a new one goes last.
+    fn set(&mut self, tokens: &[String], node: Node<'a>) -> bool {
+        let Some((last, path)) = tokens.split_last() else {
+            return false;
+        };
+        let mut at = self;
+        for token in path {
+            at.expand();
+            at = match at {
+                Node::Object(members) => {
+                    let i = match members.iter().position(|(k, _)| k == token) {
+                        Some(i) => i,
+                        None => {
+                            members.push((Cow::Owned(token.clone()), Node::Object(Vec::new())));
+                            members.len() - 1
+                        }
+                    };
+                    &mut members[i].1
+                }
+                Node::Array(items) => match index(token, items.len()) {
+                    Some(i) => &mut items[i],
+                    None => return false,
+                },
+                _ => return false,
+            };
+        }
+        at.expand();
+        match at {
+            Node::Object(members) => {
+                match members.iter_mut().find(|(k, _)| k == last) {
+                    Some((_, v)) => *v = node,
+                    None => members.push((Cow::Owned(last.clone()), node)),
+                }
+                true
+            }
+            Node::Array(items) if last == "-" => {
+                items.push(node);
+                true
+            }
+            Node::Array(items) => match last.parse::<usize>() {
+                Ok(i) if i < items.len() && !(last.len() > 1 && last.starts_with('0')) => {
+                    items[i] = node;
+                    true
+                }
+                Ok(i) if i == items.len() => {
+                    items.push(node);
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Node::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+            // Writing a `Value` or a string into a `Vec` cannot fail.
+            Node::Value(v) => {
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+            Node::Object(members) => {
+                out.push(b'{');
+                for (i, (k, v)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    let _ = serde_json::to_writer(&mut *out, k.as_ref());
+                    out.push(b':');
+                    v.write(out);
+                }
+                out.push(b'}');
+            }
+            Node::Array(items) => {
+                out.push(b'[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    v.write(out);
+                }
+                out.push(b']');
             }
         }
     }
-    let mut out = Vec::with_capacity(body.len() + 64);
-    // Writing a `Value` into a `Vec` cannot fail.
-    serde_json::to_writer(&mut out, &doc).map_err(RewriteError::Invalid)?;
-    Ok(out)
+}
+
+/// An object's members, keys unescaped (borrowed when they need no
+/// unescaping), values raw.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(Key(k)) = map.next_key()? {
+                    members.push((k, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// A key, borrowed from the body when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visit)
+    }
 }
 
 #[cfg(test)]
@@ -339,17 +508,56 @@ mod tests {
         assert!(Pointer::parse("/a~2", "t").is_err());
     }
 
+    fn doc_ops(body: &str, f: impl FnOnce(&mut Node<'_>)) -> String {
+        let raw: &RawValue = serde_json::from_str(body).unwrap();
+        let mut doc = Node::Raw(raw);
+        f(&mut doc);
+        let mut out = Vec::new();
+        doc.write(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn v(value: Value) -> Node<'static> {
+        Node::Value(value)
+    }
+
     #[test]
     fn set_take_and_arrays() {
-        let mut doc = json!({"a": [1, 2], "s": "x"});
-        assert!(p("/b/c").set(&mut doc, json!(1)));
-        assert!(p("/a/-").set(&mut doc, json!(3)));
-        assert!(p("/a/0").set(&mut doc, json!(0)));
-        assert!(!p("/a/9").set(&mut doc, json!(9)));
-        assert!(!p("/s/x").set(&mut doc, json!(9)));
-        assert_eq!(p("/a/01").take(&mut doc), None);
-        assert_eq!(p("/a/1").take(&mut doc), Some(json!(2)));
-        assert_eq!(doc, json!({"a": [0, 3], "s": "x", "b": {"c": 1}}));
+        let out = doc_ops(r#"{"a": [1, 2], "s": "x"}"#, |doc| {
+            assert!(doc.set(&p("/b/c").0, v(json!(1))));
+            assert!(doc.set(&p("/a/-").0, v(json!(3))));
+            assert!(doc.set(&p("/a/0").0, v(json!(0))));
+            assert!(!doc.set(&p("/a/9").0, v(json!(9))));
+            assert!(!doc.set(&p("/s/x").0, v(json!(9))));
+            assert!(doc.take(&p("/a/01").0).is_none());
+            assert!(matches!(doc.take(&p("/a/1").0), Some(Node::Raw(r)) if r.get() == "2"));
+        });
+        assert_eq!(
+            out,
+            r#"{"a":[0,3],"s": "x","b":{"c":1}}"#.replace(r#""s": "x""#, r#""s":"x""#)
+        );
+    }
+
+    #[test]
+    fn untouched_parts_keep_their_bytes() {
+        let body = r#"{"n": 1.0e10, "deep": {"keep": [1, 2.50, "\u00e9"], "x": 1}}"#;
+        let out = doc_ops(body, |doc| {
+            doc.take(&p("/deep/x").0);
+        });
+        assert_eq!(out, r#"{"n":1.0e10,"deep":{"keep":[1, 2.50, "\u00e9"]}}"#);
+        // Nothing reached: the body comes back as it was.
+        let ops = vec![
+            BodyOp::Remove(p("/nope")),
+            BodyOp::Rename(p("/deep/y"), p("/z")),
+        ];
+        assert_eq!(rewrite(body.as_bytes(), ops).unwrap(), body.as_bytes());
+        // Setting inside a value a rule set.
+        let out = doc_ops("{}", |doc| {
+            assert!(doc.set(&p("/a").0, v(json!({"b": [1]}))));
+            assert!(doc.set(&p("/a/b/-").0, v(json!(2))));
+            assert!(doc.set(&p("/a/c").0, v(json!(true))));
+        });
+        assert_eq!(out, r#"{"a":{"b":[1,2],"c":true}}"#);
     }
 
     #[test]
