@@ -1,0 +1,437 @@
+//! Cost of routing an OpenAI-style request through `ModelRouter`, and of
+//! the token count it keeps while a response streams through it.
+//!
+//! Every function builds the same kind of request (`POST
+//! /v1/chat/completions`, `content-type` and `content-length`, a
+//! `Full<Bytes>` body cloned from a prebuilt one, so making it clones a
+//! reference count) and drives `ready()` + `call` + the response future.
+//! The upstreams answer with an immediately ready future and drop the
+//! request (and its body) unread, whether the router called them or the
+//! bench did, and a `Full` body is one chunk ready at once, so futures are
+//! polled once with a no-op waker (which panics if they are not done)
+//! instead of running an executor. Response bodies are polled the same
+//! way.
+//!
+//! * `passthrough_2k`: a ~2 KiB chat-completions request straight to the
+//!   upstream (an empty 200); the response is dropped.
+//! * `select_rewrite_2k`: the same request through a `ModelRouter` with an
+//!   alias `chat` over two versions weighted 90/10 (seeded), on two
+//!   upstreams of the same type: the body is buffered (one chunk, not
+//!   copied), parsed to find `model`, a version picked, the name spliced
+//!   into a new body, the upstream called and the response wrapped.
+//! * `passthrough_small` / `select_rewrite_small`: the same two with the
+//!   small streaming request (~120 bytes) the `stream_*` functions send:
+//!   the routing part of `stream_scan` − `stream_bare`.
+//! * `stream_bare`: the small request straight to an upstream that answers
+//!   `text/event-stream` with 200 events (198 `chat.completion.chunk`
+//!   deltas of ~160 bytes with `"usage":null`, one with the usage, then
+//!   `data: [DONE]`), its body drained frame by frame to the end.
+//! * `stream_scan`: the same through the 90/10 `ModelRouter`, both of
+//!   whose upstreams are that same streaming server: the request is routed
+//!   as in `select_rewrite_small`, and the body is drained through
+//!   `ModelBody`, which keeps the last 4 KiB of chunks and reads the usage
+//!   at the end. (The tokens are checked once, untimed, through
+//!   `ModelHandle::model_stats`.)
+//! * `stream_bare_body` / `stream_scan_body`: only the drain of those two
+//!   bodies. The call that produces each response runs in Criterion's
+//!   untimed setup (`iter_batched`), so what differs between them is
+//!   `ModelBody` alone: the tail kept per chunk, the usage scan at the end
+//!   and the in-flight count.
+//!
+//! The chunks are `Bytes` allocated once and shared, as a server's read
+//! buffer hands them out: the body clones a reference count per chunk.
+//!
+//! ```text
+//! cargo bench --bench model --features json -- --warm-up-time 1 --measurement-time 3
+//! ```
+//!
+//! Budgets: `select_rewrite_2k` − `passthrough_2k` ≤ 5 µs; `stream_scan` ≤
+//! 1.05 × `stream_bare`. `stream_scan` also routes its request, which
+//! `stream_bare` does not (there is no router in it), so the body-only
+//! ratio is `stream_scan_body` / `stream_bare_body`, and the raw one can be
+//! read as (`select_rewrite_small` − `passthrough_small`) + body overhead.
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::hint::black_box;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Empty, Full};
+use switchyard::model::{Alias, Catalog, Model, ModelChoice, ModelRouter};
+use tower::{Service, ServiceExt};
+
+// Only `now` is used here: `Noop` serves `Request<()>`, and the router
+// hands its upstreams a `Request<RequestBody<_>>`.
+#[allow(dead_code, reason = "the shared `Noop` target is not used here")]
+mod support;
+use support::now;
+
+// === Requests ===
+
+/// A ~2 KiB chat-completions request: a system prompt, a few turns, and
+/// the usual sampling parameters.
+fn chat_2k() -> Bytes {
+    let turns = [
+        (
+            "user",
+            "I am planning a three-day trip to Lisbon in early spring. What neighbourhoods should I stay in if I want to walk most places and eat well?",
+        ),
+        (
+            "assistant",
+            "Baixa and Chiado are central and flat by Lisbon standards; Alfama and Graca are older and hillier but full of small restaurants. Principe Real is quieter, with good cafes, and is a short walk downhill to the centre.",
+        ),
+        (
+            "user",
+            "Which of those is best for someone who does not like steep streets, and how far is it from the airport by metro?",
+        ),
+        (
+            "assistant",
+            "Baixa: it sits in the valley between the hills. The red metro line from the airport connects to the green or blue line, and the whole trip takes about thirty minutes with one change.",
+        ),
+        (
+            "user",
+            "Great. Can you suggest a rough plan for each day, with one museum, one viewpoint and one place for dinner per day? Keep it short.",
+        ),
+    ];
+    let mut messages = vec![format!(
+        r#"{{"role":"system","content":"{}"}}"#,
+        "You are a helpful travel assistant. Answer concisely, prefer walking routes, mention opening hours when they matter, and never invent prices."
+    )];
+    messages.extend(
+        turns
+            .iter()
+            .map(|(role, content)| format!(r#"{{"role":"{role}","content":"{content}"}}"#)),
+    );
+    let mut body = format!(
+        r#"{{"model":"chat","messages":[{}],"temperature":0.7,"top_p":0.95,"max_tokens":1024,"presence_penalty":0,"frequency_penalty":0.2,"n":1,"stream":false,"user":"user-4711-","metadata":{{"session":"0f6c2a5e-9a41-4d2b-8d0c-3a9f1c7e5b21","team":"travel"}}}}"#,
+        messages.join(","),
+    );
+    // Pad the `user` value to exactly 2 KiB.
+    let pad = 2048 - body.len();
+    let at = body.find("user-4711-").unwrap() + "user-4711-".len();
+    body.insert_str(at, &"x".repeat(pad));
+    assert_eq!(body.len(), 2048);
+    serde_json::from_str::<serde_json::Value>(&body).expect("valid JSON");
+    Bytes::from(body)
+}
+
+/// The small request of the streaming functions.
+fn chat_small() -> Bytes {
+    Bytes::from_static(
+        br#"{"model":"chat","messages":[{"role":"user","content":"Say hi."}],"stream":true,"stream_options":{"include_usage":true}}"#,
+    )
+}
+
+/// Makes the same request, over and over, from one prebuilt body.
+struct Requests {
+    body: Bytes,
+    length: HeaderValue,
+}
+
+impl Requests {
+    fn new(body: Bytes) -> Self {
+        // Clone once: a `Bytes` from a `Vec` becomes shared on its first
+        // clone, after which a clone is a reference count.
+        drop(body.clone());
+        Self {
+            length: HeaderValue::from(body.len()),
+            body,
+        }
+    }
+
+    /// The request every function of a pair builds, identically.
+    #[inline]
+    fn build(&self) -> Request<Full<Bytes>> {
+        Request::post("/v1/chat/completions")
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(CONTENT_LENGTH, self.length.clone())
+            .body(Full::new(self.body.clone()))
+            .unwrap()
+    }
+}
+
+// === Upstreams ===
+
+/// A model server that does nothing: always ready, drops the request (and
+/// its body) unread, answers an empty 200 at once.
+#[derive(Clone, Copy, Debug)]
+struct Target;
+
+impl<B> Service<Request<B>> for Target {
+    type Response = Response<Empty<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        drop(req);
+        ready(Ok(Response::new(Empty::new())))
+    }
+}
+
+/// A model server that streams: always ready, drops the request unread,
+/// answers at once with a `text/event-stream` of prebuilt events.
+#[derive(Clone, Debug)]
+struct Streamer {
+    events: Arc<[Bytes]>,
+}
+
+impl<B> Service<Request<B>> for Streamer {
+    type Response = Response<Events>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        drop(req);
+        let mut res = Response::new(Events {
+            events: Arc::clone(&self.events),
+            next: 0,
+        });
+        res.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        ready(Ok(res))
+    }
+}
+
+/// A body of prebuilt chunks, each ready at once, one per frame.
+#[derive(Debug)]
+struct Events {
+    events: Arc<[Bytes]>,
+    next: usize,
+}
+
+impl Body for Events {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    #[inline]
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        let frame = this.events.get(this.next).cloned().map(Frame::data);
+        this.next += 1;
+        Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next >= self.events.len()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let rest = self.events.get(self.next..).unwrap_or_default();
+        SizeHint::with_exact(rest.iter().map(|e| e.len() as u64).sum())
+    }
+}
+
+const EVENTS: usize = 200;
+const PROMPT_TOKENS: u64 = 17;
+const COMPLETION_TOKENS: u64 = 198;
+
+/// 200 server-sent events as OpenAI streams them with
+/// `stream_options.include_usage`: deltas with `"usage":null`, a last
+/// event with empty `choices` and the usage, then `[DONE]`. Each is
+/// allocated once (a server's read buffer would hand out shared chunks).
+fn sse_events() -> Arc<[Bytes]> {
+    let head = r#"{"id":"chatcmpl-7","object":"chat.completion.chunk","model":"llama","#;
+    let mut events: Vec<Bytes> = (0..EVENTS - 2)
+        .map(|i| {
+            format!(
+                "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" tok{i:03}\"}},\"finish_reason\":null}}],\"usage\":null}}\n\n"
+            )
+        })
+        .chain([
+            format!(
+                "data: {head}\"choices\":[],\"usage\":{{\"prompt_tokens\":{PROMPT_TOKENS},\"completion_tokens\":{COMPLETION_TOKENS},\"total_tokens\":{}}}}}\n\n",
+                PROMPT_TOKENS + COMPLETION_TOKENS
+            ),
+            "data: [DONE]\n\n".to_owned(),
+        ])
+        .map(Bytes::from)
+        .collect();
+    // Make each shared now (see `Requests::new`), not on the first poll.
+    for e in &mut events {
+        drop(e.clone());
+    }
+    assert_eq!(events.len(), EVENTS);
+    events.into()
+}
+
+// === Driving ===
+
+/// Ready, call and poll to completion (at once): the response.
+#[inline]
+fn call_once<S, B, R>(svc: &mut S, req: Request<B>) -> Response<R>
+where
+    S: Service<Request<B>, Response = Response<R>, Error = Infallible>,
+{
+    let svc = now(svc.ready()).unwrap();
+    now(svc.call(req)).unwrap()
+}
+
+/// Polls a body to its end, every frame ready at once; the data bytes.
+#[inline]
+fn drain<B: Body<Data = Bytes>>(body: B) -> usize {
+    let mut body = pin!(body);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut bytes = 0;
+    loop {
+        match body.as_mut().poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                bytes += frame.data_ref().map_or(0, Bytes::len);
+                drop(black_box(frame));
+            }
+            Poll::Ready(None) => return bytes,
+            Poll::Ready(Some(Err(_))) => panic!("the benchmarked bodies do not fail"),
+            Poll::Pending => panic!("the benchmarked bodies are always ready"),
+        }
+    }
+}
+
+// === Routers ===
+
+/// `chat` over two versions weighted 90/10 on two upstreams, the second
+/// renamed for its upstream (so every request's body is spliced).
+fn router_90_10<S>(blue: S, green: S) -> ModelRouter<S> {
+    ModelRouter::builder()
+        .upstream("blue", blue)
+        .upstream("green", green)
+        .catalog(
+            Catalog::new()
+                .model(Model::new("llama-3.1-8b", "blue"))
+                .model(Model::new("llama-3.3-70b", "green").upstream_model("meta/llama-3.3-70b"))
+                .alias(Alias::new(
+                    "chat",
+                    [("llama-3.1-8b", 90), ("llama-3.3-70b", 10)],
+                )),
+        )
+        .seed(0x5eed)
+        .build()
+        .unwrap()
+}
+
+// === Benchmarks ===
+
+fn model(c: &mut Criterion) {
+    let mut group = c.benchmark_group("model");
+
+    // --- Routing a request ---
+
+    let big = Requests::new(chat_2k());
+    let small = Requests::new(chat_small());
+
+    let mut direct = Target;
+    let mut router = router_90_10(Target, Target);
+    for reqs in [&big, &small] {
+        let res = call_once(&mut router, reqs.build());
+        assert_eq!(res.status(), 200);
+        assert!(res.extensions().get::<ModelChoice>().is_some());
+        assert!(res.headers().contains_key("x-switchyard-model"));
+    }
+
+    group.bench_function("passthrough_2k", |b| {
+        b.iter(|| drop(black_box(call_once(&mut direct, big.build()))));
+    });
+    group.bench_function("select_rewrite_2k", |b| {
+        b.iter(|| drop(black_box(call_once(&mut router, big.build()))));
+    });
+    group.bench_function("passthrough_small", |b| {
+        b.iter(|| drop(black_box(call_once(&mut direct, small.build()))));
+    });
+    group.bench_function("select_rewrite_small", |b| {
+        b.iter(|| drop(black_box(call_once(&mut router, small.build()))));
+    });
+
+    // --- Streaming a response ---
+
+    let events = sse_events();
+    let total: usize = events.iter().map(Bytes::len).sum();
+    let mut direct = Streamer {
+        events: Arc::clone(&events),
+    };
+    let streamer = direct.clone();
+    let mut router = router_90_10(streamer.clone(), streamer);
+    let handle = router.handle();
+
+    // Once, untimed: the usage is counted, on whichever version served.
+    const CHECKS: u64 = 10;
+    let tokens = |h: &switchyard::model::ModelHandle| {
+        ["llama-3.1-8b", "llama-3.3-70b"]
+            .map(|m| h.model_stats(m).unwrap())
+            .iter()
+            .fold((0, 0, 0), |(p, c, f), s| {
+                (
+                    p + s.prompt_tokens,
+                    c + s.completion_tokens,
+                    f + s.in_flight,
+                )
+            })
+    };
+    let before = tokens(&handle);
+    for _ in 0..CHECKS {
+        let res = call_once(&mut router, small.build());
+        assert_eq!(res.status(), 200);
+        assert_eq!(drain(res.into_body()), total);
+    }
+    let after = tokens(&handle);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1, after.2),
+        (CHECKS * PROMPT_TOKENS, CHECKS * COMPLETION_TOKENS, 0),
+        "tokens counted, nothing left in flight"
+    );
+
+    group.bench_function("stream_bare", |b| {
+        b.iter(|| {
+            let res = call_once(&mut direct, small.build());
+            black_box(drain(res.into_body()))
+        });
+    });
+    group.bench_function("stream_scan", |b| {
+        b.iter(|| {
+            let res = call_once(&mut router, small.build());
+            black_box(drain(res.into_body()))
+        });
+    });
+
+    // The drain alone: the call (and the request's routing) in the untimed
+    // setup, the response's head dropped there too.
+    group.bench_function("stream_bare_body", |b| {
+        b.iter_batched(
+            || call_once(&mut direct, small.build()).into_body(),
+            |body| black_box(drain(body)),
+            BatchSize::SmallInput,
+        );
+    });
+    group.bench_function("stream_scan_body", |b| {
+        b.iter_batched(
+            || call_once(&mut router, small.build()).into_body(),
+            |body| black_box(drain(body)),
+            BatchSize::SmallInput,
+        );
+    });
+
+    group.finish();
+
+    let after = tokens(&handle);
+    assert_eq!(after.2, 0, "nothing left in flight");
+}
+
+criterion_group!(benches, model);
+criterion_main!(benches);
