@@ -67,6 +67,49 @@ pub fn code_for(status: StatusCode) -> u16 {
     }
 }
 
+/// The HTTP status class a gRPC status counts as in switchyard's counters:
+/// `OK` is a success (200); the caller's mistakes (`INVALID_ARGUMENT`,
+/// `NOT_FOUND`, `ALREADY_EXISTS`, `PERMISSION_DENIED`,
+/// `RESOURCE_EXHAUSTED`, `FAILED_PRECONDITION`, `ABORTED`, `OUT_OF_RANGE`,
+/// `UNAUTHENTICATED`, `CANCELLED`) are 4xx; the server's (`UNKNOWN`,
+/// `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`,
+/// `DATA_LOSS`, and unknown codes) are 5xx.
+pub fn http_status_for(code: u16) -> StatusCode {
+    match code {
+        0 => StatusCode::OK,
+        1 => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        3 | 9 | 11 => StatusCode::BAD_REQUEST,
+        5 => StatusCode::NOT_FOUND,
+        6 | 10 => StatusCode::CONFLICT,
+        7 => StatusCode::FORBIDDEN,
+        8 => StatusCode::TOO_MANY_REQUESTS,
+        16 => StatusCode::UNAUTHORIZED,
+        4 => StatusCode::GATEWAY_TIMEOUT,
+        12 => StatusCode::NOT_IMPLEMENTED,
+        14 => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The `grpc-status` in a header map (a trailers-only response's headers,
+/// or a response's trailers).
+pub fn status_in(headers: &HeaderMap) -> Option<u16> {
+    headers.get(GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The status a response counts as: its HTTP status, or for a gRPC
+/// response with its `grpc-status` in the headers (trailers-only), the
+/// class of that.
+pub fn effective_status(status: StatusCode, headers: &HeaderMap) -> StatusCode {
+    if status == StatusCode::OK
+        && is_grpc(headers)
+        && let Some(code) = status_in(headers)
+    {
+        return http_status_for(code);
+    }
+    status
+}
+
 /// Bytes the gRPC spec wants percent-encoded in `grpc-message`: outside
 /// printable ASCII, and `%` itself.
 const MESSAGE: &AsciiSet = &CONTROLS.add(b'%');

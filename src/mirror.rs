@@ -38,7 +38,8 @@
 //!   with a marker header (`x-switchyard-mirror: 1`).
 //! * A body is buffered up to [`MirrorBuilder::body_limit`] to be copied; a
 //!   larger one is not mirrored (counted) and the primary still gets every
-//!   byte.
+//!   byte. A body that fails while it is read is answered 400 (as
+//!   `transform` does): neither service sees a cut-off body.
 //! * Shadow calls run on their own tokio tasks, at most
 //!   [`MirrorBuilder::max_concurrent`] at once: beyond that, copies are
 //!   dropped (counted), so a slow shadow never holds up the primary. Each
@@ -66,8 +67,10 @@ use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tower::{Layer, Service, ServiceExt};
 
-use crate::body::{Collector, RequestBody};
+use crate::body::{CollectError, Collector, RequestBody, ResponseBody};
+use crate::future::Rejection;
 use crate::metrics::{HistogramSnapshot, LatencyHistogram};
+use crate::problem::Problem;
 use crate::rng::RngSource;
 
 /// The marker header on mirrored requests.
@@ -246,6 +249,7 @@ struct Counters {
     not_sampled: AtomicU64,
     skipped_method: AtomicU64,
     too_large: AtomicU64,
+    body_errors: AtomicU64,
     dropped: AtomicU64,
     shadow_errors: AtomicU64,
     shadow_timeouts: AtomicU64,
@@ -283,6 +287,7 @@ impl MirrorHandle {
             not_sampled: c.not_sampled.load(Relaxed),
             skipped_method: c.skipped_method.load(Relaxed),
             too_large: c.too_large.load(Relaxed),
+            body_errors: c.body_errors.load(Relaxed),
             dropped: c.dropped.load(Relaxed),
             shadow_errors: c.shadow_errors.load(Relaxed),
             shadow_timeouts: c.shadow_timeouts.load(Relaxed),
@@ -311,6 +316,9 @@ pub struct MirrorStats {
     pub skipped_method: u64,
     /// Requests not mirrored because their body is over the limit.
     pub too_large: u64,
+    /// Requests whose body failed while it was read for mirroring: they
+    /// are answered 400 and reach neither service.
+    pub body_errors: u64,
     /// Copies dropped because `max_concurrent` shadow calls were running.
     pub dropped: u64,
     /// Shadow calls that failed without a response.
@@ -719,10 +727,9 @@ where
                                 report,
                             }
                         }
-                        Err(_) => {
-                            // Too large (or failing): not mirrored, and the
-                            // primary gets every byte read, then the rest
-                            // (a body error shows up where it happened).
+                        Err(CollectError::TooLarge) => {
+                            // Not mirrored; the primary gets every byte read,
+                            // then the rest.
                             stats.stats.too_large.fetch_add(1, Relaxed);
                             let req =
                                 Request::from_parts(head, RequestBody::replay(collected, rest));
@@ -730,6 +737,19 @@ where
                                 future: inner.call(req),
                                 report: None,
                             }
+                        }
+                        Err(CollectError::Body(_)) => {
+                            // The client's body failed: the primary must not
+                            // see a cut-off body that looks whole.
+                            stats.stats.body_errors.fetch_add(1, Relaxed);
+                            let rejection = Rejection::new(
+                                Problem::new(StatusCode::BAD_REQUEST)
+                                    .detail("the request body failed while it was being read"),
+                            )
+                            .for_request(&head.headers);
+                            return Poll::Ready(Ok(rejection
+                                .into_response()
+                                .map(|inner| MirrorBody { inner, tee: None })));
                         }
                     }
                 }
@@ -753,7 +773,10 @@ where
                                 }
                                 None => None,
                             };
-                            Ok(res.map(|inner| MirrorBody { inner, tee }))
+                            Ok(res.map(|b| MirrorBody {
+                                inner: ResponseBody::new(b),
+                                tee,
+                            }))
                         }
                         Err(e) => {
                             if let Some(r) = report.as_mut() {
@@ -773,11 +796,13 @@ where
 
 pin_project! {
     /// Response body of [`Mirror`]: the primary's body, passed through
-    /// untouched. When JSON bodies are compared, a copy (up to the limit)
-    /// is taken as the chunks pass and handed to the comparison at the end.
+    /// untouched (or the layer's own 400 when the request's body failed
+    /// while it was read). When JSON bodies are compared, a copy (up to the
+    /// limit) is taken as the chunks pass and handed to the comparison at
+    /// the end.
     pub struct MirrorBody<B> {
         #[pin]
-        inner: B,
+        inner: ResponseBody<B>,
         tee: Option<Tee>,
     }
 }
@@ -807,8 +832,8 @@ impl Tee {
 }
 
 impl<B> MirrorBody<B> {
-    /// The primary's body.
-    pub fn into_inner(self) -> B {
+    /// The body without the comparison copy.
+    pub fn into_inner(self) -> ResponseBody<B> {
         self.inner
     }
 }

@@ -3,7 +3,8 @@
 //! [`Upstream`] is a tower `Service` that sends each request to an upstream
 //! base URL over a pooled hyper client (HTTP/1.1 keep-alive, or h2c for
 //! gRPC upstreams), with a proxy's manners: hop-by-hop headers removed both
-//! ways, `X-Forwarded-*` added, `Host` set to the upstream, bodies and
+//! ways, `X-Forwarded-For` appended, `X-Forwarded-Proto` and
+//! `X-Forwarded-Host` set to what this hop saw, `Host` set to the upstream, bodies and
 //! trailers streamed both ways, and failures answered as problem+json
 //! (502 when the upstream cannot be reached, 504 when it does not answer
 //! in time) so that a [`Split`](crate::split::Split) counts them against
@@ -152,9 +153,12 @@ impl UpstreamBuilder {
         self
     }
 
-    /// How long to wait for the response headers once the request is sent
-    /// (no limit by default). Past it the client gets a 504. The body is
-    /// not limited: streams may last.
+    /// How long to wait for the response headers once the request is handed
+    /// to the connection pool (no limit by default). Past it the client
+    /// gets a 504. When a new connection must be opened first, connecting
+    /// counts too (the pool does not say when the request goes out), so
+    /// keep it above the connect timeout: an unreachable upstream then
+    /// gets its 502. The body is not limited: streams may last.
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = Some(timeout);
         self
@@ -375,19 +379,27 @@ impl Inner {
         const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
         const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
         if let Some(ip) = peer {
-            let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-                Some(prior) => format!("{prior}, {ip}"),
-                None => ip.to_string(),
-            };
+            // Several `X-Forwarded-For` lines are one list (RFC 9110
+            // section 5.3): keep all of it, then add the peer.
+            let mut value = String::new();
+            for prior in headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok()) {
+                value.push_str(prior);
+                value.push_str(", ");
+            }
+            value.push_str(&ip.to_string());
             if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.insert(XFF, v);
             }
         }
-        if !headers.contains_key(&XFP) {
-            headers.insert(XFP, HeaderValue::from_static("http"));
-        }
-        if let (Some(host), false) = (host, headers.contains_key(&XFH)) {
-            headers.insert(XFH, host.clone());
+        // What this hop saw, not what the client claims.
+        headers.insert(XFP, HeaderValue::from_static("http"));
+        match host {
+            Some(host) => {
+                headers.insert(XFH, host.clone());
+            }
+            None => {
+                headers.remove(XFH);
+            }
         }
         if self.forwarded {
             let mut element = String::new();

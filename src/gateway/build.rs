@@ -641,7 +641,8 @@ impl Service<Request<GatewayBody>> for Counted {
         let fut = self.inner.call(req);
         Box::pin(async move {
             let res = fut.await?;
-            let class = usize::from(res.status().as_u16() / 100).clamp(1, 5) - 1;
+            let status = crate::grpc::effective_status(res.status(), res.headers());
+            let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
             counters.classes[class].fetch_add(1, Relaxed);
             Ok(res)
         })

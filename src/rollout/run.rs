@@ -371,10 +371,16 @@ impl Runner {
         let step = self.shared.status().step;
         let state = match end {
             Ok(()) => match self.traffic.promote() {
-                Ok(()) => RolloutState::Promoted,
-                Err(e) => RolloutState::Aborted {
-                    reason: format!("promotion failed: {e}"),
-                },
+                Ok(()) => {
+                    self.shared.status().canary_weight = 100;
+                    RolloutState::Promoted
+                }
+                Err(e) => {
+                    self.roll_back().await;
+                    RolloutState::Aborted {
+                        reason: format!("promotion failed: {e}"),
+                    }
+                }
             },
             Err(reason) => {
                 self.roll_back().await;

@@ -20,6 +20,9 @@ pub(crate) struct InFlight {
     /// When the request was sent, on the split's latency clock (0 without
     /// one).
     started: u64,
+    /// A gRPC response whose status comes in the trailers: counted when
+    /// they arrive.
+    grpc_pending: bool,
 }
 
 impl InFlight {
@@ -30,12 +33,30 @@ impl InFlight {
             shared,
             index,
             started,
+            grpc_pending: false,
+        }
+    }
+}
+
+impl InFlight {
+    /// Counts a gRPC status from the trailers.
+    fn grpc_trailers(&mut self, trailers: &http::HeaderMap) {
+        if std::mem::take(&mut self.grpc_pending) {
+            let counters = self.shared.counters(self.index);
+            match crate::grpc::status_in(trailers) {
+                Some(code) => counters.response(crate::grpc::http_status_for(code)),
+                None => counters.body_error(),
+            }
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if self.grpc_pending {
+            // A gRPC stream that ended without a status (cut off).
+            self.shared.counters(self.index).body_error();
+        }
         self.shared.exit(self.index);
     }
 }
@@ -155,12 +176,23 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let in_flight = this.in_flight.take();
+        let mut in_flight = this.in_flight.take();
         match result {
             Ok(mut res) => {
-                if let Some(f) = &in_flight {
+                if let Some(f) = &mut in_flight {
                     let meta = &f.shared.targets[f.index];
-                    meta.counters.response(res.status());
+                    // A gRPC answer's outcome is its grpc-status: in the
+                    // headers (trailers-only) or, later, in the trailers.
+                    let status = res.status();
+                    if status == http::StatusCode::OK
+                        && crate::grpc::is_grpc(res.headers())
+                        && crate::grpc::status_in(res.headers()).is_none()
+                    {
+                        f.grpc_pending = true;
+                    } else {
+                        meta.counters
+                            .response(crate::grpc::effective_status(status, res.headers()));
+                    }
                     if let Some(clock) = &f.shared.clock {
                         let took = clock.now_nanos().saturating_sub(f.started);
                         meta.latency.record(std::time::Duration::from_nanos(took));
@@ -224,11 +256,15 @@ impl<B: Body> Body for SplitBody<B> {
         match &frame {
             None => drop(this.in_flight.take()),
             Some(Err(_)) => {
-                if let Some(f) = this.in_flight.take() {
+                if let Some(mut f) = this.in_flight.take() {
+                    f.grpc_pending = false;
                     f.shared.counters(f.index).body_error();
                 }
             }
-            Some(Ok(_)) => {
+            Some(Ok(frame)) => {
+                if let (Some(f), Some(trailers)) = (this.in_flight.as_mut(), frame.trailers_ref()) {
+                    f.grpc_trailers(trailers);
+                }
                 if this.inner.is_end_stream() {
                     drop(this.in_flight.take());
                 }
