@@ -379,7 +379,13 @@ pub struct TargetStats {
     pub responses: StatusClasses,
     /// Calls that failed with an error instead of a response.
     pub errors: u64,
-    /// Response bodies that failed after the response had started.
+    /// Response bodies that failed after the response had started
+    /// (including gRPC streams cut off before their `grpc-status`).
+    ///
+    /// gRPC responses are counted by their `grpc-status` (see
+    /// [`grpc::http_status_for`](crate::grpc::http_status_for)): from the
+    /// headers of a trailers-only answer, or from the trailers when they
+    /// arrive.
     pub body_errors: u64,
     /// Time to response headers; empty unless the split records latency
     /// ([`SplitBuilder::latency`](super::SplitBuilder::latency)).
