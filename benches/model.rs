@@ -37,6 +37,12 @@
 //!   untimed setup (`iter_batched`), so what differs between them is
 //!   `ModelBody` alone: the tail kept per chunk, the usage scan at the end
 //!   and the in-flight count.
+//! * `stream_layer_body`: the drain of `stream_bare_body` through one
+//!   do-nothing layer, `switchyard::body::ResponseBody::new`: what any
+//!   wrapping body costs here, where a frame costs a few nanoseconds (each
+//!   layer moves every frame once more). `stream_scan_body` −
+//!   `stream_layer_body` is what keeping the tail and reading the usage
+//!   cost.
 //!
 //! The chunks are `Bytes` allocated once and shared, as a server's read
 //! buffer hands them out: the body clones a reference count per chunk.
@@ -64,6 +70,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Empty, Full};
+use switchyard::body::ResponseBody;
 use switchyard::model::{Alias, Catalog, Model, ModelChoice, ModelRouter};
 use tower::{Service, ServiceExt};
 
@@ -415,6 +422,13 @@ fn model(c: &mut Criterion) {
     group.bench_function("stream_bare_body", |b| {
         b.iter_batched(
             || call_once(&mut direct, small.build()).into_body(),
+            |body| black_box(drain(body)),
+            BatchSize::SmallInput,
+        );
+    });
+    group.bench_function("stream_layer_body", |b| {
+        b.iter_batched(
+            || ResponseBody::new(call_once(&mut direct, small.build()).into_body()),
             |body| black_box(drain(body)),
             BatchSize::SmallInput,
         );

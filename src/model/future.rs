@@ -1,4 +1,4 @@
-//! The response future of [`ModelRouter`](super::ModelRouter).
+//! The response future of [`ModelRouter`].
 
 use std::future::Future;
 use std::pin::Pin;
