@@ -1,7 +1,6 @@
 //! [`ModelBody`]: the upstream's response body passed through chunk by
 //! chunk while its token usage is read, or the router's own answer.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -17,9 +16,8 @@ pin_project! {
     /// undelayed, or an answer of the router's own (an error, the model
     /// list).
     ///
-    /// While the upstream's body passes, the last few chunks are kept (by
-    /// reference, not copied) and, when it ends, the last `"usage"` object
-    /// in them is read: OpenAI-style JSON responses and server-sent event
+    /// While the upstream's body passes, its last 4 KiB are copied aside
+    /// and, when it ends, the last `"usage"` object in them is read: OpenAI-style JSON responses and server-sent event
     /// streams both end with it. The version's in-flight count ends when
     /// the body ends or is dropped.
     pub struct ModelBody<B> {
@@ -150,55 +148,56 @@ impl Tracker {
     }
 }
 
-/// The last chunks of a body, by reference.
+/// The last [`TAIL_BYTES`] of a body, copied into a ring as chunks pass.
 ///
 /// Usage sits at the end of a response (the last JSON field, the last
-/// event before `[DONE]`), so the trailing chunks are enough, and keeping
-/// them costs a reference count per chunk instead of a scan of every byte.
-/// The oldest chunk is let go once the newer ones hold [`TAIL_BYTES`]
-/// (or there are [`TAIL_CHUNKS`] of them, which takes 1-byte chunks), so
-/// however a stream is cut into chunks, the last 4 KiB are kept.
-#[derive(Default)]
+/// event before `[DONE]`), so the tail is enough, however the stream is cut
+/// into chunks. Copying a chunk into the ring (a memcpy of its bytes, or of
+/// its last 4 KiB) costs less per chunk than keeping references to the
+/// chunks (two reference-count updates and a queue), and no more memory.
 pub(crate) struct Tail {
-    chunks: VecDeque<Bytes>,
-    /// Bytes in `chunks`.
-    len: usize,
+    ring: Box<[u8]>,
+    /// Where the next byte goes.
+    at: usize,
+    /// Bytes held (up to the ring's size).
+    held: usize,
 }
 
 const TAIL_BYTES: usize = 4096;
-const TAIL_CHUNKS: usize = TAIL_BYTES;
+
+impl Default for Tail {
+    fn default() -> Self {
+        Self {
+            ring: vec![0; TAIL_BYTES].into_boxed_slice(),
+            at: 0,
+            held: 0,
+        }
+    }
+}
 
 impl Tail {
     #[inline]
-    pub(crate) fn push(&mut self, data: &Bytes) {
-        if data.is_empty() {
-            return;
-        }
-        self.len += data.len();
-        self.chunks.push_back(data.clone());
-        while let Some(front) = self.chunks.front() {
-            if self.len - front.len() < TAIL_BYTES && self.chunks.len() <= TAIL_CHUNKS {
-                break;
-            }
-            self.len -= front.len();
-            self.chunks.pop_front();
-        }
+    pub(crate) fn push(&mut self, data: &[u8]) {
+        let cap = self.ring.len();
+        let data = &data[data.len().saturating_sub(cap)..];
+        let first = data.len().min(cap - self.at);
+        self.ring[self.at..self.at + first].copy_from_slice(&data[..first]);
+        let rest = &data[first..];
+        self.ring[..rest.len()].copy_from_slice(rest);
+        self.at = (self.at + data.len()) % cap;
+        self.held = (self.held + data.len()).min(cap);
     }
 
     /// The last `"usage"` object with token counts, as (prompt,
     /// completion).
     pub(crate) fn usage(&self) -> Option<(u64, u64)> {
-        match self.chunks.len() {
-            0 => None,
-            1 => last_usage(&self.chunks[0]),
-            _ => {
-                let mut joined = Vec::with_capacity(self.len);
-                for chunk in &self.chunks {
-                    joined.extend_from_slice(chunk);
-                }
-                last_usage(&joined)
-            }
+        if self.held < self.ring.len() {
+            return last_usage(&self.ring[..self.held]);
         }
+        let mut joined = Vec::with_capacity(self.held);
+        joined.extend_from_slice(&self.ring[self.at..]);
+        joined.extend_from_slice(&self.ring[..self.at]);
+        last_usage(&joined)
     }
 }
 
@@ -277,7 +276,7 @@ mod tests {
         for piece in sse.chunks(7) {
             tail.push(&Bytes::copy_from_slice(piece));
         }
-        assert!(tail.len < TAIL_BYTES + 64);
+        assert_eq!(tail.held, TAIL_BYTES);
         assert_eq!(tail.usage(), Some((3, 4)));
     }
 }

@@ -86,7 +86,7 @@
 //! # Counting tokens
 //!
 //! Responses pass through chunk by chunk, never delayed. The router keeps
-//! references to the last 4 KiB of a JSON or server-sent-event response
+//! a copy of the last 4 KiB of a JSON or server-sent-event response
 //! and, when it ends, reads the last `usage` object
 //! (`prompt_tokens`, `completion_tokens`): OpenAI puts it at the end of a
 //! JSON response and in the final event of a stream (with
