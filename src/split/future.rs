@@ -184,14 +184,15 @@ where
                     // A gRPC answer's outcome is its grpc-status: in the
                     // headers (trailers-only) or, later, in the trailers.
                     let status = res.status();
-                    if status == http::StatusCode::OK
-                        && crate::grpc::is_grpc(res.headers())
-                        && crate::grpc::status_in(res.headers()).is_none()
-                    {
-                        f.grpc_pending = true;
+                    if status == http::StatusCode::OK && crate::grpc::is_grpc(res.headers()) {
+                        match crate::grpc::status_in(res.headers()) {
+                            Some(code) => {
+                                meta.counters.response(crate::grpc::http_status_for(code))
+                            }
+                            None => f.grpc_pending = true,
+                        }
                     } else {
-                        meta.counters
-                            .response(crate::grpc::effective_status(status, res.headers()));
+                        meta.counters.response(status);
                     }
                     if let Some(clock) = &f.shared.clock {
                         let took = clock.now_nanos().saturating_sub(f.started);
