@@ -130,6 +130,9 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// A problem is also an error, so that `?` can carry it.
+impl std::error::Error for Problem {}
+
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl axum::response::IntoResponse for Problem {
