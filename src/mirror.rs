@@ -36,6 +36,9 @@
 //!   generator) whose method is idempotent (`GET`, `HEAD`, `OPTIONS`,
 //!   `TRACE`, `PUT`, `DELETE` by default) is copied to the shadow service
 //!   with a marker header (`x-switchyard-mirror: 1`).
+//!   The copy has the method, URI, version, headers and body, not the
+//!   request's extensions: an `Identity` or `Target` the shadow needs must
+//!   travel as a header (a `transform` rule writing `{identity.id}` does).
 //! * A body is buffered up to [`MirrorBuilder::body_limit`] to be copied; a
 //!   larger one is not mirrored (counted) and the primary still gets every
 //!   byte. A body that fails while it is read is answered 400 (as
