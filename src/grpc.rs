@@ -1,6 +1,8 @@
 //! gRPC-shaped rejections: the one place that decides how a refusal looks
 //! to a gRPC client.
 //!
+//! (`examples/grpc.rs`, `cargo run --example grpc`: a tonic greeter behind a split, auth and a rate limit.)
+//!
 //! Every switchyard layer that refuses a request (authentication, scopes,
 //! rate limits, transformation, the proxy's 502/504, the gateway's 404)
 //! answers a plain HTTP request with its HTTP status and a problem+json

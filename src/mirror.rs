@@ -2,6 +2,8 @@
 //! new version and compare its answers with the stable version's, before
 //! it serves anyone.
 //!
+//! (`examples/compose_axum.rs`, `cargo run --example compose_axum`: every layer, a mirror among them, on one axum app.)
+//!
 //! ```
 //! use std::convert::Infallible;
 //! use http::{Request, Response};

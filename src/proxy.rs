@@ -1,5 +1,7 @@
 //! Forwarding to upstream servers (feature `proxy`).
 //!
+//! (`examples/gateway.rs`, `cargo run --example gateway`: a config-driven gateway forwarding to two upstream servers.)
+//!
 //! [`Upstream`] is a tower `Service` that sends each request to an upstream
 //! base URL over a pooled hyper client (HTTP/1.1 keep-alive, or h2c for
 //! gRPC upstreams), with a proxy's manners: hop-by-hop headers removed both

@@ -1,5 +1,7 @@
 //! Authentication and authorization: who is calling, and may they?
 //!
+//! (`examples/auth.rs`, `cargo run --example auth`: API keys from a digest table, a JWT route, scopes per route and a live revoke.)
+//!
 //! * [`ApiKeyLayer`] authenticates API keys (stored as SHA-256 digests,
 //!   managed live through an [`ApiKeyHandle`]);
 //! * `JwtLayer` (feature `jwt`) authenticates bearer JWTs;

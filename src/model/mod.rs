@@ -1,5 +1,7 @@
 //! Blue/green for AI models: an OpenAI-compatible model-version router.
 //!
+//! (`examples/ai_gateway.rs`, `cargo run --example ai_gateway`: two fake model servers, an alias, a pin, fallback and token counts.)
+//!
 //! Clients keep asking for `"model": "chat"` (an alias) or a concrete
 //! version; a [`ModelRouter`] decides which version serves the request and
 //! which upstream serves that version, rewrites the `model` field to the

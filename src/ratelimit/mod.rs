@@ -1,5 +1,7 @@
 //! Keyed rate limiting with the generic cell rate algorithm (GCRA).
 //!
+//! (`examples/rate_limit.rs`, `cargo run --example rate_limit`: per client IP behind a trusted proxy, per API key with two quotas, and cost-weighted requests.)
+//!
 //! A [`RateLimitLayer`] admits each request if its key (read through a
 //! [`KeyBy`](crate::key::KeyBy): peer IP, client IP behind trusted proxies,
 //! header, custom, global) is within every configured [`Quota`], and

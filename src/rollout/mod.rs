@@ -3,6 +3,8 @@
 //! stable version from live counters, promotes it when the steps are done,
 //! and rolls back by itself when the canary misbehaves.
 //!
+//! (`examples/rollout.rs`, `cargo run --example rollout`: an automated canary aborted by itself when it starts failing.)
+//!
 //! ```
 //! use std::convert::Infallible;
 //! use std::time::Duration;

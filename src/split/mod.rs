@@ -8,7 +8,9 @@
 //! it. See [`Split`] for how a target is chosen (override header, sticky
 //! key, random by weight) and the readiness contract.
 //!
-//! `examples/blue_green.rs` is a complete axum app with admin routes.
+//! `examples/blue_green.rs` is a complete axum app with admin routes;
+//! `examples/canary_sticky.rs` ramps a sticky canary and proves that no user
+//! moves back.
 //!
 //! ```
 //! use std::convert::Infallible;

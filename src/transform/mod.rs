@@ -1,6 +1,8 @@
 //! Request and response rewriting: headers, path, query, method, host and
 //! JSON bodies, declared as [`Rules`] and checked when the layer is built.
 //!
+//! (`examples/transform.rs`, `cargo run --example transform`: rules loaded from TOML in front of an echo handler.)
+//!
 //! ```
 //! use std::convert::Infallible;
 //! use http::{Request, Response};
