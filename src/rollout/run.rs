@@ -329,7 +329,8 @@ struct Window {
 }
 
 enum Wake {
-    Tick,
+    /// A check, at its scheduled instant.
+    Tick(Instant),
     Command(Option<Command>),
     StepDone,
 }
@@ -411,12 +412,13 @@ impl Runner {
     async fn walk(&mut self) -> Result<(), String> {
         self.emit(0, EventKind::State(RolloutState::Running));
         let analysis = self.plan.analysis.clone();
+        let origin = Instant::now();
         let mut ticker =
-            tokio::time::interval_at(Instant::now() + analysis.check_every, analysis.check_every);
+            tokio::time::interval_at(origin + analysis.check_every, analysis.check_every);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut window = Window {
             start: self.traffic.sample(),
-            since: Instant::now(),
+            since: origin,
             fails: 0,
             passes: 0,
         };
@@ -465,7 +467,7 @@ impl Runner {
                     _ => None,
                 };
                 let wake = tokio::select! {
-                    _ = ticker.tick() => Wake::Tick,
+                    at = ticker.tick() => Wake::Tick(at),
                     c = self.commands.recv() => Wake::Command(c),
                     _ = sleep_until(deadline) => Wake::StepDone,
                 };
@@ -494,12 +496,14 @@ impl Runner {
                             self.emit(i, EventKind::State(RolloutState::Running));
                         }
                     }
-                    Wake::Tick => {
+                    Wake::Tick(at) => {
+                        // Windows are measured between scheduled checks,
+                        // so a late timer cannot stretch one by a period.
                         if canary == 0 {
                             // Nothing to judge: the window starts when the
                             // canary gets traffic.
                             window.start = self.traffic.sample();
-                            window.since = Instant::now();
+                            window.since = at;
                             continue;
                         }
                         let now = self.traffic.sample();
@@ -507,7 +511,7 @@ impl Runner {
                             stable: now.stable.since(&window.start.stable),
                             canary: now.canary.since(&window.start.canary),
                         };
-                        let took = window.since.elapsed();
+                        let took = at.saturating_duration_since(window.since);
                         let Some((outcome, c, s, reasons)) =
                             judge(&analysis, &sample, took >= analysis.interval)
                         else {
@@ -524,7 +528,7 @@ impl Runner {
                         let summary = verdict.reasons.join("; ");
                         self.emit(i, EventKind::Verdict(verdict));
                         window.start = now;
-                        window.since = Instant::now();
+                        window.since = at;
                         match outcome {
                             Outcome::Fail => {
                                 window.fails += 1;
