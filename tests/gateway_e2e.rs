@@ -1371,3 +1371,35 @@ async fn metrics_are_valid_prometheus_text() {
         1.0
     );
 }
+
+/// A reload that adds a target to a split keeps the counters of the
+/// targets that stay.
+#[tokio::test]
+async fn reload_adding_a_target_keeps_the_counters_of_the_others() {
+    let h = start().await;
+    for _ in 0..5 {
+        assert_eq!(h.api("/api/before").await.0, StatusCode::OK);
+    }
+    let blue_before = h
+        .gateway
+        .split("api")
+        .unwrap()
+        .target_stats("blue")
+        .unwrap();
+    assert_eq!(blue_before.requests, 5);
+
+    let mut doc = serde_json::to_value(&h.config).unwrap();
+    doc["routes"][0]["split"]["targets"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "name": "canary", "upstream": "green", "weight": 0 }));
+    let config: GatewayConfig = serde_json::from_value(doc).unwrap();
+    h.gateway.reload(config).unwrap();
+
+    let split = h.gateway.split("api").unwrap();
+    assert_eq!(split.targets().count(), 3);
+    assert_eq!(split.target_stats("blue").unwrap().requests, 5);
+    assert_eq!(split.target_stats("canary").unwrap().requests, 0);
+    assert_eq!(h.api("/api/after").await.0, StatusCode::OK);
+    assert_eq!(split.target_stats("blue").unwrap().requests, 6);
+}

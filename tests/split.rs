@@ -1275,3 +1275,57 @@ async fn body_errors_are_counted_and_end_the_flight() {
     drop(body);
     assert_eq!(h.target_stats("blue").unwrap().body_errors, 1);
 }
+
+// === carry over ===
+
+/// A split that replaces another (a third version added) continues the
+/// counters of the targets both have, a request still streaming on the old
+/// split counts in flight on the new one, and `drained` on the new split
+/// wakes when that request ends.
+#[tokio::test(start_paused = true)]
+async fn carry_over_continues_counters_in_flight_and_drains() {
+    let (tap, mut taps) = mpsc::unbounded_channel();
+    let old = Split::builder()
+        .target("blue", streaming("blue", tap.clone()), 100)
+        .target("green", streaming("green", tap.clone()), 0)
+        .seed(7)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        drop(old.clone().oneshot(Request::new(())).await.unwrap());
+        assert_eq!(taps.recv().await.unwrap().0, "blue");
+    }
+    // One request still streaming on the old split's blue.
+    let res = old.clone().oneshot(Request::new(())).await.unwrap();
+    let (_, tx) = taps.recv().await.unwrap();
+    let mut body = res.into_body();
+
+    let new = Split::builder()
+        .target("blue", streaming("blue", tap.clone()), 0)
+        .target("green", streaming("green", tap.clone()), 50)
+        .target("canary", streaming("canary", tap), 50)
+        .carry_over(&old.handle())
+        .seed(7)
+        .build()
+        .unwrap();
+    let handle = new.handle();
+    let blue = handle.target_stats("blue").unwrap();
+    assert_eq!(
+        (blue.requests, blue.in_flight, blue.responses.success),
+        (4, 1, 4)
+    );
+    assert_eq!(handle.target_stats("canary").unwrap().requests, 0);
+
+    let mut drained = handle.drained("blue").unwrap();
+    assert!(
+        poll_once(&mut drained).is_pending(),
+        "drained while the old request streams"
+    );
+    drop(tx);
+    assert!(body.frame().await.is_none());
+    tokio::time::timeout(Duration::from_secs(60), drained)
+        .await
+        .expect("not drained after the old split's request ended");
+    assert_eq!(handle.target_stats("blue").unwrap().in_flight, 0);
+    assert_eq!(old.handle().target_stats("blue").unwrap().in_flight, 0);
+}

@@ -422,6 +422,11 @@ fn build_route(
                 });
             } else if targets.len() == sc.targets.len() {
                 let mut builder = Split::builder().latency(MonotonicClock::new());
+                // Targets that still exist keep their counters and
+                // in-flight counts.
+                if let Some(old_split) = old.and_then(|o| o.split.as_ref()) {
+                    builder = builder.carry_over(&old_split.handle);
+                }
                 for (t, u) in targets {
                     builder = builder.target(t.name.clone(), u, t.weight);
                 }

@@ -42,9 +42,9 @@
 //! (`routes[2].split.targets[1].upstream: unknown upstream "x"`).
 //! [`Gateway::reload`] swaps in a new configuration while serving: requests
 //! under way finish on the old pipeline; rate-limiter state, counters and
-//! in-flight counts carry over for routes and splits that still exist with
-//! the same shape (same targets on the same upstreams); an invalid
-//! configuration is refused and the old one keeps serving.
+//! in-flight counts carry over for routes and targets that still exist (a
+//! split keeps its weight history too when its targets are unchanged); an
+//! invalid configuration is refused and the old one keeps serving.
 //!
 //! `examples/gateway.rs` runs a complete gateway with its admin API.
 

@@ -35,15 +35,18 @@ pub(crate) struct Shared {
     pub(crate) echo_header: Option<HeaderName>,
     /// The clock latency is measured with, when it is.
     pub(crate) clock: Option<Arc<dyn Clock>>,
-    waiters: Waiters,
+    /// Shared with the split this one carried over from, if any.
+    pub(crate) waiters: Arc<Waiters>,
 }
 
 pub(crate) struct TargetMeta {
     pub(crate) target: Target,
     pub(crate) header_value: HeaderValue,
-    pub(crate) counters: Counters,
+    /// Shared with the split this one carried over from, if the target was
+    /// there (see `SplitBuilder::carry_over`).
+    pub(crate) counters: Arc<Counters>,
     /// Time to response headers (recorded when the split has a clock).
-    pub(crate) latency: LatencyHistogram,
+    pub(crate) latency: Arc<LatencyHistogram>,
 }
 
 /// Per-target counters, padded to their own cache lines so that targets
@@ -72,6 +75,7 @@ impl Shared {
         weights: Box<[u32]>,
         echo_header: Option<HeaderName>,
         clock: Option<Arc<dyn Clock>>,
+        waiters: Option<Arc<Waiters>>,
     ) -> Result<Self, SplitError> {
         let snapshot = Snapshot::new(weights)?;
         Ok(Self {
@@ -81,7 +85,7 @@ impl Shared {
             history: Mutex::new(Vec::new()),
             echo_header,
             clock,
-            waiters: Waiters::default(),
+            waiters: waiters.unwrap_or_default(),
         })
     }
 
@@ -489,7 +493,7 @@ impl std::fmt::Debug for Drained {
 /// `count` lets the request path skip the lock entirely while nobody waits,
 /// which is nearly always.
 #[derive(Default)]
-struct Waiters {
+pub(crate) struct Waiters {
     count: AtomicUsize,
     next_id: AtomicU64,
     list: Mutex<Vec<(u64, Waker)>>,

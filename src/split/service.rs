@@ -10,7 +10,7 @@ use tower::Service;
 
 use super::SplitError;
 use super::future::{Dispatch, InFlight, ResponseFuture, SplitBody};
-use super::handle::{Counters, Shared, SplitHandle, TargetMeta};
+use super::handle::{Shared, SplitHandle, TargetMeta};
 use super::weights::View;
 use crate::key::{HashSeed, Key, KeyBy};
 use crate::ratelimit::Clock;
@@ -289,6 +289,7 @@ pub struct SplitBuilder<S> {
     echo_header: Option<HeaderName>,
     rng: RngSource,
     clock: Option<Arc<dyn Clock>>,
+    carry_over: Option<Arc<Shared>>,
 }
 
 impl<S> SplitBuilder<S> {
@@ -301,6 +302,7 @@ impl<S> SplitBuilder<S> {
             echo_header: None,
             rng: RngSource::Thread,
             clock: None,
+            carry_over: None,
         }
     }
 
@@ -358,6 +360,18 @@ impl<S> SplitBuilder<S> {
         self
     }
 
+    /// Continues the counters of `from`'s targets: a target of the new
+    /// split with the name of one of `from`'s shares its counters, latency
+    /// histogram and in-flight count (requests still running on `from`
+    /// count on it, and end on it), and `drained` futures of either split
+    /// are woken by both. What replacing a split whose set of targets
+    /// changes (a third version) needs to keep its history; weights and
+    /// their rollback history start afresh.
+    pub fn carry_over(mut self, from: &SplitHandle) -> Self {
+        self.carry_over = Some(Arc::clone(&from.shared));
+        self
+    }
+
     /// Random selection from a seeded generator (xoshiro256++), for
     /// repeatable tests and simulations. The generator is shared by all
     /// clones of the split, so the sequence of picks is fixed for a fixed
@@ -410,14 +424,20 @@ impl<S> SplitBuilder<S> {
             if metas.iter().any(|m: &TargetMeta| m.target.name() == name) {
                 return Err(SplitError::DuplicateTarget(name));
             }
+            let carried = self.carry_over.as_ref().and_then(|from| {
+                let meta = from.targets.iter().find(|m| m.target.name() == name)?;
+                Some((Arc::clone(&meta.counters), Arc::clone(&meta.latency)))
+            });
             metas.push(TargetMeta {
                 target: Target {
                     name: intern(&name),
                     index,
                 },
                 header_value,
-                counters: Counters::default(),
-                latency: Default::default(),
+                counters: carried
+                    .as_ref()
+                    .map_or_else(Default::default, |(c, _)| Arc::clone(c)),
+                latency: carried.map_or_else(Default::default, |(_, l)| l),
             });
             services.push(service);
             weights.push(weight);
@@ -426,7 +446,17 @@ impl<S> SplitBuilder<S> {
             .iter()
             .map(|m| Key::from(m.target.name()).stable_hash(TARGET_SEED))
             .collect();
-        let shared = Shared::new(metas.into(), weights.into(), self.echo_header, self.clock)?;
+        let waiters = self
+            .carry_over
+            .as_ref()
+            .map(|from| Arc::clone(&from.waiters));
+        let shared = Shared::new(
+            metas.into(),
+            weights.into(),
+            self.echo_header,
+            self.clock,
+            waiters,
+        )?;
         Ok(Split {
             services,
             shared: Arc::new(shared),
