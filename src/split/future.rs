@@ -27,6 +27,7 @@ pub(crate) struct InFlight {
 
 impl InFlight {
     /// Takes over a request already counted in flight by `Shared::enter`.
+    #[inline]
     pub(crate) fn adopt(shared: Arc<Shared>, index: usize) -> Self {
         let started = shared.clock.as_ref().map_or(0, |c| c.now_nanos());
         Self {
@@ -40,6 +41,7 @@ impl InFlight {
 
 impl InFlight {
     /// Counts a gRPC status from the trailers.
+    #[cold]
     fn grpc_trailers(&mut self, trailers: &http::HeaderMap) {
         if std::mem::take(&mut self.grpc_pending) {
             let counters = self.shared.counters(self.index);
@@ -52,12 +54,20 @@ impl InFlight {
 }
 
 impl Drop for InFlight {
+    #[inline]
     fn drop(&mut self) {
         if self.grpc_pending {
-            // A gRPC stream that ended without a status (cut off).
-            self.shared.counters(self.index).body_error();
+            self.cut_off();
         }
         self.shared.exit(self.index);
+    }
+}
+
+impl InFlight {
+    /// A gRPC stream that ended without a status.
+    #[cold]
+    fn cut_off(&self) {
+        self.shared.counters(self.index).body_error();
     }
 }
 
@@ -180,24 +190,18 @@ where
         match result {
             Ok(mut res) => {
                 if let Some(f) = &mut in_flight {
-                    let meta = &f.shared.targets[f.index];
                     // A gRPC answer's outcome is its grpc-status: in the
                     // headers (trailers-only) or, later, in the trailers.
                     let status = res.status();
                     if status == http::StatusCode::OK && crate::grpc::is_grpc(res.headers()) {
-                        match crate::grpc::status_in(res.headers()) {
-                            Some(code) => {
-                                meta.counters.response(crate::grpc::http_status_for(code))
-                            }
-                            None => f.grpc_pending = true,
-                        }
+                        count_grpc(f, res.headers());
                     } else {
-                        meta.counters.response(status);
+                        f.shared.counters(f.index).response(status);
                     }
-                    if let Some(clock) = &f.shared.clock {
-                        let took = clock.now_nanos().saturating_sub(f.started);
-                        meta.latency.record(std::time::Duration::from_nanos(took));
+                    if f.shared.clock.is_some() {
+                        record_latency(f);
                     }
+                    let meta = &f.shared.targets[f.index];
                     if let Some(name) = &f.shared.echo_header {
                         res.headers_mut()
                             .insert(name.clone(), meta.header_value.clone());
@@ -212,6 +216,29 @@ where
                 Poll::Ready(Err(e))
             }
         }
+    }
+}
+
+/// Counts a gRPC answer: its status now (trailers-only) or when the
+/// trailers come.
+#[cold]
+fn count_grpc(f: &mut InFlight, headers: &http::HeaderMap) {
+    match crate::grpc::status_in(headers) {
+        Some(code) => f
+            .shared
+            .counters(f.index)
+            .response(crate::grpc::http_status_for(code)),
+        None => f.grpc_pending = true,
+    }
+}
+
+#[cold]
+fn record_latency(f: &InFlight) {
+    if let Some(clock) = &f.shared.clock {
+        let took = clock.now_nanos().saturating_sub(f.started);
+        f.shared.targets[f.index]
+            .latency
+            .record(std::time::Duration::from_nanos(took));
     }
 }
 
