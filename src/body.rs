@@ -27,7 +27,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -460,4 +461,69 @@ impl Collector {
             ended: self.ended,
         }
     }
+}
+
+// === what the layers that read bodies check ===
+
+/// Whether a `Content-Type` is JSON: `application/json` or
+/// `application/*+json`, any parameters.
+#[cfg_attr(
+    not(any(feature = "transform", feature = "json", feature = "mirror")),
+    allow(dead_code)
+)]
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+/// Whether a body is content-encoded (gzip, ...): its bytes are not the
+/// text its `Content-Type` names.
+#[cfg_attr(not(any(feature = "transform", feature = "json")), allow(dead_code))]
+pub(crate) fn is_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+/// The declared `Content-Length`, if it parses.
+#[cfg_attr(
+    not(any(feature = "transform", feature = "json", feature = "mirror")),
+    allow(dead_code)
+)]
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether a body is known, before it is read, to be longer than `limit`:
+/// by its `Content-Length` or by its own size hint.
+#[cfg_attr(
+    not(any(feature = "transform", feature = "json", feature = "mirror")),
+    allow(dead_code)
+)]
+pub(crate) fn over_limit<B: Body>(headers: &HeaderMap, body: &B, limit: usize) -> bool {
+    let limit = limit as u64;
+    content_length(headers).unwrap_or(0) > limit || body.size_hint().lower() > limit
+}
+
+/// Sets `Content-Length` for a rewritten body (and drops any
+/// `Transfer-Encoding`).
+#[cfg_attr(not(any(feature = "transform", feature = "json")), allow(dead_code))]
+pub(crate) fn set_length(headers: &mut HeaderMap, len: usize) {
+    headers.remove(TRANSFER_ENCODING);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
 }

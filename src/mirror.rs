@@ -63,7 +63,6 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::CONTENT_TYPE;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -72,7 +71,7 @@ use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tower::{Layer, Service, ServiceExt};
 
-use crate::body::{CollectError, Collector, RequestBody, ResponseBody};
+use crate::body::{CollectError, Collector, RequestBody, ResponseBody, is_json};
 use crate::future::Rejection;
 use crate::metrics::{HistogramSnapshot, LatencyHistogram};
 use crate::problem::Problem;
@@ -411,13 +410,7 @@ where
             return ResponseFuture::plain(self.inner.call(req.map(RequestBody::new)));
         }
         let (head, body) = req.into_parts();
-        let declared = head
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-        if declared.unwrap_or(0) > shared.body_limit as u64
-            || body.size_hint().lower() > shared.body_limit as u64
-        {
+        if crate::body::over_limit(&head.headers, &body, shared.body_limit) {
             stats.too_large.fetch_add(1, Relaxed);
             return ResponseFuture::plain(
                 self.inner
@@ -583,21 +576,6 @@ async fn shadow_call<M, MB>(
             _ => stats.body_mismatches.fetch_add(1, Relaxed),
         };
     }
-}
-
-fn is_json(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let essence = ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            essence == "application/json" || essence.ends_with("+json")
-        })
 }
 
 /// Sends the primary's outcome to the shadow's task.

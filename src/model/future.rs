@@ -7,7 +7,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
@@ -355,15 +355,17 @@ where
 /// Whether a response's usage can be read: JSON or an event stream, not
 /// content-encoded.
 fn scans_usage(headers: &http::HeaderMap) -> bool {
-    if headers.contains_key(CONTENT_ENCODING) {
+    if crate::body::is_encoded(headers) {
         return false;
     }
-    let Some(ct) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let essence = ct.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("text/event-stream")
-        || essence.eq_ignore_ascii_case("application/json")
+    let event_stream = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("text/event-stream")
+        });
+    event_stream || crate::body::is_json(headers)
 }
 
 impl<S, ReqB> std::fmt::Debug for ResponseFuture<S, ReqB>

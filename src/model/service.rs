@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -321,11 +320,7 @@ where
         match &self.config.source {
             ModelSource::Body => {
                 let limit = self.config.body_limit;
-                let declared = head
-                    .headers
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-                if declared.unwrap_or(0) > limit as u64 || body.size_hint().lower() > limit as u64 {
+                if crate::body::over_limit(&head.headers, &body, limit) {
                     return ResponseFuture::error(too_large(limit));
                 }
                 if body.is_end_stream() {
@@ -453,8 +448,7 @@ pub(crate) fn splice(body: &Bytes, span: (usize, usize), json_name: &Bytes) -> B
 
 /// Sets `Content-Length` for a rewritten body.
 pub(crate) fn set_length(head: &mut Parts, len: usize) {
-    head.headers.remove(TRANSFER_ENCODING);
-    head.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    crate::body::set_length(&mut head.headers, len);
 }
 
 // === ModelRouterBuilder ===

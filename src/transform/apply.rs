@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::sync::Arc;
 
-use http::header::{CONTENT_TYPE, Entry, HOST};
+use http::header::{Entry, HOST};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
@@ -13,6 +13,7 @@ use regex::Captures;
 
 use super::compile::{Compiled, Headers, Match, Query, Set, Value, When};
 use super::template::{Context, Escape, decode_component, encode_component};
+pub(crate) use crate::body::is_json;
 use crate::future::Rejection;
 use crate::problem::Problem;
 
@@ -445,21 +446,6 @@ fn bad_uri() -> Rejection {
     )
 }
 
-/// Whether a `Content-Type` is JSON: `application/json` or
-/// `application/*+json`, any parameters.
-pub(crate) fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let essence = value.split(';').next().unwrap_or("").trim();
-    let Some((kind, sub)) = essence.split_once('/') else {
-        return false;
-    };
-    kind.eq_ignore_ascii_case("application")
-        && (sub.eq_ignore_ascii_case("json")
-            || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,6 +460,7 @@ mod tests {
 
     #[test]
     fn json_media_types() {
+        use http::header::CONTENT_TYPE;
         let h = |v: &'static str| {
             let mut m = HeaderMap::new();
             m.insert(CONTENT_TYPE, HeaderValue::from_static(v));

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, request, response};
+use http::header::{CONTENT_TYPE, TRANSFER_ENCODING};
+use http::{HeaderMap, Request, Response, StatusCode, request, response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::Service;
@@ -18,7 +18,10 @@ use super::compile::Compiled;
 use super::json::{self, BodyOp, RewriteError};
 use super::rules::NonJson;
 use super::service::Shared;
-use crate::body::{CollectError, Collector, RequestBody, ResponseBody};
+use crate::body::{
+    CollectError, Collector, RequestBody, ResponseBody, content_length, is_encoded, over_limit,
+    set_length,
+};
 use crate::future::Rejection;
 use crate::problem::Problem;
 
@@ -153,7 +156,7 @@ where
         };
     }
     let limit = rules.body_limit;
-    if declared.unwrap_or(0) > limit as u64 || body.size_hint().lower() > limit as u64 {
+    if over_limit(&parts.headers, &body, limit) {
         stats.rejected_large.fetch_add(1, Relaxed);
         return ResponseFuture::rejected(too_large(limit).for_request(&parts.headers));
     }
@@ -264,11 +267,9 @@ where
                         )));
                     }
                     let limit = plan.rules.body_limit;
-                    let declared = content_length(&parts.headers).unwrap_or(0);
                     if !is_json(&parts.headers)
                         || is_encoded(&parts.headers)
-                        || declared > limit as u64
-                        || body.size_hint().lower() > limit as u64
+                        || over_limit(&parts.headers, &body, limit)
                     {
                         shared.stats.response_passed.fetch_add(1, Relaxed);
                         plan.body.clear();
@@ -374,30 +375,6 @@ fn polled_after_completion<B>() -> Response<ResponseBody<B>> {
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR)
         .detail("response future polled after completion")
         .into_response()
-}
-
-/// Whether a body is content-encoded (gzip, ...): its bytes are not the
-/// JSON text.
-fn is_encoded(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn set_length(headers: &mut HeaderMap, len: usize) {
-    headers.remove(TRANSFER_ENCODING);
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
 }
 
 /// Whether a response with this status can carry a body.
