@@ -42,18 +42,96 @@ pin_project! {
 }
 
 pin_project! {
+    /// What both [`ResponseBody`] and [`RequestBody`] are.
     #[project = KindProj]
     enum Kind<B> {
+        // The body, passed through.
         Inner { #[pin] body: B },
-        Full { data: Option<Bytes> },
-        Replay {
-            prefix: Option<Bytes>,
+        // Bytes a layer holds (a body it wrote, or read and kept), their
+        // trailers, then the rest of the body it read them from, if any.
+        Held {
+            data: Option<Bytes>,
             trailers: Option<HeaderMap>,
-            ended: bool,
             // Boxed: the layer polled it inside its own pinned future before
             // deciding to hand it on, and a pinned value cannot move.
-            rest: Pin<Box<B>>,
+            rest: Option<Pin<Box<B>>>,
         },
+    }
+}
+
+impl<B> Kind<B> {
+    fn held(data: Bytes, trailers: Option<HeaderMap>, rest: Option<Pin<Box<B>>>) -> Self {
+        Kind::Held {
+            data: (!data.is_empty()).then_some(data),
+            trailers,
+            rest,
+        }
+    }
+
+    /// What a layer read of `rest` (every byte), then the rest.
+    fn replay(read: Collected, rest: Pin<Box<B>>) -> Self {
+        Self::held(read.data, read.trailers, (!read.ended).then_some(rest))
+    }
+}
+
+impl<B: Body<Data = Bytes>> Kind<B> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project() {
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Held {
+                data,
+                trailers,
+                rest,
+            } => {
+                if let Some(data) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                if let Some(trailers) = trailers.take() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                match rest {
+                    Some(rest) => rest.as_mut().poll_frame(cx),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Held {
+                data,
+                trailers,
+                rest,
+            } => {
+                data.is_none()
+                    && trailers.is_none()
+                    && rest.as_ref().is_none_or(|r| r.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Held { data, rest, .. } => {
+                let held = data.as_ref().map_or(0, |d| d.len() as u64);
+                let Some(rest) = rest else {
+                    return SizeHint::with_exact(held);
+                };
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(held));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(held));
+                }
+                hint
+            }
+        }
     }
 }
 
@@ -67,19 +145,14 @@ impl<B> ResponseBody<B> {
 
     /// A complete body written by a layer.
     pub fn full(data: impl Into<Bytes>) -> Self {
-        let data: Bytes = data.into();
         Self {
-            kind: Kind::Full {
-                data: (!data.is_empty()).then_some(data),
-            },
+            kind: Kind::held(data.into(), None, None),
         }
     }
 
     /// An empty body written by a layer.
     pub fn empty() -> Self {
-        Self {
-            kind: Kind::Full { data: None },
-        }
+        Self::full(Bytes::new())
     }
 
     /// The part of `rest` a layer already read (as [`Collected`]), then
@@ -88,12 +161,7 @@ impl<B> ResponseBody<B> {
     #[cfg_attr(not(feature = "transform"), allow(dead_code))]
     pub(crate) fn replay(read: Collected, rest: Pin<Box<B>>) -> Self {
         Self {
-            kind: Kind::Replay {
-                prefix: (!read.data.is_empty()).then_some(read.data),
-                trailers: read.trailers,
-                ended: read.ended,
-                rest,
-            },
+            kind: Kind::replay(read, rest),
         }
     }
 }
@@ -109,89 +177,33 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
-            KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Replay {
-                prefix,
-                trailers,
-                ended,
-                rest,
-            } => poll_replay(prefix, trailers, *ended, rest, cx),
-        }
+        self.project().kind.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Inner { body } => body.is_end_stream(),
-            Kind::Full { data } => data.is_none(),
-            Kind::Replay {
-                prefix,
-                trailers,
-                ended,
-                rest,
-            } => prefix.is_none() && trailers.is_none() && (*ended || rest.is_end_stream()),
-        }
+        self.kind.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Inner { body } => body.size_hint(),
-            Kind::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-            Kind::Replay {
-                prefix,
-                ended,
-                rest,
-                ..
-            } => replay_hint(prefix.as_ref(), *ended, rest.size_hint()),
-        }
+        self.kind.size_hint()
     }
 }
 
 impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.kind {
-            Kind::Inner { .. } => f.write_str("ResponseBody::Inner(..)"),
-            Kind::Full { data } => f.debug_tuple("ResponseBody::Full").field(data).finish(),
-            Kind::Replay { .. } => f.write_str("ResponseBody::Replay(..)"),
-        }
+        describe(&self.kind, f, "ResponseBody")
     }
 }
 
-/// A replayed body's next frame: what was read, then the rest.
-fn poll_replay<B: Body<Data = Bytes>>(
-    prefix: &mut Option<Bytes>,
-    trailers: &mut Option<HeaderMap>,
-    ended: bool,
-    rest: &mut Pin<Box<B>>,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-    if let Some(data) = prefix.take() {
-        return Poll::Ready(Some(Ok(Frame::data(data))));
+/// `Kind::describe` without the `Body` bound `Debug` impls cannot ask for.
+fn describe<B>(kind: &Kind<B>, f: &mut std::fmt::Formatter<'_>, name: &str) -> std::fmt::Result {
+    match kind {
+        Kind::Inner { .. } => write!(f, "{name}::Inner(..)"),
+        Kind::Held {
+            data, rest: None, ..
+        } => f.debug_tuple(&format!("{name}::Full")).field(data).finish(),
+        Kind::Held { .. } => write!(f, "{name}::Replay(..)"),
     }
-    if let Some(trailers) = trailers.take() {
-        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-    }
-    if ended {
-        return Poll::Ready(None);
-    }
-    rest.as_mut().poll_frame(cx)
-}
-
-/// A replayed body's size: what was read plus what is left.
-fn replay_hint(prefix: Option<&Bytes>, ended: bool, rest: SizeHint) -> SizeHint {
-    let read = prefix.map_or(0, |d| d.len() as u64);
-    if ended {
-        return SizeHint::with_exact(read);
-    }
-    let mut hint = SizeHint::new();
-    hint.set_lower(rest.lower().saturating_add(read));
-    if let Some(upper) = rest.upper() {
-        hint.set_upper(upper.saturating_add(read));
-    }
-    hint
 }
 
 // === impl RequestBody ===
@@ -213,22 +225,7 @@ pin_project! {
     /// ```
     pub struct RequestBody<B> {
         #[pin]
-        kind: RequestKind<B>,
-    }
-}
-
-pin_project! {
-    #[project = RequestKindProj]
-    enum RequestKind<B> {
-        Inner { #[pin] body: B },
-        Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
-        Replay {
-            prefix: Option<Bytes>,
-            trailers: Option<HeaderMap>,
-            ended: bool,
-            // Boxed for the same reason as `ResponseBody`'s.
-            rest: Pin<Box<B>>,
-        },
+        kind: Kind<B>,
     }
 }
 
@@ -236,7 +233,7 @@ impl<B> RequestBody<B> {
     /// The client's body, passed through.
     pub fn new(body: B) -> Self {
         Self {
-            kind: RequestKind::Inner { body },
+            kind: Kind::Inner { body },
         }
     }
 
@@ -244,10 +241,7 @@ impl<B> RequestBody<B> {
     #[cfg_attr(not(feature = "transform"), allow(dead_code))]
     pub(crate) fn full(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
-            kind: RequestKind::Full {
-                data: (!data.is_empty()).then_some(data),
-                trailers,
-            },
+            kind: Kind::held(data, trailers, None),
         }
     }
 
@@ -255,18 +249,13 @@ impl<B> RequestBody<B> {
     #[cfg_attr(not(feature = "mirror"), allow(dead_code))]
     pub(crate) fn replay(read: Collected, rest: Pin<Box<B>>) -> Self {
         Self {
-            kind: RequestKind::Replay {
-                prefix: (!read.data.is_empty()).then_some(read.data),
-                trailers: read.trailers,
-                ended: read.ended,
-                rest,
-            },
+            kind: Kind::replay(read, rest),
         }
     }
 
     /// Whether this is the client's body, streamed through untouched.
     pub fn is_streamed(&self) -> bool {
-        matches!(self.kind, RequestKind::Inner { .. })
+        matches!(self.kind, Kind::Inner { .. })
     }
 }
 
@@ -281,59 +270,21 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
-            RequestKindProj::Inner { body } => body.poll_frame(cx),
-            RequestKindProj::Full { data, trailers } => Poll::Ready(match data.take() {
-                Some(d) => Some(Ok(Frame::data(d))),
-                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
-            }),
-            RequestKindProj::Replay {
-                prefix,
-                trailers,
-                ended,
-                rest,
-            } => poll_replay(prefix, trailers, *ended, rest, cx),
-        }
+        self.project().kind.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            RequestKind::Inner { body } => body.is_end_stream(),
-            RequestKind::Full { data, trailers } => data.is_none() && trailers.is_none(),
-            RequestKind::Replay {
-                prefix,
-                trailers,
-                ended,
-                rest,
-            } => prefix.is_none() && trailers.is_none() && (*ended || rest.is_end_stream()),
-        }
+        self.kind.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            RequestKind::Inner { body } => body.size_hint(),
-            RequestKind::Full { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-            RequestKind::Replay {
-                prefix,
-                ended,
-                rest,
-                ..
-            } => replay_hint(prefix.as_ref(), *ended, rest.size_hint()),
-        }
+        self.kind.size_hint()
     }
 }
 
 impl<B> std::fmt::Debug for RequestBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.kind {
-            RequestKind::Inner { .. } => f.write_str("RequestBody::Inner(..)"),
-            RequestKind::Full { data, .. } => {
-                f.debug_tuple("RequestBody::Full").field(data).finish()
-            }
-            RequestKind::Replay { .. } => f.write_str("RequestBody::Replay(..)"),
-        }
+        describe(&self.kind, f, "RequestBody")
     }
 }
 
