@@ -75,6 +75,7 @@ impl<B> Kind<B> {
 }
 
 impl<B: Body<Data = Bytes>> Kind<B> {
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -85,18 +86,7 @@ impl<B: Body<Data = Bytes>> Kind<B> {
                 data,
                 trailers,
                 rest,
-            } => {
-                if let Some(data) = data.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                if let Some(trailers) = trailers.take() {
-                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                }
-                match rest {
-                    Some(rest) => rest.as_mut().poll_frame(cx),
-                    None => Poll::Ready(None),
-                }
-            }
+            } => poll_held(data, trailers, rest, cx),
         }
     }
 
@@ -173,6 +163,7 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -203,6 +194,28 @@ fn describe<B>(kind: &Kind<B>, f: &mut std::fmt::Formatter<'_>, name: &str) -> s
             data, rest: None, ..
         } => f.debug_tuple(&format!("{name}::Full")).field(data).finish(),
         Kind::Held { .. } => write!(f, "{name}::Replay(..)"),
+    }
+}
+
+/// [`Kind::poll_frame`] of held bytes, out of line: a passed-through body
+/// (the common case) is polled through a few inlined instructions, not past
+/// the moves of a frame that may carry trailers.
+#[inline(never)]
+fn poll_held<B: Body<Data = Bytes>>(
+    data: &mut Option<Bytes>,
+    trailers: &mut Option<HeaderMap>,
+    rest: &mut Option<Pin<Box<B>>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    if let Some(data) = data.take() {
+        return Poll::Ready(Some(Ok(Frame::data(data))));
+    }
+    if let Some(trailers) = trailers.take() {
+        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+    }
+    match rest {
+        Some(rest) => rest.as_mut().poll_frame(cx),
+        None => Poll::Ready(None),
     }
 }
 
@@ -266,6 +279,7 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

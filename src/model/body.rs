@@ -54,7 +54,7 @@ impl<B> ModelBody<B> {
                 body,
                 tracker: Tracker {
                     flight: Some(flight),
-                    tail: scan.then(Box::default),
+                    tail: scan.then(Tail::default),
                 },
             },
         }
@@ -68,6 +68,7 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -77,8 +78,8 @@ where
             KindProj::Tracked { mut body, tracker } => {
                 let frame = std::task::ready!(body.as_mut().poll_frame(cx));
                 match &frame {
-                    Some(Ok(frame)) => {
-                        if let (Some(tail), Some(data)) = (&mut tracker.tail, frame.data_ref()) {
+                    Some(Ok(f)) => {
+                        if let (Some(tail), Some(data)) = (&mut tracker.tail, f.data_ref()) {
                             tail.push(data);
                         }
                         // hyper stops polling (and drops the body) once it
@@ -87,13 +88,7 @@ where
                             tracker.finish();
                         }
                     }
-                    Some(Err(_)) => {
-                        if let Some(f) = &tracker.flight {
-                            f.counters().body_error();
-                        }
-                        tracker.tail = None;
-                        tracker.finish();
-                    }
+                    Some(Err(_)) => tracker.failed(),
                     None => tracker.finish(),
                 }
                 Poll::Ready(frame)
@@ -134,10 +129,20 @@ impl<B> std::fmt::Debug for ModelBody<B> {
 /// usage of the cut-off stream is not counted.
 struct Tracker {
     flight: Option<Flight>,
-    tail: Option<Box<Tail>>,
+    tail: Option<Tail>,
 }
 
 impl Tracker {
+    #[cold]
+    fn failed(&mut self) {
+        if let Some(f) = &self.flight {
+            f.counters().body_error();
+        }
+        self.tail = None;
+        self.finish();
+    }
+
+    #[cold]
     fn finish(&mut self) {
         let Some(flight) = self.flight.take() else {
             return;
@@ -148,29 +153,31 @@ impl Tracker {
     }
 }
 
-/// The last [`TAIL_BYTES`] of a body, copied into a ring as chunks pass.
+/// The last [`TAIL_BYTES`] of a body, copied aside as chunks pass: first
+/// appended, then, once that many are held, into a ring.
 ///
 /// Usage sits at the end of a response (the last JSON field, the last
 /// event before `[DONE]`), so the tail is enough, however the stream is cut
-/// into chunks. Copying a chunk into the ring (a memcpy of its bytes, or of
-/// its last 4 KiB) costs less per chunk than keeping references to the
-/// chunks (two reference-count updates and a queue), and no more memory.
+/// into chunks. Copying a chunk aside (a memcpy of its bytes, or of its
+/// last 4 KiB) costs less per chunk than keeping references to the chunks
+/// (two reference-count updates and a queue), and no more memory.
 pub(crate) struct Tail {
-    ring: Box<[u8]>,
-    /// Where the next byte goes.
+    /// The bytes held, oldest first until it is full; then a ring.
+    buf: Vec<u8>,
+    /// Once `buf` is full: where the next byte goes (the oldest byte).
     at: usize,
-    /// Bytes held (up to the ring's size).
-    held: usize,
 }
 
+/// A power of two, so that wrapping around the ring is a mask.
 const TAIL_BYTES: usize = 4096;
+const _: () = assert!(TAIL_BYTES.is_power_of_two());
 
 impl Default for Tail {
     fn default() -> Self {
+        // Not zeroed: only bytes of the body are ever read.
         Self {
-            ring: vec![0; TAIL_BYTES].into_boxed_slice(),
+            buf: Vec::with_capacity(TAIL_BYTES),
             at: 0,
-            held: 0,
         }
     }
 }
@@ -178,25 +185,42 @@ impl Default for Tail {
 impl Tail {
     #[inline]
     pub(crate) fn push(&mut self, data: &[u8]) {
-        let cap = self.ring.len();
-        let data = &data[data.len().saturating_sub(cap)..];
-        let first = data.len().min(cap - self.at);
-        self.ring[self.at..self.at + first].copy_from_slice(&data[..first]);
+        const CAP: usize = TAIL_BYTES;
+        let mut data = &data[data.len().saturating_sub(CAP)..];
+        let held = self.buf.len();
+        if held < CAP {
+            let n = data.len().min(CAP - held);
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if data.is_empty() {
+                return;
+            }
+        }
+        let at = self.at;
+        let first = data.len().min(CAP - at);
+        self.buf[at..at + first].copy_from_slice(&data[..first]);
         let rest = &data[first..];
-        self.ring[..rest.len()].copy_from_slice(rest);
-        self.at = (self.at + data.len()) % cap;
-        self.held = (self.held + data.len()).min(cap);
+        if !rest.is_empty() {
+            self.buf[..rest.len()].copy_from_slice(rest);
+        }
+        self.at = (at + data.len()) & (CAP - 1);
     }
 
     /// The last `"usage"` object with token counts, as (prompt,
     /// completion).
     pub(crate) fn usage(&self) -> Option<(u64, u64)> {
-        if self.held < self.ring.len() {
-            return last_usage(&self.ring[..self.held]);
+        if self.buf.len() < TAIL_BYTES || self.at == 0 {
+            return last_usage(&self.buf);
         }
-        let mut joined = Vec::with_capacity(self.held);
-        joined.extend_from_slice(&self.ring[self.at..]);
-        joined.extend_from_slice(&self.ring[..self.at]);
+        // The newest bytes first, in place: usage is near the end, so it
+        // is almost always whole in them. Only one cut by the wrap, or
+        // further back, needs the ring joined in order.
+        if let Some(usage) = last_usage(&self.buf[..self.at]) {
+            return Some(usage);
+        }
+        let mut joined = Vec::with_capacity(TAIL_BYTES);
+        joined.extend_from_slice(&self.buf[self.at..]);
+        joined.extend_from_slice(&self.buf[..self.at]);
         last_usage(&joined)
     }
 }
@@ -276,7 +300,53 @@ mod tests {
         for piece in sse.chunks(7) {
             tail.push(&Bytes::copy_from_slice(piece));
         }
-        assert_eq!(tail.held, TAIL_BYTES);
+        assert_eq!(tail.buf.len(), TAIL_BYTES);
         assert_eq!(tail.usage(), Some((3, 4)));
+    }
+
+    #[test]
+    fn tail_holds_the_last_bytes_however_cut() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(7);
+        for total in [0_usize, 1, 100, 4095, 4096, 4097, 9000, 20_000] {
+            let stream: Vec<u8> = (0..total).map(|_| rng.random::<u8>()).collect();
+            let mut tail = Tail::default();
+            let mut rest = &stream[..];
+            while !rest.is_empty() {
+                // Mostly small chunks, sometimes one larger than the ring.
+                let max = if rng.random_ratio(1, 20) { 6000 } else { 300 };
+                let n = rng.random_range(1..=max).min(rest.len());
+                tail.push(&rest[..n]);
+                rest = &rest[n..];
+            }
+            let mut held = tail.buf[tail.at..].to_vec();
+            held.extend_from_slice(&tail.buf[..tail.at]);
+            if tail.buf.len() < TAIL_BYTES {
+                held = tail.buf.clone();
+            }
+            assert_eq!(
+                held,
+                stream[total.saturating_sub(TAIL_BYTES)..],
+                "{total} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_cut_by_the_ring_wrap() {
+        let event =
+            b"data: {\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":9}}\n\ndata: [DONE]\n\n";
+        for cut in [1, 10, 30, event.len() - 1] {
+            let mut tail = Tail::default();
+            tail.push(&[b' '; TAIL_BYTES]);
+            tail.push(&vec![b' '; TAIL_BYTES - cut]);
+            tail.push(event);
+            assert!(tail.at > 0 && tail.at < event.len(), "the event wraps");
+            assert_eq!(
+                tail.usage(),
+                Some((8, 9)),
+                "cut {cut} bytes before the wrap"
+            );
+        }
     }
 }

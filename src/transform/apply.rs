@@ -243,8 +243,10 @@ fn render_headers(
 /// Applies header rules in their fixed order. `rendered` holds the
 /// template values of `replace`, `add` and `append`, in that order.
 ///
-/// Each rule costs one lookup in the map where it can (`entry`), and a
-/// fixed value is cloned only when the rule applies.
+/// Names go to the map by reference: it copies one only when it stores it.
+/// (`entry` would copy the name up front, found or not, and copying a
+/// custom name costs more than a second lookup.) A fixed value is cloned
+/// only when its rule applies.
 pub(crate) fn apply_headers(
     map: &mut HeaderMap,
     rules: &Headers,
@@ -266,32 +268,33 @@ pub(crate) fn apply_headers(
         // Collecting nothing allocates nothing: single values stay cheap.
         let rest: Vec<HeaderValue> = values.collect();
         if let Some(first) = first {
-            map.insert(to.clone(), first);
+            map.insert(to, first);
             for value in rest {
-                map.append(to.clone(), value);
+                map.append(to, value);
             }
         }
     }
     let rendered = &mut rendered.iter();
     for (name, v) in &rules.replace {
         let v = resolve(v, rendered);
-        if let Entry::Occupied(mut entry) = map.entry(name)
+        // `insert` replaces every value the name had, as `replace` means.
+        if map.contains_key(name)
             && let Some(v) = v.value(empty)
         {
-            entry.insert(v);
+            map.insert(name, v);
         }
     }
     for (name, v) in &rules.add {
         let v = resolve(v, rendered);
-        if let Entry::Vacant(entry) = map.entry(name)
+        if !map.contains_key(name)
             && let Some(v) = v.value(empty)
         {
-            entry.insert(v);
+            map.insert(name, v);
         }
     }
     for (name, v) in &rules.append {
         if let Some(v) = resolve(v, rendered).value(empty) {
-            map.append(name.clone(), v);
+            map.append(name, v);
         }
     }
 }
