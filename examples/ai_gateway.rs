@@ -38,7 +38,8 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use switchyard::auth::{ApiKey, ApiKeyLayer, Identity};
 use switchyard::model::{
-    Alias, Catalog, ChoiceReason, Model, ModelChoice, ModelError, ModelHandle, ModelRouter, Pin,
+    Alias, Catalog, ChoiceReason, Model, ModelChoice, ModelError, ModelHandle, ModelRouter,
+    OpenAiErrorsLayer, Pin,
 };
 use switchyard::proxy::Upstream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -106,11 +107,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ))
         .build()?;
 
-    // Layers run outside in: say why a version was chosen, authenticate,
-    // route. The router answers `GET /v1/models` itself from the catalog
-    // and forwards every other request, whatever its path, to the version it
-    // picks from the body's `model` field.
+    // Layers run outside in: answer refusals in OpenAI's error shape (the
+    // auth layer's 401 is problem+json, which OpenAI SDKs do not read), say
+    // why a version was chosen, authenticate, route. The router answers
+    // `GET /v1/models` itself from the catalog and forwards every other
+    // request, whatever its path, to the version it picks from the body's
+    // `model` field.
     let api = ServiceBuilder::new()
+        .layer(OpenAiErrorsLayer::new())
         .map_response(choice_reason_header)
         .layer(auth)
         .service(router);

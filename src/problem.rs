@@ -107,7 +107,11 @@ impl Problem {
     }
 
     /// A complete response: the status, `Content-Type:
-    /// application/problem+json`, and the document as body.
+    /// application/problem+json`, and the document as body. The problem
+    /// itself goes in the response's extensions too, so that an outer
+    /// layer can answer it in another shape (as
+    /// [`OpenAiErrors`](crate::model::OpenAiErrors) does) without parsing
+    /// the body.
     pub fn into_response<B>(self) -> Response<ResponseBody<B>> {
         let json = self.to_json();
         let len = json.len();
@@ -116,6 +120,7 @@ impl Problem {
         let headers = res.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_PROBLEM));
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        res.extensions_mut().insert(self);
         res
     }
 }

@@ -13,7 +13,9 @@ out=$(aig_chat demo-key "$aig_hello" -i)
 expect '"object":"chat.completion"' "$out" "ai_gateway: chat completion through the alias"
 expect 'x-switchyard-model: chat-v' "$out" "ai_gateway: the version that answered is named"
 expect '"model":"chat-v' "$out" "ai_gateway: the upstream got a version, not the alias"
-expect "401" "$(aig_chat wrong-key "$aig_hello" -o /dev/null -w '%{http_code}')" "ai_gateway: a wrong key is a 401"
+out=$(aig_chat wrong-key "$aig_hello" -i)
+expect '401 Unauthorized' "$out" "ai_gateway: a wrong key is a 401"
+expect '"code":"invalid_api_key"' "$out" "ai_gateway: ... in OpenAI's error shape"
 out=$(aig_chat acme-key "$aig_hello" -i)
 expect 'x-switchyard-model: chat-v2' "$out" "ai_gateway: tenant acme is pinned to chat-v2"
 expect 'x-switchyard-reason: pinned' "$out" "ai_gateway: ... and the reason says so"

@@ -21,7 +21,7 @@ use super::config::{
 use super::{ConfigError, ConfigProblem, GatewayBody};
 use crate::auth::{ApiKey, ApiKeyLayer, Identity, RequireScopes};
 use crate::key::{KeyBy, TrustedProxies};
-use crate::model::{ModelHandle, ModelRouter};
+use crate::model::{ModelHandle, ModelRouter, OpenAiErrorsLayer};
 use crate::proxy::{BoxError, Upstream};
 use crate::ratelimit::{MonotonicClock, Quota, RateLimitHandle, RateLimitLayer};
 use crate::split::{Split, SplitHandle};
@@ -585,6 +585,10 @@ fn build_route(
             Some(layer) => service = boxed(layer.layer(service)),
             None => return None,
         }
+    }
+    if rc.model.is_some() {
+        // OpenAI clients read every refusal on an AI route in their shape.
+        service = boxed(OpenAiErrorsLayer.layer(service));
     }
     let counters = old.map_or_else(Default::default, |o| Arc::clone(&o.counters));
     let service = boxed(Counted {

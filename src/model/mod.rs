@@ -103,9 +103,15 @@
 //! (400), malformed JSON or a body that is not an object (400,
 //! `invalid_json`), non-UTF-8 (400), too large (413). `GET /v1/models`
 //! is answered from the catalog.
+//!
+//! The layers in front of the router (authentication, rate limiting,
+//! transform, the proxy) answer problem+json; put [`OpenAiErrorsLayer`]
+//! outermost on AI routes and OpenAI clients get their error shape from
+//! those too, with the same status and headers.
 
 mod body;
 mod catalog;
+mod errors;
 pub mod future;
 mod handle;
 mod openai;
@@ -114,6 +120,7 @@ mod stats;
 
 pub use body::ModelBody;
 pub use catalog::{Alias, Catalog, Model, Pin, PinKey};
+pub use errors::{OpenAiErrors, OpenAiErrorsFuture, OpenAiErrorsLayer};
 pub use handle::ModelHandle;
 pub use openai::OpenAiError;
 pub use service::{
