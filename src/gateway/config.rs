@@ -22,6 +22,12 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteConfig>,
     /// The admin API's keys.
     pub admin: AdminConfig,
+    /// Route on, and forward, the request path as it came, instead of its
+    /// normal form (see [`crate::path`]: `..` resolved, `//` merged,
+    /// unreserved escapes decoded, escaped `/` refused with a 400). Off by
+    /// default: with raw paths, `/public/../admin` matches the `/` route
+    /// here and may reach `/admin` upstream.
+    pub raw_paths: bool,
 }
 
 impl GatewayConfig {

@@ -46,6 +46,14 @@
 //! split keeps its weight history too when its targets are unchanged); an
 //! invalid configuration is refused and the old one keeps serving.
 //!
+//! Routes match the request's path in normal form ([`crate::path`]: `..`
+//! resolved, `//` merged, unreserved escapes decoded, escaped `/` refused
+//! with a 400), and the upstream is asked for that same path, so
+//! `/public/../admin` meets the `/admin` route's authentication. Set
+//! `raw_paths = true` to route on paths as they came. On AI routes (a
+//! `model` router), every refusal is answered in OpenAI's error shape
+//! ([`OpenAiErrorsLayer`](crate::model::OpenAiErrorsLayer)).
+//!
 //! `examples/gateway.rs` runs a complete gateway with its admin API.
 
 mod build;
@@ -211,8 +219,7 @@ impl Gateway {
         metrics::render(&self.inner.state.load())
     }
 
-    fn route(&self, req: &Request<GatewayBody>) -> Option<Pipeline> {
-        let state = self.inner.state.load();
+    fn route(state: &State, req: &Request<GatewayBody>) -> Option<Pipeline> {
         state
             .routes
             .iter()
@@ -236,8 +243,23 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> ResponseFuture {
-        let req = req.map(|b| b.map_err(Into::into).boxed_unsync());
-        match self.route(&req) {
+        let mut req = req.map(|b| b.map_err(Into::into).boxed_unsync());
+        let state = self.inner.state.load();
+        // Route on the path the upstream will read: its normal form.
+        if !state.config.raw_paths {
+            match crate::path::normalize_uri(req.uri()) {
+                Ok(None) => {}
+                Ok(Some(uri)) => *req.uri_mut() = uri,
+                Err(e) => {
+                    return ResponseFuture {
+                        kind: Kind::Refused {
+                            rejection: Some(crate::path::rejection(e).for_request(req.headers())),
+                        },
+                    };
+                }
+            }
+        }
+        match Self::route(&state, &req) {
             Some(pipeline) => ResponseFuture {
                 kind: Kind::Route {
                     oneshot: tower::ServiceExt::oneshot(pipeline, req),
@@ -265,6 +287,7 @@ pin_project_lite::pin_project! {
     enum Kind {
         Route { #[pin] oneshot: Oneshot<Pipeline, Request<GatewayBody>> },
         NotFound { grpc: bool },
+        Refused { rejection: Option<crate::future::Rejection> },
     }
 }
 
@@ -280,6 +303,15 @@ impl std::future::Future for ResponseFuture {
             .grpc(*grpc)
             .into_response::<GatewayBody>()
             .map(|b| b.boxed_unsync()))),
+            KindProj::Refused { rejection } => {
+                let rejection = rejection.take().unwrap_or_else(|| {
+                    // Polled again after completing: answer, never panic.
+                    crate::future::Rejection::new(Problem::new(StatusCode::INTERNAL_SERVER_ERROR))
+                });
+                Poll::Ready(Ok(rejection
+                    .into_response::<GatewayBody>()
+                    .map(|b| b.boxed_unsync())))
+            }
         }
     }
 }
