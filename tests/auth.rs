@@ -1246,6 +1246,7 @@ async fn require_any_scope() {
         let r = send(&svc, with_key(key)).await;
         r.assert_refused(StatusCode::FORBIDDEN, forbidden);
         assert_eq!(r.json()["missing_scopes"], json!(["a", "b"]));
+        assert_eq!(r.json()["detail"], "needs one of the scopes: a, b");
     }
 }
 

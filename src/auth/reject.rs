@@ -63,10 +63,16 @@ impl Challenge {
     }
 
     /// A valid caller without the scopes the route needs.
-    pub(crate) fn insufficient(&self, required: &str, missing: &[&str]) -> Rejection {
+    /// The 403 for a caller without the scopes: `all` of `missing`, or
+    /// any one of them.
+    pub(crate) fn insufficient(&self, required: &str, missing: &[&str], all: bool) -> Rejection {
+        let detail = match (all, missing) {
+            (true, _) | (false, [_]) => format!("missing scope: {}", missing.join(", ")),
+            (false, _) => format!("needs one of the scopes: {}", missing.join(", ")),
+        };
         Rejection::new(
             Problem::new(StatusCode::FORBIDDEN)
-                .detail(format!("missing scope: {}", missing.join(", ")))
+                .detail(detail)
                 .with("missing_scopes", missing.to_vec()),
         )
         .header(

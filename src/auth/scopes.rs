@@ -156,7 +156,7 @@ where
                 if !missing.is_empty() {
                     return ResponseFuture::rejected(
                         rule.challenge
-                            .insufficient(&rule.joined, &missing)
+                            .insufficient(&rule.joined, &missing, rule.all)
                             .for_request(req.headers()),
                     );
                 }
