@@ -157,6 +157,34 @@ fn headers_follow_the_draft() {
     assert_eq!(header(&res, "x-ratelimit-reset"), "30");
 }
 
+#[test]
+fn remaining_never_exceeds_the_policy_quota() {
+    // 2 per minute with bursts of 5: up to 5 are free at once, but the
+    // policy grants 2 per window, so `r` says at most 2 until fewer are
+    // left; the burst itself still passes.
+    let layer = RateLimitLayer::builder()
+        .key_by(api_key())
+        .quota(Quota::per_minute(2).burst(5).named("bursty"))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let svc = layer.layer(service_fn(|_: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+    }));
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let res = futures_lite_block_on(svc.clone().oneshot(req("k"))).unwrap();
+        assert_eq!(header(&res, "ratelimit-policy"), r#""bursty";q=2;w=60"#);
+        seen.push((res.status().as_u16(), header(&res, "ratelimit").to_owned()));
+    }
+    let r = |n: u32| format!(r#""bursty";r={n};"#);
+    let expected = [(200, 2), (200, 2), (200, 2), (200, 1), (200, 0), (429, 0)];
+    for ((status, header), (want_status, want_r)) in seen.iter().zip(expected) {
+        assert_eq!(*status, want_status, "{seen:?}");
+        assert!(header.starts_with(&r(want_r)), "{seen:?}");
+    }
+}
+
 /// Polls an immediately-ready future (the services here never wait).
 fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);

@@ -33,20 +33,28 @@ pub(crate) fn policy(quotas: &[(String, u32, u64)]) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// The per-request headers for `states` (one per quota, in order).
+/// The per-request headers for `states` (one per quota, in order, with
+/// the quotas' `counts`: their `q`).
+///
+/// `r` never exceeds the quota's `q`: with a burst larger than the count,
+/// more units can be free at once than the policy grants per window, and a
+/// `RateLimit` saying `r=150` under a policy of `q=100` would contradict
+/// it. Clients see at most `q` remaining; the burst above it still works.
 pub(crate) fn write(
     headers: &mut Vec<(HeaderName, HeaderValue)>,
     names: &[String],
+    counts: impl Iterator<Item = u32>,
     states: impl ExactSizeIterator<Item = QuotaState> + Clone,
     policy: &HeaderValue,
     legacy: bool,
 ) {
     let mut out = String::with_capacity(32 * states.len());
-    for (i, (name, s)) in names.iter().zip(states.clone()).enumerate() {
+    for (i, ((name, s), q)) in names.iter().zip(states.clone()).zip(counts).enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "\"{name}\";r={};t={}", s.remaining, reset_secs(&s));
+        let r = s.remaining.min(q);
+        let _ = write!(out, "\"{name}\";r={r};t={}", reset_secs(&s));
     }
     if let Ok(v) = HeaderValue::from_str(&out) {
         headers.push((RATELIMIT.clone(), v));

@@ -267,6 +267,7 @@ impl Limiter {
         headers::write(
             headers,
             &config.names,
+            config.quotas.iter().map(|(q, _)| q.count()),
             decision.quotas(),
             &config.policy,
             self.legacy_headers,
