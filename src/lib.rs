@@ -62,7 +62,7 @@
 //! | `model` (feature `json`) | `ModelRouter`: OpenAI-compatible model aliases over weighted versions, pins, sticky picks, fallback, token counts |
 //! | `mirror` (feature `mirror`) | `MirrorLayer`: shadow traffic to a new version, bounded and never delaying the client, with answer comparison |
 //! | [`metrics`] | [`LatencyHistogram`](metrics::LatencyHistogram): fixed-bucket latency counters with quantile estimates |
-//! | `proxy` (feature `proxy`) | `Upstream`: forwards to an upstream server over a pooled hyper client, with proxy semantics, 502/504 as problem+json |
+//! | `proxy` (feature `proxy`) | `Upstream`: forwards to an upstream server over a pooled hyper client (HTTP/1.1, h2c; `https://` with feature `tls`), with proxy semantics, 502/504 as problem+json |
 //! | [`problem`] | [`Problem`](problem::Problem): the `application/problem+json` rejections every layer answers with |
 //! | [`body`] | [`ResponseBody`](body::ResponseBody): the inner body, or a layer's own answer |
 //! | [`future`] | [`ResponseFuture`](future::ResponseFuture): the response future of the admission layers (auth, scopes, rate limit) |
@@ -73,6 +73,14 @@
 //! | --- | --- |
 //! | `jwt` | `auth::JwtLayer`: bearer JWTs (HS256, RS256, ES256, JWK) with `jsonwebtoken` |
 //! | `axum` | [`KeyBy::peer_ip`](key::KeyBy::peer_ip) also reads axum's `ConnectInfo<SocketAddr>`; [`Problem`](problem::Problem) implements `IntoResponse` |
+//! | `transform` | `transform`: header, path, query, method and host rules (`regex`, `uuid`) |
+//! | `json` | JSON body rules in `transform`, and the `model` router (`serde_json` with key order kept, `memchr`) |
+//! | `proxy` | `proxy::Upstream` over a pooled hyper client (`hyper`, `hyper-util`, `tokio`) |
+//! | `tls` | `https://` upstreams in `proxy` (rustls with ring; the system's roots or your own) |
+//! | `config` | `gateway`: a whole gateway from TOML (`proxy`, `transform`, `json`, `toml`) |
+//! | `admin` | `gateway::admin`: the admin API on axum, changes logged with `tracing` |
+//! | `rollout` | `rollout`: step plans with live analysis (`tokio`) |
+//! | `mirror` | `mirror`: shadow traffic (`tokio`) |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]

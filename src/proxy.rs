@@ -4,7 +4,8 @@
 //!
 //! [`Upstream`] is a tower `Service` that sends each request to an upstream
 //! base URL over a pooled hyper client (HTTP/1.1 keep-alive, or h2c for
-//! gRPC upstreams), with a proxy's manners: hop-by-hop headers removed both
+//! gRPC upstreams; with the `tls` feature, `https://` upstreams too, over
+//! rustls, HTTP/1.1 or HTTP/2 by ALPN), with a proxy's manners: hop-by-hop headers removed both
 //! ways, `X-Forwarded-For` appended, `X-Forwarded-Proto` and
 //! `X-Forwarded-Host` set to what this hop saw, `Host` set to the upstream, bodies and
 //! trailers streamed both ways, and failures answered as problem+json
@@ -65,7 +66,8 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProxyError {
-    /// The URL does not parse, or is not `http://host[:port][/prefix]`.
+    /// The URL does not parse, or is not `http://host[:port][/prefix]`
+    /// (or `https://`, with the `tls` feature).
     #[error("invalid upstream URL `{url}`: {reason}")]
     InvalidUrl {
         /// The URL.
@@ -73,7 +75,23 @@ pub enum ProxyError {
         /// Why.
         reason: String,
     },
+    /// No root certificates to check an `https://` upstream against: the
+    /// PEM given holds none, or the system has none.
+    #[error("TLS for upstream `{url}`: {reason}")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
 }
+
+/// The connector under the pool: plain TCP, or TCP then rustls for
+/// `https://` upstreams.
+#[cfg(not(feature = "tls"))]
+type Connector = HttpConnector;
+#[cfg(feature = "tls")]
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// Forwards requests to one upstream server. See the [module docs](self).
 ///
@@ -91,7 +109,7 @@ struct Inner {
     /// The URL's path, without a trailing `/`, put before every request
     /// path.
     prefix: String,
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<Connector, ProxyBody>,
     response_timeout: Option<Duration>,
     preserve_host: bool,
     forwarded: bool,
@@ -125,6 +143,8 @@ impl Upstream {
             forwarded: false,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
+            #[cfg(feature = "tls")]
+            roots_pem: None,
         }
     }
 
@@ -145,6 +165,8 @@ pub struct UpstreamBuilder {
     forwarded: bool,
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
+    #[cfg(feature = "tls")]
+    roots_pem: Option<Vec<u8>>,
 }
 
 impl UpstreamBuilder {
@@ -197,6 +219,15 @@ impl UpstreamBuilder {
         self
     }
 
+    /// Checks an `https://` upstream's certificate against these root
+    /// certificates (PEM, one or more) instead of the system's (feature
+    /// `tls`): a private CA, or a self-signed upstream in tests.
+    #[cfg(feature = "tls")]
+    pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.roots_pem = Some(pem.into());
+        self
+    }
+
     /// Checks the URL and builds the upstream.
     pub fn build(self) -> Result<Upstream, ProxyError> {
         let invalid = |reason: &str| ProxyError::InvalidUrl {
@@ -211,9 +242,12 @@ impl UpstreamBuilder {
             .scheme()
             .cloned()
             .ok_or_else(|| invalid("no scheme (write http://...)"))?;
-        if scheme != Scheme::HTTP {
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(invalid("the scheme must be http:// or https://"));
+        }
+        if scheme == Scheme::HTTPS && !cfg!(feature = "tls") {
             return Err(invalid(
-                "only http:// upstreams are supported (TLS to upstreams is not built in)",
+                "https:// upstreams need switchyard's `tls` feature",
             ));
         }
         let authority = uri.authority().cloned().ok_or_else(|| invalid("no host"))?;
@@ -229,6 +263,17 @@ impl UpstreamBuilder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(self.connect_timeout);
         connector.set_nodelay(true);
+        #[cfg(feature = "tls")]
+        let connector = tls::connector(
+            connector,
+            scheme == Scheme::HTTPS,
+            self.http2,
+            self.roots_pem.as_deref(),
+        )
+        .map_err(|reason| ProxyError::Tls {
+            url: self.url.clone(),
+            reason,
+        })?;
         let client = Client::builder(TokioExecutor::new())
             .http2_only(self.http2)
             .pool_idle_timeout(self.pool_idle_timeout)
@@ -476,4 +521,86 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// The rustls side of `https://` upstreams.
+#[cfg(feature = "tls")]
+mod tls {
+    use std::sync::{Arc, OnceLock};
+
+    use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::{ClientConfig, RootCertStore};
+
+    /// The connector for one upstream: TLS (ALPN `h2` or `http/1.1`, as the
+    /// upstream is configured) for `https`, plain TCP otherwise.
+    pub(super) fn connector(
+        mut tcp: HttpConnector,
+        https: bool,
+        http2: bool,
+        roots_pem: Option<&[u8]>,
+    ) -> Result<HttpsConnector<HttpConnector>, String> {
+        // The TLS connector hands `https` URIs to the TCP one.
+        tcp.enforce_http(false);
+        let roots = match (https, roots_pem) {
+            (false, _) => Arc::new(RootCertStore::empty()),
+            (true, Some(pem)) => Arc::new(from_pem(pem)?),
+            (true, None) => system_roots()?,
+        };
+        let config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let builder = HttpsConnectorBuilder::new().with_tls_config(config);
+        let builder = if https {
+            builder.https_only()
+        } else {
+            builder.https_or_http()
+        };
+        Ok(if http2 {
+            builder.enable_http2().wrap_connector(tcp)
+        } else {
+            builder.enable_http1().wrap_connector(tcp)
+        })
+    }
+
+    fn from_pem(pem: &[u8]) -> Result<RootCertStore, String> {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("invalid PEM: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("invalid root certificate: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err("the PEM holds no certificate".to_owned());
+        }
+        Ok(roots)
+    }
+
+    /// The system's root certificates, read once per process (reading them
+    /// takes milliseconds, and a gateway reload builds every upstream
+    /// again).
+    fn system_roots() -> Result<Arc<RootCertStore>, String> {
+        static ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
+        ROOTS
+            .get_or_init(|| {
+                let found = rustls_native_certs::load_native_certs();
+                let mut roots = RootCertStore::empty();
+                let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+                if added == 0 {
+                    let why = found
+                        .errors
+                        .first()
+                        .map_or_else(|| "none found".to_owned(), ToString::to_string);
+                    return Err(format!("no usable system root certificates ({why})"));
+                }
+                Ok(Arc::new(roots))
+            })
+            .clone()
+    }
 }

@@ -141,6 +141,16 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
                 if let Some(ms) = uc.response_timeout_ms {
                     b = b.response_timeout(Duration::from_millis(ms));
                 }
+                if let Some(path) = &uc.ca_file {
+                    let at = format!("upstreams.{name}.ca_file");
+                    #[cfg(feature = "tls")]
+                    match std::fs::read(path) {
+                        Ok(pem) => b = b.root_certificates_pem(pem),
+                        Err(e) => problems.push(at, format!("cannot read `{path}`: {e}")),
+                    }
+                    #[cfg(not(feature = "tls"))]
+                    problems.push(at, format!("`{path}`: needs switchyard's `tls` feature"));
+                }
                 match b.build() {
                     Ok(u) => Some(u),
                     Err(e) => {

@@ -47,10 +47,17 @@ impl GatewayConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct UpstreamConfig {
-    /// `http://host[:port][/prefix]`.
+    /// `http://host[:port][/prefix]`, or `https://` with the `tls`
+    /// feature.
     pub url: String,
-    /// Speak h2c (gRPC upstreams).
+    /// Speak HTTP/2: h2c for `http://` (gRPC upstreams), ALPN `h2` for
+    /// `https://`.
     pub http2: bool,
+    /// For `https://`: a PEM file of the root certificates to check the
+    /// upstream against, instead of the system's (a private CA). Read when
+    /// the upstream is built; a reload with the same configuration keeps
+    /// the upstream, and so the roots, it has.
+    pub ca_file: Option<String>,
     /// Connect timeout in milliseconds (5000 by default).
     pub connect_timeout_ms: Option<u64>,
     /// Time to response headers in milliseconds (none by default).
