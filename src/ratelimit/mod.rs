@@ -67,7 +67,9 @@
 //! # Headers
 //!
 //! `RateLimit-Policy` lists each quota as `"name";q=<count>;w=<period in
-//! seconds>`; `RateLimit` gives, per quota, `r` (units available now) and
+//! seconds>`; `RateLimit` gives, per quota, `r` (units available now, but
+//! never more than `q`: with a burst above the count, the extra units are
+//! usable without being advertised) and
 //! `t` (seconds until the key's full burst is back), following
 //! draft-ietf-httpapi-ratelimit-headers. Both are sent on allowed responses
 //! too unless turned off; `X-RateLimit-Limit/Remaining/Reset` can be added
