@@ -13,6 +13,15 @@
 //! in time) so that a [`Split`](crate::split::Split) counts them against
 //! the target.
 //!
+//! Protocol upgrades (WebSocket, or any `Connection: upgrade` /
+//! `Upgrade: x` request over HTTP/1.1) are asked of the upstream too; when
+//! it answers 101, the client's and the upstream's connections are joined
+//! and bytes are copied both ways until either side closes. That needs the
+//! request to come through a hyper server (axum and `hyper-util` leave the
+//! connection's upgrade handle in the request's extensions). The tunnel
+//! outlives the response: a split counts the upgrade as one request that
+//! ended with its 101.
+//!
 //! ```no_run
 //! use switchyard::proxy::Upstream;
 //! use switchyard::split::Split;
@@ -352,7 +361,16 @@ where
         });
         let peer = crate::key::peer_ip(&parts.extensions);
 
+        // A protocol upgrade (WebSocket) the client's connection can make:
+        // ask the upstream for it too, and tunnel once both sides agree.
+        let upgrade = upgrade_request(&inner, &mut parts);
         remove_hop_by_hop(&mut parts.headers, true);
+        if let Some((protocol, _)) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
         inner.add_forwarded(&mut parts.headers, peer, client_host.as_ref());
         if !inner.preserve_host || client_host.is_none() {
             parts.headers.insert(header::HOST, inner.host.clone());
@@ -381,7 +399,16 @@ where
                 };
                 Ok(match result {
                     Ok(mut res) => {
+                        let agreed = res.headers().get(header::UPGRADE).cloned();
                         remove_hop_by_hop(res.headers_mut(), false);
+                        if let (Some((_, client)), Some(protocol)) = (upgrade, agreed)
+                            && res.status() == StatusCode::SWITCHING_PROTOCOLS
+                        {
+                            tunnel(client, hyper::upgrade::on(&mut res));
+                            let headers = res.headers_mut();
+                            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                            headers.insert(header::UPGRADE, protocol);
+                        }
                         res.map(ResponseBody::new)
                     }
                     Err(e) => {
@@ -510,6 +537,51 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// For a request asking to switch protocols (`Connection: upgrade` and an
+/// `Upgrade` header, over HTTP/1.1) whose connection can be taken over (it
+/// came through a hyper server, which leaves an `OnUpgrade` in the
+/// extensions), and an HTTP/1.1 upstream: the protocol asked for and the
+/// client side of the tunnel. Otherwise the request goes on as a plain one.
+fn upgrade_request(
+    inner: &Inner,
+    parts: &mut http::request::Parts,
+) -> Option<(HeaderValue, hyper::upgrade::OnUpgrade)> {
+    if inner.http2 || parts.version != Version::HTTP_11 {
+        return None;
+    }
+    let protocol = parts.headers.get(header::UPGRADE)?.clone();
+    let asks = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !asks {
+        return None;
+    }
+    let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+    Some((protocol, client))
+}
+
+/// Once the client's and the upstream's connections are both handed over
+/// (after the 101 reaches the client), copies bytes both ways until either
+/// side closes. The tunnel outlives the response: a split's in-flight
+/// count ends with the 101, not with the tunnel.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    use hyper_util::rt::TokioIo;
+    tokio::spawn(async move {
+        // The upstream's side is ready with the 101; the client's once
+        // hyper has written the 101 to it.
+        let (Ok(upstream), Ok(client)) = (upstream.await, client.await) else {
+            return;
+        };
+        let _ =
+            tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream))
+                .await;
+    });
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
