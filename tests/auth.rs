@@ -1337,7 +1337,7 @@ mod jwt {
 
     use jsonwebtoken::jwk::Jwk;
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-    use switchyard::auth::JwtLayer;
+    use switchyard::auth::{AuthError, JwtKeys, JwtLayer};
 
     use super::*;
 
@@ -1673,6 +1673,150 @@ B8AU/g5u/coHA3wbsCwaQtNiaDdAF/geLG7Lh5M9AbNjSWEuLRG9UYyWTA==
         let token = es256(EC_PRIVATE, Some("ec-2"), &claims(json!({})));
         let r = send(&svc, with_bearer(&token)).await;
         r.assert_refused(StatusCode::UNAUTHORIZED, INVALID);
+    }
+
+    /// A public JWK for an EC private key, with `alg` or without.
+    fn ec_jwk(private_pem: &str, kid: &str, with_alg: bool) -> Value {
+        let private = EncodingKey::from_ec_pem(private_pem.as_bytes()).unwrap();
+        let mut jwk = Jwk::from_encoding_key(&private, Algorithm::ES256).unwrap();
+        jwk.common.key_id = Some(kid.to_owned());
+        let mut v = serde_json::to_value(&jwk).unwrap();
+        if !with_alg {
+            v.as_object_mut().unwrap().remove("alg");
+        }
+        v
+    }
+
+    #[tokio::test]
+    async fn keys_rotate_while_serving() {
+        let layer = JwtLayer::builder()
+            .hs256(SECRET)
+            .kid("old")
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let (inner, svc) = jwt_stack(layer);
+        let old = sign(
+            Algorithm::HS256,
+            Some("old"),
+            &EncodingKey::from_secret(SECRET),
+            &claims(json!({})),
+        );
+        let new = sign(
+            Algorithm::HS256,
+            Some("new"),
+            &EncodingKey::from_secret(OTHER_SECRET),
+            &claims(json!({ "sub": "bob" })),
+        );
+        assert_eq!(send(&svc, with_bearer(&old)).await.status, 200);
+        send(&svc, with_bearer(&new))
+            .await
+            .assert_refused(StatusCode::UNAUTHORIZED, INVALID);
+
+        // Overlap: both keys.
+        handle
+            .set_keys(
+                JwtKeys::new()
+                    .hs256(SECRET)
+                    .kid("old")
+                    .hs256(OTHER_SECRET)
+                    .kid("new"),
+            )
+            .unwrap();
+        assert_eq!(
+            handle.key_ids(),
+            [Some("old".to_owned()), Some("new".to_owned())]
+        );
+        assert_eq!(send(&svc, with_bearer(&old)).await.status, 200);
+        assert_eq!(send(&svc, with_bearer(&new)).await.status, 200);
+        assert_eq!(inner.last_id(), "bob");
+
+        // The old key retired: its tokens are refused at once, by every
+        // clone of the service.
+        handle
+            .set_keys(JwtKeys::new().hs256(OTHER_SECRET).kid("new"))
+            .unwrap();
+        for svc in [svc.clone(), svc] {
+            send(&svc, with_bearer(&old))
+                .await
+                .assert_refused(StatusCode::UNAUTHORIZED, INVALID);
+            assert_eq!(send(&svc, with_bearer(&new)).await.status, 200);
+        }
+
+        // A refused set changes nothing.
+        assert!(matches!(
+            handle.set_keys(JwtKeys::new()),
+            Err(AuthError::NoJwtKey)
+        ));
+        assert!(matches!(
+            handle.set_keys(JwtKeys::new().hs256(SECRET).rs256_pem("not a key")),
+            Err(AuthError::InvalidJwtKey { index: 1, .. })
+        ));
+        assert_eq!(handle.key_ids(), [Some("new".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn a_jwk_set_rotates_by_kid() {
+        // An identity provider's JWKS: two signing keys (one without
+        // `alg`, as some publish them) and an encryption key left out.
+        let jwks = json!({ "keys": [
+            ec_jwk(EC_PRIVATE, "2026-10", true),
+            ec_jwk(EC2_PRIVATE, "2026-11", false),
+            { "kty": "RSA", "use": "enc", "kid": "enc-1", "n": "AQAB", "e": "AQAB" },
+        ]});
+        let layer = JwtLayer::builder()
+            .jwks(jwks.to_string())
+            .issuer("https://idp.example")
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        assert_eq!(
+            handle.key_ids(),
+            [Some("2026-10".to_owned()), Some("2026-11".to_owned())]
+        );
+        let (_, svc) = jwt_stack(layer);
+        let october = es256(
+            EC_PRIVATE,
+            Some("2026-10"),
+            &claims(json!({ "iss": "https://idp.example" })),
+        );
+        let november = es256(
+            EC2_PRIVATE,
+            Some("2026-11"),
+            &claims(json!({ "iss": "https://idp.example" })),
+        );
+        assert_eq!(send(&svc, with_bearer(&october)).await.status, 200);
+        assert_eq!(send(&svc, with_bearer(&november)).await.status, 200);
+        // The issuer check applies to rotated-in keys too.
+        let elsewhere = es256(
+            EC2_PRIVATE,
+            Some("2026-11"),
+            &claims(json!({ "iss": "https://other.example" })),
+        );
+        send(&svc, with_bearer(&elsewhere))
+            .await
+            .assert_refused(StatusCode::UNAUTHORIZED, INVALID);
+
+        // The provider drops October's key.
+        let jwks = json!({ "keys": [ec_jwk(EC2_PRIVATE, "2026-11", true)] });
+        assert_eq!(handle.set_jwks(&jwks.to_string()).unwrap(), 1);
+        send(&svc, with_bearer(&october))
+            .await
+            .assert_refused(StatusCode::UNAUTHORIZED, INVALID);
+        assert_eq!(send(&svc, with_bearer(&november)).await.status, 200);
+
+        // Bad documents are refused, the keys stay.
+        for bad in [
+            "not json".to_owned(),
+            json!({ "keys": [] }).to_string(),
+            json!({ "keys": [{ "kty": "oct", "k": "c2VjcmV0", "kid": "x" }] }).to_string(),
+        ] {
+            assert!(
+                matches!(handle.set_jwks(&bad), Err(AuthError::InvalidJwtKey { .. })),
+                "{bad}"
+            );
+        }
+        assert_eq!(handle.key_ids(), [Some("2026-11".to_owned())]);
     }
 
     #[tokio::test]

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
-use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use tower::{Layer, Service};
@@ -24,9 +25,18 @@ struct VerifyKey {
 }
 
 struct Shared {
-    keys: Vec<VerifyKey>,
+    /// Swapped whole by [`JwtHandle::set_keys`].
+    keys: ArcSwap<Vec<VerifyKey>>,
+    checks: Checks,
     tenant_claim: String,
     auth: Authenticator,
+}
+
+/// What every key's validation checks besides the signature.
+struct Checks {
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    leeway: Duration,
 }
 
 /// A [`Layer`] that authenticates `Authorization: Bearer <JWT>` requests
@@ -81,12 +91,86 @@ impl JwtLayer {
     pub fn stats(&self) -> AuthStats {
         self.shared.auth.stats()
     }
+
+    /// A handle that replaces the verification keys while the layer serves
+    /// (key rotation).
+    pub fn handle(&self) -> JwtHandle {
+        JwtHandle {
+            shared: self.shared.clone(),
+        }
+    }
 }
 
 impl fmt::Debug for JwtLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtLayer")
-            .field("keys", &self.shared.keys.len())
+            .field("keys", &self.shared.keys.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rotates a [`JwtLayer`]'s keys while it serves: the next request is
+/// verified by the new set, requests under way finish with the old one.
+/// Cheap to clone.
+///
+/// ```
+/// use switchyard::auth::{JwtKeys, JwtLayer};
+///
+/// let auth = JwtLayer::builder().hs256(b"the first secret, 32 bytes long!").kid("k1").build()?;
+/// let keys = auth.handle();
+/// // Rotation: accept the old and the new key for a while, then the new
+/// // one alone.
+/// keys.set_keys(
+///     JwtKeys::new()
+///         .hs256(b"the first secret, 32 bytes long!").kid("k1")
+///         .hs256(b"the second secret, 32 bytes long").kid("k2"),
+/// )?;
+/// assert_eq!(keys.key_ids(), [Some("k1".to_owned()), Some("k2".to_owned())]);
+/// keys.set_keys(JwtKeys::new().hs256(b"the second secret, 32 bytes long").kid("k2"))?;
+/// # Ok::<_, switchyard::auth::AuthError>(())
+/// ```
+#[derive(Clone)]
+pub struct JwtHandle {
+    shared: Arc<Shared>,
+}
+
+impl JwtHandle {
+    /// Replaces every key. The set is checked first: an invalid or empty
+    /// one is refused and the keys in use stay.
+    pub fn set_keys(&self, keys: JwtKeys) -> Result<(), AuthError> {
+        let compiled = keys.compile(&self.shared.checks)?;
+        self.shared.keys.store(Arc::new(compiled));
+        Ok(())
+    }
+
+    /// Replaces every key with those of a JWK Set document
+    /// (`{"keys": [...]}`, as an identity provider's `jwks_uri` serves it);
+    /// see [`JwtKeys::jwks`]. Returns how many keys are in use.
+    pub fn set_jwks(&self, jwks_json: &str) -> Result<usize, AuthError> {
+        self.set_keys(JwtKeys::new().jwks(jwks_json))?;
+        Ok(self.shared.keys.load().len())
+    }
+
+    /// The key ids in use, in order (`None` for a key without one).
+    pub fn key_ids(&self) -> Vec<Option<String>> {
+        self.shared
+            .keys
+            .load()
+            .iter()
+            .map(|k| k.kid.clone())
+            .collect()
+    }
+
+    /// The layer's counters.
+    pub fn stats(&self) -> AuthStats {
+        self.shared.auth.stats()
+    }
+}
+
+impl fmt::Debug for JwtHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtHandle")
+            .field("keys", &self.key_ids())
             .finish_non_exhaustive()
     }
 }
@@ -140,8 +224,8 @@ impl Shared {
     /// The identity of a valid token; `None` for any invalid one.
     fn verify(&self, token: &str) -> Option<Identity> {
         let header = jsonwebtoken::decode_header(token).ok()?;
-        let claims = self
-            .keys
+        let keys = self.keys.load();
+        let claims = keys
             .iter()
             .filter(|k| k.validation.algorithms.contains(&header.alg))
             .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
@@ -181,7 +265,7 @@ fn identity(claims: &Map<String, Value>, tenant_claim: &str) -> Option<Identity>
 
 /// Builds a [`JwtLayer`]; see [`JwtLayer::builder`].
 pub struct JwtBuilder {
-    keys: Vec<(Option<String>, KeySource)>,
+    keys: JwtKeys,
     issuers: Vec<String>,
     audiences: Vec<String>,
     leeway: Duration,
@@ -196,12 +280,13 @@ enum KeySource {
     Rs256Pem(Vec<u8>),
     Es256Pem(Vec<u8>),
     Jwk(String),
+    Jwks(String),
 }
 
 impl Default for JwtBuilder {
     fn default() -> Self {
         Self {
-            keys: Vec::new(),
+            keys: JwtKeys::new(),
             issuers: Vec::new(),
             audiences: Vec::new(),
             leeway: Duration::from_secs(60),
@@ -216,7 +301,7 @@ impl Default for JwtBuilder {
 impl fmt::Debug for JwtBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtBuilder")
-            .field("keys", &self.keys.len())
+            .field("keys", &self.keys.keys.len())
             .field("issuers", &self.issuers)
             .field("audiences", &self.audiences)
             .field("leeway", &self.leeway)
@@ -227,35 +312,46 @@ impl fmt::Debug for JwtBuilder {
 impl JwtBuilder {
     /// Verifies HS256 tokens with this shared secret.
     pub fn hs256(mut self, secret: impl Into<Vec<u8>>) -> Self {
-        self.keys.push((None, KeySource::Hs256(secret.into())));
+        self.keys = self.keys.hs256(secret);
         self
     }
 
     /// Verifies RS256 tokens with this PEM-encoded RSA public key.
     pub fn rs256_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.keys.push((None, KeySource::Rs256Pem(pem.into())));
+        self.keys = self.keys.rs256_pem(pem);
         self
     }
 
     /// Verifies ES256 tokens with this PEM-encoded P-256 public key.
     pub fn es256_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.keys.push((None, KeySource::Es256Pem(pem.into())));
+        self.keys = self.keys.es256_pem(pem);
         self
     }
 
     /// Verifies tokens with this JWK (JSON); its `alg` (required) names the
     /// algorithm and its `kid`, if any, the key id.
     pub fn jwk(mut self, jwk_json: impl Into<String>) -> Self {
-        self.keys.push((None, KeySource::Jwk(jwk_json.into())));
+        self.keys = self.keys.jwk(jwk_json);
+        self
+    }
+
+    /// Verifies tokens with the keys of this JWK Set; see
+    /// [`JwtKeys::jwks`].
+    pub fn jwks(mut self, jwks_json: impl Into<String>) -> Self {
+        self.keys = self.keys.jwks(jwks_json);
         self
     }
 
     /// Names the last key added (its `kid`), so that tokens naming a key id
     /// are verified by that key only.
     pub fn kid(mut self, kid: impl Into<String>) -> Self {
-        if let Some(last) = self.keys.last_mut() {
-            last.0 = Some(kid.into());
-        }
+        self.keys = self.keys.kid(kid);
+        self
+    }
+
+    /// Uses these keys (replacing any added before).
+    pub fn keys(mut self, keys: JwtKeys) -> Self {
+        self.keys = keys;
         self
     }
 
@@ -307,70 +403,16 @@ impl JwtBuilder {
 
     /// Reads the keys and builds the layer.
     pub fn build(self) -> Result<JwtLayer, AuthError> {
-        if self.keys.is_empty() {
-            return Err(AuthError::NoJwtKey);
-        }
-        let mut keys = Vec::with_capacity(self.keys.len());
-        for (i, (kid, source)) in self.keys.into_iter().enumerate() {
-            let bad = |e: jsonwebtoken::errors::Error| AuthError::InvalidJwtKey {
-                index: i,
-                reason: e.to_string(),
-            };
-            let (key, alg, kid) = match source {
-                KeySource::Hs256(secret) => {
-                    (DecodingKey::from_secret(&secret), Algorithm::HS256, kid)
-                }
-                KeySource::Rs256Pem(pem) => (
-                    DecodingKey::from_rsa_pem(&pem).map_err(bad)?,
-                    Algorithm::RS256,
-                    kid,
-                ),
-                KeySource::Es256Pem(pem) => (
-                    DecodingKey::from_ec_pem(&pem).map_err(bad)?,
-                    Algorithm::ES256,
-                    kid,
-                ),
-                KeySource::Jwk(json) => {
-                    let jwk: Jwk =
-                        serde_json::from_str(&json).map_err(|e| AuthError::InvalidJwtKey {
-                            index: i,
-                            reason: e.to_string(),
-                        })?;
-                    let alg = jwk
-                        .common
-                        .key_algorithm
-                        .and_then(|a| a.to_string().parse::<Algorithm>().ok())
-                        .ok_or_else(|| AuthError::InvalidJwtKey {
-                            index: i,
-                            reason: "the JWK has no usable `alg`".to_owned(),
-                        })?;
-                    let kid = kid.or_else(|| jwk.common.key_id.clone());
-                    (DecodingKey::from_jwk(&jwk).map_err(bad)?, alg, kid)
-                }
-            };
-            let mut validation = Validation::new(alg);
-            validation.leeway = self.leeway.as_secs();
-            validation.validate_nbf = true;
-            validation.validate_aud = !self.audiences.is_empty();
-            // jsonwebtoken compares `iss` and `aud` only when the token has
-            // them: make them required when they are to be checked.
-            if !self.audiences.is_empty() {
-                validation.set_audience(&self.audiences);
-                validation.required_spec_claims.insert("aud".to_owned());
-            }
-            if !self.issuers.is_empty() {
-                validation.set_issuer(&self.issuers);
-                validation.required_spec_claims.insert("iss".to_owned());
-            }
-            keys.push(VerifyKey {
-                kid,
-                key,
-                validation,
-            });
-        }
+        let checks = Checks {
+            issuers: self.issuers,
+            audiences: self.audiences,
+            leeway: self.leeway,
+        };
+        let keys = self.keys.compile(&checks)?;
         Ok(JwtLayer {
             shared: Arc::new(Shared {
-                keys,
+                keys: ArcSwap::from_pointee(keys),
+                checks,
                 tenant_claim: self.tenant_claim,
                 auth: Authenticator::new(
                     Sources {
@@ -384,5 +426,173 @@ impl JwtBuilder {
                 ),
             }),
         })
+    }
+}
+
+/// An ordered set of verification keys: for [`JwtBuilder::keys`] and for
+/// rotating a running layer's keys with [`JwtHandle::set_keys`].
+#[derive(Default)]
+pub struct JwtKeys {
+    keys: Vec<(Option<String>, KeySource)>,
+}
+
+impl fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtKeys")
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtKeys {
+    /// No keys yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An HS256 shared secret.
+    pub fn hs256(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.keys.push((None, KeySource::Hs256(secret.into())));
+        self
+    }
+
+    /// A PEM-encoded RSA public key, for RS256.
+    pub fn rs256_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.keys.push((None, KeySource::Rs256Pem(pem.into())));
+        self
+    }
+
+    /// A PEM-encoded P-256 public key, for ES256.
+    pub fn es256_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.keys.push((None, KeySource::Es256Pem(pem.into())));
+        self
+    }
+
+    /// A JWK (JSON); its `alg` (required) names the algorithm and its
+    /// `kid`, if any, the key id.
+    pub fn jwk(mut self, jwk_json: impl Into<String>) -> Self {
+        self.keys.push((None, KeySource::Jwk(jwk_json.into())));
+        self
+    }
+
+    /// Every signature key of a JWK Set document (`{"keys": [...]}`), with
+    /// their `kid`s. Keys marked `"use": "enc"` are left out. A key
+    /// without `alg` gets the one algorithm its type allows here: RS256
+    /// for RSA, ES256 for EC P-256; any other key without `alg` is an
+    /// error, as is a set with no key left.
+    pub fn jwks(mut self, jwks_json: impl Into<String>) -> Self {
+        self.keys.push((None, KeySource::Jwks(jwks_json.into())));
+        self
+    }
+
+    /// Names the last key added (its `kid`), so that tokens naming a key id
+    /// are verified by that key only. (A JWK Set's keys keep their own.)
+    pub fn kid(mut self, kid: impl Into<String>) -> Self {
+        if let Some(last) = self.keys.last_mut() {
+            last.0 = Some(kid.into());
+        }
+        self
+    }
+
+    fn compile(self, checks: &Checks) -> Result<Vec<VerifyKey>, AuthError> {
+        if self.keys.is_empty() {
+            return Err(AuthError::NoJwtKey);
+        }
+        let mut keys = Vec::with_capacity(self.keys.len());
+        for (i, (kid, source)) in self.keys.into_iter().enumerate() {
+            let invalid = |reason: String| AuthError::InvalidJwtKey { index: i, reason };
+            let bad = |e: jsonwebtoken::errors::Error| invalid(e.to_string());
+            match source {
+                KeySource::Hs256(secret) => keys.push(verify_key(
+                    kid,
+                    DecodingKey::from_secret(&secret),
+                    Algorithm::HS256,
+                    checks,
+                )),
+                KeySource::Rs256Pem(pem) => keys.push(verify_key(
+                    kid,
+                    DecodingKey::from_rsa_pem(&pem).map_err(bad)?,
+                    Algorithm::RS256,
+                    checks,
+                )),
+                KeySource::Es256Pem(pem) => keys.push(verify_key(
+                    kid,
+                    DecodingKey::from_ec_pem(&pem).map_err(bad)?,
+                    Algorithm::ES256,
+                    checks,
+                )),
+                KeySource::Jwk(json) => {
+                    let jwk: Jwk =
+                        serde_json::from_str(&json).map_err(|e| invalid(e.to_string()))?;
+                    let alg = jwk_alg(&jwk, false)
+                        .ok_or_else(|| invalid("the JWK has no usable `alg`".to_owned()))?;
+                    let kid = kid.or_else(|| jwk.common.key_id.clone());
+                    keys.push(verify_key(
+                        kid,
+                        DecodingKey::from_jwk(&jwk).map_err(bad)?,
+                        alg,
+                        checks,
+                    ));
+                }
+                KeySource::Jwks(json) => {
+                    let set: JwkSet =
+                        serde_json::from_str(&json).map_err(|e| invalid(e.to_string()))?;
+                    let before = keys.len();
+                    for (j, jwk) in set.keys.iter().enumerate() {
+                        if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+                            continue;
+                        }
+                        let at = |reason: &str| invalid(format!("keys[{j}]: {reason}"));
+                        let alg = jwk_alg(jwk, true).ok_or_else(|| at("no usable `alg`"))?;
+                        let key = DecodingKey::from_jwk(jwk).map_err(|e| at(&e.to_string()))?;
+                        keys.push(verify_key(jwk.common.key_id.clone(), key, alg, checks));
+                    }
+                    if keys.len() == before {
+                        return Err(invalid("the JWK Set has no signature key".to_owned()));
+                    }
+                }
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// A JWK's algorithm: its `alg`, or (`infer`, for JWK Sets) the only one
+/// its key type is used with here.
+fn jwk_alg(jwk: &Jwk, infer: bool) -> Option<Algorithm> {
+    if let Some(alg) = jwk.common.key_algorithm {
+        return alg.to_string().parse::<Algorithm>().ok();
+    }
+    if !infer {
+        return None;
+    }
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+            Some(Algorithm::ES256)
+        }
+        _ => None,
+    }
+}
+
+fn verify_key(kid: Option<String>, key: DecodingKey, alg: Algorithm, checks: &Checks) -> VerifyKey {
+    let mut validation = Validation::new(alg);
+    validation.leeway = checks.leeway.as_secs();
+    validation.validate_nbf = true;
+    validation.validate_aud = !checks.audiences.is_empty();
+    // jsonwebtoken compares `iss` and `aud` only when the token has them:
+    // make them required when they are to be checked.
+    if !checks.audiences.is_empty() {
+        validation.set_audience(&checks.audiences);
+        validation.required_spec_claims.insert("aud".to_owned());
+    }
+    if !checks.issuers.is_empty() {
+        validation.set_issuer(&checks.issuers);
+        validation.required_spec_claims.insert("iss".to_owned());
+    }
+    VerifyKey {
+        kid,
+        key,
+        validation,
     }
 }
