@@ -18,6 +18,10 @@ use switchyard::problem::Problem;
 use switchyard::ratelimit::{Quota, RateLimitLayer};
 use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 
+#[path = "support/net.rs"]
+mod net;
+use net::serve;
+
 const HANG_GUARD: Duration = Duration::from_secs(10);
 
 /// A model server: an OpenAI-style JSON answer.
@@ -301,8 +305,6 @@ async fn a_gateway_ai_route_answers_openai_errors_over_http() {
     use switchyard::gateway::{Gateway, GatewayConfig};
 
     // A model server on loopback.
-    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream_addr = upstream.local_addr().unwrap();
     let app = axum::Router::new().route(
         "/v1/chat/completions",
         axum::routing::post(|| async {
@@ -312,7 +314,7 @@ async fn a_gateway_ai_route_answers_openai_errors_over_http() {
             )
         }),
     );
-    tokio::spawn(async move { axum::serve(upstream, app).await });
+    let upstream_addr = serve(app).await;
 
     let config = format!(
         r#"
@@ -336,16 +338,7 @@ aliases = [{{ name = "chat", versions = {{ v1 = 1 }} }}]
     );
     let config: GatewayConfig = toml::from_str(&config).unwrap();
     let gateway = Gateway::from_config(config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().fallback_service(gateway);
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
+    let addr = serve(axum::Router::new().fallback_service(gateway)).await;
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let send = |key: Option<&str>| {

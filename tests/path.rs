@@ -19,6 +19,10 @@ use switchyard::gateway::{Gateway, GatewayConfig};
 use switchyard::path::{NormalizePathLayer, PathError, normalize};
 use tower::{Layer, ServiceExt};
 
+#[path = "support/net.rs"]
+mod net;
+use net::serve;
+
 const HANG_GUARD: Duration = Duration::from_secs(10);
 
 proptest! {
@@ -101,10 +105,8 @@ async fn the_layer_lets_axum_route_on_the_normal_path() {
 /// A gateway with an authenticated `/admin` route and an open `/` route,
 /// over one upstream that echoes the path it was asked for.
 async fn gateway(raw_paths: bool) -> std::net::SocketAddr {
-    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream_addr = upstream.local_addr().unwrap();
     let echo = Router::new().fallback(|uri: Uri| async move { format!("upstream saw {uri}") });
-    tokio::spawn(async move { axum::serve(upstream, echo).await });
+    let upstream_addr = serve(echo).await;
 
     let config = format!(
         r#"
@@ -130,17 +132,7 @@ split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
     );
     let config = GatewayConfig::from_toml(&config).unwrap();
     let gateway = Gateway::from_config(config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Router::new().fallback_service(gateway);
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
-    addr
+    serve(Router::new().fallback_service(gateway)).await
 }
 
 async fn get_path(addr: std::net::SocketAddr, path: &str) -> (StatusCode, String) {

@@ -37,6 +37,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tower::{Service, ServiceExt};
 
+#[path = "support/net.rs"]
+mod net;
+
 /// Guards awaits that must complete, so a bug fails the test instead of
 /// hanging it.
 const HANG_GUARD: Duration = Duration::from_secs(10);
@@ -114,18 +117,7 @@ where
     S::Response: IntoResponse + 'static,
     S::Future: Send + 'static,
 {
-    let app = Router::new().fallback_service(svc);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
-    addr
+    net::serve(Router::new().fallback_service(svc)).await
 }
 
 /// An address nobody listens on: bound, then released.

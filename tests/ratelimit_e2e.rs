@@ -12,7 +12,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use switchyard::key::KeyBy;
 use switchyard::ratelimit::{Quota, RateLimitLayer};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpSocket;
+
+#[path = "support/net.rs"]
+mod net;
 
 /// Sends `GET /` from the loopback address `from` (127.0.0.0/8 is all
 /// loopback, so each address is a distinct peer).
@@ -49,16 +52,7 @@ async fn axum_app_limits_each_peer_ip() {
         .route("/", get(|| async { "hello" }))
         .layer(limit);
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
+    let addr = net::serve(app).await;
 
     let (status, headers, body) = get_from([127, 0, 0, 1], addr).await;
     assert_eq!(status, StatusCode::OK);

@@ -19,6 +19,11 @@ use switchyard::proxy::Upstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+// axum hands hyper's upgrade handle on in the request's extensions.
+#[path = "support/net.rs"]
+mod net;
+use net::serve;
+
 const HANG_GUARD: Duration = Duration::from_secs(10);
 
 /// The request heads the upstream received.
@@ -72,21 +77,6 @@ async fn echo_upstream() -> (SocketAddr, Seen) {
         }
     });
     (addr, seen)
-}
-
-/// Serves `app` with axum (which hands hyper's upgrade handle on in the
-/// request's extensions).
-async fn serve(app: axum::Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    addr
 }
 
 /// Sends a raw HTTP/1.1 request head and reads the response head.
