@@ -52,7 +52,7 @@
 //! | --- | --- |
 //! | [`split`] | [`Split`](split::Split): weighted, sticky blue/green and canary routing with a live handle, per-target counters and `drained` |
 //! | [`auth`] | [`ApiKeyLayer`](auth::ApiKeyLayer), `JwtLayer` (feature `jwt`), [`RequireScopes`](auth::RequireScopes) and the [`Identity`](auth::Identity) they record |
-//! | [`ratelimit`] | [`RateLimitLayer`](ratelimit::RateLimitLayer): keyed GCRA rate limiting with several quotas, costs, IETF `RateLimit` headers and bounded memory |
+//! | [`ratelimit`] | [`RateLimitLayer`](ratelimit::RateLimitLayer): keyed GCRA rate limiting with several quotas, costs, IETF `RateLimit` headers and bounded memory; `RedisRateLimitLayer` (feature `redis`) shares the quotas between replicas |
 //! | `transform` (feature `transform`) | `TransformLayer`: header, path, query, method, host and JSON body rewriting from rules checked at build time |
 //! | `gateway` (feature `config`; `admin` for its admin API) | `Gateway`: a whole gateway from one TOML configuration, reloadable while serving, with an admin API and Prometheus metrics |
 //! | `rollout` (feature `rollout`) | `Rollout`: step plans with live analysis of canary against stable, automatic promotion and rollback |
@@ -81,6 +81,7 @@
 //! | `admin` | `gateway::admin`: the admin API on axum, changes logged with `tracing` |
 //! | `rollout` | `rollout`: step plans with live analysis (`tokio`) |
 //! | `mirror` | `mirror`: shadow traffic (`tokio`) |
+//! | `redis` | `ratelimit::redis`: rate limits shared by every replica, kept in Redis (`redis`) |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]

@@ -7,7 +7,9 @@
 //! header, custom, global) is within every configured [`Quota`], and
 //! answers `429 Too Many Requests` otherwise, with `Retry-After`, the IETF
 //! `RateLimit-Policy` / `RateLimit` headers and a problem+json body. The
-//! inner service is not called for a refused request.
+//! inner service is not called for a refused request. It counts in this
+//! process's memory; [`redis::RedisRateLimitLayer`] (feature `redis`)
+//! counts the same quotas in Redis, shared by every replica.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -78,6 +80,9 @@
 mod clock;
 mod gcra;
 mod headers;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod service;
 mod store;
 

@@ -60,20 +60,21 @@ enum ClockSource {
     Custom(Box<dyn Clock>),
 }
 
-/// The live part: swapped whole by the handle.
+/// The live part: swapped whole by the handle. (The Redis limiter checks
+/// its quotas the same way.)
 #[derive(Clone)]
-struct Config {
-    quotas: Vec<(Quota, Gcra)>,
+pub(super) struct Config {
+    pub(super) quotas: Vec<(Quota, Gcra)>,
     /// The quotas' parameters alone, in order.
-    gcras: Vec<Gcra>,
-    names: Vec<String>,
-    policy: HeaderValue,
-    dry_run: bool,
-    allow: HashSet<Key<'static>>,
+    pub(super) gcras: Vec<Gcra>,
+    pub(super) names: Vec<String>,
+    pub(super) policy: HeaderValue,
+    pub(super) dry_run: bool,
+    pub(super) allow: HashSet<Key<'static>>,
 }
 
 impl Config {
-    fn new(
+    pub(super) fn new(
         quotas: Vec<Quota>,
         dry_run: bool,
         allow: HashSet<Key<'static>>,
@@ -223,56 +224,81 @@ impl Limiter {
     }
 
     fn reject(&self, config: &Config, decision: &Decision, cost: u32) -> Rejection {
-        let index = decision.refused_by.unwrap_or(0);
-        let name = &config.names[index];
-        let mut headers = Vec::with_capacity(4);
-        let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS).with("policy", name.as_str());
-        let problem = match decision.retry_after {
-            Some(wait) => {
-                let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
-                headers::retry_after(&mut headers, wait);
-                let secs = headers::retry_secs(wait);
-                problem
-                    .detail(format!("rate limit `{name}` exceeded; retry in {secs} s"))
-                    .with("retry_after", secs)
-            }
-            None => problem.detail(format!(
-                "the request costs {cost} units, more than the burst of {} that rate limit `{name}` allows",
-                config.quotas[index].1.burst
-            )),
-        };
-        self.write_headers(&mut headers, config, decision);
-        headers
-            .into_iter()
-            .fold(Rejection::new(problem), |r, (name, value)| {
-                r.header(name, value)
-            })
+        rejection(config, decision, cost, self.legacy_headers)
     }
 
     /// The headers of an allowed (or dry-run) response.
     fn headers(&self, config: &Config, decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
-        let mut headers = Vec::new();
-        if self.headers_on_allowed || !decision.allowed {
-            self.write_headers(&mut headers, config, decision);
-        }
-        headers
-    }
-
-    fn write_headers(
-        &self,
-        headers: &mut Vec<(HeaderName, HeaderValue)>,
-        config: &Config,
-        decision: &Decision,
-    ) {
-        headers::write(
-            headers,
-            &config.names,
-            config.quotas.iter().map(|(q, _)| q.count()),
-            decision.quotas(),
-            &config.policy,
+        allowed_headers(
+            config,
+            decision,
+            self.headers_on_allowed,
             self.legacy_headers,
-        );
+        )
     }
+}
+
+/// The 429 for a refused request: which quota, when to retry, the headers.
+pub(super) fn rejection(
+    config: &Config,
+    decision: &Decision,
+    cost: u32,
+    legacy: bool,
+) -> Rejection {
+    let index = decision.refused_by.unwrap_or(0);
+    let name = &config.names[index];
+    let mut headers = Vec::with_capacity(4);
+    let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS).with("policy", name.as_str());
+    let problem = match decision.retry_after {
+        Some(wait) => {
+            let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+            headers::retry_after(&mut headers, wait);
+            let secs = headers::retry_secs(wait);
+            problem
+                .detail(format!("rate limit `{name}` exceeded; retry in {secs} s"))
+                .with("retry_after", secs)
+        }
+        None => problem.detail(format!(
+            "the request costs {cost} units, more than the burst of {} that rate limit `{name}` allows",
+            config.quotas[index].1.burst
+        )),
+    };
+    write_headers(&mut headers, config, decision, legacy);
+    headers
+        .into_iter()
+        .fold(Rejection::new(problem), |r, (name, value)| {
+            r.header(name, value)
+        })
+}
+
+/// The headers of an allowed (or dry-run) response.
+pub(super) fn allowed_headers(
+    config: &Config,
+    decision: &Decision,
+    on_allowed: bool,
+    legacy: bool,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = Vec::new();
+    if on_allowed || !decision.allowed {
+        write_headers(&mut headers, config, decision, legacy);
+    }
+    headers
+}
+
+fn write_headers(
+    headers: &mut Vec<(HeaderName, HeaderValue)>,
+    config: &Config,
+    decision: &Decision,
+    legacy: bool,
+) {
+    headers::write(
+        headers,
+        &config.names,
+        config.quotas.iter().map(|(q, _)| q.count()),
+        decision.quotas(),
+        &config.policy,
+        legacy,
+    );
 }
 
 /// The all-or-nothing check of every quota against one key's state, into
@@ -374,6 +400,24 @@ impl Decision {
             decision.intervals[i] = gcra.interval;
             decision.bursts[i] = gcra.burst;
         }
+        decision
+    }
+
+    /// A decision made elsewhere (in Redis): each quota's arrival time as
+    /// nanoseconds ahead of now (0 for a key with its whole burst).
+    pub(super) fn from_ahead(
+        quotas: &[Gcra],
+        ahead: impl IntoIterator<Item = u64>,
+        refused_by: Option<usize>,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let mut decision = Decision::new(quotas, 0);
+        for (tat, ahead) in decision.tats.iter_mut().zip(ahead) {
+            *tat = ahead;
+        }
+        decision.allowed = refused_by.is_none();
+        decision.refused_by = refused_by;
+        decision.retry_after = retry_after;
         decision
     }
 
