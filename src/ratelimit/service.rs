@@ -405,6 +405,7 @@ impl Decision {
 
     /// A decision made elsewhere (in Redis): each quota's arrival time as
     /// nanoseconds ahead of now (0 for a key with its whole burst).
+    #[cfg(feature = "redis")]
     pub(super) fn from_ahead(
         quotas: &[Gcra],
         ahead: impl IntoIterator<Item = u64>,
