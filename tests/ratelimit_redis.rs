@@ -25,6 +25,9 @@ use switchyard::ratelimit::redis::{RedisFailure, RedisRateLimitLayer};
 use switchyard::ratelimit::{MissingKey, Quota};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
+#[path = "support/net.rs"]
+mod net;
+
 /// A `redis-server` of our own, killed on drop.
 struct RedisServer {
     child: Child,
@@ -357,4 +360,99 @@ async fn when_redis_goes_away() {
             .unwrap()
             .contains("rate limiter is unavailable")
     );
+}
+
+/// Two gateway replicas from one configuration, one Redis: the route's
+/// limit holds across both, over real HTTP.
+#[tokio::test]
+async fn gateway_replicas_share_a_route_limit() {
+    use switchyard::gateway::{Gateway, GatewayConfig};
+
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = net::serve(axum::Router::new().fallback(|| async { "hello" })).await;
+    // The configuration, with this `[redis]` section.
+    let config = |redis_section: &str| {
+        format!(
+            r#"
+{redis_section}
+
+[upstreams.app]
+url = "http://{upstream}"
+
+[[routes]]
+name = "api"
+rate_limit = {{ key = {{ header = "x-user" }}, quotas = [{{ name = "shared", limit = 2, period = "1m" }}], redis = true }}
+split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
+"#
+        )
+    };
+    let text = config(&format!(
+        "[redis]\nurl = \"redis://127.0.0.1:{}/\"\nprefix = \"test:\"",
+        redis.port
+    ));
+    let replicas = [
+        Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap(),
+        Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap(),
+    ];
+    let mut addrs = Vec::new();
+    for g in &replicas {
+        addrs.push(net::serve(axum::Router::new().fallback_service(g.clone())).await);
+    }
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let req = Request::get(format!("http://{}/", addrs[i % 2]))
+            .header("x-user", "frank")
+            .body(Full::default())
+            .unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    // In Redis, under the configured prefix.
+    let mut conn = redis.manager().await;
+    let keys: Vec<String> = conn.keys("test:*").await.unwrap();
+    assert_eq!(keys, ["test:{b:frank}:shared"]);
+    // Each replica reports its own share of the counts.
+    let metrics: String = replicas.iter().map(Gateway::metrics).collect();
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{route=\"api\"}}")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(count("switchyard_ratelimit_allowed_total"), 2);
+    assert_eq!(count("switchyard_ratelimit_rejected_total"), 2);
+    assert_eq!(count("switchyard_ratelimit_redis_errors_total"), 0);
+
+    // A reload with the same configuration keeps the limiter and its counts.
+    replicas[0]
+        .reload(GatewayConfig::from_toml(&text).unwrap())
+        .unwrap();
+    assert!(
+        replicas[0]
+            .metrics()
+            .contains("switchyard_ratelimit_allowed_total{route=\"api\"} 1")
+    );
+
+    // Mistakes are located.
+    let no_redis = config("");
+    let err = Gateway::from_config(GatewayConfig::from_toml(&no_redis).unwrap()).unwrap_err();
+    assert!(
+        err.problems
+            .iter()
+            .any(|p| p.at == "routes[0].rate_limit.redis"),
+        "{err:?}"
+    );
+    let bad_url = config("[redis]\nurl = \"nonsense://127.0.0.1/\"");
+    let err = Gateway::from_config(GatewayConfig::from_toml(&bad_url).unwrap()).unwrap_err();
+    assert!(err.problems.iter().any(|p| p.at == "redis.url"), "{err:?}");
 }

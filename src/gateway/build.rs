@@ -15,8 +15,10 @@ use http_body_util::BodyExt;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
+#[cfg(feature = "redis")]
+use super::config::RateLimitConfig;
 use super::config::{
-    ApiKeyConfig, GatewayConfig, KeyConfig, QuotaConfig, RouteConfig, UpstreamConfig,
+    ApiKeyConfig, GatewayConfig, KeyConfig, QuotaConfig, RedisConfig, RouteConfig, UpstreamConfig,
 };
 use super::{ConfigError, ConfigProblem, GatewayBody};
 use crate::auth::{ApiKey, ApiKeyLayer, Identity, RequireScopes};
@@ -37,6 +39,18 @@ pub(crate) struct State {
     pub(crate) routes: Vec<BuiltRoute>,
     pub(crate) upstreams: HashMap<String, (UpstreamConfig, Upstream)>,
     pub(crate) auth: Option<ApiKeyLayer>,
+    /// The connection shared rate limits use, with the settings it was
+    /// made from.
+    pub(crate) redis: Option<SharedRedis>,
+}
+
+/// The Redis connection of `[redis]` (feature `redis`; without it, a
+/// `[redis]` section is refused and this is never made).
+#[derive(Clone)]
+pub(crate) struct SharedRedis {
+    config: RedisConfig,
+    #[cfg(feature = "redis")]
+    conn: redis::aio::ConnectionManager,
 }
 
 /// One route, with the handles the admin API needs.
@@ -48,6 +62,10 @@ pub(crate) struct BuiltRoute {
     pub(crate) split: Option<BuiltSplit>,
     pub(crate) model: Option<(ModelRouter<Upstream>, ModelHandle)>,
     pub(crate) limiter: Option<(RateLimitLayer, RateLimitHandle)>,
+    /// A rate limit counted in Redis instead, with the `[redis]` it was
+    /// built for.
+    #[cfg(feature = "redis")]
+    pub(crate) shared_limiter: Option<(RedisConfig, crate::ratelimit::redis::RedisRateLimitLayer)>,
     pub(crate) transform: Option<(TransformLayer, TransformHandle)>,
     pub(crate) counters: Arc<RouteCounters>,
 }
@@ -195,6 +213,12 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
         None => None,
     };
 
+    // Redis, for shared rate limits.
+    let redis = config
+        .redis
+        .as_ref()
+        .and_then(|rc| shared_redis(rc, old, &mut problems));
+
     // Routes.
     let mut routes = Vec::with_capacity(config.routes.len());
     let mut names = Vec::new();
@@ -211,15 +235,13 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
         names.push(rc.name.clone());
         let old_route = old.and_then(|o| o.routes.iter().find(|r| r.name == rc.name));
         let old_upstreams = old.map(|o| &o.upstreams);
-        if let Some(route) = build_route(
-            rc,
-            &at,
-            &upstreams,
+        let common = Common {
+            upstreams: &upstreams,
             old_upstreams,
-            auth.as_ref(),
-            old_route,
-            &mut problems,
-        ) {
+            auth: auth.as_ref(),
+            redis: redis.as_ref(),
+        };
+        if let Some(route) = build_route(rc, &at, &common, old_route, &mut problems) {
             routes.push(route);
         }
     }
@@ -230,7 +252,61 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
         routes,
         upstreams,
         auth,
+        redis,
     })
+}
+
+/// The connection for `[redis]`: the old one when the settings did not
+/// change. The connection is made lazily (and remade when lost) by the
+/// first check.
+fn shared_redis(
+    rc: &RedisConfig,
+    old: Option<&State>,
+    problems: &mut Problems,
+) -> Option<SharedRedis> {
+    if let Some(same) = old
+        .and_then(|o| o.redis.as_ref())
+        .filter(|r| r.config == *rc)
+    {
+        return Some(same.clone());
+    }
+    #[cfg(feature = "redis")]
+    {
+        let client = match redis::Client::open(rc.url.as_str()) {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push("redis.url", format!("invalid Redis URL: {e}"));
+                return None;
+            }
+        };
+        // The connection manager runs a task: it needs the runtime the
+        // gateway will serve on.
+        if tokio::runtime::Handle::try_current().is_err() {
+            problems.push(
+                "redis",
+                "build the gateway inside a Tokio runtime to use Redis",
+            );
+            return None;
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(rc.timeout_ms.unwrap_or(100))));
+        match redis::aio::ConnectionManager::new_lazy_with_config(client, config) {
+            Ok(conn) => Some(SharedRedis {
+                config: rc.clone(),
+                conn,
+            }),
+            Err(e) => {
+                problems.push("redis", e);
+                None
+            }
+        }
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = rc;
+        problems.push("redis", "needs switchyard's `redis` feature");
+        None
+    }
 }
 
 pub(crate) fn api_keys(list: &[ApiKeyConfig], at: &str, problems: &mut Problems) -> Vec<ApiKey> {
@@ -329,15 +405,27 @@ fn quotas(list: &[QuotaConfig], at: &str, problems: &mut Problems) -> Vec<Quota>
     out
 }
 
+/// What every route is built from besides its own configuration.
+struct Common<'a> {
+    upstreams: &'a HashMap<String, (UpstreamConfig, Upstream)>,
+    old_upstreams: Option<&'a HashMap<String, (UpstreamConfig, Upstream)>>,
+    auth: Option<&'a ApiKeyLayer>,
+    redis: Option<&'a SharedRedis>,
+}
+
 fn build_route(
     rc: &RouteConfig,
     at: &str,
-    upstreams: &HashMap<String, (UpstreamConfig, Upstream)>,
-    old_upstreams: Option<&HashMap<String, (UpstreamConfig, Upstream)>>,
-    auth: Option<&ApiKeyLayer>,
+    common: &Common<'_>,
     old: Option<&BuiltRoute>,
     problems: &mut Problems,
 ) -> Option<BuiltRoute> {
+    let Common {
+        upstreams,
+        old_upstreams,
+        auth,
+        redis,
+    } = *common;
     let before = problems.0.len();
     let prefix = rc.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
     if !prefix.starts_with('/') {
@@ -530,49 +618,70 @@ fn build_route(
         }
     });
 
-    // Rate limit.
-    let limiter = rc.rate_limit.as_ref().and_then(|rl| {
-        let here = format!("{at}.rate_limit");
-        let key = key_by(&rl.key, &format!("{here}.key"), problems)?;
-        let qs = quotas(&rl.quotas, &format!("{here}.quotas"), problems);
-        if qs.is_empty() {
-            problems.push(format!("{here}.quotas"), "at least one quota");
-            return None;
-        }
-        let reused = old
-            .filter(|o| {
-                o.config
-                    .rate_limit
-                    .as_ref()
-                    .is_some_and(|o| o.key == rl.key)
-            })
-            .and_then(|o| o.limiter.as_ref());
-        match reused {
-            Some((layer, handle)) => match handle.set_quotas(qs) {
-                Ok(()) => Some((layer.clone(), handle.clone())),
-                Err(e) => {
-                    problems.push(format!("{here}.quotas"), e);
-                    None
-                }
-            },
-            None => {
-                let mut b = RateLimitLayer::builder().key_by(key);
-                for q in qs {
-                    b = b.quota(q);
-                }
-                match b.build() {
-                    Ok(layer) => {
-                        let h = layer.handle();
-                        Some((layer, h))
-                    }
+    // Rate limit, counted in Redis.
+    #[cfg(feature = "redis")]
+    let shared_limiter = rc
+        .rate_limit
+        .as_ref()
+        .filter(|rl| rl.redis)
+        .and_then(|rl| shared_limiter(rl, &format!("{at}.rate_limit"), redis, old, problems));
+    #[cfg(not(feature = "redis"))]
+    if rc.rate_limit.as_ref().is_some_and(|rl| rl.redis) {
+        // `[redis]` itself was refused already.
+        let _ = redis;
+        problems.push(
+            format!("{at}.rate_limit.redis"),
+            "needs switchyard's `redis` feature",
+        );
+    }
+
+    // Rate limit, in this process.
+    let limiter = rc
+        .rate_limit
+        .as_ref()
+        .filter(|rl| !rl.redis)
+        .and_then(|rl| {
+            let here = format!("{at}.rate_limit");
+            let key = key_by(&rl.key, &format!("{here}.key"), problems)?;
+            let qs = quotas(&rl.quotas, &format!("{here}.quotas"), problems);
+            if qs.is_empty() {
+                problems.push(format!("{here}.quotas"), "at least one quota");
+                return None;
+            }
+            let reused = old
+                .filter(|o| {
+                    o.config
+                        .rate_limit
+                        .as_ref()
+                        .is_some_and(|o| o.key == rl.key)
+                })
+                .and_then(|o| o.limiter.as_ref());
+            match reused {
+                Some((layer, handle)) => match handle.set_quotas(qs) {
+                    Ok(()) => Some((layer.clone(), handle.clone())),
                     Err(e) => {
                         problems.push(format!("{here}.quotas"), e);
                         None
                     }
+                },
+                None => {
+                    let mut b = RateLimitLayer::builder().key_by(key);
+                    for q in qs {
+                        b = b.quota(q);
+                    }
+                    match b.build() {
+                        Ok(layer) => {
+                            let h = layer.handle();
+                            Some((layer, h))
+                        }
+                        Err(e) => {
+                            problems.push(format!("{here}.quotas"), e);
+                            None
+                        }
+                    }
                 }
             }
-        }
-    });
+        });
 
     if problems.0.len() > before {
         return None;
@@ -585,6 +694,10 @@ fn build_route(
         service = boxed(layer.layer(inner));
     }
     if let Some((layer, _)) = &limiter {
+        service = boxed(layer.layer(service));
+    }
+    #[cfg(feature = "redis")]
+    if let Some((_, layer)) = &shared_limiter {
         service = boxed(layer.layer(service));
     }
     if let Some(a) = &rc.auth {
@@ -613,9 +726,63 @@ fn build_route(
         split,
         model,
         limiter,
+        #[cfg(feature = "redis")]
+        shared_limiter,
         transform,
         counters,
     })
+}
+
+/// A route's rate limit counted in Redis: the old layer (and its counters)
+/// when neither the limit nor `[redis]` changed.
+#[cfg(feature = "redis")]
+fn shared_limiter(
+    rl: &RateLimitConfig,
+    here: &str,
+    redis: Option<&SharedRedis>,
+    old: Option<&BuiltRoute>,
+    problems: &mut Problems,
+) -> Option<(RedisConfig, crate::ratelimit::redis::RedisRateLimitLayer)> {
+    use crate::ratelimit::redis::{RedisFailure, RedisRateLimitLayer};
+    let key = key_by(&rl.key, &format!("{here}.key"), problems)?;
+    let qs = quotas(&rl.quotas, &format!("{here}.quotas"), problems);
+    if qs.is_empty() {
+        problems.push(format!("{here}.quotas"), "at least one quota");
+        return None;
+    }
+    let Some(redis) = redis else {
+        problems.push(format!("{here}.redis"), "no `[redis]` is configured");
+        return None;
+    };
+    if let Some(reused) = old
+        .filter(|o| o.config.rate_limit.as_ref() == Some(rl))
+        .and_then(|o| o.shared_limiter.as_ref())
+        .filter(|(built_for, _)| *built_for == redis.config)
+    {
+        return Some(reused.clone());
+    }
+    let rc = &redis.config;
+    let mut b = RedisRateLimitLayer::builder(redis.conn.clone())
+        .key_by(key)
+        .timeout(Duration::from_millis(rc.timeout_ms.unwrap_or(100)))
+        .on_redis_failure(if rc.fail_closed {
+            RedisFailure::Reject
+        } else {
+            RedisFailure::Allow
+        });
+    if let Some(prefix) = &rc.prefix {
+        b = b.prefix(prefix.clone());
+    }
+    for q in qs {
+        b = b.quota(q);
+    }
+    match b.build() {
+        Ok(layer) => Some((rc.clone(), layer)),
+        Err(e) => {
+            problems.push(format!("{here}.quotas"), e);
+            None
+        }
+    }
 }
 
 /// Boxes a service whose responses have any body into a [`Pipeline`].

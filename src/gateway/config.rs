@@ -22,6 +22,9 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteConfig>,
     /// The admin API's keys.
     pub admin: AdminConfig,
+    /// Redis, for rate limits shared by every replica (`rate_limit.redis =
+    /// true` on a route; feature `redis`).
+    pub redis: Option<RedisConfig>,
     /// Route on, and forward, the request path as it came, instead of its
     /// normal form (see [`crate::path`]: `..` resolved, `//` merged,
     /// unreserved escapes decoded, escaped `/` refused with a 400). Off by
@@ -96,6 +99,24 @@ pub struct ApiKeyConfig {
     pub tier: Option<String>,
 }
 
+/// The Redis server rate limits with `redis = true` count in (see
+/// [`crate::ratelimit::redis`]). Every replica given the same server and
+/// prefix shares those limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]`.
+    pub url: String,
+    /// The prefix of every key (`switchyard:rl:` by default).
+    pub prefix: Option<String>,
+    /// How long a check may take, in milliseconds (100 by default).
+    pub timeout_ms: Option<u64>,
+    /// Refuse requests with 503 when Redis does not answer, instead of
+    /// letting them through.
+    pub fail_closed: bool,
+}
+
 /// The admin API's settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -150,6 +171,10 @@ pub struct RateLimitConfig {
     pub key: KeyConfig,
     /// The quotas, all of which must allow a request.
     pub quotas: Vec<QuotaConfig>,
+    /// Count in the gateway's `[redis]`, shared by every replica, instead
+    /// of in this process.
+    #[serde(default)]
+    pub redis: bool,
 }
 
 /// A quota: `limit` requests per `period`, with bursts of `burst`.

@@ -163,21 +163,36 @@ pub(crate) fn render(state: &State) -> String {
         }
     }
 
+    // (route, allowed, rejected, Redis errors) of every limited route,
+    // counted in this process or in Redis.
+    let limits: Vec<(&str, u64, u64, Option<u64>)> = state
+        .routes
+        .iter()
+        .filter_map(|r| {
+            if let Some((_, h)) = &r.limiter {
+                let s = h.stats();
+                return Some((r.name.as_str(), s.allowed, s.rejected, None));
+            }
+            #[cfg(feature = "redis")]
+            if let Some((_, layer)) = &r.shared_limiter {
+                let s = layer.stats();
+                return Some((r.name.as_str(), s.allowed, s.rejected, Some(s.errors)));
+            }
+            None
+        })
+        .collect();
     family(
         &mut out,
         "switchyard_ratelimit_rejected_total",
         "counter",
         "Requests refused with 429.",
     );
-    for r in &state.routes {
-        if let Some((_, h)) = &r.limiter {
-            let _ = writeln!(
-                out,
-                "switchyard_ratelimit_rejected_total{{route=\"{}\"}} {}",
-                esc(&r.name),
-                h.stats().rejected
-            );
-        }
+    for (route, _, rejected, _) in &limits {
+        let _ = writeln!(
+            out,
+            "switchyard_ratelimit_rejected_total{{route=\"{}\"}} {rejected}",
+            esc(route),
+        );
     }
     family(
         &mut out,
@@ -185,14 +200,28 @@ pub(crate) fn render(state: &State) -> String {
         "counter",
         "Requests the rate limit let through.",
     );
-    for r in &state.routes {
-        if let Some((_, h)) = &r.limiter {
-            let _ = writeln!(
-                out,
-                "switchyard_ratelimit_allowed_total{{route=\"{}\"}} {}",
-                esc(&r.name),
-                h.stats().allowed
-            );
+    for (route, allowed, _, _) in &limits {
+        let _ = writeln!(
+            out,
+            "switchyard_ratelimit_allowed_total{{route=\"{}\"}} {allowed}",
+            esc(route),
+        );
+    }
+    if limits.iter().any(|l| l.3.is_some()) {
+        family(
+            &mut out,
+            "switchyard_ratelimit_redis_errors_total",
+            "counter",
+            "Checks Redis did not answer in time (let through or refused as configured).",
+        );
+        for (route, _, _, errors) in &limits {
+            if let Some(errors) = errors {
+                let _ = writeln!(
+                    out,
+                    "switchyard_ratelimit_redis_errors_total{{route=\"{}\"}} {errors}",
+                    esc(route),
+                );
+            }
         }
     }
 

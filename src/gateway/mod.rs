@@ -54,6 +54,10 @@
 //! `model` router), every refusal is answered in OpenAI's error shape
 //! ([`OpenAiErrorsLayer`](crate::model::OpenAiErrorsLayer)).
 //!
+//! A route's rate limit counts in this process, or, with `redis = true`
+//! and a `[redis]` section (feature `redis`), in Redis, shared by every
+//! replica built from the same configuration.
+//!
 //! `examples/gateway.rs` runs a complete gateway with its admin API.
 
 mod build;
@@ -79,7 +83,7 @@ use tower::util::Oneshot;
 
 pub use config::{
     AdminConfig, ApiKeyConfig, AuthConfig, GatewayConfig, KeyConfig, ModelConfig, QuotaConfig,
-    RateLimitConfig, RouteConfig, SplitConfig, TargetConfig, UpstreamConfig,
+    RateLimitConfig, RedisConfig, RouteConfig, SplitConfig, TargetConfig, UpstreamConfig,
 };
 
 use crate::model::ModelHandle;
@@ -207,7 +211,8 @@ impl Gateway {
         r.model.as_ref().map(|(_, h)| h.clone())
     }
 
-    /// The rate-limit handle of a route.
+    /// The rate-limit handle of a route whose limit counts in this process
+    /// (`None` for one counted in Redis, whose quotas change by reload).
     pub fn rate_limit(&self, route: &str) -> Option<RateLimitHandle> {
         let state = self.inner.state.load();
         let r = state.routes.iter().find(|r| r.name == route)?;
