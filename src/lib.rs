@@ -82,6 +82,7 @@
 //! | `rollout` | `rollout`: step plans with live analysis (`tokio`) |
 //! | `mirror` | `mirror`: shadow traffic (`tokio`) |
 //! | `redis` | `ratelimit::redis`: rate limits shared by every replica, kept in Redis (`redis`) |
+//! | `tonic` | a [`Split`](split::Split) of tonic services is a tonic `NamedService`, for `Server::builder().add_service(split)` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]

@@ -260,9 +260,10 @@ async fn streaming_calls_split_by_weight_each_on_one_version() {
 
 // === sticky by metadata ===
 
-/// The split mounted inside tonic `Routes` under the greeter's service
-/// name (as `add_service` would mount the greeter itself), sticky by the
-/// `x-user` metadata key: `KeyBy::header` reads gRPC metadata.
+/// The split mounted with tonic's own `add_service` (with the `tonic`
+/// feature a split of greeters is a `NamedService` named like them),
+/// sticky by the `x-user` metadata key: `KeyBy::header` reads gRPC
+/// metadata.
 #[tokio::test]
 async fn sticky_by_grpc_metadata_key() {
     let split = split_of(
@@ -275,12 +276,13 @@ async fn sticky_by_grpc_metadata_key() {
     .build()
     .unwrap();
     let chooser = split.clone();
-    let routes = Routes::from(
-        axum::Router::new().route_service(&format!("/{SERVICE_NAME}/{{*method}}"), split),
+    assert_eq!(
+        <Split<GreeterServer<Version>> as tonic::server::NamedService>::NAME,
+        SERVICE_NAME
     );
     let addr = spawn_server(|incoming| {
         Server::builder()
-            .add_routes(routes)
+            .add_service(split)
             .serve_with_incoming(incoming)
     })
     .await;

@@ -227,6 +227,14 @@ impl<S> Split<S> {
     }
 }
 
+/// With the `tonic` feature, a split of tonic services is one too: its name
+/// is theirs, so `Server::builder().add_service(split)` mounts it where
+/// each version would be mounted alone.
+#[cfg(feature = "tonic")]
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Split<S> {
+    const NAME: &'static str = S::NAME;
+}
+
 impl<S: Clone> Clone for Split<S> {
     fn clone(&self) -> Self {
         Self {
