@@ -64,7 +64,7 @@ use redis::aio::ConnectionManager;
 use tower::{Layer, Service};
 
 use super::gcra::Gcra;
-use super::service::{Config, Decision, MissingKey, allowed_headers, rejection};
+use super::service::{Config, Decision, MissingKey, allowed_headers, missing_key, rejection};
 use super::{Quota, RateLimitError};
 use crate::body::ResponseBody;
 use crate::future::Rejection;
@@ -450,13 +450,7 @@ where
             limiter.counters.missing_key.fetch_add(1, Ordering::Relaxed);
             let state = match limiter.on_missing {
                 MissingKey::Reject(status) => State::Refused {
-                    rejection: Some(
-                        Rejection::new(Problem::new(status).detail(format!(
-                            "the request carries no rate-limit key (expected {:?})",
-                            limiter.key_by
-                        )))
-                        .grpc(grpc),
-                    ),
+                    rejection: Some(missing_key(&limiter.key_by, status).grpc(grpc)),
                 },
                 MissingKey::Allow => State::Calling {
                     future: self.inner.call(req),

@@ -238,6 +238,13 @@ impl Limiter {
     }
 }
 
+/// The refusal of a request without a key.
+pub(super) fn missing_key(key_by: &KeyBy, status: StatusCode) -> Rejection {
+    Rejection::new(Problem::new(status).detail(format!(
+        "the request carries no rate-limit key (expected {key_by:?})"
+    )))
+}
+
 /// The 429 for a refused request: which quota, when to retry, the headers.
 pub(super) fn rejection(
     config: &Config,
@@ -586,11 +593,7 @@ where
             limiter.counters.missing_key.fetch_add(1, Ordering::Relaxed);
             return match limiter.on_missing {
                 MissingKey::Reject(status) => ResponseFuture::rejected(
-                    Rejection::new(Problem::new(status).detail(format!(
-                        "the request carries no rate-limit key (expected {:?})",
-                        limiter.key_by
-                    )))
-                    .for_request(req.headers()),
+                    missing_key(&limiter.key_by, status).for_request(req.headers()),
                 ),
                 MissingKey::Allow => ResponseFuture::inner(self.inner.call(req)),
             };
