@@ -58,6 +58,7 @@
 //! | `rollout` (feature `rollout`) | `Rollout`: step plans with live analysis of canary against stable, automatic promotion and rollback |
 //! | [`grpc`] | how every layer's refusals look to gRPC clients (trailers-only responses with `grpc-status`) |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer): request paths in normal form (`..` resolved, `//` merged, escapes decoded) before anything routes on them |
+//! | [`upgrade`] | [`UpgradeHold`](upgrade::UpgradeHold): what must live as long as an upgraded connection (a WebSocket) does |
 //! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, client IP behind trusted proxies, custom) from a request |
 //! | `model` (feature `json`) | `ModelRouter`: OpenAI-compatible model aliases over weighted versions, pins, sticky picks, fallback, token counts |
 //! | `mirror` (feature `mirror`) | `MirrorLayer`: shadow traffic to a new version, bounded and never delaying the client, with answer comparison |
@@ -117,6 +118,7 @@ pub mod split;
 #[cfg(feature = "transform")]
 #[cfg_attr(docsrs, doc(cfg(feature = "transform")))]
 pub mod transform;
+pub mod upgrade;
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

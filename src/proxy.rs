@@ -19,8 +19,10 @@
 //! and bytes are copied both ways until either side closes. That needs the
 //! request to come through a hyper server (axum and `hyper-util` leave the
 //! connection's upgrade handle in the request's extensions). The tunnel
-//! outlives the response: a split counts the upgrade as one request that
-//! ended with its 101.
+//! outlives the response; the 101 carries an
+//! [`UpgradeHold`](crate::upgrade::UpgradeHold) that lasts as long as the
+//! tunnel, with which a [`Split`](crate::split::Split) keeps the request in
+//! flight until the connection closes.
 //!
 //! ```no_run
 //! use switchyard::proxy::Upstream;
@@ -404,7 +406,11 @@ where
                         if let (Some((_, client)), Some(protocol)) = (upgrade, agreed)
                             && res.status() == StatusCode::SWITCHING_PROTOCOLS
                         {
-                            tunnel(client, hyper::upgrade::on(&mut res));
+                            // Whatever a layer outside hands this hold
+                            // lives as long as the tunnel.
+                            let hold = crate::upgrade::UpgradeHold::new();
+                            res.extensions_mut().insert(hold.clone());
+                            tunnel(client, hyper::upgrade::on(&mut res), hold);
                             let headers = res.headers_mut();
                             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                             headers.insert(header::UPGRADE, protocol);
@@ -568,11 +574,16 @@ fn upgrade_request(
 
 /// Once the client's and the upstream's connections are both handed over
 /// (after the 101 reaches the client), copies bytes both ways until either
-/// side closes. The tunnel outlives the response: a split's in-flight
-/// count ends with the 101, not with the tunnel.
-fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// side closes, then lets `hold` go (and what it holds: a split's in-flight
+/// count).
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    hold: crate::upgrade::UpgradeHold,
+) {
     use hyper_util::rt::TokioIo;
     tokio::spawn(async move {
+        let _hold = hold;
         // The upstream's side is ready with the 101; the client's once
         // hyper has written the 101 to it.
         let (Ok(upstream), Ok(client)) = (upstream.await, client.await) else {

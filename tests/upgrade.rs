@@ -209,3 +209,60 @@ split.targets = [{{ name = "chat", upstream = "chat", weight = 1 }}]
     assert!(head.starts_with("http/1.1 101"), "{head}");
     echo_round_trip(&mut tcp, b"through the gateway").await;
 }
+
+/// Blue/green with an open WebSocket: after promoting green, new
+/// connections go there while blue's tunnel keeps working, and blue is
+/// `drained` only once that tunnel closes.
+#[tokio::test]
+async fn a_split_drains_only_when_tunnels_close() {
+    use switchyard::split::Split;
+
+    let (blue_addr, _) = echo_upstream().await;
+    let (green_addr, green_seen) = echo_upstream().await;
+    let split = Split::builder()
+        .target(
+            "blue",
+            Upstream::new(&format!("http://{blue_addr}")).unwrap(),
+            100,
+        )
+        .target(
+            "green",
+            Upstream::new(&format!("http://{green_addr}")).unwrap(),
+            0,
+        )
+        .build()
+        .unwrap();
+    let handle = split.handle();
+    let front = serve(axum::Router::new().fallback_service(split)).await;
+
+    let (mut on_blue, head) = handshake(front, ASK_ECHO).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    echo_round_trip(&mut on_blue, b"blue, open").await;
+    let blue = |h: &switchyard::split::SplitHandle| {
+        h.stats().into_iter().find(|s| s.name == "blue").unwrap()
+    };
+    assert_eq!(blue(&handle).in_flight, 1, "the open tunnel is in flight");
+
+    handle.promote("green").unwrap();
+    let mut drained = Box::pin(handle.drained("blue").unwrap());
+    // The tunnel still works, and keeps blue from being drained.
+    echo_round_trip(&mut on_blue, b"still on blue").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut drained)
+            .await
+            .is_err(),
+        "drained while a WebSocket is open"
+    );
+    // New connections go to green.
+    let (mut on_green, head) = handshake(front, ASK_ECHO).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    echo_round_trip(&mut on_green, b"green").await;
+    assert_eq!(green_seen.lock().unwrap().len(), 1);
+
+    // The client closes blue's tunnel: blue is drained.
+    drop(on_blue);
+    tokio::time::timeout(HANG_GUARD, drained)
+        .await
+        .expect("drained once the tunnel closed");
+    assert_eq!(blue(&handle).in_flight, 0);
+}

@@ -207,6 +207,9 @@ where
                             .insert(name.clone(), meta.header_value.clone());
                     }
                 }
+                if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    hold_while_upgraded(&res, &mut in_flight);
+                }
                 Poll::Ready(Ok(res.map(|inner| SplitBody { inner, in_flight })))
             }
             Err(e) => {
@@ -229,6 +232,18 @@ fn count_grpc(f: &mut InFlight, headers: &http::HeaderMap) {
             .counters(f.index)
             .response(crate::grpc::http_status_for(code)),
         None => f.grpc_pending = true,
+    }
+}
+
+/// A 101 whose connection the target keeps open (a WebSocket through
+/// `proxy::Upstream`): the request stays in flight until it closes, so
+/// that `drained` waits for it.
+#[cold]
+fn hold_while_upgraded<B>(res: &Response<B>, in_flight: &mut Option<InFlight>) {
+    if let Some(hold) = res.extensions().get::<crate::upgrade::UpgradeHold>()
+        && let Some(f) = in_flight.take()
+    {
+        hold.hold(f);
     }
 }
 

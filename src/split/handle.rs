@@ -332,7 +332,10 @@ impl SplitHandle {
     ///
     /// A request counts as in flight from the moment the split chose it
     /// until its response body has ended or been dropped, so a streaming
-    /// response holds the drain open until its last chunk. The future
+    /// response holds the drain open until its last chunk; an upgraded
+    /// connection (a WebSocket through `proxy::Upstream`, see
+    /// [`UpgradeHold`](crate::upgrade::UpgradeHold)) holds it until the
+    /// connection closes. The future
     /// resolves at once if the target is already drained, and stays pending
     /// (it does not fail) while the target still has weight: raise the
     /// weight again and it simply waits longer.
