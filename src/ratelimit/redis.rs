@@ -145,10 +145,9 @@ struct Limiter {
     redis: ConnectionManager,
     script: redis::Script,
     config: Config,
-    /// Each quota's emission interval and tolerance in microseconds.
-    micros: Vec<(u64, u64)>,
     /// The quotas as the script counts them (intervals in whole
-    /// microseconds), to read its answers with the same arithmetic.
+    /// microseconds): its arguments, and the arithmetic its answers are
+    /// read with.
     gcras: Vec<Gcra>,
     prefix: String,
     key_by: KeyBy,
@@ -299,22 +298,18 @@ impl RedisRateLimitBuilder {
     /// Checks the quotas and builds the layer.
     pub fn build(self) -> Result<RedisRateLimitLayer, RateLimitError> {
         let config = Config::new(self.quotas, false, Default::default())?;
-        let micros: Vec<(u64, u64)> = config
-            .gcras
-            .iter()
-            .map(|g| {
-                let interval = g.interval.div_ceil(1_000);
-                (interval, interval * u64::from(g.burst))
-            })
-            .collect();
+        // Whole microseconds, rounded up (the strict side): what the script
+        // counts in.
         let gcras = config
             .gcras
             .iter()
-            .zip(&micros)
-            .map(|(g, (interval, tau))| Gcra {
-                interval: interval * 1_000,
-                tau: tau * 1_000,
-                burst: g.burst,
+            .map(|g| {
+                let interval = g.interval.div_ceil(1_000) * 1_000;
+                Gcra {
+                    interval,
+                    tau: interval * u64::from(g.burst),
+                    burst: g.burst,
+                }
             })
             .collect();
         Ok(RedisRateLimitLayer {
@@ -322,7 +317,6 @@ impl RedisRateLimitBuilder {
                 redis: self.redis,
                 script: redis::Script::new(SCRIPT),
                 config,
-                micros,
                 gcras,
                 prefix: self.prefix,
                 key_by: self.key_by,
@@ -377,8 +371,8 @@ impl Limiter {
                 invocation.key(k);
             }
             invocation.arg(1u32);
-            for (interval, tau) in &limiter.micros {
-                invocation.arg(*interval).arg(*tau);
+            for g in &limiter.gcras {
+                invocation.arg(g.interval / 1_000).arg(g.tau / 1_000);
             }
             let mut redis = limiter.redis.clone();
             let timeout = limiter.timeout;
