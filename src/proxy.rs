@@ -5,7 +5,8 @@
 //! [`Upstream`] is a tower `Service` that sends each request to an upstream
 //! base URL over a pooled hyper client (HTTP/1.1 keep-alive, or h2c for
 //! gRPC upstreams; with the `tls` feature, `https://` upstreams too, over
-//! rustls, HTTP/1.1 or HTTP/2 by ALPN), with a proxy's manners: hop-by-hop headers removed both
+//! rustls, HTTP/1.1 or HTTP/2 by ALPN, presenting a client certificate to
+//! upstreams that ask for one), with a proxy's manners: hop-by-hop headers removed both
 //! ways, `X-Forwarded-For` appended, `X-Forwarded-Proto` and
 //! `X-Forwarded-Host` set to what this hop saw, `Host` set to the upstream, bodies and
 //! trailers streamed both ways, and failures answered as problem+json
@@ -16,7 +17,9 @@
 //! Protocol upgrades (WebSocket, or any `Connection: upgrade` /
 //! `Upgrade: x` request over HTTP/1.1) are asked of the upstream too; when
 //! it answers 101, the client's and the upstream's connections are joined
-//! and bytes are copied both ways until either side closes. That needs the
+//! and bytes are copied both ways until both sides have closed, or until no
+//! byte has moved for the idle timeout (five minutes by default,
+//! [`UpstreamBuilder::upgrade_idle_timeout`]). That needs the
 //! request to come through a hyper server (axum and `hyper-util` leave the
 //! connection's upgrade handle in the request's extensions). The tunnel
 //! outlives the response; the 101 carries an
@@ -125,6 +128,7 @@ struct Inner {
     preserve_host: bool,
     forwarded: bool,
     http2: bool,
+    upgrade_idle_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -154,8 +158,11 @@ impl Upstream {
             forwarded: false,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
+            upgrade_idle_timeout: Some(Duration::from_secs(300)),
             #[cfg(feature = "tls")]
             roots_pem: None,
+            #[cfg(feature = "tls")]
+            client_auth: None,
         }
     }
 
@@ -176,8 +183,11 @@ pub struct UpstreamBuilder {
     forwarded: bool,
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
+    upgrade_idle_timeout: Option<Duration>,
     #[cfg(feature = "tls")]
     roots_pem: Option<Vec<u8>>,
+    #[cfg(feature = "tls")]
+    client_auth: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl UpstreamBuilder {
@@ -227,6 +237,32 @@ impl UpstreamBuilder {
     /// How many idle connections are kept per upstream (64 by default).
     pub fn pool_max_idle(mut self, n: usize) -> Self {
         self.pool_max_idle_per_host = n;
+        self
+    }
+
+    /// How long an upgraded connection (a WebSocket tunnel) may stay open
+    /// with no byte moving either way before the proxy closes both sides
+    /// (5 minutes by default, as Envoy's stream idle timeout; `None` keeps
+    /// tunnels open until a side closes). A peer that vanished without
+    /// closing its connection would otherwise hold the tunnel, its two
+    /// sockets and, through a split, its version's in-flight count forever.
+    /// Clients that ping more often than this are never cut.
+    pub fn upgrade_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.upgrade_idle_timeout = timeout;
+        self
+    }
+
+    /// Presents this client certificate to `https://` upstreams that ask
+    /// for one (mutual TLS; feature `tls`): `chain` holds the certificate
+    /// then any intermediates, PEM; `key` its private key, PEM (PKCS#8,
+    /// PKCS#1 or SEC1). Both are checked by [`build`](Self::build).
+    #[cfg(feature = "tls")]
+    pub fn client_certificate_pem(
+        mut self,
+        chain: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.client_auth = Some((chain.into(), key.into()));
         self
     }
 
@@ -280,6 +316,9 @@ impl UpstreamBuilder {
             scheme == Scheme::HTTPS,
             self.http2,
             self.roots_pem.as_deref(),
+            self.client_auth
+                .as_ref()
+                .map(|(chain, key)| (chain.as_slice(), key.as_slice())),
         )
         .map_err(|reason| ProxyError::Tls {
             url: self.url.clone(),
@@ -302,6 +341,7 @@ impl UpstreamBuilder {
                 preserve_host: self.preserve_host,
                 forwarded: self.forwarded,
                 http2: self.http2,
+                upgrade_idle_timeout: self.upgrade_idle_timeout,
             }),
         })
     }
@@ -410,7 +450,12 @@ where
                             // lives as long as the tunnel.
                             let hold = crate::upgrade::UpgradeHold::new();
                             res.extensions_mut().insert(hold.clone());
-                            tunnel(client, hyper::upgrade::on(&mut res), hold);
+                            tunnel(
+                                client,
+                                hyper::upgrade::on(&mut res),
+                                hold,
+                                inner.upgrade_idle_timeout,
+                            );
                             let headers = res.headers_mut();
                             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                             headers.insert(header::UPGRADE, protocol);
@@ -574,12 +619,13 @@ fn upgrade_request(
 
 /// Once the client's and the upstream's connections are both handed over
 /// (after the 101 reaches the client), copies bytes both ways until either
-/// side closes, then lets `hold` go (and what it holds: a split's in-flight
-/// count).
+/// side closes or `idle` passes with no byte moving, then lets `hold` go
+/// (and what it holds: a split's in-flight count).
 fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     hold: crate::upgrade::UpgradeHold,
+    idle: Option<Duration>,
 ) {
     use hyper_util::rt::TokioIo;
     tokio::spawn(async move {
@@ -589,10 +635,142 @@ fn tunnel(
         let (Ok(upstream), Ok(client)) = (upstream.await, client.await) else {
             return;
         };
-        let _ =
-            tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream))
-                .await;
+        let _ = splice(TokioIo::new(client), TokioIo::new(upstream), idle).await;
     });
+}
+
+/// How a [`splice`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Spliced {
+    /// A side closed (or failed).
+    Closed,
+    /// No byte moved for the idle timeout.
+    Idle,
+}
+
+/// Copies bytes both ways between `a` and `b` until either closes or, with
+/// `idle`, until no byte has moved either way for that long; both are
+/// dropped (closed) when it returns.
+///
+/// Written around tokio's `copy_bidirectional`, which has no idle timeout:
+/// each side is wrapped to note the time of its last transfer, and the copy
+/// is raced against a deadline moved by those notes.
+async fn splice<A, B>(a: A, b: B, idle: Option<Duration>) -> Spliced
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Some(idle) = idle else {
+        let (mut a, mut b) = (a, b);
+        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+        return Spliced::Closed;
+    };
+    let activity = Activity::new();
+    let mut a = Watched {
+        io: a,
+        activity: &activity,
+    };
+    let mut b = Watched {
+        io: b,
+        activity: &activity,
+    };
+    let mut copy = std::pin::pin!(tokio::io::copy_bidirectional(&mut a, &mut b));
+    loop {
+        let deadline = activity.last() + idle;
+        if tokio::time::timeout_at(deadline, copy.as_mut())
+            .await
+            .is_ok()
+        {
+            return Spliced::Closed;
+        }
+        if activity.last() + idle <= tokio::time::Instant::now() {
+            return Spliced::Idle;
+        }
+    }
+}
+
+/// When a tunnel last moved a byte, in nanoseconds since it began (an
+/// atomic only so that the copy future stays `Send`; one task touches it).
+struct Activity {
+    start: tokio::time::Instant,
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let since = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(since, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_nanos(self.last.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// One side of a tunnel, noting each transfer in its [`Activity`].
+struct Watched<'a, T> {
+    io: T,
+    activity: &'a Activity,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -613,8 +791,8 @@ mod tls {
 
     use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
     use hyper_util::client::legacy::connect::HttpConnector;
-    use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use rustls::{ClientConfig, RootCertStore};
 
     /// The connector for one upstream: TLS (ALPN `h2` or `http/1.1`, as the
@@ -624,6 +802,7 @@ mod tls {
         https: bool,
         http2: bool,
         roots_pem: Option<&[u8]>,
+        client_auth: Option<(&[u8], &[u8])>,
     ) -> Result<HttpsConnector<HttpConnector>, String> {
         // The TLS connector hands `https` URIs to the TCP one.
         tcp.enforce_http(false);
@@ -632,12 +811,32 @@ mod tls {
             (true, Some(pem)) => Arc::new(from_pem(pem)?),
             (true, None) => system_roots()?,
         };
-        let config =
+        let builder =
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
                 .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+                .with_root_certificates(roots);
+        let config = match client_auth {
+            None => builder.with_no_client_auth(),
+            Some(_) if !https => {
+                return Err("a client certificate is presented only to https:// upstreams".into());
+            }
+            Some((chain, key)) => {
+                let chain = CertificateDer::pem_slice_iter(chain)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("invalid client certificate PEM: {e}"))?;
+                if chain.is_empty() {
+                    return Err("the client certificate PEM holds no certificate".to_owned());
+                }
+                let key = PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| format!("invalid client key PEM: {e}"))?;
+                // rustls checks that the key is one it can sign with and
+                // that it matches the certificate.
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("unusable client certificate: {e}"))?
+            }
+        };
         let builder = HttpsConnectorBuilder::new().with_tls_config(config);
         let builder = if https {
             builder.https_only()
@@ -685,5 +884,88 @@ mod tls {
                 Ok(Arc::new(roots))
             })
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::time::{Instant, sleep};
+
+    use super::{Spliced, splice};
+
+    /// A client, a tunnel between two in-memory pipes, and a server.
+    fn tunnel(
+        idle: Option<Duration>,
+    ) -> (DuplexStream, tokio::task::JoinHandle<Spliced>, DuplexStream) {
+        let (client, a) = tokio::io::duplex(64);
+        let (b, server) = tokio::io::duplex(64);
+        (client, tokio::spawn(splice(a, b, idle)), server)
+    }
+
+    async fn carry(from: &mut DuplexStream, to: &mut DuplexStream, message: &[u8]) {
+        from.write_all(message).await.unwrap();
+        let mut got = vec![0; message.len()];
+        to.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, message);
+    }
+
+    async fn closed(side: &mut DuplexStream) -> bool {
+        let mut byte = [0; 1];
+        side.read(&mut byte).await.unwrap() == 0
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_either_way_keeps_a_tunnel_open_and_silence_closes_it() {
+        let idle = Duration::from_secs(60);
+        let (mut client, task, mut server) = tunnel(Some(idle));
+        // Four minutes of talk, 45 s apart: client to server, then server
+        // to client only (a stream of pushes), never 60 s of silence.
+        for _ in 0..2 {
+            sleep(Duration::from_secs(45)).await;
+            carry(&mut client, &mut server, b"ping").await;
+        }
+        for _ in 0..3 {
+            sleep(Duration::from_secs(45)).await;
+            carry(&mut server, &mut client, b"push").await;
+        }
+        assert!(!task.is_finished());
+        let last = Instant::now();
+        assert_eq!(task.await.unwrap(), Spliced::Idle);
+        // Closed exactly one idle timeout after the last byte.
+        assert_eq!(Instant::now() - last, idle);
+        assert!(closed(&mut client).await);
+        assert!(closed(&mut server).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_an_idle_timeout_a_tunnel_lasts_until_a_side_closes() {
+        let (mut client, task, mut server) = tunnel(None);
+        sleep(Duration::from_secs(24 * 3600)).await;
+        carry(&mut client, &mut server, b"still here").await;
+        assert!(!task.is_finished());
+        // The client's close reaches the server; the tunnel ends when the
+        // server closes in turn.
+        drop(client);
+        assert!(closed(&mut server).await);
+        drop(server);
+        assert_eq!(task.await.unwrap(), Spliced::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_ends_when_its_sides_close_before_its_idle_timeout() {
+        let (mut client, task, server) = tunnel(Some(Duration::from_secs(60)));
+        let start = Instant::now();
+        sleep(Duration::from_secs(10)).await;
+        // The server's close reaches the client (as TCP's half-close
+        // would), and the tunnel ends when the client closes in turn.
+        drop(server);
+        assert!(closed(&mut client).await);
+        assert!(!task.is_finished());
+        drop(client);
+        assert_eq!(task.await.unwrap(), Spliced::Closed);
+        assert_eq!(Instant::now() - start, Duration::from_secs(10));
     }
 }

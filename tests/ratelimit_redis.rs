@@ -2,7 +2,9 @@
 //! `RedisRateLimitLayer` against a real `redis-server` on loopback, which
 //! each test starts on a free port (and stops): two "replicas" sharing
 //! quotas, several quotas all-or-nothing, time passing (moved in Redis,
-//! not slept), Redis going away, and the gateway-facing answers.
+//! not slept), Redis going away, the gateway-facing answers, and the parity
+//! with the in-process limiter: per-request cost, dry-run, allow list and
+//! the live handle (quotas changed live, check, peek and charge).
 //!
 //! `.ci/run` installs `redis-server` (Debian's package) and sets
 //! `SWITCHYARD_REQUIRE_REDIS=1`, so that these tests fail there when it is
@@ -21,8 +23,8 @@ use http_body_util::{BodyExt, Full};
 use redis::AsyncCommands;
 use serde_json::Value;
 use switchyard::key::{Key, KeyBy};
-use switchyard::ratelimit::redis::{RedisFailure, RedisRateLimitLayer};
-use switchyard::ratelimit::{MissingKey, Quota};
+use switchyard::ratelimit::redis::{RedisCheckError, RedisFailure, RedisRateLimitLayer};
+use switchyard::ratelimit::{MissingKey, Quota, RateLimitError};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 #[path = "support/net.rs"]
@@ -443,6 +445,27 @@ split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
             .contains("switchyard_ratelimit_allowed_total{route=\"api\"} 1")
     );
 
+    // The route's handle: an allow-listed key passes on that replica (and
+    // only there), and the reload above kept what it was told.
+    let handle = replicas[0].redis_rate_limit("api").unwrap();
+    assert!(replicas[0].rate_limit("api").is_none());
+    handle.set_allow_list(["frank"]);
+    replicas[0]
+        .reload(GatewayConfig::from_toml(&text).unwrap())
+        .unwrap();
+    for (addr, want) in [(addrs[0], 200), (addrs[1], 429)] {
+        let req = Request::get(format!("http://{addr}/"))
+            .header("x-user", "frank")
+            .body(Full::default())
+            .unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(res.status(), want);
+    }
+    assert_eq!(handle.stats().bypassed, 1);
+
     // Mistakes are located.
     let no_redis = config("");
     let err = Gateway::from_config(GatewayConfig::from_toml(&no_redis).unwrap()).unwrap_err();
@@ -455,4 +478,354 @@ split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
     let bad_url = config("[redis]\nurl = \"nonsense://127.0.0.1/\"");
     let err = Gateway::from_config(GatewayConfig::from_toml(&bad_url).unwrap()).unwrap_err();
     assert!(err.problems.iter().any(|p| p.at == "redis.url"), "{err:?}");
+}
+
+/// A request of `user` costing `cost` units (read by `cost_by_header`).
+fn costly(user: &str, cost: u32) -> Request<Full<Bytes>> {
+    let mut r = req(user);
+    r.headers_mut().insert("x-cost", HeaderValue::from(cost));
+    r
+}
+
+fn cost_by_header(req: &switchyard::key::RequestView<'_>) -> u32 {
+    req.headers
+        .get("x-cost")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(1)
+}
+
+#[tokio::test]
+async fn a_request_takes_its_cost() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let layer = RedisRateLimitLayer::builder(redis.manager().await)
+        .key_by(by_user())
+        .quota(Quota::per_minute(5).named("units"))
+        .cost(cost_by_header)
+        .build()
+        .unwrap();
+    let svc = layer.layer(ok_service());
+    let mut conn = redis.manager().await;
+
+    // 3 of the 5 units at once.
+    let res = svc.clone().oneshot(costly("gina", 3)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let rl = header(&res, "ratelimit");
+    assert!(rl.starts_with(r#""units";r=2;t="#), "{rl}");
+    // In Redis: three intervals of 12 s ahead of now.
+    let key = &layer.redis_keys(&Key::from("gina"))[0];
+    let ttl: i64 = conn.pttl(key).await.unwrap();
+    assert!((35_000..=36_001).contains(&ttl), "{ttl}");
+
+    // 3 more do not fit in the 2 left: refused until one more unit is
+    // back (12 s), and nothing is taken.
+    let res = svc.clone().oneshot(costly("gina", 3)).await.unwrap();
+    assert_eq!(res.status(), 429);
+    let retry: u64 = header(&res, RETRY_AFTER.as_str()).parse().unwrap();
+    assert!((11..=12).contains(&retry), "{retry}");
+    assert!(
+        json(res).await["detail"]
+            .as_str()
+            .unwrap()
+            .contains("retry in")
+    );
+    let res = svc.clone().oneshot(costly("gina", 2)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(header(&res, "ratelimit").starts_with(r#""units";r=0;t="#));
+
+    // More than the burst: refused for good, so no Retry-After; the key's
+    // state is not touched.
+    let res = svc.clone().oneshot(costly("hank", 6)).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().get(RETRY_AFTER).is_none());
+    let body = json(res).await;
+    assert_eq!(body["policy"], "units");
+    assert!(body.get("retry_after").is_none(), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("costs 6 units, more than the burst of 5"),
+        "{body}"
+    );
+    let hank = &layer.redis_keys(&Key::from("hank"))[0];
+    assert!(!conn.exists::<_, bool>(hank).await.unwrap());
+    // Without the header, the closure says 1.
+    let res = svc.clone().oneshot(req("hank")).await.unwrap();
+    assert!(header(&res, "ratelimit").starts_with(r#""units";r=4;t="#));
+
+    let stats = layer.stats();
+    assert_eq!((stats.allowed, stats.rejected), (3, 2));
+}
+
+#[tokio::test]
+async fn dry_run_lets_over_limit_requests_through_until_turned_off() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let layer = RedisRateLimitLayer::builder(redis.manager().await)
+        .key_by(by_user())
+        .quota(Quota::per_minute(2).named("trial"))
+        .dry_run(true)
+        // So that only the requests dry-run let through carry the headers.
+        .headers_on_allowed(false)
+        .build()
+        .unwrap();
+    let svc = layer.layer(ok_service());
+    let handle = layer.handle();
+
+    for _ in 0..2 {
+        let res = svc.clone().oneshot(req("iris")).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.headers().get("ratelimit").is_none());
+    }
+    let res = svc.clone().oneshot(req("iris")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "ratelimit-policy"), r#""trial";q=2;w=60"#);
+    assert!(header(&res, "ratelimit").starts_with(r#""trial";r=0;t="#));
+    assert!(res.headers().get(RETRY_AFTER).is_none());
+    let stats = handle.stats();
+    assert_eq!(
+        (stats.allowed, stats.dry_run_rejected, stats.rejected),
+        (2, 1, 0)
+    );
+    // The request let through took no units: two intervals of 30 s.
+    let mut conn = redis.manager().await;
+    let ttl: i64 = conn
+        .pttl(&handle.redis_keys(&Key::from("iris"))[0])
+        .await
+        .unwrap();
+    assert!((59_000..=60_001).contains(&ttl), "{ttl}");
+
+    // Live: off refuses the next request, on lets it through again.
+    handle.set_dry_run(false);
+    let res = svc.clone().oneshot(req("iris")).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().get(RETRY_AFTER).is_some());
+    handle.set_dry_run(true);
+    assert_eq!(
+        svc.clone().oneshot(req("iris")).await.unwrap().status(),
+        200
+    );
+    let stats = layer.stats();
+    assert_eq!(
+        (stats.allowed, stats.dry_run_rejected, stats.rejected),
+        (2, 2, 1)
+    );
+}
+
+#[tokio::test]
+async fn allow_listed_keys_bypass_the_limit() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let layer = RedisRateLimitLayer::builder(redis.manager().await)
+        .key_by(by_user())
+        .quota(Quota::per_minute(1).named("one"))
+        .allow("vip")
+        .build()
+        .unwrap();
+    let svc = layer.layer(ok_service());
+    let handle = svc.handle();
+    let mut conn = redis.manager().await;
+
+    for _ in 0..3 {
+        let res = svc.clone().oneshot(req("vip")).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.headers().get("ratelimit").is_none());
+    }
+    // Redis was not asked.
+    let vip = &layer.redis_keys(&Key::from("vip"))[0];
+    assert!(!conn.exists::<_, bool>(vip).await.unwrap());
+    assert_eq!(
+        svc.clone().oneshot(req("ivan")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        svc.clone().oneshot(req("ivan")).await.unwrap().status(),
+        429
+    );
+    let stats = handle.stats();
+    assert_eq!((stats.bypassed, stats.allowed, stats.rejected), (3, 1, 1));
+
+    // Live: ivan in, vip out.
+    handle.set_allow_list(["ivan"]);
+    assert_eq!(
+        svc.clone().oneshot(req("ivan")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(svc.clone().oneshot(req("vip")).await.unwrap().status(), 200);
+    assert_eq!(svc.clone().oneshot(req("vip")).await.unwrap().status(), 429);
+    handle.set_allow_list(Vec::<String>::new());
+    assert_eq!(
+        svc.clone().oneshot(req("ivan")).await.unwrap().status(),
+        429
+    );
+    let stats = handle.stats();
+    assert_eq!((stats.bypassed, stats.allowed, stats.rejected), (4, 2, 3));
+}
+
+#[tokio::test]
+async fn quotas_change_live_and_state_follows_the_name() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    // Two replicas sharing the state under one prefix.
+    let replica = |conn| {
+        RedisRateLimitLayer::builder(conn)
+            .key_by(by_user())
+            .quota(Quota::per_minute(10).named("api"))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (
+        replica(redis.manager().await),
+        replica(redis.manager().await),
+    );
+    let (sa, sb) = (a.layer(ok_service()), b.layer(ok_service()));
+    let (ha, hb) = (a.handle(), sb.handle());
+    for i in 0..4 {
+        let svc = if i % 2 == 0 { &sa } else { &sb };
+        assert_eq!(
+            svc.clone().oneshot(req("jack")).await.unwrap().status(),
+            200
+        );
+    }
+
+    // A stricter rate under the same name: the next request through A is
+    // checked against it, and the 4 units both replicas counted (24 s of
+    // a 10-per-minute quota) still count: 1 per minute waits 24 s.
+    ha.set_quotas([Quota::per_minute(1).named("api")]).unwrap();
+    assert_eq!(ha.quotas(), [Quota::per_minute(1).named("api")]);
+    let res = sa.clone().oneshot(req("jack")).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(header(&res, "ratelimit-policy"), r#""api";q=1;w=60"#);
+    let retry: u64 = header(&res, RETRY_AFTER.as_str()).parse().unwrap();
+    assert!((23..=24).contains(&retry), "{retry}");
+    // B keeps its own quotas until told.
+    assert_eq!(hb.quotas(), [Quota::per_minute(10).named("api")]);
+    assert_eq!(sb.clone().oneshot(req("jack")).await.unwrap().status(), 200);
+    hb.set_quotas([Quota::per_minute(1).named("api")]).unwrap();
+    let res = sb.clone().oneshot(req("jack")).await.unwrap();
+    assert_eq!(res.status(), 429);
+    let retry: u64 = header(&res, RETRY_AFTER.as_str()).parse().unwrap();
+    assert!((29..=30).contains(&retry), "{retry}");
+
+    // A new name starts fresh for every key; the old state stays in Redis
+    // until it expires.
+    ha.set_quotas([Quota::per_minute(1).named("api-v2")])
+        .unwrap();
+    let keys = ha.redis_keys(&Key::from("jack"));
+    assert_eq!(keys, ["switchyard:rl:{b:jack}:api-v2"]);
+    assert_eq!(a.redis_keys(&Key::from("jack")), keys);
+    assert_eq!(sa.clone().oneshot(req("jack")).await.unwrap().status(), 200);
+    assert_eq!(sa.clone().oneshot(req("jack")).await.unwrap().status(), 429);
+    let mut conn = redis.manager().await;
+    let old: i64 = conn.pttl("switchyard:rl:{b:jack}:api").await.unwrap();
+    assert!((29_000..=30_001).contains(&old), "{old}");
+
+    // A refused change changes nothing.
+    let none: [Quota; 0] = [];
+    assert_eq!(ha.set_quotas(none), Err(RateLimitError::NoQuota));
+    assert_eq!(
+        ha.set_quotas([Quota::per_minute(0).named("zero")]),
+        Err(RateLimitError::InvalidQuota("zero".to_owned()))
+    );
+    assert_eq!(ha.quotas(), [Quota::per_minute(1).named("api-v2")]);
+    assert_eq!(sa.clone().oneshot(req("jack")).await.unwrap().status(), 429);
+}
+
+#[tokio::test]
+async fn the_handle_checks_peeks_and_charges() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let layer = RedisRateLimitLayer::builder(redis.manager().await)
+        .key_by(by_user())
+        .quota(Quota::per_minute(10).named("tokens"))
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let h = layer.handle();
+    let key = Key::from("judy");
+    let stored = h.redis_keys(&key).remove(0);
+    let mut conn = redis.manager().await;
+
+    // A peek answers without writing.
+    let d = h.peek(&key, 4).await.unwrap();
+    assert!(d.is_allowed());
+    assert_eq!(d.quota(0).unwrap().remaining, 10);
+    assert!(!conn.exists::<_, bool>(&stored).await.unwrap());
+    // A check takes.
+    let d = h.check(&key, 4).await.unwrap();
+    assert!(d.is_allowed());
+    assert_eq!(d.quota(0).unwrap().remaining, 6);
+    // Over what is left: refused with the wait, and nothing taken.
+    let d = h.peek(&key, 7).await.unwrap();
+    assert!(!d.is_allowed());
+    assert_eq!(d.refused_by(), Some(0));
+    let wait = d.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_secs(5) && wait <= Duration::from_secs(6),
+        "{wait:?}"
+    );
+    assert_eq!(d.quota(0).unwrap().remaining, 6);
+    let d = h.check(&key, 7).await.unwrap();
+    assert!(!d.is_allowed());
+    // Above the burst: never, so no wait.
+    let d = h.check(&key, 11).await.unwrap();
+    assert!(!d.is_allowed());
+    assert_eq!(d.retry_after(), None);
+    assert_eq!(
+        h.peek(&key, 1).await.unwrap().quota(0).unwrap().remaining,
+        6
+    );
+
+    // A charge is unconditional and may go into debt: 4 + 20 units of 6 s
+    // is 144 s ahead, 84 s past the tolerance; one more unit waits 90 s.
+    h.charge(&key, 20).await.unwrap();
+    let d = h.peek(&key, 1).await.unwrap();
+    assert!(!d.is_allowed());
+    assert_eq!(d.quota(0).unwrap().remaining, 0);
+    let ttl: i64 = conn.pttl(&stored).await.unwrap();
+    assert!((143_000..=144_001).contains(&ttl), "{ttl}");
+    // A request through the layer sees the debt.
+    let request = req("judy");
+    assert_eq!(h.key_of(&request), Some(key.clone()));
+    let res = layer.layer(ok_service()).oneshot(request).await.unwrap();
+    assert_eq!(res.status(), 429);
+    let retry: u64 = header(&res, RETRY_AFTER.as_str()).parse().unwrap();
+    assert!((89..=90).contains(&retry), "{retry}");
+    // The handle's own calls are not requests.
+    let stats = h.stats();
+    assert_eq!((stats.allowed, stats.rejected), (0, 1));
+
+    // A charge beyond what can be counted is capped, not an error.
+    let kim = Key::from("kim");
+    h.charge(&kim, u64::MAX).await.unwrap();
+    let wait = h.peek(&kim, 1).await.unwrap().retry_after().unwrap();
+    assert!(wait > Duration::from_secs(100 * 365 * 86_400), "{wait:?}");
+
+    // The futures own what they need: spawned, with the key gone.
+    let spawned = tokio::spawn(h.charge(&Key::from(String::from("leo")), 3));
+    spawned.await.unwrap().unwrap();
+    let d = h.peek(&Key::from("leo"), 1).await.unwrap();
+    assert_eq!(d.quota(0).unwrap().remaining, 7);
+
+    // Without Redis: an error, within the timeout.
+    drop(redis);
+    for _ in 0..2 {
+        let err = tokio::time::timeout(Duration::from_secs(10), h.check(&key, 1))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(err, RedisCheckError::Redis(_) | RedisCheckError::Timeout(_)),
+            "{err}"
+        );
+    }
+    let charged = tokio::time::timeout(Duration::from_secs(10), h.charge(&key, 1)).await;
+    assert!(charged.unwrap().is_err());
+    assert_eq!(h.stats().errors, 0);
 }

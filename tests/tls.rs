@@ -5,8 +5,10 @@
 //!
 //! The certificates in `tests/fixtures/tls` are test-only: a CA, a server
 //! certificate it signed for `localhost` and `127.0.0.1` (valid until
-//! 2126), and an unrelated CA; made with `openssl req -x509 -newkey ec`
-//! and `openssl x509 -req`, the CA's key thrown away.
+//! 2126), an unrelated CA, and for mutual TLS a client CA and a client
+//! certificate it signed (`client-ca.pem`, `client.pem`, `client.key`);
+//! made with `openssl req -x509 -newkey ec` and `openssl x509 -req`, the
+//! CAs' keys thrown away.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,19 +40,40 @@ fn fixture(name: &str) -> Vec<u8> {
 /// `<version> <method> <path> host=<host> proto=<x-forwarded-proto>
 /// alpn=<protocol> body=<bytes>`.
 async fn tls_server() -> SocketAddr {
+    tls_server_with(None).await
+}
+
+/// [`tls_server`], asking each client for a certificate signed by
+/// `client_ca` (mutual TLS) when given, and then adding ` client=<number
+/// of certificates the client presented>` to its answers.
+async fn tls_server_with(client_ca: Option<&str>) -> SocketAddr {
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(&fixture("server.pem"))
             .collect::<Result<_, _>>()
             .unwrap();
     let key = PrivateKeyDer::from_pem_slice(&fixture("server.key")).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let mutual = client_ca.is_some();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&fixture(ca)) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key).unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
 
@@ -67,13 +90,16 @@ async fn tls_server() -> SocketAddr {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let alpn = tls
-                    .get_ref()
-                    .1
+                let session = tls.get_ref().1;
+                let mut alpn = session
                     .alpn_protocol()
                     .map(|p| String::from_utf8_lossy(p).into_owned())
                     .unwrap_or_else(|| "none".to_owned());
-                let h2 = alpn == "h2";
+                if mutual {
+                    let presented = session.peer_certificates().map_or(0, <[_]>::len);
+                    alpn = format!("{alpn} client={presented}");
+                }
+                let h2 = alpn.starts_with("h2");
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let alpn = alpn.clone();
                     async move {
@@ -185,6 +211,70 @@ async fn a_certificate_from_another_ca_is_a_502() {
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
 }
 
+#[tokio::test]
+async fn a_client_certificate_for_upstreams_that_ask_for_one() {
+    let addr = tls_server_with(Some("client-ca.pem")).await;
+    let url = format!("https://localhost:{}", addr.port());
+    let with_cert = |b: switchyard::proxy::UpstreamBuilder| {
+        b.root_certificates_pem(fixture("ca.pem"))
+            .client_certificate_pem(fixture("client.pem"), fixture("client.key"))
+    };
+
+    // The certificate is presented and accepted, over HTTP/1.1 and h2.
+    let upstream = with_cert(Upstream::builder(&url)).build().unwrap();
+    let (status, _, body) = call(&upstream, "/m").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.ends_with("alpn=none client=1 body=5"), "{body}");
+    let upstream = with_cert(Upstream::builder(&url).http2(true))
+        .build()
+        .unwrap();
+    let (status, _, body) = call(&upstream, "/m2").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.ends_with("alpn=h2 client=1 body=5"), "{body}");
+
+    // Without one, or with one the server's CA did not sign (the server's
+    // own certificate, from another CA), the handshake fails: a 502.
+    let upstream = Upstream::builder(&url)
+        .root_certificates_pem(fixture("ca.pem"))
+        .build()
+        .unwrap();
+    let (status, ct, body) = call(&upstream, "/m").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(ct, "application/problem+json");
+    let upstream = Upstream::builder(&url)
+        .root_certificates_pem(fixture("ca.pem"))
+        .client_certificate_pem(fixture("server.pem"), fixture("server.key"))
+        .build()
+        .unwrap();
+    let (status, _, body) = call(&upstream, "/m").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+}
+
+#[test]
+fn client_certificate_build_errors() {
+    let tls_reason = |b: switchyard::proxy::UpstreamBuilder| match b.build() {
+        Err(ProxyError::Tls { reason, .. }) => reason,
+        other => panic!("expected a TLS error, got {other:?}"),
+    };
+    let https = || Upstream::builder("https://localhost:1");
+    let reason =
+        tls_reason(https().client_certificate_pem(b"no pem".to_vec(), fixture("client.key")));
+    assert!(reason.contains("holds no certificate"), "{reason}");
+    let reason =
+        tls_reason(https().client_certificate_pem(fixture("client.pem"), b"no key".to_vec()));
+    assert!(reason.contains("invalid client key"), "{reason}");
+    // A key that does not belong to the certificate.
+    let reason =
+        tls_reason(https().client_certificate_pem(fixture("client.pem"), fixture("server.key")));
+    assert!(reason.contains("unusable client certificate"), "{reason}");
+    // Over plain http:// it would never be presented.
+    let reason = tls_reason(
+        Upstream::builder("http://localhost:1")
+            .client_certificate_pem(fixture("client.pem"), fixture("client.key")),
+    );
+    assert!(reason.contains("only to https://"), "{reason}");
+}
+
 #[test]
 fn build_errors() {
     let err = Upstream::builder("https://localhost:1")
@@ -245,4 +335,69 @@ async fn the_gateway_reads_ca_file() {
             .any(|p| p.at == "upstreams.secure.ca_file" && p.message.contains("cannot read")),
         "{problems:?}"
     );
+}
+
+#[tokio::test]
+async fn the_gateway_reads_client_certificate_files() {
+    let addr = tls_server_with(Some("client-ca.pem")).await;
+    let config = |extra: &str| {
+        GatewayConfig::from_toml(&format!(
+            r#"
+[upstreams.secure]
+url = "https://localhost:{}"
+ca_file = "{FIXTURES}/ca.pem"
+{extra}
+
+[[routes]]
+name = "all"
+split.targets = [{{ name = "secure", upstream = "secure", weight = 1 }}]
+"#,
+            addr.port()
+        ))
+        .unwrap()
+    };
+    let gateway = Gateway::from_config(config(&format!(
+        "client_cert_file = \"{FIXTURES}/client.pem\"\nclient_key_file = \"{FIXTURES}/client.key\""
+    )))
+    .unwrap();
+    let req = Request::get("/mutual")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = tokio::time::timeout(HANG_GUARD, gateway.oneshot(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.ends_with(b"client=1 body=0"), "{body:?}");
+
+    for (extra, at, says) in [
+        (
+            format!("client_cert_file = \"{FIXTURES}/client.pem\""),
+            "upstreams.secure.client_key_file",
+            "needs `client_key_file`",
+        ),
+        (
+            format!("client_key_file = \"{FIXTURES}/client.key\""),
+            "upstreams.secure.client_cert_file",
+            "needs `client_cert_file`",
+        ),
+        (
+            format!(
+                "client_cert_file = \"{FIXTURES}/client.pem\"\nclient_key_file = \"/nonexistent/client.key\""
+            ),
+            "upstreams.secure.client_key_file",
+            "cannot read",
+        ),
+    ] {
+        let Err(ConfigError { problems, .. }) = Gateway::from_config(config(&extra)) else {
+            panic!("{extra} is refused");
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.at == at && p.message.contains(says)),
+            "{extra}: {problems:?}"
+        );
+    }
 }

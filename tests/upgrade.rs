@@ -266,3 +266,46 @@ async fn a_split_drains_only_when_tunnels_close() {
         .expect("drained once the tunnel closed");
     assert_eq!(blue(&handle).in_flight, 0);
 }
+
+/// A tunnel nobody speaks on is closed after the upstream's idle timeout:
+/// the client sees the connection end, and a split's version drains
+/// without waiting for a client that may never close.
+#[tokio::test]
+async fn an_idle_tunnel_is_closed_and_lets_its_version_drain() {
+    use switchyard::split::Split;
+
+    let (blue_addr, _) = echo_upstream().await;
+    let (green_addr, _) = echo_upstream().await;
+    let idle = Duration::from_millis(300);
+    let upstream = |addr: SocketAddr| {
+        Upstream::builder(&format!("http://{addr}"))
+            .upgrade_idle_timeout(Some(idle))
+            .build()
+            .unwrap()
+    };
+    let split = Split::builder()
+        .target("blue", upstream(blue_addr), 100)
+        .target("green", upstream(green_addr), 0)
+        .build()
+        .unwrap();
+    let handle = split.handle();
+    let front = serve(axum::Router::new().fallback_service(split)).await;
+
+    let (mut on_blue, head) = handshake(front, ASK_ECHO).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    echo_round_trip(&mut on_blue, b"then silence").await;
+    handle.promote("green").unwrap();
+    let drained = handle.drained("blue").unwrap();
+
+    // The client holds its socket open and says nothing: the proxy ends
+    // the tunnel, and the client reads the end of the stream.
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(HANG_GUARD, on_blue.read(&mut byte))
+        .await
+        .expect("the idle tunnel was closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    tokio::time::timeout(HANG_GUARD, drained)
+        .await
+        .expect("blue drained once its idle tunnel closed");
+}

@@ -169,6 +169,48 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
                     #[cfg(not(feature = "tls"))]
                     problems.push(at, format!("`{path}`: needs switchyard's `tls` feature"));
                 }
+                match (&uc.client_cert_file, &uc.client_key_file) {
+                    (None, None) => {}
+                    (Some(_), None) => problems.push(
+                        format!("upstreams.{name}.client_key_file"),
+                        "`client_cert_file` needs `client_key_file`",
+                    ),
+                    (None, Some(_)) => problems.push(
+                        format!("upstreams.{name}.client_cert_file"),
+                        "`client_key_file` needs `client_cert_file`",
+                    ),
+                    (Some(cert), Some(key)) => {
+                        #[cfg(feature = "tls")]
+                        {
+                            let mut read = |field: &str, path: &str| {
+                                std::fs::read(path)
+                                    .map_err(|e| {
+                                        problems.push(
+                                            format!("upstreams.{name}.{field}"),
+                                            format!("cannot read `{path}`: {e}"),
+                                        );
+                                    })
+                                    .ok()
+                            };
+                            let cert = read("client_cert_file", cert);
+                            let key = read("client_key_file", key);
+                            if let (Some(cert), Some(key)) = (cert, key) {
+                                b = b.client_certificate_pem(cert, key);
+                            }
+                        }
+                        #[cfg(not(feature = "tls"))]
+                        {
+                            let _ = key;
+                            problems.push(
+                                format!("upstreams.{name}.client_cert_file"),
+                                format!("`{cert}`: needs switchyard's `tls` feature"),
+                            );
+                        }
+                    }
+                }
+                if let Some(ms) = uc.upgrade_idle_timeout_ms {
+                    b = b.upgrade_idle_timeout((ms > 0).then(|| Duration::from_millis(ms)));
+                }
                 match b.build() {
                     Ok(u) => Some(u),
                     Err(e) => {

@@ -61,6 +61,16 @@ pub struct UpstreamConfig {
     /// the upstream is built; a reload with the same configuration keeps
     /// the upstream, and so the roots, it has.
     pub ca_file: Option<String>,
+    /// For `https://`: a PEM file holding the client certificate (then any
+    /// intermediates) to present to an upstream that asks for one (mutual
+    /// TLS); needs `client_key_file`. Read like `ca_file`.
+    pub client_cert_file: Option<String>,
+    /// The PEM file of `client_cert_file`'s private key.
+    pub client_key_file: Option<String>,
+    /// How long a WebSocket (any upgraded connection) may stay silent both
+    /// ways before it is closed, in milliseconds (300000, five minutes, by
+    /// default; 0 for no limit).
+    pub upgrade_idle_timeout_ms: Option<u64>,
     /// Connect timeout in milliseconds (5000 by default).
     pub connect_timeout_ms: Option<u64>,
     /// Time to response headers in milliseconds (none by default).

@@ -212,11 +212,28 @@ impl Gateway {
     }
 
     /// The rate-limit handle of a route whose limit counts in this process
-    /// (`None` for one counted in Redis, whose quotas change by reload).
+    /// (`None` for one counted in Redis: see
+    /// [`redis_rate_limit`](Self::redis_rate_limit)).
     pub fn rate_limit(&self, route: &str) -> Option<RateLimitHandle> {
         let state = self.inner.state.load();
         let r = state.routes.iter().find(|r| r.name == route)?;
         r.limiter.as_ref().map(|(_, h)| h.clone())
+    }
+
+    /// The handle of a route's rate limit counted in Redis (`rate_limit.redis
+    /// = true`; feature `redis`): this replica's quotas, dry-run and allow
+    /// list, and checks and charges against the shared state. A reload
+    /// that leaves the route's `rate_limit` and `[redis]` alone keeps this
+    /// limiter, and what the handle changed; one that changes them builds
+    /// a new limiter from the configuration.
+    #[cfg(feature = "redis")]
+    pub fn redis_rate_limit(
+        &self,
+        route: &str,
+    ) -> Option<crate::ratelimit::redis::RedisRateLimitHandle> {
+        let state = self.inner.state.load();
+        let r = state.routes.iter().find(|r| r.name == route)?;
+        r.shared_limiter.as_ref().map(|(_, layer)| layer.handle())
     }
 
     /// Every counter, in the Prometheus text exposition format.

@@ -7,11 +7,14 @@
 //! Redis instead, so every replica counts against the same quotas. It runs
 //! the same algorithm (GCRA: one arrival time per key and quota), answers
 //! the same way (429 problem+json, `Retry-After`, `RateLimit` and
-//! `RateLimit-Policy`, a gRPC status to gRPC clients), and takes the same
-//! [`Quota`]s and [`KeyBy`].
+//! `RateLimit-Policy`, a gRPC status to gRPC clients), takes the same
+//! [`Quota`]s and [`KeyBy`], and has the same per-request
+//! [cost](RedisRateLimitBuilder::cost), [dry-run](RedisRateLimitBuilder::dry_run),
+//! [allow list](RedisRateLimitBuilder::allow) and live
+//! [handle](RedisRateLimitHandle).
 //!
 //! ```no_run
-//! use switchyard::key::KeyBy;
+//! use switchyard::key::{Key, KeyBy};
 //! use switchyard::ratelimit::Quota;
 //! use switchyard::ratelimit::redis::RedisRateLimitLayer;
 //!
@@ -22,8 +25,16 @@
 //! let limit = RedisRateLimitLayer::builder(redis)
 //!     .key_by(KeyBy::identity())
 //!     .quota(Quota::per_minute(600).burst(20).named("api"))
+//!     // Uploads cost ten units, everything else one.
+//!     .cost(|req| if req.method == http::Method::POST { 10 } else { 1 })
 //!     .build()?;
-//! # let _ = limit;
+//!
+//! // Later, on this replica: a stricter rate under the same name, so
+//! // that every key keeps what it has used; the next request sees it.
+//! let handle = limit.handle();
+//! handle.set_quotas([Quota::per_minute(300).burst(20).named("api")])?;
+//! // Usage known only after a response (tokens a model used).
+//! handle.charge(&Key::from("alice"), 40).await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -32,13 +43,33 @@
 //!
 //! Each request runs one Lua script in Redis, which reads Redis's clock
 //! (`TIME`, so the replicas' clocks do not matter) and, for every quota,
-//! the key's arrival time; takes the units from all quotas or from none;
-//! and sets each arrival time with an expiry at the moment the key would
-//! be fresh again, so idle keys cost Redis nothing. Times are counted in
-//! microseconds there (an emission interval is rounded up to a whole
-//! microsecond, on the strict side). The keys are
+//! the key's arrival time; takes the request's units (1, or what
+//! [`cost`](RedisRateLimitBuilder::cost) says) from all quotas or from
+//! none; and sets each arrival time with an expiry at the moment the key
+//! would be fresh again, so idle keys cost Redis nothing. A cost above a
+//! quota's burst is refused without `Retry-After`, since waiting will not
+//! help. Times are counted in microseconds there (an emission interval is
+//! rounded up to a whole microsecond, on the strict side). The keys are
 //! `<prefix>{<request key>}:<quota name>`: one hash tag per request key, so
 //! that a Redis Cluster keeps a key's quotas on one node.
+//!
+//! Keys on the [allow list](RedisRateLimitBuilder::allow) bypass the limit
+//! without asking Redis. In [dry-run](RedisRateLimitBuilder::dry_run),
+//! requests over the limit are let through with the headers of a refusal
+//! and counted in [`RedisRateLimitStats::dry_run_rejected`] (they take no
+//! units, as a refusal would not).
+//!
+//! # Live changes
+//!
+//! [`RedisRateLimitHandle`] (from [`RedisRateLimitLayer::handle`]) swaps
+//! the quotas, dry-run and allow list as one snapshot that the next
+//! request sees; checks, peeks at and charges keys outside a request (an
+//! AI gateway charges the tokens a model used once its response is done);
+//! and reads the counters. The state is in Redis, but quotas, dry-run and
+//! the allow list are each layer's own configuration: every replica must
+//! be told of a change, and while two replicas differ, each checks the
+//! shared state against its own quotas. State is kept per quota *name*
+//! (see [`set_quotas`](RedisRateLimitHandle::set_quotas)).
 //!
 //! # When Redis fails
 //!
@@ -46,49 +77,61 @@
 //! or fails, is let through by default ([`RedisFailure::Allow`]: a
 //! limiter outage should not become an API outage) and counted in
 //! [`RedisRateLimitStats::errors`]; [`RedisFailure::Reject`] refuses it
-//! instead. Unlike the in-process limiter, this one has no live handle for
-//! its quotas (build a new layer to change them), no dry-run, allow list
-//! or per-request cost.
+//! instead. The handle's checks and charges return a [`RedisCheckError`]
+//! instead, within the same timeout.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use redis::aio::ConnectionManager;
 use tower::{Layer, Service};
 
-use super::gcra::Gcra;
-use super::service::{Config, Decision, MissingKey, allowed_headers, missing_key, rejection};
+use super::gcra::{Gcra, MAX_TAU};
+use super::service::{
+    Config, CostFn, Decision, MissingKey, allow_listed, allowed_headers, missing_key, rejection,
+    request_cost,
+};
 use super::{Quota, RateLimitError};
 use crate::body::ResponseBody;
 use crate::future::Rejection;
-use crate::key::{Key, KeyBy};
+use crate::key::{Key, KeyBy, RequestView};
 use crate::problem::Problem;
 
-/// The check, all quotas at once. `KEYS`: one per quota. `ARGV`: the cost,
-/// then each quota's emission interval and tolerance in microseconds.
-/// Returns the refusing quota's position (1-based, 0 when allowed), the
-/// wait until the request would pass in microseconds (-1: never), then
-/// each quota's arrival time ahead of now in microseconds.
+/// The check, all quotas at once. `KEYS`: one per quota. `ARGV`: the cost;
+/// the mode (`check`: take the units if every quota allows them; `peek`:
+/// the same answer without writing; `charge`: add the units whatever the
+/// quotas say); the furthest ahead of now a charge may move an arrival
+/// time, in microseconds; then each quota's emission interval and
+/// tolerance in microseconds. Returns the refusing quota's position
+/// (1-based, 0 when allowed; always 0 for a charge), the wait until the
+/// request would pass in microseconds (-1: never), then each quota's
+/// arrival time ahead of now in microseconds (after the units were taken
+/// if they were).
 const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cost = tonumber(ARGV[1])
+local mode = ARGV[2]
+local most = tonumber(ARGV[3])
 local tats = {}
 local refused, wait = 0, 0
 for i = 1, #KEYS do
-  local interval, tau = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local interval, tau = tonumber(ARGV[2 * i + 2]), tonumber(ARGV[2 * i + 3])
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
   tats[i] = tat
   local ahead = tat + cost * interval - now
-  if cost * interval > tau then
+  if mode == 'charge' then
+  elseif cost * interval > tau then
     if refused == 0 then refused = i end
     wait = -1
   elseif ahead > tau then
@@ -96,17 +139,37 @@ for i = 1, #KEYS do
     if wait >= 0 and ahead - tau > wait then wait = ahead - tau end
   end
 end
+local write = refused == 0 and mode ~= 'peek'
 local out = {refused, wait}
 for i = 1, #KEYS do
   local tat = tats[i]
-  if refused == 0 then
-    tat = tat + cost * tonumber(ARGV[2 * i])
+  if write then
+    tat = tat + cost * tonumber(ARGV[2 * i + 2])
+    if tat > now + most then tat = now + most end
     redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
   end
   out[#out + 1] = tat - now
 end
 return out
 ";
+
+/// What the script is asked to do.
+#[derive(Clone, Copy)]
+enum Mode {
+    Check,
+    Peek,
+    Charge,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Check => "check",
+            Mode::Peek => "peek",
+            Mode::Charge => "charge",
+        }
+    }
+}
 
 /// What to do with a request whose check Redis did not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +181,25 @@ pub enum RedisFailure {
     Reject,
 }
 
-/// The counters of a [`RedisRateLimitLayer`].
+/// Why a check, peek or charge through a [`RedisRateLimitHandle`] has no
+/// answer. (Requests through the layer are let through or refused instead,
+/// as [`RedisFailure`] says.)
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisCheckError {
+    /// Redis answered with an error, or the connection failed.
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    /// No answer within the layer's [timeout](RedisRateLimitBuilder::timeout).
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The script answered something else than it should (another program
+    /// writing the same keys, say).
+    #[error("unexpected answer from the rate-limit script")]
+    UnexpectedAnswer,
+}
+
+/// The counters of a [`RedisRateLimitLayer`] (this replica's share).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisRateLimitStats {
@@ -126,10 +207,15 @@ pub struct RedisRateLimitStats {
     pub allowed: u64,
     /// Requests refused with 429.
     pub rejected: u64,
+    /// Requests over the limit let through by dry-run.
+    pub dry_run_rejected: u64,
     /// Requests without a key.
     pub missing_key: u64,
-    /// Checks that failed or timed out (let through or refused as
-    /// configured).
+    /// Requests whose key is on the allow list.
+    pub bypassed: u64,
+    /// Checks of requests that failed or timed out (let through or refused
+    /// as configured). The handle's own checks and charges return their
+    /// errors instead of counting them.
     pub errors: u64,
 }
 
@@ -137,20 +223,43 @@ pub struct RedisRateLimitStats {
 struct Counters {
     allowed: AtomicU64,
     rejected: AtomicU64,
+    dry_run_rejected: AtomicU64,
     missing_key: AtomicU64,
+    bypassed: AtomicU64,
     errors: AtomicU64,
+}
+
+/// The live configuration as the script counts it: [`Config`], with its
+/// quotas' parameters in whole microseconds, rounded up (the strict
+/// side). They are the script's arguments and the arithmetic its answers
+/// are read with.
+fn config(
+    quotas: Vec<Quota>,
+    dry_run: bool,
+    allow: HashSet<Key<'static>>,
+) -> Result<Config, RateLimitError> {
+    let mut config = Config::new(quotas, dry_run, allow)?;
+    for g in &mut config.gcras {
+        let interval = g.interval.div_ceil(1_000) * 1_000;
+        *g = Gcra {
+            interval,
+            tau: interval * u64::from(g.burst),
+            burst: g.burst,
+        };
+    }
+    Ok(config)
 }
 
 struct Limiter {
     redis: ConnectionManager,
     script: redis::Script,
-    config: Config,
-    /// The quotas as the script counts them (intervals in whole
-    /// microseconds): its arguments, and the arithmetic its answers are
-    /// read with.
-    gcras: Vec<Gcra>,
+    /// The live part, swapped whole by the handle.
+    config: ArcSwap<Config>,
+    /// Serialises changes through the handle.
+    write: Mutex<()>,
     prefix: String,
     key_by: KeyBy,
+    cost: Option<Box<CostFn>>,
     on_missing: MissingKey,
     on_failure: RedisFailure,
     timeout: Duration,
@@ -159,8 +268,11 @@ struct Limiter {
     counters: Counters,
 }
 
+// === impl RedisRateLimitLayer ===
+
 /// A [`Layer`] limiting requests per key against quotas kept in Redis; see
-/// the [module docs](self). Cheap to clone: clones share the connection.
+/// the [module docs](self). Cheap to clone: clones share the connection,
+/// the configuration and the counters.
 #[derive(Clone)]
 pub struct RedisRateLimitLayer {
     limiter: Arc<Limiter>,
@@ -174,6 +286,9 @@ impl RedisRateLimitLayer {
             redis,
             key_by: KeyBy::peer_ip(),
             quotas: Vec::new(),
+            cost: None,
+            dry_run: false,
+            allow: HashSet::new(),
             prefix: "switchyard:rl:".to_owned(),
             on_missing: MissingKey::Reject(StatusCode::BAD_REQUEST),
             on_failure: RedisFailure::Allow,
@@ -183,27 +298,30 @@ impl RedisRateLimitLayer {
         }
     }
 
-    /// The counters, shared by every service the layer wrapped.
-    pub fn stats(&self) -> RedisRateLimitStats {
-        let c = &self.limiter.counters;
-        RedisRateLimitStats {
-            allowed: c.allowed.load(Ordering::Relaxed),
-            rejected: c.rejected.load(Ordering::Relaxed),
-            missing_key: c.missing_key.load(Ordering::Relaxed),
-            errors: c.errors.load(Ordering::Relaxed),
+    /// The live handle on this layer's limiter.
+    pub fn handle(&self) -> RedisRateLimitHandle {
+        RedisRateLimitHandle {
+            limiter: Arc::clone(&self.limiter),
         }
     }
 
-    /// The Redis keys that hold `key`'s state, one per quota, in order.
+    /// The counters, shared by every service the layer wrapped.
+    pub fn stats(&self) -> RedisRateLimitStats {
+        self.limiter.stats()
+    }
+
+    /// The Redis keys that hold `key`'s state under the current quotas, one
+    /// per quota, in order.
     pub fn redis_keys(&self, key: &Key<'_>) -> Vec<String> {
-        self.limiter.redis_keys(key)
+        self.limiter
+            .redis_keys(&self.limiter.config.load().names, key)
     }
 }
 
 impl fmt::Debug for RedisRateLimitLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisRateLimitLayer")
-            .field("quotas", &self.limiter.config.names)
+            .field("quotas", &self.limiter.config.load().names)
             .field("key_by", &self.limiter.key_by)
             .field("prefix", &self.limiter.prefix)
             .finish_non_exhaustive()
@@ -221,11 +339,169 @@ impl<S> Layer<S> for RedisRateLimitLayer {
     }
 }
 
+// === impl RedisRateLimitHandle ===
+
+/// A live handle on a [`RedisRateLimitLayer`]: change its quotas, dry-run
+/// and allow list; check, peek at or charge a key; read counters. Cheap to
+/// clone.
+///
+/// Changes are this layer's (this replica's): the state in Redis is
+/// shared, the configuration is not. See the [module docs](self).
+#[derive(Clone)]
+pub struct RedisRateLimitHandle {
+    limiter: Arc<Limiter>,
+}
+
+impl RedisRateLimitHandle {
+    /// Checks and, if allowed, takes `cost` units for `key` now, exactly as
+    /// a request would (without the allow list and dry-run, which are the
+    /// layer's business, and without counting in [`stats`](Self::stats)).
+    ///
+    /// The future owns what it needs (it can be spawned), and fails after
+    /// the layer's [timeout](RedisRateLimitBuilder::timeout).
+    pub fn check(
+        &self,
+        key: &Key<'_>,
+        cost: u32,
+    ) -> impl Future<Output = Result<Decision, RedisCheckError>> + Send + 'static {
+        let config = self.limiter.config.load_full();
+        self.limiter.run(config, key, u64::from(cost), Mode::Check)
+    }
+
+    /// What [`check`](Self::check) would decide for `cost` units, without
+    /// taking anything (nothing is written to Redis). The quota states are
+    /// the key's as they are now (its remaining capacity), not as they
+    /// would be after the request.
+    pub fn peek(
+        &self,
+        key: &Key<'_>,
+        cost: u32,
+    ) -> impl Future<Output = Result<Decision, RedisCheckError>> + Send + 'static {
+        let config = self.limiter.config.load_full();
+        self.limiter.run(config, key, u64::from(cost), Mode::Peek)
+    }
+
+    /// Charges `cost` more units to `key` on every quota, unconditionally:
+    /// for usage known only after the response (tokens an AI model used).
+    /// The key may go into debt (up to as far ahead as the longest quota
+    /// the limiter accepts, about 146 years); its next requests wait until
+    /// it is paid. One atomic script, like a check.
+    pub fn charge(
+        &self,
+        key: &Key<'_>,
+        cost: u64,
+    ) -> impl Future<Output = Result<(), RedisCheckError>> + Send + 'static {
+        let config = self.limiter.config.load_full();
+        let run = self.limiter.run(config, key, cost, Mode::Charge);
+        async move { run.await.map(|_| ()) }
+    }
+
+    /// The key this limiter reads from `req`, if the request has one: to
+    /// [`charge`](Self::charge) it later.
+    pub fn key_of<'r, B>(&self, req: &'r Request<B>) -> Option<Key<'r>> {
+        self.limiter.key_by.extract(req)
+    }
+
+    /// The Redis keys that hold `key`'s state under the current quotas, one
+    /// per quota, in order.
+    pub fn redis_keys(&self, key: &Key<'_>) -> Vec<String> {
+        self.limiter
+            .redis_keys(&self.limiter.config.load().names, key)
+    }
+
+    /// Replaces this layer's quotas; the next request is checked against
+    /// them. On an error nothing changes.
+    ///
+    /// Each key's state is kept in Redis per quota *name* (the Redis key
+    /// ends in it), whatever the quota's position:
+    ///
+    /// * a quota that keeps its name continues from every key's state, so
+    ///   changing its rate or burst keeps what each key has used (a key
+    ///   whose arrival time is further ahead than a stricter quota's
+    ///   tolerance waits until it is within it);
+    /// * a quota under a name no quota had before (a renamed one included)
+    ///   starts fresh for every key: renaming a quota resets it;
+    /// * the state of a quota no longer named stays in Redis, unused, until
+    ///   it expires (at the latest when every key would be fresh again
+    ///   under that quota).
+    ///
+    /// Other layers over the same prefix (other replicas) keep their
+    /// quotas until they are changed too; meanwhile each checks the shared
+    /// state against its own.
+    pub fn set_quotas(
+        &self,
+        quotas: impl IntoIterator<Item = Quota>,
+    ) -> Result<(), RateLimitError> {
+        self.update(|c| config(quotas.into_iter().collect(), c.dry_run, c.allow.clone()))
+    }
+
+    /// The current quotas.
+    pub fn quotas(&self) -> Vec<Quota> {
+        self.limiter
+            .config
+            .load()
+            .quotas
+            .iter()
+            .map(|(q, _)| q.clone())
+            .collect()
+    }
+
+    /// Turns dry-run on or off: in dry-run, requests over the limit are
+    /// counted and get the headers, but are let through.
+    pub fn set_dry_run(&self, dry_run: bool) {
+        let _ = self.update(|c| {
+            Ok(Config {
+                dry_run,
+                ..c.clone()
+            })
+        });
+    }
+
+    /// Replaces the allow list: keys that bypass the limit entirely.
+    pub fn set_allow_list<K: Into<Key<'static>>>(&self, keys: impl IntoIterator<Item = K>) {
+        let allow: HashSet<Key<'static>> = keys.into_iter().map(Into::into).collect();
+        let _ = self.update(|c| {
+            Ok(Config {
+                allow: allow.clone(),
+                ..c.clone()
+            })
+        });
+    }
+
+    fn update(
+        &self,
+        f: impl FnOnce(&Config) -> Result<Config, RateLimitError>,
+    ) -> Result<(), RateLimitError> {
+        let _write = self.limiter.write.lock().unwrap_or_else(|e| e.into_inner());
+        let next = f(&self.limiter.config.load())?;
+        self.limiter.config.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// The layer's counters (this replica's share).
+    pub fn stats(&self) -> RedisRateLimitStats {
+        self.limiter.stats()
+    }
+}
+
+impl fmt::Debug for RedisRateLimitHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimitHandle")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl RedisRateLimitBuilder ===
+
 /// Builds a [`RedisRateLimitLayer`]; see [`RedisRateLimitLayer::builder`].
 pub struct RedisRateLimitBuilder {
     redis: ConnectionManager,
     key_by: KeyBy,
     quotas: Vec<Quota>,
+    cost: Option<Box<CostFn>>,
+    dry_run: bool,
+    allow: HashSet<Key<'static>>,
     prefix: String,
     on_missing: MissingKey,
     on_failure: RedisFailure,
@@ -250,9 +526,33 @@ impl RedisRateLimitBuilder {
         self
     }
 
-    /// Adds a quota; a request must pass all of them.
+    /// Adds a quota (up to four); a request must pass all of them.
     pub fn quota(mut self, quota: Quota) -> Self {
         self.quotas.push(quota);
+        self
+    }
+
+    /// The cost of a request in quota units (1 by default), e.g. estimated
+    /// prompt tokens. A cost above a quota's burst is always refused, with
+    /// no `Retry-After`.
+    pub fn cost<F>(mut self, cost: F) -> Self
+    where
+        F: Fn(&RequestView<'_>) -> u32 + Send + Sync + 'static,
+    {
+        self.cost = Some(Box::new(cost));
+        self
+    }
+
+    /// Count and add headers, but never refuse (to try a limit on real
+    /// traffic first). Can be changed later through the handle.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// Lets requests with this key bypass the limit (Redis is not asked).
+    pub fn allow(mut self, key: impl Into<Key<'static>>) -> Self {
+        self.allow.insert(key.into());
         self
     }
 
@@ -276,14 +576,14 @@ impl RedisRateLimitBuilder {
     }
 
     /// How long a check may take before it counts as failed (100 ms by
-    /// default).
+    /// default); the handle's checks and charges too.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
     /// Whether allowed responses carry `RateLimit` and `RateLimit-Policy`
-    /// (they do by default; refusals always do).
+    /// (they do by default; refusals and dry-run refusals always do).
     pub fn headers_on_allowed(mut self, on: bool) -> Self {
         self.headers_on_allowed = on;
         self
@@ -297,29 +597,16 @@ impl RedisRateLimitBuilder {
 
     /// Checks the quotas and builds the layer.
     pub fn build(self) -> Result<RedisRateLimitLayer, RateLimitError> {
-        let config = Config::new(self.quotas, false, Default::default())?;
-        // Whole microseconds, rounded up (the strict side): what the script
-        // counts in.
-        let gcras = config
-            .gcras
-            .iter()
-            .map(|g| {
-                let interval = g.interval.div_ceil(1_000) * 1_000;
-                Gcra {
-                    interval,
-                    tau: interval * u64::from(g.burst),
-                    burst: g.burst,
-                }
-            })
-            .collect();
+        let config = config(self.quotas, self.dry_run, self.allow)?;
         Ok(RedisRateLimitLayer {
             limiter: Arc::new(Limiter {
                 redis: self.redis,
                 script: redis::Script::new(SCRIPT),
-                config,
-                gcras,
+                config: ArcSwap::from_pointee(config),
+                write: Mutex::new(()),
                 prefix: self.prefix,
                 key_by: self.key_by,
+                cost: self.cost,
                 on_missing: self.on_missing,
                 on_failure: self.on_failure,
                 timeout: self.timeout,
@@ -331,8 +618,22 @@ impl RedisRateLimitBuilder {
     }
 }
 
+// === impl Limiter ===
+
 impl Limiter {
-    fn redis_keys(&self, key: &Key<'_>) -> Vec<String> {
+    fn stats(&self) -> RedisRateLimitStats {
+        let c = &self.counters;
+        RedisRateLimitStats {
+            allowed: c.allowed.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            dry_run_rejected: c.dry_run_rejected.load(Ordering::Relaxed),
+            missing_key: c.missing_key.load(Ordering::Relaxed),
+            bypassed: c.bypassed.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    fn redis_keys(&self, names: &[String], key: &Key<'_>) -> Vec<String> {
         // The request key, made safe for a hash tag: braces and `%`
         // escaped, so different keys never share a Redis key.
         let mut tag = String::new();
@@ -354,24 +655,24 @@ impl Limiter {
         } else {
             push(b"global");
         }
-        self.config
-            .names
+        names
             .iter()
             .map(|name| format!("{}{{{tag}}}:{name}", self.prefix))
             .collect()
     }
 
-    /// Runs the check in Redis: the decision, or why there is none.
-    fn check(self: &Arc<Self>, key: &Key<'_>) -> Check {
-        let keys = self.redis_keys(key);
+    /// Runs the script in Redis for `key` under `config` (the snapshot the
+    /// answer is read with): the decision, or why there is none.
+    fn run(self: &Arc<Self>, config: Arc<Config>, key: &Key<'_>, cost: u64, mode: Mode) -> Check {
+        let keys = self.redis_keys(&config.names, key);
         let limiter = Arc::clone(self);
         Box::pin(async move {
             let mut invocation = limiter.script.prepare_invoke();
             for k in keys {
                 invocation.key(k);
             }
-            invocation.arg(1u32);
-            for g in &limiter.gcras {
+            invocation.arg(cost).arg(mode.as_str()).arg(MAX_TAU / 1_000);
+            for g in &config.gcras {
                 invocation.arg(g.interval / 1_000).arg(g.tau / 1_000);
             }
             let mut redis = limiter.redis.clone();
@@ -379,44 +680,60 @@ impl Limiter {
             let run = invocation.invoke_async::<Vec<i64>>(&mut redis);
             let out = match tokio::time::timeout(timeout, run).await {
                 Ok(Ok(out)) => out,
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err(format!("no answer within {timeout:?}")),
+                Ok(Err(e)) => return Err(RedisCheckError::Redis(e)),
+                Err(_) => return Err(RedisCheckError::Timeout(timeout)),
             };
-            limiter.decision(&out)
+            decision(&config, &out)
         })
-    }
-
-    fn decision(&self, out: &[i64]) -> Result<Decision, String> {
-        let n = self.config.gcras.len();
-        let [refused, wait, ahead @ ..] = out else {
-            return Err("unexpected answer from the script".to_owned());
-        };
-        if ahead.len() != n {
-            return Err("unexpected answer from the script".to_owned());
-        }
-        let micros = |v: i64| u64::try_from(v).unwrap_or(0).saturating_mul(1_000);
-        let refused_by = usize::try_from(*refused)
-            .ok()
-            .and_then(|i| i.checked_sub(1));
-        let retry_after = refused_by
-            .and_then(|_| u64::try_from(*wait).ok())
-            .map(|w| Duration::from_micros(w.max(1)));
-        Ok(Decision::from_ahead(
-            &self.gcras,
-            ahead.iter().map(|&a| micros(a)),
-            refused_by,
-            retry_after,
-        ))
     }
 }
 
-type Check = Pin<Box<dyn Future<Output = Result<Decision, String>> + Send>>;
+/// Reads the script's answer.
+fn decision(config: &Config, out: &[i64]) -> Result<Decision, RedisCheckError> {
+    let [refused, wait, ahead @ ..] = out else {
+        return Err(RedisCheckError::UnexpectedAnswer);
+    };
+    if ahead.len() != config.gcras.len() {
+        return Err(RedisCheckError::UnexpectedAnswer);
+    }
+    let micros = |v: i64| u64::try_from(v).unwrap_or(0).saturating_mul(1_000);
+    let refused_by = usize::try_from(*refused)
+        .ok()
+        .and_then(|i| i.checked_sub(1));
+    let retry_after = refused_by
+        .and_then(|_| u64::try_from(*wait).ok())
+        .map(|w| Duration::from_micros(w.max(1)));
+    Ok(Decision::from_ahead(
+        &config.gcras,
+        ahead.iter().map(|&a| micros(a)),
+        refused_by,
+        retry_after,
+    ))
+}
+
+type Check = Pin<Box<dyn Future<Output = Result<Decision, RedisCheckError>> + Send>>;
+
+// === impl RedisRateLimit ===
 
 /// A service limited against Redis; built by [`RedisRateLimitLayer`].
 #[derive(Clone)]
 pub struct RedisRateLimit<S> {
     inner: S,
     limiter: Arc<Limiter>,
+}
+
+impl<S> RedisRateLimit<S> {
+    /// The live handle on this service's limiter.
+    pub fn handle(&self) -> RedisRateLimitHandle {
+        RedisRateLimitHandle {
+            limiter: Arc::clone(&self.limiter),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S> fmt::Debug for RedisRateLimit<S> {
@@ -453,7 +770,18 @@ where
             };
             return RedisFuture { state };
         };
-        let check = limiter.check(&key);
+        let config = limiter.config.load_full();
+        if !config.allow.is_empty() && allow_listed(&config.allow, &key) {
+            limiter.counters.bypassed.fetch_add(1, Ordering::Relaxed);
+            return RedisFuture {
+                state: State::Calling {
+                    future: self.inner.call(req),
+                    headers: Vec::new(),
+                },
+            };
+        }
+        let cost = request_cost(limiter.cost.as_deref(), &req);
+        let check = limiter.run(Arc::clone(&config), &key, u64::from(cost), Mode::Check);
         // The service that was made ready goes with the request; this one
         // gets a fresh clone (tower's advice for services that call their
         // inner one later).
@@ -465,6 +793,8 @@ where
                 inner: Some(inner),
                 req: Some(req),
                 limiter: Arc::clone(limiter),
+                config,
+                cost,
                 grpc,
             },
         }
@@ -494,6 +824,8 @@ pin_project! {
             inner: Option<S>,
             req: Option<Req>,
             limiter: Arc<Limiter>,
+            config: Arc<Config>,
+            cost: u32,
             grpc: bool,
         },
         Calling {
@@ -531,6 +863,8 @@ where
                     inner,
                     req,
                     limiter,
+                    config,
+                    cost,
                     grpc,
                 } => {
                     let outcome = ready!(check.as_mut().poll(cx));
@@ -540,10 +874,15 @@ where
                     };
                     let counters = &limiter.counters;
                     let headers = match outcome {
-                        Ok(decision) if decision.is_allowed() => {
-                            counters.allowed.fetch_add(1, Ordering::Relaxed);
+                        Ok(decision) if decision.is_allowed() || config.dry_run => {
+                            let counter = if decision.is_allowed() {
+                                &counters.allowed
+                            } else {
+                                &counters.dry_run_rejected
+                            };
+                            counter.fetch_add(1, Ordering::Relaxed);
                             allowed_headers(
-                                &limiter.config,
+                                config,
                                 &decision,
                                 limiter.headers_on_allowed,
                                 limiter.legacy_headers,
@@ -551,9 +890,8 @@ where
                         }
                         Ok(decision) => {
                             counters.rejected.fetch_add(1, Ordering::Relaxed);
-                            let r =
-                                rejection(&limiter.config, &decision, 1, limiter.legacy_headers)
-                                    .grpc(*grpc);
+                            let r = rejection(config, &decision, *cost, limiter.legacy_headers)
+                                .grpc(*grpc);
                             state.set(State::Refused { rejection: Some(r) });
                             continue;
                         }

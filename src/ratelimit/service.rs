@@ -22,7 +22,17 @@ use crate::key::{Key, KeyBy, RequestView};
 use crate::problem::Problem;
 use crate::seqlock::SeqCount;
 
-type CostFn = dyn Fn(&RequestView<'_>) -> u32 + Send + Sync;
+/// How a request's cost is worked out (shared with the Redis limiter).
+pub(super) type CostFn = dyn Fn(&RequestView<'_>) -> u32 + Send + Sync;
+
+/// The cost of `req`: the builder's closure, or 1.
+#[inline]
+pub(super) fn request_cost<B>(cost: Option<&CostFn>, req: &Request<B>) -> u32 {
+    match cost {
+        Some(f) => f(&RequestView::of(req)),
+        None => 1,
+    }
+}
 
 // === impl Limiter ===
 
@@ -603,10 +613,7 @@ where
             limiter.counters.bypassed.fetch_add(1, Ordering::Relaxed);
             return ResponseFuture::inner(self.inner.call(req));
         }
-        let cost = match &limiter.cost {
-            Some(f) => f(&RequestView::of(&req)),
-            None => 1,
-        };
+        let cost = request_cost(limiter.cost.as_deref(), &req);
         let now = limiter.now();
         let decision = limiter.decide(&config.gcras, &key, cost, now, true);
         if decision.allowed {
@@ -631,7 +638,7 @@ where
 
 /// `set.contains(key)` for a borrowed key: a `HashSet` is covariant in its
 /// element type, so a set of `Key<'static>` is a set of `Key<'r>`.
-fn allow_listed<'r>(set: &HashSet<Key<'r>>, key: &Key<'r>) -> bool {
+pub(super) fn allow_listed<'r>(set: &HashSet<Key<'r>>, key: &Key<'r>) -> bool {
     set.contains(key)
 }
 
