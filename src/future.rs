@@ -4,6 +4,43 @@
 //! Such a layer either calls its inner service, and then at most adds a few
 //! headers to the response, or refuses the request with a [`Problem`]
 //! response of its own without calling the inner service. [`ResponseFuture`] is that choice.
+//! Its output is the inner response with its body wrapped in
+//! [`ResponseBody`], which is also what a refusal's problem document is
+//! sent in; name the type where a wrapper or a struct field needs it:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::future::Ready;
+//! use http::{Request, Response};
+//! use switchyard::auth::{ApiKey, ApiKeyLayer, Identity};
+//! use switchyard::body::ResponseBody;
+//! use switchyard::future::ResponseFuture;
+//! use tower::{Layer, Service, ServiceExt, service_fn};
+//!
+//! type Inner = Ready<Result<Response<String>, Infallible>>;
+//!
+//! /// A request on its way through the key check, held for later.
+//! struct Pending {
+//!     future: ResponseFuture<Inner>,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let auth = ApiKeyLayer::builder()
+//!     .key(ApiKey::new("sk-1", Identity::new("alice")))
+//!     .build()
+//!     .unwrap();
+//! let mut svc = auth.layer(service_fn(|_: Request<()>| {
+//!     std::future::ready(Ok::<_, Infallible>(Response::new(String::from("hi"))))
+//! }));
+//! let pending = Pending {
+//!     future: svc.ready().await.unwrap().call(Request::new(())),
+//! };
+//! // No key: refused by the layer, the inner service never called.
+//! let res: Response<ResponseBody<String>> = pending.future.await.unwrap();
+//! assert_eq!(res.status(), 401);
+//! # }
+//! ```
 
 use std::future::Future;
 use std::pin::Pin;
