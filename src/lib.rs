@@ -82,7 +82,7 @@
 //! | `admin` | `gateway::admin`: the admin API on axum, changes logged with `tracing` |
 //! | `rollout` | `rollout`: step plans with live analysis (`tokio`) |
 //! | `mirror` | `mirror`: shadow traffic (`tokio`) |
-//! | `redis` | `ratelimit::redis`: rate limits shared by every replica, kept in Redis (`redis`) |
+//! | `redis` | `ratelimit::redis`: rate limits shared by every replica, kept in Redis; `sync`: split and model weights kept the same on every replica (`redis`) |
 //! | `tonic` | a [`Split`](split::Split) of tonic services is a tonic `NamedService`, for `Server::builder().add_service(split)` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
@@ -115,6 +115,9 @@ mod rng;
 pub mod rollout;
 mod seqlock;
 pub mod split;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod sync;
 #[cfg(feature = "transform")]
 #[cfg_attr(docsrs, doc(cfg(feature = "transform")))]
 pub mod transform;

@@ -4,7 +4,10 @@
 //! quotas, several quotas all-or-nothing, time passing (moved in Redis,
 //! not slept), Redis going away, the gateway-facing answers, and the parity
 //! with the in-process limiter: per-request cost, dry-run, allow list and
-//! the live handle (quotas changed live, check, peek and charge).
+//! the live handle (quotas changed live, check, peek and charge). With the
+//! `tls` feature (module `tls`), over `rediss://`: a limiter trusting a
+//! private CA, gateway replicas with `ca_file` and a client certificate,
+//! and a server from the wrong CA refused.
 //!
 //! `.ci/run` installs `redis-server` (Debian's package) and sets
 //! `SWITCHYARD_REQUIRE_REDIS=1`, so that these tests fail there when it is
@@ -12,8 +15,6 @@
 //! says so on stderr and returns.
 
 use std::convert::Infallible;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,66 +30,9 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 
 #[path = "support/net.rs"]
 mod net;
-
-/// A `redis-server` of our own, killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    /// `None` (with a note) when `redis-server` is not installed and not
-    /// required.
-    async fn start() -> Option<Self> {
-        let port = {
-            let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        let spawned = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(e) if std::env::var_os("SWITCHYARD_REQUIRE_REDIS").is_none() => {
-                eprintln!("redis-server not started ({e}): Redis tests skipped");
-                return None;
-            }
-            Err(e) => panic!("redis-server is required (SWITCHYARD_REQUIRE_REDIS): {e}"),
-        };
-        let server = RedisServer { child, port };
-        // Wait until it answers PING.
-        for _ in 0..200 {
-            if let Ok(mut c) = server.client().get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-            {
-                return Some(server);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("redis-server did not start on port {port}");
-    }
-
-    fn client(&self) -> redis::Client {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap()
-    }
-
-    async fn manager(&self) -> redis::aio::ConnectionManager {
-        self.client().get_connection_manager().await.unwrap()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "support/redis.rs"]
+mod redis_support;
+use redis_support::RedisServer;
 
 fn ok_service() -> impl Service<
     Request<Full<Bytes>>,
@@ -828,4 +772,352 @@ async fn the_handle_checks_peeks_and_charges() {
     let charged = tokio::time::timeout(Duration::from_secs(10), h.charge(&key, 1)).await;
     assert!(charged.unwrap().is_err());
     assert_eq!(h.stats().errors, 0);
+}
+
+/// `rediss://` (features `redis` and `tls`): a `redis-server` listening
+/// over TLS only, with the server certificate of `tests/fixtures/tls`
+/// (signed by `ca.pem`, for `localhost` and `127.0.0.1`; see
+/// `tests/tls.rs`), asking clients for a certificate signed by
+/// `client-ca.pem` when mutual.
+#[cfg(feature = "tls")]
+mod tls {
+    use super::*;
+    use switchyard::gateway::{Gateway, GatewayConfig};
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+
+    fn fixture(name: &str) -> String {
+        format!("{FIXTURES}/{name}")
+    }
+
+    /// A client of `rediss://localhost:<port>/` trusting `ca`, presenting
+    /// `client.pem` when `mutual`.
+    fn tls_client(port: u16, ca: &str, mutual: bool) -> redis::Client {
+        let read = |name: &str| std::fs::read(fixture(name)).unwrap();
+        redis::Client::build_with_tls(
+            format!("rediss://localhost:{port}/"),
+            redis::TlsCertificates {
+                client_tls: mutual.then(|| redis::ClientTlsConfig {
+                    client_cert: read("client.pem"),
+                    client_key: read("client.key"),
+                }),
+                root_cert: Some(read(ca)),
+            },
+        )
+        .unwrap()
+    }
+
+    async fn start_tls(mutual: bool) -> Option<RedisServer> {
+        RedisServer::spawn(
+            |port| {
+                let client_ca = if mutual { "client-ca.pem" } else { "ca.pem" };
+                [
+                    ("--port", "0".to_owned()),
+                    ("--tls-port", port.to_string()),
+                    ("--tls-cert-file", fixture("server.pem")),
+                    ("--tls-key-file", fixture("server.key")),
+                    ("--tls-ca-cert-file", fixture(client_ca)),
+                    (
+                        "--tls-auth-clients",
+                        (if mutual { "yes" } else { "no" }).into(),
+                    ),
+                ]
+                .into_iter()
+                .flat_map(|(k, v)| [k.to_owned(), v])
+                .collect()
+            },
+            |port| tls_client(port, "ca.pem", mutual),
+        )
+        .await
+    }
+
+    /// A gateway's configuration: one route to `upstream`, limited to 2
+    /// a minute per `x-user`, counted in the `[redis]` section given.
+    fn gateway_config(upstream: std::net::SocketAddr, redis_section: &str) -> GatewayConfig {
+        GatewayConfig::from_toml(&format!(
+            r#"
+{redis_section}
+
+[upstreams.app]
+url = "http://{upstream}"
+
+[[routes]]
+name = "api"
+rate_limit = {{ key = {{ header = "x-user" }}, quotas = [{{ name = "shared", limit = 2, period = "1m" }}], redis = true }}
+split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
+"#
+        ))
+        .unwrap()
+    }
+
+    /// The statuses of `n` requests of `user`, sent in turn to `addrs`.
+    async fn statuses(addrs: &[std::net::SocketAddr], user: &str, n: usize) -> Vec<u16> {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let req = Request::get(format!("http://{}/", addrs[i % addrs.len()]))
+                .header("x-user", user)
+                .body(Full::default())
+                .unwrap();
+            let res = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+                .await
+                .unwrap()
+                .unwrap();
+            out.push(res.status().as_u16());
+        }
+        out
+    }
+
+    /// The sum of a route metric of `api` over `gateways`.
+    fn metric(gateways: &[&Gateway], name: &str) -> u64 {
+        gateways
+            .iter()
+            .flat_map(|g| {
+                g.metrics()
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("{name}{{route=\"api\"}}")))
+                    .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
+    /// The ids of the clients connected to `redis`, but the one asking.
+    async fn other_clients(redis: &RedisServer) -> Vec<String> {
+        let mut conn = redis
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let me: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut ids: Vec<String> = list
+            .lines()
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .filter(|id| *id != me.to_string())
+            .map(str::to_owned)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_limiter_over_tls_counts_and_refuses() {
+        let Some(redis) = start_tls(false).await else {
+            return;
+        };
+        let layer = RedisRateLimitLayer::builder(redis.manager().await)
+            .key_by(by_user())
+            .quota(Quota::per_minute(2).named("api"))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let svc = layer.layer(ok_service());
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let res = svc.clone().oneshot(req("alice")).await.unwrap();
+            got.push(res.status().as_u16());
+            if res.status() == StatusCode::TOO_MANY_REQUESTS {
+                assert!(!header(&res, RETRY_AFTER.as_str()).is_empty());
+                assert_eq!(json(res).await["status"], 429);
+            }
+        }
+        assert_eq!(got, [200, 200, 429]);
+        let stats = layer.stats();
+        assert_eq!((stats.allowed, stats.rejected, stats.errors), (2, 1, 0));
+        // The state is in this Redis, over TLS.
+        let mut conn = redis.manager().await;
+        let keys: Vec<String> = conn.keys("switchyard:rl:*").await.unwrap();
+        assert_eq!(keys, ["switchyard:rl:{b:alice}:api"]);
+    }
+
+    #[tokio::test]
+    async fn a_server_from_another_ca_is_refused() {
+        let Some(redis) = start_tls(false).await else {
+            return;
+        };
+        let wrong = tls_client(redis.port, "other-ca.pem", false);
+        let err = tokio::time::timeout(
+            Duration::from_secs(30),
+            wrong.get_multiplexed_async_connection(),
+        )
+        .await
+        .unwrap()
+        .expect_err("a certificate from another CA is refused");
+        assert!(
+            err.to_string().contains("invalid peer certificate"),
+            "{err}"
+        );
+    }
+
+    /// Two gateway replicas with `url = "rediss://..."` and `ca_file` share
+    /// a limit; a reload with the same `[redis]` keeps the connection; a
+    /// replica trusting another CA counts errors and lets requests through.
+    #[tokio::test]
+    async fn gateway_replicas_share_a_limit_over_tls() {
+        let Some(redis) = start_tls(false).await else {
+            return;
+        };
+        let upstream = net::serve(axum::Router::new().fallback(|| async { "hello" })).await;
+        // Generous timeouts where Redis answers; where it cannot, each
+        // request waits for its check's timeout (the connection manager
+        // retries until then).
+        let section = |ca: &str, timeout_ms: u64| {
+            format!(
+                "[redis]\nurl = \"rediss://localhost:{}/\"\nca_file = \"{}\"\ntimeout_ms = {timeout_ms}",
+                redis.port,
+                fixture(ca)
+            )
+        };
+        let config = gateway_config(upstream, &section("ca.pem", 5000));
+        let replicas = [
+            Gateway::from_config(config.clone()).unwrap(),
+            Gateway::from_config(config.clone()).unwrap(),
+        ];
+        let mut addrs = Vec::new();
+        for g in &replicas {
+            addrs.push(net::serve(axum::Router::new().fallback_service(g.clone())).await);
+        }
+        assert_eq!(statuses(&addrs, "frank", 4).await, [200, 200, 429, 429]);
+        let both = [&replicas[0], &replicas[1]];
+        assert_eq!(metric(&both, "switchyard_ratelimit_allowed_total"), 2);
+        assert_eq!(metric(&both, "switchyard_ratelimit_rejected_total"), 2);
+        assert_eq!(metric(&both, "switchyard_ratelimit_redis_errors_total"), 0);
+
+        // A reload with the same `[redis]` keeps the connection.
+        let before = other_clients(&redis).await;
+        assert_eq!(before.len(), 2, "{before:?}");
+        replicas[0].reload(config.clone()).unwrap();
+        assert_eq!(statuses(&addrs[..1], "frank", 1).await, [429]);
+        assert_eq!(other_clients(&redis).await, before);
+
+        // Trusting another CA: Redis is out of reach, requests are let
+        // through (the default) and counted as errors.
+        let wrong =
+            Gateway::from_config(gateway_config(upstream, &section("other-ca.pem", 1000))).unwrap();
+        let addr = net::serve(axum::Router::new().fallback_service(wrong.clone())).await;
+        assert_eq!(statuses(&[addr], "frank", 2).await, [200, 200]);
+        assert_eq!(
+            metric(&[&wrong], "switchyard_ratelimit_redis_errors_total"),
+            2
+        );
+    }
+
+    /// A Redis asking for client certificates: the gateway presenting
+    /// `client_cert_file` shares the limit; without it, Redis is out of
+    /// reach (fail-open, errors counted).
+    #[tokio::test]
+    async fn gateway_presents_a_client_certificate() {
+        let Some(redis) = start_tls(true).await else {
+            return;
+        };
+        let upstream = net::serve(axum::Router::new().fallback(|| async { "hello" })).await;
+        let section = |timeout_ms: u64| {
+            format!(
+                "[redis]\nurl = \"rediss://localhost:{}/\"\nca_file = \"{}\"\ntimeout_ms = {timeout_ms}",
+                redis.port,
+                fixture("ca.pem")
+            )
+        };
+        // Generous where Redis answers; without a certificate, each request
+        // waits for its check's timeout (the connection manager retries
+        // until then).
+        let mutual = format!(
+            "{}\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+            section(5000),
+            fixture("client.pem"),
+            fixture("client.key")
+        );
+        let with = Gateway::from_config(gateway_config(upstream, &mutual)).unwrap();
+        let addr = net::serve(axum::Router::new().fallback_service(with.clone())).await;
+        assert_eq!(statuses(&[addr], "grace", 3).await, [200, 200, 429]);
+        assert_eq!(
+            metric(&[&with], "switchyard_ratelimit_redis_errors_total"),
+            0
+        );
+
+        // Redis refuses a client without a certificate.
+        let anonymous = tls_client(redis.port, "ca.pem", false);
+        let refused = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut conn = anonymous.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await
+        .unwrap();
+        assert!(refused.is_err(), "{refused:?}");
+
+        let without = Gateway::from_config(gateway_config(upstream, &section(1000))).unwrap();
+        let addr = net::serve(axum::Router::new().fallback_service(without.clone())).await;
+        // grace is out of units in Redis, but this replica cannot ask.
+        assert_eq!(statuses(&[addr], "grace", 2).await, [200, 200]);
+        assert_eq!(
+            metric(&[&without], "switchyard_ratelimit_redis_errors_total"),
+            2
+        );
+    }
+
+    /// Mistakes in a TLS `[redis]` are problems of the configuration,
+    /// located, before anything connects.
+    #[tokio::test]
+    async fn tls_mistakes_are_located() {
+        let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let problems = |redis_section: String| {
+            let err = Gateway::from_config(gateway_config(upstream, &redis_section)).unwrap_err();
+            err.problems
+                .iter()
+                .map(|p| format!("{}: {}", p.at, p.message))
+                .collect::<Vec<_>>()
+        };
+        let url = "url = \"rediss://localhost:6379/\"";
+        let cases = [
+            (
+                format!("[redis]\n{url}\nca_file = \"/nonexistent/ca.pem\""),
+                "redis.ca_file: cannot read `/nonexistent/ca.pem`",
+            ),
+            (
+                format!("[redis]\n{url}\nca_file = \"{}\"", fixture("client.key")),
+                "redis.ca_file: the PEM holds no certificate",
+            ),
+            (
+                format!(
+                    "[redis]\nurl = \"redis://localhost:6379/\"\nca_file = \"{}\"",
+                    fixture("ca.pem")
+                ),
+                "redis.ca_file: only `rediss://` URLs",
+            ),
+            (
+                format!(
+                    "[redis]\n{url}\nclient_cert_file = \"{}\"",
+                    fixture("client.pem")
+                ),
+                "redis.client_key_file: `client_cert_file` needs `client_key_file`",
+            ),
+            (
+                format!(
+                    "[redis]\n{url}\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+                    fixture("client.pem"),
+                    fixture("server.key")
+                ),
+                "redis.client_cert_file: unusable client certificate",
+            ),
+            (
+                "[redis]\nurl = \"rediss://localhost:6379/#insecure\"".to_owned(),
+                "redis.url: `#insecure`",
+            ),
+        ];
+        for (section, want) in cases {
+            let got = problems(section);
+            assert!(got.iter().any(|p| p.starts_with(want)), "{want}: {got:?}");
+        }
+    }
 }

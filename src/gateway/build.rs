@@ -301,6 +301,13 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
 /// The connection for `[redis]`: the old one when the settings did not
 /// change. The connection is made lazily (and remade when lost) by the
 /// first check.
+///
+/// For `rediss://` (feature `tls`), `ca_file` and the client certificate
+/// are read and checked here, so that a bad file is a problem of this
+/// config rather than a connection that never comes up; and rustls's ring
+/// provider is installed as the process default unless one is installed
+/// already, because the `redis` crate builds its TLS settings from that
+/// default (see [`crate::ratelimit::redis`]).
 fn shared_redis(
     rc: &RedisConfig,
     old: Option<&State>,
@@ -314,13 +321,182 @@ fn shared_redis(
     }
     #[cfg(feature = "redis")]
     {
+        let before = problems.0.len();
+        let client_files = match (&rc.client_cert_file, &rc.client_key_file) {
+            (None, None) => None,
+            (Some(_), None) => {
+                problems.push(
+                    "redis.client_key_file",
+                    "`client_cert_file` needs `client_key_file`",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                problems.push(
+                    "redis.client_cert_file",
+                    "`client_key_file` needs `client_cert_file`",
+                );
+                None
+            }
+            (Some(cert), Some(key)) => Some((cert, key)),
+        };
         let client = match redis::Client::open(rc.url.as_str()) {
             Ok(c) => c,
             Err(e) => {
-                problems.push("redis.url", format!("invalid Redis URL: {e}"));
+                let scheme = rc.url.split_once("://").map_or("", |(s, _)| s);
+                let tls_scheme =
+                    scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys");
+                if tls_scheme && !cfg!(feature = "tls") {
+                    problems.push(
+                        "redis.url",
+                        format!("`{scheme}://` needs switchyard's `tls` feature"),
+                    );
+                } else {
+                    problems.push("redis.url", format!("invalid Redis URL: {e}"));
+                }
                 return None;
             }
         };
+        let tls = match client.get_connection_info().addr() {
+            redis::ConnectionAddr::TcpTls { insecure, .. } => {
+                if *insecure {
+                    problems.push(
+                        "redis.url",
+                        "`#insecure` (no certificate checks) is not supported",
+                    );
+                }
+                true
+            }
+            _ => false,
+        };
+        #[cfg(feature = "tls")]
+        let client = if !tls {
+            if rc.ca_file.is_some() {
+                problems.push("redis.ca_file", "only `rediss://` URLs use a CA file");
+            }
+            if client_files.is_some() {
+                problems.push(
+                    "redis.client_cert_file",
+                    "only `rediss://` URLs present a client certificate",
+                );
+            }
+            client
+        } else {
+            use rustls::pki_types::pem::PemObject;
+            use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+            let mut read = |at: &str, path: &str| {
+                std::fs::read(path)
+                    .map_err(|e| problems.push(at, format!("cannot read `{path}`: {e}")))
+                    .ok()
+            };
+            let root_cert = rc
+                .ca_file
+                .as_deref()
+                .and_then(|path| read("redis.ca_file", path));
+            let client_pems = client_files.and_then(|(cert, key)| {
+                let cert = read("redis.client_cert_file", cert);
+                let key = read("redis.client_key_file", key);
+                cert.zip(key)
+            });
+            // The `redis` crate reads these when it connects; check them
+            // now, as the upstreams' are.
+            if let Some(pem) = &root_cert {
+                let mut roots = rustls::RootCertStore::empty();
+                let checked = CertificateDer::pem_slice_iter(pem).try_for_each(|cert| {
+                    let cert = cert.map_err(|e| format!("invalid PEM: {e}"))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("invalid root certificate: {e}"))
+                });
+                match checked {
+                    Err(e) => problems.push("redis.ca_file", e),
+                    Ok(()) if roots.is_empty() => {
+                        problems.push("redis.ca_file", "the PEM holds no certificate");
+                    }
+                    Ok(()) => {}
+                }
+            }
+            if let Some((cert, key)) = &client_pems {
+                let checked = (|| {
+                    let chain = CertificateDer::pem_slice_iter(cert)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| format!("invalid client certificate PEM: {e}"))?;
+                    if chain.is_empty() {
+                        return Err("the client certificate PEM holds no certificate".to_owned());
+                    }
+                    let key = PrivateKeyDer::from_pem_slice(key)
+                        .map_err(|e| format!("invalid client key PEM: {e}"))?;
+                    // rustls checks that the key is one it can sign with
+                    // and that it matches the certificate.
+                    rustls::ClientConfig::builder_with_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("unusable client certificate: {e}"))?;
+                    Ok(())
+                })();
+                if let Err(e) = checked {
+                    problems.push("redis.client_cert_file", e);
+                }
+            }
+            if problems.0.len() > before {
+                return None;
+            }
+            // `redis` builds its rustls settings with
+            // `ClientConfig::builder()`, which takes the process default
+            // provider, else the one rustls's features name; with another
+            // provider in the build as well, it would panic. Ring is the
+            // provider of switchyard's `tls` feature; a default the
+            // application installed first is kept.
+            if rustls::crypto::CryptoProvider::get_default().is_none() {
+                // Losing a race to another installer is fine: then
+                // there is a default.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
+            if root_cert.is_none() && client_pems.is_none() {
+                client
+            } else {
+                let certs = redis::TlsCertificates {
+                    client_tls: client_pems.map(|(client_cert, client_key)| {
+                        redis::ClientTlsConfig {
+                            client_cert,
+                            client_key,
+                        }
+                    }),
+                    root_cert,
+                };
+                match redis::Client::build_with_tls(rc.url.as_str(), certs) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        problems.push("redis", e);
+                        return None;
+                    }
+                }
+            }
+        };
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = tls;
+            if let Some(path) = &rc.ca_file {
+                problems.push(
+                    "redis.ca_file",
+                    format!("`{path}`: needs switchyard's `tls` feature"),
+                );
+            }
+            if let Some((cert, _)) = client_files {
+                problems.push(
+                    "redis.client_cert_file",
+                    format!("`{cert}`: needs switchyard's `tls` feature"),
+                );
+            }
+        }
+        if problems.0.len() > before {
+            return None;
+        }
         // The connection manager runs a task: it needs the runtime the
         // gateway will serve on.
         if tokio::runtime::Handle::try_current().is_err() {

@@ -116,8 +116,22 @@ pub struct ApiKeyConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host[:port][/db]`.
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS
+    /// (switchyard's `tls` feature: rustls with ring, checking the server
+    /// against the system's root certificates or `ca_file`).
     pub url: String,
+    /// For `rediss://`: a PEM file of the root certificates to check the
+    /// server against, instead of the system's (a private CA). Read when
+    /// the connection is made from this section; a reload with the same
+    /// `[redis]` keeps the connection, and so the roots, it has.
+    pub ca_file: Option<String>,
+    /// For `rediss://`: a PEM file holding the client certificate (then
+    /// any intermediates) to present to a server that asks for one (mutual
+    /// TLS, `tls-auth-clients yes`); needs `client_key_file`. Read like
+    /// `ca_file`.
+    pub client_cert_file: Option<String>,
+    /// The PEM file of `client_cert_file`'s private key.
+    pub client_key_file: Option<String>,
     /// The prefix of every key (`switchyard:rl:` by default).
     pub prefix: Option<String>,
     /// How long a check may take, in milliseconds (100 by default).

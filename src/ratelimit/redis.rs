@@ -79,6 +79,21 @@
 //! [`RedisRateLimitStats::errors`]; [`RedisFailure::Reject`] refuses it
 //! instead. The handle's checks and charges return a [`RedisCheckError`]
 //! instead, within the same timeout.
+//!
+//! # TLS
+//!
+//! With switchyard's `tls` feature as well, `rediss://` URLs connect over
+//! TLS (rustls with ring), checking the server against the system's root
+//! certificates. For a private CA, or a client certificate for mutual TLS,
+//! make the client with `redis::Client::build_with_tls(url,
+//! redis::TlsCertificates { root_cert: Some(ca_pem), client_tls: None })`
+//! (`client_tls: Some(redis::ClientTlsConfig { client_cert, client_key })`,
+//! all PEM). The `redis` crate builds its rustls settings from the process's
+//! default provider, or else the one rustls's features name: ring, unless
+//! your build enables aws-lc-rs as well, and then install one with
+//! `rustls::crypto::CryptoProvider::install_default` before connecting. The
+//! gateway's `[redis]` takes `ca_file`, `client_cert_file` and
+//! `client_key_file`, and installs ring as that default when none is.
 
 use std::collections::HashSet;
 use std::fmt;

@@ -1,0 +1,547 @@
+//! Weights shared by every replica, through Redis (feature `redis`).
+//!
+//! A [`Split`](crate::split::Split)'s weights and a model router's alias
+//! weights live in each process. Behind a load balancer, promoting green on
+//! one replica would leave the others on blue, and a user's sticky pick
+//! would depend on which replica answered. [`WeightSync`] keeps them
+//! together: every round (each second by default) it publishes a change
+//! made on this replica, by handle, admin API, rollout or reload, and
+//! applies a change another replica published. Replicas with the same
+//! weights make the same sticky picks (the pick is a function of the key,
+//! the target names and the weights), so once they converge a user lands
+//! on the same version whichever replica serves them.
+//!
+//! ```no_run
+//! use switchyard::split::Split;
+//! use switchyard::sync::WeightSync;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # let blue = tower::service_fn(|_: http::Request<()>| async {
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+//! # });
+//! # let green = blue.clone();
+//! let split = Split::builder()
+//!     .target("blue", blue, 100)
+//!     .target("green", green, 0)
+//!     .build()?;
+//! let handle = split.handle();
+//!
+//! let redis = redis::Client::open("redis://127.0.0.1/")?
+//!     .get_connection_manager()
+//!     .await?;
+//! let sync = WeightSync::builder(redis)
+//!     .split("checkout", handle.clone())
+//!     .build()?;
+//! // One round now (a joining replica takes the fleet's weights), then
+//! // one every second for as long as `task` is kept.
+//! sync.sync_once().await;
+//! let task = sync.spawn();
+//!
+//! // On this replica, or any other: every replica follows within a round.
+//! handle.promote("green")?;
+//! # drop(task);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How replicas agree
+//!
+//! Each synced set of weights is one Redis hash holding the weights (JSON,
+//! `{"blue":90,"green":10}`) and a version that every publication raises
+//! by one, in one atomic script. A replica remembers the last weights it
+//! published or applied and the version they had. In a round, for each
+//! set:
+//!
+//! * if its local weights changed since then, it publishes them;
+//! * otherwise, if Redis holds a newer version, it applies those weights.
+//!
+//! Two replicas changing the same set within one round both publish; the
+//! later version wins, and the other replica applies it in its next round
+//! (last writer wins). A replica's first round takes the weights in Redis
+//! (a replica that joins or restarts follows the fleet) or, when there are
+//! none yet, publishes its own.
+//!
+//! A Redis that loses its data (a restart without persistence) starts the
+//! versions over; replicas take whatever it holds that differs from what
+//! they last knew, so they converge again on the first set published.
+//!
+//! A published set that does not fit this replica (a target or model
+//! version it does not have, during a rolling configuration change) is
+//! refused and counted ([`WeightSyncStats::refused`]); the replica keeps
+//! its weights until a set that fits is published. Only weights travel:
+//! counters, pins, the catalog's versions and each replica's rollback
+//! history stay local (a rollback is a change like any other, and
+//! travels as the weights it sets).
+//!
+//! # When Redis fails
+//!
+//! Every replica keeps serving with the weights it has. A round that
+//! cannot reach Redis within the timeout (1 s by default) is counted in
+//! [`WeightSyncStats::errors`] and the next round tries again: a change
+//! made meanwhile is published then, and one made elsewhere is applied
+//! then.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+#[cfg(feature = "json")]
+use crate::model::ModelHandle;
+use crate::split::{SplitHandle, Weights};
+
+/// Publishes a set of weights: raises the version and stores the weights
+/// in one step. `KEYS[1]`: the hash; `ARGV[1]`: the weights as JSON.
+/// Returns the new version.
+const PUBLISH: &str = r"
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'weights', ARGV[1])
+return v
+";
+
+/// What a [`WeightSync`] could not be built with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// Two sources were given the same name.
+    #[error("two synced sources are named `{0}`")]
+    DuplicateName(String),
+    /// A name that is empty.
+    #[error("a synced source needs a name")]
+    EmptyName,
+}
+
+/// The counters of a [`WeightSync`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WeightSyncStats {
+    /// Rounds run.
+    pub rounds: u64,
+    /// Local changes published.
+    pub published: u64,
+    /// Changes from other replicas applied here.
+    pub applied: u64,
+    /// Published sets that did not fit this replica, left unapplied.
+    pub refused: u64,
+    /// Redis calls that failed or timed out.
+    pub errors: u64,
+}
+
+/// Something whose weights are synced: a split, or a model router (each
+/// of its aliases).
+#[derive(Clone)]
+pub(crate) enum Source {
+    Split(SplitHandle),
+    #[cfg(feature = "json")]
+    Model(ModelHandle),
+}
+
+impl Source {
+    /// Every set of weights this source has, by its key suffix.
+    fn sets(&self, name: &str) -> Vec<(String, Set)> {
+        match self {
+            Source::Split(h) => vec![(format!("split:{}", escape(name)), Set::Split(h.clone()))],
+            #[cfg(feature = "json")]
+            Source::Model(h) => h
+                .catalog()
+                .aliases
+                .iter()
+                .map(|a| {
+                    (
+                        format!("model:{}:{}", escape(name), escape(&a.name)),
+                        Set::Alias(h.clone(), a.name.clone()),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One set of weights.
+enum Set {
+    Split(SplitHandle),
+    #[cfg(feature = "json")]
+    Alias(ModelHandle, String),
+}
+
+impl Set {
+    fn weights(&self) -> Option<Weights> {
+        match self {
+            Set::Split(h) => Some(h.weights()),
+            #[cfg(feature = "json")]
+            Set::Alias(h, alias) => h.weights(alias),
+        }
+    }
+
+    /// Applies `weights`; `false` when they do not fit.
+    fn apply(&self, weights: &Weights) -> bool {
+        match self {
+            Set::Split(h) => h.set_weights(weights.iter()).is_ok(),
+            #[cfg(feature = "json")]
+            Set::Alias(h, alias) => h.set_weights(alias, weights.iter()).is_ok(),
+        }
+    }
+}
+
+/// `:` and `%` escaped, so that names made of parts never collide.
+fn escape(name: &str) -> String {
+    name.replace('%', "%25").replace(':', "%3A")
+}
+
+/// The same weights, whatever their order.
+fn same(a: &Weights, b: &Weights) -> bool {
+    a.len() == b.len() && a.iter().all(|(n, w)| b.get(n) == Some(w))
+}
+
+/// What a replica remembers of one set between rounds.
+#[derive(Debug, Default)]
+struct Known {
+    /// The weights it last published or applied (or found, before its
+    /// first successful round, or kept when it refused Redis's).
+    last: Option<Weights>,
+    /// What Redis held when it last looked: the version, and the weights
+    /// (`None` if unreadable). `None` before the first successful round.
+    redis: Option<(u64, Option<Weights>)>,
+}
+
+type Sources = Box<dyn Fn() -> Option<(ConnectionManager, Vec<(String, Source)>)> + Send + Sync>;
+
+struct Inner {
+    sources: Sources,
+    prefix: String,
+    interval: Duration,
+    timeout: Duration,
+    script: redis::Script,
+    known: tokio::sync::Mutex<HashMap<String, Known>>,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    rounds: AtomicU64,
+    published: AtomicU64,
+    applied: AtomicU64,
+    refused: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps weights the same on every replica through Redis; see the
+/// [module docs](self). Cheap to clone: clones share the state.
+#[derive(Clone)]
+pub struct WeightSync {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for WeightSync {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeightSync")
+            .field("prefix", &self.inner.prefix)
+            .field("interval", &self.inner.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WeightSync {
+    /// A builder over this connection (a `ConnectionManager` reconnects by
+    /// itself); add the splits and model routers to sync.
+    pub fn builder(redis: ConnectionManager) -> WeightSyncBuilder {
+        WeightSyncBuilder {
+            redis,
+            sources: Vec::new(),
+            prefix: "switchyard:weights:".to_owned(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// A sync whose connection and sources are read at every round (the
+    /// gateway's, which change on reload); `None` skips the round.
+    pub(crate) fn dynamic(
+        sources: impl Fn() -> Option<(ConnectionManager, Vec<(String, Source)>)> + Send + Sync + 'static,
+        prefix: String,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                sources: Box::new(sources),
+                prefix,
+                interval,
+                timeout,
+                script: redis::Script::new(PUBLISH),
+                known: tokio::sync::Mutex::default(),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// Runs one round: publishes what changed here, applies what changed
+    /// elsewhere. Rounds never overlap: a second call waits for the first.
+    pub async fn sync_once(&self) {
+        let inner = &*self.inner;
+        let Some((mut redis, sources)) = (inner.sources)() else {
+            return;
+        };
+        let mut known = inner.known.lock().await;
+        Counters::add(&inner.counters.rounds);
+        let mut seen = Vec::new();
+        for (name, source) in &sources {
+            for (suffix, set) in source.sets(name) {
+                let key = format!("{}{suffix}", inner.prefix);
+                let Some(local) = set.weights() else {
+                    continue;
+                };
+                let entry = known.entry(key.clone()).or_default();
+                self.sync_set(&mut redis, &key, &set, local, entry).await;
+                seen.push(key);
+            }
+        }
+        // Sets that went away (a route or alias removed) are forgotten.
+        known.retain(|k, _| seen.contains(k));
+    }
+
+    async fn sync_set(
+        &self,
+        redis: &mut ConnectionManager,
+        key: &str,
+        set: &Set,
+        local: Weights,
+        known: &mut Known,
+    ) {
+        let c = &self.inner.counters;
+        let changed_here = known.last.as_ref().is_some_and(|last| !same(last, &local));
+        let found = if changed_here {
+            None
+        } else {
+            match self.read(redis, key).await {
+                Ok(found) => Some(found),
+                Err(()) => {
+                    Counters::add(&c.errors);
+                    // Remember what was found, so that a change made while
+                    // Redis is away is published when it is back.
+                    known.last.get_or_insert(local);
+                    return;
+                }
+            }
+        };
+        let (version, remote) = match found {
+            // Changed here, or the first replica to sync this set: publish.
+            None | Some(None) => {
+                match self.publish(redis, key, &local).await {
+                    Ok(version) => {
+                        Counters::add(&c.published);
+                        known.redis = Some((version, Some(local.clone())));
+                        known.last = Some(local);
+                    }
+                    Err(()) => {
+                        Counters::add(&c.errors);
+                        known.last.get_or_insert(local);
+                    }
+                }
+                return;
+            }
+            Some(Some(found)) => found,
+        };
+        // Nothing new in Redis since this replica last looked. (Any other
+        // difference is news: a newer version, or, from a Redis that lost
+        // its data and started over, an older or equal one.)
+        let unchanged = known.redis.as_ref().is_some_and(|(v, w)| {
+            *v == version
+                && match (w, &remote) {
+                    (Some(a), Some(b)) => same(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        });
+        if unchanged {
+            return;
+        }
+        known.redis = Some((version, remote.clone()));
+        let Some(remote) = remote else {
+            // Unreadable weights: wait for the next publication.
+            Counters::add(&c.refused);
+            known.last = Some(local);
+            return;
+        };
+        if same(&remote, &local) {
+            known.last = Some(local);
+        } else if set.weights().is_some_and(|now| !same(&now, &local)) {
+            // Changed here while Redis was asked: that change is newer,
+            // and the next round publishes it.
+            known.last = Some(local);
+        } else if set.apply(&remote) {
+            Counters::add(&c.applied);
+            known.last = Some(remote);
+        } else {
+            Counters::add(&c.refused);
+            known.last = Some(local);
+        }
+    }
+
+    async fn publish(
+        &self,
+        redis: &mut ConnectionManager,
+        key: &str,
+        weights: &Weights,
+    ) -> Result<u64, ()> {
+        let json = serde_json::to_string(weights).map_err(|_| ())?;
+        let mut invocation = self.inner.script.key(key);
+        invocation.arg(json);
+        let run = invocation.invoke_async::<u64>(redis);
+        match tokio::time::timeout(self.inner.timeout, run).await {
+            Ok(Ok(version)) => Ok(version),
+            _ => Err(()),
+        }
+    }
+
+    /// The version and weights in Redis (`None` weights: unreadable), or
+    /// `None` when nothing was published yet.
+    async fn read(
+        &self,
+        redis: &mut ConnectionManager,
+        key: &str,
+    ) -> Result<Option<(u64, Option<Weights>)>, ()> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(key).arg("version").arg("weights");
+        let run = cmd.query_async::<(Option<u64>, Option<String>)>(redis);
+        let (version, json) = match tokio::time::timeout(self.inner.timeout, run).await {
+            Ok(Ok(found)) => found,
+            _ => return Err(()),
+        };
+        Ok(version.map(|v| (v, json.and_then(|j| serde_json::from_str(&j).ok()))))
+    }
+
+    /// Runs a round every [`interval`](WeightSyncBuilder::interval) on the
+    /// current Tokio runtime, until the returned task is dropped or
+    /// [aborted](SyncTask::abort).
+    pub fn spawn(&self) -> SyncTask {
+        let this = self.clone();
+        SyncTask(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(this.inner.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                this.sync_once().await;
+            }
+        }))
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> WeightSyncStats {
+        let c = &self.inner.counters;
+        let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WeightSyncStats {
+            rounds: read(&c.rounds),
+            published: read(&c.published),
+            applied: read(&c.applied),
+            refused: read(&c.refused),
+            errors: read(&c.errors),
+        }
+    }
+}
+
+/// The background rounds of a [`WeightSync`]; dropping it stops them.
+#[derive(Debug)]
+pub struct SyncTask(tokio::task::JoinHandle<()>);
+
+impl SyncTask {
+    /// Stops the rounds (as dropping does).
+    pub fn abort(&self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for SyncTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Builds a [`WeightSync`]; see [`WeightSync::builder`].
+pub struct WeightSyncBuilder {
+    redis: ConnectionManager,
+    sources: Vec<(String, Source)>,
+    prefix: String,
+    interval: Duration,
+    timeout: Duration,
+}
+
+impl fmt::Debug for WeightSyncBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeightSyncBuilder")
+            .field(
+                "sources",
+                &self.sources.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WeightSyncBuilder {
+    /// Syncs a split's weights under `name`, which must be the same on
+    /// every replica (the route's name, say).
+    pub fn split(mut self, name: impl Into<String>, handle: SplitHandle) -> Self {
+        self.sources.push((name.into(), Source::Split(handle)));
+        self
+    }
+
+    /// Syncs the weights of every alias of a model router under `name`
+    /// (feature `json`). Aliases are read at every round, so one added
+    /// later is synced too.
+    #[cfg(feature = "json")]
+    pub fn model(mut self, name: impl Into<String>, handle: ModelHandle) -> Self {
+        self.sources.push((name.into(), Source::Model(handle)));
+        self
+    }
+
+    /// The prefix of every Redis key (`switchyard:weights:` by default):
+    /// fleets that must not share weights need different prefixes.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How often [`spawn`](WeightSync::spawn)ed rounds run (1 s by
+    /// default): how long a change takes to reach every replica, at most.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// How long one Redis call may take before the round counts it as
+    /// failed (1 s by default).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Checks the names and builds the sync.
+    pub fn build(self) -> Result<WeightSync, SyncError> {
+        for (i, (name, _)) in self.sources.iter().enumerate() {
+            if name.is_empty() {
+                return Err(SyncError::EmptyName);
+            }
+            if self.sources[..i].iter().any(|(n, _)| n == name) {
+                return Err(SyncError::DuplicateName(name.clone()));
+            }
+        }
+        let redis = self.redis;
+        let sources = self.sources;
+        Ok(WeightSync::dynamic(
+            move || Some((redis.clone(), sources.clone())),
+            self.prefix,
+            self.interval,
+            self.timeout,
+        ))
+    }
+}

@@ -1,0 +1,335 @@
+#![cfg(feature = "redis")]
+//! `switchyard::sync::WeightSync` against a real `redis-server` on
+//! loopback (each test starts its own): replicas converging on the last
+//! change and then making the same sticky picks, a joining replica taking
+//! the fleet's weights, a set that does not fit refused, model aliases,
+//! Redis going away and coming back empty, spawned rounds, and two gateway
+//! replicas. Rounds are driven one at a time with `sync_once`, except in
+//! the tests of spawned rounds.
+//!
+//! Like `ratelimit_redis`, these tests skip (with a note) when
+//! `redis-server` is missing, unless `SWITCHYARD_REQUIRE_REDIS` is set.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use http::{HeaderName, Request, Response};
+use http_body_util::BodyExt;
+use switchyard::key::KeyBy;
+use switchyard::split::{Split, SplitHandle};
+use switchyard::sync::{SyncError, WeightSync, WeightSyncStats};
+use tower::{ServiceExt, service_fn, util::BoxCloneService};
+
+#[path = "support/redis.rs"]
+mod redis_support;
+use redis_support::RedisServer;
+
+const HANG_GUARD: Duration = Duration::from_secs(10);
+
+type Svc = BoxCloneService<Request<()>, Response<String>, Infallible>;
+
+/// A service answering with its own name.
+fn named(name: &'static str) -> Svc {
+    BoxCloneService::new(service_fn(move |_: Request<()>| async move {
+        Ok::<_, Infallible>(Response::new(name.to_owned()))
+    }))
+}
+
+/// One replica's split: `blue` and `green` (and `canary` when asked),
+/// sticky by `x-user`.
+fn replica(weights: &[u32]) -> Split<Svc> {
+    let names = ["blue", "green", "canary"];
+    let mut b = Split::builder().sticky(KeyBy::header(HeaderName::from_static("x-user")));
+    for (name, &w) in names.iter().zip(weights) {
+        b = b.target(*name, named(name), w);
+    }
+    b.build().unwrap()
+}
+
+async fn sync_for(redis: &RedisServer, handle: &SplitHandle) -> WeightSync {
+    WeightSync::builder(redis.manager().await)
+        .split("checkout", handle.clone())
+        .prefix("test:")
+        .build()
+        .unwrap()
+}
+
+fn weights(h: &SplitHandle) -> Vec<(String, u32)> {
+    h.weights().iter().map(|(n, w)| (n.to_owned(), w)).collect()
+}
+
+fn pairs(list: &[(&str, u32)]) -> Vec<(String, u32)> {
+    list.iter().map(|&(n, w)| (n.to_owned(), w)).collect()
+}
+
+/// Where each of `users` lands on `split`.
+async fn picks(split: &Split<Svc>, users: std::ops::Range<u32>) -> Vec<String> {
+    let mut out = Vec::new();
+    for user in users {
+        let req = Request::builder()
+            .header("x-user", user.to_string())
+            .body(())
+            .unwrap();
+        let body = split.clone().oneshot(req).await.unwrap().into_body();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        out.push(String::from_utf8(bytes.to_vec()).unwrap());
+    }
+    out
+}
+
+fn counts(s: &WeightSync) -> (u64, u64, u64, u64) {
+    let WeightSyncStats {
+        published,
+        applied,
+        refused,
+        errors,
+        ..
+    } = s.stats();
+    (published, applied, refused, errors)
+}
+
+#[tokio::test]
+async fn replicas_converge_on_the_last_change_and_pick_alike() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (a, b) = (replica(&[100, 0]), replica(&[100, 0]));
+    let (ha, hb) = (a.handle(), b.handle());
+    let (sa, sb) = (sync_for(&redis, &ha).await, sync_for(&redis, &hb).await);
+
+    // The first replica publishes; the second finds the same weights.
+    sa.sync_once().await;
+    sb.sync_once().await;
+    assert_eq!(counts(&sa), (1, 0, 0, 0));
+    assert_eq!(counts(&sb), (0, 0, 0, 0));
+
+    // A change on A reaches B in B's next round.
+    ha.set_weights([("blue", 70), ("green", 30)]).unwrap();
+    sb.sync_once().await;
+    assert_eq!(weights(&hb), pairs(&[("blue", 100), ("green", 0)]));
+    sa.sync_once().await;
+    sb.sync_once().await;
+    assert_eq!(weights(&hb), pairs(&[("blue", 70), ("green", 30)]));
+    assert_eq!(counts(&sb), (0, 1, 0, 0));
+    // Same weights, same sticky picks, whichever replica answers.
+    let (on_a, on_b) = (picks(&a, 0..400).await, picks(&b, 0..400).await);
+    assert_eq!(on_a, on_b);
+    let green = on_a.iter().filter(|t| *t == "green").count();
+    assert!((80..=160).contains(&green), "{green} of 400 on green");
+
+    // Both change within one round: the later publication wins everywhere.
+    ha.set_weights([("blue", 60), ("green", 40)]).unwrap();
+    hb.set_weights([("blue", 20), ("green", 80)]).unwrap();
+    sa.sync_once().await;
+    sb.sync_once().await;
+    sa.sync_once().await;
+    sb.sync_once().await;
+    assert_eq!(weights(&ha), pairs(&[("blue", 20), ("green", 80)]));
+    assert_eq!(weights(&hb), pairs(&[("blue", 20), ("green", 80)]));
+
+    // Promote and rollback travel as the weights they set.
+    hb.promote("green").unwrap();
+    sb.sync_once().await;
+    sa.sync_once().await;
+    assert_eq!(weights(&ha), pairs(&[("blue", 0), ("green", 100)]));
+    hb.rollback().unwrap();
+    sb.sync_once().await;
+    sa.sync_once().await;
+    assert_eq!(weights(&ha), pairs(&[("blue", 20), ("green", 80)]));
+
+    // A replica that joins (or restarts) takes the fleet's weights.
+    let c = replica(&[100, 0]);
+    let sc = sync_for(&redis, &c.handle()).await;
+    sc.sync_once().await;
+    assert_eq!(weights(&c.handle()), pairs(&[("blue", 20), ("green", 80)]));
+    assert_eq!(counts(&sc), (0, 1, 0, 0));
+    assert_eq!(picks(&c, 0..200).await, picks(&a, 0..200).await);
+    assert_eq!(sa.stats().errors + sb.stats().errors, 0);
+}
+
+#[tokio::test]
+async fn a_set_that_does_not_fit_is_refused() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let a = replica(&[90, 10]);
+    // A replica already on the next configuration, with a third target.
+    let c = replica(&[80, 10, 10]);
+    let sa = sync_for(&redis, &a.handle()).await;
+    let sc = sync_for(&redis, &c.handle()).await;
+    sa.sync_once().await;
+    sc.sync_once().await;
+    assert_eq!(counts(&sc), (0, 0, 1, 0));
+    assert_eq!(
+        weights(&c.handle()),
+        pairs(&[("blue", 80), ("green", 10), ("canary", 10)])
+    );
+    // Its own change is published, and refused by the older replica.
+    c.handle()
+        .set_weights([("blue", 0), ("green", 0), ("canary", 1)])
+        .unwrap();
+    sc.sync_once().await;
+    sa.sync_once().await;
+    assert_eq!(counts(&sa), (1, 0, 1, 0));
+    assert_eq!(weights(&a.handle()), pairs(&[("blue", 90), ("green", 10)]));
+    // Refused once, not at every round.
+    sa.sync_once().await;
+    assert_eq!(counts(&sa), (1, 0, 1, 0));
+
+    // Names must be unique and not empty.
+    let m = redis.manager().await;
+    let err = WeightSync::builder(m.clone())
+        .split("x", a.handle())
+        .split("x", c.handle())
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, SyncError::DuplicateName(ref n) if n == "x"),
+        "{err}"
+    );
+    let err = WeightSync::builder(m)
+        .split("", a.handle())
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, SyncError::EmptyName), "{err}");
+}
+
+#[cfg(feature = "json")]
+#[tokio::test]
+async fn model_alias_weights_follow() {
+    use switchyard::model::{Alias, Catalog, Model, ModelHandle, ModelRouter};
+
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let catalog = |w: [u32; 2]| {
+        Catalog::new()
+            .model(Model::new("v1", "blue"))
+            .model(Model::new("v2", "green"))
+            .alias(Alias::new("chat", [("v1", w[0]), ("v2", w[1])]))
+            .alias(Alias::new("embed", [("v1", 1)]))
+    };
+    let router = |w| {
+        ModelRouter::builder()
+            .upstream("blue", named("blue"))
+            .upstream("green", named("green"))
+            .catalog(catalog(w))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (router([100, 0]), router([100, 0]));
+    let (ha, hb): (ModelHandle, ModelHandle) = (a.handle(), b.handle());
+    let sync = |h: ModelHandle, conn| {
+        WeightSync::builder(conn)
+            .model("ai", h)
+            .prefix("test:")
+            .build()
+            .unwrap()
+    };
+    let sa = sync(ha.clone(), redis.manager().await);
+    let sb = sync(hb.clone(), redis.manager().await);
+    sa.sync_once().await;
+    sb.sync_once().await;
+    // One set per alias.
+    assert_eq!(counts(&sa), (2, 0, 0, 0));
+
+    ha.promote("chat", "v2").unwrap();
+    sa.sync_once().await;
+    sb.sync_once().await;
+    assert_eq!(hb.weights("chat"), ha.weights("chat"));
+    assert_eq!(hb.weights("chat").unwrap().get("v2"), Some(100));
+    assert_eq!(hb.weights("embed").unwrap().get("v1"), Some(1));
+    assert_eq!(counts(&sb), (0, 1, 0, 0));
+}
+
+#[tokio::test]
+async fn redis_going_away_keeps_local_weights_and_catches_up() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let (a, b) = (replica(&[100, 0]), replica(&[100, 0]));
+    let (ha, hb) = (a.handle(), b.handle());
+    let (sa, sb) = (sync_for(&redis, &ha).await, sync_for(&redis, &hb).await);
+    ha.set_weights([("blue", 90), ("green", 10)]).unwrap();
+    sa.sync_once().await;
+    sb.sync_once().await;
+    assert_eq!(weights(&hb), pairs(&[("blue", 90), ("green", 10)]));
+
+    // Redis stops: rounds fail and count it; both replicas keep serving
+    // with what they have, including a change made meanwhile.
+    redis.stop();
+    ha.set_weights([("blue", 50), ("green", 50)]).unwrap();
+    tokio::time::timeout(HANG_GUARD, sa.sync_once())
+        .await
+        .unwrap();
+    tokio::time::timeout(HANG_GUARD, sb.sync_once())
+        .await
+        .unwrap();
+    assert_eq!(sa.stats().errors, 1);
+    assert_eq!(sb.stats().errors, 1);
+    assert_eq!(weights(&ha), pairs(&[("blue", 50), ("green", 50)]));
+    assert_eq!(weights(&hb), pairs(&[("blue", 90), ("green", 10)]));
+    assert_eq!(picks(&b, 0..20).await.len(), 20);
+
+    // It comes back empty (no persistence): the change made meanwhile is
+    // published, and followed even though versions started over.
+    redis.restart().await;
+    let mut published = false;
+    for _ in 0..100 {
+        sa.sync_once().await;
+        if sa.stats().published == 2 {
+            published = true;
+            break;
+        }
+        // The connection manager reconnects in the background.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(published, "{:?}", sa.stats());
+    sb.sync_once().await;
+    assert_eq!(weights(&hb), pairs(&[("blue", 50), ("green", 50)]));
+}
+
+#[tokio::test]
+async fn spawned_rounds_carry_a_promotion_to_every_replica() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let replicas: Vec<Split<Svc>> = (0..3).map(|_| replica(&[100, 0])).collect();
+    let mut tasks = Vec::new();
+    let mut syncs = Vec::new();
+    for r in &replicas {
+        let s = WeightSync::builder(redis.manager().await)
+            .split("checkout", r.handle())
+            .prefix("test:")
+            .interval(Duration::from_millis(20))
+            .build()
+            .unwrap();
+        tasks.push(s.spawn());
+        syncs.push(s);
+    }
+    // Let every replica find (or publish) the starting weights first.
+    tokio::time::timeout(HANG_GUARD, async {
+        while syncs.iter().any(|s| s.stats().rounds < 2) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    replicas[1].handle().promote("green").unwrap();
+    tokio::time::timeout(HANG_GUARD, async {
+        while replicas
+            .iter()
+            .any(|r| r.handle().weights().get("green") != Some(100))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("every replica promoted green");
+
+    // Dropping the task stops the rounds.
+    drop(tasks);
+    let rounds = syncs[0].stats().rounds;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(syncs[0].stats().rounds <= rounds + 1);
+}
