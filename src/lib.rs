@@ -77,7 +77,7 @@
 //! | `transform` | `transform`: header, path, query, method and host rules (`regex`, `uuid`) |
 //! | `json` | JSON body rules in `transform`, and the `model` router (`serde_json` with key order kept, `memchr`) |
 //! | `proxy` | `proxy::Upstream` over a pooled hyper client (`hyper`, `hyper-util`, `tokio`) |
-//! | `tls` | `https://` upstreams in `proxy` (rustls with ring; the system's roots or your own) |
+//! | `tls` | `https://` upstreams in `proxy` (rustls with ring; the system's roots or your own; client certificates), and `rediss://` with `redis` |
 //! | `config` | `gateway`: a whole gateway from TOML (`proxy`, `transform`, `json`, `toml`) |
 //! | `admin` | `gateway::admin`: the admin API on axum, changes logged with `tracing` |
 //! | `rollout` | `rollout`: step plans with live analysis (`tokio`) |

@@ -112,6 +112,9 @@ pub enum SyncError {
     /// A name that is empty.
     #[error("a synced source needs a name")]
     EmptyName,
+    /// An interval or timeout of zero.
+    #[error("the {0} must be above zero")]
+    Zero(&'static str),
 }
 
 /// The counters of a [`WeightSync`].
@@ -527,6 +530,12 @@ impl WeightSyncBuilder {
 
     /// Checks the names and builds the sync.
     pub fn build(self) -> Result<WeightSync, SyncError> {
+        if self.interval.is_zero() {
+            return Err(SyncError::Zero("interval"));
+        }
+        if self.timeout.is_zero() {
+            return Err(SyncError::Zero("timeout"));
+        }
         for (i, (name, _)) in self.sources.iter().enumerate() {
             if name.is_empty() {
                 return Err(SyncError::EmptyName);

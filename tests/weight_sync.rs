@@ -187,11 +187,17 @@ async fn a_set_that_does_not_fit_is_refused() {
         matches!(err, SyncError::DuplicateName(ref n) if n == "x"),
         "{err}"
     );
-    let err = WeightSync::builder(m)
+    let err = WeightSync::builder(m.clone())
         .split("", a.handle())
         .build()
         .unwrap_err();
     assert!(matches!(err, SyncError::EmptyName), "{err}");
+    let err = WeightSync::builder(m)
+        .split("x", a.handle())
+        .interval(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.to_string(), "the interval must be above zero");
 }
 
 #[cfg(feature = "json")]
@@ -332,4 +338,108 @@ async fn spawned_rounds_carry_a_promotion_to_every_replica() {
     let rounds = syncs[0].stats().rounds;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(syncs[0].stats().rounds <= rounds + 1);
+}
+
+/// Waits (up to the hang guard) until `f` holds.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    tokio::time::timeout(HANG_GUARD, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+#[tokio::test]
+async fn gateway_replicas_keep_their_weights_together() {
+    use switchyard::gateway::{Gateway, GatewayConfig};
+
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let config = |weights: [u32; 2], sync: &str| {
+        GatewayConfig::from_toml(&format!(
+            r#"
+[redis]
+url = "redis://127.0.0.1:{}/"
+
+{sync}
+
+[upstreams.blue]
+url = "http://127.0.0.1:1"
+[upstreams.green]
+url = "http://127.0.0.1:2"
+
+[[routes]]
+name = "web"
+split.targets = [
+    {{ name = "blue", upstream = "blue", weight = {} }},
+    {{ name = "green", upstream = "green", weight = {} }},
+]
+"#,
+            redis.port, weights[0], weights[1]
+        ))
+        .unwrap()
+    };
+    let on = "[weight_sync]\ninterval_ms = 20\nprefix = \"test:\"";
+    let a = Gateway::from_config(config([90, 10], on)).unwrap();
+    let b = Gateway::from_config(config([90, 10], on)).unwrap();
+    let green = |g: &Gateway| g.split("web").unwrap().weights().get("green");
+
+    // A promotion on one replica (as the admin API makes it) reaches the
+    // other, and shows in both replicas' metrics.
+    eventually("both replicas ran a round", || {
+        [&a, &b]
+            .iter()
+            .all(|g| g.weight_sync().unwrap().stats().rounds >= 2)
+    })
+    .await;
+    a.split("web").unwrap().promote("green").unwrap();
+    eventually("b promoted green", || green(&b) == Some(100)).await;
+    let metric = |g: &Gateway, name: &str| -> u64 {
+        let line = format!("switchyard_weight_sync_{name}_total ");
+        g.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(&line).map(|v| v.parse().unwrap()))
+            .unwrap_or_else(|| panic!("no {line}"))
+    };
+    assert!(metric(&a, "published") >= 1);
+    assert_eq!(metric(&b, "applied"), 1);
+    assert_eq!(metric(&b, "errors"), 0);
+
+    // A reload with other weights is a change like any other.
+    b.reload(config([50, 50], on)).unwrap();
+    eventually("a at 50/50", || green(&a) == Some(50)).await;
+
+    // A replica that starts from the file's 90/10 takes the fleet's 50/50.
+    let c = Gateway::from_config(config([90, 10], on)).unwrap();
+    eventually("c at 50/50", || green(&c) == Some(50)).await;
+
+    // Turned off by a reload: the rounds stop.
+    c.reload(config([90, 10], "")).unwrap();
+    assert!(c.weight_sync().is_none());
+    assert!(!c.metrics().contains("switchyard_weight_sync"));
+    assert_eq!(green(&c), Some(10));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(green(&c), Some(10));
+    assert_eq!(green(&a), Some(50), "c's reload was not published");
+
+    // Mistakes are located.
+    let mut no_redis = config([90, 10], on);
+    no_redis.redis = None;
+    let err = Gateway::from_config(no_redis).unwrap_err();
+    assert!(
+        err.problems
+            .iter()
+            .any(|p| p.at == "weight_sync" && p.message.contains("[redis]")),
+        "{err}"
+    );
+    let err = Gateway::from_config(config([90, 10], "[weight_sync]\ninterval_ms = 0")).unwrap_err();
+    assert!(
+        err.problems
+            .iter()
+            .any(|p| p.at == "weight_sync.interval_ms"),
+        "{err}"
+    );
 }

@@ -53,6 +53,14 @@ pub(crate) struct SharedRedis {
     conn: redis::aio::ConnectionManager,
 }
 
+impl SharedRedis {
+    /// The connection (a clone shares it).
+    #[cfg(feature = "redis")]
+    pub(crate) fn connection(&self) -> redis::aio::ConnectionManager {
+        self.conn.clone()
+    }
+}
+
 /// One route, with the handles the admin API needs.
 pub(crate) struct BuiltRoute {
     pub(crate) name: String,
@@ -260,6 +268,20 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
         .redis
         .as_ref()
         .and_then(|rc| shared_redis(rc, old, &mut problems));
+
+    if let Some(ws) = &config.weight_sync {
+        if !cfg!(feature = "redis") {
+            problems.push("weight_sync", "needs switchyard's `redis` feature");
+        } else if config.redis.is_none() {
+            problems.push("weight_sync", "no `[redis]` is configured");
+        }
+        if ws.interval_ms == Some(0) {
+            problems.push("weight_sync.interval_ms", "must be above 0");
+        }
+        if ws.timeout_ms == Some(0) {
+            problems.push("weight_sync.timeout_ms", "must be above 0");
+        }
+    }
 
     // Routes.
     let mut routes = Vec::with_capacity(config.routes.len());

@@ -25,6 +25,9 @@ pub struct GatewayConfig {
     /// Redis, for rate limits shared by every replica (`rate_limit.redis =
     /// true` on a route; feature `redis`).
     pub redis: Option<RedisConfig>,
+    /// Keep every split's and model route's weights the same on every
+    /// replica through `[redis]` (feature `redis`; see [`crate::sync`]).
+    pub weight_sync: Option<WeightSyncConfig>,
     /// Route on, and forward, the request path as it came, instead of its
     /// normal form (see [`crate::path`]: `..` resolved, `//` merged,
     /// unreserved escapes decoded, escaped `/` refused with a 400). Off by
@@ -139,6 +142,25 @@ pub struct RedisConfig {
     /// Refuse requests with 503 when Redis does not answer, instead of
     /// letting them through.
     pub fail_closed: bool,
+}
+
+/// `[weight_sync]`: the weights of every route's split and model router
+/// kept the same on every replica given the same `[redis]` (see
+/// [`crate::sync`]), under the route's name. A change on one replica, by
+/// the admin API, a rollout or a reload, reaches the others within one
+/// interval; a replica that starts takes the fleet's weights.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct WeightSyncConfig {
+    /// Milliseconds between rounds (1000 by default).
+    pub interval_ms: Option<u64>,
+    /// The prefix of its keys (`switchyard:weights:` by default): fleets
+    /// sharing one Redis need different prefixes.
+    pub prefix: Option<String>,
+    /// How long one Redis call may take, in milliseconds (1000 by
+    /// default).
+    pub timeout_ms: Option<u64>,
 }
 
 /// The admin API's settings.

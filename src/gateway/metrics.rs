@@ -10,6 +10,40 @@ use crate::metrics::HistogramSnapshot;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// The counters of `[weight_sync]`, while it runs.
+#[cfg(feature = "redis")]
+pub(crate) fn render_sync(out: &mut String, s: crate::sync::WeightSyncStats) {
+    for (name, help, value) in [
+        ("rounds", "Rounds of weight sync run.", s.rounds),
+        (
+            "published",
+            "Weight changes made here and published to Redis.",
+            s.published,
+        ),
+        (
+            "applied",
+            "Weight changes from other replicas applied here.",
+            s.applied,
+        ),
+        (
+            "refused",
+            "Published weights that did not fit this replica.",
+            s.refused,
+        ),
+        (
+            "errors",
+            "Weight sync calls to Redis that failed or timed out.",
+            s.errors,
+        ),
+    ] {
+        let name = format!("switchyard_weight_sync_{name}_total");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+}
+
 pub(crate) fn render(state: &State) -> String {
     let mut out = String::new();
     let family = |out: &mut String, name: &str, kind: &str, help: &str| {

@@ -84,6 +84,7 @@ use tower::util::Oneshot;
 pub use config::{
     AdminConfig, ApiKeyConfig, AuthConfig, GatewayConfig, KeyConfig, ModelConfig, QuotaConfig,
     RateLimitConfig, RedisConfig, RouteConfig, SplitConfig, TargetConfig, UpstreamConfig,
+    WeightSyncConfig,
 };
 
 use crate::model::ModelHandle;
@@ -127,6 +128,16 @@ struct Inner {
     state: ArcSwap<State>,
     /// Serialises reloads.
     reload: Mutex<()>,
+    /// The rounds of `[weight_sync]`, with the settings they run with.
+    #[cfg(feature = "redis")]
+    sync: Mutex<Option<RunningSync>>,
+}
+
+#[cfg(feature = "redis")]
+struct RunningSync {
+    settings: WeightSyncConfig,
+    sync: crate::sync::WeightSync,
+    _task: crate::sync::SyncTask,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -145,12 +156,84 @@ impl Gateway {
     /// Checks `config` and builds the gateway.
     pub fn from_config(config: GatewayConfig) -> Result<Self, ConfigError> {
         let state = build::build(config, None)?;
-        Ok(Self {
+        let gateway = Self {
             inner: Arc::new(Inner {
                 state: ArcSwap::from_pointee(state),
                 reload: Mutex::new(()),
+                #[cfg(feature = "redis")]
+                sync: Mutex::new(None),
             }),
-        })
+        };
+        #[cfg(feature = "redis")]
+        gateway.run_sync();
+        Ok(gateway)
+    }
+
+    /// Starts, restarts or stops the `[weight_sync]` rounds to match the
+    /// configuration in force. The rounds read the routes of whatever
+    /// configuration is in force when they run, so a reload that keeps the
+    /// same settings keeps them going.
+    #[cfg(feature = "redis")]
+    fn run_sync(&self) {
+        let state = self.inner.state.load();
+        let want = state.redis.as_ref().and(state.config.weight_sync.clone());
+        let mut slot = self.inner.sync.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(settings) = want else {
+            *slot = None;
+            return;
+        };
+        if slot.as_ref().is_some_and(|s| s.settings == settings) {
+            return;
+        }
+        // Building with `[redis]` already needed a runtime.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            *slot = None;
+            return;
+        };
+        let _entered = runtime.enter();
+        let weak = Arc::downgrade(&self.inner);
+        let sync = crate::sync::WeightSync::dynamic(
+            move || {
+                let inner = weak.upgrade()?;
+                let state = inner.state.load();
+                state.config.weight_sync.as_ref()?;
+                let redis = state.redis.as_ref()?.connection();
+                let mut sources = Vec::new();
+                for r in &state.routes {
+                    if let Some(split) = &r.split {
+                        sources.push((
+                            r.name.clone(),
+                            crate::sync::Source::Split(split.handle.clone()),
+                        ));
+                    }
+                    if let Some((_, model)) = &r.model {
+                        sources.push((r.name.clone(), crate::sync::Source::Model(model.clone())));
+                    }
+                }
+                Some((redis, sources))
+            },
+            settings
+                .prefix
+                .clone()
+                .unwrap_or_else(|| "switchyard:weights:".to_owned()),
+            std::time::Duration::from_millis(settings.interval_ms.unwrap_or(1000)),
+            std::time::Duration::from_millis(settings.timeout_ms.unwrap_or(1000)),
+        );
+        let task = sync.spawn();
+        *slot = Some(RunningSync {
+            settings,
+            sync,
+            _task: task,
+        });
+    }
+
+    /// The `[weight_sync]` of this gateway, while it runs (feature
+    /// `redis`): its counters, or a round run now with
+    /// [`sync_once`](crate::sync::WeightSync::sync_once).
+    #[cfg(feature = "redis")]
+    pub fn weight_sync(&self) -> Option<crate::sync::WeightSync> {
+        let slot = self.inner.sync.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().map(|s| s.sync.clone())
     }
 
     /// Replaces the configuration while serving; see the
@@ -163,6 +246,8 @@ impl Gateway {
         let old = self.inner.state.load_full();
         let state = build::build(config, Some(&old))?;
         self.inner.state.store(Arc::new(state));
+        #[cfg(feature = "redis")]
+        self.run_sync();
         Ok(())
     }
 
@@ -238,7 +323,13 @@ impl Gateway {
 
     /// Every counter, in the Prometheus text exposition format.
     pub fn metrics(&self) -> String {
-        metrics::render(&self.inner.state.load())
+        #[allow(unused_mut, reason = "appended to with the `redis` feature")]
+        let mut out = metrics::render(&self.inner.state.load());
+        #[cfg(feature = "redis")]
+        if let Some(sync) = self.weight_sync() {
+            metrics::render_sync(&mut out, sync.stats());
+        }
+        out
     }
 
     fn route(state: &State, req: &Request<GatewayBody>) -> Option<Pipeline> {
