@@ -118,6 +118,8 @@ pub mod split;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod sync;
+#[cfg(feature = "tls")]
+mod tls;
 #[cfg(feature = "transform")]
 #[cfg_attr(docsrs, doc(cfg(feature = "transform")))]
 pub mod transform;

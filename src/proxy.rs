@@ -791,9 +791,7 @@ mod tls {
 
     use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
     use hyper_util::client::legacy::connect::HttpConnector;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use rustls::{ClientConfig, RootCertStore};
+    use rustls::RootCertStore;
 
     /// The connector for one upstream: TLS (ALPN `h2` or `http/1.1`, as the
     /// upstream is configured) for `https`, plain TCP otherwise.
@@ -808,35 +806,13 @@ mod tls {
         tcp.enforce_http(false);
         let roots = match (https, roots_pem) {
             (false, _) => Arc::new(RootCertStore::empty()),
-            (true, Some(pem)) => Arc::new(from_pem(pem)?),
+            (true, Some(pem)) => Arc::new(crate::tls::roots_from_pem(pem)?),
             (true, None) => system_roots()?,
         };
-        let builder =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots);
-        let config = match client_auth {
-            None => builder.with_no_client_auth(),
-            Some(_) if !https => {
-                return Err("a client certificate is presented only to https:// upstreams".into());
-            }
-            Some((chain, key)) => {
-                let chain = CertificateDer::pem_slice_iter(chain)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("invalid client certificate PEM: {e}"))?;
-                if chain.is_empty() {
-                    return Err("the client certificate PEM holds no certificate".to_owned());
-                }
-                let key = PrivateKeyDer::from_pem_slice(key)
-                    .map_err(|e| format!("invalid client key PEM: {e}"))?;
-                // rustls checks that the key is one it can sign with and
-                // that it matches the certificate.
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| format!("unusable client certificate: {e}"))?
-            }
-        };
+        if client_auth.is_some() && !https {
+            return Err("a client certificate is presented only to https:// upstreams".into());
+        }
+        let config = crate::tls::client_config(roots, client_auth)?;
         let builder = HttpsConnectorBuilder::new().with_tls_config(config);
         let builder = if https {
             builder.https_only()
@@ -848,20 +824,6 @@ mod tls {
         } else {
             builder.enable_http1().wrap_connector(tcp)
         })
-    }
-
-    fn from_pem(pem: &[u8]) -> Result<RootCertStore, String> {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| format!("invalid PEM: {e}"))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("invalid root certificate: {e}"))?;
-        }
-        if roots.is_empty() {
-            return Err("the PEM holds no certificate".to_owned());
-        }
-        Ok(roots)
     }
 
     /// The system's root certificates, read once per process (reading them

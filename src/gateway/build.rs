@@ -177,17 +177,15 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
                     #[cfg(not(feature = "tls"))]
                     problems.push(at, format!("`{path}`: needs switchyard's `tls` feature"));
                 }
-                match (&uc.client_cert_file, &uc.client_key_file) {
-                    (None, None) => {}
-                    (Some(_), None) => problems.push(
-                        format!("upstreams.{name}.client_key_file"),
-                        "`client_cert_file` needs `client_key_file`",
-                    ),
-                    (None, Some(_)) => problems.push(
-                        format!("upstreams.{name}.client_cert_file"),
-                        "`client_key_file` needs `client_cert_file`",
-                    ),
-                    (Some(cert), Some(key)) => {
+                let at = format!("upstreams.{name}");
+                match client_files(
+                    &uc.client_cert_file,
+                    &uc.client_key_file,
+                    &at,
+                    &mut problems,
+                ) {
+                    None => {}
+                    Some((cert, key)) => {
                         #[cfg(feature = "tls")]
                         {
                             let mut read = |field: &str, path: &str| {
@@ -344,24 +342,8 @@ fn shared_redis(
     #[cfg(feature = "redis")]
     {
         let before = problems.0.len();
-        let client_files = match (&rc.client_cert_file, &rc.client_key_file) {
-            (None, None) => None,
-            (Some(_), None) => {
-                problems.push(
-                    "redis.client_key_file",
-                    "`client_cert_file` needs `client_key_file`",
-                );
-                None
-            }
-            (None, Some(_)) => {
-                problems.push(
-                    "redis.client_cert_file",
-                    "`client_key_file` needs `client_cert_file`",
-                );
-                None
-            }
-            (Some(cert), Some(key)) => Some((cert, key)),
-        };
+        let client_files =
+            client_files(&rc.client_cert_file, &rc.client_key_file, "redis", problems);
         let client = match redis::Client::open(rc.url.as_str()) {
             Ok(c) => c,
             Err(e) => {
@@ -404,9 +386,6 @@ fn shared_redis(
             }
             client
         } else {
-            use rustls::pki_types::pem::PemObject;
-            use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
             let mut read = |at: &str, path: &str| {
                 std::fs::read(path)
                     .map_err(|e| problems.push(at, format!("cannot read `{path}`: {e}")))
@@ -423,45 +402,14 @@ fn shared_redis(
             });
             // The `redis` crate reads these when it connects; check them
             // now, as the upstreams' are.
-            if let Some(pem) = &root_cert {
-                let mut roots = rustls::RootCertStore::empty();
-                let checked = CertificateDer::pem_slice_iter(pem).try_for_each(|cert| {
-                    let cert = cert.map_err(|e| format!("invalid PEM: {e}"))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("invalid root certificate: {e}"))
-                });
-                match checked {
-                    Err(e) => problems.push("redis.ca_file", e),
-                    Ok(()) if roots.is_empty() => {
-                        problems.push("redis.ca_file", "the PEM holds no certificate");
-                    }
-                    Ok(()) => {}
-                }
+            if let Some(pem) = &root_cert
+                && let Err(e) = crate::tls::roots_from_pem(pem)
+            {
+                problems.push("redis.ca_file", e);
             }
             if let Some((cert, key)) = &client_pems {
-                let checked = (|| {
-                    let chain = CertificateDer::pem_slice_iter(cert)
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| format!("invalid client certificate PEM: {e}"))?;
-                    if chain.is_empty() {
-                        return Err("the client certificate PEM holds no certificate".to_owned());
-                    }
-                    let key = PrivateKeyDer::from_pem_slice(key)
-                        .map_err(|e| format!("invalid client key PEM: {e}"))?;
-                    // rustls checks that the key is one it can sign with
-                    // and that it matches the certificate.
-                    rustls::ClientConfig::builder_with_provider(Arc::new(
-                        rustls::crypto::ring::default_provider(),
-                    ))
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| e.to_string())?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| format!("unusable client certificate: {e}"))?;
-                    Ok(())
-                })();
-                if let Err(e) = checked {
+                let roots = Arc::new(rustls::RootCertStore::empty());
+                if let Err(e) = crate::tls::client_config(roots, Some((cert, key))) {
                     problems.push("redis.client_cert_file", e);
                 }
             }
@@ -1020,6 +968,34 @@ fn shared_limiter(
         Ok(layer) => Some((rc.clone(), layer)),
         Err(e) => {
             problems.push(format!("{here}.quotas"), e);
+            None
+        }
+    }
+}
+
+/// `client_cert_file` and `client_key_file` of the section at `at`: both,
+/// or neither; one without the other is a problem.
+fn client_files<'a>(
+    cert: &'a Option<String>,
+    key: &'a Option<String>,
+    at: &str,
+    problems: &mut Problems,
+) -> Option<(&'a String, &'a String)> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => {
+            problems.push(
+                format!("{at}.client_key_file"),
+                "`client_cert_file` needs `client_key_file`",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(
+                format!("{at}.client_cert_file"),
+                "`client_key_file` needs `client_cert_file`",
+            );
             None
         }
     }

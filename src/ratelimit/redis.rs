@@ -99,12 +99,11 @@ use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use redis::aio::ConnectionManager;
@@ -112,8 +111,8 @@ use tower::{Layer, Service};
 
 use super::gcra::{Gcra, MAX_TAU};
 use super::service::{
-    Config, CostFn, Decision, MissingKey, allow_listed, allowed_headers, missing_key, rejection,
-    request_cost,
+    Config, CostFn, Decision, LiveConfig, MissingKey, allow_listed, allowed_headers, missing_key,
+    rejection, request_cost,
 };
 use super::{Quota, RateLimitError};
 use crate::body::ResponseBody;
@@ -269,9 +268,7 @@ struct Limiter {
     redis: ConnectionManager,
     script: redis::Script,
     /// The live part, swapped whole by the handle.
-    config: ArcSwap<Config>,
-    /// Serialises changes through the handle.
-    write: Mutex<()>,
+    config: LiveConfig,
     prefix: String,
     key_by: KeyBy,
     cost: Option<Box<CostFn>>,
@@ -452,45 +449,26 @@ impl RedisRateLimitHandle {
 
     /// The current quotas.
     pub fn quotas(&self) -> Vec<Quota> {
-        self.limiter
-            .config
-            .load()
-            .quotas
-            .iter()
-            .map(|(q, _)| q.clone())
-            .collect()
+        self.limiter.config.quotas()
     }
 
     /// Turns dry-run on or off: in dry-run, requests over the limit are
     /// counted and get the headers, but are let through.
     pub fn set_dry_run(&self, dry_run: bool) {
-        let _ = self.update(|c| {
-            Ok(Config {
-                dry_run,
-                ..c.clone()
-            })
-        });
+        let _ = self.update(|c| Ok(c.with_dry_run(dry_run)));
     }
 
     /// Replaces the allow list: keys that bypass the limit entirely.
     pub fn set_allow_list<K: Into<Key<'static>>>(&self, keys: impl IntoIterator<Item = K>) {
-        let allow: HashSet<Key<'static>> = keys.into_iter().map(Into::into).collect();
-        let _ = self.update(|c| {
-            Ok(Config {
-                allow: allow.clone(),
-                ..c.clone()
-            })
-        });
+        let allow = keys.into_iter().map(Into::into).collect();
+        let _ = self.update(|c| Ok(c.with_allow(allow)));
     }
 
     fn update(
         &self,
         f: impl FnOnce(&Config) -> Result<Config, RateLimitError>,
     ) -> Result<(), RateLimitError> {
-        let _write = self.limiter.write.lock().unwrap_or_else(|e| e.into_inner());
-        let next = f(&self.limiter.config.load())?;
-        self.limiter.config.store(Arc::new(next));
-        Ok(())
+        self.limiter.config.update(f, |_| {})
     }
 
     /// The layer's counters (this replica's share).
@@ -617,8 +595,7 @@ impl RedisRateLimitBuilder {
             limiter: Arc::new(Limiter {
                 redis: self.redis,
                 script: redis::Script::new(SCRIPT),
-                config: ArcSwap::from_pointee(config),
-                write: Mutex::new(()),
+                config: LiveConfig::new(config),
                 prefix: self.prefix,
                 key_by: self.key_by,
                 cost: self.cost,

@@ -34,16 +34,60 @@ pub(super) fn request_cost<B>(cost: Option<&CostFn>, req: &Request<B>) -> u32 {
     }
 }
 
+// === impl LiveConfig ===
+
+/// A limiter's configuration as its handle changes it, shared by the
+/// in-process and the Redis limiter: swapped whole, one writer at a time.
+pub(super) struct LiveConfig {
+    config: ArcSwap<Config>,
+    write: Mutex<()>,
+}
+
+impl LiveConfig {
+    pub(super) fn new(config: Config) -> Self {
+        Self {
+            config: ArcSwap::from_pointee(config),
+            write: Mutex::new(()),
+        }
+    }
+
+    #[inline]
+    pub(super) fn load(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    pub(super) fn load_full(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Replaces the configuration with what `f` makes of the current one;
+    /// `publish` sees the new one just before it is stored.
+    pub(super) fn update(
+        &self,
+        f: impl FnOnce(&Config) -> Result<Config, RateLimitError>,
+        publish: impl FnOnce(&Config),
+    ) -> Result<(), RateLimitError> {
+        let _write = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let next = f(&self.config.load())?;
+        publish(&next);
+        self.config.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// The current quotas.
+    pub(super) fn quotas(&self) -> Vec<Quota> {
+        self.load().quotas.iter().map(|(q, _)| q.clone()).collect()
+    }
+}
+
 // === impl Limiter ===
 
 /// Everything every service of one layer shares.
 struct Limiter {
-    config: ArcSwap<Config>,
+    config: LiveConfig,
     /// The quotas' parameters again, for the handle's checks: read without
     /// touching `config` (see [`HotQuotas`]).
     hot: HotQuotas,
-    /// Serialises changes through the handle.
-    write: Mutex<()>,
     store: Store,
     clock: ClockSource,
     key_by: KeyBy,
@@ -84,6 +128,22 @@ pub(super) struct Config {
 }
 
 impl Config {
+    /// The same, with dry-run on or off.
+    pub(super) fn with_dry_run(&self, dry_run: bool) -> Self {
+        Self {
+            dry_run,
+            ..self.clone()
+        }
+    }
+
+    /// The same, with this allow list.
+    pub(super) fn with_allow(&self, allow: HashSet<Key<'static>>) -> Self {
+        Self {
+            allow,
+            ..self.clone()
+        }
+    }
+
     pub(super) fn new(
         quotas: Vec<Quota>,
         dry_run: bool,
@@ -714,46 +774,29 @@ impl RateLimitHandle {
 
     /// The current quotas.
     pub fn quotas(&self) -> Vec<Quota> {
-        self.limiter
-            .config
-            .load()
-            .quotas
-            .iter()
-            .map(|(q, _)| q.clone())
-            .collect()
+        self.limiter.config.quotas()
     }
 
     /// Turns dry-run on or off: in dry-run, requests over the limit are
     /// counted and get the headers, but are let through.
     pub fn set_dry_run(&self, dry_run: bool) {
-        let _ = self.update(|c| {
-            Ok(Config {
-                dry_run,
-                ..c.clone()
-            })
-        });
+        let _ = self.update(|c| Ok(c.with_dry_run(dry_run)));
     }
 
     /// Replaces the allow list: keys that bypass the limit entirely.
     pub fn set_allow_list<K: Into<Key<'static>>>(&self, keys: impl IntoIterator<Item = K>) {
-        let allow: HashSet<Key<'static>> = keys.into_iter().map(Into::into).collect();
-        let _ = self.update(|c| {
-            Ok(Config {
-                allow: allow.clone(),
-                ..c.clone()
-            })
-        });
+        let allow = keys.into_iter().map(Into::into).collect();
+        let _ = self.update(|c| Ok(c.with_allow(allow)));
     }
 
     fn update(
         &self,
         f: impl FnOnce(&Config) -> Result<Config, RateLimitError>,
     ) -> Result<(), RateLimitError> {
-        let _write = self.limiter.write.lock().unwrap_or_else(|e| e.into_inner());
-        let next = f(&self.limiter.config.load())?;
-        self.limiter.hot.write(&next.gcras);
-        self.limiter.config.store(Arc::new(next));
-        Ok(())
+        let limiter = &*self.limiter;
+        limiter
+            .config
+            .update(f, |next| limiter.hot.write(&next.gcras))
     }
 
     /// The limiter's counters.
@@ -937,8 +980,7 @@ impl RateLimitBuilder {
         Ok(RateLimitLayer {
             limiter: Arc::new(Limiter {
                 hot: HotQuotas::new(&config.gcras),
-                config: ArcSwap::from_pointee(config),
-                write: Mutex::new(()),
+                config: LiveConfig::new(config),
                 store: Store::new(self.max_keys, self.share_when_full),
                 clock: self.clock,
                 key_by: self.key_by,
