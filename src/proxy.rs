@@ -347,20 +347,72 @@ impl UpstreamBuilder {
     }
 }
 
-type Answer = Result<Response<ResponseBody<Incoming>>, Infallible>;
+pin_project_lite::pin_project! {
+    /// The response future of [`Upstream`].
+    pub struct ResponseFuture {
+        #[pin]
+        state: State,
+        inner: Arc<Inner>,
+        grpc: bool,
+        // The protocol asked for and the client's side of the tunnel, for a
+        // request asking to switch protocols.
+        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+    }
+}
 
-/// The response future of [`Upstream`].
-pub struct ResponseFuture {
-    // Boxed: the hyper client's future is not nameable, and one allocation
-    // is nothing next to a network round trip.
-    inner: Pin<Box<dyn Future<Output = Answer> + Send>>,
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State {
+        // Handed to the pool, with the response timeout.
+        Timed { #[pin] sent: tokio::time::Timeout<hyper_util::client::legacy::ResponseFuture> },
+        // Handed to the pool, no response timeout.
+        Sent { #[pin] sent: hyper_util::client::legacy::ResponseFuture },
+        // Answered without asking the upstream (taken when polled).
+        Answered { res: Option<Response<ResponseBody<Incoming>>> },
+    }
 }
 
 impl Future for ResponseFuture {
     type Output = Result<Response<ResponseBody<Incoming>>, Infallible>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match this.state.project() {
+            StateProj::Timed { sent } => match std::task::ready!(sent.poll(cx)) {
+                Ok(result) => result,
+                Err(_) => {
+                    let limit = this.inner.response_timeout.unwrap_or_default();
+                    return Poll::Ready(Ok(answer(
+                        *this.grpc,
+                        Problem::new(StatusCode::GATEWAY_TIMEOUT).detail(format!(
+                            "upstream {} did not answer within {limit:?}",
+                            this.inner.url
+                        )),
+                    )));
+                }
+            },
+            StateProj::Sent { sent } => std::task::ready!(sent.poll(cx)),
+            StateProj::Answered { res } => {
+                return Poll::Ready(Ok(res.take().unwrap_or_else(|| {
+                    // Polled again after completing: answer, never panic.
+                    answer(*this.grpc, Problem::new(StatusCode::INTERNAL_SERVER_ERROR))
+                })));
+            }
+        };
+        Poll::Ready(Ok(match result {
+            Ok(res) => upstream_response(res, this.upgrade.take(), this.inner),
+            Err(e) => {
+                let detail = if e.is_connect() {
+                    format!("could not connect to upstream {}", this.inner.url)
+                } else {
+                    format!("upstream {} failed: {}", this.inner.url, error_chain(&e))
+                };
+                answer(
+                    *this.grpc,
+                    Problem::new(StatusCode::BAD_GATEWAY).detail(detail),
+                )
+            }
+        }))
     }
 }
 
@@ -368,6 +420,44 @@ impl std::fmt::Debug for ResponseFuture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
+}
+
+/// A refusal or failure, as problem+json (or a gRPC status to gRPC
+/// clients).
+fn answer(grpc: bool, problem: Problem) -> Response<ResponseBody<Incoming>> {
+    Rejection::new(problem).grpc(grpc).into_response()
+}
+
+/// The upstream's response on its way to the client: hop-by-hop headers
+/// removed, and the tunnel set up when both sides agreed to switch
+/// protocols.
+fn upstream_response(
+    mut res: Response<Incoming>,
+    upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+    inner: &Inner,
+) -> Response<ResponseBody<Incoming>> {
+    let agreed = upgrade
+        .as_ref()
+        .and_then(|_| res.headers().get(header::UPGRADE).cloned());
+    remove_hop_by_hop(res.headers_mut(), false);
+    if let (Some((_, client)), Some(protocol)) = (upgrade, agreed)
+        && res.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        // Whatever a layer outside hands this hold lives as long as the
+        // tunnel.
+        let hold = crate::upgrade::UpgradeHold::new();
+        res.extensions_mut().insert(hold.clone());
+        tunnel(
+            client,
+            hyper::upgrade::on(&mut res),
+            hold,
+            inner.upgrade_idle_timeout,
+        );
+        let headers = res.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    res.map(ResponseBody::new)
 }
 
 impl<B> Service<Request<B>> for Upstream
@@ -388,11 +478,16 @@ where
         let inner = Arc::clone(&self.inner);
         let (mut parts, body) = req.into_parts();
         let grpc = crate::grpc::is_grpc(&parts.headers);
-        let answer = move |problem: Problem| Rejection::new(problem).grpc(grpc).into_response();
         let Some(uri) = inner.upstream_uri(&parts.uri) else {
-            let res = answer(Problem::new(StatusCode::BAD_REQUEST).detail("invalid request path"));
+            let res = answer(
+                grpc,
+                Problem::new(StatusCode::BAD_REQUEST).detail("invalid request path"),
+            );
             return ResponseFuture {
-                inner: Box::pin(async move { Ok(res) }),
+                state: State::Answered { res: Some(res) },
+                inner,
+                grpc,
+                upgrade: None,
             };
         };
         let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -424,68 +519,54 @@ where
             Version::HTTP_11
         };
 
-        let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        let req = Request::from_parts(parts, box_body(body));
         let sent = inner.client.request(req);
+        let state = match inner.response_timeout {
+            Some(limit) => State::Timed {
+                sent: tokio::time::timeout(limit, sent),
+            },
+            None => State::Sent { sent },
+        };
         ResponseFuture {
-            inner: Box::pin(async move {
-                let result = match inner.response_timeout {
-                    Some(limit) => match tokio::time::timeout(limit, sent).await {
-                        Ok(result) => result,
-                        Err(_) => {
-                            return Ok(answer(Problem::new(StatusCode::GATEWAY_TIMEOUT).detail(
-                                format!("upstream {} did not answer within {limit:?}", inner.url),
-                            )));
-                        }
-                    },
-                    None => sent.await,
-                };
-                Ok(match result {
-                    Ok(mut res) => {
-                        let agreed = res.headers().get(header::UPGRADE).cloned();
-                        remove_hop_by_hop(res.headers_mut(), false);
-                        if let (Some((_, client)), Some(protocol)) = (upgrade, agreed)
-                            && res.status() == StatusCode::SWITCHING_PROTOCOLS
-                        {
-                            // Whatever a layer outside hands this hold
-                            // lives as long as the tunnel.
-                            let hold = crate::upgrade::UpgradeHold::new();
-                            res.extensions_mut().insert(hold.clone());
-                            tunnel(
-                                client,
-                                hyper::upgrade::on(&mut res),
-                                hold,
-                                inner.upgrade_idle_timeout,
-                            );
-                            let headers = res.headers_mut();
-                            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                            headers.insert(header::UPGRADE, protocol);
-                        }
-                        res.map(ResponseBody::new)
-                    }
-                    Err(e) => {
-                        let detail = if e.is_connect() {
-                            format!("could not connect to upstream {}", inner.url)
-                        } else {
-                            format!("upstream {} failed: {}", inner.url, error_chain(&e))
-                        };
-                        answer(Problem::new(StatusCode::BAD_GATEWAY).detail(detail))
-                    }
-                })
-            }),
+            state,
+            inner,
+            grpc,
+            upgrade,
         }
     }
+}
+
+/// `body` boxed, unless it already is: a body a
+/// [`Gateway`](crate::gateway::Gateway) or an inner layer boxed goes on as
+/// it is (boxing it again would cost an allocation, and an indirection per
+/// frame).
+pub(crate) fn box_body<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut slot = Some(body);
+    if let Some(boxed) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<ProxyBody>>() {
+        // `B` is `ProxyBody`: hand it on as it is.
+        return boxed.take().unwrap_or_default();
+    }
+    slot.map(|body| body.map_err(Into::into).boxed_unsync())
+        .unwrap_or_default()
 }
 
 impl Inner {
     /// The request's URI on the upstream; `None` if it cannot be one.
     fn upstream_uri(&self, uri: &Uri) -> Option<Uri> {
-        let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
         let pq = if self.prefix.is_empty() {
-            PathAndQuery::try_from(pq)
+            // Shares the request's bytes (a server's read buffer) rather
+            // than copying them.
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
         } else {
-            PathAndQuery::try_from(format!("{}{pq}", self.prefix))
-        }
-        .ok()?;
+            let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            PathAndQuery::try_from(format!("{}{pq}", self.prefix)).ok()?
+        };
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -506,13 +587,22 @@ impl Inner {
         if let Some(ip) = peer {
             // Several `X-Forwarded-For` lines are one list (RFC 9110
             // section 5.3): keep all of it, then add the peer.
-            let mut value = String::new();
-            for prior in headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok()) {
-                value.push_str(prior);
-                value.push_str(", ");
-            }
-            value.push_str(&ip.to_string());
-            if let Ok(v) = HeaderValue::from_str(&value) {
+            let ip = IpText::new(ip);
+            let mut priors = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok());
+            let value = match priors.next() {
+                // The usual case: the peer alone, without a `String`.
+                None => HeaderValue::from_str(ip.as_str()),
+                Some(first) => {
+                    let mut value = String::new();
+                    for prior in std::iter::once(first).chain(priors) {
+                        value.push_str(prior);
+                        value.push_str(", ");
+                    }
+                    value.push_str(ip.as_str());
+                    HeaderValue::from_str(&value)
+                }
+            };
+            if let Ok(v) = value {
                 headers.insert(XFF, v);
             }
         }
@@ -550,11 +640,79 @@ impl Inner {
     }
 }
 
+/// An IP address written out as `Display` writes it, on the stack.
+struct IpText {
+    // The longest IPv6 text is 45 bytes (`ffff:...:255.255.255.255`).
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> Self {
+        let mut text = Self {
+            buf: [0; 48],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut rest = &mut text.buf[..];
+                let _ = write!(rest, "{v6}");
+                text.len = 48 - rest.len();
+            }
+        }
+        text
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits, dots, colons and hex letters were written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+/// The hop-by-hop headers every proxy removes, whether `Connection` names
+/// them or not.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 /// Removes the hop-by-hop headers (RFC 9110 section 7.6.1): `Connection`
 /// and the headers it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
 /// `Transfer-Encoding`, `Upgrade`. On requests, `TE: trailers` is kept:
 /// gRPC needs it end to end.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
+    // Most messages carry none: one pass over the names is cheaper than
+    // nine lookups that find nothing.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -572,17 +730,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             })
         });
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
     if te_trailers {
@@ -856,7 +1004,26 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
     use tokio::time::{Instant, sleep};
 
-    use super::{Spliced, splice};
+    use super::{IpText, Spliced, splice};
+
+    #[test]
+    fn ip_text_is_what_display_writes() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.9.99.100",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:10.1.2.3",
+            "::10.1.2.3",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+        }
+    }
 
     /// A client, a tunnel between two in-memory pipes, and a server.
     fn tunnel(
