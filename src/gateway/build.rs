@@ -11,8 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, Method, Request, Response};
 use http_body::Body;
-use http_body_util::BodyExt;
-use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
 #[cfg(feature = "redis")]
@@ -29,9 +27,63 @@ use crate::ratelimit::{MonotonicClock, Quota, RateLimitHandle, RateLimitLayer};
 use crate::split::{Split, SplitHandle};
 use crate::transform::{TransformHandle, TransformLayer};
 
-/// A route's whole pipeline, boxed.
-pub(crate) type Pipeline =
-    BoxCloneSyncService<Request<GatewayBody>, Response<GatewayBody>, Infallible>;
+/// A route's whole pipeline, or the part of it under a layer, type-erased:
+/// a clone shares it (a reference count, where a boxed clonable service
+/// would clone every layer into a new box per request), and each call
+/// clones the service inside and boxes one future.
+///
+/// Always ready: the service's own readiness is awaited in the future
+/// ([`Oneshot`](tower::util::Oneshot)), as the gateway awaited it for each
+/// request anyway.
+#[derive(Clone)]
+pub(crate) struct Pipeline(Arc<dyn ErasedService>);
+
+/// The future of a [`Pipeline`].
+pub(crate) type PipelineFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<GatewayBody>, Infallible>> + Send>,
+>;
+
+trait ErasedService: Send + Sync {
+    fn call(&self, req: Request<GatewayBody>) -> PipelineFuture;
+}
+
+/// A service behind a [`Pipeline`].
+struct Erased<S>(S);
+
+impl<S, B> ErasedService for Erased<S>
+where
+    S: Service<Request<GatewayBody>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn call(&self, req: Request<GatewayBody>) -> PipelineFuture {
+        Box::pin(
+            self.0
+                .clone()
+                .map_response(|res: Response<B>| res.map(crate::proxy::box_body))
+                .oneshot(req),
+        )
+    }
+}
+
+impl Service<Request<GatewayBody>> for Pipeline {
+    type Response = Response<GatewayBody>;
+    type Error = Infallible;
+    type Future = PipelineFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<GatewayBody>) -> PipelineFuture {
+        self.0.call(req)
+    }
+}
 
 /// Everything built from one config.
 pub(crate) struct State {
@@ -877,7 +929,7 @@ fn build_route(
     let mut service = terminal?;
     if let Some((layer, _)) = &transform {
         let inner = service.map_request(|req: Request<crate::body::RequestBody<GatewayBody>>| {
-            req.map(|b| b.map_err(Into::<BoxError>::into).boxed_unsync())
+            req.map(crate::proxy::box_body)
         });
         service = boxed(layer.layer(inner));
     }
@@ -901,11 +953,8 @@ fn build_route(
         // OpenAI clients read every refusal on an AI route in their shape.
         service = boxed(OpenAiErrorsLayer.layer(service));
     }
+    // Counted by the gateway's response future.
     let counters = old.map_or_else(Default::default, |o| Arc::clone(&o.counters));
-    let service = boxed(Counted {
-        inner: service,
-        counters: Arc::clone(&counters),
-    });
     Some(BuiltRoute {
         name: rc.name.clone(),
         config: rc.clone(),
@@ -1001,7 +1050,7 @@ fn client_files<'a>(
     }
 }
 
-/// Boxes a service whose responses have any body into a [`Pipeline`].
+/// Erases a service whose responses have any body into a [`Pipeline`].
 pub(crate) fn boxed<S, B>(svc: S) -> Pipeline
 where
     S: Service<Request<GatewayBody>, Response = Response<B>, Error = Infallible>
@@ -1013,40 +1062,5 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    BoxCloneSyncService::new(
-        svc.map_response(|res: Response<B>| res.map(|b| b.map_err(Into::into).boxed_unsync())),
-    )
-}
-
-/// Counts a route's requests and responses.
-#[derive(Clone)]
-struct Counted {
-    inner: Pipeline,
-    counters: Arc<RouteCounters>,
-}
-
-impl Service<Request<GatewayBody>> for Counted {
-    type Response = Response<GatewayBody>;
-    type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<GatewayBody>, Infallible>> + Send>,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<GatewayBody>) -> Self::Future {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.counters.requests.fetch_add(1, Relaxed);
-        let counters = Arc::clone(&self.counters);
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let res = fut.await?;
-            let status = crate::grpc::effective_status(res.status(), res.headers());
-            let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-            counters.classes[class].fetch_add(1, Relaxed);
-            Ok(res)
-        })
-    }
+    Pipeline(Arc::new(Erased(svc)))
 }

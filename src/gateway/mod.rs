@@ -79,7 +79,6 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use tower::Service;
-use tower::util::Oneshot;
 
 pub use config::{
     AdminConfig, ApiKeyConfig, AuthConfig, GatewayConfig, KeyConfig, ModelConfig, QuotaConfig,
@@ -92,7 +91,7 @@ use crate::problem::Problem;
 use crate::proxy::BoxError;
 use crate::ratelimit::RateLimitHandle;
 use crate::split::SplitHandle;
-use build::{Pipeline, State};
+use build::{BuiltRoute, PipelineFuture, RouteCounters, State};
 
 /// The body type inside the gateway, both ways.
 pub type GatewayBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -332,12 +331,8 @@ impl Gateway {
         out
     }
 
-    fn route(state: &State, req: &Request<GatewayBody>) -> Option<Pipeline> {
-        state
-            .routes
-            .iter()
-            .find(|r| r.matcher.matches(req))
-            .map(|r| r.service.clone())
+    fn route<'s>(state: &'s State, req: &Request<GatewayBody>) -> Option<&'s BuiltRoute> {
+        state.routes.iter().find(|r| r.matcher.matches(req))
     }
 }
 
@@ -356,7 +351,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> ResponseFuture {
-        let mut req = req.map(|b| b.map_err(Into::into).boxed_unsync());
+        let mut req = req.map(crate::proxy::box_body);
         let state = self.inner.state.load();
         // Route on the path the upstream will read: its normal form.
         if !state.config.raw_paths {
@@ -373,9 +368,11 @@ where
             }
         }
         match Self::route(&state, &req) {
-            Some(pipeline) => ResponseFuture {
+            Some(route) => ResponseFuture {
                 kind: Kind::Route {
-                    oneshot: tower::ServiceExt::oneshot(pipeline, req),
+                    future: route.service.clone().call(req),
+                    counters: Arc::clone(&route.counters),
+                    polled: false,
                 },
             },
             None => ResponseFuture {
@@ -398,7 +395,10 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = KindProj]
     enum Kind {
-        Route { #[pin] oneshot: Oneshot<Pipeline, Request<GatewayBody>> },
+        // The route's pipeline, and its counters: the request is counted
+        // when first polled (when the pipeline is called), the response by
+        // status class.
+        Route { #[pin] future: PipelineFuture, counters: Arc<RouteCounters>, polled: bool },
         NotFound { grpc: bool },
         Refused { rejection: Option<crate::future::Rejection> },
     }
@@ -409,7 +409,21 @@ impl std::future::Future for ResponseFuture {
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Route { oneshot } => oneshot.poll(cx),
+            KindProj::Route {
+                future,
+                counters,
+                polled,
+            } => {
+                use std::sync::atomic::Ordering::Relaxed;
+                if !std::mem::replace(polled, true) {
+                    counters.requests.fetch_add(1, Relaxed);
+                }
+                let res = std::task::ready!(future.poll(cx))?;
+                let status = crate::grpc::effective_status(res.status(), res.headers());
+                let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+                counters.classes[class].fetch_add(1, Relaxed);
+                Poll::Ready(Ok(res))
+            }
             KindProj::NotFound { grpc } => Poll::Ready(Ok(crate::future::Rejection::new(
                 Problem::new(StatusCode::NOT_FOUND).detail("no route matches this request"),
             )
