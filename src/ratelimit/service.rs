@@ -56,6 +56,7 @@ impl LiveConfig {
         self.config.load()
     }
 
+    #[cfg(feature = "redis")]
     pub(super) fn load_full(&self) -> Arc<Config> {
         self.config.load_full()
     }
