@@ -70,6 +70,16 @@ where
     serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap()
 }
 
+/// A gateway from `config`, served on loopback: the gateway and its
+/// address.
+async fn serve_gateway(
+    config: switchyard::gateway::GatewayConfig,
+) -> (switchyard::gateway::Gateway, std::net::SocketAddr) {
+    let gateway = switchyard::gateway::Gateway::from_config(config).unwrap();
+    let addr = net::serve(axum::Router::new().fallback_service(gateway.clone())).await;
+    (gateway, addr)
+}
+
 #[tokio::test]
 async fn replicas_share_one_quota() {
     let Some(redis) = RedisServer::start().await else {
@@ -338,14 +348,9 @@ split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
         "[redis]\nurl = \"redis://127.0.0.1:{}/\"\nprefix = \"test:\"",
         redis.port
     ));
-    let replicas = [
-        Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap(),
-        Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap(),
-    ];
-    let mut addrs = Vec::new();
-    for g in &replicas {
-        addrs.push(net::serve(axum::Router::new().fallback_service(g.clone())).await);
-    }
+    let (a, addr_a) = serve_gateway(GatewayConfig::from_toml(&text).unwrap()).await;
+    let (b, addr_b) = serve_gateway(GatewayConfig::from_toml(&text).unwrap()).await;
+    let (replicas, addrs) = ([a, b], [addr_a, addr_b]);
 
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
@@ -980,14 +985,9 @@ split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
             )
         };
         let config = gateway_config(upstream, &section("ca.pem", 5000));
-        let replicas = [
-            Gateway::from_config(config.clone()).unwrap(),
-            Gateway::from_config(config.clone()).unwrap(),
-        ];
-        let mut addrs = Vec::new();
-        for g in &replicas {
-            addrs.push(net::serve(axum::Router::new().fallback_service(g.clone())).await);
-        }
+        let (a, addr_a) = serve_gateway(config.clone()).await;
+        let (b, addr_b) = serve_gateway(config.clone()).await;
+        let (replicas, addrs) = ([a, b], [addr_a, addr_b]);
         assert_eq!(statuses(&addrs, "frank", 4).await, [200, 200, 429, 429]);
         let both = [&replicas[0], &replicas[1]];
         assert_eq!(metric(&both, "switchyard_ratelimit_allowed_total"), 2);
@@ -1003,9 +1003,8 @@ split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
 
         // Trusting another CA: Redis is out of reach, requests are let
         // through (the default) and counted as errors.
-        let wrong =
-            Gateway::from_config(gateway_config(upstream, &section("other-ca.pem", 1000))).unwrap();
-        let addr = net::serve(axum::Router::new().fallback_service(wrong.clone())).await;
+        let (wrong, addr) =
+            serve_gateway(gateway_config(upstream, &section("other-ca.pem", 1000))).await;
         assert_eq!(statuses(&[addr], "frank", 2).await, [200, 200]);
         assert_eq!(
             metric(&[&wrong], "switchyard_ratelimit_redis_errors_total"),
@@ -1038,8 +1037,7 @@ split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
             fixture("client.pem"),
             fixture("client.key")
         );
-        let with = Gateway::from_config(gateway_config(upstream, &mutual)).unwrap();
-        let addr = net::serve(axum::Router::new().fallback_service(with.clone())).await;
+        let (with, addr) = serve_gateway(gateway_config(upstream, &mutual)).await;
         assert_eq!(statuses(&[addr], "grace", 3).await, [200, 200, 429]);
         assert_eq!(
             metric(&[&with], "switchyard_ratelimit_redis_errors_total"),
@@ -1056,8 +1054,7 @@ split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
         .unwrap();
         assert!(refused.is_err(), "{refused:?}");
 
-        let without = Gateway::from_config(gateway_config(upstream, &section(1000))).unwrap();
-        let addr = net::serve(axum::Router::new().fallback_service(without.clone())).await;
+        let (without, addr) = serve_gateway(gateway_config(upstream, &section(1000))).await;
         // grace is out of units in Redis, but this replica cannot ask.
         assert_eq!(statuses(&[addr], "grace", 2).await, [200, 200]);
         assert_eq!(

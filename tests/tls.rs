@@ -292,12 +292,15 @@ fn build_errors() {
     Upstream::new("https://example.com").unwrap();
 }
 
-fn gateway_config(addr: SocketAddr, ca_file: &str) -> GatewayConfig {
+/// One route to the TLS server at `addr`, checked against `ca_file`;
+/// `extra` adds lines to the upstream's table.
+fn gateway_config(addr: SocketAddr, ca_file: &str, extra: &str) -> GatewayConfig {
     GatewayConfig::from_toml(&format!(
         r#"
 [upstreams.secure]
 url = "https://localhost:{}"
 ca_file = "{ca_file}"
+{extra}
 
 [[routes]]
 name = "all"
@@ -308,24 +311,28 @@ split.targets = [{{ name = "secure", upstream = "secure", weight = 1 }}]
     .unwrap()
 }
 
+/// `GET path` through `gateway`: the status and the body.
+async fn get_through(gateway: &Gateway, path: &str) -> (StatusCode, Bytes) {
+    let req = Request::get(path).body(Full::new(Bytes::new())).unwrap();
+    let res = tokio::time::timeout(HANG_GUARD, gateway.clone().oneshot(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = res.status();
+    (status, res.into_body().collect().await.unwrap().to_bytes())
+}
+
 #[tokio::test]
 async fn the_gateway_reads_ca_file() {
     let addr = tls_server().await;
     let gateway =
-        Gateway::from_config(gateway_config(addr, &format!("{FIXTURES}/ca.pem"))).unwrap();
-    let req = Request::get("/through")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let res = tokio::time::timeout(HANG_GUARD, gateway.oneshot(req))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let body = res.into_body().collect().await.unwrap().to_bytes();
+        Gateway::from_config(gateway_config(addr, &format!("{FIXTURES}/ca.pem"), "")).unwrap();
+    let (status, body) = get_through(&gateway, "/through").await;
+    assert_eq!(status, StatusCode::OK);
     assert!(body.starts_with(b"HTTP/1.1 GET /through "), "{body:?}");
 
     let Err(ConfigError { problems, .. }) =
-        Gateway::from_config(gateway_config(addr, "/nonexistent/ca.pem"))
+        Gateway::from_config(gateway_config(addr, "/nonexistent/ca.pem", ""))
     else {
         panic!("a missing ca_file is refused");
     };
@@ -340,35 +347,14 @@ async fn the_gateway_reads_ca_file() {
 #[tokio::test]
 async fn the_gateway_reads_client_certificate_files() {
     let addr = tls_server_with(Some("client-ca.pem")).await;
-    let config = |extra: &str| {
-        GatewayConfig::from_toml(&format!(
-            r#"
-[upstreams.secure]
-url = "https://localhost:{}"
-ca_file = "{FIXTURES}/ca.pem"
-{extra}
-
-[[routes]]
-name = "all"
-split.targets = [{{ name = "secure", upstream = "secure", weight = 1 }}]
-"#,
-            addr.port()
-        ))
-        .unwrap()
-    };
+    let ca = format!("{FIXTURES}/ca.pem");
+    let config = |extra: &str| gateway_config(addr, &ca, extra);
     let gateway = Gateway::from_config(config(&format!(
         "client_cert_file = \"{FIXTURES}/client.pem\"\nclient_key_file = \"{FIXTURES}/client.key\""
     )))
     .unwrap();
-    let req = Request::get("/mutual")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let res = tokio::time::timeout(HANG_GUARD, gateway.oneshot(req))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let (status, body) = get_through(&gateway, "/mutual").await;
+    assert_eq!(status, StatusCode::OK);
     assert!(body.ends_with(b"client=1 body=0"), "{body:?}");
 
     for (extra, at, says) in [
