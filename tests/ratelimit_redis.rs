@@ -784,6 +784,242 @@ async fn the_handle_checks_peeks_and_charges() {
 /// (signed by `ca.pem`, for `localhost` and `127.0.0.1`; see
 /// `tests/tls.rs`), asking clients for a certificate signed by
 /// `client-ca.pem` when mutual.
+/// Sends `req(user)` through `layer` (with a deadline: never a hang).
+async fn status_through(
+    layer: &RedisRateLimitLayer,
+    user: &str,
+) -> Response<switchyard::body::ResponseBody<Full<Bytes>>> {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        layer.layer(ok_service()).oneshot(req(user)),
+    )
+    .await
+    .expect("answered")
+    .unwrap()
+}
+
+/// A Redis that hangs (`CLIENT PAUSE`): three checks wait out their
+/// timeout, then the breaker opens and requests skip Redis (the failure
+/// policy at once, the handle's calls fail at once); after the pause and
+/// the cooldown, one probe closes it again.
+#[tokio::test]
+async fn a_hanging_redis_is_skipped_until_it_answers() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let conn = redis.manager().await;
+    let open = RedisRateLimitLayer::builder(conn.clone())
+        .key_by(by_user())
+        .quota(Quota::per_minute(100))
+        .timeout(Duration::from_millis(100))
+        .breaker(3, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let closed = RedisRateLimitLayer::builder(conn)
+        .key_by(by_user())
+        .quota(Quota::per_minute(100))
+        .on_redis_failure(RedisFailure::Reject)
+        .timeout(Duration::from_millis(100))
+        .breaker(1, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    assert_eq!(status_through(&open, "ivy").await.status(), 200);
+    assert!(!open.stats().skipping);
+
+    // Every other client's commands wait for 3 s.
+    let mut admin = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let paused = std::time::Instant::now();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .exec_async(&mut admin)
+        .await
+        .unwrap();
+
+    for _ in 0..6 {
+        assert_eq!(status_through(&open, "ivy").await.status(), 200);
+    }
+    let stats = open.stats();
+    assert_eq!((stats.allowed, stats.errors, stats.skipped), (1, 3, 3));
+    assert!(stats.skipping);
+    let handle = open.handle();
+    assert!(matches!(
+        handle.check(&Key::from("ivy"), 1).await,
+        Err(RedisCheckError::Skipped)
+    ));
+
+    // Fail-closed: the first refusal waited, the second did not ask.
+    for detail in ["no answer within", "not asked"] {
+        let res = status_through(&closed, "ivy").await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = json(res).await;
+        assert!(body["detail"].as_str().unwrap().contains(detail), "{body}");
+    }
+    let stats = closed.stats();
+    assert_eq!((stats.errors, stats.skipped), (1, 1));
+
+    // After the pause (and so the 1 s cooldown), the next request probes,
+    // is answered, and closes the breaker.
+    tokio::time::sleep(Duration::from_millis(3100).saturating_sub(paused.elapsed())).await;
+    let res = status_through(&open, "ivy").await;
+    assert_eq!(res.status(), 200);
+    assert!(!header(&res, "ratelimit").is_empty());
+    // (The handle's skipped check above is not a request: not counted.)
+    let stats = open.stats();
+    assert_eq!((stats.allowed, stats.errors, stats.skipped), (2, 3, 3));
+    assert!(!stats.skipping);
+    assert!(handle.check(&Key::from("ivy"), 1).await.is_ok());
+}
+
+/// `RedisFailure::Local`: with Redis gone, each key is limited in memory
+/// with this replica's share of the quota (half, for two replicas), and
+/// the answers carry that share's headers; once Redis is back, the shared
+/// quota again.
+#[tokio::test]
+async fn the_local_fallback_limits_with_this_replicas_share() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let build = |replicas| {
+        let conn = redis.manager();
+        async move {
+            RedisRateLimitLayer::builder(conn.await)
+                .key_by(by_user())
+                .quota(Quota::per_minute(4).named("api"))
+                .on_redis_failure(RedisFailure::Local { replicas })
+                .timeout(Duration::from_millis(500))
+                .breaker(3, Duration::from_millis(200))
+                .build()
+        }
+    };
+    assert_eq!(build(0).await.unwrap_err(), RateLimitError::NoReplicas);
+    let layer = build(2).await.unwrap();
+    let res = status_through(&layer, "jude").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "ratelimit-policy"), "\"api\";q=4;w=60");
+    // A quota whose share the fallback cannot count is refused.
+    let handle = layer.handle();
+    let forever = Quota::new(1, Duration::from_secs(u64::MAX / 2)).named("api");
+    assert!(handle.set_quotas([forever]).is_err());
+    assert_eq!(handle.quotas()[0].count(), 4);
+
+    redis.stop();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let res = status_through(&layer, "jude").await;
+        statuses.push(res.status().as_u16());
+        assert_eq!(header(&res, "ratelimit-policy"), "\"api\";q=4;w=120");
+    }
+    // Another key has a share of its own.
+    statuses.push(status_through(&layer, "kim").await.status().as_u16());
+    assert_eq!(statuses, [200, 200, 429, 200]);
+    let stats = layer.stats();
+    assert_eq!((stats.allowed, stats.rejected), (4, 1));
+    // Three failures open the breaker; the fourth request (if it came
+    // within the cooldown, as it does unless the machine stalled) skipped.
+    assert_eq!(stats.errors + stats.skipped, 4, "{stats:?}");
+    assert!(stats.errors >= 3, "{stats:?}");
+
+    // Redis back (empty): within a few cooldowns a probe is answered and
+    // the shared quota is in force again.
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let res = status_through(&layer, "jude").await;
+        if header(&res, "ratelimit-policy") == "\"api\";q=4;w=60" {
+            assert_eq!(res.status(), 200);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis never answered again"
+        );
+    }
+    assert!(!layer.stats().skipping);
+}
+
+/// The gateway's `[redis]`: `on_failure = "local"` with `replicas` and the
+/// breaker's settings, counted in `/metrics`; its mistakes located.
+#[tokio::test]
+async fn gateway_falls_back_to_local_limits() {
+    use switchyard::gateway::{Gateway, GatewayConfig};
+
+    let upstream = net::serve(axum::Router::new().fallback(|| async { "hello" })).await;
+    // Nothing listens there: every connection is refused at once.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = |redis_section: &str| {
+        format!(
+            r#"
+[redis]
+url = "redis://{nowhere}/"
+{redis_section}
+
+[upstreams.app]
+url = "http://{upstream}"
+
+[[routes]]
+name = "api"
+rate_limit = {{ key = {{ header = "x-user" }}, quotas = [{{ name = "shared", limit = 4, period = "1m" }}], redis = true }}
+split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
+"#
+        )
+    };
+    let text = config(
+        "on_failure = \"local\"\nreplicas = 2\nbreaker_failures = 1\nbreaker_cooldown_ms = 60000",
+    );
+    let (gateway, addr) = serve_gateway(GatewayConfig::from_toml(&text).unwrap()).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let req = Request::get(format!("http://{addr}/"))
+            .header("x-user", "lou")
+            .body(Full::default())
+            .unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    let metrics = gateway.metrics();
+    for line in [
+        "switchyard_ratelimit_allowed_total{route=\"api\"} 2",
+        "switchyard_ratelimit_rejected_total{route=\"api\"} 1",
+        "switchyard_ratelimit_redis_errors_total{route=\"api\"} 1",
+        "switchyard_ratelimit_redis_skipped_total{route=\"api\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+
+    for (section, at) in [
+        (
+            "on_failure = \"allow\"\nfail_closed = true",
+            "redis.fail_closed",
+        ),
+        ("replicas = 2", "redis.replicas"),
+        ("on_failure = \"local\"\nreplicas = 0", "redis.replicas"),
+    ] {
+        let err =
+            Gateway::from_config(GatewayConfig::from_toml(&config(section)).unwrap()).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.at == at),
+            "{section}: {err:?}"
+        );
+    }
+    assert!(GatewayConfig::from_toml(&config("on_failure = \"sometimes\"")).is_err());
+}
+
 #[cfg(feature = "tls")]
 mod tls {
     use super::*;

@@ -13,11 +13,11 @@ use http::{HeaderName, Method, Request, Response};
 use http_body::Body;
 use tower::{Layer, Service, ServiceExt};
 
-#[cfg(feature = "redis")]
-use super::config::RateLimitConfig;
 use super::config::{
     ApiKeyConfig, GatewayConfig, KeyConfig, QuotaConfig, RedisConfig, RouteConfig, UpstreamConfig,
 };
+#[cfg(feature = "redis")]
+use super::config::{RateLimitConfig, RedisFailureConfig};
 use super::{ConfigError, ConfigProblem, GatewayBody};
 use crate::auth::{ApiKey, ApiKeyLayer, Identity, RequireScopes};
 use crate::key::{KeyBy, TrustedProxies};
@@ -394,6 +394,24 @@ fn shared_redis(
     #[cfg(feature = "redis")]
     {
         let before = problems.0.len();
+        if rc.fail_closed
+            && rc
+                .on_failure
+                .is_some_and(|f| f != RedisFailureConfig::Reject)
+        {
+            problems.push(
+                "redis.fail_closed",
+                "contradicts `on_failure`: keep one of the two",
+            );
+        }
+        if rc.replicas == Some(0) {
+            problems.push("redis.replicas", "must be at least 1");
+        } else if rc.replicas.is_some() && rc.on_failure != Some(RedisFailureConfig::Local) {
+            problems.push(
+                "redis.replicas",
+                "only counts with `on_failure = \"local\"`",
+            );
+        }
         let client_files =
             client_files(&rc.client_cert_file, &rc.client_key_file, "redis", problems);
         let client = match redis::Client::open(rc.url.as_str()) {
@@ -972,6 +990,22 @@ fn build_route(
 
 /// A route's rate limit counted in Redis: the old layer (and its counters)
 /// when neither the limit nor `[redis]` changed.
+/// What `[redis]` says a request gets when Redis does not answer (checked
+/// with the section).
+#[cfg(feature = "redis")]
+fn redis_failure(rc: &RedisConfig) -> crate::ratelimit::redis::RedisFailure {
+    use crate::ratelimit::redis::RedisFailure;
+    match rc.on_failure {
+        Some(RedisFailureConfig::Local) => RedisFailure::Local {
+            replicas: rc.replicas.unwrap_or(1),
+        },
+        Some(RedisFailureConfig::Reject) => RedisFailure::Reject,
+        Some(RedisFailureConfig::Allow) => RedisFailure::Allow,
+        None if rc.fail_closed => RedisFailure::Reject,
+        None => RedisFailure::Allow,
+    }
+}
+
 #[cfg(feature = "redis")]
 fn shared_limiter(
     rl: &RateLimitConfig,
@@ -980,7 +1014,7 @@ fn shared_limiter(
     old: Option<&BuiltRoute>,
     problems: &mut Problems,
 ) -> Option<(RedisConfig, crate::ratelimit::redis::RedisRateLimitLayer)> {
-    use crate::ratelimit::redis::{RedisFailure, RedisRateLimitLayer};
+    use crate::ratelimit::redis::RedisRateLimitLayer;
     let key = key_by(&rl.key, &format!("{here}.key"), problems)?;
     let qs = quotas(&rl.quotas, &format!("{here}.quotas"), problems);
     if qs.is_empty() {
@@ -1002,11 +1036,11 @@ fn shared_limiter(
     let mut b = RedisRateLimitLayer::builder(redis.conn.clone())
         .key_by(key)
         .timeout(Duration::from_millis(rc.timeout_ms.unwrap_or(100)))
-        .on_redis_failure(if rc.fail_closed {
-            RedisFailure::Reject
-        } else {
-            RedisFailure::Allow
-        });
+        .on_redis_failure(redis_failure(rc))
+        .breaker(
+            rc.breaker_failures.unwrap_or(3),
+            Duration::from_millis(rc.breaker_cooldown_ms.unwrap_or(1000)),
+        );
     if let Some(prefix) = &rc.prefix {
         b = b.prefix(prefix.clone());
     }

@@ -140,8 +140,37 @@ pub struct RedisConfig {
     /// How long a check may take, in milliseconds (100 by default).
     pub timeout_ms: Option<u64>,
     /// Refuse requests with 503 when Redis does not answer, instead of
-    /// letting them through.
+    /// letting them through: the same as `on_failure = "reject"`.
     pub fail_closed: bool,
+    /// What a request whose check Redis does not answer gets: `"allow"`
+    /// (let through, the default), `"reject"` (503), or `"local"` (limited
+    /// in this replica's memory with its share of the quotas, see
+    /// `replicas`, until Redis answers again).
+    pub on_failure: Option<RedisFailureConfig>,
+    /// With `on_failure = "local"`: how many replicas share each limit,
+    /// so each limits with that share of it (1 by default).
+    pub replicas: Option<u32>,
+    /// Failed checks in a row after which the limiters stop asking Redis
+    /// for `breaker_cooldown_ms` and go straight to `on_failure` (3 by
+    /// default; 0 always asks).
+    pub breaker_failures: Option<u32>,
+    /// How long the limiters stop asking, in milliseconds (1000 by
+    /// default); then one request asks again.
+    pub breaker_cooldown_ms: Option<u64>,
+}
+
+/// `[redis] on_failure`: what a rate-limited request gets when Redis does
+/// not answer (see [`crate::ratelimit::redis::RedisFailure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum RedisFailureConfig {
+    /// Let it through.
+    Allow,
+    /// Refuse it with 503.
+    Reject,
+    /// Limit it in this replica's memory, with its share of the quotas.
+    Local,
 }
 
 /// `[weight_sync]`: the weights of every route's split and model router

@@ -197,9 +197,10 @@ pub(crate) fn render(state: &State) -> String {
         }
     }
 
-    // (route, allowed, rejected, Redis errors) of every limited route,
-    // counted in this process or in Redis.
-    let limits: Vec<(&str, u64, u64, Option<u64>)> = state
+    // (route, allowed, rejected, Redis errors and skipped checks) of every
+    // limited route, counted in this process or in Redis.
+    type Redis = Option<(u64, u64)>;
+    let limits: Vec<(&str, u64, u64, Redis)> = state
         .routes
         .iter()
         .filter_map(|r| {
@@ -210,7 +211,8 @@ pub(crate) fn render(state: &State) -> String {
             #[cfg(feature = "redis")]
             if let Some((_, layer)) = &r.shared_limiter {
                 let s = layer.stats();
-                return Some((r.name.as_str(), s.allowed, s.rejected, Some(s.errors)));
+                let redis = Some((s.errors, s.skipped));
+                return Some((r.name.as_str(), s.allowed, s.rejected, redis));
             }
             None
         })
@@ -246,13 +248,28 @@ pub(crate) fn render(state: &State) -> String {
             &mut out,
             "switchyard_ratelimit_redis_errors_total",
             "counter",
-            "Checks Redis did not answer in time (let through or refused as configured).",
+            "Checks Redis failed or did not answer in time (handled as on_failure says).",
         );
-        for (route, _, _, errors) in &limits {
-            if let Some(errors) = errors {
+        for (route, _, _, redis) in &limits {
+            if let Some((errors, _)) = redis {
                 let _ = writeln!(
                     out,
                     "switchyard_ratelimit_redis_errors_total{{route=\"{}\"}} {errors}",
+                    esc(route),
+                );
+            }
+        }
+        family(
+            &mut out,
+            "switchyard_ratelimit_redis_skipped_total",
+            "counter",
+            "Checks not sent to Redis after it failed the ones before (handled as on_failure says).",
+        );
+        for (route, _, _, redis) in &limits {
+            if let Some((_, skipped)) = redis {
+                let _ = writeln!(
+                    out,
+                    "switchyard_ratelimit_redis_skipped_total{{route=\"{}\"}} {skipped}",
                     esc(route),
                 );
             }

@@ -56,7 +56,11 @@
 //!
 //! A route's rate limit counts in this process, or, with `redis = true`
 //! and a `[redis]` section (feature `redis`), in Redis, shared by every
-//! replica built from the same configuration.
+//! replica built from the same configuration. When Redis does not answer,
+//! `[redis] on_failure` says what requests get: `"allow"` (the default),
+//! `"reject"` (503) or `"local"` (limited in memory with this replica's
+//! share of each quota, one of `replicas`); after `breaker_failures` failed
+//! checks in a row the limiters stop asking for `breaker_cooldown_ms`.
 //!
 //! `examples/gateway.rs` runs a complete gateway with its admin API.
 
@@ -82,8 +86,8 @@ use tower::Service;
 
 pub use config::{
     AdminConfig, ApiKeyConfig, AuthConfig, GatewayConfig, KeyConfig, ModelConfig, QuotaConfig,
-    RateLimitConfig, RedisConfig, RouteConfig, SplitConfig, TargetConfig, UpstreamConfig,
-    WeightSyncConfig,
+    RateLimitConfig, RedisConfig, RedisFailureConfig, RouteConfig, SplitConfig, TargetConfig,
+    UpstreamConfig, WeightSyncConfig,
 };
 
 use crate::model::ModelHandle;

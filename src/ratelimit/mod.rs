@@ -77,6 +77,8 @@
 //! too unless turned off; `X-RateLimit-Limit/Remaining/Reset` can be added
 //! for older clients.
 
+#[cfg(feature = "redis")]
+mod breaker;
 mod clock;
 mod gcra;
 mod headers;
@@ -234,4 +236,7 @@ pub enum RateLimitError {
     /// `max_keys` of zero.
     #[error("max_keys must be at least 1")]
     NoKeys,
+    /// A Redis limiter's local fallback shared among zero replicas.
+    #[error("the local fallback's replicas must be at least 1")]
+    NoReplicas,
 }

@@ -77,8 +77,18 @@
 //! or fails, is let through by default ([`RedisFailure::Allow`]: a
 //! limiter outage should not become an API outage) and counted in
 //! [`RedisRateLimitStats::errors`]; [`RedisFailure::Reject`] refuses it
-//! instead. The handle's checks and charges return a [`RedisCheckError`]
-//! instead, within the same timeout.
+//! instead, and [`RedisFailure::Local`] limits it in this process's memory
+//! with each replica's share of the quotas, so that a Redis outage neither
+//! opens the door nor closes it. The handle's checks and charges return a
+//! [`RedisCheckError`] instead, within the same timeout.
+//!
+//! A Redis that hangs rather than refuses makes every check wait out the
+//! timeout. So after 3 failed checks in a row (see
+//! [`breaker`](RedisRateLimitBuilder::breaker)) the limiter stops asking
+//! for a second: requests go straight to the failure policy (counted in
+//! [`RedisRateLimitStats::skipped`]), and the handle's calls fail at once
+//! with [`RedisCheckError::Skipped`]. Then one request asks again; an
+//! answer closes the breaker, a failure opens it for another second.
 //!
 //! # TLS
 //!
@@ -104,16 +114,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use redis::aio::ConnectionManager;
 use tower::{Layer, Service};
 
+use super::breaker::{Breaker, Gate};
+use super::clock::{Clock, MonotonicClock};
 use super::gcra::{Gcra, MAX_TAU};
 use super::service::{
-    Config, CostFn, Decision, LiveConfig, MissingKey, allow_listed, allowed_headers, missing_key,
-    rejection, request_cost,
+    Config, CostFn, Decision, LiveConfig, MissingKey, allow_listed, allowed_headers, decide_in,
+    missing_key, rejection, request_cost,
 };
+use super::store::Store;
 use super::{Quota, RateLimitError};
 use crate::body::ResponseBody;
 use crate::future::Rejection;
@@ -167,6 +181,9 @@ end
 return out
 ";
 
+/// Keys [`RedisFailure::Local`] tracks at once.
+const LOCAL_KEYS: usize = 100_000;
+
 /// What the script is asked to do.
 #[derive(Clone, Copy)]
 enum Mode {
@@ -185,7 +202,9 @@ impl Mode {
     }
 }
 
-/// What to do with a request whose check Redis did not answer.
+/// What to do with a request whose check Redis did not answer (or that
+/// was not asked, the [breaker](RedisRateLimitBuilder::breaker) being
+/// open).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RedisFailure {
@@ -193,6 +212,25 @@ pub enum RedisFailure {
     Allow,
     /// Refuse it with 503 and a problem+json body.
     Reject,
+    /// Limit it in this process's memory instead, as
+    /// [`RateLimitLayer`](super::RateLimitLayer) would, against each
+    /// quota's share for one of `replicas` replicas: its period multiplied
+    /// by `replicas` (so its rate divided) and its burst divided (rounded
+    /// down, at least 1), under the same name. With every replica doing so,
+    /// the fleet lets through about what the shared limit would, if the
+    /// load balancer spreads each key's requests evenly; keys that stick to
+    /// one replica get less. Allowed and refused requests carry the
+    /// headers of that share, and count in `allowed` and `rejected` as
+    /// well as in `errors` or `skipped`.
+    ///
+    /// The local state is kept while Redis answers, unused, and starts
+    /// from it at the next outage; it holds up to 100 000 keys, and the
+    /// keys it cannot hold share one state. `replicas` of 0 is refused when
+    /// the layer is built.
+    Local {
+        /// How many replicas share the limit.
+        replicas: u32,
+    },
 }
 
 /// Why a check, peek or charge through a [`RedisRateLimitHandle`] has no
@@ -211,6 +249,10 @@ pub enum RedisCheckError {
     /// writing the same keys, say).
     #[error("unexpected answer from the rate-limit script")]
     UnexpectedAnswer,
+    /// Not asked: Redis failed the last checks, and the
+    /// [breaker](RedisRateLimitBuilder::breaker) is open.
+    #[error("not asked: Redis failed the last checks; asking again after the cooldown")]
+    Skipped,
 }
 
 /// The counters of a [`RedisRateLimitLayer`] (this replica's share).
@@ -227,10 +269,16 @@ pub struct RedisRateLimitStats {
     pub missing_key: u64,
     /// Requests whose key is on the allow list.
     pub bypassed: u64,
-    /// Checks of requests that failed or timed out (let through or refused
-    /// as configured). The handle's own checks and charges return their
-    /// errors instead of counting them.
+    /// Checks of requests that failed or timed out (handled as
+    /// [`RedisFailure`] says). The handle's own checks and charges return
+    /// their errors instead of counting them.
     pub errors: u64,
+    /// Requests not checked in Redis because it failed the checks before
+    /// (the [breaker](RedisRateLimitBuilder::breaker) was open), handled as
+    /// [`RedisFailure`] says.
+    pub skipped: u64,
+    /// Whether checks skip Redis now.
+    pub skipping: bool,
 }
 
 #[derive(Default)]
@@ -241,6 +289,7 @@ struct Counters {
     missing_key: AtomicU64,
     bypassed: AtomicU64,
     errors: AtomicU64,
+    skipped: AtomicU64,
 }
 
 /// The live configuration as the script counts it: [`Config`], with its
@@ -274,10 +323,59 @@ struct Limiter {
     cost: Option<Box<CostFn>>,
     on_missing: MissingKey,
     on_failure: RedisFailure,
+    /// Where [`RedisFailure::Local`] keeps its state.
+    local: Option<Local>,
+    breaker: Breaker,
     timeout: Duration,
     headers_on_allowed: bool,
     legacy_headers: bool,
     counters: Counters,
+}
+
+/// The in-memory limiter of [`RedisFailure::Local`].
+struct Local {
+    replicas: u32,
+    store: Store,
+    clock: MonotonicClock,
+    /// The share of the configuration last asked for, with that
+    /// configuration: worked out again when the handle has changed it.
+    share: ArcSwapOption<(Arc<Config>, Config)>,
+}
+
+impl Local {
+    /// The share of `config` this replica limits with.
+    fn share(&self, config: &Arc<Config>) -> Result<Arc<(Arc<Config>, Config)>, RateLimitError> {
+        if let Some(share) = self.share.load_full()
+            && Arc::ptr_eq(&share.0, config)
+        {
+            return Ok(share);
+        }
+        let share = Arc::new((Arc::clone(config), share_of(config, self.replicas)?));
+        self.share.store(Some(Arc::clone(&share)));
+        Ok(share)
+    }
+}
+
+/// One of `replicas` shares of `config`'s quotas: each period multiplied,
+/// each burst divided (at least 1), the names kept.
+fn share_of(config: &Config, replicas: u32) -> Result<Config, RateLimitError> {
+    if replicas == 0 {
+        return Err(RateLimitError::NoReplicas);
+    }
+    let quotas = config
+        .quotas
+        .iter()
+        .map(|(q, _)| {
+            let period = q
+                .period()
+                .checked_mul(replicas)
+                .ok_or_else(|| RateLimitError::InvalidQuota(q.name()))?;
+            Ok(Quota::new(q.count(), period)
+                .burst((q.burst_size() / replicas).max(1))
+                .named(q.name()))
+        })
+        .collect::<Result<Vec<_>, RateLimitError>>()?;
+    Config::new(quotas, config.dry_run, config.allow.clone())
 }
 
 // === impl RedisRateLimitLayer ===
@@ -304,6 +402,7 @@ impl RedisRateLimitLayer {
             prefix: "switchyard:rl:".to_owned(),
             on_missing: MissingKey::Reject(StatusCode::BAD_REQUEST),
             on_failure: RedisFailure::Allow,
+            breaker: (3, Duration::from_secs(1)),
             timeout: Duration::from_millis(100),
             headers_on_allowed: true,
             legacy_headers: false,
@@ -468,7 +567,18 @@ impl RedisRateLimitHandle {
         &self,
         f: impl FnOnce(&Config) -> Result<Config, RateLimitError>,
     ) -> Result<(), RateLimitError> {
-        self.limiter.config.update(f, |_| {})
+        let local = self.limiter.local.as_ref();
+        self.limiter.config.update(
+            |c| {
+                let next = f(c)?;
+                // The local fallback must be able to take its share.
+                if let Some(local) = local {
+                    share_of(&next, local.replicas)?;
+                }
+                Ok(next)
+            },
+            |_| {},
+        )
     }
 
     /// The layer's counters (this replica's share).
@@ -498,6 +608,7 @@ pub struct RedisRateLimitBuilder {
     prefix: String,
     on_missing: MissingKey,
     on_failure: RedisFailure,
+    breaker: (u32, Duration),
     timeout: Duration,
     headers_on_allowed: bool,
     legacy_headers: bool,
@@ -568,6 +679,18 @@ impl RedisRateLimitBuilder {
         self
     }
 
+    /// After `failures` failed checks in a row, stop asking Redis for
+    /// `cooldown`: requests go straight to the [failure
+    /// policy](Self::on_redis_failure) instead of each waiting out the
+    /// [timeout](Self::timeout) of a Redis that hangs. Then one request
+    /// asks (the others keep skipping until it is answered): an answer
+    /// closes the breaker, a failure opens it for another `cooldown`.
+    /// 3 failures and 1 s by default; `failures` of 0 always asks.
+    pub fn breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.breaker = (failures, cooldown);
+        self
+    }
+
     /// How long a check may take before it counts as failed (100 ms by
     /// default); the handle's checks and charges too.
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -591,6 +714,18 @@ impl RedisRateLimitBuilder {
     /// Checks the quotas and builds the layer.
     pub fn build(self) -> Result<RedisRateLimitLayer, RateLimitError> {
         let config = config(self.quotas, self.dry_run, self.allow)?;
+        let local = match self.on_failure {
+            RedisFailure::Local { replicas } => {
+                share_of(&config, replicas)?;
+                Some(Local {
+                    replicas,
+                    store: Store::new(LOCAL_KEYS, true),
+                    clock: MonotonicClock::new(),
+                    share: ArcSwapOption::empty(),
+                })
+            }
+            RedisFailure::Allow | RedisFailure::Reject => None,
+        };
         Ok(RedisRateLimitLayer {
             limiter: Arc::new(Limiter {
                 redis: self.redis,
@@ -601,6 +736,8 @@ impl RedisRateLimitBuilder {
                 cost: self.cost,
                 on_missing: self.on_missing,
                 on_failure: self.on_failure,
+                local,
+                breaker: Breaker::new(self.breaker.0, self.breaker.1),
                 timeout: self.timeout,
                 headers_on_allowed: self.headers_on_allowed,
                 legacy_headers: self.legacy_headers,
@@ -622,6 +759,8 @@ impl Limiter {
             missing_key: c.missing_key.load(Ordering::Relaxed),
             bypassed: c.bypassed.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
+            skipped: c.skipped.load(Ordering::Relaxed),
+            skipping: self.breaker.is_open(),
         }
     }
 
@@ -654,11 +793,19 @@ impl Limiter {
     }
 
     /// Runs the script in Redis for `key` under `config` (the snapshot the
-    /// answer is read with): the decision, or why there is none.
+    /// answer is read with): the decision, or why there is none. At once
+    /// [`RedisCheckError::Skipped`] while the breaker is open.
     fn run(self: &Arc<Self>, config: Arc<Config>, key: &Key<'_>, cost: u64, mode: Mode) -> Check {
+        let probe = match self.breaker.gate() {
+            Gate::Skip => return Box::pin(std::future::ready(Err(RedisCheckError::Skipped))),
+            Gate::Ask => false,
+            Gate::Probe => true,
+        };
         let keys = self.redis_keys(&config.names, key);
         let limiter = Arc::clone(self);
         Box::pin(async move {
+            // A probe dropped before its answer gives its turn back.
+            let mut turn = ProbeTurn(probe.then(|| Arc::clone(&limiter)));
             let mut invocation = limiter.script.prepare_invoke();
             for k in keys {
                 invocation.key(k);
@@ -670,13 +817,94 @@ impl Limiter {
             let mut redis = limiter.redis.clone();
             let timeout = limiter.timeout;
             let run = invocation.invoke_async::<Vec<i64>>(&mut redis);
-            let out = match tokio::time::timeout(timeout, run).await {
-                Ok(Ok(out)) => out,
-                Ok(Err(e)) => return Err(RedisCheckError::Redis(e)),
-                Err(_) => return Err(RedisCheckError::Timeout(timeout)),
-            };
-            decision(&config, &out)
+            let out = tokio::time::timeout(timeout, run).await;
+            turn.0 = None;
+            limiter.breaker.record(matches!(out, Ok(Ok(_))), probe);
+            match out {
+                Ok(Ok(out)) => decision(&config, &out),
+                Ok(Err(e)) => Err(RedisCheckError::Redis(e)),
+                Err(_) => Err(RedisCheckError::Timeout(timeout)),
+            }
         })
+    }
+
+    /// Counts `decision` about a request and turns it into the headers to
+    /// add to the response, or the refusal.
+    fn verdict(
+        &self,
+        config: &Config,
+        decision: &Decision,
+        cost: u32,
+        grpc: bool,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Rejection> {
+        let counters = &self.counters;
+        if decision.is_allowed() || config.dry_run {
+            let counter = if decision.is_allowed() {
+                &counters.allowed
+            } else {
+                &counters.dry_run_rejected
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            Ok(allowed_headers(
+                config,
+                decision,
+                self.headers_on_allowed,
+                self.legacy_headers,
+            ))
+        } else {
+            counters.rejected.fetch_add(1, Ordering::Relaxed);
+            Err(rejection(config, decision, cost, self.legacy_headers).grpc(grpc))
+        }
+    }
+
+    /// What a request whose check failed (`why`) gets, as `on_failure`
+    /// says: let through with these headers, or refused.
+    fn fallback<B>(
+        &self,
+        config: &Arc<Config>,
+        req: &Request<B>,
+        cost: u32,
+        grpc: bool,
+        why: &RedisCheckError,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Rejection> {
+        let counter = match why {
+            RedisCheckError::Skipped => &self.counters.skipped,
+            _ => &self.counters.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match self.on_failure {
+            RedisFailure::Allow => Ok(Vec::new()),
+            RedisFailure::Reject => Err(Rejection::new(
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                    .detail(format!("the rate limiter is unavailable: {why}")),
+            )
+            .grpc(grpc)),
+            RedisFailure::Local { .. } => {
+                // The share was checked when the quotas were set, and the
+                // request had its key: neither fails here.
+                let (Some(local), Some(key)) = (&self.local, self.key_by.extract(req)) else {
+                    return Ok(Vec::new());
+                };
+                let Ok(share) = local.share(config) else {
+                    return Ok(Vec::new());
+                };
+                let share = &share.1;
+                let now = local.clock.now_nanos();
+                let decision = decide_in(&local.store, &share.gcras, &key, cost, now, true);
+                self.verdict(share, &decision, cost, grpc)
+            }
+        }
+    }
+}
+
+/// The turn of a probe that has not been answered yet.
+struct ProbeTurn(Option<Arc<Limiter>>);
+
+impl Drop for ProbeTurn {
+    fn drop(&mut self) {
+        if let Some(limiter) = self.0.take() {
+            limiter.breaker.abandon();
+        }
     }
 }
 
@@ -864,41 +1092,15 @@ where
                         // Polled again after it finished: never a panic.
                         return Poll::Pending;
                     };
-                    let counters = &limiter.counters;
-                    let headers = match outcome {
-                        Ok(decision) if decision.is_allowed() || config.dry_run => {
-                            let counter = if decision.is_allowed() {
-                                &counters.allowed
-                            } else {
-                                &counters.dry_run_rejected
-                            };
-                            counter.fetch_add(1, Ordering::Relaxed);
-                            allowed_headers(
-                                config,
-                                &decision,
-                                limiter.headers_on_allowed,
-                                limiter.legacy_headers,
-                            )
-                        }
-                        Ok(decision) => {
-                            counters.rejected.fetch_add(1, Ordering::Relaxed);
-                            let r = rejection(config, &decision, *cost, limiter.legacy_headers)
-                                .grpc(*grpc);
+                    let verdict = match &outcome {
+                        Ok(decision) => limiter.verdict(config, decision, *cost, *grpc),
+                        Err(why) => limiter.fallback(config, &req, *cost, *grpc, why),
+                    };
+                    let headers = match verdict {
+                        Ok(headers) => headers,
+                        Err(r) => {
                             state.set(State::Refused { rejection: Some(r) });
                             continue;
-                        }
-                        Err(why) => {
-                            counters.errors.fetch_add(1, Ordering::Relaxed);
-                            if limiter.on_failure == RedisFailure::Reject {
-                                let r = Rejection::new(
-                                    Problem::new(StatusCode::SERVICE_UNAVAILABLE)
-                                        .detail(format!("the rate limiter is unavailable: {why}")),
-                                )
-                                .grpc(*grpc);
-                                state.set(State::Refused { rejection: Some(r) });
-                                continue;
-                            }
-                            Vec::new()
                         }
                     };
                     // The inner service was ready when this one was; a

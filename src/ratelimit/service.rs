@@ -279,19 +279,7 @@ impl Limiter {
         now: u64,
         consume: bool,
     ) -> Decision {
-        // Filled in place: a `Decision` is large enough that moving it
-        // through closures and options costs more than the check itself.
-        let mut decision = Decision::new(quotas, now);
-        let fresh = KeyState::default();
-        self.store.with(key, now, consume, |entry| {
-            let state = match entry {
-                Entry::Tracked(s) | Entry::Overflow(s) => s,
-                Entry::Untracked if consume => return Some(()),
-                Entry::Untracked => &fresh,
-            };
-            decide_on(quotas, state, cost, now, consume, &mut decision)
-        });
-        decision
+        decide_in(&self.store, quotas, key, cost, now, consume)
     }
 
     fn reject(&self, config: &Config, decision: &Decision, cost: u32) -> Rejection {
@@ -307,6 +295,33 @@ impl Limiter {
             self.legacy_headers,
         )
     }
+}
+
+/// Asks every quota about `cost` units for `key` at `now` against the
+/// state in `store`; with `consume`, takes them if all agree (and none
+/// otherwise). (The Redis limiter's local fallback decides with it too.)
+#[inline]
+pub(super) fn decide_in(
+    store: &Store,
+    quotas: &[Gcra],
+    key: &Key<'_>,
+    cost: u32,
+    now: u64,
+    consume: bool,
+) -> Decision {
+    // Filled in place: a `Decision` is large enough that moving it
+    // through closures and options costs more than the check itself.
+    let mut decision = Decision::new(quotas, now);
+    let fresh = KeyState::default();
+    store.with(key, now, consume, |entry| {
+        let state = match entry {
+            Entry::Tracked(s) | Entry::Overflow(s) => s,
+            Entry::Untracked if consume => return Some(()),
+            Entry::Untracked => &fresh,
+        };
+        decide_on(quotas, state, cost, now, consume, &mut decision)
+    });
+    decision
 }
 
 /// The refusal of a request without a key.
