@@ -269,10 +269,29 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
                 if let Some(ms) = uc.upgrade_idle_timeout_ms {
                     b = b.upgrade_idle_timeout((ms > 0).then(|| Duration::from_millis(ms)));
                 }
+                for url in &uc.endpoints {
+                    b = b.endpoint(url);
+                }
+                if uc.eject_failures == Some(0) {
+                    problems.push(
+                        format!("upstreams.{name}.eject_failures"),
+                        "must be above 0",
+                    );
+                }
+                b = b.eject_after(
+                    uc.eject_failures.unwrap_or(3),
+                    Duration::from_millis(uc.eject_ms.unwrap_or(10_000)),
+                );
                 match b.build() {
                     Ok(u) => Some(u),
                     Err(e) => {
-                        problems.push(format!("upstreams.{name}.url"), e);
+                        let field = match &e {
+                            crate::proxy::ProxyError::InvalidUrl { url, .. } if *url != uc.url => {
+                                "endpoints"
+                            }
+                            _ => "url",
+                        };
+                        problems.push(format!("upstreams.{name}.{field}"), e);
                         None
                     }
                 }

@@ -80,6 +80,15 @@ pub struct UpstreamConfig {
     pub response_timeout_ms: Option<u64>,
     /// Pass the client's `Host` on.
     pub preserve_host: bool,
+    /// More servers of this upstream beside `url` (same scheme and path):
+    /// requests go to each in turn, skipping those out of service (see
+    /// [`crate::proxy::UpstreamBuilder::endpoint`]).
+    pub endpoints: Vec<String>,
+    /// With `endpoints`: failed requests in a row that take an endpoint
+    /// out of service (3 by default).
+    pub eject_failures: Option<u32>,
+    /// With `endpoints`: for how long, in milliseconds (10000 by default).
+    pub eject_ms: Option<u64>,
 }
 
 impl UpstreamConfig {

@@ -336,6 +336,53 @@ pub(crate) fn render(state: &State) -> String {
             );
         }
     }
+
+    // Every endpoint of every upstream, by upstream name.
+    let mut upstreams: Vec<_> = state.upstreams.iter().collect();
+    upstreams.sort_by(|a, b| a.0.cmp(b.0));
+    let endpoints: Vec<_> = upstreams
+        .iter()
+        .flat_map(|(name, (_, u))| u.endpoints().into_iter().map(move |e| (name, e)))
+        .collect();
+    type Read = fn(&crate::proxy::EndpointStats) -> u64;
+    let families: [(&str, &str, &str, Read); 4] = [
+        (
+            "switchyard_upstream_endpoint_requests_total",
+            "counter",
+            "Requests sent to an upstream's endpoint.",
+            |e| e.requests,
+        ),
+        (
+            "switchyard_upstream_endpoint_failures_total",
+            "counter",
+            "Requests an endpoint failed (unreachable, broken exchange, or no answer in time).",
+            |e| e.failures,
+        ),
+        (
+            "switchyard_upstream_endpoint_ejections_total",
+            "counter",
+            "Times an endpoint was taken out of service.",
+            |e| e.ejections,
+        ),
+        (
+            "switchyard_upstream_endpoint_in_service",
+            "gauge",
+            "1 while an endpoint takes requests, 0 while it is out of service.",
+            |e| u64::from(e.in_service),
+        ),
+    ];
+    for (metric, kind, help, read) in families {
+        family(&mut out, metric, kind, help);
+        for (upstream, e) in &endpoints {
+            let _ = writeln!(
+                out,
+                "{metric}{{upstream=\"{}\",endpoint=\"{}\"}} {}",
+                esc(upstream),
+                esc(&e.url),
+                read(e),
+            );
+        }
+    }
     out
 }
 

@@ -55,7 +55,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -69,6 +69,11 @@ use tower::Service;
 use crate::body::ResponseBody;
 use crate::future::Rejection;
 use crate::problem::Problem;
+
+mod endpoints;
+
+pub use endpoints::EndpointStats;
+use endpoints::{Ejection, Endpoint, Endpoints};
 
 /// A boxed error, as hyper and tower use.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -116,10 +121,10 @@ pub struct Upstream {
 }
 
 struct Inner {
+    /// The first endpoint's URL.
     url: String,
     scheme: Scheme,
-    authority: Authority,
-    host: HeaderValue,
+    endpoints: Endpoints,
     /// The URL's path, without a trailing `/`, put before every request
     /// path.
     prefix: String,
@@ -135,6 +140,7 @@ impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("url", &self.inner.url)
+            .field("endpoints", &self.inner.endpoints.len())
             .field("http2", &self.inner.http2)
             .finish_non_exhaustive()
     }
@@ -151,6 +157,11 @@ impl Upstream {
     pub fn builder(url: &str) -> UpstreamBuilder {
         UpstreamBuilder {
             url: url.to_owned(),
+            more: Vec::new(),
+            ejection: Ejection {
+                failures: 3,
+                duration: Duration::from_secs(10),
+            },
             connect_timeout: Some(Duration::from_secs(5)),
             response_timeout: None,
             http2: false,
@@ -166,9 +177,15 @@ impl Upstream {
         }
     }
 
-    /// The upstream's URL.
+    /// The upstream's URL (its first endpoint's).
     pub fn url(&self) -> &str {
         &self.inner.url
+    }
+
+    /// Each endpoint's counters and whether it is in service, in the order
+    /// they were given.
+    pub fn endpoints(&self) -> Vec<EndpointStats> {
+        self.inner.endpoints.stats()
     }
 }
 
@@ -176,6 +193,8 @@ impl Upstream {
 #[derive(Debug, Clone)]
 pub struct UpstreamBuilder {
     url: String,
+    more: Vec<String>,
+    ejection: Ejection,
     connect_timeout: Option<Duration>,
     response_timeout: Option<Duration>,
     http2: bool,
@@ -191,6 +210,30 @@ pub struct UpstreamBuilder {
 }
 
 impl UpstreamBuilder {
+    /// Another server of the same upstream (same scheme and path as the
+    /// first URL): requests go to the endpoints in turn (round-robin),
+    /// skipping those [out of service](Self::eject_after). A request
+    /// without a body that cannot reach its endpoint (the connection is
+    /// refused or times out, so nothing was sent) is sent once more, to
+    /// the next endpoint in service; others get their 502.
+    pub fn endpoint(mut self, url: &str) -> Self {
+        self.more.push(url.to_owned());
+        self
+    }
+
+    /// With several [endpoints](Self::endpoint): after `failures`
+    /// requests in a row fail on one (it cannot be reached, breaks the
+    /// exchange, or does not answer within the response timeout; an
+    /// answer, 5xx included, is not a failure), it is out of service for
+    /// `duration`, and back in service its first failure takes it out
+    /// again (3 failures and 10 s by default, as nginx's `max_fails` and
+    /// `fail_timeout` work). With every endpoint out, requests go to the
+    /// one that returns first. A single endpoint is never taken out.
+    pub fn eject_after(mut self, failures: u32, duration: Duration) -> Self {
+        self.ejection = Ejection { failures, duration };
+        self
+    }
+
     /// How long to wait for a TCP connection (5 s by default; `None` waits
     /// as long as the OS does). Past it the client gets a 502.
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
@@ -275,37 +318,23 @@ impl UpstreamBuilder {
         self
     }
 
-    /// Checks the URL and builds the upstream.
+    /// Checks the URLs and builds the upstream.
     pub fn build(self) -> Result<Upstream, ProxyError> {
-        let invalid = |reason: &str| ProxyError::InvalidUrl {
-            url: self.url.clone(),
-            reason: reason.to_owned(),
-        };
-        let uri: Uri = self
-            .url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| invalid("no scheme (write http://...)"))?;
-        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-            return Err(invalid("the scheme must be http:// or https://"));
+        let (scheme, prefix, first) = parse_url(&self.url)?;
+        let mut list = vec![first];
+        for url in &self.more {
+            let (s, p, endpoint) = parse_url(url)?;
+            if s != scheme || p != prefix {
+                return Err(ProxyError::InvalidUrl {
+                    url: url.clone(),
+                    reason: format!(
+                        "every endpoint needs the first one's scheme and path (`{}`)",
+                        self.url
+                    ),
+                });
+            }
+            list.push(endpoint);
         }
-        if scheme == Scheme::HTTPS && !cfg!(feature = "tls") {
-            return Err(invalid(
-                "https:// upstreams need switchyard's `tls` feature",
-            ));
-        }
-        let authority = uri.authority().cloned().ok_or_else(|| invalid("no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(invalid("credentials in the URL are not supported"));
-        }
-        if uri.query().is_some() {
-            return Err(invalid("a query is not allowed in an upstream URL"));
-        }
-        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid("bad host"))?;
-        let prefix = uri.path().trim_end_matches('/').to_owned();
 
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(self.connect_timeout);
@@ -333,8 +362,7 @@ impl UpstreamBuilder {
             inner: Arc::new(Inner {
                 url: self.url,
                 scheme,
-                authority,
-                host,
+                endpoints: Endpoints::new(list, self.ejection),
                 prefix,
                 client,
                 response_timeout: self.response_timeout,
@@ -347,6 +375,44 @@ impl UpstreamBuilder {
     }
 }
 
+/// An upstream URL's scheme, path prefix (without a trailing `/`) and
+/// endpoint.
+fn parse_url(url: &str) -> Result<(Scheme, String, Endpoint), ProxyError> {
+    let invalid = |reason: &str| ProxyError::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| invalid("no scheme (write http://...)"))?;
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err(invalid("the scheme must be http:// or https://"));
+    }
+    if scheme == Scheme::HTTPS && !cfg!(feature = "tls") {
+        return Err(invalid(
+            "https:// upstreams need switchyard's `tls` feature",
+        ));
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| invalid("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid("credentials in the URL are not supported"));
+    }
+    if uri.query().is_some() {
+        return Err(invalid("a query is not allowed in an upstream URL"));
+    }
+    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid("bad host"))?;
+    let prefix = uri.path().trim_end_matches('/').to_owned();
+    Ok((
+        scheme,
+        prefix,
+        Endpoint::new(url.to_owned(), authority, host),
+    ))
+}
+
 pin_project_lite::pin_project! {
     /// The response future of [`Upstream`].
     pub struct ResponseFuture {
@@ -357,7 +423,19 @@ pin_project_lite::pin_project! {
         // The protocol asked for and the client's side of the tunnel, for a
         // request asking to switch protocols.
         upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+        // The endpoint the request went to.
+        endpoint: usize,
+        // The head of a request without a body, to send again to another
+        // endpoint if this one cannot be reached.
+        retry: Option<Box<Retry>>,
     }
+}
+
+/// A request that can be sent again: its head (the body was empty), and
+/// whether its `Host` is the endpoint's.
+struct Retry {
+    parts: http::request::Parts,
+    endpoint_host: bool,
 }
 
 pin_project_lite::pin_project! {
@@ -376,43 +454,64 @@ impl Future for ResponseFuture {
     type Output = Result<Response<ResponseBody<Incoming>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = match this.state.project() {
-            StateProj::Timed { sent } => match std::task::ready!(sent.poll(cx)) {
-                Ok(result) => result,
-                Err(_) => {
-                    let limit = this.inner.response_timeout.unwrap_or_default();
-                    return Poll::Ready(Ok(answer(
-                        *this.grpc,
-                        Problem::new(StatusCode::GATEWAY_TIMEOUT).detail(format!(
-                            "upstream {} did not answer within {limit:?}",
-                            this.inner.url
-                        )),
+        let mut this = self.project();
+        loop {
+            let endpoints = &this.inner.endpoints;
+            let result = match this.state.as_mut().project() {
+                StateProj::Timed { sent } => match std::task::ready!(sent.poll(cx)) {
+                    Ok(result) => result,
+                    Err(_) => {
+                        endpoints.record(*this.endpoint, false);
+                        let limit = this.inner.response_timeout.unwrap_or_default();
+                        return Poll::Ready(Ok(answer(
+                            *this.grpc,
+                            Problem::new(StatusCode::GATEWAY_TIMEOUT).detail(format!(
+                                "upstream {} did not answer within {limit:?}",
+                                endpoints.get(*this.endpoint).url
+                            )),
+                        )));
+                    }
+                },
+                StateProj::Sent { sent } => std::task::ready!(sent.poll(cx)),
+                StateProj::Answered { res } => {
+                    return Poll::Ready(Ok(res.take().unwrap_or_else(|| {
+                        // Polled again after completing: answer, never panic.
+                        answer(*this.grpc, Problem::new(StatusCode::INTERNAL_SERVER_ERROR))
+                    })));
+                }
+            };
+            endpoints.record(*this.endpoint, result.is_ok());
+            let e = match result {
+                Ok(res) => {
+                    return Poll::Ready(Ok(upstream_response(
+                        res,
+                        this.upgrade.take(),
+                        this.inner,
                     )));
                 }
-            },
-            StateProj::Sent { sent } => std::task::ready!(sent.poll(cx)),
-            StateProj::Answered { res } => {
-                return Poll::Ready(Ok(res.take().unwrap_or_else(|| {
-                    // Polled again after completing: answer, never panic.
-                    answer(*this.grpc, Problem::new(StatusCode::INTERNAL_SERVER_ERROR))
-                })));
+                Err(e) => e,
+            };
+            // Nothing was sent: another endpoint may take it.
+            if e.is_connect()
+                && let Some(next) = endpoints.other_than(*this.endpoint)
+                && let Some(retry) = this.retry.take()
+            {
+                *this.endpoint = next;
+                let state = this.inner.send(next, retry.parts, retry.endpoint_host);
+                this.state.set(state);
+                continue;
             }
-        };
-        Poll::Ready(Ok(match result {
-            Ok(res) => upstream_response(res, this.upgrade.take(), this.inner),
-            Err(e) => {
-                let detail = if e.is_connect() {
-                    format!("could not connect to upstream {}", this.inner.url)
-                } else {
-                    format!("upstream {} failed: {}", this.inner.url, error_chain(&e))
-                };
-                answer(
-                    *this.grpc,
-                    Problem::new(StatusCode::BAD_GATEWAY).detail(detail),
-                )
-            }
-        }))
+            let url = &endpoints.get(*this.endpoint).url;
+            let detail = if e.is_connect() {
+                format!("could not connect to upstream {url}")
+            } else {
+                format!("upstream {url} failed: {}", error_chain(&e))
+            };
+            return Poll::Ready(Ok(answer(
+                *this.grpc,
+                Problem::new(StatusCode::BAD_GATEWAY).detail(detail),
+            )));
+        }
     }
 }
 
@@ -478,7 +577,8 @@ where
         let inner = Arc::clone(&self.inner);
         let (mut parts, body) = req.into_parts();
         let grpc = crate::grpc::is_grpc(&parts.headers);
-        let Some(uri) = inner.upstream_uri(&parts.uri) else {
+        let endpoint = inner.endpoints.pick();
+        let Some(uri) = inner.upstream_uri(&parts.uri, inner.endpoints.get(endpoint)) else {
             let res = answer(
                 grpc,
                 Problem::new(StatusCode::BAD_REQUEST).detail("invalid request path"),
@@ -488,6 +588,8 @@ where
                 inner,
                 grpc,
                 upgrade: None,
+                endpoint,
+                retry: None,
             };
         };
         let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -509,9 +611,7 @@ where
             parts.headers.insert(header::UPGRADE, protocol.clone());
         }
         inner.add_forwarded(&mut parts.headers, peer, client_host.as_ref());
-        if !inner.preserve_host || client_host.is_none() {
-            parts.headers.insert(header::HOST, inner.host.clone());
-        }
+        let endpoint_host = !inner.preserve_host || client_host.is_none();
         parts.uri = uri;
         parts.version = if inner.http2 {
             Version::HTTP_2
@@ -519,19 +619,24 @@ where
             Version::HTTP_11
         };
 
+        // Only with somewhere else to go, and nothing that cannot be
+        // repeated (a body, a connection to take over).
+        let retry =
+            (inner.endpoints.len() > 1 && body.is_end_stream() && upgrade.is_none()).then(|| {
+                Box::new(Retry {
+                    parts: parts.clone(),
+                    endpoint_host,
+                })
+            });
         let req = Request::from_parts(parts, box_body(body));
-        let sent = inner.client.request(req);
-        let state = match inner.response_timeout {
-            Some(limit) => State::Timed {
-                sent: tokio::time::timeout(limit, sent),
-            },
-            None => State::Sent { sent },
-        };
+        let state = inner.send_request(endpoint, req, endpoint_host);
         ResponseFuture {
             state,
             inner,
             grpc,
             upgrade,
+            endpoint,
+            retry,
         }
     }
 }
@@ -555,8 +660,39 @@ where
 }
 
 impl Inner {
-    /// The request's URI on the upstream; `None` if it cannot be one.
-    fn upstream_uri(&self, uri: &Uri) -> Option<Uri> {
+    /// Hands `req` (its URI already `endpoint`'s) to the pool.
+    fn send_request(&self, endpoint: usize, mut req: Request<ProxyBody>, host: bool) -> State {
+        let endpoints = &self.endpoints;
+        if host {
+            req.headers_mut()
+                .insert(header::HOST, endpoints.get(endpoint).host.clone());
+        }
+        endpoints.sent(endpoint);
+        let sent = self.client.request(req);
+        match self.response_timeout {
+            Some(limit) => State::Timed {
+                sent: tokio::time::timeout(limit, sent),
+            },
+            None => State::Sent { sent },
+        }
+    }
+
+    /// Sends the head of a request without a body to `endpoint`.
+    fn send(&self, endpoint: usize, mut parts: http::request::Parts, host: bool) -> State {
+        let authority = self.endpoints.get(endpoint).authority.clone();
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.authority = Some(authority);
+        parts.uri = Uri::from_parts(uri).unwrap_or_default();
+        self.send_request(
+            endpoint,
+            Request::from_parts(parts, ProxyBody::default()),
+            host,
+        )
+    }
+
+    /// The request's URI on the upstream's `endpoint`; `None` if it cannot
+    /// be one.
+    fn upstream_uri(&self, uri: &Uri, endpoint: &Endpoint) -> Option<Uri> {
         let pq = if self.prefix.is_empty() {
             // Shares the request's bytes (a server's read buffer) rather
             // than copying them.
@@ -569,7 +705,7 @@ impl Inner {
         };
         Uri::builder()
             .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
+            .authority(endpoint.authority.clone())
             .path_and_query(pq)
             .build()
             .ok()

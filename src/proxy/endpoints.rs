@@ -1,0 +1,276 @@
+//! The servers behind one [`Upstream`](super::Upstream): round-robin
+//! among those in service, and passive health (an endpoint that fails
+//! requests in a row is taken out of service for a while).
+//!
+//! Written here rather than with `tower::balance`: that balances over
+//! services discovered as a stream and measures load with its own
+//! wrappers, while here the endpoints share one connection pool (the pool
+//! keys connections by authority) and only the request's URI changes; the
+//! pick is one atomic add.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::HeaderValue;
+use http::uri::Authority;
+use tokio::time::Instant;
+
+/// One server of an upstream.
+pub(super) struct Endpoint {
+    pub(super) url: String,
+    pub(super) authority: Authority,
+    /// The `Host` header for it.
+    pub(super) host: HeaderValue,
+    /// Failures since its last success.
+    failed: AtomicU32,
+    /// Nanoseconds after the set's origin until which it is out of
+    /// service; 0 while in.
+    out_until: AtomicU64,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    ejections: AtomicU64,
+}
+
+impl Endpoint {
+    pub(super) fn new(url: String, authority: Authority, host: HeaderValue) -> Self {
+        Self {
+            url,
+            authority,
+            host,
+            failed: AtomicU32::new(0),
+            out_until: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+        }
+    }
+
+    fn in_service(&self, now: u64) -> bool {
+        self.out_until.load(Ordering::Relaxed) <= now
+    }
+}
+
+/// When an endpoint is taken out of service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Ejection {
+    /// Failed requests in a row.
+    pub(super) failures: u32,
+    /// For how long.
+    pub(super) duration: Duration,
+}
+
+/// The endpoints of one upstream, in the order given.
+pub(super) struct Endpoints {
+    list: Box<[Endpoint]>,
+    next: AtomicUsize,
+    ejection: Ejection,
+    origin: Instant,
+}
+
+impl Endpoints {
+    pub(super) fn new(list: Vec<Endpoint>, ejection: Ejection) -> Self {
+        Self {
+            list: list.into_boxed_slice(),
+            next: AtomicUsize::new(0),
+            ejection,
+            origin: Instant::now(),
+        }
+    }
+
+    pub(super) fn get(&self, index: usize) -> &Endpoint {
+        &self.list[index.min(self.list.len() - 1)]
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The endpoint for the next request: the next in turn among those in
+    /// service; when none is, the one that returns first.
+    #[inline]
+    pub(super) fn pick(&self) -> usize {
+        let n = self.list.len();
+        if n == 1 {
+            return 0;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        self.first_in_service(start, None)
+    }
+
+    /// Another endpoint than `tried`, in service, for a request that could
+    /// not reach it; `None` when there is none.
+    pub(super) fn other_than(&self, tried: usize) -> Option<usize> {
+        let n = self.list.len();
+        if n == 1 {
+            return None;
+        }
+        let other = self.first_in_service((tried + 1) % n, Some(tried));
+        (other != tried && self.list[other].in_service(self.now())).then_some(other)
+    }
+
+    fn first_in_service(&self, start: usize, skip: Option<usize>) -> usize {
+        let n = self.list.len();
+        let now = self.now();
+        let mut soonest = start;
+        for i in (start..n).chain(0..start) {
+            if Some(i) == skip {
+                continue;
+            }
+            let e = &self.list[i];
+            if e.in_service(now) {
+                return i;
+            }
+            if e.out_until.load(Ordering::Relaxed)
+                < self.list[soonest].out_until.load(Ordering::Relaxed)
+            {
+                soonest = i;
+            }
+        }
+        soonest
+    }
+
+    /// A request was sent to `index`.
+    #[inline]
+    pub(super) fn sent(&self, index: usize) {
+        self.get(index).requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How the request sent to `index` went: `false` when the endpoint
+    /// could not be reached, failed the exchange or did not answer in time.
+    pub(super) fn record(&self, index: usize, ok: bool) {
+        let e = self.get(index);
+        if ok {
+            if e.failed.load(Ordering::Relaxed) != 0 {
+                e.failed.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        e.failures.fetch_add(1, Ordering::Relaxed);
+        let failed = e.failed.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        // One endpoint alone is never taken out: there is nowhere else.
+        if self.list.len() > 1 && failed >= self.ejection.failures.max(1) {
+            let now = self.now();
+            if e.in_service(now) {
+                let duration = u64::try_from(self.ejection.duration.as_nanos()).unwrap_or(u64::MAX);
+                e.out_until
+                    .store(now.saturating_add(duration).max(1), Ordering::Relaxed);
+                e.ejections.fetch_add(1, Ordering::Relaxed);
+            }
+            // Back in service, its first failure takes it out again.
+            e.failed
+                .store(self.ejection.failures.saturating_sub(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Each endpoint's counters and state.
+    pub(super) fn stats(&self) -> Vec<EndpointStats> {
+        let now = self.now();
+        self.list
+            .iter()
+            .map(|e| EndpointStats {
+                url: e.url.clone(),
+                requests: e.requests.load(Ordering::Relaxed),
+                failures: e.failures.load(Ordering::Relaxed),
+                ejections: e.ejections.load(Ordering::Relaxed),
+                in_service: e.in_service(now),
+            })
+            .collect()
+    }
+}
+
+/// The counters and state of one endpoint of an
+/// [`Upstream`](super::Upstream).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// Its URL.
+    pub url: String,
+    /// Requests sent to it (a retry on another endpoint counts there too).
+    pub requests: u64,
+    /// Requests it failed: not reached, the exchange broken, or no answer
+    /// within the response timeout. (Answers are never failures, 5xx
+    /// included: the upstream spoke.)
+    pub failures: u64,
+    /// Times it was taken out of service.
+    pub ejections: u64,
+    /// Whether it takes requests now.
+    pub in_service: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: usize, failures: u32, secs: u64) -> Endpoints {
+        let list = (0..n)
+            .map(|i| {
+                let authority: Authority = format!("10.0.0.{i}:80").parse().unwrap();
+                let host = HeaderValue::from_str(authority.as_str()).unwrap();
+                Endpoint::new(format!("http://{authority}"), authority, host)
+            })
+            .collect();
+        Endpoints::new(
+            list,
+            Ejection {
+                failures,
+                duration: Duration::from_secs(secs),
+            },
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_skips_endpoints_out_of_service_until_they_return() {
+        let e = set(3, 2, 10);
+        let picks: Vec<usize> = (0..6).map(|_| e.pick()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+
+        // Two failures in a row take 1 out; a success in between would not.
+        e.record(1, false);
+        e.record(1, true);
+        e.record(1, false);
+        assert!(e.stats()[1].in_service);
+        e.record(1, false);
+        assert!(!e.stats()[1].in_service);
+        let picks: Vec<usize> = (0..4).map(|_| e.pick()).collect();
+        assert_eq!(picks, [0, 2, 2, 0]);
+        assert_eq!(e.other_than(0), Some(2));
+        assert_eq!(e.other_than(2), Some(0));
+
+        // Back after 10 s; its first failure then takes it out again.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(e.stats()[1].in_service);
+        assert_eq!(e.other_than(0), Some(1));
+        e.record(1, false);
+        assert!(!e.stats()[1].in_service);
+        let s = &e.stats()[1];
+        assert_eq!((s.failures, s.ejections), (4, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_every_endpoint_out_the_first_to_return_is_used() {
+        let e = set(2, 1, 10);
+        e.record(1, false);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        e.record(0, false);
+        // 1 returns at 10 s, 0 at 13 s.
+        assert_eq!(e.pick(), 1);
+        assert_eq!(e.pick(), 1);
+        assert_eq!(e.other_than(1), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_single_endpoint_is_never_taken_out() {
+        let e = set(1, 1, 10);
+        for _ in 0..5 {
+            e.record(0, false);
+        }
+        assert_eq!(e.pick(), 0);
+        assert_eq!(e.other_than(0), None);
+        assert!(e.stats()[0].in_service);
+        assert_eq!(e.stats()[0].failures, 5);
+    }
+}

@@ -1,0 +1,236 @@
+#![cfg(all(feature = "proxy", feature = "config"))]
+//! An upstream of several servers, over real loopback HTTP: requests take
+//! turns, a server that cannot be reached is skipped (a request without a
+//! body is sent on to the next server, one with a body gets its 502), it
+//! is taken out of service after failures in a row and comes back after
+//! the ejection; the gateway's `endpoints`, their metrics and mistakes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use switchyard::gateway::{Gateway, GatewayConfig};
+use switchyard::proxy::{ProxyError, Upstream};
+use tower::ServiceExt;
+
+#[path = "support/net.rs"]
+mod net;
+
+/// A server answering every request with `name`.
+async fn named(name: &'static str) -> SocketAddr {
+    net::serve(axum::Router::new().fallback(move || async move { name })).await
+}
+
+/// A loopback address nothing listens on (a port just freed): connecting
+/// is refused at once.
+fn nowhere() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Sends `req` through `upstream`: the status and the body.
+async fn send(upstream: &Upstream, req: Request<Full<Bytes>>) -> (StatusCode, String) {
+    let res = tokio::time::timeout(Duration::from_secs(10), upstream.clone().oneshot(req))
+        .await
+        .expect("answered")
+        .unwrap();
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn get(upstream: &Upstream) -> String {
+    let req = Request::get("http://client.example/")
+        .body(Full::default())
+        .unwrap();
+    let (status, body) = send(upstream, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn requests_take_turns_and_an_unreachable_endpoint_is_skipped() {
+    let (a, c) = (named("a").await, named("c").await);
+    let upstream = Upstream::builder(&format!("http://{a}"))
+        .endpoint(&format!("http://{}", nowhere()))
+        .endpoint(&format!("http://{c}"))
+        .eject_after(2, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        answers.push(get(&upstream).await);
+    }
+    // The second endpoint's turns (2nd and 5th requests) went on to the
+    // third; after its second failure it is skipped (8th).
+    assert_eq!(answers, ["a", "c", "c", "a", "c", "c", "a", "c"]);
+    let stats = upstream.endpoints();
+    let dead = &stats[1];
+    assert_eq!(
+        (
+            dead.requests,
+            dead.failures,
+            dead.ejections,
+            dead.in_service
+        ),
+        (2, 2, 1, false)
+    );
+    assert_eq!((stats[0].requests, stats[0].failures), (3, 0));
+    assert_eq!((stats[2].requests, stats[2].failures), (5, 0));
+    assert!(stats[0].in_service && stats[2].in_service);
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_is_not_sent_twice() {
+    let a = named("a").await;
+    let dead = nowhere();
+    let upstream = Upstream::builder(&format!("http://{dead}"))
+        .endpoint(&format!("http://{a}"))
+        .eject_after(1, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let post = Request::post("http://client.example/")
+        .body(Full::new(Bytes::from_static(b"{\"order\":1}")))
+        .unwrap();
+    let (status, body) = send(&upstream, post).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        body.contains(&format!("could not connect to upstream http://{dead}")),
+        "{body}"
+    );
+    // The unreachable endpoint is out after that one failure.
+    assert_eq!(get(&upstream).await, "a");
+    assert_eq!(get(&upstream).await, "a");
+    assert_eq!(upstream.endpoints()[0].requests, 1);
+}
+
+#[tokio::test]
+async fn an_ejected_endpoint_returns_after_its_ejection() {
+    let a = named("a").await;
+    let later = nowhere();
+    let upstream = Upstream::builder(&format!("http://{later}"))
+        .endpoint(&format!("http://{a}"))
+        .eject_after(1, Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert_eq!(get(&upstream).await, "a");
+    assert!(!upstream.endpoints()[0].in_service);
+
+    // A server starts there; once the ejection is over (at least 300 ms
+    // later), the endpoint takes its turns again.
+    let listener = tokio::net::TcpListener::bind(later).await.unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().fallback(|| async { "later" })).await
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(upstream.endpoints()[0].in_service);
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(get(&upstream).await);
+    }
+    answers.sort();
+    assert_eq!(answers, ["a", "a", "later", "later"]);
+}
+
+#[test]
+fn endpoints_must_share_the_scheme_and_path() {
+    for other in [
+        "http://127.0.0.1:2/api",
+        "https://127.0.0.1:2/v2",
+        "ftp://127.0.0.1:2/v2",
+    ] {
+        let err = Upstream::builder("http://127.0.0.1:1/v2")
+            .endpoint(other)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&err, ProxyError::InvalidUrl { url, .. } if url == other),
+            "{other}: {err}"
+        );
+    }
+    // A trailing `/` is the same path.
+    assert!(
+        Upstream::builder("http://127.0.0.1:1/v2")
+            .endpoint("http://127.0.0.1:2/v2/")
+            .build()
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn gateway_upstreams_take_endpoints() {
+    let (a, b) = (named("a").await, named("b").await);
+    let dead = nowhere();
+    let config = |extra: &str| {
+        format!(
+            r#"
+[upstreams.app]
+url = "http://{a}"
+{extra}
+
+[[routes]]
+name = "api"
+split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
+"#
+        )
+    };
+    let text = config(&format!(
+        "endpoints = [\"http://{dead}\", \"http://{b}\"]\neject_failures = 1\neject_ms = 60000"
+    ));
+    let gateway = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
+    let addr = net::serve(axum::Router::new().fallback_service(gateway.clone())).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let req = Request::get(format!("http://{addr}/"))
+            .body(Full::default())
+            .unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        answers.push(String::from_utf8_lossy(&body).into_owned());
+    }
+    assert_eq!(answers, ["a", "b", "b", "a"]);
+    let metrics = gateway.metrics();
+    for line in [
+        format!(
+            "switchyard_upstream_endpoint_requests_total{{upstream=\"app\",endpoint=\"http://{a}\"}} 2"
+        ),
+        format!(
+            "switchyard_upstream_endpoint_failures_total{{upstream=\"app\",endpoint=\"http://{dead}\"}} 1"
+        ),
+        format!(
+            "switchyard_upstream_endpoint_ejections_total{{upstream=\"app\",endpoint=\"http://{dead}\"}} 1"
+        ),
+        format!(
+            "switchyard_upstream_endpoint_in_service{{upstream=\"app\",endpoint=\"http://{dead}\"}} 0"
+        ),
+        format!(
+            "switchyard_upstream_endpoint_in_service{{upstream=\"app\",endpoint=\"http://{b}\"}} 1"
+        ),
+    ] {
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+
+    // Mistakes are located.
+    for (extra, at) in [
+        (
+            "endpoints = [\"http://127.0.0.1:1/other\"]",
+            "upstreams.app.endpoints",
+        ),
+        ("endpoints = [\"nonsense\"]", "upstreams.app.endpoints"),
+        ("eject_failures = 0", "upstreams.app.eject_failures"),
+    ] {
+        let err =
+            Gateway::from_config(GatewayConfig::from_toml(&config(extra)).unwrap()).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.at == at), "{extra}: {err:?}");
+    }
+}
