@@ -14,6 +14,16 @@
 //! in time) so that a [`Split`](crate::split::Split) counts them against
 //! the target.
 //!
+//! An upstream may be several servers ([`UpstreamBuilder::endpoint`]):
+//! requests take turns among them (round-robin), and one that fails
+//! requests in a row (cannot be reached, breaks the exchange, or does not
+//! answer in time) is out of service for a while
+//! ([`UpstreamBuilder::eject_after`]), as nginx's `max_fails` and
+//! `fail_timeout` do. A request without a body that cannot connect to its
+//! server is sent on to the next one: nothing reached the first, so
+//! sending it again is safe whatever its method. [`Upstream::endpoints`]
+//! reports each server's counters.
+//!
 //! Protocol upgrades (WebSocket, or any `Connection: upgrade` /
 //! `Upgrade: x` request over HTTP/1.1) are asked of the upstream too; when
 //! it answers 101, the client's and the upstream's connections are joined
@@ -35,7 +45,10 @@
 //! let blue = Upstream::builder("http://10.0.0.1:8080")
 //!     .response_timeout(std::time::Duration::from_secs(30))
 //!     .build()?;
-//! let green = Upstream::new("http://10.0.0.2:8080")?;
+//! // Green runs on two servers; requests take turns.
+//! let green = Upstream::builder("http://10.0.0.2:8080")
+//!     .endpoint("http://10.0.0.3:8080")
+//!     .build()?;
 //! let split = Split::builder()
 //!     .target("blue", blue, 100)
 //!     .target("green", green, 0)
