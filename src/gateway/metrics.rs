@@ -244,34 +244,25 @@ pub(crate) fn render(state: &State) -> String {
         );
     }
     if limits.iter().any(|l| l.3.is_some()) {
-        family(
-            &mut out,
-            "switchyard_ratelimit_redis_errors_total",
-            "counter",
-            "Checks Redis failed or did not answer in time (handled as on_failure says).",
-        );
-        for (route, _, _, redis) in &limits {
-            if let Some((errors, _)) = redis {
-                let _ = writeln!(
-                    out,
-                    "switchyard_ratelimit_redis_errors_total{{route=\"{}\"}} {errors}",
-                    esc(route),
-                );
-            }
-        }
-        family(
-            &mut out,
-            "switchyard_ratelimit_redis_skipped_total",
-            "counter",
-            "Checks not sent to Redis after it failed the ones before (handled as on_failure says).",
-        );
-        for (route, _, _, redis) in &limits {
-            if let Some((_, skipped)) = redis {
-                let _ = writeln!(
-                    out,
-                    "switchyard_ratelimit_redis_skipped_total{{route=\"{}\"}} {skipped}",
-                    esc(route),
-                );
+        type Read = fn(&(u64, u64)) -> u64;
+        let families: [(&str, &str, Read); 2] = [
+            (
+                "switchyard_ratelimit_redis_errors_total",
+                "Checks Redis failed or did not answer in time (handled as on_failure says).",
+                |r| r.0,
+            ),
+            (
+                "switchyard_ratelimit_redis_skipped_total",
+                "Checks not sent to Redis after it failed the ones before (handled as on_failure says).",
+                |r| r.1,
+            ),
+        ];
+        for (name, help, read) in families {
+            family(&mut out, name, "counter", help);
+            for (route, _, _, redis) in &limits {
+                if let Some(redis) = redis {
+                    let _ = writeln!(out, "{name}{{route=\"{}\"}} {}", esc(route), read(redis));
+                }
             }
         }
     }

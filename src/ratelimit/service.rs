@@ -268,20 +268,6 @@ impl Limiter {
         }
     }
 
-    /// Asks every quota about `cost` units for `key` at `now`; with
-    /// `consume`, takes them if all agree (and none otherwise).
-    #[inline]
-    fn decide(
-        &self,
-        quotas: &[Gcra],
-        key: &Key<'_>,
-        cost: u32,
-        now: u64,
-        consume: bool,
-    ) -> Decision {
-        decide_in(&self.store, quotas, key, cost, now, consume)
-    }
-
     fn reject(&self, config: &Config, decision: &Decision, cost: u32) -> Rejection {
         rejection(config, decision, cost, self.legacy_headers)
     }
@@ -691,7 +677,7 @@ where
         }
         let cost = request_cost(limiter.cost.as_deref(), &req);
         let now = limiter.now();
-        let decision = limiter.decide(&config.gcras, &key, cost, now, true);
+        let decision = decide_in(&limiter.store, &config.gcras, &key, cost, now, true);
         if decision.allowed {
             limiter.counters.allowed.fetch_add(1, Ordering::Relaxed);
         } else if config.dry_run {
@@ -733,18 +719,32 @@ impl RateLimitHandle {
     /// layer's business).
     #[inline]
     pub fn check(&self, key: &Key<'_>, cost: u32) -> Decision {
-        let (quotas, len) = self.limiter.hot.read();
-        self.limiter
-            .decide(&quotas[..len], key, cost, self.limiter.now(), true)
+        let limiter = &*self.limiter;
+        let (quotas, len) = limiter.hot.read();
+        decide_in(
+            &limiter.store,
+            &quotas[..len],
+            key,
+            cost,
+            limiter.now(),
+            true,
+        )
     }
 
     /// What [`check`](Self::check) would decide for `cost` units, without
     /// taking anything. The quota states are the key's as they are now (its
     /// remaining capacity), not as they would be after the request.
     pub fn peek(&self, key: &Key<'_>, cost: u32) -> Decision {
-        let (quotas, len) = self.limiter.hot.read();
-        self.limiter
-            .decide(&quotas[..len], key, cost, self.limiter.now(), false)
+        let limiter = &*self.limiter;
+        let (quotas, len) = limiter.hot.read();
+        decide_in(
+            &limiter.store,
+            &quotas[..len],
+            key,
+            cost,
+            limiter.now(),
+            false,
+        )
     }
 
     /// Charges `cost` more units to `key` on every quota, unconditionally:
