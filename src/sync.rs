@@ -4,9 +4,11 @@
 //! weights live in each process. Behind a load balancer, promoting green on
 //! one replica would leave the others on blue, and a user's sticky pick
 //! would depend on which replica answered. [`WeightSync`] keeps them
-//! together: every round (each second by default) it publishes a change
-//! made on this replica, by handle, admin API, rollout or reload, and
-//! applies a change another replica published. Replicas with the same
+//! together: it publishes a change made on this replica, by handle, admin
+//! API, rollout or reload (looked for every 100 ms by default), and
+//! applies a change another replica published: at once when it is
+//! announced to the replicas that listen ([`notify`](WeightSyncBuilder::notify)),
+//! and in any case at the next round (each second by default). Replicas with the same
 //! weights make the same sticky picks (the pick is a function of the key,
 //! the target names and the weights), so once they converge a user lands
 //! on the same version whichever replica serves them.
@@ -31,9 +33,12 @@
 //!     .await?;
 //! let sync = WeightSync::builder(redis)
 //!     .split("checkout", handle.clone())
+//!     // Hear the other replicas' changes as they are published.
+//!     .notify(redis::Client::open("redis://127.0.0.1/")?)
 //!     .build()?;
 //! // One round now (a joining replica takes the fleet's weights), then
-//! // one every second for as long as `task` is kept.
+//! // one every second, and at once on an announcement, for as long as
+//! // `task` is kept.
 //! sync.sync_once().await;
 //! let task = sync.spawn();
 //!
@@ -54,6 +59,14 @@
 //!
 //! * if its local weights changed since then, it publishes them;
 //! * otherwise, if Redis holds a newer version, it applies those weights.
+//!
+//! Each publication is also announced on the channel `<prefix>changes`.
+//! A replica that listens ([`notify`](WeightSyncBuilder::notify), a pub/sub
+//! connection of its own) runs a round as soon as another replica
+//! announces, so a change reaches it within about one check interval of
+//! being made. Announcements are not stored: one sent while a replica's
+//! subscription was down is made up for by its next round, which also
+//! subscribes again.
 //!
 //! Two replicas changing the same set within one round both publish; the
 //! later version wins, and the other replica applies it in its next round
@@ -83,10 +96,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_core::Stream;
 use redis::aio::ConnectionManager;
 
 #[cfg(feature = "json")]
@@ -94,11 +110,13 @@ use crate::model::ModelHandle;
 use crate::split::{SplitHandle, Weights};
 
 /// Publishes a set of weights: raises the version and stores the weights
-/// in one step. `KEYS[1]`: the hash; `ARGV[1]`: the weights as JSON.
-/// Returns the new version.
+/// in one step, then tells the subscribed replicas. `KEYS[1]`: the hash;
+/// `ARGV[1]`: the weights as JSON; `ARGV[2]`: the channel; `ARGV[3]`: the
+/// message (the publishing replica's id). Returns the new version.
 const PUBLISH: &str = r"
 local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'weights', ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
 return v
 ";
 
@@ -131,6 +149,9 @@ pub struct WeightSyncStats {
     pub refused: u64,
     /// Redis calls that failed or timed out.
     pub errors: u64,
+    /// Rounds run at once because another replica announced a change
+    /// (with [`notify`](WeightSyncBuilder::notify)).
+    pub notified: u64,
 }
 
 /// Something whose weights are synced: a split, or a model router (each
@@ -210,14 +231,25 @@ struct Known {
     redis: Option<(u64, Option<Weights>)>,
 }
 
-type Sources = Box<dyn Fn() -> Option<(ConnectionManager, Vec<(String, Source)>)> + Send + Sync>;
+/// What a round works with: the connection, the client to subscribe with
+/// (for [`notify`](WeightSyncBuilder::notify)), and the sources.
+pub(crate) struct Round {
+    pub(crate) redis: ConnectionManager,
+    pub(crate) notify: Option<redis::Client>,
+    pub(crate) sources: Vec<(String, Source)>,
+}
+
+type Sources = Box<dyn Fn() -> Option<Round> + Send + Sync>;
 
 struct Inner {
     sources: Sources,
     prefix: String,
     interval: Duration,
+    check: Duration,
     timeout: Duration,
     script: redis::Script,
+    /// This replica's id in change announcements (its own are ignored).
+    id: String,
     known: tokio::sync::Mutex<HashMap<String, Known>>,
     counters: Counters,
 }
@@ -229,6 +261,7 @@ struct Counters {
     applied: AtomicU64,
     refused: AtomicU64,
     errors: AtomicU64,
+    notified: AtomicU64,
 }
 
 impl Counters {
@@ -262,16 +295,19 @@ impl WeightSync {
             sources: Vec::new(),
             prefix: "switchyard:weights:".to_owned(),
             interval: Duration::from_secs(1),
+            check: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
+            notify: None,
         }
     }
 
     /// A sync whose connection and sources are read at every round (the
     /// gateway's, which change on reload); `None` skips the round.
     pub(crate) fn dynamic(
-        sources: impl Fn() -> Option<(ConnectionManager, Vec<(String, Source)>)> + Send + Sync + 'static,
+        sources: impl Fn() -> Option<Round> + Send + Sync + 'static,
         prefix: String,
         interval: Duration,
+        check: Duration,
         timeout: Duration,
     ) -> Self {
         Self {
@@ -279,8 +315,10 @@ impl WeightSync {
                 sources: Box::new(sources),
                 prefix,
                 interval,
+                check,
                 timeout,
                 script: redis::Script::new(PUBLISH),
+                id: format!("{:016x}", rand::random::<u64>()),
                 known: tokio::sync::Mutex::default(),
                 counters: Counters::default(),
             }),
@@ -290,12 +328,23 @@ impl WeightSync {
     /// Runs one round: publishes what changed here, applies what changed
     /// elsewhere. Rounds never overlap: a second call waits for the first.
     pub async fn sync_once(&self) {
+        self.round(true).await;
+    }
+
+    /// A full round, or (`full` false) only the publication of what
+    /// changed here, which asks Redis nothing when nothing did.
+    async fn round(&self, full: bool) {
         let inner = &*self.inner;
-        let Some((mut redis, sources)) = (inner.sources)() else {
+        let Some(Round {
+            mut redis, sources, ..
+        }) = (inner.sources)()
+        else {
             return;
         };
         let mut known = inner.known.lock().await;
-        Counters::add(&inner.counters.rounds);
+        if full {
+            Counters::add(&inner.counters.rounds);
+        }
         let mut seen = Vec::new();
         for (name, source) in &sources {
             for (suffix, set) in source.sets(name) {
@@ -304,7 +353,10 @@ impl WeightSync {
                     continue;
                 };
                 let entry = known.entry(key.clone()).or_default();
-                self.sync_set(&mut redis, &key, &set, local, entry).await;
+                let changed_here = entry.last.as_ref().is_some_and(|last| !same(last, &local));
+                if full || changed_here {
+                    self.sync_set(&mut redis, &key, &set, local, entry).await;
+                }
                 seen.push(key);
             }
         }
@@ -398,7 +450,7 @@ impl WeightSync {
     ) -> Result<u64, ()> {
         let json = serde_json::to_string(weights).map_err(|_| ())?;
         let mut invocation = self.inner.script.key(key);
-        invocation.arg(json);
+        invocation.arg(json).arg(self.channel()).arg(&self.inner.id);
         let run = invocation.invoke_async::<u64>(redis);
         match tokio::time::timeout(self.inner.timeout, run).await {
             Ok(Ok(version)) => Ok(version),
@@ -423,19 +475,96 @@ impl WeightSync {
         Ok(version.map(|v| (v, json.and_then(|j| serde_json::from_str(&j).ok()))))
     }
 
-    /// Runs a round every [`interval`](WeightSyncBuilder::interval) on the
-    /// current Tokio runtime, until the returned task is dropped or
-    /// [aborted](SyncTask::abort).
+    /// The channel changes are announced on.
+    fn channel(&self) -> String {
+        format!("{}changes", self.inner.prefix)
+    }
+
+    /// Runs on the current Tokio runtime, until the returned task is
+    /// dropped or [aborted](SyncTask::abort): a round every
+    /// [`interval`](WeightSyncBuilder::interval); every
+    /// [`check_interval`](WeightSyncBuilder::check_interval), the
+    /// publication of what changed here; and, with
+    /// [`notify`](WeightSyncBuilder::notify), a round as soon as another
+    /// replica announces a change.
     pub fn spawn(&self) -> SyncTask {
         let this = self.clone();
         SyncTask(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(this.inner.interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let ticker = |every: Duration| {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            };
+            let (mut full, mut check) = (ticker(this.inner.interval), ticker(this.inner.check));
+            let mut changes: Option<Changes> = None;
             loop {
-                tick.tick().await;
-                this.sync_once().await;
+                let event = std::future::poll_fn(|cx| {
+                    if full.poll_tick(cx).is_ready() {
+                        return Poll::Ready(Event::Round);
+                    }
+                    if let Some(stream) = &mut changes {
+                        match stream.as_mut().poll_next(cx) {
+                            Poll::Ready(Some(msg)) => return Poll::Ready(Event::Announced(msg)),
+                            Poll::Ready(None) => return Poll::Ready(Event::Lost),
+                            Poll::Pending => {}
+                        }
+                    }
+                    if check.poll_tick(cx).is_ready() {
+                        return Poll::Ready(Event::Check);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match event {
+                    Event::Round => {
+                        // Subscribed before the round reads, so that no
+                        // change published meanwhile goes unheard.
+                        if changes.is_none() {
+                            changes = this.subscribe().await;
+                        }
+                        this.round(true).await;
+                    }
+                    Event::Announced(msg) => {
+                        let id = this.inner.id.as_bytes();
+                        let mut others = msg.get_payload_bytes() != id;
+                        if let Some(stream) = &mut changes {
+                            let (more, ended) = drain(stream, id);
+                            others |= more;
+                            if ended {
+                                changes = None;
+                            }
+                        }
+                        if others {
+                            Counters::add(&this.inner.counters.notified);
+                            this.round(true).await;
+                        }
+                    }
+                    // Resubscribed at the next round.
+                    Event::Lost => changes = None,
+                    Event::Check => this.round(false).await,
+                }
             }
         }))
+    }
+
+    /// The stream of change announcements, when notifications are on and
+    /// Redis answers.
+    async fn subscribe(&self) -> Option<Changes> {
+        let client = (self.inner.sources)()?.notify?;
+        let channel = self.channel();
+        let subscribed = tokio::time::timeout(self.inner.timeout, async move {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+        })
+        .await;
+        match subscribed {
+            Ok(Ok(stream)) => Some(Box::pin(stream)),
+            _ => {
+                Counters::add(&self.inner.counters.errors);
+                None
+            }
+        }
     }
 
     /// The counters.
@@ -448,6 +577,33 @@ impl WeightSync {
             applied: read(&c.applied),
             refused: read(&c.refused),
             errors: read(&c.errors),
+            notified: read(&c.notified),
+        }
+    }
+}
+
+/// Change announcements from other replicas.
+type Changes = Pin<Box<dyn Stream<Item = redis::Msg> + Send>>;
+
+/// What the spawned task does next.
+enum Event {
+    Round,
+    Check,
+    Announced(redis::Msg),
+    Lost,
+}
+
+/// Takes the announcements already waiting (one round covers them all):
+/// whether one came from another replica than `id`, and whether the
+/// stream ended.
+fn drain(changes: &mut Changes, id: &[u8]) -> (bool, bool) {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut others = false;
+    loop {
+        match changes.as_mut().poll_next(&mut cx) {
+            Poll::Ready(Some(msg)) => others |= msg.get_payload_bytes() != id,
+            Poll::Ready(None) => return (others, true),
+            Poll::Pending => return (others, false),
         }
     }
 }
@@ -475,7 +631,9 @@ pub struct WeightSyncBuilder {
     sources: Vec<(String, Source)>,
     prefix: String,
     interval: Duration,
+    check: Duration,
     timeout: Duration,
+    notify: Option<redis::Client>,
 }
 
 impl fmt::Debug for WeightSyncBuilder {
@@ -521,6 +679,31 @@ impl WeightSyncBuilder {
         self
     }
 
+    /// How often [`spawn`](WeightSync::spawn)ed tasks look for changes
+    /// made on this replica, to publish them (100 ms by default). Looking
+    /// reads the weights in memory; Redis is asked only when one changed.
+    pub fn check_interval(mut self, every: Duration) -> Self {
+        self.check = every;
+        self
+    }
+
+    /// Announces each publication on a Redis channel (`<prefix>changes`),
+    /// and has [`spawn`](WeightSync::spawn)ed tasks listen on it through a
+    /// connection of their own from `client` (the same server as the
+    /// connection manager's), running a round as soon as another replica
+    /// announces a change. A change then reaches every replica within
+    /// about one [check interval](Self::check_interval) rather than one
+    /// [interval](Self::interval); the rounds every interval go on, for
+    /// announcements missed while the subscription was down (it is made
+    /// again at the next round).
+    ///
+    /// Publications are announced whether or not this is set, so replicas
+    /// that listen hear the ones that do not.
+    pub fn notify(mut self, client: redis::Client) -> Self {
+        self.notify = Some(client);
+        self
+    }
+
     /// How long one Redis call may take before the round counts it as
     /// failed (1 s by default).
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -533,6 +716,9 @@ impl WeightSyncBuilder {
         if self.interval.is_zero() {
             return Err(SyncError::Zero("interval"));
         }
+        if self.check.is_zero() {
+            return Err(SyncError::Zero("check interval"));
+        }
         if self.timeout.is_zero() {
             return Err(SyncError::Zero("timeout"));
         }
@@ -544,12 +730,18 @@ impl WeightSyncBuilder {
                 return Err(SyncError::DuplicateName(name.clone()));
             }
         }
-        let redis = self.redis;
-        let sources = self.sources;
+        let (redis, sources, notify) = (self.redis, self.sources, self.notify);
         Ok(WeightSync::dynamic(
-            move || Some((redis.clone(), sources.clone())),
+            move || {
+                Some(Round {
+                    redis: redis.clone(),
+                    notify: notify.clone(),
+                    sources: sources.clone(),
+                })
+            },
             self.prefix,
             self.interval,
+            self.check,
             self.timeout,
         ))
     }

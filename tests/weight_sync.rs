@@ -340,6 +340,89 @@ async fn spawned_rounds_carry_a_promotion_to_every_replica() {
     assert!(syncs[0].stats().rounds <= rounds + 1);
 }
 
+/// With `notify`, a change reaches the other replica at once: the rounds
+/// every interval (an hour here) cannot be what carries it.
+#[tokio::test]
+async fn announced_changes_are_applied_at_once() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (a, b) = (replica(&[100, 0]), replica(&[100, 0]));
+    let mut tasks = Vec::new();
+    let mut syncs = Vec::new();
+    for r in [&a, &b] {
+        let s = WeightSync::builder(redis.manager().await)
+            .split("checkout", r.handle())
+            .prefix("test:")
+            .interval(Duration::from_secs(3600))
+            .check_interval(Duration::from_millis(10))
+            .notify(redis.client())
+            .build()
+            .unwrap();
+        tasks.push(s.spawn());
+        syncs.push(s);
+    }
+    // Each task subscribes before its first round.
+    eventually("both replicas ran their first round", || {
+        syncs.iter().all(|s| s.stats().rounds >= 1)
+    })
+    .await;
+    a.handle().promote("green").unwrap();
+    eventually("b promoted green", || {
+        b.handle().weights().get("green") == Some(100)
+    })
+    .await;
+    // Every round after the first ran on an announcement.
+    let (sa, sb) = (syncs[0].stats(), syncs[1].stats());
+    assert_eq!(sb.applied, 1, "{sb:?}");
+    assert!(sb.notified >= 1, "{sb:?}");
+    assert_eq!(sa.rounds, 1 + sa.notified, "{sa:?}");
+    assert_eq!(sb.rounds, 1 + sb.notified, "{sb:?}");
+
+    // And back, the other way.
+    b.handle().rollback().unwrap();
+    eventually("a rolled back", || {
+        a.handle().weights().get("green") == Some(0)
+    })
+    .await;
+    assert_eq!(syncs[0].stats().applied, 1);
+    drop(tasks);
+}
+
+/// A replica's own announcements are no news to it: after its two
+/// publications, only a third party's announcement (read after them, in
+/// order) runs a round.
+#[tokio::test]
+async fn own_announcements_are_ignored() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let a = replica(&[100, 0]);
+    let sync = WeightSync::builder(redis.manager().await)
+        .split("checkout", a.handle())
+        .prefix("test:")
+        .interval(Duration::from_secs(3600))
+        .check_interval(Duration::from_millis(10))
+        .notify(redis.client())
+        .build()
+        .unwrap();
+    let _task = sync.spawn();
+    eventually("the first round published", || sync.stats().published == 1).await;
+    a.handle().promote("green").unwrap();
+    eventually("the promotion published", || sync.stats().published == 2).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut conn = redis.manager().await;
+    redis::cmd("PUBLISH")
+        .arg("test:changes")
+        .arg("another-replica")
+        .exec_async(&mut conn)
+        .await
+        .unwrap();
+    eventually("the third party heard", || sync.stats().notified >= 1).await;
+    let stats = sync.stats();
+    assert_eq!((stats.notified, stats.rounds), (1, 2), "{stats:?}");
+}
+
 /// Waits (up to the hang guard) until `f` holds.
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     tokio::time::timeout(HANG_GUARD, async {
@@ -382,7 +465,9 @@ split.targets = [
         ))
         .unwrap()
     };
-    let on = "[weight_sync]\ninterval_ms = 20\nprefix = \"test:\"";
+    // Rounds an hour apart: what carries the changes below is the
+    // announcements (on by default), heard by every replica at once.
+    let on = "[weight_sync]\ninterval_ms = 3600000\ncheck_interval_ms = 10\nprefix = \"test:\"";
     let a = Gateway::from_config(config([90, 10], on)).unwrap();
     let b = Gateway::from_config(config([90, 10], on)).unwrap();
     let green = |g: &Gateway| g.split("web").unwrap().weights().get("green");
@@ -392,7 +477,7 @@ split.targets = [
     eventually("both replicas ran a round", || {
         [&a, &b]
             .iter()
-            .all(|g| g.weight_sync().unwrap().stats().rounds >= 2)
+            .all(|g| g.weight_sync().unwrap().stats().rounds >= 1)
     })
     .await;
     a.split("web").unwrap().promote("green").unwrap();
@@ -406,6 +491,7 @@ split.targets = [
     };
     assert!(metric(&a, "published") >= 1);
     assert_eq!(metric(&b, "applied"), 1);
+    assert!(metric(&b, "notified") >= 1);
     assert_eq!(metric(&b, "errors"), 0);
 
     // A reload with other weights is a change like any other.
@@ -435,11 +521,14 @@ split.targets = [
             .any(|p| p.at == "weight_sync" && p.message.contains("[redis]")),
         "{err}"
     );
-    let err = Gateway::from_config(config([90, 10], "[weight_sync]\ninterval_ms = 0")).unwrap_err();
-    assert!(
-        err.problems
-            .iter()
-            .any(|p| p.at == "weight_sync.interval_ms"),
-        "{err}"
-    );
+    for (section, at) in [
+        ("[weight_sync]\ninterval_ms = 0", "weight_sync.interval_ms"),
+        (
+            "[weight_sync]\ncheck_interval_ms = 0",
+            "weight_sync.check_interval_ms",
+        ),
+    ] {
+        let err = Gateway::from_config(config([90, 10], section)).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.at == at), "{err}");
+    }
 }

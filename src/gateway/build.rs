@@ -100,9 +100,12 @@ pub(crate) struct State {
 /// `[redis]` section is refused and this is never made).
 #[derive(Clone)]
 pub(crate) struct SharedRedis {
-    config: RedisConfig,
+    pub(crate) config: RedisConfig,
     #[cfg(feature = "redis")]
     conn: redis::aio::ConnectionManager,
+    /// For connections of their own (weight sync's subscription).
+    #[cfg(feature = "redis")]
+    client: redis::Client,
 }
 
 impl SharedRedis {
@@ -110,6 +113,12 @@ impl SharedRedis {
     #[cfg(feature = "redis")]
     pub(crate) fn connection(&self) -> redis::aio::ConnectionManager {
         self.conn.clone()
+    }
+
+    /// A client for the same server, to open connections of one's own.
+    #[cfg(feature = "redis")]
+    pub(crate) fn client(&self) -> redis::Client {
+        self.client.clone()
     }
 }
 
@@ -350,6 +359,9 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
         if ws.timeout_ms == Some(0) {
             problems.push("weight_sync.timeout_ms", "must be above 0");
         }
+        if ws.check_interval_ms == Some(0) {
+            problems.push("weight_sync.check_interval_ms", "must be above 0");
+        }
     }
 
     // Routes.
@@ -567,10 +579,11 @@ fn shared_redis(
         }
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(rc.timeout_ms.unwrap_or(100))));
-        match redis::aio::ConnectionManager::new_lazy_with_config(client, config) {
+        match redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config) {
             Ok(conn) => Some(SharedRedis {
                 config: rc.clone(),
                 conn,
+                client,
             }),
             Err(e) => {
                 problems.push("redis", e);

@@ -185,8 +185,10 @@ pub enum RedisFailureConfig {
 /// `[weight_sync]`: the weights of every route's split and model router
 /// kept the same on every replica given the same `[redis]` (see
 /// [`crate::sync`]), under the route's name. A change on one replica, by
-/// the admin API, a rollout or a reload, reaches the others within one
-/// interval; a replica that starts takes the fleet's weights.
+/// the admin API, a rollout or a reload, reaches the others within about
+/// one check interval (announced on a Redis channel), or one interval when
+/// announcements are off or missed; a replica that starts takes the
+/// fleet's weights.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -199,6 +201,13 @@ pub struct WeightSyncConfig {
     /// How long one Redis call may take, in milliseconds (1000 by
     /// default).
     pub timeout_ms: Option<u64>,
+    /// Milliseconds between looks for changes made on this replica, which
+    /// read memory and publish what changed (100 by default).
+    pub check_interval_ms: Option<u64>,
+    /// Listen for the other replicas' announcements on a Redis channel and
+    /// apply their changes at once, instead of at the next round (true by
+    /// default; see [`crate::sync::WeightSyncBuilder::notify`]).
+    pub notify: Option<bool>,
 }
 
 /// The admin API's settings.

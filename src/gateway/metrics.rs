@@ -35,6 +35,11 @@ pub(crate) fn render_sync(out: &mut String, s: crate::sync::WeightSyncStats) {
             "Weight sync calls to Redis that failed or timed out.",
             s.errors,
         ),
+        (
+            "notified",
+            "Weight sync rounds run at once on another replica's announcement.",
+            s.notified,
+        ),
     ] {
         let name = format!("switchyard_weight_sync_{name}_total");
         let _ = writeln!(

@@ -138,7 +138,8 @@ struct Inner {
 
 #[cfg(feature = "redis")]
 struct RunningSync {
-    settings: WeightSyncConfig,
+    /// The settings, and the `[redis]` it runs over.
+    settings: (WeightSyncConfig, RedisConfig),
     sync: crate::sync::WeightSync,
     _task: crate::sync::SyncTask,
 }
@@ -179,7 +180,11 @@ impl Gateway {
     #[cfg(feature = "redis")]
     fn run_sync(&self) {
         let state = self.inner.state.load();
-        let want = state.redis.as_ref().and(state.config.weight_sync.clone());
+        let want = state
+            .redis
+            .as_ref()
+            .zip(state.config.weight_sync.clone())
+            .map(|(redis, sync)| (sync, redis.config.clone()));
         let mut slot = self.inner.sync.lock().unwrap_or_else(|e| e.into_inner());
         let Some(settings) = want else {
             *slot = None;
@@ -195,12 +200,15 @@ impl Gateway {
         };
         let _entered = runtime.enter();
         let weak = Arc::downgrade(&self.inner);
+        let ws = &settings.0;
+        let notify = ws.notify.unwrap_or(true);
+        let ms = |v: Option<u64>, default| std::time::Duration::from_millis(v.unwrap_or(default));
         let sync = crate::sync::WeightSync::dynamic(
             move || {
                 let inner = weak.upgrade()?;
                 let state = inner.state.load();
                 state.config.weight_sync.as_ref()?;
-                let redis = state.redis.as_ref()?.connection();
+                let shared = state.redis.as_ref()?;
                 let mut sources = Vec::new();
                 for r in &state.routes {
                     if let Some(split) = &r.split {
@@ -213,14 +221,18 @@ impl Gateway {
                         sources.push((r.name.clone(), crate::sync::Source::Model(model.clone())));
                     }
                 }
-                Some((redis, sources))
+                Some(crate::sync::Round {
+                    redis: shared.connection(),
+                    notify: notify.then(|| shared.client()),
+                    sources,
+                })
             },
-            settings
-                .prefix
+            ws.prefix
                 .clone()
                 .unwrap_or_else(|| "switchyard:weights:".to_owned()),
-            std::time::Duration::from_millis(settings.interval_ms.unwrap_or(1000)),
-            std::time::Duration::from_millis(settings.timeout_ms.unwrap_or(1000)),
+            ms(ws.interval_ms, 1000),
+            ms(ws.check_interval_ms, 100),
+            ms(ws.timeout_ms, 1000),
         );
         let task = sync.spawn();
         *slot = Some(RunningSync {
