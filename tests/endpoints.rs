@@ -3,16 +3,20 @@
 //! turns, a server that cannot be reached is skipped (a request without a
 //! body is sent on to the next server, one with a body gets its 502), it
 //! is taken out of service after failures in a row and comes back after
-//! the ejection; the gateway's `endpoints`, their metrics and mistakes.
+//! the ejection; active health checks take one out until it passes again;
+//! the gateway's `endpoints` and `health_check`, their metrics and
+//! mistakes.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use switchyard::gateway::{Gateway, GatewayConfig};
-use switchyard::proxy::{ProxyError, Upstream};
+use switchyard::proxy::{HealthCheck, ProxyError, Upstream};
 use tower::ServiceExt;
 
 #[path = "support/net.rs"]
@@ -233,4 +237,158 @@ split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
             Gateway::from_config(GatewayConfig::from_toml(&config(extra)).unwrap()).unwrap_err();
         assert!(err.problems.iter().any(|p| p.at == at), "{extra}: {err:?}");
     }
+}
+
+/// A server answering `name`, whose `/healthz` answers the status in
+/// `health` and counts its checks in `checks`.
+async fn checked(name: &'static str, health: Arc<AtomicU16>, checks: Arc<AtomicU64>) -> SocketAddr {
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            axum::routing::get(move |headers: http::HeaderMap| async move {
+                assert_eq!(headers["user-agent"], "switchyard-health-check");
+                checks.fetch_add(1, Ordering::SeqCst);
+                StatusCode::from_u16(health.load(Ordering::SeqCst)).unwrap()
+            }),
+        )
+        .fallback(move || async move { name });
+    net::serve(app).await
+}
+
+/// Waits (up to 10 s) until `f` holds.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+#[tokio::test]
+async fn health_checks_take_an_endpoint_out_until_it_passes_again() {
+    let (health, checks) = (Arc::new(AtomicU16::new(200)), Arc::new(AtomicU64::new(0)));
+    let a = checked("a", Arc::clone(&health), Arc::clone(&checks)).await;
+    let c = named("c").await;
+    let upstream = Upstream::builder(&format!("http://{a}"))
+        .endpoint(&format!("http://{c}"))
+        .health_check(
+            HealthCheck::get("/healthz")
+                .interval(Duration::from_millis(10))
+                .unhealthy_after(2)
+                .healthy_after(3),
+        )
+        .build()
+        .unwrap();
+    eventually("a checked", || checks.load(Ordering::SeqCst) >= 2).await;
+    assert!(upstream.endpoints()[0].healthy);
+
+    health.store(503, Ordering::SeqCst);
+    eventually("a unhealthy", || !upstream.endpoints()[0].healthy).await;
+    let from = checks.load(Ordering::SeqCst);
+    for _ in 0..4 {
+        assert_eq!(get(&upstream).await, "c");
+    }
+    let a_stats = &upstream.endpoints()[0];
+    assert!(!a_stats.in_service);
+    assert_eq!((a_stats.failures, a_stats.ejections), (0, 0));
+
+    health.store(204, Ordering::SeqCst);
+    eventually("a healthy again", || upstream.endpoints()[0].healthy).await;
+    // Three passed checks in a row after the switch (and at least one
+    // before it, which failed).
+    assert!(checks.load(Ordering::SeqCst) >= from + 3);
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(get(&upstream).await);
+    }
+    answers.sort();
+    assert_eq!(answers, ["a", "a", "c", "c"]);
+
+    // The checks stop with the upstream.
+    drop(upstream);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = checks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(checks.load(Ordering::SeqCst), after);
+}
+
+#[test]
+fn health_checks_that_cannot_run_are_refused() {
+    let at = "http://127.0.0.1:1/v2";
+    // Outside a Tokio runtime.
+    let err = Upstream::builder(at)
+        .health_check(HealthCheck::get("/healthz"))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, ProxyError::HealthCheck { reason, .. } if reason.contains("runtime")),
+        "{err}"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    for check in [
+        HealthCheck::get("healthz"),
+        HealthCheck::get("/health z"),
+        HealthCheck::get("/healthz").interval(Duration::ZERO),
+        HealthCheck::get("/healthz").timeout(Duration::ZERO),
+        HealthCheck::get("/healthz").unhealthy_after(0),
+        HealthCheck::get("/healthz").healthy_after(0),
+    ] {
+        let err = Upstream::builder(at)
+            .health_check(check.clone())
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, ProxyError::HealthCheck { .. }),
+            "{check:?}: {err}"
+        );
+    }
+    assert!(
+        Upstream::builder(at)
+            .health_check(HealthCheck::get("/healthz?deep=1"))
+            .build()
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn gateway_upstreams_take_health_checks() {
+    let (health, checks) = (Arc::new(AtomicU16::new(503)), Arc::new(AtomicU64::new(0)));
+    let a = checked("a", health, Arc::clone(&checks)).await;
+    let b = named("b").await;
+    let config = |check: &str| {
+        format!(
+            r#"
+[upstreams.app]
+url = "http://{a}"
+endpoints = ["http://{b}"]
+health_check = {{ {check} }}
+
+[[routes]]
+name = "api"
+split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
+"#
+        )
+    };
+    let text = config("path = \"/healthz\", interval_ms = 10, unhealthy_after = 1");
+    let gateway = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
+    let line = format!(
+        "switchyard_upstream_endpoint_in_service{{upstream=\"app\",endpoint=\"http://{a}\"}} 0"
+    );
+    eventually("a out of service", || gateway.metrics().contains(&line)).await;
+
+    let err =
+        Gateway::from_config(GatewayConfig::from_toml(&config("path = \"healthz\"")).unwrap())
+            .unwrap_err();
+    assert!(
+        err.problems
+            .iter()
+            .any(|p| p.at == "upstreams.app.health_check"),
+        "{err:?}"
+    );
 }

@@ -291,6 +291,16 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
                     uc.eject_failures.unwrap_or(3),
                     Duration::from_millis(uc.eject_ms.unwrap_or(10_000)),
                 );
+                if let Some(hc) = &uc.health_check {
+                    let ms = |v: Option<u64>, default| Duration::from_millis(v.unwrap_or(default));
+                    b = b.health_check(
+                        crate::proxy::HealthCheck::get(hc.path.clone())
+                            .interval(ms(hc.interval_ms, 5000))
+                            .timeout(ms(hc.timeout_ms, 1000))
+                            .unhealthy_after(hc.unhealthy_after.unwrap_or(2))
+                            .healthy_after(hc.healthy_after.unwrap_or(2)),
+                    );
+                }
                 match b.build() {
                     Ok(u) => Some(u),
                     Err(e) => {
@@ -298,6 +308,7 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
                             crate::proxy::ProxyError::InvalidUrl { url, .. } if *url != uc.url => {
                                 "endpoints"
                             }
+                            crate::proxy::ProxyError::HealthCheck { .. } => "health_check",
                             _ => "url",
                         };
                         problems.push(format!("upstreams.{name}.{field}"), e);

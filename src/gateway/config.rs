@@ -89,6 +89,28 @@ pub struct UpstreamConfig {
     pub eject_failures: Option<u32>,
     /// With `endpoints`: for how long, in milliseconds (10000 by default).
     pub eject_ms: Option<u64>,
+    /// Active health checks of every endpoint (none by default).
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// `[upstreams.NAME.health_check]`: a `GET` of `path` on every endpoint
+/// every `interval_ms`; an endpoint failing `unhealthy_after` checks in a
+/// row (no 2xx within `timeout_ms`) is out of service until it passes
+/// `healthy_after` in a row (see [`crate::proxy::HealthCheck`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealthCheckConfig {
+    /// The path to ask, below the upstream's own (`/healthz`, say).
+    pub path: String,
+    /// Milliseconds between checks (5000 by default).
+    pub interval_ms: Option<u64>,
+    /// Milliseconds a check may take (1000 by default).
+    pub timeout_ms: Option<u64>,
+    /// Failed checks in a row that take an endpoint out (2 by default).
+    pub unhealthy_after: Option<u32>,
+    /// Passed checks in a row that bring it back (2 by default).
+    pub healthy_after: Option<u32>,
 }
 
 impl UpstreamConfig {

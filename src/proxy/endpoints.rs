@@ -1,6 +1,7 @@
 //! The servers behind one [`Upstream`](super::Upstream): round-robin
-//! among those in service, and passive health (an endpoint that fails
-//! requests in a row is taken out of service for a while).
+//! among those in service, passive health (an endpoint that fails
+//! requests in a row is taken out of service for a while) and the verdicts
+//! of active health checks.
 //!
 //! Written here rather than with `tower::balance`: that balances over
 //! services discovered as a stream and measures load with its own
@@ -8,7 +9,7 @@
 //! keys connections by authority) and only the request's URI changes; the
 //! pick is one atomic add.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -29,6 +30,10 @@ pub(super) struct Endpoint {
     requests: AtomicU64,
     failures: AtomicU64,
     ejections: AtomicU64,
+    /// What the health checks say (true without them).
+    healthy: AtomicBool,
+    /// Health checks in a row with the other verdict than `healthy`.
+    streak: AtomicU32,
 }
 
 impl Endpoint {
@@ -42,11 +47,31 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            streak: AtomicU32::new(0),
         }
     }
 
     fn in_service(&self, now: u64) -> bool {
-        self.out_until.load(Ordering::Relaxed) <= now
+        self.healthy.load(Ordering::Relaxed) && self.out_until.load(Ordering::Relaxed) <= now
+    }
+
+    /// A health check's verdict; the endpoint changes sides after `to_fail`
+    /// failed checks in a row (when healthy) or `to_pass` passed ones
+    /// (when not). Only one task checks an endpoint.
+    pub(super) fn checked(&self, passed: bool, to_fail: u32, to_pass: u32) {
+        let healthy = self.healthy.load(Ordering::Relaxed);
+        if passed == healthy {
+            self.streak.store(0, Ordering::Relaxed);
+            return;
+        }
+        let streak = self.streak.load(Ordering::Relaxed) + 1;
+        if streak >= if healthy { to_fail } else { to_pass } {
+            self.healthy.store(passed, Ordering::Relaxed);
+            self.streak.store(0, Ordering::Relaxed);
+        } else {
+            self.streak.store(streak, Ordering::Relaxed);
+        }
     }
 }
 
@@ -112,10 +137,13 @@ impl Endpoints {
         (other != tried && self.list[other].in_service(self.now())).then_some(other)
     }
 
+    /// The first endpoint in service from `start` on; with none, the
+    /// healthy one that returns first; with none healthy, `start` (every
+    /// server failing its health checks: trying is all that is left).
     fn first_in_service(&self, start: usize, skip: Option<usize>) -> usize {
         let n = self.list.len();
         let now = self.now();
-        let mut soonest = start;
+        let mut soonest: Option<(u64, usize)> = None;
         for i in (start..n).chain(0..start) {
             if Some(i) == skip {
                 continue;
@@ -124,13 +152,12 @@ impl Endpoints {
             if e.in_service(now) {
                 return i;
             }
-            if e.out_until.load(Ordering::Relaxed)
-                < self.list[soonest].out_until.load(Ordering::Relaxed)
-            {
-                soonest = i;
+            let until = e.out_until.load(Ordering::Relaxed);
+            if e.healthy.load(Ordering::Relaxed) && soonest.is_none_or(|(u, _)| until < u) {
+                soonest = Some((until, i));
             }
         }
-        soonest
+        soonest.map_or(start, |(_, i)| i)
     }
 
     /// A request was sent to `index`.
@@ -176,6 +203,7 @@ impl Endpoints {
                 requests: e.requests.load(Ordering::Relaxed),
                 failures: e.failures.load(Ordering::Relaxed),
                 ejections: e.ejections.load(Ordering::Relaxed),
+                healthy: e.healthy.load(Ordering::Relaxed),
                 in_service: e.in_service(now),
             })
             .collect()
@@ -197,7 +225,10 @@ pub struct EndpointStats {
     pub failures: u64,
     /// Times it was taken out of service.
     pub ejections: u64,
-    /// Whether it takes requests now.
+    /// Whether it passes its health checks (always, without them).
+    pub healthy: bool,
+    /// Whether it takes requests now: healthy, and not taken out for
+    /// failing requests.
     pub in_service: bool,
 }
 
@@ -260,6 +291,93 @@ mod tests {
         assert_eq!(e.pick(), 1);
         assert_eq!(e.pick(), 1);
         assert_eq!(e.other_than(1), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_verdicts_need_streaks_and_an_all_unhealthy_set_keeps_serving() {
+        let e = set(2, 3, 10);
+        let first = e.get(0);
+        // Two failed checks in a row take it out (a pass in between resets).
+        first.checked(false, 2, 3);
+        first.checked(true, 2, 3);
+        first.checked(false, 2, 3);
+        assert!(e.stats()[0].healthy);
+        first.checked(false, 2, 3);
+        assert!(!e.stats()[0].healthy && !e.stats()[0].in_service);
+        assert_eq!((e.pick(), e.pick()), (1, 1));
+        // Unhealthy everywhere: requests still go round.
+        e.get(1).checked(false, 1, 1);
+        assert_eq!((e.pick(), e.pick()), (0, 1));
+        // Three passes in a row bring it back.
+        for _ in 0..2 {
+            first.checked(true, 2, 3);
+        }
+        assert!(!e.stats()[0].healthy);
+        first.checked(true, 2, 3);
+        assert!(e.stats()[0].healthy);
+        assert_eq!((e.pick(), e.pick()), (0, 0));
+    }
+
+    /// What happens to a set of endpoints, in a proptest.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Request(usize, bool),
+        Check(usize, bool),
+        Advance(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..4usize, any::<bool>()).prop_map(|(i, ok)| Op::Request(i, ok)),
+            (0..4usize, any::<bool>()).prop_map(|(i, ok)| Op::Check(i, ok)),
+            (0..3_000u64).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever failed, was checked or waited: a pick is in service
+        /// whenever one endpoint is, and a retry goes elsewhere, to one in
+        /// service.
+        #[test]
+        fn picks_are_in_service_when_any_is(
+            n in 1..=4usize,
+            failures in 1..4u32,
+            ops in proptest::collection::vec(op(), 0..60),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let e = set(n, failures, 1);
+                for op in ops {
+                    match op {
+                        Op::Request(i, ok) => e.record(i % n, ok),
+                        Op::Check(i, ok) => e.get(i % n).checked(ok, 2, 2),
+                        Op::Advance(ms) => {
+                            tokio::time::advance(Duration::from_millis(ms)).await;
+                        }
+                    }
+                    let stats = e.stats();
+                    let any = stats.iter().any(|s| s.in_service);
+                    let pick = e.pick();
+                    assert!(pick < n);
+                    if any {
+                        assert!(stats[pick].in_service, "{pick} in {stats:?}");
+                    }
+                    if let Some(other) = e.other_than(pick) {
+                        assert_ne!(other, pick);
+                        assert!(stats[other].in_service, "{other} in {stats:?}");
+                    }
+                    // One endpoint alone is never ejected.
+                    if n == 1 {
+                        assert_eq!(stats[0].ejections, 0);
+                    }
+                }
+            });
+        }
     }
 
     #[tokio::test(start_paused = true)]

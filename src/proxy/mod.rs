@@ -21,8 +21,11 @@
 //! ([`UpstreamBuilder::eject_after`]), as nginx's `max_fails` and
 //! `fail_timeout` do. A request without a body that cannot connect to its
 //! server is sent on to the next one: nothing reached the first, so
-//! sending it again is safe whatever its method. [`Upstream::endpoints`]
-//! reports each server's counters.
+//! sending it again is safe whatever its method. Active checks
+//! ([`UpstreamBuilder::health_check`], a [`HealthCheck`]: `GET /healthz`
+//! on every server every few seconds) keep a server that fails them out
+//! of service until it passes again. [`Upstream::endpoints`] reports each
+//! server's counters and state.
 //!
 //! Protocol upgrades (WebSocket, or any `Connection: upgrade` /
 //! `Upgrade: x` request over HTTP/1.1) are asked of the upstream too; when
@@ -116,6 +119,67 @@ pub enum ProxyError {
         /// Why.
         reason: String,
     },
+    /// A [`HealthCheck`] that cannot run: a path that is not one, a zero
+    /// interval, timeout or threshold, or no Tokio runtime to run in.
+    #[error("health check of upstream `{url}`: {reason}")]
+    HealthCheck {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Active health checks of an upstream's endpoints
+/// ([`UpstreamBuilder::health_check`]): every `interval`, a `GET` of
+/// `path` on each endpoint, passed by a 2xx answer within `timeout`. An
+/// endpoint failing `unhealthy_after` checks in a row is out of service
+/// until it passes `healthy_after` in a row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    path: String,
+    interval: Duration,
+    timeout: Duration,
+    unhealthy_after: u32,
+    healthy_after: u32,
+}
+
+impl HealthCheck {
+    /// `GET path` (below the upstream's own path), every 5 s, 1 s to
+    /// answer, out after 2 failed checks in a row, back after 2 passed.
+    pub fn get(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            unhealthy_after: 2,
+            healthy_after: 2,
+        }
+    }
+
+    /// How often each endpoint is checked.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// How long a check may take.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Failed checks in a row that take a healthy endpoint out.
+    pub fn unhealthy_after(mut self, checks: u32) -> Self {
+        self.unhealthy_after = checks;
+        self
+    }
+
+    /// Passed checks in a row that bring an unhealthy endpoint back.
+    pub fn healthy_after(mut self, checks: u32) -> Self {
+        self.healthy_after = checks;
+        self
+    }
 }
 
 /// The connector under the pool: plain TCP, or TCP then rustls for
@@ -175,6 +239,7 @@ impl Upstream {
                 failures: 3,
                 duration: Duration::from_secs(10),
             },
+            health_check: None,
             connect_timeout: Some(Duration::from_secs(5)),
             response_timeout: None,
             http2: false,
@@ -208,6 +273,7 @@ pub struct UpstreamBuilder {
     url: String,
     more: Vec<String>,
     ejection: Ejection,
+    health_check: Option<HealthCheck>,
     connect_timeout: Option<Duration>,
     response_timeout: Option<Duration>,
     http2: bool,
@@ -244,6 +310,18 @@ impl UpstreamBuilder {
     /// one that returns first. A single endpoint is never taken out.
     pub fn eject_after(mut self, failures: u32, duration: Duration) -> Self {
         self.ejection = Ejection { failures, duration };
+        self
+    }
+
+    /// Checks every endpoint actively, as `check` says, and keeps those
+    /// that fail out of service (a single endpoint too: its requests then
+    /// still go to it, as they go round when every endpoint fails). The
+    /// checks run on a task of the Tokio runtime the upstream is built in
+    /// (building outside one is an error) until the upstream and its
+    /// clones are dropped. They go through the upstream's connection pool
+    /// with `User-Agent: switchyard-health-check`.
+    pub fn health_check(mut self, check: HealthCheck) -> Self {
+        self.health_check = Some(check);
         self
     }
 
@@ -371,7 +449,29 @@ impl UpstreamBuilder {
             .pool_idle_timeout(self.pool_idle_timeout)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
             .build(connector);
-        Ok(Upstream {
+        let checks = match self.health_check {
+            None => None,
+            Some(check) => {
+                let invalid = |reason: &str| ProxyError::HealthCheck {
+                    url: self.url.clone(),
+                    reason: reason.to_owned(),
+                };
+                let path = PathAndQuery::try_from(format!("{prefix}{}", check.path))
+                    .ok()
+                    .filter(|_| check.path.starts_with('/'))
+                    .ok_or_else(|| invalid("the path must start with `/` and be a valid path"))?;
+                if check.interval.is_zero() || check.timeout.is_zero() {
+                    return Err(invalid("the interval and timeout must be above zero"));
+                }
+                if check.unhealthy_after == 0 || check.healthy_after == 0 {
+                    return Err(invalid("the thresholds must be at least 1"));
+                }
+                let runtime = tokio::runtime::Handle::try_current()
+                    .map_err(|_| invalid("build the upstream inside a Tokio runtime"))?;
+                Some((runtime, path, check))
+            }
+        };
+        let upstream = Upstream {
             inner: Arc::new(Inner {
                 url: self.url,
                 scheme,
@@ -384,7 +484,42 @@ impl UpstreamBuilder {
                 http2: self.http2,
                 upgrade_idle_timeout: self.upgrade_idle_timeout,
             }),
-        })
+        };
+        if let Some((runtime, path, check)) = checks {
+            runtime.spawn(health_checks(Arc::downgrade(&upstream.inner), path, check));
+        }
+        Ok(upstream)
+    }
+}
+
+/// Checks every endpoint every interval, until the upstream is dropped.
+async fn health_checks(upstream: std::sync::Weak<Inner>, path: PathAndQuery, check: HealthCheck) {
+    let mut tick = tokio::time::interval(check.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = upstream.upgrade() else {
+            return;
+        };
+        // Each endpoint on a task of its own, so that one that hangs does
+        // not hold the others' checks.
+        let probes: Vec<_> = (0..inner.endpoints.len())
+            .map(|i| {
+                let (inner, path, check) = (Arc::clone(&inner), path.clone(), check.clone());
+                tokio::spawn(async move {
+                    let passed = inner.probe(i, path, check.timeout).await;
+                    inner.endpoints.get(i).checked(
+                        passed,
+                        check.unhealthy_after,
+                        check.healthy_after,
+                    );
+                })
+            })
+            .collect();
+        drop(inner);
+        for probe in probes {
+            let _ = probe.await;
+        }
     }
 }
 
@@ -673,6 +808,40 @@ where
 }
 
 impl Inner {
+    /// One health check of `endpoint`: a 2xx to `GET path` within
+    /// `timeout`.
+    async fn probe(&self, endpoint: usize, path: PathAndQuery, timeout: Duration) -> bool {
+        const AGENT: HeaderValue = HeaderValue::from_static("switchyard-health-check");
+        let e = self.endpoints.get(endpoint);
+        let Ok(uri) = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(e.authority.clone())
+            .path_and_query(path)
+            .build()
+        else {
+            return false;
+        };
+        let mut req = Request::new(ProxyBody::default());
+        *req.uri_mut() = uri;
+        if self.http2 {
+            *req.version_mut() = Version::HTTP_2;
+        }
+        let headers = req.headers_mut();
+        headers.insert(header::HOST, e.host.clone());
+        headers.insert(header::USER_AGENT, AGENT);
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(res)) => {
+                let passed = res.status().is_success();
+                // Read the body (up to 64 KiB), so that the connection can
+                // go back to the pool.
+                let body = http_body_util::Limited::new(res.into_body(), 64 * 1024);
+                let _ = tokio::time::timeout(timeout, body.collect()).await;
+                passed
+            }
+            _ => false,
+        }
+    }
+
     /// Hands `req` (its URI already `endpoint`'s) to the pool.
     fn send_request(&self, endpoint: usize, mut req: Request<ProxyBody>, host: bool) -> State {
         let endpoints = &self.endpoints;
