@@ -50,9 +50,10 @@ fn args() -> Result<Args, String> {
 }
 
 /// A demo upstream: `GET /` names its version, `/headers` echoes the
-/// request headers as JSON.
+/// request headers as JSON, `/healthz` answers 200.
 async fn demo_upstream(version: &'static str) -> std::io::Result<SocketAddr> {
     let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/headers",
             get(move |req: Request| async move {
@@ -79,9 +80,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => {
             let mut config = GatewayConfig::from_toml(DEMO_CONFIG)?;
             for (name, version) in [("blue", "blue v1"), ("green", "green v2")] {
-                let addr = demo_upstream(version).await?;
                 if let Some(upstream) = config.upstreams.get_mut(name) {
-                    upstream.url = format!("http://{addr}");
+                    upstream.url = format!("http://{}", demo_upstream(version).await?);
+                    // Every further server of the upstream, another demo one.
+                    for endpoint in &mut upstream.endpoints {
+                        *endpoint = format!("http://{}", demo_upstream(version).await?);
+                    }
                 }
             }
             config
