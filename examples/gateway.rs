@@ -7,9 +7,11 @@
 //! cargo run --example gateway -- --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
 //! ```
 //!
-//! Without `--config` it starts two demo upstream servers on loopback
-//! (blue answers `blue v1`, green `green v2`; `/headers` echoes what they
-//! received) and serves `examples/gateway.toml` in front of them.
+//! Without `--config` it starts demo upstream servers on loopback (blue
+//! answers `blue v1`, green, on two servers, `green v2`; `/headers` echoes
+//! what they received) and serves `examples/gateway.toml` in front of
+//! them. Every request is logged on stderr (the access log), and every
+//! change made through the admin API.
 
 use std::net::SocketAddr;
 
@@ -75,6 +77,13 @@ async fn demo_upstream(version: &'static str) -> std::io::Result<SocketAddr> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
+    // The access log (target `switchyard::access`) and the admin API's
+    // changes, on stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_max_level(tracing::Level::INFO)
+        .init();
     let config = match &args.config {
         Some(path) => GatewayConfig::from_toml(&std::fs::read_to_string(path)?)?,
         None => {

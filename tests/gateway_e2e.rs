@@ -1403,3 +1403,80 @@ async fn reload_adding_a_target_keeps_the_counters_of_the_others() {
     assert_eq!(h.api("/api/after").await.0, StatusCode::OK);
     assert_eq!(split.target_stats("blue").unwrap().requests, 6);
 }
+
+// === access log ===
+
+/// A `tracing` subscriber keeping the fields of every access-log event.
+#[derive(Clone, Default)]
+struct AccessLog(Arc<std::sync::Mutex<Vec<BTreeMap<String, String>>>>);
+
+struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl tracing::Subscriber for AccessLog {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.target() == "switchyard::access"
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
+        self.0.lock().unwrap().push(fields);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// With a subscriber listening to `switchyard::access`, every request is
+/// logged once with its route, method, path (never the query), status,
+/// latency, client and request id; unmatched and refused ones too.
+#[tokio::test]
+async fn the_access_log_has_one_line_per_request() {
+    let log = AccessLog::default();
+    // The gateway runs on this (current-thread) runtime: this thread's
+    // subscriber sees its events.
+    let _guard = tracing::subscriber::set_default(log.clone());
+    let h = start().await;
+    let (status, headers, _) = h.api("/api/orders?api_key=secret").await;
+    assert_eq!(status, StatusCode::OK);
+    let id = headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(h.get("/nowhere", &[]).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(h.get("/api/orders", &[]).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.get("/api/%2F", &[]).await.0, StatusCode::BAD_REQUEST);
+
+    let lines = log.0.lock().unwrap().clone();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    let field = |i: usize, name: &str| lines[i].get(name).cloned().unwrap_or_default();
+    assert_eq!(field(0, "route"), "api");
+    assert_eq!(field(0, "method"), "GET");
+    assert_eq!(field(0, "path"), "/api/orders");
+    assert_eq!(field(0, "status"), "200");
+    assert_eq!(field(0, "client"), "127.0.0.1");
+    assert_eq!(field(0, "request_id"), id);
+    assert!(
+        field(0, "latency_us").parse::<u64>().is_ok(),
+        "{:?}",
+        lines[0]
+    );
+    assert_eq!(field(0, "message"), "request");
+    for (i, route, status) in [(1, "-", "404"), (2, "api", "401"), (3, "-", "400")] {
+        assert_eq!(
+            (field(i, "route"), field(i, "status")),
+            (route.into(), status.into())
+        );
+    }
+    assert!(!format!("{lines:?}").contains("secret"));
+}

@@ -62,8 +62,14 @@
 //! share of each quota, one of `replicas`); after `breaker_failures` failed
 //! checks in a row the limiters stop asking for `breaker_cooldown_ms`.
 //!
+//! Every request is logged as one `tracing` event at `INFO` under the
+//! target `switchyard::access` (route, method, path without its query,
+//! status, `latency_us` to the response head, client IP, `x-request-id`),
+//! when a subscriber listens there; otherwise nothing is recorded.
+//!
 //! `examples/gateway.rs` runs a complete gateway with its admin API.
 
+mod access;
 mod build;
 mod config;
 mod metrics;
@@ -368,6 +374,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> ResponseFuture {
         let mut req = req.map(crate::proxy::box_body);
+        let mut access = access::Access::begin(&req);
         let state = self.inner.state.load();
         // Route on the path the upstream will read: its normal form.
         if !state.config.raw_paths {
@@ -379,22 +386,30 @@ where
                         kind: Kind::Refused {
                             rejection: Some(crate::path::rejection(e).for_request(req.headers())),
                         },
+                        access,
                     };
                 }
             }
         }
         match Self::route(&state, &req) {
-            Some(route) => ResponseFuture {
-                kind: Kind::Route {
-                    future: route.service.clone().call(req),
-                    counters: Arc::clone(&route.counters),
-                    polled: false,
-                },
-            },
+            Some(route) => {
+                if let Some(a) = &mut access {
+                    a.route(&route.name);
+                }
+                ResponseFuture {
+                    kind: Kind::Route {
+                        future: route.service.clone().call(req),
+                        counters: Arc::clone(&route.counters),
+                        polled: false,
+                    },
+                    access,
+                }
+            }
             None => ResponseFuture {
                 kind: Kind::NotFound {
                     grpc: crate::grpc::is_grpc(req.headers()),
                 },
+                access,
             },
         }
     }
@@ -405,6 +420,8 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture {
         #[pin]
         kind: Kind,
+        // What the access log keeps until the response, if it is on.
+        access: Option<Box<access::Access>>,
     }
 }
 
@@ -424,7 +441,21 @@ impl std::future::Future for ResponseFuture {
     type Output = Result<Response<GatewayBody>, Infallible>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
+        let this = self.project();
+        let res = std::task::ready!(Self::poll_kind(this.kind, cx));
+        if let (Some(access), Ok(res)) = (this.access.take(), &res) {
+            access.end(res);
+        }
+        Poll::Ready(res)
+    }
+}
+
+impl ResponseFuture {
+    fn poll_kind(
+        kind: std::pin::Pin<&mut Kind>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<GatewayBody>, Infallible>> {
+        match kind.project() {
             KindProj::Route {
                 future,
                 counters,

@@ -1,0 +1,68 @@
+//! The gateway's access log: one `tracing` event per request, at `INFO`
+//! under the target `switchyard::access`, once its response head is ready.
+//!
+//! Nothing is recorded unless a subscriber listens to that target at that
+//! level: the check is one cached lookup per request.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response};
+
+/// The `tracing` target of the access log.
+pub(crate) const TARGET: &str = "switchyard::access";
+
+/// What the access log keeps of a request until its response.
+pub(crate) struct Access {
+    start: Instant,
+    method: Method,
+    path: String,
+    route: Option<String>,
+    client: Option<IpAddr>,
+    request_id: Option<HeaderValue>,
+}
+
+impl Access {
+    /// What to log of `req`, if anyone listens.
+    #[inline]
+    pub(crate) fn begin<B>(req: &Request<B>) -> Option<Box<Self>> {
+        if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+            return None;
+        }
+        Some(Box::new(Self {
+            start: Instant::now(),
+            method: req.method().clone(),
+            // The path only: a query may carry credentials.
+            path: req.uri().path().to_owned(),
+            route: None,
+            client: crate::key::peer_ip(req.extensions()),
+            request_id: req.headers().get(REQUEST_ID).cloned(),
+        }))
+    }
+
+    /// The route the request matched.
+    pub(crate) fn route(&mut self, name: &str) {
+        self.route = Some(name.to_owned());
+    }
+
+    /// Logs the request with its response.
+    pub(crate) fn end<B>(self, res: &Response<B>) {
+        let status = crate::grpc::effective_status(res.status(), res.headers());
+        // The id the response carries (a transform may have made one), else
+        // the one the request came with.
+        let id = res.headers().get(REQUEST_ID).or(self.request_id.as_ref());
+        tracing::info!(
+            target: TARGET,
+            route = self.route.as_deref().unwrap_or("-"),
+            method = %self.method,
+            path = %self.path,
+            status = status.as_u16(),
+            latency_us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            client = %self.client.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+            request_id = id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            "request"
+        );
+    }
+}
+
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
