@@ -1466,6 +1466,12 @@ async fn the_access_log_has_one_line_per_request() {
     assert_eq!(field(0, "status"), "200");
     assert_eq!(field(0, "client"), "127.0.0.1");
     assert_eq!(field(0, "request_id"), id);
+    // The split's echo header (`x-served-by` here) names the version.
+    assert_eq!(
+        field(0, "version"),
+        headers["x-served-by"].to_str().unwrap()
+    );
+    assert_eq!(field(1, "version"), "-");
     assert!(
         field(0, "latency_us").parse::<u64>().is_ok(),
         "{:?}",

@@ -1,5 +1,7 @@
 //! The gateway's access log: one `tracing` event per request, at `INFO`
-//! under the target `switchyard::access`, once its response head is ready.
+//! under the target `switchyard::access`, once its response head is ready,
+//! with the version that answered when the response names it (the split's
+//! echo header, or the model router's `x-switchyard-model`).
 //!
 //! Nothing is recorded unless a subscriber listens to that target at that
 //! level: the check is one cached lookup per request.
@@ -7,7 +9,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
 
 /// The `tracing` target of the access log.
 pub(crate) const TARGET: &str = "switchyard::access";
@@ -18,6 +20,9 @@ pub(crate) struct Access {
     method: Method,
     path: String,
     route: Option<String>,
+    /// The response header naming the version that answered: the route's
+    /// split echo header, else the model router's.
+    version: Option<HeaderName>,
     client: Option<IpAddr>,
     request_id: Option<HeaderValue>,
 }
@@ -35,14 +40,17 @@ impl Access {
             // The path only: a query may carry credentials.
             path: req.uri().path().to_owned(),
             route: None,
+            version: None,
             client: crate::key::peer_ip(req.extensions()),
             request_id: req.headers().get(REQUEST_ID).cloned(),
         }))
     }
 
-    /// The route the request matched.
-    pub(crate) fn route(&mut self, name: &str) {
+    /// The route the request matched, and the header its split echoes the
+    /// target in, if it does.
+    pub(crate) fn route(&mut self, name: &str, echo: Option<&str>) {
         self.route = Some(name.to_owned());
+        self.version = echo.and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
     }
 
     /// Logs the request with its response.
@@ -51,6 +59,8 @@ impl Access {
         // The id the response carries (a transform may have made one), else
         // the one the request came with.
         let id = res.headers().get(REQUEST_ID).or(self.request_id.as_ref());
+        let version = self.version.as_ref().map_or(&MODEL, |h| h).clone();
+        let version = res.headers().get(version).and_then(|v| v.to_str().ok());
         tracing::info!(
             target: TARGET,
             route = self.route.as_deref().unwrap_or("-"),
@@ -60,9 +70,12 @@ impl Access {
             latency_us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
             client = %self.client.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
             request_id = id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            version = version.unwrap_or("-"),
             "request"
         );
     }
 }
 
-const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// What the model router names the version that answered in.
+const MODEL: HeaderName = HeaderName::from_static("x-switchyard-model");

@@ -64,7 +64,9 @@
 //!
 //! Every request is logged as one `tracing` event at `INFO` under the
 //! target `switchyard::access` (route, method, path without its query,
-//! status, `latency_us` to the response head, client IP, `x-request-id`),
+//! status, `latency_us` to the response head, client IP, `x-request-id`,
+//! and the `version` that answered when the response names it: the
+//! split's `echo_header`, or the model router's `x-switchyard-model`),
 //! when a subscriber listens there; otherwise nothing is recorded.
 //!
 //! `examples/gateway.rs` runs a complete gateway with its admin API.
@@ -394,7 +396,8 @@ where
         match Self::route(&state, &req) {
             Some(route) => {
                 if let Some(a) = &mut access {
-                    a.route(&route.name);
+                    let echo = route.config.split.as_ref();
+                    a.route(&route.name, echo.and_then(|s| s.echo_header.as_deref()));
                 }
                 ResponseFuture {
                     kind: Kind::Route {
