@@ -59,8 +59,10 @@ impl Access {
         // The id the response carries (a transform may have made one), else
         // the one the request came with.
         let id = res.headers().get(REQUEST_ID).or(self.request_id.as_ref());
-        let version = self.version.as_ref().map_or(&MODEL, |h| h).clone();
-        let version = res.headers().get(version).and_then(|v| v.to_str().ok());
+        let version = res
+            .headers()
+            .get(self.version.as_ref().unwrap_or(&MODEL))
+            .and_then(|v| v.to_str().ok());
         tracing::info!(
             target: TARGET,
             route = self.route.as_deref().unwrap_or("-"),
