@@ -340,6 +340,20 @@ async fn spawned_rounds_carry_a_promotion_to_every_replica() {
     assert!(syncs[0].stats().rounds <= rounds + 1);
 }
 
+/// A sync of `split` that listens for announcements, with rounds an hour
+/// apart (so that only announcements carry changes) and local changes
+/// looked for every 10 ms.
+async fn listening(redis: &RedisServer, split: &Split<Svc>) -> WeightSync {
+    WeightSync::builder(redis.manager().await)
+        .split("checkout", split.handle())
+        .prefix("test:")
+        .interval(Duration::from_secs(3600))
+        .check_interval(Duration::from_millis(10))
+        .notify(redis.client())
+        .build()
+        .unwrap()
+}
+
 /// With `notify`, a change reaches the other replica at once: the rounds
 /// every interval (an hour here) cannot be what carries it.
 #[tokio::test]
@@ -351,14 +365,7 @@ async fn announced_changes_are_applied_at_once() {
     let mut tasks = Vec::new();
     let mut syncs = Vec::new();
     for r in [&a, &b] {
-        let s = WeightSync::builder(redis.manager().await)
-            .split("checkout", r.handle())
-            .prefix("test:")
-            .interval(Duration::from_secs(3600))
-            .check_interval(Duration::from_millis(10))
-            .notify(redis.client())
-            .build()
-            .unwrap();
+        let s = listening(&redis, r).await;
         tasks.push(s.spawn());
         syncs.push(s);
     }
@@ -398,14 +405,7 @@ async fn own_announcements_are_ignored() {
         return;
     };
     let a = replica(&[100, 0]);
-    let sync = WeightSync::builder(redis.manager().await)
-        .split("checkout", a.handle())
-        .prefix("test:")
-        .interval(Duration::from_secs(3600))
-        .check_interval(Duration::from_millis(10))
-        .notify(redis.client())
-        .build()
-        .unwrap();
+    let sync = listening(&redis, &a).await;
     let _task = sync.spawn();
     eventually("the first round published", || sync.stats().published == 1).await;
     a.handle().promote("green").unwrap();

@@ -719,32 +719,23 @@ impl RateLimitHandle {
     /// layer's business).
     #[inline]
     pub fn check(&self, key: &Key<'_>, cost: u32) -> Decision {
-        let limiter = &*self.limiter;
-        let (quotas, len) = limiter.hot.read();
-        decide_in(
-            &limiter.store,
-            &quotas[..len],
-            key,
-            cost,
-            limiter.now(),
-            true,
-        )
+        self.decide(key, cost, true)
     }
 
     /// What [`check`](Self::check) would decide for `cost` units, without
     /// taking anything. The quota states are the key's as they are now (its
     /// remaining capacity), not as they would be after the request.
     pub fn peek(&self, key: &Key<'_>, cost: u32) -> Decision {
+        self.decide(key, cost, false)
+    }
+
+    /// [`check`](Self::check) (`consume`) or [`peek`](Self::peek).
+    #[inline]
+    fn decide(&self, key: &Key<'_>, cost: u32, consume: bool) -> Decision {
         let limiter = &*self.limiter;
         let (quotas, len) = limiter.hot.read();
-        decide_in(
-            &limiter.store,
-            &quotas[..len],
-            key,
-            cost,
-            limiter.now(),
-            false,
-        )
+        let now = limiter.now();
+        decide_in(&limiter.store, &quotas[..len], key, cost, now, consume)
     }
 
     /// Charges `cost` more units to `key` on every quota, unconditionally:
