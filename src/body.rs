@@ -24,6 +24,8 @@
 //! ```
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -38,6 +40,9 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
+        // Held until the body ends or is dropped (an upstream endpoint's
+        // in-flight count).
+        guard: Option<InFlightGuard>,
     }
 }
 
@@ -130,6 +135,7 @@ impl<B> ResponseBody<B> {
     pub fn new(body: B) -> Self {
         Self {
             kind: Kind::Inner { body },
+            guard: None,
         }
     }
 
@@ -137,6 +143,7 @@ impl<B> ResponseBody<B> {
     pub fn full(data: impl Into<Bytes>) -> Self {
         Self {
             kind: Kind::held(data.into(), None, None),
+            guard: None,
         }
     }
 
@@ -152,7 +159,33 @@ impl<B> ResponseBody<B> {
     pub(crate) fn replay(read: Collected, rest: Pin<Box<B>>) -> Self {
         Self {
             kind: Kind::replay(read, rest),
+            guard: None,
         }
+    }
+
+    /// Holds `guard` until the body ends or is dropped.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+    pub(crate) fn with_guard(mut self, guard: InFlightGuard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+}
+
+/// One in-flight count, taken back when dropped.
+pub(crate) struct InFlightGuard(Arc<AtomicU64>);
+
+impl InFlightGuard {
+    /// Counts one more in `count` until the guard is dropped.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+    pub(crate) fn new(count: &Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -168,7 +201,13 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        self.project().kind.poll_frame(cx)
+        let this = self.project();
+        let frame = this.kind.poll_frame(cx);
+        if this.guard.is_some() && matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+            // Over: the count goes back now, not when the body is dropped.
+            *this.guard = None;
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use switchyard::gateway::{Gateway, GatewayConfig};
-use switchyard::proxy::{HealthCheck, ProxyError, Upstream};
+use switchyard::proxy::{Balance, HealthCheck, ProxyError, Upstream};
 use tower::ServiceExt;
 
 #[path = "support/net.rs"]
@@ -220,9 +220,16 @@ split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
         format!(
             "switchyard_upstream_endpoint_in_service{{upstream=\"app\",endpoint=\"http://{b}\"}} 1"
         ),
+        format!(
+            "switchyard_upstream_endpoint_in_flight{{upstream=\"app\",endpoint=\"http://{a}\"}} 0"
+        ),
     ] {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
+
+    let least = config("endpoints = [\"http://127.0.0.1:1\"]\nbalance = \"least_requests\"");
+    assert!(Gateway::from_config(GatewayConfig::from_toml(&least).unwrap()).is_ok());
+    assert!(GatewayConfig::from_toml(&config("balance = \"fastest\"")).is_err());
 
     // Mistakes are located.
     for (extra, at) in [
@@ -391,4 +398,80 @@ split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
             .any(|p| p.at == "upstreams.app.health_check"),
         "{err:?}"
     );
+}
+
+/// A server whose `/stream` answers a body that ends only when `finish`
+/// is notified, and `/` its name.
+async fn streaming(name: &'static str, finish: Arc<tokio::sync::Notify>) -> SocketAddr {
+    let app = axum::Router::new()
+        .route(
+            "/stream",
+            axum::routing::get(move || async move {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+                tokio::spawn(async move {
+                    let _ = tx.send(Ok(Bytes::from_static(b"first\n"))).await;
+                    finish.notified().await;
+                    let _ = tx.send(Ok(Bytes::from_static(b"last\n"))).await;
+                });
+                axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            }),
+        )
+        .fallback(move || async move { name });
+    net::serve(app).await
+}
+
+/// Least requests: while a stream from the first endpoint is open, its
+/// in-flight count keeps new requests on the second; once the stream
+/// ends, they take turns again. (Round-robin would have sent every other
+/// one to the first.)
+#[tokio::test]
+async fn least_requests_counts_a_stream_until_it_ends() {
+    let finish = Arc::new(tokio::sync::Notify::new());
+    let a = streaming("a", Arc::clone(&finish)).await;
+    let b = named("b").await;
+    let upstream = Upstream::builder(&format!("http://{a}"))
+        .endpoint(&format!("http://{b}"))
+        .balance(Balance::LeastRequests)
+        .build()
+        .unwrap();
+    let req = Request::get("http://client.example/stream")
+        .body(Full::default())
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), upstream.clone().oneshot(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first\n");
+    assert_eq!(upstream.endpoints()[0].in_flight, 1);
+
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(get(&upstream).await);
+    }
+    assert_eq!(answers, ["b", "b", "b"]);
+
+    // The stream ends: its count goes back.
+    finish.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "last\n");
+    assert_eq!(upstream.endpoints()[0].in_flight, 0);
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(get(&upstream).await);
+    }
+    answers.sort();
+    assert_eq!(answers, ["a", "a", "b", "b"]);
+    assert!(upstream.endpoints().iter().all(|e| e.in_flight == 0));
+
+    // A response dropped before its end gives its count back too.
+    let req = Request::get("http://client.example/stream")
+        .body(Full::default())
+        .unwrap();
+    let res = upstream.clone().oneshot(req).await.unwrap();
+    let busy: u64 = upstream.endpoints().iter().map(|e| e.in_flight).sum();
+    assert_eq!(busy, 1);
+    drop(res);
+    assert!(upstream.endpoints().iter().all(|e| e.in_flight == 0));
 }

@@ -291,6 +291,16 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
                     uc.eject_failures.unwrap_or(3),
                     Duration::from_millis(uc.eject_ms.unwrap_or(10_000)),
                 );
+                if let Some(balance) = uc.balance {
+                    b = b.balance(match balance {
+                        super::config::BalanceConfig::RoundRobin => {
+                            crate::proxy::Balance::RoundRobin
+                        }
+                        super::config::BalanceConfig::LeastRequests => {
+                            crate::proxy::Balance::LeastRequests
+                        }
+                    });
+                }
                 if let Some(hc) = &uc.health_check {
                     let ms = |v: Option<u64>, default| Duration::from_millis(v.unwrap_or(default));
                     b = b.health_check(

@@ -91,6 +91,21 @@ pub struct UpstreamConfig {
     pub eject_ms: Option<u64>,
     /// Active health checks of every endpoint (none by default).
     pub health_check: Option<HealthCheckConfig>,
+    /// With `endpoints`: `"round_robin"` (the default) or
+    /// `"least_requests"` (the endpoint with the fewest requests in
+    /// flight; see [`crate::proxy::Balance`]).
+    pub balance: Option<BalanceConfig>,
+}
+
+/// `[upstreams.NAME] balance`: how requests are spread over the endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BalanceConfig {
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// The endpoint with the fewest requests in flight.
+    LeastRequests,
 }
 
 /// `[upstreams.NAME.health_check]`: a `GET` of `path` on every endpoint

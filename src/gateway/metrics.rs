@@ -341,7 +341,7 @@ pub(crate) fn render(state: &State) -> String {
         .flat_map(|(name, (_, u))| u.endpoints().into_iter().map(move |e| (name, e)))
         .collect();
     type Read = fn(&crate::proxy::EndpointStats) -> u64;
-    let families: [(&str, &str, &str, Read); 4] = [
+    let families: [(&str, &str, &str, Read); 5] = [
         (
             "switchyard_upstream_endpoint_requests_total",
             "counter",
@@ -365,6 +365,12 @@ pub(crate) fn render(state: &State) -> String {
             "gauge",
             "1 while an endpoint takes requests, 0 while it is out of service.",
             |e| u64::from(e.in_service),
+        ),
+        (
+            "switchyard_upstream_endpoint_in_flight",
+            "gauge",
+            "Requests sent to an endpoint whose response has not ended.",
+            |e| e.in_flight,
         ),
     ];
     for (metric, kind, help, read) in families {

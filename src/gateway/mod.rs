@@ -93,9 +93,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use tower::Service;
 
 pub use config::{
-    AdminConfig, ApiKeyConfig, AuthConfig, GatewayConfig, HealthCheckConfig, KeyConfig,
-    ModelConfig, QuotaConfig, RateLimitConfig, RedisConfig, RedisFailureConfig, RouteConfig,
-    SplitConfig, TargetConfig, UpstreamConfig, WeightSyncConfig,
+    AdminConfig, ApiKeyConfig, AuthConfig, BalanceConfig, GatewayConfig, HealthCheckConfig,
+    KeyConfig, ModelConfig, QuotaConfig, RateLimitConfig, RedisConfig, RedisFailureConfig,
+    RouteConfig, SplitConfig, TargetConfig, UpstreamConfig, WeightSyncConfig,
 };
 
 use crate::model::ModelHandle;

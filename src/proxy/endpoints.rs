@@ -9,6 +9,7 @@
 //! keys connections by authority) and only the request's URI changes; the
 //! pick is one atomic add.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ pub(super) struct Endpoint {
     healthy: AtomicBool,
     /// Health checks in a row with the other verdict than `healthy`.
     streak: AtomicU32,
+    /// Requests sent to it whose response has not ended.
+    pub(super) in_flight: Arc<AtomicU64>,
 }
 
 impl Endpoint {
@@ -49,6 +52,7 @@ impl Endpoint {
             ejections: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             streak: AtomicU32::new(0),
+            in_flight: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -84,20 +88,37 @@ pub(super) struct Ejection {
     pub(super) duration: Duration,
 }
 
+/// How an [`Upstream`](super::Upstream) of several endpoints chooses one
+/// for each request ([`UpstreamBuilder::balance`](super::UpstreamBuilder::balance)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Balance {
+    /// Each endpoint in service in turn (the default).
+    #[default]
+    RoundRobin,
+    /// The endpoint in service with the fewest requests in flight (sent,
+    /// and whose response has not ended: a long stream counts until its
+    /// last byte), ties taken in turn. For servers whose requests take
+    /// very different times, as model servers' generations do.
+    LeastRequests,
+}
+
 /// The endpoints of one upstream, in the order given.
 pub(super) struct Endpoints {
     list: Box<[Endpoint]>,
     next: AtomicUsize,
     ejection: Ejection,
+    balance: Balance,
     origin: Instant,
 }
 
 impl Endpoints {
-    pub(super) fn new(list: Vec<Endpoint>, ejection: Ejection) -> Self {
+    pub(super) fn new(list: Vec<Endpoint>, ejection: Ejection, balance: Balance) -> Self {
         Self {
             list: list.into_boxed_slice(),
             next: AtomicUsize::new(0),
             ejection,
+            balance,
             origin: Instant::now(),
         }
     }
@@ -123,7 +144,30 @@ impl Endpoints {
             return 0;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        self.first_in_service(start, None)
+        match self.balance {
+            Balance::RoundRobin => self.first_in_service(start, None),
+            Balance::LeastRequests => self.least_requests(start),
+        }
+    }
+
+    /// The endpoint in service with the fewest requests in flight, the
+    /// first from `start` on among equals; with none in service, as
+    /// [`first_in_service`](Self::first_in_service) says.
+    fn least_requests(&self, start: usize) -> usize {
+        let n = self.list.len();
+        let now = self.now();
+        let mut best: Option<(u64, usize)> = None;
+        for i in (start..n).chain(0..start) {
+            let e = &self.list[i];
+            if !e.in_service(now) {
+                continue;
+            }
+            let load = e.in_flight.load(Ordering::Relaxed);
+            if best.is_none_or(|(b, _)| load < b) {
+                best = Some((load, i));
+            }
+        }
+        best.map_or_else(|| self.first_in_service(start, None), |(_, i)| i)
     }
 
     /// Another endpoint than `tried`, in service, for a request that could
@@ -205,6 +249,7 @@ impl Endpoints {
                 ejections: e.ejections.load(Ordering::Relaxed),
                 healthy: e.healthy.load(Ordering::Relaxed),
                 in_service: e.in_service(now),
+                in_flight: e.in_flight.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -230,6 +275,8 @@ pub struct EndpointStats {
     /// Whether it takes requests now: healthy, and not taken out for
     /// failing requests.
     pub in_service: bool,
+    /// Requests sent to it whose response has not ended yet.
+    pub in_flight: u64,
 }
 
 #[cfg(test)]
@@ -250,6 +297,7 @@ mod tests {
                 failures,
                 duration: Duration::from_secs(secs),
             },
+            Balance::RoundRobin,
         )
     }
 
@@ -378,6 +426,30 @@ mod tests {
                 }
             });
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn least_requests_takes_the_least_loaded_in_service_and_equals_in_turn() {
+        let mut e = set(3, 1, 10);
+        e.balance = Balance::LeastRequests;
+        let load = |i: usize, n: u64| e.get(i).in_flight.store(n, Ordering::Relaxed);
+        // All equal: in turn.
+        assert_eq!((e.pick(), e.pick(), e.pick()), (0, 1, 2));
+        load(0, 2);
+        load(1, 1);
+        load(2, 5);
+        assert_eq!((e.pick(), e.pick()), (1, 1));
+        load(1, 3);
+        assert_eq!(e.pick(), 0);
+        // The least loaded is out of service: the next least.
+        load(2, 0);
+        e.record(2, false);
+        assert_eq!(e.pick(), 0);
+        // None in service: as round-robin would.
+        e.record(0, false);
+        e.record(1, false);
+        assert!(e.stats().iter().all(|s| !s.in_service));
+        assert!(e.pick() < 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,7 +15,9 @@
 //! the target.
 //!
 //! An upstream may be several servers ([`UpstreamBuilder::endpoint`]):
-//! requests take turns among them (round-robin), and one that fails
+//! requests take turns among them (round-robin), or go to the one with the
+//! fewest requests in flight ([`Balance::LeastRequests`], counting a
+//! stream until its last byte), and one that fails
 //! requests in a row (cannot be reached, breaks the exchange, or does not
 //! answer in time) is out of service for a while
 //! ([`UpstreamBuilder::eject_after`]), as nginx's `max_fails` and
@@ -82,13 +84,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::Service;
 
-use crate::body::ResponseBody;
+use crate::body::{InFlightGuard, ResponseBody};
 use crate::future::Rejection;
 use crate::problem::Problem;
 
 mod endpoints;
 
-pub use endpoints::EndpointStats;
+pub use endpoints::{Balance, EndpointStats};
 use endpoints::{Ejection, Endpoint, Endpoints};
 
 /// A boxed error, as hyper and tower use.
@@ -240,6 +242,7 @@ impl Upstream {
                 duration: Duration::from_secs(10),
             },
             health_check: None,
+            balance: Balance::RoundRobin,
             connect_timeout: Some(Duration::from_secs(5)),
             response_timeout: None,
             http2: false,
@@ -274,6 +277,7 @@ pub struct UpstreamBuilder {
     more: Vec<String>,
     ejection: Ejection,
     health_check: Option<HealthCheck>,
+    balance: Balance,
     connect_timeout: Option<Duration>,
     response_timeout: Option<Duration>,
     http2: bool,
@@ -322,6 +326,13 @@ impl UpstreamBuilder {
     /// with `User-Agent: switchyard-health-check`.
     pub fn health_check(mut self, check: HealthCheck) -> Self {
         self.health_check = Some(check);
+        self
+    }
+
+    /// How requests are spread over the [endpoints](Self::endpoint):
+    /// [`Balance::RoundRobin`] by default, or [`Balance::LeastRequests`].
+    pub fn balance(mut self, balance: Balance) -> Self {
+        self.balance = balance;
         self
     }
 
@@ -475,7 +486,7 @@ impl UpstreamBuilder {
             inner: Arc::new(Inner {
                 url: self.url,
                 scheme,
-                endpoints: Endpoints::new(list, self.ejection),
+                endpoints: Endpoints::new(list, self.ejection, self.balance),
                 prefix,
                 client,
                 response_timeout: self.response_timeout,
@@ -576,6 +587,8 @@ pin_project_lite::pin_project! {
         // The head of a request without a body, to send again to another
         // endpoint if this one cannot be reached.
         retry: Option<Box<Retry>>,
+        // The endpoint's in-flight count, handed to the response body.
+        guard: Option<InFlightGuard>,
     }
 }
 
@@ -610,6 +623,7 @@ impl Future for ResponseFuture {
                     Ok(result) => result,
                     Err(_) => {
                         endpoints.record(*this.endpoint, false);
+                        *this.guard = None;
                         let limit = this.inner.response_timeout.unwrap_or_default();
                         return Poll::Ready(Ok(answer(
                             *this.grpc,
@@ -631,13 +645,16 @@ impl Future for ResponseFuture {
             endpoints.record(*this.endpoint, result.is_ok());
             let e = match result {
                 Ok(res) => {
-                    return Poll::Ready(Ok(upstream_response(
-                        res,
-                        this.upgrade.take(),
-                        this.inner,
-                    )));
+                    let res = upstream_response(res, this.upgrade.take(), this.inner);
+                    return Poll::Ready(Ok(match this.guard.take() {
+                        Some(guard) => res.map(|body| body.with_guard(guard)),
+                        None => res,
+                    }));
                 }
-                Err(e) => e,
+                Err(e) => {
+                    *this.guard = None;
+                    e
+                }
             };
             // Nothing was sent: another endpoint may take it.
             if e.is_connect()
@@ -645,8 +662,9 @@ impl Future for ResponseFuture {
                 && let Some(retry) = this.retry.take()
             {
                 *this.endpoint = next;
-                let state = this.inner.send(next, retry.parts, retry.endpoint_host);
+                let (state, guard) = this.inner.send(next, retry.parts, retry.endpoint_host);
                 this.state.set(state);
+                *this.guard = Some(guard);
                 continue;
             }
             let url = &endpoints.get(*this.endpoint).url;
@@ -738,6 +756,7 @@ where
                 upgrade: None,
                 endpoint,
                 retry: None,
+                guard: None,
             };
         };
         let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -777,7 +796,7 @@ where
                 })
             });
         let req = Request::from_parts(parts, box_body(body));
-        let state = inner.send_request(endpoint, req, endpoint_host);
+        let (state, guard) = inner.send_request(endpoint, req, endpoint_host);
         ResponseFuture {
             state,
             inner,
@@ -785,6 +804,7 @@ where
             upgrade,
             endpoint,
             retry,
+            guard: Some(guard),
         }
     }
 }
@@ -842,25 +862,37 @@ impl Inner {
         }
     }
 
-    /// Hands `req` (its URI already `endpoint`'s) to the pool.
-    fn send_request(&self, endpoint: usize, mut req: Request<ProxyBody>, host: bool) -> State {
-        let endpoints = &self.endpoints;
+    /// Hands `req` (its URI already `endpoint`'s) to the pool; the state
+    /// to wait in, and the request's count in the endpoint's in-flight.
+    fn send_request(
+        &self,
+        endpoint: usize,
+        mut req: Request<ProxyBody>,
+        host: bool,
+    ) -> (State, InFlightGuard) {
+        let e = self.endpoints.get(endpoint);
         if host {
-            req.headers_mut()
-                .insert(header::HOST, endpoints.get(endpoint).host.clone());
+            req.headers_mut().insert(header::HOST, e.host.clone());
         }
-        endpoints.sent(endpoint);
+        self.endpoints.sent(endpoint);
+        let guard = InFlightGuard::new(&e.in_flight);
         let sent = self.client.request(req);
-        match self.response_timeout {
+        let state = match self.response_timeout {
             Some(limit) => State::Timed {
                 sent: tokio::time::timeout(limit, sent),
             },
             None => State::Sent { sent },
-        }
+        };
+        (state, guard)
     }
 
     /// Sends the head of a request without a body to `endpoint`.
-    fn send(&self, endpoint: usize, mut parts: http::request::Parts, host: bool) -> State {
+    fn send(
+        &self,
+        endpoint: usize,
+        mut parts: http::request::Parts,
+        host: bool,
+    ) -> (State, InFlightGuard) {
         let authority = self.endpoints.get(endpoint).authority.clone();
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
         uri.authority = Some(authority);
