@@ -1502,3 +1502,29 @@ async fn the_access_log_has_one_line_per_request() {
     }
     assert!(!format!("{lines:?}").contains("secret"));
 }
+
+/// `GET /upstreams`: each upstream's servers with their state and counts.
+#[tokio::test]
+async fn admin_lists_the_upstreams_servers() {
+    let h = start().await;
+    assert_eq!(h.api("/api/orders").await.0, StatusCode::OK);
+    let (status, _, doc) = h.admin(Method::GET, "/upstreams", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = doc
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["blue", "green"]);
+    let blue = &doc[0]["endpoints"][0];
+    assert_eq!(blue["url"], h.gateway.upstream("blue").unwrap().url());
+    assert_eq!(blue["in_service"], true);
+    assert_eq!(blue["healthy"], true);
+    assert_eq!(blue["in_flight"], 0);
+    assert_eq!(blue["requests"], 1);
+    assert_eq!(doc[1]["endpoints"][0]["requests"], 0);
+    assert!(h.gateway.upstream("purple").is_none());
+    let (status, _, _) = h.admin_as(Method::GET, "/upstreams", &[], None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -24,6 +24,7 @@
 //! | `PUT /models/{route}/{alias}/weights` | an alias's version weights |
 //! | `POST /models/{route}/{alias}/promote/{model}` | all of an alias's traffic to `model` |
 //! | `POST /models/{route}/{alias}/rollback` | an alias back to its previous weights |
+//! | `GET /upstreams` | every upstream's servers: in service, healthy, in flight, requests, failures, ejections |
 //! | `GET /metrics` | Prometheus text exposition |
 //!
 //! Every route but `/healthz` needs one of the configuration's admin keys
@@ -96,6 +97,7 @@ pub fn router(gateway: &Gateway) -> Result<Router, AdminError> {
             post(promote_model),
         )
         .route("/models/{route}/{alias}/rollback", post(rollback_model))
+        .route("/upstreams", get(get_upstreams))
         .route("/metrics", get(get_metrics))
         .layer(auth);
     Ok(Router::new()
@@ -158,6 +160,34 @@ async fn put_config(
 fn split_json(gw: &Gateway, route: &str) -> Option<Value> {
     let handle = gw.split(route)?;
     Some(json!({ "route": route, "weights": handle.weights(), "targets": handle.stats() }))
+}
+
+/// Every upstream, with each of its servers' counters and state.
+async fn get_upstreams(State(gw): State<Gateway>) -> Json<Value> {
+    let all: Vec<Value> = gw
+        .upstreams()
+        .into_iter()
+        .filter_map(|name| {
+            let upstream = gw.upstream(&name)?;
+            let endpoints: Vec<Value> = upstream
+                .endpoints()
+                .into_iter()
+                .map(|e| {
+                    json!({
+                        "url": e.url,
+                        "in_service": e.in_service,
+                        "healthy": e.healthy,
+                        "in_flight": e.in_flight,
+                        "requests": e.requests,
+                        "failures": e.failures,
+                        "ejections": e.ejections,
+                    })
+                })
+                .collect();
+            Some(json!({ "name": name, "endpoints": endpoints }))
+        })
+        .collect();
+    Json(Value::Array(all))
 }
 
 async fn get_splits(State(gw): State<Gateway>) -> Json<Value> {

@@ -312,6 +312,22 @@ impl Gateway {
         r.split.as_ref().map(|s| s.handle.clone())
     }
 
+    /// The upstream named `name` in the configuration in force: its
+    /// servers' counters and state through
+    /// [`Upstream::endpoints`](crate::proxy::Upstream::endpoints).
+    pub fn upstream(&self, name: &str) -> Option<crate::proxy::Upstream> {
+        let state = self.inner.state.load();
+        state.upstreams.get(name).map(|(_, u)| u.clone())
+    }
+
+    /// The names of the upstreams in force, sorted.
+    pub fn upstreams(&self) -> Vec<String> {
+        let state = self.inner.state.load();
+        let mut names: Vec<String> = state.upstreams.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// The model handle of a route.
     pub fn model(&self, route: &str) -> Option<ModelHandle> {
         let state = self.inner.state.load();
