@@ -1,4 +1,5 @@
-//! Weights shared by every replica, through Redis (feature `redis`).
+//! Weights (and Redis rate limits' quotas) shared by every replica,
+//! through Redis (feature `redis`).
 //!
 //! A [`Split`](crate::split::Split)'s weights and a model router's alias
 //! weights live in each process. Behind a load balancer, promoting green on
@@ -81,8 +82,11 @@
 //! A published set that does not fit this replica (a target or model
 //! version it does not have, during a rolling configuration change) is
 //! refused and counted ([`WeightSyncStats::refused`]); the replica keeps
-//! its weights until a set that fits is published. Only weights travel:
-//! counters, pins, the catalog's versions and each replica's rollback
+//! its weights until a set that fits is published. Weights travel, and a
+//! Redis rate limiter's quotas and dry-run
+//! ([`rate_limit`](WeightSyncBuilder::rate_limit)), so that every replica
+//! checks the shared counts against the same quotas. Counters, pins, the
+//! catalog's versions, limiters' allow lists and each replica's rollback
 //! history stay local (a rollback is a change like any other, and
 //! travels as the weights it sets).
 //!
@@ -107,6 +111,8 @@ use redis::aio::ConnectionManager;
 
 #[cfg(feature = "json")]
 use crate::model::ModelHandle;
+use crate::ratelimit::Quota;
+use crate::ratelimit::redis::RedisRateLimitHandle;
 use crate::split::{SplitHandle, Weights};
 
 /// Publishes a set of weights: raises the version and stores the weights
@@ -154,13 +160,14 @@ pub struct WeightSyncStats {
     pub notified: u64,
 }
 
-/// Something whose weights are synced: a split, or a model router (each
-/// of its aliases).
+/// Something whose settings are synced: a split, a model router (each of
+/// its aliases), or a Redis rate limiter.
 #[derive(Clone)]
 pub(crate) enum Source {
     Split(SplitHandle),
     #[cfg(feature = "json")]
     Model(ModelHandle),
+    Limit(RedisRateLimitHandle),
 }
 
 impl Source {
@@ -180,34 +187,97 @@ impl Source {
                     )
                 })
                 .collect(),
+            Source::Limit(h) => vec![(format!("limit:{}", escape(name)), Set::Limit(h.clone()))],
         }
     }
 }
 
-/// One set of weights.
+/// One synced set: weights, or a limiter's quotas and dry-run.
 enum Set {
     Split(SplitHandle),
     #[cfg(feature = "json")]
     Alias(ModelHandle, String),
+    Limit(RedisRateLimitHandle),
 }
 
 impl Set {
-    fn weights(&self) -> Option<Weights> {
-        match self {
-            Set::Split(h) => Some(h.weights()),
+    /// The set as it is here, as the JSON published for it.
+    fn doc(&self) -> Option<Doc> {
+        let weights = match self {
+            Set::Split(h) => h.weights(),
             #[cfg(feature = "json")]
-            Set::Alias(h, alias) => h.weights(alias),
-        }
+            Set::Alias(h, alias) => h.weights(alias)?,
+            Set::Limit(h) => return Some(limit_doc(h)),
+        };
+        serde_json::to_value(weights).ok()
     }
 
-    /// Applies `weights`; `false` when they do not fit.
-    fn apply(&self, weights: &Weights) -> bool {
+    /// Applies `doc`; `false` when it does not fit.
+    fn apply(&self, doc: &Doc) -> bool {
         match self {
-            Set::Split(h) => h.set_weights(weights.iter()).is_ok(),
+            Set::Split(h) => weights_of(doc).is_some_and(|w| h.set_weights(w.iter()).is_ok()),
             #[cfg(feature = "json")]
-            Set::Alias(h, alias) => h.set_weights(alias, weights.iter()).is_ok(),
+            Set::Alias(h, alias) => {
+                weights_of(doc).is_some_and(|w| h.set_weights(alias, w.iter()).is_ok())
+            }
+            Set::Limit(h) => apply_limit(h, doc),
         }
     }
+}
+
+/// What a set is published as: JSON (weights as `{"blue":90,"green":10}`;
+/// a limiter as `{"quotas":[{"name":..,"count":..,"period_us":..,"burst":..}],"dry_run":false}`).
+type Doc = serde_json::Value;
+
+fn weights_of(doc: &Doc) -> Option<Weights> {
+    serde_json::from_value(doc.clone()).ok()
+}
+
+/// A limiter's quotas (periods in whole microseconds, as the Redis
+/// limiter counts) and dry-run.
+fn limit_doc(h: &RedisRateLimitHandle) -> Doc {
+    let quotas: Vec<Doc> = h
+        .quotas()
+        .iter()
+        .map(|q| {
+            serde_json::json!({
+                "name": q.name(),
+                "count": q.count(),
+                "period_us": u64::try_from(q.period().as_micros()).unwrap_or(u64::MAX),
+                "burst": q.burst_size(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "quotas": quotas, "dry_run": h.dry_run() })
+}
+
+/// Sets a limiter's quotas and dry-run from `doc`; `false` when it does not
+/// fit (unreadable, or quotas the limiter refuses).
+fn apply_limit(h: &RedisRateLimitHandle, doc: &Doc) -> bool {
+    let quota = |q: &Doc| -> Option<Quota> {
+        let count = u32::try_from(q["count"].as_u64()?).ok()?;
+        let burst = u32::try_from(q["burst"].as_u64()?).ok()?;
+        let period = Duration::from_micros(q["period_us"].as_u64()?);
+        Some(
+            Quota::new(count, period)
+                .burst(burst)
+                .named(q["name"].as_str()?),
+        )
+    };
+    let Some(quotas) = doc["quotas"]
+        .as_array()
+        .and_then(|qs| qs.iter().map(quota).collect::<Option<Vec<_>>>())
+    else {
+        return false;
+    };
+    let Some(dry_run) = doc["dry_run"].as_bool() else {
+        return false;
+    };
+    if h.set_quotas(quotas).is_err() {
+        return false;
+    }
+    h.set_dry_run(dry_run);
+    true
 }
 
 /// `:` and `%` escaped, so that names made of parts never collide.
@@ -215,9 +285,9 @@ fn escape(name: &str) -> String {
     name.replace('%', "%25").replace(':', "%3A")
 }
 
-/// The same weights, whatever their order.
-fn same(a: &Weights, b: &Weights) -> bool {
-    a.len() == b.len() && a.iter().all(|(n, w)| b.get(n) == Some(w))
+/// The same document (objects compare whatever their key order).
+fn same(a: &Doc, b: &Doc) -> bool {
+    a == b
 }
 
 /// What a replica remembers of one set between rounds.
@@ -225,10 +295,10 @@ fn same(a: &Weights, b: &Weights) -> bool {
 struct Known {
     /// The weights it last published or applied (or found, before its
     /// first successful round, or kept when it refused Redis's).
-    last: Option<Weights>,
+    last: Option<Doc>,
     /// What Redis held when it last looked: the version, and the weights
     /// (`None` if unreadable). `None` before the first successful round.
-    redis: Option<(u64, Option<Weights>)>,
+    redis: Option<(u64, Option<Doc>)>,
 }
 
 /// What a round works with: the connection, the client to subscribe with
@@ -349,7 +419,7 @@ impl WeightSync {
         for (name, source) in &sources {
             for (suffix, set) in source.sets(name) {
                 let key = format!("{}{suffix}", inner.prefix);
-                let Some(local) = set.weights() else {
+                let Some(local) = set.doc() else {
                     continue;
                 };
                 let entry = known.entry(key.clone()).or_default();
@@ -369,7 +439,7 @@ impl WeightSync {
         redis: &mut ConnectionManager,
         key: &str,
         set: &Set,
-        local: Weights,
+        local: Doc,
         known: &mut Known,
     ) {
         let c = &self.inner.counters;
@@ -429,7 +499,7 @@ impl WeightSync {
         };
         if same(&remote, &local) {
             known.last = Some(local);
-        } else if set.weights().is_some_and(|now| !same(&now, &local)) {
+        } else if set.doc().is_some_and(|now| !same(&now, &local)) {
             // Changed here while Redis was asked: that change is newer,
             // and the next round publishes it.
             known.last = Some(local);
@@ -446,9 +516,9 @@ impl WeightSync {
         &self,
         redis: &mut ConnectionManager,
         key: &str,
-        weights: &Weights,
+        doc: &Doc,
     ) -> Result<u64, ()> {
-        let json = serde_json::to_string(weights).map_err(|_| ())?;
+        let json = serde_json::to_string(doc).map_err(|_| ())?;
         let mut invocation = self.inner.script.key(key);
         invocation.arg(json).arg(self.channel()).arg(&self.inner.id);
         let run = invocation.invoke_async::<u64>(redis);
@@ -464,7 +534,7 @@ impl WeightSync {
         &self,
         redis: &mut ConnectionManager,
         key: &str,
-    ) -> Result<Option<(u64, Option<Weights>)>, ()> {
+    ) -> Result<Option<(u64, Option<Doc>)>, ()> {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(key).arg("version").arg("weights");
         let run = cmd.query_async::<(Option<u64>, Option<String>)>(redis);
@@ -653,6 +723,16 @@ impl WeightSyncBuilder {
     /// every replica (the route's name, say).
     pub fn split(mut self, name: impl Into<String>, handle: SplitHandle) -> Self {
         self.sources.push((name.into(), Source::Split(handle)));
+        self
+    }
+
+    /// Syncs a Redis rate limiter's quotas and dry-run under `name` (its
+    /// allow list stays this replica's own): a change made through its
+    /// [handle](crate::ratelimit::redis::RedisRateLimitHandle) on one
+    /// replica is made on every other, so that they all check the shared
+    /// state against the same quotas.
+    pub fn rate_limit(mut self, name: impl Into<String>, handle: RedisRateLimitHandle) -> Self {
+        self.sources.push((name.into(), Source::Limit(handle)));
         self
     }
 

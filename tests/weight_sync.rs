@@ -532,3 +532,130 @@ split.targets = [
         assert!(err.problems.iter().any(|p| p.at == at), "{err}");
     }
 }
+
+/// A Redis rate limiter's quotas and dry-run travel like weights; a
+/// published set the limiter refuses is counted and changes nothing.
+#[tokio::test]
+async fn rate_limit_quotas_and_dry_run_follow() {
+    use switchyard::ratelimit::Quota;
+    use switchyard::ratelimit::redis::RedisRateLimitLayer;
+
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let mut layers = Vec::new();
+    let mut syncs = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let layer = RedisRateLimitLayer::builder(redis.manager().await)
+            .quota(Quota::per_minute(100).named("api"))
+            .build()
+            .unwrap();
+        let sync = WeightSync::builder(redis.manager().await)
+            .rate_limit("api", layer.handle())
+            .prefix("test:")
+            .interval(Duration::from_secs(3600))
+            .check_interval(Duration::from_millis(10))
+            .notify(redis.client())
+            .build()
+            .unwrap();
+        tasks.push(sync.spawn());
+        syncs.push(sync);
+        layers.push(layer);
+    }
+    eventually("both replicas ran a round", || {
+        syncs.iter().all(|s| s.stats().rounds >= 1)
+    })
+    .await;
+    let (a, b) = (layers[0].handle(), layers[1].handle());
+    a.set_quotas([
+        Quota::per_minute(5).burst(2).named("api"),
+        Quota::per_hour(50).named("hourly"),
+    ])
+    .unwrap();
+    a.set_dry_run(true);
+    eventually("b has a's quotas and dry-run", || {
+        b.quotas().len() == 2 && b.dry_run()
+    })
+    .await;
+    let q = b.quotas();
+    assert_eq!(
+        (q[0].name(), q[0].count(), q[0].burst_size()),
+        ("api".into(), 5, 2)
+    );
+    assert_eq!(q[0].period(), Duration::from_secs(60));
+    assert_eq!((q[1].name(), q[1].count()), ("hourly".into(), 50));
+
+    // Something b cannot take (no quota at all): refused, b unchanged.
+    drop(tasks);
+    let mut conn = redis.manager().await;
+    redis::cmd("HSET")
+        .arg("test:limit:api")
+        .arg("weights")
+        .arg(r#"{"quotas":[],"dry_run":false}"#)
+        .exec_async(&mut conn)
+        .await
+        .unwrap();
+    redis::cmd("HINCRBY")
+        .arg("test:limit:api")
+        .arg("version")
+        .arg(1)
+        .exec_async(&mut conn)
+        .await
+        .unwrap();
+    let refused = syncs[1].stats().refused;
+    tokio::time::timeout(HANG_GUARD, syncs[1].sync_once())
+        .await
+        .unwrap();
+    assert_eq!(syncs[1].stats().refused, refused + 1);
+    assert_eq!(b.quotas().len(), 2);
+    assert!(b.dry_run());
+}
+
+/// The gateway syncs its routes' Redis rate limits too.
+#[tokio::test]
+async fn gateway_replicas_keep_their_redis_limits_together() {
+    use switchyard::gateway::{Gateway, GatewayConfig};
+    use switchyard::ratelimit::Quota;
+
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let text = format!(
+        r#"
+[redis]
+url = "redis://127.0.0.1:{}/"
+
+[weight_sync]
+interval_ms = 3600000
+check_interval_ms = 10
+prefix = "test:"
+
+[upstreams.app]
+url = "http://127.0.0.1:1"
+
+[[routes]]
+name = "api"
+rate_limit = {{ key = {{ header = "x-user" }}, quotas = [{{ name = "shared", limit = 100, period = "1m" }}], redis = true }}
+split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
+"#,
+        redis.port
+    );
+    let a = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
+    let b = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
+    eventually("both replicas ran a round", || {
+        [&a, &b]
+            .iter()
+            .all(|g| g.weight_sync().unwrap().stats().rounds >= 1)
+    })
+    .await;
+    a.redis_rate_limit("api")
+        .unwrap()
+        .set_quotas([Quota::per_minute(10).named("shared")])
+        .unwrap();
+    let b_limit = b.redis_rate_limit("api").unwrap();
+    eventually("b limits at 10 a minute", || {
+        b_limit.quotas()[0].count() == 10
+    })
+    .await;
+}

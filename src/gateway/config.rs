@@ -219,8 +219,9 @@ pub enum RedisFailureConfig {
     Local,
 }
 
-/// `[weight_sync]`: the weights of every route's split and model router
-/// kept the same on every replica given the same `[redis]` (see
+/// `[weight_sync]`: the weights of every route's split and model router,
+/// and the quotas and dry-run of its Redis rate limit, kept the same on
+/// every replica given the same `[redis]` (see
 /// [`crate::sync`]), under the route's name. A change on one replica, by
 /// the admin API, a rollout or a reload, reaches the others within about
 /// one check interval (announced on a Redis channel), or one interval when

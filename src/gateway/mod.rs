@@ -228,6 +228,10 @@ impl Gateway {
                     if let Some((_, model)) = &r.model {
                         sources.push((r.name.clone(), crate::sync::Source::Model(model.clone())));
                     }
+                    if let Some((_, limiter)) = &r.shared_limiter {
+                        sources
+                            .push((r.name.clone(), crate::sync::Source::Limit(limiter.handle())));
+                    }
                 }
                 Some(crate::sync::Round {
                     redis: shared.connection(),

@@ -67,9 +67,12 @@
 //! AI gateway charges the tokens a model used once its response is done);
 //! and reads the counters. The state is in Redis, but quotas, dry-run and
 //! the allow list are each layer's own configuration: every replica must
-//! be told of a change, and while two replicas differ, each checks the
-//! shared state against its own quotas. State is kept per quota *name*
-//! (see [`set_quotas`](RedisRateLimitHandle::set_quotas)).
+//! be told of a change (a [`WeightSync`](crate::sync::WeightSync) with
+//! [`rate_limit`](crate::sync::WeightSyncBuilder::rate_limit) carries
+//! quotas and dry-run to the others; the gateway's `[weight_sync]` does so
+//! for its routes), and while two replicas differ, each checks the shared
+//! state against its own quotas. State is kept per quota *name* (see
+//! [`set_quotas`](RedisRateLimitHandle::set_quotas)).
 //!
 //! # When Redis fails
 //!
@@ -549,6 +552,11 @@ impl RedisRateLimitHandle {
     /// The current quotas.
     pub fn quotas(&self) -> Vec<Quota> {
         self.limiter.config.quotas()
+    }
+
+    /// Whether the layer is in dry-run.
+    pub fn dry_run(&self) -> bool {
+        self.limiter.config.load().dry_run
     }
 
     /// Turns dry-run on or off: in dry-run, requests over the limit are
