@@ -475,3 +475,28 @@ async fn least_requests_counts_a_stream_until_it_ends() {
     drop(res);
     assert!(upstream.endpoints().iter().all(|e| e.in_flight == 0));
 }
+
+/// A gRPC server answers 200 to anything: an error status in the head of
+/// its answer fails the check.
+#[tokio::test]
+async fn a_grpc_error_status_fails_a_health_check() {
+    let grpc = net::serve(
+        axum::Router::new().fallback(|| async { (StatusCode::OK, [("grpc-status", "12")], "") }),
+    )
+    .await;
+    let fine = named("fine").await;
+    let upstream = Upstream::builder(&format!("http://{grpc}"))
+        .endpoint(&format!("http://{fine}"))
+        .health_check(
+            HealthCheck::get("/grpc.health.v1.Health/Check")
+                .interval(Duration::from_millis(10))
+                .unhealthy_after(1),
+        )
+        .build()
+        .unwrap();
+    eventually("the gRPC server unhealthy", || {
+        !upstream.endpoints()[0].healthy
+    })
+    .await;
+    assert!(upstream.endpoints()[1].healthy);
+}

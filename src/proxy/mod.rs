@@ -134,7 +134,8 @@ pub enum ProxyError {
 
 /// Active health checks of an upstream's endpoints
 /// ([`UpstreamBuilder::health_check`]): every `interval`, a `GET` of
-/// `path` on each endpoint, passed by a 2xx answer within `timeout`. An
+/// `path` on each endpoint, passed by a 2xx answer within `timeout` (and,
+/// from a gRPC server, without a `grpc-status` other than 0 in its head). An
 /// endpoint failing `unhealthy_after` checks in a row is out of service
 /// until it passes `healthy_after` in a row.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -851,7 +852,13 @@ impl Inner {
         headers.insert(header::USER_AGENT, AGENT);
         match tokio::time::timeout(timeout, self.client.request(req)).await {
             Ok(Ok(res)) => {
-                let passed = res.status().is_success();
+                // A gRPC server answers 200 to anything; a trailers-only
+                // error carries its status in the headers.
+                let passed = res.status().is_success()
+                    && res
+                        .headers()
+                        .get("grpc-status")
+                        .is_none_or(|s| s.as_bytes() == b"0");
                 // Read the body (up to 64 KiB), so that the connection can
                 // go back to the pool.
                 let body = http_body_util::Limited::new(res.into_body(), 64 * 1024);
