@@ -500,3 +500,34 @@ async fn a_grpc_error_status_fails_a_health_check() {
     .await;
     assert!(upstream.endpoints()[1].healthy);
 }
+
+/// With `eject_on_5xx`, a server answering 500 to everything is taken out
+/// (the 500s still reach the client); without it, it keeps its turns.
+#[tokio::test]
+async fn server_errors_eject_only_when_asked() {
+    let broken = net::serve(
+        axum::Router::new().fallback(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "broken") }),
+    )
+    .await;
+    let fine = named("fine").await;
+    for (eject, want) in [
+        (true, [500, 200, 500, 200, 200, 200]),
+        (false, [500, 200, 500, 200, 500, 200]),
+    ] {
+        let upstream = Upstream::builder(&format!("http://{broken}"))
+            .endpoint(&format!("http://{fine}"))
+            .eject_after(2, Duration::from_secs(60))
+            .eject_on_5xx(eject)
+            .build()
+            .unwrap();
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            let req = Request::get("http://client.example/")
+                .body(Full::default())
+                .unwrap();
+            statuses.push(send(&upstream, req).await.0.as_u16());
+        }
+        assert_eq!(statuses, want, "eject_on_5xx({eject})");
+        assert_eq!(upstream.endpoints()[0].in_service, !eject);
+    }
+}

@@ -287,10 +287,12 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
                         "must be above 0",
                     );
                 }
-                b = b.eject_after(
-                    uc.eject_failures.unwrap_or(3),
-                    Duration::from_millis(uc.eject_ms.unwrap_or(10_000)),
-                );
+                b = b
+                    .eject_after(
+                        uc.eject_failures.unwrap_or(3),
+                        Duration::from_millis(uc.eject_ms.unwrap_or(10_000)),
+                    )
+                    .eject_on_5xx(uc.eject_on_5xx);
                 if let Some(balance) = uc.balance {
                     b = b.balance(match balance {
                         super::config::BalanceConfig::RoundRobin => {

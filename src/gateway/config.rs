@@ -89,6 +89,9 @@ pub struct UpstreamConfig {
     pub eject_failures: Option<u32>,
     /// With `endpoints`: for how long, in milliseconds (10000 by default).
     pub eject_ms: Option<u64>,
+    /// With `endpoints`: count 5xx answers as failures too (see
+    /// [`crate::proxy::UpstreamBuilder::eject_on_5xx`]).
+    pub eject_on_5xx: bool,
     /// Active health checks of every endpoint (none by default).
     pub health_check: Option<HealthCheckConfig>,
     /// With `endpoints`: `"round_robin"` (the default) or

@@ -86,6 +86,15 @@ pub(super) struct Ejection {
     pub(super) failures: u32,
     /// For how long.
     pub(super) duration: Duration,
+    /// Whether 5xx answers count as failures.
+    pub(super) server_errors: bool,
+}
+
+impl Ejection {
+    /// Whether an answer with `status` counts as a failure.
+    pub(super) fn fails(&self, status: http::StatusCode) -> bool {
+        self.server_errors && status.is_server_error()
+    }
 }
 
 /// How an [`Upstream`](super::Upstream) of several endpoints chooses one
@@ -129,6 +138,10 @@ impl Endpoints {
 
     pub(super) fn len(&self) -> usize {
         self.list.len()
+    }
+
+    pub(super) fn ejection(&self) -> &Ejection {
+        &self.ejection
     }
 
     fn now(&self) -> u64 {
@@ -265,8 +278,8 @@ pub struct EndpointStats {
     /// Requests sent to it (a retry on another endpoint counts there too).
     pub requests: u64,
     /// Requests it failed: not reached, the exchange broken, or no answer
-    /// within the response timeout. (Answers are never failures, 5xx
-    /// included: the upstream spoke.)
+    /// within the response timeout; and 5xx answers, with
+    /// [`eject_on_5xx`](super::UpstreamBuilder::eject_on_5xx).
     pub failures: u64,
     /// Times it was taken out of service.
     pub ejections: u64,
@@ -296,6 +309,7 @@ mod tests {
             Ejection {
                 failures,
                 duration: Duration::from_secs(secs),
+                server_errors: false,
             },
             Balance::RoundRobin,
         )

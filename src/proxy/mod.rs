@@ -241,6 +241,7 @@ impl Upstream {
             ejection: Ejection {
                 failures: 3,
                 duration: Duration::from_secs(10),
+                server_errors: false,
             },
             health_check: None,
             balance: Balance::RoundRobin,
@@ -308,13 +309,26 @@ impl UpstreamBuilder {
     /// With several [endpoints](Self::endpoint): after `failures`
     /// requests in a row fail on one (it cannot be reached, breaks the
     /// exchange, or does not answer within the response timeout; an
-    /// answer, 5xx included, is not a failure), it is out of service for
+    /// answer, 5xx included, is not a failure unless
+    /// [`eject_on_5xx`](Self::eject_on_5xx)), it is out of service for
     /// `duration`, and back in service its first failure takes it out
     /// again (3 failures and 10 s by default, as nginx's `max_fails` and
     /// `fail_timeout` work). With every endpoint out, requests go to the
     /// one that returns first. A single endpoint is never taken out.
     pub fn eject_after(mut self, failures: u32, duration: Duration) -> Self {
-        self.ejection = Ejection { failures, duration };
+        self.ejection.failures = failures;
+        self.ejection.duration = duration;
+        self
+    }
+
+    /// Counts a 5xx answer from an endpoint as a failure towards
+    /// [ejection](Self::eject_after), as Envoy's outlier detection does
+    /// (off by default: an answer is the upstream speaking). A server of
+    /// the version that answers 500 to everything, while the others of the
+    /// same version do not, is then taken out. The answer still goes to
+    /// the client.
+    pub fn eject_on_5xx(mut self, yes: bool) -> Self {
+        self.ejection.server_errors = yes;
         self
     }
 
@@ -643,7 +657,10 @@ impl Future for ResponseFuture {
                     })));
                 }
             };
-            endpoints.record(*this.endpoint, result.is_ok());
+            let ok = result
+                .as_ref()
+                .is_ok_and(|res| !endpoints.ejection().fails(res.status()));
+            endpoints.record(*this.endpoint, ok);
             let e = match result {
                 Ok(res) => {
                     let res = upstream_response(res, this.upgrade.take(), this.inner);
