@@ -192,7 +192,8 @@ type Connector = HttpConnector;
 #[cfg(feature = "tls")]
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// Forwards requests to one upstream server. See the [module docs](self).
+/// Forwards requests to an upstream: one server, or several taking turns.
+/// See the [module docs](self).
 ///
 /// Cheap to clone: clones share the connection pool.
 #[derive(Clone)]
@@ -201,8 +202,6 @@ pub struct Upstream {
 }
 
 struct Inner {
-    /// The first endpoint's URL.
-    url: String,
     scheme: Scheme,
     endpoints: Endpoints,
     /// The URL's path, without a trailing `/`, put before every request
@@ -219,7 +218,7 @@ struct Inner {
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("url", &self.inner.url)
+            .field("url", &self.url())
             .field("endpoints", &self.inner.endpoints.len())
             .field("http2", &self.inner.http2)
             .finish_non_exhaustive()
@@ -262,7 +261,7 @@ impl Upstream {
 
     /// The upstream's URL (its first endpoint's).
     pub fn url(&self) -> &str {
-        &self.inner.url
+        &self.inner.endpoints.get(0).url
     }
 
     /// Each endpoint's counters and whether it is in service, in the order
@@ -499,7 +498,6 @@ impl UpstreamBuilder {
         };
         let upstream = Upstream {
             inner: Arc::new(Inner {
-                url: self.url,
                 scheme,
                 endpoints: Endpoints::new(list, self.ejection, self.balance),
                 prefix,
