@@ -22,6 +22,10 @@
 //!   response) and a sticky 90/10 split whose two targets are two
 //!   upstreams (two connection pools) on the same server, configured as
 //!   the `direct` one.
+//! * `three_endpoints`: `direct`'s upstream given two more servers (on the
+//!   same runtime, answering alike), requests taking turns: against
+//!   `direct`, the cost of choosing an endpoint and of keeping a bodiless
+//!   request's head to send again elsewhere if its connection fails.
 //!
 //! Runtime: one current-thread tokio runtime runs the upstream server, the
 //! hyper client's connection tasks and the benchmarked future (criterion's
@@ -242,6 +246,24 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(rt.block_on(round_trip(&mut proxied, reqs.build()))));
     });
     report(&accepted, "direct and proxied");
+
+    // The same upstream spread over three servers (two more on this
+    // runtime), taking turns: what choosing an endpoint costs.
+    let more = [
+        rt.block_on(upstream(accepted.clone())),
+        rt.block_on(upstream(accepted.clone())),
+    ];
+    let mut three = Upstream::builder(&format!("http://{addr}"))
+        .endpoint(&format!("http://{}", more[0]))
+        .endpoint(&format!("http://{}", more[1]))
+        .response_timeout(RESPONSE_TIMEOUT)
+        .build()
+        .unwrap();
+    check(&rt, &mut three, &mut reqs);
+    group.bench_function("three_endpoints", |b| {
+        b.iter(|| black_box(rt.block_on(round_trip(&mut three, reqs.build()))));
+    });
+    report(&accepted, "three_endpoints");
 
     group.finish();
 }
