@@ -226,6 +226,9 @@ impl fmt::Debug for KeyBy {
 }
 
 pub(crate) fn peer_ip(extensions: &Extensions) -> Option<IpAddr> {
+    if let Some(info) = extensions.get::<crate::conn::ConnectionInfo>() {
+        return Some(info.peer.ip().to_canonical());
+    }
     #[cfg(feature = "axum")]
     if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
         return Some(info.0.ip().to_canonical());

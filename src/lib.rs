@@ -65,6 +65,7 @@
 //! | [`metrics`] | [`LatencyHistogram`](metrics::LatencyHistogram): fixed-bucket latency counters with quantile estimates |
 //! | `proxy` (feature `proxy`) | `Upstream`: forwards to an upstream server over a pooled hyper client (HTTP/1.1, h2c; `https://` with feature `tls`), with proxy semantics, 502/504 as problem+json |
 //! | [`problem`] | [`Problem`](problem::Problem): the `application/problem+json` rejections every layer answers with |
+//! | [`conn`] | [`ConnectionInfo`](conn::ConnectionInfo): what the server knows of a request's connection (peer, local address, TLS) |
 //! | [`body`] | [`ResponseBody`](body::ResponseBody): the inner body, or a layer's own answer |
 //! | [`future`] | [`ResponseFuture`](future::ResponseFuture): the response future of the admission layers (auth, scopes, rate limit) |
 //!
@@ -90,6 +91,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod conn;
 pub mod future;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
