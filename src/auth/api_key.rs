@@ -356,6 +356,21 @@ impl ApiKeyHandle {
         found
     }
 
+    /// Replaces every key at once with `keys`, in one swap: the next
+    /// request sees exactly these. Fails, changing nothing, if two of them
+    /// share a digest.
+    pub fn set_keys(&self, keys: impl IntoIterator<Item = ApiKey>) -> Result<(), AuthError> {
+        let mut table = Table::default();
+        for key in keys {
+            let digest = key.digest;
+            if table.insert(digest, key).is_some() {
+                return Err(AuthError::DuplicateKey(digest.to_string()));
+            }
+        }
+        self.update(|t| *t = table);
+        Ok(())
+    }
+
     /// The keys (digests and identities, never secrets), in no particular
     /// order.
     pub fn keys(&self) -> Vec<ApiKey> {

@@ -14,8 +14,8 @@
 //! | method and path | does |
 //! | --- | --- |
 //! | `GET /healthz` | `ok` (the only route without a key, for load balancers) |
-//! | `GET /config` | the configuration in force, weights as they are now |
-//! | `PUT /config` | checks a new configuration (JSON) and reloads; 422 with every problem otherwise |
+//! | `GET /config` | the configuration in force, weights as they are now, secrets redacted (keys as digests, URL passwords and credential header values as `<redacted>`) |
+//! | `PUT /config` | checks a new configuration (JSON) and reloads, as one transaction; 422 with every problem otherwise, and nothing changed. `<redacted>` values sent back as `GET /config` showed them keep their secrets; a configuration without admin keys is refused |
 //! | `GET /splits`, `GET /splits/{route}` | weights and per-target counters |
 //! | `PUT /splits/{route}/weights` | `{"blue": 90, "green": 10}` (or `{"weights": {...}}`) |
 //! | `POST /splits/{route}/promote/{target}` | all traffic to `target` |
@@ -28,7 +28,7 @@
 //! | `GET /metrics` | Prometheus text exposition |
 //!
 //! Every route but `/healthz` needs one of the configuration's admin keys
-//! (`admin.keys`), as a bearer token or in `x-api-key`. Every change is
+//! (`admin.keys`, as the last reload left them), as a bearer token or in `x-api-key`. Every change is
 //! logged with the `tracing` crate at `INFO`, with the admin's identity
 //! and the state before and after. Errors are problem+json.
 
@@ -43,7 +43,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ConfigError, Gateway, GatewayConfig};
-use crate::auth::{ApiKeyLayer, Identity};
+use crate::auth::Identity;
 use crate::problem::Problem;
 use crate::split::Weights;
 
@@ -63,25 +63,16 @@ pub enum AdminError {
 /// The admin API for `gateway`, protected by the keys in its
 /// configuration's `admin.keys` (as they are when this is called).
 pub fn router(gateway: &Gateway) -> Result<Router, AdminError> {
-    let config = gateway.config();
-    if config.admin.keys.is_empty() {
-        return Err(AdminError::NoKeys);
-    }
-    let mut problems = super::build::Problems::default();
-    let keys = super::build::api_keys(&config.admin.keys, "admin.keys", &mut problems);
-    problems.into_result()?;
-    let auth = ApiKeyLayer::builder()
-        .keys(keys)
-        .realm("switchyard admin")
-        .build()
-        .map_err(|e| {
-            AdminError::Config(ConfigError {
-                problems: vec![super::ConfigProblem {
-                    at: "admin.keys".into(),
-                    message: e.to_string(),
-                }],
-            })
-        })?;
+    // The gateway's own admin key check: a reload that changes
+    // `admin.keys` changes the keys this router accepts.
+    let auth = gateway
+        .inner
+        .state
+        .load()
+        .admin_auth
+        .clone()
+        .filter(|layer| !layer.handle().keys().is_empty())
+        .ok_or(AdminError::NoKeys)?;
 
     let protected = Router::new()
         .route("/config", get(get_config).put(put_config))
@@ -117,8 +108,10 @@ fn who(identity: &Option<Extension<Identity>>) -> String {
         .map_or_else(|| "unknown".to_owned(), |Extension(i)| i.id().to_owned())
 }
 
+/// The configuration in force, secrets taken out (see
+/// [`GatewayConfig::redacted`]).
 async fn get_config(State(gw): State<Gateway>) -> Json<GatewayConfig> {
-    Json(gw.config())
+    Json(gw.config().redacted())
 }
 
 async fn put_config(
@@ -126,7 +119,7 @@ async fn put_config(
     identity: Option<Extension<Identity>>,
     body: axum::body::Bytes,
 ) -> Response {
-    let config: GatewayConfig = match serde_json::from_slice(&body) {
+    let mut config: GatewayConfig = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => {
             return problem(
@@ -135,8 +128,36 @@ async fn put_config(
             );
         }
     };
+    // What `GET /config` showed redacted, sent back as it was, keeps the
+    // secret in force.
+    config.restore_redacted(&gw.config());
+    if config.admin.keys.is_empty() {
+        return IntoResponse::into_response(
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY)
+                .detail("the configuration was refused; the old one keeps serving")
+                .with(
+                    "problems",
+                    vec![json!({
+                        "at": "admin.keys",
+                        "message": "no admin keys: the admin API would lock itself out",
+                    })],
+                ),
+        );
+    }
     let before = gw.routes();
-    match gw.reload(config) {
+    // Building reads files and may connect: off the async workers.
+    let reloading = gw.clone();
+    let result = match tokio::task::spawn_blocking(move || reloading.reload(config)).await {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!(admin = %who(&identity), error = %e, "gateway reload failed");
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the reload failed; the old configuration keeps serving",
+            );
+        }
+    };
+    match result {
         Ok(()) => {
             tracing::info!(admin = %who(&identity), ?before, after = ?gw.routes(), "gateway configuration reloaded");
             Json(json!({ "status": "reloaded", "routes": gw.routes() })).into_response()

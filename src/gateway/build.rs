@@ -13,11 +13,12 @@ use http::{HeaderName, Method, Request, Response};
 use http_body::Body;
 use tower::{Layer, Service, ServiceExt};
 
+use super::config::RateLimitConfig;
+#[cfg(feature = "redis")]
+use super::config::RedisFailureConfig;
 use super::config::{
     ApiKeyConfig, GatewayConfig, KeyConfig, QuotaConfig, RedisConfig, RouteConfig, UpstreamConfig,
 };
-#[cfg(feature = "redis")]
-use super::config::{RateLimitConfig, RedisFailureConfig};
 use super::{ConfigError, ConfigProblem, GatewayBody};
 use crate::auth::{ApiKey, ApiKeyLayer, Identity, RequireScopes};
 use crate::key::{KeyBy, TrustedProxies};
@@ -90,7 +91,14 @@ pub(crate) struct State {
     pub(crate) config: GatewayConfig,
     pub(crate) routes: Vec<BuiltRoute>,
     pub(crate) upstreams: HashMap<String, (UpstreamConfig, Upstream)>,
+    /// A digest of the TLS files each upstream read (`ca_file`, client
+    /// certificate and key), to rebuild it on reload when they changed.
+    pub(crate) tls_files: HashMap<String, [u8; 32]>,
     pub(crate) auth: Option<ApiKeyLayer>,
+    /// The admin API's key check (`admin.keys`), when it has keys.
+    pub(crate) admin_auth: Option<ApiKeyLayer>,
+    /// `pre_auth_limit`: in front of every route.
+    pub(crate) pre_auth: Option<(RateLimitLayer, RateLimitHandle)>,
     /// The connection shared rate limits use, with the settings it was
     /// made from.
     pub(crate) redis: Option<SharedRedis>,
@@ -204,21 +212,113 @@ impl Problems {
     }
 }
 
-/// Builds the state for `config`, reusing what `old` has for routes,
-/// targets and upstreams that still exist. Every problem is reported.
-pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State, ConfigError> {
-    let mut problems = Problems(Vec::new());
+/// What a reload changes in live objects it keeps (keys, weights, rules,
+/// quotas, catalogs), held back until the whole configuration has been
+/// built: nothing live is touched by a configuration that is refused.
+#[derive(Default)]
+#[must_use = "a reload's changes take effect only when applied"]
+pub(crate) struct Changes(Vec<Change>);
 
-    // Upstreams.
+enum Change {
+    Keys(crate::auth::ApiKeyHandle, Vec<ApiKey>),
+    Weights(SplitHandle, Vec<(String, u32)>),
+    Catalog(ModelHandle, crate::model::Catalog),
+    Rules(TransformHandle, crate::transform::Rules),
+    Quotas(RateLimitHandle, Vec<Quota>),
+}
+
+impl Changes {
+    fn push(&mut self, change: Change) {
+        self.0.push(change);
+    }
+
+    /// Applies every change, in order. If one fails (the configuration
+    /// was checked on fresh objects first, so none should), those already
+    /// applied are put back as they were and the error is returned.
+    pub(crate) fn apply(self) -> Result<(), ConfigError> {
+        let mut undo: Vec<Change> = Vec::with_capacity(self.0.len());
+        for change in self.0 {
+            let before = change.current();
+            match change.apply() {
+                Ok(()) => undo.push(before),
+                Err(problem) => {
+                    for change in undo.into_iter().rev() {
+                        // The values were in force a moment ago.
+                        let _ = change.apply();
+                    }
+                    return Err(ConfigError {
+                        problems: vec![problem],
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Change {
+    /// The same kind of change, back to what the live object holds now.
+    fn current(&self) -> Change {
+        match self {
+            Change::Keys(h, _) => Change::Keys(h.clone(), h.keys()),
+            Change::Weights(h, _) => Change::Weights(
+                h.clone(),
+                h.weights()
+                    .iter()
+                    .map(|(name, w)| (name.to_owned(), w))
+                    .collect(),
+            ),
+            Change::Catalog(h, _) => Change::Catalog(h.clone(), h.catalog()),
+            Change::Rules(h, _) => Change::Rules(h.clone(), h.rules()),
+            Change::Quotas(h, _) => Change::Quotas(h.clone(), h.quotas()),
+        }
+    }
+
+    fn apply(self) -> Result<(), ConfigProblem> {
+        let problem = |at: &str, e: &dyn std::fmt::Display| ConfigProblem {
+            at: at.to_owned(),
+            message: e.to_string(),
+        };
+        match self {
+            Change::Keys(h, keys) => h.set_keys(keys).map_err(|e| problem("api_keys", &e)),
+            Change::Weights(h, weights) => h.set_weights(weights).map_err(|e| problem("split", &e)),
+            Change::Catalog(h, catalog) => h.set_catalog(catalog).map_err(|e| problem("model", &e)),
+            Change::Rules(h, rules) => h.set_rules(rules).map_err(|e| problem("transform", &e)),
+            Change::Quotas(h, quotas) => {
+                h.set_quotas(quotas).map_err(|e| problem("rate_limit", &e))
+            }
+        }
+    }
+}
+
+/// Builds the state for `config`, reusing what `old` has for routes,
+/// targets and upstreams that still exist, and the changes to make to the
+/// live objects it reuses (see [`Changes`]). Every problem is reported.
+pub(crate) fn build(
+    config: GatewayConfig,
+    old: Option<&State>,
+) -> Result<(State, Changes), ConfigError> {
+    let mut problems = Problems(Vec::new());
+    let mut changes = Changes::default();
+
+    // Upstreams: kept when their configuration and the TLS files it names
+    // are unchanged.
     let mut upstreams = HashMap::new();
+    let mut rebuilt = Vec::new();
+    let mut tls_files = HashMap::new();
     for (name, uc) in &config.upstreams {
+        let files = tls_files_digest(uc);
         let reused = old
-            .and_then(|o| o.upstreams.get(name))
-            .filter(|(c, _)| c == uc)
-            .map(|(_, u)| u.clone());
+            .and_then(|o| o.upstreams.get(name).zip(Some(&o.tls_files)))
+            .filter(|((c, _), digests)| c == uc && digests.get(name) == files.as_ref())
+            .map(|((_, u), _)| u.clone());
+        if let Some(files) = files {
+            tls_files.insert(name.clone(), files);
+        }
         let upstream = match reused {
             Some(u) => Some(u),
             None => {
+                rebuilt.push(name.clone());
                 let mut b = Upstream::builder(&uc.url)
                     .http2(uc.http2)
                     .preserve_host(uc.preserve_host);
@@ -339,19 +439,9 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
     let needs_auth = config.routes.iter().any(|r| r.auth.is_some());
     let auth = match old.and_then(|o| o.auth.clone()) {
         Some(layer) => {
-            // New keys first, then the ones that went away: a key in both
-            // configs is accepted throughout.
-            let handle = layer.handle();
-            let kept: Vec<String> = keys.iter().map(ApiKey::digest).collect();
-            for key in keys {
-                handle.insert(key);
-            }
-            for key in handle.keys() {
-                let digest = key.digest();
-                if !kept.contains(&digest) {
-                    let _ = handle.revoke_digest(&digest);
-                }
-            }
+            // The whole set swapped at once when the reload is applied: a
+            // key in both configs is accepted throughout.
+            changes.push(Change::Keys(layer.handle(), keys));
             Some(layer)
         }
         None if needs_auth => match ApiKeyLayer::builder().keys(keys).build() {
@@ -363,6 +453,34 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
         },
         None => None,
     };
+
+    // The admin API's keys: one layer, kept across reloads, so that a key
+    // taken out of `admin.keys` stops working with the reload.
+    let admin_keys = api_keys(&config.admin.keys, "admin.keys", &mut problems);
+    let admin_auth = match old.and_then(|o| o.admin_auth.clone()) {
+        Some(layer) => {
+            changes.push(Change::Keys(layer.handle(), admin_keys));
+            Some(layer)
+        }
+        None if !admin_keys.is_empty() => match ApiKeyLayer::builder()
+            .keys(admin_keys)
+            .realm("switchyard admin")
+            .build()
+        {
+            Ok(layer) => Some(layer),
+            Err(e) => {
+                problems.push("admin.keys", e);
+                None
+            }
+        },
+        None => None,
+    };
+
+    // The limit before authentication, shared by every route.
+    let pre_auth = config
+        .pre_auth_limit
+        .as_ref()
+        .and_then(|rl| pre_auth_limiter(rl, old, &mut problems, &mut changes));
 
     // Redis, for shared rate limits.
     let redis = config
@@ -405,23 +523,31 @@ pub(crate) fn build(config: GatewayConfig, old: Option<&State>) -> Result<State,
         let old_upstreams = old.map(|o| &o.upstreams);
         let common = Common {
             upstreams: &upstreams,
+            rebuilt: &rebuilt,
             old_upstreams,
             auth: auth.as_ref(),
+            pre_auth: pre_auth.as_ref().map(|(layer, _)| layer),
             redis: redis.as_ref(),
         };
-        if let Some(route) = build_route(rc, &at, &common, old_route, &mut problems) {
+        if let Some(route) = build_route(rc, &at, &common, old_route, &mut problems, &mut changes) {
             routes.push(route);
         }
     }
 
     problems.into_result()?;
-    Ok(State {
-        config,
-        routes,
-        upstreams,
-        auth,
-        redis,
-    })
+    Ok((
+        State {
+            config,
+            routes,
+            upstreams,
+            tls_files,
+            auth,
+            admin_auth,
+            pre_auth,
+            redis,
+        },
+        changes,
+    ))
 }
 
 /// The connection for `[redis]`: the old one when the settings did not
@@ -721,8 +847,11 @@ fn quotas(list: &[QuotaConfig], at: &str, problems: &mut Problems) -> Vec<Quota>
 /// What every route is built from besides its own configuration.
 struct Common<'a> {
     upstreams: &'a HashMap<String, (UpstreamConfig, Upstream)>,
+    /// The upstreams built anew rather than kept from the old state.
+    rebuilt: &'a [String],
     old_upstreams: Option<&'a HashMap<String, (UpstreamConfig, Upstream)>>,
     auth: Option<&'a ApiKeyLayer>,
+    pre_auth: Option<&'a RateLimitLayer>,
     redis: Option<&'a SharedRedis>,
 }
 
@@ -732,11 +861,14 @@ fn build_route(
     common: &Common<'_>,
     old: Option<&BuiltRoute>,
     problems: &mut Problems,
+    changes: &mut Changes,
 ) -> Option<BuiltRoute> {
     let Common {
         upstreams,
+        rebuilt,
         old_upstreams,
         auth,
+        pre_auth,
         redis,
     } = *common;
     let before = problems.0.len();
@@ -810,6 +942,7 @@ fn build_route(
                     && old_sc.targets.iter().zip(&sc.targets).all(|(a, b)| {
                         a.name == b.name
                             && a.upstream == b.upstream
+                            && !rebuilt.contains(&b.upstream)
                             && upstreams.get(&b.upstream).map(|(c, _)| c)
                                 == old_upstreams
                                     .and_then(|m| m.get(&a.upstream))
@@ -818,14 +951,19 @@ fn build_route(
                 same_shape.then_some(o.split.as_ref()?)
             });
             if let Some(old_split) = reusable {
-                let weights: Vec<(&str, u32)> = sc
+                let weights: Vec<(String, u32)> = sc
                     .targets
                     .iter()
-                    .map(|t| (t.name.as_str(), t.weight))
+                    .map(|t| (t.name.clone(), t.weight))
                     .collect();
-                let changed = old_split.handle.weights().iter().collect::<Vec<_>>() != weights;
-                if changed && let Err(e) = old_split.handle.set_weights(weights) {
-                    problems.push(format!("{here}.targets"), e);
+                let now = old_split.handle.weights();
+                let changed = now
+                    .iter()
+                    .map(|(n, w)| (n.to_owned(), w))
+                    .collect::<Vec<_>>()
+                    != weights;
+                if changed {
+                    changes.push(Change::Weights(old_split.handle.clone(), weights));
                 }
                 split = Some(BuiltSplit {
                     split: old_split.split.clone(),
@@ -866,19 +1004,22 @@ fn build_route(
                 .sticky
                 .as_ref()
                 .and_then(|k| key_by(k, &format!("{here}.sticky"), problems));
-            let reusable = old.and_then(|o| {
+            // The router holds the upstreams it was built with: reuse it
+            // only when every one of them is unchanged (a changed URL or
+            // TLS file builds a new upstream, and so a new router).
+            let same_upstreams = old_upstreams.is_some_and(|o| {
+                o.len() == upstreams.len() && upstreams.keys().all(|name| o.contains_key(name))
+            }) && rebuilt.is_empty();
+            let reusable = old.filter(|_| same_upstreams).and_then(|o| {
                 let old_mc = o.config.model.as_ref()?;
                 (old_mc.sticky == mc.sticky && old_mc.body_limit == mc.body_limit)
                     .then_some(o.model.as_ref()?)
             });
             let built = match reusable {
-                Some((router, handle)) => match handle.set_catalog(mc.catalog.clone()) {
-                    Ok(()) => Some((router.clone(), handle.clone())),
-                    Err(e) => {
-                        problems.push(format!("{here}.catalog"), e);
-                        None
-                    }
-                },
+                Some((router, handle)) => {
+                    changes.push(Change::Catalog(handle.clone(), mc.catalog.clone()));
+                    Some((router.clone(), handle.clone()))
+                }
                 None => {
                     let mut b = ModelRouter::builder().catalog(mc.catalog.clone());
                     for (name, (_, u)) in upstreams {
@@ -911,13 +1052,10 @@ fn build_route(
     let transform = rc.transform.as_ref().and_then(|rules| {
         let reused = old.and_then(|o| o.transform.as_ref());
         match reused {
-            Some((layer, handle)) => match handle.set_rules(rules.clone()) {
-                Ok(()) => Some((layer.clone(), handle.clone())),
-                Err(e) => {
-                    problems.push(format!("{at}.transform"), e);
-                    None
-                }
-            },
+            Some((layer, handle)) => {
+                changes.push(Change::Rules(handle.clone(), rules.clone()));
+                Some((layer.clone(), handle.clone()))
+            }
             None => match TransformLayer::new(rules.clone()) {
                 Ok(layer) => {
                     let h = layer.handle();
@@ -970,13 +1108,10 @@ fn build_route(
                 })
                 .and_then(|o| o.limiter.as_ref());
             match reused {
-                Some((layer, handle)) => match handle.set_quotas(qs) {
-                    Ok(()) => Some((layer.clone(), handle.clone())),
-                    Err(e) => {
-                        problems.push(format!("{here}.quotas"), e);
-                        None
-                    }
-                },
+                Some((layer, handle)) => {
+                    changes.push(Change::Quotas(handle.clone(), qs));
+                    Some((layer.clone(), handle.clone()))
+                }
                 None => {
                     let mut b = RateLimitLayer::builder().key_by(key);
                     for q in qs {
@@ -1022,6 +1157,9 @@ fn build_route(
             None => return None,
         }
     }
+    if let Some(layer) = pre_auth {
+        service = boxed(layer.layer(service));
+    }
     if rc.model.is_some() {
         // OpenAI clients read every refusal on an AI route in their shape.
         service = boxed(OpenAiErrorsLayer.layer(service));
@@ -1041,6 +1179,62 @@ fn build_route(
         transform,
         counters,
     })
+}
+
+/// `pre_auth_limit`: one limiter for every route, kept across reloads
+/// (with its cells) while its key is unchanged.
+fn pre_auth_limiter(
+    rl: &RateLimitConfig,
+    old: Option<&State>,
+    problems: &mut Problems,
+    changes: &mut Changes,
+) -> Option<(RateLimitLayer, RateLimitHandle)> {
+    let here = "pre_auth_limit";
+    if rl.redis {
+        problems.push(
+            format!("{here}.redis"),
+            "the limit before authentication counts in this process",
+        );
+    }
+    if rl.key == KeyConfig::Identity {
+        problems.push(
+            format!("{here}.key"),
+            "no identity is known before authentication: key by `peer_ip` or `client_ip`",
+        );
+        return None;
+    }
+    let key = key_by(&rl.key, &format!("{here}.key"), problems)?;
+    let qs = quotas(&rl.quotas, &format!("{here}.quotas"), problems);
+    if qs.is_empty() {
+        problems.push(format!("{here}.quotas"), "at least one quota");
+        return None;
+    }
+    let reused = old
+        .filter(|o| {
+            o.config
+                .pre_auth_limit
+                .as_ref()
+                .is_some_and(|o| o.key == rl.key)
+        })
+        .and_then(|o| o.pre_auth.as_ref());
+    if let Some((layer, handle)) = reused {
+        changes.push(Change::Quotas(handle.clone(), qs));
+        return Some((layer.clone(), handle.clone()));
+    }
+    let mut b = RateLimitLayer::builder().key_by(key);
+    for q in qs {
+        b = b.quota(q);
+    }
+    match b.build() {
+        Ok(layer) => {
+            let h = layer.handle();
+            Some((layer, h))
+        }
+        Err(e) => {
+            problems.push(format!("{here}.quotas"), e);
+            None
+        }
+    }
 }
 
 /// A route's rate limit counted in Redis: the old layer (and its counters)
@@ -1109,6 +1303,28 @@ fn shared_limiter(
             None
         }
     }
+}
+
+/// A SHA-256 over the contents of the TLS files `uc` names (`None` when it
+/// names none), so that a reload notices a renewed certificate behind an
+/// unchanged path. An unreadable file counts as empty here; building the
+/// upstream reports it.
+fn tls_files_digest(uc: &UpstreamConfig) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    let files = [&uc.ca_file, &uc.client_cert_file, &uc.client_key_file];
+    if files.iter().all(|f| f.is_none()) {
+        return None;
+    }
+    let mut hash = sha2::Sha256::new();
+    for file in files {
+        let bytes = file
+            .as_deref()
+            .and_then(|path| std::fs::read(path).ok())
+            .unwrap_or_default();
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(&bytes);
+    }
+    Some(hash.finalize().into())
 }
 
 /// `client_cert_file` and `client_key_file` of the section at `at`: both,

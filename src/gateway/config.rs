@@ -28,6 +28,14 @@ pub struct GatewayConfig {
     /// Keep every split's and model route's weights the same on every
     /// replica through `[redis]` (feature `redis`; see [`crate::sync`]).
     pub weight_sync: Option<WeightSyncConfig>,
+    /// A rate limit every request meets before anything else on every
+    /// route, authentication included, keyed by the caller's address
+    /// (`key = "peer_ip"`, or `{ client_ip = [trusted proxies] }` behind a
+    /// load balancer): it bounds credential stuffing and 401 floods, which
+    /// per-identity limits never see. Counted in this process; `identity`
+    /// keys (unknown before authentication) and `redis = true` are
+    /// refused. None by default.
+    pub pre_auth_limit: Option<RateLimitConfig>,
     /// Route on, and forward, the request path as it came, instead of its
     /// normal form (see [`crate::path`]: `..` resolved, `//` merged,
     /// unreserved escapes decoded, escaped `/` refused with a 400). Off by

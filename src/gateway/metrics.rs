@@ -202,6 +202,25 @@ pub(crate) fn render(state: &State) -> String {
         }
     }
 
+    if let Some((_, h)) = &state.pre_auth {
+        let s = h.stats();
+        for (name, help, value) in [
+            (
+                "switchyard_pre_auth_rejected_total",
+                "Requests refused with 429 by the limit before authentication.",
+                s.rejected,
+            ),
+            (
+                "switchyard_pre_auth_allowed_total",
+                "Requests the limit before authentication let through.",
+                s.allowed,
+            ),
+        ] {
+            family(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
+
     // (route, allowed, rejected, Redis errors and skipped checks) of every
     // limited route, counted in this process or in Redis.
     type Redis = Option<(u64, u64)>;

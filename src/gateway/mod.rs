@@ -75,6 +75,7 @@ mod access;
 mod build;
 mod config;
 mod metrics;
+mod redact;
 
 #[cfg(feature = "admin")]
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
@@ -97,6 +98,8 @@ pub use config::{
     KeyConfig, ModelConfig, QuotaConfig, RateLimitConfig, RedisConfig, RedisFailureConfig,
     RouteConfig, SplitConfig, TargetConfig, UpstreamConfig, WeightSyncConfig,
 };
+
+pub use redact::REDACTED;
 
 use crate::model::ModelHandle;
 use crate::problem::Problem;
@@ -167,7 +170,8 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Checks `config` and builds the gateway.
     pub fn from_config(config: GatewayConfig) -> Result<Self, ConfigError> {
-        let state = build::build(config, None)?;
+        // Nothing is live yet: there are no changes to hold back.
+        let (state, _) = build::build(config, None)?;
         let gateway = Self {
             inner: Arc::new(Inner {
                 state: ArcSwap::from_pointee(state),
@@ -264,14 +268,25 @@ impl Gateway {
     }
 
     /// Replaces the configuration while serving; see the
-    /// [module docs](self). On error nothing changes.
+    /// [module docs](self).
+    ///
+    /// A reload is one transaction: the whole configuration is checked on
+    /// fresh objects, then built reusing the live ones, and only then are
+    /// the live keys (API and admin), weights, rules, quotas and catalogs
+    /// changed and the new routes put in force. On error nothing changes:
+    /// a refused configuration leaves no trace.
+    ///
+    /// Building reads files (TLS certificates) and may set up Redis
+    /// connections: from async code, call it off the runtime's workers
+    /// (`tokio::task::spawn_blocking`), as the admin API does.
     pub fn reload(&self, config: GatewayConfig) -> Result<(), ConfigError> {
         let _guard = self.inner.reload.lock().unwrap_or_else(|e| e.into_inner());
-        // Check on fresh objects first, so that a refused configuration
-        // cannot have touched the live limiters, splits or keys.
-        build::build(config.clone(), None)?;
+        // Check on fresh objects first, so that whatever the live objects
+        // are given below is known to be accepted.
+        let _checked = build::build(config.clone(), None)?;
         let old = self.inner.state.load_full();
-        let state = build::build(config, Some(&old))?;
+        let (state, changes) = build::build(config, Some(&old))?;
+        changes.apply()?;
         self.inner.state.store(Arc::new(state));
         #[cfg(feature = "redis")]
         self.run_sync();
