@@ -44,7 +44,16 @@
 //! under way finish on the old pipeline; rate-limiter state, counters and
 //! in-flight counts carry over for routes and targets that still exist (a
 //! split keeps its weight history too when its targets are unchanged); an
-//! invalid configuration is refused and the old one keeps serving.
+//! invalid configuration is refused and the old one keeps serving. A reload
+//! is one transaction: live keys, weights, rules, quotas and catalogs change
+//! only once the whole configuration has been built, so a refused one
+//! leaves no trace; admin keys change with it. A route whose upstream
+//! changed (its settings, or the contents of its TLS files) is rebuilt
+//! over the new upstream.
+//!
+//! `pre_auth_limit` puts one rate limit, keyed by the caller's address, in
+//! front of every route, authentication included: credential stuffing and
+//! floods of 401s meet it before any key is checked.
 //!
 //! Routes match the request's path in normal form ([`crate::path`]: `..`
 //! resolved, `//` merged, unreserved escapes decoded, escaped `/` refused
