@@ -11,7 +11,8 @@ use hyper_util::rt::TokioExecutor;
 
 use super::endpoints::{Ejection, Endpoint, Endpoints};
 use super::health::health_checks;
-use super::{Balance, HealthCheck, Inner, ProxyError, Upstream};
+use super::{Balance, ForwardedFor, HealthCheck, Inner, Limits, ProxyError, Upstream};
+use crate::key::TrustedProxies;
 
 /// Builds an [`Upstream`]; see [`Upstream::builder`].
 #[derive(Debug, Clone)]
@@ -29,6 +30,11 @@ pub struct UpstreamBuilder {
     pub(super) pool_idle_timeout: Duration,
     pub(super) pool_max_idle_per_host: usize,
     pub(super) upgrade_idle_timeout: Option<Duration>,
+    pub(super) upgrade_protocols: Vec<String>,
+    pub(super) trusted: Option<TrustedProxies>,
+    pub(super) forwarded_for: ForwardedFor,
+    pub(super) max_in_flight: Option<u64>,
+    pub(super) max_pending: Option<u64>,
     #[cfg(feature = "tls")]
     pub(super) roots_pem: Option<Vec<u8>>,
     #[cfg(feature = "tls")]
@@ -99,14 +105,84 @@ impl UpstreamBuilder {
         self
     }
 
-    /// How long to wait for the response headers once the request is handed
-    /// to the connection pool (no limit by default). Past it the client
-    /// gets a 504. When a new connection must be opened first, connecting
-    /// counts too (the pool does not say when the request goes out), so
-    /// keep it above the connect timeout: an unreachable upstream then
-    /// gets its 502. The body is not limited: streams may last.
+    /// How long to wait for the response headers once the request has
+    /// been sent ([`DEFAULT_RESPONSE_TIMEOUT`], 15 s, by default, as
+    /// Envoy's). Past it the client gets a 504. The clock starts when the
+    /// request's body has ended (at once for a request without one), so a
+    /// client's slow upload is never the upstream's timeout. When a new
+    /// connection must be opened first, connecting counts too (the pool
+    /// does not say when the request goes out), so keep it above the
+    /// connect timeout: an unreachable upstream then gets its 502. The
+    /// response body is not limited: streams keep flowing after the head.
+    ///
+    /// [`DEFAULT_RESPONSE_TIMEOUT`]: super::DEFAULT_RESPONSE_TIMEOUT
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = Some(timeout);
+        self
+    }
+
+    /// Waits for the response headers as long as the upstream takes (no
+    /// [response timeout](Self::response_timeout)): only for upstreams that
+    /// may think for minutes before they answer.
+    pub fn no_response_timeout(mut self) -> Self {
+        self.response_timeout = None;
+        self
+    }
+
+    /// The protocols a client may ask to switch to (`Upgrade`), by name
+    /// without case or version: `websocket` by default. A request asking
+    /// for another goes on as a plain request without its `Upgrade`.
+    /// `h2c` is never passed on, even if listed: a client must not switch
+    /// the upstream's connection to HTTP/2 by itself.
+    pub fn upgrade_protocols<I, P>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.upgrade_protocols = protocols
+            .into_iter()
+            .map(|p| p.into().to_ascii_lowercase())
+            .collect();
+        self
+    }
+
+    /// The reverse proxies in front whose forwarding headers are believed:
+    /// from a peer in these ranges, the client's `X-Forwarded-Proto` and
+    /// `X-Real-IP` are passed on (and, with [`ForwardedFor::Replace`], its
+    /// `X-Forwarded-For` appended to). From any other peer (and by default,
+    /// from every peer), `X-Forwarded-Proto` is what this hop saw (`https`
+    /// when the server put a [`ConnectionInfo`](crate::conn::ConnectionInfo)
+    /// saying TLS in the request, else `http`) and `X-Real-IP` is the peer.
+    pub fn trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted = Some(trusted);
+        self
+    }
+
+    /// How `X-Forwarded-For` is written: appended to
+    /// ([`ForwardedFor::Append`], the default) or, at the edge, replaced
+    /// when the peer is not a [trusted proxy](Self::trusted_proxies)
+    /// ([`ForwardedFor::Replace`]).
+    pub fn forwarded_for(mut self, mode: ForwardedFor) -> Self {
+        self.forwarded_for = mode;
+        self
+    }
+
+    /// A circuit breaker: with `max` requests in flight to this upstream
+    /// (every endpoint, until their response bodies end), more are
+    /// answered 503 with `Retry-After: 1` at once, and counted
+    /// ([`Upstream::stats`]). No limit by default. Checked when a request
+    /// arrives: requests arriving at the same instant may pass it by a few.
+    pub fn max_in_flight(mut self, max: u64) -> Self {
+        self.max_in_flight = Some(max);
+        self
+    }
+
+    /// A circuit breaker: with `max` requests sent and waiting for their
+    /// response head (an upstream that has stopped answering), more are
+    /// answered 503 with `Retry-After: 1` at once, and counted
+    /// ([`Upstream::stats`]). No limit by default.
+    pub fn max_pending(mut self, max: u64) -> Self {
+        self.max_pending = Some(max);
         self
     }
 
@@ -249,6 +325,14 @@ impl UpstreamBuilder {
                 forwarded: self.forwarded,
                 http2: self.http2,
                 upgrade_idle_timeout: self.upgrade_idle_timeout,
+                upgrade_protocols: self.upgrade_protocols,
+                trusted: self.trusted,
+                forwarded_for: self.forwarded_for,
+                limits: Limits {
+                    max_in_flight: self.max_in_flight,
+                    max_pending: self.max_pending,
+                    ..Limits::default()
+                },
             }),
         };
         if let Some((runtime, path, check)) = checks {

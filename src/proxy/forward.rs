@@ -7,7 +7,7 @@ use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Uri};
 
-use super::Inner;
+use super::{ForwardedFor, Inner};
 use super::endpoints::Endpoint;
 
 impl Inner {
@@ -32,15 +32,28 @@ impl Inner {
             .ok()
     }
 
+    /// Writes the forwarding headers: `X-Forwarded-For` (appended to, or
+    /// replaced at the edge), `X-Forwarded-Proto` (the client's from a
+    /// trusted proxy, else what this hop saw), `X-Forwarded-Host`,
+    /// `X-Real-IP` (the client's from a trusted proxy, else the peer), and
+    /// with the option on, a `Forwarded` element with every value quoted.
     pub(super) fn add_forwarded(
         &self,
         headers: &mut HeaderMap,
-        peer: Option<IpAddr>,
+        extensions: &http::Extensions,
         host: Option<&HeaderValue>,
     ) {
         const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
         const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
         const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+        const XRI: HeaderName = HeaderName::from_static("x-real-ip");
+        let peer = crate::key::peer_ip(extensions);
+        let trusted = peer.is_some_and(|ip| self.trusted.as_ref().is_some_and(|t| t.contains(ip)));
+        let replace = !trusted && self.forwarded_for == ForwardedFor::Replace;
+        if replace {
+            headers.remove(&XFF);
+            headers.remove(header::FORWARDED);
+        }
         if let Some(ip) = peer {
             // Several `X-Forwarded-For` lines are one list (RFC 9110
             // section 5.3): keep all of it, then add the peer.
@@ -63,8 +76,38 @@ impl Inner {
                 headers.insert(XFF, v);
             }
         }
-        // What this hop saw, not what the client claims.
-        headers.insert(XFP, HeaderValue::from_static("http"));
+        // A trusted proxy in front says what it saw; otherwise, what this
+        // hop saw, never what the client claims.
+        let claimed = trusted
+            .then(|| headers.get(&XFP))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or_default().trim())
+            .and_then(|v| {
+                if v.eq_ignore_ascii_case("https") {
+                    Some("https")
+                } else if v.eq_ignore_ascii_case("http") {
+                    Some("http")
+                } else {
+                    None
+                }
+            });
+        let proto = claimed.unwrap_or_else(|| {
+            extensions
+                .get::<crate::conn::ConnectionInfo>()
+                .map_or("http", crate::conn::ConnectionInfo::scheme)
+        });
+        headers.insert(XFP, HeaderValue::from_static(proto));
+        if !(trusted && headers.contains_key(&XRI)) {
+            match peer.and_then(|ip| HeaderValue::from_str(IpText::new(ip).as_str()).ok()) {
+                Some(ip) => {
+                    headers.insert(XRI, ip);
+                }
+                None => {
+                    headers.remove(XRI);
+                }
+            }
+        }
         match host {
             Some(host) => {
                 headers.insert(XFH, host.clone());
@@ -73,28 +116,56 @@ impl Inner {
                 headers.remove(XFH);
             }
         }
-        if self.forwarded {
-            let mut element = String::new();
-            if let Some(ip) = peer {
-                match ip {
-                    IpAddr::V4(v4) => element.push_str(&format!("for={v4}")),
-                    IpAddr::V6(v6) => element.push_str(&format!("for=\"[{v6}]\"")),
-                }
-            }
-            if let Some(host) = host.and_then(|h| h.to_str().ok()) {
-                if !element.is_empty() {
-                    element.push(';');
-                }
-                element.push_str(&format!("host=\"{host}\""));
-            }
-            if !element.is_empty() {
-                element.push_str(";proto=http");
-                if let Ok(v) = HeaderValue::from_str(&element) {
-                    headers.append(header::FORWARDED, v);
-                }
-            }
+        if self.forwarded
+            && let Some(element) = forwarded_element(peer, host, proto)
+            && let Ok(v) = HeaderValue::from_str(&element)
+        {
+            headers.append(header::FORWARDED, v);
         }
     }
+}
+
+/// One RFC 7239 `Forwarded` element: `for`, `host` and `proto`, the
+/// address and host as quoted strings (a host's `"` and `\` escaped, so
+/// that it cannot end the string and add parameters of its own). `None`
+/// with neither an address nor a host.
+pub(super) fn forwarded_element(
+    peer: Option<IpAddr>,
+    host: Option<&HeaderValue>,
+    proto: &str,
+) -> Option<String> {
+    let mut element = String::new();
+    if let Some(ip) = peer {
+        match ip {
+            IpAddr::V4(v4) => element.push_str(&format!("for={v4}")),
+            IpAddr::V6(v6) => element.push_str(&format!("for=\"[{v6}]\"")),
+        }
+    }
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        if !element.is_empty() {
+            element.push(';');
+        }
+        element.push_str("host=");
+        quote(&mut element, host);
+    }
+    if element.is_empty() {
+        return None;
+    }
+    element.push_str(";proto=");
+    element.push_str(proto);
+    Some(element)
+}
+
+/// `value` as an RFC 9110 quoted-string.
+fn quote(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
 }
 
 /// An IP address written out as `Display` writes it, on the stack. IPv4,
@@ -152,7 +223,7 @@ impl IpText {
 
 /// The hop-by-hop headers every proxy removes, whether `Connection` names
 /// them or not.
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -162,12 +233,19 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Removes the hop-by-hop headers (RFC 9110 section 7.6.1): `Connection`
 /// and the headers it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
-/// `Transfer-Encoding`, `Upgrade`. On requests, `TE: trailers` is kept:
-/// gRPC needs it end to end.
+/// `Transfer-Encoding`, `Upgrade`, `HTTP2-Settings`. On requests,
+/// `TE: trailers` is kept: gRPC needs it end to end. `Connection` never
+/// removes the [protected](crate::ingress::PROTECTED) headers (`Host`,
+/// `Forwarded`, `X-Forwarded-*`, `X-Real-IP`): a client cannot make a
+/// proxy drop the chain the load balancer in front appended.
+///
+/// [`crate::ingress`] does this (and more) once, before any layer runs;
+/// the proxy does it again for requests that did not come through it.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
     // Most messages carry none: one pass over the names is cheaper than
     // nine lookups that find nothing.
@@ -182,7 +260,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
     for name in named {
-        headers.remove(name);
+        if !crate::ingress::is_protected(&name) {
+            headers.remove(name);
+        }
     }
     let te_trailers = request
         && headers.get_all(header::TE).iter().any(|v| {
@@ -201,7 +281,47 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::IpText;
+    use http::{HeaderMap, HeaderValue};
+
+    use super::{IpText, forwarded_element, remove_hop_by_hop};
+
+    #[test]
+    fn forwarded_values_are_quoted_and_escaped() {
+        let host = HeaderValue::from_static(r#"a.example";for=evil;x="\"#);
+        let element = forwarded_element(Some("10.0.0.1".parse().unwrap()), Some(&host), "https");
+        assert_eq!(
+            element.as_deref(),
+            Some(r#"for=10.0.0.1;host="a.example\";for=evil;x=\"\\";proto=https"#)
+        );
+        let host = HeaderValue::from_static("[::1]:8080");
+        let element = forwarded_element(Some("::1".parse().unwrap()), Some(&host), "http");
+        assert_eq!(
+            element.as_deref(),
+            Some(r#"for="[::1]";host="[::1]:8080";proto=http"#)
+        );
+        assert_eq!(forwarded_element(None, None, "http"), None);
+    }
+
+    #[test]
+    fn connection_never_removes_protected_headers() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "x-forwarded-for, x-forwarded-host, forwarded, x-real-ip, host, x-a"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-host", "h"),
+            ("forwarded", "for=1.1.1.1"),
+            ("x-real-ip", "1.1.1.1"),
+            ("host", "h"),
+            ("x-a", "1"),
+            ("http2-settings", "AAA"),
+        ] {
+            h.insert(n, HeaderValue::from_static(v));
+        }
+        remove_hop_by_hop(&mut h, true);
+        let mut names: Vec<_> = h.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["forwarded", "host", "x-forwarded-for", "x-forwarded-host", "x-real-ip"]);
+    }
 
     #[test]
     fn ip_text_is_what_display_writes() {

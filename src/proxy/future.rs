@@ -15,11 +15,13 @@ use crate::body::{InFlightGuard, ResponseBody};
 use crate::future::Rejection;
 use crate::problem::Problem;
 
+use tokio::sync::oneshot;
+
 use super::tunnel::tunnel;
 use super::{Inner, ProxyBody, remove_hop_by_hop};
 
 pin_project_lite::pin_project! {
-    /// The response future of [`Upstream`].
+    /// The response future of [`Upstream`](super::Upstream).
     pub struct ResponseFuture {
         #[pin]
         pub(super) state: State,
@@ -35,6 +37,17 @@ pin_project_lite::pin_project! {
         pub(super) retry: Option<Box<Retry>>,
         // The endpoint's in-flight count, handed to the response body.
         pub(super) guard: Option<InFlightGuard>,
+        // The request's place among the upstream's pending ones, until
+        // the response head.
+        pub(super) pending: Option<InFlightGuard>,
+        // Told when the request's body has ended (`true`) or failed on
+        // the client's side (`false`); `None` once told, or without a body.
+        pub(super) body_done: Option<oneshot::Receiver<bool>>,
+        // The client's body failed: the exchange's failure is the
+        // client's, not the endpoint's.
+        pub(super) client_failed: bool,
+        // The response timeout, running once the request is sent.
+        pub(super) timer: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
@@ -48,12 +61,67 @@ pub(super) struct Retry {
 pin_project_lite::pin_project! {
     #[project = StateProj]
     pub(super) enum State {
-        // Handed to the pool, with the response timeout.
-        Timed { #[pin] sent: tokio::time::Timeout<hyper_util::client::legacy::ResponseFuture> },
-        // Handed to the pool, no response timeout.
+        // Handed to the pool.
         Sent { #[pin] sent: hyper_util::client::legacy::ResponseFuture },
         // Answered without asking the upstream (taken when polled).
         Answered { res: Option<Response<ResponseBody<Incoming>>> },
+    }
+}
+
+impl ResponseFuture {
+    /// Answered without asking the upstream.
+    pub(super) fn answered(
+        res: Response<ResponseBody<Incoming>>,
+        inner: Arc<Inner>,
+        grpc: bool,
+        endpoint: usize,
+    ) -> Self {
+        Self {
+            state: State::Answered { res: Some(res) },
+            inner,
+            grpc,
+            upgrade: None,
+            endpoint,
+            retry: None,
+            guard: None,
+            pending: None,
+            body_done: None,
+            client_failed: false,
+            timer: None,
+        }
+    }
+
+    /// Handed to the pool; the response timeout starts now for a request
+    /// without a body, else when `body_done` says the body has ended.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn sent(
+        state: State,
+        inner: Arc<Inner>,
+        grpc: bool,
+        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+        endpoint: usize,
+        retry: Option<Box<Retry>>,
+        guard: InFlightGuard,
+        pending: InFlightGuard,
+        body_done: Option<oneshot::Receiver<bool>>,
+    ) -> Self {
+        let timer = match body_done {
+            None => inner.response_timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+            Some(_) => None,
+        };
+        Self {
+            state,
+            inner,
+            grpc,
+            upgrade,
+            endpoint,
+            retry,
+            guard: Some(guard),
+            pending: Some(pending),
+            body_done,
+            client_failed: false,
+            timer,
+        }
     }
 }
 
@@ -65,22 +133,47 @@ impl Future for ResponseFuture {
         loop {
             let endpoints = &this.inner.endpoints;
             let result = match this.state.as_mut().project() {
-                StateProj::Timed { sent } => match std::task::ready!(sent.poll(cx)) {
-                    Ok(result) => result,
-                    Err(_) => {
-                        endpoints.record(*this.endpoint, false);
-                        *this.guard = None;
-                        let limit = this.inner.response_timeout.unwrap_or_default();
-                        return Poll::Ready(Ok(answer(
-                            *this.grpc,
-                            Problem::new(StatusCode::GATEWAY_TIMEOUT).detail(format!(
-                                "upstream {} did not answer within {limit:?}",
-                                endpoints.get(*this.endpoint).url
-                            )),
-                        )));
+                StateProj::Sent { sent } => {
+                    // The body's end starts the clock.
+                    if let Some(done) = this.body_done.as_mut()
+                        && let Poll::Ready(told) = Pin::new(done).poll(cx)
+                    {
+                        *this.body_done = None;
+                        if told == Ok(false) {
+                            *this.client_failed = true;
+                        } else if let Some(limit) = this.inner.response_timeout {
+                            *this.timer = Some(Box::pin(tokio::time::sleep(limit)));
+                        }
                     }
-                },
-                StateProj::Sent { sent } => std::task::ready!(sent.poll(cx)),
+                    match sent.poll(cx) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => {
+                            if let Some(timer) = this.timer.as_mut()
+                                && timer.as_mut().poll(cx).is_ready()
+                            {
+                                endpoints.record(*this.endpoint, false);
+                                *this.guard = None;
+                                *this.pending = None;
+                                *this.timer = None;
+                                let limit = this.inner.response_timeout.unwrap_or_default();
+                                tracing::warn!(
+                                    upstream = %endpoints.get(*this.endpoint).url,
+                                    timeout = ?limit,
+                                    "upstream did not answer in time"
+                                );
+                                // The state's future is dropped with `self`;
+                                // answered now.
+                                this.state.set(State::Answered { res: None });
+                                return Poll::Ready(Ok(answer(
+                                    *this.grpc,
+                                    Problem::new(StatusCode::GATEWAY_TIMEOUT)
+                                        .detail("upstream did not answer in time"),
+                                )));
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                }
                 StateProj::Answered { res } => {
                     return Poll::Ready(Ok(res.take().unwrap_or_else(|| {
                         // Polled again after completing: answer, never panic.
@@ -88,10 +181,23 @@ impl Future for ResponseFuture {
                     })));
                 }
             };
+            *this.pending = None;
+            *this.timer = None;
+            // A body that failed may not have been told yet.
+            if result.is_err()
+                && let Some(done) = this.body_done.as_mut()
+                && done.try_recv() == Ok(false)
+            {
+                *this.client_failed = true;
+            }
             let ok = result
                 .as_ref()
                 .is_ok_and(|res| !endpoints.ejection().fails(res.status()));
-            endpoints.record(*this.endpoint, ok);
+            // A failure the client caused (its body broke off) says nothing
+            // about the endpoint.
+            if ok || !*this.client_failed {
+                endpoints.record(*this.endpoint, ok);
+            }
             let e = match result {
                 Ok(res) => {
                     let res = upstream_response(res, this.upgrade.take(), this.inner);
@@ -114,17 +220,30 @@ impl Future for ResponseFuture {
                 let (state, guard) = this.inner.send(next, retry.parts, retry.endpoint_host);
                 this.state.set(state);
                 *this.guard = Some(guard);
+                *this.pending = this.inner.limits_pending();
+                *this.timer = this
+                    .inner
+                    .response_timeout
+                    .map(|t| Box::pin(tokio::time::sleep(t)));
                 continue;
             }
-            let url = &endpoints.get(*this.endpoint).url;
-            let detail = if e.is_connect() {
-                format!("could not connect to upstream {url}")
-            } else {
-                format!("upstream {url} failed: {}", error_chain(&e))
-            };
+            if *this.client_failed {
+                return Poll::Ready(Ok(answer(
+                    *this.grpc,
+                    Problem::new(StatusCode::BAD_REQUEST)
+                        .detail("the request body broke off before it ended"),
+                )));
+            }
+            // The details (the endpoint's URL, the resolver's or TLS's
+            // error) go to the log, never to the client.
+            tracing::warn!(
+                upstream = %endpoints.get(*this.endpoint).url,
+                error = %error_chain(&e),
+                "upstream unavailable"
+            );
             return Poll::Ready(Ok(answer(
                 *this.grpc,
-                Problem::new(StatusCode::BAD_GATEWAY).detail(detail),
+                Problem::new(StatusCode::BAD_GATEWAY).detail("upstream unavailable"),
             )));
         }
     }
@@ -190,13 +309,13 @@ impl Inner {
         self.endpoints.sent(endpoint);
         let guard = InFlightGuard::new(&e.in_flight);
         let sent = self.client.request(req);
-        let state = match self.response_timeout {
-            Some(limit) => State::Timed {
-                sent: tokio::time::timeout(limit, sent),
-            },
-            None => State::Sent { sent },
-        };
-        (state, guard)
+        (State::Sent { sent }, guard)
+    }
+
+    /// A place among the pending requests for a retry (its first place
+    /// was let go with the failure).
+    fn limits_pending(&self) -> Option<InFlightGuard> {
+        Some(InFlightGuard::new(&self.limits.pending))
     }
 
     /// Sends the head of a request without a body to `endpoint`.
@@ -227,4 +346,62 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that says when it has ended, or failed on the
+    /// client's side: the response timeout starts at its end, and a
+    /// failure of its own is not the upstream's.
+    pub(super) struct SentBody {
+        #[pin]
+        body: ProxyBody,
+        done: Option<oneshot::Sender<bool>>,
+    }
+}
+
+impl SentBody {
+    /// `body`, boxed again, and where its end is told.
+    pub(super) fn new(body: ProxyBody) -> (ProxyBody, oneshot::Receiver<bool>) {
+        let (tx, rx) = oneshot::channel();
+        let body = SentBody {
+            body,
+            done: Some(tx),
+        };
+        (http_body_util::BodyExt::boxed_unsync(body), rx)
+    }
+}
+
+impl http_body::Body for SentBody {
+    type Data = bytes::Bytes;
+    type Error = super::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = std::task::ready!(this.body.poll_frame(cx));
+        match &polled {
+            None => {
+                if let Some(tx) = this.done.take() {
+                    let _ = tx.send(true);
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(tx) = this.done.take() {
+                    let _ = tx.send(false);
+                }
+            }
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }

@@ -80,7 +80,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower::Service;
 
-use crate::body::ResponseBody;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::body::{InFlightGuard, ResponseBody};
+use crate::future::Rejection;
+use crate::key::TrustedProxies;
 use crate::problem::Problem;
 
 mod builder;
@@ -95,7 +99,7 @@ pub use endpoints::{Balance, EndpointStats};
 use endpoints::{Ejection, Endpoints};
 pub use forward::remove_hop_by_hop;
 pub use future::ResponseFuture;
-use future::{Retry, State, answer};
+use future::{Retry, answer};
 pub use health::HealthCheck;
 use tunnel::upgrade_request;
 
@@ -138,7 +142,6 @@ pub enum ProxyError {
     },
 }
 
-/// Active health checks of an upstream's endpoints
 /// The connector under the pool: plain TCP, or TCP then rustls for
 /// `https://` upstreams.
 #[cfg(not(feature = "tls"))]
@@ -167,6 +170,56 @@ struct Inner {
     forwarded: bool,
     http2: bool,
     upgrade_idle_timeout: Option<Duration>,
+    /// The protocols an `Upgrade` may ask for (lowercase names).
+    upgrade_protocols: Vec<String>,
+    /// The peers whose `X-Forwarded-*` this upstream believes.
+    trusted: Option<TrustedProxies>,
+    forwarded_for: ForwardedFor,
+    limits: Limits,
+}
+
+/// The circuit breakers of an upstream and their counters.
+#[derive(Default)]
+struct Limits {
+    max_in_flight: Option<u64>,
+    max_pending: Option<u64>,
+    /// Requests waiting for their response head.
+    pending: Arc<AtomicU64>,
+    rejected_in_flight: AtomicU64,
+    rejected_pending: AtomicU64,
+}
+
+/// How an [`Upstream`] writes `X-Forwarded-For`
+/// ([`UpstreamBuilder::forwarded_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ForwardedFor {
+    /// Append the peer's address to whatever list the request carries (the
+    /// default: behind a load balancer that appends, the list is the whole
+    /// chain).
+    #[default]
+    Append,
+    /// At the edge: a peer that is not a [trusted
+    /// proxy](UpstreamBuilder::trusted_proxies) is the client, and any
+    /// `X-Forwarded-For` (and, with the `Forwarded` header on, any
+    /// `Forwarded`) it sent is replaced by its own address; a trusted
+    /// peer's list is appended to.
+    Replace,
+}
+
+/// An [`Upstream`]'s circuit-breaker counters ([`Upstream::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct UpstreamStats {
+    /// Requests in flight on every endpoint (until their response body
+    /// ends).
+    pub in_flight: u64,
+    /// Requests sent and waiting for their response head.
+    pub pending: u64,
+    /// Requests answered 503 because `max_in_flight` were in flight.
+    pub rejected_in_flight: u64,
+    /// Requests answered 503 because `max_pending` were waiting.
+    pub rejected_pending: u64,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -180,7 +233,7 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// An upstream with the default settings (5 s connect timeout, no
+    /// An upstream with the default settings (5 s connect timeout, 15 s
     /// response timeout, HTTP/1.1).
     pub fn new(url: &str) -> Result<Self, ProxyError> {
         Self::builder(url).build()
@@ -199,13 +252,18 @@ impl Upstream {
             health_check: None,
             balance: Balance::RoundRobin,
             connect_timeout: Some(Duration::from_secs(5)),
-            response_timeout: None,
+            response_timeout: Some(DEFAULT_RESPONSE_TIMEOUT),
             http2: false,
             preserve_host: false,
             forwarded: false,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
             upgrade_idle_timeout: Some(Duration::from_secs(300)),
+            upgrade_protocols: vec!["websocket".to_owned()],
+            trusted: None,
+            forwarded_for: ForwardedFor::Append,
+            max_in_flight: None,
+            max_pending: None,
             #[cfg(feature = "tls")]
             roots_pem: None,
             #[cfg(feature = "tls")]
@@ -222,6 +280,52 @@ impl Upstream {
     /// they were given.
     pub fn endpoints(&self) -> Vec<EndpointStats> {
         self.inner.endpoints.stats()
+    }
+
+    /// The upstream's in-flight and pending requests, and those its circuit
+    /// breakers ([`UpstreamBuilder::max_in_flight`],
+    /// [`UpstreamBuilder::max_pending`]) refused.
+    pub fn stats(&self) -> UpstreamStats {
+        let limits = &self.inner.limits;
+        UpstreamStats {
+            in_flight: self.inner.in_flight(),
+            pending: limits.pending.load(Ordering::Relaxed),
+            rejected_in_flight: limits.rejected_in_flight.load(Ordering::Relaxed),
+            rejected_pending: limits.rejected_pending.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The response timeout of an upstream built without
+/// [`UpstreamBuilder::response_timeout`]: 15 s, as Envoy's route timeout.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Inner {
+    /// Requests in flight on every endpoint.
+    fn in_flight(&self) -> u64 {
+        (0..self.endpoints.len())
+            .map(|i| self.endpoints.get(i).in_flight.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Takes a place among the pending requests, or says which breaker is
+    /// open.
+    fn admit(&self) -> Result<InFlightGuard, &'static str> {
+        let limits = &self.limits;
+        if let Some(max) = limits.max_in_flight
+            && self.in_flight() >= max
+        {
+            limits.rejected_in_flight.fetch_add(1, Ordering::Relaxed);
+            return Err("too many requests in flight to the upstream");
+        }
+        let pending = InFlightGuard::new(&limits.pending);
+        if let Some(max) = limits.max_pending
+            && limits.pending.load(Ordering::Relaxed) > max
+        {
+            limits.rejected_pending.fetch_add(1, Ordering::Relaxed);
+            return Err("too many requests waiting for the upstream");
+        }
+        Ok(pending)
     }
 }
 
@@ -249,15 +353,17 @@ where
                 grpc,
                 Problem::new(StatusCode::BAD_REQUEST).detail("invalid request path"),
             );
-            return ResponseFuture {
-                state: State::Answered { res: Some(res) },
-                inner,
-                grpc,
-                upgrade: None,
-                endpoint,
-                retry: None,
-                guard: None,
-            };
+            return ResponseFuture::answered(res, inner, grpc, endpoint);
+        };
+        let pending = match inner.admit() {
+            Ok(pending) => pending,
+            Err(why) => {
+                let res = Rejection::new(Problem::new(StatusCode::SERVICE_UNAVAILABLE).detail(why))
+                    .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+                    .grpc(grpc)
+                    .into_response();
+                return ResponseFuture::answered(res, inner, grpc, endpoint);
+            }
         };
         let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
@@ -265,7 +371,6 @@ where
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let peer = crate::key::peer_ip(&parts.extensions);
 
         // A protocol upgrade (WebSocket) the client's connection can make:
         // ask the upstream for it too, and tunnel once both sides agree.
@@ -277,7 +382,7 @@ where
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
         }
-        inner.add_forwarded(&mut parts.headers, peer, client_host.as_ref());
+        inner.add_forwarded(&mut parts.headers, &parts.extensions, client_host.as_ref());
         let endpoint_host = !inner.preserve_host || client_host.is_none();
         parts.uri = uri;
         parts.version = if inner.http2 {
@@ -295,17 +400,27 @@ where
                     endpoint_host,
                 })
             });
-        let req = Request::from_parts(parts, box_body(body));
+        // The response timeout starts once the request is sent: at once
+        // for a head alone, else when the client's body has ended.
+        let (body, body_done) = if body.is_end_stream() {
+            (box_body(body), None)
+        } else {
+            let (body, done) = future::SentBody::new(box_body(body));
+            (body, Some(done))
+        };
+        let req = Request::from_parts(parts, body);
         let (state, guard) = inner.send_request(endpoint, req, endpoint_host);
-        ResponseFuture {
+        ResponseFuture::sent(
             state,
             inner,
             grpc,
             upgrade,
             endpoint,
             retry,
-            guard: Some(guard),
-        }
+            guard,
+            pending,
+            body_done,
+        )
     }
 }
 

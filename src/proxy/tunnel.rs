@@ -11,7 +11,7 @@ use http::{HeaderValue, Version};
 use super::Inner;
 
 /// For a request asking to switch protocols (`Connection: upgrade` and an
-/// `Upgrade` header, over HTTP/1.1) whose connection can be taken over (it
+/// `Upgrade` header for an allowed protocol, over HTTP/1.1) whose connection can be taken over (it
 /// came through a hyper server, which leaves an `OnUpgrade` in the
 /// extensions), and an HTTP/1.1 upstream: the protocol asked for and the
 /// client side of the tunnel. Otherwise the request goes on as a plain one.
@@ -22,7 +22,21 @@ pub(super) fn upgrade_request(
     if inner.http2 || parts.version != Version::HTTP_11 {
         return None;
     }
-    let protocol = parts.headers.get(header::UPGRADE)?.clone();
+    // Only the allowed protocols (never `h2c`) go on; a request asking
+    // for none of them goes on as a plain request, `Upgrade` removed.
+    let allowed: Vec<&str> = parts
+        .headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| crate::ingress::upgrade_allowed(&inner.upgrade_protocols, p))
+        .collect();
+    if allowed.is_empty() {
+        return None;
+    }
+    let protocol = HeaderValue::from_str(&allowed.join(", ")).ok()?;
     let asks = parts
         .headers
         .get_all(header::CONNECTION)
