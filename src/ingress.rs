@@ -196,8 +196,8 @@ impl Sanitize {
         } else {
             None
         };
-        let te_trailers = tokens(headers.get_all(header::TE).iter())
-            .any(|t| t.eq_ignore_ascii_case("trailers"));
+        let te_trailers =
+            tokens(headers.get_all(header::TE).iter()).any(|t| t.eq_ignore_ascii_case("trailers"));
         for name in HOP_BY_HOP {
             headers.remove(name);
         }
@@ -293,7 +293,11 @@ pub fn valid_host(value: &[u8]) -> Result<(), IngressError> {
                     continue;
                 }
                 b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => {}
-                _ => return Err(IngressError::InvalidHost("a character not allowed in a host")),
+                _ => {
+                    return Err(IngressError::InvalidHost(
+                        "a character not allowed in a host",
+                    ));
+                }
             }
             i += 1;
         }
@@ -383,7 +387,9 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         match self.sanitize.apply(&mut req) {
             Ok(()) => crate::future::ResponseFuture::inner(self.inner.call(req)),
-            Err(e) => crate::future::ResponseFuture::rejected(e.rejection().for_request(req.headers())),
+            Err(e) => {
+                crate::future::ResponseFuture::rejected(e.rejection().for_request(req.headers()))
+            }
         }
     }
 }
@@ -451,7 +457,10 @@ mod tests {
     #[test]
     fn connection_cannot_remove_protected_headers() {
         let mut r = req(&[
-            ("connection", "host, x-forwarded-for, X-Forwarded-Proto, forwarded, x-real-ip, x-a"),
+            (
+                "connection",
+                "host, x-forwarded-for, X-Forwarded-Proto, forwarded, x-real-ip, x-a",
+            ),
             ("host", "h.example"),
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
@@ -462,7 +471,14 @@ mod tests {
         ]);
         sanitize(&mut r).unwrap();
         let h = r.headers();
-        for n in ["host", "x-forwarded-for", "x-forwarded-proto", "forwarded", "x-real-ip", "x-b"] {
+        for n in [
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "forwarded",
+            "x-real-ip",
+            "x-b",
+        ] {
             assert!(h.contains_key(n), "{n}");
         }
         assert!(!h.contains_key("x-a"));
@@ -479,11 +495,19 @@ mod tests {
 
     #[test]
     fn upgrades_on_the_allow_list_only() {
-        let mut r = req(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c"), ("http2-settings", "AAA")]);
+        let mut r = req(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAA"),
+        ]);
         sanitize(&mut r).unwrap();
         assert!(r.headers().is_empty(), "{:?}", r.headers());
 
-        let mut r = req(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket"), ("keep-alive", "timeout=5")]);
+        let mut r = req(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "timeout=5"),
+        ]);
         sanitize(&mut r).unwrap();
         assert_eq!(r.headers()["connection"], "upgrade");
         assert_eq!(r.headers()["upgrade"], "websocket");
@@ -518,8 +542,10 @@ mod tests {
     #[test]
     fn two_hosts_are_refused() {
         let mut r = Request::new(());
-        r.headers_mut().append("host", HeaderValue::from_static("a.example"));
-        r.headers_mut().append("host", HeaderValue::from_static("b.example"));
+        r.headers_mut()
+            .append("host", HeaderValue::from_static("a.example"));
+        r.headers_mut()
+            .append("host", HeaderValue::from_static("b.example"));
         assert!(sanitize(&mut r).is_err());
     }
 }

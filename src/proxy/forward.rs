@@ -7,8 +7,8 @@ use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Uri};
 
-use super::{ForwardedFor, Inner};
 use super::endpoints::Endpoint;
+use super::{ForwardedFor, Inner};
 
 impl Inner {
     /// The request's URI on the upstream's `endpoint`; `None` if it cannot
@@ -306,7 +306,10 @@ mod tests {
     fn connection_never_removes_protected_headers() {
         let mut h = HeaderMap::new();
         for (n, v) in [
-            ("connection", "x-forwarded-for, x-forwarded-host, forwarded, x-real-ip, host, x-a"),
+            (
+                "connection",
+                "x-forwarded-for, x-forwarded-host, forwarded, x-real-ip, host, x-a",
+            ),
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-host", "h"),
             ("forwarded", "for=1.1.1.1"),
@@ -320,7 +323,16 @@ mod tests {
         remove_hop_by_hop(&mut h, true);
         let mut names: Vec<_> = h.keys().map(|n| n.as_str()).collect();
         names.sort_unstable();
-        assert_eq!(names, ["forwarded", "host", "x-forwarded-for", "x-forwarded-host", "x-real-ip"]);
+        assert_eq!(
+            names,
+            [
+                "forwarded",
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-real-ip"
+            ]
+        );
     }
 
     #[test]

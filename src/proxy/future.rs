@@ -106,7 +106,9 @@ impl ResponseFuture {
         body_done: Option<oneshot::Receiver<bool>>,
     ) -> Self {
         let timer = match body_done {
-            None => inner.response_timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+            None => inner
+                .response_timeout
+                .map(|t| Box::pin(tokio::time::sleep(t))),
             Some(_) => None,
         };
         Self {

@@ -411,15 +411,7 @@ where
         let req = Request::from_parts(parts, body);
         let (state, guard) = inner.send_request(endpoint, req, endpoint_host);
         ResponseFuture::sent(
-            state,
-            inner,
-            grpc,
-            upgrade,
-            endpoint,
-            retry,
-            guard,
-            pending,
-            body_done,
+            state, inner, grpc, upgrade, endpoint, retry, guard, pending, body_done,
         )
     }
 }
