@@ -243,9 +243,14 @@ impl Future for ResponseFuture {
                 error = %error_chain(&e),
                 "upstream unavailable"
             );
+            let detail = if e.is_connect() {
+                "could not connect to upstream"
+            } else {
+                "upstream unavailable"
+            };
             return Poll::Ready(Ok(answer(
                 *this.grpc,
-                Problem::new(StatusCode::BAD_GATEWAY).detail("upstream unavailable"),
+                Problem::new(StatusCode::BAD_GATEWAY).detail(detail),
             )));
         }
     }
