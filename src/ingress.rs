@@ -181,11 +181,6 @@ impl Sanitize {
                 HeaderName::from_bytes(t.as_bytes()).ok()
             })
             .collect();
-        for name in nominated {
-            if !is_protected(&name) && !self.protected.contains(&name) {
-                headers.remove(name);
-            }
-        }
         let kept_upgrade = if upgrade && version == Version::HTTP_11 {
             let kept: Vec<&str> = tokens(headers.get_all(header::UPGRADE).iter())
                 .filter(|p| self.allows(p))
@@ -196,6 +191,11 @@ impl Sanitize {
         } else {
             None
         };
+        for name in nominated {
+            if !is_protected(&name) && !self.protected.contains(&name) {
+                headers.remove(name);
+            }
+        }
         let te_trailers =
             tokens(headers.get_all(header::TE).iter()).any(|t| t.eq_ignore_ascii_case("trailers"));
         for name in HOP_BY_HOP {

@@ -157,7 +157,12 @@ async fn an_upgrade_is_tunnelled_both_ways() {
 #[tokio::test]
 async fn a_refused_upgrade_is_a_plain_answer() {
     let (upstream_addr, seen) = echo_upstream().await;
-    let upstream = echo_upstream_of(upstream_addr);
+    // `h2c-ish` is allowed (issue 16: only allowed protocols are asked
+    // for), and the upstream refuses it.
+    let upstream = Upstream::builder(&format!("http://{upstream_addr}"))
+        .upgrade_protocols(["echo", "h2c-ish"])
+        .build()
+        .unwrap();
     let front = serve(axum::Router::new().fallback_service(upstream)).await;
 
     let ask = "GET /x HTTP/1.1\r\nHost: front\r\nConnection: upgrade\r\nUpgrade: h2c-ish\r\n\r\n";
@@ -195,6 +200,7 @@ async fn the_gateway_authenticates_then_tunnels() {
         r#"
 [upstreams.chat]
 url = "http://{upstream_addr}"
+upgrade_protocols = ["echo"]
 
 [[api_keys]]
 key = "sk-chat"
