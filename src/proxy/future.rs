@@ -368,7 +368,7 @@ pin_project_lite::pin_project! {
 
 impl SentBody {
     /// `body`, boxed again, and where its end is told.
-    pub(super) fn new(body: ProxyBody) -> (ProxyBody, oneshot::Receiver<bool>) {
+    pub(super) fn wrap(body: ProxyBody) -> (ProxyBody, oneshot::Receiver<bool>) {
         let (tx, rx) = oneshot::channel();
         let body = SentBody {
             body,

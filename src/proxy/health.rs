@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use super::{Inner, ProxyBody};
 
 /// Active health checks of an upstream's endpoints
-/// ([`UpstreamBuilder::health_check`]): every `interval`, a `GET` of
+/// ([`UpstreamBuilder::health_check`](super::UpstreamBuilder::health_check)): every `interval`, a `GET` of
 /// `path` on each endpoint, passed by a 2xx answer within `timeout` (and,
 /// from a gRPC server, without a `grpc-status` other than 0 in its head). An
 /// endpoint failing `unhealthy_after` checks in a row is out of service

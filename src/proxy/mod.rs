@@ -7,12 +7,23 @@
 //! gRPC upstreams; with the `tls` feature, `https://` upstreams too, over
 //! rustls, HTTP/1.1 or HTTP/2 by ALPN, presenting a client certificate to
 //! upstreams that ask for one), with a proxy's manners: hop-by-hop headers removed both
-//! ways, `X-Forwarded-For` appended, `X-Forwarded-Proto` and
-//! `X-Forwarded-Host` set to what this hop saw, `Host` set to the upstream, bodies and
+//! ways (never the forwarding headers, whatever `Connection` names; see
+//! [`crate::ingress`] for the step a gateway runs first), `X-Forwarded-For`
+//! appended (or, at the edge, replaced: [`ForwardedFor`]), `X-Real-IP` set
+//! to the peer, `X-Forwarded-Proto` set to what this hop saw (`https`
+//! over TLS, as the server's [`ConnectionInfo`](crate::conn::ConnectionInfo)
+//! says) or what a [trusted proxy](UpstreamBuilder::trusted_proxies) in
+//! front saw, `X-Forwarded-Host` set, `Host` set to the upstream, bodies and
 //! trailers streamed both ways, and failures answered as problem+json
 //! (502 when the upstream cannot be reached, 504 when it does not answer
-//! in time) so that a [`Split`](crate::split::Split) counts them against
-//! the target.
+//! in time: [`DEFAULT_RESPONSE_TIMEOUT`], 15 s, after the request is sent,
+//! by default) so that a [`Split`](crate::split::Split) counts them against
+//! the target. The details a client reads are generic ("upstream
+//! unavailable"); the upstream's URL and the error go to the log
+//! (`tracing`, at `WARN`). Circuit breakers
+//! ([`UpstreamBuilder::max_in_flight`], [`UpstreamBuilder::max_pending`])
+//! answer 503 with `Retry-After` instead of piling requests on an upstream
+//! that has stopped answering.
 //!
 //! An upstream may be several servers ([`UpstreamBuilder::endpoint`]):
 //! requests take turns among them (round-robin), or go to the one with the
@@ -29,8 +40,10 @@
 //! of service until it passes again. [`Upstream::endpoints`] reports each
 //! server's counters and state.
 //!
-//! Protocol upgrades (WebSocket, or any `Connection: upgrade` /
-//! `Upgrade: x` request over HTTP/1.1) are asked of the upstream too; when
+//! Protocol upgrades (`Connection: upgrade` / `Upgrade: x` requests over
+//! HTTP/1.1, for the protocols allowed: `websocket` by default,
+//! [`UpstreamBuilder::upgrade_protocols`]; never `h2c`) are asked of the
+//! upstream too; when
 //! it answers 101, the client's and the upstream's connections are joined
 //! and bytes are copied both ways until both sides have closed, or until no
 //! byte has moved for the idle timeout (five minutes by default,
@@ -405,7 +418,7 @@ where
         let (body, body_done) = if body.is_end_stream() {
             (box_body(body), None)
         } else {
-            let (body, done) = future::SentBody::new(box_body(body));
+            let (body, done) = future::SentBody::wrap(box_body(body));
             (body, Some(done))
         };
         let req = Request::from_parts(parts, body);
