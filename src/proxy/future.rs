@@ -168,8 +168,9 @@ impl Future for ResponseFuture {
                                 this.state.set(State::Answered { res: None });
                                 return Poll::Ready(Ok(answer(
                                     *this.grpc,
-                                    Problem::new(StatusCode::GATEWAY_TIMEOUT)
-                                        .detail("upstream did not answer in time"),
+                                    Problem::new(StatusCode::GATEWAY_TIMEOUT).detail(format!(
+                                        "upstream did not answer within {limit:?}"
+                                    )),
                                 )));
                             }
                             return Poll::Pending;
