@@ -688,6 +688,38 @@ async fn the_response_timeout_does_not_fire_on_a_slow_upload() {
     assert_eq!(answer.json()["body_len"], 20);
 }
 
+/// The other side of the same clock: once the body has ended, an
+/// upstream that reads it all and never answers still gets its 504 (the
+/// clock starts when the pool lets the body go, whether or not it polled
+/// it to its end).
+#[tokio::test]
+async fn the_response_timeout_still_fires_once_the_body_is_sent() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut tcp, _)) = silent.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = tcp.read(&mut buf).await;
+            held.push(tcp);
+        }
+    });
+    let up = Upstream::builder(&format!("http://{addr}"))
+        .response_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let front = serve_upstream(up).await;
+    let answer = raw(
+        front,
+        "POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 5\r\n\r\n12345",
+    )
+    .await;
+    assert_eq!(answer.status, 504);
+    let text = String::from_utf8_lossy(&answer.body);
+    assert!(text.contains("did not answer within"), "{text}");
+    assert!(!text.contains(&addr.port().to_string()), "{text}");
+}
+
 // === 7. what failures tell the client ===
 
 /// Before: `could not connect to upstream http://127.0.0.1:PORT` and
