@@ -97,6 +97,7 @@ pub mod future;
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod gateway;
 pub mod grpc;
+pub mod ingress;
 pub mod key;
 pub mod metrics;
 #[cfg(feature = "mirror")]

@@ -35,9 +35,10 @@
 //! ```
 //!
 //! * A share of requests ([`MirrorBuilder::percent`], from a seedable
-//!   generator) whose method is idempotent (`GET`, `HEAD`, `OPTIONS`,
-//!   `TRACE`, `PUT`, `DELETE` by default) is copied to the shadow service
-//!   with a marker header (`x-switchyard-mirror: 1`).
+//!   generator) whose method is safe (`GET`, `HEAD`, `OPTIONS` by default,
+//!   [`MirrorBuilder::methods`]) is copied to the shadow service with a
+//!   marker header (`x-switchyard-mirror: 1`). A marker the client sent is
+//!   removed from every request first: only this layer's copies carry it.
 //!   The copy has the method, URI, version, headers and body, not the
 //!   request's extensions: an `Identity` or `Target` the shadow needs must
 //!   travel as a header (a `transform` rule writing `{identity.id}` does).
@@ -116,14 +117,7 @@ impl<M> MirrorLayer<M> {
         MirrorBuilder {
             shadow,
             percent: 100.0,
-            methods: Some(vec![
-                Method::GET,
-                Method::HEAD,
-                Method::OPTIONS,
-                Method::TRACE,
-                Method::PUT,
-                Method::DELETE,
-            ]),
+            methods: Some(vec![Method::GET, Method::HEAD, Method::OPTIONS]),
             body_limit: 64 * 1024,
             max_concurrent: 64,
             shadow_timeout: Duration::from_secs(30),
@@ -183,7 +177,9 @@ impl<M> MirrorBuilder<M> {
         self
     }
 
-    /// The methods mirrored (the idempotent ones by default).
+    /// The methods mirrored (the safe ones by default: `GET`, `HEAD`,
+    /// `OPTIONS`). `PUT` and `DELETE` are idempotent but not safe: a shadow
+    /// that shares a database with the primary would apply them twice.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.methods = Some(methods.into_iter().collect());
         self
@@ -391,7 +387,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // A client cannot pass its request off as a shadow copy (to the
+        // primary, or to a shadow that treats marked requests as harmless).
+        req.headers_mut().remove(MIRROR_HEADER);
         let shared = &self.shared;
         let stats = &shared.stats;
         let eligible = shared

@@ -215,7 +215,11 @@ fn methods(log: &Log) -> Vec<Method> {
 #[tokio::test(start_paused = true)]
 async fn client_sees_only_the_primary_and_the_shadow_gets_a_marked_copy() {
     let (plog, slog) = (Log::default(), Log::default());
-    let layer = MirrorLayer::builder(shadow(&slog, StatusCode::INTERNAL_SERVER_ERROR)).build();
+    // `PUT` is mirrored when asked for (issue 16: safe methods only by
+    // default).
+    let layer = MirrorLayer::builder(shadow(&slog, StatusCode::INTERNAL_SERVER_ERROR))
+        .methods([Method::GET, Method::PUT])
+        .build();
     let stats = layer.handle();
     let svc = layer.layer(primary(&plog));
 
@@ -324,6 +328,7 @@ async fn hanging_shadow_never_slows_the_primary() {
     let hanging =
         service_fn(|_req: ShadowReq| std::future::pending::<Result<Response<Bx>, Infallible>>());
     let layer = MirrorLayer::builder(hanging)
+        .methods([Method::GET, Method::PUT])
         .max_concurrent(2)
         .shadow_timeout(Duration::from_secs(5))
         .build();
@@ -416,13 +421,15 @@ where
 }
 
 #[tokio::test(start_paused = true)]
-async fn non_idempotent_methods_are_not_mirrored_by_default() {
+async fn only_safe_methods_are_mirrored_by_default() {
     let all = ALL_METHODS;
     let slog = Log::default();
     let layer = MirrorLayer::builder(shadow(&slog, StatusCode::OK)).build();
     let (st, got, _) = every_method(layer, &slog).await;
-    assert_eq!(got, all[..6].to_vec());
-    assert_eq!((st.mirrored, st.skipped_method), (6, 2));
+    // Issue 16: `GET`, `HEAD`, `OPTIONS`; not `TRACE`, nor `PUT` and
+    // `DELETE` (idempotent, but a shadow sharing a database applies them).
+    assert_eq!(got, all[..3].to_vec());
+    assert_eq!((st.mirrored, st.skipped_method), (3, 5));
 
     let slog = Log::default();
     let layer = MirrorLayer::builder(shadow(&slog, StatusCode::OK))
@@ -504,6 +511,7 @@ async fn percent_sampling_mirrors_about_its_share() {
 async fn bodies_over_the_limit_are_not_mirrored_and_reach_the_primary_whole() {
     let (plog, slog) = (Log::default(), Log::default());
     let layer = MirrorLayer::builder(shadow(&slog, StatusCode::OK))
+        .methods([Method::PUT])
         .body_limit(16)
         .build();
     let stats = layer.handle();
@@ -731,7 +739,9 @@ impl Body for FailsAfterAbc {
 #[tokio::test(start_paused = true)]
 async fn request_body_error_while_buffering_is_a_400_for_both() {
     let slog = Log::default();
-    let layer = MirrorLayer::builder(shadow(&slog, StatusCode::OK)).build();
+    let layer = MirrorLayer::builder(shadow(&slog, StatusCode::OK))
+        .methods([Method::PUT])
+        .build();
     let stats = layer.handle();
     let called = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let primary = service_fn({
@@ -765,4 +775,34 @@ async fn request_body_error_while_buffering_is_a_400_for_both() {
     assert_eq!(stats.stats().mirrored, 0);
     assert_eq!(stats.stats().body_errors, 1);
     assert!(seen(&slog).is_empty());
+}
+
+/// Issue 16: a client cannot pass a request off as a shadow copy; the
+/// marker it sends is removed before the primary (or the shadow) sees it.
+#[tokio::test(start_paused = true)]
+async fn a_client_sent_mirror_marker_is_removed() {
+    let (plog, slog) = (Log::default(), Log::default());
+    let layer = MirrorLayer::builder(shadow(&slog, StatusCode::OK)).build();
+    let svc = layer.layer(primary(&plog));
+    for method in [Method::GET, Method::POST] {
+        let req = Request::builder()
+            .method(method)
+            .uri("/m")
+            .header(MIRROR_HEADER, "1")
+            .body(full("x"))
+            .unwrap();
+        let (status, _, _) = send(&svc, req).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    settle().await;
+    let p = seen(&plog);
+    assert_eq!(p.len(), 2);
+    assert!(
+        p.iter().all(|s| s.headers.get(MIRROR_HEADER).is_none()),
+        "{p:?}"
+    );
+    // The GET was copied, marked once by the layer.
+    let s = seen(&slog);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].headers.get_all(MIRROR_HEADER).iter().count(), 1);
 }

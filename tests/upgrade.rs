@@ -108,10 +108,19 @@ async fn echo_round_trip(tcp: &mut TcpStream, message: &[u8]) {
 
 const ASK_ECHO: &str = "GET /chat HTTP/1.1\r\nHost: front\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Hop: drop\r\n\r\n";
 
+/// The proxy to an upstream that speaks `echo`: a protocol it must be
+/// told to allow (issue 16: `websocket` alone is allowed by default).
+fn echo_upstream_of(addr: SocketAddr) -> Upstream {
+    Upstream::builder(&format!("http://{addr}"))
+        .upgrade_protocols(["echo"])
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_upgrade_is_tunnelled_both_ways() {
     let (upstream_addr, seen) = echo_upstream().await;
-    let upstream = Upstream::new(&format!("http://{upstream_addr}")).unwrap();
+    let upstream = echo_upstream_of(upstream_addr);
     let front = serve(axum::Router::new().fallback_service(upstream)).await;
 
     let (mut tcp, head) = handshake(front, ASK_ECHO).await;
@@ -148,7 +157,12 @@ async fn an_upgrade_is_tunnelled_both_ways() {
 #[tokio::test]
 async fn a_refused_upgrade_is_a_plain_answer() {
     let (upstream_addr, seen) = echo_upstream().await;
-    let upstream = Upstream::new(&format!("http://{upstream_addr}")).unwrap();
+    // `h2c-ish` is allowed (issue 16: only allowed protocols are asked
+    // for), and the upstream refuses it.
+    let upstream = Upstream::builder(&format!("http://{upstream_addr}"))
+        .upgrade_protocols(["echo", "h2c-ish"])
+        .build()
+        .unwrap();
     let front = serve(axum::Router::new().fallback_service(upstream)).await;
 
     let ask = "GET /x HTTP/1.1\r\nHost: front\r\nConnection: upgrade\r\nUpgrade: h2c-ish\r\n\r\n";
@@ -186,6 +200,7 @@ async fn the_gateway_authenticates_then_tunnels() {
         r#"
 [upstreams.chat]
 url = "http://{upstream_addr}"
+upgrade_protocols = ["echo"]
 
 [[api_keys]]
 key = "sk-chat"
@@ -220,16 +235,8 @@ async fn a_split_drains_only_when_tunnels_close() {
     let (blue_addr, _) = echo_upstream().await;
     let (green_addr, green_seen) = echo_upstream().await;
     let split = Split::builder()
-        .target(
-            "blue",
-            Upstream::new(&format!("http://{blue_addr}")).unwrap(),
-            100,
-        )
-        .target(
-            "green",
-            Upstream::new(&format!("http://{green_addr}")).unwrap(),
-            0,
-        )
+        .target("blue", echo_upstream_of(blue_addr), 100)
+        .target("green", echo_upstream_of(green_addr), 0)
         .build()
         .unwrap();
     let handle = split.handle();
@@ -279,6 +286,7 @@ async fn an_idle_tunnel_is_closed_and_lets_its_version_drain() {
     let idle = Duration::from_millis(300);
     let upstream = |addr: SocketAddr| {
         Upstream::builder(&format!("http://{addr}"))
+            .upgrade_protocols(["echo"])
             .upgrade_idle_timeout(Some(idle))
             .build()
             .unwrap()

@@ -102,6 +102,9 @@ pub(crate) struct State {
     /// The connection shared rate limits use, with the settings it was
     /// made from.
     pub(crate) redis: Option<SharedRedis>,
+    /// The first step of every request: the upgrades every upstream
+    /// allows between them.
+    pub(crate) ingress: crate::ingress::Sanitize,
 }
 
 /// The Redis connection of `[redis]` (feature `redis`; without it, a
@@ -170,8 +173,9 @@ impl Matcher {
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .or_else(|| req.uri().host());
-            let given = given.map(|h| h.rsplit_once(':').map_or(h, |(h, _)| h));
-            if !given.is_some_and(|g| g.eq_ignore_ascii_case(host)) {
+            // `[::1]:8080` is `::1`; `example.com.` is `example.com`.
+            let given = given.map(crate::ingress::host_name);
+            if !given.is_some_and(|g| g.eq_ignore_ascii_case(crate::ingress::host_name(host))) {
                 return false;
             }
         }
@@ -325,8 +329,28 @@ pub(crate) fn build(
                 if let Some(ms) = uc.connect_timeout_ms {
                     b = b.connect_timeout(Some(Duration::from_millis(ms)));
                 }
-                if let Some(ms) = uc.response_timeout_ms {
-                    b = b.response_timeout(Duration::from_millis(ms));
+                match uc.response_timeout_ms {
+                    Some(0) => b = b.no_response_timeout(),
+                    Some(ms) => b = b.response_timeout(Duration::from_millis(ms)),
+                    None => {}
+                }
+                if let Some(max) = uc.max_in_flight {
+                    b = b.max_in_flight(max);
+                }
+                if let Some(max) = uc.max_pending {
+                    b = b.max_pending(max);
+                }
+                if let Some(protocols) = &uc.upgrade_protocols {
+                    b = b.upgrade_protocols(protocols.iter().cloned());
+                }
+                if uc.forwarded_for == Some(super::config::ForwardedForConfig::Replace) {
+                    b = b.forwarded_for(crate::proxy::ForwardedFor::Replace);
+                }
+                if !uc.trusted_proxies.is_empty() {
+                    match TrustedProxies::new(&uc.trusted_proxies) {
+                        Ok(t) => b = b.trusted_proxies(t),
+                        Err(e) => problems.push(format!("upstreams.{name}.trusted_proxies"), e),
+                    }
                 }
                 if let Some(path) = &uc.ca_file {
                     let at = format!("upstreams.{name}.ca_file");
@@ -535,6 +559,18 @@ pub(crate) fn build(
     }
 
     problems.into_result()?;
+    let mut protocols: Vec<String> = config
+        .upstreams
+        .values()
+        .flat_map(|u| {
+            u.upgrade_protocols
+                .clone()
+                .unwrap_or_else(|| vec!["websocket".to_owned()])
+        })
+        .collect();
+    protocols.sort_unstable();
+    protocols.dedup();
+    let ingress = crate::ingress::Sanitize::new().upgrade_protocols(protocols);
     Ok((
         State {
             config,
@@ -545,6 +581,7 @@ pub(crate) fn build(
             admin_auth,
             pre_auth,
             redis,
+            ingress,
         },
         changes,
     ))

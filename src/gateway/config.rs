@@ -84,8 +84,28 @@ pub struct UpstreamConfig {
     pub upgrade_idle_timeout_ms: Option<u64>,
     /// Connect timeout in milliseconds (5000 by default).
     pub connect_timeout_ms: Option<u64>,
-    /// Time to response headers in milliseconds (none by default).
+    /// Time to response headers in milliseconds, counted from when the
+    /// request has been sent (15000 by default, as Envoy's; 0 for no
+    /// limit). Response bodies (streams) are not limited.
     pub response_timeout_ms: Option<u64>,
+    /// A circuit breaker: with this many requests in flight to the
+    /// upstream, more are answered 503 with `Retry-After` (no limit by
+    /// default; see [`crate::proxy::UpstreamBuilder::max_in_flight`]).
+    pub max_in_flight: Option<u64>,
+    /// A circuit breaker: with this many requests waiting for their
+    /// response head, more are answered 503 with `Retry-After` (no limit
+    /// by default).
+    pub max_pending: Option<u64>,
+    /// The protocols a client may upgrade to (`["websocket"]` by default;
+    /// `h2c` is never passed on).
+    pub upgrade_protocols: Option<Vec<String>>,
+    /// `"append"` (the default) adds the peer to `X-Forwarded-For`;
+    /// `"replace"`, at the edge, replaces the list an untrusted peer sent.
+    pub forwarded_for: Option<ForwardedForConfig>,
+    /// The reverse proxies in front (IP addresses or CIDR ranges) whose
+    /// `X-Forwarded-Proto`, `X-Real-IP` and `X-Forwarded-For` are believed
+    /// (none by default).
+    pub trusted_proxies: Vec<String>,
     /// Pass the client's `Host` on.
     pub preserve_host: bool,
     /// More servers of this upstream beside `url` (same scheme and path):
@@ -106,6 +126,17 @@ pub struct UpstreamConfig {
     /// `"least_requests"` (the endpoint with the fewest requests in
     /// flight; see [`crate::proxy::Balance`]).
     pub balance: Option<BalanceConfig>,
+}
+
+/// `[upstreams.NAME] forwarded_for`: how `X-Forwarded-For` is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ForwardedForConfig {
+    /// Append the peer to the list.
+    Append,
+    /// Replace the list an untrusted peer sent.
+    Replace,
 }
 
 /// `[upstreams.NAME] balance`: how requests are spread over the endpoints.

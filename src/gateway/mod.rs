@@ -103,9 +103,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use tower::Service;
 
 pub use config::{
-    AdminConfig, ApiKeyConfig, AuthConfig, BalanceConfig, GatewayConfig, HealthCheckConfig,
-    KeyConfig, ModelConfig, QuotaConfig, RateLimitConfig, RedisConfig, RedisFailureConfig,
-    RouteConfig, SplitConfig, TargetConfig, UpstreamConfig, WeightSyncConfig,
+    AdminConfig, ApiKeyConfig, AuthConfig, BalanceConfig, ForwardedForConfig, GatewayConfig,
+    HealthCheckConfig, KeyConfig, ModelConfig, QuotaConfig, RateLimitConfig, RedisConfig,
+    RedisFailureConfig, RouteConfig, SplitConfig, TargetConfig, UpstreamConfig, WeightSyncConfig,
 };
 
 pub use redact::REDACTED;
@@ -422,6 +422,15 @@ where
         let mut req = req.map(crate::proxy::box_body);
         let mut access = access::Access::begin(&req);
         let state = self.inner.state.load();
+        // First of all: hop-by-hop headers out, `Host` checked.
+        if let Err(e) = state.ingress.apply(&mut req) {
+            return ResponseFuture {
+                kind: Kind::Refused {
+                    rejection: Some(e.rejection().for_request(req.headers())),
+                },
+                access,
+            };
+        }
         // Route on the path the upstream will read: its normal form.
         if !state.config.raw_paths {
             match crate::path::normalize_uri(req.uri()) {

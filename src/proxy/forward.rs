@@ -1,0 +1,356 @@
+//! The forwarding headers (`X-Forwarded-*`, `Forwarded`) and the
+//! hop-by-hop headers a proxy removes.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderName};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Uri};
+
+use super::endpoints::Endpoint;
+use super::{ForwardedFor, Inner};
+
+impl Inner {
+    /// The request's URI on the upstream's `endpoint`; `None` if it cannot
+    /// be one.
+    pub(super) fn upstream_uri(&self, uri: &Uri, endpoint: &Endpoint) -> Option<Uri> {
+        let pq = if self.prefix.is_empty() {
+            // Shares the request's bytes (a server's read buffer) rather
+            // than copying them.
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
+        } else {
+            let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            PathAndQuery::try_from(format!("{}{pq}", self.prefix)).ok()?
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(endpoint.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .ok()
+    }
+
+    /// Writes the forwarding headers: `X-Forwarded-For` (appended to, or
+    /// replaced at the edge), `X-Forwarded-Proto` (the client's from a
+    /// trusted proxy, else what this hop saw), `X-Forwarded-Host`,
+    /// `X-Real-IP` (the client's from a trusted proxy, else the peer), and
+    /// with the option on, a `Forwarded` element with every value quoted.
+    pub(super) fn add_forwarded(
+        &self,
+        headers: &mut HeaderMap,
+        extensions: &http::Extensions,
+        host: Option<&HeaderValue>,
+    ) {
+        const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+        const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+        const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+        const XRI: HeaderName = HeaderName::from_static("x-real-ip");
+        let peer = crate::key::peer_ip(extensions);
+        let trusted = peer.is_some_and(|ip| self.trusted.as_ref().is_some_and(|t| t.contains(ip)));
+        let replace = !trusted && self.forwarded_for == ForwardedFor::Replace;
+        if replace {
+            headers.remove(&XFF);
+            headers.remove(header::FORWARDED);
+        }
+        if let Some(ip) = peer {
+            // Several `X-Forwarded-For` lines are one list (RFC 9110
+            // section 5.3): keep all of it, then add the peer.
+            let ip = IpText::new(ip);
+            let mut priors = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok());
+            let value = match priors.next() {
+                // The usual case: the peer alone, without a `String`.
+                None => HeaderValue::from_str(ip.as_str()),
+                Some(first) => {
+                    let mut value = String::new();
+                    for prior in std::iter::once(first).chain(priors) {
+                        value.push_str(prior);
+                        value.push_str(", ");
+                    }
+                    value.push_str(ip.as_str());
+                    HeaderValue::from_str(&value)
+                }
+            };
+            if let Ok(v) = value {
+                headers.insert(XFF, v);
+            }
+        }
+        // A trusted proxy in front says what it saw; otherwise, what this
+        // hop saw, never what the client claims.
+        let claimed = trusted
+            .then(|| headers.get(&XFP))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or_default().trim())
+            .and_then(|v| {
+                if v.eq_ignore_ascii_case("https") {
+                    Some("https")
+                } else if v.eq_ignore_ascii_case("http") {
+                    Some("http")
+                } else {
+                    None
+                }
+            });
+        let proto = claimed.unwrap_or_else(|| {
+            extensions
+                .get::<crate::conn::ConnectionInfo>()
+                .map_or("http", crate::conn::ConnectionInfo::scheme)
+        });
+        headers.insert(XFP, HeaderValue::from_static(proto));
+        if !(trusted && headers.contains_key(&XRI)) {
+            match peer.and_then(|ip| HeaderValue::from_str(IpText::new(ip).as_str()).ok()) {
+                Some(ip) => {
+                    headers.insert(XRI, ip);
+                }
+                None => {
+                    headers.remove(XRI);
+                }
+            }
+        }
+        match host {
+            Some(host) => {
+                headers.insert(XFH, host.clone());
+            }
+            None => {
+                headers.remove(XFH);
+            }
+        }
+        if self.forwarded
+            && let Some(element) = forwarded_element(peer, host, proto)
+            && let Ok(v) = HeaderValue::from_str(&element)
+        {
+            headers.append(header::FORWARDED, v);
+        }
+    }
+}
+
+/// One RFC 7239 `Forwarded` element: `for`, `host` and `proto`, the
+/// address and host as quoted strings (a host's `"` and `\` escaped, so
+/// that it cannot end the string and add parameters of its own). `None`
+/// with neither an address nor a host.
+pub(super) fn forwarded_element(
+    peer: Option<IpAddr>,
+    host: Option<&HeaderValue>,
+    proto: &str,
+) -> Option<String> {
+    let mut element = String::new();
+    if let Some(ip) = peer {
+        match ip {
+            IpAddr::V4(v4) => element.push_str(&format!("for={v4}")),
+            IpAddr::V6(v6) => element.push_str(&format!("for=\"[{v6}]\"")),
+        }
+    }
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        if !element.is_empty() {
+            element.push(';');
+        }
+        element.push_str("host=");
+        quote(&mut element, host);
+    }
+    if element.is_empty() {
+        return None;
+    }
+    element.push_str(";proto=");
+    element.push_str(proto);
+    Some(element)
+}
+
+/// `value` as an RFC 9110 quoted-string.
+fn quote(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+/// An IP address written out as `Display` writes it, on the stack. IPv4,
+/// the common case, is written by hand: `IpAddr::to_string` costs a
+/// `String` and the formatting machinery on every proxied request (a unit
+/// test holds the output to `Display`'s); IPv6 goes through `Display` into
+/// the buffer.
+struct IpText {
+    // The longest IPv6 text is 45 bytes (`ffff:...:255.255.255.255`).
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> Self {
+        let mut text = Self {
+            buf: [0; 48],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut rest = &mut text.buf[..];
+                let _ = write!(rest, "{v6}");
+                text.len = 48 - rest.len();
+            }
+        }
+        text
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits, dots, colons and hex letters were written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+/// The hop-by-hop headers every proxy removes, whether `Connection` names
+/// them or not.
+const HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+
+/// Removes the hop-by-hop headers (RFC 9110 section 7.6.1): `Connection`
+/// and the headers it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Upgrade`, `HTTP2-Settings`. On requests,
+/// `TE: trailers` is kept: gRPC needs it end to end. `Connection` never
+/// removes the [protected](crate::ingress::PROTECTED) headers (`Host`,
+/// `Forwarded`, `X-Forwarded-*`, `X-Real-IP`): a client cannot make a
+/// proxy drop the chain the load balancer in front appended.
+///
+/// [`crate::ingress`] does this (and more) once, before any layer runs;
+/// the proxy does it again for requests that did not come through it.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
+    // Most messages carry none: one pass over the names is cheaper than
+    // nine lookups that find nothing.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !crate::ingress::is_protected(&name) {
+            headers.remove(name);
+        }
+    }
+    let te_trailers = request
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue};
+
+    use super::{IpText, forwarded_element, remove_hop_by_hop};
+
+    #[test]
+    fn forwarded_values_are_quoted_and_escaped() {
+        let host = HeaderValue::from_static(r#"a.example";for=evil;x="\"#);
+        let element = forwarded_element(Some("10.0.0.1".parse().unwrap()), Some(&host), "https");
+        assert_eq!(
+            element.as_deref(),
+            Some(r#"for=10.0.0.1;host="a.example\";for=evil;x=\"\\";proto=https"#)
+        );
+        let host = HeaderValue::from_static("[::1]:8080");
+        let element = forwarded_element(Some("::1".parse().unwrap()), Some(&host), "http");
+        assert_eq!(
+            element.as_deref(),
+            Some(r#"for="[::1]";host="[::1]:8080";proto=http"#)
+        );
+        assert_eq!(forwarded_element(None, None, "http"), None);
+    }
+
+    #[test]
+    fn connection_never_removes_protected_headers() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            (
+                "connection",
+                "x-forwarded-for, x-forwarded-host, forwarded, x-real-ip, host, x-a",
+            ),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-host", "h"),
+            ("forwarded", "for=1.1.1.1"),
+            ("x-real-ip", "1.1.1.1"),
+            ("host", "h"),
+            ("x-a", "1"),
+            ("http2-settings", "AAA"),
+        ] {
+            h.insert(n, HeaderValue::from_static(v));
+        }
+        remove_hop_by_hop(&mut h, true);
+        let mut names: Vec<_> = h.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "forwarded",
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-real-ip"
+            ]
+        );
+    }
+
+    #[test]
+    fn ip_text_is_what_display_writes() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.9.99.100",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:10.1.2.3",
+            "::10.1.2.3",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+        }
+    }
+}
