@@ -1166,11 +1166,16 @@ async fn oversize_json_request_is_a_413() {
 }
 
 #[tokio::test]
-async fn non_json_request_is_skipped_by_default() {
-    let s = stack(one(RuleSet::new().request(|r| {
-        r.body.set("/a", 1);
-        r.headers.add("x-rewritten", "yes");
-    })));
+async fn non_json_request_is_skipped_with_skip() {
+    // Refused by default (`non_json_request_is_a_415_by_default`); the
+    // opt-out streams it through.
+    let s = stack(
+        one(RuleSet::new().request(|r| {
+            r.body.set("/a", 1);
+            r.headers.add("x-rewritten", "yes");
+        }))
+        .non_json(NonJson::Skip),
+    );
     for headers in [
         vec![("content-type", "text/plain")],
         vec![],
@@ -1196,13 +1201,10 @@ async fn non_json_request_is_skipped_by_default() {
 }
 
 #[tokio::test]
-async fn non_json_request_is_a_415_with_reject() {
-    let s = stack(
-        one(RuleSet::new().request(|r| {
-            r.body.set("/a", 1);
-        }))
-        .non_json(NonJson::Reject),
-    );
+async fn non_json_request_is_a_415_by_default() {
+    let s = stack(one(RuleSet::new().request(|r| {
+        r.body.set("/a", 1);
+    })));
     let reply = s
         .send(req(
             Method::POST,
@@ -2376,7 +2378,7 @@ async fn rules_from_json() {
     )
     .unwrap();
     assert_eq!(rules.body_limit, 1024 * 1024, "the default");
-    assert_eq!(rules.non_json, NonJson::Skip);
+    assert_eq!(rules.non_json, NonJson::Reject);
     let s = stack_with(rules, |_| {
         Response::builder()
             .header("x-internal-id", "7")

@@ -167,7 +167,8 @@ impl Matcher {
                 return false;
             }
         }
-        let path = req.uri().path();
+        // Without `;` parameters: what a server that drops them serves.
+        let path = crate::path::without_params(req.uri().path());
         match path.strip_prefix(self.prefix.as_str()) {
             Some(rest) => rest.is_empty() || rest.starts_with('/') || self.prefix.is_empty(),
             None => false,

@@ -284,6 +284,11 @@ pub struct RouteConfig {
     pub split: Option<SplitConfig>,
     /// Model router over upstreams.
     pub model: Option<ModelConfig>,
+    /// Take paths with `;` parameters (`/a;jsessionid=1/b`); refused with a
+    /// 400 by default (see [`crate::path`]). Routes are matched on the path
+    /// without parameters either way, so `/admin;x/users` is the `/admin`
+    /// route's request, never another route's.
+    pub allow_path_params: bool,
 }
 
 /// Authentication on a route.

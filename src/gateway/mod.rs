@@ -398,9 +398,11 @@ where
         let mut req = req.map(crate::proxy::box_body);
         let mut access = access::Access::begin(&req);
         let state = self.inner.state.load();
+        // Path parameters, refused below unless the route takes them.
+        let params = req.uri().path().contains(';');
         // Route on the path the upstream will read: its normal form.
         if !state.config.raw_paths {
-            match crate::path::normalize_uri(req.uri()) {
+            match crate::path::normalize_uri(req.uri(), true) {
                 Ok(None) => {}
                 Ok(Some(uri)) => *req.uri_mut() = uri,
                 Err(e) => {
@@ -414,6 +416,15 @@ where
             }
         }
         match Self::route(&state, &req) {
+            Some(route) if params && !route.config.allow_path_params => {
+                let e = crate::path::PathError::PathParameter;
+                ResponseFuture {
+                    kind: Kind::Refused {
+                        rejection: Some(crate::path::rejection(e).for_request(req.headers())),
+                    },
+                    access,
+                }
+            }
             Some(route) => {
                 if let Some(a) = &mut access {
                     let echo = route.config.split.as_ref();

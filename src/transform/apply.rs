@@ -353,8 +353,23 @@ fn rewrite_uri(
         path = Cow::Owned(format!("/{path}"));
     }
     if let Some(prefix) = prefix {
+        // A value rendered into the prefix may not walk the path: `..` is
+        // data to the template, not a step up.
+        if prefix.split('/').any(crate::path::is_dot_segment) {
+            return Err(bad_path(
+                "the rewritten path prefix has a `.` or `..` segment",
+            ));
+        }
         let prefix = prefix.trim_end_matches('/');
         path = Cow::Owned(format!("{prefix}{path}"));
+    }
+    // The rewritten path has its dot segments resolved again, as the
+    // request's were before routing: whatever the rules made, the
+    // upstream reads no `..` the gateway did not see.
+    match crate::path::resolve_dots(&path) {
+        Ok(Cow::Borrowed(_)) => {}
+        Ok(Cow::Owned(normal)) => path = Cow::Owned(normal),
+        Err(e) => return Err(bad_path(&format!("the rewritten path is refused: {e}"))),
     }
     let query = match &set.query {
         Some(rules) => rewrite_query(uri.query(), rules, rendered_query),
@@ -443,6 +458,14 @@ fn rewrite_query<'q>(
     Some(Cow::Owned(out))
 }
 
+fn bad_path(detail: &str) -> Rejection {
+    Rejection::new(
+        Problem::new(StatusCode::BAD_REQUEST)
+            .title("Invalid request path")
+            .detail(detail.to_owned()),
+    )
+}
+
 fn bad_uri() -> Rejection {
     Rejection::new(
         Problem::new(StatusCode::BAD_REQUEST).detail("the rewritten request URI is not valid"),
@@ -475,5 +498,26 @@ mod tests {
         assert!(!is_json(&h("text/json")));
         assert!(!is_json(&h("application/jsonx")));
         assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn content_encoding_is_a_list() {
+        use crate::body::is_encoded;
+        use http::header::CONTENT_ENCODING;
+        let h = |values: &[&'static str]| {
+            let mut m = HeaderMap::new();
+            for v in values {
+                m.append(CONTENT_ENCODING, HeaderValue::from_static(v));
+            }
+            m
+        };
+        assert!(!is_encoded(&h(&[])));
+        assert!(!is_encoded(&h(&["identity"])));
+        assert!(!is_encoded(&h(&["Identity , identity"])));
+        assert!(!is_encoded(&h(&["identity", "identity,"])));
+        assert!(is_encoded(&h(&["gzip"])));
+        assert!(is_encoded(&h(&["identity, gzip"])));
+        assert!(is_encoded(&h(&["gzip, identity"])));
+        assert!(is_encoded(&h(&["identity", "br"])));
     }
 }
