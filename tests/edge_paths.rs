@@ -381,4 +381,16 @@ fn a_short_hmac_secret_is_refused_at_build() {
     let jwks = r#"{"keys":[{"kty":"oct","alg":"HS256","kid":"s","k":"YSBzZWNyZXQgb2YgMzIgYnl0ZXMsIGp1c3QgcmlnaHQ"}]}"#;
     let layer = JwtLayer::builder().keys(JwtKeys::new().jwks(jwks)).build();
     assert!(layer.is_err());
+    let layer = JwtLayer::builder()
+        .allow_oct_in_jwks()
+        .keys(JwtKeys::new().jwks(jwks))
+        .build();
+    assert!(layer.is_ok(), "{layer:?}");
+    // Allowed, it is still held to the length of a secret.
+    let short = r#"{"keys":[{"kty":"oct","alg":"HS256","k":"c2VjcmV0"}]}"#;
+    let layer = JwtLayer::builder()
+        .allow_oct_in_jwks()
+        .keys(JwtKeys::new().jwks(short))
+        .build();
+    assert!(layer.is_err());
 }

@@ -363,6 +363,10 @@ pub struct SplitConfig {
     pub sticky: Option<KeyConfig>,
     /// Header that forces a target (testers).
     pub override_header: Option<String>,
+    /// The scope a caller needs for `override_header` to count (see
+    /// [`crate::split::SplitBuilder::override_scope`]); anyone's when
+    /// absent.
+    pub override_scope: Option<String>,
     /// Response header naming the target.
     pub echo_header: Option<String>,
 }
