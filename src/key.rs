@@ -856,6 +856,21 @@ mod tests {
     }
 
     #[test]
+    fn long_keys_are_stored_as_digests() {
+        let short = Key::from("k".repeat(MAX_KEPT_BYTES));
+        assert!(short.digest_if_long().is_none());
+        assert!(Key::from("1.2.3.4".parse::<IpAddr>().unwrap()).digest_if_long().is_none());
+        let long = "k".repeat(MAX_KEPT_BYTES + 1);
+        let a = Key::from(long.as_str()).digest_if_long().unwrap();
+        assert_eq!(a, Key::from(long.clone()).digest_if_long().unwrap());
+        assert_ne!(a, Key::from(long.clone() + "x").digest_if_long().unwrap());
+        assert_eq!(a.as_digest().map(|d| d.len()), Some(16));
+        assert!(a.as_bytes().is_none());
+        assert!(format!("{a:?}").starts_with("Key(digest "));
+        assert_ne!(a.stable_hash(0), Key::from(long.as_str()).stable_hash(0));
+    }
+
+    #[test]
     fn stable_hash_is_pinned() {
         // These values are part of the contract: changing the hash moves
         // every sticky user. Update only with a deliberate, announced break.
