@@ -764,6 +764,38 @@ async fn add_prefix_templates_are_percent_encoded_except_path_captures() {
 }
 
 #[tokio::test]
+async fn rewritten_paths_cannot_walk() {
+    // A template value of `.` or `..` in a prefix is refused, not stepped.
+    let s = stack(one(RuleSet::new().request(|r| {
+        r.path.add_prefix("/t/{header.x-tenant}");
+    })));
+    for tenant in ["..", ".", "%2e%2e"] {
+        let reply = s.send(get("/users", &[("x-tenant", tenant)])).await;
+        if tenant.starts_with('%') {
+            // `%` is data in a value: encoded, `%252e%252e` is a name.
+            assert_eq!(reply.status, StatusCode::OK, "{tenant}");
+            continue;
+        }
+        reply.assert_problem(StatusCode::BAD_REQUEST);
+    }
+    // `;` in a value is encoded: `..;` is no `..` to a Tomcat upstream.
+    let seen = s.pass(get("/users", &[("x-tenant", "..;")])).await;
+    assert_eq!(seen.path_and_query(), "/t/..%3B/users");
+    let seen = s.pass(get("/users", &[("x-tenant", "acme")])).await;
+    assert_eq!(seen.path_and_query(), "/t/acme/users");
+    // A path that climbs out of the added prefix is refused.
+    let reply = s.send(get("/../../admin", &[("x-tenant", "acme")])).await;
+    reply.assert_problem(StatusCode::BAD_REQUEST);
+
+    // What a regex makes is resolved again before it goes on.
+    let s = stack(one(RuleSet::new().request(|r| {
+        r.path.regex("^/files/(.+)$", "/store/$1/../index");
+    })));
+    let seen = s.pass(get("/files/a", &[])).await;
+    assert_eq!(seen.path_and_query(), "/store/index");
+}
+
+#[tokio::test]
 async fn query_rules_remove_rename_replace_add() {
     let s = stack(one(RuleSet::new().request(|r| {
         r.query

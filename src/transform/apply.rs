@@ -352,6 +352,7 @@ fn rewrite_uri(
     if !path.starts_with('/') {
         path = Cow::Owned(format!("/{path}"));
     }
+    let mut added = None;
     if let Some(prefix) = prefix {
         // A value rendered into the prefix may not walk the path: `..` is
         // data to the template, not a step up.
@@ -362,13 +363,38 @@ fn rewrite_uri(
         }
         let prefix = prefix.trim_end_matches('/');
         path = Cow::Owned(format!("{prefix}{path}"));
+        added = Some(prefix.len());
     }
     // The rewritten path has its dot segments resolved again, as the
     // request's were before routing: whatever the rules made, the
-    // upstream reads no `..` the gateway did not see.
+    // upstream reads no `..` the gateway did not see. A path that climbs
+    // out of the prefix the rules put in front is refused.
     match crate::path::resolve_dots(&path) {
         Ok(Cow::Borrowed(_)) => {}
-        Ok(Cow::Owned(normal)) => path = Cow::Owned(normal),
+        Ok(Cow::Owned(normal)) => {
+            if let Some(len) = added {
+                let prefix = &path[..len];
+                let kept = normal
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+                // Resolving may merge a `//` or drop a `.` in the prefix
+                // itself: compare with the prefix resolved alone.
+                let prefix_resolved = crate::path::resolve_dots(prefix).ok();
+                let kept = kept
+                    || prefix_resolved.is_some_and(|p| {
+                        let p = p.trim_end_matches('/');
+                        normal
+                            .strip_prefix(p)
+                            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                    });
+                if !kept {
+                    return Err(bad_path(
+                        "the rewritten path climbs out of the prefix the rules added",
+                    ));
+                }
+            }
+            path = Cow::Owned(normal);
+        }
         Err(e) => return Err(bad_path(&format!("the rewritten path is refused: {e}"))),
     }
     let query = match &set.query {
