@@ -859,7 +859,11 @@ mod tests {
     fn long_keys_are_stored_as_digests() {
         let short = Key::from("k".repeat(MAX_KEPT_BYTES));
         assert!(short.digest_if_long().is_none());
-        assert!(Key::from("1.2.3.4".parse::<IpAddr>().unwrap()).digest_if_long().is_none());
+        assert!(
+            Key::from("1.2.3.4".parse::<IpAddr>().unwrap())
+                .digest_if_long()
+                .is_none()
+        );
         let long = "k".repeat(MAX_KEPT_BYTES + 1);
         let a = Key::from(long.as_str()).digest_if_long().unwrap();
         assert_eq!(a, Key::from(long.clone()).digest_if_long().unwrap());

@@ -479,7 +479,10 @@ mod tests {
         assert_eq!(normalize("/public\\..\\admin"), Err(PathError::Backslash));
         assert_eq!(normalize_with_params("/a\\b"), Err(PathError::Backslash));
         assert_eq!(normalize("/admin;x/users"), Err(PathError::PathParameter));
-        assert_eq!(normalize("/public/..;/admin"), Err(PathError::PathParameter));
+        assert_eq!(
+            normalize("/public/..;/admin"),
+            Err(PathError::PathParameter)
+        );
         // Escaped, `;` is data.
         assert_eq!(normalize("/a%3bb").as_deref(), Ok("/a%3Bb"));
     }

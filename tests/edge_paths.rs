@@ -219,9 +219,8 @@ request.body.set = [{{ pointer = "/user_id", value = "{{identity.id}}" }}]
 }
 
 async fn post(addr: SocketAddr, content_type: &str, body: &str) -> (u16, String) {
-    let head = format!(
-        "POST /orders HTTP/1.1\r\nx-api-key: sk-mallory\r\ncontent-type: {content_type}"
-    );
+    let head =
+        format!("POST /orders HTTP/1.1\r\nx-api-key: sk-mallory\r\ncontent-type: {content_type}");
     raw(addr, &head, body.as_bytes()).await
 }
 
@@ -250,7 +249,11 @@ async fn a_body_rule_refuses_a_body_that_is_not_declared_json() {
     let upstream = tomcat_upstream().await;
     let addr = gateway(&body_rule_gateway(upstream, "")).await;
     let smuggled = r#"{"user_id":"alice"}"#;
-    for content_type in ["text/plain", "application/x-www-form-urlencoded", "text/json"] {
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "text/json",
+    ] {
         let (status, body) = post(addr, content_type, smuggled).await;
         assert!(!body.contains("alice"), "{content_type}: {body}");
         assert_eq!(status, 415, "{content_type}: {body}");
@@ -270,7 +273,11 @@ async fn a_body_rule_refuses_a_body_that_is_not_declared_json() {
     assert!(body.ends_with(r#"body {"user_id":"mallory"}"#), "{body}");
 
     // The opt-out streams such bodies through untouched.
-    let addr = gateway(&body_rule_gateway(upstream, "transform.non_json = \"skip\"")).await;
+    let addr = gateway(&body_rule_gateway(
+        upstream,
+        "transform.non_json = \"skip\"",
+    ))
+    .await;
     let (status, body) = post(addr, "text/plain", smuggled).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.ends_with(smuggled), "{body}");
@@ -338,7 +345,10 @@ async fn the_override_header_needs_its_scope() {
     let steer = "x-switchyard-target: green";
     let (status, body) = get(addr, "/", &format!("x-api-key: demo-key\r\n{steer}")).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.starts_with("public area"), "steered without the scope: {body}");
+    assert!(
+        body.starts_with("public area"),
+        "steered without the scope: {body}"
+    );
     let (status, body) = get(addr, "/", &format!("x-api-key: sk-tester\r\n{steer}")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, "green");
@@ -363,7 +373,12 @@ async fn a_pre_seeded_identity_header_does_not_reach_the_upstream() {
 #[test]
 fn a_short_hmac_secret_is_refused_at_build() {
     use switchyard::auth::{JwtKeys, JwtLayer};
-    assert!(JwtLayer::builder().hs256(b"password".to_vec()).build().is_err());
+    assert!(
+        JwtLayer::builder()
+            .hs256(b"password".to_vec())
+            .build()
+            .is_err()
+    );
     assert!(
         JwtLayer::builder()
             .hs256(b"31 bytes of secret, one too few".to_vec())

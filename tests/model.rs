@@ -766,13 +766,19 @@ async fn versions_that_are_not_direct_need_the_scope() {
         let res = call(&router, req).await;
         openai_error(res, StatusCode::BAD_REQUEST, "model_not_direct").await;
     }
-    assert!(seen(&log).is_empty(), "a refused request reached an upstream");
+    assert!(
+        seen(&log).is_empty(),
+        "a refused request reached an upstream"
+    );
     // A direct version, or the alias, needs nothing.
     assert_eq!(served(&call(&router, chat("v1")).await), "v1");
     assert_eq!(served(&call(&router, chat("chat")).await), "v1");
     // With the scope, both ways reach it.
     let tester = || Identity::new("qa").with_scopes(["tester"]);
-    assert_eq!(served(&call(&router, as_who(chat("v2"), tester())).await), "v2");
+    assert_eq!(
+        served(&call(&router, as_who(chat("v2"), tester())).await),
+        "v2"
+    );
     let req = as_who(with_header(chat("chat"), X_VERSION, "v2"), tester());
     assert_eq!(served(&call(&router, req).await), "v2");
 }

@@ -889,7 +889,9 @@ async fn override_scope_limits_the_header_to_callers_with_the_scope() {
     for req in [
         who(None),
         who(Some(Identity::new("mallory"))),
-        who(Some(Identity::new("mallory").with_scopes(["api", "testers"]))),
+        who(Some(
+            Identity::new("mallory").with_scopes(["api", "testers"]),
+        )),
     ] {
         assert_eq!(split.choose(&req).name(), "blue");
         let res = split.clone().oneshot(req).await.unwrap();

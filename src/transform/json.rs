@@ -627,9 +627,18 @@ mod tests {
             }
         };
         assert_eq!(dup(r#"{"id":"x","id":"y"}"#, "/id").as_deref(), Some("id"));
-        assert_eq!(dup(r#"{"id":"x","i\u0064":"y"}"#, "/id").as_deref(), Some("id"));
-        assert_eq!(dup(r#"{"id":1,"a":{"k":1,"k":2}}"#, "/a/k").as_deref(), Some("k"));
-        assert_eq!(dup(r#"{"a":[{"k":1,"k":2}]}"#, "/a/0/k").as_deref(), Some("k"));
+        assert_eq!(
+            dup(r#"{"id":"x","i\u0064":"y"}"#, "/id").as_deref(),
+            Some("id")
+        );
+        assert_eq!(
+            dup(r#"{"id":1,"a":{"k":1,"k":2}}"#, "/a/k").as_deref(),
+            Some("k")
+        );
+        assert_eq!(
+            dup(r#"{"a":[{"k":1,"k":2}]}"#, "/a/0/k").as_deref(),
+            Some("k")
+        );
         // A set over many keys.
         let many: Vec<String> = (0..40).map(|i| format!(r#""k{i}":{i}"#)).collect();
         let body = format!("{{{},\"k7\":0}}", many.join(","));
