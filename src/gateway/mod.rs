@@ -47,10 +47,13 @@
 //! invalid configuration is refused and the old one keeps serving.
 //!
 //! Routes match the request's path in normal form ([`crate::path`]: `..`
-//! resolved, `//` merged, unreserved escapes decoded, escaped `/` refused
-//! with a 400), and the upstream is asked for that same path, so
-//! `/public/../admin` meets the `/admin` route's authentication. Set
-//! `raw_paths = true` to route on paths as they came. On AI routes (a
+//! resolved, `//` merged, unreserved escapes decoded, escaped `/` and a
+//! literal `\` refused with a 400), and the upstream is asked for that
+//! same path, so `/public/../admin` meets the `/admin` route's
+//! authentication. A path with `;` parameters is matched without them
+//! (`/admin;x/users` is the `/admin` route's) and refused with a 400
+//! unless the route sets `allow_path_params`. Set `raw_paths = true` to
+//! route on paths as they came. On AI routes (a
 //! `model` router), every refusal is answered in OpenAI's error shape
 //! ([`OpenAiErrorsLayer`](crate::model::OpenAiErrorsLayer)).
 //!
