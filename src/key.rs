@@ -543,6 +543,7 @@ impl<'r> Key<'r> {
     }
 
     /// The digest, for a key made by [`digest_if_long`](Self::digest_if_long).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn as_digest(&self) -> Option<&[u8; 16]> {
         match &self.0 {
             Repr::Digest(d) => Some(d),

@@ -180,6 +180,7 @@ pub fn without_params(path: &str) -> Cow<'_, str> {
 
 /// What a segment is to a server that decodes `%2E` and drops `;`
 /// parameters.
+#[cfg_attr(not(feature = "transform"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Segment {
     Name,
@@ -188,6 +189,7 @@ enum Segment {
     DotDot,
 }
 
+#[cfg_attr(not(feature = "transform"), allow(dead_code))]
 fn segment_kind(segment: &str) -> Segment {
     let name = segment.split(';').next().unwrap_or("");
     let mut dots = 0;
@@ -212,6 +214,7 @@ fn segment_kind(segment: &str) -> Segment {
 
 /// Whether a segment is `.` or `..`, escaped (`%2e`) or not, with or
 /// without `;` parameters.
+#[cfg_attr(not(feature = "transform"), allow(dead_code))]
 pub(crate) fn is_dot_segment(segment: &str) -> bool {
     matches!(segment_kind(segment), Segment::Dot | Segment::DotDot)
 }
@@ -220,6 +223,7 @@ pub(crate) fn is_dot_segment(segment: &str) -> bool {
 /// well) resolved and empty ones merged, every other byte kept: the check
 /// of a path a rewrite made, whose escapes are the rewrite's own. A `\`
 /// is refused.
+#[cfg_attr(not(feature = "transform"), allow(dead_code))]
 pub(crate) fn resolve_dots(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
         return Ok(Cow::Borrowed(path));
