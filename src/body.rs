@@ -489,13 +489,17 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// Whether a body is content-encoded (gzip, ...): its bytes are not the
-/// text its `Content-Type` names.
+/// text its `Content-Type` names. `Content-Encoding` is a list, over one
+/// or several header lines (`gzip, identity`); any coding but `identity`
+/// counts, and so does a value that is not text.
 #[cfg_attr(not(any(feature = "transform", feature = "json")), allow(dead_code))]
 pub(crate) fn is_encoded(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    headers.get_all(CONTENT_ENCODING).iter().any(|v| {
+        let Ok(v) = v.to_str() else { return true };
+        v.split(',')
+            .map(str::trim)
+            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+    })
 }
 
 /// The declared `Content-Length`, if it parses.

@@ -476,7 +476,15 @@ enum Repr<'r> {
     Global,
     Ip(IpAddr),
     Bytes(Cow<'r, [u8]>),
+    /// The digest of a bytes key longer than [`MAX_KEPT_BYTES`], as state
+    /// keyed by client input stores it.
+    Digest([u8; 16]),
 }
+
+/// The longest bytes key kept as it is where state is stored per key (the
+/// rate limiter's table, Redis key names); a longer one is kept as its
+/// digest, so that a client sending huge keys costs what a short key costs.
+pub(crate) const MAX_KEPT_BYTES: usize = 64;
 
 impl<'r> Key<'r> {
     /// The one key of [`KeyBy::global`].
@@ -511,7 +519,36 @@ impl<'r> Key<'r> {
             Repr::Global => Repr::Global,
             Repr::Ip(ip) => Repr::Ip(ip),
             Repr::Bytes(b) => Repr::Bytes(Cow::Owned(b.into_owned())),
+            Repr::Digest(d) => Repr::Digest(d),
         })
+    }
+
+    /// The form state is stored under, when it is not the key itself: a
+    /// bytes key longer than [`MAX_KEPT_BYTES`] becomes the first 128 bits
+    /// of its SHA-256. That is a fixed 16 bytes however long the key, the
+    /// same in every process (so replicas agree on Redis key names), and
+    /// without collisions anyone can find; a digest never equals a short
+    /// key, which stays a different kind.
+    pub(crate) fn digest_if_long(&self) -> Option<Key<'static>> {
+        use sha2::Digest as _;
+        match &self.0 {
+            Repr::Bytes(b) if b.len() > MAX_KEPT_BYTES => {
+                let full = sha2::Sha256::digest(b);
+                let mut d = [0; 16];
+                d.copy_from_slice(&full[..16]);
+                Some(Key(Repr::Digest(d)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The digest, for a key made by [`digest_if_long`](Self::digest_if_long).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn as_digest(&self) -> Option<&[u8; 16]> {
+        match &self.0 {
+            Repr::Digest(d) => Some(d),
+            _ => None,
+        }
     }
 
     /// A 64-bit hash of the key that is stable across processes, platforms
@@ -540,6 +577,10 @@ impl<'r> Key<'r> {
                 h.write(&[1]);
                 h.write(b)
             }
+            Repr::Digest(d) => {
+                h.write(&[2]);
+                h.write(d)
+            }
         }
         h.finish()
     }
@@ -567,6 +608,7 @@ impl std::hash::Hash for Key<'_> {
             Repr::Ip(IpAddr::V4(ip)) => state.write_u32(u32::from(*ip)),
             Repr::Ip(IpAddr::V6(ip)) => state.write_u128(u128::from(*ip)),
             Repr::Bytes(b) => state.write(b),
+            Repr::Digest(d) => state.write(d),
         }
     }
 }
@@ -577,6 +619,13 @@ impl fmt::Debug for Key<'_> {
             Repr::Global => f.write_str("Key::global()"),
             Repr::Ip(ip) => write!(f, "Key({ip})"),
             Repr::Bytes(b) => write!(f, "Key({:?})", String::from_utf8_lossy(b)),
+            Repr::Digest(d) => {
+                f.write_str("Key(digest ")?;
+                for b in d {
+                    write!(f, "{b:02x}")?;
+                }
+                f.write_str(")")
+            }
         }
     }
 }
@@ -805,6 +854,25 @@ mod tests {
             format!("{by:?}"),
             r#"KeyBy::header("x-a").or(KeyBy::header("x-b")).or(KeyBy::global())"#
         );
+    }
+
+    #[test]
+    fn long_keys_are_stored_as_digests() {
+        let short = Key::from("k".repeat(MAX_KEPT_BYTES));
+        assert!(short.digest_if_long().is_none());
+        assert!(
+            Key::from("1.2.3.4".parse::<IpAddr>().unwrap())
+                .digest_if_long()
+                .is_none()
+        );
+        let long = "k".repeat(MAX_KEPT_BYTES + 1);
+        let a = Key::from(long.as_str()).digest_if_long().unwrap();
+        assert_eq!(a, Key::from(long.clone()).digest_if_long().unwrap());
+        assert_ne!(a, Key::from(long.clone() + "x").digest_if_long().unwrap());
+        assert_eq!(a.as_digest().map(|d| d.len()), Some(16));
+        assert!(a.as_bytes().is_none());
+        assert!(format!("{a:?}").starts_with("Key(digest "));
+        assert_ne!(a.stable_hash(0), Key::from(long.as_str()).stable_hash(0));
     }
 
     #[test]

@@ -746,6 +746,43 @@ async fn version_header_refused_when_not_allowed() {
     assert_eq!(served(&res), "v3");
 }
 
+#[tokio::test]
+async fn versions_that_are_not_direct_need_the_scope() {
+    let log = log();
+    let catalog = Catalog::new()
+        .model(Model::new("v1", "blue"))
+        .model(Model::new("v2", "green").direct(false))
+        .alias(Alias::new("chat", [("v1", 100), ("v2", 0)]))
+        .allow_version_header(true)
+        .direct_scope("tester");
+    let router = echo_router(catalog, &log);
+
+    // By name, or with the version header: refused without the scope.
+    for req in [
+        chat("v2"),
+        with_header(chat("chat"), X_VERSION, "v2"),
+        as_who(chat("v2"), Identity::new("mallory").with_scopes(["api"])),
+    ] {
+        let res = call(&router, req).await;
+        openai_error(res, StatusCode::BAD_REQUEST, "model_not_direct").await;
+    }
+    assert!(
+        seen(&log).is_empty(),
+        "a refused request reached an upstream"
+    );
+    // A direct version, or the alias, needs nothing.
+    assert_eq!(served(&call(&router, chat("v1")).await), "v1");
+    assert_eq!(served(&call(&router, chat("chat")).await), "v1");
+    // With the scope, both ways reach it.
+    let tester = || Identity::new("qa").with_scopes(["tester"]);
+    assert_eq!(
+        served(&call(&router, as_who(chat("v2"), tester())).await),
+        "v2"
+    );
+    let req = as_who(with_header(chat("chat"), X_VERSION, "v2"), tester());
+    assert_eq!(served(&call(&router, req).await), "v2");
+}
+
 // === 5. live changes ===
 
 #[tokio::test]

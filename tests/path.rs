@@ -16,7 +16,9 @@ use hyper_util::rt::TokioExecutor;
 use proptest::prelude::*;
 use switchyard::auth::{ApiKey, ApiKeyLayer, Identity};
 use switchyard::gateway::{Gateway, GatewayConfig};
-use switchyard::path::{NormalizePathLayer, PathError, normalize};
+use switchyard::path::{
+    NormalizePathLayer, PathError, normalize, normalize_with_params, without_params,
+};
 use tower::{Layer, ServiceExt};
 
 #[path = "support/net.rs"]
@@ -44,6 +46,48 @@ proptest! {
         prop_assert_eq!(normalize(&out).unwrap(), out.clone());
         if path.parse::<Uri>().is_ok() {
             prop_assert!(out.parse::<Uri>().is_ok(), "{out}");
+        }
+    }
+
+    /// Paths built from separators, dots, `;`, `\\` and their escapes:
+    /// a strict normal form has neither `;` nor `\\`; one with parameters
+    /// has no `\\`, and no segment whose name (before `;`) is empty, `.`
+    /// or `..`, so that a server dropping parameters reads the same
+    /// path; both are unchanged by a second pass.
+    #[test]
+    fn separators_dots_and_parameters(
+        tokens in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "/", "/", "a", "b", ".", "..", ";", ";x=1", "\\", "%5C", "%5c", "%3B",
+                "%3b", "%2e", "%2E", "%2F", "%", "~", "_", "-",
+            ]),
+            0..16,
+        )
+    ) {
+        let path = format!("/{}", tokens.concat());
+        match normalize(&path) {
+            Ok(out) => {
+                prop_assert!(!out.contains(';') && !out.contains('\\'), "{path} -> {out}");
+                prop_assert!(!path.contains(';') && !path.contains('\\'), "{path}");
+                prop_assert_eq!(normalize(&out).unwrap(), out.clone());
+            }
+            Err(PathError::PathParameter) => prop_assert!(path.contains(';')),
+            Err(PathError::Backslash) => prop_assert!(path.contains('\\')),
+            Err(_) => {}
+        }
+        if let Ok(out) = normalize_with_params(&path) {
+            prop_assert!(!out.contains('\\'), "{path} -> {out}");
+            prop_assert_eq!(normalize_with_params(&out).unwrap(), out.clone());
+            let routed = without_params(&out);
+            let segments: Vec<&str> = routed[1..].split('/').collect();
+            let (last, inner) = segments.split_last().unwrap();
+            for segment in inner {
+                prop_assert!(!segment.is_empty() && *segment != "." && *segment != "..", "{path} -> {out}");
+            }
+            prop_assert!(*last != "." && *last != "..", "{path} -> {out}");
+            if !path.contains(';') {
+                prop_assert_eq!(normalize(&path).unwrap(), out.clone());
+            }
         }
     }
 

@@ -869,6 +869,41 @@ async fn dropped_or_consumed_body_leaves_flight() {
 // === 8. override and echo headers ===
 
 #[tokio::test]
+async fn override_scope_limits_the_header_to_callers_with_the_scope() {
+    use switchyard::auth::Identity;
+    let split = Split::builder()
+        .target("blue", version("blue"), 100)
+        .target("green", version("green"), 0)
+        .override_header(X_TARGET)
+        .override_scope("tester")
+        .build()
+        .unwrap();
+    let who = |identity: Option<Identity>| {
+        let mut req = with_header(X_TARGET, "green");
+        if let Some(identity) = identity {
+            req.extensions_mut().insert(identity);
+        }
+        req
+    };
+    // No identity, or one without the scope: the header is ignored.
+    for req in [
+        who(None),
+        who(Some(Identity::new("mallory"))),
+        who(Some(
+            Identity::new("mallory").with_scopes(["api", "testers"]),
+        )),
+    ] {
+        assert_eq!(split.choose(&req).name(), "blue");
+        let res = split.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.into_body().into_inner(), "blue");
+    }
+    let req = who(Some(Identity::new("qa").with_scopes(["api", "tester"])));
+    assert_eq!(split.choose(&req).name(), "green");
+    let res = split.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.into_body().into_inner(), "green");
+}
+
+#[tokio::test]
 async fn override_header_forces_a_target() {
     let split = Split::builder()
         .target("blue", version("blue"), 100)

@@ -764,6 +764,38 @@ async fn add_prefix_templates_are_percent_encoded_except_path_captures() {
 }
 
 #[tokio::test]
+async fn rewritten_paths_cannot_walk() {
+    // A template value of `.` or `..` in a prefix is refused, not stepped.
+    let s = stack(one(RuleSet::new().request(|r| {
+        r.path.add_prefix("/t/{header.x-tenant}");
+    })));
+    for tenant in ["..", ".", "%2e%2e"] {
+        let reply = s.send(get("/users", &[("x-tenant", tenant)])).await;
+        if tenant.starts_with('%') {
+            // `%` is data in a value: encoded, `%252e%252e` is a name.
+            assert_eq!(reply.status, StatusCode::OK, "{tenant}");
+            continue;
+        }
+        reply.assert_problem(StatusCode::BAD_REQUEST);
+    }
+    // `;` in a value is encoded: `..;` is no `..` to a Tomcat upstream.
+    let seen = s.pass(get("/users", &[("x-tenant", "..;")])).await;
+    assert_eq!(seen.path_and_query(), "/t/..%3B/users");
+    let seen = s.pass(get("/users", &[("x-tenant", "acme")])).await;
+    assert_eq!(seen.path_and_query(), "/t/acme/users");
+    // A path that climbs out of the added prefix is refused.
+    let reply = s.send(get("/../../admin", &[("x-tenant", "acme")])).await;
+    reply.assert_problem(StatusCode::BAD_REQUEST);
+
+    // What a regex makes is resolved again before it goes on.
+    let s = stack(one(RuleSet::new().request(|r| {
+        r.path.regex("^/files/(.+)$", "/store/$1/../index");
+    })));
+    let seen = s.pass(get("/files/a", &[])).await;
+    assert_eq!(seen.path_and_query(), "/store/index");
+}
+
+#[tokio::test]
 async fn query_rules_remove_rename_replace_add() {
     let s = stack(one(RuleSet::new().request(|r| {
         r.query
@@ -1166,11 +1198,16 @@ async fn oversize_json_request_is_a_413() {
 }
 
 #[tokio::test]
-async fn non_json_request_is_skipped_by_default() {
-    let s = stack(one(RuleSet::new().request(|r| {
-        r.body.set("/a", 1);
-        r.headers.add("x-rewritten", "yes");
-    })));
+async fn non_json_request_is_skipped_with_skip() {
+    // Refused by default (`non_json_request_is_a_415_by_default`); the
+    // opt-out streams it through.
+    let s = stack(
+        one(RuleSet::new().request(|r| {
+            r.body.set("/a", 1);
+            r.headers.add("x-rewritten", "yes");
+        }))
+        .non_json(NonJson::Skip),
+    );
     for headers in [
         vec![("content-type", "text/plain")],
         vec![],
@@ -1196,13 +1233,10 @@ async fn non_json_request_is_skipped_by_default() {
 }
 
 #[tokio::test]
-async fn non_json_request_is_a_415_with_reject() {
-    let s = stack(
-        one(RuleSet::new().request(|r| {
-            r.body.set("/a", 1);
-        }))
-        .non_json(NonJson::Reject),
-    );
+async fn non_json_request_is_a_415_by_default() {
+    let s = stack(one(RuleSet::new().request(|r| {
+        r.body.set("/a", 1);
+    })));
     let reply = s
         .send(req(
             Method::POST,
@@ -2376,7 +2410,7 @@ async fn rules_from_json() {
     )
     .unwrap();
     assert_eq!(rules.body_limit, 1024 * 1024, "the default");
-    assert_eq!(rules.non_json, NonJson::Skip);
+    assert_eq!(rules.non_json, NonJson::Reject);
     let s = stack_with(rules, |_| {
         Response::builder()
             .header("x-internal-id", "7")

@@ -37,7 +37,14 @@ struct Checks {
     issuers: Vec<String>,
     audiences: Vec<String>,
     leeway: Duration,
+    /// Whether a JWK Set may hold symmetric (`oct`) keys.
+    oct_in_jwks: bool,
 }
+
+/// The shortest HMAC secret accepted, in bytes: RFC 7518 §3.2 asks for a
+/// key at least as long as the hash (256 bits for HS256). A shorter one,
+/// a password say, falls to an offline guess from any one token.
+pub const MIN_HMAC_SECRET: usize = 32;
 
 /// A [`Layer`] that authenticates `Authorization: Bearer <JWT>` requests
 /// and records the caller's [`Identity`] in the request's extensions.
@@ -273,6 +280,7 @@ pub struct JwtBuilder {
     anonymous: Option<Identity>,
     strip: bool,
     realm: String,
+    oct_in_jwks: bool,
 }
 
 enum KeySource {
@@ -294,6 +302,7 @@ impl Default for JwtBuilder {
             anonymous: None,
             strip: true,
             realm: "switchyard".to_owned(),
+            oct_in_jwks: false,
         }
     }
 }
@@ -401,12 +410,24 @@ impl JwtBuilder {
         self
     }
 
-    /// Reads the keys and builds the layer.
+    /// Lets a JWK Set ([`jwks`](Self::jwks), [`JwtHandle::set_jwks`]) hold
+    /// symmetric (`oct`) keys, with an `alg` and at least
+    /// [`MIN_HMAC_SECRET`] bytes. Refused by default: a JWK Set is usually
+    /// fetched from a provider's public `jwks_uri`, and a shared secret
+    /// published there lets anyone sign tokens.
+    pub fn allow_oct_in_jwks(mut self) -> Self {
+        self.oct_in_jwks = true;
+        self
+    }
+
+    /// Reads the keys and builds the layer. An HS256 secret (or `oct` JWK)
+    /// shorter than [`MIN_HMAC_SECRET`] bytes is refused.
     pub fn build(self) -> Result<JwtLayer, AuthError> {
         let checks = Checks {
             issuers: self.issuers,
             audiences: self.audiences,
             leeway: self.leeway,
+            oct_in_jwks: self.oct_in_jwks,
         };
         let keys = self.keys.compile(&checks)?;
         Ok(JwtLayer {
@@ -450,7 +471,7 @@ impl JwtKeys {
         Self::default()
     }
 
-    /// An HS256 shared secret.
+    /// An HS256 shared secret, at least [`MIN_HMAC_SECRET`] bytes.
     pub fn hs256(mut self, secret: impl Into<Vec<u8>>) -> Self {
         self.keys.push((None, KeySource::Hs256(secret.into())));
         self
@@ -476,7 +497,9 @@ impl JwtKeys {
     }
 
     /// Every signature key of a JWK Set document (`{"keys": [...]}`), with
-    /// their `kid`s. Keys marked `"use": "enc"` are left out. A key
+    /// their `kid`s. Keys marked `"use": "enc"` are left out; a symmetric
+    /// (`oct`) key is an error unless the layer
+    /// [allows it](JwtBuilder::allow_oct_in_jwks). A key
     /// without `alg` gets the one algorithm its type allows here: RS256
     /// for RSA, ES256 for EC P-256; any other key without `alg` is an
     /// error, as is a set with no key left.
@@ -503,12 +526,15 @@ impl JwtKeys {
             let invalid = |reason: String| AuthError::InvalidJwtKey { index: i, reason };
             let bad = |e: jsonwebtoken::errors::Error| invalid(e.to_string());
             match source {
-                KeySource::Hs256(secret) => keys.push(verify_key(
-                    kid,
-                    DecodingKey::from_secret(&secret),
-                    Algorithm::HS256,
-                    checks,
-                )),
+                KeySource::Hs256(secret) => {
+                    check_secret_len(secret.len()).map_err(invalid)?;
+                    keys.push(verify_key(
+                        kid,
+                        DecodingKey::from_secret(&secret),
+                        Algorithm::HS256,
+                        checks,
+                    ))
+                }
                 KeySource::Rs256Pem(pem) => keys.push(verify_key(
                     kid,
                     DecodingKey::from_rsa_pem(&pem).map_err(bad)?,
@@ -526,6 +552,9 @@ impl JwtKeys {
                         serde_json::from_str(&json).map_err(|e| invalid(e.to_string()))?;
                     let alg = jwk_alg(&jwk, false)
                         .ok_or_else(|| invalid("the JWK has no usable `alg`".to_owned()))?;
+                    if let AlgorithmParameters::OctetKey(oct) = &jwk.algorithm {
+                        check_secret_len(base64url_len(&oct.value)).map_err(invalid)?;
+                    }
                     let kid = kid.or_else(|| jwk.common.key_id.clone());
                     keys.push(verify_key(
                         kid,
@@ -543,6 +572,14 @@ impl JwtKeys {
                             continue;
                         }
                         let at = |reason: &str| invalid(format!("keys[{j}]: {reason}"));
+                        if let AlgorithmParameters::OctetKey(oct) = &jwk.algorithm {
+                            if !checks.oct_in_jwks {
+                                return Err(at(
+                                    "a symmetric (`oct`) key in a JWK Set is not allowed here",
+                                ));
+                            }
+                            check_secret_len(base64url_len(&oct.value)).map_err(|e| at(&e))?;
+                        }
                         let alg = jwk_alg(jwk, true).ok_or_else(|| at("no usable `alg`"))?;
                         let key = DecodingKey::from_jwk(jwk).map_err(|e| at(&e.to_string()))?;
                         keys.push(verify_key(jwk.common.key_id.clone(), key, alg, checks));
@@ -555,6 +592,21 @@ impl JwtKeys {
         }
         Ok(keys)
     }
+}
+
+/// Refuses an HMAC secret shorter than [`MIN_HMAC_SECRET`].
+fn check_secret_len(len: usize) -> Result<(), String> {
+    if len < MIN_HMAC_SECRET {
+        return Err(format!(
+            "an HMAC secret of {len} bytes is too short (at least {MIN_HMAC_SECRET})"
+        ));
+    }
+    Ok(())
+}
+
+/// How many bytes a base64url text (padded or not) decodes to.
+fn base64url_len(text: &str) -> usize {
+    text.trim_end_matches('=').len() * 3 / 4
 }
 
 /// A JWK's algorithm: its `alg`, or (`infer`, for JWK Sets) the only one

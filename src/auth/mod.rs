@@ -55,7 +55,7 @@ pub use credentials::AuthStats;
 pub use identity::Identity;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
-pub use jwt::{JwtAuth, JwtBuilder, JwtHandle, JwtKeys, JwtLayer};
+pub use jwt::{JwtAuth, JwtBuilder, JwtHandle, JwtKeys, JwtLayer, MIN_HMAC_SECRET};
 pub use scopes::{RequireScopes, ScopeCheck};
 
 /// Why an authentication layer could not be built, or a key not read.

@@ -179,7 +179,8 @@ impl Matcher {
                 return false;
             }
         }
-        let path = req.uri().path();
+        // Without `;` parameters: what a server that drops them serves.
+        let path = crate::path::without_params(req.uri().path());
         match path.strip_prefix(self.prefix.as_str()) {
             Some(rest) => rest.is_empty() || rest.starts_with('/') || self.prefix.is_empty(),
             None => false,
@@ -974,6 +975,7 @@ fn build_route(
                 let old_sc = o.config.split.as_ref()?;
                 let same_shape = old_sc.sticky == sc.sticky
                     && old_sc.override_header == sc.override_header
+                    && old_sc.override_scope == sc.override_scope
                     && old_sc.echo_header == sc.echo_header
                     && old_sc.targets.len() == sc.targets.len()
                     && old_sc.targets.iter().zip(&sc.targets).all(|(a, b)| {
@@ -1021,6 +1023,9 @@ fn build_route(
                 }
                 if let Some(h) = override_header {
                     builder = builder.override_header(h);
+                }
+                if let Some(scope) = &sc.override_scope {
+                    builder = builder.override_scope(scope.clone());
                 }
                 if let Some(h) = echo_header {
                     builder = builder.echo_header(h);

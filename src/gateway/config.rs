@@ -323,6 +323,11 @@ pub struct RouteConfig {
     pub split: Option<SplitConfig>,
     /// Model router over upstreams.
     pub model: Option<ModelConfig>,
+    /// Take paths with `;` parameters (`/a;jsessionid=1/b`); refused with a
+    /// 400 by default (see [`crate::path`]). Routes are matched on the path
+    /// without parameters either way, so `/admin;x/users` is the `/admin`
+    /// route's request, never another route's.
+    pub allow_path_params: bool,
 }
 
 /// Authentication on a route.
@@ -397,6 +402,10 @@ pub struct SplitConfig {
     pub sticky: Option<KeyConfig>,
     /// Header that forces a target (testers).
     pub override_header: Option<String>,
+    /// The scope a caller needs for `override_header` to count (see
+    /// [`crate::split::SplitBuilder::override_scope`]); anyone's when
+    /// absent.
+    pub override_scope: Option<String>,
     /// Response header naming the target.
     pub echo_header: Option<String>,
 }

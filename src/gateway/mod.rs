@@ -56,10 +56,13 @@
 //! floods of 401s meet it before any key is checked.
 //!
 //! Routes match the request's path in normal form ([`crate::path`]: `..`
-//! resolved, `//` merged, unreserved escapes decoded, escaped `/` refused
-//! with a 400), and the upstream is asked for that same path, so
-//! `/public/../admin` meets the `/admin` route's authentication. Set
-//! `raw_paths = true` to route on paths as they came. On AI routes (a
+//! resolved, `//` merged, unreserved escapes decoded, escaped `/` and a
+//! literal `\` refused with a 400), and the upstream is asked for that
+//! same path, so `/public/../admin` meets the `/admin` route's
+//! authentication. A path with `;` parameters is matched without them
+//! (`/admin;x/users` is the `/admin` route's) and refused with a 400
+//! unless the route sets `allow_path_params`. Set `raw_paths = true` to
+//! route on paths as they came. On AI routes (a
 //! `model` router), every refusal is answered in OpenAI's error shape
 //! ([`OpenAiErrorsLayer`](crate::model::OpenAiErrorsLayer)).
 //!
@@ -431,9 +434,11 @@ where
                 access,
             };
         }
+        // Path parameters, refused below unless the route takes them.
+        let params = req.uri().path().contains(';');
         // Route on the path the upstream will read: its normal form.
         if !state.config.raw_paths {
-            match crate::path::normalize_uri(req.uri()) {
+            match crate::path::normalize_uri(req.uri(), true) {
                 Ok(None) => {}
                 Ok(Some(uri)) => *req.uri_mut() = uri,
                 Err(e) => {
@@ -447,6 +452,15 @@ where
             }
         }
         match Self::route(&state, &req) {
+            Some(route) if params && !route.config.allow_path_params => {
+                let e = crate::path::PathError::PathParameter;
+                ResponseFuture {
+                    kind: Kind::Refused {
+                        rejection: Some(crate::path::rejection(e).for_request(req.headers())),
+                    },
+                    access,
+                }
+            }
             Some(route) => {
                 if let Some(a) = &mut access {
                     let echo = route.config.split.as_ref();

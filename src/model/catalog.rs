@@ -42,6 +42,12 @@ pub struct Catalog {
     /// Whether a client may ask for an exact version of an alias with the
     /// version header (`x-model-version` by default).
     pub allow_version_header: bool,
+    /// The scope that lets a caller ask for a version whose
+    /// [`direct`](Model::direct) is `false` by its own name or with the
+    /// version header; without it (or without the scope) such versions are
+    /// reached only through their aliases' weights and pins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_scope: Option<String>,
 }
 
 impl Catalog {
@@ -73,6 +79,12 @@ impl Catalog {
         self.allow_version_header = allow;
         self
     }
+
+    /// Sets [`direct_scope`](Self::direct_scope).
+    pub fn direct_scope(mut self, scope: impl Into<String>) -> Self {
+        self.direct_scope = Some(scope.into());
+        self
+    }
 }
 
 /// A concrete model version and the upstream that serves it.
@@ -89,6 +101,21 @@ pub struct Model {
     /// from `name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_model: Option<String>,
+    /// Whether a client may ask for this version by its own name, or with
+    /// the version header, rather than through an alias (true by default).
+    /// With `false`, only callers with the catalog's
+    /// [`direct_scope`](Catalog::direct_scope) may: a canary at weight zero
+    /// is then not reachable by anyone who learns its name.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub direct: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Model {
@@ -98,7 +125,14 @@ impl Model {
             name: name.into(),
             upstream: upstream.into(),
             upstream_model: None,
+            direct: true,
         }
+    }
+
+    /// Sets [`direct`](Self::direct).
+    pub fn direct(mut self, direct: bool) -> Self {
+        self.direct = direct;
+        self
     }
 
     /// The name the upstream expects instead.
@@ -203,6 +237,7 @@ pub(crate) struct Compiled {
     pub(crate) tenant_pins: HashMap<String, Vec<(usize, usize)>>,
     pub(crate) identity_pins: HashMap<String, Vec<(usize, usize)>>,
     pub(crate) allow_version_header: bool,
+    pub(crate) direct_scope: Option<String>,
     pub(crate) source: Catalog,
 }
 
@@ -218,6 +253,9 @@ pub(crate) struct Entry {
     pub(crate) upstream_name: Arc<str>,
     pub(crate) header_value: HeaderValue,
     pub(crate) counters: Arc<VersionCounters>,
+    /// Whether anyone may ask for it by name (else only callers with the
+    /// catalog's `direct_scope`).
+    pub(crate) direct: bool,
 }
 
 /// An alias's group of versions.
@@ -276,6 +314,7 @@ impl Compiled {
                 upstream_name: upstream_name.into(),
                 header_value,
                 counters: counters(&m.name),
+                direct: m.direct,
             });
         }
 
@@ -376,6 +415,7 @@ impl Compiled {
             tenant_pins,
             identity_pins,
             allow_version_header: catalog.allow_version_header,
+            direct_scope: catalog.direct_scope.clone(),
             source: catalog,
         })
     }

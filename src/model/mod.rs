@@ -63,7 +63,9 @@
 //!
 //! 1. the **version header** (`x-model-version`), if the catalog
 //!    [allows it](Catalog::allow_version_header) — a 400 otherwise, or when
-//!    it names no version of the alias;
+//!    it names no version of the alias, or one whose
+//!    [`direct`](Model::direct) is `false` for a caller without the
+//!    catalog's [`direct_scope`](Catalog::direct_scope);
 //! 2. a **pin** of the caller's [`Identity`](crate::auth::Identity), then of
 //!    its tenant;
 //! 3. the **sticky key** ([`ModelRouterBuilder::sticky`]): weighted
@@ -71,7 +73,9 @@
 //!    moves callers onto it;
 //! 4. **random by weight**.
 //!
-//! A request naming a version goes to that version. The choice is recorded
+//! A request naming a version goes to that version (unless its
+//! [`direct`](Model::direct) is `false` and the caller lacks the
+//! [`direct_scope`](Catalog::direct_scope): a 400). The choice is recorded
 //! as a [`ModelChoice`] in the request's and the response's extensions, and
 //! in the `x-switchyard-model` response header.
 //!

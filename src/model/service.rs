@@ -207,11 +207,14 @@ impl<S> ModelRouter<S> {
     ) -> Result<Picked, OpenAiError> {
         let Some(&g) = catalog.alias_by_name.get(requested) else {
             return match catalog.by_name.get(requested) {
-                Some(&model) => Ok(Picked {
-                    model,
-                    alias: None,
-                    reason: ChoiceReason::Direct,
-                }),
+                Some(&model) => {
+                    check_direct(catalog, head, model)?;
+                    Ok(Picked {
+                        model,
+                        alias: None,
+                        reason: ChoiceReason::Direct,
+                    })
+                }
                 None => Err(unknown_model(catalog, requested)),
             };
         };
@@ -239,7 +242,10 @@ impl<S> ModelRouter<S> {
             }
             let name = String::from_utf8_lossy(value.as_bytes());
             return match catalog.by_name.get(name.as_ref()) {
-                Some(&m) if group.members.contains(&m) => picked(m, ChoiceReason::Header),
+                Some(&m) if group.members.contains(&m) => {
+                    check_direct(catalog, head, m)?;
+                    picked(m, ChoiceReason::Header)
+                }
                 _ => Err(OpenAiError::new(
                     StatusCode::BAD_REQUEST,
                     format!("`{name}` is not a version of `{requested}`."),
@@ -291,6 +297,33 @@ impl<S> ModelRouter<S> {
             reason: picked.reason,
         }
     }
+}
+
+/// Refuses a request for a version by name when the version is not
+/// `direct` and the caller lacks the catalog's `direct_scope`.
+fn check_direct(catalog: &Compiled, head: &Parts, model: usize) -> Result<(), OpenAiError> {
+    let entry = &catalog.models[model];
+    if entry.direct {
+        return Ok(());
+    }
+    let allowed = catalog.direct_scope.as_deref().is_some_and(|scope| {
+        head.extensions
+            .get::<Identity>()
+            .is_some_and(|i| i.has_scope(scope))
+    });
+    if allowed {
+        return Ok(());
+    }
+    Err(OpenAiError::new(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "`{}` cannot be asked for by name here; ask for its alias.",
+            entry.name
+        ),
+        "invalid_request_error",
+        Some("model"),
+        Some("model_not_direct"),
+    ))
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for ModelRouter<S>

@@ -784,8 +784,15 @@ impl Limiter {
                 }
             }
         };
+        // A long key is named by its digest: a Redis key name stays small
+        // however long the key a client sent (see `Key::digest_if_long`).
+        let digest = key.digest_if_long();
+        let key = digest.as_ref().unwrap_or(key);
         if let Some(ip) = key.as_ip() {
             push(format!("ip:{ip}").as_bytes());
+        } else if let Some(d) = key.as_digest() {
+            let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+            push(format!("h:{hex}").as_bytes());
         } else if let Some(bytes) = key.as_bytes() {
             push(b"b:");
             // Not UTF-8 in general: every byte as its char (Latin-1),
@@ -882,11 +889,16 @@ impl Limiter {
         counter.fetch_add(1, Ordering::Relaxed);
         match self.on_failure {
             RedisFailure::Allow => Ok(Vec::new()),
-            RedisFailure::Reject => Err(Rejection::new(
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE)
-                    .detail(format!("the rate limiter is unavailable: {why}")),
-            )
-            .grpc(grpc)),
+            RedisFailure::Reject => {
+                // The error names Redis's address and state: for the log,
+                // not for the client.
+                tracing::warn!(error = %why, "rate limiter unavailable; request refused");
+                Err(Rejection::new(
+                    Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                        .detail("the rate limiter is unavailable"),
+                )
+                .grpc(grpc))
+            }
             RedisFailure::Local { .. } => {
                 // The share was checked when the quotas were set, and the
                 // request had its key: neither fails here.

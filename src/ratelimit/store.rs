@@ -142,7 +142,10 @@ impl Store {
     }
 
     /// Runs `f` on the state of `key`, creating it if needed. `f` returns
-    /// `None` when it met a removed state; the lookup is then retried.
+    /// `None` when it met a removed state; the lookup is then retried. A
+    /// long key is looked up, and stored, as its digest (see
+    /// `Key::digest_if_long`): a table of `max_keys` keys stays small
+    /// however long the keys clients send.
     #[inline]
     pub(crate) fn with<R>(
         &self,
@@ -151,6 +154,8 @@ impl Store {
         create: bool,
         mut f: impl FnMut(Entry<'_>) -> Option<R>,
     ) -> R {
+        let digest = key.digest_if_long();
+        let key = digest.as_ref().unwrap_or(key);
         let guard = self.map.guard();
         loop {
             let entry = match self.map.get(key, &guard) {

@@ -96,7 +96,9 @@ fn intern(name: &str) -> &'static str {
 /// 1. **Override header** (off by default, see
 ///    [`SplitBuilder::override_header`]): a request naming a target in it
 ///    goes there, whatever the weights, so testers can reach green at
-///    weight 0. A name that is not a target is ignored.
+///    weight 0. A name that is not a target is ignored, and so is the
+///    header of a caller without the scope [`SplitBuilder::override_scope`]
+///    asks for.
 /// 2. **Sticky key** (see [`SplitBuilder::sticky`]): weighted rendezvous
 ///    hashing over the key's stable hash and each target's name, so each
 ///    target gets its weight's share of keys, the same key keeps its
@@ -175,6 +177,7 @@ struct Config {
     /// that reordering targets does not move keys.
     target_seeds: Box<[u64]>,
     override_header: Option<HeaderName>,
+    override_scope: Option<String>,
     rng: RngSource,
 }
 
@@ -211,6 +214,12 @@ impl<S> Split<S> {
     fn forced<B>(&self, req: &Request<B>) -> Option<usize> {
         let name = self.config.override_header.as_ref()?;
         let value = req.headers().get(name)?;
+        if let Some(scope) = &self.config.override_scope {
+            let identity = req.extensions().get::<crate::auth::Identity>();
+            if !identity.is_some_and(|i| i.has_scope(scope)) {
+                return None;
+            }
+        }
         self.shared.index_of(value.as_bytes())
     }
 
@@ -251,6 +260,7 @@ impl<S> fmt::Debug for Split<S> {
             .field("weights", &self.handle().weights())
             .field("sticky", &self.config.sticky)
             .field("override_header", &self.config.override_header)
+            .field("override_scope", &self.config.override_scope)
             .field("echo_header", &self.shared.echo_header)
             .finish_non_exhaustive()
     }
@@ -294,6 +304,7 @@ pub struct SplitBuilder<S> {
     sticky: Option<KeyBy>,
     sticky_seed: u64,
     override_header: Option<HeaderName>,
+    override_scope: Option<String>,
     echo_header: Option<HeaderName>,
     rng: RngSource,
     clock: Option<Arc<dyn Clock>>,
@@ -307,6 +318,7 @@ impl<S> SplitBuilder<S> {
             sticky: None,
             sticky_seed: 0,
             override_header: None,
+            override_scope: None,
             echo_header: None,
             rng: RngSource::Thread,
             clock: None,
@@ -347,6 +359,16 @@ impl<S> SplitBuilder<S> {
     /// usual. Forcing works even on a target of weight zero.
     pub fn override_header(mut self, name: HeaderName) -> Self {
         self.override_header = Some(name);
+        self
+    }
+
+    /// Honors the [override header](Self::override_header) only for
+    /// callers whose [`Identity`](crate::auth::Identity) (recorded by an
+    /// auth layer in front) has `scope`; anyone else's header is ignored
+    /// and the request is routed as usual. Without it, whoever can reach
+    /// the split can steer onto any target, weight zero included.
+    pub fn override_scope(mut self, scope: impl Into<String>) -> Self {
+        self.override_scope = Some(scope.into());
         self
     }
 
@@ -473,6 +495,7 @@ impl<S> SplitBuilder<S> {
                 sticky_seed: HashSeed::new(self.sticky_seed),
                 target_seeds,
                 override_header: self.override_header,
+                override_scope: self.override_scope,
                 rng: self.rng,
             }),
         })
@@ -492,6 +515,7 @@ impl<S> fmt::Debug for SplitBuilder<S> {
             )
             .field("sticky", &self.sticky)
             .field("override_header", &self.override_header)
+            .field("override_scope", &self.override_scope)
             .field("echo_header", &self.echo_header)
             .finish_non_exhaustive()
     }

@@ -352,9 +352,50 @@ fn rewrite_uri(
     if !path.starts_with('/') {
         path = Cow::Owned(format!("/{path}"));
     }
+    let mut added = None;
     if let Some(prefix) = prefix {
+        // A value rendered into the prefix may not walk the path: `..` is
+        // data to the template, not a step up.
+        if prefix.split('/').any(crate::path::is_dot_segment) {
+            return Err(bad_path(
+                "the rewritten path prefix has a `.` or `..` segment",
+            ));
+        }
         let prefix = prefix.trim_end_matches('/');
         path = Cow::Owned(format!("{prefix}{path}"));
+        added = Some(prefix.len());
+    }
+    // The rewritten path has its dot segments resolved again, as the
+    // request's were before routing: whatever the rules made, the
+    // upstream reads no `..` the gateway did not see. A path that climbs
+    // out of the prefix the rules put in front is refused.
+    match crate::path::resolve_dots(&path) {
+        Ok(Cow::Borrowed(_)) => {}
+        Ok(Cow::Owned(normal)) => {
+            if let Some(len) = added {
+                let prefix = &path[..len];
+                let kept = normal
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+                // Resolving may merge a `//` or drop a `.` in the prefix
+                // itself: compare with the prefix resolved alone.
+                let prefix_resolved = crate::path::resolve_dots(prefix).ok();
+                let kept = kept
+                    || prefix_resolved.is_some_and(|p| {
+                        let p = p.trim_end_matches('/');
+                        normal
+                            .strip_prefix(p)
+                            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                    });
+                if !kept {
+                    return Err(bad_path(
+                        "the rewritten path climbs out of the prefix the rules added",
+                    ));
+                }
+            }
+            path = Cow::Owned(normal);
+        }
+        Err(e) => return Err(bad_path(&format!("the rewritten path is refused: {e}"))),
     }
     let query = match &set.query {
         Some(rules) => rewrite_query(uri.query(), rules, rendered_query),
@@ -443,6 +484,14 @@ fn rewrite_query<'q>(
     Some(Cow::Owned(out))
 }
 
+fn bad_path(detail: &str) -> Rejection {
+    Rejection::new(
+        Problem::new(StatusCode::BAD_REQUEST)
+            .title("Invalid request path")
+            .detail(detail.to_owned()),
+    )
+}
+
 fn bad_uri() -> Rejection {
     Rejection::new(
         Problem::new(StatusCode::BAD_REQUEST).detail("the rewritten request URI is not valid"),
@@ -475,5 +524,26 @@ mod tests {
         assert!(!is_json(&h("text/json")));
         assert!(!is_json(&h("application/jsonx")));
         assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn content_encoding_is_a_list() {
+        use crate::body::is_encoded;
+        use http::header::CONTENT_ENCODING;
+        let h = |values: &[&'static str]| {
+            let mut m = HeaderMap::new();
+            for v in values {
+                m.append(CONTENT_ENCODING, HeaderValue::from_static(v));
+            }
+            m
+        };
+        assert!(!is_encoded(&h(&[])));
+        assert!(!is_encoded(&h(&["identity"])));
+        assert!(!is_encoded(&h(&["Identity , identity"])));
+        assert!(!is_encoded(&h(&["identity", "identity,"])));
+        assert!(is_encoded(&h(&["gzip"])));
+        assert!(is_encoded(&h(&["identity, gzip"])));
+        assert!(is_encoded(&h(&["gzip, identity"])));
+        assert!(is_encoded(&h(&["identity", "br"])));
     }
 }

@@ -235,6 +235,16 @@ where
                                         &parts.headers,
                                     )
                                 }
+                                Err(RewriteError::DuplicateKey(key)) => {
+                                    stats.rejected_json.fetch_add(1, Relaxed);
+                                    let key: String = key.chars().take(64).collect();
+                                    rejected(
+                                        Problem::new(StatusCode::BAD_REQUEST).detail(format!(
+                                            "the request body has the key `{key}` twice in one object"
+                                        )),
+                                        &parts.headers,
+                                    )
+                                }
                             }
                         }
                         Err(CollectError::TooLarge) => {
@@ -310,7 +320,7 @@ where
                                     set_length(&mut parts.headers, bytes.len());
                                     Response::from_parts(parts, ResponseBody::full(bytes))
                                 }
-                                Err(RewriteError::Invalid(_)) => {
+                                Err(RewriteError::Invalid(_) | RewriteError::DuplicateKey(_)) => {
                                     stats.response_passed.fetch_add(1, Relaxed);
                                     Response::from_parts(
                                         parts,

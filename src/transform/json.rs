@@ -221,6 +221,8 @@ pub(crate) enum BodyOp {
 pub(crate) enum RewriteError {
     /// Not JSON: the parser's message.
     Invalid(serde_json::Error),
+    /// An object on the way to a field a rule reaches has this key twice.
+    DuplicateKey(String),
 }
 
 /// Parses `body`, applies `ops` in order, and serializes the result.
@@ -232,15 +234,15 @@ pub(crate) fn rewrite(body: &[u8], ops: Vec<BodyOp>) -> Result<Vec<u8>, RewriteE
     let mut changed = false;
     for op in ops {
         changed |= match op {
-            BodyOp::Remove(p) => doc.take(&p.0).is_some(),
-            BodyOp::Rename(from, to) => match doc.take(&from.0) {
+            BodyOp::Remove(p) => doc.take(&p.0)?.is_some(),
+            BodyOp::Rename(from, to) => match doc.take(&from.0)? {
                 Some(node) => {
-                    doc.set(&to.0, node);
+                    doc.set(&to.0, node)?;
                     true
                 }
                 None => false,
             },
-            BodyOp::Set(p, value) => doc.set(&p.0, Node::Value(value)),
+            BodyOp::Set(p, value) => doc.set(&p.0, Node::Value(value))?,
         };
     }
     if !changed {
@@ -262,6 +264,10 @@ pub(crate) fn rewrite(body: &[u8], ops: Vec<BodyOp>) -> Result<Vec<u8>, RewriteE
 /// objects and arrays on a rule's path are split into members, whose values
 /// stay raw in turn. Untouched parts are written back byte for byte:
 /// their spacing, number spelling and escapes do not change.
+///
+/// An object split here with a key twice is refused
+/// ([`RewriteError::DuplicateKey`]): a rule would change one of the two,
+/// and the upstream's parser might read the other.
 #[derive(Debug)]
 enum Node<'a> {
     /// Untouched text from the body.
@@ -277,21 +283,28 @@ enum Node<'a> {
 impl<'a> Node<'a> {
     /// Splits a container (raw, or a value a rule set) into members or
     /// items, so that they can be changed. Scalars stay as they are.
-    fn expand(&mut self) {
+    fn expand(&mut self) -> Result<(), RewriteError> {
         match self {
             Node::Raw(raw) => {
                 let raw: &'a RawValue = raw;
                 let text = raw.get().trim_start();
-                // The body was validated as a whole, so these parse.
+                // The body was validated as a whole, so these parse, but
+                // for a key found twice.
                 if text.starts_with('{') {
-                    if let Ok(Members(members)) = serde_json::from_str(raw.get()) {
-                        *self = Node::Object(
-                            members
-                                .into_iter()
-                                .map(|(k, v)| (k, Node::Raw(v)))
-                                .collect(),
-                        );
-                    }
+                    let Members(members) = serde_json::from_str(raw.get()).map_err(|e| {
+                        let message = e.to_string();
+                        let key = message
+                            .strip_prefix(DUPLICATE)
+                            .and_then(|rest| rest.split(SEPARATOR).next())
+                            .unwrap_or_default();
+                        RewriteError::DuplicateKey(key.to_owned())
+                    })?;
+                    *self = Node::Object(
+                        members
+                            .into_iter()
+                            .map(|(k, v)| (k, Node::Raw(v)))
+                            .collect(),
+                    );
                 } else if text.starts_with('[')
                     && let Ok(items) = serde_json::from_str::<Vec<&'a RawValue>>(raw.get())
                 {
@@ -312,51 +325,51 @@ impl<'a> Node<'a> {
             }
             _ => {}
         }
+        Ok(())
     }
 
-    fn child(&mut self, token: &str) -> Option<&mut Node<'a>> {
-        self.expand();
-        match self {
+    fn child(&mut self, token: &str) -> Result<Option<&mut Node<'a>>, RewriteError> {
+        self.expand()?;
+        Ok(match self {
             Node::Object(members) => members.iter_mut().find(|(k, _)| k == token).map(|(_, v)| v),
-            Node::Array(items) => {
-                let i = index(token, items.len())?;
-                items.get_mut(i)
-            }
+            Node::Array(items) => index(token, items.len()).and_then(|i| items.get_mut(i)),
             _ => None,
-        }
+        })
     }
 
     /// Removes and returns the node at `tokens`.
-    fn take(&mut self, tokens: &[String]) -> Option<Node<'a>> {
-        let (last, path) = tokens.split_last()?;
+    fn take(&mut self, tokens: &[String]) -> Result<Option<Node<'a>>, RewriteError> {
+        let Some((last, path)) = tokens.split_last() else {
+            return Ok(None);
+        };
         let mut at = self;
         for token in path {
-            at = at.child(token)?;
+            at = match at.child(token)? {
+                Some(child) => child,
+                None => return Ok(None),
+            };
         }
-        at.expand();
-        match at {
-            Node::Object(members) => {
-                let i = members.iter().position(|(k, _)| k == last)?;
-                Some(members.remove(i).1)
-            }
-            Node::Array(items) => {
-                let i = index(last, items.len())?;
-                Some(items.remove(i))
-            }
+        at.expand()?;
+        Ok(match at {
+            Node::Object(members) => members
+                .iter()
+                .position(|(k, _)| k == last)
+                .map(|i| members.remove(i).1),
+            Node::Array(items) => index(last, items.len()).map(|i| items.remove(i)),
             _ => None,
-        }
+        })
     }
 
     /// Sets the node at `tokens`, creating missing parent objects. `false`
     /// when a parent is a scalar or an array index is out of range. A field
     /// already there keeps its place; a new one goes last.
-    fn set(&mut self, tokens: &[String], node: Node<'a>) -> bool {
+    fn set(&mut self, tokens: &[String], node: Node<'a>) -> Result<bool, RewriteError> {
         let Some((last, path)) = tokens.split_last() else {
-            return false;
+            return Ok(false);
         };
         let mut at = self;
         for token in path {
-            at.expand();
+            at.expand()?;
             at = match at {
                 Node::Object(members) => {
                     let i = match members.iter().position(|(k, _)| k == token) {
@@ -370,13 +383,13 @@ impl<'a> Node<'a> {
                 }
                 Node::Array(items) => match index(token, items.len()) {
                     Some(i) => &mut items[i],
-                    None => return false,
+                    None => return Ok(false),
                 },
-                _ => return false,
+                _ => return Ok(false),
             };
         }
-        at.expand();
-        match at {
+        at.expand()?;
+        Ok(match at {
             Node::Object(members) => {
                 match members.iter_mut().find(|(k, _)| k == last) {
                     Some((_, v)) => *v = node,
@@ -400,7 +413,7 @@ impl<'a> Node<'a> {
                 _ => false,
             },
             _ => false,
-        }
+        })
     }
 
     fn write(&self, out: &mut Vec<u8>) {
@@ -436,8 +449,13 @@ impl<'a> Node<'a> {
     }
 }
 
+/// How [`Members`] reports a key found twice: `DUPLICATE`, the key,
+/// `SEPARATOR` (then serde_json's position).
+const DUPLICATE: &str = "duplicate key: ";
+const SEPARATOR: &str = "\u{0}";
+
 /// An object's members, keys unescaped (borrowed when they need no
-/// unescaping), values raw.
+/// unescaping), values raw; an error for a key found twice.
 struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for Members<'de> {
@@ -451,8 +469,27 @@ impl<'de> Deserialize<'de> for Members<'de> {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut members: Vec<(Cow<'de, str>, &'de RawValue)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(8));
+                // Small objects are searched; larger ones get a set.
+                let mut seen: Option<std::collections::HashSet<Cow<'de, str>>> = None;
                 while let Some(Key(k)) = map.next_key()? {
+                    let twice = match &mut seen {
+                        Some(seen) => !seen.insert(k.clone()),
+                        None if members.len() < 16 => members.iter().any(|(m, _)| *m == k),
+                        None => {
+                            let mut set: std::collections::HashSet<_> =
+                                members.iter().map(|(m, _)| m.clone()).collect();
+                            let twice = !set.insert(k.clone());
+                            seen = Some(set);
+                            twice
+                        }
+                    };
+                    if twice {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "{DUPLICATE}{k}{SEPARATOR}"
+                        )));
+                    }
                     members.push((k, map.next_value::<&'de RawValue>()?));
                 }
                 Ok(Members(members))
@@ -524,13 +561,13 @@ mod tests {
     #[test]
     fn set_take_and_arrays() {
         let out = doc_ops(r#"{"a": [1, 2], "s": "x"}"#, |doc| {
-            assert!(doc.set(&p("/b/c").0, v(json!(1))));
-            assert!(doc.set(&p("/a/-").0, v(json!(3))));
-            assert!(doc.set(&p("/a/0").0, v(json!(0))));
-            assert!(!doc.set(&p("/a/9").0, v(json!(9))));
-            assert!(!doc.set(&p("/s/x").0, v(json!(9))));
-            assert!(doc.take(&p("/a/01").0).is_none());
-            assert!(matches!(doc.take(&p("/a/1").0), Some(Node::Raw(r)) if r.get() == "2"));
+            assert!(doc.set(&p("/b/c").0, v(json!(1))).unwrap());
+            assert!(doc.set(&p("/a/-").0, v(json!(3))).unwrap());
+            assert!(doc.set(&p("/a/0").0, v(json!(0))).unwrap());
+            assert!(!doc.set(&p("/a/9").0, v(json!(9))).unwrap());
+            assert!(!doc.set(&p("/s/x").0, v(json!(9))).unwrap());
+            assert!(doc.take(&p("/a/01").0).unwrap().is_none());
+            assert!(matches!(doc.take(&p("/a/1").0), Ok(Some(Node::Raw(r))) if r.get() == "2"));
         });
         assert_eq!(
             out,
@@ -542,7 +579,7 @@ mod tests {
     fn untouched_parts_keep_their_bytes() {
         let body = r#"{"n": 1.0e10, "deep": {"keep": [1, 2.50, "\u00e9"], "x": 1}}"#;
         let out = doc_ops(body, |doc| {
-            doc.take(&p("/deep/x").0);
+            doc.take(&p("/deep/x").0).unwrap();
         });
         assert_eq!(out, r#"{"n":1.0e10,"deep":{"keep":[1, 2.50, "\u00e9"]}}"#);
         // Nothing reached: the body comes back as it was.
@@ -553,9 +590,9 @@ mod tests {
         assert_eq!(rewrite(body.as_bytes(), ops).unwrap(), body.as_bytes());
         // Setting inside a value a rule set.
         let out = doc_ops("{}", |doc| {
-            assert!(doc.set(&p("/a").0, v(json!({"b": [1]}))));
-            assert!(doc.set(&p("/a/b/-").0, v(json!(2))));
-            assert!(doc.set(&p("/a/c").0, v(json!(true))));
+            assert!(doc.set(&p("/a").0, v(json!({"b": [1]}))).unwrap());
+            assert!(doc.set(&p("/a/b/-").0, v(json!(2))).unwrap());
+            assert!(doc.set(&p("/a/c").0, v(json!(true))).unwrap());
         });
         assert_eq!(out, r#"{"a":{"b":[1,2],"c":true}}"#);
     }
@@ -577,5 +614,36 @@ mod tests {
             rewrite(b"{nope", vec![]),
             Err(RewriteError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn keys_found_twice_on_a_rule_path_are_refused() {
+        let set = |pointer: &str| vec![BodyOp::Set(p(pointer), json!("me"))];
+        let dup = |body: &str, pointer: &str| match rewrite(body.as_bytes(), set(pointer)) {
+            Err(RewriteError::DuplicateKey(k)) => Some(k),
+            other => {
+                assert!(other.is_ok(), "{body}: {other:?}");
+                None
+            }
+        };
+        assert_eq!(dup(r#"{"id":"x","id":"y"}"#, "/id").as_deref(), Some("id"));
+        assert_eq!(
+            dup(r#"{"id":"x","i\u0064":"y"}"#, "/id").as_deref(),
+            Some("id")
+        );
+        assert_eq!(
+            dup(r#"{"id":1,"a":{"k":1,"k":2}}"#, "/a/k").as_deref(),
+            Some("k")
+        );
+        assert_eq!(
+            dup(r#"{"a":[{"k":1,"k":2}]}"#, "/a/0/k").as_deref(),
+            Some("k")
+        );
+        // A set over many keys.
+        let many: Vec<String> = (0..40).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let body = format!("{{{},\"k7\":0}}", many.join(","));
+        assert_eq!(dup(&body, "/x").as_deref(), Some("k7"));
+        // Objects no rule walks into are left alone.
+        assert_eq!(dup(r#"{"id":1,"other":{"k":1,"k":2}}"#, "/id"), None);
     }
 }

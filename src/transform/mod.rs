@@ -89,8 +89,11 @@
 //! [`Rules::body_limit`] (413 beyond it); every other request streams
 //! through untouched, and so does a request without a body. A request body
 //! rule meets a non-JSON request (or a content-encoded one, whose bytes are
-//! not JSON text) with [`NonJson::Skip`] (stream it through) or
-//! [`NonJson::Reject`] (415); invalid JSON is a 400. `Content-Length` is set to the rewritten length.
+//! not JSON text) with [`NonJson::Reject`] (415, the default) or
+//! [`NonJson::Skip`] (stream it through); invalid JSON is a 400, and so is
+//! an object with a key twice on the way to a field a rule reaches
+//! (`{"user_id": "x", "user_id": "y"}`: parsers disagree on which one
+//! counts, so a rule setting the first could be undone by the second). `Content-Length` is set to the rewritten length.
 //! Response body rules rewrite JSON responses up to the same limit; larger,
 //! non-JSON or invalid responses pass through untouched, every byte. A
 //! response without body rules, such as a server-sent event stream, is

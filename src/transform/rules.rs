@@ -27,7 +27,8 @@ pub struct Rules {
     /// response. A larger request is refused with 413; a larger response
     /// passes through untouched. Default 1 MiB.
     pub body_limit: usize,
-    /// What a request body rule does when the request is not JSON.
+    /// What a request body rule does when the request is not JSON
+    /// (refuse it with 415 by default).
     pub non_json: NonJson,
 }
 
@@ -36,13 +37,14 @@ impl Default for Rules {
         Self {
             sets: Vec::new(),
             body_limit: 1024 * 1024,
-            non_json: NonJson::Skip,
+            non_json: NonJson::Reject,
         }
     }
 }
 
 impl Rules {
-    /// No rule sets, a 1 MiB body limit, non-JSON bodies skipped.
+    /// No rule sets, a 1 MiB body limit, non-JSON bodies refused (for
+    /// requests a body rule applies to).
     pub fn new() -> Self {
         Self::default()
     }
@@ -67,15 +69,20 @@ impl Rules {
 }
 
 /// What a request body rule does when the request's `Content-Type` is not
-/// JSON (`application/json` or `application/*+json`).
+/// JSON (`application/json` or `application/*+json`), or its body is
+/// content-encoded.
+///
+/// Refusing is the default: a rule that sets a field (say the caller's id)
+/// must not be skipped because the client declared another media type for
+/// a body its upstream parses as JSON anyway.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NonJson {
     /// Leave the body alone and stream it through (the other rules still
-    /// apply).
-    #[default]
+    /// apply). Only for upstreams that never read such a body as JSON.
     Skip,
     /// Refuse the request with 415 Unsupported Media Type.
+    #[default]
     Reject,
 }
 

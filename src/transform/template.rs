@@ -69,7 +69,14 @@ const QUERY: &AsciiSet = &CONTROLS
     .add(b'}');
 
 /// Characters percent-encoded in a path segment value.
-const PATH: &AsciiSet = &QUERY.add(b'/').add(b'?').add(b'\\').add(b'^').add(b'|');
+/// `;` too: a server that reads path parameters would take `..;` as `..`.
+const PATH: &AsciiSet = &QUERY
+    .add(b'/')
+    .add(b'?')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'|')
+    .add(b';');
 
 impl Template {
     /// Parses `text`. `{{` and `}}` are literal braces.
