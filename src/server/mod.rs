@@ -130,6 +130,17 @@ pub enum ServerError {
     TlsDisabled,
 }
 
+/// For functions that return `io::Result`: an I/O error as it was, the
+/// others as [`io::ErrorKind::Other`] ones.
+impl From<ServerError> for io::Error {
+    fn from(err: ServerError) -> Self {
+        match err {
+            ServerError::Io(e) => e,
+            other => io::Error::other(other),
+        }
+    }
+}
+
 /// Where the server is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
