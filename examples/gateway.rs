@@ -112,7 +112,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = ServerBuilder::from_config(config.server.clone())
         .bind(&args.listen)
         .await?;
-    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let gateway = Gateway::from_config(config)?;
     let admin = switchyard::gateway::admin::router(&gateway)?;
     let admin_server = Server::bind(&args.admin_listen).await?;
@@ -166,9 +170,10 @@ async fn signals(gateway: ServerHandle, admin: ServerHandle) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut hup)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::hangup()))
-        else {
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
             return;
         };
         loop {

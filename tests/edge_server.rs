@@ -70,7 +70,11 @@ async fn ordinary(addr: SocketAddr) -> bool {
 async fn slowloris(addr: SocketAddr) -> Option<Duration> {
     let start = Instant::now();
     let mut tcp = TcpStream::connect(addr).await.ok()?;
-    if tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.is_err() {
+    if tcp
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .is_err()
+    {
         return Some(start.elapsed());
     }
     let deadline = start + HEADER_TIMEOUT + SLACK;
@@ -107,10 +111,15 @@ async fn slowloris_connections_are_closed_within_the_header_timeout() {
     for _ in 0..10 {
         served += usize::from(ordinary(addr).await);
     }
-    assert_eq!(served, 10, "ordinary clients were not served during the attack");
+    assert_eq!(
+        served, 10,
+        "ordinary clients were not served during the attack"
+    );
     let mut closed = 0;
     while let Some(result) = attackers.join_next().await {
-        let after = result.unwrap().expect("a slowloris connection outlived the header timeout");
+        let after = result
+            .unwrap()
+            .expect("a slowloris connection outlived the header timeout");
         assert!(after < HEADER_TIMEOUT + SLACK, "{after:?}");
         closed += 1;
     }

@@ -203,9 +203,11 @@ async fn a_body_that_stops_arriving_is_408_and_counted() {
     // A body that keeps coming, slower than the timeout in total but never
     // silent for as long, is read whole.
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 8\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    tcp.write_all(
+        b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 8\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
     for chunk in [b"ab", b"cd", b"ef", b"gh"] {
         tokio::time::sleep(Duration::from_millis(150)).await;
         tcp.write_all(chunk).await.unwrap();
@@ -276,7 +278,10 @@ async fn shutdown_gives_up_at_the_deadline() {
     handle.shutdown(Duration::from_millis(300));
     finished(task).await;
     // The stuck request's connection was cut.
-    let result = tokio::time::timeout(HANG_GUARD, stuck).await.unwrap().unwrap();
+    let result = tokio::time::timeout(HANG_GUARD, stuck)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(result.is_err(), "{result:?}");
     assert_eq!(handle.stats().active, 0);
 }
@@ -309,9 +314,11 @@ async fn upgrading(mut req: Request<IncomingBody>) -> Result<Response<Empty<Byte
 /// Opens a tunnel through [`upgrading`]; the connection, past the 101.
 async fn open_tunnel(addr: SocketAddr) -> TcpStream {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET /tunnel HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
+    tcp.write_all(
+        b"GET /tunnel HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8];
@@ -482,7 +489,9 @@ mod tls {
     }
 
     fn leaf(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
-        stream.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned()
+        stream.get_ref().1.peer_certificates().unwrap()[0]
+            .clone()
+            .into_owned()
     }
 
     /// A temporary directory holding `cert.pem` and `key.pem`, copies of
@@ -493,10 +502,8 @@ mod tls {
     }
 
     fn tempdir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "switchyard-server-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-server-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -579,7 +586,10 @@ mod tls {
     #[tokio::test]
     async fn a_missing_or_mismatched_key_is_a_build_error() {
         let err = Server::builder()
-            .tls(format!("{FIXTURES}/server.pem"), format!("{FIXTURES}/nope.key"))
+            .tls(
+                format!("{FIXTURES}/server.pem"),
+                format!("{FIXTURES}/nope.key"),
+            )
             .bind("127.0.0.1:0")
             .await
             .unwrap_err();

@@ -88,12 +88,7 @@ impl ConnState {
     /// What the watchdog makes of the connection at `now`. Never asks to
     /// be woken later than the shorter timeout from now: a request that
     /// starts or ends meanwhile cannot make a deadline earlier than that.
-    fn check(
-        &self,
-        now: Instant,
-        header: Option<Duration>,
-        idle: Option<Duration>,
-    ) -> Verdict {
+    fn check(&self, now: Instant, header: Option<Duration>, idle: Option<Duration>) -> Verdict {
         let step = match (header, idle) {
             (Some(h), Some(i)) => h.min(i),
             (Some(d), None) | (None, Some(d)) => d,
@@ -339,9 +334,11 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let state = &self.state;
-        self.shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        if state.requests.fetch_add(1, Ordering::AcqRel) == 0 && req.version() == Version::HTTP_2
-        {
+        self.shared
+            .counters
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
+        if state.requests.fetch_add(1, Ordering::AcqRel) == 0 && req.version() == Version::HTTP_2 {
             state.h2.store(true, Ordering::Relaxed);
         }
         let in_flight = InFlight::new(Arc::clone(state));
@@ -446,10 +443,7 @@ pub(crate) async fn serve<S, B>(
     if let Some(tls) = &shared.tls {
         let acceptor = tls.acceptor();
         let handshake = acceptor.accept(io);
-        let deadline = shared
-            .limits
-            .header_read_timeout
-            .map(|t| state.base + t);
+        let deadline = shared.limits.header_read_timeout.map(|t| state.base + t);
         let stream = tokio::select! {
             r = async {
                 match deadline {

@@ -229,7 +229,9 @@ pub struct ServerBuilder {
 }
 
 fn ms(d: Option<Duration>) -> u64 {
-    d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
+    d.map_or(0, |d| {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    })
 }
 
 impl ServerBuilder {

@@ -84,9 +84,7 @@ impl Tls {
 
 /// The certificate chain and key in `files`, checked to belong together.
 fn load(files: &TlsConfig) -> Result<CertifiedKey, String> {
-    let read = |path: &str| {
-        std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}"))
-    };
+    let read = |path: &str| std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}"));
     let chain = CertificateDer::pem_slice_iter(&read(&files.cert_file)?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("invalid certificate PEM in `{}`: {e}", files.cert_file))?;
