@@ -438,9 +438,10 @@ pub(crate) async fn serve<S, B>(
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let mut phase = shared.phase.subscribe();
+    let phase = shared.phase.subscribe();
     #[cfg(feature = "tls")]
     if let Some(tls) = &shared.tls {
+        let mut phase = phase;
         let acceptor = tls.acceptor();
         let handshake = acceptor.accept(io);
         let deadline = shared.limits.header_read_timeout.map(|t| state.base + t);
@@ -478,6 +479,7 @@ pub(crate) async fn serve<S, B>(
 }
 
 /// Waits until a shutdown's deadline has passed.
+#[cfg(feature = "tls")]
 async fn wait_killed(phase: &mut tokio::sync::watch::Receiver<Phase>) {
     loop {
         if matches!(*phase.borrow_and_update(), Phase::Killed) {

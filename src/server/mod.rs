@@ -59,6 +59,13 @@
 //! | HTTP/2 concurrent streams per connection | 200 | refused streams |
 //! | HTTP/2 keep-alive ping: interval, timeout | 20 s, 20 s | connection closed |
 //!
+//! For HTTP/2 the header read timeout bounds the preface and the first
+//! request; after that a connection with no open stream is under the idle
+//! timeout (the client's pings do not keep it open), and its streams under
+//! hyper's HTTP/2 limits. A client that stops reading a response is not
+//! timed out by the server: an upstream or handler timeout, and the
+//! HTTP/2 keep-alive ping for dead peers, bound those.
+//!
 //! Over the connection cap the server accepts and closes at once rather
 //! than leaving connections in the kernel's backlog: the accept loop never
 //! stalls, the refusal is immediate, and a flood's own connections are
