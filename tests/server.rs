@@ -443,6 +443,11 @@ fn config_from_toml_with_defaults() {
     assert_eq!(back, config);
 }
 
+/// TLS termination. `reload.pem` / `reload.key` in `tests/fixtures/tls`
+/// are test-only: a server certificate for `localhost` and `127.0.0.1`
+/// signed by `reload-ca.pem` (valid until 2126), made with `openssl req
+/// -x509 -newkey ec` and `openssl x509 -req`, the CA's key thrown away; a
+/// second certificate to reload to, beside `server.pem`.
 #[cfg(feature = "tls")]
 mod tls {
     use std::sync::Arc;
