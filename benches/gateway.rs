@@ -2,8 +2,9 @@
 //! rate limit, header transform, blue/green split, proxied over a pooled
 //! hyper client) next to the same request sent straight to the upstream.
 //!
-//! The upstream is a real hyper HTTP/1.1 server on `127.0.0.1:0` that
-//! answers `GET /` with a 20-byte body. Both functions build the same
+//! The upstream is a real `switchyard::server` (HTTP/1.1 here, with its
+//! default limits) on `127.0.0.1:0` that answers `GET /` with a 20-byte
+//! body. Both functions build the same
 //! request (`GET /`, an `x-api-key`, an `x-user` cycling through a few
 //! users, and the peer address in the extensions as a server would put
 //! it), drive `ready()` + `call`, check the status and read the whole
@@ -51,8 +52,7 @@
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,15 +61,11 @@ use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use switchyard::gateway::{Gateway, GatewayConfig};
 use switchyard::proxy::{BoxError, Upstream};
-use tokio::net::TcpListener;
+use switchyard::server::{IncomingBody, Server, ServerHandle};
 use tokio::runtime::Runtime;
-use tower::{Service, ServiceExt};
+use tower::{Service, ServiceExt, service_fn};
 
 /// What the upstream answers to `GET /`.
 const BODY: &[u8] = b"hello from upstream\n";
@@ -80,19 +76,20 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A small set of users, so sticky hashing does not see one key only.
 const USERS: usize = 16;
 
-/// The upstream server's connection counter, to check that the pools keep
-/// their connections (a round trip that opened one would measure a
-/// connect).
+/// The upstream servers, to count the connections they accepted and check
+/// that the pools keep their connections (a round trip that opened one
+/// would measure a connect).
 #[derive(Clone, Default)]
-struct Accepted(Arc<AtomicUsize>);
+struct Accepted(Arc<Mutex<Vec<ServerHandle>>>);
 
 impl Accepted {
-    fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+    fn get(&self) -> u64 {
+        let servers = self.0.lock().unwrap();
+        servers.iter().map(|s| s.stats().accepted).sum()
     }
 }
 
-async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(req: Request<IncomingBody>) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut res = Response::new(Full::new(Bytes::from_static(BODY)));
     if req.method() != Method::GET || req.uri().path() != "/" {
         *res.status_mut() = StatusCode::NOT_FOUND;
@@ -102,20 +99,10 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 
 /// Starts the upstream on the current runtime.
 async fn upstream(accepted: Accepted) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            accepted.0.fetch_add(1, Ordering::Relaxed);
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(
-                http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(answer)),
-            );
-        }
-    });
+    let server = Server::bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr();
+    accepted.0.lock().unwrap().push(server.handle());
+    tokio::spawn(server.serve(service_fn(answer)));
     addr
 }
 

@@ -42,6 +42,7 @@ use switchyard::model::{
     OpenAiErrorsLayer, Pin,
 };
 use switchyard::proxy::Upstream;
+use switchyard::server::Server;
 use tokio_stream::wrappers::ReceiverStream;
 use tower::ServiceBuilder;
 
@@ -135,9 +136,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new().nest("/admin", admin).fallback_service(api);
 
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    print_help(listener.local_addr()?, &blue, &green);
-    axum::serve(listener, app).await?;
+    let server = Server::bind(addr).await?;
+    print_help(server.local_addr(), &blue, &green);
+    server.serve(app).await?;
     Ok(())
 }
 
@@ -317,9 +318,9 @@ impl FakeModelServer {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
             .with_state(state);
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let server = Server::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = server.local_addr();
+        tokio::spawn(server.serve(app));
         Ok(Self { addr, broken })
     }
 }

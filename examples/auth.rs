@@ -29,6 +29,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 use switchyard::auth::{ApiKey, ApiKeyHandle, ApiKeyLayer, Identity, JwtLayer, RequireScopes};
+use switchyard::server::Server;
 
 /// The demo's API keys in plain text. They exist only so that the help text
 /// can print working `curl` commands: a real service never sees them, it
@@ -124,9 +125,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new().merge(with_keys).nest("/jwt", with_jwt);
 
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    print_help(listener.local_addr()?, &table, &demo_token()?);
-    axum::serve(listener, app).await?;
+    let server = Server::bind(addr).await?;
+    print_help(server.local_addr(), &table, &demo_token()?);
+    server.serve(app).await?;
     Ok(())
 }
 

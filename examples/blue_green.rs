@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use switchyard::key::KeyBy;
+use switchyard::server::Server;
 use switchyard::split::{Split, SplitError, SplitHandle, Weights};
 
 /// One version of the service. In a real app this is your v1 or v2 router.
@@ -69,9 +70,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    print_help(listener.local_addr()?);
-    axum::serve(listener, app).await?;
+    let server = Server::bind(addr).await?;
+    print_help(server.local_addr());
+    server.serve(app).await?;
     Ok(())
 }
 

@@ -31,6 +31,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use switchyard::key::KeyBy;
 use switchyard::problem::Problem;
+use switchyard::server::Server;
 use switchyard::split::{Split, SplitHandle};
 use tokio::sync::Mutex;
 use tower::ServiceExt;
@@ -95,8 +96,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let router = Router::new().nest("/admin", admin).fallback_service(split);
 
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    print_help(listener.local_addr()?, &args);
+    let server = Server::bind(addr).await?;
+    print_help(server.local_addr(), &args);
 
     // Record the starting point (0 %: everyone on blue), so that the first
     // step of the ramp has something to be compared with.
@@ -124,7 +125,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     }
 
-    axum::serve(listener, router).await?;
+    server.serve(router).await?;
     Ok(())
 }
 

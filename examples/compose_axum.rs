@@ -85,6 +85,7 @@ use switchyard::auth::{ApiKey, ApiKeyLayer, Identity, RequireScopes};
 use switchyard::key::KeyBy;
 use switchyard::mirror::{MirrorHandle, MirrorLayer};
 use switchyard::ratelimit::{Quota, RateLimitLayer};
+use switchyard::server::Server;
 use switchyard::split::{Split, Target};
 use switchyard::transform::{RuleSet, Rules, TransformLayer};
 use tower::layer::util::Stack;
@@ -112,7 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 20 requests at once, then 5 a second, per caller. `KeyBy::identity()`
     // gives no key for the anonymous identity (all anonymous callers would
     // share one budget), so they are limited per IP address instead, which
-    // needs the connect info given to `axum::serve` at the end of `main`.
+    // needs the peer address the server puts in each request.
     let limit = RateLimitLayer::builder()
         .key_by(KeyBy::identity().or(KeyBy::peer_ip()))
         .quota(Quota::per_second(5).burst(20).named("per-caller"))
@@ -181,11 +182,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(traced("ratelimit", limit))
         .layer(traced("auth", auth));
 
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
-    print_help(listener.local_addr()?);
-    // The peer's address goes into each request: the per-IP rate-limit key.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).await?;
+    // The server puts the peer's address in each request: the per-IP
+    // rate-limit key.
+    let server = Server::bind((Ipv4Addr::LOCALHOST, port)).await?;
+    print_help(server.local_addr());
+    server.serve(app).await?;
     Ok(())
 }
 

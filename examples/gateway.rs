@@ -12,13 +12,21 @@
 //! what they received) and serves `examples/gateway.toml` in front of
 //! them. Every request is logged on stderr (the access log), and every
 //! change made through the admin API.
+//!
+//! The data plane is served by `switchyard::server` with the limits of the
+//! configuration's `[server]` section (TLS too, with `[server.tls]`).
+//! Ctrl-C or SIGTERM shuts down gracefully: no new connections, requests
+//! in flight and open WebSockets get up to `shutdown_timeout_ms` to
+//! finish. SIGHUP reloads the TLS certificate.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
 use axum::routing::get;
 use switchyard::gateway::{Gateway, GatewayConfig};
+use switchyard::server::{Server, ServerBuilder, ServerHandle};
 
 const DEMO_CONFIG: &str = include_str!("gateway.toml");
 
@@ -68,9 +76,9 @@ async fn demo_upstream(version: &'static str) -> std::io::Result<SocketAddr> {
             }),
         )
         .fallback(move || async move { format!("{version}\n") });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = Server::bind("127.0.0.1:0").await?;
+    let addr = server.local_addr();
+    tokio::spawn(server.serve(app));
     Ok(addr)
 }
 
@@ -100,24 +108,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             config
         }
     };
+    // `[server]`: the data plane's limits, TLS and shutdown deadline.
+    let server = ServerBuilder::from_config(config.server.clone())
+        .bind(&args.listen)
+        .await?;
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let gateway = Gateway::from_config(config)?;
     let admin = switchyard::gateway::admin::router(&gateway)?;
+    let admin_server = Server::bind(&args.admin_listen).await?;
+    let (addr, admin_addr) = (server.local_addr(), admin_server.local_addr());
+    let (handle, admin_handle) = (server.handle(), admin_server.handle());
 
-    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-    let addr = listener.local_addr()?;
-    let admin_listener = tokio::net::TcpListener::bind(&args.admin_listen).await?;
-    let admin_addr = admin_listener.local_addr()?;
+    // The server puts the peer address in each request (for
+    // X-Forwarded-For and per-IP limits).
+    let serve = tokio::spawn(server.serve(gateway.clone()));
+    let serve_admin = tokio::spawn(admin_server.serve(admin));
+    tokio::spawn(signals(handle.clone(), admin_handle));
 
-    // The peer address goes into each request (for X-Forwarded-For and
-    // per-IP limits).
-    let app = Router::new().fallback_service(gateway.clone());
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    );
-    let serve_admin = axum::serve(admin_listener, admin);
-
-    println!("gateway: http://{addr}");
+    println!("gateway: {scheme}://{addr}");
     println!("admin:   http://{admin_addr}");
     if args.config.is_none() {
         let g = format!("http://{addr}");
@@ -141,11 +153,43 @@ Try:
 "#
         );
     }
-    let result = tokio::select! {
-        r = serve => r,
-        r = serve_admin => r,
-        _ = tokio::signal::ctrl_c() => Ok(()),
-    };
-    result?;
+    // Both return once a shutdown has finished.
+    serve.await??;
+    serve_admin.await??;
+    let stats = handle.stats();
+    eprintln!(
+        "gateway: stopped after {} connections, {} requests",
+        stats.accepted, stats.requests
+    );
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM: graceful shutdown of both servers (the data plane
+/// with `[server] shutdown_timeout_ms`). SIGHUP: reload the certificate.
+async fn signals(gateway: ServerHandle, admin: ServerHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => match gateway.reload_tls() {
+                    Ok(()) => eprintln!("gateway: TLS certificate reloaded"),
+                    Err(e) => eprintln!("gateway: TLS reload failed: {e}"),
+                },
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("gateway: shutting down");
+    gateway.shutdown_default();
+    admin.shutdown(Duration::from_secs(5));
 }

@@ -32,6 +32,7 @@ use axum::{Extension, Router};
 use switchyard::auth::{ApiKey, ApiKeyLayer, Identity};
 use switchyard::key::{KeyBy, TrustedProxies};
 use switchyard::ratelimit::{Quota, RateLimitHandle, RateLimitLayer};
+use switchyard::server::Server;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -93,16 +94,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = public.merge(api);
 
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    print_help(listener.local_addr()?);
-    // `KeyBy::client_ip` starts from the peer address, which axum puts in
-    // each request only when serving with connect info. Without it the
-    // per-IP limiter finds no key, and refuses every request with a 400.
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await?;
+    // `KeyBy::client_ip` starts from the peer address, which the server
+    // puts in each request. Without it the per-IP limiter finds no key,
+    // and refuses every request with a 400.
+    let server = Server::bind(addr).await?;
+    print_help(server.local_addr());
+    server.serve(app).await?;
     Ok(())
 }
 

@@ -34,6 +34,7 @@ use switchyard::rollout::{
     Analysis, EventKind, Outcome, Plan, Rollout, RolloutEvent, RolloutHandle, RolloutState,
     RolloutStatus, SplitTraffic, Step, Verdict, WindowStats,
 };
+use switchyard::server::Server;
 use switchyard::split::{Split, SplitHandle};
 use tower::ServiceExt;
 
@@ -64,9 +65,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
 
     // The address first: scripts wait for it.
-    let listener =
-        tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, args.port))).await?;
-    let addr = listener.local_addr()?;
+    let server = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, args.port))).await?;
+    let addr = server.local_addr();
     println!("rollout demo: http://{addr}");
     println!("  curl -s http://{addr}/status            # the rollout's status, as JSON");
     println!("  curl -si http://{addr}/                 # one request through the split");
@@ -157,7 +157,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/abort", post(abort))
         .with_state(rollout.clone())
         .fallback_service(split.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(server.serve(app));
 
     let end = rollout.finished().await;
     load.abort();

@@ -18,6 +18,7 @@ use axum::extract::Request;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use serde_json::json;
+use switchyard::server::Server;
 use switchyard::transform::{Rules, TransformLayer};
 use tower::Layer;
 
@@ -111,9 +112,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new().fallback_service(transform.layer(app));
 
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    print_help(listener.local_addr()?)?;
-    axum::serve(listener, app).await?;
+    let server = Server::bind(addr).await?;
+    print_help(server.local_addr())?;
+    server.serve(app).await?;
     Ok(())
 }
 

@@ -10,11 +10,11 @@
 //! use switchyard::conn::ConnectionInfo;
 //!
 //! let mut req = http::Request::new(());
-//! req.extensions_mut().insert(ConnectionInfo {
-//!     peer: "192.0.2.7:50000".parse()?,
-//!     local: "127.0.0.1:8443".parse()?,
-//!     tls: true,
-//! });
+//! req.extensions_mut().insert(ConnectionInfo::new(
+//!     "192.0.2.7:50000".parse()?,
+//!     "127.0.0.1:8443".parse()?,
+//!     true,
+//! ));
 //! let info = req.extensions().get::<ConnectionInfo>().copied();
 //! assert_eq!(info.map(|i| i.scheme()), Some("https"));
 //! # Ok::<(), Box<dyn std::error::Error>>(())

@@ -64,6 +64,7 @@
 //! | `mirror` (feature `mirror`) | `MirrorLayer`: shadow traffic to a new version, bounded and never delaying the client, with answer comparison |
 //! | [`metrics`] | [`LatencyHistogram`](metrics::LatencyHistogram): fixed-bucket latency counters with quantile estimates |
 //! | `proxy` (feature `proxy`) | `Upstream`: forwards to an upstream server over a pooled hyper client (HTTP/1.1, h2c; `https://` with feature `tls`), with proxy semantics, 502/504 as problem+json |
+//! | `server` (feature `server`) | `Server`: serves any service on a TCP listener, HTTP/1.1 and h2c (h2 over TLS with `tls`), with connection limits and timeouts that have safe defaults, graceful shutdown, certificate reload |
 //! | [`problem`] | [`Problem`](problem::Problem): the `application/problem+json` rejections every layer answers with |
 //! | [`conn`] | [`ConnectionInfo`](conn::ConnectionInfo): what the server knows of a request's connection (peer, local address, TLS) |
 //! | [`body`] | [`ResponseBody`](body::ResponseBody): the inner body, or a layer's own answer |
@@ -84,6 +85,7 @@
 //! | `rollout` | `rollout`: step plans with live analysis (`tokio`) |
 //! | `mirror` | `mirror`: shadow traffic (`tokio`) |
 //! | `redis` | `ratelimit::redis`: rate limits shared by every replica, kept in Redis; `sync`: split and model weights kept the same on every replica (`redis`) |
+//! | `server` | `server`: a server of our own on hyper-util (`hyper`, `hyper-util`, `tokio`); with `tls`, TLS termination (`tokio-rustls`) |
 //! | `tonic` | a [`Split`](split::Split) of tonic services is a tonic `NamedService`, for `Server::builder().add_service(split)` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
@@ -117,6 +119,9 @@ mod rng;
 #[cfg_attr(docsrs, doc(cfg(feature = "rollout")))]
 pub mod rollout;
 mod seqlock;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;
 pub mod split;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -42,6 +42,12 @@ pub struct GatewayConfig {
     /// default: with raw paths, `/public/../admin` matches the `/` route
     /// here and may reach `/admin` upstream.
     pub raw_paths: bool,
+    /// `[server]`: the limits, TLS and shutdown deadline of the server the
+    /// gateway is served with (see [`crate::server::ServerConfig`]; every
+    /// field has a safe default). Read when the server is built: a reload
+    /// of the gateway does not change a running server's limits (its
+    /// certificate reloads with [`ServerHandle::reload_tls`](crate::server::ServerHandle::reload_tls)).
+    pub server: crate::server::ServerConfig,
 }
 
 impl GatewayConfig {

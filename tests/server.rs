@@ -1,0 +1,629 @@
+#![cfg(feature = "server")]
+//! `switchyard::server` over real loopback sockets: what each request
+//! carries, HTTP/1.1 and h2c, the limits (431, 408, idle close), graceful
+//! shutdown (in-flight requests, upgraded tunnels, the deadline) and TLS
+//! (ALPN, certificate reload).
+//!
+//! Timeouts here are short real-clock ones (a few hundred ms): the server
+//! runs on real sockets, where tokio's paused clock would fire every
+//! timeout at once. Every wait is bounded by `HANG_GUARD`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use switchyard::conn::ConnectionInfo;
+use switchyard::server::{IncomingBody, Server, ServerBuilder, ServerHandle, ServerStats};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tower::service_fn;
+
+const HANG_GUARD: Duration = Duration::from_secs(10);
+
+/// Answers `/slow` after 500 ms, `/forever` never, `/echo` with the body it
+/// read (or `body error: ...`), anything else with what the request
+/// carried: `peer=<SocketAddr ext> info=<peer>,<local>,<tls> version=<v>`.
+async fn app(req: Request<IncomingBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = match req.uri().path() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            "slow done".to_owned()
+        }
+        "/forever" => std::future::pending().await,
+        "/echo" => match req.into_body().collect().await {
+            Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+            Err(e) => format!("body error: {e}"),
+        },
+        _ => {
+            let peer = req.extensions().get::<SocketAddr>().copied();
+            let info = req.extensions().get::<ConnectionInfo>().copied().unwrap();
+            let axum_peer = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0);
+            assert_eq!(axum_peer, peer);
+            format!(
+                "peer={} info={},{},{} version={:?}",
+                peer.unwrap(),
+                info.peer,
+                info.local,
+                info.tls,
+                req.version()
+            )
+        }
+    };
+    Ok(Response::new(Full::new(Bytes::from(text))))
+}
+
+/// Serves [`app`] with `builder`'s limits on loopback.
+async fn start(builder: ServerBuilder) -> (SocketAddr, ServerHandle, JoinHandle<()>) {
+    let server = builder.bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let task = tokio::spawn(async move { server.serve(service_fn(app)).await.unwrap() });
+    (addr, handle, task)
+}
+
+/// Sends `raw` on a fresh connection and reads until the server closes it
+/// (or `HANG_GUARD`).
+async fn raw(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(HANG_GUARD, tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One HTTP/1.1 `GET path` over hyper's client on a fresh connection.
+async fn get(addr: SocketAddr, path: &str) -> Result<(StatusCode, String), hyper::Error> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = send.send_request(req).await?;
+    let status = res.status();
+    let body = res.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+async fn finished(task: JoinHandle<()>) {
+    tokio::time::timeout(HANG_GUARD, task)
+        .await
+        .expect("serve returns")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn http1_requests_carry_the_peer_and_the_connection() {
+    let (addr, handle, _task) = start(Server::builder()).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let me = tcp.local_addr().unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = Request::get("/").body(Empty::<Bytes>::new()).unwrap();
+        let res = send.send_request(req).await.unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            body,
+            format!("peer={me} info={me},{addr},false version=HTTP/1.1").as_bytes()
+        );
+    }
+    let stats = handle.stats();
+    assert_eq!((stats.accepted, stats.active, stats.requests), (1, 1, 2));
+}
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge() {
+    let (addr, _handle, _task) = start(Server::builder()).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let req = Request::get(format!("http://{addr}/"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = send.send_request(req).await.unwrap();
+        answers.push(res.into_body().collect().await.unwrap().to_bytes());
+    }
+    for body in answers {
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(body.ends_with("version=HTTP/2.0"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_head_over_the_limit_is_431() {
+    let (addr, _handle, _task) = start(Server::builder().max_head_bytes(8192)).await;
+    let big = "a".repeat(16 * 1024);
+    let answer = raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // Under the limit is fine.
+    let small = "a".repeat(4 * 1024);
+    let answer = raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {small}\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn too_many_header_fields_is_431() {
+    let (addr, _handle, _task) = start(Server::builder().max_headers(10)).await;
+    let headers: String = (0..20).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let answer = raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nhost: x\r\n{headers}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_408_and_counted() {
+    let (addr, handle, _task) =
+        start(Server::builder().body_idle_timeout(Duration::from_millis(300))).await;
+    // 100 bytes announced, 10 sent, then silence (the connection stays
+    // open).
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(HANG_GUARD, tcp.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert_eq!(handle.stats().body_timeouts, 1);
+
+    // A body that keeps coming, slower than the timeout in total but never
+    // silent for as long, is read whole.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 8\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for chunk in [b"ab", b"cd", b"ef", b"gh"] {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tcp.write_all(chunk).await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(HANG_GUARD, tcp.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("abcdefgh"), "{answer}");
+    assert_eq!(handle.stats().body_timeouts, 1);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let (addr, handle, _task) =
+        start(Server::builder().idle_timeout(Duration::from_millis(300))).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    // The response, then the close once idle.
+    tokio::time::timeout(HANG_GUARD, tcp.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    let stats = handle.stats();
+    assert_eq!((stats.idle_closed, stats.header_timeouts), (1, 0));
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_request_finish_and_refuses_new_connections() {
+    let (addr, handle, task) = start(Server::builder()).await;
+    let slow = tokio::spawn(get(addr, "/slow"));
+    // Wait until the request is in.
+    while handle.stats().requests == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    handle.shutdown(HANG_GUARD);
+    assert!(handle.is_shutting_down());
+    // The listener closes: new connections are refused.
+    let mut refused = false;
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(refused, "the listener still accepts");
+    let (status, body) = slow.await.unwrap().unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "slow done"));
+    finished(task).await;
+    assert_eq!(handle.stats().active, 0);
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_at_the_deadline() {
+    let (addr, handle, task) = start(Server::builder()).await;
+    let stuck = tokio::spawn(get(addr, "/forever"));
+    while handle.stats().requests == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    handle.shutdown(Duration::from_millis(300));
+    finished(task).await;
+    // The stuck request's connection was cut.
+    let result = tokio::time::timeout(HANG_GUARD, stuck)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(handle.stats().active, 0);
+}
+
+/// A service that switches protocols on `/tunnel` and then echoes what
+/// it reads until the client closes.
+async fn upgrading(mut req: Request<IncomingBody>) -> Result<Response<Empty<Bytes>>, Infallible> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut io = TokioIo::new(upgraded);
+        let mut buf = [0u8; 64];
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let res = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(Empty::new())
+        .unwrap();
+    Ok(res)
+}
+
+/// Opens a tunnel through [`upgrading`]; the connection, past the 101.
+async fn open_tunnel(addr: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"GET /tunnel HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    tcp
+}
+
+async fn echo(tcp: &mut TcpStream, text: &[u8]) -> std::io::Result<Vec<u8>> {
+    tcp.write_all(text).await?;
+    let mut back = vec![0; text.len()];
+    tcp.read_exact(&mut back).await?;
+    Ok(back)
+}
+
+#[tokio::test]
+async fn an_open_tunnel_delays_shutdown_until_it_closes() {
+    let server = Server::bind("127.0.0.1:0").await.unwrap();
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let task = tokio::spawn(async move { server.serve(service_fn(upgrading)).await.unwrap() });
+    let mut tunnel = open_tunnel(addr).await;
+    assert_eq!(echo(&mut tunnel, b"ping").await.unwrap(), b"ping");
+    handle.shutdown(HANG_GUARD);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!task.is_finished(), "shutdown did not wait for the tunnel");
+    assert_eq!(handle.stats().active, 1);
+    // The tunnel still works while the server drains.
+    assert_eq!(echo(&mut tunnel, b"pong").await.unwrap(), b"pong");
+    drop(tunnel);
+    finished(task).await;
+}
+
+#[tokio::test]
+async fn an_open_tunnel_is_cut_at_the_deadline() {
+    let server = Server::bind("127.0.0.1:0").await.unwrap();
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let task = tokio::spawn(async move { server.serve(service_fn(upgrading)).await.unwrap() });
+    let mut tunnel = open_tunnel(addr).await;
+    assert_eq!(echo(&mut tunnel, b"ping").await.unwrap(), b"ping");
+    handle.shutdown(Duration::from_millis(300));
+    finished(task).await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(HANG_GUARD, tunnel.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(read.is_err() || rest.is_empty(), "{read:?}");
+    assert_eq!(handle.stats().active, 0);
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_and_counted() {
+    let (addr, handle, _task) = start(Server::builder().max_connections(2)).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        tcp.read_exact(&mut buf).await.unwrap();
+        held.push(tcp);
+    }
+    // The third is accepted and closed at once.
+    let answer = raw(addr, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(answer, "");
+    let ServerStats {
+        accepted,
+        active,
+        refused_over_cap,
+        ..
+    } = handle.stats();
+    assert_eq!((accepted, active, refused_over_cap), (2, 2, 1));
+    // One closes: there is room again.
+    drop(held.pop());
+    let mut served = false;
+    for _ in 0..100 {
+        if let Ok((StatusCode::OK, _)) = get(addr, "/").await {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(served);
+}
+
+#[tokio::test]
+async fn invalid_limits_are_build_errors() {
+    let err = Server::builder()
+        .max_head_bytes(1000)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("max_head_bytes"), "{err}");
+    let err = Server::builder()
+        .max_connections(0)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("max_connections"), "{err}");
+}
+
+#[test]
+fn config_from_toml_with_defaults() {
+    use switchyard::server::ServerConfig;
+    let config: ServerConfig = toml::from_str(
+        r#"
+        idle_timeout_ms = 5000
+        [tls]
+        cert_file = "cert.pem"
+        key_file = "key.pem"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.idle_timeout_ms, 5000);
+    assert_eq!(config.header_read_timeout_ms, 30_000);
+    assert_eq!(config.max_head_bytes, 65_536);
+    assert_eq!(config.tls.as_ref().unwrap().key_file, "key.pem");
+    assert!(toml::from_str::<ServerConfig>("header_timeout_ms = 1").is_err());
+    let back: ServerConfig = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
+    assert_eq!(back, config);
+}
+
+/// TLS termination. `reload.pem` / `reload.key` in `tests/fixtures/tls`
+/// are test-only: a server certificate for `localhost` and `127.0.0.1`
+/// signed by `reload-ca.pem` (valid until 2126), made with `openssl req
+/// -x509 -newkey ec` and `openssl x509 -req`, the CA's key thrown away; a
+/// second certificate to reload to, beside `server.pem`.
+#[cfg(feature = "tls")]
+mod tls {
+    use std::sync::Arc;
+
+    use rustls::RootCertStore;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::client::TlsStream;
+
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
+    }
+
+    fn first_cert(name: &str) -> CertificateDer<'static> {
+        CertificateDer::pem_slice_iter(&fixture(name))
+            .next()
+            .unwrap()
+            .unwrap()
+    }
+
+    /// A client trusting both test CAs, offering `alpn`.
+    async fn connect(addr: SocketAddr, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+        let mut roots = RootCertStore::empty();
+        for ca in ["ca.pem", "reload-ca.pem"] {
+            roots.add(first_cert(ca)).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
+    fn leaf(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+        stream.get_ref().1.peer_certificates().unwrap()[0]
+            .clone()
+            .into_owned()
+    }
+
+    /// A temporary directory holding `cert.pem` and `key.pem`, copies of
+    /// the fixtures `cert` and `key`.
+    fn files(dir: &std::path::Path, cert: &str, key: &str) {
+        std::fs::write(dir.join("cert.pem"), fixture(cert)).unwrap();
+        std::fs::write(dir.join("key.pem"), fixture(key)).unwrap();
+    }
+
+    fn tempdir(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-server-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn alpn_h2_and_http11_over_tls() {
+        let (addr, _handle, _task) = start(Server::builder().tls(
+            format!("{FIXTURES}/server.pem"),
+            format!("{FIXTURES}/server.key"),
+        ))
+        .await;
+
+        let stream = connect(addr, &[b"h2", b"http/1.1"]).await;
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(format!("https://localhost:{}/", addr.port()))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let body = send.send_request(req).await.unwrap().into_body();
+        let body = body.collect().await.unwrap().to_bytes();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(body.ends_with(",true version=HTTP/2.0"), "{body}");
+
+        let stream = connect(addr, &[b"http/1.1"]).await;
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/")
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let body = send.send_request(req).await.unwrap().into_body();
+        let body = body.collect().await.unwrap().to_bytes();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(body.ends_with(",true version=HTTP/1.1"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn reload_serves_the_new_certificate_and_keeps_open_connections() {
+        let dir = tempdir("reload");
+        files(&dir, "server.pem", "server.key");
+        let cert = dir.join("cert.pem").display().to_string();
+        let key = dir.join("key.pem").display().to_string();
+        let (addr, handle, _task) = start(Server::builder().tls(cert, key)).await;
+
+        let old = connect(addr, &[b"http/1.1"]).await;
+        assert_eq!(leaf(&old), first_cert("server.pem"));
+        let (mut old_send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(old))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+
+        // A broken file: the reload fails and the certificate stays.
+        std::fs::write(dir.join("cert.pem"), b"not a certificate").unwrap();
+        assert!(handle.reload_tls().is_err());
+        let stream = connect(addr, &[b"http/1.1"]).await;
+        assert_eq!(leaf(&stream), first_cert("server.pem"));
+
+        files(&dir, "reload.pem", "reload.key");
+        handle.reload_tls().unwrap();
+        let new = connect(addr, &[b"http/1.1"]).await;
+        assert_eq!(leaf(&new), first_cert("reload.pem"));
+
+        // The connection opened before the reload still serves.
+        let req = Request::get("/")
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = old_send.send_request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_mismatched_key_is_a_build_error() {
+        let err = Server::builder()
+            .tls(
+                format!("{FIXTURES}/server.pem"),
+                format!("{FIXTURES}/nope.key"),
+            )
+            .bind("127.0.0.1:0")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("nope.key"), "{err}");
+        let err = Server::builder()
+            .tls(
+                format!("{FIXTURES}/server.pem"),
+                format!("{FIXTURES}/reload.key"),
+            )
+            .bind("127.0.0.1:0")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_tls_handshake_is_a_header_timeout() {
+        let (addr, handle, _task) = start(
+            Server::builder()
+                .tls(
+                    format!("{FIXTURES}/server.pem"),
+                    format!("{FIXTURES}/server.key"),
+                )
+                .header_read_timeout(Duration::from_millis(300)),
+        )
+        .await;
+        // Two bytes of a ClientHello, then nothing.
+        let answer = raw(addr, &[0x16, 0x03]).await;
+        assert_eq!(answer, "");
+        assert_eq!(handle.stats().header_timeouts, 1);
+    }
+}
