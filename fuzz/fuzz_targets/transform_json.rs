@@ -126,8 +126,13 @@ fn set(doc: &mut Value, tokens: &[String], value: Value) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some(split) = data.iter().position(|&b| b == 0) else { return };
-    let (spec, body) = (&data[..split.min(12)], &data[split + 1..]);
+    // One byte: how many rules (1 to 4); three bytes a rule; the body.
+    let Some((&n, rest)) = data.split_first() else { return };
+    let n = usize::from(n % 4) + 1;
+    if rest.len() < 3 * n {
+        return;
+    }
+    let (spec, body) = rest.split_at(3 * n);
     let vals = values();
     let ops: Vec<Op> = spec
         .chunks(3)
