@@ -43,5 +43,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let rt = common::runtime();
     let _entered = rt.enter();
-    let _ = Gateway::from_config(config);
+    if let Ok(gateway) = Gateway::from_config(config.clone()) {
+        // What is in force is what was given.
+        assert_eq!(gateway.config(), config);
+    }
 });

@@ -270,17 +270,40 @@ fuzz_target!(|data: &[u8]| {
             }
             s => panic!("status {s} for answer {text:?}"),
         }
-        let _ = rt.block_on(w.limit_handle.check(&Key::from("bob"), 1));
+        for d in [
+            rt.block_on(w.limit_handle.check(&Key::from("bob"), 1)),
+            rt.block_on(w.limit_handle.peek(&Key::from("bob"), 1)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Some(i) = d.refused_by() {
+                assert!(i < 2, "a decision refused by quota {i} of 2: {text:?}");
+            }
+            for i in 0..2 {
+                let _ = d.quota(i);
+            }
+            let _ = d.retry_after();
+        }
     } else {
         // The weight sync's read.
         let version = data.first().copied().unwrap_or(1);
-        let json = data.get(1..).unwrap_or_default();
+        let json = data.get(2..).unwrap_or_default();
         let mut reply = b"*2\r\n".to_vec();
         reply.extend(bulk(version.to_string().as_bytes()));
         reply.extend(bulk(json));
         REPLIES.lock().unwrap().1 = reply;
-        // Publications answer with a version.
-        REPLIES.lock().unwrap().0 = b":1\r\n".to_vec();
+        // What a publication is answered with (a version, or not).
+        let publish: &[u8] = match data.get(1).copied().unwrap_or(0) % 8 {
+            0 => b":0\r\n",
+            1 => b":-1\r\n",
+            2 => b"$-1\r\n",
+            3 => b"-ERR fuzz\r\n",
+            4 => b"*0\r\n",
+            5 => b":18446744073709551615\r\n",
+            _ => b":7\r\n",
+        };
+        REPLIES.lock().unwrap().0 = publish.to_vec();
         let before = w.sync.stats();
         let (split0, model0, limit0) = (
             weights_doc(w.split.weights()),
