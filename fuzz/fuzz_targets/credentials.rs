@@ -48,7 +48,9 @@ fn is_bearer(v: &[u8]) -> bool {
 /// Query pairs whose name, percent-decoded, is `api_key`.
 fn names_param(pair: &str) -> bool {
     let name = pair.split_once('=').map_or(pair, |(k, _)| k);
-    percent_decode_str(name).decode_utf8().is_ok_and(|n| n == PARAM)
+    percent_decode_str(name)
+        .decode_utf8()
+        .is_ok_and(|n| n == PARAM)
 }
 
 /// Whether any source holds exactly the key.
@@ -56,8 +58,9 @@ fn holds_key(headers: &HeaderMap, uri: &Uri) -> bool {
     let bearer = headers.get_all(header::AUTHORIZATION).iter().any(|v| {
         v.to_str().is_ok_and(|v| {
             let v = v.trim_matches([' ', '\t']);
-            v.split_once([' ', '\t'])
-                .is_some_and(|(s, t)| s.eq_ignore_ascii_case("bearer") && t.trim_matches([' ', '\t']) == KEY)
+            v.split_once([' ', '\t']).is_some_and(|(s, t)| {
+                s.eq_ignore_ascii_case("bearer") && t.trim_matches([' ', '\t']) == KEY
+            })
         })
     });
     let header = headers
@@ -76,14 +79,22 @@ fn holds_key(headers: &HeaderMap, uri: &Uri) -> bool {
 
 /// Whether any source holds anything at all.
 fn holds_any(headers: &HeaderMap, uri: &Uri) -> bool {
-    headers.get_all(header::AUTHORIZATION).iter().any(|v| is_bearer(v.as_bytes()))
+    headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .any(|v| is_bearer(v.as_bytes()))
         || headers.contains_key("x-api-key")
-        || uri.query().is_some_and(|q| q.split('&').any(|p| p.split_once('=').map_or(p, |(k, _)| k) == PARAM))
+        || uri.query().is_some_and(|q| {
+            q.split('&')
+                .any(|p| p.split_once('=').map_or(p, |(k, _)| k) == PARAM)
+        })
 }
 
 fuzz_target!(|data: &[u8]| {
     let p = common::parts(data, 3);
-    let Ok(digest_text) = std::str::from_utf8(p[2]) else { return };
+    let Ok(digest_text) = std::str::from_utf8(p[2]) else {
+        return;
+    };
     // Digests: `sha256:` and 64 hex digits, and nothing else.
     let parsed = ApiKey::from_digest(digest_text, Identity::new("d"));
     let well_formed = digest_text
@@ -93,7 +104,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(k) = parsed {
         assert_eq!(k.digest(), digest_text.to_ascii_lowercase());
     }
-    assert_eq!(ApiKey::from_digest(&digest(digest_text), Identity::new("d")).unwrap().digest(), digest(digest_text));
+    assert_eq!(
+        ApiKey::from_digest(&digest(digest_text), Identity::new("d"))
+            .unwrap()
+            .digest(),
+        digest(digest_text)
+    );
 
     let Ok(uri) = Uri::try_from(p[0]) else { return };
     if uri.path_and_query().is_none() {
@@ -112,22 +128,34 @@ fuzz_target!(|data: &[u8]| {
         *req.headers_mut() = headers.clone();
         let res = common::runtime().block_on(svc.oneshot(req)).unwrap();
         let Some(inner) = seen.lock().unwrap().take() else {
-            assert!(matches!(res.status().as_u16(), 400 | 401), "{}", res.status());
+            assert!(
+                matches!(res.status().as_u16(), 400 | 401),
+                "{}",
+                res.status()
+            );
             // The key alone, in one well-formed source, is never refused.
             continue;
         };
         let who = inner.extensions().get::<Identity>().expect("an identity");
         if who.is_anonymous() {
             assert!(anon, "anonymous without the option");
-            assert!(!holds_any(&headers, &uri), "a credential passed as anonymous: {uri} {headers:?}");
+            assert!(
+                !holds_any(&headers, &uri),
+                "a credential passed as anonymous: {uri} {headers:?}"
+            );
         } else {
             assert_eq!(who.id(), "alice");
-            assert!(holds_key(&headers, &uri), "admitted without the key: {uri} {headers:?}");
+            assert!(
+                holds_key(&headers, &uri),
+                "admitted without the key: {uri} {headers:?}"
+            );
         }
         // Stripped: no credential in any source the upstream may read.
         let h = inner.headers();
         assert!(
-            !h.get_all(header::AUTHORIZATION).iter().any(|v| is_bearer(v.as_bytes())),
+            !h.get_all(header::AUTHORIZATION)
+                .iter()
+                .any(|v| is_bearer(v.as_bytes())),
             "a bearer token went on: {h:?}"
         );
         assert!(!h.contains_key("x-api-key"), "x-api-key went on");
@@ -146,8 +174,17 @@ fuzz_target!(|data: &[u8]| {
                     .collect()
             })
             .unwrap_or_default();
-        let now: Vec<&str> = inner.uri().query().map(|q| q.split('&').collect()).unwrap_or_default();
-        assert_eq!(now, kept, "other parameters changed: {uri} -> {}", inner.uri());
+        let now: Vec<&str> = inner
+            .uri()
+            .query()
+            .map(|q| q.split('&').collect())
+            .unwrap_or_default();
+        assert_eq!(
+            now,
+            kept,
+            "other parameters changed: {uri} -> {}",
+            inner.uri()
+        );
         for name in headers.keys() {
             if name == header::AUTHORIZATION || name == "x-api-key" {
                 continue;

@@ -40,10 +40,11 @@ fn upstream() -> &'static (Upstream, Seen) {
                 };
                 let record = Arc::clone(&record);
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        *record.lock().unwrap() = Some(req.headers().clone());
-                        async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) }
-                    });
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            *record.lock().unwrap() = Some(req.headers().clone());
+                            async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) }
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
@@ -116,7 +117,11 @@ fuzz_target!(|data: &[u8]| {
     if peer.is_none() && headers.get(header::HOST).is_none() {
         assert!(added.len() <= 1, "{added:?}");
     } else {
-        assert_eq!(added.len(), 1, "not exactly one Forwarded line added: {arrived:?}");
+        assert_eq!(
+            added.len(),
+            1,
+            "not exactly one Forwarded line added: {arrived:?}"
+        );
     }
     if let Some(line) = added.first() {
         let text = line.to_str().expect("visible ASCII");
@@ -134,7 +139,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(get("host"), host, "{text:?}");
         assert_eq!(get("proto").as_deref(), Some("http"), "{text:?}");
         assert!(
-            pairs.iter().all(|(k, _)| ["for", "host", "proto"].contains(&k.as_str())),
+            pairs
+                .iter()
+                .all(|(k, _)| ["for", "host", "proto"].contains(&k.as_str())),
             "{text:?}"
         );
     }
@@ -145,6 +152,10 @@ fuzz_target!(|data: &[u8]| {
             .map(|v| v.to_str().unwrap().to_owned())
             .collect();
         let last = xff.last().and_then(|v| v.rsplit(',').next()).map(str::trim);
-        assert_eq!(last, Some(ip.to_string().as_str()), "X-Forwarded-For: {xff:?}");
+        assert_eq!(
+            last,
+            Some(ip.to_string().as_str()),
+            "X-Forwarded-For: {xff:?}"
+        );
     }
 });

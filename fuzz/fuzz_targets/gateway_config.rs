@@ -12,8 +12,12 @@ use libfuzzer_sys::fuzz_target;
 use switchyard::gateway::{Gateway, GatewayConfig};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&kind, text)) = data.split_first() else { return };
-    let Ok(text) = std::str::from_utf8(text) else { return };
+    let Some((&kind, text)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(text) else {
+        return;
+    };
     let config = if kind & 1 == 0 {
         match GatewayConfig::from_toml(text) {
             Ok(c) => c,

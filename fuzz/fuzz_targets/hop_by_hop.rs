@@ -43,15 +43,20 @@ fuzz_target!(|data: &[u8]| {
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
     let asked_trailers = before.get_all(header::TE).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
     });
 
     for name in before.keys() {
         let was: Vec<_> = before.get_all(name).iter().collect();
         let now: Vec<_> = after.get_all(name).iter().collect();
         if common::protected(name) {
-            assert_eq!(now, was, "protected header {name} changed (Connection: {named:?})");
+            assert_eq!(
+                now, was,
+                "protected header {name} changed (Connection: {named:?})"
+            );
         } else if *name == header::TE {
             if request && asked_trailers {
                 // `TE: trailers` alone, unless `Connection` named `te`.

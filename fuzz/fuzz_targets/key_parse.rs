@@ -24,7 +24,9 @@ fn range(text: &str) -> Option<(IpAddr, u8)> {
     let addr: IpAddr = addr.parse().ok()?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let len = match len {
-        Some(l) if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) => l.parse::<u32>().ok()?,
+        Some(l) if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) => {
+            l.parse::<u32>().ok()?
+        }
         Some(l) => l.parse::<u8>().ok()?.into(), // what std accepts (`+8`)
         None => max,
     };
@@ -86,9 +88,15 @@ fn client(ranges: &[(IpAddr, u8)], forwarded: bool, peer: IpAddr, headers: &Head
     if !trusted(client) {
         return client;
     }
-    let name = if forwarded { header::FORWARDED } else { "x-forwarded-for".parse().unwrap() };
+    let name = if forwarded {
+        header::FORWARDED
+    } else {
+        "x-forwarded-for".parse().unwrap()
+    };
     for value in headers.get_all(name).iter().rev() {
-        let Ok(value) = value.to_str() else { return client };
+        let Ok(value) = value.to_str() else {
+            return client;
+        };
         let entries = if forwarded {
             match common::split_quoted(value, b',') {
                 Some(e) => e,
@@ -98,7 +106,11 @@ fn client(ranges: &[(IpAddr, u8)], forwarded: bool, peer: IpAddr, headers: &Head
             value.split(',').collect()
         };
         for entry in entries.iter().rev() {
-            let parsed = if forwarded { forwarded_for(entry) } else { parse_ip(entry.trim()) };
+            let parsed = if forwarded {
+                forwarded_for(entry)
+            } else {
+                parse_ip(entry.trim())
+            };
             let Some(ip) = parsed else { return client };
             client = ip;
             if !trusted(ip) {
@@ -115,7 +127,9 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
     for v in headers.get_all(header::COOKIE) {
         for pair in v.as_bytes().split(|&b| b == b';') {
             let pair = pair.trim_ascii();
-            let Some(eq) = pair.iter().position(|&b| b == b'=') else { continue };
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                continue;
+            };
             if pair[..eq].trim_ascii() != name.as_bytes() {
                 continue;
             }
@@ -150,20 +164,34 @@ fuzz_target!(|data: &[u8]| {
         let reference = ranges.iter().any(|&r| in_range(peer, r));
         assert_eq!(trusted.contains(peer), reference, "{peer} in {texts:?}");
         for forwarded in [false, true] {
-            let t = if forwarded { trusted.clone().forwarded_header() } else { trusted.clone() };
+            let t = if forwarded {
+                trusted.clone().forwarded_header()
+            } else {
+                trusted.clone()
+            };
             let mut req = Request::new(());
             *req.headers_mut() = headers.clone();
             req.extensions_mut().insert(SocketAddr::new(peer, 1));
             let key = KeyBy::client_ip(t).extract(&req).and_then(|k| k.as_ip());
             let want = client(&ranges, forwarded, peer, &headers);
-            assert_eq!(key, Some(want), "forwarded={forwarded}, peer {peer}, trusted {texts:?}, {headers:?}");
+            assert_eq!(
+                key,
+                Some(want),
+                "forwarded={forwarded}, peer {peer}, trusted {texts:?}, {headers:?}"
+            );
         }
     }
 
     if !cookie_name.is_empty() && !cookie_name.contains([';', '=']) {
         let mut req = Request::new(());
         *req.headers_mut() = headers.clone();
-        let key = KeyBy::cookie(cookie_name).extract(&req).map(|k| k.as_bytes().unwrap().to_vec());
-        assert_eq!(key.as_deref(), cookie(&headers, cookie_name), "{cookie_name:?} in {headers:?}");
+        let key = KeyBy::cookie(cookie_name)
+            .extract(&req)
+            .map(|k| k.as_bytes().unwrap().to_vec());
+        assert_eq!(
+            key.as_deref(),
+            cookie(&headers, cookie_name),
+            "{cookie_name:?} in {headers:?}"
+        );
     }
 });

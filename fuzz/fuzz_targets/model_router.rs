@@ -53,13 +53,20 @@ struct Plan {
     seen: Option<(http::HeaderMap, Bytes)>,
 }
 
-static PLAN: Mutex<Plan> = Mutex::new(Plan { chunks: VecDeque::new(), seen: None });
+static PLAN: Mutex<Plan> = Mutex::new(Plan {
+    chunks: VecDeque::new(),
+    seen: None,
+});
 
 type Upstream = tower::util::ServiceFn<
-    fn(Request<RequestBody<Full<Bytes>>>) -> Pin<Box<dyn Future<Output = Result<Response<Chunks>, Infallible>> + Send>>,
+    fn(
+        Request<RequestBody<Full<Bytes>>>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Chunks>, Infallible>> + Send>>,
 >;
 
-fn serve(req: Request<RequestBody<Full<Bytes>>>) -> Pin<Box<dyn Future<Output = Result<Response<Chunks>, Infallible>> + Send>> {
+fn serve(
+    req: Request<RequestBody<Full<Bytes>>>,
+) -> Pin<Box<dyn Future<Output = Result<Response<Chunks>, Infallible>> + Send>> {
     Box::pin(async move {
         let (parts, body) = req.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
@@ -120,7 +127,10 @@ fuzz_target!(|data: &[u8]| {
     let (tokens, cuts) = spec.split_at(spec.len().min(4));
     let mut t = [0u8; 4];
     t[..tokens.len()].copy_from_slice(tokens);
-    let (prompt, completion) = (u64::from(u16::from_le_bytes([t[0], t[1]])), u64::from(u16::from_le_bytes([t[2], t[3]])));
+    let (prompt, completion) = (
+        u64::from(u16::from_le_bytes([t[0], t[1]])),
+        u64::from(u16::from_le_bytes([t[2], t[3]])),
+    );
     let mut stream = prefix.to_vec();
     stream.extend_from_slice(
         format!("\n\ndata: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":{prompt},\"completion_tokens\":{completion}}}}}\n\ndata: [DONE]\n\n").as_bytes(),
@@ -164,15 +174,22 @@ fuzz_target!(|data: &[u8]| {
         .is_some_and(|m| m == "chat" || m == "m1");
     let single = model_keys(body) == Some(1);
     let Some((headers, sent)) = seen else {
-        assert!(!(names_known && single), "a valid request was refused: {status}");
+        assert!(
+            !(names_known && single),
+            "a valid request was refused: {status}"
+        );
         return;
     };
     assert!(single, "forwarded a body without exactly one model key");
     if let Some(mut want) = original {
         assert!(names_known, "forwarded a request for another model: {want}");
         want["model"] = Value::String(UPSTREAM_NAME.into());
-        let got: Value = serde_json::from_slice(&sent)
-            .unwrap_or_else(|e| panic!("spliced body is not JSON ({e}): {}", String::from_utf8_lossy(&sent)));
+        let got: Value = serde_json::from_slice(&sent).unwrap_or_else(|e| {
+            panic!(
+                "spliced body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&sent)
+            )
+        });
         assert_eq!(got, want, "splice changed more than the model");
     }
     if let Some(len) = headers.get("content-length") {
@@ -183,6 +200,10 @@ fuzz_target!(|data: &[u8]| {
         after.completion_tokens - before.completion_tokens,
     );
     if prompt > 0 || completion > 0 {
-        assert_eq!(grew, (prompt, completion), "usage scan missed the final event");
+        assert_eq!(
+            grew,
+            (prompt, completion),
+            "usage scan missed the final event"
+        );
     }
 });

@@ -151,7 +151,10 @@ fuzz_target!(|data: &[u8]| {
     let path = String::from_utf8_lossy(data);
     let got = normalize(&path);
     if !path.starts_with('/') {
-        assert!(matches!(got, Ok(Cow::Borrowed(p)) if p == path), "{path:?}: {got:?}");
+        assert!(
+            matches!(got, Ok(Cow::Borrowed(p)) if p == path),
+            "{path:?}: {got:?}"
+        );
         return;
     }
     let want = reference(&path);
@@ -216,7 +219,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(seen.query(), uri.query(), "{uri}");
         }
         Err(_) => {
-            assert!(seen.is_none(), "a refused path reached the inner service: {uri}");
+            assert!(
+                seen.is_none(),
+                "a refused path reached the inner service: {uri}"
+            );
             assert_eq!(res.status(), 400);
         }
     }

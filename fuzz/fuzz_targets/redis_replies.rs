@@ -51,11 +51,17 @@ async fn read_command<R: AsyncReadExt + Unpin>(r: &mut R) -> Option<Vec<Vec<u8>>
         }
     }
     let head = line(r).await?;
-    let n: usize = std::str::from_utf8(head.strip_prefix(b"*")?).ok()?.parse().ok()?;
+    let n: usize = std::str::from_utf8(head.strip_prefix(b"*")?)
+        .ok()?
+        .parse()
+        .ok()?;
     let mut args = Vec::with_capacity(n);
     for _ in 0..n {
         let len = line(r).await?;
-        let len: usize = std::str::from_utf8(len.strip_prefix(b"$")?).ok()?.parse().ok()?;
+        let len: usize = std::str::from_utf8(len.strip_prefix(b"$")?)
+            .ok()?
+            .parse()
+            .ok()?;
         let mut arg = vec![0; len + 2];
         r.read_exact(&mut arg).await.ok()?;
         arg.truncate(len);
@@ -73,12 +79,17 @@ fn start_fake_redis() -> String {
     let listener = tokio::net::TcpListener::from_std(std).unwrap();
     rt.spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut r = BufReader::new(r);
                 while let Some(args) = read_command(&mut r).await {
-                    let cmd = args.first().map(|c| c.to_ascii_uppercase()).unwrap_or_default();
+                    let cmd = args
+                        .first()
+                        .map(|c| c.to_ascii_uppercase())
+                        .unwrap_or_default();
                     let reply = {
                         let replies = REPLIES.lock().unwrap();
                         match &cmd[..] {
@@ -217,7 +228,13 @@ fn world() -> &'static World {
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap();
-            World { limit, limit_handle, split, model, sync }
+            World {
+                limit,
+                limit_handle,
+                split,
+                model,
+                sync,
+            }
         })
     })
 }
@@ -244,7 +261,9 @@ fn weights_doc(w: impl serde::Serialize) -> Value {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, mut data)) = data.split_first() else { return };
+    let Some((&mode, mut data)) = data.split_first() else {
+        return;
+    };
     let w = world();
     let rt = common::runtime();
     if mode & 1 == 0 {
@@ -253,19 +272,28 @@ fuzz_target!(|data: &[u8]| {
         resp(&mut data, 0, &mut answer);
         REPLIES.lock().unwrap().0 = answer.clone();
         let svc = w.limit.layer(service_fn(ok_plain as fn(_) -> _));
-        let req = Request::get("/").header("x-user", "alice").body(Full::new(Bytes::new())).unwrap();
+        let req = Request::get("/")
+            .header("x-user", "alice")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         let res = rt.block_on(svc.oneshot(req)).unwrap();
         let status = res.status().as_u16();
         // Which quota the answer names, if it is the documented shape.
         let text = String::from_utf8_lossy(&answer);
         let ints: Option<Vec<i64>> = text
             .strip_prefix("*4\r\n")
-            .map(|rest| rest.split("\r\n").filter(|s| !s.is_empty()).map(|s| s.strip_prefix(':').and_then(|n| n.parse().ok())).collect::<Option<Vec<_>>>())
+            .map(|rest| {
+                rest.split("\r\n")
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.strip_prefix(':').and_then(|n| n.parse().ok()))
+                    .collect::<Option<Vec<_>>>()
+            })
             .flatten();
         match status {
             200 => {}
             429 => {
-                let ints = ints.unwrap_or_else(|| panic!("429 from an answer of another shape: {text:?}"));
+                let ints =
+                    ints.unwrap_or_else(|| panic!("429 from an answer of another shape: {text:?}"));
                 assert!((1..=2).contains(&ints[0]), "429 naming no quota: {text:?}");
             }
             s => panic!("status {s} for answer {text:?}"),
@@ -320,13 +348,28 @@ fuzz_target!(|data: &[u8]| {
         ];
         for (was, is) in &now {
             if was != is {
-                let doc = doc.as_ref().expect("changed by a document that is not JSON");
-                assert_eq!(is, doc, "applied, but this replica would now publish something else");
+                let doc = doc
+                    .as_ref()
+                    .expect("changed by a document that is not JSON");
+                assert_eq!(
+                    is, doc,
+                    "applied, but this replica would now publish something else"
+                );
             }
         }
         assert!(after.applied >= before.applied);
         // Weights stay usable: some target still takes traffic.
-        assert!(w.split.weights().iter().any(|(_, weight)| weight > 0), "{:?}", w.split.weights());
-        assert!(w.model.weights("chat").unwrap().iter().any(|(_, weight)| weight > 0));
+        assert!(
+            w.split.weights().iter().any(|(_, weight)| weight > 0),
+            "{:?}",
+            w.split.weights()
+        );
+        assert!(
+            w.model
+                .weights("chat")
+                .unwrap()
+                .iter()
+                .any(|(_, weight)| weight > 0)
+        );
     }
 });

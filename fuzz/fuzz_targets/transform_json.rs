@@ -22,8 +22,8 @@ use switchyard::transform::{RuleSet, Rules, TransformLayer};
 use tower::{Layer, ServiceExt, service_fn};
 
 const POINTERS: [&str; 20] = [
-    "/a", "/b", "/a/b", "/a/0", "/0", "/arr", "/arr/-", "/arr/0", "/arr/1", "/arr/+0",
-    "/arr/01", "/x~1y", "/~0", "/", "/a/b/c", "/model", "/user", "/arr/0/a", "/b/-", "/a/",
+    "/a", "/b", "/a/b", "/a/0", "/0", "/arr", "/arr/-", "/arr/0", "/arr/1", "/arr/+0", "/arr/01",
+    "/x~1y", "/~0", "/", "/a/b/c", "/model", "/user", "/arr/0/a", "/b/-", "/a/",
 ];
 
 fn values() -> [(Value, Value); 8] {
@@ -57,7 +57,9 @@ fn tokens(pointer: &str) -> Vec<String> {
 /// RFC 6901 array index: `0`, or digits without a leading zero.
 fn index(token: &str) -> Option<usize> {
     let ok = token == "0"
-        || (!token.is_empty() && !token.starts_with('0') && token.bytes().all(|b| b.is_ascii_digit()));
+        || (!token.is_empty()
+            && !token.starts_with('0')
+            && token.bytes().all(|b| b.is_ascii_digit()));
     ok.then(|| token.parse().ok()).flatten()
 }
 
@@ -89,7 +91,9 @@ fn take(doc: &mut Value, tokens: &[String]) -> Option<Value> {
 }
 
 fn set(doc: &mut Value, tokens: &[String], value: Value) -> bool {
-    let Some((last, path)) = tokens.split_last() else { return false };
+    let Some((last, path)) = tokens.split_last() else {
+        return false;
+    };
     let mut at = doc;
     for t in path {
         at = match at {
@@ -127,7 +131,9 @@ fn set(doc: &mut Value, tokens: &[String], value: Value) -> bool {
 
 fuzz_target!(|data: &[u8]| {
     // One byte: how many rules (1 to 4); three bytes a rule; the body.
-    let Some((&n, rest)) = data.split_first() else { return };
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
     let n = usize::from(n % 4) + 1;
     if rest.len() < 3 * n {
         return;
@@ -150,21 +156,23 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let set_ops = ops.clone();
-    let rules = Rules::new().body_limit(1 << 20).set(RuleSet::new().request(move |r| {
-        for op in &set_ops {
-            match *op {
-                Op::Remove(p) => {
-                    r.body.remove(p);
-                }
-                Op::Rename(f, t) => {
-                    r.body.rename(f, t);
-                }
-                Op::Set(p, v) => {
-                    r.body.set(p, values()[v].0.clone());
+    let rules = Rules::new()
+        .body_limit(1 << 20)
+        .set(RuleSet::new().request(move |r| {
+            for op in &set_ops {
+                match *op {
+                    Op::Remove(p) => {
+                        r.body.remove(p);
+                    }
+                    Op::Rename(f, t) => {
+                        r.body.rename(f, t);
+                    }
+                    Op::Set(p, v) => {
+                        r.body.set(p, values()[v].0.clone());
+                    }
                 }
             }
-        }
-    }));
+        }));
     let layer = TransformLayer::new(rules).expect("the vocabulary is valid");
 
     let seen = Arc::new(Mutex::new(None));
@@ -219,7 +227,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(&got[..], body, "a body no rule reached was rewritten");
     }
     let out: Value = serde_json::from_slice(&got).unwrap_or_else(|e| {
-        panic!("rewritten body is not JSON ({e}): {}", String::from_utf8_lossy(&got))
+        panic!(
+            "rewritten body is not JSON ({e}): {}",
+            String::from_utf8_lossy(&got)
+        )
     });
     assert_eq!(
         out,

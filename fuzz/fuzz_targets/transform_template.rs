@@ -41,7 +41,9 @@ fn layer() -> &'static TransformLayer {
 }
 
 fn decode(raw: &str) -> String {
-    percent_decode_str(&raw.replace('+', " ")).decode_utf8_lossy().into_owned()
+    percent_decode_str(&raw.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn pairs(query: Option<&str>) -> Vec<(&str, Option<&str>)> {
@@ -66,8 +68,12 @@ fn param(query: Option<&str>, name: &str) -> Option<String> {
 
 fuzz_target!(|data: &[u8]| {
     let p = common::parts(data, 2);
-    let Ok(query) = std::str::from_utf8(p[0]) else { return };
-    let Ok(uri) = format!("/base?{query}").parse::<Uri>() else { return };
+    let Ok(query) = std::str::from_utf8(p[0]) else {
+        return;
+    };
+    let Ok(uri) = format!("/base?{query}").parse::<Uri>() else {
+        return;
+    };
     let x_v = HeaderValue::from_bytes(p[1]).ok();
     let mut req = Request::get(uri.clone()).body(String::new()).unwrap();
     if let Some(v) = &x_v {
@@ -99,7 +105,10 @@ fuzz_target!(|data: &[u8]| {
                 Ok(resolved) => {
                     let segs: Vec<&str> = resolved.split('/').collect();
                     assert!(
-                        segs.len() == 4 && segs[1] == "t" && !segs[2].is_empty() && segs[3] == "base",
+                        segs.len() == 4
+                            && segs[1] == "t"
+                            && !segs[2].is_empty()
+                            && segs[3] == "base",
                         "tenant {tenant:?} escaped its segment: {path} resolves to {resolved}"
                     );
                 }
@@ -115,7 +124,11 @@ fuzz_target!(|data: &[u8]| {
         .into_iter()
         .filter(|(k, _)| decode(k) != "drop")
         .map(|(k, v)| {
-            let k = if decode(k) == "old" { Cow::Borrowed("new") } else { Cow::Borrowed(k) };
+            let k = if decode(k) == "old" {
+                Cow::Borrowed("new")
+            } else {
+                Cow::Borrowed(k)
+            };
             (k, v.map(Cow::Borrowed))
         })
         .collect();
@@ -154,6 +167,9 @@ fuzz_target!(|data: &[u8]| {
 
     // The header from a decoded parameter: exactly that value, or none.
     if let Some(h) = inner.headers().get("x-src") {
-        assert_eq!(Some(String::from_utf8_lossy(h.as_bytes()).into_owned()), param(q, "src"));
+        assert_eq!(
+            Some(String::from_utf8_lossy(h.as_bytes()).into_owned()),
+            param(q, "src")
+        );
     }
 });
