@@ -321,7 +321,15 @@ impl TrustedProxies {
             let Ok(value) = value.to_str() else {
                 return client;
             };
-            for entry in value.rsplit(',') {
+            // `Forwarded` values may quote commas and semicolons
+            // (`host="a, for=6.6.6.6"`): split outside quoted strings, or a
+            // client could name its own address.
+            let entries: Vec<&str> = if self.forwarded {
+                split_unquoted(value, b',')
+            } else {
+                value.split(',').collect()
+            };
+            for entry in entries.into_iter().rev() {
                 let parsed = if self.forwarded {
                     forwarded_for(entry)
                 } else {
@@ -362,7 +370,7 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
 /// The `for=` node of one `Forwarded` element (`for=192.0.2.60;proto=http`,
 /// `for="[2001:db8::1]:4711"`); `unknown` and obfuscated nodes are `None`.
 fn forwarded_for(element: &str) -> Option<IpAddr> {
-    let node = element.split(';').find_map(|pair| {
+    let node = split_unquoted(element, b';').into_iter().find_map(|pair| {
         let (k, v) = pair.trim().split_once('=')?;
         k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
     })?;
@@ -372,6 +380,28 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
         .and_then(|n| n.split_once(']'))
         .map_or(node, |(ip, _)| ip);
     parse_ip(bare).or_else(|| parse_ip(node))
+}
+
+/// `value` split at every `sep` outside an RFC 9110 quoted string
+/// (`"..."`, with `\` escaping the next character). An unterminated quote
+/// runs to the end.
+fn split_unquoted(value: &str, sep: u8) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, &b) in value.as_bytes().iter().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        } else if b == sep && !quoted {
+            parts.push(&value[start..i]);
+            start = i + 1;
+        }
+    }
+    parts.push(&value[start..]);
+    parts
 }
 
 /// An address range. Written here rather than taken from a crate: it is
@@ -699,6 +729,20 @@ pub(crate) fn fmix64(mut k: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_quoted_comma_in_forwarded_names_no_client() {
+        use super::*;
+        let trusted = TrustedProxies::new(["10.0.0.0/8"]).unwrap().forwarded_header();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "forwarded",
+            http::HeaderValue::from_static("for=10.0.0.2;host=\"x, for=6.6.6.6\""),
+        );
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(trusted.client(peer, &headers), "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(split_unquoted(r#"a="b\",c",d"#, b','), vec![r#"a="b\",c""#, "d"]);
+    }
+
     use super::*;
 
     fn req(headers: &[(&str, &str)]) -> Request<()> {

@@ -258,7 +258,7 @@ fn query_param<'r>(uri: &'r Uri, name: &str) -> Result<Option<Cow<'r, str>>, Mal
     let mut found = None;
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k != name {
+        if !param_is(k, name) {
             continue;
         }
         if found.is_some() {
@@ -277,10 +277,18 @@ fn query_param<'r>(uri: &'r Uri, name: &str) -> Result<Option<Cow<'r, str>>, Mal
     Ok(found)
 }
 
+/// Whether the query parameter named `key` (as written) is `name` once
+/// percent-decoded, as the upstream's framework will read it:
+/// `api%5Fkey` is `api_key` (found by the `credentials` fuzz target: it
+/// was neither read nor stripped, and reached the upstream).
+fn param_is(key: &str, name: &str) -> bool {
+    key == name || (key.contains('%') && percent_decode_str(key).decode_utf8_lossy() == name)
+}
+
 /// `uri` without query parameter `name`; `None` if it has none.
 fn without_param(uri: &Uri, name: &str) -> Option<Uri> {
     let query = uri.query()?;
-    let is_it = |pair: &&str| pair.split_once('=').map_or(*pair, |(k, _)| k) == name;
+    let is_it = |pair: &&str| param_is(pair.split_once('=').map_or(*pair, |(k, _)| k), name);
     if !query.split('&').any(|p| is_it(&p)) {
         return None;
     }

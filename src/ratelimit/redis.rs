@@ -940,6 +940,12 @@ fn decision(config: &Config, out: &[i64]) -> Result<Decision, RedisCheckError> {
     let refused_by = usize::try_from(*refused)
         .ok()
         .and_then(|i| i.checked_sub(1));
+    // An answer naming a quota this limiter does not have is not ours
+    // (another version of the script, or a corrupted reply): found by the
+    // `redis_replies` fuzz target, it used to panic the request.
+    if refused_by.is_some_and(|i| i >= config.gcras.len()) {
+        return Err(RedisCheckError::UnexpectedAnswer);
+    }
     let retry_after = refused_by
         .and_then(|_| u64::try_from(*wait).ok())
         .map(|w| Duration::from_micros(w.max(1)));

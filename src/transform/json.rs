@@ -56,10 +56,18 @@ impl Pointer {
 
 /// An array index token: digits, no leading zero, in range.
 fn index(token: &str, len: usize) -> Option<usize> {
-    if token.len() > 1 && token.starts_with('0') {
+    array_index(token).filter(|&i| i < len)
+}
+
+/// An RFC 6901 array index: `0`, or digits without a leading zero (no `+`,
+/// which `usize::from_str` would take: found by the `transform_json` fuzz
+/// target).
+fn array_index(token: &str) -> Option<usize> {
+    let digits = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (token.len() > 1 && token.starts_with('0')) {
         return None;
     }
-    token.parse::<usize>().ok().filter(|&i| i < len)
+    token.parse::<usize>().ok()
 }
 
 /// A JSON value whose strings may be templates.
@@ -401,12 +409,12 @@ impl<'a> Node<'a> {
                 items.push(node);
                 true
             }
-            Node::Array(items) => match last.parse::<usize>() {
-                Ok(i) if i < items.len() && !(last.len() > 1 && last.starts_with('0')) => {
+            Node::Array(items) => match array_index(last) {
+                Some(i) if i < items.len() => {
                     items[i] = node;
                     true
                 }
-                Ok(i) if i == items.len() => {
+                Some(i) if i == items.len() => {
                     items.push(node);
                     true
                 }
