@@ -325,7 +325,11 @@ impl TrustedProxies {
             // (`host="a, for=6.6.6.6"`): split outside quoted strings, or a
             // client could name its own address.
             let entries: Vec<&str> = if self.forwarded {
-                split_unquoted(value, b',')
+                // A quote left open: nothing in this value can be trusted.
+                match split_unquoted(value, b',') {
+                    Some(entries) => entries,
+                    None => return client,
+                }
             } else {
                 value.split(',').collect()
             };
@@ -370,7 +374,7 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
 /// The `for=` node of one `Forwarded` element (`for=192.0.2.60;proto=http`,
 /// `for="[2001:db8::1]:4711"`); `unknown` and obfuscated nodes are `None`.
 fn forwarded_for(element: &str) -> Option<IpAddr> {
-    let node = split_unquoted(element, b';').into_iter().find_map(|pair| {
+    let node = split_unquoted(element, b';')?.into_iter().find_map(|pair| {
         let (k, v) = pair.trim().split_once('=')?;
         k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
     })?;
@@ -383,9 +387,9 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
 }
 
 /// `value` split at every `sep` outside an RFC 9110 quoted string
-/// (`"..."`, with `\` escaping the next character). An unterminated quote
-/// runs to the end.
-fn split_unquoted(value: &str, sep: u8) -> Vec<&str> {
+/// (`"..."`, with `\` escaping the next character); `None` when a quote
+/// is left open.
+fn split_unquoted(value: &str, sep: u8) -> Option<Vec<&str>> {
     let mut parts = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);
     for (i, &b) in value.as_bytes().iter().enumerate() {
@@ -401,7 +405,7 @@ fn split_unquoted(value: &str, sep: u8) -> Vec<&str> {
         }
     }
     parts.push(&value[start..]);
-    parts
+    (!quoted).then_some(parts)
 }
 
 /// An address range. Written here rather than taken from a crate: it is
@@ -740,7 +744,11 @@ mod tests {
         );
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         assert_eq!(trusted.client(peer, &headers), "10.0.0.2".parse::<IpAddr>().unwrap());
-        assert_eq!(split_unquoted(r#"a="b\",c",d"#, b','), vec![r#"a="b\",c""#, "d"]);
+        assert_eq!(
+            split_unquoted(r#"a="b\",c",d"#, b','),
+            Some(vec![r#"a="b\",c""#, "d"])
+        );
+        assert_eq!(split_unquoted(r#"a="open, b"#, b','), None);
     }
 
     use super::*;

@@ -13,7 +13,8 @@ use http::{HeaderMap, HeaderName, header};
 use libfuzzer_sys::fuzz_target;
 use switchyard::proxy::remove_hop_by_hop;
 
-const HOP_BY_HOP: [&str; 9] = [
+const HOP_BY_HOP: [&str; 10] = [
+    "http2-settings",
     "connection",
     "keep-alive",
     "proxy-connection",

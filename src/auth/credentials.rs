@@ -326,6 +326,15 @@ mod tests {
     }
 
     #[test]
+    fn an_encoded_parameter_name_is_the_credential_and_is_stripped() {
+        let s = all();
+        let r = req(&[], "/p?api%5Fkey=leak&x=1");
+        assert_eq!(s.find(&r).unwrap().as_deref(), Some("leak"));
+        let stripped = without_param(r.uri(), "api_key").unwrap();
+        assert_eq!(stripped.to_string(), "/p?x=1");
+    }
+
+    #[test]
     fn order_and_sources() {
         let s = all();
         let r = req(

@@ -361,6 +361,16 @@ fn rewrite_uri(
                 "the rewritten path prefix has a `.` or `..` segment",
             ));
         }
+        // Nor split it: servers disagree on `%2F`, `%5C` and `%00` (one
+        // that decodes `%2F` sees two segments), which is why the gateway
+        // refuses them from clients; found by the `transform_template`
+        // fuzz target.
+        let lower = prefix.to_ascii_lowercase();
+        if ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
+            return Err(bad_path(
+                "a value in the rewritten path prefix holds a `/`, `\\` or NUL",
+            ));
+        }
         let prefix = prefix.trim_end_matches('/');
         path = Cow::Owned(format!("{prefix}{path}"));
         added = Some(prefix.len());

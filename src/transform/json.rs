@@ -546,6 +546,16 @@ mod tests {
     }
 
     #[test]
+    fn array_indexes_are_rfc_6901_digits() {
+        for (token, want) in [("0", Some(0)), ("12", Some(12)), ("+0", None), ("01", None)] {
+            assert_eq!(array_index(token), want, "{token}");
+        }
+        for bad in ["", "-", " 1", "1e2", "-1"] {
+            assert_eq!(array_index(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn pointers_unescape_and_refuse_bad_input() {
         assert_eq!(p("/a~1b/c~0d").0, ["a/b", "c~d"]);
         assert!(Pointer::parse("", "t").is_err());
