@@ -755,12 +755,16 @@ async fn add_prefix_templates_are_percent_encoded_except_path_captures() {
             .add_prefix("/t/{header.x-tenant}/{path.1}");
     })));
     let seen = s
-        .pass(get("/files/a%20b", &[("x-tenant", "acme corp/eu?#")]))
+        .pass(get("/files/a%20b", &[("x-tenant", "acme corp?#")]))
         .await;
-    assert_eq!(
-        seen.path_and_query(),
-        "/t/acme%20corp%2Feu%3F%23/a%20b/a%20b"
-    );
+    assert_eq!(seen.path_and_query(), "/t/acme%20corp%3F%23/a%20b/a%20b");
+    // A value with a `/` would be one segment here and two to an upstream
+    // that decodes `%2F`: refused, as the gateway refuses `%2F` from
+    // clients (issue 16; it was encoded as `%2F` and sent on).
+    let reply = s
+        .send(get("/files/a%20b", &[("x-tenant", "acme corp/eu")]))
+        .await;
+    reply.assert_problem(StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
