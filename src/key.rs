@@ -374,10 +374,12 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
 /// The `for=` node of one `Forwarded` element (`for=192.0.2.60;proto=http`,
 /// `for="[2001:db8::1]:4711"`); `unknown` and obfuscated nodes are `None`.
 fn forwarded_for(element: &str) -> Option<IpAddr> {
-    let node = split_unquoted(element, b';')?.into_iter().find_map(|pair| {
-        let (k, v) = pair.trim().split_once('=')?;
-        k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
-    })?;
+    let node = split_unquoted(element, b';')?
+        .into_iter()
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+        })?;
     let node = node.trim_matches('"');
     let bare = node
         .strip_prefix('[')
@@ -736,14 +738,19 @@ mod tests {
     #[test]
     fn a_quoted_comma_in_forwarded_names_no_client() {
         use super::*;
-        let trusted = TrustedProxies::new(["10.0.0.0/8"]).unwrap().forwarded_header();
+        let trusted = TrustedProxies::new(["10.0.0.0/8"])
+            .unwrap()
+            .forwarded_header();
         let mut headers = HeaderMap::new();
         headers.insert(
             "forwarded",
             http::HeaderValue::from_static("for=10.0.0.2;host=\"x, for=6.6.6.6\""),
         );
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(trusted.client(peer, &headers), "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            trusted.client(peer, &headers),
+            "10.0.0.2".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(
             split_unquoted(r#"a="b\",c",d"#, b','),
             Some(vec![r#"a="b\",c""#, "d"])
