@@ -19,7 +19,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use switchyard::gateway::{Gateway, GatewayConfig, admin};
-use tokio::net::TcpListener;
+#[path = "support/net.rs"]
+mod net;
+use net::serve;
 
 const HANG_GUARD: Duration = Duration::from_secs(10);
 
@@ -38,19 +40,6 @@ async fn upstream(name: &'static str) -> SocketAddr {
         )
         .fallback(move || async move { name });
     serve(app).await
-}
-
-async fn serve(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    addr
 }
 
 struct Harness {

@@ -1134,13 +1134,6 @@ fn build_route(
         .as_ref()
         .filter(|rl| !rl.redis)
         .and_then(|rl| {
-            let here = format!("{at}.rate_limit");
-            let key = key_by(&rl.key, &format!("{here}.key"), problems)?;
-            let qs = quotas(&rl.quotas, &format!("{here}.quotas"), problems);
-            if qs.is_empty() {
-                problems.push(format!("{here}.quotas"), "at least one quota");
-                return None;
-            }
             let reused = old
                 .filter(|o| {
                     o.config
@@ -1149,28 +1142,7 @@ fn build_route(
                         .is_some_and(|o| o.key == rl.key)
                 })
                 .and_then(|o| o.limiter.as_ref());
-            match reused {
-                Some((layer, handle)) => {
-                    changes.push(Change::Quotas(handle.clone(), qs));
-                    Some((layer.clone(), handle.clone()))
-                }
-                None => {
-                    let mut b = RateLimitLayer::builder().key_by(key);
-                    for q in qs {
-                        b = b.quota(q);
-                    }
-                    match b.build() {
-                        Ok(layer) => {
-                            let h = layer.handle();
-                            Some((layer, h))
-                        }
-                        Err(e) => {
-                            problems.push(format!("{here}.quotas"), e);
-                            None
-                        }
-                    }
-                }
-            }
+            local_limiter(rl, &format!("{at}.rate_limit"), reused, problems, changes)
         });
 
     if problems.0.len() > before {
@@ -1245,12 +1217,6 @@ fn pre_auth_limiter(
         );
         return None;
     }
-    let key = key_by(&rl.key, &format!("{here}.key"), problems)?;
-    let qs = quotas(&rl.quotas, &format!("{here}.quotas"), problems);
-    if qs.is_empty() {
-        problems.push(format!("{here}.quotas"), "at least one quota");
-        return None;
-    }
     let reused = old
         .filter(|o| {
             o.config
@@ -1259,6 +1225,25 @@ fn pre_auth_limiter(
                 .is_some_and(|o| o.key == rl.key)
         })
         .and_then(|o| o.pre_auth.as_ref());
+    local_limiter(rl, here, reused, problems, changes)
+}
+
+/// A rate limit counted in this process, at `here` in the configuration:
+/// `reused` (its cells kept, its quotas changed when the reload is
+/// applied) or a new one.
+fn local_limiter(
+    rl: &RateLimitConfig,
+    here: &str,
+    reused: Option<&(RateLimitLayer, RateLimitHandle)>,
+    problems: &mut Problems,
+    changes: &mut Changes,
+) -> Option<(RateLimitLayer, RateLimitHandle)> {
+    let key = key_by(&rl.key, &format!("{here}.key"), problems)?;
+    let qs = quotas(&rl.quotas, &format!("{here}.quotas"), problems);
+    if qs.is_empty() {
+        problems.push(format!("{here}.quotas"), "at least one quota");
+        return None;
+    }
     if let Some((layer, handle)) = reused {
         changes.push(Change::Quotas(handle.clone(), qs));
         return Some((layer.clone(), handle.clone()));
