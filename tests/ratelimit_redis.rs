@@ -853,12 +853,13 @@ async fn a_hanging_redis_is_skipped_until_it_answers() {
         Err(RedisCheckError::Skipped)
     ));
 
-    // Fail-closed: the first refusal waited, the second did not ask.
-    for detail in ["no answer within", "not asked"] {
+    // Fail-closed: the first refusal waited, the second did not ask (the
+    // counters below tell them apart; clients are told neither: issue 16).
+    for _ in 0..2 {
         let res = status_through(&closed, "ivy").await;
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body = json(res).await;
-        assert!(body["detail"].as_str().unwrap().contains(detail), "{body}");
+        assert_eq!(body["detail"], "the rate limiter is unavailable", "{body}");
     }
     let stats = closed.stats();
     assert_eq!((stats.errors, stats.skipped), (1, 1));
