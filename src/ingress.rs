@@ -77,8 +77,9 @@ pub fn is_protected(name: &HeaderName) -> bool {
     PROTECTED.contains(name) || name.as_str().starts_with("x-forwarded-")
 }
 
-/// The hop-by-hop headers removed whether `Connection` names them or not.
-const HOP_BY_HOP: [HeaderName; 10] = [
+/// The hop-by-hop headers removed whether `Connection` names them or not
+/// (the proxy's defensive pass removes the same list).
+pub(crate) const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

@@ -222,19 +222,8 @@ impl IpText {
 }
 
 /// The hop-by-hop headers every proxy removes, whether `Connection` names
-/// them or not.
-const HOP_BY_HOP: [HeaderName; 10] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("http2-settings"),
-];
+/// them or not: the ingress step's list, so the two never drift apart.
+use crate::ingress::HOP_BY_HOP;
 
 /// Removes the hop-by-hop headers (RFC 9110 section 7.6.1): `Connection`
 /// and the headers it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
