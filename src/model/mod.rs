@@ -119,6 +119,7 @@ mod errors;
 pub mod future;
 mod handle;
 mod openai;
+pub mod providers;
 mod service;
 mod stats;
 

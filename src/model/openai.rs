@@ -1,6 +1,8 @@
 //! The OpenAI wire format bits the router speaks: the error document, the
 //! model list, the `model` field of a request body, and `usage`.
 
+use std::borrow::Cow;
+
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -23,7 +25,7 @@ struct ErrorBody {
     message: String,
     #[serde(rename = "type")]
     kind: &'static str,
-    param: Option<&'static str>,
+    param: Option<Cow<'static, str>>,
     code: Option<&'static str>,
 }
 
@@ -42,7 +44,7 @@ impl OpenAiError {
             error: ErrorBody {
                 message: message.into(),
                 kind,
-                param,
+                param: param.map(Cow::Borrowed),
                 code,
             },
         }
@@ -66,6 +68,22 @@ impl OpenAiError {
     /// The message.
     pub fn message(&self) -> &str {
         &self.error.message
+    }
+
+    /// Names the offending parameter (`messages[2].content`, `stop`).
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.error.param = Some(Cow::Owned(param.into()));
+        self
+    }
+
+    /// The OpenAI error `type` (`invalid_request_error`, ...).
+    pub fn kind(&self) -> &'static str {
+        self.error.kind
+    }
+
+    /// The offending parameter, if any.
+    pub fn param(&self) -> Option<&str> {
+        self.error.param.as_deref()
     }
 
     /// The code (`model_not_found`, `invalid_json`, ...).

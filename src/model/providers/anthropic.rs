@@ -1,0 +1,1 @@
+//! anthropic: being written.
