@@ -1054,7 +1054,10 @@ fn build_route(
             }) && rebuilt.is_empty();
             let reusable = old.filter(|_| same_upstreams).and_then(|o| {
                 let old_mc = o.config.model.as_ref()?;
-                (old_mc.sticky == mc.sticky && old_mc.body_limit == mc.body_limit)
+                (old_mc.sticky == mc.sticky
+                    && old_mc.body_limit == mc.body_limit
+                    && old_mc.providers == mc.providers
+                    && old_mc.unsupported == mc.unsupported)
                     .then_some(o.model.as_ref()?)
             });
             let built = match reusable {
@@ -1073,6 +1076,10 @@ fn build_route(
                     if let Some(limit) = mc.body_limit {
                         b = b.body_limit(limit);
                     }
+                    for (name, provider) in &mc.providers {
+                        b = b.provider(name.clone(), provider.clone());
+                    }
+                    b = b.unsupported(mc.unsupported);
                     match b.build() {
                         Ok(r) => {
                             let h = r.handle();

@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Catalog;
+use std::collections::BTreeMap;
+
+use crate::model::providers::Unsupported;
+use crate::model::{Catalog, Provider};
 use crate::transform::Rules;
 
 /// The whole gateway: upstreams, API keys, routes, admin keys. Listeners
@@ -440,4 +443,12 @@ pub struct ModelConfig {
     pub sticky: Option<KeyConfig>,
     /// Request body limit in bytes (4 MiB by default).
     pub body_limit: Option<usize>,
+    /// How each upstream is spoken to, by upstream name: its protocol
+    /// (`openai`, `anthropic`, `gemini`, `openai_compatible`) and where
+    /// its API keys are read from (`keys = [{ env = "OPENAI_API_KEY" }]`).
+    /// An upstream without an entry speaks OpenAI with no key.
+    pub providers: BTreeMap<String, Provider>,
+    /// A request parameter an upstream cannot honour: `"drop"` (the
+    /// default) or `"reject"` (400 naming it).
+    pub unsupported: Unsupported,
 }

@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 
 use super::ModelError;
 use super::catalog::{Catalog, Compiled, Model, Pin, PinKey};
+use super::provider::{KeyState, Keys, Provider};
 use super::stats::{VersionCounters, VersionStats};
 use crate::split::Weights;
 
@@ -18,7 +19,16 @@ const HISTORY: usize = 32;
 pub(crate) struct Shared {
     pub(crate) catalog: ArcSwap<Compiled>,
     pub(crate) upstreams: Box<[String]>,
+    /// Per upstream, in the same order: its protocol and keys.
+    pub(crate) providers: Box<[Arc<Upstream>]>,
     writer: Mutex<Writer>,
+}
+
+/// An upstream's provider settings at run time.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    pub(crate) provider: Provider,
+    pub(crate) keys: Keys,
 }
 
 #[derive(Debug, Default)]
@@ -30,12 +40,17 @@ struct Writer {
 }
 
 impl Shared {
-    pub(crate) fn new(catalog: Catalog, upstreams: Box<[String]>) -> Result<Self, ModelError> {
+    pub(crate) fn new(
+        catalog: Catalog,
+        upstreams: Box<[String]>,
+        providers: Box<[Arc<Upstream>]>,
+    ) -> Result<Self, ModelError> {
         let mut writer = Writer::default();
         let compiled = writer.compile(catalog, &upstreams)?;
         Ok(Self {
             catalog: ArcSwap::from_pointee(compiled),
             upstreams,
+            providers,
             writer: Mutex::new(writer),
         })
     }
@@ -265,6 +280,27 @@ impl ModelHandle {
             }
             Ok(())
         })
+    }
+
+    /// The state of every upstream's API keys (never the keys): requests,
+    /// 429s, which is in use, how long each still rests.
+    pub fn keys(&self) -> Vec<KeyState> {
+        self.shared
+            .upstreams
+            .iter()
+            .zip(self.shared.providers.iter())
+            .flat_map(|(name, p)| p.keys.states(name))
+            .collect()
+    }
+
+    /// Each upstream's protocol, by upstream name.
+    pub fn protocols(&self) -> Vec<(String, super::providers::Protocol)> {
+        self.shared
+            .upstreams
+            .iter()
+            .zip(self.shared.providers.iter())
+            .map(|(name, p)| (name.clone(), p.provider.protocol))
+            .collect()
     }
 
     /// Counters of every version in the catalog, in catalog order.

@@ -119,19 +119,23 @@ mod errors;
 pub mod future;
 mod handle;
 mod openai;
+mod provider;
 pub mod providers;
 mod service;
 mod stats;
+mod usage;
 
 pub use body::ModelBody;
 pub use catalog::{Alias, Catalog, Model, Pin, PinKey};
 pub use errors::{OpenAiErrors, OpenAiErrorsFuture, OpenAiErrorsLayer};
 pub use handle::ModelHandle;
 pub use openai::OpenAiError;
+pub use provider::{KeySource, KeyState, Provider};
 pub use service::{
     ChoiceReason, FallbackOn, ModelChoice, ModelRouter, ModelRouterBuilder, ModelSource,
 };
 pub use stats::VersionStats;
+pub use usage::{ClientApi, UsageRecord};
 
 /// Why a catalog or a change to it was refused. `at` says where, as a path
 /// into [`Catalog`] (`aliases[0].versions.gpt-5`). A refused change leaves
@@ -197,6 +201,21 @@ pub enum ModelError {
         alias: String,
         /// The model.
         model: String,
+    },
+    /// A provider's API key could not be read (the reason never holds
+    /// the key).
+    #[error("{at}: {reason}")]
+    Credential {
+        /// Where (`providers.openai.keys[0]`).
+        at: String,
+        /// Why.
+        reason: String,
+    },
+    /// A provider is given for an upstream the router does not have.
+    #[error("providers: no upstream `{upstream}`")]
+    UnknownProvider {
+        /// The upstream.
+        upstream: String,
     },
     /// `rollback` with no earlier weights.
     #[error("alias `{alias}` has no earlier weights to roll back to")]

@@ -15,8 +15,11 @@ use super::ModelError;
 use super::body::ModelBody;
 use super::catalog::{Catalog, Compiled};
 use super::future::ResponseFuture;
-use super::handle::{ModelHandle, Shared};
+use super::handle::{ModelHandle, Shared, Upstream};
 use super::openai::{OpenAiError, unknown_model};
+use super::provider::{Keys, Provider};
+use super::providers::Unsupported;
+use super::usage::UsageRecord;
 use crate::auth::Identity;
 use crate::body::RequestBody;
 use crate::key::{HashSeed, KeyBy};
@@ -144,7 +147,11 @@ pub(crate) struct Config {
     pub(crate) fallback_on: FallbackOn,
     pub(crate) models_path: Option<String>,
     pub(crate) rng: RngSource,
+    pub(crate) unsupported: Unsupported,
+    pub(crate) usage_hook: Option<UsageHook>,
 }
+
+pub(crate) type UsageHook = Arc<dyn Fn(&UsageRecord) + Send + Sync>;
 
 impl<S> Clone for ModelRouter<S> {
     fn clone(&self) -> Self {
@@ -178,6 +185,9 @@ impl<S> ModelRouter<S> {
     pub fn builder() -> ModelRouterBuilder<S> {
         ModelRouterBuilder {
             upstreams: Vec::new(),
+            providers: Vec::new(),
+            unsupported: Unsupported::Drop,
+            usage_hook: None,
             catalog: Catalog::default(),
             source: ModelSource::Body,
             body_limit: 4 * 1024 * 1024,
@@ -489,6 +499,9 @@ pub(crate) fn set_length(head: &mut Parts, len: usize) {
 /// Builds a [`ModelRouter`]; see [`ModelRouter::builder`].
 pub struct ModelRouterBuilder<S> {
     upstreams: Vec<(String, S)>,
+    providers: Vec<(String, Provider)>,
+    unsupported: Unsupported,
+    usage_hook: Option<UsageHook>,
     catalog: Catalog,
     source: ModelSource,
     body_limit: usize,
@@ -505,6 +518,32 @@ impl<S> ModelRouterBuilder<S> {
     /// Adds an upstream service that model versions can name.
     pub fn upstream(mut self, name: impl Into<String>, service: S) -> Self {
         self.upstreams.push((name.into(), service));
+        self
+    }
+
+    /// How the router speaks to upstream `name`: its protocol and
+    /// credentials. An upstream without one speaks OpenAI and gets no
+    /// credential (the caller's is still removed).
+    pub fn provider(mut self, name: impl Into<String>, provider: Provider) -> Self {
+        self.providers.push((name.into(), provider));
+        self
+    }
+
+    /// What to do with a request parameter an upstream's protocol cannot
+    /// honour when translating: drop it (the default) or answer 400
+    /// naming it.
+    pub fn unsupported(mut self, unsupported: Unsupported) -> Self {
+        self.unsupported = unsupported;
+        self
+    }
+
+    /// Calls `hook` once for every answer a version gave, when its body
+    /// ends (or is dropped): who asked, which version of which alias, the
+    /// provider, the normalized [`Usage`](super::providers::Usage), the
+    /// status and the time to the first byte. Cost tracking and budgets
+    /// build on it. Keep it quick: it runs on the response's path.
+    pub fn on_usage(mut self, hook: impl Fn(&UsageRecord) + Send + Sync + 'static) -> Self {
+        self.usage_hook = Some(Arc::new(hook));
         self
     }
 
@@ -593,7 +632,23 @@ impl<S> ModelRouterBuilder<S> {
         if names.is_empty() {
             return Err(ModelError::NoUpstreams);
         }
-        let shared = Shared::new(self.catalog, names.into())?;
+        let mut providers: Vec<Option<Provider>> = vec![None; names.len()];
+        for (name, provider) in self.providers {
+            let Some(i) = names.iter().position(|n| *n == name) else {
+                return Err(ModelError::UnknownProvider { upstream: name });
+            };
+            providers[i] = Some(provider);
+        }
+        let providers = names
+            .iter()
+            .zip(providers)
+            .map(|(name, p)| {
+                let provider = p.unwrap_or_default();
+                let keys = Keys::new(&provider, &format!("providers.{name}"))?;
+                Ok(Arc::new(Upstream { provider, keys }))
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let shared = Shared::new(self.catalog, names.into(), providers.into())?;
         Ok(ModelRouter {
             upstreams: services.into(),
             shared: Arc::new(shared),
@@ -607,6 +662,8 @@ impl<S> ModelRouterBuilder<S> {
                 fallback_on: self.fallback_on,
                 models_path: self.models_path,
                 rng: self.rng,
+                unsupported: self.unsupported,
+                usage_hook: self.usage_hook,
             }),
         })
     }
