@@ -123,6 +123,7 @@ mod provider;
 pub mod providers;
 mod service;
 mod stats;
+mod translate;
 mod usage;
 
 pub use body::ModelBody;
