@@ -468,7 +468,11 @@ data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"a
         }
         "gemini" => {
             for i in 0..n {
-                let finish = if i + 1 == n { r#","finishReason":"STOP""# } else { "" };
+                let finish = if i + 1 == n {
+                    r#","finishReason":"STOP""#
+                } else {
+                    ""
+                };
                 out.push(format!(
                     "data: {{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"{}\"}}],\"role\":\"model\"}},\"index\":0{finish}}}],\"usageMetadata\":{{\"promptTokenCount\":17,\"candidatesTokenCount\":{i},\"totalTokenCount\":{}}},\"modelVersion\":\"gemini-2.5-flash\",\"responseId\":\"r1\"}}\r\n\r\n",
                     text(i),
@@ -513,7 +517,9 @@ fn translation(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement:
     assert!(gemini::request_from_chat(&chat, &opts).is_ok());
     assert!(messages::request_to_chat(&msgs, &opts).is_ok());
     group.bench_function("parse_2k", |b| {
-        b.iter(|| black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&chat)).unwrap()));
+        b.iter(|| {
+            black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&chat)).unwrap())
+        });
     });
     group.bench_function("translate_request_2k/anthropic", |b| {
         b.iter(|| black_box(anthropic::request_from_chat(black_box(&chat), &opts).unwrap()));
@@ -541,13 +547,21 @@ fn translation(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement:
     type Make = fn() -> Box<dyn StreamMapper>;
     let cases: [(&str, &str, Make); 4] = [
         ("anthropic_to_chat", "anthropic", || {
-            Box::new(anthropic::ChatStream::new(StreamOptions::new("claude").created(1)))
+            Box::new(anthropic::ChatStream::new(
+                StreamOptions::new("claude").created(1),
+            ))
         }),
         ("gemini_to_chat", "gemini", || {
-            Box::new(gemini::ChatStream::new(StreamOptions::new("gemini").created(1)))
+            Box::new(gemini::ChatStream::new(
+                StreamOptions::new("gemini").created(1),
+            ))
         }),
-        ("chat_to_messages", "openai", || Box::new(messages::MessagesStream::new("gpt-4o"))),
-        ("openai_hide_usage", "openai", || Box::new(openai::HideUsage::new())),
+        ("chat_to_messages", "openai", || {
+            Box::new(messages::MessagesStream::new("gpt-4o"))
+        }),
+        ("openai_hide_usage", "openai", || {
+            Box::new(openai::HideUsage::new())
+        }),
     ];
     for (name, kind, make) in cases {
         let events = provider_stream(kind, N);

@@ -228,6 +228,12 @@ enum Change {
     Keys(crate::auth::ApiKeyHandle, Vec<ApiKey>),
     Weights(SplitHandle, Vec<(String, u32)>),
     Catalog(ModelHandle, crate::model::Catalog),
+    /// API keys read again (a reused router's providers are unchanged,
+    /// but a key in a file or variable may have been rotated).
+    ProviderKeys(
+        ModelHandle,
+        Vec<std::sync::Arc<crate::model::handle::Upstream>>,
+    ),
     Rules(TransformHandle, crate::transform::Rules),
     Quotas(RateLimitHandle, Vec<Quota>),
 }
@@ -274,6 +280,7 @@ impl Change {
                     .collect(),
             ),
             Change::Catalog(h, _) => Change::Catalog(h.clone(), h.catalog()),
+            Change::ProviderKeys(h, _) => Change::ProviderKeys(h.clone(), h.current_keys()),
             Change::Rules(h, _) => Change::Rules(h.clone(), h.rules()),
             Change::Quotas(h, _) => Change::Quotas(h.clone(), h.quotas()),
         }
@@ -288,6 +295,10 @@ impl Change {
             Change::Keys(h, keys) => h.set_keys(keys).map_err(|e| problem("api_keys", &e)),
             Change::Weights(h, weights) => h.set_weights(weights).map_err(|e| problem("split", &e)),
             Change::Catalog(h, catalog) => h.set_catalog(catalog).map_err(|e| problem("model", &e)),
+            Change::ProviderKeys(h, keys) => {
+                h.store_keys(keys);
+                Ok(())
+            }
             Change::Rules(h, rules) => h.set_rules(rules).map_err(|e| problem("transform", &e)),
             Change::Quotas(h, quotas) => {
                 h.set_quotas(quotas).map_err(|e| problem("rate_limit", &e))
@@ -1063,6 +1074,10 @@ fn build_route(
             let built = match reusable {
                 Some((router, handle)) => {
                     changes.push(Change::Catalog(handle.clone(), mc.catalog.clone()));
+                    match handle.read_keys() {
+                        Ok(keys) => changes.push(Change::ProviderKeys(handle.clone(), keys)),
+                        Err(e) => problems.push(format!("{here}.providers"), e),
+                    }
                     Some((router.clone(), handle.clone()))
                 }
                 None => {

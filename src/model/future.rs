@@ -16,6 +16,7 @@ use tower::Service;
 
 use super::body::{ModelBody, Reader, Report, Tracker};
 use super::catalog::Compiled;
+use super::handle::Upstream;
 use super::openai::{OpenAiError, json_response, model_field};
 use super::provider::retry_after;
 use super::providers::openai::HideUsage;
@@ -85,6 +86,8 @@ struct Attempt<S> {
     api: ClientApi,
     reply: Reply,
     key: Option<usize>,
+    /// The provider settings and keys it was sent with.
+    upstream: Arc<Upstream>,
     identity: Option<Identity>,
     started: Instant,
     retry: Option<Retry>,
@@ -154,7 +157,7 @@ where
         choice: ModelChoice,
     ) -> Self {
         let entry = &catalog.models[picked.model];
-        let upstream = Arc::clone(&router.shared.providers[entry.upstream]);
+        let upstream = router.shared.providers[entry.upstream].load_full();
         let key = upstream.keys.apply(&mut head.headers, true);
         let reply = Reply::Pass(upstream.provider.protocol);
         Self {
@@ -165,7 +168,7 @@ where
                 body,
                 picked.model,
                 choice,
-                (ClientApi::Other, reply, key),
+                (ClientApi::Other, reply, key, upstream),
                 None,
             ),
         }
@@ -180,7 +183,7 @@ fn start<S, ReqB, ResB>(
     body: RequestBody<ReqB>,
     model: usize,
     choice: ModelChoice,
-    (api, reply, key): (ClientApi, Reply, Option<usize>),
+    (api, reply, key, upstream): (ClientApi, Reply, Option<usize>, Arc<Upstream>),
     retry: Option<Retry>,
 ) -> State<S, ReqB, ResB>
 where
@@ -201,6 +204,7 @@ where
             api,
             reply,
             key,
+            upstream,
             identity,
             started: Instant::now(),
             retry,
@@ -226,7 +230,7 @@ where
     S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Clone,
 {
     let entry = &catalog.models[model];
-    let upstream = &router.shared.providers[entry.upstream];
+    let upstream = router.shared.providers[entry.upstream].load_full();
     let p = prepare(
         api,
         router.config.unsupported,
@@ -234,7 +238,7 @@ where
         data,
         span,
         entry,
-        upstream,
+        &upstream,
     )?;
     let body = RequestBody::full(p.body, None);
     Ok(start(
@@ -244,7 +248,7 @@ where
         body,
         model,
         choice,
-        (api, p.reply, p.key),
+        (api, p.reply, p.key, upstream),
         retry,
     ))
 }
@@ -327,8 +331,8 @@ where
                             if res.status() == StatusCode::TOO_MANY_REQUESTS
                                 && let Some(k) = attempt.key
                             {
-                                let entry = &attempt.catalog.models[attempt.model];
-                                attempt.router.shared.providers[entry.upstream]
+                                attempt
+                                    .upstream
                                     .keys
                                     .rate_limited(k, retry_after(res.headers()));
                             }
@@ -482,6 +486,7 @@ fn tracker<S>(
         identity,
         started,
         flight,
+        upstream,
         ..
     } = attempt;
     let entry = &catalog.models[model];
@@ -498,7 +503,7 @@ fn tracker<S>(
             alias: choice.alias.clone(),
             model: Arc::clone(&choice.model),
             upstream: Arc::clone(&choice.upstream),
-            provider: router.shared.providers[entry.upstream].provider.protocol,
+            provider: upstream.provider.protocol,
             client: api,
             usage: Usage::default(),
             status: parts.status,

@@ -19,8 +19,9 @@ const HISTORY: usize = 32;
 pub(crate) struct Shared {
     pub(crate) catalog: ArcSwap<Compiled>,
     pub(crate) upstreams: Box<[String]>,
-    /// Per upstream, in the same order: its protocol and keys.
-    pub(crate) providers: Box<[Arc<Upstream>]>,
+    /// Per upstream, in the same order: its protocol and keys (swapped
+    /// whole when the keys are read again).
+    pub(crate) providers: Box<[ArcSwap<Upstream>]>,
     writer: Mutex<Writer>,
 }
 
@@ -43,7 +44,7 @@ impl Shared {
     pub(crate) fn new(
         catalog: Catalog,
         upstreams: Box<[String]>,
-        providers: Box<[Arc<Upstream>]>,
+        providers: Box<[ArcSwap<Upstream>]>,
     ) -> Result<Self, ModelError> {
         let mut writer = Writer::default();
         let compiled = writer.compile(catalog, &upstreams)?;
@@ -289,8 +290,45 @@ impl ModelHandle {
             .upstreams
             .iter()
             .zip(self.shared.providers.iter())
-            .flat_map(|(name, p)| p.keys.states(name))
+            .flat_map(|(name, p)| p.load().keys.states(name))
             .collect()
+    }
+
+    /// Reads every upstream's API keys again from their environment
+    /// variables and files (a rotated key), and swaps them in all at once;
+    /// if one cannot be read, nothing changes. Requests under way finish
+    /// with the key they had. The gateway does this on every reload.
+    pub fn reload_keys(&self) -> Result<(), ModelError> {
+        let fresh = self.read_keys()?;
+        self.store_keys(fresh);
+        Ok(())
+    }
+
+    pub(crate) fn read_keys(&self) -> Result<Vec<Arc<Upstream>>, ModelError> {
+        self.shared
+            .upstreams
+            .iter()
+            .zip(self.shared.providers.iter())
+            .map(|(name, p)| {
+                let provider = p.load().provider.clone();
+                let keys = Keys::new(&provider, &format!("providers.{name}"))?;
+                Ok(Arc::new(Upstream { provider, keys }))
+            })
+            .collect()
+    }
+
+    pub(crate) fn current_keys(&self) -> Vec<Arc<Upstream>> {
+        self.shared
+            .providers
+            .iter()
+            .map(ArcSwap::load_full)
+            .collect()
+    }
+
+    pub(crate) fn store_keys(&self, upstreams: Vec<Arc<Upstream>>) {
+        for (slot, u) in self.shared.providers.iter().zip(upstreams) {
+            slot.store(u);
+        }
     }
 
     /// Each upstream's protocol, by upstream name.
@@ -299,7 +337,7 @@ impl ModelHandle {
             .upstreams
             .iter()
             .zip(self.shared.providers.iter())
-            .map(|(name, p)| (name.clone(), p.provider.protocol))
+            .map(|(name, p)| (name.clone(), p.load().provider.protocol))
             .collect()
     }
 

@@ -156,7 +156,7 @@ mod body;
 mod catalog;
 mod errors;
 pub mod future;
-mod handle;
+pub(crate) mod handle;
 mod openai;
 mod provider;
 pub mod providers;

@@ -15,6 +15,8 @@ use super::ModelError;
 use super::body::ModelBody;
 use super::catalog::{Catalog, Compiled};
 use super::future::ResponseFuture;
+use arc_swap::ArcSwap;
+
 use super::handle::{ModelHandle, Shared, Upstream};
 use super::openai::{OpenAiError, unknown_model};
 use super::provider::{Keys, Provider};
@@ -645,7 +647,7 @@ impl<S> ModelRouterBuilder<S> {
             .map(|(name, p)| {
                 let provider = p.unwrap_or_default();
                 let keys = Keys::new(&provider, &format!("providers.{name}"))?;
-                Ok(Arc::new(Upstream { provider, keys }))
+                Ok(ArcSwap::from_pointee(Upstream { provider, keys }))
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         let shared = Shared::new(self.catalog, names.into(), providers.into())?;

@@ -109,8 +109,11 @@ pub fn inject_include_usage(body: &[u8]) -> Option<Vec<u8>> {
     if probe.stream != Some(true) {
         return None;
     }
+    // `null` reads as absent: one that is written at all (or the name
+    // inside some string) takes the slow path.
+    let written = memchr::memmem::find(body, b"\"stream_options\"").is_some();
     match probe.stream_options {
-        None => {
+        None if !written => {
             // Splice the field in after the opening brace: every other
             // byte stays as the client sent it.
             let at = body.iter().position(|&b| b == b'{')? + 1;
@@ -121,7 +124,7 @@ pub fn inject_include_usage(body: &[u8]) -> Option<Vec<u8>> {
             out.extend_from_slice(&body[at..]);
             Some(out)
         }
-        Some(raw) if raw.get().trim() == "null" => {
+        None => {
             let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
             v["stream_options"] = serde_json::json!({"include_usage": true});
             serde_json::to_vec(&v).ok()
