@@ -302,7 +302,7 @@ impl Tracker {
     }
 
     #[cold]
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.finish_with(false);
     }
 

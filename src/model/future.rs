@@ -374,9 +374,14 @@ where
                     };
                     match (out, fallback) {
                         (out, Some(next)) => {
-                            drop(out);
                             attempt.flight.counters().fallback();
-                            drop(attempt);
+                            // Reported with no tokens: an upstream that
+                            // could not be reached as a 502.
+                            let status = out.as_ref().map_or(StatusCode::BAD_GATEWAY, |r| r.status());
+                            drop(out);
+                            let mut parts = Response::new(()).into_parts().0;
+                            parts.status = status;
+                            tracker(&mut parts, attempt, Reader::None).0.finish();
                             next
                         }
                         (Ok(res), None) => match respond(res, attempt) {

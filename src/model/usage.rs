@@ -55,7 +55,7 @@ impl ClientApi {
 /// when its body ends or is dropped.
 ///
 /// A request retried on its alias's fallback reports both answers (the
-/// first with no tokens). A stream the client abandons reports what was
+/// first with no tokens, and a 502 if its upstream could not be reached). A stream the client abandons reports what was
 /// counted so far, with [`Usage::truncated`] set.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
