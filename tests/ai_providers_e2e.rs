@@ -101,7 +101,11 @@ async fn gateway() -> Gateway {
                 .alias(
                     Alias::new(
                         "chat",
-                        [("claude-sonnet", 100), ("gpt-4o-mini", 0), ("gemini-flash", 0)],
+                        [
+                            ("claude-sonnet", 100),
+                            ("gpt-4o-mini", 0),
+                            ("gemini-flash", 0),
+                        ],
                     )
                     .fallback("gemini-flash"),
                 )
@@ -361,7 +365,9 @@ fn read_chat(answer: &Answer) -> Chat {
             .collect::<Vec<_>>()
             .join("\n");
         assert!(
-            event.lines().all(|l| l.starts_with("data:") || l.starts_with(':')),
+            event
+                .lines()
+                .all(|l| l.starts_with("data:") || l.starts_with(':')),
             "an OpenAI stream has data lines only: {event:?}"
         );
         if data == "[DONE]" {
@@ -380,7 +386,9 @@ fn read_chat(answer: &Answer) -> Chat {
                 content.push_str(piece);
             }
             for call in delta["tool_calls"].as_array().into_iter().flatten() {
-                let index = call["index"].as_u64().expect("tool call delta has an index") as usize;
+                let index = call["index"]
+                    .as_u64()
+                    .expect("tool call delta has an index") as usize;
                 assert!(
                     index <= calls.len(),
                     "tool call index {index} skips one (seen {}): {chunk}",
@@ -512,7 +520,10 @@ fn read_message(answer: &Answer) -> Message {
             "ping" => {}
             "content_block_start" => {
                 assert_eq!(stage, "blocks", "{event:?}");
-                assert!(open.is_none(), "a block opens before the last closed:\n{text}");
+                assert!(
+                    open.is_none(),
+                    "a block opens before the last closed:\n{text}"
+                );
                 let index = data["index"].as_u64().unwrap() as usize;
                 assert_eq!(index, blocks.len(), "block indexes are contiguous:\n{text}");
                 blocks.push(data["content_block"].clone());
@@ -521,7 +532,11 @@ fn read_message(answer: &Answer) -> Message {
             }
             "content_block_delta" => {
                 let index = data["index"].as_u64().unwrap() as usize;
-                assert_eq!(Some(index), open, "a delta for a block that is not open:\n{text}");
+                assert_eq!(
+                    Some(index),
+                    open,
+                    "a delta for a block that is not open:\n{text}"
+                );
                 let delta = &data["delta"];
                 let block = &mut blocks[index];
                 match delta["type"].as_str().unwrap_or("") {
@@ -544,7 +559,11 @@ fn read_message(answer: &Answer) -> Message {
             }
             "content_block_stop" => {
                 let index = data["index"].as_u64().unwrap() as usize;
-                assert_eq!(Some(index), open, "closing a block that is not open:\n{text}");
+                assert_eq!(
+                    Some(index),
+                    open,
+                    "closing a block that is not open:\n{text}"
+                );
                 if blocks[index]["type"] == "tool_use" && !partial_json[index].is_empty() {
                     blocks[index]["input"] = parse_arguments(&partial_json[index]);
                 }
@@ -553,7 +572,10 @@ fn read_message(answer: &Answer) -> Message {
             "message_delta" => {
                 assert!(open.is_none(), "message_delta with a block open:\n{text}");
                 stage = "delta";
-                stop_reason = data["delta"]["stop_reason"].as_str().unwrap_or("").to_owned();
+                stop_reason = data["delta"]["stop_reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
                 for (k, v) in data["usage"].as_object().into_iter().flatten() {
                     if !v.is_null() {
                         usage[k] = v.clone();
@@ -636,7 +658,11 @@ fn assert_anthropic_usage(usage: &Value, want: Tokens) {
         want.input,
         "usage: {usage}"
     );
-    assert_eq!(n("cache_read_input_tokens"), want.cached_read, "usage: {usage}");
+    assert_eq!(
+        n("cache_read_input_tokens"),
+        want.cached_read,
+        "usage: {usage}"
+    );
 }
 
 // === an OpenAI Chat client, over each provider ===
@@ -656,7 +682,10 @@ async fn chat_text(provider: &str, model: &str, stream: bool) {
 
 async fn chat_tool_call(provider: &str, model: &str, stream: bool) {
     let gw = gateway().await;
-    let chat = read_chat(&gw.chat(model, "what is the weather in Paris?", stream).await);
+    let chat = read_chat(
+        &gw.chat(model, "what is the weather in Paris?", stream)
+            .await,
+    );
     let calls: Vec<(&str, Value)> = chat
         .tool_calls
         .iter()
@@ -666,7 +695,11 @@ async fn chat_tool_call(provider: &str, model: &str, stream: bool) {
     let mut ids: Vec<&str> = chat.tool_calls.iter().map(|c| c.id.as_str()).collect();
     assert!(ids.iter().all(|id| !id.is_empty()), "{chat:?}");
     ids.dedup();
-    assert_eq!(ids.len(), chat.tool_calls.len(), "tool call ids are distinct: {chat:?}");
+    assert_eq!(
+        ids.len(),
+        chat.tool_calls.len(),
+        "tool call ids are distinct: {chat:?}"
+    );
     assert_eq!(chat.finish_reason, "tool_calls", "{chat:?}");
     assert_openai_usage(&chat.usage, usage_of(provider));
 }
@@ -684,12 +717,23 @@ async fn chat_think(provider: &str, model: &str, stream: bool) {
 async fn chat_rate_limited(model: &str, stream: bool) {
     let gw = gateway().await;
     let answer = gw.chat(model, "rate-limit", stream).await;
-    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS, "{}", answer.text());
+    assert_eq!(
+        answer.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        answer.text()
+    );
     let doc = answer.json();
     let error = &doc["error"];
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{doc}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{doc}"
+    );
     assert!(error["type"].is_string(), "OpenAI's error shape: {doc}");
-    assert!(doc.get("type").is_none(), "not Anthropic's error shape: {doc}");
+    assert!(
+        doc.get("type").is_none(),
+        "not Anthropic's error shape: {doc}"
+    );
 }
 
 macro_rules! chat_client_tests {
@@ -738,7 +782,10 @@ async fn messages_text(provider: &str, model: &str, stream: bool) {
 
 async fn messages_tool_use(provider: &str, model: &str, stream: bool) {
     let gw = gateway().await;
-    let message = read_message(&gw.messages(model, "what is the weather in Paris?", stream).await);
+    let message = read_message(
+        &gw.messages(model, "what is the weather in Paris?", stream)
+            .await,
+    );
     let calls: Vec<(String, Value)> = message
         .tool_uses()
         .into_iter()
@@ -758,7 +805,12 @@ async fn messages_tool_use(provider: &str, model: &str, stream: bool) {
 async fn messages_rate_limited(model: &str, stream: bool) {
     let gw = gateway().await;
     let answer = gw.messages(model, "rate-limit", stream).await;
-    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS, "{}", answer.text());
+    assert_eq!(
+        answer.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        answer.text()
+    );
     let doc = answer.json();
     assert_eq!(doc["type"], "error", "Anthropic's error shape: {doc}");
     assert_eq!(doc["error"]["type"], "rate_limit_error", "{doc}");
@@ -875,7 +927,10 @@ async fn upstream_requests_are_in_each_providers_shape() {
             Value::String(s) => s.clone(),
             blocks => blocks[0]["text"].as_str().unwrap_or("").to_owned(),
         };
-        assert_eq!(system, "You are terse.", "the system message moves to `system`: {body}");
+        assert_eq!(
+            system, "You are terse.",
+            "the system message moves to `system`: {body}"
+        );
         let messages = body["messages"].as_array().expect("messages");
         assert_eq!(messages.len(), 1, "{body}");
         assert_eq!(messages[0]["role"], "user", "{body}");
@@ -891,7 +946,10 @@ async fn upstream_requests_are_in_each_providers_shape() {
         assert_eq!(gemini.path, want);
         let body = &gemini.body;
         assert_eq!(body["contents"][0]["role"], "user", "{body}");
-        assert_eq!(body["contents"][0]["parts"][0]["text"], "hello there", "{body}");
+        assert_eq!(
+            body["contents"][0]["parts"][0]["text"], "hello there",
+            "{body}"
+        );
         assert_eq!(
             body["systemInstruction"]["parts"][0]["text"], "You are terse.",
             "{body}"
@@ -917,10 +975,16 @@ async fn falls_back_to_gemini(text: &str, stream: bool) {
     assert_eq!(gw.gemini.last().headers["x-goog-api-key"], GEMINI_KEY);
     // Both attempts are reported; the failed one without tokens.
     let records = gw.usage_records(2).await;
-    let failed = records.iter().find(|r| &*r.model == "claude-sonnet").unwrap();
+    let failed = records
+        .iter()
+        .find(|r| &*r.model == "claude-sonnet")
+        .unwrap();
     assert!(failed.status.as_u16() == 429 || failed.status.as_u16() == 529);
     assert!(failed.usage.is_empty(), "{failed:?}");
-    let served = records.iter().find(|r| &*r.model == "gemini-flash").unwrap();
+    let served = records
+        .iter()
+        .find(|r| &*r.model == "gemini-flash")
+        .unwrap();
     assert_eq!(served.status, StatusCode::OK);
     assert_eq!(tokens(&served.usage), GEMINI_USAGE, "{served:?}");
 }
@@ -971,7 +1035,11 @@ async fn usage_records_for(provider: &str, model: &str) {
     read_chat(&gw.chat(model, "think about it", false).await);
     let records = gw.usage_records(3).await;
     assert_eq!(records.len(), 3, "{records:#?}");
-    let want = [usage_of(provider), usage_of(provider), think_usage(provider)];
+    let want = [
+        usage_of(provider),
+        usage_of(provider),
+        think_usage(provider),
+    ];
     for (r, want) in records.iter().zip(want) {
         assert_eq!(&*r.model, model, "{r:?}");
         assert_eq!(&*r.upstream, provider, "{r:?}");
@@ -1026,10 +1094,7 @@ mod stand_ins {
             req = req.header(*n, *v);
         }
         let res = client
-            .request(
-                req.body(Full::new(Bytes::from(body.to_string())))
-                    .unwrap(),
-            )
+            .request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
             .await
             .unwrap();
         let (parts, body) = res.into_parts();
@@ -1056,7 +1121,10 @@ mod stand_ins {
         assert_eq!(a.json()["error"]["code"], "invalid_api_key");
         let a = post(
             format!("{}/v1/messages", anthropic.url()),
-            &[("x-api-key", CALLER_KEY), ("anthropic-version", "2023-06-01")],
+            &[
+                ("x-api-key", CALLER_KEY),
+                ("anthropic-version", "2023-06-01"),
+            ],
             json!({}),
         )
         .await;
@@ -1090,10 +1158,18 @@ mod stand_ins {
         }
 
         let anthropic = AnthropicServer::start(ANTHROPIC_KEY).await;
-        for (text, stream) in [("hi", false), ("hi", true), ("think", true), ("weather", true)] {
+        for (text, stream) in [
+            ("hi", false),
+            ("hi", true),
+            ("think", true),
+            ("weather", true),
+        ] {
             let a = post(
                 format!("{}/v1/messages", anthropic.url()),
-                &[("x-api-key", ANTHROPIC_KEY), ("anthropic-version", "2023-06-01")],
+                &[
+                    ("x-api-key", ANTHROPIC_KEY),
+                    ("anthropic-version", "2023-06-01"),
+                ],
                 json!({"model": "m", "max_tokens": 10, "stream": stream,
                        "messages": [{"role": "user", "content": text}]}),
             )
@@ -1136,8 +1212,15 @@ mod stand_ins {
             .collect();
         assert_eq!(said, reply_text("gemini"));
         assert_eq!(chunks[2]["candidates"][0]["finishReason"], "STOP");
-        assert_eq!(chunks[2]["usageMetadata"]["candidatesTokenCount"], GEMINI_USAGE.output);
-        assert!(chunks.iter().all(|c| c["usageMetadata"]["promptTokenCount"] == 9));
+        assert_eq!(
+            chunks[2]["usageMetadata"]["candidatesTokenCount"],
+            GEMINI_USAGE.output
+        );
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c["usageMetadata"]["promptTokenCount"] == 9)
+        );
     }
 }
 

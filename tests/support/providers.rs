@@ -332,7 +332,9 @@ async fn handle(
             // `/v1beta/models/{model}:{method}`
             let call = uri.path().strip_prefix("/v1beta/models/").unwrap_or("");
             let (model, action) = call.split_once(':').unwrap_or(("", ""));
-            let sse = uri.query().is_some_and(|q| q.split('&').any(|p| p == "alt=sse"));
+            let sse = uri
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "alt=sse"));
             match (method == Method::POST, action) {
                 (true, "generateContent") => gemini(&body, model, false),
                 (true, "streamGenerateContent") if sse => gemini(&body, model, true),
@@ -410,7 +412,9 @@ fn sse_response(frames: Vec<String>) -> Response {
     for (i, frame) in frames.into_iter().enumerate() {
         if i == 0 && frame.len() > 8 {
             let cut = frame.len() / 2;
-            let cut = (cut..frame.len()).find(|&c| frame.is_char_boundary(c)).unwrap();
+            let cut = (cut..frame.len())
+                .find(|&c| frame.is_char_boundary(c))
+                .unwrap();
             chunks.push(Ok(Bytes::from(frame[..cut].to_owned())));
             chunks.push(Ok(Bytes::from(frame[cut..].to_owned())));
         } else {
@@ -454,7 +458,11 @@ fn openai(request: &Value) -> Response {
     let include_usage = request["stream_options"]["include_usage"] == true;
 
     let usage = |think: bool| {
-        let t = if think { think_usage("openai") } else { OPENAI_USAGE };
+        let t = if think {
+            think_usage("openai")
+        } else {
+            OPENAI_USAGE
+        };
         json!({
             "prompt_tokens": t.input,
             "completion_tokens": t.output,
@@ -654,7 +662,10 @@ fn anthropic(request: &Value) -> Response {
             ],
             "end_turn",
         ),
-        Script::AfterTool => (vec![text_block(vec![weather_text("anthropic")])], "end_turn"),
+        Script::AfterTool => (
+            vec![text_block(vec![weather_text("anthropic")])],
+            "end_turn",
+        ),
         Script::Text => (vec![text_block(reply_pieces("anthropic"))], "end_turn"),
     };
 
@@ -745,48 +756,53 @@ fn gemini(request: &Value, model: &str, stream: bool) -> Response {
     });
 
     // Each chunk: its parts, and whether it is the last.
-    let (chunks, think): (Vec<Vec<Value>>, bool) =
-        match script("gemini", &last_user, after_tool) {
-            Script::RateLimit => {
-                return gemini_error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "Resource has been exhausted (e.g. check quota).",
-                    "RESOURCE_EXHAUSTED",
-                );
-            }
-            Script::Overloaded => {
-                return gemini_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The model is overloaded. Please try again later.",
-                    "UNAVAILABLE",
-                );
-            }
-            Script::Weather => (
+    let (chunks, think): (Vec<Vec<Value>>, bool) = match script("gemini", &last_user, after_tool) {
+        Script::RateLimit => {
+            return gemini_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Resource has been exhausted (e.g. check quota).",
+                "RESOURCE_EXHAUSTED",
+            );
+        }
+        Script::Overloaded => {
+            return gemini_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The model is overloaded. Please try again later.",
+                "UNAVAILABLE",
+            );
+        }
+        Script::Weather => (
+            vec![
                 vec![
-                    vec![json!({"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
-                                "thoughtSignature": THOUGHT_SIGNATURE})],
-                    vec![json!({"functionCall": {"name": "get_weather", "args": {"city": "Tokyo"}}})],
+                    json!({"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                                "thoughtSignature": THOUGHT_SIGNATURE}),
                 ],
-                false,
-            ),
-            Script::Think => (
-                vec![
-                    vec![json!({"text": THOUGHT, "thought": true})],
-                    vec![json!({"text": THOUGHT_ANSWER})],
-                ],
-                true,
-            ),
-            Script::AfterTool => (vec![vec![json!({"text": weather_text("gemini")})]], false),
-            Script::Text => (
-                reply_pieces("gemini")
-                    .into_iter()
-                    .map(|p| vec![json!({"text": p})])
-                    .collect(),
-                false,
-            ),
-        };
+                vec![json!({"functionCall": {"name": "get_weather", "args": {"city": "Tokyo"}}})],
+            ],
+            false,
+        ),
+        Script::Think => (
+            vec![
+                vec![json!({"text": THOUGHT, "thought": true})],
+                vec![json!({"text": THOUGHT_ANSWER})],
+            ],
+            true,
+        ),
+        Script::AfterTool => (vec![vec![json!({"text": weather_text("gemini")})]], false),
+        Script::Text => (
+            reply_pieces("gemini")
+                .into_iter()
+                .map(|p| vec![json!({"text": p})])
+                .collect(),
+            false,
+        ),
+    };
 
-    let totals = if think { think_usage("gemini") } else { GEMINI_USAGE };
+    let totals = if think {
+        think_usage("gemini")
+    } else {
+        GEMINI_USAGE
+    };
     let candidates_total = totals.output - totals.reasoning;
     let usage = |candidates: u64, thoughts: u64| {
         let mut u = json!({
@@ -818,7 +834,11 @@ fn gemini(request: &Value, model: &str, stream: bool) -> Response {
         let parts: Vec<Value> = chunks.into_iter().flatten().collect();
         return json_response(
             StatusCode::OK,
-            response(parts, Some("STOP"), usage(candidates_total, totals.reasoning)),
+            response(
+                parts,
+                Some("STOP"),
+                usage(candidates_total, totals.reasoning),
+            ),
         );
     }
 
