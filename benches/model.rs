@@ -421,11 +421,157 @@ fn model(c: &mut Criterion) {
         );
     });
 
+    translation(&mut group);
     over_loopback(&mut group);
     group.finish();
 
     let after = tokens(&handle);
     assert_eq!(after.2, 0, "nothing left in flight");
+}
+
+// === Translation ===
+
+/// The 2 KiB chat request as an Anthropic Messages request.
+fn messages_2k() -> Bytes {
+    let chat: serde_json::Value = serde_json::from_slice(&chat_2k()).unwrap();
+    let msgs = chat["messages"].as_array().unwrap();
+    let body = serde_json::json!({
+        "model": "chat",
+        "system": msgs[0]["content"],
+        "messages": msgs[1..],
+        "max_tokens": 1024,
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "metadata": {"user_id": chat["user"]},
+    });
+    Bytes::from(serde_json::to_vec(&body).unwrap())
+}
+
+/// `n` events of a provider's stream, one per chunk: an opening, `n - 3`
+/// text deltas of ~40 bytes of text, and the provider's closing events.
+fn provider_stream(kind: &str, n: usize) -> Vec<Bytes> {
+    let text = |i: usize| format!(" token {i:03} of a streamed answer, more");
+    let mut out: Vec<String> = Vec::with_capacity(n);
+    match kind {
+        "anthropic" => {
+            out.push(r#"event: message_start
+data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":17,"output_tokens":1}}}
+
+"#.to_owned());
+            out.push("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n".to_owned());
+            for i in 0..n - 5 {
+                out.push(format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{}\"}}}}\n\n", text(i)));
+            }
+            out.push("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n".to_owned());
+            out.push("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":198}}\n\n".to_owned());
+            out.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_owned());
+        }
+        "gemini" => {
+            for i in 0..n {
+                let finish = if i + 1 == n { r#","finishReason":"STOP""# } else { "" };
+                out.push(format!(
+                    "data: {{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"{}\"}}],\"role\":\"model\"}},\"index\":0{finish}}}],\"usageMetadata\":{{\"promptTokenCount\":17,\"candidatesTokenCount\":{i},\"totalTokenCount\":{}}},\"modelVersion\":\"gemini-2.5-flash\",\"responseId\":\"r1\"}}\r\n\r\n",
+                    text(i),
+                    17 + i
+                ));
+            }
+        }
+        _ => {
+            // OpenAI Chat chunks with the usage chunk and [DONE].
+            let head = r#"{"id":"chatcmpl-7","object":"chat.completion.chunk","created":1,"model":"gpt-4o","#;
+            for i in 0..n - 2 {
+                out.push(format!(
+                    "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{}\"}},\"finish_reason\":null}}],\"usage\":null}}\n\n",
+                    text(i)
+                ));
+            }
+            out.push(format!("data: {head}\"choices\":[],\"usage\":{{\"prompt_tokens\":17,\"completion_tokens\":198,\"total_tokens\":215}}}}\n\n"));
+            out.push("data: [DONE]\n\n".to_owned());
+        }
+    }
+    assert_eq!(out.len(), n, "{kind}");
+    out.into_iter().map(Bytes::from).collect()
+}
+
+/// Request translation (a 2 KiB request, each provider), and stream
+/// translation per event against handing the same chunks on untouched.
+///
+/// Budgets: `translate_request_2k/*` ≤ 10 µs; `(translate_stream/* −
+/// stream_chunks_bare) / 200` ≤ 1 µs per event. `parse_2k` (serde_json
+/// reading the request and throwing it away) is the floor any translation
+/// that reads the body sits on.
+fn translation(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    use switchyard::model::providers::sse::Parser;
+    use switchyard::model::providers::{
+        RequestOptions, StreamMapper, StreamOptions, anthropic, gemini, messages, openai,
+    };
+
+    let chat = chat_2k();
+    let msgs = messages_2k();
+    let opts = RequestOptions::new("claude-sonnet-4-5");
+    assert!(anthropic::request_from_chat(&chat, &opts).is_ok());
+    assert!(gemini::request_from_chat(&chat, &opts).is_ok());
+    assert!(messages::request_to_chat(&msgs, &opts).is_ok());
+    group.bench_function("parse_2k", |b| {
+        b.iter(|| black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&chat)).unwrap()));
+    });
+    group.bench_function("translate_request_2k/anthropic", |b| {
+        b.iter(|| black_box(anthropic::request_from_chat(black_box(&chat), &opts).unwrap()));
+    });
+    group.bench_function("translate_request_2k/gemini", |b| {
+        b.iter(|| black_box(gemini::request_from_chat(black_box(&chat), &opts).unwrap()));
+    });
+    group.bench_function("translate_request_2k/messages_to_chat", |b| {
+        b.iter(|| black_box(messages::request_to_chat(black_box(&msgs), &opts).unwrap()));
+    });
+
+    const N: usize = 200;
+    let openai_events = provider_stream("openai", N);
+    // The floor: the same chunks handed on, a reference count each.
+    group.bench_function("stream_chunks_bare", |b| {
+        b.iter(|| {
+            let mut bytes = 0;
+            for e in &openai_events {
+                let e = black_box(e.clone());
+                bytes += e.len();
+            }
+            black_box(bytes)
+        });
+    });
+    type Make = fn() -> Box<dyn StreamMapper>;
+    let cases: [(&str, &str, Make); 4] = [
+        ("anthropic_to_chat", "anthropic", || {
+            Box::new(anthropic::ChatStream::new(StreamOptions::new("claude").created(1)))
+        }),
+        ("gemini_to_chat", "gemini", || {
+            Box::new(gemini::ChatStream::new(StreamOptions::new("gemini").created(1)))
+        }),
+        ("chat_to_messages", "openai", || Box::new(messages::MessagesStream::new("gpt-4o"))),
+        ("openai_hide_usage", "openai", || Box::new(openai::HideUsage::new())),
+    ];
+    for (name, kind, make) in cases {
+        let events = provider_stream(kind, N);
+        let run = |events: &[Bytes]| {
+            let mut parser = Parser::new(1 << 20);
+            let mut mapper = make();
+            let mut written = 0;
+            let mut out = Vec::new();
+            for e in events {
+                parser.feed(e, |ev| mapper.event(ev, &mut out)).unwrap();
+                // What the router does per chunk: hand the output on.
+                written += out.len();
+                black_box(Bytes::from(std::mem::take(&mut out)));
+            }
+            mapper.finish(&mut out);
+            written += out.len();
+            assert!(!mapper.usage().truncated, "{name}");
+            written
+        };
+        assert!(run(&events) > 0);
+        group.bench_function(format!("translate_stream/{name}"), |b| {
+            b.iter(|| black_box(run(black_box(&events))));
+        });
+    }
 }
 
 // === Over loopback ===

@@ -20,7 +20,7 @@
 //! | `PUT /splits/{route}/weights` | `{"blue": 90, "green": 10}` (or `{"weights": {...}}`) |
 //! | `POST /splits/{route}/promote/{target}` | all traffic to `target` |
 //! | `POST /splits/{route}/rollback` | back to the weights before the last change |
-//! | `GET /models/{route}` | the catalog and per-version counters |
+//! | `GET /models/{route}` | the catalog, per-version counters (tokens: prompt, completion, cached, cache write, reasoning; time to first token), each upstream's protocol and the state of its API keys (never the keys) |
 //! | `PUT /models/{route}/{alias}/weights` | an alias's version weights |
 //! | `POST /models/{route}/{alias}/promote/{model}` | all of an alias's traffic to `model` |
 //! | `POST /models/{route}/{alias}/rollback` | an alias back to its previous weights |
@@ -316,8 +316,21 @@ async fn rollback_split(
 
 async fn get_models(State(gw): State<Gateway>, Path(route): Path<String>) -> Response {
     match gw.model(&route) {
-        Some(h) => Json(json!({ "route": route, "catalog": h.catalog(), "versions": h.stats() }))
-            .into_response(),
+        Some(h) => {
+            let providers: serde_json::Map<String, serde_json::Value> = h
+                .protocols()
+                .into_iter()
+                .map(|(name, p)| (name, json!(p)))
+                .collect();
+            Json(json!({
+                "route": route,
+                "catalog": h.catalog(),
+                "versions": h.stats(),
+                "providers": providers,
+                "keys": h.keys(),
+            }))
+            .into_response()
+        }
         None => problem(StatusCode::NOT_FOUND, format!("no model route `{route}`")),
     }
 }

@@ -332,6 +332,69 @@ pub(crate) fn render(state: &State) -> String {
                 "switchyard_model_tokens_total{{{labels},kind=\"completion\"}} {}",
                 v.completion_tokens
             );
+            for (kind, n) in [
+                ("cached", v.cached_tokens),
+                ("cache_write", v.cache_write_tokens),
+                ("reasoning", v.reasoning_tokens),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "switchyard_model_tokens_total{{{labels},kind=\"{kind}\"}} {n}"
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
+        "switchyard_model_truncated_total",
+        "counter",
+        "Answers of a model version cut short (client gone, stream broken); their tokens are those counted before.",
+    );
+    for (r, stats) in &models {
+        for v in stats {
+            let _ = writeln!(
+                out,
+                "switchyard_model_truncated_total{{route=\"{}\",model=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&v.model),
+                v.truncated
+            );
+        }
+    }
+    family(
+        &mut out,
+        "switchyard_model_time_to_first_token_seconds",
+        "histogram",
+        "Time from the call to a model version to the first byte of its answer's body.",
+    );
+    for (r, stats) in &models {
+        for v in stats {
+            let labels = format!("route=\"{}\",model=\"{}\"", esc(&r.name), esc(&v.model));
+            histogram(
+                &mut out,
+                "switchyard_model_time_to_first_token_seconds",
+                &labels,
+                &v.time_to_first_token,
+            );
+        }
+    }
+    family(
+        &mut out,
+        "switchyard_model_key_rate_limited_total",
+        "counter",
+        "429 answers a provider gave to one of its API keys (the key named by where it came from).",
+    );
+    for r in &state.routes {
+        let Some((_, h)) = &r.model else { continue };
+        for k in h.keys() {
+            let _ = writeln!(
+                out,
+                "switchyard_model_key_rate_limited_total{{route=\"{}\",upstream=\"{}\",key=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&k.upstream),
+                esc(&k.source),
+                k.rate_limited
+            );
         }
     }
     family(

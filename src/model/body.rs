@@ -7,19 +7,26 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use serde::Deserialize;
+use std::time::{Duration, Instant};
 
+use super::providers::sse::Parser;
+use super::providers::{Protocol, StreamMapper, Usage, anthropic};
+use super::service::UsageHook;
 use super::stats::Flight;
+use super::translate::{usage_key, usage_of};
+use super::usage::UsageRecord;
 
 pin_project! {
-    /// The router's response body: the upstream's body, untouched and
-    /// undelayed, or an answer of the router's own (an error, the model
-    /// list).
+    /// The router's response body: the upstream's body, passed through
+    /// chunk by chunk or translated event by event into the client's
+    /// protocol, never delayed; or an answer of the router's own (an
+    /// error, the model list, a translated JSON answer).
     ///
-    /// While the upstream's body passes, its last 4 KiB are copied aside
-    /// and, when it ends, the last `"usage"` object in them is read: OpenAI-style JSON responses and server-sent event
-    /// streams both end with it. The version's in-flight count ends when
-    /// the body ends or is dropped.
+    /// While the upstream's body passes, its token usage is read: from the
+    /// last `usage` object of its last 4 KiB (OpenAI and Gemini put it at
+    /// the end), from its events (Anthropic's input tokens come first), or
+    /// from the translation. The version's in-flight count and its usage
+    /// report end when the body ends or is dropped.
     pub struct ModelBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -48,15 +55,9 @@ impl<B> ModelBody<B> {
         }
     }
 
-    pub(crate) fn tracked(body: B, flight: Flight, scan: bool) -> Self {
+    pub(crate) fn tracked(body: B, tracker: Tracker) -> Self {
         Self {
-            kind: Kind::Tracked {
-                body,
-                tracker: Tracker {
-                    flight: Some(flight),
-                    tail: scan.then(Tail::default),
-                },
-            },
+            kind: Kind::Tracked { body, tracker },
         }
     }
 }
@@ -76,11 +77,14 @@ where
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Tracked { mut body, tracker } => {
+                if tracker.mapping() {
+                    return tracker.poll_mapped(body, cx);
+                }
                 let frame = std::task::ready!(body.as_mut().poll_frame(cx));
                 match &frame {
                     Some(Ok(f)) => {
-                        if let (Some(tail), Some(data)) = (&mut tracker.tail, f.data_ref()) {
-                            tail.push(data);
+                        if let Some(data) = f.data_ref() {
+                            tracker.observe(data);
                         }
                         // hyper stops polling (and drops the body) once it
                         // says it has ended, without waiting for `None`.
@@ -99,7 +103,13 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full { data } => data.is_none(),
-            Kind::Tracked { body, .. } => body.is_end_stream(),
+            Kind::Tracked { body, tracker } => {
+                if tracker.mapping() {
+                    tracker.ended
+                } else {
+                    body.is_end_stream()
+                }
+            }
         }
     }
 
@@ -108,7 +118,13 @@ where
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Kind::Tracked { body, .. } => body.size_hint(),
+            Kind::Tracked { body, tracker } => {
+                if tracker.mapping() {
+                    SizeHint::default()
+                } else {
+                    body.size_hint()
+                }
+            }
         }
     }
 }
@@ -124,31 +140,224 @@ impl<B> std::fmt::Debug for ModelBody<B> {
 
 // === Tracker ===
 
-/// Reads the usage at the end and ends the in-flight count. Dropped
-/// before the end (the client went away), the flight ends with it and the
-/// usage of the cut-off stream is not counted.
-struct Tracker {
-    flight: Option<Flight>,
-    tail: Option<Tail>,
+/// How a body's usage is read.
+pub(crate) enum Reader {
+    /// Not at all (content-encoded, or not JSON nor events).
+    None,
+    /// From the last usage object of the tail, in this protocol's shape.
+    Tail(Box<Tail>, Protocol),
+    /// From an Anthropic event stream passed through.
+    Anthropic(Box<(Parser, anthropic::StreamUsage)>),
+    /// Translated: the mapper writes what the client gets and counts.
+    Map(Box<(Parser, Box<dyn StreamMapper>)>),
+    /// Already known (a translated JSON answer).
+    Known(Usage),
 }
 
+/// Who and what a usage report is about.
+pub(crate) struct Report {
+    pub(crate) started: Instant,
+    pub(crate) hook: Option<UsageHook>,
+    pub(crate) record: UsageRecord,
+}
+
+/// Reads the usage, ends the in-flight count and reports, exactly once:
+/// at the end of the body, or when it is dropped before (the client went
+/// away: what was counted is reported, flagged truncated).
+pub(crate) struct Tracker {
+    flight: Option<Flight>,
+    reader: Reader,
+    report: Option<Box<Report>>,
+    first_byte: Option<Duration>,
+    /// A translated stream has written its end.
+    ended: bool,
+}
+
+/// The longest event a translated stream accepts from an upstream.
+const EVENT_LIMIT: usize = 8 * 1024 * 1024;
+
 impl Tracker {
+    pub(crate) fn new(flight: Flight, reader: Reader, report: Option<Box<Report>>) -> Self {
+        Self {
+            flight: Some(flight),
+            reader,
+            report,
+            first_byte: None,
+            ended: false,
+        }
+    }
+
+    pub(crate) fn tail(protocol: Protocol) -> Reader {
+        Reader::Tail(Box::default(), protocol)
+    }
+
+    pub(crate) fn anthropic_events() -> Reader {
+        Reader::Anthropic(Box::new((
+            Parser::new(EVENT_LIMIT),
+            anthropic::StreamUsage::new(),
+        )))
+    }
+
+    pub(crate) fn map(mapper: Box<dyn StreamMapper>) -> Reader {
+        Reader::Map(Box::new((Parser::new(EVENT_LIMIT), mapper)))
+    }
+
+    fn mapping(&self) -> bool {
+        matches!(self.reader, Reader::Map(_))
+    }
+
+    fn first(&mut self) {
+        if self.first_byte.is_none()
+            && let Some(r) = &self.report
+        {
+            self.first_byte = Some(r.started.elapsed());
+        }
+    }
+
+    #[inline]
+    fn observe(&mut self, data: &Bytes) {
+        self.first();
+        match &mut self.reader {
+            Reader::Tail(tail, _) => tail.push(data),
+            Reader::Anthropic(b) => {
+                let (parser, usage) = &mut **b;
+                if parser.feed(data, |e| usage.event(e)).is_err() {
+                    self.reader = Reader::None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A translated stream: reads upstream frames until the mapper has
+    /// something to write.
+    fn poll_mapped<B: Body<Data = Bytes>>(
+        &mut self,
+        mut body: Pin<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut out = Vec::new();
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            let Reader::Map(b) = &mut self.reader else {
+                return Poll::Ready(None);
+            };
+            let (parser, mapper) = &mut **b;
+            match std::task::ready!(body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers: the client's protocol has none
+                    };
+                    if parser.feed(&data, |e| mapper.event(e, &mut out)).is_err() {
+                        mapper.fail(
+                            "The upstream sent an event longer than the limit.",
+                            &mut out,
+                        );
+                        self.end();
+                    } else if body.is_end_stream() {
+                        parser.finish(|e| mapper.event(e, &mut out));
+                        mapper.finish(&mut out);
+                        self.end();
+                    }
+                    self.first();
+                }
+                Some(Err(_)) => {
+                    mapper.fail("The upstream's stream failed.", &mut out);
+                    if let Some(f) = &self.flight {
+                        f.counters().body_error();
+                    }
+                    self.end();
+                }
+                None => {
+                    parser.finish(|e| mapper.event(e, &mut out));
+                    mapper.finish(&mut out);
+                    self.end();
+                }
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+            }
+        }
+    }
+
+    /// The whole answer is here (translated): counts and reports now.
+    pub(crate) fn done(&mut self) {
+        self.first();
+        self.finish();
+    }
+
+    fn end(&mut self) {
+        self.ended = true;
+        self.finish();
+    }
+
     #[cold]
     fn failed(&mut self) {
         if let Some(f) = &self.flight {
             f.counters().body_error();
         }
-        self.tail = None;
-        self.finish();
+        self.finish_with(true);
     }
 
     #[cold]
     fn finish(&mut self) {
+        self.finish_with(false);
+    }
+
+    fn finish_with(&mut self, cut: bool) {
         let Some(flight) = self.flight.take() else {
             return;
         };
-        if let Some((prompt, completion)) = self.tail.take().and_then(|t| t.usage()) {
-            flight.counters().tokens(prompt, completion);
+        let reader = std::mem::replace(&mut self.reader, Reader::None);
+        let usage = match reader {
+            Reader::None => None,
+            Reader::Tail(tail, protocol) => tail.usage(protocol),
+            Reader::Anthropic(mut b) => {
+                let (parser, usage) = &mut *b;
+                if !cut {
+                    parser.finish(|e| usage.event(e));
+                    usage.finish();
+                }
+                Some(usage.usage())
+            }
+            Reader::Map(b) => {
+                let u = b.1.usage();
+                // Put it back: a stream may still have its end to write.
+                self.reader = Reader::Map(b);
+                Some(u)
+            }
+            Reader::Known(u) => Some(u),
+        };
+        let mut usage = usage.unwrap_or_default();
+        usage.truncated |= cut;
+        let counters = flight.counters();
+        counters.usage(&usage);
+        if let Some(t) = self.first_byte {
+            counters.first_byte(t);
+        }
+        if let Some(report) = self.report.take() {
+            let Report {
+                started,
+                hook,
+                mut record,
+            } = *report;
+            if let Some(hook) = hook {
+                record.usage = usage;
+                record.time_to_first_token = self.first_byte;
+                record.duration = started.elapsed();
+                hook(&record);
+            }
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if self.flight.is_some() {
+            // Cut short: the client went away, or the answer was dropped.
+            self.finish_with(true);
         }
     }
 }
@@ -206,9 +415,10 @@ impl Tail {
         self.at = (at + data.len()) & (CAP - 1);
     }
 
-    /// The last `"usage"` object with token counts, as (prompt,
-    /// completion).
-    pub(crate) fn usage(&self) -> Option<(u64, u64)> {
+    /// The last usage object with token counts, read in `protocol`'s
+    /// shape.
+    pub(crate) fn usage(&self, protocol: Protocol) -> Option<Usage> {
+        let last_usage = |b: &[u8]| last_usage(b, protocol);
         if self.buf.len() < TAIL_BYTES || self.at == 0 {
             return last_usage(&self.buf);
         }
@@ -225,24 +435,15 @@ impl Tail {
     }
 }
 
-/// The last `"usage"` key in `text` whose value is an object with token
-/// counts. A `"usage"` inside a JSON string has escaped quotes, so an
-/// unescaped one followed by `:` is a key.
-pub(crate) fn last_usage(text: &[u8]) -> Option<(u64, u64)> {
-    #[derive(Deserialize)]
-    struct Usage {
-        #[serde(default)]
-        prompt_tokens: u64,
-        #[serde(default)]
-        completion_tokens: u64,
-        #[serde(default)]
-        total_tokens: Option<u64>,
-    }
-    const KEY: &[u8] = b"\"usage\"";
+/// The last usage key in `text` (`"usage"`, Gemini's `"usageMetadata"`)
+/// whose value is an object with token counts. A key inside a JSON string
+/// has escaped quotes, so an unescaped one followed by `:` is a key.
+pub(crate) fn last_usage(text: &[u8], protocol: Protocol) -> Option<Usage> {
+    let key = usage_key(protocol);
     let mut end = text.len();
-    while let Some(at) = memchr::memmem::rfind(&text[..end], KEY) {
+    while let Some(at) = memchr::memmem::rfind(&text[..end], key) {
         end = at;
-        let rest = &text[at + KEY.len()..];
+        let rest = &text[at + key.len()..];
         let rest = trim_start(rest);
         let Some(rest) = rest.strip_prefix(b":") else {
             continue;
@@ -251,11 +452,12 @@ pub(crate) fn last_usage(text: &[u8]) -> Option<(u64, u64)> {
         if !rest.starts_with(b"{") {
             continue; // `null`, or not a usage object
         }
-        let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Usage>();
-        if let Some(Ok(u)) = values.next()
-            && (u.prompt_tokens > 0 || u.completion_tokens > 0 || u.total_tokens.is_some())
+        let mut values =
+            serde_json::Deserializer::from_slice(rest).into_iter::<&serde_json::value::RawValue>();
+        if let Some(Ok(raw)) = values.next()
+            && let Some(u) = usage_of(protocol, raw.get().as_bytes())
         {
-            return Some((u.prompt_tokens, u.completion_tokens));
+            return Some(u);
         }
     }
     None
@@ -273,6 +475,7 @@ mod tests {
     #[test]
     fn usage_from_json_and_sse() {
         let json = br#"{"id":"x","choices":[{"message":{"content":"\"usage\": {\"prompt_tokens\": 99}"}}],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46}}"#;
+        let last_usage = |b: &[u8]| last_usage(b, Protocol::OpenAi).map(|u| (u.input, u.output));
         assert_eq!(last_usage(json), Some((12, 34)));
         let sse = b"data: {\"choices\":[],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\n\ndata: [DONE]\n\n";
         assert_eq!(last_usage(sse), Some((5, 7)));
@@ -288,7 +491,10 @@ mod tests {
         for piece in sse.chunks(5) {
             tail.push(&Bytes::copy_from_slice(piece));
         }
-        assert_eq!(tail.usage(), Some((3, 4)));
+        assert_eq!(
+            tail.usage(Protocol::OpenAi).map(|u| (u.input, u.output)),
+            Some((3, 4))
+        );
 
         // A long stream keeps only its last 4 KiB or so.
         let mut tail = Tail::default();
@@ -301,7 +507,10 @@ mod tests {
             tail.push(&Bytes::copy_from_slice(piece));
         }
         assert_eq!(tail.buf.len(), TAIL_BYTES);
-        assert_eq!(tail.usage(), Some((3, 4)));
+        assert_eq!(
+            tail.usage(Protocol::OpenAi).map(|u| (u.input, u.output)),
+            Some((3, 4))
+        );
     }
 
     #[test]
@@ -343,7 +552,7 @@ mod tests {
             tail.push(event);
             assert!(tail.at > 0 && tail.at < event.len(), "the event wraps");
             assert_eq!(
-                tail.usage(),
+                tail.usage(Protocol::OpenAi).map(|u| (u.input, u.output)),
                 Some((8, 9)),
                 "cut {cut} bytes before the wrap"
             );

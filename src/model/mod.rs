@@ -89,15 +89,54 @@
 //! count in the versions' counters. Fallback needs the body, so it works
 //! with [`ModelSource::Body`] (the default).
 //!
+//! # One API over every provider
+//!
+//! Each upstream has a [`Provider`]: its [`Protocol`](providers::Protocol)
+//! (`openai`, `anthropic`, `gemini`, `openai_compatible`, Azure OpenAI
+//! included) and its API keys, read from environment variables or files
+//! and sent the provider's way; the caller's own credential never reaches
+//! it. So one alias can span providers — `chat` = 90 % `gpt-4o` on OpenAI,
+//! 10 % `claude-sonnet` on Anthropic, falling back to `gemini-2.5-flash` —
+//! while clients speak one API:
+//!
+//! * **OpenAI Chat Completions** (`…/chat/completions`) to any upstream.
+//!   To an OpenAI-wire upstream the body passes byte for byte (only
+//!   `model` spliced); to Anthropic or Gemini it is translated
+//!   ([`providers::anthropic`], [`providers::gemini`]) and the answer
+//!   translated back: JSON whole, streams event by event, never buffered.
+//! * **Anthropic Messages** (`…/messages`) to any upstream: passed to
+//!   Anthropic, translated through Chat Completions to the others
+//!   ([`providers::messages`]), answers and errors in Anthropic's shapes.
+//! * **OpenAI Responses** (`…/responses`) and the rest of OpenAI's API
+//!   (`/v1/embeddings`...) pass to OpenAI-wire upstreams; to others they
+//!   get a 400 (`unsupported_api`).
+//!
+//! A parameter a provider cannot honour is dropped, or refused with a 400
+//! naming it ([`ModelRouterBuilder::unsupported`]). Provider errors reach
+//! OpenAI clients in OpenAI's error shape with the provider's status; a
+//! stream that fails midway ends with an error event and a clean end.
+//! The fallback may be on another provider: an Anthropic 429 or 529 can
+//! fall back to a Gemini version, the request translated for it.
+//!
 //! # Counting tokens
 //!
-//! Responses pass through chunk by chunk, never delayed. The router keeps
-//! a copy of the last 4 KiB of a JSON or server-sent-event response
-//! and, when it ends, reads the last `usage` object
-//! (`prompt_tokens`, `completion_tokens`): OpenAI puts it at the end of a
-//! JSON response and in the final event of a stream (with
-//! `stream_options.include_usage`). A response whose `usage` comes earlier
-//! than its last 4 KiB, or that is content-encoded, is not counted.
+//! Responses pass through chunk by chunk, never delayed, and every
+//! provider's counts become one [`Usage`](providers::Usage) (input with
+//! cached tokens included, cache reads and writes, output with reasoning
+//! included, reasoning). For a passed-through answer the router keeps a
+//! copy of its last 4 KiB and reads the last usage object when it ends
+//! (OpenAI and Gemini put it last); Anthropic's events are read as they
+//! pass (its input tokens come first). A translated answer is counted by
+//! its translation. A streaming OpenAI request that did not ask for usage
+//! is sent with `stream_options.include_usage` (when the provider accepts
+//! it, see [`Provider::stream_options`]) and the extra chunk is hidden from
+//! the client. An answer the client abandons is counted as far as it got,
+//! flagged truncated. A content-encoded answer passed through is not
+//! counted.
+//!
+//! Every answer is reported to [`ModelRouterBuilder::on_usage`] with who
+//! asked, the alias and version, the provider, the usage, the status and
+//! the time to the first byte: cost tracking and budgets build on it.
 //!
 //! # Errors
 //!
@@ -123,6 +162,7 @@ mod provider;
 pub mod providers;
 mod service;
 mod stats;
+mod translate;
 mod usage;
 
 pub use body::ModelBody;

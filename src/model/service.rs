@@ -19,7 +19,7 @@ use super::handle::{ModelHandle, Shared, Upstream};
 use super::openai::{OpenAiError, unknown_model};
 use super::provider::{Keys, Provider};
 use super::providers::Unsupported;
-use super::usage::UsageRecord;
+use super::usage::{ClientApi, UsageRecord};
 use crate::auth::Identity;
 use crate::body::RequestBody;
 use crate::key::{HashSeed, KeyBy};
@@ -344,7 +344,7 @@ where
 {
     type Response = Response<ModelBody<ResB>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, ReqB>;
+    type Future = ResponseFuture<S, ReqB, ResB>;
 
     /// Always ready; the chosen upstream's readiness is awaited per call.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -353,6 +353,7 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (mut head, body) = req.into_parts();
+        let api = ClientApi::from_path(head.uri.path());
         if let Some(path) = &self.config.models_path
             && head.method == Method::GET
             && head.uri.path() == path
@@ -364,15 +365,19 @@ where
             ModelSource::Body => {
                 let limit = self.config.body_limit;
                 if crate::body::over_limit(&head.headers, &body, limit) {
-                    return ResponseFuture::error(too_large(limit));
+                    return ResponseFuture::refuse(too_large(limit).into(), api);
                 }
                 if body.is_end_stream() {
-                    return ResponseFuture::error(OpenAiError::invalid(
-                        "You must provide a model parameter.",
-                        "missing_model",
-                    ));
+                    return ResponseFuture::refuse(
+                        OpenAiError::invalid(
+                            "You must provide a model parameter.",
+                            "missing_model",
+                        )
+                        .into(),
+                        api,
+                    );
                 }
-                ResponseFuture::reading(self.clone(), head, body, limit)
+                ResponseFuture::reading(self.clone(), head, body, limit, api)
             }
             ModelSource::Header(name) => {
                 let Some(requested) = head.headers.get(name).and_then(|v| v.to_str().ok()) else {
@@ -487,11 +492,6 @@ pub(crate) fn splice(body: &Bytes, span: (usize, usize), json_name: &Bytes) -> B
     out.extend_from_slice(json_name);
     out.extend_from_slice(&body[span.1..]);
     out.freeze()
-}
-
-/// Sets `Content-Length` for a rewritten body.
-pub(crate) fn set_length(head: &mut Parts, len: usize) {
-    crate::body::set_length(&mut head.headers, len);
 }
 
 // === ModelRouterBuilder ===

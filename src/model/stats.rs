@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::StatusCode;
 use serde::Serialize;
 
+use super::providers::Usage;
 use crate::metrics::{HistogramSnapshot, LatencyHistogram};
 use crate::split::StatusClasses;
 
@@ -22,7 +23,12 @@ pub(crate) struct VersionCounters {
     fallbacks: AtomicU64,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
+    cached_tokens: AtomicU64,
+    cache_write_tokens: AtomicU64,
+    reasoning_tokens: AtomicU64,
+    truncated: AtomicU64,
     latency: LatencyHistogram,
+    first_byte: LatencyHistogram,
 }
 
 impl VersionCounters {
@@ -53,10 +59,23 @@ impl VersionCounters {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn tokens(&self, prompt: u64, completion: u64) {
-        self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
-        self.completion_tokens
-            .fetch_add(completion, Ordering::Relaxed);
+    pub(crate) fn usage(&self, usage: &Usage) {
+        let add = |a: &AtomicU64, n: u64| {
+            if n > 0 {
+                a.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        add(&self.prompt_tokens, usage.input);
+        add(&self.completion_tokens, usage.output);
+        add(&self.cached_tokens, usage.cached_read);
+        add(&self.cache_write_tokens, usage.cache_write);
+        add(&self.reasoning_tokens, usage.reasoning);
+        add(&self.truncated, u64::from(usage.truncated));
+    }
+
+    /// The answer's first body byte came `after` the call.
+    pub(crate) fn first_byte(&self, after: Duration) {
+        self.first_byte.record(after);
     }
 
     pub(crate) fn read(&self, model: &str, weight: Option<u32>) -> VersionStats {
@@ -79,7 +98,12 @@ impl VersionCounters {
             fallbacks: load(&self.fallbacks),
             prompt_tokens: load(&self.prompt_tokens),
             completion_tokens: load(&self.completion_tokens),
+            cached_tokens: load(&self.cached_tokens),
+            cache_write_tokens: load(&self.cache_write_tokens),
+            reasoning_tokens: load(&self.reasoning_tokens),
+            truncated: load(&self.truncated),
             latency: self.latency.snapshot(),
+            time_to_first_token: self.first_byte.snapshot(),
             weight,
         }
     }
@@ -134,10 +158,24 @@ pub struct VersionStats {
     pub body_errors: u64,
     /// Requests this version failed that were retried on the fallback.
     pub fallbacks: u64,
-    /// `usage.prompt_tokens` summed over its responses.
+    /// Input tokens summed over its answers (OpenAI's `prompt_tokens`;
+    /// cached ones included, whatever the provider: see
+    /// [`Usage`](super::providers::Usage)).
     pub prompt_tokens: u64,
-    /// `usage.completion_tokens` summed over its responses.
+    /// Output tokens summed over its answers (reasoning included).
     pub completion_tokens: u64,
+    /// Of the input tokens, read from the provider's prompt cache.
+    pub cached_tokens: u64,
+    /// Of the input tokens, written to the provider's prompt cache.
+    pub cache_write_tokens: u64,
+    /// Of the output tokens, reasoning.
+    pub reasoning_tokens: u64,
+    /// Answers cut short (the client went away, the stream broke): their
+    /// tokens are what was counted before.
+    pub truncated: u64,
     /// Time to response headers.
     pub latency: HistogramSnapshot,
+    /// Time to the answer's first body byte (for a stream, its first
+    /// token).
+    pub time_to_first_token: HistogramSnapshot,
 }
