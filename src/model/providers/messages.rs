@@ -280,6 +280,21 @@ fn clip(s: &str, max: usize) -> &str {
 #[derive(Deserialize)]
 struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `Option<Cow<str>>` borrowing when it can (serde's own impl for `Cow`
+/// always copies, and `#[serde(borrow)]` does not reach through `Option`).
+fn opt_str<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    Ok(Option::<Str<'de>>::deserialize(d)?.map(|s| s.0))
+}
+
 #[derive(Deserialize)]
 struct Request<'a> {
     #[serde(borrow)]
@@ -316,7 +331,7 @@ struct Request<'a> {
 
 #[derive(Deserialize)]
 struct Message<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     role: Option<Cow<'a, str>>,
     #[serde(borrow)]
     content: Option<&'a RawValue>,
@@ -326,50 +341,50 @@ struct Message<'a> {
 /// buffer each block).
 #[derive(Deserialize)]
 struct Block<'a> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "opt_str")]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     text: Option<Cow<'a, str>>,
     #[serde(borrow)]
     source: Option<Source<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     name: Option<Cow<'a, str>>,
     #[serde(borrow)]
     input: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     tool_use_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     content: Option<&'a RawValue>,
     is_error: Option<bool>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     thinking: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     signature: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     data: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct Source<'a> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "opt_str")]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     media_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     data: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     url: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct Tool<'a> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "opt_str")]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     description: Option<Cow<'a, str>>,
     #[serde(borrow)]
     input_schema: Option<&'a RawValue>,
@@ -378,8 +393,8 @@ struct Tool<'a> {
 #[derive(Deserialize)]
 struct ToolChoice<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow)]
+    kind: Str<'a>,
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     name: Option<Cow<'a, str>>,
     disable_parallel_tool_use: Option<bool>,
 }
@@ -387,13 +402,13 @@ struct ToolChoice<'a> {
 #[derive(Deserialize)]
 struct Thinking<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
+    kind: Str<'a>,
     budget_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct Metadata<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     user_id: Option<Cow<'a, str>>,
 }
 
@@ -543,8 +558,16 @@ struct NamedFunction<'a> {
 
 /// Reads `raw` as a `T`, or a 400 naming `field`.
 fn field<'a, T: Deserialize<'a>>(raw: &'a RawValue, field: &str) -> Result<T, MessagesError> {
+    field_at(raw, || field.to_owned())
+}
+
+/// [`field`], its name made only when needed.
+fn field_at<'a, T: Deserialize<'a>>(
+    raw: &'a RawValue,
+    field: impl FnOnce() -> String,
+) -> Result<T, MessagesError> {
     serde_json::from_str(raw.get())
-        .map_err(|e| MessagesError::invalid(format!("{field}: {}", describe(&e))))
+        .map_err(|e| MessagesError::invalid(format!("{}: {}", field(), describe(&e))))
 }
 
 /// A serde error without its position (which is in the field, not the
@@ -777,11 +800,11 @@ fn user_message<'a>(
     out: &mut Vec<ChatMessage<'a>>,
 ) -> Result<(), MessagesError> {
     if is_string(content) {
-        let text = field::<Str<'_>>(content, &format!("messages.{i}.content"))?.0;
+        let text = field_at::<Str<'_>>(content, || format!("messages.{i}.content"))?.0;
         out.push(ChatMessage::new("user", Some(ChatContent::Text(text))));
         return Ok(());
     }
-    let blocks: Vec<Block<'a>> = field(content, &format!("messages.{i}.content"))?;
+    let blocks: Vec<Block<'a>> = field_at(content, || format!("messages.{i}.content"))?;
     let mut parts = Vec::new();
     // Tool messages first: OpenAI wants them right after the assistant's
     // `tool_calls`, whatever order the client put its blocks in.
@@ -880,10 +903,11 @@ fn tool_result_text<'a>(
     let text: Cow<'a, str> = match content {
         None => Cow::Borrowed(""),
         Some(raw) if is_string(raw) => {
-            field::<Str<'a>>(raw, &format!("messages.{i}.content.{j}.content"))?.0
+            field_at::<Str<'a>>(raw, || format!("messages.{i}.content.{j}.content"))?.0
         }
         Some(raw) => {
-            let blocks: Vec<Block<'a>> = field(raw, &format!("messages.{i}.content.{j}.content"))?;
+            let blocks: Vec<Block<'a>> =
+                field_at(raw, || format!("messages.{i}.content.{j}.content"))?;
             let mut text = String::new();
             for (k, b) in blocks.into_iter().enumerate() {
                 match (b.kind.as_deref(), b.text) {
@@ -920,10 +944,10 @@ fn assistant_message<'a>(
     opts: &RequestOptions,
 ) -> Result<ChatMessage<'a>, MessagesError> {
     if is_string(content) {
-        let text = field::<Str<'_>>(content, &format!("messages.{i}.content"))?.0;
+        let text = field_at::<Str<'_>>(content, || format!("messages.{i}.content"))?.0;
         return Ok(ChatMessage::new("assistant", Some(ChatContent::Text(text))));
     }
-    let blocks: Vec<Block<'a>> = field(content, &format!("messages.{i}.content"))?;
+    let blocks: Vec<Block<'a>> = field_at(content, || format!("messages.{i}.content"))?;
     let mut text: Option<Cow<'a, str>> = None;
     let mut m = ChatMessage::new("assistant", None);
     let mut reasoning: Option<String> = None;
@@ -1030,7 +1054,7 @@ fn chat_tools<'a>(
 
 #[derive(Deserialize)]
 struct Completion<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     choices: Option<Vec<Choice<'a>>>,
@@ -1041,17 +1065,17 @@ struct Completion<'a> {
 struct Choice<'a> {
     #[serde(borrow)]
     message: Option<AnswerMessage<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct AnswerMessage<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     content: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     reasoning_content: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     reasoning: Option<Cow<'a, str>>,
     #[serde(borrow)]
     thinking_blocks: Option<Vec<ThinkingBlock<'a>>>,
@@ -1061,7 +1085,7 @@ struct AnswerMessage<'a> {
 
 #[derive(Deserialize)]
 struct AnswerToolCall<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     function: Option<AnswerFunction<'a>>,
@@ -1069,9 +1093,9 @@ struct AnswerToolCall<'a> {
 
 #[derive(Deserialize)]
 struct AnswerFunction<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     arguments: Option<Cow<'a, str>>,
 }
 
@@ -1311,7 +1335,7 @@ pub fn error_from_chat(status: StatusCode, body: &[u8]) -> MessagesError {
     struct Doc<'a> {
         #[serde(borrow)]
         error: Option<ErrField<'a>>,
-        #[serde(borrow)]
+        #[serde(borrow, default, deserialize_with = "opt_str")]
         message: Option<Cow<'a, str>>,
     }
     #[derive(Deserialize)]
@@ -1319,7 +1343,7 @@ pub fn error_from_chat(status: StatusCode, body: &[u8]) -> MessagesError {
     enum ErrField<'a> {
         Text(#[serde(borrow)] Cow<'a, str>),
         Object {
-            #[serde(borrow)]
+            #[serde(borrow, default, deserialize_with = "opt_str")]
             message: Option<Cow<'a, str>>,
         },
     }
@@ -1352,7 +1376,7 @@ pub fn error_from_chat(status: StatusCode, body: &[u8]) -> MessagesError {
 
 #[derive(Deserialize)]
 struct Chunk<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     choices: Option<Vec<ChunkChoice<'a>>>,
@@ -1366,28 +1390,29 @@ struct Chunk<'a> {
 enum ChunkError<'a> {
     Text(#[serde(borrow)] Cow<'a, str>),
     Object {
-        #[serde(borrow)]
+        #[serde(borrow, default, deserialize_with = "opt_str")]
         message: Option<Cow<'a, str>>,
-        #[serde(rename = "type", borrow)]
+        #[serde(rename = "type", borrow, default, deserialize_with = "opt_str")]
         kind: Option<Cow<'a, str>>,
     },
 }
 
 #[derive(Deserialize)]
 struct ChunkChoice<'a> {
+    index: Option<u32>,
     #[serde(borrow)]
     delta: Option<Delta<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct Delta<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     content: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     reasoning_content: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     reasoning: Option<Cow<'a, str>>,
     #[serde(borrow)]
     thinking_blocks: Option<Vec<ThinkingBlock<'a>>>,
@@ -1398,7 +1423,7 @@ struct Delta<'a> {
 #[derive(Deserialize)]
 struct DeltaToolCall<'a> {
     index: Option<u32>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     function: Option<AnswerFunction<'a>>,
@@ -1867,7 +1892,11 @@ impl MessagesStream {
         if let Some(u) = chunk.usage {
             self.usage = Some(u);
         }
-        let Some(choice) = chunk.choices.and_then(|c| c.into_iter().next()) else {
+        // Choice 0 only (a client asking for `n` > 1 gets the first).
+        let Some(choice) = chunk
+            .choices
+            .and_then(|c| c.into_iter().find(|c| c.index.unwrap_or(0) == 0))
+        else {
             return Ok(());
         };
         if let Some(delta) = choice.delta {
@@ -2811,6 +2840,20 @@ mod tests {
         let msg = reassemble(&events(&run(s.as_bytes()).0));
         assert_eq!(msg["content"][0]["input"], json!({"q": 1}));
         assert_eq!(msg["content"][1]["id"], "y");
+    }
+
+    #[test]
+    fn only_choice_zero_is_read() {
+        let other = |t: &str| {
+            let c = json!({"id": "x", "choices": [{"index": 1, "delta": {"content": t}, "finish_reason": null}]});
+            format!("data: {c}\n\n")
+        };
+        let s = other("no")
+            + &chunk(json!({"content": "yes"}), None)
+            + &other("no")
+            + &chunk(json!({}), Some("stop"));
+        let msg = reassemble(&events(&run(s.as_bytes()).0));
+        assert_eq!(msg["content"], json!([{"type": "text", "text": "yes"}]));
     }
 
     #[test]
