@@ -2956,6 +2956,28 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        fn no_input_panics(
+            junk in proptest::collection::vec(proptest::sample::select(vec![
+                "{", "}", "[", "]", ",", ":", "\"type\"", "\"text\"", "\"tool_use\"", "\"tool_result\"", "\"image\"",
+                "\"messages\"", "\"content\"", "\"role\"", "\"user\"", "\"assistant\"", "\"choices\"", "\"delta\"",
+                "\"tool_calls\"", "\"index\"", "\"arguments\"", "\"function\"", "\"finish_reason\"", "\"error\"",
+                "\"max_tokens\"", "\"model\"", "1", "null", "\"é\\u0000\"", "\"\\\"\"",
+            ]), 0..40),
+        ) {
+            let junk: String = junk.concat();
+            let _ = request_to_chat(junk.as_bytes(), &opts());
+            let _ = response_from_chat(junk.as_bytes(), MODEL);
+            let _ = error_from_chat(StatusCode::BAD_GATEWAY, junk.as_bytes());
+            let mut m = MessagesStream::new(MODEL);
+            let mut out = Vec::new();
+            m.event(&sse::Event { event: "", data: &junk }, &mut out);
+            m.event(&sse::Event { event: "", data: &format!("{{\"choices\":[{{\"delta\":{junk}}}]}}") }, &mut out);
+            m.finish(&mut out);
+            let ev = events(&out);
+            reassemble(&ev);
+        }
+
+        #[test]
         fn chunk_boundaries_do_not_matter(which in 0..STREAMS.len(), cuts in proptest::collection::vec(0usize..4096, 0..12)) {
             let bytes = fixture(&format!("{}.sse", STREAMS[which])).as_bytes();
             let whole = run(bytes);
