@@ -363,3 +363,37 @@ async fn a_provider_for_an_unknown_upstream_or_an_unreadable_key_is_a_build_erro
         "{err}"
     );
 }
+
+/// The README's provider configuration parses, and builds once its keys
+/// are there (each read from a file here).
+#[cfg(feature = "config")]
+#[test]
+fn the_readme_provider_config_parses_and_builds() {
+    use switchyard::gateway::GatewayConfig;
+    let readme = include_str!("../README.md");
+    let section = &readme[readme.find("## One AI API over every provider").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let text = &section[start..start + section[start..].find("```").unwrap()];
+    let config: GatewayConfig = toml::from_str(text).unwrap();
+    let model = config.routes[0].model.as_ref().unwrap();
+    assert_eq!(model.providers.len(), 3);
+    assert_eq!(model.providers["anthropic"].keys.len(), 2);
+    assert_eq!(
+        model.catalog.aliases[0].fallback.as_deref(),
+        Some("gemini-flash")
+    );
+
+    // Keys from files instead of the environment, to build it here.
+    let dir = std::env::temp_dir().join(format!("switchyard-readme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = config;
+    let model = config.routes[0].model.as_mut().unwrap();
+    for (name, provider) in model.providers.iter_mut() {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("sk-{name}\n")).unwrap();
+        provider.keys = vec![KeySource::File(path)];
+    }
+    let built = switchyard::gateway::Gateway::from_config(config);
+    std::fs::remove_dir_all(&dir).unwrap();
+    built.unwrap();
+}
