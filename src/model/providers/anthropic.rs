@@ -722,10 +722,8 @@ pub fn request_from_chat(body: &[u8], opts: &RequestOptions) -> Result<Translate
     for (i, m) in messages.iter().enumerate() {
         match &*m.role {
             "system" | "developer" => match &m.content {
-                Some(OneOrMany::One(text)) => {
-                    if !text.is_empty() {
-                        system.push(TextBlock { kind: "text", text });
-                    }
+                Some(OneOrMany::One(text)) if !text.is_empty() => {
+                    system.push(TextBlock { kind: "text", text });
                 }
                 Some(OneOrMany::Many(parts)) => {
                     for (j, p) in parts.iter().enumerate() {
@@ -738,7 +736,7 @@ pub fn request_from_chat(body: &[u8], opts: &RequestOptions) -> Result<Translate
                         }
                     }
                 }
-                None => {}
+                _ => {}
             },
             "user" => {
                 let blocks = turn(&mut out, "user");
@@ -2410,7 +2408,7 @@ mod tests {
     fn a_stream_cut_after_message_start_keeps_its_input_tokens_truncated() {
         let text = fixture!("stream_text.sse");
         let cut = text.find("event: content_block_start").unwrap();
-        let (out, usage) = run(&[text[..cut].as_bytes()], opts());
+        let (out, usage) = run(&[&text.as_bytes()[..cut]], opts());
         assert_eq!((usage.input, usage.output, usage.truncated), (25, 1, true));
         let r = reassemble(&out);
         assert_eq!((r.errors, r.done), (1, 1));
@@ -2419,7 +2417,7 @@ mod tests {
         let mut mapper = ChatStream::new(opts());
         let mut out = Vec::new();
         parser
-            .feed(text[..cut].as_bytes(), |e| mapper.event(e, &mut out))
+            .feed(&text.as_bytes()[..cut], |e| mapper.event(e, &mut out))
             .unwrap();
         mapper.fail("connection reset", &mut out);
         mapper.fail("again", &mut out);
