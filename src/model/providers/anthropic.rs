@@ -688,7 +688,20 @@ fn image_source(url: &str) -> Option<ImageSource<'_>> {
 /// so is anything Anthropic cannot honour when `opts.unsupported` is
 /// [`Unsupported::Reject`].
 pub fn request_from_chat(body: &[u8], opts: &RequestOptions) -> Result<Translated, OpenAiError> {
-    let req: ChatRequest<'_> = serde_json::from_slice(body).map_err(|e| locate_error(body, &e))?;
+    // Checked once here, strings are not checked again one by one.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        OpenAiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "The request body is not valid UTF-8 (at byte {}).",
+                e.valid_up_to()
+            ),
+            "invalid_request_error",
+            None,
+            Some("invalid_encoding"),
+        )
+    })?;
+    let req: ChatRequest<'_> = serde_json::from_str(text).map_err(|e| locate_error(body, &e))?;
     let mode = opts.unsupported;
     let Some(messages) = req.messages.as_deref() else {
         return Err(bad_request(
@@ -1256,8 +1269,9 @@ pub fn response_to_chat(
     model: &str,
     created: u64,
 ) -> Result<(Vec<u8>, Usage), OpenAiError> {
+    let text = std::str::from_utf8(body).map_err(|_| bad_upstream("it is not UTF-8"))?;
     let msg: MessageIn<'_> =
-        serde_json::from_slice(body).map_err(|e| bad_upstream(&e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| bad_upstream(&e.to_string()))?;
     if msg.kind.as_deref() == Some("error") {
         return Err(error_to_chat(StatusCode::BAD_GATEWAY, body));
     }
@@ -1476,22 +1490,13 @@ struct DeltaIn<'a> {
     stop_reason: Option<Str<'a>>,
 }
 
+/// What starts every chunk: `{"id","object","created","model"`.
 #[derive(Debug, Serialize)]
-struct Chunk<'b> {
+struct ChunkHead<'b> {
     id: &'b str,
     object: &'static str,
     created: u64,
     model: &'b str,
-    choices: &'b [ChunkChoice<'b>],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<UsageOut>,
-}
-
-#[derive(Debug, Serialize)]
-struct ChunkChoice<'b> {
-    index: u32,
-    delta: Delta<'b>,
-    finish_reason: Option<&'static str>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -1570,6 +1575,8 @@ pub struct ChatStream {
     json_answer: bool,
     thinking: String,
     usage: Usage,
+    /// `{"id":…,"object":…,"created":…,"model":…,` once the id is known.
+    head: Vec<u8>,
 }
 
 impl ChatStream {
@@ -1586,40 +1593,65 @@ impl ChatStream {
             json_answer: false,
             thinking: String::new(),
             usage: Usage::default(),
+            head: Vec::new(),
         }
     }
 
-    fn write(&self, out: &mut Vec<u8>, choices: &[ChunkChoice<'_>], usage: Option<UsageOut>) {
-        let chunk = Chunk {
+    /// `{"id":…,"object":…,"created":…,"model":…,`.
+    fn write_head(&self, out: &mut Vec<u8>) {
+        let head = ChunkHead {
             id: &self.id,
             object: "chat.completion.chunk",
             created: self.opts.created,
             model: &self.opts.model,
-            choices,
-            usage,
         };
-        out.extend_from_slice(b"data: ");
         // Writing plain structs into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, &chunk);
+        let _ = serde_json::to_writer(&mut *out, &head);
+        out.pop();
+        out.push(b',');
+    }
+
+    /// Appends `data: ` and the chunk's head.
+    fn open(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"data: ");
+        if self.head.is_empty() {
+            self.write_head(out);
+        } else {
+            out.extend_from_slice(&self.head);
+        }
+    }
+
+    /// Appends a chunk with one choice.
+    fn delta(&self, out: &mut Vec<u8>, delta: Delta<'_>, finish_reason: Option<&'static str>) {
+        self.open(out);
+        out.extend_from_slice(br#""choices":[{"index":0,"delta":"#);
+        let _ = serde_json::to_writer(&mut *out, &delta);
+        match finish_reason {
+            None => out.extend_from_slice(br#","finish_reason":null}]}"#),
+            Some(reason) => {
+                out.extend_from_slice(br#","finish_reason":""#);
+                out.extend_from_slice(reason.as_bytes());
+                out.extend_from_slice(br#""}]}"#);
+            }
+        }
         out.extend_from_slice(b"\n\n");
     }
 
-    fn delta(&self, out: &mut Vec<u8>, delta: Delta<'_>, finish_reason: Option<&'static str>) {
-        self.write(
-            out,
-            &[ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason,
-            }],
-            None,
-        );
+    /// Appends the usage chunk.
+    fn usage_chunk(&self, out: &mut Vec<u8>) {
+        self.open(out);
+        out.extend_from_slice(br#""choices":[],"usage":"#);
+        let _ = serde_json::to_writer(&mut *out, &UsageOut::from(&self.usage));
+        out.extend_from_slice(b"}\n\n");
     }
 
     /// The first chunk, once.
     fn start(&mut self, out: &mut Vec<u8>) {
         if !self.started {
             self.started = true;
+            let mut head = Vec::with_capacity(128);
+            self.write_head(&mut head);
+            self.head = head;
             self.delta(
                 out,
                 Delta {
@@ -1891,7 +1923,7 @@ impl StreamMapper for ChatStream {
             "message_stop" => {
                 self.start(out);
                 if self.opts.include_usage {
-                    self.write(out, &[], Some(UsageOut::from(&self.usage)));
+                    self.usage_chunk(out);
                 }
                 out.extend_from_slice(b"data: [DONE]\n\n");
                 self.done = true;
@@ -2682,6 +2714,12 @@ mod tests {
             Some("messages[0].tool_call_id")
         );
         assert_eq!(param(r#"[1,2]"#).status(), StatusCode::BAD_REQUEST);
+        let e =
+            request_from_chat(b"{\"messages\":\"\xff\"}", &RequestOptions::new("m")).unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::BAD_REQUEST, Some("invalid_encoding"))
+        );
         assert_eq!(
             param(r#"{"messages":[{"role":"user","content":"a"}],"reasoning_effort":"max"}"#)
                 .param(),
