@@ -377,7 +377,8 @@ where
                             attempt.flight.counters().fallback();
                             // Reported with no tokens: an upstream that
                             // could not be reached as a 502.
-                            let status = out.as_ref().map_or(StatusCode::BAD_GATEWAY, |r| r.status());
+                            let status =
+                                out.as_ref().map_or(StatusCode::BAD_GATEWAY, |r| r.status());
                             drop(out);
                             let mut parts = Response::new(()).into_parts().0;
                             parts.status = status;
