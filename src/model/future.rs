@@ -284,7 +284,7 @@ where
                         )));
                     };
                     let (router, head, api) = *pending;
-                    let refusal = match read {
+                    match read {
                         Ok(()) => {
                             let data = collector.take().data;
                             match route_body(&router, head, data, api) {
@@ -311,8 +311,7 @@ where
                                 api,
                             )));
                         }
-                    };
-                    refusal
+                    }
                 }
                 StateProj::Calling { dispatch, attempt } => {
                     let out = ready!(dispatch.poll(cx));
