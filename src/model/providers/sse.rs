@@ -69,23 +69,29 @@ impl Parser {
     /// Reads `chunk`, calling `f` with every event it completes.
     ///
     /// After an error the parser is unusable (its state is dropped).
-    pub fn feed(&mut self, mut chunk: &[u8], mut f: impl FnMut(&Event<'_>)) -> Result<(), TooLong> {
-        if self.after_cr && !chunk.is_empty() {
+    pub fn feed(&mut self, chunk: &[u8], mut f: impl FnMut(&Event<'_>)) -> Result<(), TooLong> {
+        let mut rest = chunk;
+        if self.after_cr && !rest.is_empty() {
             self.after_cr = false;
-            if let Some(rest) = chunk.strip_prefix(b"\n") {
-                chunk = rest;
+            if let Some(r) = rest.strip_prefix(b"\n") {
+                rest = r;
             }
         }
-        while !chunk.is_empty() {
-            let Some(end) = memchr::memchr2(b'\n', b'\r', chunk) else {
-                if self.line.len() + chunk.len() > self.limit {
+        // An event whose one `data:` line lies whole in this chunk is
+        // handed out from the chunk, not copied (the common case: one
+        // event per chunk). Held here until its blank line; copied only
+        // if the chunk ends first.
+        let mut borrowed: Option<&[u8]> = None;
+        while !rest.is_empty() {
+            let Some(end) = memchr::memchr2(b'\n', b'\r', rest) else {
+                if self.line.len() + rest.len() > self.limit {
                     return Err(self.overflow());
                 }
-                self.line.extend_from_slice(chunk);
-                return Ok(());
+                self.line.extend_from_slice(rest);
+                break;
             };
-            let skip = if chunk[end] == b'\r' {
-                match chunk.get(end + 1) {
+            let skip = if rest[end] == b'\r' {
+                match rest.get(end + 1) {
                     Some(b'\n') => 2,
                     Some(_) => 1,
                     None => {
@@ -97,19 +103,23 @@ impl Parser {
                 1
             };
             if self.line.is_empty() {
-                self.line_done(&chunk[..end], &mut f)?;
+                let line = &rest[..end];
+                self.line_done(line, Some(line), &mut borrowed, &mut f)?;
             } else {
                 if self.line.len() + end > self.limit {
                     return Err(self.overflow());
                 }
                 let mut line = std::mem::take(&mut self.line);
-                line.extend_from_slice(&chunk[..end]);
-                let r = self.line_done(&line, &mut f);
+                line.extend_from_slice(&rest[..end]);
+                let r = self.line_done(&line, None, &mut borrowed, &mut f);
                 line.clear();
                 self.line = line;
                 r?;
             }
-            chunk = &chunk[end + skip..];
+            rest = &rest[end + skip..];
+        }
+        if let Some(data) = borrowed {
+            self.data.extend_from_slice(data);
         }
         Ok(())
     }
@@ -117,11 +127,12 @@ impl Parser {
     /// The stream ended: a last event not followed by its blank line is
     /// still handed out (servers that end without one are common).
     pub fn finish(&mut self, mut f: impl FnMut(&Event<'_>)) {
+        let mut borrowed = None;
         if !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
-            let _ = self.line_done(&line, &mut f);
+            let _ = self.line_done(&line, None, &mut borrowed, &mut f);
         }
-        self.dispatch(&mut f);
+        self.dispatch(None, &mut f);
     }
 
     #[cold]
@@ -130,30 +141,53 @@ impl Parser {
         TooLong { limit: self.limit }
     }
 
-    fn line_done(&mut self, line: &[u8], f: &mut impl FnMut(&Event<'_>)) -> Result<(), TooLong> {
+    /// One line. `chunk` is the same line when it lies in the caller's
+    /// chunk (so its data may be borrowed into `borrowed`).
+    fn line_done<'c>(
+        &mut self,
+        line: &[u8],
+        chunk: Option<&'c [u8]>,
+        borrowed: &mut Option<&'c [u8]>,
+        f: &mut impl FnMut(&Event<'_>),
+    ) -> Result<(), TooLong> {
         if line.is_empty() {
-            self.dispatch(f);
+            let data = borrowed.take();
+            self.dispatch(data, f);
             return Ok(());
         }
         if line[0] == b':' {
             return Ok(());
         }
-        let (name, value) = match memchr::memchr(b':', line) {
+        let (name, start) = match memchr::memchr(b':', line) {
             Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+                let v = i + 1;
+                (
+                    &line[..i],
+                    if line.get(v) == Some(&b' ') { v + 1 } else { v },
+                )
             }
-            None => (line, &b""[..]),
+            None => (line, line.len()),
         };
+        let value = &line[start..];
         match name {
             b"data" => {
-                if self.event.len() + self.data.len() + value.len() + 1 > self.limit {
+                let held = self.data.len() + borrowed.map_or(0, <[u8]>::len);
+                if self.event.len() + held + value.len() + 1 > self.limit {
                     return Err(self.overflow());
                 }
-                if self.has_data {
-                    self.data.push(b'\n');
+                if !self.has_data
+                    && let Some(chunk) = chunk
+                {
+                    *borrowed = Some(&chunk[start..]);
+                } else {
+                    if let Some(first) = borrowed.take() {
+                        self.data.extend_from_slice(first);
+                    }
+                    if self.has_data {
+                        self.data.push(b'\n');
+                    }
+                    self.data.extend_from_slice(value);
                 }
-                self.data.extend_from_slice(value);
                 self.has_data = true;
             }
             b"event" => {
@@ -168,10 +202,10 @@ impl Parser {
         Ok(())
     }
 
-    fn dispatch(&mut self, f: &mut impl FnMut(&Event<'_>)) {
+    fn dispatch(&mut self, borrowed: Option<&[u8]>, f: &mut impl FnMut(&Event<'_>)) {
         if self.has_data {
-            let data = String::from_utf8_lossy(&self.data);
-            let event = String::from_utf8_lossy(&self.event);
+            let data = text(borrowed.unwrap_or(&self.data));
+            let event = text(&self.event);
             f(&Event {
                 event: &event,
                 data: &data,
@@ -180,6 +214,14 @@ impl Parser {
         self.data.clear();
         self.event.clear();
         self.has_data = false;
+    }
+}
+
+/// UTF-8 text, invalid sequences replaced (the fast check first).
+fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 
