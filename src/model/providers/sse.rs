@@ -225,11 +225,24 @@ fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Appends `data: {data}\n\n`. `data` must not contain a line break
-/// (serialized JSON never does).
+/// Appends `data: {data}\n\n`; data holding line breaks (an event
+/// passed on as it came) gets one `data:` line per line, so it reads back
+/// the same.
 pub fn write_data(out: &mut Vec<u8>, data: &[u8]) {
+    let mut rest = data;
+    while let Some(i) = memchr::memchr2(b'\n', b'\r', rest) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&rest[..i]);
+        out.push(b'\n');
+        let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+            2
+        } else {
+            1
+        };
+        rest = &rest[i + skip..];
+    }
     out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data);
+    out.extend_from_slice(rest);
     out.extend_from_slice(b"\n\n");
 }
 
@@ -287,6 +300,20 @@ mod tests {
         assert_eq!(
             events(&[b"data: 1\n\ndata: 2"]),
             [(String::new(), "1".into()), (String::new(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn written_events_read_back_the_same() {
+        let mut out = Vec::new();
+        write_data(&mut out, b"[DONE]\n{\"a\":1}\r\nx");
+        write_event(&mut out, "e", b"y");
+        assert_eq!(
+            events(&[&out]),
+            [
+                (String::new(), "[DONE]\n{\"a\":1}\nx".into()),
+                ("e".into(), "y".into())
+            ]
         );
     }
 
