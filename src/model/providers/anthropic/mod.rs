@@ -2053,7 +2053,7 @@ mod tests {
     macro_rules! fixture {
         ($name:literal) => {
             include_str!(concat!(
-                "../../../tests/fixtures/providers/anthropic/",
+                "../../../../tests/fixtures/providers/anthropic/",
                 $name
             ))
         };
