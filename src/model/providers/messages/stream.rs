@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::response::{
@@ -28,7 +29,7 @@ struct Chunk<'a> {
     #[serde(borrow, default, deserialize_with = "opt_str")]
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    choices: Option<Vec<ChunkChoice<'a>>>,
+    choices: Option<FirstChoice<'a>>,
     usage: Option<ChatUsage>,
     #[serde(borrow)]
     error: Option<ChunkError<'a>>,
@@ -44,6 +45,33 @@ enum ChunkError<'a> {
         #[serde(rename = "type", borrow, default, deserialize_with = "opt_str")]
         kind: Option<Cow<'a, str>>,
     },
+}
+
+/// Of a chunk's `choices`, the first with `index` 0 (or none): every
+/// element is read (a malformed one fails the chunk, as any bad field
+/// does), none is kept in a `Vec`.
+struct FirstChoice<'a>(Option<ChunkChoice<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FirstChoice<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FirstChoice<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of choices")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut first = None;
+                while let Some(c) = seq.next_element::<ChunkChoice<'de>>()? {
+                    if first.is_none() && c.index.unwrap_or(0) == 0 {
+                        first = Some(c);
+                    }
+                }
+                Ok(FirstChoice(first))
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -217,24 +245,15 @@ enum StartBlock<'a> {
     },
 }
 
-#[derive(Serialize)]
-struct BlockDelta<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    index: u32,
-    delta: DeltaOut<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type")]
+/// A `content_block_delta`'s `delta`.
 enum DeltaOut<'a> {
-    #[serde(rename = "thinking_delta")]
+    /// `{"type":"thinking_delta","thinking"}`.
     Thinking { thinking: &'a str },
-    #[serde(rename = "signature_delta")]
+    /// `{"type":"signature_delta","signature"}`.
     Signature { signature: &'a str },
-    #[serde(rename = "text_delta")]
+    /// `{"type":"text_delta","text"}`.
     Text { text: &'a str },
-    #[serde(rename = "input_json_delta")]
+    /// `{"type":"input_json_delta","partial_json"}`.
     InputJson { partial_json: &'a str },
 }
 
@@ -273,17 +292,31 @@ fn emit<T: Serialize>(scratch: &mut Vec<u8>, out: &mut Vec<u8>, name: &str, valu
     sse::write_event(out, name, scratch);
 }
 
-fn delta_event(scratch: &mut Vec<u8>, out: &mut Vec<u8>, index: u32, delta: DeltaOut<'_>) {
-    emit(
-        scratch,
-        out,
-        "content_block_delta",
-        &BlockDelta {
-            kind: "content_block_delta",
-            index,
-            delta,
-        },
-    );
+/// Appends a `content_block_delta` event (one per upstream delta: the
+/// hot path), written by hand into one reservation:
+/// `{"type":"content_block_delta","index":N,"delta":{"type":KIND,KEY:"…"}}`,
+/// the string escaped by serde_json as a serialized struct would be.
+fn delta_event(out: &mut Vec<u8>, index: u32, delta: DeltaOut<'_>) {
+    const HEAD: &[u8] =
+        b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":";
+    let (kind, value): (&[u8], &str) = match delta {
+        DeltaOut::Thinking { thinking } => (b"thinking_delta\",\"thinking\":", thinking),
+        DeltaOut::Signature { signature } => (b"signature_delta\",\"signature\":", signature),
+        DeltaOut::Text { text } => (b"text_delta\",\"text\":", text),
+        DeltaOut::InputJson { partial_json } => {
+            (b"input_json_delta\",\"partial_json\":", partial_json)
+        }
+    };
+    // The index (at most 10 digits), `,"delta":{"type":"`, the quotes, a
+    // little room for escapes, `}}\n\n`.
+    out.reserve(HEAD.len() + 10 + 18 + kind.len() + value.len() + value.len() / 8 + 8);
+    out.extend_from_slice(HEAD);
+    // Writing numbers and strings into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &index);
+    out.extend_from_slice(b",\"delta\":{\"type\":\"");
+    out.extend_from_slice(kind);
+    let _ = serde_json::to_writer(&mut *out, value);
+    out.extend_from_slice(b"}}\n\n");
 }
 
 impl MessagesStream {
@@ -409,7 +442,6 @@ impl MessagesStream {
         );
         if !held.is_empty() {
             delta_event(
-                &mut self.scratch,
                 out,
                 index,
                 DeltaOut::InputJson {
@@ -494,12 +526,7 @@ impl MessagesStream {
                 if let Some(args) = args.as_deref().filter(|a| !a.is_empty()) {
                     call.json.feed(args);
                     let index = self.open.map_or(0, |(_, i)| i);
-                    delta_event(
-                        &mut self.scratch,
-                        out,
-                        index,
-                        DeltaOut::InputJson { partial_json: args },
-                    );
+                    delta_event(out, index, DeltaOut::InputJson { partial_json: args });
                 }
             }
             CallState::Held => {
@@ -539,22 +566,14 @@ impl MessagesStream {
             self.usage = Some(u);
         }
         // Choice 0 only (a client asking for `n` > 1 gets the first).
-        let Some(choice) = chunk
-            .choices
-            .and_then(|c| c.into_iter().find(|c| c.index.unwrap_or(0) == 0))
-        else {
+        let Some(choice) = chunk.choices.and_then(|c| c.0) else {
             return Ok(());
         };
         if let Some(delta) = choice.delta {
             let reasoning = delta.reasoning_content.or(delta.reasoning);
             if let Some(r) = reasoning.as_deref().filter(|r| !r.is_empty()) {
                 let index = self.ensure(Open::Thinking, out);
-                delta_event(
-                    &mut self.scratch,
-                    out,
-                    index,
-                    DeltaOut::Thinking { thinking: r },
-                );
+                delta_event(out, index, DeltaOut::Thinking { thinking: r });
             }
             for b in delta.thinking_blocks.into_iter().flatten() {
                 // The text of a thinking block repeats `reasoning_content`
@@ -564,18 +583,12 @@ impl MessagesStream {
                     && !thinking.is_empty()
                 {
                     let index = self.ensure(Open::Thinking, out);
-                    delta_event(
-                        &mut self.scratch,
-                        out,
-                        index,
-                        DeltaOut::Thinking { thinking },
-                    );
+                    delta_event(out, index, DeltaOut::Thinking { thinking });
                 }
                 match b {
                     ThinkingBlock::Thinking { signature, .. } if !signature.is_empty() => {
                         let index = self.ensure(Open::Thinking, out);
                         delta_event(
-                            &mut self.scratch,
                             out,
                             index,
                             DeltaOut::Signature {
@@ -597,12 +610,7 @@ impl MessagesStream {
             }
             if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
                 let index = self.ensure(Open::Text, out);
-                delta_event(
-                    &mut self.scratch,
-                    out,
-                    index,
-                    DeltaOut::Text { text: &text },
-                );
+                delta_event(out, index, DeltaOut::Text { text: &text });
             }
             for tc in delta.tool_calls.into_iter().flatten() {
                 self.tool_delta(tc, out)?;
