@@ -20,7 +20,8 @@
 //!
 //! let p: Protocol = serde_json::from_str("\"openai_compatible\"").unwrap();
 //! assert_eq!(p, Protocol::OpenAiCompatible);
-//! let u = Usage { input: 120, cached_read: 100, output: 30, reasoning: 10, ..Usage::default() };
+//! let mut u = Usage::default();
+//! (u.input, u.cached_read, u.output, u.reasoning) = (120, 100, 30, 10);
 //! assert_eq!(u.total(), 150);
 //! ```
 
