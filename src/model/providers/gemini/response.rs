@@ -14,45 +14,45 @@ use crate::model::providers::Usage;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct GenerateResponse<'a> {
+struct GenerateResponse<'a> {
     #[serde(borrow, default)]
-    pub(super) candidates: Vec<CandidateIn<'a>>,
+    candidates: Vec<CandidateIn<'a>>,
     #[serde(borrow)]
-    pub(super) prompt_feedback: Option<PromptFeedback<'a>>,
-    pub(super) usage_metadata: Option<UsageMetadata>,
+    prompt_feedback: Option<PromptFeedback<'a>>,
+    usage_metadata: Option<UsageMetadata>,
     #[serde(borrow)]
-    pub(super) response_id: Option<Cow<'a, str>>,
+    response_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    pub(super) error: Option<GeminiError<'a>>,
+    error: Option<GeminiError<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct CandidateIn<'a> {
+struct CandidateIn<'a> {
     #[serde(borrow)]
-    pub(super) content: Option<CandidateContent<'a>>,
+    content: Option<CandidateContent<'a>>,
     #[serde(borrow)]
-    pub(super) finish_reason: Option<Cow<'a, str>>,
-    pub(super) index: Option<u32>,
+    finish_reason: Option<Cow<'a, str>>,
+    index: Option<u32>,
 }
 
 #[derive(Deserialize)]
-pub(super) struct CandidateContent<'a> {
+struct CandidateContent<'a> {
     #[serde(borrow, default)]
-    pub(super) parts: Vec<PartIn<'a>>,
+    parts: Vec<PartIn<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct PartIn<'a> {
+struct PartIn<'a> {
     #[serde(borrow)]
-    pub(super) text: Option<Cow<'a, str>>,
+    text: Option<Cow<'a, str>>,
     #[serde(default)]
-    pub(super) thought: bool,
+    thought: bool,
     #[serde(borrow)]
-    pub(super) thought_signature: Option<Cow<'a, str>>,
+    thought_signature: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    pub(super) function_call: Option<FunctionCallIn<'a>>,
+    function_call: Option<FunctionCallIn<'a>>,
 }
 
 #[derive(Deserialize)]
