@@ -156,8 +156,7 @@ pub(crate) enum Reader {
 
 /// Who and what a usage report is about.
 pub(crate) struct Report {
-    pub(crate) started: Instant,
-    pub(crate) hook: Option<UsageHook>,
+    pub(crate) hook: UsageHook,
     pub(crate) record: UsageRecord,
 }
 
@@ -167,7 +166,9 @@ pub(crate) struct Report {
 pub(crate) struct Tracker {
     flight: Option<Flight>,
     reader: Reader,
+    /// Only when there is a usage hook to call.
     report: Option<Box<Report>>,
+    started: Instant,
     first_byte: Option<Duration>,
     /// A translated stream has written its end.
     ended: bool,
@@ -177,11 +178,17 @@ pub(crate) struct Tracker {
 const EVENT_LIMIT: usize = 8 * 1024 * 1024;
 
 impl Tracker {
-    pub(crate) fn new(flight: Flight, reader: Reader, report: Option<Box<Report>>) -> Self {
+    pub(crate) fn new(
+        flight: Flight,
+        reader: Reader,
+        started: Instant,
+        report: Option<Box<Report>>,
+    ) -> Self {
         Self {
             flight: Some(flight),
             reader,
             report,
+            started,
             first_byte: None,
             ended: false,
         }
@@ -207,10 +214,8 @@ impl Tracker {
     }
 
     fn first(&mut self) {
-        if self.first_byte.is_none()
-            && let Some(r) = &self.report
-        {
-            self.first_byte = Some(r.started.elapsed());
+        if self.first_byte.is_none() {
+            self.first_byte = Some(self.started.elapsed());
         }
     }
 
@@ -338,17 +343,11 @@ impl Tracker {
             counters.first_byte(t);
         }
         if let Some(report) = self.report.take() {
-            let Report {
-                started,
-                hook,
-                mut record,
-            } = *report;
-            if let Some(hook) = hook {
-                record.usage = usage;
-                record.time_to_first_token = self.first_byte;
-                record.duration = started.elapsed();
-                hook(&record);
-            }
+            let Report { hook, mut record } = *report;
+            record.usage = usage;
+            record.time_to_first_token = self.first_byte;
+            record.duration = self.started.elapsed();
+            hook(&record);
         }
     }
 }

@@ -17,7 +17,7 @@ use tower::Service;
 use super::body::{ModelBody, Reader, Report, Tracker};
 use super::catalog::Compiled;
 use super::handle::Upstream;
-use super::openai::{OpenAiError, json_response, model_field};
+use super::openai::{BodyInfo, OpenAiError, json_response, model_field};
 use super::provider::retry_after;
 use super::providers::openai::HideUsage;
 use super::providers::{Protocol, Usage};
@@ -63,7 +63,7 @@ pin_project! {
             #[pin]
             body: ResB,
             collector: Collector,
-            pending: Option<Box<(http::response::Parts, Attempt<S>)>>,
+            pending: Option<Box<(http::response::Parts, Box<Attempt<S>>)>>,
         },
         // The router's own answer.
         Answer {
@@ -100,7 +100,7 @@ struct Attempt<S> {
 struct Retry {
     head: Parts,
     body: Bytes,
-    span: (usize, usize),
+    info: BodyInfo,
     model: usize,
 }
 
@@ -220,7 +220,7 @@ fn call_version<S, ReqB, ResB>(
     catalog: Arc<Compiled>,
     head: Parts,
     data: &Bytes,
-    span: (usize, usize),
+    info: BodyInfo,
     model: usize,
     choice: ModelChoice,
     api: ClientApi,
@@ -236,7 +236,7 @@ where
         router.config.unsupported,
         head,
         data,
-        span,
+        info,
         entry,
         &upstream,
     )?;
@@ -321,7 +321,7 @@ where
                             Vec::new(),
                         )));
                     };
-                    let mut attempt = *attempt;
+                    let mut attempt = attempt;
                     let counters = attempt.flight.counters();
                     let on = attempt.router.config.fallback_on;
                     let failed = match &out {
@@ -361,7 +361,7 @@ where
                                 Arc::clone(&attempt.catalog),
                                 retry.head,
                                 &retry.body,
-                                retry.span,
+                                retry.info,
                                 retry.model,
                                 choice,
                                 attempt.api,
@@ -389,7 +389,7 @@ where
                             Responded::Convert(parts, body, attempt, limit) => State::Converting {
                                 body,
                                 collector: Collector::new(limit),
-                                pending: Some(Box::new((parts, *attempt))),
+                                pending: Some(Box::new((parts, attempt))),
                             },
                         },
                         (Err(e), None) => return Poll::Ready(Err(e)),
@@ -435,7 +435,7 @@ enum Responded<S, ResB> {
 
 /// The answer's head goes to the client now (passed or streamed), or
 /// its body is read whole first, to be translated.
-fn respond<S, ResB>(res: Response<ResB>, attempt: Attempt<S>) -> Responded<S, ResB> {
+fn respond<S, ResB>(res: Response<ResB>, attempt: Box<Attempt<S>>) -> Responded<S, ResB> {
     let (mut parts, body) = res.into_parts();
     let encoded = crate::body::is_encoded(&parts.headers);
     let stream = translate::is_event_stream(&parts.headers);
@@ -447,7 +447,7 @@ fn respond<S, ResB>(res: Response<ResB>, attempt: Attempt<S>) -> Responded<S, Re
         } else {
             ERROR_LIMIT
         };
-        return Responded::Convert(parts, body, Box::new(attempt), limit);
+        return Responded::Convert(parts, body, attempt, limit);
     }
     let entry = &attempt.catalog.models[attempt.model];
     let reader = match reply {
@@ -479,7 +479,7 @@ fn respond<S, ResB>(res: Response<ResB>, attempt: Attempt<S>) -> Responded<S, Re
 /// The tracker of an answer, and its response header.
 fn tracker<S>(
     parts: &mut http::response::Parts,
-    attempt: Attempt<S>,
+    attempt: Box<Attempt<S>>,
     reader: Reader,
 ) -> (Tracker, ModelChoice) {
     let Attempt {
@@ -493,30 +493,31 @@ fn tracker<S>(
         flight,
         upstream,
         ..
-    } = attempt;
+    } = *attempt;
     let entry = &catalog.models[model];
     if let Some(name) = &router.config.response_header {
         parts
             .headers
             .insert(name.clone(), entry.header_value.clone());
     }
-    let report = Box::new(Report {
-        started,
-        hook: router.config.usage_hook.clone(),
-        record: UsageRecord {
-            identity,
-            alias: choice.alias.clone(),
-            model: Arc::clone(&choice.model),
-            upstream: Arc::clone(&choice.upstream),
-            provider: upstream.provider.protocol,
-            client: api,
-            usage: Usage::default(),
-            status: parts.status,
-            time_to_first_token: None,
-            duration: Duration::ZERO,
-        },
+    let report = router.config.usage_hook.clone().map(|hook| {
+        Box::new(Report {
+            hook,
+            record: UsageRecord {
+                identity,
+                alias: choice.alias.clone(),
+                model: Arc::clone(&choice.model),
+                upstream: Arc::clone(&choice.upstream),
+                provider: upstream.provider.protocol,
+                client: api,
+                usage: Usage::default(),
+                status: parts.status,
+                time_to_first_token: None,
+                duration: Duration::ZERO,
+            },
+        })
     });
-    (Tracker::new(flight, reader, Some(report)), choice)
+    (Tracker::new(flight, reader, started, report), choice)
 }
 
 /// A whole answer, translated.
@@ -524,7 +525,7 @@ fn converted<S, ResB>(
     mut parts: http::response::Parts,
     data: &[u8],
     complete: bool,
-    attempt: Attempt<S>,
+    attempt: Box<Attempt<S>>,
 ) -> Response<ModelBody<ResB>> {
     let entry = &attempt.catalog.models[attempt.model];
     let (status, json, usage) = if crate::body::is_encoded(&parts.headers) || !complete {
@@ -581,7 +582,7 @@ where
         .map(|model| Retry {
             head: head.clone(),
             body: data.clone(),
-            span: field.span,
+            info: field.info(),
             model,
         });
     call_version(
@@ -589,7 +590,7 @@ where
         catalog,
         head,
         &data,
-        field.span,
+        field.info(),
         picked.model,
         choice,
         api,

@@ -168,21 +168,61 @@ pub(crate) fn model_list(catalog: &Compiled) -> Vec<u8> {
     serde_json::to_vec(&list).unwrap_or_default()
 }
 
+/// What the router reads of a request body besides the model's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BodyInfo {
+    /// Byte range of the `model` value (the string literal with its
+    /// quotes).
+    pub(crate) span: (usize, usize),
+    /// `"stream": true`.
+    pub(crate) stream: bool,
+    /// `stream_options.include_usage` as the client set it; `None` when
+    /// `stream_options` is absent (or `null`).
+    pub(crate) include_usage: Option<bool>,
+}
+
+impl ModelField {
+    pub(crate) fn info(&self) -> BodyInfo {
+        BodyInfo {
+            span: self.span,
+            stream: self.stream,
+            include_usage: self.include_usage,
+        }
+    }
+}
+
 /// Where the `model` field's value is in a request body, and its text.
 #[derive(Debug)]
 pub(crate) struct ModelField {
     pub(crate) name: String,
     /// Byte range of the value (the string literal with its quotes).
     pub(crate) span: (usize, usize),
+    /// `"stream": true`.
+    pub(crate) stream: bool,
+    /// `stream_options.include_usage` as the client set it, `None` when
+    /// `stream_options` is absent (or `null`).
+    pub(crate) include_usage: Option<bool>,
 }
 
 /// Finds the top-level `model` string of a JSON object body, checking the
 /// whole body is valid JSON on the way.
 pub(crate) fn model_field(body: &[u8]) -> Result<ModelField, OpenAiError> {
     #[derive(Deserialize)]
+    struct Options {
+        #[serde(default)]
+        include_usage: Option<bool>,
+    }
+    // One pass reads what the router needs of a body: the model, and
+    // whether a stream asked for its usage. Other values are skipped,
+    // not parsed into anything.
+    #[derive(Deserialize)]
     struct Probe<'a> {
         #[serde(borrow, default)]
         model: Option<&'a RawValue>,
+        #[serde(default)]
+        stream: Option<serde_json::Value>,
+        #[serde(default)]
+        stream_options: Option<Box<RawValue>>,
     }
     let text = std::str::from_utf8(body).map_err(|e| {
         OpenAiError::new(
@@ -226,9 +266,17 @@ pub(crate) fn model_field(body: &[u8]) -> Result<ModelField, OpenAiError> {
         .map_err(|_| OpenAiError::invalid("`model` must be a string.", "invalid_model"))?;
     // The raw value borrows from `text`, so its position is an offset.
     let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+    let include_usage = probe.stream_options.map(|raw| {
+        serde_json::from_str::<Options>(raw.get())
+            .ok()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    });
     Ok(ModelField {
         name,
         span: (start, start + raw.get().len()),
+        stream: probe.stream.as_ref().and_then(serde_json::Value::as_bool) == Some(true),
+        include_usage,
     })
 }
 

@@ -248,6 +248,9 @@ impl fmt::Debug for Keys {
     }
 }
 
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
+
 /// The headers a caller may have put its own credential in.
 const CALLER_CREDENTIALS: [HeaderName; 4] = [
     AUTHORIZATION,
@@ -306,7 +309,7 @@ impl Keys {
                 at: format!("{at}.anthropic_version"),
                 reason: "not a valid header value".into(),
             })?;
-            fixed.push((HeaderName::from_static("anthropic-version"), value));
+            fixed.push((ANTHROPIC_VERSION, value));
         }
         Ok(Self {
             protocol: provider.protocol,
@@ -330,8 +333,8 @@ impl Keys {
             headers.remove(name);
         }
         if !keep_anthropic_headers {
-            headers.remove("anthropic-version");
-            headers.remove("anthropic-beta");
+            headers.remove(&ANTHROPIC_VERSION);
+            headers.remove(&ANTHROPIC_BETA);
         }
         for (name, value) in &self.fixed {
             if !headers.contains_key(name) {

@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use super::OpenAiError;
 use super::catalog::Entry;
 use super::handle::Upstream;
+use super::openai::BodyInfo;
 use super::providers::messages::MessagesError;
 use super::providers::{
     Protocol, RequestOptions, StreamMapper, StreamOptions, Unsupported, Usage, anthropic, gemini,
@@ -81,10 +82,11 @@ pub(crate) fn prepare(
     unsupported: Unsupported,
     mut head: Parts,
     body: &Bytes,
-    span: (usize, usize),
+    info: BodyInfo,
     entry: &Entry,
     upstream: &Upstream,
 ) -> Result<Prepared, Refusal> {
+    let span = info.span;
     let provider = &upstream.provider;
     let protocol = provider.protocol;
     let model = &*entry.upstream_name;
@@ -136,8 +138,10 @@ pub(crate) fn prepare(
         (ClientApi::ChatCompletions, _) => {
             let spliced = splice(body, span, &entry.json_name);
             let path = azure(upstream).then(|| chat_path(upstream, model, head.uri.path()));
-            match provider
-                .accepts_stream_options()
+            // Read in the same pass as the model: only a stream that did
+            // not ask for its usage is looked at again.
+            let ask = info.stream && info.include_usage != Some(true);
+            match (ask && provider.accepts_stream_options())
                 .then(|| openai::inject_include_usage(&spliced))
                 .flatten()
             {
