@@ -317,6 +317,7 @@ impl ModelHandle {
             .collect()
     }
 
+    #[cfg_attr(not(feature = "config"), allow(dead_code))]
     pub(crate) fn current_keys(&self) -> Vec<Arc<Upstream>> {
         self.shared
             .providers
