@@ -397,3 +397,81 @@ fn the_readme_provider_config_parses_and_builds() {
     std::fs::remove_dir_all(&dir).unwrap();
     built.unwrap();
 }
+
+/// A translated stream is written as the upstream's events arrive: each
+/// chunk reaches the client before the upstream sends the next (peers have
+/// buffered whole streams), and half an event waits for its other half.
+#[tokio::test(start_paused = true)]
+async fn a_translated_stream_is_never_held_back() {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    type Chunk = Result<Frame<Bytes>, Infallible>;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(8);
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let upstream = service_fn(move |_req: UpReq| {
+        let rx = rx.lock().unwrap().take().expect("one request");
+        async move {
+            let body = StreamBody::new(ReceiverStream::new(rx));
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(body)
+                    .unwrap(),
+            )
+        }
+    });
+    let router = ModelRouter::builder()
+        .upstream("anthropic", upstream)
+        .provider("anthropic", Provider::new(Protocol::Anthropic))
+        .catalog(Catalog::new().model(Model::new("claude", "anthropic")))
+        .build()
+        .unwrap();
+    let req = ask(
+        "/v1/chat/completions",
+        json!({"model": "claude", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    let res = router.oneshot(req).await.unwrap();
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut body = res.into_body();
+    let send = |text: &str| {
+        let tx = tx.clone();
+        let frame = Frame::data(Bytes::from(text.to_owned()));
+        async move { tx.send(Ok(frame)).await.unwrap() }
+    };
+
+    send("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n").await;
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first chunk, at once")
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(first.data_ref().unwrap()).contains("\"role\":\"assistant\""));
+
+    send("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel").await;
+    // Half an event: nothing to write yet, and nothing written early.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .is_err(),
+        "half an event is not written"
+    );
+    send("lo\"}}\n\n").await;
+    let hello = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the delta, once whole")
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(hello.data_ref().unwrap()).contains("\"content\":\"Hello\""));
+
+    send("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n").await;
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("\"finish_reason\":\"stop\""), "{rest}");
+    assert!(rest.ends_with("data: [DONE]\n\n"), "{rest}");
+}
