@@ -20,11 +20,18 @@ out=$(aig_chat acme-key "$aig_hello" -i)
 expect 'x-switchyard-model: chat-v2' "$out" "ai_gateway: tenant acme is pinned to chat-v2"
 expect 'x-switchyard-reason: pinned' "$out" "ai_gateway: ... and the reason says so"
 
-out=$(aig_chat demo-key '{"model": "chat", "stream": true, "messages": [{"role": "user", "content": "tell me a story"}]}' -iN)
+out=$(aig_chat demo-key '{"model": "chat", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "tell me a story"}]}' -iN)
 expect 'content-type: text/event-stream' "$out" "ai_gateway: a streamed answer is an event stream"
 expect '"object":"chat.completion.chunk"' "$out" "ai_gateway: ... of chunks"
 expect '"usage":{"prompt_tokens":4' "$out" "ai_gateway: ... with usage at the end"
 expect 'data: [DONE]' "$out" "ai_gateway: ... ending with [DONE]"
+out=$(aig_chat demo-key '{"model": "chat", "stream": true, "messages": [{"role": "user", "content": "tell me a story"}]}' -N)
+expect 'data: [DONE]' "$out" "ai_gateway: a stream that did not ask for usage ends with [DONE]"
+if grep -q '"prompt_tokens"' <<<"$out"; then
+  echo "FAIL: ai_gateway: ... and shows no usage chunk: got $out"; exit 1
+else
+  echo "ok: ai_gateway: ... and shows no usage chunk (the router counted it and hid it)"
+fi
 
 expect '"id":"chat"' "$($c "$addr/v1/models" -H 'authorization: Bearer demo-key')" "ai_gateway: /v1/models lists the alias"
 out=$(aig_chat demo-key '{"model": "gpt-9", "messages": []}' -i)
