@@ -141,26 +141,6 @@ pub fn inject_include_usage(body: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// Whether a streaming Chat Completions body asked for usage
-/// (`stream_options.include_usage: true`).
-pub fn asks_for_usage(body: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Options {
-        #[serde(default)]
-        include_usage: Option<bool>,
-    }
-    #[derive(Deserialize)]
-    struct Probe {
-        #[serde(default)]
-        stream_options: Option<Options>,
-    }
-    serde_json::from_slice::<Probe>(body)
-        .ok()
-        .and_then(|p| p.stream_options)
-        .and_then(|o| o.include_usage)
-        == Some(true)
-}
-
 /// An OpenAI Chat Completions stream passed to a client that did not ask
 /// for usage: every event as it came, but the usage-only chunk
 /// (`"choices": []` with a `usage`), which is counted and left out.
@@ -278,10 +258,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
-        assert!(asks_for_usage(
-            br#"{"stream":true,"stream_options":{"include_usage":true}}"#
-        ));
-        assert!(!asks_for_usage(br#"{"stream":true}"#));
     }
 
     #[test]
