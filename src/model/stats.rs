@@ -1,4 +1,4 @@
-//! Per-version counters: requests, outcomes, latency and tokens.
+//! Per-version counters: requests, outcomes, latency, tokens and cost.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +27,8 @@ pub(crate) struct VersionCounters {
     cache_write_tokens: AtomicU64,
     reasoning_tokens: AtomicU64,
     truncated: AtomicU64,
+    cost_micros: AtomicU64,
+    priced: AtomicU64,
     latency: LatencyHistogram,
     first_byte: LatencyHistogram,
 }
@@ -73,6 +75,19 @@ impl VersionCounters {
         add(&self.truncated, u64::from(usage.truncated));
     }
 
+    /// An answer was priced at `micros` (micro-units of money, zero
+    /// included): called once per answer that has a price, when it
+    /// settles; an answer without a price is not reported. Two relaxed
+    /// adds.
+    // Called by the router's settlement hook (issue 18's admission work).
+    #[allow(dead_code)]
+    pub(crate) fn cost(&self, micros: u64) {
+        self.priced.fetch_add(1, Ordering::Relaxed);
+        if micros > 0 {
+            self.cost_micros.fetch_add(micros, Ordering::Relaxed);
+        }
+    }
+
     /// The answer's first body byte came `after` the call.
     pub(crate) fn first_byte(&self, after: Duration) {
         self.first_byte.record(after);
@@ -102,6 +117,8 @@ impl VersionCounters {
             cache_write_tokens: load(&self.cache_write_tokens),
             reasoning_tokens: load(&self.reasoning_tokens),
             truncated: load(&self.truncated),
+            cost_micros: load(&self.cost_micros),
+            priced: load(&self.priced),
             latency: self.latency.snapshot(),
             time_to_first_token: self.first_byte.snapshot(),
             weight,
@@ -173,9 +190,63 @@ pub struct VersionStats {
     /// Answers cut short (the client went away, the stream broke): their
     /// tokens are what was counted before.
     pub truncated: u64,
+    /// Cost summed over its priced answers, in micro-units of money
+    /// (1 000 000 to the unit of the price catalog's currency).
+    pub cost_micros: u64,
+    /// Answers that were given a cost (zero included); answers of a
+    /// version without a price are not counted. `cost_micros / priced` is
+    /// the mean cost of a priced answer.
+    pub priced: u64,
     /// Time to response headers.
     pub latency: HistogramSnapshot,
     /// Time to the answer's first body byte (for a stream, its first
     /// token).
     pub time_to_first_token: HistogramSnapshot,
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn cost_counts_priced_answers_and_sums_micros() {
+        let c = VersionCounters::default();
+        let zero = c.read("m", None);
+        assert_eq!((zero.cost_micros, zero.priced), (0, 0));
+        c.cost(1_500);
+        c.cost(0);
+        c.cost(2_500);
+        let s = c.read("m", None);
+        assert_eq!((s.cost_micros, s.priced), (4_000, 3));
+        // Cost is its own counter: tokens and requests are untouched.
+        assert_eq!(
+            (s.requests, s.prompt_tokens, s.completion_tokens),
+            (0, 0, 0)
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["cost_micros"], 4_000);
+        assert_eq!(json["priced"], 3);
+    }
+
+    proptest! {
+        /// From any threads, the counters end at the exact sum and count.
+        #[test]
+        fn cost_sums_are_exact_across_threads(
+            costs in proptest::collection::vec(0u64..10_000_000, 0..64),
+        ) {
+            let c = Arc::new(VersionCounters::default());
+            let (left, right) = costs.split_at(costs.len() / 2);
+            std::thread::scope(|s| {
+                for part in [left, right] {
+                    let c = &c;
+                    s.spawn(move || part.iter().for_each(|&m| c.cost(m)));
+                }
+            });
+            let read = c.read("m", None);
+            prop_assert_eq!(read.cost_micros, costs.iter().sum::<u64>());
+            prop_assert_eq!(read.priced, costs.len() as u64);
+        }
+    }
 }
