@@ -74,8 +74,11 @@
 //!   [`Analysis::max_error_rate`], or more than
 //!   [`Analysis::max_error_rate_increase`] above the stable version's, or
 //!   its p99 latency above [`Analysis::max_p99`] or
-//!   [`Analysis::max_p99_ratio`] × the stable version's: **fail**, at the
-//!   first check that sees it, without waiting for the window to end;
+//!   [`Analysis::max_p99_ratio`] × the stable version's, or (for a model
+//!   rollout) its tokens or cost per request above
+//!   [`Analysis::max_tokens_ratio`] or [`Analysis::max_cost_ratio`] × the
+//!   stable version's: **fail**, at the first check that sees it, without
+//!   waiting for the window to end;
 //! * otherwise, when the window ends: **pass**.
 //!
 //! [`Analysis::failure_limit`] consecutive failing windows abort the
@@ -98,6 +101,35 @@
 //! ([`SplitBuilder::latency`](crate::split::SplitBuilder::latency)); p99 is
 //! read from a bucketed histogram, interpolated within the bucket, so
 //! treat ratios as estimates (see [`crate::metrics`]).
+//!
+//! # Tokens and cost
+//!
+//! A model rollout ([`ModelTraffic`]) also reads each version's tokens
+//! (input and output) and cost (micro-units of money, from the price of
+//! each answer), and [`WindowStats`] reports them per answered request.
+//! With [`Analysis::max_tokens_ratio`] or [`Analysis::max_cost_ratio`] set,
+//! a canary that needs more than that multiple of the stable version's
+//! tokens or money per request fails: `max_cost_ratio = 1.2` rolls back a
+//! new model version that costs 40 % more per answer. Both are off by
+//! default, and are checked only when both versions have data in the
+//! window (tokens reported, answers priced) and the stable version has
+//! answered [`Analysis::min_requests`]. A request counts when its response
+//! starts and its tokens and cost when its body ends, so a window's edge
+//! can hold a few answers whose tokens fall in the next one. A split
+//! rollout has no tokens: these checks never fire there.
+//!
+//! ```
+//! use switchyard::rollout::{Analysis, Plan, Step};
+//!
+//! let plan: Plan = toml::from_str(r#"
+//!     steps = [{ set_weight = 10 }, { analyze = { windows = 3 } }]
+//!     [analysis]
+//!     max_cost_ratio = 1.2
+//!     max_tokens_ratio = 1.3
+//! "#)?;
+//! assert_eq!(plan.analysis, Analysis::default().max_cost_ratio(1.2).max_tokens_ratio(1.3));
+//! # Ok::<_, toml::de::Error>(())
+//! ```
 
 mod analysis;
 mod plan;

@@ -148,6 +148,19 @@ pub struct Analysis {
     /// The most the canary's p99 latency may be (off by default).
     #[serde(with = "opt_duration")]
     pub max_p99: Option<Duration>,
+    /// The most the canary's tokens (input and output) per answered
+    /// request may be, as a multiple of the stable version's (off by
+    /// default; 1.2 lets the canary use 20 % more). Checked when both
+    /// versions have tokens in the window and the stable version has
+    /// `min_requests`; needs a model rollout
+    /// ([`ModelTraffic`](super::ModelTraffic)).
+    pub max_tokens_ratio: Option<f64>,
+    /// The most the canary's cost per answered request may be, as a
+    /// multiple of the stable version's (off by default; 1.2 lets the
+    /// canary cost 20 % more per answer). Checked when both versions have
+    /// priced answers in the window and the stable version has
+    /// `min_requests`; needs a model rollout with prices.
+    pub max_cost_ratio: Option<f64>,
     /// Consecutive failing windows that abort the rollout (1 by default).
     pub failure_limit: u32,
     /// What an inconclusive window does during an analysis step.
@@ -164,9 +177,79 @@ impl Default for Analysis {
             max_error_rate_increase: 0.01,
             max_p99_ratio: Some(1.5),
             max_p99: None,
+            max_tokens_ratio: None,
+            max_cost_ratio: None,
             failure_limit: 1,
             inconclusive: Inconclusive::Retry,
         }
+    }
+}
+
+impl Analysis {
+    /// Sets [`interval`](Self::interval).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Sets [`check_every`](Self::check_every).
+    pub fn check_every(mut self, check_every: Duration) -> Self {
+        self.check_every = check_every;
+        self
+    }
+
+    /// Sets [`min_requests`](Self::min_requests).
+    pub fn min_requests(mut self, min_requests: u64) -> Self {
+        self.min_requests = min_requests;
+        self
+    }
+
+    /// Sets [`max_error_rate`](Self::max_error_rate).
+    pub fn max_error_rate(mut self, rate: f64) -> Self {
+        self.max_error_rate = rate;
+        self
+    }
+
+    /// Sets [`max_error_rate_increase`](Self::max_error_rate_increase).
+    pub fn max_error_rate_increase(mut self, increase: f64) -> Self {
+        self.max_error_rate_increase = increase;
+        self
+    }
+
+    /// Sets [`max_p99_ratio`](Self::max_p99_ratio) (`None` turns it off).
+    pub fn max_p99_ratio(mut self, ratio: impl Into<Option<f64>>) -> Self {
+        self.max_p99_ratio = ratio.into();
+        self
+    }
+
+    /// Sets [`max_p99`](Self::max_p99).
+    pub fn max_p99(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.max_p99 = limit.into();
+        self
+    }
+
+    /// Sets [`max_tokens_ratio`](Self::max_tokens_ratio).
+    pub fn max_tokens_ratio(mut self, ratio: impl Into<Option<f64>>) -> Self {
+        self.max_tokens_ratio = ratio.into();
+        self
+    }
+
+    /// Sets [`max_cost_ratio`](Self::max_cost_ratio).
+    pub fn max_cost_ratio(mut self, ratio: impl Into<Option<f64>>) -> Self {
+        self.max_cost_ratio = ratio.into();
+        self
+    }
+
+    /// Sets [`failure_limit`](Self::failure_limit).
+    pub fn failure_limit(mut self, limit: u32) -> Self {
+        self.failure_limit = limit;
+        self
+    }
+
+    /// Sets [`inconclusive`](Self::inconclusive).
+    pub fn inconclusive(mut self, inconclusive: Inconclusive) -> Self {
+        self.inconclusive = inconclusive;
+        self
     }
 }
 

@@ -133,8 +133,14 @@ fn check(plan: &Plan) -> Result<(), RolloutError> {
             return bad(format!("analysis.{name} is a rate from 0 to 1 (got {v})"));
         }
     }
-    if a.max_p99_ratio.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-        return bad("analysis.max_p99_ratio must be a positive number".into());
+    for (name, ratio) in [
+        ("max_p99_ratio", a.max_p99_ratio),
+        ("max_tokens_ratio", a.max_tokens_ratio),
+        ("max_cost_ratio", a.max_cost_ratio),
+    ] {
+        if ratio.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+            return bad(format!("analysis.{name} must be a positive number"));
+        }
     }
     if a.failure_limit == 0 {
         return bad("analysis.failure_limit must be at least 1".into());

@@ -40,16 +40,39 @@ pub struct TargetSample {
     pub failed: u64,
     /// Time to response headers (empty if not recorded).
     pub latency: HistogramSnapshot,
+    /// Tokens of its answers, input and output (0 when the traffic has
+    /// none, as a split's).
+    pub tokens: u64,
+    /// Cost of its priced answers, in micro-units of money.
+    pub cost_micros: u64,
+    /// Answers that were given a cost (0: no cost data).
+    pub priced: u64,
 }
 
 impl TargetSample {
-    /// A sample from counters.
+    /// A sample from counters, without tokens or cost.
     pub fn new(answered: u64, failed: u64, latency: HistogramSnapshot) -> Self {
         Self {
             answered,
             failed,
             latency,
+            tokens: 0,
+            cost_micros: 0,
+            priced: 0,
         }
+    }
+
+    /// Sets the tokens (input and output) of the answers.
+    pub fn tokens(mut self, tokens: u64) -> Self {
+        self.tokens = tokens;
+        self
+    }
+
+    /// Sets the cost, in micro-units, of the `priced` answers that had one.
+    pub fn cost(mut self, micros: u64, priced: u64) -> Self {
+        self.cost_micros = micros;
+        self.priced = priced;
+        self
     }
 
     pub(crate) fn since(&self, earlier: &TargetSample) -> TargetSample {
@@ -57,6 +80,9 @@ impl TargetSample {
             answered: self.answered.saturating_sub(earlier.answered),
             failed: self.failed.saturating_sub(earlier.failed),
             latency: self.latency.since(&earlier.latency),
+            tokens: self.tokens.saturating_sub(earlier.tokens),
+            cost_micros: self.cost_micros.saturating_sub(earlier.cost_micros),
+            priced: self.priced.saturating_sub(earlier.priced),
         }
     }
 
@@ -68,11 +94,11 @@ impl TargetSample {
             + r.client_error
             + r.server_error
             + stats.errors;
-        Self {
+        Self::new(
             answered,
-            failed: r.server_error + stats.errors,
-            latency: stats.latency.clone(),
-        }
+            r.server_error + stats.errors,
+            stats.latency.clone(),
+        )
     }
 }
 
@@ -146,6 +172,13 @@ impl Traffic for SplitTraffic {
 }
 
 /// A rollout over two versions of a model alias.
+///
+/// Its samples carry each version's tokens (input and output) and cost, so
+/// that [`Analysis::max_tokens_ratio`](super::Analysis::max_tokens_ratio)
+/// and [`Analysis::max_cost_ratio`](super::Analysis::max_cost_ratio) can
+/// judge the canary's tokens and cost per answer against the stable
+/// version's. Tokens are counted when an answer's body ends (read to its
+/// end, or dropped), cost when the answer is settled.
 #[cfg(feature = "json")]
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 #[derive(Debug, Clone)]
@@ -230,6 +263,8 @@ impl Traffic for ModelTraffic {
                         + r.server_error
                         + s.errors;
                     TargetSample::new(answered, r.server_error + s.errors, s.latency)
+                        .tokens(s.prompt_tokens.saturating_add(s.completion_tokens))
+                        .cost(s.cost_micros, s.priced)
                 })
                 .unwrap_or_default()
         };
