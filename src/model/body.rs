@@ -5,10 +5,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::time::{Duration, Instant};
 
+use super::admit::Ticket;
 use super::providers::sse::Parser;
 use super::providers::{Protocol, StreamMapper, Usage, anthropic};
 use super::service::UsageHook;
@@ -77,8 +79,15 @@ where
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Tracked { mut body, tracker } => {
+                if let Some(trailer) = tracker.trailer.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(trailer))));
+                }
                 if tracker.mapping() {
                     return tracker.poll_mapped(body, cx);
+                }
+                if tracker.flight.is_none() && tracker.sse {
+                    // Ended, and its comment lines written.
+                    return Poll::Ready(None);
                 }
                 let frame = std::task::ready!(body.as_mut().poll_frame(cx));
                 match &frame {
@@ -93,7 +102,12 @@ where
                         }
                     }
                     Some(Err(_)) => tracker.failed(),
-                    None => tracker.finish(),
+                    None => {
+                        tracker.finish();
+                        if let Some(trailer) = tracker.trailer.take() {
+                            return Poll::Ready(Some(Ok(Frame::data(trailer))));
+                        }
+                    }
                 }
                 Poll::Ready(frame)
             }
@@ -104,10 +118,12 @@ where
         match &self.kind {
             Kind::Full { data } => data.is_none(),
             Kind::Tracked { body, tracker } => {
-                if tracker.mapping() {
+                if tracker.trailer.is_some() || (tracker.flight.is_some() && tracker.may_trail()) {
+                    false
+                } else if tracker.mapping() {
                     tracker.ended
                 } else {
-                    body.is_end_stream()
+                    body.is_end_stream() || (tracker.sse && tracker.flight.is_none())
                 }
             }
         }
@@ -119,7 +135,7 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Tracked { body, tracker } => {
-                if tracker.mapping() {
+                if tracker.mapping() || tracker.may_trail() || tracker.trailer.is_some() {
                     SizeHint::default()
                 } else {
                     body.size_hint()
@@ -154,9 +170,11 @@ pub(crate) enum Reader {
     Known(Usage),
 }
 
-/// Who and what a usage report is about.
+/// Who and what a usage report is about, and who is told: the router's
+/// usage hook, the request's admission ticket, or both.
 pub(crate) struct Report {
-    pub(crate) hook: UsageHook,
+    pub(crate) hook: Option<UsageHook>,
+    pub(crate) ticket: Option<Box<dyn Ticket>>,
     pub(crate) record: UsageRecord,
 }
 
@@ -172,6 +190,14 @@ pub(crate) struct Tracker {
     first_byte: Option<Duration>,
     /// A translated stream has written its end.
     ended: bool,
+    /// The answer is an event stream: what the ticket's settlement shows
+    /// goes after its last event, as comment lines.
+    pub(crate) sse: bool,
+    /// Those comment lines, once settled, until written.
+    trailer: Option<Bytes>,
+    /// What the ticket's settlement showed (an answer read whole puts it
+    /// in its headers).
+    settled: Option<Vec<(HeaderName, HeaderValue)>>,
 }
 
 /// The longest event a translated stream accepts from an upstream.
@@ -191,7 +217,16 @@ impl Tracker {
             started,
             first_byte: None,
             ended: false,
+            sse: false,
+            trailer: None,
+            settled: None,
         }
+    }
+
+    /// Whether settling may add comment lines after the last event (the
+    /// body's length is then unknown).
+    pub(crate) fn may_trail(&self) -> bool {
+        self.sse && self.report.as_ref().is_some_and(|r| r.ticket.is_some())
     }
 
     pub(crate) fn tail(protocol: Protocol) -> Reader {
@@ -287,10 +322,12 @@ impl Tracker {
         }
     }
 
-    /// The whole answer is here (translated): counts and reports now.
-    pub(crate) fn done(&mut self) {
+    /// The whole answer is here (read whole): counts and reports now, and
+    /// returns what the ticket's settlement shows.
+    pub(crate) fn done(&mut self) -> Vec<(HeaderName, HeaderValue)> {
         self.first();
         self.finish();
+        self.settled.take().unwrap_or_default()
     }
 
     fn end(&mut self) {
@@ -343,13 +380,44 @@ impl Tracker {
             counters.first_byte(t);
         }
         if let Some(report) = self.report.take() {
-            let Report { hook, mut record } = *report;
+            let Report {
+                hook,
+                ticket,
+                mut record,
+            } = *report;
             record.usage = usage;
             record.time_to_first_token = self.first_byte;
             record.duration = self.started.elapsed();
-            hook(&record);
+            if let Some(hook) = hook {
+                hook(&record);
+            }
+            if let Some(ticket) = ticket {
+                let settled = ticket.settle(&record);
+                if let Some(micros) = settled.cost_micros {
+                    counters.cost(micros);
+                }
+                if self.sse && !cut && !settled.fields.is_empty() {
+                    self.trailer = Some(comment_lines(&settled.fields));
+                }
+                self.settled = Some(settled.fields);
+            }
         }
     }
+}
+
+/// SSE comment lines (`: name: value`) ending in a blank line: clients
+/// skip them.
+fn comment_lines(fields: &[(HeaderName, HeaderValue)]) -> Bytes {
+    let mut out = Vec::with_capacity(64 * fields.len() + 1);
+    for (name, value) in fields {
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    Bytes::from(out)
 }
 
 impl Drop for Tracker {

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::body::{ModelBody, Reader, Report, Tracker};
+use super::admit::{Admission, AdmitFuture, AdmitRequest, Refused, Ticket};
+use super::body::{ModelBody, Reader, Report, Tracker, last_usage};
 use super::catalog::Compiled;
 use super::handle::Upstream;
 use super::openai::{BodyInfo, OpenAiError, json_response, model_field};
@@ -53,6 +54,11 @@ pin_project! {
             collector: Collector,
             pending: Option<Box<(ModelRouter<S>, Parts, ClientApi)>>,
         },
+        // Waiting for the admission hook.
+        Admitting {
+            admit: AdmitFuture,
+            pending: Option<Box<(ModelRouter<S>, Arc<Compiled>, Go<ReqB>)>>,
+        },
         Calling {
             #[pin]
             dispatch: Dispatch<S, Request<RequestBody<ReqB>>>,
@@ -68,6 +74,10 @@ pin_project! {
         // The router's own answer.
         Answer {
             answer: Option<(StatusCode, Vec<u8>)>,
+        },
+        // A refusal of the admission hook.
+        Refused {
+            answer: Option<(StatusCode, Vec<u8>, Vec<(HeaderName, HeaderValue)>)>,
         },
     }
 }
@@ -93,6 +103,29 @@ struct Attempt<S> {
     retry: Option<Retry>,
     /// Ends the in-flight count if this future is dropped (cancelled).
     flight: Flight,
+    /// What the admission hook holds for the request, settled with the
+    /// answer.
+    ticket: Option<Box<dyn Ticket>>,
+}
+
+/// A request whose version is chosen, on its way to the admission hook
+/// and then upstream.
+struct Go<ReqB> {
+    head: Parts,
+    body: Next<ReqB>,
+    picked: Picked,
+    choice: ModelChoice,
+    api: ClientApi,
+    /// The version first chosen, once the hook downgraded the request.
+    downgraded_from: Option<Arc<str>>,
+}
+
+/// The body of a request on its way.
+enum Next<ReqB> {
+    /// Read whole (the model came from it), with what was read of it.
+    Read(Bytes, BodyInfo),
+    /// Not read: it passes as it comes.
+    Streamed(RequestBody<ReqB>),
 }
 
 /// What a retry on the fallback needs: the request as the client sent
@@ -147,21 +180,200 @@ where
     S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Clone,
 {
     /// Calls the picked version's upstream (a model named in a header or
-    /// the path: the body passes as it is).
+    /// the path: the body passes as it is), once the admission hook lets
+    /// it.
     pub(crate) fn dispatch(
         router: &ModelRouter<S>,
         catalog: Arc<Compiled>,
-        mut head: Parts,
+        head: Parts,
         body: RequestBody<ReqB>,
         picked: Picked,
         choice: ModelChoice,
     ) -> Self {
-        let entry = &catalog.models[picked.model];
-        let upstream = router.shared.providers[entry.upstream].load_full();
-        let key = upstream.keys.apply(&mut head.headers, true);
-        let reply = Reply::Pass(upstream.provider.protocol);
+        let go = Go {
+            head,
+            body: Next::Streamed(body),
+            picked,
+            choice,
+            api: ClientApi::Other,
+            downgraded_from: None,
+        };
         Self {
-            state: start(
+            state: admit_then_call(router, catalog, go),
+        }
+    }
+}
+
+/// Asks the admission hook, if there is one, then calls the version.
+fn admit_then_call<S, ReqB, ResB>(
+    router: &ModelRouter<S>,
+    catalog: Arc<Compiled>,
+    go: Go<ReqB>,
+) -> State<S, ReqB, ResB>
+where
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Clone,
+{
+    let Some(hook) = &router.config.admit else {
+        return proceed(router, catalog, go, None);
+    };
+    let entry = &catalog.models[go.picked.model];
+    let protocol = router.shared.providers[entry.upstream]
+        .load()
+        .provider
+        .protocol;
+    let (body_len, max_tokens, stream) = match &go.body {
+        Next::Read(data, info) => (Some(data.len() as u64), info.max_tokens, info.stream),
+        Next::Streamed(_) => (crate::body::content_length(&go.head.headers), None, false),
+    };
+    let req = AdmitRequest {
+        head: &go.head,
+        alias: go.choice.alias.as_deref(),
+        model: &entry.name,
+        upstream_model: &entry.upstream_name,
+        provider: protocol,
+        client: go.api,
+        body_len,
+        max_tokens,
+        stream,
+        downgraded_from: go.downgraded_from.as_deref(),
+        group: go.picked.alias.map(|g| (&*catalog, g)),
+    };
+    let mut admit = hook.admit(&req);
+    match admit.now() {
+        Some(admission) => admitted(router, catalog, go, admission),
+        None => State::Admitting {
+            admit,
+            pending: Some(Box::new((router.clone(), catalog, go))),
+        },
+    }
+}
+
+/// Acts on the admission hook's answer.
+fn admitted<S, ReqB, ResB>(
+    router: &ModelRouter<S>,
+    catalog: Arc<Compiled>,
+    go: Go<ReqB>,
+    admission: Admission,
+) -> State<S, ReqB, ResB>
+where
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Clone,
+{
+    match admission {
+        Admission::Admit(ticket) => proceed(router, catalog, go, Some(ticket)),
+        Admission::Refuse(refused) => refusal(refused, go.api),
+        Admission::Downgrade(name) => {
+            let to = go.picked.alias.and_then(|g| {
+                catalog
+                    .by_name
+                    .get(name.as_str())
+                    .copied()
+                    .filter(|m| catalog.aliases[g].members.contains(m))
+            });
+            match to {
+                Some(model) if go.downgraded_from.is_none() => {
+                    let picked = Picked {
+                        model,
+                        alias: go.picked.alias,
+                        reason: ChoiceReason::Downgraded,
+                    };
+                    let choice = router.choice(&catalog, &go.choice.requested, picked);
+                    let go = Go {
+                        downgraded_from: Some(Arc::clone(&go.choice.model)),
+                        picked,
+                        choice,
+                        ..go
+                    };
+                    admit_then_call(router, catalog, go)
+                }
+                // A second downgrade, or to a version outside the alias:
+                // the hook found nothing the caller may use.
+                _ => refusal(
+                    Refused::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "You exceeded your current quota and no cheaper version of this model is available.",
+                        "insufficient_quota",
+                    ),
+                    go.api,
+                ),
+            }
+        }
+    }
+}
+
+fn refusal<S, ReqB, ResB>(refused: Refused, api: ClientApi) -> State<S, ReqB, ResB>
+where
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>>,
+{
+    let error = OpenAiError::new(
+        refused.status,
+        refused.message,
+        refused.kind,
+        None,
+        Some(refused.code),
+    );
+    let (status, json) = Refusal::from(error).into_parts(api);
+    State::Refused {
+        answer: Some((status, json, refused.headers)),
+    }
+}
+
+/// Calls the version, its request prepared for its upstream.
+fn proceed<S, ReqB, ResB>(
+    router: &ModelRouter<S>,
+    catalog: Arc<Compiled>,
+    go: Go<ReqB>,
+    mut ticket: Option<Box<dyn Ticket>>,
+) -> State<S, ReqB, ResB>
+where
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Clone,
+{
+    let Go {
+        mut head,
+        body,
+        picked,
+        choice,
+        api,
+        ..
+    } = go;
+    match body {
+        Next::Read(data, info) => {
+            let retry = picked
+                .alias
+                .and_then(|g| catalog.aliases[g].fallback)
+                .filter(|&fallback| fallback != picked.model)
+                .map(|model| Retry {
+                    head: head.clone(),
+                    body: data.clone(),
+                    info,
+                    model,
+                });
+            match call_version(
+                router,
+                catalog,
+                head,
+                &data,
+                info,
+                picked.model,
+                choice,
+                api,
+                retry,
+                &mut ticket,
+            ) {
+                Ok(state) => state,
+                Err(refusal) => {
+                    let (status, json) = refusal.into_parts(api);
+                    State::Answer {
+                        answer: Some((status, json)),
+                    }
+                }
+            }
+        }
+        Next::Streamed(body) => {
+            let entry = &catalog.models[picked.model];
+            let upstream = router.shared.providers[entry.upstream].load_full();
+            let key = upstream.keys.apply(&mut head.headers, true);
+            let reply = Reply::Pass(upstream.provider.protocol);
+            start(
                 router,
                 catalog,
                 head,
@@ -170,7 +382,8 @@ where
                 choice,
                 (ClientApi::Other, reply, key, upstream),
                 None,
-            ),
+                ticket,
+            )
         }
     }
 }
@@ -185,6 +398,7 @@ fn start<S, ReqB, ResB>(
     choice: ModelChoice,
     (api, reply, key, upstream): (ClientApi, Reply, Option<usize>, Arc<Upstream>),
     retry: Option<Retry>,
+    ticket: Option<Box<dyn Ticket>>,
 ) -> State<S, ReqB, ResB>
 where
     S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Clone,
@@ -209,11 +423,13 @@ where
             started: Instant::now(),
             retry,
             flight,
+            ticket,
         })),
     }
 }
 
-/// Prepares and starts the call for `model`, from the client's body.
+/// Prepares and starts the call for `model`, from the client's body. The
+/// ticket is taken only when the call starts.
 #[allow(clippy::too_many_arguments)]
 fn call_version<S, ReqB, ResB>(
     router: &ModelRouter<S>,
@@ -225,6 +441,7 @@ fn call_version<S, ReqB, ResB>(
     choice: ModelChoice,
     api: ClientApi,
     retry: Option<Retry>,
+    ticket: &mut Option<Box<dyn Ticket>>,
 ) -> Result<State<S, ReqB, ResB>, Refusal>
 where
     S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Clone,
@@ -250,6 +467,7 @@ where
         choice,
         (api, p.reply, p.key, upstream),
         retry,
+        ticket.take(),
     ))
 }
 
@@ -270,6 +488,29 @@ where
                         .take()
                         .unwrap_or((StatusCode::INTERNAL_SERVER_ERROR, Vec::new()));
                     return Poll::Ready(Ok(json_response(status, json)));
+                }
+                StateProj::Refused { answer } => {
+                    let (status, json, headers) = answer.take().unwrap_or((
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        Vec::new(),
+                        Vec::new(),
+                    ));
+                    let mut res = json_response(status, json);
+                    for (name, value) in headers {
+                        res.headers_mut().append(name, value);
+                    }
+                    return Poll::Ready(Ok(res));
+                }
+                StateProj::Admitting { admit, pending } => {
+                    let admission = ready!(Pin::new(admit).poll(cx));
+                    let Some(pending) = pending.take() else {
+                        return Poll::Ready(Ok(json_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            Vec::new(),
+                        )));
+                    };
+                    let (router, catalog, go) = *pending;
+                    admitted(&router, catalog, go, admission)
                 }
                 StateProj::Reading {
                     body,
@@ -345,6 +586,7 @@ where
                     // Before anything reached the client: retry on the
                     // fallback with the body as it came, in the fallback's
                     // protocol.
+                    let mut ticket = attempt.ticket.take();
                     let fallback = match attempt.retry.take() {
                         Some(retry) if failed => {
                             let fb = &attempt.catalog.models[retry.model];
@@ -366,11 +608,14 @@ where
                                 choice,
                                 attempt.api,
                                 None,
+                                &mut ticket,
                             )
                             .ok()
                         }
                         _ => None,
                     };
+                    // Settled with this answer unless the fallback took it.
+                    attempt.ticket = ticket;
                     match (out, fallback) {
                         (out, Some(next)) => {
                             attempt.flight.counters().fallback();
@@ -441,7 +686,20 @@ fn respond<S, ResB>(res: Response<ResB>, attempt: Box<Attempt<S>>) -> Responded<
     let stream = translate::is_event_stream(&parts.headers);
     let reply = attempt.reply;
     let translating = !matches!(reply, Reply::Pass(_) | Reply::HideUsage);
-    if translating && !(stream && parts.status.is_success() && !encoded) {
+    // A whole answer is read before its head goes when the admission
+    // hook's settlement has fields for its headers.
+    let settle_whole = !stream
+        && !encoded
+        && parts.status.is_success()
+        && crate::body::is_json(&parts.headers)
+        && attempt.ticket.is_some()
+        && attempt
+            .router
+            .config
+            .admit
+            .as_ref()
+            .is_some_and(|a| a.fields_on_answers());
+    if settle_whole || (translating && !(stream && parts.status.is_success() && !encoded)) {
         let limit = if parts.status.is_success() {
             ANSWER_LIMIT
         } else {
@@ -462,13 +720,18 @@ fn respond<S, ResB>(res: Response<ResB>, attempt: Box<Attempt<S>>) -> Responded<
             None => Reader::None,
         },
     };
-    if matches!(reader, Reader::Map(_)) {
+    let mapped = matches!(reader, Reader::Map(_));
+    if mapped {
         parts.headers.remove(CONTENT_LENGTH);
         parts
             .headers
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     }
-    let (tracker, choice) = tracker(&mut parts, attempt, reader);
+    let (mut tracker, choice) = tracker(&mut parts, attempt, reader);
+    tracker.sse = mapped || (stream && !encoded);
+    if tracker.may_trail() {
+        parts.headers.remove(CONTENT_LENGTH);
+    }
     parts.extensions.insert(choice);
     Responded::Done(Response::from_parts(
         parts,
@@ -492,6 +755,7 @@ fn tracker<S>(
         started,
         flight,
         upstream,
+        ticket,
         ..
     } = *attempt;
     let entry = &catalog.models[model];
@@ -500,9 +764,14 @@ fn tracker<S>(
             .headers
             .insert(name.clone(), entry.header_value.clone());
     }
-    let report = router.config.usage_hook.clone().map(|hook| {
+    if let Some(ticket) = &ticket {
+        ticket.headers(&mut parts.headers);
+    }
+    let hook = router.config.usage_hook.clone();
+    let report = (hook.is_some() || ticket.is_some()).then(|| {
         Box::new(Report {
             hook,
+            ticket,
             record: UsageRecord {
                 identity,
                 alias: choice.alias.clone(),
@@ -544,7 +813,16 @@ fn converted<S, ResB>(
         let (status, json) = Refusal::from(e).into_parts(attempt.api);
         (status, json, None)
     } else {
-        translate::convert(attempt.reply, parts.status, data, &entry.name)
+        match attempt.reply {
+            // Read whole for the settlement's headers, passed as it came.
+            Reply::Pass(p) => (parts.status, data.to_vec(), last_usage(data, p)),
+            Reply::HideUsage => (
+                parts.status,
+                data.to_vec(),
+                last_usage(data, Protocol::OpenAi),
+            ),
+            reply => translate::convert(reply, parts.status, data, &entry.name),
+        }
     };
     parts.status = status;
     parts.headers.remove(http::header::CONTENT_ENCODING);
@@ -555,13 +833,15 @@ fn converted<S, ResB>(
     crate::body::set_length(&mut parts.headers, json.len());
     let reader = usage.map_or(Reader::None, Reader::Known);
     let (mut tracker, choice) = tracker(&mut parts, attempt, reader);
-    tracker.done();
+    for (name, value) in tracker.done() {
+        parts.headers.insert(name, value);
+    }
     parts.extensions.insert(choice);
     Response::from_parts(parts, ModelBody::full(json))
 }
 
 /// Reads the model from a buffered body, picks a version and starts the
-/// call.
+/// call (once the admission hook lets it).
 fn route_body<S, ReqB, ResB>(
     router: &ModelRouter<S>,
     head: Parts,
@@ -575,27 +855,15 @@ where
     let catalog = router.shared.catalog.load_full();
     let picked = router.select(&catalog, &head, &field.name)?;
     let choice = router.choice(&catalog, &field.name, picked);
-    let retry = picked
-        .alias
-        .and_then(|g| catalog.aliases[g].fallback)
-        .filter(|&fallback| fallback != picked.model)
-        .map(|model| Retry {
-            head: head.clone(),
-            body: data.clone(),
-            info: field.info(),
-            model,
-        });
-    call_version(
-        router,
-        catalog,
+    let go = Go {
         head,
-        &data,
-        field.info(),
-        picked.model,
+        body: Next::Read(data, field.info()),
+        picked,
         choice,
         api,
-        retry,
-    )
+        downgraded_from: None,
+    };
+    Ok(admit_then_call(router, catalog, go))
 }
 
 impl<S, ReqB, ResB> std::fmt::Debug for ResponseFuture<S, ReqB, ResB>

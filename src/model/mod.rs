@@ -152,6 +152,7 @@
 //! outermost on AI routes and OpenAI clients get their error shape from
 //! those too, with the same status and headers.
 
+mod admit;
 mod body;
 mod catalog;
 mod errors;
@@ -165,6 +166,7 @@ mod stats;
 mod translate;
 mod usage;
 
+pub use admit::{Admission, Admit, AdmitFuture, AdmitRequest, Refused, Settled, Ticket};
 pub use body::ModelBody;
 pub use catalog::{Alias, Catalog, Model, Pin, PinKey};
 pub use errors::{OpenAiErrors, OpenAiErrorsFuture, OpenAiErrorsLayer};

@@ -179,6 +179,9 @@ pub(crate) struct BodyInfo {
     /// `stream_options.include_usage` as the client set it; `None` when
     /// `stream_options` is absent (or `null`).
     pub(crate) include_usage: Option<bool>,
+    /// `max_tokens`, `max_completion_tokens` or `max_output_tokens`, the
+    /// largest set (a non-integer is ignored: the upstream judges it).
+    pub(crate) max_tokens: Option<u64>,
 }
 
 impl ModelField {
@@ -187,6 +190,7 @@ impl ModelField {
             span: self.span,
             stream: self.stream,
             include_usage: self.include_usage,
+            max_tokens: self.max_tokens,
         }
     }
 }
@@ -202,6 +206,8 @@ pub(crate) struct ModelField {
     /// `stream_options.include_usage` as the client set it, `None` when
     /// `stream_options` is absent (or `null`).
     pub(crate) include_usage: Option<bool>,
+    /// See [`BodyInfo::max_tokens`].
+    pub(crate) max_tokens: Option<u64>,
 }
 
 /// Finds the top-level `model` string of a JSON object body, checking the
@@ -223,6 +229,12 @@ pub(crate) fn model_field(body: &[u8]) -> Result<ModelField, OpenAiError> {
         stream: Option<serde_json::Value>,
         #[serde(default)]
         stream_options: Option<Box<RawValue>>,
+        #[serde(borrow, default)]
+        max_tokens: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        max_completion_tokens: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        max_output_tokens: Option<&'a RawValue>,
     }
     let text = std::str::from_utf8(body).map_err(|e| {
         OpenAiError::new(
@@ -272,8 +284,18 @@ pub(crate) fn model_field(body: &[u8]) -> Result<ModelField, OpenAiError> {
             .and_then(|o| o.include_usage)
             .unwrap_or(false)
     });
+    let max_tokens = [
+        probe.max_tokens,
+        probe.max_completion_tokens,
+        probe.max_output_tokens,
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|raw| raw.get().parse::<u64>().ok())
+    .max();
     Ok(ModelField {
         name,
+        max_tokens,
         span: (start, start + raw.get().len()),
         stream: probe.stream.as_ref().and_then(serde_json::Value::as_bool) == Some(true),
         include_usage,

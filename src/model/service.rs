@@ -12,6 +12,7 @@ use http_body::Body;
 use tower::Service;
 
 use super::ModelError;
+use super::admit::Admit;
 use super::body::ModelBody;
 use super::catalog::{Catalog, Compiled};
 use super::future::ResponseFuture;
@@ -64,6 +65,9 @@ pub enum ChoiceReason {
     Weighted,
     /// The version first chosen failed; this is the alias's fallback.
     Fallback,
+    /// The [admission hook](ModelRouterBuilder::admit) sent the request
+    /// to this version instead of the one chosen (a caller over budget).
+    Downgraded,
 }
 
 /// Where the router reads the requested model from.
@@ -151,6 +155,7 @@ pub(crate) struct Config {
     pub(crate) rng: RngSource,
     pub(crate) unsupported: Unsupported,
     pub(crate) usage_hook: Option<UsageHook>,
+    pub(crate) admit: Option<Arc<dyn Admit>>,
 }
 
 pub(crate) type UsageHook = Arc<dyn Fn(&UsageRecord) + Send + Sync>;
@@ -190,6 +195,7 @@ impl<S> ModelRouter<S> {
             providers: Vec::new(),
             unsupported: Unsupported::Drop,
             usage_hook: None,
+            admit: None,
             catalog: Catalog::default(),
             source: ModelSource::Body,
             body_limit: 4 * 1024 * 1024,
@@ -504,6 +510,7 @@ pub struct ModelRouterBuilder<S> {
     providers: Vec<(String, Provider)>,
     unsupported: Unsupported,
     usage_hook: Option<UsageHook>,
+    admit: Option<Arc<dyn Admit>>,
     catalog: Catalog,
     source: ModelSource,
     body_limit: usize,
@@ -546,6 +553,16 @@ impl<S> ModelRouterBuilder<S> {
     /// build on it. Keep it quick: it runs on the response's path.
     pub fn on_usage(mut self, hook: impl Fn(&UsageRecord) + Send + Sync + 'static) -> Self {
         self.usage_hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Asks `hook` before each request goes upstream, once the version is
+    /// chosen: it admits the request with a [`Ticket`](super::Ticket)
+    /// settled with the answer's usage, sends it to a cheaper version of
+    /// the alias, or refuses it (see [`Admit`]). Token limits and budgets
+    /// ([`crate::spend::Meter`]) are such a hook.
+    pub fn admit(mut self, hook: impl Admit) -> Self {
+        self.admit = Some(Arc::new(hook));
         self
     }
 
@@ -666,6 +683,7 @@ impl<S> ModelRouterBuilder<S> {
                 rng: self.rng,
                 unsupported: self.unsupported,
                 usage_hook: self.usage_hook,
+                admit: self.admit,
             }),
         })
     }

@@ -80,7 +80,6 @@ impl VersionCounters {
     /// settles; an answer without a price is not reported. Two relaxed
     /// adds.
     // Called by the router's settlement hook (issue 18's admission work).
-    #[allow(dead_code)]
     pub(crate) fn cost(&self, micros: u64) {
         self.priced.fetch_add(1, Ordering::Relaxed);
         if micros > 0 {

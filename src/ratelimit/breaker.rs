@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 /// What a check should do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Gate {
+pub(crate) enum Gate {
     /// Ask Redis (the breaker is closed).
     Ask,
     /// Ask Redis as the one probe of a breaker whose cooldown is over.
@@ -33,7 +33,7 @@ pub(super) enum Gate {
 
 /// The breaker's state, shared by every check of one limiter.
 #[derive(Debug)]
-pub(super) struct Breaker {
+pub(crate) struct Breaker {
     /// Failures in a row that open it; 0: never opens.
     failures: u32,
     cooldown: Duration,
@@ -48,7 +48,7 @@ pub(super) struct Breaker {
 }
 
 impl Breaker {
-    pub(super) fn new(failures: u32, cooldown: Duration) -> Self {
+    pub(crate) fn new(failures: u32, cooldown: Duration) -> Self {
         Self {
             failures,
             cooldown,
@@ -67,7 +67,7 @@ impl Breaker {
     /// followed by [`record`](Self::record) with `probe` set, or by
     /// [`abandon`](Self::abandon) if the check is dropped unanswered.
     #[inline]
-    pub(super) fn gate(&self) -> Gate {
+    pub(crate) fn gate(&self) -> Gate {
         let until = self.open_until.load(Ordering::Acquire);
         if until == 0 {
             return Gate::Ask;
@@ -85,7 +85,7 @@ impl Breaker {
     }
 
     /// The outcome of a check that asked Redis.
-    pub(super) fn record(&self, answered: bool, probe: bool) {
+    pub(crate) fn record(&self, answered: bool, probe: bool) {
         if answered {
             self.failed.store(0, Ordering::Relaxed);
             if self.open_until.load(Ordering::Relaxed) != 0 {
@@ -111,12 +111,12 @@ impl Breaker {
 
     /// A probe that was dropped before Redis answered: the next check
     /// after the cooldown may probe again.
-    pub(super) fn abandon(&self) {
+    pub(crate) fn abandon(&self) {
         self.probing.store(false, Ordering::Release);
     }
 
     /// Whether checks are being skipped now.
-    pub(super) fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         let until = self.open_until.load(Ordering::Acquire);
         until != 0 && self.now() < until
     }

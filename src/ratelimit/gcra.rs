@@ -112,6 +112,26 @@ impl Gcra {
         }
     }
 
+    /// Gives back `cost` units of an estimate that turned out too high,
+    /// moving `tat` back but never before `now` (units not used are
+    /// returned; time already passed is not). `false` when the state was
+    /// removed meanwhile.
+    pub(crate) fn refund_at(&self, cell: &AtomicU64, now: u64, cost: u64) -> bool {
+        let decrement = cost.saturating_mul(self.interval);
+        match cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+            if tat == TOMBSTONE {
+                None
+            } else if tat > now {
+                Some(tat.saturating_sub(decrement).max(now))
+            } else {
+                Some(tat)
+            }
+        }) {
+            Ok(_) => true,
+            Err(_) => false,
+        }
+    }
+
     /// Charges `cost` units unconditionally (usage known after the fact);
     /// `tat` may go past the tolerance, so the key waits that much longer.
     /// `false` when the state was removed meanwhile.

@@ -91,6 +91,17 @@ mod store;
 use std::fmt;
 use std::time::Duration;
 
+/// The algorithm and the keyed table, for the token limits of
+/// [`crate::spend`].
+#[cfg_attr(not(feature = "json"), allow(unused_imports))]
+pub(crate) mod gcra_api {
+    #[cfg(feature = "redis")]
+    pub(crate) use super::breaker::{Breaker, Gate};
+    pub(crate) use super::gcra::{Gcra, Verdict};
+    pub(crate) use super::headers::policy;
+    pub(crate) use super::store::{Entry, Store};
+}
+
 pub use crate::future::ResponseFuture;
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use service::{

@@ -1,0 +1,404 @@
+//! [`Budget`]: money (and optionally tokens) per identity, tenant, alias
+//! or key over a calendar period, and its state in memory.
+
+use std::fmt;
+use std::sync::Mutex;
+
+use crate::key::KeyBy;
+
+/// What a budget is kept per.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum BudgetScope {
+    /// Each authenticated caller ([`Identity::id`](crate::auth::Identity::id)).
+    Identity,
+    /// Each tenant ([`Identity::tenant`](crate::auth::Identity::tenant)).
+    Tenant,
+    /// Each alias asked for (a version asked for by name counts under its
+    /// own name).
+    Alias,
+    /// Everyone together.
+    Global,
+    /// Each key `KeyBy` reads (a header, the client IP...).
+    Key(KeyBy),
+}
+
+impl BudgetScope {
+    /// Its name in metrics and the admin API.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Identity => "identity",
+            Self::Tenant => "tenant",
+            Self::Alias => "alias",
+            Self::Global => "global",
+            Self::Key(_) => "key",
+        }
+    }
+}
+
+impl fmt::Debug for BudgetScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Key(k) => f.debug_tuple("Key").field(k).finish(),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// The period a budget's spending is counted over; it starts again at
+/// each period's start in the budget's time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Period {
+    /// A calendar day, from midnight.
+    Day,
+    /// A calendar month, from midnight on the 1st.
+    Month,
+    /// Never starts again.
+    Lifetime,
+}
+
+impl Period {
+    /// The index of the period holding `unix` seconds, and the Unix time
+    /// its next period starts (`u64::MAX` for a lifetime), for a zone
+    /// `offset_secs` east of UTC.
+    pub fn at(self, unix: u64, offset_secs: i32) -> (u64, u64) {
+        let local = unix as i64 + i64::from(offset_secs);
+        match self {
+            Self::Lifetime => (0, u64::MAX),
+            Self::Day => {
+                let day = local.div_euclid(86_400);
+                let next = (day + 1) * 86_400 - i64::from(offset_secs);
+                (day.max(0) as u64, next.max(0) as u64)
+            }
+            Self::Month => {
+                let (y, m, _) = civil_from_days(local.div_euclid(86_400));
+                let index = y * 12 + i64::from(m) - 1;
+                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                let next = days_from_civil(ny, nm, 1) * 86_400 - i64::from(offset_secs);
+                (index.max(0) as u64, next.max(0) as u64)
+            }
+        }
+    }
+
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Month => "month",
+            Self::Lifetime => "lifetime",
+        }
+    }
+}
+
+// Calendar arithmetic by hand (Howard Hinnant's `civil_from_days` and
+// `days_from_civil`, public domain algorithms): a budget needs only "which
+// month is this day in", which is not worth a date crate.
+
+/// (year, month 1..=12, day 1..=31) of the day `z` days after 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Days from 1970-01-01 to (`y`, `m`, `d`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// What happens to a request that does not fit its budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OverBudget {
+    /// A 429 with OpenAI's `insufficient_quota` error.
+    Reject,
+    /// The request goes to this version of its alias instead (a cheaper
+    /// one), if its worst case fits; otherwise, or for a request that
+    /// names no alias with that version, a 429.
+    Downgrade(String),
+}
+
+/// A spending limit.
+///
+/// ```
+/// use switchyard::spend::{Budget, BudgetScope, Period};
+///
+/// // $50 a month per tenant (months start at midnight, UTC+1), an alert at
+/// // 80 %, then the cheaper version of the alias.
+/// let budget = Budget::new(BudgetScope::Tenant, 50_000_000, Period::Month)
+///     .named("tenant-monthly")
+///     .utc_offset_minutes(60)
+///     .alert_at(80)
+///     .downgrade_to("gpt-4o-mini");
+/// assert_eq!(budget.name(), "tenant-monthly");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub(crate) name: String,
+    pub(crate) scope: BudgetScope,
+    pub(crate) limit_micros: u64,
+    pub(crate) tokens: Option<u64>,
+    pub(crate) period: Period,
+    pub(crate) offset_secs: i32,
+    pub(crate) alerts: Vec<u8>,
+    pub(crate) over: OverBudget,
+}
+
+impl Budget {
+    /// At most `limit_micros` (micro-units of the price catalog's
+    /// currency: 1 USD = 1,000,000) per `scope` per `period`.
+    pub fn new(scope: BudgetScope, limit_micros: u64, period: Period) -> Self {
+        Self {
+            name: format!("{}-{}", scope.as_str(), period.as_str()),
+            scope,
+            limit_micros,
+            tokens: None,
+            period,
+            offset_secs: 0,
+            alerts: Vec::new(),
+            over: OverBudget::Reject,
+        }
+    }
+
+    /// Names it (metrics, the admin API, Redis keys); by default
+    /// `<scope>-<period>`.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Also at most `tokens` tokens (input and output) per period.
+    pub fn max_tokens(mut self, tokens: u64) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// Periods start at midnight in a zone this many minutes east of UTC
+    /// (a fixed offset: a zone with daylight saving time is one offset or
+    /// the other).
+    pub fn utc_offset_minutes(mut self, minutes: i32) -> Self {
+        self.offset_secs = minutes.clamp(-24 * 60, 24 * 60) * 60;
+        self
+    }
+
+    /// Raises an alert when spending crosses `percent` of the limit
+    /// (once per key and period).
+    pub fn alert_at(mut self, percent: u8) -> Self {
+        self.alerts.push(percent.min(100));
+        self.alerts.sort_unstable();
+        self.alerts.dedup();
+        self
+    }
+
+    /// Over budget, send requests to `version` of their alias instead.
+    pub fn downgrade_to(mut self, version: impl Into<String>) -> Self {
+        self.over = OverBudget::Downgrade(version.into());
+        self
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The limit, in micro-units.
+    pub fn limit_micros(&self) -> u64 {
+        self.limit_micros
+    }
+
+    /// The period.
+    pub fn period(&self) -> Period {
+        self.period
+    }
+
+    /// What it is kept per.
+    pub fn scope(&self) -> &BudgetScope {
+        &self.scope
+    }
+}
+
+/// An alert: a key's spending crossed one of its budget's thresholds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct BudgetAlert {
+    /// The budget.
+    pub budget: String,
+    /// The key (identity, tenant, alias...).
+    pub key: String,
+    /// The threshold crossed, in percent.
+    pub percent: u8,
+    /// Spent so far in the period, in micro-units.
+    pub spent_micros: u64,
+    /// The limit.
+    pub limit_micros: u64,
+}
+
+// === memory state ===
+
+/// One key's spending in one budget, in this process.
+#[derive(Debug, Default)]
+pub(crate) struct Cell {
+    state: Mutex<CellState>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct CellState {
+    pub(crate) period: u64,
+    pub(crate) spent: u64,
+    pub(crate) reserved: u64,
+    pub(crate) tokens: u64,
+    pub(crate) reserved_tokens: u64,
+    /// Thresholds already alerted in this period (bit i: `alerts[i]`).
+    pub(crate) alerted: u32,
+}
+
+impl Cell {
+    /// Reserves `micros` and `tokens` if they fit under the limits of
+    /// period `period` (a new period starts with nothing spent).
+    pub(crate) fn reserve(
+        &self,
+        period: u64,
+        limit: u64,
+        tokens_limit: Option<u64>,
+        micros: u64,
+        tokens: u64,
+    ) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.roll(period);
+        let fits = s.spent.saturating_add(s.reserved).saturating_add(micros) <= limit
+            && tokens_limit.is_none_or(|t| {
+                s.tokens
+                    .saturating_add(s.reserved_tokens)
+                    .saturating_add(tokens)
+                    <= t
+            });
+        if fits {
+            s.reserved += micros;
+            s.reserved_tokens += tokens;
+        }
+        fits
+    }
+
+    /// Replaces a reservation with what was spent; returns the state
+    /// after, and the alerts crossed (indices into the budget's alerts).
+    pub(crate) fn settle(
+        &self,
+        period: u64,
+        reserved: (u64, u64),
+        spent: (u64, u64),
+        limit: u64,
+        alerts: &[u8],
+    ) -> (CellState, u32) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.reserved = s.reserved.saturating_sub(reserved.0);
+        s.reserved_tokens = s.reserved_tokens.saturating_sub(reserved.1);
+        s.roll(period);
+        s.spent = s.spent.saturating_add(spent.0);
+        s.tokens = s.tokens.saturating_add(spent.1);
+        let crossed = crossed(alerts, s.spent, limit) & !s.alerted;
+        s.alerted |= crossed;
+        (*s, crossed)
+    }
+
+    pub(crate) fn read(&self, period: u64) -> CellState {
+        let mut s = *self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.roll(period);
+        s
+    }
+}
+
+impl CellState {
+    fn roll(&mut self, period: u64) {
+        if period != self.period {
+            // Reservations in flight carry over; spending starts again.
+            self.period = period;
+            self.spent = 0;
+            self.tokens = 0;
+            self.alerted = 0;
+        }
+    }
+}
+
+/// The thresholds `spent` has reached, as bits.
+pub(crate) fn crossed(alerts: &[u8], spent: u64, limit: u64) -> u32 {
+    let mut bits = 0;
+    for (i, &p) in alerts.iter().enumerate().take(32) {
+        if u128::from(spent) * 100 >= u128::from(limit) * u128::from(p) {
+            bits |= 1 << i;
+        }
+    }
+    bits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar_round_trip() {
+        for z in [-800_000i64, -1, 0, 1, 59, 365, 10_957, 20_000, 2_000_000] {
+            let (y, m, d) = civil_from_days(z);
+            assert_eq!(days_from_civil(y, m, d), z, "{z}");
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        // 2024-02-29 is day 19_782.
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn periods() {
+        // 2026-12-03T04:00:00Z
+        let t = days_from_civil(2026, 12, 3) as u64 * 86_400 + 4 * 3600;
+        let (day, next) = Period::Day.at(t, 0);
+        assert_eq!(day, t / 86_400);
+        assert_eq!(next, (t / 86_400 + 1) * 86_400);
+        // At UTC-5 it is still 2026-12-02, 23:00.
+        let (west, next_west) = Period::Day.at(t, -5 * 3600);
+        assert_eq!(west, day - 1);
+        assert_eq!(next_west, next + 5 * 3600 - 86_400);
+        let (month, next_month) = Period::Month.at(t, 0);
+        assert_eq!(month, 2026 * 12 + 11);
+        assert_eq!(next_month, days_from_civil(2027, 1, 1) as u64 * 86_400);
+        // A month starts at local midnight: 2026-12-31T23:30Z at UTC+1 is
+        // already January.
+        let nye = days_from_civil(2026, 12, 31) as u64 * 86_400 + 23 * 3600 + 1800;
+        assert_eq!(Period::Month.at(nye, 3600).0, 2027 * 12);
+        assert_eq!(Period::Month.at(nye, 0).0, 2026 * 12 + 11);
+        assert_eq!(Period::Lifetime.at(t, 0), (0, u64::MAX));
+    }
+
+    #[test]
+    fn reserve_settle_roll() {
+        let cell = Cell::default();
+        assert!(cell.reserve(1, 100, None, 60, 0));
+        assert!(!cell.reserve(1, 100, None, 41, 0));
+        assert!(cell.reserve(1, 100, None, 40, 0));
+        // Settled for less: room comes back.
+        let (s, crossed) = cell.settle(1, (60, 0), (10, 0), 100, &[5, 50]);
+        assert_eq!((s.spent, s.reserved), (10, 40));
+        assert_eq!(crossed, 0b01);
+        assert!(cell.reserve(1, 100, None, 50, 0));
+        // A new period: spending starts again, reservations stay.
+        let s = cell.read(2);
+        assert_eq!((s.spent, s.reserved), (0, 90));
+        // Tokens.
+        let cell = Cell::default();
+        assert!(cell.reserve(1, u64::MAX, Some(10), 0, 10));
+        assert!(!cell.reserve(1, u64::MAX, Some(10), 0, 1));
+    }
+}

@@ -1,0 +1,1188 @@
+//! [`Meter`]: token limits, budgets and cost as the model router's
+//! admission hook.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use super::SpendError;
+use super::budget::{Budget, BudgetAlert, BudgetScope, Cell, OverBudget};
+use super::ledger::{Ledger, LedgerEntry};
+use super::limit::TokenLimit;
+use super::price::{Price, PriceCatalog};
+use crate::auth::Identity;
+use crate::key::{Key, KeyBy};
+use crate::model::providers::Usage;
+use crate::model::{
+    Admission, Admit, AdmitFuture, AdmitRequest, Refused, Settled, Ticket, UsageRecord,
+};
+use crate::ratelimit::gcra_api::{Gcra, Store, Verdict};
+use crate::ratelimit::{Clock, MonotonicClock};
+
+/// What to do with a request for a model the price catalog does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Unpriced {
+    /// Refuse it: a 403 with code `model_not_priced`.
+    Deny,
+    /// Let it through, counted at no cost (token limits still apply).
+    #[default]
+    Free,
+    /// Reserve and charge this many micro-units per request.
+    Fixed(u64),
+}
+
+static LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+static REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+static RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// The answer's cost in micro-units (a header, or an SSE comment line).
+pub static COST_MICROS: HeaderName = HeaderName::from_static("x-switchyard-cost-micros");
+/// The answer's input tokens.
+pub static INPUT_TOKENS: HeaderName = HeaderName::from_static("x-switchyard-input-tokens");
+/// The answer's output tokens.
+pub static OUTPUT_TOKENS: HeaderName = HeaderName::from_static("x-switchyard-output-tokens");
+
+// === impl Meter ===
+
+/// Token limits, budgets and cost tracking for a
+/// [`ModelRouter`](crate::model::ModelRouter): give it to
+/// [`ModelRouterBuilder::admit`](crate::model::ModelRouterBuilder::admit).
+///
+/// Cheap to clone: clones share state. See the [module docs](super).
+#[derive(Clone)]
+pub struct Meter {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) prices: ArcSwap<PriceCatalog>,
+    unpriced: Unpriced,
+    bytes_per_token: u64,
+    default_max_tokens: u64,
+    pub(crate) limits: Box<[Limit]>,
+    pub(crate) budgets: Box<[BudgetState]>,
+    concurrency: Option<Concurrency>,
+    pub(crate) ledger: Option<Arc<Ledger>>,
+    clock: Box<dyn Clock>,
+    wall: Box<dyn Fn() -> u64 + Send + Sync>,
+    fields: bool,
+    on_alert: Option<Arc<dyn Fn(&BudgetAlert) + Send + Sync>>,
+    pub(crate) counters: Counters,
+    pub(crate) backend: Backend,
+}
+
+/// Where the counts live.
+pub(crate) enum Backend {
+    Memory,
+    #[cfg(feature = "redis")]
+    Redis(super::redis::RedisSpend),
+}
+
+/// One token limit and its state in this process.
+pub(crate) struct Limit {
+    pub(crate) def: TokenLimit,
+    pub(crate) gcra: Gcra,
+    pub(crate) policy: HeaderValue,
+    store: Store,
+}
+
+/// One budget and its state in this process.
+pub(crate) struct BudgetState {
+    pub(crate) def: Budget,
+    cells: papaya::HashMap<Box<str>, Arc<Cell>>,
+    overflow: Arc<Cell>,
+    max_keys: usize,
+}
+
+struct Concurrency {
+    key_by: KeyBy,
+    max: u32,
+    held: Mutex<HashMap<Key<'static>, u32>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    admitted: AtomicU64,
+    refused_tokens: AtomicU64,
+    refused_budget: AtomicU64,
+    refused_concurrency: AtomicU64,
+    refused_unpriced: AtomicU64,
+    downgraded: AtomicU64,
+    settled: AtomicU64,
+    cost_micros: AtomicU64,
+    unpriced: AtomicU64,
+    alerts: AtomicU64,
+    pub(crate) backend_errors: AtomicU64,
+}
+
+/// A [`Meter`]'s counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct MeterStats {
+    /// Requests admitted.
+    pub admitted: u64,
+    /// Requests refused by a token limit.
+    pub refused_tokens: u64,
+    /// Requests refused by a budget.
+    pub refused_budget: u64,
+    /// Requests refused by the concurrent-request cap.
+    pub refused_concurrency: u64,
+    /// Requests refused for an unpriced model ([`Unpriced::Deny`]).
+    pub refused_unpriced: u64,
+    /// Requests sent to a cheaper version by a budget.
+    pub downgraded: u64,
+    /// Answers settled.
+    pub settled: u64,
+    /// Their cost, in micro-units.
+    pub cost_micros: u64,
+    /// Answers of models with no price.
+    pub unpriced: u64,
+    /// Budget alerts raised.
+    pub alerts: u64,
+    /// Checks and settlements the shared store (Redis) failed.
+    pub backend_errors: u64,
+}
+
+/// What one request holds, as the store sees it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Plan {
+    /// (limit index, key, estimated units).
+    pub(crate) limits: Vec<(usize, Key<'static>, u64)>,
+    /// (budget index, key, reserved micro-units, reserved tokens, period,
+    /// its end in Unix seconds).
+    pub(crate) budgets: Vec<(usize, String, u64, u64, u64, u64)>,
+    /// Where it is held.
+    pub(crate) held: Where,
+    /// Its reservations' name in a shared store.
+    pub(crate) member: u64,
+}
+
+/// Where a plan's units and reservations are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Where {
+    /// In this process's memory.
+    #[default]
+    Memory,
+    /// In Redis, under the plan's member.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Redis,
+    /// Nowhere: admitted while Redis failed.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Nothing,
+}
+
+/// A token limit's state after an admission: units left, nanoseconds
+/// until all are back.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LimitLeft {
+    pub(crate) remaining: u64,
+    pub(crate) reset: u64,
+}
+
+/// The store's answer to a plan.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Admitted(Vec<LimitLeft>),
+    /// Limit `limit` refused; allowed after `wait` nanoseconds
+    /// (`u64::MAX`: the request is larger than the limit's burst).
+    Tokens {
+        limit: usize,
+        wait: u64,
+    },
+    /// Budget `budget` (index into the plan's budgets) has no room.
+    Budget {
+        budget: usize,
+    },
+    /// The shared store failed and the request is to be refused.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Unavailable,
+}
+
+impl Meter {
+    /// A builder.
+    pub fn builder() -> MeterBuilder {
+        MeterBuilder::default()
+    }
+
+    /// Replaces the price catalog; requests admitted from now on use it.
+    pub fn set_prices(&self, prices: PriceCatalog) {
+        self.inner.prices.store(Arc::new(prices));
+    }
+
+    /// The price catalog.
+    pub fn prices(&self) -> Arc<PriceCatalog> {
+        self.inner.prices.load_full()
+    }
+
+    /// The ledger of tokens and cost, if kept.
+    pub fn ledger(&self) -> Option<&Arc<Ledger>> {
+        self.inner.ledger.as_ref()
+    }
+
+    /// The token limits.
+    pub fn token_limits(&self) -> impl Iterator<Item = &TokenLimit> {
+        self.inner.limits.iter().map(|l| &l.def)
+    }
+
+    /// The budgets.
+    pub fn budgets(&self) -> impl Iterator<Item = &Budget> {
+        self.inner.budgets.iter().map(|b| &b.def)
+    }
+
+    /// What `key` has spent and holds in reservations in budget `budget`
+    /// this period, in this process's memory (a Redis meter's state is in
+    /// Redis: see [`RedisSpend`](super::redis)). `None` for an unknown
+    /// budget.
+    pub fn budget_usage(&self, budget: &str, key: &str) -> Option<BudgetUsage> {
+        let b = self.inner.budgets.iter().find(|b| b.def.name == budget)?;
+        let (period, _) = b.def.period.at((self.inner.wall)(), b.def.offset_secs);
+        let s = b.cell(key).read(period);
+        Some(BudgetUsage {
+            spent_micros: s.spent,
+            reserved_micros: s.reserved,
+            limit_micros: b.def.limit_micros,
+            tokens: s.tokens,
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> MeterStats {
+        let c = &self.inner.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MeterStats {
+            admitted: load(&c.admitted),
+            refused_tokens: load(&c.refused_tokens),
+            refused_budget: load(&c.refused_budget),
+            refused_concurrency: load(&c.refused_concurrency),
+            refused_unpriced: load(&c.refused_unpriced),
+            downgraded: load(&c.downgraded),
+            settled: load(&c.settled),
+            cost_micros: load(&c.cost_micros),
+            unpriced: load(&c.unpriced),
+            alerts: load(&c.alerts),
+            backend_errors: load(&c.backend_errors),
+        }
+    }
+}
+
+/// A key's spending in a budget this period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct BudgetUsage {
+    /// Spent, in micro-units.
+    pub spent_micros: u64,
+    /// Held by requests in flight.
+    pub reserved_micros: u64,
+    /// The limit.
+    pub limit_micros: u64,
+    /// Tokens spent.
+    pub tokens: u64,
+}
+
+impl fmt::Debug for Meter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Meter")
+            .field("prices", &self.inner.prices.load().len())
+            .field("unpriced", &self.inner.unpriced)
+            .field(
+                "limits",
+                &self.inner.limits.iter().map(|l| &l.def).collect::<Vec<_>>(),
+            )
+            .field(
+                "budgets",
+                &self
+                    .inner
+                    .budgets
+                    .iter()
+                    .map(|b| &b.def)
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl BudgetState {
+    fn cell(&self, key: &str) -> Arc<Cell> {
+        let cells = self.cells.pin();
+        if let Some(c) = cells.get(key) {
+            return Arc::clone(c);
+        }
+        if cells.len() >= self.max_keys {
+            return Arc::clone(&self.overflow);
+        }
+        Arc::clone(cells.get_or_insert_with(key.into(), Arc::default))
+    }
+}
+
+// === admission ===
+
+/// The text of a key, for budgets and Redis keys.
+pub(crate) fn key_text(key: &Key<'_>) -> String {
+    if let Some(ip) = key.as_ip() {
+        return ip.to_string();
+    }
+    match key.as_bytes() {
+        Some(b) => String::from_utf8_lossy(b).into_owned(),
+        None => String::from("*"),
+    }
+}
+
+/// The estimate of a request: input tokens, output tokens, and the worst
+/// case cost (`None`: unpriced).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Estimate {
+    pub(crate) input: u64,
+    pub(crate) output: u64,
+    pub(crate) worst: u64,
+}
+
+impl Inner {
+    fn price(&self, req: &AdmitRequest<'_>) -> Option<Price> {
+        let prices = self.prices.load();
+        prices
+            .get(req.model)
+            .or_else(|| prices.get(req.upstream_model))
+            .cloned()
+    }
+
+    fn estimate(&self, req: &AdmitRequest<'_>, price: Option<&Price>) -> Estimate {
+        let input = req.body_len.unwrap_or(0).div_ceil(self.bytes_per_token);
+        let max_out = price.and_then(|p| p.max_output_tokens).unwrap_or(u64::MAX);
+        let output = req
+            .max_tokens
+            .unwrap_or(self.default_max_tokens)
+            .min(max_out);
+        let worst = match (price, self.unpriced) {
+            (Some(p), _) => {
+                // Every input token at the dearer of the input and
+                // cache-write prices: nothing the answer can say costs
+                // more.
+                let plain = Usage {
+                    input,
+                    output,
+                    ..Usage::default()
+                };
+                let written = Usage {
+                    cache_write: input,
+                    ..plain
+                };
+                p.cost(&plain).micros().max(p.cost(&written).micros())
+            }
+            (None, Unpriced::Fixed(micros)) => micros,
+            (None, _) => 0,
+        };
+        Estimate {
+            input,
+            output,
+            worst,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_nanos()
+    }
+
+    /// The wall clock, in Unix seconds.
+    pub(crate) fn unix(&self) -> u64 {
+        (self.wall)()
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis(&self) -> Option<&super::redis::RedisSpend> {
+        match &self.backend {
+            Backend::Redis(r) => Some(r),
+            Backend::Memory => None,
+        }
+    }
+
+    /// Builds the plan of `req`: the keys of each limit and budget and
+    /// what they hold.
+    fn plan(&self, req: &AdmitRequest<'_>, est: &Estimate) -> Plan {
+        let mut plan = Plan::default();
+        for (i, limit) in self.limits.iter().enumerate() {
+            if let Some(key) = limit.def.key_by.extract_head(req.head) {
+                let units = limit.def.count.units(est.input, est.output);
+                plan.limits.push((i, key.into_owned(), units));
+            }
+        }
+        if !self.budgets.is_empty() {
+            let unix = (self.wall)();
+            let identity = req.head.extensions.get::<Identity>();
+            for (i, b) in self.budgets.iter().enumerate() {
+                let key = match &b.def.scope {
+                    BudgetScope::Identity => identity.map(|id| id.id().to_owned()),
+                    BudgetScope::Tenant => identity.and_then(|id| id.tenant()).map(str::to_owned),
+                    BudgetScope::Alias => Some(req.alias.unwrap_or(req.model).to_owned()),
+                    BudgetScope::Global => Some(String::from("*")),
+                    BudgetScope::Key(k) => k.extract_head(req.head).map(|k| key_text(&k)),
+                };
+                if let Some(key) = key {
+                    let (period, end) = b.def.period.at(unix, b.def.offset_secs);
+                    let tokens = est.input.saturating_add(est.output);
+                    plan.budgets.push((i, key, est.worst, tokens, period, end));
+                }
+            }
+        }
+        plan
+    }
+
+    /// Admits `plan` in this process's memory: every limit and budget, or
+    /// none.
+    fn admit_memory(&self, plan: &Plan) -> Outcome {
+        self.admit_memory_with(plan, None)
+    }
+
+    /// The same, with each limit's parameters from `gcras` when given (a
+    /// replica's share while Redis is out).
+    pub(crate) fn admit_memory_with(&self, plan: &Plan, gcras: Option<&[Gcra]>) -> Outcome {
+        let now = self.now();
+        let mut left = Vec::with_capacity(plan.limits.len());
+        for (n, (i, key, units)) in plan.limits.iter().enumerate() {
+            let limit = &self.limits[*i];
+            let gcra = gcras.and_then(|g| g.get(*i)).unwrap_or(&limit.gcra);
+            let cost = u32::try_from(*units).unwrap_or(u32::MAX);
+            let verdict = limit.store.with(key, now, true, |entry| {
+                let cell = match entry {
+                    crate::ratelimit::gcra_api::Entry::Tracked(s)
+                    | crate::ratelimit::gcra_api::Entry::Overflow(s) => &s.tats[0],
+                    crate::ratelimit::gcra_api::Entry::Untracked => {
+                        return Some(Verdict::Allowed { tat: now });
+                    }
+                };
+                match gcra.acquire(cell, now, cost) {
+                    Verdict::Gone => None,
+                    v => Some(v),
+                }
+            });
+            match verdict {
+                Verdict::Allowed { tat } => left.push(LimitLeft {
+                    remaining: u64::from(gcra.remaining(tat, now)),
+                    reset: gcra.reset_after(tat, now),
+                }),
+                Verdict::Refused { wait } => {
+                    self.release_limits(&plan.limits[..n]);
+                    return Outcome::Tokens { limit: *i, wait };
+                }
+                Verdict::Gone => unreachable!("retried by the store"),
+            }
+        }
+        for (n, (i, key, micros, tokens, period, _)) in plan.budgets.iter().enumerate() {
+            let b = &self.budgets[*i];
+            let cell = b.cell(key);
+            if !cell.reserve(*period, b.def.limit_micros, b.def.tokens, *micros, *tokens) {
+                self.release_limits(&plan.limits);
+                for (i, key, micros, tokens, period, _) in &plan.budgets[..n] {
+                    let b = &self.budgets[*i];
+                    b.cell(key).settle(
+                        *period,
+                        (*micros, *tokens),
+                        (0, 0),
+                        b.def.limit_micros,
+                        &[],
+                    );
+                }
+                return Outcome::Budget { budget: n };
+            }
+        }
+        Outcome::Admitted(left)
+    }
+
+    /// Gives back every estimated unit of `limits` (never before now).
+    fn release_limits(&self, limits: &[(usize, Key<'static>, u64)]) {
+        self.adjust_limits(limits, &vec![0; limits.len()]);
+    }
+
+    /// Charges or refunds each limit the difference between its estimate
+    /// and `actual`.
+    fn adjust_limits(&self, limits: &[(usize, Key<'static>, u64)], actual: &[u64]) {
+        let now = self.now();
+        for ((i, key, est), &actual) in limits.iter().zip(actual) {
+            if actual == *est {
+                continue;
+            }
+            let limit = &self.limits[*i];
+            limit.store.with(key, now, true, |entry| {
+                let cell = match entry {
+                    crate::ratelimit::gcra_api::Entry::Tracked(s)
+                    | crate::ratelimit::gcra_api::Entry::Overflow(s) => &s.tats[0],
+                    crate::ratelimit::gcra_api::Entry::Untracked => return Some(()),
+                };
+                let ok = if actual > *est {
+                    limit.gcra.charge(cell, now, actual - est)
+                } else {
+                    limit.gcra.refund_at(cell, now, est - actual)
+                };
+                ok.then_some(())
+            });
+        }
+    }
+
+    /// Settles `plan` in this process's memory; returns the alerts raised.
+    pub(crate) fn settle_memory(&self, plan: &Plan, actual: &Actual) -> Vec<BudgetAlert> {
+        self.adjust_limits(&plan.limits, &actual.units);
+        let mut alerts = Vec::new();
+        if plan.budgets.is_empty() {
+            return alerts;
+        }
+        let unix = (self.wall)();
+        for (i, key, micros, tokens, _, _) in &plan.budgets {
+            let b = &self.budgets[*i];
+            let (period, _) = b.def.period.at(unix, b.def.offset_secs);
+            let (state, crossed) = b.cell(key).settle(
+                period,
+                (*micros, *tokens),
+                (actual.micros, actual.tokens),
+                b.def.limit_micros,
+                &b.def.alerts,
+            );
+            for (bit, &percent) in b.def.alerts.iter().enumerate() {
+                if crossed & (1 << bit) != 0 {
+                    alerts.push(BudgetAlert {
+                        budget: b.def.name.clone(),
+                        key: key.clone(),
+                        percent,
+                        spent_micros: state.spent,
+                        limit_micros: b.def.limit_micros,
+                    });
+                }
+            }
+        }
+        alerts
+    }
+
+    pub(crate) fn alert(&self, alerts: &[BudgetAlert]) {
+        for a in alerts {
+            self.counters.alerts.fetch_add(1, Ordering::Relaxed);
+            if let Some(hook) = &self.on_alert {
+                hook(a);
+            }
+        }
+    }
+
+    /// The answer to an outcome of the store.
+    fn decide(
+        self: &Arc<Self>,
+        req_model: &str,
+        downgrade: Option<&str>,
+        plan: Plan,
+        est: Estimate,
+        price: Option<Price>,
+        conc: Option<Key<'static>>,
+        outcome: Outcome,
+    ) -> Admission {
+        match outcome {
+            Outcome::Admitted(left) => {
+                self.counters.admitted.fetch_add(1, Ordering::Relaxed);
+                Admission::Admit(Box::new(Hold {
+                    meter: Arc::clone(self),
+                    plan,
+                    price,
+                    conc,
+                    left,
+                    done: false,
+                }))
+            }
+            Outcome::Tokens { limit, wait } => {
+                self.release_concurrency(conc.as_ref());
+                self.counters.refused_tokens.fetch_add(1, Ordering::Relaxed);
+                let l = &self.limits[limit];
+                let name = l.def.name();
+                let message = if wait == u64::MAX {
+                    format!(
+                        "Request too large for {req_model}: its estimate of {} tokens is above the limit `{name}` of {} tokens per {:?}.",
+                        l.def.count.units(est.input, est.output),
+                        l.def.quota.count(),
+                        l.def.quota.period()
+                    )
+                } else {
+                    format!(
+                        "Rate limit reached for {req_model} on tokens (`{name}`: {} per {:?}). Please try again in {}.",
+                        l.def.quota.count(),
+                        l.def.quota.period(),
+                        openai_duration(wait)
+                    )
+                };
+                let mut r = Refused::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    message,
+                    "rate_limit_exceeded",
+                )
+                .kind("tokens");
+                let mut headers = HeaderMap::new();
+                limit_headers(
+                    l,
+                    LimitLeft {
+                        remaining: 0,
+                        reset: wait.min(l.gcra.tau),
+                    },
+                    &mut headers,
+                );
+                if wait != u64::MAX {
+                    headers.insert(
+                        http::header::RETRY_AFTER,
+                        HeaderValue::from(wait.div_ceil(1_000_000_000).max(1)),
+                    );
+                }
+                r.headers
+                    .extend(headers.into_iter().filter_map(|(n, v)| Some((n?, v))));
+                Admission::Refuse(r)
+            }
+            Outcome::Unavailable => {
+                self.release_concurrency(conc.as_ref());
+                Admission::Refuse(
+                    Refused::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The token limiter is unavailable; please try again.",
+                        "limiter_unavailable",
+                    )
+                    .kind("api_error"),
+                )
+            }
+            Outcome::Budget { budget } => {
+                self.release_concurrency(conc.as_ref());
+                let (i, key, ..) = &plan.budgets[budget];
+                let b = &self.budgets[*i].def;
+                if let (OverBudget::Downgrade(to), None) = (&b.over, downgrade)
+                    && to != req_model
+                {
+                    self.counters.downgraded.fetch_add(1, Ordering::Relaxed);
+                    return Admission::Downgrade(to.clone());
+                }
+                self.counters.refused_budget.fetch_add(1, Ordering::Relaxed);
+                Admission::refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "You exceeded your current quota: budget `{}` for `{key}` has no room for this request this {}.",
+                        b.name,
+                        b.period.as_str()
+                    ),
+                    "insufficient_quota",
+                )
+            }
+        }
+    }
+
+    fn take_concurrency(&self, req: &AdmitRequest<'_>) -> Result<Option<Key<'static>>, ()> {
+        let Some(c) = &self.concurrency else {
+            return Ok(None);
+        };
+        let Some(key) = c.key_by.extract_head(req.head) else {
+            return Ok(None);
+        };
+        let key = key.into_owned();
+        let mut held = c.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(key.clone()).or_insert(0);
+        if *n >= c.max {
+            return Err(());
+        }
+        *n += 1;
+        Ok(Some(key))
+    }
+
+    fn release_concurrency(&self, key: Option<&Key<'static>>) {
+        if let (Some(c), Some(key)) = (&self.concurrency, key) {
+            let mut held = c.held.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = held.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(key);
+                }
+            }
+        }
+    }
+}
+
+impl Admit for Meter {
+    fn admit(&self, req: &AdmitRequest<'_>) -> AdmitFuture {
+        let inner = &self.inner;
+        let price = inner.price(req);
+        if price.is_none() && inner.unpriced == Unpriced::Deny {
+            inner
+                .counters
+                .refused_unpriced
+                .fetch_add(1, Ordering::Relaxed);
+            return AdmitFuture::ready(Admission::refuse(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "The model `{}` has no price here, so it cannot be used.",
+                    req.model
+                ),
+                "model_not_priced",
+            ));
+        }
+        let conc = match inner.take_concurrency(req) {
+            Ok(c) => c,
+            Err(()) => {
+                inner
+                    .counters
+                    .refused_concurrency
+                    .fetch_add(1, Ordering::Relaxed);
+                let c = inner.concurrency.as_ref().map_or(0, |c| c.max);
+                return AdmitFuture::ready(Admission::Refuse(
+                    Refused::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!("Too many concurrent requests: at most {c} at once."),
+                        "rate_limit_exceeded",
+                    )
+                    .kind("requests"),
+                ));
+            }
+        };
+        let est = inner.estimate(req, price.as_ref());
+        let plan = inner.plan(req, &est);
+        let model: Arc<str> = req.model.into();
+        let downgrade = req.downgraded_from.map(str::to_owned);
+        match &inner.backend {
+            Backend::Memory => {
+                let outcome = inner.admit_memory(&plan);
+                AdmitFuture::ready(inner.decide(
+                    &model,
+                    downgrade.as_deref(),
+                    plan,
+                    est,
+                    price,
+                    conc,
+                    outcome,
+                ))
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => {
+                let check = redis.admit(inner, plan);
+                let inner = Arc::clone(inner);
+                AdmitFuture::new(async move {
+                    let (plan, outcome) = check.await;
+                    inner.decide(
+                        &model,
+                        downgrade.as_deref(),
+                        plan,
+                        est,
+                        price,
+                        conc,
+                        outcome,
+                    )
+                })
+            }
+        }
+    }
+}
+
+// === impl Held ===
+
+/// What an admitted request holds until its answer is settled.
+struct Hold {
+    meter: Arc<Inner>,
+    plan: Plan,
+    price: Option<Price>,
+    conc: Option<Key<'static>>,
+    left: Vec<LimitLeft>,
+    done: bool,
+}
+
+/// What an answer used, as the store counts it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Actual {
+    /// Units per limit of the plan.
+    pub(crate) units: Vec<u64>,
+    pub(crate) micros: u64,
+    pub(crate) tokens: u64,
+}
+
+impl Hold {
+    fn actual(&self, usage: &Usage) -> (Actual, bool) {
+        let (micros, priced) = match (&self.price, self.meter.unpriced) {
+            (Some(p), _) => (p.cost(usage).micros(), true),
+            (None, Unpriced::Fixed(m)) => (m, false),
+            (None, _) => (0, false),
+        };
+        let units = self
+            .plan
+            .limits
+            .iter()
+            .map(|(i, ..)| self.meter.limits[*i].def.count.of(usage))
+            .collect();
+        (
+            Actual {
+                units,
+                micros,
+                tokens: usage.total(),
+            },
+            priced,
+        )
+    }
+
+    fn finish(&mut self, actual: &Actual) {
+        self.done = true;
+        let inner = &self.meter;
+        inner.release_concurrency(self.conc.as_ref());
+        match &inner.backend {
+            Backend::Memory => {
+                let alerts = inner.settle_memory(&self.plan, actual);
+                inner.alert(&alerts);
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.settle(inner, &self.plan, actual),
+        }
+    }
+}
+
+impl Ticket for Hold {
+    fn headers(&self, headers: &mut HeaderMap) {
+        if let Some(((i, ..), left)) = self.plan.limits.first().zip(self.left.first()) {
+            limit_headers(&self.meter.limits[*i], *left, headers);
+        }
+    }
+
+    fn settle(mut self: Box<Self>, record: &UsageRecord) -> Settled {
+        let (actual, priced) = self.actual(&record.usage);
+        self.finish(&actual);
+        let inner = &self.meter;
+        inner.counters.settled.fetch_add(1, Ordering::Relaxed);
+        inner
+            .counters
+            .cost_micros
+            .fetch_add(actual.micros, Ordering::Relaxed);
+        if !priced {
+            inner.counters.unpriced.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(ledger) = &inner.ledger {
+            ledger.record(
+                &LedgerEntry {
+                    identity: record.identity.as_ref().map(Identity::id),
+                    tenant: record.tenant(),
+                    alias: record.alias.as_deref(),
+                    model: &record.model,
+                    usage: &record.usage,
+                    cost_micros: actual.micros,
+                    priced,
+                },
+                (inner.wall)(),
+            );
+        }
+        let mut settled = Settled::default();
+        settled.cost_micros = priced.then_some(actual.micros);
+        if inner.fields {
+            settled = settled
+                .field(COST_MICROS.clone(), HeaderValue::from(actual.micros))
+                .field(INPUT_TOKENS.clone(), HeaderValue::from(record.usage.input))
+                .field(
+                    OUTPUT_TOKENS.clone(),
+                    HeaderValue::from(record.usage.output),
+                );
+        }
+        settled
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.done {
+            // Never answered: everything held comes back.
+            let actual = Actual {
+                units: vec![0; self.plan.limits.len()],
+                ..Actual::default()
+            };
+            self.finish(&actual);
+        }
+    }
+}
+
+/// OpenAI's token headers for one limit, and the IETF fields.
+fn limit_headers(limit: &Limit, left: LimitLeft, headers: &mut HeaderMap) {
+    let q = u64::from(limit.def.quota.count());
+    let remaining = left.remaining.min(q);
+    headers.insert(LIMIT_TOKENS.clone(), HeaderValue::from(q));
+    headers.insert(REMAINING_TOKENS.clone(), HeaderValue::from(remaining));
+    if let Ok(v) = HeaderValue::from_str(&openai_duration(left.reset)) {
+        headers.insert(RESET_TOKENS.clone(), v);
+    }
+    let name = limit.def.name();
+    let t = left.reset.div_ceil(1_000_000_000);
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";r={remaining};t={t}")) {
+        headers.append(RATELIMIT.clone(), v);
+    }
+    headers.append(RATELIMIT_POLICY.clone(), limit.policy.clone());
+}
+
+/// A duration as OpenAI writes it in `x-ratelimit-reset-tokens`: `20ms`,
+/// `1s`, `6m0s`, `1h2m3s`.
+pub(crate) fn openai_duration(nanos: u64) -> String {
+    let d = Duration::from_nanos(nanos);
+    if d < Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis().max(u128::from(nanos > 0)));
+    }
+    let secs = nanos.div_ceil(1_000_000_000);
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        let _ = write!(out, "{h}h{m}m{s}s");
+    } else if m > 0 {
+        let _ = write!(out, "{m}m{s}s");
+    } else {
+        let _ = write!(out, "{s}s");
+    }
+    out
+}
+
+// === MeterBuilder ===
+
+/// Builds a [`Meter`]; see [`Meter::builder`].
+pub struct MeterBuilder {
+    prices: PriceCatalog,
+    unpriced: Unpriced,
+    bytes_per_token: u64,
+    default_max_tokens: u64,
+    limits: Vec<TokenLimit>,
+    budgets: Vec<Budget>,
+    concurrency: Option<(KeyBy, u32)>,
+    ledger: Option<Arc<Ledger>>,
+    clock: Option<Box<dyn Clock>>,
+    wall: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
+    fields: bool,
+    max_keys: usize,
+    on_alert: Option<Arc<dyn Fn(&BudgetAlert) + Send + Sync>>,
+    #[cfg(feature = "redis")]
+    redis: Option<super::redis::RedisSpendBuilder>,
+}
+
+impl Default for MeterBuilder {
+    fn default() -> Self {
+        Self {
+            prices: PriceCatalog::new(),
+            unpriced: Unpriced::Free,
+            bytes_per_token: 4,
+            default_max_tokens: 4096,
+            limits: Vec::new(),
+            budgets: Vec::new(),
+            concurrency: None,
+            ledger: Some(Arc::new(Ledger::new())),
+            clock: None,
+            wall: None,
+            fields: true,
+            max_keys: 100_000,
+            on_alert: None,
+            #[cfg(feature = "redis")]
+            redis: None,
+        }
+    }
+}
+
+impl MeterBuilder {
+    /// The prices answers are costed at (none by default: every model is
+    /// [unpriced](Self::unpriced)).
+    pub fn prices(mut self, prices: PriceCatalog) -> Self {
+        self.prices = prices;
+        self
+    }
+
+    /// What to do with a model that has no price ([`Unpriced::Free`] by
+    /// default).
+    pub fn unpriced(mut self, unpriced: Unpriced) -> Self {
+        self.unpriced = unpriced;
+        self
+    }
+
+    /// Input tokens are estimated at admission as the body's bytes divided
+    /// by this (4 by default; 1 never underestimates).
+    pub fn bytes_per_token(mut self, k: u64) -> Self {
+        self.bytes_per_token = k.max(1);
+        self
+    }
+
+    /// Output tokens estimated for a request that sets no `max_tokens`
+    /// (4096 by default), capped by the model's `max_output_tokens`.
+    pub fn default_max_tokens(mut self, tokens: u64) -> Self {
+        self.default_max_tokens = tokens;
+        self
+    }
+
+    /// Adds a token limit.
+    pub fn token_limit(mut self, limit: TokenLimit) -> Self {
+        self.limits.push(limit);
+        self
+    }
+
+    /// Adds a budget.
+    pub fn budget(mut self, budget: Budget) -> Self {
+        self.budgets.push(budget);
+        self
+    }
+
+    /// At most `max` requests in flight at once per key `key_by` reads.
+    pub fn max_concurrent(mut self, key_by: KeyBy, max: u32) -> Self {
+        self.concurrency = Some((key_by, max));
+        self
+    }
+
+    /// Keeps tokens and cost per identity, tenant, alias and version in
+    /// this ledger (a new one by default), or in none.
+    pub fn ledger(mut self, ledger: Option<Arc<Ledger>>) -> Self {
+        self.ledger = ledger;
+        self
+    }
+
+    /// The clock token limits run on (monotonic by default).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Box::new(clock));
+        self
+    }
+
+    /// The wall clock budgets' calendar periods and the ledger read, in
+    /// Unix seconds (the system's by default).
+    pub fn wall_clock(mut self, now: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.wall = Some(Box::new(now));
+        self
+    }
+
+    /// Whether answers show their cost and tokens (headers, or comment
+    /// lines at the end of a stream); on by default.
+    pub fn cost_fields(mut self, on: bool) -> Self {
+        self.fields = on;
+        self
+    }
+
+    /// The most keys each token limit and budget keeps in memory (100,000
+    /// by default). Beyond it new keys of a token limit share one state, as
+    /// the rate limiter's do, and those of a budget share one cell.
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n.max(1);
+        self
+    }
+
+    /// Calls `hook` when a key's spending crosses one of its budget's
+    /// [alert thresholds](Budget::alert_at) (once per key, threshold and
+    /// period).
+    pub fn on_alert(mut self, hook: impl Fn(&BudgetAlert) + Send + Sync + 'static) -> Self {
+        self.on_alert = Some(Arc::new(hook));
+        self
+    }
+
+    /// Counts limits and budgets in Redis, shared by every replica (feature
+    /// `redis`), instead of this process's memory.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis(mut self, redis: super::redis::RedisSpendBuilder) -> Self {
+        self.redis = Some(redis);
+        self
+    }
+
+    /// Checks and builds.
+    pub fn build(self) -> Result<Meter, SpendError> {
+        let mut names = std::collections::HashSet::new();
+        let mut limits = Vec::with_capacity(self.limits.len());
+        for def in self.limits {
+            let name = def.name();
+            if !names.insert(format!("limit:{name}")) {
+                return Err(SpendError::Duplicate(name));
+            }
+            let gcra =
+                Gcra::new(&def.quota).ok_or_else(|| SpendError::InvalidLimit(name.clone()))?;
+            let policy = crate::ratelimit::gcra_api::policy(&[(
+                name,
+                def.quota.count(),
+                u64::try_from(def.quota.period().as_nanos()).unwrap_or(u64::MAX),
+            )]);
+            limits.push(Limit {
+                def,
+                gcra,
+                policy,
+                store: Store::new(self.max_keys, true),
+            });
+        }
+        let mut budgets = Vec::with_capacity(self.budgets.len());
+        for def in self.budgets {
+            if !names.insert(format!("budget:{}", def.name)) {
+                return Err(SpendError::Duplicate(def.name));
+            }
+            if def.name.is_empty()
+                || !def
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
+                return Err(SpendError::InvalidName(def.name));
+            }
+            budgets.push(BudgetState {
+                def,
+                cells: papaya::HashMap::new(),
+                overflow: Arc::default(),
+                max_keys: self.max_keys,
+            });
+        }
+        #[cfg(feature = "redis")]
+        let backend = match self.redis {
+            Some(r) => {
+                let gcras: Vec<Gcra> = limits.iter().map(|l| l.gcra).collect();
+                let quotas: Vec<_> = limits.iter().map(|l| l.def.quota.clone()).collect();
+                Backend::Redis(r.build(&gcras, &quotas).map_err(|e| match e {
+                    crate::ratelimit::RateLimitError::NoReplicas => SpendError::NoReplicas,
+                    other => SpendError::InvalidLimit(other.to_string()),
+                })?)
+            }
+            None => Backend::Memory,
+        };
+        #[cfg(not(feature = "redis"))]
+        let backend = Backend::Memory;
+        Ok(Meter {
+            inner: Arc::new(Inner {
+                prices: ArcSwap::from_pointee(self.prices),
+                unpriced: self.unpriced,
+                bytes_per_token: self.bytes_per_token,
+                default_max_tokens: self.default_max_tokens,
+                limits: limits.into(),
+                budgets: budgets.into(),
+                concurrency: self.concurrency.map(|(key_by, max)| Concurrency {
+                    key_by,
+                    max,
+                    held: Mutex::default(),
+                }),
+                ledger: self.ledger,
+                clock: self
+                    .clock
+                    .unwrap_or_else(|| Box::new(MonotonicClock::new())),
+                wall: self.wall.unwrap_or_else(|| Box::new(unix_now)),
+                fields: self.fields,
+                on_alert: self.on_alert,
+                counters: Counters::default(),
+                backend,
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for MeterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeterBuilder")
+            .field("unpriced", &self.unpriced)
+            .field("limits", &self.limits)
+            .field("budgets", &self.budgets)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(openai_duration(20_000_000), "20ms");
+        assert_eq!(openai_duration(1), "1ms");
+        assert_eq!(openai_duration(1_000_000_000), "1s");
+        assert_eq!(openai_duration(360_000_000_000), "6m0s");
+        assert_eq!(openai_duration(3_723_000_000_000), "1h2m3s");
+    }
+}
