@@ -62,8 +62,21 @@ fn model_server(
 /// (the canary, `PROMPT` + the returned knob's output tokens), under 100
 /// chat requests a second whose answers are read to the end.
 fn chat_router(seed: u64, canary_completion: u64) -> (ModelHandle, JoinHandle<()>, Arc<AtomicU64>) {
+    chat_router_metered(seed, canary_completion, None)
+}
+
+/// The same, with a meter pricing the answers when one is given.
+fn chat_router_metered(
+    seed: u64,
+    canary_completion: u64,
+    meter: Option<switchyard::spend::Meter>,
+) -> (ModelHandle, JoinHandle<()>, Arc<AtomicU64>) {
     let green = Arc::new(AtomicU64::new(canary_completion));
-    let router = ModelRouter::builder()
+    let mut builder = ModelRouter::builder();
+    if let Some(meter) = meter {
+        builder = builder.admit(meter);
+    }
+    let router = builder
         .upstream("blue", model_server(Arc::new(AtomicU64::new(100 - PROMPT))))
         .upstream("green", model_server(green.clone()))
         .catalog(
@@ -229,4 +242,46 @@ async fn ratios_must_be_positive_numbers() {
         }
     }
     assert!(Rollout::new(plan(Analysis::default().max_cost_ratio(1.2)), traffic()).is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn canary_costing_40_percent_more_per_answer_is_rolled_back() {
+    use switchyard::spend::{Meter, Price, PriceCatalog};
+    // Same tokens on both sides; the canary's price is 40 % higher, so
+    // each of its answers costs 40 % more.
+    let meter = Meter::builder()
+        .prices(
+            PriceCatalog::new()
+                .with_price("chat-v1", Price::per_million(1_000_000, 4_000_000))
+                .with_price("chat-v2", Price::per_million(1_400_000, 5_600_000)),
+        )
+        .build()
+        .unwrap();
+    let (handle, load, _green) = chat_router_metered(25, 100 - PROMPT, Some(meter.clone()));
+    let traffic = ModelTraffic::new(handle.clone(), "chat", "chat-v1", "chat-v2").unwrap();
+    let rollout = Rollout::new(plan(Analysis::default().max_cost_ratio(1.2)), traffic)
+        .unwrap()
+        .start();
+    let end = finish(&rollout).await;
+    load.abort();
+    let why = match &end {
+        RolloutState::Aborted { reason } => reason.clone(),
+        other => panic!("not aborted: {other:?}"),
+    };
+    assert!(why.contains("cost per request"), "{why}");
+    assert_eq!(alias_weights(&handle), (100, 0));
+    let failed = rollout
+        .status()
+        .verdicts
+        .into_iter()
+        .find(|v| v.outcome == Outcome::Fail)
+        .expect("a failing verdict");
+    // 20 in × 1 + 80 out × 4 = 340 micro-units a stable answer; 476 a
+    // canary's.
+    assert_eq!(failed.stable.cost_per_request, Some(340.0));
+    assert_eq!(failed.canary.cost_per_request, Some(476.0));
+    assert_eq!(failed.canary.tokens_per_request, Some(100.0));
+    let v2 = handle.model_stats("chat-v2").unwrap();
+    assert_eq!(v2.cost_micros, 476 * v2.priced);
+    assert!(meter.stats().cost_micros > 0);
 }

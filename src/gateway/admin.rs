@@ -24,6 +24,8 @@
 //! | `PUT /models/{route}/{alias}/weights` | an alias's version weights |
 //! | `POST /models/{route}/{alias}/promote/{model}` | all of an alias's traffic to `model` |
 //! | `POST /models/{route}/{alias}/rollback` | an alias back to its previous weights |
+//! | `GET /usage?by=tenant&since=…&until=…&route=…` | tokens and cost of the metered model routes' answers, grouped `by` `identity`, `tenant`, `alias` or `model` (`tenant` by default), between `since` and `until` (Unix seconds, `2026-12-01` or `2026-12-01T08:00:00Z`; hourly buckets, the last 35 days), per route, most expensive first |
+//! | `GET /spend/{route}` | a metered route's counters (admitted, refused by limit, budget, concurrency cap or price, downgraded, cost), its token limits and budgets, and with `?budget=NAME&key=KEY` that key's spending this period (in this process; a Redis meter's is in Redis) |
 //! | `GET /upstreams` | every upstream's servers: in service, healthy, in flight, requests, failures, ejections |
 //! | `GET /metrics` | Prometheus text exposition |
 //!
@@ -88,6 +90,8 @@ pub fn router(gateway: &Gateway) -> Result<Router, AdminError> {
             post(promote_model),
         )
         .route("/models/{route}/{alias}/rollback", post(rollback_model))
+        .route("/usage", get(get_usage))
+        .route("/spend/{route}", get(get_spend))
         .route("/upstreams", get(get_upstreams))
         .route("/metrics", get(get_metrics))
         .layer(auth);
@@ -404,6 +408,151 @@ async fn rollback_model(
     model_change(&gw, &route, &alias, &identity, "rollback", |h| {
         h.rollback(&alias)
     })
+}
+
+#[derive(Debug, Deserialize)]
+struct UsageQuery {
+    by: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    route: Option<String>,
+}
+
+async fn get_usage(
+    State(gw): State<Gateway>,
+    axum::extract::Query(q): axum::extract::Query<UsageQuery>,
+) -> Response {
+    let by: crate::spend::GroupBy = match q.by.as_deref().unwrap_or("tenant").parse() {
+        Ok(by) => by,
+        Err(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "`by` is one of identity, tenant, alias, model",
+            );
+        }
+    };
+    let time = |name: &str, value: &Option<String>| -> Result<Option<u64>, Response> {
+        match value.as_deref() {
+            None => Ok(None),
+            Some(v) => unix_time(v).map(Some).ok_or_else(|| {
+                problem(
+                    StatusCode::BAD_REQUEST,
+                    format!("`{name}`: Unix seconds, `2026-12-01` or `2026-12-01T08:00:00Z`"),
+                )
+            }),
+        }
+    };
+    let since = match time("since", &q.since) {
+        Ok(t) => t.unwrap_or(0),
+        Err(r) => return r,
+    };
+    let until = match time("until", &q.until) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let routes = match &q.route {
+        Some(r) if gw.meter(r).is_none() => {
+            return problem(StatusCode::NOT_FOUND, format!("no metered model route `{r}`"));
+        }
+        Some(r) => vec![r.clone()],
+        None => gw.metered_routes(),
+    };
+    let mut out = serde_json::Map::new();
+    for route in routes {
+        let rows = gw
+            .meter(&route)
+            .and_then(|m| m.ledger().map(|l| l.query(by, since, until)))
+            .unwrap_or_default();
+        out.insert(route, json!(rows));
+    }
+    Json(json!({
+        "by": q.by.as_deref().unwrap_or("tenant"),
+        "since": since,
+        "until": until,
+        "routes": out,
+    }))
+    .into_response()
+}
+
+/// Unix seconds, `YYYY-MM-DD` (midnight UTC) or `YYYY-MM-DDTHH:MM:SSZ`.
+fn unix_time(text: &str) -> Option<u64> {
+    if let Ok(n) = text.parse::<u64>() {
+        return Some(n);
+    }
+    let (date, time) = match text.split_once('T') {
+        Some((d, t)) => (d, Some(t.strip_suffix('Z')?)),
+        None => (text, None),
+    };
+    let mut d = date.splitn(3, '-').map(str::parse::<u32>);
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || y < 1970 {
+        return None;
+    }
+    let mut secs = crate::spend::budget::unix_of_date(i64::from(y), m, day)?;
+    if let Some(t) = time {
+        let mut hms = t.splitn(3, ':').map(str::parse::<u64>);
+        let (h, mi, s) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
+        if h > 23 || mi > 59 || s > 60 {
+            return None;
+        }
+        secs += h * 3600 + mi * 60 + s;
+    }
+    Some(secs)
+}
+
+#[derive(Debug, Deserialize)]
+struct SpendQuery {
+    budget: Option<String>,
+    key: Option<String>,
+}
+
+async fn get_spend(
+    State(gw): State<Gateway>,
+    Path(route): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<SpendQuery>,
+) -> Response {
+    let Some(meter) = gw.meter(&route) else {
+        return problem(StatusCode::NOT_FOUND, format!("no metered model route `{route}`"));
+    };
+    let limits: Vec<Value> = meter
+        .token_limits()
+        .map(|l| {
+            json!({
+                "name": l.name(),
+                "tokens": l.quota().count(),
+                "period_seconds": l.quota().period().as_secs_f64(),
+                "burst": l.quota().burst_size(),
+                "count": l.count(),
+            })
+        })
+        .collect();
+    let budgets: Vec<Value> = meter
+        .budgets()
+        .map(|b| {
+            json!({
+                "name": b.name(),
+                "scope": b.scope().as_str(),
+                "limit_micros": b.limit_micros(),
+                "period": b.period(),
+            })
+        })
+        .collect();
+    let mut body = json!({
+        "route": route,
+        "stats": meter.stats(),
+        "prices": meter.prices().len(),
+        "token_limits": limits,
+        "budgets": budgets,
+    });
+    if let (Some(budget), Some(key)) = (&q.budget, &q.key) {
+        match meter.budget_usage(budget, key) {
+            Some(usage) => body["usage"] = json!(usage),
+            None => {
+                return problem(StatusCode::NOT_FOUND, format!("no budget `{budget}` on `{route}`"));
+            }
+        }
+    }
+    Json(body).into_response()
 }
 
 async fn get_metrics(State(gw): State<Gateway>) -> Response {

@@ -141,6 +141,8 @@ pub(crate) struct BuiltRoute {
     pub(crate) service: Pipeline,
     pub(crate) split: Option<BuiltSplit>,
     pub(crate) model: Option<(ModelRouter<Upstream>, ModelHandle)>,
+    /// The model router's meter (`[routes.model.spend]`).
+    pub(crate) spend: Option<super::spend::BuiltMeter>,
     pub(crate) limiter: Option<(RateLimitLayer, RateLimitHandle)>,
     /// A rate limit counted in Redis instead, with the `[redis]` it was
     /// built for.
@@ -209,7 +211,11 @@ impl Problems {
         }
     }
 
-    fn push(&mut self, at: impl Into<String>, message: impl std::fmt::Display) {
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn push(&mut self, at: impl Into<String>, message: impl std::fmt::Display) {
         self.0.push(ConfigProblem {
             at: at.into(),
             message: message.to_string(),
@@ -236,6 +242,11 @@ enum Change {
     ),
     Rules(TransformHandle, crate::transform::Rules),
     Quotas(RateLimitHandle, Vec<Quota>),
+    /// A reused meter's prices, read again.
+    Prices(
+        crate::spend::Meter,
+        std::sync::Arc<crate::spend::PriceCatalog>,
+    ),
 }
 
 impl Changes {
@@ -283,6 +294,7 @@ impl Change {
             Change::ProviderKeys(h, _) => Change::ProviderKeys(h.clone(), h.current_keys()),
             Change::Rules(h, _) => Change::Rules(h.clone(), h.rules()),
             Change::Quotas(h, _) => Change::Quotas(h.clone(), h.quotas()),
+            Change::Prices(m, _) => Change::Prices(m.clone(), m.prices()),
         }
     }
 
@@ -302,6 +314,10 @@ impl Change {
             Change::Rules(h, rules) => h.set_rules(rules).map_err(|e| problem("transform", &e)),
             Change::Quotas(h, quotas) => {
                 h.set_quotas(quotas).map_err(|e| problem("rate_limit", &e))
+            }
+            Change::Prices(m, prices) => {
+                m.set_prices(prices);
+                Ok(())
             }
         }
     }
@@ -944,6 +960,7 @@ fn build_route(
     // The terminal service: a split or a model router.
     let mut split = None;
     let mut model = None;
+    let mut spend = None;
     let terminal: Option<Pipeline> = match (&rc.split, &rc.model) {
         (Some(_), Some(_)) | (None, None) => {
             problems.push(at, "a route needs exactly one of `split` and `model`");
@@ -1053,6 +1070,19 @@ fn build_route(
         }
         (None, Some(mc)) => {
             let here = format!("{at}.model");
+            spend = mc.spend.as_ref().and_then(|sc| {
+                let (built, prices) = super::spend::rebuild(
+                    sc,
+                    &format!("{here}.spend"),
+                    old.and_then(|o| o.spend.as_ref()),
+                    redis,
+                    problems,
+                )?;
+                if let Some(prices) = prices {
+                    changes.push(Change::Prices(built.1.clone(), prices.into()));
+                }
+                Some(built)
+            });
             let sticky = mc
                 .sticky
                 .as_ref()
@@ -1068,7 +1098,8 @@ fn build_route(
                 (old_mc.sticky == mc.sticky
                     && old_mc.body_limit == mc.body_limit
                     && old_mc.providers == mc.providers
-                    && old_mc.unsupported == mc.unsupported)
+                    && old_mc.unsupported == mc.unsupported
+                    && old_mc.spend == mc.spend)
                     .then_some(o.model.as_ref()?)
             });
             let built = match reusable {
@@ -1095,6 +1126,9 @@ fn build_route(
                         b = b.provider(name.clone(), provider.clone());
                     }
                     b = b.unsupported(mc.unsupported);
+                    if let Some((_, meter)) = &spend {
+                        b = b.admit(meter.clone());
+                    }
                     match b.build() {
                         Ok(r) => {
                             let h = r.handle();
@@ -1209,6 +1243,7 @@ fn build_route(
         service,
         split,
         model,
+        spend,
         limiter,
         #[cfg(feature = "redis")]
         shared_limiter,
@@ -1291,7 +1326,7 @@ fn local_limiter(
 /// What `[redis]` says a request gets when Redis does not answer (checked
 /// with the section).
 #[cfg(feature = "redis")]
-fn redis_failure(rc: &RedisConfig) -> crate::ratelimit::redis::RedisFailure {
+pub(crate) fn redis_failure(rc: &RedisConfig) -> crate::ratelimit::redis::RedisFailure {
     use crate::ratelimit::redis::RedisFailure;
     match rc.on_failure {
         Some(RedisFailureConfig::Local) => RedisFailure::Local {

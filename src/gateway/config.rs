@@ -451,4 +451,6 @@ pub struct ModelConfig {
     /// A request parameter an upstream cannot honour: `"drop"` (the
     /// default) or `"reject"` (400 naming it).
     pub unsupported: Unsupported,
+    /// Prices, token limits and budgets (see [`SpendConfig`]).
+    pub spend: Option<super::spend::SpendConfig>,
 }

@@ -415,6 +415,25 @@ pub(crate) fn render(state: &State) -> String {
         }
     }
 
+    family(
+        &mut out,
+        "switchyard_model_cost_micros_total",
+        "counter",
+        "Cost of a model version's priced answers, in micro-units of the price catalog's currency.",
+    );
+    for (r, stats) in &models {
+        for v in stats {
+            let _ = writeln!(
+                out,
+                "switchyard_model_cost_micros_total{{route=\"{}\",model=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&v.model),
+                v.cost_micros
+            );
+        }
+    }
+    render_spend(&mut out, state);
+
     // Every endpoint of every upstream, by upstream name.
     let mut upstreams: Vec<_> = state.upstreams.iter().collect();
     upstreams.sort_by(|a, b| a.0.cmp(b.0));
@@ -485,4 +504,108 @@ fn esc(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// The meters of model routes: admissions by outcome, and tokens and cost
+/// per tenant and alias from their ledgers.
+fn render_spend(out: &mut String, state: &State) {
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    let meters: Vec<_> = state
+        .routes
+        .iter()
+        .filter_map(|r| r.spend.as_ref().map(|(_, m)| (r, m)))
+        .collect();
+    if meters.is_empty() {
+        return;
+    }
+    family(
+        out,
+        "switchyard_spend_admissions_total",
+        "counter",
+        "Requests a model route's meter admitted, refused (by token limit, budget, concurrency cap, unpriced model) or downgraded.",
+    );
+    for (r, m) in &meters {
+        let s = m.stats();
+        for (outcome, n) in [
+            ("admitted", s.admitted),
+            ("refused_tokens", s.refused_tokens),
+            ("refused_budget", s.refused_budget),
+            ("refused_concurrency", s.refused_concurrency),
+            ("refused_unpriced", s.refused_unpriced),
+            ("downgraded", s.downgraded),
+        ] {
+            let _ = writeln!(
+                out,
+                "switchyard_spend_admissions_total{{route=\"{}\",outcome=\"{outcome}\"}} {n}",
+                esc(&r.name)
+            );
+        }
+    }
+    for (name, help, get) in [
+        (
+            "switchyard_spend_budget_alerts_total",
+            "Budget thresholds crossed.",
+            (|s: &crate::spend::MeterStats| s.alerts) as fn(&crate::spend::MeterStats) -> u64,
+        ),
+        (
+            "switchyard_spend_backend_errors_total",
+            "Admissions and settlements the shared store (Redis) failed.",
+            |s| s.backend_errors,
+        ),
+    ] {
+        family(out, name, "counter", help);
+        for (r, m) in &meters {
+            let _ = writeln!(out, "{name}{{route=\"{}\"}} {}", esc(&r.name), get(&m.stats()));
+        }
+    }
+    for (by, label) in [
+        (crate::spend::GroupBy::Tenant, "tenant"),
+        (crate::spend::GroupBy::Alias, "alias"),
+    ] {
+        let cost = format!("switchyard_spend_{label}_cost_micros_total");
+        family(
+            out,
+            &cost,
+            "counter",
+            "Cost of answers by this dimension, in micro-units, from the route's ledger.",
+        );
+        let mut rows = Vec::new();
+        for (r, m) in &meters {
+            if let Some(ledger) = m.ledger() {
+                rows.push((r, ledger.totals(by)));
+            }
+        }
+        for (r, list) in &rows {
+            for row in list {
+                let _ = writeln!(
+                    out,
+                    "{cost}{{route=\"{}\",{label}=\"{}\"}} {}",
+                    esc(&r.name),
+                    esc(&row.key),
+                    row.cost_micros
+                );
+            }
+        }
+        let tokens = format!("switchyard_spend_{label}_tokens_total");
+        family(
+            out,
+            &tokens,
+            "counter",
+            "Tokens of answers by this dimension, from the route's ledger.",
+        );
+        for (r, list) in &rows {
+            for row in list {
+                for (kind, n) in [("input", row.input_tokens), ("output", row.output_tokens)] {
+                    let _ = writeln!(
+                        out,
+                        "{tokens}{{route=\"{}\",{label}=\"{}\",kind=\"{kind}\"}} {n}",
+                        esc(&r.name),
+                        esc(&row.key)
+                    );
+                }
+            }
+        }
+    }
 }

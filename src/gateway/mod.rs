@@ -88,6 +88,7 @@ mod build;
 mod config;
 mod metrics;
 mod redact;
+mod spend;
 
 #[cfg(feature = "admin")]
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
@@ -112,6 +113,10 @@ pub use config::{
 };
 
 pub use redact::REDACTED;
+pub use spend::{
+    BudgetConfig, ConcurrencyConfig, PriceConfig, ScopeConfig, SpendConfig, TokenLimitConfig,
+    UnpricedConfig,
+};
 
 use crate::model::ModelHandle;
 use crate::problem::Problem;
@@ -364,6 +369,25 @@ impl Gateway {
         let state = self.inner.state.load();
         let r = state.routes.iter().find(|r| r.name == route)?;
         r.model.as_ref().map(|(_, h)| h.clone())
+    }
+
+    /// The meter of a model route with a `[routes.model.spend]`: its
+    /// prices, token limits, budgets, counters and ledger.
+    pub fn meter(&self, route: &str) -> Option<crate::spend::Meter> {
+        let state = self.inner.state.load();
+        let r = state.routes.iter().find(|r| r.name == route)?;
+        r.spend.as_ref().map(|(_, m)| m.clone())
+    }
+
+    /// The names of the routes with a meter.
+    pub fn metered_routes(&self) -> Vec<String> {
+        let state = self.inner.state.load();
+        state
+            .routes
+            .iter()
+            .filter(|r| r.spend.is_some())
+            .map(|r| r.name.clone())
+            .collect()
     }
 
     /// The rate-limit handle of a route whose limit counts in this process

@@ -121,6 +121,16 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Unix seconds at midnight UTC of (`y`, `m`, `d`), `None` before 1970 or
+/// for a day the month does not have.
+pub(crate) fn unix_of_date(y: i64, m: u32, d: u32) -> Option<u64> {
+    let days = days_from_civil(y, m, d);
+    (civil_from_days(days) == (y, m, d))
+        .then(|| u64::try_from(days).ok())
+        .flatten()
+        .map(|days| days * 86_400)
+}
+
 /// What happens to a request that does not fit its budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -213,8 +213,8 @@ impl Meter {
     }
 
     /// Replaces the price catalog; requests admitted from now on use it.
-    pub fn set_prices(&self, prices: PriceCatalog) {
-        self.inner.prices.store(Arc::new(prices));
+    pub fn set_prices(&self, prices: impl Into<Arc<PriceCatalog>>) {
+        self.inner.prices.store(prices.into());
     }
 
     /// The price catalog.
@@ -738,14 +738,12 @@ impl Admit for Meter {
         };
         let est = inner.estimate(req, price.as_ref());
         let plan = inner.plan(req, &est);
-        let model: Arc<str> = req.model.into();
-        let downgrade = req.downgraded_from.map(str::to_owned);
         match &inner.backend {
             Backend::Memory => {
                 let outcome = inner.admit_memory(&plan);
                 AdmitFuture::ready(inner.decide(
-                    &model,
-                    downgrade.as_deref(),
+                    req.model,
+                    req.downgraded_from,
                     plan,
                     est,
                     price,
@@ -755,6 +753,8 @@ impl Admit for Meter {
             }
             #[cfg(feature = "redis")]
             Backend::Redis(redis) => {
+                let model = req.model.to_owned();
+                let downgrade = req.downgraded_from.map(str::to_owned);
                 let check = redis.admit(inner, plan);
                 let inner = Arc::clone(inner);
                 AdmitFuture::new(async move {
@@ -796,8 +796,12 @@ pub(crate) struct Actual {
 }
 
 impl Hold {
-    fn actual(&self, usage: &Usage) -> (Actual, bool) {
-        let (micros, priced) = match (&self.price, self.meter.unpriced) {
+    fn actual(&self, model: &str, usage: &Usage) -> (Actual, bool) {
+        // The version that answered (a fallback's may differ from the one
+        // admitted), else the price the request was admitted at.
+        let prices = self.meter.prices.load();
+        let price = prices.get(model).or(self.price.as_ref());
+        let (micros, priced) = match (price, self.meter.unpriced) {
             (Some(p), _) => (p.cost(usage).micros(), true),
             (None, Unpriced::Fixed(m)) => (m, false),
             (None, _) => (0, false),
@@ -841,7 +845,7 @@ impl Ticket for Hold {
     }
 
     fn settle(mut self: Box<Self>, record: &UsageRecord) -> Settled {
-        let (actual, priced) = self.actual(&record.usage);
+        let (actual, priced) = self.actual(&record.model, &record.usage);
         self.finish(&actual);
         let inner = &self.meter;
         inner.counters.settled.fetch_add(1, Ordering::Relaxed);
