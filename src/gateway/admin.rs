@@ -410,7 +410,24 @@ async fn rollback_model(
     })
 }
 
-#[derive(Debug, Deserialize)]
+/// The query string's parameters, percent-decoded (`+` as a space).
+fn query_params(raw: Option<&str>) -> BTreeMap<String, String> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    raw.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+#[derive(Debug)]
 struct UsageQuery {
     by: Option<String>,
     since: Option<String>,
@@ -420,8 +437,15 @@ struct UsageQuery {
 
 async fn get_usage(
     State(gw): State<Gateway>,
-    axum::extract::Query(q): axum::extract::Query<UsageQuery>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Response {
+    let mut params = query_params(raw.as_deref());
+    let q = UsageQuery {
+        by: params.remove("by"),
+        since: params.remove("since"),
+        until: params.remove("until"),
+        route: params.remove("route"),
+    };
     let by: crate::spend::GroupBy = match q.by.as_deref().unwrap_or("tenant").parse() {
         Ok(by) => by,
         Err(_) => {
@@ -452,7 +476,10 @@ async fn get_usage(
     };
     let routes = match &q.route {
         Some(r) if gw.meter(r).is_none() => {
-            return problem(StatusCode::NOT_FOUND, format!("no metered model route `{r}`"));
+            return problem(
+                StatusCode::NOT_FOUND,
+                format!("no metered model route `{r}`"),
+            );
         }
         Some(r) => vec![r.clone()],
         None => gw.metered_routes(),
@@ -500,19 +527,18 @@ fn unix_time(text: &str) -> Option<u64> {
     Some(secs)
 }
 
-#[derive(Debug, Deserialize)]
-struct SpendQuery {
-    budget: Option<String>,
-    key: Option<String>,
-}
-
 async fn get_spend(
     State(gw): State<Gateway>,
     Path(route): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<SpendQuery>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Response {
+    let params = query_params(raw.as_deref());
+    let (budget, key) = (params.get("budget"), params.get("key"));
     let Some(meter) = gw.meter(&route) else {
-        return problem(StatusCode::NOT_FOUND, format!("no metered model route `{route}`"));
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!("no metered model route `{route}`"),
+        );
     };
     let limits: Vec<Value> = meter
         .token_limits()
@@ -544,11 +570,14 @@ async fn get_spend(
         "token_limits": limits,
         "budgets": budgets,
     });
-    if let (Some(budget), Some(key)) = (&q.budget, &q.key) {
+    if let (Some(budget), Some(key)) = (budget, key) {
         match meter.budget_usage(budget, key) {
             Some(usage) => body["usage"] = json!(usage),
             None => {
-                return problem(StatusCode::NOT_FOUND, format!("no budget `{budget}` on `{route}`"));
+                return problem(
+                    StatusCode::NOT_FOUND,
+                    format!("no budget `{budget}` on `{route}`"),
+                );
             }
         }
     }

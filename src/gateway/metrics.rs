@@ -557,7 +557,12 @@ fn render_spend(out: &mut String, state: &State) {
     ] {
         family(out, name, "counter", help);
         for (r, m) in &meters {
-            let _ = writeln!(out, "{name}{{route=\"{}\"}} {}", esc(&r.name), get(&m.stats()));
+            let _ = writeln!(
+                out,
+                "{name}{{route=\"{}\"}} {}",
+                esc(&r.name),
+                get(&m.stats())
+            );
         }
     }
     for (by, label) in [

@@ -238,7 +238,10 @@ pub(crate) fn meter(
         let at = format!("{here}.token_limits[{i}]");
         let key = key_by(&tl.key, &format!("{at}.key"), problems);
         let Some(p) = period(&tl.period) else {
-            problems.push(format!("{at}.period"), "a period such as `1m`, `1h` or `1d`");
+            problems.push(
+                format!("{at}.period"),
+                "a period such as `1m`, `1h` or `1d`",
+            );
             continue;
         };
         let mut q = Quota::new(tl.limit, p);
@@ -291,7 +294,9 @@ pub(crate) fn meter(
             Some(r) => {
                 let rc = &r.config;
                 let mut rb = crate::spend::redis::RedisSpendBuilder::new(r.connection())
-                    .timeout(std::time::Duration::from_millis(rc.timeout_ms.unwrap_or(100)))
+                    .timeout(std::time::Duration::from_millis(
+                        rc.timeout_ms.unwrap_or(100),
+                    ))
                     .on_redis_failure(super::build::redis_failure(rc))
                     .breaker(
                         rc.breaker_failures.unwrap_or(3),
@@ -308,7 +313,10 @@ pub(crate) fn meter(
     #[cfg(not(feature = "redis"))]
     if sc.redis {
         let _ = redis;
-        problems.push(format!("{here}.redis"), "needs switchyard's `redis` feature");
+        problems.push(
+            format!("{here}.redis"),
+            "needs switchyard's `redis` feature",
+        );
     }
     if problems.len() > before {
         return None;

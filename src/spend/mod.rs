@@ -64,6 +64,35 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The parts stand on their own too:
+//!
+//! * [`price`]: a [`PriceCatalog`] of per-model [`Price`]s (LiteLLM's price
+//!   file, with overrides) and the [`Cost`] of a
+//!   [`Usage`](crate::model::providers::Usage), in integer micro-units;
+//! * [`ledger`]: a [`Ledger`] of tokens and cost per identity, tenant,
+//!   alias and model version, all-time and by the hour;
+//! * [`limit`] and [`budget`]: what a [`Meter`] enforces;
+//! * [`redis`] (feature `redis`): the same counts shared by every replica.
+//!
+//! ```
+//! use switchyard::model::providers::Usage;
+//! use switchyard::spend::{GroupBy, Ledger, LedgerEntry, Price};
+//!
+//! let price = Price::per_million(150_000, 600_000); // $0.15 / $0.60
+//! let mut usage = Usage::default();
+//! (usage.input, usage.output) = (2_000, 500);
+//! let cost = price.cost(&usage);
+//! assert_eq!(cost.micros(), 300 + 300);
+//!
+//! let ledger = Ledger::new();
+//! let entry = LedgerEntry::new("gpt-4o-mini", &usage)
+//!     .tenant("acme")
+//!     .cost(cost.micros());
+//! ledger.record(&entry, 1_700_000_000);
+//! let rows = ledger.totals(GroupBy::Tenant);
+//! assert_eq!((rows[0].key.as_str(), rows[0].cost_micros), ("acme", 600));
+//! ```
 
 pub mod budget;
 pub mod ledger;
@@ -78,7 +107,7 @@ pub use budget::{Budget, BudgetAlert, BudgetScope, OverBudget, Period};
 pub use ledger::{GroupBy, Ledger, LedgerEntry, UsageRow};
 pub use limit::{TokenCount, TokenLimit};
 pub use meter::{BudgetUsage, Meter, MeterBuilder, MeterStats, Unpriced};
-pub use price::{Cost, Price, PriceCatalog, PriceError};
+pub use price::{Cost, Micros, Price, PriceCatalog, PriceError, Rates};
 
 /// Why a [`Meter`] could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
