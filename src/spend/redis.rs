@@ -88,6 +88,10 @@ use crate::ratelimit::{Quota, RateLimitError};
 /// time ahead of now, after), `{1, limit, wait}` (wait -1: never) or
 /// `{2, budget, 0}`.
 const ADMIT: &str = r"
+-- Takes the decimal string `v` from field `f` (Redis refuses `-0`).
+local function dec(h, f, v)
+  if v ~= '0' then redis.call('HINCRBY', h, f, '-' .. v) end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local nl, nb = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -113,8 +117,8 @@ for j = 1, nb do
   local lapsed = redis.call('ZRANGEBYSCORE', z, '-inf', now)
   for _, m in ipairs(lapsed) do
     local _, _, mm, mt = string.find(m, ':(%d+):(%d+)$')
-    redis.call('HINCRBY', h, 'reserved', -tonumber(mm))
-    redis.call('HINCRBY', h, 'rtokens', -tonumber(mt))
+    dec(h, 'reserved', mm)
+    dec(h, 'rtokens', mt)
   end
   if #lapsed > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', now) end
   local s = redis.call('HMGET', h, 'period', 'spent', 'reserved', 'tokens', 'rtokens')
@@ -158,6 +162,10 @@ return out
 /// the micro-units spent this period and the bits of the thresholds newly
 /// crossed.
 const SETTLE: &str = r"
+-- Takes the decimal string `v` from field `f` (Redis refuses `-0`).
+local function dec(h, f, v)
+  if v ~= '0' then redis.call('HINCRBY', h, f, '-' .. v) end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local nl, nb, most = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -166,28 +174,33 @@ for i = 1, nl do
   local interval, delta = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   a = a + 2
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  local moved = false
   if delta > 0 then
     if tat < now then tat = now end
     tat = tat + delta * interval
     if tat > now + most then tat = now + most end
+    moved = true
   elseif delta < 0 and tat > now then
     tat = tat + delta * interval
     if tat < now then tat = now end
+    moved = true
   end
-  if tat > now then
+  if moved and tat > now then
     redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+  elseif moved then
+    redis.call('DEL', KEYS[i])
   end
 end
 local out = {}
 for j = 1, nb do
   local h, z = KEYS[nl + 2 * j - 1], KEYS[nl + 2 * j]
   local member, rm, rt = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local sm, st, period, expire = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), ARGV[a + 5], tonumber(ARGV[a + 6])
+  local sm, st, period, expire = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], tonumber(ARGV[a + 6])
   local limit, alerts = tonumber(ARGV[a + 7]), ARGV[a + 8]
   a = a + 9
   if member ~= '' and redis.call('ZREM', z, member .. ':' .. rm .. ':' .. rt) == 1 then
-    redis.call('HINCRBY', h, 'reserved', -tonumber(rm))
-    redis.call('HINCRBY', h, 'rtokens', -tonumber(rt))
+    dec(h, 'reserved', rm)
+    dec(h, 'rtokens', rt)
   end
   if redis.call('HGET', h, 'period') ~= period then
     redis.call('HSET', h, 'period', period, 'spent', 0, 'tokens', 0, 'alerted', 0)
