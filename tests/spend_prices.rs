@@ -1,8 +1,3 @@
-// Needs the real `spend::price` and `spend::ledger` API (on main since
-// eb564a1, "Merge h-price"); this branch has their scaffolds. Checked
-// passing against main merged with this branch (5 tests). After merging,
-// delete the next line.
-#![cfg(any())]
 #![cfg(feature = "json")]
 //! Cost end to end with the whole price model (`spend::price`) and the
 //! ledger (`spend::ledger`): real-shaped provider answers priced through

@@ -455,24 +455,24 @@ async fn get_usage(
             );
         }
     };
-    let time = |name: &str, value: &Option<String>| -> Result<Option<u64>, Response> {
+    let time = |name: &str, value: &Option<String>| -> Result<Option<u64>, Box<Response>> {
         match value.as_deref() {
             None => Ok(None),
             Some(v) => unix_time(v).map(Some).ok_or_else(|| {
-                problem(
+                Box::new(problem(
                     StatusCode::BAD_REQUEST,
                     format!("`{name}`: Unix seconds, `2026-12-01` or `2026-12-01T08:00:00Z`"),
-                )
+                ))
             }),
         }
     };
     let since = match time("since", &q.since) {
         Ok(t) => t.unwrap_or(0),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let until = match time("until", &q.until) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let routes = match &q.route {
         Some(r) if gw.meter(r).is_none() => {

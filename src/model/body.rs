@@ -279,7 +279,7 @@ impl Tracker {
         let mut out = Vec::new();
         loop {
             if self.ended {
-                return Poll::Ready(None);
+                return Poll::Ready(self.trailer.take().map(|t| Ok(Frame::data(t))));
             }
             let Reader::Map(b) = &mut self.reader else {
                 return Poll::Ready(None);
@@ -353,6 +353,7 @@ impl Tracker {
             return;
         };
         let reader = std::mem::replace(&mut self.reader, Reader::None);
+        let tail = matches!(reader, Reader::Tail(..) | Reader::Known(_));
         let usage = match reader {
             Reader::None => None,
             Reader::Tail(tail, protocol) => tail.usage(protocol),
@@ -372,6 +373,9 @@ impl Tracker {
             }
             Reader::Known(u) => Some(u),
         };
+        // A usage object found at the tail, or any token counted from
+        // events: the answer said what it used.
+        let reported = usage.is_some_and(|u| tail || !u.is_empty());
         let mut usage = usage.unwrap_or_default();
         usage.truncated |= cut;
         let counters = flight.counters();
@@ -386,6 +390,7 @@ impl Tracker {
                 mut record,
             } = *report;
             record.usage = usage;
+            record.reported = reported;
             record.time_to_first_token = self.first_byte;
             record.duration = self.started.elapsed();
             if let Some(hook) = hook {

@@ -780,6 +780,7 @@ fn tracker<S>(
                 provider: upstream.provider.protocol,
                 client: api,
                 usage: Usage::default(),
+                reported: false,
                 status: parts.status,
                 time_to_first_token: None,
                 duration: Duration::ZERO,

@@ -74,6 +74,11 @@ pub struct UsageRecord {
     pub client: ClientApi,
     /// The tokens.
     pub usage: Usage,
+    /// Whether the answer said what it used: a usage object was read, or
+    /// tokens were counted from its events. `false` for an OpenAI stream
+    /// left before its last event (which carries the usage), a compressed
+    /// answer (not read), or an upstream that reports no usage.
+    pub reported: bool,
     /// The upstream's status.
     pub status: StatusCode,
     /// From the call to the first byte of the answer's body.

@@ -116,9 +116,10 @@ impl Gcra {
     /// moving `tat` back but never before `now` (units not used are
     /// returned; time already passed is not). `false` when the state was
     /// removed meanwhile.
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
     pub(crate) fn refund_at(&self, cell: &AtomicU64, now: u64, cost: u64) -> bool {
         let decrement = cost.saturating_mul(self.interval);
-        match cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+        cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
             if tat == TOMBSTONE {
                 None
             } else if tat > now {
@@ -126,10 +127,8 @@ impl Gcra {
             } else {
                 Some(tat)
             }
-        }) {
-            Ok(_) => true,
-            Err(_) => false,
-        }
+        })
+        .is_ok()
     }
 
     /// Charges `cost` units unconditionally (usage known after the fact);

@@ -95,7 +95,7 @@ use std::time::Duration;
 /// [`crate::spend`].
 #[cfg_attr(not(feature = "json"), allow(unused_imports))]
 pub(crate) mod gcra_api {
-    #[cfg(feature = "redis")]
+    #[cfg(all(feature = "redis", feature = "json"))]
     pub(crate) use super::breaker::{Breaker, Gate};
     pub(crate) use super::gcra::{Gcra, Verdict};
     pub(crate) use super::headers::policy;

@@ -123,6 +123,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 
 /// Unix seconds at midnight UTC of (`y`, `m`, `d`), `None` before 1970 or
 /// for a day the month does not have.
+#[cfg_attr(not(feature = "admin"), allow(dead_code))]
 pub(crate) fn unix_of_date(y: i64, m: u32, d: u32) -> Option<u64> {
     let days = days_from_civil(y, m, d);
     (civil_from_days(days) == (y, m, d))

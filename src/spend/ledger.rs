@@ -925,6 +925,7 @@ mod tests {
             provider: Protocol::OpenAi,
             client: ClientApi::ChatCompletions,
             usage: usage(12, 3),
+            reported: true,
             status: StatusCode::OK,
             time_to_first_token: None,
             duration: Duration::from_millis(5),

@@ -74,10 +74,13 @@ pub(crate) struct Inner {
     clock: Box<dyn Clock>,
     wall: Box<dyn Fn() -> u64 + Send + Sync>,
     fields: bool,
-    on_alert: Option<Arc<dyn Fn(&BudgetAlert) + Send + Sync>>,
+    on_alert: Option<AlertHook>,
     pub(crate) counters: Counters,
     pub(crate) backend: Backend,
 }
+
+/// What is called with a budget alert.
+type AlertHook = Arc<dyn Fn(&BudgetAlert) + Send + Sync>;
 
 /// Where the counts live.
 pub(crate) enum Backend {
@@ -468,7 +471,7 @@ impl Inner {
                     reset: gcra.reset_after(tat, now),
                 }),
                 Verdict::Refused { wait } => {
-                    self.release_limits(&plan.limits[..n]);
+                    self.release_limits(&plan.limits[..n], gcras);
                     return Outcome::Tokens { limit: *i, wait };
                 }
                 Verdict::Gone => unreachable!("retried by the store"),
@@ -478,7 +481,7 @@ impl Inner {
             let b = &self.budgets[*i];
             let cell = b.cell(key);
             if !cell.reserve(*period, b.def.limit_micros, b.def.tokens, *micros, *tokens) {
-                self.release_limits(&plan.limits);
+                self.release_limits(&plan.limits, gcras);
                 for (i, key, micros, tokens, period, _) in &plan.budgets[..n] {
                     let b = &self.budgets[*i];
                     b.cell(key).settle(
@@ -496,19 +499,26 @@ impl Inner {
     }
 
     /// Gives back every estimated unit of `limits` (never before now).
-    fn release_limits(&self, limits: &[(usize, Key<'static>, u64)]) {
-        self.adjust_limits(limits, &vec![0; limits.len()]);
+    fn release_limits(&self, limits: &[(usize, Key<'static>, u64)], gcras: Option<&[Gcra]>) {
+        self.adjust_limits(limits, &vec![0; limits.len()], gcras);
     }
 
     /// Charges or refunds each limit the difference between its estimate
-    /// and `actual`.
-    fn adjust_limits(&self, limits: &[(usize, Key<'static>, u64)], actual: &[u64]) {
+    /// and `actual`, at the parameters it was admitted with (`gcras`: a
+    /// replica's share while Redis is out).
+    fn adjust_limits(
+        &self,
+        limits: &[(usize, Key<'static>, u64)],
+        actual: &[u64],
+        gcras: Option<&[Gcra]>,
+    ) {
         let now = self.now();
         for ((i, key, est), &actual) in limits.iter().zip(actual) {
             if actual == *est {
                 continue;
             }
             let limit = &self.limits[*i];
+            let gcra = gcras.and_then(|g| g.get(*i)).unwrap_or(&limit.gcra);
             limit.store.with(key, now, true, |entry| {
                 let cell = match entry {
                     crate::ratelimit::gcra_api::Entry::Tracked(s)
@@ -516,9 +526,9 @@ impl Inner {
                     crate::ratelimit::gcra_api::Entry::Untracked => return Some(()),
                 };
                 let ok = if actual > *est {
-                    limit.gcra.charge(cell, now, actual - est)
+                    gcra.charge(cell, now, actual - est)
                 } else {
-                    limit.gcra.refund_at(cell, now, est - actual)
+                    gcra.refund_at(cell, now, est - actual)
                 };
                 ok.then_some(())
             });
@@ -526,8 +536,13 @@ impl Inner {
     }
 
     /// Settles `plan` in this process's memory; returns the alerts raised.
-    pub(crate) fn settle_memory(&self, plan: &Plan, actual: &Actual) -> Vec<BudgetAlert> {
-        self.adjust_limits(&plan.limits, &actual.units);
+    pub(crate) fn settle_memory(
+        &self,
+        plan: &Plan,
+        actual: &Actual,
+        gcras: Option<&[Gcra]>,
+    ) -> Vec<BudgetAlert> {
+        self.adjust_limits(&plan.limits, &actual.units, gcras);
         let mut alerts = Vec::new();
         if plan.budgets.is_empty() {
             return alerts;
@@ -568,6 +583,7 @@ impl Inner {
     }
 
     /// The answer to an outcome of the store.
+    #[allow(clippy::too_many_arguments)]
     fn decide(
         self: &Arc<Self>,
         req_model: &str,
@@ -828,7 +844,7 @@ impl Hold {
         inner.release_concurrency(self.conc.as_ref());
         match &inner.backend {
             Backend::Memory => {
-                let alerts = inner.settle_memory(&self.plan, actual);
+                let alerts = inner.settle_memory(&self.plan, actual, None);
                 inner.alert(&alerts);
             }
             #[cfg(feature = "redis")]
@@ -846,7 +862,26 @@ impl Ticket for Hold {
 
     fn settle(mut self: Box<Self>, record: &UsageRecord) -> Settled {
         let (actual, priced) = self.actual(&record.model, &record.usage);
-        self.finish(&actual);
+        if record.status.is_success() && !record.reported {
+            // An answer whose usage was not seen (an OpenAI stream the
+            // client left before its last event, which carries it; a
+            // compressed answer, which is not read): what the upstream
+            // bills is unknown, so the limits and budgets keep the
+            // estimate. Otherwise a client hanging up before the end would
+            // never be charged. (A stream cut short after some usage was
+            // seen settles from what was seen.)
+            let mut held = actual.clone();
+            for (unit, (_, _, est)) in held.units.iter_mut().zip(&self.plan.limits) {
+                *unit = (*unit).max(*est);
+            }
+            if let Some((_, _, micros, tokens, ..)) = self.plan.budgets.first() {
+                held.micros = held.micros.max(*micros);
+                held.tokens = held.tokens.max(*tokens);
+            }
+            self.finish(&held);
+        } else {
+            self.finish(&actual);
+        }
         let inner = &self.meter;
         inner.counters.settled.fetch_add(1, Ordering::Relaxed);
         inner
@@ -870,8 +905,10 @@ impl Ticket for Hold {
                 (inner.wall)(),
             );
         }
-        let mut settled = Settled::default();
-        settled.cost_micros = priced.then_some(actual.micros);
+        let mut settled = match priced {
+            true => Settled::cost(actual.micros),
+            false => Settled::default(),
+        };
         if inner.fields {
             settled = settled
                 .field(COST_MICROS.clone(), HeaderValue::from(actual.micros))
@@ -951,7 +988,7 @@ pub struct MeterBuilder {
     wall: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
     fields: bool,
     max_keys: usize,
-    on_alert: Option<Arc<dyn Fn(&BudgetAlert) + Send + Sync>>,
+    on_alert: Option<AlertHook>,
     #[cfg(feature = "redis")]
     redis: Option<super::redis::RedisSpendBuilder>,
 }

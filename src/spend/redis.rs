@@ -517,7 +517,7 @@ impl RedisSpend {
     /// Settles `plan` with `actual`, in a task of its own.
     pub(crate) fn settle(&self, inner: &Arc<Inner>, plan: &Plan, actual: &Actual) {
         if plan.held == Held::Memory {
-            let alerts = inner.settle_memory(plan, actual);
+            let alerts = inner.settle_memory(plan, actual, Some(&self.local));
             inner.alert(&alerts);
             return;
         }
