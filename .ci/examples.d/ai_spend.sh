@@ -45,6 +45,14 @@ after=${out#*"data: [DONE]"}
 expect ': x-switchyard-cost-micros: ' "$after" "ai_spend: ... then its cost in a comment line"
 cost=$(grep -o ': x-switchyard-cost-micros: [0-9]*' <<<"$after" | awk '{ print $3 }')
 aspend_told=$((aspend_told + cost))
+# A stream that did not ask for usage: the router asks for it, hides its
+# chunk, and still ends with the cost.
+out=$(aspend_chat acme-key '{"model": "chat", "stream": true, "messages": [{"role": "user", "content": "hello"}]}' -N)
+after=${out#*"data: [DONE]"}
+expect ': x-switchyard-cost-micros: ' "$after" "ai_spend: a stream that did not ask for usage ends with its cost too"
+if grep -q '"usage"' <<<"$out"; then echo "FAIL: ai_spend: the usage chunk it did not ask for was shown"; exit 1; fi
+cost=$(grep -o ': x-switchyard-cost-micros: [0-9]*' <<<"$after" | awk '{ print $3 }')
+aspend_told=$((aspend_told + cost))
 
 # About 10,000 µ$ each on gpt-4o: the day's 50,000 run out after four,
 # and then the budget sends acme to gpt-4o-mini.

@@ -163,8 +163,10 @@ pub(crate) struct Plan {
     /// its end in Unix seconds).
     pub(crate) budgets: Vec<(usize, String, u64, u64, u64, u64)>,
     /// Where it is held.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) held: Where,
     /// Its reservations' name in a shared store.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) member: u64,
 }
 
@@ -394,6 +396,7 @@ impl Inner {
     }
 
     /// The wall clock, in Unix seconds.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn unix(&self) -> u64 {
         (self.wall)()
     }
