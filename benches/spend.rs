@@ -211,10 +211,16 @@ fn limiter() -> RateLimitLayer {
 /// The meter: one token limit of the same key and quota shape, a price for
 /// the model, one tenant budget a month.
 fn meter(fields: bool) -> Meter {
-    Meter::builder()
-        .prices(
-            PriceCatalog::new().with_price("gpt-4o", Price::per_million(INPUT_RATE, OUTPUT_RATE)),
-        )
+    meter_with(fields, true)
+}
+
+/// The same, keeping a ledger of usage or not.
+fn meter_with(fields: bool, ledger: bool) -> Meter {
+    let mut b = Meter::builder();
+    if !ledger {
+        b = b.ledger(None);
+    }
+    b.prices(PriceCatalog::new().with_price("gpt-4o", Price::per_million(INPUT_RATE, OUTPUT_RATE)))
         .token_limit(TokenLimit::new(KeyBy::header(API_KEY.clone()), quota()))
         .budget(Budget::new(BudgetScope::Tenant, BUDGET_MICROS, Period::Month).named(BUDGET))
         .cost_fields(fields)
@@ -353,6 +359,70 @@ fn check_settled(meter: &Meter) {
 
 // === Benchmarks ===
 
+/// Times `alone`'s admission and settlement of the request a router hands
+/// it, as `name`.
+fn admit_settle<S>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    up: &S,
+    reqs: &Requests,
+    name: &str,
+    alone: Meter,
+) where
+    S: Service<
+            Request<switchyard::body::RequestBody<Full<Bytes>>>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let repeat = Repeat::new(alone.clone());
+    let slot = Arc::clone(&repeat.0);
+    let mut micro = ModelRouter::builder()
+        .upstream("openai", up.clone())
+        .catalog(
+            Catalog::new()
+                .model(Model::new("gpt-4o", "openai"))
+                .alias(Alias::new("chat", [("gpt-4o", 1)])),
+        )
+        .admit(repeat.clone())
+        .on_usage(move |record| {
+            let mut kept = slot.record.lock().unwrap();
+            if kept.is_none() {
+                *kept = Some(record.clone());
+            }
+        })
+        .build()
+        .unwrap();
+    // The first request reports the record the timed tickets settle with.
+    let res = once(rt, &mut micro, reqs.build());
+    assert_eq!(res.status(), 200);
+    {
+        let record = repeat.0.record.lock().unwrap();
+        let record = record.as_ref().expect("the router reported the answer");
+        assert_eq!(record.usage.input, PROMPT_TOKENS);
+        assert_eq!(record.usage.output, COMPLETION_TOKENS);
+        assert_eq!(record.tenant(), Some(TENANT));
+    }
+    // And the hook's loop admits and settles as many as it is asked to.
+    repeat.0.todo.store(10, Ordering::Relaxed);
+    once(rt, &mut micro, reqs.build());
+    assert_eq!(alone.stats().settled, 12);
+    check_settled(&alone);
+
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            repeat.0.todo.store(iters, Ordering::Relaxed);
+            let res = once(rt, &mut micro, reqs.build());
+            assert_eq!(res.status(), 200);
+            *repeat.0.took.lock().unwrap()
+        });
+    });
+    check_settled(&alone);
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -437,51 +507,16 @@ fn bench(c: &mut Criterion) {
     }
 
     // --- The meter alone ---
-
-    let alone = meter(true);
-    let repeat = Repeat::new(alone.clone());
-    let slot = Arc::clone(&repeat.0);
-    let mut micro = ModelRouter::builder()
-        .upstream("openai", up.clone())
-        .catalog(
-            Catalog::new()
-                .model(Model::new("gpt-4o", "openai"))
-                .alias(Alias::new("chat", [("gpt-4o", 1)])),
-        )
-        .admit(repeat.clone())
-        .on_usage(move |record| {
-            let mut kept = slot.record.lock().unwrap();
-            if kept.is_none() {
-                *kept = Some(record.clone());
-            }
-        })
-        .build()
-        .unwrap();
-    // The first request reports the record the timed tickets settle with.
-    let res = once(&rt, &mut micro, reqs.build());
-    assert_eq!(res.status(), 200);
-    {
-        let record = repeat.0.record.lock().unwrap();
-        let record = record.as_ref().expect("the router reported the answer");
-        assert_eq!(record.usage.input, PROMPT_TOKENS);
-        assert_eq!(record.usage.output, COMPLETION_TOKENS);
-        assert_eq!(record.tenant(), Some(TENANT));
+    //
+    // `admit_settle`: everything a request does (limits, budget, ledger,
+    // cost fields); `admit_settle_enforce`: the token limit and the budget
+    // alone (no ledger, no fields), the "admission + settlement".
+    for (name, alone) in [
+        ("admit_settle", meter(true)),
+        ("admit_settle_enforce", meter_with(false, false)),
+    ] {
+        admit_settle(&mut group, &rt, &up, &reqs, name, alone);
     }
-    // And the hook's loop admits and settles as many as it is asked to.
-    repeat.0.todo.store(10, Ordering::Relaxed);
-    once(&rt, &mut micro, reqs.build());
-    assert_eq!(alone.stats().settled, 12);
-    check_settled(&alone);
-
-    group.bench_function("admit_settle", |b| {
-        b.iter_custom(|iters| {
-            repeat.0.todo.store(iters, Ordering::Relaxed);
-            let res = once(&rt, &mut micro, reqs.build());
-            assert_eq!(res.status(), 200);
-            *repeat.0.took.lock().unwrap()
-        });
-    });
-    check_settled(&alone);
 
     let handle: RateLimitHandle = limiter().handle();
     let key: Key<'static> = handle.key_of(&reqs.build()).unwrap().into_owned();

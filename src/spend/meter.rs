@@ -72,11 +72,22 @@ pub(crate) struct Inner {
     concurrency: Option<Concurrency>,
     pub(crate) ledger: Option<Arc<Ledger>>,
     clock: Box<dyn Clock>,
-    wall: Box<dyn Fn() -> u64 + Send + Sync>,
+    wall: Wall,
     fields: bool,
     on_alert: Option<AlertHook>,
     pub(crate) counters: Counters,
     pub(crate) backend: Backend,
+}
+
+/// Where Unix time comes from.
+enum Wall {
+    /// The user's clock.
+    Given(Box<dyn Fn() -> u64 + Send + Sync>),
+    /// The system's, read once when the meter was built and advanced by
+    /// the monotonic clock since (a read of the system clock per request
+    /// costs more than the rest of a budget check; calendar periods do not
+    /// need to follow a clock that is stepped).
+    Derived { unix_nanos: u64 },
 }
 
 /// What is called with a budget alert.
@@ -100,7 +111,9 @@ pub(crate) struct Limit {
 /// One budget and its state in this process.
 pub(crate) struct BudgetState {
     pub(crate) def: Budget,
-    cells: papaya::HashMap<Box<str>, Arc<Cell>>,
+    /// foldhash with a random seed, as the rate limiter's table (keys
+    /// come from clients).
+    cells: papaya::HashMap<Box<str>, Arc<Cell>, foldhash::fast::RandomState>,
     overflow: Arc<Cell>,
     max_keys: usize,
 }
@@ -168,6 +181,10 @@ pub(crate) struct Plan {
     /// Its reservations' name in a shared store.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) member: u64,
+    /// The budgets' cells in memory, once reserved there.
+    pub(crate) cells: Vec<Arc<Cell>>,
+    /// The monotonic clock when it was made.
+    pub(crate) now: u64,
 }
 
 /// Where a plan's units and reservations are held.
@@ -195,17 +212,13 @@ pub(crate) struct LimitLeft {
 /// The store's answer to a plan.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    Admitted(Vec<LimitLeft>),
+    /// Admitted; the first limit's state after.
+    Admitted(Option<LimitLeft>),
     /// Limit `limit` refused; allowed after `wait` nanoseconds
     /// (`u64::MAX`: the request is larger than the limit's burst).
-    Tokens {
-        limit: usize,
-        wait: u64,
-    },
+    Tokens { limit: usize, wait: u64 },
     /// Budget `budget` (index into the plan's budgets) has no room.
-    Budget {
-        budget: usize,
-    },
+    Budget { budget: usize },
     /// The shared store failed and the request is to be refused.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Unavailable,
@@ -248,7 +261,7 @@ impl Meter {
     /// budget.
     pub fn budget_usage(&self, budget: &str, key: &str) -> Option<BudgetUsage> {
         let b = self.inner.budgets.iter().find(|b| b.def.name == budget)?;
-        let (period, _) = b.def.period.at((self.inner.wall)(), b.def.offset_secs);
+        let (period, _) = b.def.period.at(self.inner.unix(), b.def.offset_secs);
         let s = b.cell(key).read(period);
         Some(BudgetUsage {
             spent_micros: s.spent,
@@ -391,14 +404,21 @@ impl Inner {
         }
     }
 
-    fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         self.clock.now_nanos()
     }
 
     /// The wall clock, in Unix seconds.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn unix(&self) -> u64 {
-        (self.wall)()
+        self.unix_at(self.now())
+    }
+
+    /// The wall clock when the monotonic clock read `now`.
+    pub(crate) fn unix_at(&self, now: u64) -> u64 {
+        match &self.wall {
+            Wall::Given(f) => f(),
+            Wall::Derived { unix_nanos } => unix_nanos.saturating_add(now) / 1_000_000_000,
+        }
     }
 
     #[cfg(feature = "redis")]
@@ -412,7 +432,10 @@ impl Inner {
     /// Builds the plan of `req`: the keys of each limit and budget and
     /// what they hold.
     fn plan(&self, req: &AdmitRequest<'_>, est: &Estimate) -> Plan {
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            now: self.now(),
+            ..Plan::default()
+        };
         for (i, limit) in self.limits.iter().enumerate() {
             if let Some(key) = limit.def.key_by.extract_head(req.head) {
                 let units = limit.def.count.units(est.input, est.output);
@@ -420,7 +443,7 @@ impl Inner {
             }
         }
         if !self.budgets.is_empty() {
-            let unix = (self.wall)();
+            let unix = self.unix_at(plan.now);
             let identity = req.head.extensions.get::<Identity>();
             for (i, b) in self.budgets.iter().enumerate() {
                 let key = match &b.def.scope {
@@ -442,15 +465,15 @@ impl Inner {
 
     /// Admits `plan` in this process's memory: every limit and budget, or
     /// none.
-    fn admit_memory(&self, plan: &Plan) -> Outcome {
+    fn admit_memory(&self, plan: &mut Plan) -> Outcome {
         self.admit_memory_with(plan, None)
     }
 
     /// The same, with each limit's parameters from `gcras` when given (a
     /// replica's share while Redis is out).
-    pub(crate) fn admit_memory_with(&self, plan: &Plan, gcras: Option<&[Gcra]>) -> Outcome {
-        let now = self.now();
-        let mut left = Vec::with_capacity(plan.limits.len());
+    pub(crate) fn admit_memory_with(&self, plan: &mut Plan, gcras: Option<&[Gcra]>) -> Outcome {
+        let now = plan.now;
+        let mut left = None;
         for (n, (i, key, units)) in plan.limits.iter().enumerate() {
             let limit = &self.limits[*i];
             let gcra = gcras.and_then(|g| g.get(*i)).unwrap_or(&limit.gcra);
@@ -469,10 +492,13 @@ impl Inner {
                 }
             });
             match verdict {
-                Verdict::Allowed { tat } => left.push(LimitLeft {
-                    remaining: u64::from(gcra.remaining(tat, now)),
-                    reset: gcra.reset_after(tat, now),
-                }),
+                Verdict::Allowed { tat } if n == 0 => {
+                    left = Some(LimitLeft {
+                        remaining: u64::from(gcra.remaining(tat, now)),
+                        reset: gcra.reset_after(tat, now),
+                    });
+                }
+                Verdict::Allowed { .. } => {}
                 Verdict::Refused { wait } => {
                     self.release_limits(&plan.limits[..n], gcras);
                     return Outcome::Tokens { limit: *i, wait };
@@ -480,30 +506,28 @@ impl Inner {
                 Verdict::Gone => unreachable!("retried by the store"),
             }
         }
+        plan.cells.reserve_exact(plan.budgets.len());
         for (n, (i, key, micros, tokens, period, _)) in plan.budgets.iter().enumerate() {
             let b = &self.budgets[*i];
             let cell = b.cell(key);
             if !cell.reserve(*period, b.def.limit_micros, b.def.tokens, *micros, *tokens) {
                 self.release_limits(&plan.limits, gcras);
-                for (i, key, micros, tokens, period, _) in &plan.budgets[..n] {
-                    let b = &self.budgets[*i];
-                    b.cell(key).settle(
-                        *period,
-                        (*micros, *tokens),
-                        (0, 0),
-                        b.def.limit_micros,
-                        &[],
-                    );
+                for ((_, _, micros, tokens, period, _), cell) in
+                    plan.budgets[..n].iter().zip(&plan.cells)
+                {
+                    cell.settle(*period, (*micros, *tokens), (0, 0), 0, &[]);
                 }
+                plan.cells.clear();
                 return Outcome::Budget { budget: n };
             }
+            plan.cells.push(cell);
         }
         Outcome::Admitted(left)
     }
 
     /// Gives back every estimated unit of `limits` (never before now).
     fn release_limits(&self, limits: &[(usize, Key<'static>, u64)], gcras: Option<&[Gcra]>) {
-        self.adjust_limits(limits, &vec![0; limits.len()], gcras);
+        self.adjust_limits(limits, &Actual::default(), gcras, self.now());
     }
 
     /// Charges or refunds each limit the difference between its estimate
@@ -512,15 +536,16 @@ impl Inner {
     fn adjust_limits(
         &self,
         limits: &[(usize, Key<'static>, u64)],
-        actual: &[u64],
+        used: &Actual,
         gcras: Option<&[Gcra]>,
+        now: u64,
     ) {
-        let now = self.now();
-        for ((i, key, est), &actual) in limits.iter().zip(actual) {
+        for (i, key, est) in limits {
+            let limit = &self.limits[*i];
+            let actual = used.units(limit.def.count, *est);
             if actual == *est {
                 continue;
             }
-            let limit = &self.limits[*i];
             let gcra = gcras.and_then(|g| g.get(*i)).unwrap_or(&limit.gcra);
             limit.store.with(key, now, true, |entry| {
                 let cell = match entry {
@@ -544,17 +569,27 @@ impl Inner {
         plan: &Plan,
         actual: &Actual,
         gcras: Option<&[Gcra]>,
+        now: u64,
     ) -> Vec<BudgetAlert> {
-        self.adjust_limits(&plan.limits, &actual.units, gcras);
+        self.adjust_limits(&plan.limits, actual, gcras, now);
         let mut alerts = Vec::new();
         if plan.budgets.is_empty() {
             return alerts;
         }
-        let unix = (self.wall)();
-        for (i, key, micros, tokens, _, _) in &plan.budgets {
+        let unix = self.unix_at(now);
+        for (j, (i, key, micros, tokens, period, end)) in plan.budgets.iter().enumerate() {
             let b = &self.budgets[*i];
-            let (period, _) = b.def.period.at(unix, b.def.offset_secs);
-            let (state, crossed) = b.cell(key).settle(
+            // Spending counts in the period it settles in.
+            let period = if unix < *end {
+                *period
+            } else {
+                b.def.period.at(unix, b.def.offset_secs).0
+            };
+            let cell = match plan.cells.get(j) {
+                Some(c) => Arc::clone(c),
+                None => b.cell(key),
+            };
+            let (state, crossed) = cell.settle(
                 period,
                 (*micros, *tokens),
                 (actual.micros, actual.tokens),
@@ -602,6 +637,7 @@ impl Inner {
                 self.counters.admitted.fetch_add(1, Ordering::Relaxed);
                 Admission::Admit(Box::new(Hold {
                     meter: Arc::clone(self),
+                    model_hash: model_hash(req_model),
                     plan,
                     price,
                     conc,
@@ -720,6 +756,12 @@ impl Inner {
 }
 
 impl Admit for Meter {
+    /// Answers are read whole for their cost headers only when the meter
+    /// shows them ([`MeterBuilder::cost_fields`]).
+    fn fields_on_answers(&self) -> bool {
+        self.inner.fields
+    }
+
     fn admit(&self, req: &AdmitRequest<'_>) -> AdmitFuture {
         let inner = &self.inner;
         let price = inner.price(req);
@@ -759,7 +801,8 @@ impl Admit for Meter {
         let plan = inner.plan(req, &est);
         match &inner.backend {
             Backend::Memory => {
-                let outcome = inner.admit_memory(&plan);
+                let mut plan = plan;
+                let outcome = inner.admit_memory(&mut plan);
                 AdmitFuture::ready(inner.decide(
                     req.model,
                     req.downgraded_from,
@@ -798,42 +841,61 @@ impl Admit for Meter {
 /// What an admitted request holds until its answer is settled.
 struct Hold {
     meter: Arc<Inner>,
+    /// The version admitted (see [`model_hash`]).
+    model_hash: u64,
     plan: Plan,
     price: Option<Price>,
     conc: Option<Key<'static>>,
-    left: Vec<LimitLeft>,
+    left: Option<LimitLeft>,
     done: bool,
 }
 
 /// What an answer used, as the store counts it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Actual {
-    /// Units per limit of the plan.
-    pub(crate) units: Vec<u64>,
+    pub(crate) input: u64,
+    pub(crate) output: u64,
+    /// Each limit keeps its estimate if it is more (the answer did not
+    /// say what it used).
+    pub(crate) keep_estimate: bool,
     pub(crate) micros: u64,
     pub(crate) tokens: u64,
+}
+
+impl Actual {
+    /// The units a limit counting `count` is charged, against its
+    /// estimate `est`.
+    pub(crate) fn units(&self, count: super::limit::TokenCount, est: u64) -> u64 {
+        let used = count.units(self.input, self.output);
+        if self.keep_estimate {
+            used.max(est)
+        } else {
+            used
+        }
+    }
 }
 
 impl Hold {
     fn actual(&self, model: &str, usage: &Usage) -> (Actual, bool) {
         // The version that answered (a fallback's may differ from the one
         // admitted), else the price the request was admitted at.
-        let prices = self.meter.prices.load();
-        let price = prices.get(model).or(self.price.as_ref());
+        let fallback_prices;
+        let price = if model_hash(model) == self.model_hash {
+            self.price.as_ref()
+        } else {
+            fallback_prices = self.meter.prices.load();
+            fallback_prices.get(model).or(self.price.as_ref())
+        };
         let (micros, priced) = match (price, self.meter.unpriced) {
             (Some(p), _) => (p.cost(usage).micros(), true),
             (None, Unpriced::Fixed(m)) => (m, false),
             (None, _) => (0, false),
         };
-        let units = self
-            .plan
-            .limits
-            .iter()
-            .map(|(i, ..)| self.meter.limits[*i].def.count.of(usage))
-            .collect();
         (
             Actual {
-                units,
+                input: usage.input,
+                output: usage.output,
+                keep_estimate: false,
                 micros,
                 tokens: usage.total(),
             },
@@ -841,30 +903,31 @@ impl Hold {
         )
     }
 
-    fn finish(&mut self, actual: &Actual) {
+    fn finish(&mut self, actual: &Actual, now: u64) {
         self.done = true;
         let inner = &self.meter;
         inner.release_concurrency(self.conc.as_ref());
         match &inner.backend {
             Backend::Memory => {
-                let alerts = inner.settle_memory(&self.plan, actual, None);
+                let alerts = inner.settle_memory(&self.plan, actual, None, now);
                 inner.alert(&alerts);
             }
             #[cfg(feature = "redis")]
-            Backend::Redis(redis) => redis.settle(inner, &self.plan, actual),
+            Backend::Redis(redis) => redis.settle(inner, &self.plan, actual, now),
         }
     }
 }
 
 impl Ticket for Hold {
     fn headers(&self, headers: &mut HeaderMap) {
-        if let Some(((i, ..), left)) = self.plan.limits.first().zip(self.left.first()) {
-            limit_headers(&self.meter.limits[*i], *left, headers);
+        if let Some(((i, ..), left)) = self.plan.limits.first().zip(self.left) {
+            limit_headers(&self.meter.limits[*i], left, headers);
         }
     }
 
     fn settle(mut self: Box<Self>, record: &UsageRecord) -> Settled {
         let (actual, priced) = self.actual(&record.model, &record.usage);
+        let now = self.meter.now();
         if record.status.is_success() && !record.reported {
             // An answer whose usage was not seen (an OpenAI stream the
             // client left before its last event, which carries it; a
@@ -873,17 +936,15 @@ impl Ticket for Hold {
             // estimate. Otherwise a client hanging up before the end would
             // never be charged. (A stream cut short after some usage was
             // seen settles from what was seen.)
-            let mut held = actual.clone();
-            for (unit, (_, _, est)) in held.units.iter_mut().zip(&self.plan.limits) {
-                *unit = (*unit).max(*est);
-            }
+            let mut held = actual;
+            held.keep_estimate = true;
             if let Some((_, _, micros, tokens, ..)) = self.plan.budgets.first() {
                 held.micros = held.micros.max(*micros);
                 held.tokens = held.tokens.max(*tokens);
             }
-            self.finish(&held);
+            self.finish(&held, now);
         } else {
-            self.finish(&actual);
+            self.finish(&actual, now);
         }
         let inner = &self.meter;
         inner.counters.settled.fetch_add(1, Ordering::Relaxed);
@@ -905,7 +966,7 @@ impl Ticket for Hold {
                     cost_micros: actual.micros,
                     priced,
                 },
-                (inner.wall)(),
+                inner.unix_at(now),
             );
         }
         let mut settled = match priced {
@@ -929,13 +990,17 @@ impl Drop for Hold {
     fn drop(&mut self) {
         if !self.done {
             // Never answered: everything held comes back.
-            let actual = Actual {
-                units: vec![0; self.plan.limits.len()],
-                ..Actual::default()
-            };
-            self.finish(&actual);
+            let now = self.meter.now();
+            self.finish(&Actual::default(), now);
         }
     }
+}
+
+/// A version's name hashed: settling compares it with the answering
+/// version's to price a fallback's answer at its own price.
+fn model_hash(name: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x5345_5454_4c45).hash_one(name)
 }
 
 /// OpenAI's token headers for one limit, and the IETF fields.
@@ -1155,7 +1220,9 @@ impl MeterBuilder {
             }
             budgets.push(BudgetState {
                 def,
-                cells: papaya::HashMap::new(),
+                cells: papaya::HashMap::builder()
+                    .hasher(foldhash::fast::RandomState::default())
+                    .build(),
                 overflow: Arc::default(),
                 max_keys: self.max_keys,
             });
@@ -1188,10 +1255,18 @@ impl MeterBuilder {
                     held: Mutex::default(),
                 }),
                 ledger: self.ledger,
+                wall: match (self.wall, &self.clock) {
+                    (Some(f), _) => Wall::Given(f),
+                    (None, None) => Wall::Derived {
+                        unix_nanos: unix_nanos_now(),
+                    },
+                    // A clock of the user's (a test's) with the system's
+                    // wall clock: read it each time.
+                    (None, Some(_)) => Wall::Given(Box::new(|| unix_nanos_now() / 1_000_000_000)),
+                },
                 clock: self
                     .clock
                     .unwrap_or_else(|| Box::new(MonotonicClock::new())),
-                wall: self.wall.unwrap_or_else(|| Box::new(unix_now)),
                 fields: self.fields,
                 on_alert: self.on_alert,
                 counters: Counters::default(),
@@ -1211,10 +1286,10 @@ impl fmt::Debug for MeterBuilder {
     }
 }
 
-fn unix_now() -> u64 {
+fn unix_nanos_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -420,7 +420,7 @@ impl RedisSpend {
             Gate::Probe => Some(true),
         };
         plan.member = rand::random::<u64>() | 1;
-        let unix = inner.unix();
+        let unix = inner.unix_at(plan.now);
         let keys = self.keys(inner, &plan);
         let mut args: Vec<String> = vec![
             plan.limits.len().to_string(),
@@ -478,8 +478,8 @@ impl RedisSpend {
                 Some([0, ahead @ ..]) if ahead.len() == plan.limits.len() => {
                     let left = plan
                         .limits
-                        .iter()
-                        .zip(ahead)
+                        .first()
+                        .zip(ahead.first())
                         .map(|((i, ..), &ahead)| {
                             let g = &inner.limits[*i].gcra;
                             let ahead = u64::try_from(ahead).unwrap_or(0).saturating_mul(1_000);
@@ -487,8 +487,7 @@ impl RedisSpend {
                                 remaining: g.tau.saturating_sub(ahead) / g.interval,
                                 reset: ahead,
                             }
-                        })
-                        .collect();
+                        });
                     plan.held = Held::Redis;
                     (plan, Outcome::Admitted(left))
                 }
@@ -515,9 +514,9 @@ impl RedisSpend {
     }
 
     /// Settles `plan` with `actual`, in a task of its own.
-    pub(crate) fn settle(&self, inner: &Arc<Inner>, plan: &Plan, actual: &Actual) {
+    pub(crate) fn settle(&self, inner: &Arc<Inner>, plan: &Plan, actual: &Actual, now: u64) {
         if plan.held == Held::Memory {
-            let alerts = inner.settle_memory(plan, actual, Some(&self.local));
+            let alerts = inner.settle_memory(plan, actual, Some(&self.local), now);
             inner.alert(&alerts);
             return;
         }
@@ -529,14 +528,15 @@ impl RedisSpend {
             return;
         };
         let held = plan.held == Held::Redis;
-        let unix = inner.unix();
+        let unix = inner.unix_at(now);
         let keys = self.keys(inner, plan);
         let mut args: Vec<String> = vec![
             plan.limits.len().to_string(),
             plan.budgets.len().to_string(),
             MOST.to_string(),
         ];
-        for ((i, _, est), &units) in plan.limits.iter().zip(&actual.units) {
+        for (i, _, est) in &plan.limits {
+            let units = actual.units(inner.limits[*i].def.count, *est);
             let est = if held { *est } else { 0 };
             let delta = i128::from(units) - i128::from(est);
             args.push(inner.limits[*i].gcra.interval.div_ceil(1_000).to_string());
@@ -612,12 +612,13 @@ impl RedisSpend {
 /// What an admission Redis did not answer gets.
 fn failed(inner: &Arc<Inner>, mut plan: Plan) -> (Plan, Outcome) {
     let Some(redis) = inner.redis() else {
-        return (plan, Outcome::Admitted(Vec::new()));
+        return (plan, Outcome::Admitted(None));
     };
     match redis.on_failure {
         RedisFailure::Reject => (plan, Outcome::Unavailable),
         RedisFailure::Local { .. } => {
-            let outcome = inner.admit_memory_with(&plan, Some(&redis.local));
+            plan.now = inner.now();
+            let outcome = inner.admit_memory_with(&mut plan, Some(&redis.local));
             if matches!(outcome, Outcome::Admitted(_)) {
                 plan.held = Held::Memory;
             }
@@ -625,7 +626,7 @@ fn failed(inner: &Arc<Inner>, mut plan: Plan) -> (Plan, Outcome) {
         }
         _ => {
             plan.held = Held::Nothing;
-            (plan, Outcome::Admitted(Vec::new()))
+            (plan, Outcome::Admitted(None))
         }
     }
 }
