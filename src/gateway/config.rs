@@ -451,6 +451,6 @@ pub struct ModelConfig {
     /// A request parameter an upstream cannot honour: `"drop"` (the
     /// default) or `"reject"` (400 naming it).
     pub unsupported: Unsupported,
-    /// Prices, token limits and budgets (see [`SpendConfig`]).
+    /// Prices, token limits and budgets (see [`SpendConfig`](super::SpendConfig)).
     pub spend: Option<super::spend::SpendConfig>,
 }
