@@ -459,17 +459,8 @@ impl RedisSpend {
                 None => None,
                 Some(probe) => {
                     let mut turn = Turn(probe.then(|| Arc::clone(&breaker)));
-                    let mut invocation = script.prepare_invoke();
-                    for k in keys {
-                        invocation.key(k);
-                    }
-                    for a in args {
-                        invocation.arg(a);
-                    }
-                    let run = invocation.invoke_async::<Vec<i64>>(&mut redis);
-                    let out = tokio::time::timeout(timeout, run).await;
+                    let out = run(&script, &mut redis, keys, args, timeout).await;
                     turn.0 = None;
-                    let out = out.ok().and_then(Result::ok);
                     breaker.record(out.is_some(), probe);
                     out
                 }
@@ -571,16 +562,8 @@ impl RedisSpend {
             .map(|(i, key, ..)| (*i, key.clone()))
             .collect();
         runtime.spawn(async move {
-            let mut invocation = script.prepare_invoke();
-            for k in keys {
-                invocation.key(k);
-            }
-            for a in args {
-                invocation.arg(a);
-            }
-            let run = invocation.invoke_async::<Vec<i64>>(&mut redis);
-            match tokio::time::timeout(timeout, run).await {
-                Ok(Ok(out)) if out.len() == 2 * budgets.len() => {
+            match run(&script, &mut redis, keys, args, timeout).await {
+                Some(out) if out.len() == 2 * budgets.len() => {
                     let mut alerts = Vec::new();
                     for ((i, key), pair) in budgets.iter().zip(out.chunks(2)) {
                         let b = &inner.budgets[*i].def;
@@ -607,6 +590,26 @@ impl RedisSpend {
             }
         });
     }
+}
+
+/// Runs `script` with `keys` and `args`: its answer, or `None` when Redis
+/// failed or did not answer within `timeout`.
+async fn run(
+    script: &redis::Script,
+    redis: &mut ConnectionManager,
+    keys: Vec<String>,
+    args: Vec<String>,
+    timeout: Duration,
+) -> Option<Vec<i64>> {
+    let mut invocation = script.prepare_invoke();
+    for k in keys {
+        invocation.key(k);
+    }
+    for a in args {
+        invocation.arg(a);
+    }
+    let answer = invocation.invoke_async::<Vec<i64>>(redis);
+    tokio::time::timeout(timeout, answer).await.ok()?.ok()
 }
 
 /// What an admission Redis did not answer gets.
