@@ -136,7 +136,15 @@
 //!
 //! Every answer is reported to [`ModelRouterBuilder::on_usage`] with who
 //! asked, the alias and version, the provider, the usage, the status and
-//! the time to the first byte: cost tracking and budgets build on it.
+//! the time to the first byte.
+//!
+//! # Admission
+//!
+//! [`ModelRouterBuilder::admit`] puts a hook ([`Admit`]) between the choice
+//! of a version and the call: it admits the request with a [`Ticket`]
+//! settled with the answer's usage, sends it to a cheaper version of the
+//! alias, or refuses it in the client's error shape. Token limits and
+//! budgets ([`crate::spend::Meter`]) are such a hook.
 //!
 //! # Errors
 //!
