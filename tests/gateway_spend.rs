@@ -41,7 +41,35 @@ async fn model_server() -> SocketAddr {
     serve(app).await
 }
 
+/// A webhook receiver: the JSON documents POSTed to `/hooks/budget`.
+async fn webhook() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/hooks/budget",
+        axum::routing::post(move |body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(serde_json::from_slice::<Value>(&body).unwrap_or_default());
+                "ok"
+            }
+        }),
+    );
+    (serve(app).await, rx)
+}
+
 fn config(llm: SocketAddr, prices: &Path, budget_micros: u64) -> String {
+    config_with_hook(llm, prices, budget_micros, None)
+}
+
+fn config_with_hook(
+    llm: SocketAddr,
+    prices: &Path,
+    budget_micros: u64,
+    hook: Option<SocketAddr>,
+) -> String {
+    let hook = hook
+        .map(|h| format!("alert_webhook = \"http://{h}/hooks/budget\"\n"))
+        .unwrap_or_default();
     format!(
         r#"
 [upstreams.llm]
@@ -73,7 +101,7 @@ aliases = [{{ name = "chat", versions = {{ "gpt-4o" = 100 }} }}]
 [routes.model.spend]
 prices_file = "{prices}"
 unpriced = "deny"
-[routes.model.spend.prices.house]
+{hook}[routes.model.spend.prices.house]
 input_per_million = 100000
 output_per_million = 300000
 [[routes.model.spend.token_limits]]
@@ -183,8 +211,9 @@ async fn a_metered_route_prices_limits_and_reports() {
     let dir = tempfile_dir("spend-route");
     let prices = prices_file(&dir, 2.5e-06);
     let llm = model_server().await;
+    let (hook, mut alerts) = webhook().await;
     // $0.10 a day per tenant.
-    let h = Harness::start(&config(llm, &prices, 100_000)).await;
+    let h = Harness::start(&config_with_hook(llm, &prices, 100_000, Some(hook))).await;
 
     // 1,000 in × $2.50/M + 200 out × $10/M = 2,500 + 2,000 micro-units.
     let (status, headers, body) = h.chat("acme-key", "chat", 200).await;
@@ -252,18 +281,31 @@ async fn a_metered_route_prices_limits_and_reports() {
         ),
         "{metrics}"
     );
-    // globex crossed 10 % of its $0.10.
+    // globex crossed 10 % of its $0.10: counted, and POSTed to the
+    // webhook once.
     assert!(
         metrics.contains("switchyard_spend_budget_alerts_total{route=\"ai\"} 1"),
         "{metrics}"
     );
+    let alert = tokio::time::timeout(HANG_GUARD, alerts.recv())
+        .await
+        .expect("no alert came")
+        .unwrap();
+    assert_eq!(
+        alert,
+        json!({ "route": "ai", "budget": "tenant-day", "key": "globex", "percent": 10,
+                "spent_micros": 115 + 12_500, "limit_micros": 100_000 })
+    );
+    assert!(alerts.try_recv().is_err(), "one alert only");
 
     // A reload with the same spend settings keeps the meter (acme's
     // spending stays) and reads the price file again: gpt-4o's input now
     // costs twice as much.
     prices_file(&dir, 5e-06);
     h.gateway
-        .reload(GatewayConfig::from_toml(&config(llm, &prices, 100_000)).unwrap())
+        .reload(
+            GatewayConfig::from_toml(&config_with_hook(llm, &prices, 100_000, Some(hook))).unwrap(),
+        )
         .unwrap();
     let (status, headers, _) = h.chat("acme-key", "chat", 200).await;
     assert_eq!(status, StatusCode::OK);
@@ -277,7 +319,9 @@ async fn a_metered_route_prices_limits_and_reports() {
     std::fs::write(&prices, "{ not json").unwrap();
     let err = h
         .gateway
-        .reload(GatewayConfig::from_toml(&config(llm, &prices, 100_000)).unwrap())
+        .reload(
+            GatewayConfig::from_toml(&config_with_hook(llm, &prices, 100_000, Some(hook))).unwrap(),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("spend.prices_file"), "{err}");
     let (_, headers, _) = h.chat("acme-key", "chat", 200).await;
@@ -287,7 +331,9 @@ async fn a_metered_route_prices_limits_and_reports() {
     // in the file.
     std::fs::write(&prices, json!({ "other": {} }).to_string()).unwrap();
     h.gateway
-        .reload(GatewayConfig::from_toml(&config(llm, &prices, 100_000)).unwrap())
+        .reload(
+            GatewayConfig::from_toml(&config_with_hook(llm, &prices, 100_000, Some(hook))).unwrap(),
+        )
         .unwrap();
     let (status, _, body) = h.chat("acme-key", "chat", 10).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
@@ -307,6 +353,12 @@ async fn spend_settings_are_checked_when_the_configuration_is_loaded() {
             .contains("routes[0].model.spend.token_limits[0].period"),
         "{err}"
     );
+    let hooked = config_with_hook(llm, &prices, 100, None).replace(
+        "unpriced = \"deny\"",
+        "unpriced = \"deny\"\nalert_webhook = \"/relative\"",
+    );
+    let err = Gateway::from_config(GatewayConfig::from_toml(&hooked).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("spend.alert_webhook"), "{err}");
     let missing = good.replace("prices.json", "missing.json");
     let err = Gateway::from_config(GatewayConfig::from_toml(&missing).unwrap()).unwrap_err();
     assert!(err.to_string().contains("spend.prices_file"), "{err}");

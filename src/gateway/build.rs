@@ -1073,6 +1073,7 @@ fn build_route(
             spend = mc.spend.as_ref().and_then(|sc| {
                 let (built, prices) = super::spend::rebuild(
                     sc,
+                    &rc.name,
                     &format!("{here}.spend"),
                     old.and_then(|o| o.spend.as_ref()),
                     redis,

@@ -35,7 +35,7 @@ use crate::spend::{
 /// limit_micros = 50000000           # $50
 /// period = "month"                  # "day", "lifetime"
 /// utc_offset_minutes = 60
-/// alerts = [80, 95]
+/// alerts = [80, 95]                 # logged, counted, and POSTed to alert_webhook
 /// downgrade_to = "gpt-4o-mini"      # else a 429
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +65,11 @@ pub struct SpendConfig {
     /// Show each answer's cost and tokens (headers, or comment lines at
     /// the end of a stream); on by default.
     pub cost_fields: Option<bool>,
+    /// Budget alerts are also POSTed here as JSON (`{"route", "budget",
+    /// "key", "percent", "spent_micros", "limit_micros"}`), once each, with
+    /// a 5 s timeout; a failure is logged, never retried. (`http://`, or
+    /// `https://` with the `tls` feature.)
+    pub alert_webhook: Option<String>,
 }
 
 /// A price, in micro-units per million tokens (which is pico-units per
@@ -214,6 +219,7 @@ pub(crate) fn catalog(sc: &SpendConfig, here: &str, problems: &mut Problems) -> 
 /// Builds the meter `sc` describes (its prices from [`catalog`]).
 pub(crate) fn meter(
     sc: &SpendConfig,
+    route: &str,
     here: &str,
     redis: Option<&super::build::SharedRedis>,
     problems: &mut Problems,
@@ -226,8 +232,20 @@ pub(crate) fn meter(
             UnpricedConfig::Deny => Unpriced::Deny,
             UnpricedConfig::Fixed(m) => Unpriced::Fixed(m),
         })
-        .cost_fields(sc.cost_fields.unwrap_or(true))
-        .on_alert(log_alert);
+        .cost_fields(sc.cost_fields.unwrap_or(true));
+    let route = route.to_owned();
+    match &sc.alert_webhook {
+        None => b = b.on_alert(log_alert),
+        Some(url) => match Webhook::new(url) {
+            Ok(hook) => {
+                b = b.on_alert(move |alert| {
+                    log_alert(alert);
+                    hook.post(&route, alert);
+                });
+            }
+            Err(e) => problems.push(format!("{here}.alert_webhook"), e),
+        },
+    }
     if let Some(k) = sc.bytes_per_token {
         b = b.bytes_per_token(k);
     }
@@ -342,6 +360,57 @@ fn log_alert(alert: &BudgetAlert) {
     );
 }
 
+/// Where budget alerts are POSTed.
+struct Webhook {
+    upstream: crate::proxy::Upstream,
+    path: http::uri::PathAndQuery,
+}
+
+impl Webhook {
+    fn new(url: &str) -> Result<Self, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("`{url}`: {e}"))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(format!("`{url}`: an absolute `http://` or `https://` URL"));
+        };
+        let upstream = crate::proxy::Upstream::builder(&format!("{scheme}://{authority}"))
+            .response_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let path = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        Ok(Self { upstream, path })
+    }
+
+    /// POSTs `alert` in a task of its own (none when there is no runtime).
+    fn post(&self, route: &str, alert: &BudgetAlert) {
+        use tower::ServiceExt;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut doc = serde_json::to_value(alert).unwrap_or_default();
+        doc["route"] = serde_json::Value::from(route);
+        let req = http::Request::post(http::Uri::from(self.path.clone()))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                doc.to_string(),
+            )));
+        let Ok(req) = req else { return };
+        let upstream = self.upstream.clone();
+        let budget = alert.budget.clone();
+        runtime.spawn(async move {
+            let status = match upstream.oneshot(req).await {
+                Ok(res) => res.status(),
+                Err(never) => match never {},
+            };
+            if !status.is_success() {
+                tracing::warn!(%budget, %status, "budget alert webhook failed");
+            }
+        });
+    }
+}
+
 /// A meter kept across reloads while its configuration is unchanged.
 pub(crate) type BuiltMeter = (SpendConfig, Meter);
 
@@ -349,6 +418,7 @@ pub(crate) type BuiltMeter = (SpendConfig, Meter);
 /// prices read again when the configuration is the same, else a new one.
 pub(crate) fn rebuild(
     sc: &SpendConfig,
+    route: &str,
     here: &str,
     old: Option<&BuiltMeter>,
     redis: Option<&super::build::SharedRedis>,
@@ -358,5 +428,5 @@ pub(crate) fn rebuild(
         let prices = catalog(sc, here, problems);
         return Some(((old_sc.clone(), meter.clone()), Some(prices)));
     }
-    meter(sc, here, redis, problems).map(|m| ((sc.clone(), m), None))
+    meter(sc, route, here, redis, problems).map(|m| ((sc.clone(), m), None))
 }
