@@ -100,9 +100,11 @@ async fn send(router: &Router, ask: &Ask) -> Answer {
     .expect("the upstream was reached")
 }
 
-/// The Redis key of a token limit's state, as `spend::redis` names it.
+/// The Redis key of a token limit's state, as `spend::redis` names it,
+/// for a request key read from a header (`b:` is its kind, as the rate
+/// limiter writes it).
 fn limit_key(prefix: &str, limit: &str, key: &str) -> String {
-    format!("{prefix}{{{prefix}}}:tokens:{limit}:{key}")
+    format!("{prefix}{{{prefix}}}:tokens:{limit}:b:{key}")
 }
 
 /// Redis's clock, in microseconds.

@@ -773,34 +773,7 @@ impl Limiter {
     }
 
     fn redis_keys(&self, names: &[String], key: &Key<'_>) -> Vec<String> {
-        // The request key, made safe for a hash tag: braces and `%`
-        // escaped, so different keys never share a Redis key.
-        let mut tag = String::new();
-        let mut push = |bytes: &[u8]| {
-            for &b in bytes {
-                match b {
-                    b'{' | b'}' | b'%' => tag.push_str(&format!("%{b:02X}")),
-                    b => tag.push(char::from(b)),
-                }
-            }
-        };
-        // A long key is named by its digest: a Redis key name stays small
-        // however long the key a client sent (see `Key::digest_if_long`).
-        let digest = key.digest_if_long();
-        let key = digest.as_ref().unwrap_or(key);
-        if let Some(ip) = key.as_ip() {
-            push(format!("ip:{ip}").as_bytes());
-        } else if let Some(d) = key.as_digest() {
-            let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
-            push(format!("h:{hex}").as_bytes());
-        } else if let Some(bytes) = key.as_bytes() {
-            push(b"b:");
-            // Not UTF-8 in general: every byte as its char (Latin-1),
-            // which is still one-to-one.
-            push(bytes);
-        } else {
-            push(b"global");
-        }
+        let tag = key_tag(key);
         names
             .iter()
             .map(|name| format!("{}{{{tag}}}:{name}", self.prefix))
@@ -913,6 +886,43 @@ impl Limiter {
                 let decision = decide_in(&local.store, &share.gcras, &key, cost, now, true);
                 self.verdict(share, &decision, cost, grpc)
             }
+        }
+    }
+}
+
+/// A request key as Redis key text, safe inside a hash tag: its kind
+/// (`ip:`, `h:` for a digest, `b:` for bytes, `global`) so that keys of
+/// different kinds never meet, and braces and `%` escaped. (Shared with
+/// the token limits of [`crate::spend`].)
+pub(crate) fn key_tag(key: &Key<'_>) -> String {
+    let mut tag = String::new();
+    // A long key is named by its digest: a Redis key name stays small
+    // however long the key a client sent (see `Key::digest_if_long`).
+    let digest = key.digest_if_long();
+    let key = digest.as_ref().unwrap_or(key);
+    if let Some(ip) = key.as_ip() {
+        escape_tag(format!("ip:{ip}").as_bytes(), &mut tag);
+    } else if let Some(d) = key.as_digest() {
+        let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        escape_tag(format!("h:{hex}").as_bytes(), &mut tag);
+    } else if let Some(bytes) = key.as_bytes() {
+        escape_tag(b"b:", &mut tag);
+        // Not UTF-8 in general: every byte as its char (Latin-1), which is
+        // still one-to-one.
+        escape_tag(bytes, &mut tag);
+    } else {
+        escape_tag(b"global", &mut tag);
+    }
+    tag
+}
+
+/// Appends `bytes` to `out` with braces and `%` escaped (`%7B`), so that
+/// they cannot end a hash tag and different inputs never meet.
+pub(crate) fn escape_tag(bytes: &[u8], out: &mut String) {
+    for &b in bytes {
+        match b {
+            b'{' | b'}' | b'%' => out.push_str(&format!("%{b:02X}")),
+            b => out.push(char::from(b)),
         }
     }
 }

@@ -310,7 +310,11 @@ impl RedisSpendBuilder {
             redis: self.redis,
             admit: Arc::new(redis::Script::new(ADMIT)),
             settle: Arc::new(redis::Script::new(SETTLE)),
-            tag: format!("{}{{{}}}", self.prefix, escape_tag(&self.prefix)),
+            tag: {
+                let mut tag = String::new();
+                crate::ratelimit::redis::escape_tag(self.prefix.as_bytes(), &mut tag);
+                format!("{}{{{tag}}}", self.prefix)
+            },
             on_failure: self.on_failure,
             timeout: self.timeout,
             breaker: Arc::new(Breaker::new(self.breaker.0, self.breaker.1)),
@@ -346,32 +350,16 @@ pub(crate) struct RedisSpend {
     pub(crate) local: Box<[Gcra]>,
 }
 
-/// Braces and `%` escaped, so that a name cannot end the hash tag.
-fn escape_tag(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '{' | '}' | '%' => out.push_str(&format!("%{:02X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 impl RedisSpend {
+    /// A limit's key: the request key as the rate limiter names it (its
+    /// kind included, so that a header value and an address never share
+    /// a count).
     fn limit_key(&self, inner: &Inner, limit: usize, key: &Key<'_>) -> String {
-        let digest = key.digest_if_long();
-        let key = digest.as_ref().unwrap_or(key);
-        let text = if let Some(d) = key.as_digest() {
-            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        } else {
-            super::meter::key_text(key)
-        };
         format!(
             "{}:tokens:{}:{}",
             self.tag,
             inner.limits[limit].def.name(),
-            text
+            crate::ratelimit::redis::key_tag(key)
         )
     }
 
