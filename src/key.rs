@@ -565,17 +565,35 @@ impl<'r> Key<'r> {
     /// same in every process (so replicas agree on Redis key names), and
     /// without collisions anyone can find; a digest never equals a short
     /// key, which stays a different kind.
+    #[inline]
     pub(crate) fn digest_if_long(&self) -> Option<Key<'static>> {
-        use sha2::Digest as _;
         match &self.0 {
-            Repr::Bytes(b) if b.len() > MAX_KEPT_BYTES => {
-                let full = sha2::Sha256::digest(b);
-                let mut d = [0; 16];
-                d.copy_from_slice(&full[..16]);
-                Some(Key(Repr::Digest(d)))
-            }
+            Repr::Bytes(b) if b.len() > MAX_KEPT_BYTES => Some(Key(Repr::Digest(digest(b)))),
             _ => None,
         }
+    }
+
+    /// What the key is made of, to keep elsewhere (the spend meter keeps a
+    /// request's keys in one buffer instead of one allocation each).
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
+    pub(crate) fn parts(&self) -> KeyParts<'_> {
+        match &self.0 {
+            Repr::Global => KeyParts::Global,
+            Repr::Ip(ip) => KeyParts::Ip(*ip),
+            Repr::Bytes(b) => KeyParts::Bytes(b),
+            Repr::Digest(d) => KeyParts::Digest(*d),
+        }
+    }
+
+    /// The key made of `parts` (the inverse of [`parts`](Self::parts)).
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
+    pub(crate) fn from_parts(parts: KeyParts<'r>) -> Self {
+        Key(match parts {
+            KeyParts::Global => Repr::Global,
+            KeyParts::Ip(ip) => Repr::Ip(ip),
+            KeyParts::Bytes(b) => Repr::Bytes(Cow::Borrowed(b)),
+            KeyParts::Digest(d) => Repr::Digest(d),
+        })
     }
 
     /// The digest, for a key made by [`digest_if_long`](Self::digest_if_long).
@@ -620,6 +638,27 @@ impl<'r> Key<'r> {
         }
         h.finish()
     }
+}
+
+/// The first 128 bits of the SHA-256 of `bytes` (out of line: the short
+/// keys of nearly every request never get here).
+#[cold]
+fn digest(bytes: &[u8]) -> [u8; 16] {
+    use sha2::Digest as _;
+    let full = sha2::Sha256::digest(bytes);
+    let mut d = [0; 16];
+    d.copy_from_slice(&full[..16]);
+    d
+}
+
+/// A [`Key`] taken apart: see [`Key::parts`].
+#[cfg_attr(not(feature = "json"), allow(dead_code))]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum KeyParts<'a> {
+    Global,
+    Ip(IpAddr),
+    Bytes(&'a [u8]),
+    Digest([u8; 16]),
 }
 
 /// The stable hasher's state after hashing a seed: computed once per

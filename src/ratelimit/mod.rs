@@ -99,7 +99,7 @@ pub(crate) mod gcra_api {
     pub(crate) use super::breaker::{Breaker, Gate};
     pub(crate) use super::gcra::{Gcra, Verdict};
     pub(crate) use super::headers::policy;
-    pub(crate) use super::store::{Entry, Store};
+    pub(crate) use super::store::{Entry, KeyState, Store};
 }
 
 pub use crate::future::ResponseFuture;

@@ -17,7 +17,7 @@ pub(crate) const TOMBSTONE: u64 = u64::MAX;
 
 /// One key's state: a theoretical arrival time per quota position. All
 /// times at or before now is the state of a fresh key.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct KeyState {
     pub(crate) tats: [AtomicU64; SLOTS],
 }
@@ -53,6 +53,27 @@ impl KeyState {
     }
 }
 
+/// What a [`Store`] keeps per key: the state itself (the rate limiter),
+/// or a shared handle to it (the spend meter, which holds a request's
+/// state from admission to settlement without looking the key up again).
+pub(crate) trait Slot: Default + Send + Sync + 'static {
+    fn state(&self) -> &KeyState;
+}
+
+impl Slot for KeyState {
+    #[inline]
+    fn state(&self) -> &KeyState {
+        self
+    }
+}
+
+impl Slot for std::sync::Arc<KeyState> {
+    #[inline]
+    fn state(&self) -> &KeyState {
+        self
+    }
+}
+
 /// The table's key type: an owned [`Key`] that can be looked up by a
 /// borrowed one, so that finding an existing key does not allocate.
 #[derive(PartialEq, Eq)]
@@ -71,12 +92,12 @@ impl<'r> Borrow<Key<'r>> for StoredKey {
 }
 
 /// Where a request's state lives.
-pub(crate) enum Entry<'g> {
+pub(crate) enum Entry<'g, V = KeyState> {
     /// The key's own state.
-    Tracked(&'g KeyState),
+    Tracked(&'g V),
     /// The table is full of live keys: the state shared by every key that
     /// could not be tracked.
-    Overflow(&'g KeyState),
+    Overflow(&'g V),
     /// The table is full of live keys and the layer lets untracked keys
     /// through unlimited.
     Untracked,
@@ -97,11 +118,11 @@ pub(crate) enum Entry<'g> {
 ///   the lookup): keys come from clients, so the seed is what keeps them
 ///   from choosing colliding keys; foldhash's resistance is weaker than
 ///   SipHash's, the price of staying at governor's speed.
-pub(crate) struct Store {
-    map: papaya::HashMap<StoredKey, KeyState, foldhash::fast::RandomState>,
+pub(crate) struct Store<V = KeyState> {
+    map: papaya::HashMap<StoredKey, V, foldhash::fast::RandomState>,
     max_keys: usize,
     share_when_full: bool,
-    overflow: KeyState,
+    overflow: V,
     /// Earliest time at which a sweep could remove anything: the smallest
     /// arrival time among the keys the last sweep kept, lowered by every
     /// insertion since.
@@ -117,7 +138,7 @@ pub(crate) struct Store {
     pub(crate) evicted: AtomicU64,
 }
 
-impl Store {
+impl<V: Slot> Store<V> {
     pub(crate) fn new(max_keys: usize, share_when_full: bool) -> Self {
         Self {
             map: papaya::HashMap::builder()
@@ -126,7 +147,7 @@ impl Store {
                 .build(),
             max_keys,
             share_when_full,
-            overflow: KeyState::default(),
+            overflow: V::default(),
             next_sweep: AtomicU64::new(0),
             last_freed: AtomicU64::new(u64::MAX),
             pending: AtomicU64::new(0),
@@ -152,7 +173,7 @@ impl Store {
         key: &Key<'_>,
         now: u64,
         create: bool,
-        mut f: impl FnMut(Entry<'_>) -> Option<R>,
+        mut f: impl FnMut(Entry<'_, V>) -> Option<R>,
     ) -> R {
         let digest = key.digest_if_long();
         let key = digest.as_ref().unwrap_or(key);
@@ -169,7 +190,12 @@ impl Store {
         }
     }
 
-    fn insert<'g>(&'g self, key: &Key<'_>, now: u64, guard: &'g impl papaya::Guard) -> Entry<'g> {
+    fn insert<'g>(
+        &'g self,
+        key: &Key<'_>,
+        now: u64,
+        guard: &'g impl papaya::Guard,
+    ) -> Entry<'g, V> {
         if self.map.len() >= self.max_keys {
             self.sweep(now);
             if self.map.len() >= self.max_keys {
@@ -185,10 +211,7 @@ impl Store {
         // The new key may become fresh before any key the last sweep kept.
         self.next_sweep.fetch_min(now, Ordering::AcqRel);
         let stored = StoredKey(key.clone().into_owned());
-        Entry::Tracked(
-            self.map
-                .get_or_insert_with(stored, KeyState::default, guard),
-        )
+        Entry::Tracked(self.map.get_or_insert_with(stored, V::default, guard))
     }
 
     /// Removes every key whose state equals a fresh key's.
@@ -219,6 +242,7 @@ impl Store {
         let mut earliest = u64::MAX;
         let mut removed = 0;
         self.map.pin().retain(|_, state| {
+            let state = state.state();
             if state.max_tat() <= now && state.tombstone(now) {
                 removed += 1;
                 false

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::key::KeyBy;
 
@@ -64,20 +65,35 @@ impl Period {
     /// its next period starts (`u64::MAX` for a lifetime), for a zone
     /// `offset_secs` east of UTC.
     pub fn at(self, unix: u64, offset_secs: i32) -> (u64, u64) {
+        let (index, _, next) = self.bounds(unix, offset_secs);
+        (index, next)
+    }
+
+    /// The index of the period holding `unix`, its start and its end, in
+    /// Unix seconds (0 and `u64::MAX` for a lifetime).
+    pub(crate) fn bounds(self, unix: u64, offset_secs: i32) -> (u64, u64, u64) {
         let local = unix as i64 + i64::from(offset_secs);
+        let offset = i64::from(offset_secs);
+        let unix_of = |local_secs: i64| (local_secs - offset).max(0) as u64;
         match self {
-            Self::Lifetime => (0, u64::MAX),
+            Self::Lifetime => (0, 0, u64::MAX),
             Self::Day => {
                 let day = local.div_euclid(86_400);
-                let next = (day + 1) * 86_400 - i64::from(offset_secs);
-                (day.max(0) as u64, next.max(0) as u64)
+                (
+                    day.max(0) as u64,
+                    unix_of(day * 86_400),
+                    unix_of((day + 1) * 86_400),
+                )
             }
             Self::Month => {
                 let (y, m, _) = civil_from_days(local.div_euclid(86_400));
                 let index = y * 12 + i64::from(m) - 1;
                 let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                let next = days_from_civil(ny, nm, 1) * 86_400 - i64::from(offset_secs);
-                (index.max(0) as u64, next.max(0) as u64)
+                (
+                    index.max(0) as u64,
+                    unix_of(days_from_civil(y, m, 1) * 86_400),
+                    unix_of(days_from_civil(ny, nm, 1) * 86_400),
+                )
             }
         }
     }
@@ -259,28 +275,120 @@ pub struct BudgetAlert {
     pub limit_micros: u64,
 }
 
+// === the current period, cached ===
+
+/// The last period a budget's clock was in, so that finding it again is
+/// two loads and two comparisons rather than calendar arithmetic.
+///
+/// Written only forward (a period starting at or after the cached one's
+/// end) and by one thread at a time, its start and index first, its end
+/// last. A reader loads the end, then the start: it may see a newer start
+/// with an older end, but a newer period starts at or after every older
+/// one's end, so no instant lies in both and such a pair never matches. A
+/// clock that steps back is answered by arithmetic, as are periods the
+/// packing cannot hold.
+#[derive(Debug, Default)]
+pub(crate) struct PeriodCache {
+    /// Start in Unix seconds (high 40 bits) and index (low 24 bits).
+    start_index: AtomicU64,
+    /// End in Unix seconds; 0 (nothing cached) matches no instant.
+    end: AtomicU64,
+    writing: AtomicBool,
+}
+
+const INDEX_BITS: u32 = 24;
+
+impl PeriodCache {
+    /// The index and end of `period`'s period holding `unix`, as
+    /// [`Period::at`] answers.
+    pub(crate) fn at(&self, period: Period, unix: u64, offset_secs: i32) -> (u64, u64) {
+        if period == Period::Lifetime {
+            return (0, u64::MAX);
+        }
+        let end = self.end.load(Ordering::Acquire);
+        let packed = self.start_index.load(Ordering::Acquire);
+        if unix < end && unix >= packed >> INDEX_BITS {
+            return (packed & ((1 << INDEX_BITS) - 1), end);
+        }
+        let (index, start, end_new) = period.bounds(unix, offset_secs);
+        let fits = index < 1 << INDEX_BITS && start < 1 << (64 - INDEX_BITS);
+        if fits && start >= end && !self.writing.swap(true, Ordering::Acquire) {
+            // Re-read under the flag: another writer may have moved on.
+            if start >= self.end.load(Ordering::Acquire) {
+                self.start_index
+                    .store(start << INDEX_BITS | index, Ordering::Release);
+                self.end.store(end_new, Ordering::Release);
+            }
+            self.writing.store(false, Ordering::Release);
+        }
+        (index, end_new)
+    }
+}
+
 // === memory state ===
 
 /// One key's spending in one budget, in this process.
+///
+/// Lock-free on the request path: a reservation is one compare-exchange
+/// on what is spent and held together, so of parallel requests only those
+/// that fit get through; a settlement swaps a reservation for its cost in
+/// one update. Only a new period takes a lock, once: it takes this
+/// period's spending out of `used` (reservations in flight carry over).
 #[derive(Debug, Default)]
 pub(crate) struct Cell {
-    state: Mutex<CellState>,
+    /// The period counted.
+    period: AtomicU64,
+    /// Spent this period plus held by requests in flight: what a
+    /// reservation is checked against.
+    used: AtomicU64,
+    /// Spent this period.
+    spent: AtomicU64,
+    /// The same two in tokens (kept only for a budget with a token
+    /// limit: see [`Cell::reserve`]).
+    used_tokens: AtomicU64,
+    tokens: AtomicU64,
+    /// Thresholds already alerted in this period (bit i: `alerts[i]`).
+    alerted: AtomicU32,
+    rolling: Mutex<()>,
 }
 
+/// A [`Cell`] as read.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct CellState {
-    pub(crate) period: u64,
     pub(crate) spent: u64,
     pub(crate) reserved: u64,
     pub(crate) tokens: u64,
-    pub(crate) reserved_tokens: u64,
-    /// Thresholds already alerted in this period (bit i: `alerts[i]`).
-    pub(crate) alerted: u32,
+}
+
+/// Lowers `a` by `by`, not below 0.
+fn take(a: &AtomicU64, by: u64) {
+    let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+        Some(v.saturating_sub(by))
+    });
 }
 
 impl Cell {
-    /// Reserves `micros` and `tokens` if they fit under the limits of
-    /// period `period` (a new period starts with nothing spent).
+    /// Starts period `period` if it is later than the one counted.
+    #[inline]
+    fn roll(&self, period: u64) {
+        if self.period.load(Ordering::Acquire) >= period {
+            return;
+        }
+        let _one = self.rolling.lock().unwrap_or_else(|e| e.into_inner());
+        if self.period.load(Ordering::Acquire) >= period {
+            return;
+        }
+        // Whatever is spent concurrently lands in one period or the
+        // other, in `spent` and `used` alike: a settlement adds to both.
+        take(&self.used, self.spent.swap(0, Ordering::AcqRel));
+        take(&self.used_tokens, self.tokens.swap(0, Ordering::AcqRel));
+        self.alerted.store(0, Ordering::Release);
+        self.period.store(period, Ordering::Release);
+    }
+
+    /// Reserves `micros` (and, for a budget with a token limit, `tokens`)
+    /// if they fit under the limits of period `period` (a new period
+    /// starts with nothing spent; an earlier one counts as the current).
     pub(crate) fn reserve(
         &self,
         period: u64,
@@ -289,58 +397,92 @@ impl Cell {
         micros: u64,
         tokens: u64,
     ) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.roll(period);
-        let fits = s.spent.saturating_add(s.reserved).saturating_add(micros) <= limit
-            && tokens_limit.is_none_or(|t| {
-                s.tokens
-                    .saturating_add(s.reserved_tokens)
-                    .saturating_add(tokens)
-                    <= t
-            });
-        if fits {
-            s.reserved += micros;
-            s.reserved_tokens += tokens;
+        self.roll(period);
+        let fits = |limit: u64, add: u64| move |v: u64| v.checked_add(add).filter(|&n| n <= limit);
+        if self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, fits(limit, micros))
+            .is_err()
+        {
+            return false;
         }
-        fits
+        if let Some(t) = tokens_limit
+            && self
+                .used_tokens
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, fits(t, tokens))
+                .is_err()
+        {
+            take(&self.used, micros);
+            return false;
+        }
+        true
     }
 
-    /// Replaces a reservation with what was spent; returns the state
-    /// after, and the alerts crossed (indices into the budget's alerts).
+    /// Replaces a reservation (`reserved`: micro-units and tokens) with
+    /// what was spent; returns what is spent this period after, and the
+    /// alerts crossed (indices into the budget's alerts). `tokens_limited`
+    /// as the reservation was made.
     pub(crate) fn settle(
         &self,
         period: u64,
         reserved: (u64, u64),
         spent: (u64, u64),
+        tokens_limited: bool,
         limit: u64,
         alerts: &[u8],
-    ) -> (CellState, u32) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.reserved = s.reserved.saturating_sub(reserved.0);
-        s.reserved_tokens = s.reserved_tokens.saturating_sub(reserved.1);
-        s.roll(period);
-        s.spent = s.spent.saturating_add(spent.0);
-        s.tokens = s.tokens.saturating_add(spent.1);
-        let crossed = crossed(alerts, s.spent, limit) & !s.alerted;
-        s.alerted |= crossed;
-        (*s, crossed)
+    ) -> (u64, u32) {
+        self.roll(period);
+        let swap = |r: u64, s: u64| move |v: u64| Some(v.saturating_sub(r).saturating_add(s));
+        let _ = self.used.fetch_update(
+            Ordering::AcqRel,
+            Ordering::Acquire,
+            swap(reserved.0, spent.0),
+        );
+        if tokens_limited {
+            let _ = self.used_tokens.fetch_update(
+                Ordering::AcqRel,
+                Ordering::Acquire,
+                swap(reserved.1, spent.1),
+            );
+        }
+        let now_spent = if spent.0 == 0 {
+            self.spent.load(Ordering::Acquire)
+        } else {
+            self.spent
+                .fetch_add(spent.0, Ordering::AcqRel)
+                .saturating_add(spent.0)
+        };
+        if spent.1 != 0 {
+            self.tokens.fetch_add(spent.1, Ordering::AcqRel);
+        }
+        let mut new = 0;
+        if !alerts.is_empty() {
+            let bits = crossed(alerts, now_spent, limit);
+            if bits != 0 {
+                new = bits & !self.alerted.fetch_or(bits, Ordering::AcqRel);
+            }
+        }
+        (now_spent, new)
     }
 
+    /// What is spent and held in period `period`.
     pub(crate) fn read(&self, period: u64) -> CellState {
-        let mut s = *self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.roll(period);
-        s
-    }
-}
-
-impl CellState {
-    fn roll(&mut self, period: u64) {
-        if period != self.period {
-            // Reservations in flight carry over; spending starts again.
-            self.period = period;
-            self.spent = 0;
-            self.tokens = 0;
-            self.alerted = 0;
+        let current = self.period.load(Ordering::Acquire);
+        let used = self.used.load(Ordering::Acquire);
+        let spent = self.spent.load(Ordering::Acquire);
+        let reserved = used.saturating_sub(spent);
+        if current < period {
+            // Not started yet: nothing spent in it.
+            return CellState {
+                spent: 0,
+                reserved,
+                tokens: 0,
+            };
+        }
+        CellState {
+            spent,
+            reserved,
+            tokens: self.tokens.load(Ordering::Acquire),
         }
     }
 }
@@ -394,22 +536,129 @@ mod tests {
     }
 
     #[test]
+    fn cached_periods_match_arithmetic() {
+        let start = days_from_civil(2026, 12, 30) as u64 * 86_400;
+        // Forward over two month ends, back (a stepped clock), and forward
+        // again, at three offsets.
+        let times: Vec<u64> = (0..200u64)
+            .map(|i| start + i * 1_801)
+            .chain((0..50).map(|i| start + 86_400 * 40 - i * 3_600 * 13))
+            .chain((0..200).map(|i| start + i * 7_207))
+            .collect();
+        for offset in [0, 3_600, -5 * 3_600 - 1_800] {
+            for period in [Period::Day, Period::Month, Period::Lifetime] {
+                let cache = PeriodCache::default();
+                for &t in &times {
+                    assert_eq!(
+                        cache.at(period, t, offset),
+                        period.at(t, offset),
+                        "{period:?} at {t} ({offset})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn reserve_settle_roll() {
         let cell = Cell::default();
         assert!(cell.reserve(1, 100, None, 60, 0));
         assert!(!cell.reserve(1, 100, None, 41, 0));
         assert!(cell.reserve(1, 100, None, 40, 0));
         // Settled for less: room comes back.
-        let (s, crossed) = cell.settle(1, (60, 0), (10, 0), 100, &[5, 50]);
+        let (spent, crossed) = cell.settle(1, (60, 0), (10, 0), false, 100, &[5, 50]);
+        assert_eq!(spent, 10);
+        let s = cell.read(1);
         assert_eq!((s.spent, s.reserved), (10, 40));
         assert_eq!(crossed, 0b01);
-        assert!(cell.reserve(1, 100, None, 50, 0));
+        // Alerted once per period.
+        let (_, crossed) = cell.settle(1, (0, 0), (1, 0), false, 100, &[5, 50]);
+        assert_eq!(crossed, 0);
+        assert!(cell.reserve(1, 100, None, 49, 0));
+        assert!(!cell.reserve(1, 100, None, 1, 0));
         // A new period: spending starts again, reservations stay.
         let s = cell.read(2);
-        assert_eq!((s.spent, s.reserved), (0, 90));
+        assert_eq!((s.spent, s.reserved), (0, 89));
+        assert!(cell.reserve(2, 100, None, 11, 0));
+        assert!(!cell.reserve(2, 100, None, 1, 0));
+        let s = cell.read(2);
+        assert_eq!((s.spent, s.reserved), (0, 100));
+        // A request of the old period settles into the new one.
+        let (spent, crossed) = cell.settle(1, (40, 0), (40, 0), false, 100, &[5, 50]);
+        assert_eq!((spent, crossed), (40, 0b01));
+        // An earlier period counts as the current one.
+        assert_eq!(cell.read(2).spent, 40);
         // Tokens.
         let cell = Cell::default();
         assert!(cell.reserve(1, u64::MAX, Some(10), 0, 10));
         assert!(!cell.reserve(1, u64::MAX, Some(10), 0, 1));
+        // A refused token reservation holds no money either.
+        let cell = Cell::default();
+        assert!(cell.reserve(1, 10, Some(1), 5, 1));
+        assert!(!cell.reserve(1, 10, Some(1), 5, 1));
+        assert!(cell.reserve(1, 10, None, 5, 0));
+    }
+
+    /// Of parallel reservations, exactly as many as fit get through.
+    #[test]
+    fn parallel_reservations_never_overshoot() {
+        use std::sync::Arc;
+        for _ in 0..20 {
+            let cell = Arc::new(Cell::default());
+            let admitted: usize = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        let cell = Arc::clone(&cell);
+                        scope.spawn(move || {
+                            (0..50)
+                                .filter(|_| cell.reserve(7, 1_000, None, 7, 0))
+                                .count()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).sum()
+            });
+            assert_eq!(admitted, 1_000 / 7);
+            assert_eq!(cell.read(7).reserved, 1_000 / 7 * 7);
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of reservations, settlements and new
+        /// periods, what is held is the sum of the reservations not
+        /// settled, what is spent is the sum of this period's
+        /// settlements, and nothing admitted takes `used` past the limit.
+        #[test]
+        fn cell_accounts(ops in proptest::collection::vec((0u8..3, 0u64..40, 0u64..40), 1..60)) {
+            const LIMIT: u64 = 200;
+            let cell = Cell::default();
+            let mut period = 1;
+            let mut open: Vec<u64> = Vec::new();
+            let mut spent = 0;
+            for (op, a, b) in ops {
+                match op {
+                    0 => {
+                        let fits = spent + open.iter().sum::<u64>() + a <= LIMIT;
+                        proptest::prop_assert_eq!(cell.reserve(period, LIMIT, None, a, 0), fits);
+                        if fits {
+                            open.push(a);
+                        }
+                    }
+                    1 if !open.is_empty() => {
+                        let r = open.remove(b as usize % open.len());
+                        let (now, _) = cell.settle(period, (r, 0), (a, 0), false, LIMIT, &[]);
+                        spent += a;
+                        proptest::prop_assert_eq!(now, spent);
+                    }
+                    _ => {
+                        period += 1;
+                        spent = 0;
+                    }
+                }
+                let s = cell.read(period);
+                proptest::prop_assert_eq!(s.spent, spent);
+                proptest::prop_assert_eq!(s.reserved, open.iter().sum::<u64>());
+            }
+        }
     }
 }

@@ -10,19 +10,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use smallvec::SmallVec;
 
 use super::SpendError;
-use super::budget::{Budget, BudgetAlert, BudgetScope, Cell, OverBudget};
+use super::budget::{Budget, BudgetAlert, BudgetScope, Cell, OverBudget, PeriodCache};
 use super::ledger::{Ledger, LedgerEntry};
 use super::limit::TokenLimit;
 use super::price::{Price, PriceCatalog};
 use crate::auth::Identity;
-use crate::key::{Key, KeyBy};
+use crate::key::{Key, KeyBy, KeyParts};
 use crate::model::providers::Usage;
 use crate::model::{
     Admission, Admit, AdmitFuture, AdmitRequest, Refused, Settled, Ticket, UsageRecord,
 };
-use crate::ratelimit::gcra_api::{Gcra, Store, Verdict};
+use crate::ratelimit::gcra_api::{Entry, Gcra, KeyState, Store, Verdict};
 use crate::ratelimit::{Clock, MonotonicClock};
 
 /// What to do with a request for a model the price catalog does not know.
@@ -105,7 +106,9 @@ pub(crate) struct Limit {
     pub(crate) def: TokenLimit,
     pub(crate) gcra: Gcra,
     pub(crate) policy: HeaderValue,
-    store: Store,
+    /// Each key's state, shared: a request holds its key's from
+    /// admission to settlement.
+    store: Store<Arc<KeyState>>,
 }
 
 /// One budget and its state in this process.
@@ -113,9 +116,10 @@ pub(crate) struct BudgetState {
     pub(crate) def: Budget,
     /// foldhash with a random seed, as the rate limiter's table (keys
     /// come from clients).
-    cells: papaya::HashMap<Box<str>, Arc<Cell>, foldhash::fast::RandomState>,
+    cells: papaya::HashMap<Box<[u8]>, Arc<Cell>, foldhash::fast::RandomState>,
     overflow: Arc<Cell>,
     max_keys: usize,
+    period: PeriodCache,
 }
 
 struct Concurrency {
@@ -168,23 +172,111 @@ pub struct MeterStats {
 }
 
 /// What one request holds, as the store sees it.
+///
+/// Held inline for the usual few limits, budgets and short keys, so that
+/// admitting a request allocates only its ticket.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Plan {
-    /// (limit index, key, estimated units).
-    pub(crate) limits: Vec<(usize, Key<'static>, u64)>,
-    /// (budget index, key, reserved micro-units, reserved tokens, period,
-    /// its end in Unix seconds).
-    pub(crate) budgets: Vec<(usize, String, u64, u64, u64, u64)>,
+    /// The bytes of the keys below (limit keys, budget keys' text).
+    text: SmallVec<[u8; 96]>,
+    pub(crate) limits: SmallVec<[LimitHold; 2]>,
+    pub(crate) budgets: SmallVec<[BudgetHold; 2]>,
     /// Where it is held.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) held: Where,
     /// Its reservations' name in a shared store.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) member: u64,
-    /// The budgets' cells in memory, once reserved there.
-    pub(crate) cells: Vec<Arc<Cell>>,
     /// The monotonic clock when it was made.
     pub(crate) now: u64,
+}
+
+/// Units a request holds in one token limit.
+#[derive(Debug, Clone)]
+pub(crate) struct LimitHold {
+    /// The limit's index.
+    pub(crate) limit: usize,
+    key: HeldKey,
+    /// The estimate taken.
+    pub(crate) units: u64,
+    /// The key's state in memory, once the estimate was taken there.
+    state: Option<Arc<KeyState>>,
+}
+
+/// What a request holds in one budget.
+#[derive(Debug, Clone)]
+pub(crate) struct BudgetHold {
+    /// The budget's index.
+    pub(crate) budget: usize,
+    /// The key's text in the plan's buffer.
+    key: (u32, u32),
+    /// Reserved micro-units.
+    pub(crate) micros: u64,
+    /// Reserved tokens.
+    pub(crate) tokens: u64,
+    /// The period's index.
+    pub(crate) period: u64,
+    /// Its end, in Unix seconds.
+    pub(crate) end: u64,
+    /// The key's cell in memory, once reserved there.
+    pub(crate) cell: Option<Arc<Cell>>,
+}
+
+/// A key kept in a plan: its bytes in the plan's buffer.
+#[derive(Debug, Clone, Copy)]
+enum HeldKey {
+    Global,
+    Ip(std::net::IpAddr),
+    Bytes(u32, u32),
+    Digest([u8; 16]),
+}
+
+impl Plan {
+    /// Copies `bytes` into the buffer: their place.
+    fn keep(&mut self, bytes: &[u8]) -> (u32, u32) {
+        let start = self.text.len();
+        self.text.extend_from_slice(bytes);
+        // A request's keys are bounded by its head's size (and a long
+        // bytes key is kept as its digest), far below 4 GiB.
+        (start as u32, self.text.len() as u32)
+    }
+
+    /// Keeps `key` as the limiter's table stores it (a long bytes key as
+    /// its digest).
+    fn hold_key(&mut self, key: &Key<'_>) -> HeldKey {
+        let digest = key.digest_if_long();
+        match digest.as_ref().unwrap_or(key).parts() {
+            KeyParts::Global => HeldKey::Global,
+            KeyParts::Ip(ip) => HeldKey::Ip(ip),
+            KeyParts::Digest(d) => HeldKey::Digest(d),
+            KeyParts::Bytes(b) => {
+                let (start, end) = self.keep(b);
+                HeldKey::Bytes(start, end)
+            }
+        }
+    }
+
+    /// The key of limit hold `hold`.
+    pub(crate) fn limit_key(&self, hold: &LimitHold) -> Key<'_> {
+        Key::from_parts(match hold.key {
+            HeldKey::Global => KeyParts::Global,
+            HeldKey::Ip(ip) => KeyParts::Ip(ip),
+            HeldKey::Digest(d) => KeyParts::Digest(d),
+            HeldKey::Bytes(start, end) => KeyParts::Bytes(&self.text[start as usize..end as usize]),
+        })
+    }
+
+    /// The key of budget hold `hold`, as its cell is found by.
+    fn budget_bytes(&self, hold: &BudgetHold) -> &[u8] {
+        let (start, end) = hold.key;
+        &self.text[start as usize..end as usize]
+    }
+
+    /// The key of budget hold `hold`.
+    pub(crate) fn budget_key(&self, hold: &BudgetHold) -> std::borrow::Cow<'_, str> {
+        // Only text from `&str`s is kept for budgets: always borrowed.
+        String::from_utf8_lossy(self.budget_bytes(hold))
+    }
 }
 
 /// Where a plan's units and reservations are held.
@@ -261,8 +353,13 @@ impl Meter {
     /// budget.
     pub fn budget_usage(&self, budget: &str, key: &str) -> Option<BudgetUsage> {
         let b = self.inner.budgets.iter().find(|b| b.def.name == budget)?;
-        let (period, _) = b.def.period.at(self.inner.unix(), b.def.offset_secs);
-        let s = b.cell(key).read(period);
+        let (period, _) = b.period_at(self.inner.unix());
+        let s = b
+            .cells
+            .pin()
+            .get(key.as_bytes())
+            .map(|c| c.read(period))
+            .unwrap_or_default();
         Some(BudgetUsage {
             spent_micros: s.spent,
             reserved_micros: s.reserved,
@@ -328,7 +425,12 @@ impl fmt::Debug for Meter {
 }
 
 impl BudgetState {
-    fn cell(&self, key: &str) -> Arc<Cell> {
+    /// The index and end of the period holding `unix`.
+    pub(crate) fn period_at(&self, unix: u64) -> (u64, u64) {
+        self.period.at(self.def.period, unix, self.def.offset_secs)
+    }
+
+    fn cell(&self, key: &[u8]) -> Arc<Cell> {
         let cells = self.cells.pin();
         if let Some(c) = cells.get(key) {
             return Arc::clone(c);
@@ -342,14 +444,22 @@ impl BudgetState {
 
 // === admission ===
 
-/// The text of a key, for budgets and Redis keys.
-pub(crate) fn key_text(key: &Key<'_>) -> String {
-    if let Some(ip) = key.as_ip() {
-        return ip.to_string();
-    }
-    match key.as_bytes() {
-        Some(b) => String::from_utf8_lossy(b).into_owned(),
-        None => String::from("*"),
+impl Plan {
+    /// Keeps the text of `key`, as a budget names it: its bytes (as UTF-8,
+    /// invalid sequences replaced), its address, or `*`.
+    fn keep_key_text(&mut self, key: &Key<'_>) -> (u32, u32) {
+        if let Some(ip) = key.as_ip() {
+            // The longest address is 45 characters.
+            let mut buf = [0u8; 64];
+            let mut w = &mut buf[..];
+            let _ = std::io::Write::write_fmt(&mut w, format_args!("{ip}"));
+            let n = 64 - w.len();
+            return self.keep(&buf[..n]);
+        }
+        match key.as_bytes() {
+            Some(b) => self.keep(String::from_utf8_lossy(b).as_bytes()),
+            None => self.keep(b"*"),
+        }
     }
 }
 
@@ -379,21 +489,8 @@ impl Inner {
             .unwrap_or(self.default_max_tokens)
             .min(max_out);
         let worst = match (price, self.unpriced) {
-            (Some(p), _) => {
-                // Every input token at the dearer of the input and
-                // cache-write prices: nothing the answer can say costs
-                // more.
-                let plain = Usage {
-                    input,
-                    output,
-                    ..Usage::default()
-                };
-                let written = Usage {
-                    cache_write: input,
-                    ..plain
-                };
-                p.cost(&plain).micros().max(p.cost(&written).micros())
-            }
+            // Nothing the answer can say costs more.
+            (Some(p), _) => p.worst_case(input, output).micros(),
             (None, Unpriced::Fixed(micros)) => micros,
             (None, _) => 0,
         };
@@ -431,36 +528,49 @@ impl Inner {
 
     /// Builds the plan of `req`: the keys of each limit and budget and
     /// what they hold.
-    fn plan(&self, req: &AdmitRequest<'_>, est: &Estimate) -> Plan {
-        let mut plan = Plan {
-            now: self.now(),
-            ..Plan::default()
-        };
+    fn plan(&self, req: &AdmitRequest<'_>, est: &Estimate, plan: &mut Plan) {
+        plan.now = self.now();
         for (i, limit) in self.limits.iter().enumerate() {
             if let Some(key) = limit.def.key_by.extract_head(req.head) {
-                let units = limit.def.count.units(est.input, est.output);
-                plan.limits.push((i, key.into_owned(), units));
+                let key = plan.hold_key(&key);
+                plan.limits.push(LimitHold {
+                    limit: i,
+                    key,
+                    units: limit.def.count.units(est.input, est.output),
+                    state: None,
+                });
             }
         }
         if !self.budgets.is_empty() {
             let unix = self.unix_at(plan.now);
             let identity = req.head.extensions.get::<Identity>();
+            let tokens = est.input.saturating_add(est.output);
             for (i, b) in self.budgets.iter().enumerate() {
                 let key = match &b.def.scope {
-                    BudgetScope::Identity => identity.map(|id| id.id().to_owned()),
-                    BudgetScope::Tenant => identity.and_then(|id| id.tenant()).map(str::to_owned),
-                    BudgetScope::Alias => Some(req.alias.unwrap_or(req.model).to_owned()),
-                    BudgetScope::Global => Some(String::from("*")),
-                    BudgetScope::Key(k) => k.extract_head(req.head).map(|k| key_text(&k)),
+                    BudgetScope::Identity => identity.map(|id| plan.keep(id.id().as_bytes())),
+                    BudgetScope::Tenant => identity
+                        .and_then(|id| id.tenant())
+                        .map(|t| plan.keep(t.as_bytes())),
+                    BudgetScope::Alias => {
+                        Some(plan.keep(req.alias.unwrap_or(req.model).as_bytes()))
+                    }
+                    BudgetScope::Global => Some(plan.keep(b"*")),
+                    BudgetScope::Key(k) => k.extract_head(req.head).map(|k| plan.keep_key_text(&k)),
                 };
                 if let Some(key) = key {
-                    let (period, end) = b.def.period.at(unix, b.def.offset_secs);
-                    let tokens = est.input.saturating_add(est.output);
-                    plan.budgets.push((i, key, est.worst, tokens, period, end));
+                    let (period, end) = b.period_at(unix);
+                    plan.budgets.push(BudgetHold {
+                        budget: i,
+                        key,
+                        micros: est.worst,
+                        tokens,
+                        period,
+                        end,
+                        cell: None,
+                    });
                 }
             }
         }
-        plan
     }
 
     /// Admits `plan` in this process's memory: every limit and budget, or
@@ -474,23 +584,24 @@ impl Inner {
     pub(crate) fn admit_memory_with(&self, plan: &mut Plan, gcras: Option<&[Gcra]>) -> Outcome {
         let now = plan.now;
         let mut left = None;
-        for (n, (i, key, units)) in plan.limits.iter().enumerate() {
-            let limit = &self.limits[*i];
-            let gcra = gcras.and_then(|g| g.get(*i)).unwrap_or(&limit.gcra);
-            let cost = u32::try_from(*units).unwrap_or(u32::MAX);
-            let verdict = limit.store.with(key, now, true, |entry| {
-                let cell = match entry {
-                    crate::ratelimit::gcra_api::Entry::Tracked(s)
-                    | crate::ratelimit::gcra_api::Entry::Overflow(s) => &s.tats[0],
-                    crate::ratelimit::gcra_api::Entry::Untracked => {
-                        return Some(Verdict::Allowed { tat: now });
-                    }
+        for n in 0..plan.limits.len() {
+            let hold = &plan.limits[n];
+            let limit = &self.limits[hold.limit];
+            let gcra = gcras.and_then(|g| g.get(hold.limit)).unwrap_or(&limit.gcra);
+            let cost = u32::try_from(hold.units).unwrap_or(u32::MAX);
+            let (verdict, state) = limit.store.with(&plan.limit_key(hold), now, true, |entry| {
+                let state = match entry {
+                    Entry::Tracked(s) | Entry::Overflow(s) => s,
+                    Entry::Untracked => return Some((Verdict::Allowed { tat: now }, None)),
                 };
-                match gcra.acquire(cell, now, cost) {
+                match gcra.acquire(&state.tats[0], now, cost) {
                     Verdict::Gone => None,
-                    v => Some(v),
+                    v @ Verdict::Allowed { .. } => Some((v, Some(Arc::clone(state)))),
+                    v => Some((v, None)),
                 }
             });
+            let hold = &mut plan.limits[n];
+            hold.state = state;
             match verdict {
                 Verdict::Allowed { tat } if n == 0 => {
                     left = Some(LimitLeft {
@@ -500,65 +611,96 @@ impl Inner {
                 }
                 Verdict::Allowed { .. } => {}
                 Verdict::Refused { wait } => {
-                    self.release_limits(&plan.limits[..n], gcras);
-                    return Outcome::Tokens { limit: *i, wait };
+                    let limit = hold.limit;
+                    self.release_limits(plan, n, gcras);
+                    for hold in &mut plan.limits[..n] {
+                        hold.state = None;
+                    }
+                    return Outcome::Tokens { limit, wait };
                 }
                 Verdict::Gone => unreachable!("retried by the store"),
             }
         }
-        plan.cells.reserve_exact(plan.budgets.len());
-        for (n, (i, key, micros, tokens, period, _)) in plan.budgets.iter().enumerate() {
-            let b = &self.budgets[*i];
-            let cell = b.cell(key);
-            if !cell.reserve(*period, b.def.limit_micros, b.def.tokens, *micros, *tokens) {
-                self.release_limits(&plan.limits, gcras);
-                for ((_, _, micros, tokens, period, _), cell) in
-                    plan.budgets[..n].iter().zip(&plan.cells)
-                {
-                    cell.settle(*period, (*micros, *tokens), (0, 0), 0, &[]);
+        for n in 0..plan.budgets.len() {
+            let hold = &plan.budgets[n];
+            let b = &self.budgets[hold.budget];
+            let cell = b.cell(plan.budget_bytes(hold));
+            if !cell.reserve(
+                hold.period,
+                b.def.limit_micros,
+                b.def.tokens,
+                hold.micros,
+                hold.tokens,
+            ) {
+                self.release_limits(plan, plan.limits.len(), gcras);
+                for hold in &mut plan.limits {
+                    hold.state = None;
                 }
-                plan.cells.clear();
+                for hold in &mut plan.budgets[..n] {
+                    if let Some(cell) = hold.cell.take() {
+                        cell.settle(
+                            hold.period,
+                            (hold.micros, hold.tokens),
+                            (0, 0),
+                            self.budgets[hold.budget].def.tokens.is_some(),
+                            0,
+                            &[],
+                        );
+                    }
+                }
                 return Outcome::Budget { budget: n };
             }
-            plan.cells.push(cell);
+            plan.budgets[n].cell = Some(cell);
         }
         Outcome::Admitted(left)
     }
 
-    /// Gives back every estimated unit of `limits` (never before now).
-    fn release_limits(&self, limits: &[(usize, Key<'static>, u64)], gcras: Option<&[Gcra]>) {
-        self.adjust_limits(limits, &Actual::default(), gcras, self.now());
+    /// Gives back every estimated unit of the first `upto` limits of
+    /// `plan` (never before now).
+    fn release_limits(&self, plan: &Plan, upto: usize, gcras: Option<&[Gcra]>) {
+        self.adjust_limits(plan, upto, &Actual::default(), gcras, self.now());
     }
 
-    /// Charges or refunds each limit the difference between its estimate
-    /// and `actual`, at the parameters it was admitted with (`gcras`: a
-    /// replica's share while Redis is out).
+    /// Charges or refunds each of the first `upto` limits of `plan` the
+    /// difference between its estimate and `actual`, at the parameters it
+    /// was admitted with (`gcras`: a replica's share while Redis is out).
     fn adjust_limits(
         &self,
-        limits: &[(usize, Key<'static>, u64)],
+        plan: &Plan,
+        upto: usize,
         used: &Actual,
         gcras: Option<&[Gcra]>,
         now: u64,
     ) {
-        for (i, key, est) in limits {
-            let limit = &self.limits[*i];
-            let actual = used.units(limit.def.count, *est);
-            if actual == *est {
+        for hold in &plan.limits[..upto] {
+            let limit = &self.limits[hold.limit];
+            let est = hold.units;
+            let actual = used.units(limit.def.count, est);
+            if actual == est {
                 continue;
             }
-            let gcra = gcras.and_then(|g| g.get(*i)).unwrap_or(&limit.gcra);
-            limit.store.with(key, now, true, |entry| {
-                let cell = match entry {
-                    crate::ratelimit::gcra_api::Entry::Tracked(s)
-                    | crate::ratelimit::gcra_api::Entry::Overflow(s) => &s.tats[0],
-                    crate::ratelimit::gcra_api::Entry::Untracked => return Some(()),
-                };
-                let ok = if actual > *est {
+            let gcra = gcras.and_then(|g| g.get(hold.limit)).unwrap_or(&limit.gcra);
+            let apply = |cell: &std::sync::atomic::AtomicU64| {
+                if actual > est {
                     gcra.charge(cell, now, actual - est)
                 } else {
                     gcra.refund_at(cell, now, est - actual)
+                }
+            };
+            if let Some(state) = &hold.state {
+                // The state the estimate was taken from. If the table
+                // removed it meanwhile, it had become fresh: nothing to
+                // refund, and a charge goes to the key's state now.
+                if apply(&state.tats[0]) || actual < est {
+                    continue;
+                }
+            }
+            limit.store.with(&plan.limit_key(hold), now, true, |entry| {
+                let cell = match entry {
+                    Entry::Tracked(s) | Entry::Overflow(s) => &s.tats[0],
+                    Entry::Untracked => return Some(()),
                 };
-                ok.then_some(())
+                apply(cell).then_some(())
             });
         }
     }
@@ -571,28 +713,33 @@ impl Inner {
         gcras: Option<&[Gcra]>,
         now: u64,
     ) -> Vec<BudgetAlert> {
-        self.adjust_limits(&plan.limits, actual, gcras, now);
+        self.adjust_limits(plan, plan.limits.len(), actual, gcras, now);
         let mut alerts = Vec::new();
         if plan.budgets.is_empty() {
             return alerts;
         }
         let unix = self.unix_at(now);
-        for (j, (i, key, micros, tokens, period, end)) in plan.budgets.iter().enumerate() {
-            let b = &self.budgets[*i];
+        for hold in &plan.budgets {
+            let b = &self.budgets[hold.budget];
             // Spending counts in the period it settles in.
-            let period = if unix < *end {
-                *period
+            let period = if unix < hold.end {
+                hold.period
             } else {
-                b.def.period.at(unix, b.def.offset_secs).0
+                b.period_at(unix).0
             };
-            let cell = match plan.cells.get(j) {
-                Some(c) => Arc::clone(c),
-                None => b.cell(key),
+            let found;
+            let cell = match &hold.cell {
+                Some(c) => c,
+                None => {
+                    found = b.cell(plan.budget_bytes(hold));
+                    &found
+                }
             };
-            let (state, crossed) = cell.settle(
+            let (spent, crossed) = cell.settle(
                 period,
-                (*micros, *tokens),
+                (hold.micros, hold.tokens),
                 (actual.micros, actual.tokens),
+                b.def.tokens.is_some(),
                 b.def.limit_micros,
                 &b.def.alerts,
             );
@@ -600,9 +747,9 @@ impl Inner {
                 if crossed & (1 << bit) != 0 {
                     alerts.push(BudgetAlert {
                         budget: b.def.name.clone(),
-                        key: key.clone(),
+                        key: plan.budget_key(hold).into_owned(),
                         percent,
-                        spent_micros: state.spent,
+                        spent_micros: spent,
                         limit_micros: b.def.limit_micros,
                     });
                 }
@@ -620,33 +767,28 @@ impl Inner {
         }
     }
 
-    /// The answer to an outcome of the store.
-    #[allow(clippy::too_many_arguments)]
+    /// The answer to an outcome of the store for `hold`, the request's
+    /// ticket if admitted.
     fn decide(
-        self: &Arc<Self>,
+        &self,
         req_model: &str,
         downgrade: Option<&str>,
-        plan: Plan,
+        mut hold: Box<Hold>,
         est: Estimate,
-        price: Option<Price>,
-        conc: Option<Key<'static>>,
         outcome: Outcome,
     ) -> Admission {
+        if let Outcome::Admitted(left) = outcome {
+            self.counters.admitted.fetch_add(1, Ordering::Relaxed);
+            hold.left = left;
+            hold.done = false;
+            return Admission::Admit(hold);
+        }
+        // Refused: nothing is held but the concurrency slot.
+        self.release_concurrency(hold.conc.take().as_ref());
+        let plan = &hold.plan;
         match outcome {
-            Outcome::Admitted(left) => {
-                self.counters.admitted.fetch_add(1, Ordering::Relaxed);
-                Admission::Admit(Box::new(Hold {
-                    meter: Arc::clone(self),
-                    model_hash: model_hash(req_model),
-                    plan,
-                    price,
-                    conc,
-                    left,
-                    done: false,
-                }))
-            }
+            Outcome::Admitted(_) => unreachable!("answered above"),
             Outcome::Tokens { limit, wait } => {
-                self.release_concurrency(conc.as_ref());
                 self.counters.refused_tokens.fetch_add(1, Ordering::Relaxed);
                 let l = &self.limits[limit];
                 let name = l.def.name();
@@ -690,21 +832,18 @@ impl Inner {
                     .extend(headers.into_iter().filter_map(|(n, v)| Some((n?, v))));
                 Admission::Refuse(r)
             }
-            Outcome::Unavailable => {
-                self.release_concurrency(conc.as_ref());
-                Admission::Refuse(
-                    Refused::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "The token limiter is unavailable; please try again.",
-                        "limiter_unavailable",
-                    )
-                    .kind("api_error"),
+            Outcome::Unavailable => Admission::Refuse(
+                Refused::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The token limiter is unavailable; please try again.",
+                    "limiter_unavailable",
                 )
-            }
+                .kind("api_error"),
+            ),
             Outcome::Budget { budget } => {
-                self.release_concurrency(conc.as_ref());
-                let (i, key, ..) = &plan.budgets[budget];
-                let b = &self.budgets[*i].def;
+                let hold = &plan.budgets[budget];
+                let key = plan.budget_key(hold);
+                let b = &self.budgets[hold.budget].def;
                 if let (OverBudget::Downgrade(to), None) = (&b.over, downgrade)
                     && to != req_model
                 {
@@ -798,38 +937,34 @@ impl Admit for Meter {
             }
         };
         let est = inner.estimate(req, price.as_ref());
-        let plan = inner.plan(req, &est);
+        // The ticket is made first and its plan filled in place: a plan is
+        // a few hundred bytes, better not moved.
+        let mut hold = Box::new(Hold {
+            meter: Arc::clone(inner),
+            model_hash: model_hash(req.model),
+            plan: Plan::default(),
+            price,
+            conc,
+            left: None,
+            // Nothing to give back until admitted.
+            done: true,
+        });
+        inner.plan(req, &est, &mut hold.plan);
         match &inner.backend {
             Backend::Memory => {
-                let mut plan = plan;
-                let outcome = inner.admit_memory(&mut plan);
-                AdmitFuture::ready(inner.decide(
-                    req.model,
-                    req.downgraded_from,
-                    plan,
-                    est,
-                    price,
-                    conc,
-                    outcome,
-                ))
+                let outcome = inner.admit_memory(&mut hold.plan);
+                AdmitFuture::ready(inner.decide(req.model, req.downgraded_from, hold, est, outcome))
             }
             #[cfg(feature = "redis")]
             Backend::Redis(redis) => {
                 let model = req.model.to_owned();
                 let downgrade = req.downgraded_from.map(str::to_owned);
-                let check = redis.admit(inner, plan);
+                let check = redis.admit(inner, std::mem::take(&mut hold.plan));
                 let inner = Arc::clone(inner);
                 AdmitFuture::new(async move {
                     let (plan, outcome) = check.await;
-                    inner.decide(
-                        &model,
-                        downgrade.as_deref(),
-                        plan,
-                        est,
-                        price,
-                        conc,
-                        outcome,
-                    )
+                    hold.plan = plan;
+                    inner.decide(&model, downgrade.as_deref(), hold, est, outcome)
                 })
             }
         }
@@ -920,8 +1055,8 @@ impl Hold {
 
 impl Ticket for Hold {
     fn headers(&self, headers: &mut HeaderMap) {
-        if let Some(((i, ..), left)) = self.plan.limits.first().zip(self.left) {
-            limit_headers(&self.meter.limits[*i], left, headers);
+        if let Some((hold, left)) = self.plan.limits.first().zip(self.left) {
+            limit_headers(&self.meter.limits[hold.limit], left, headers);
         }
     }
 
@@ -938,9 +1073,9 @@ impl Ticket for Hold {
             // seen settles from what was seen.)
             let mut held = actual;
             held.keep_estimate = true;
-            if let Some((_, _, micros, tokens, ..)) = self.plan.budgets.first() {
-                held.micros = held.micros.max(*micros);
-                held.tokens = held.tokens.max(*tokens);
+            if let Some(hold) = self.plan.budgets.first() {
+                held.micros = held.micros.max(hold.micros);
+                held.tokens = held.tokens.max(hold.tokens);
             }
             self.finish(&held, now);
         } else {
@@ -1225,6 +1360,7 @@ impl MeterBuilder {
                     .build(),
                 overflow: Arc::default(),
                 max_keys: self.max_keys,
+                period: PeriodCache::default(),
             });
         }
         #[cfg(feature = "redis")]

@@ -256,6 +256,27 @@ impl Price {
     pub fn cost(&self, usage: &Usage) -> Cost {
         self.rates_for(usage).cost(usage)
     }
+
+    /// The most an answer to a request of `input` input tokens and at most
+    /// `output` output tokens can cost, however it splits them (read from
+    /// or written to the prompt cache, reasoning or not): every input token
+    /// at the dearest input rate, every output token at the dearer of the
+    /// output and reasoning rates, in the tier `input` tokens fall in.
+    pub fn worst_case(&self, input: u64, output: u64) -> Cost {
+        let r = self.rates_for(&Usage {
+            input,
+            ..Usage::default()
+        });
+        let in_rate = r
+            .input
+            .max(r.cache_read.unwrap_or(0))
+            .max(r.cache_write.unwrap_or(0));
+        let out_rate = r.output.max(r.reasoning.unwrap_or(0));
+        Cost::from_picos(
+            (u128::from(input) * u128::from(in_rate))
+                .saturating_add(u128::from(output) * u128::from(out_rate)),
+        )
+    }
 }
 
 // === impl Cost ===
@@ -290,6 +311,11 @@ impl Cost {
     /// The cost in micro-units, rounded **up** (never undercharge), and
     /// saturating at `u64::MAX` (18 trillion dollars).
     pub fn micros(self) -> Micros {
+        // A u128 division is a library call; nearly every cost fits a u64,
+        // whose division by a constant is a multiplication.
+        if let Ok(picos) = u64::try_from(self.picos) {
+            return picos.div_ceil(PICOS_PER_MICRO);
+        }
         let micros = self.picos.div_ceil(u128::from(PICOS_PER_MICRO));
         Micros::try_from(micros).unwrap_or(Micros::MAX)
     }

@@ -374,11 +374,11 @@ impl RedisSpend {
     /// The keys of `plan`'s limits, then its budgets' (hash, set) pairs.
     fn keys(&self, inner: &Inner, plan: &Plan) -> Vec<String> {
         let mut keys = Vec::with_capacity(plan.limits.len() + 2 * plan.budgets.len());
-        for (i, key, _) in &plan.limits {
-            keys.push(self.limit_key(inner, *i, key));
+        for hold in &plan.limits {
+            keys.push(self.limit_key(inner, hold.limit, &plan.limit_key(hold)));
         }
-        for (i, key, ..) in &plan.budgets {
-            let (h, z) = self.budget_keys(inner, *i, key);
+        for hold in &plan.budgets {
+            let (h, z) = self.budget_keys(inner, hold.budget, &plan.budget_key(hold));
             keys.push(h);
             keys.push(z);
         }
@@ -419,23 +419,23 @@ impl RedisSpend {
                 .to_string(),
             MOST.to_string(),
         ];
-        for (i, _, units) in &plan.limits {
-            let g = &inner.limits[*i].gcra;
+        for hold in &plan.limits {
+            let g = &inner.limits[hold.limit].gcra;
             args.push(g.interval.div_ceil(1_000).to_string());
             args.push((g.tau / 1_000).to_string());
-            args.push(units.to_string());
+            args.push(hold.units.to_string());
         }
-        for (i, _, micros, tokens, period, end) in &plan.budgets {
-            let b = &inner.budgets[*i].def;
+        for hold in &plan.budgets {
+            let b = &inner.budgets[hold.budget].def;
             args.push(b.limit_micros.to_string());
             args.push(
                 b.tokens
                     .map_or_else(|| String::from("-1"), |t| t.to_string()),
             );
-            args.push(micros.to_string());
-            args.push(tokens.to_string());
-            args.push(period.to_string());
-            args.push(self.expire(*end, unix).to_string());
+            args.push(hold.micros.to_string());
+            args.push(hold.tokens.to_string());
+            args.push(hold.period.to_string());
+            args.push(self.expire(hold.end, unix).to_string());
         }
         let script = Arc::clone(&self.admit);
         let mut redis = self.redis.clone();
@@ -459,8 +459,8 @@ impl RedisSpend {
                         .limits
                         .first()
                         .zip(ahead.first())
-                        .map(|((i, ..), &ahead)| {
-                            let g = &inner.limits[*i].gcra;
+                        .map(|(hold, &ahead)| {
+                            let g = &inner.limits[hold.limit].gcra;
                             let ahead = u64::try_from(ahead).unwrap_or(0).saturating_mul(1_000);
                             LimitLeft {
                                 remaining: g.tau.saturating_sub(ahead) / g.interval,
@@ -471,7 +471,7 @@ impl RedisSpend {
                     (plan, Outcome::Admitted(left))
                 }
                 Some(&[1, limit, wait]) if (1..=plan.limits.len() as i64).contains(&limit) => {
-                    let limit = plan.limits[limit as usize - 1].0;
+                    let limit = plan.limits[limit as usize - 1].limit;
                     let wait = u64::try_from(wait).map_or(u64::MAX, |w| w.saturating_mul(1_000));
                     (plan, Outcome::Tokens { limit, wait })
                 }
@@ -514,29 +514,36 @@ impl RedisSpend {
             plan.budgets.len().to_string(),
             MOST.to_string(),
         ];
-        for (i, _, est) in &plan.limits {
-            let units = actual.units(inner.limits[*i].def.count, *est);
-            let est = if held { *est } else { 0 };
+        for hold in &plan.limits {
+            let units = actual.units(inner.limits[hold.limit].def.count, hold.units);
+            let est = if held { hold.units } else { 0 };
             let delta = i128::from(units) - i128::from(est);
-            args.push(inner.limits[*i].gcra.interval.div_ceil(1_000).to_string());
+            args.push(
+                inner.limits[hold.limit]
+                    .gcra
+                    .interval
+                    .div_ceil(1_000)
+                    .to_string(),
+            );
             args.push(delta.to_string());
         }
-        for (i, _, micros, tokens, _, end) in &plan.budgets {
-            let b = &inner.budgets[*i].def;
+        for hold in &plan.budgets {
+            let state = &inner.budgets[hold.budget];
+            let b = &state.def;
             // Spending counts in the period it settles in.
-            let (period, end_now) = b.period.at(unix, b.offset_secs);
+            let (period, end_now) = state.period_at(unix);
             let alerts: Vec<String> = b.alerts.iter().map(u8::to_string).collect();
             args.push(if held {
                 format!("{:016x}", plan.member)
             } else {
                 String::new()
             });
-            args.push(micros.to_string());
-            args.push(tokens.to_string());
+            args.push(hold.micros.to_string());
+            args.push(hold.tokens.to_string());
             args.push(actual.micros.to_string());
             args.push(actual.tokens.to_string());
             args.push(period.to_string());
-            args.push(self.expire((*end).max(end_now), unix).to_string());
+            args.push(self.expire(hold.end.max(end_now), unix).to_string());
             args.push(b.limit_micros.to_string());
             args.push(alerts.join(","));
         }
@@ -547,7 +554,7 @@ impl RedisSpend {
         let budgets: Vec<(usize, String)> = plan
             .budgets
             .iter()
-            .map(|(i, key, ..)| (*i, key.clone()))
+            .map(|hold| (hold.budget, plan.budget_key(hold).into_owned()))
             .collect();
         runtime.spawn(async move {
             match run(&script, &mut redis, keys, args, timeout).await {
