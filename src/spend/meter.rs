@@ -173,14 +173,15 @@ pub struct MeterStats {
 
 /// What one request holds, as the store sees it.
 ///
-/// Held inline for the usual few limits, budgets and short keys, so that
-/// admitting a request allocates only its ticket.
+/// Held inline for one limit, one budget and short keys, so that
+/// admitting a request allocates only its ticket (more spill to the heap);
+/// kept small because the ticket is moved into its allocation whole.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Plan {
     /// The bytes of the keys below (limit keys, budget keys' text).
-    text: SmallVec<[u8; 96]>,
-    pub(crate) limits: SmallVec<[LimitHold; 2]>,
-    pub(crate) budgets: SmallVec<[BudgetHold; 2]>,
+    text: SmallVec<[u8; 48]>,
+    pub(crate) limits: SmallVec<[LimitHold; 1]>,
+    pub(crate) budgets: SmallVec<[BudgetHold; 1]>,
     /// Where it is held.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) held: Where,
@@ -301,11 +302,24 @@ pub(crate) struct LimitLeft {
     pub(crate) reset: u64,
 }
 
+/// The first token limit's state after an admission, as its headers need
+/// it: worked out only when they are asked for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Left {
+    Known(LimitLeft),
+    /// The key's arrival time after the admission, at `now`, with the
+    /// limit's own parameters.
+    At {
+        tat: u64,
+        now: u64,
+    },
+}
+
 /// The store's answer to a plan.
 #[derive(Debug)]
 pub(crate) enum Outcome {
     /// Admitted; the first limit's state after.
-    Admitted(Option<LimitLeft>),
+    Admitted(Option<Left>),
     /// Limit `limit` refused; allowed after `wait` nanoseconds
     /// (`u64::MAX`: the request is larger than the limit's burst).
     Tokens { limit: usize, wait: u64 },
@@ -604,9 +618,12 @@ impl Inner {
             hold.state = state;
             match verdict {
                 Verdict::Allowed { tat } if n == 0 => {
-                    left = Some(LimitLeft {
-                        remaining: u64::from(gcra.remaining(tat, now)),
-                        reset: gcra.reset_after(tat, now),
+                    left = Some(match gcras {
+                        None => Left::At { tat, now },
+                        Some(_) => Left::Known(LimitLeft {
+                            remaining: u64::from(gcra.remaining(tat, now)),
+                            reset: gcra.reset_after(tat, now),
+                        }),
                     });
                 }
                 Verdict::Allowed { .. } => {}
@@ -981,7 +998,7 @@ struct Hold {
     plan: Plan,
     price: Option<Price>,
     conc: Option<Key<'static>>,
-    left: Option<LimitLeft>,
+    left: Option<Left>,
     done: bool,
 }
 
@@ -1056,7 +1073,15 @@ impl Hold {
 impl Ticket for Hold {
     fn headers(&self, headers: &mut HeaderMap) {
         if let Some((hold, left)) = self.plan.limits.first().zip(self.left) {
-            limit_headers(&self.meter.limits[hold.limit], left, headers);
+            let limit = &self.meter.limits[hold.limit];
+            let left = match left {
+                Left::Known(left) => left,
+                Left::At { tat, now } => LimitLeft {
+                    remaining: u64::from(limit.gcra.remaining(tat, now)),
+                    reset: limit.gcra.reset_after(tat, now),
+                },
+            };
+            limit_headers(limit, left, headers);
         }
     }
 

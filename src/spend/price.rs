@@ -153,20 +153,29 @@ impl Rates {
     /// The cost of `usage` at these rates, whatever its size (rules 2 to 4
     /// of the [module docs](self)).
     pub fn cost(&self, usage: &Usage) -> Cost {
-        let part = |tokens: u64, rate: u64| u128::from(tokens) * u128::from(rate);
         let uncached = usage
             .input
             .saturating_sub(usage.cached_read)
             .saturating_sub(usage.cache_write);
         let answer = usage.output.saturating_sub(usage.reasoning);
         let parts = [
-            part(uncached, self.input),
-            part(usage.cached_read, self.cache_read.unwrap_or(self.input)),
-            part(usage.cache_write, self.cache_write.unwrap_or(self.input)),
-            part(answer, self.output),
-            part(usage.reasoning, self.reasoning.unwrap_or(self.output)),
+            (uncached, self.input),
+            (usage.cached_read, self.cache_read.unwrap_or(self.input)),
+            (usage.cache_write, self.cache_write.unwrap_or(self.input)),
+            (answer, self.output),
+            (usage.reasoning, self.reasoning.unwrap_or(self.output)),
         ];
-        Cost::from_picos(parts.into_iter().fold(0, u128::saturating_add))
+        // In 64 bits when the sum fits (up to $18 million: every ordinary
+        // answer), else in 128.
+        let narrow = parts.iter().try_fold(0u64, |sum, &(tokens, rate)| {
+            sum.checked_add(tokens.checked_mul(rate)?)
+        });
+        match narrow {
+            Some(picos) => Cost::from_picos(u128::from(picos)),
+            None => Cost::from_picos(parts.iter().fold(0u128, |sum, &(tokens, rate)| {
+                sum.saturating_add(u128::from(tokens) * u128::from(rate))
+            })),
+        }
     }
 }
 

@@ -71,7 +71,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 use super::budget::BudgetAlert;
-use super::meter::{Actual, Inner, LimitLeft, Outcome, Plan, Where as Held};
+use super::meter::{Actual, Inner, Left, LimitLeft, Outcome, Plan, Where as Held};
 use crate::key::Key;
 use crate::ratelimit::gcra_api::{Breaker, Gate, Gcra};
 use crate::ratelimit::redis::RedisFailure;
@@ -462,10 +462,10 @@ impl RedisSpend {
                         .map(|(hold, &ahead)| {
                             let g = &inner.limits[hold.limit].gcra;
                             let ahead = u64::try_from(ahead).unwrap_or(0).saturating_mul(1_000);
-                            LimitLeft {
+                            Left::Known(LimitLeft {
                                 remaining: g.tau.saturating_sub(ahead) / g.interval,
                                 reset: ahead,
-                            }
+                            })
                         });
                     plan.held = Held::Redis;
                     (plan, Outcome::Admitted(left))
