@@ -41,6 +41,14 @@
 //!   with the meter and settles the ticket with a `UsageRecord` the router
 //!   reported earlier (through `on_usage`), `iters` times over, timing only
 //!   that loop. The router's own call, around it, is not timed.
+//! * `admit_settle_enforce`: the same with a meter of the token limit and
+//!   the budget alone (no ledger, no cost fields): the issue's "admission
+//!   + settlement".
+//! * `admit_settle_limit_only`, `admit_settle_budget_only`,
+//!   `admit_settle_neither`: what `admit_settle_enforce` is made of: the
+//!   same meter with only the token limit, only the budget, or neither
+//!   (what is left: pricing the request and the answer, the ticket, the
+//!   counters, the clock).
 //! * `ratelimit_check`: `RateLimitHandle::check` of the same key and
 //!   quota: what `router_ratelimit` adds, without the layer's headers.
 //!
@@ -53,7 +61,8 @@
 //! cargo bench --all-features --bench spend -- --warm-up-time 1 --measurement-time 3
 //! ```
 //!
-//! Budget (issue 18): `router_meter` − `router_ratelimit` ≤ 300 ns.
+//! Budget (issue 18): `admit_settle_enforce` − `ratelimit_check` ≤ 300 ns
+//! (admission + settlement in memory over the request limiter alone).
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};

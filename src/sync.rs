@@ -65,9 +65,10 @@
 //! A replica that listens ([`notify`](WeightSyncBuilder::notify), a pub/sub
 //! connection of its own) runs a round as soon as another replica
 //! announces, so a change reaches it within about one check interval of
-//! being made. Announcements are not stored: one sent while a replica's
-//! subscription was down is made up for by its next round, which also
-//! subscribes again.
+//! being made. Announcements are not stored: a replica whose subscription
+//! failed or was lost subscribes again at its first check a
+//! [`timeout`](WeightSyncBuilder::timeout) later and then runs a round,
+//! which makes up for what was announced meanwhile.
 //!
 //! Two replicas changing the same set within one round both publish; the
 //! later version wins, and the other replica applies it in its next round
@@ -567,6 +568,11 @@ impl WeightSync {
             };
             let (mut full, mut check) = (ticker(this.inner.interval), ticker(this.inner.check));
             let mut changes: Option<Changes> = None;
+            // When to subscribe again after a failed or lost subscription:
+            // at a check after a timeout's wait, not at the next round (an
+            // hour away, maybe), so that a replica misses announcements
+            // for seconds at most.
+            let mut resubscribe: Option<tokio::time::Instant> = None;
             loop {
                 let event = std::future::poll_fn(|cx| {
                     if full.poll_tick(cx).is_ready() {
@@ -590,7 +596,10 @@ impl WeightSync {
                         // Subscribed before the round reads, so that no
                         // change published meanwhile goes unheard.
                         if changes.is_none() {
-                            changes = this.subscribe().await;
+                            match this.subscribe().await {
+                                Ok(stream) => (changes, resubscribe) = (stream, None),
+                                Err(()) => resubscribe = Some(this.retry_at()),
+                            }
                         }
                         this.round(true).await;
                     }
@@ -609,18 +618,42 @@ impl WeightSync {
                             this.round(true).await;
                         }
                     }
-                    // Resubscribed at the next round.
-                    Event::Lost => changes = None,
-                    Event::Check => this.round(false).await,
+                    Event::Lost => {
+                        changes = None;
+                        resubscribe = Some(tokio::time::Instant::now());
+                    }
+                    Event::Check => match resubscribe {
+                        Some(at) if tokio::time::Instant::now() >= at => {
+                            match this.subscribe().await {
+                                Ok(stream) => {
+                                    (changes, resubscribe) = (stream, None);
+                                    // What was announced while deaf.
+                                    this.round(true).await;
+                                }
+                                Err(()) => {
+                                    resubscribe = Some(this.retry_at());
+                                    this.round(false).await;
+                                }
+                            }
+                        }
+                        _ => this.round(false).await,
+                    },
                 }
             }
         }))
     }
 
-    /// The stream of change announcements, when notifications are on and
-    /// Redis answers.
-    async fn subscribe(&self) -> Option<Changes> {
-        let client = (self.inner.sources)()?.notify?;
+    /// When a failed subscription is tried again.
+    fn retry_at(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.inner.timeout
+    }
+
+    /// The stream of change announcements when notifications are on
+    /// (`None` when they are off), or `Err` when Redis did not answer.
+    async fn subscribe(&self) -> Result<Option<Changes>, ()> {
+        let Some(client) = (self.inner.sources)().and_then(|s| s.notify) else {
+            return Ok(None);
+        };
         let channel = self.channel();
         let subscribed = tokio::time::timeout(self.inner.timeout, async move {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -629,10 +662,10 @@ impl WeightSync {
         })
         .await;
         match subscribed {
-            Ok(Ok(stream)) => Some(Box::pin(stream)),
+            Ok(Ok(stream)) => Ok(Some(Box::pin(stream))),
             _ => {
                 Counters::add(&self.inner.counters.errors);
-                None
+                Err(())
             }
         }
     }

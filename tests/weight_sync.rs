@@ -396,6 +396,52 @@ async fn announced_changes_are_applied_at_once() {
     drop(tasks);
 }
 
+/// A subscription Redis drops is taken again within about a timeout (1 s
+/// by default), and the round after it makes up for what was announced
+/// meanwhile: not at the next round, an hour away here.
+#[tokio::test]
+async fn a_lost_subscription_is_taken_again_soon() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (a, b) = (replica(&[100, 0]), replica(&[100, 0]));
+    let mut tasks = Vec::new();
+    let mut syncs = Vec::new();
+    for r in [&a, &b] {
+        let s = listening(&redis, r).await;
+        tasks.push(s.spawn());
+        syncs.push(s);
+    }
+    eventually("both replicas ran their first round", || {
+        syncs.iter().all(|s| s.stats().rounds >= 1)
+    })
+    .await;
+    // Redis drops every subscriber; a's change is announced to no one.
+    let mut conn = redis.manager().await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(killed, 2);
+    a.handle().promote("green").unwrap();
+    eventually("b promoted green", || {
+        b.handle().weights().get("green") == Some(100)
+    })
+    .await;
+    // And b listens again: the way back arrives as an announcement.
+    let heard = syncs[0].stats().notified;
+    b.handle().rollback().unwrap();
+    eventually("a rolled back", || {
+        a.handle().weights().get("green") == Some(0)
+    })
+    .await;
+    assert!(syncs[0].stats().notified > heard, "{:?}", syncs[0].stats());
+    drop(tasks);
+}
+
 /// A replica's own announcements are no news to it: after its two
 /// publications, only a third party's announcement (read after them, in
 /// order) runs a round.
