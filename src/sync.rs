@@ -66,9 +66,9 @@
 //! connection of its own) runs a round as soon as another replica
 //! announces, so a change reaches it within about one check interval of
 //! being made. Announcements are not stored: a replica whose subscription
-//! failed or was lost subscribes again at its first check a
-//! [`timeout`](WeightSyncBuilder::timeout) later and then runs a round,
-//! which makes up for what was announced meanwhile.
+//! failed or was lost, or whose round failed, subscribes again if need be
+//! at its first check a [`timeout`](WeightSyncBuilder::timeout) later and
+//! runs a round then, which makes up for what it missed.
 //!
 //! Two replicas changing the same set within one round both publish; the
 //! later version wins, and the other replica applies it in its next round
@@ -403,16 +403,18 @@ impl WeightSync {
     }
 
     /// A full round, or (`full` false) only the publication of what
-    /// changed here, which asks Redis nothing when nothing did.
-    async fn round(&self, full: bool) {
+    /// changed here, which asks Redis nothing when nothing did; `false`
+    /// when Redis failed for some set.
+    async fn round(&self, full: bool) -> bool {
         let inner = &*self.inner;
         let Some(Round {
             mut redis, sources, ..
         }) = (inner.sources)()
         else {
-            return;
+            return true;
         };
         let mut known = inner.known.lock().await;
+        let errors = inner.counters.errors.load(Ordering::Relaxed);
         if full {
             Counters::add(&inner.counters.rounds);
         }
@@ -433,6 +435,9 @@ impl WeightSync {
         }
         // Sets that went away (a route or alias removed) are forgotten.
         known.retain(|k, _| seen.contains(k));
+        // Rounds never overlap (`known` is held), so a new error is this
+        // round's.
+        inner.counters.errors.load(Ordering::Relaxed) == errors
     }
 
     async fn sync_set(
@@ -568,11 +573,12 @@ impl WeightSync {
             };
             let (mut full, mut check) = (ticker(this.inner.interval), ticker(this.inner.check));
             let mut changes: Option<Changes> = None;
-            // When to subscribe again after a failed or lost subscription:
-            // at a check after a timeout's wait, not at the next round (an
-            // hour away, maybe), so that a replica misses announcements
-            // for seconds at most.
-            let mut resubscribe: Option<tokio::time::Instant> = None;
+            // When to catch up after a failed round or a failed or lost
+            // subscription: subscribe again if need be, then a full round,
+            // at a check a timeout later, not at the next round (an hour
+            // away, maybe), so that a replica is behind for seconds at
+            // most.
+            let mut retry: Option<tokio::time::Instant> = None;
             loop {
                 let event = std::future::poll_fn(|cx| {
                     if full.poll_tick(cx).is_ready() {
@@ -595,13 +601,16 @@ impl WeightSync {
                     Event::Round => {
                         // Subscribed before the round reads, so that no
                         // change published meanwhile goes unheard.
+                        retry = None;
                         if changes.is_none() {
                             match this.subscribe().await {
-                                Ok(stream) => (changes, resubscribe) = (stream, None),
-                                Err(()) => resubscribe = Some(this.retry_at()),
+                                Ok(stream) => changes = stream,
+                                Err(()) => retry = Some(this.retry_at()),
                             }
                         }
-                        this.round(true).await;
+                        if !this.round(true).await {
+                            retry = Some(this.retry_at());
+                        }
                     }
                     Event::Announced(msg) => {
                         let id = this.inner.id.as_bytes();
@@ -611,32 +620,40 @@ impl WeightSync {
                             others |= more;
                             if ended {
                                 changes = None;
+                                retry = Some(tokio::time::Instant::now());
                             }
                         }
                         if others {
                             Counters::add(&this.inner.counters.notified);
-                            this.round(true).await;
+                            if !this.round(true).await {
+                                retry = Some(this.retry_at());
+                            }
                         }
                     }
                     Event::Lost => {
                         changes = None;
-                        resubscribe = Some(tokio::time::Instant::now());
+                        retry = Some(tokio::time::Instant::now());
                     }
-                    Event::Check => match resubscribe {
+                    Event::Check => match retry {
                         Some(at) if tokio::time::Instant::now() >= at => {
-                            match this.subscribe().await {
-                                Ok(stream) => {
-                                    (changes, resubscribe) = (stream, None);
-                                    // What was announced while deaf.
-                                    this.round(true).await;
-                                }
-                                Err(()) => {
-                                    resubscribe = Some(this.retry_at());
-                                    this.round(false).await;
+                            retry = None;
+                            if changes.is_none() {
+                                match this.subscribe().await {
+                                    Ok(stream) => changes = stream,
+                                    Err(()) => retry = Some(this.retry_at()),
                                 }
                             }
+                            // What was announced while deaf, or what the
+                            // failed round missed.
+                            if !this.round(true).await {
+                                retry = Some(this.retry_at());
+                            }
                         }
-                        _ => this.round(false).await,
+                        // A publication that fails is tried again at the
+                        // next check anyway (the change is still new).
+                        _ => {
+                            this.round(false).await;
+                        }
                     },
                 }
             }
