@@ -146,7 +146,7 @@ pub enum SyncError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WeightSyncStats {
-    /// Rounds run.
+    /// Full rounds run to their end.
     pub rounds: u64,
     /// Local changes published.
     pub published: u64,
@@ -415,9 +415,6 @@ impl WeightSync {
         };
         let mut known = inner.known.lock().await;
         let errors = inner.counters.errors.load(Ordering::Relaxed);
-        if full {
-            Counters::add(&inner.counters.rounds);
-        }
         let mut seen = Vec::new();
         for (name, source) in &sources {
             for (suffix, set) in source.sets(name) {
@@ -435,6 +432,11 @@ impl WeightSync {
         }
         // Sets that went away (a route or alias removed) are forgotten.
         known.retain(|k, _| seen.contains(k));
+        // Counted when done: a replica that "ran a round" has published
+        // or taken every set.
+        if full {
+            Counters::add(&inner.counters.rounds);
+        }
         // Rounds never overlap (`known` is held), so a new error is this
         // round's.
         inner.counters.errors.load(Ordering::Relaxed) == errors
@@ -598,20 +600,7 @@ impl WeightSync {
                 })
                 .await;
                 match event {
-                    Event::Round => {
-                        // Subscribed before the round reads, so that no
-                        // change published meanwhile goes unheard.
-                        retry = None;
-                        if changes.is_none() {
-                            match this.subscribe().await {
-                                Ok(stream) => changes = stream,
-                                Err(()) => retry = Some(this.retry_at()),
-                            }
-                        }
-                        if !this.round(true).await {
-                            retry = Some(this.retry_at());
-                        }
-                    }
+                    Event::Round => retry = this.full_round(&mut changes).await,
                     Event::Announced(msg) => {
                         let id = this.inner.id.as_bytes();
                         let mut others = msg.get_payload_bytes() != id;
@@ -635,19 +624,10 @@ impl WeightSync {
                         retry = Some(tokio::time::Instant::now());
                     }
                     Event::Check => match retry {
+                        // What was announced while deaf, or what the failed
+                        // round missed.
                         Some(at) if tokio::time::Instant::now() >= at => {
-                            retry = None;
-                            if changes.is_none() {
-                                match this.subscribe().await {
-                                    Ok(stream) => changes = stream,
-                                    Err(()) => retry = Some(this.retry_at()),
-                                }
-                            }
-                            // What was announced while deaf, or what the
-                            // failed round missed.
-                            if !this.round(true).await {
-                                retry = Some(this.retry_at());
-                            }
+                            retry = this.full_round(&mut changes).await;
                         }
                         // A publication that fails is tried again at the
                         // next check anyway (the change is still new).
@@ -658,6 +638,23 @@ impl WeightSync {
                 }
             }
         }))
+    }
+
+    /// Subscribes if `changes` has no stream (before the round reads, so
+    /// that no change published meanwhile goes unheard), then runs a full
+    /// round; when to try again if either failed.
+    async fn full_round(&self, changes: &mut Option<Changes>) -> Option<tokio::time::Instant> {
+        let mut retry = None;
+        if changes.is_none() {
+            match self.subscribe().await {
+                Ok(stream) => *changes = stream,
+                Err(()) => retry = Some(self.retry_at()),
+            }
+        }
+        if !self.round(true).await {
+            retry = Some(self.retry_at());
+        }
+        retry
     }
 
     /// When a failed subscription is tried again.

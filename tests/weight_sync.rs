@@ -17,7 +17,7 @@ use http::{HeaderName, Request, Response};
 use http_body_util::BodyExt;
 use switchyard::key::KeyBy;
 use switchyard::split::{Split, SplitHandle};
-use switchyard::sync::{SyncError, WeightSync, WeightSyncStats};
+use switchyard::sync::{SyncError, SyncTask, WeightSync, WeightSyncStats};
 use tower::{ServiceExt, service_fn, util::BoxCloneService};
 
 #[path = "support/redis.rs"]
@@ -354,6 +354,26 @@ async fn listening(redis: &RedisServer, split: &Split<Svc>) -> WeightSync {
         .unwrap()
 }
 
+/// A listening sync of each replica, spawned, once each ran its first
+/// round (each task subscribes before it).
+async fn both_listening(
+    redis: &RedisServer,
+    replicas: [&Split<Svc>; 2],
+) -> (Vec<WeightSync>, Vec<SyncTask>) {
+    let mut tasks = Vec::new();
+    let mut syncs = Vec::new();
+    for r in replicas {
+        let s = listening(redis, r).await;
+        tasks.push(s.spawn());
+        syncs.push(s);
+    }
+    eventually("both replicas ran their first round", || {
+        syncs.iter().all(|s| s.stats().rounds >= 1)
+    })
+    .await;
+    (syncs, tasks)
+}
+
 /// With `notify`, a change reaches the other replica at once: the rounds
 /// every interval (an hour here) cannot be what carries it.
 #[tokio::test]
@@ -362,18 +382,7 @@ async fn announced_changes_are_applied_at_once() {
         return;
     };
     let (a, b) = (replica(&[100, 0]), replica(&[100, 0]));
-    let mut tasks = Vec::new();
-    let mut syncs = Vec::new();
-    for r in [&a, &b] {
-        let s = listening(&redis, r).await;
-        tasks.push(s.spawn());
-        syncs.push(s);
-    }
-    // Each task subscribes before its first round.
-    eventually("both replicas ran their first round", || {
-        syncs.iter().all(|s| s.stats().rounds >= 1)
-    })
-    .await;
+    let (syncs, tasks) = both_listening(&redis, [&a, &b]).await;
     a.handle().promote("green").unwrap();
     eventually("b promoted green", || {
         b.handle().weights().get("green") == Some(100)
@@ -405,17 +414,7 @@ async fn a_lost_subscription_is_taken_again_soon() {
         return;
     };
     let (a, b) = (replica(&[100, 0]), replica(&[100, 0]));
-    let mut tasks = Vec::new();
-    let mut syncs = Vec::new();
-    for r in [&a, &b] {
-        let s = listening(&redis, r).await;
-        tasks.push(s.spawn());
-        syncs.push(s);
-    }
-    eventually("both replicas ran their first round", || {
-        syncs.iter().all(|s| s.stats().rounds >= 1)
-    })
-    .await;
+    let (syncs, tasks) = both_listening(&redis, [&a, &b]).await;
     // Redis drops every subscriber; a's change is announced to no one.
     let mut conn = redis.manager().await;
     let killed: i64 = redis::cmd("CLIENT")
@@ -465,6 +464,8 @@ async fn own_announcements_are_ignored() {
         .await
         .unwrap();
     eventually("the third party heard", || sync.stats().notified >= 1).await;
+    // Rounds are counted when they end.
+    eventually("its round ran", || sync.stats().rounds >= 2).await;
     let stats = sync.stats();
     assert_eq!((stats.notified, stats.rounds), (1, 2), "{stats:?}");
 }
