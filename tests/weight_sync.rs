@@ -388,12 +388,13 @@ async fn announced_changes_are_applied_at_once() {
         b.handle().weights().get("green") == Some(100)
     })
     .await;
-    // Every round after the first ran on an announcement.
+    // Every round after the first ran on an announcement (one may still
+    // be running: rounds are counted when they end).
     let (sa, sb) = (syncs[0].stats(), syncs[1].stats());
     assert_eq!(sb.applied, 1, "{sb:?}");
     assert!(sb.notified >= 1, "{sb:?}");
-    assert_eq!(sa.rounds, 1 + sa.notified, "{sa:?}");
-    assert_eq!(sb.rounds, 1 + sb.notified, "{sb:?}");
+    assert!(sa.rounds <= 1 + sa.notified, "{sa:?}");
+    assert!(sb.rounds <= 1 + sb.notified, "{sb:?}");
 
     // And back, the other way.
     b.handle().rollback().unwrap();
