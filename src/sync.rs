@@ -657,7 +657,7 @@ impl WeightSync {
         retry
     }
 
-    /// When a failed subscription is tried again.
+    /// When a failed subscription or round is tried again.
     fn retry_at(&self) -> tokio::time::Instant {
         tokio::time::Instant::now() + self.inner.timeout
     }
