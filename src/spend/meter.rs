@@ -307,9 +307,10 @@ pub(crate) struct LimitLeft {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Left {
     Known(LimitLeft),
-    /// The key's arrival time after the admission, at `now`, with the
-    /// limit's own parameters.
+    /// The key's arrival time after the admission, at `now`, under `gcra`
+    /// (the limit's own parameters, or a replica's share).
     At {
+        gcra: Gcra,
         tat: u64,
         now: u64,
     },
@@ -618,21 +619,16 @@ impl Inner {
             hold.state = state;
             match verdict {
                 Verdict::Allowed { tat } if n == 0 => {
-                    left = Some(match gcras {
-                        None => Left::At { tat, now },
-                        Some(_) => Left::Known(LimitLeft {
-                            remaining: u64::from(gcra.remaining(tat, now)),
-                            reset: gcra.reset_after(tat, now),
-                        }),
+                    left = Some(Left::At {
+                        gcra: *gcra,
+                        tat,
+                        now,
                     });
                 }
                 Verdict::Allowed { .. } => {}
                 Verdict::Refused { wait } => {
                     let limit = hold.limit;
                     self.release_limits(plan, n, gcras);
-                    for hold in &mut plan.limits[..n] {
-                        hold.state = None;
-                    }
                     return Outcome::Tokens { limit, wait };
                 }
                 Verdict::Gone => unreachable!("retried by the store"),
@@ -650,9 +646,6 @@ impl Inner {
                 hold.tokens,
             ) {
                 self.release_limits(plan, plan.limits.len(), gcras);
-                for hold in &mut plan.limits {
-                    hold.state = None;
-                }
                 for hold in &mut plan.budgets[..n] {
                     if let Some(cell) = hold.cell.take() {
                         cell.settle(
@@ -673,9 +666,12 @@ impl Inner {
     }
 
     /// Gives back every estimated unit of the first `upto` limits of
-    /// `plan` (never before now).
-    fn release_limits(&self, plan: &Plan, upto: usize, gcras: Option<&[Gcra]>) {
+    /// `plan` (never before now), which then hold nothing.
+    fn release_limits(&self, plan: &mut Plan, upto: usize, gcras: Option<&[Gcra]>) {
         self.adjust_limits(plan, upto, &Actual::default(), gcras, self.now());
+        for hold in &mut plan.limits[..upto] {
+            hold.state = None;
+        }
     }
 
     /// Charges or refunds each of the first `upto` limits of `plan` the
@@ -1076,9 +1072,9 @@ impl Ticket for Hold {
             let limit = &self.meter.limits[hold.limit];
             let left = match left {
                 Left::Known(left) => left,
-                Left::At { tat, now } => LimitLeft {
-                    remaining: u64::from(limit.gcra.remaining(tat, now)),
-                    reset: limit.gcra.reset_after(tat, now),
+                Left::At { gcra, tat, now } => LimitLeft {
+                    remaining: u64::from(gcra.remaining(tat, now)),
+                    reset: gcra.reset_after(tat, now),
                 },
             };
             limit_headers(limit, left, headers);
