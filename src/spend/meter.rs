@@ -306,14 +306,12 @@ pub(crate) struct LimitLeft {
 /// it: worked out only when they are asked for.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Left {
+    /// Worked out already (from Redis's answer).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Known(LimitLeft),
     /// The key's arrival time after the admission, at `now`, under `gcra`
     /// (the limit's own parameters, or a replica's share).
-    At {
-        gcra: Gcra,
-        tat: u64,
-        now: u64,
-    },
+    At { gcra: Gcra, tat: u64, now: u64 },
 }
 
 /// The store's answer to a plan.
