@@ -51,6 +51,9 @@
 //!   counters, the clock).
 //! * `ratelimit_check`: `RateLimitHandle::check` of the same key and
 //!   quota: what `router_ratelimit` adds, without the layer's headers.
+//! * `ratelimit_key_check`: the same with the key read from the request
+//!   first (`RateLimitHandle::key_of`), as the layer does per request and
+//!   as the meter's admission does for its token limit.
 //!
 //! The router functions run `iters` requests inside one `block_on` of a
 //! current-thread tokio runtime (every future here is ready at once, so
@@ -566,6 +569,19 @@ fn bench(c: &mut Criterion) {
         });
     });
     assert!(handle.check(&key, 1).is_allowed());
+    // The same with the key read from the request, as the layer does and
+    // as the meter's admission does for its token limit.
+    let req = reqs.build();
+    group.bench_function("ratelimit_key_check", |b| {
+        b.iter(|| {
+            let key = handle
+                .key_of(black_box(&req))
+                .expect("the request has a key");
+            let decision = handle.check(&key, 1);
+            black_box(&decision);
+            decision.is_allowed()
+        });
+    });
 
     group.finish();
 }

@@ -110,6 +110,8 @@ pub mod mirror;
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub mod model;
 pub mod path;
+#[cfg(feature = "json")]
+mod per_thread;
 pub mod problem;
 #[cfg(feature = "proxy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]

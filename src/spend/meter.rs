@@ -1,6 +1,7 @@
 //! [`Meter`]: token limits, budgets and cost as the model router's
 //! admission hook.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::fmt::Write as _;
@@ -8,12 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use smallvec::SmallVec;
+use thread_local::ThreadLocal;
 
 use super::SpendError;
-use super::budget::{Budget, BudgetAlert, BudgetScope, Cell, OverBudget, PeriodCache};
+use super::budget::{Budget, BudgetAlert, BudgetScope, Cell, Cells, Near, OverBudget, PeriodCache};
 use super::ledger::{Ledger, LedgerEntry};
 use super::limit::TokenLimit;
 use super::price::{Price, PriceCatalog};
@@ -23,6 +24,7 @@ use crate::model::providers::Usage;
 use crate::model::{
     Admission, Admit, AdmitFuture, AdmitRequest, Refused, Settled, Ticket, UsageRecord,
 };
+use crate::per_thread::Swappable;
 use crate::ratelimit::gcra_api::{Entry, Gcra, KeyState, Store, Verdict};
 use crate::ratelimit::{Clock, MonotonicClock};
 
@@ -64,7 +66,9 @@ pub struct Meter {
 }
 
 pub(crate) struct Inner {
-    pub(crate) prices: ArcSwap<PriceCatalog>,
+    /// Read through each thread's cached reference (an `ArcSwap` load
+    /// per request showed in the cost of admission).
+    pub(crate) prices: Swappable<PriceCatalog>,
     unpriced: Unpriced,
     bytes_per_token: u64,
     default_max_tokens: u64,
@@ -114,10 +118,15 @@ pub(crate) struct Limit {
 /// One budget and its state in this process.
 pub(crate) struct BudgetState {
     pub(crate) def: Budget,
+    /// Each key's cell, by index into `arena` ([`OVERFLOW`]: `overflow`).
     /// foldhash with a random seed, as the rate limiter's table (keys
     /// come from clients).
-    cells: papaya::HashMap<Box<[u8]>, Arc<Cell>, foldhash::fast::RandomState>,
-    overflow: Arc<Cell>,
+    cells: papaya::HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
+    /// The cells of the keys each thread met last.
+    near: ThreadLocal<RefCell<Near>>,
+    arena: Cells,
+    /// Shared by keys past `max_keys`.
+    overflow: Cell,
     max_keys: usize,
     period: PeriodCache,
 }
@@ -130,18 +139,23 @@ struct Concurrency {
 
 #[derive(Default)]
 pub(crate) struct Counters {
-    admitted: AtomicU64,
+    /// Admitted, settled, cost: added on every request, so kept per
+    /// thread (see [`crate::per_thread`]); the index constants below.
+    hot: Counters3,
     refused_tokens: AtomicU64,
     refused_budget: AtomicU64,
     refused_concurrency: AtomicU64,
     refused_unpriced: AtomicU64,
     downgraded: AtomicU64,
-    settled: AtomicU64,
-    cost_micros: AtomicU64,
     unpriced: AtomicU64,
     alerts: AtomicU64,
     pub(crate) backend_errors: AtomicU64,
 }
+
+type Counters3 = crate::per_thread::Counters<3>;
+const ADMITTED: usize = 0;
+const SETTLED: usize = 1;
+const COST_MICROS_SUM: usize = 2;
 
 /// A [`Meter`]'s counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -219,8 +233,9 @@ pub(crate) struct BudgetHold {
     pub(crate) period: u64,
     /// Its end, in Unix seconds.
     pub(crate) end: u64,
-    /// The key's cell in memory, once reserved there.
-    pub(crate) cell: Option<Arc<Cell>>,
+    /// The key's cell in memory (see [`BudgetState::at`]), once reserved
+    /// there.
+    pub(crate) cell: Option<u32>,
 }
 
 /// A key kept in a plan: its bytes in the plan's buffer.
@@ -371,7 +386,7 @@ impl Meter {
             .cells
             .pin()
             .get(key.as_bytes())
-            .map(|c| c.read(period))
+            .map(|&c| b.at(c).read(period))
             .unwrap_or_default();
         Some(BudgetUsage {
             spent_micros: s.spent,
@@ -386,14 +401,14 @@ impl Meter {
         let c = &self.inner.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         MeterStats {
-            admitted: load(&c.admitted),
+            admitted: c.hot.get(ADMITTED),
             refused_tokens: load(&c.refused_tokens),
             refused_budget: load(&c.refused_budget),
             refused_concurrency: load(&c.refused_concurrency),
             refused_unpriced: load(&c.refused_unpriced),
             downgraded: load(&c.downgraded),
-            settled: load(&c.settled),
-            cost_micros: load(&c.cost_micros),
+            settled: c.hot.get(SETTLED),
+            cost_micros: c.hot.get(COST_MICROS_SUM),
             unpriced: load(&c.unpriced),
             alerts: load(&c.alerts),
             backend_errors: load(&c.backend_errors),
@@ -418,7 +433,7 @@ pub struct BudgetUsage {
 impl fmt::Debug for Meter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Meter")
-            .field("prices", &self.inner.prices.load().len())
+            .field("prices", &self.inner.prices.with(PriceCatalog::len))
             .field("unpriced", &self.inner.unpriced)
             .field(
                 "limits",
@@ -437,21 +452,49 @@ impl fmt::Debug for Meter {
     }
 }
 
+/// The index of a budget's shared cell for keys past its `max_keys`.
+const OVERFLOW: u32 = u32::MAX;
+
 impl BudgetState {
     /// The index and end of the period holding `unix`.
     pub(crate) fn period_at(&self, unix: u64) -> (u64, u64) {
         self.period.at(self.def.period, unix, self.def.offset_secs)
     }
 
-    fn cell(&self, key: &[u8]) -> Arc<Cell> {
+    /// The index of `key`'s cell, made if new.
+    fn cell(&self, key: &[u8]) -> u32 {
+        let near = self.near.get_or_default();
+        if let Some(c) = near.try_borrow().ok().and_then(|n| n.get(key)) {
+            return c;
+        }
+        let c = self.cell_shared(key);
+        if let Ok(mut n) = near.try_borrow_mut() {
+            n.put(key, c);
+        }
+        c
+    }
+
+    /// The same, from the shared map.
+    fn cell_shared(&self, key: &[u8]) -> u32 {
         let cells = self.cells.pin();
-        if let Some(c) = cells.get(key) {
-            return Arc::clone(c);
+        if let Some(&c) = cells.get(key) {
+            return c;
         }
         if cells.len() >= self.max_keys {
-            return Arc::clone(&self.overflow);
+            return OVERFLOW;
         }
-        Arc::clone(cells.get_or_insert_with(key.into(), Arc::default))
+        // Two first requests of a key may both make a cell; one is kept
+        // (the arena has room for such losers: see `build`).
+        *cells.get_or_insert_with(key.into(), || self.arena.add().unwrap_or(OVERFLOW))
+    }
+
+    /// Cell `i`.
+    #[inline]
+    pub(crate) fn at(&self, i: u32) -> &Cell {
+        match i {
+            OVERFLOW => &self.overflow,
+            i => self.arena.get(i),
+        }
     }
 }
 
@@ -487,11 +530,12 @@ pub(crate) struct Estimate {
 
 impl Inner {
     fn price(&self, req: &AdmitRequest<'_>) -> Option<Price> {
-        let prices = self.prices.load();
-        prices
-            .get(req.model)
-            .or_else(|| prices.get(req.upstream_model))
-            .cloned()
+        self.prices.with(|prices| {
+            prices
+                .get(req.model)
+                .or_else(|| prices.get(req.upstream_model))
+                .cloned()
+        })
     }
 
     fn estimate(&self, req: &AdmitRequest<'_>, price: Option<&Price>) -> Estimate {
@@ -636,7 +680,7 @@ impl Inner {
             let hold = &plan.budgets[n];
             let b = &self.budgets[hold.budget];
             let cell = b.cell(plan.budget_bytes(hold));
-            if !cell.reserve(
+            if !b.at(cell).reserve(
                 hold.period,
                 b.def.limit_micros,
                 b.def.tokens,
@@ -646,7 +690,7 @@ impl Inner {
                 self.release_limits(plan, plan.limits.len(), gcras);
                 for hold in &mut plan.budgets[..n] {
                     if let Some(cell) = hold.cell.take() {
-                        cell.settle(
+                        self.budgets[hold.budget].at(cell).settle(
                             hold.period,
                             (hold.micros, hold.tokens),
                             (0, 0),
@@ -738,17 +782,15 @@ impl Inner {
             } else {
                 b.period_at(unix).0
             };
-            let found;
-            let cell = match &hold.cell {
-                Some(c) => c,
-                None => {
-                    found = b.cell(plan.budget_bytes(hold));
-                    &found
-                }
+            // A plan admitted here holds every budget's cell; one that is
+            // not held a reservation nowhere, and only spends.
+            let (cell, reserved) = match hold.cell {
+                Some(c) => (c, (hold.micros, hold.tokens)),
+                None => (b.cell(plan.budget_bytes(hold)), (0, 0)),
             };
-            let (spent, crossed) = cell.settle(
+            let (spent, crossed) = b.at(cell).settle(
                 period,
-                (hold.micros, hold.tokens),
+                reserved,
                 (actual.micros, actual.tokens),
                 b.def.tokens.is_some(),
                 b.def.limit_micros,
@@ -789,7 +831,7 @@ impl Inner {
         outcome: Outcome,
     ) -> Admission {
         if let Outcome::Admitted(left) = outcome {
-            self.counters.admitted.fetch_add(1, Ordering::Relaxed);
+            self.counters.hot.add(ADMITTED, 1);
             hold.left = left;
             hold.done = false;
             return Admission::Admit(hold);
@@ -1025,12 +1067,12 @@ impl Hold {
     fn actual(&self, model: &str, usage: &Usage) -> (Actual, bool) {
         // The version that answered (a fallback's may differ from the one
         // admitted), else the price the request was admitted at.
-        let fallback_prices;
+        let fallback_price;
         let price = if model_hash(model) == self.model_hash {
             self.price.as_ref()
         } else {
-            fallback_prices = self.meter.prices.load();
-            fallback_prices.get(model).or(self.price.as_ref())
+            fallback_price = self.meter.prices.with(|p| p.get(model).cloned());
+            fallback_price.as_ref().or(self.price.as_ref())
         };
         let (micros, priced) = match (price, self.meter.unpriced) {
             (Some(p), _) => (p.cost(usage).micros(), true),
@@ -1101,11 +1143,8 @@ impl Ticket for Hold {
             self.finish(&actual, now);
         }
         let inner = &self.meter;
-        inner.counters.settled.fetch_add(1, Ordering::Relaxed);
-        inner
-            .counters
-            .cost_micros
-            .fetch_add(actual.micros, Ordering::Relaxed);
+        inner.counters.hot.add(SETTLED, 1);
+        inner.counters.hot.add(COST_MICROS_SUM, actual.micros);
         if !priced {
             inner.counters.unpriced.fetch_add(1, Ordering::Relaxed);
         }
@@ -1377,7 +1416,10 @@ impl MeterBuilder {
                 cells: papaya::HashMap::builder()
                     .hasher(foldhash::fast::RandomState::default())
                     .build(),
-                overflow: Arc::default(),
+                // Room for a few cells made by losing first requests.
+                near: ThreadLocal::new(),
+                arena: Cells::new(self.max_keys.saturating_add(256)),
+                overflow: Cell::default(),
                 max_keys: self.max_keys,
                 period: PeriodCache::default(),
             });
@@ -1398,7 +1440,7 @@ impl MeterBuilder {
         let backend = Backend::Memory;
         Ok(Meter {
             inner: Arc::new(Inner {
-                prices: ArcSwap::from_pointee(self.prices),
+                prices: Swappable::new(Arc::new(self.prices)),
                 unpriced: self.unpriced,
                 bytes_per_token: self.bytes_per_token,
                 default_max_tokens: self.default_max_tokens,
