@@ -65,7 +65,9 @@
 //! ```
 //!
 //! Budget (issue 18): `admit_settle_enforce` − `ratelimit_check` ≤ 300 ns
-//! (admission + settlement in memory over the request limiter alone).
+//! (admission + settlement in memory over the request limiter alone);
+//! `ratelimit_key_check` is the limiter's whole per-request work, for the
+//! same comparison with the key read on both sides.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};

@@ -3,10 +3,10 @@
 //! adds to with a plain load and store, and a swappable value that a thread
 //! reads through its own cached reference.
 //!
-//! On the 2-core VMs this crate is tuned on, an uncontended `fetch_add`
-//! costs about 9 ns, an `ArcSwap` load about 25 ns and a reference-count
-//! pair about 19 ns, against about 2 ns to find a thread's own slot; a
-//! metered request did several of each (see `benches/spend.rs`).
+//! Every request of a metered route used to add to the meter's shared
+//! counters, load its price catalog through an `ArcSwap` and take a
+//! reference count on its budget cell: writes to cache lines every core
+//! shares. Here each thread writes only its own.
 //!
 //! Per-object thread-local storage comes from the `thread_local` crate
 //! (the standard `thread_local!` is per static, not per object): a slot

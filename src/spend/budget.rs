@@ -329,8 +329,8 @@ impl PeriodCache {
 
 /// Every [`Cell`] of one budget, in chunks that are neither moved nor
 /// freed while the budget lives, so that a request holds its cell by
-/// index from admission to settlement (no reference count to take and
-/// give back, ~19 ns a request).
+/// index from admission to settlement (no reference count, shared by
+/// every request of the key, to take and give back).
 ///
 /// Chunk `k` holds `FIRST << k` cells (fewer for the last, so that no
 /// more than `cap` cells are ever made) and is made by the first request
@@ -396,7 +396,7 @@ impl Cells {
 
 /// Per thread, the cell indices of the keys this thread looked up last:
 /// a direct-mapped table of [`NEAR`] entries by a hash of the key, in
-/// front of a budget's shared map (which costs a guard, ~16 ns, and a
+/// front of a budget's shared map (which costs entering its guard and a
 /// lookup). Cells are never removed, so an index found stays right.
 /// Keys longer than [`NEAR_KEY`] bytes are not kept.
 #[derive(Debug, Default)]
