@@ -991,17 +991,22 @@ impl Admit for Meter {
         };
         let est = inner.estimate(req, price.as_ref());
         // The ticket is made first and its plan filled in place: a plan is
-        // a few hundred bytes, better not moved.
-        let mut hold = Box::new(Hold {
-            meter: Arc::clone(inner),
-            model_hash: model_hash(req.model),
-            plan: Plan::default(),
-            price,
-            conc,
-            left: None,
-            // Nothing to give back until admitted.
-            done: true,
-        });
+        // a few hundred bytes, better not moved. (Allocated before it is
+        // built, so that it is written straight to the heap rather than
+        // built on the stack and copied.)
+        let mut hold = Box::write(
+            Box::new_uninit(),
+            Hold {
+                meter: Arc::clone(inner),
+                model_hash: model_hash(req.model),
+                plan: Plan::default(),
+                price,
+                conc,
+                left: None,
+                // Nothing to give back until admitted.
+                done: true,
+            },
+        );
         inner.plan(req, &est, &mut hold.plan);
         match &inner.backend {
             Backend::Memory => {
