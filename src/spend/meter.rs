@@ -760,18 +760,18 @@ impl Inner {
         }
     }
 
-    /// Settles `plan` in this process's memory; returns the alerts raised.
+    /// Settles `plan` in this process's memory, and raises the alerts it
+    /// crosses.
     pub(crate) fn settle_memory(
         &self,
         plan: &Plan,
         actual: &Actual,
         gcras: Option<&[Gcra]>,
         now: u64,
-    ) -> Vec<BudgetAlert> {
+    ) {
         self.adjust_limits(plan, plan.limits.len(), actual, gcras, now);
-        let mut alerts = Vec::new();
         if plan.budgets.is_empty() {
-            return alerts;
+            return;
         }
         let unix = self.unix_at(now);
         for hold in &plan.budgets {
@@ -798,7 +798,7 @@ impl Inner {
             );
             for (bit, &percent) in b.def.alerts.iter().enumerate() {
                 if crossed & (1 << bit) != 0 {
-                    alerts.push(BudgetAlert {
+                    self.alert(&BudgetAlert {
                         budget: b.def.name.clone(),
                         key: plan.budget_key(hold).into_owned(),
                         percent,
@@ -808,15 +808,13 @@ impl Inner {
                 }
             }
         }
-        alerts
     }
 
-    pub(crate) fn alert(&self, alerts: &[BudgetAlert]) {
-        for a in alerts {
-            self.counters.alerts.fetch_add(1, Ordering::Relaxed);
-            if let Some(hook) = &self.on_alert {
-                hook(a);
-            }
+    /// Counts `alert` and calls the hook with it.
+    pub(crate) fn alert(&self, alert: &BudgetAlert) {
+        self.counters.alerts.fetch_add(1, Ordering::Relaxed);
+        if let Some(hook) = &self.on_alert {
+            hook(alert);
         }
     }
 
@@ -1102,8 +1100,7 @@ impl Hold {
         inner.release_concurrency(self.conc.as_ref());
         match &inner.backend {
             Backend::Memory => {
-                let alerts = inner.settle_memory(&self.plan, actual, None, now);
-                inner.alert(&alerts);
+                inner.settle_memory(&self.plan, actual, None, now);
             }
             #[cfg(feature = "redis")]
             Backend::Redis(redis) => redis.settle(inner, &self.plan, actual, now),

@@ -495,8 +495,7 @@ impl RedisSpend {
     /// Settles `plan` with `actual`, in a task of its own.
     pub(crate) fn settle(&self, inner: &Arc<Inner>, plan: &Plan, actual: &Actual, now: u64) {
         if plan.held == Held::Memory {
-            let alerts = inner.settle_memory(plan, actual, Some(&self.local), now);
-            inner.alert(&alerts);
+            inner.settle_memory(plan, actual, Some(&self.local), now);
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -559,12 +558,11 @@ impl RedisSpend {
         runtime.spawn(async move {
             match run(&script, &mut redis, keys, args, timeout).await {
                 Some(out) if out.len() == 2 * budgets.len() => {
-                    let mut alerts = Vec::new();
                     for ((i, key), pair) in budgets.iter().zip(out.chunks(2)) {
                         let b = &inner.budgets[*i].def;
                         for (bit, &percent) in b.alerts.iter().enumerate() {
                             if pair[1] & (1 << bit) != 0 {
-                                alerts.push(BudgetAlert {
+                                inner.alert(&BudgetAlert {
                                     budget: b.name.clone(),
                                     key: key.clone(),
                                     percent,
@@ -574,7 +572,6 @@ impl RedisSpend {
                             }
                         }
                     }
-                    inner.alert(&alerts);
                 }
                 _ => {
                     inner
