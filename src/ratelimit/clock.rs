@@ -117,3 +117,21 @@ impl Clock for ManualClock {
         Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
     }
 }
+
+/// The default clock is called directly (inlined) on the hot path; a
+/// clock of the user's through a trait object.
+pub(crate) enum ClockSource {
+    Monotonic(MonotonicClock),
+    Custom(Box<dyn Clock>),
+}
+
+impl ClockSource {
+    /// Nanoseconds since the clock's origin.
+    #[inline]
+    pub(crate) fn now_nanos(&self) -> u64 {
+        match self {
+            ClockSource::Monotonic(c) => c.now_nanos(),
+            ClockSource::Custom(c) => c.now_nanos(),
+        }
+    }
+}

@@ -103,6 +103,8 @@ pub(crate) mod gcra_api {
 }
 
 pub use crate::future::ResponseFuture;
+#[cfg(feature = "json")]
+pub(crate) use clock::ClockSource;
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use service::{
     Decision, MissingKey, QuotaState, RateLimit, RateLimitBuilder, RateLimitHandle, RateLimitLayer,

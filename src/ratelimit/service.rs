@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
-use super::clock::{Clock, MonotonicClock};
+use super::clock::{Clock, ClockSource, MonotonicClock};
 use super::gcra::{Gcra, Verdict};
 use super::headers;
 use super::store::{Entry, KeyState, SLOTS, Store};
@@ -106,13 +106,6 @@ struct Counters {
     dry_run_rejected: AtomicU64,
     missing_key: AtomicU64,
     bypassed: AtomicU64,
-}
-
-/// The default clock is called directly (inlined) on the hot path; a
-/// clock of the user's through a trait object.
-enum ClockSource {
-    Monotonic(MonotonicClock),
-    Custom(Box<dyn Clock>),
 }
 
 /// The live part: swapped whole by the handle. (The Redis limiter checks
@@ -262,10 +255,7 @@ impl HotQuotas {
 impl Limiter {
     #[inline]
     fn now(&self) -> u64 {
-        match &self.clock {
-            ClockSource::Monotonic(c) => c.now_nanos(),
-            ClockSource::Custom(c) => c.now_nanos(),
-        }
+        self.clock.now_nanos()
     }
 
     fn reject(&self, config: &Config, decision: &Decision, cost: u32) -> Rejection {

@@ -26,7 +26,7 @@ use crate::model::{
 };
 use crate::per_thread::Swappable;
 use crate::ratelimit::gcra_api::{Entry, Gcra, KeyState, Store, Verdict};
-use crate::ratelimit::{Clock, MonotonicClock};
+use crate::ratelimit::{Clock, ClockSource, MonotonicClock};
 
 /// What to do with a request for a model the price catalog does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,7 +76,7 @@ pub(crate) struct Inner {
     pub(crate) budgets: Box<[BudgetState]>,
     concurrency: Option<Concurrency>,
     pub(crate) ledger: Option<Arc<Ledger>>,
-    clock: Box<dyn Clock>,
+    clock: ClockSource,
     wall: Wall,
     fields: bool,
     on_alert: Option<AlertHook>,
@@ -1463,9 +1463,10 @@ impl MeterBuilder {
                     // wall clock: read it each time.
                     (None, Some(_)) => Wall::Given(Box::new(|| unix_nanos_now() / 1_000_000_000)),
                 },
-                clock: self
-                    .clock
-                    .unwrap_or_else(|| Box::new(MonotonicClock::new())),
+                clock: match self.clock {
+                    Some(c) => ClockSource::Custom(c),
+                    None => ClockSource::Monotonic(MonotonicClock::new()),
+                },
                 fields: self.fields,
                 on_alert: self.on_alert,
                 counters: Counters::default(),
