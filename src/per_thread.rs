@@ -71,15 +71,6 @@ where
     }
 }
 
-impl<const N: usize> std::fmt::Debug for Counters<N>
-where
-    [AtomicU64; N]: Default,
-{
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries((0..N).map(|i| self.get(i))).finish()
-    }
-}
-
 /// A value that can be replaced at any time, read through a reference
 /// each thread keeps until the value is replaced.
 ///
@@ -141,12 +132,6 @@ impl<T: Send + Sync> Swappable<T> {
             _ => &seen.insert((version, self.current.load_full())).1,
         };
         f(fresh)
-    }
-}
-
-impl<T: std::fmt::Debug + Send + Sync> std::fmt::Debug for Swappable<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.current.load().fmt(f)
     }
 }
 

@@ -449,18 +449,6 @@ impl Near {
     }
 }
 
-impl fmt::Debug for Cells {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cells")
-            .field(
-                "made",
-                &self.next.load(Ordering::Relaxed).min(u64::from(self.cap)),
-            )
-            .field("cap", &self.cap)
-            .finish()
-    }
-}
-
 /// One key's spending in one budget, in this process.
 ///
 /// Lock-free on the request path: a reservation is one compare-exchange
