@@ -53,6 +53,20 @@ where
         );
     }
 
+    /// Adds each `(i, n)`: `n` to counter `i` (one lookup of the
+    /// thread's slot for all).
+    #[inline]
+    pub(crate) fn add_each<const K: usize>(&self, adds: [(usize, u64); K]) {
+        let slots = self.slots.get_or_default();
+        for (i, n) in adds {
+            let slot = &slots[i];
+            slot.store(
+                slot.load(Ordering::Relaxed).wrapping_add(n),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     /// Counter `i`: what every thread added, as far as each thread's
     /// last store is visible.
     pub(crate) fn get(&self, i: usize) -> u64 {

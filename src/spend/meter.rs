@@ -193,7 +193,7 @@ pub struct MeterStats {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Plan {
     /// The bytes of the keys below (limit keys, budget keys' text).
-    text: SmallVec<[u8; 48]>,
+    text: Text,
     pub(crate) limits: SmallVec<[LimitHold; 1]>,
     pub(crate) budgets: SmallVec<[BudgetHold; 1]>,
     /// Where it is held.
@@ -247,14 +247,84 @@ enum HeldKey {
     Digest([u8; 16]),
 }
 
-impl Plan {
-    /// Copies `bytes` into the buffer: their place.
-    fn keep(&mut self, bytes: &[u8]) -> (u32, u32) {
-        let start = self.text.len();
-        self.text.extend_from_slice(bytes);
+/// The key bytes of a plan: inline while they fit, else on the heap.
+///
+/// `SmallVec::extend_from_slice` inserts (a move of the tail, then the
+/// copy: two `memcpy` calls and a capacity check each), which is most of
+/// what keeping a short key cost; this is one bounds check and one copy.
+#[derive(Debug, Clone)]
+struct Text {
+    len: u32,
+    inline: [u8; TEXT_INLINE],
+    /// Every byte once they outgrow `inline` (empty before).
+    heap: Vec<u8>,
+}
+
+const TEXT_INLINE: usize = 48;
+
+impl Default for Text {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            inline: [0; TEXT_INLINE],
+            heap: Vec::new(),
+        }
+    }
+}
+
+impl Text {
+    /// Appends `bytes`: their place.
+    #[inline]
+    fn push(&mut self, bytes: &[u8]) -> (u32, u32) {
+        let start = self.len as usize;
+        let end = start + bytes.len();
+        if self.heap.is_empty() && end <= TEXT_INLINE {
+            self.inline[start..end].copy_from_slice(bytes);
+        } else {
+            if self.heap.is_empty() {
+                self.heap.extend_from_slice(&self.inline[..start]);
+            }
+            self.heap.extend_from_slice(bytes);
+        }
         // A request's keys are bounded by its head's size (and a long
         // bytes key is kept as its digest), far below 4 GiB.
-        (start as u32, self.text.len() as u32)
+        self.len = end as u32;
+        (start as u32, end as u32)
+    }
+
+    /// Empties it, keeping what it allocated.
+    fn clear(&mut self) {
+        self.len = 0;
+        self.heap.clear();
+    }
+
+    /// The bytes at `start..end`.
+    #[inline]
+    fn get(&self, (start, end): (u32, u32)) -> &[u8] {
+        let all = if self.heap.is_empty() {
+            &self.inline[..]
+        } else {
+            &self.heap[..]
+        };
+        &all[start as usize..end as usize]
+    }
+}
+
+impl Plan {
+    /// Empties it for another request, keeping what it allocated.
+    fn clear(&mut self) {
+        self.text.clear();
+        self.limits.clear();
+        self.budgets.clear();
+        self.held = Where::Memory;
+        self.member = 0;
+        self.now = 0;
+    }
+
+    /// Copies `bytes` into the buffer: their place.
+    #[inline]
+    fn keep(&mut self, bytes: &[u8]) -> (u32, u32) {
+        self.text.push(bytes)
     }
 
     /// Keeps `key` as the limiter's table stores it (a long bytes key as
@@ -278,14 +348,13 @@ impl Plan {
             HeldKey::Global => KeyParts::Global,
             HeldKey::Ip(ip) => KeyParts::Ip(ip),
             HeldKey::Digest(d) => KeyParts::Digest(d),
-            HeldKey::Bytes(start, end) => KeyParts::Bytes(&self.text[start as usize..end as usize]),
+            HeldKey::Bytes(start, end) => KeyParts::Bytes(self.text.get((start, end))),
         })
     }
 
     /// The key of budget hold `hold`, as its cell is found by.
     fn budget_bytes(&self, hold: &BudgetHold) -> &[u8] {
-        let (start, end) = hold.key;
-        &self.text[start as usize..end as usize]
+        self.text.get(hold.key)
     }
 
     /// The key of budget hold `hold`.
@@ -529,15 +598,6 @@ pub(crate) struct Estimate {
 }
 
 impl Inner {
-    fn price(&self, req: &AdmitRequest<'_>) -> Option<Price> {
-        self.prices.with(|prices| {
-            prices
-                .get(req.model)
-                .or_else(|| prices.get(req.upstream_model))
-                .cloned()
-        })
-    }
-
     fn estimate(&self, req: &AdmitRequest<'_>, price: Option<&Price>) -> Estimate {
         let input = req.body_len.unwrap_or(0).div_ceil(self.bytes_per_token);
         let max_out = price.and_then(|p| p.max_output_tokens).unwrap_or(u64::MAX);
@@ -818,22 +878,36 @@ impl Inner {
         }
     }
 
-    /// The answer to an outcome of the store for `hold`, the request's
-    /// ticket if admitted.
+    /// Takes an outcome of the store for `hold`: `Ok` if admitted (the
+    /// hold is then live), else the refusal.
+    #[inline]
     fn decide(
         &self,
         req_model: &str,
         downgrade: Option<&str>,
-        mut hold: Box<Hold>,
+        hold: &mut Hold,
         est: Estimate,
         outcome: Outcome,
-    ) -> Admission {
+    ) -> Result<(), Admission> {
         if let Outcome::Admitted(left) = outcome {
             self.counters.hot.add(ADMITTED, 1);
             hold.left = left;
             hold.done = false;
-            return Admission::Admit(hold);
+            return Ok(());
         }
+        Err(self.refuse(req_model, downgrade, hold, est, outcome))
+    }
+
+    /// The answer to a refusing outcome for `hold`.
+    #[cold]
+    fn refuse(
+        &self,
+        req_model: &str,
+        downgrade: Option<&str>,
+        hold: &mut Hold,
+        est: Estimate,
+        outcome: Outcome,
+    ) -> Admission {
         // Refused: nothing is held but the concurrency slot.
         self.release_concurrency(hold.conc.take().as_ref());
         let plan = &hold.plan;
@@ -915,6 +989,7 @@ impl Inner {
         }
     }
 
+    #[inline]
     fn take_concurrency(&self, req: &AdmitRequest<'_>) -> Result<Option<Key<'static>>, ()> {
         let Some(c) = &self.concurrency else {
             return Ok(None);
@@ -932,6 +1007,7 @@ impl Inner {
         Ok(Some(key))
     }
 
+    #[inline]
     fn release_concurrency(&self, key: Option<&Key<'static>>) {
         if let (Some(c), Some(key)) = (&self.concurrency, key) {
             let mut held = c.held.lock().unwrap_or_else(|e| e.into_inner());
@@ -954,8 +1030,17 @@ impl Admit for Meter {
 
     fn admit(&self, req: &AdmitRequest<'_>) -> AdmitFuture {
         let inner = &self.inner;
-        let price = inner.price(req);
-        if price.is_none() && inner.unpriced == Unpriced::Deny {
+        let mut hold = Hold::new(inner, model_hash(req.model));
+        // Copied straight from the catalog into the ticket: a price is a
+        // few hundred bytes.
+        inner.prices.with(|prices| {
+            hold.price = prices
+                .get(req.model)
+                .or_else(|| prices.get(req.upstream_model))
+                .copied();
+        });
+        if hold.price.is_none() && inner.unpriced == Unpriced::Deny {
+            Hold::recycle(hold);
             inner
                 .counters
                 .refused_unpriced
@@ -969,9 +1054,10 @@ impl Admit for Meter {
                 "model_not_priced",
             ));
         }
-        let conc = match inner.take_concurrency(req) {
+        hold.conc = match inner.take_concurrency(req) {
             Ok(c) => c,
             Err(()) => {
+                Hold::recycle(hold);
                 inner
                     .counters
                     .refused_concurrency
@@ -987,29 +1073,20 @@ impl Admit for Meter {
                 ));
             }
         };
-        let est = inner.estimate(req, price.as_ref());
-        // The ticket is made first and its plan filled in place: a plan is
-        // a few hundred bytes, better not moved. (Allocated before it is
-        // built, so that it is written straight to the heap rather than
-        // built on the stack and copied.)
-        let mut hold = Box::write(
-            Box::new_uninit(),
-            Hold {
-                meter: Arc::clone(inner),
-                model_hash: model_hash(req.model),
-                plan: Plan::default(),
-                price,
-                conc,
-                left: None,
-                // Nothing to give back until admitted.
-                done: true,
-            },
-        );
+        let est = inner.estimate(req, hold.price.as_ref());
         inner.plan(req, &est, &mut hold.plan);
         match &inner.backend {
             Backend::Memory => {
                 let outcome = inner.admit_memory(&mut hold.plan);
-                AdmitFuture::ready(inner.decide(req.model, req.downgraded_from, hold, est, outcome))
+                AdmitFuture::ready(
+                    match inner.decide(req.model, req.downgraded_from, &mut hold, est, outcome) {
+                        Ok(()) => Admission::Admit(hold),
+                        Err(refused) => {
+                            Hold::recycle(hold);
+                            refused
+                        }
+                    },
+                )
             }
             #[cfg(feature = "redis")]
             Backend::Redis(redis) => {
@@ -1020,25 +1097,85 @@ impl Admit for Meter {
                 AdmitFuture::new(async move {
                     let (plan, outcome) = check.await;
                     hold.plan = plan;
-                    inner.decide(&model, downgrade.as_deref(), hold, est, outcome)
+                    match inner.decide(&model, downgrade.as_deref(), &mut hold, est, outcome) {
+                        Ok(()) => Admission::Admit(hold),
+                        Err(refused) => {
+                            Hold::recycle(hold);
+                            refused
+                        }
+                    }
                 })
             }
         }
     }
 }
 
-// === impl Held ===
+// === impl Hold ===
 
-/// What an admitted request holds until its answer is settled.
+/// What an admitted request holds until its answer is settled: the
+/// ticket.
+///
+/// A settled ticket's allocation is kept, emptied, for the thread's next
+/// admission (one per thread), so a request on a thread that settled one
+/// allocates nothing, and its fields are written one by one rather than
+/// built whole and copied in: `malloc`, `free` and that copy were a fifth
+/// of the meter's own work.
 struct Hold {
-    meter: Arc<Inner>,
+    /// The meter; `None` only while the allocation is a thread's spare.
+    meter: Option<Arc<Inner>>,
     /// The version admitted (see [`model_hash`]).
     model_hash: u64,
     plan: Plan,
     price: Option<Price>,
     conc: Option<Key<'static>>,
     left: Option<Left>,
+    /// Nothing to give back: settled, refused, or a spare.
     done: bool,
+}
+
+thread_local! {
+    /// The allocation of the last ticket this thread settled.
+    static SPARE: std::cell::Cell<Option<Box<Hold>>> = const { std::cell::Cell::new(None) };
+}
+
+impl Hold {
+    /// A ticket of `meter` for version `model_hash`, with no price and an
+    /// empty plan, holding nothing yet.
+    #[inline]
+    fn new(meter: &Arc<Inner>, model_hash: u64) -> Box<Hold> {
+        let mut hold = SPARE
+            .try_with(std::cell::Cell::take)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                Box::new(Hold {
+                    meter: None,
+                    model_hash: 0,
+                    plan: Plan::default(),
+                    price: None,
+                    conc: None,
+                    left: None,
+                    done: true,
+                })
+            });
+        hold.meter = Some(Arc::clone(meter));
+        hold.model_hash = model_hash;
+        hold.price = None;
+        hold.left = None;
+        hold.done = true;
+        hold
+    }
+
+    /// Empties `hold` (which holds nothing any more) and keeps its
+    /// allocation as the thread's spare.
+    #[inline]
+    fn recycle(mut hold: Box<Hold>) {
+        hold.meter = None;
+        hold.conc = None;
+        hold.plan.clear();
+        // During the thread's exit it is simply freed.
+        let _ = SPARE.try_with(move |spare| spare.set(Some(hold)));
+    }
 }
 
 /// What an answer used, as the store counts it.
@@ -1067,17 +1204,17 @@ impl Actual {
 }
 
 impl Hold {
-    fn actual(&self, model: &str, usage: &Usage) -> (Actual, bool) {
+    fn actual(&self, inner: &Inner, model: &str, usage: &Usage) -> (Actual, bool) {
         // The version that answered (a fallback's may differ from the one
         // admitted), else the price the request was admitted at.
         let fallback_price;
         let price = if model_hash(model) == self.model_hash {
             self.price.as_ref()
         } else {
-            fallback_price = self.meter.prices.with(|p| p.get(model).cloned());
+            fallback_price = inner.prices.with(|p| p.get(model).cloned());
             fallback_price.as_ref().or(self.price.as_ref())
         };
-        let (micros, priced) = match (price, self.meter.unpriced) {
+        let (micros, priced) = match (price, inner.unpriced) {
             (Some(p), _) => (p.cost(usage).micros(), true),
             (None, Unpriced::Fixed(m)) => (m, false),
             (None, _) => (0, false),
@@ -1094,9 +1231,10 @@ impl Hold {
         )
     }
 
-    fn finish(&mut self, actual: &Actual, now: u64) {
+    /// Gives back or charges what the hold took, as `actual` says: the
+    /// hold is then done.
+    fn finish(&mut self, inner: &Arc<Inner>, actual: &Actual, now: u64) {
         self.done = true;
-        let inner = &self.meter;
         inner.release_concurrency(self.conc.as_ref());
         match &inner.backend {
             Backend::Memory => {
@@ -1110,8 +1248,9 @@ impl Hold {
 
 impl Ticket for Hold {
     fn headers(&self, headers: &mut HeaderMap) {
+        let Some(inner) = &self.meter else { return };
         if let Some((hold, left)) = self.plan.limits.first().zip(self.left) {
-            let limit = &self.meter.limits[hold.limit];
+            let limit = &inner.limits[hold.limit];
             let left = match left {
                 Left::Known(left) => left,
                 Left::At { gcra, tat, now } => LimitLeft {
@@ -1124,8 +1263,21 @@ impl Ticket for Hold {
     }
 
     fn settle(mut self: Box<Self>, record: &UsageRecord) -> Settled {
-        let (actual, priced) = self.actual(&record.model, &record.usage);
-        let now = self.meter.now();
+        let Some(inner) = self.meter.take() else {
+            return Settled::default();
+        };
+        let settled = self.settle_with(&inner, record);
+        Hold::recycle(self);
+        settled
+    }
+}
+
+impl Hold {
+    /// See [`Ticket::settle`].
+    #[inline]
+    fn settle_with(&mut self, inner: &Arc<Inner>, record: &UsageRecord) -> Settled {
+        let (actual, priced) = self.actual(inner, &record.model, &record.usage);
+        let now = inner.now();
         if record.status.is_success() && !record.reported {
             // An answer whose usage was not seen (an OpenAI stream the
             // client left before its last event, which carries it; a
@@ -1140,13 +1292,14 @@ impl Ticket for Hold {
                 held.micros = held.micros.max(hold.micros);
                 held.tokens = held.tokens.max(hold.tokens);
             }
-            self.finish(&held, now);
+            self.finish(inner, &held, now);
         } else {
-            self.finish(&actual, now);
+            self.finish(inner, &actual, now);
         }
-        let inner = &self.meter;
-        inner.counters.hot.add(SETTLED, 1);
-        inner.counters.hot.add(COST_MICROS_SUM, actual.micros);
+        inner
+            .counters
+            .hot
+            .add_each([(SETTLED, 1), (COST_MICROS_SUM, actual.micros)]);
         if !priced {
             inner.counters.unpriced.fetch_add(1, Ordering::Relaxed);
         }
@@ -1183,10 +1336,12 @@ impl Ticket for Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done
+            && let Some(inner) = self.meter.take()
+        {
             // Never answered: everything held comes back.
-            let now = self.meter.now();
-            self.finish(&Actual::default(), now);
+            let now = inner.now();
+            self.finish(&inner, &Actual::default(), now);
         }
     }
 }
