@@ -1118,8 +1118,8 @@ impl Admit for Meter {
 /// A settled ticket's allocation is kept, emptied, for the thread's next
 /// admission (one per thread), so a request on a thread that settled one
 /// allocates nothing, and its fields are written one by one rather than
-/// built whole and copied in: `malloc`, `free` and that copy were a fifth
-/// of the meter's own work.
+/// built whole and copied in: `malloc`, `free` and that copy were about a
+/// tenth of the instructions of an admission and its settlement.
 struct Hold {
     /// The meter; `None` only while the allocation is a thread's spare.
     meter: Option<Arc<Inner>>,
