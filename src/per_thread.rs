@@ -149,9 +149,157 @@ impl<T: Send + Sync> Swappable<T> {
     }
 }
 
+/// Entries of a [`Near`] table.
+const NEAR: usize = 16;
+/// The longest key a [`Near`] table keeps.
+pub(crate) const NEAR_KEY: usize = 32;
+
+/// A thread's direct-mapped table of the values of the keys it met last
+/// (16 entries by a hash of the key), in front of a shared map that costs
+/// a guard and a lookup: a budget's cells, a token limit's key states.
+/// Keys longer than [`NEAR_KEY`] bytes are not kept. What a value may
+/// become stale by is the caller's to check.
+pub(crate) struct Near<V> {
+    slots: [NearSlot<V>; NEAR],
+}
+
+#[derive(Default)]
+struct NearSlot<V> {
+    key: Packed,
+    value: V,
+}
+
+impl<V: Default> Default for Near<V> {
+    fn default() -> Self {
+        Self {
+            slots: Default::default(),
+        }
+    }
+}
+
+impl<V> Near<V> {
+    /// `key`'s value, if kept.
+    #[inline]
+    pub(crate) fn get(&self, key: &Packed) -> Option<&V> {
+        let s = &self.slots[key.slot()];
+        (s.key == *key).then_some(&s.value)
+    }
+
+    /// Keeps `value` as `key`'s (evicting whatever was in its slot).
+    #[inline]
+    pub(crate) fn put(&mut self, key: Packed, value: V) {
+        self.slots[key.slot()] = NearSlot { key, value };
+    }
+}
+
+/// A key of at most [`NEAR_KEY`] bytes as its kind, its length and two
+/// words: its first and its last 16 bytes (or 8, or 4, overlapping in a
+/// shorter key; a key of 1 to 3 bytes is its bytes), which with the
+/// length determine it. Comparing two is three compares and hashing one a
+/// multiply: no `memcmp` call and no byte loop.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Packed {
+    /// The kind (the caller's: keys of different kinds never match) and
+    /// the length plus one; 0 in an empty slot only.
+    tag: u32,
+    head: u128,
+    tail: u128,
+}
+
+impl Packed {
+    /// `key`, of kind `kind`, packed: `None` if it is too long.
+    #[inline]
+    pub(crate) fn of(kind: u8, key: &[u8]) -> Option<Packed> {
+        fn word<const N: usize>(bytes: Option<&[u8; N]>) -> [u8; N] {
+            bytes.copied().unwrap_or([0; N])
+        }
+        let n = key.len();
+        let (head, tail) = match n {
+            0 => (0, 0),
+            1..=3 => {
+                // Bytes 0, n/2 and n-1 are every byte of such a key.
+                let b = |i: usize| u128::from(key.get(i).copied().unwrap_or(0));
+                (b(0) | b(n / 2) << 8 | b(n - 1) << 16, 0)
+            }
+            4..=7 => (
+                u128::from(u32::from_le_bytes(word(key.first_chunk()))),
+                u128::from(u32::from_le_bytes(word(key.last_chunk()))),
+            ),
+            8..=15 => (
+                u128::from(u64::from_le_bytes(word(key.first_chunk()))),
+                u128::from(u64::from_le_bytes(word(key.last_chunk()))),
+            ),
+            16..=NEAR_KEY => (
+                u128::from_le_bytes(word(key.first_chunk())),
+                u128::from_le_bytes(word(key.last_chunk())),
+            ),
+            _ => return None,
+        };
+        Some(Packed {
+            tag: u32::from(kind) << 8 | (n as u32 + 1),
+            head,
+            tail,
+        })
+    }
+
+    /// Which slot it goes in.
+    #[inline]
+    fn slot(&self) -> usize {
+        // Fixed, not keyed: a collision only evicts an entry, so keys
+        // chosen to collide cost a shared lookup each, as without the
+        // table.
+        let x = self.head ^ self.tail.rotate_left(29) ^ u128::from(self.tag);
+        let h = (x as u64 ^ (x >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> (64 - NEAR.trailing_zeros())) as usize
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn near_keeps_short_keys() {
+        let p = |k: &[u8]| Packed::of(0, k);
+        let mut near = Near::<u32>::default();
+        assert_eq!(near.get(&p(b"acme").unwrap()), None);
+        near.put(p(b"acme").unwrap(), 7);
+        assert_eq!(near.get(&p(b"acme").unwrap()), Some(&7));
+        assert_eq!(near.get(&p(b"acm").unwrap()), None);
+        assert_eq!(near.get(&p(b"").unwrap()), None);
+        near.put(p(b"").unwrap(), 3);
+        assert_eq!(near.get(&p(b"").unwrap()), Some(&3));
+        // The same bytes of another kind are another key.
+        assert_eq!(near.get(&Packed::of(1, b"acme").unwrap()), None);
+        assert_eq!(p(&[b'x'; NEAR_KEY + 1]), None);
+        // Every length up to the longest kept: each key found as itself,
+        // and never as a key one byte different or one byte shorter.
+        for n in 1..=NEAR_KEY {
+            let key: Vec<u8> = (0..n as u8).map(|i| b'a' + i).collect();
+            let mut near = Near::<u32>::default();
+            near.put(p(&key).unwrap(), n as u32);
+            assert_eq!(near.get(&p(&key).unwrap()), Some(&(n as u32)), "{n}");
+            assert_eq!(near.get(&p(&key[..n - 1]).unwrap()), None, "{n}");
+            for i in 0..n {
+                let mut other = key.clone();
+                other[i] ^= 0x20;
+                assert_eq!(near.get(&p(&other).unwrap()), None, "{n} {i}");
+            }
+        }
+        // Many keys: each found is its own, never another's.
+        let keys: Vec<String> = (0..200).map(|i| format!("tenant-{i}")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            near.put(p(k.as_bytes()).unwrap(), i as u32);
+        }
+        let mut found = 0;
+        for (i, k) in keys.iter().enumerate() {
+            if let Some(&c) = near.get(&p(k.as_bytes()).unwrap()) {
+                assert_eq!(c, i as u32);
+                found += 1;
+            }
+        }
+        assert!((1..=NEAR).contains(&found), "{found}");
+    }
 
     #[test]
     fn counters_sum_every_thread() {

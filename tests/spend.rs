@@ -301,6 +301,41 @@ async fn a_token_limit_holds_the_estimate_then_the_actual() {
     bytes(res).await;
 }
 
+/// A key's state that the table removed while this thread still kept it
+/// (each thread keeps the states of the keys it met last) is not used
+/// again: the key's next request is counted in its new state.
+#[tokio::test]
+async fn a_key_removed_from_the_table_is_counted_afresh() {
+    let (builder, clock) = metered();
+    let meter = builder.token_limit(tpm()).max_keys(1).build().unwrap();
+    let up = Upstream::new();
+    let router = router(&meter, &up);
+    let ask = |team: &str| {
+        Ask::chat("chat", 100)
+            .header("x-team", team)
+            .usage(300, 200)
+    };
+
+    // t1 uses 500 tokens, then its state becomes fresh again.
+    bytes(send(&router, &ask("t1")).await).await;
+    assert_eq!(tokens_left(&router, "t1").await, 6000 - 500);
+    clock.advance(Duration::from_secs(61));
+    // t2 takes the table's one place: t1's state is removed.
+    bytes(send(&router, &ask("t2")).await).await;
+    clock.advance(Duration::from_secs(61));
+    // t1 again, on the thread that kept t1's old state: its 500 tokens
+    // count in its new one (t2's, fresh by now, made room), and a probe
+    // sees them.
+    let res = send(&router, &ask("t1")).await;
+    assert_eq!(res.status(), 200);
+    bytes(res).await;
+    assert_eq!(tokens_left(&router, "t1").await, 6000 - 500);
+    // And its state is the table's: one more request is counted there
+    // too.
+    bytes(send(&router, &ask("t1")).await).await;
+    assert_eq!(tokens_left(&router, "t1").await, 6000 - 1000);
+}
+
 /// Anthropic Messages clients get the refusal in Anthropic's error shape,
 /// with the same headers.
 #[tokio::test]

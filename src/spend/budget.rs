@@ -394,61 +394,6 @@ impl Cells {
     }
 }
 
-/// Per thread, the cell indices of the keys this thread looked up last:
-/// a direct-mapped table of [`NEAR`] entries by a hash of the key, in
-/// front of a budget's shared map (which costs entering its guard and a
-/// lookup). Cells are never removed, so an index found stays right.
-/// Keys longer than [`NEAR_KEY`] bytes are not kept.
-#[derive(Debug, Default)]
-pub(crate) struct Near {
-    slots: [NearSlot; NEAR],
-}
-
-/// Entries per thread and budget.
-const NEAR: usize = 16;
-/// The longest key kept.
-const NEAR_KEY: usize = 30;
-
-#[derive(Debug, Default, Clone, Copy)]
-struct NearSlot {
-    /// The key's length plus one (0: empty slot).
-    len: u8,
-    key: [u8; NEAR_KEY],
-    cell: u32,
-}
-
-impl Near {
-    /// Which slot `key` goes in.
-    #[inline]
-    fn slot(key: &[u8]) -> usize {
-        use std::hash::BuildHasher;
-        // A fixed seed is enough: a collision only evicts an entry, so
-        // keys chosen to collide cost a shared lookup each, as without
-        // this table.
-        let h = foldhash::fast::FixedState::with_seed(0x4e45_4152).hash_one(key);
-        (h as usize) % NEAR
-    }
-
-    /// `key`'s cell, if kept.
-    #[inline]
-    pub(crate) fn get(&self, key: &[u8]) -> Option<u32> {
-        let s = &self.slots[Self::slot(key)];
-        (usize::from(s.len) == key.len() + 1 && s.key[..key.len()] == *key).then_some(s.cell)
-    }
-
-    /// Keeps `key`'s cell (if the key is short enough).
-    #[inline]
-    pub(crate) fn put(&mut self, key: &[u8], cell: u32) {
-        if key.len() > NEAR_KEY {
-            return;
-        }
-        let s = &mut self.slots[Self::slot(key)];
-        s.len = key.len() as u8 + 1;
-        s.key[..key.len()].copy_from_slice(key);
-        s.cell = cell;
-    }
-}
-
 /// One key's spending in one budget, in this process.
 ///
 /// Lock-free on the request path: a reservation is one compare-exchange
@@ -620,34 +565,6 @@ pub(crate) fn crossed(alerts: &[u8], spent: u64, limit: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn near_keeps_short_keys() {
-        let mut near = Near::default();
-        assert_eq!(near.get(b"acme"), None);
-        near.put(b"acme", 7);
-        assert_eq!(near.get(b"acme"), Some(7));
-        assert_eq!(near.get(b"acm"), None);
-        assert_eq!(near.get(b""), None);
-        near.put(b"", 3);
-        assert_eq!(near.get(b""), Some(3));
-        let long = [b'x'; NEAR_KEY + 1];
-        near.put(&long, 9);
-        assert_eq!(near.get(&long), None);
-        // Many keys: each found is its own, never another's.
-        let keys: Vec<String> = (0..200).map(|i| format!("tenant-{i}")).collect();
-        for (i, k) in keys.iter().enumerate() {
-            near.put(k.as_bytes(), i as u32);
-        }
-        let mut found = 0;
-        for (i, k) in keys.iter().enumerate() {
-            if let Some(c) = near.get(k.as_bytes()) {
-                assert_eq!(c, i as u32);
-                found += 1;
-            }
-        }
-        assert!((1..=NEAR).contains(&found), "{found}");
-    }
 
     #[test]
     fn cells_are_found_where_they_were_made() {

@@ -14,7 +14,7 @@ use smallvec::SmallVec;
 use thread_local::ThreadLocal;
 
 use super::SpendError;
-use super::budget::{Budget, BudgetAlert, BudgetScope, Cell, Cells, Near, OverBudget, PeriodCache};
+use super::budget::{Budget, BudgetAlert, BudgetScope, Cell, Cells, OverBudget, PeriodCache};
 use super::ledger::{Ledger, LedgerEntry};
 use super::limit::TokenLimit;
 use super::price::{Price, PriceCatalog};
@@ -25,6 +25,7 @@ use crate::model::{
     Admission, Admit, AdmitFuture, AdmitRequest, Refused, Settled, Ticket, UsageRecord,
 };
 use crate::per_thread::Swappable;
+use crate::per_thread::{Near, Packed};
 use crate::ratelimit::gcra_api::{Entry, Gcra, KeyState, Store, Verdict};
 use crate::ratelimit::{Clock, ClockSource, MonotonicClock};
 
@@ -113,6 +114,10 @@ pub(crate) struct Limit {
     /// Each key's state, shared: a request holds its key's from
     /// admission to settlement.
     store: Store<Arc<KeyState>>,
+    /// The states of the keys each thread met last. A state the table
+    /// removed reads as gone (its arrival time is the tombstone), so one
+    /// found here is used only if it is still live.
+    near: ThreadLocal<RefCell<Near<Option<Arc<KeyState>>>>>,
 }
 
 /// One budget and its state in this process.
@@ -123,7 +128,7 @@ pub(crate) struct BudgetState {
     /// come from clients).
     cells: papaya::HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
     /// The cells of the keys each thread met last.
-    near: ThreadLocal<RefCell<Near>>,
+    near: ThreadLocal<RefCell<Near<u32>>>,
     arena: Cells,
     /// Shared by keys past `max_keys`.
     overflow: Cell,
@@ -521,6 +526,76 @@ impl fmt::Debug for Meter {
     }
 }
 
+impl Limit {
+    /// Takes `cost` units from `key`'s state under `gcra`: the verdict, and
+    /// the state if the units were taken from it.
+    ///
+    /// The thread's table of recent keys is tried first (no guard, no
+    /// lookup in the shared table); a state found there that the table
+    /// removed meanwhile says so, and the key is then looked up afresh.
+    #[inline]
+    fn acquire(
+        &self,
+        key: &Key<'_>,
+        gcra: &Gcra,
+        now: u64,
+        cost: u32,
+    ) -> (Verdict, Option<Arc<KeyState>>) {
+        let packed = near_key(key);
+        let near = packed.map(|_| self.near.get_or_default());
+        if let (Some(packed), Some(near)) = (&packed, near)
+            && let Ok(n) = near.try_borrow()
+            && let Some(Some(state)) = n.get(packed)
+        {
+            match gcra.acquire(&state.tats[0], now, cost) {
+                Verdict::Gone => {}
+                v @ Verdict::Allowed { .. } => return (v, Some(Arc::clone(state))),
+                v => return (v, None),
+            }
+        }
+        let mut tracked = None;
+        let out = self.store.with(key, now, true, |entry| {
+            tracked = None;
+            let state = match entry {
+                Entry::Tracked(s) => {
+                    // Kept for the thread's table (a miss: not the
+                    // common path).
+                    tracked = Some(Arc::clone(s));
+                    s
+                }
+                Entry::Overflow(s) => s,
+                Entry::Untracked => return Some((Verdict::Allowed { tat: now }, None)),
+            };
+            match gcra.acquire(&state.tats[0], now, cost) {
+                Verdict::Gone => None,
+                v @ Verdict::Allowed { .. } => Some((v, Some(Arc::clone(state)))),
+                v => Some((v, None)),
+            }
+        });
+        if let (Some(packed), Some(near), Some(state)) = (packed, near, tracked)
+            && let Ok(mut n) = near.try_borrow_mut()
+        {
+            n.put(packed, Some(state));
+        }
+        out
+    }
+}
+
+/// A limit key as a thread's table of recent keys keeps it, if short
+/// enough (a long key is kept as its digest by the shared table, and so
+/// here).
+#[inline]
+fn near_key(key: &Key<'_>) -> Option<Packed> {
+    let digest = key.digest_if_long();
+    match digest.as_ref().unwrap_or(key).parts() {
+        KeyParts::Global => Packed::of(0, &[]),
+        KeyParts::Bytes(b) => Packed::of(1, b),
+        KeyParts::Digest(d) => Packed::of(2, &d),
+        KeyParts::Ip(std::net::IpAddr::V4(ip)) => Packed::of(3, &ip.octets()),
+        KeyParts::Ip(std::net::IpAddr::V6(ip)) => Packed::of(4, &ip.octets()),
+    }
+}
+
 /// The index of a budget's shared cell for keys past its `max_keys`.
 const OVERFLOW: u32 = u32::MAX;
 
@@ -532,13 +607,21 @@ impl BudgetState {
 
     /// The index of `key`'s cell, made if new.
     fn cell(&self, key: &[u8]) -> u32 {
+        let Some(packed) = Packed::of(0, key) else {
+            return self.cell_shared(key);
+        };
         let near = self.near.get_or_default();
-        if let Some(c) = near.try_borrow().ok().and_then(|n| n.get(key)) {
+        if let Some(&c) = near
+            .try_borrow()
+            .ok()
+            .as_deref()
+            .and_then(|n| n.get(&packed))
+        {
             return c;
         }
         let c = self.cell_shared(key);
         if let Ok(mut n) = near.try_borrow_mut() {
-            n.put(key, c);
+            n.put(packed, c);
         }
         c
     }
@@ -706,17 +789,8 @@ impl Inner {
             let limit = &self.limits[hold.limit];
             let gcra = gcras.and_then(|g| g.get(hold.limit)).unwrap_or(&limit.gcra);
             let cost = u32::try_from(hold.units).unwrap_or(u32::MAX);
-            let (verdict, state) = limit.store.with(&plan.limit_key(hold), now, true, |entry| {
-                let state = match entry {
-                    Entry::Tracked(s) | Entry::Overflow(s) => s,
-                    Entry::Untracked => return Some((Verdict::Allowed { tat: now }, None)),
-                };
-                match gcra.acquire(&state.tats[0], now, cost) {
-                    Verdict::Gone => None,
-                    v @ Verdict::Allowed { .. } => Some((v, Some(Arc::clone(state)))),
-                    v => Some((v, None)),
-                }
-            });
+            let key = plan.limit_key(hold);
+            let (verdict, state) = limit.acquire(&key, gcra, now, cost);
             let hold = &mut plan.limits[n];
             hold.state = state;
             match verdict {
@@ -1031,13 +1105,15 @@ impl Admit for Meter {
     fn admit(&self, req: &AdmitRequest<'_>) -> AdmitFuture {
         let inner = &self.inner;
         let mut hold = Hold::new(inner, model_hash(req.model));
-        // Copied straight from the catalog into the ticket: a price is a
-        // few hundred bytes.
-        inner.prices.with(|prices| {
-            hold.price = prices
+        // Copied straight from the catalog into the ticket (a price is a
+        // few hundred bytes), and the estimate made from the catalog's
+        // (reading the copy back as it is written stalls).
+        let est = inner.prices.with(|prices| {
+            let price = prices
                 .get(req.model)
-                .or_else(|| prices.get(req.upstream_model))
-                .copied();
+                .or_else(|| prices.get(req.upstream_model));
+            hold.price = price.copied();
+            inner.estimate(req, price)
         });
         if hold.price.is_none() && inner.unpriced == Unpriced::Deny {
             Hold::recycle(hold);
@@ -1073,7 +1149,6 @@ impl Admit for Meter {
                 ));
             }
         };
-        let est = inner.estimate(req, hold.price.as_ref());
         inner.plan(req, &est, &mut hold.plan);
         match &inner.backend {
             Backend::Memory => {
@@ -1553,6 +1628,7 @@ impl MeterBuilder {
                 gcra,
                 policy,
                 store: Store::new(self.max_keys, true),
+                near: ThreadLocal::new(),
             });
         }
         let mut budgets = Vec::with_capacity(self.budgets.len());
