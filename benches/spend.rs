@@ -87,10 +87,10 @@
 //! same comparison with the key read on both sides; `floor_admit_settle`
 //! − `ratelimit_key_check` is the floor under that budget.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hint::black_box;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -624,7 +624,11 @@ fn bench(c: &mut Criterion) {
             .build()
             .unwrap();
         once(&rt, &mut reporting, reqs.build());
-        let usage = kept.lock().unwrap().take().expect("the router reported the usage");
+        let usage = kept
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the router reported the usage");
         usage
     };
     let meter_ref = Arc::new(());

@@ -438,9 +438,16 @@ impl Cell {
     /// Starts period `period` if it is later than the one counted.
     #[inline]
     fn roll(&self, period: u64) {
-        if self.period.load(Ordering::Acquire) >= period {
-            return;
+        if self.period.load(Ordering::Acquire) < period {
+            self.start(period);
         }
+    }
+
+    /// The rest of [`roll`](Self::roll), once a period: kept out of the
+    /// request path's code.
+    #[cold]
+    #[inline(never)]
+    fn start(&self, period: u64) {
         let _one = self.rolling.lock().unwrap_or_else(|e| e.into_inner());
         if self.period.load(Ordering::Acquire) >= period {
             return;
@@ -519,14 +526,23 @@ impl Cell {
         if spent.1 != 0 {
             self.tokens.fetch_add(spent.1, Ordering::AcqRel);
         }
-        let mut new = 0;
-        if !alerts.is_empty() {
-            let bits = crossed(alerts, now_spent, limit);
-            if bits != 0 {
-                new = bits & !self.alerted.fetch_or(bits, Ordering::AcqRel);
-            }
-        }
+        let new = if alerts.is_empty() {
+            0
+        } else {
+            self.alerts_crossed(alerts, now_spent, limit)
+        };
         (now_spent, new)
+    }
+
+    /// The alerts `spent` crosses that were not raised yet this period
+    /// (now marked raised).
+    #[inline(never)]
+    fn alerts_crossed(&self, alerts: &[u8], spent: u64, limit: u64) -> u32 {
+        let bits = crossed(alerts, spent, limit);
+        if bits == 0 {
+            return 0;
+        }
+        bits & !self.alerted.fetch_or(bits, Ordering::AcqRel)
     }
 
     /// What is spent and held in period `period`.

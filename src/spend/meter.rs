@@ -821,19 +821,7 @@ impl Inner {
                 hold.micros,
                 hold.tokens,
             ) {
-                self.release_limits(plan, plan.limits.len(), gcras);
-                for hold in &mut plan.budgets[..n] {
-                    if let Some(cell) = hold.cell.take() {
-                        self.budgets[hold.budget].at(cell).settle(
-                            hold.period,
-                            (hold.micros, hold.tokens),
-                            (0, 0),
-                            self.budgets[hold.budget].def.tokens.is_some(),
-                            0,
-                            &[],
-                        );
-                    }
-                }
+                self.unreserve(plan, n, gcras);
                 return Outcome::Budget { budget: n };
             }
             plan.budgets[n].cell = Some(cell);
@@ -841,8 +829,30 @@ impl Inner {
         Outcome::Admitted(left)
     }
 
+    /// Gives back what `plan` holds when its budget `n` refused it: every
+    /// limit's units and the first `n` budgets' reservations.
+    #[cold]
+    #[inline(never)]
+    fn unreserve(&self, plan: &mut Plan, n: usize, gcras: Option<&[Gcra]>) {
+        self.release_limits(plan, plan.limits.len(), gcras);
+        for hold in &mut plan.budgets[..n] {
+            if let Some(cell) = hold.cell.take() {
+                self.budgets[hold.budget].at(cell).settle(
+                    hold.period,
+                    (hold.micros, hold.tokens),
+                    (0, 0),
+                    self.budgets[hold.budget].def.tokens.is_some(),
+                    0,
+                    &[],
+                );
+            }
+        }
+    }
+
     /// Gives back every estimated unit of the first `upto` limits of
     /// `plan` (never before now), which then hold nothing.
+    #[cold]
+    #[inline(never)]
     fn release_limits(&self, plan: &mut Plan, upto: usize, gcras: Option<&[Gcra]>) {
         self.adjust_limits(plan, upto, &Actual::default(), gcras, self.now());
         for hold in &mut plan.limits[..upto] {
@@ -884,14 +894,26 @@ impl Inner {
                     continue;
                 }
             }
-            limit.store.with(&plan.limit_key(hold), now, true, |entry| {
-                let cell = match entry {
-                    Entry::Tracked(s) | Entry::Overflow(s) => &s.tats[0],
-                    Entry::Untracked => return Some(()),
-                };
-                apply(cell).then_some(())
-            });
+            Self::adjust_in_table(limit, &plan.limit_key(hold), now, apply);
         }
+    }
+
+    /// Applies `apply` to `key`'s state in `limit`'s table (a plan that
+    /// holds no state, or whose state was removed: not the common path).
+    #[inline(never)]
+    fn adjust_in_table(
+        limit: &Limit,
+        key: &Key<'_>,
+        now: u64,
+        apply: impl Fn(&std::sync::atomic::AtomicU64) -> bool,
+    ) {
+        limit.store.with(key, now, true, |entry| {
+            let cell = match entry {
+                Entry::Tracked(s) | Entry::Overflow(s) => &s.tats[0],
+                Entry::Untracked => return Some(()),
+            };
+            apply(cell).then_some(())
+        });
     }
 
     /// Settles `plan` in this process's memory, and raises the alerts it
@@ -930,16 +952,26 @@ impl Inner {
                 b.def.limit_micros,
                 &b.def.alerts,
             );
-            for (bit, &percent) in b.def.alerts.iter().enumerate() {
-                if crossed & (1 << bit) != 0 {
-                    self.alert(&BudgetAlert {
-                        budget: b.def.name.clone(),
-                        key: plan.budget_key(hold).into_owned(),
-                        percent,
-                        spent_micros: spent,
-                        limit_micros: b.def.limit_micros,
-                    });
-                }
+            if crossed != 0 {
+                self.raise(b, plan.budget_key(hold), crossed, spent);
+            }
+        }
+    }
+
+    /// Raises the alerts of `b` whose bits are in `crossed`, for `key`
+    /// having spent `spent`.
+    #[cold]
+    #[inline(never)]
+    fn raise(&self, b: &BudgetState, key: std::borrow::Cow<'_, str>, crossed: u32, spent: u64) {
+        for (bit, &percent) in b.def.alerts.iter().enumerate() {
+            if crossed & (1 << bit) != 0 {
+                self.alert(&BudgetAlert {
+                    budget: b.def.name.clone(),
+                    key: key.clone().into_owned(),
+                    percent,
+                    spent_micros: spent,
+                    limit_micros: b.def.limit_micros,
+                });
             }
         }
     }
@@ -1117,36 +1149,13 @@ impl Admit for Meter {
         });
         if hold.price.is_none() && inner.unpriced == Unpriced::Deny {
             Hold::recycle(hold);
-            inner
-                .counters
-                .refused_unpriced
-                .fetch_add(1, Ordering::Relaxed);
-            return AdmitFuture::ready(Admission::refuse(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "The model `{}` has no price here, so it cannot be used.",
-                    req.model
-                ),
-                "model_not_priced",
-            ));
+            return AdmitFuture::ready(inner.refuse_unpriced(req.model));
         }
         hold.conc = match inner.take_concurrency(req) {
             Ok(c) => c,
             Err(()) => {
                 Hold::recycle(hold);
-                inner
-                    .counters
-                    .refused_concurrency
-                    .fetch_add(1, Ordering::Relaxed);
-                let c = inner.concurrency.as_ref().map_or(0, |c| c.max);
-                return AdmitFuture::ready(Admission::Refuse(
-                    Refused::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        format!("Too many concurrent requests: at most {c} at once."),
-                        "rate_limit_exceeded",
-                    )
-                    .kind("requests"),
-                ));
+                return AdmitFuture::ready(inner.refuse_concurrency());
             }
         };
         inner.plan(req, &est, &mut hold.plan);
@@ -1164,24 +1173,69 @@ impl Admit for Meter {
                 )
             }
             #[cfg(feature = "redis")]
-            Backend::Redis(redis) => {
-                let model = req.model.to_owned();
-                let downgrade = req.downgraded_from.map(str::to_owned);
-                let check = redis.admit(inner, std::mem::take(&mut hold.plan));
-                let inner = Arc::clone(inner);
-                AdmitFuture::new(async move {
-                    let (plan, outcome) = check.await;
-                    hold.plan = plan;
-                    match inner.decide(&model, downgrade.as_deref(), &mut hold, est, outcome) {
-                        Ok(()) => Admission::Admit(hold),
-                        Err(refused) => {
-                            Hold::recycle(hold);
-                            refused
-                        }
-                    }
-                })
+            Backend::Redis(redis) => admit_redis(inner, redis, req, hold, est),
+        }
+    }
+}
+
+/// Admission through Redis (kept out of the memory path's code).
+#[cfg(feature = "redis")]
+#[inline(never)]
+fn admit_redis(
+    inner: &Arc<Inner>,
+    redis: &super::redis::RedisSpend,
+    req: &AdmitRequest<'_>,
+    mut hold: Box<Hold>,
+    est: Estimate,
+) -> AdmitFuture {
+    let model = req.model.to_owned();
+    let downgrade = req.downgraded_from.map(str::to_owned);
+    let check = redis.admit(inner, std::mem::take(&mut hold.plan));
+    let inner = Arc::clone(inner);
+    AdmitFuture::new(async move {
+        let (plan, outcome) = check.await;
+        hold.plan = plan;
+        match inner.decide(&model, downgrade.as_deref(), &mut hold, est, outcome) {
+            Ok(()) => Admission::Admit(hold),
+            Err(refused) => {
+                Hold::recycle(hold);
+                refused
             }
         }
+    })
+}
+
+impl Inner {
+    /// The refusal of a model with no price ([`Unpriced::Deny`]).
+    #[cold]
+    #[inline(never)]
+    fn refuse_unpriced(&self, model: &str) -> Admission {
+        self.counters
+            .refused_unpriced
+            .fetch_add(1, Ordering::Relaxed);
+        Admission::refuse(
+            StatusCode::FORBIDDEN,
+            format!("The model `{model}` has no price here, so it cannot be used."),
+            "model_not_priced",
+        )
+    }
+
+    /// The refusal of a request over the concurrency cap.
+    #[cold]
+    #[inline(never)]
+    fn refuse_concurrency(&self) -> Admission {
+        self.counters
+            .refused_concurrency
+            .fetch_add(1, Ordering::Relaxed);
+        let c = self.concurrency.as_ref().map_or(0, |c| c.max);
+        Admission::Refuse(
+            Refused::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Too many concurrent requests: at most {c} at once."),
+                "rate_limit_exceeded",
+            )
+            .kind("requests"),
+        )
     }
 }
 
@@ -1379,34 +1433,47 @@ impl Hold {
             inner.counters.unpriced.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(ledger) = &inner.ledger {
-            ledger.record(
-                &LedgerEntry {
-                    identity: record.identity.as_ref().map(Identity::id),
-                    tenant: record.tenant(),
-                    alias: record.alias.as_deref(),
-                    model: &record.model,
-                    usage: &record.usage,
-                    cost_micros: actual.micros,
-                    priced,
-                },
-                inner.unix_at(now),
-            );
+            record_in(ledger, record, actual.micros, priced, inner.unix_at(now));
         }
-        let mut settled = match priced {
+        let settled = match priced {
             true => Settled::cost(actual.micros),
             false => Settled::default(),
         };
         if inner.fields {
-            settled = settled
-                .field(COST_MICROS.clone(), HeaderValue::from(actual.micros))
-                .field(INPUT_TOKENS.clone(), HeaderValue::from(record.usage.input))
-                .field(
-                    OUTPUT_TOKENS.clone(),
-                    HeaderValue::from(record.usage.output),
-                );
+            return with_fields(settled, actual.micros, record);
         }
         settled
     }
+}
+
+/// Records an answer in the ledger (its own function: the rest of
+/// settlement stays small).
+#[inline(never)]
+fn record_in(ledger: &Ledger, record: &UsageRecord, micros: u64, priced: bool, unix: u64) {
+    ledger.record(
+        &LedgerEntry {
+            identity: record.identity.as_ref().map(Identity::id),
+            tenant: record.tenant(),
+            alias: record.alias.as_deref(),
+            model: &record.model,
+            usage: &record.usage,
+            cost_micros: micros,
+            priced,
+        },
+        unix,
+    );
+}
+
+/// `settled` with the answer's cost and tokens as fields.
+#[inline(never)]
+fn with_fields(settled: Settled, micros: u64, record: &UsageRecord) -> Settled {
+    settled
+        .field(COST_MICROS.clone(), HeaderValue::from(micros))
+        .field(INPUT_TOKENS.clone(), HeaderValue::from(record.usage.input))
+        .field(
+            OUTPUT_TOKENS.clone(),
+            HeaderValue::from(record.usage.output),
+        )
 }
 
 impl Drop for Hold {
