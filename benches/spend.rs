@@ -619,17 +619,15 @@ fn bench(c: &mut Criterion) {
                     .alias(Alias::new("chat", [("gpt-4o", 1)])),
             )
             .on_usage(move |record| {
-                *slot.lock().unwrap() = Some(record.usage.clone());
+                *slot.lock().unwrap() = Some(record.usage);
             })
             .build()
             .unwrap();
         once(&rt, &mut reporting, reqs.build());
-        let usage = kept
-            .lock()
+        kept.lock()
             .unwrap()
             .take()
-            .expect("the router reported the usage");
-        usage
+            .expect("the router reported the usage")
     };
     let meter_ref = Arc::new(());
     let mut cells: HashMap<Box<[u8]>, usize, foldhash::fast::RandomState> = HashMap::default();
