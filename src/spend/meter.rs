@@ -682,7 +682,7 @@ pub(crate) struct Estimate {
 
 impl Inner {
     fn estimate(&self, req: &AdmitRequest<'_>, price: Option<&Price>) -> Estimate {
-        let input = req.body_len.unwrap_or(0).div_ceil(self.bytes_per_token);
+        let input = div_ceil(req.body_len.unwrap_or(0), self.bytes_per_token);
         let max_out = price.and_then(|p| p.max_output_tokens).unwrap_or(u64::MAX);
         let output = req
             .max_tokens
@@ -1136,7 +1136,7 @@ impl Admit for Meter {
 
     fn admit(&self, req: &AdmitRequest<'_>) -> AdmitFuture {
         let inner = &self.inner;
-        let mut hold = Hold::new(inner, model_hash(req.model));
+        let mut hold = Hold::new(inner, req.model);
         // Copied straight from the catalog into the ticket (a price is a
         // few hundred bytes), and the estimate made from the catalog's
         // (reading the copy back as it is written stalls).
@@ -1252,8 +1252,14 @@ impl Inner {
 struct Hold {
     /// The meter; `None` only while the allocation is a thread's spare.
     meter: Option<Arc<Inner>>,
-    /// The version admitted (see [`model_hash`]).
-    model_hash: u64,
+    /// The version admitted: its name's address and length. The router
+    /// reports the version that answered with the same allocation of its
+    /// name (both are its catalog entry's), which is alive as long as the
+    /// request, so equal addresses mean the version admitted; any other
+    /// name (a fallback's) is priced afresh. Comparing addresses rather
+    /// than names or their hashes keeps a hash of the name off both
+    /// admission and settlement.
+    model: (usize, usize),
     plan: Plan,
     price: Option<Price>,
     conc: Option<Key<'static>>,
@@ -1268,10 +1274,10 @@ thread_local! {
 }
 
 impl Hold {
-    /// A ticket of `meter` for version `model_hash`, with no price and an
+    /// A ticket of `meter` for version `model`, with no price and an
     /// empty plan, holding nothing yet.
     #[inline]
-    fn new(meter: &Arc<Inner>, model_hash: u64) -> Box<Hold> {
+    fn new(meter: &Arc<Inner>, model: &str) -> Box<Hold> {
         let mut hold = SPARE
             .try_with(std::cell::Cell::take)
             .ok()
@@ -1279,7 +1285,7 @@ impl Hold {
             .unwrap_or_else(|| {
                 Box::new(Hold {
                     meter: None,
-                    model_hash: 0,
+                    model: (0, 0),
                     plan: Plan::default(),
                     price: None,
                     conc: None,
@@ -1288,7 +1294,7 @@ impl Hold {
                 })
             });
         hold.meter = Some(Arc::clone(meter));
-        hold.model_hash = model_hash;
+        hold.model = name_of(model);
         hold.price = None;
         hold.left = None;
         hold.done = true;
@@ -1337,7 +1343,7 @@ impl Hold {
         // The version that answered (a fallback's may differ from the one
         // admitted), else the price the request was admitted at.
         let fallback_price;
-        let price = if model_hash(model) == self.model_hash {
+        let price = if name_of(model) == self.model {
             self.price.as_ref()
         } else {
             fallback_price = inner.prices.with(|p| p.get(model).cloned());
@@ -1406,7 +1412,14 @@ impl Hold {
     #[inline]
     fn settle_with(&mut self, inner: &Arc<Inner>, record: &UsageRecord) -> Settled {
         let (actual, priced) = self.actual(inner, &record.model, &record.usage);
-        let now = inner.now();
+        // The answer ended `record.duration` after its upstream call
+        // started, which was after this admission: so this is at most
+        // the few microseconds between them early. A refund is no
+        // different for it (a key's state at or before now counts as
+        // now), a charge is short by those microseconds, and spending
+        // lands in the period it ended in unless it ended that close to
+        // the period's end.
+        let now = inner.clock.after(self.plan.now, record.duration);
         if record.status.is_success() && !record.reported {
             // An answer whose usage was not seen (an OpenAI stream the
             // client left before its last event, which carries it; a
@@ -1488,11 +1501,21 @@ impl Drop for Hold {
     }
 }
 
-/// A version's name hashed: settling compares it with the answering
-/// version's to price a fallback's answer at its own price.
-fn model_hash(name: &str) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0x5345_5454_4c45).hash_one(name)
+/// `n / k` rounded up: a shift for a power of two such as the default 4
+/// (a division by a value known only at run time costs tens of cycles).
+#[inline]
+fn div_ceil(n: u64, k: u64) -> u64 {
+    if k.is_power_of_two() {
+        (n >> k.trailing_zeros()) + u64::from(n & (k - 1) != 0)
+    } else {
+        n.div_ceil(k)
+    }
+}
+
+/// A version's name as a ticket keeps it (see [`Hold::model`]).
+#[inline]
+fn name_of(name: &str) -> (usize, usize) {
+    (name.as_ptr() as usize, name.len())
 }
 
 /// OpenAI's token headers for one limit, and the IETF fields.
@@ -1793,6 +1816,15 @@ fn unix_nanos_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn div_ceil_is_the_division_rounded_up() {
+        for k in 1..=17u64 {
+            for n in (0..100).chain([u64::MAX - 1, u64::MAX, 1 << 63, (1 << 63) + 1]) {
+                assert_eq!(div_ceil(n, k), n.div_ceil(k), "{n} / {k}");
+            }
+        }
+    }
 
     #[test]
     fn durations() {
