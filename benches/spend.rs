@@ -81,11 +81,16 @@
 //! cargo bench --all-features --bench spend -- --warm-up-time 1 --measurement-time 3
 //! ```
 //!
-//! Budget (issue 18): `admit_settle_enforce` − `ratelimit_check` ≤ 300 ns
-//! (admission + settlement in memory over the request limiter alone);
-//! `ratelimit_key_check` is the limiter's whole per-request work, for the
-//! same comparison with the key read on both sides; `floor_admit_settle`
-//! − `ratelimit_key_check` is the floor under that budget.
+//! Budget (issue 18): admission + settlement in memory at most 300 ns over
+//! the request limiter alone, that is `admit_settle_enforce` −
+//! `ratelimit_key_check` (the limiter's whole per-request work, the key
+//! read on both sides). This machine's speed drifts by up to 1.7× over
+//! minutes, both sides alike, so the figure is read against the limiter
+//! in the same run: 300 ns is three times a limiter at 100 ns, about what
+//! `ratelimit_key_check` takes when the machine is quiet (82–95 ns), and
+//! the excess is judged as a multiple of the same run's
+//! `ratelimit_key_check` (at most 3). `floor_admit_settle` −
+//! `ratelimit_key_check` is the floor under it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
