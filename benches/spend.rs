@@ -222,13 +222,18 @@ fn quota() -> Quota {
     Quota::per_second(u32::MAX).burst(u32::MAX)
 }
 
+/// The catalog of every router: the alias `chat`, one version `gpt-4o`.
+fn catalog() -> Catalog {
+    Catalog::new()
+        .model(Model::new("gpt-4o", "openai"))
+        .alias(Alias::new("chat", [("gpt-4o", 1)]))
+}
+
 /// The router of every function, with or without a hook.
 fn router<S>(upstream: S, admit: Option<impl Admit>) -> ModelRouter<S> {
-    let builder = ModelRouter::builder().upstream("openai", upstream).catalog(
-        Catalog::new()
-            .model(Model::new("gpt-4o", "openai"))
-            .alias(Alias::new("chat", [("gpt-4o", 1)])),
-    );
+    let builder = ModelRouter::builder()
+        .upstream("openai", upstream)
+        .catalog(catalog());
     match admit {
         Some(hook) => builder.admit(hook),
         None => builder,
@@ -432,11 +437,7 @@ fn admit_settle<S>(
     let slot = Arc::clone(&repeat.0);
     let mut micro = ModelRouter::builder()
         .upstream("openai", up.clone())
-        .catalog(
-            Catalog::new()
-                .model(Model::new("gpt-4o", "openai"))
-                .alias(Alias::new("chat", [("gpt-4o", 1)])),
-        )
+        .catalog(catalog())
         .admit(repeat.clone())
         .on_usage(move |record| {
             let mut kept = slot.record.lock().unwrap();
@@ -618,11 +619,7 @@ fn bench(c: &mut Criterion) {
         let slot = Arc::clone(&kept);
         let mut reporting = ModelRouter::builder()
             .upstream("openai", up.clone())
-            .catalog(
-                Catalog::new()
-                    .model(Model::new("gpt-4o", "openai"))
-                    .alias(Alias::new("chat", [("gpt-4o", 1)])),
-            )
+            .catalog(catalog())
             .on_usage(move |record| {
                 *slot.lock().unwrap() = Some(record.usage);
             })
