@@ -59,6 +59,7 @@
 //! | [`grpc`] | how every layer's refusals look to gRPC clients (trailers-only responses with `grpc-status`) |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer): request paths in normal form (`..` resolved, `//` merged, escapes decoded) before anything routes on them |
 //! | [`upgrade`] | [`UpgradeHold`](upgrade::UpgradeHold): what must live as long as an upgraded connection (a WebSocket) does |
+//! | [`platform`] | [`LifecycleLayer`](platform::lifecycle::LifecycleLayer): API versions that are draft, published, deprecated (`Deprecation`, `Sunset`, successor `Link`, callers counted) or retired (410), moved by a live handle that logs who and when |
 //! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, client IP behind trusted proxies, custom) from a request |
 //! | `model` (feature `json`) | `ModelRouter`: OpenAI-compatible model aliases over weighted versions, pins, sticky picks, fallback, token counts |
 //! | `spend` (feature `json`) | `Meter`: the model router's admission hook for token limits and budgets (in memory, or in Redis for a fleet), settled with each answer's usage; `PriceCatalog`: model prices (LiteLLM's file) and the cost of a usage in integer micro-units; `Ledger`: tokens and cost per identity, tenant, alias and version |
@@ -94,6 +95,7 @@
 
 pub mod auth;
 pub mod body;
+mod calendar;
 pub mod conn;
 pub mod future;
 #[cfg(feature = "config")]
@@ -112,6 +114,7 @@ pub mod model;
 pub mod path;
 #[cfg(feature = "json")]
 mod per_thread;
+pub mod platform;
 pub mod problem;
 #[cfg(feature = "proxy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]

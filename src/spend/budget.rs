@@ -1,6 +1,7 @@
 //! [`Budget`]: money (and optionally tokens) per identity, tenant, alias
 //! or key over a calendar period, and its state in memory.
 
+use crate::calendar::{civil_from_days, days_from_civil};
 use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -106,35 +107,6 @@ impl Period {
             Self::Lifetime => "lifetime",
         }
     }
-}
-
-// Calendar arithmetic by hand (Howard Hinnant's `civil_from_days` and
-// `days_from_civil`, public domain algorithms): a budget needs only "which
-// month is this day in", which is not worth a date crate.
-
-/// (year, month 1..=12, day 1..=31) of the day `z` days after 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// Days from 1970-01-01 to (`y`, `m`, `d`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Unix seconds at midnight UTC of (`y`, `m`, `d`), `None` before 1970 or

@@ -1,0 +1,42 @@
+//! The platform around the gateway: APIs as products with a lifecycle.
+//!
+//! So far this holds [API lifecycle](lifecycle): an API version is
+//! `draft` (reachable by testers only), `published`, `deprecated`
+//! (answers carry `Deprecation`, `Sunset` and a `Link` to the successor,
+//! and callers are counted) or `retired` (410 Gone with the successor's
+//! link), moved between stages through a live handle that logs who moved
+//! it and when. Prompt APIs, the catalog and subscriptions are not built
+//! yet, nor persistence of the stages across restarts or admin endpoints.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use switchyard::platform::lifecycle::{Api, LifecycleLayer, Stage};
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let layer = LifecycleLayer::new(
+//!     Api::new("orders", "v1")
+//!         .stage(Stage::Published)
+//!         .successor("/v2/orders"),
+//! )
+//! .unwrap();
+//! let handle = layer.handle();
+//! let svc = layer.layer(service_fn(|_: Request<()>| async {
+//!     Ok::<_, Infallible>(Response::new(String::from("orders")))
+//! }));
+//!
+//! handle.transition(Stage::Deprecated, "alice").unwrap();
+//! let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! assert!(res.headers().contains_key("deprecation"));
+//! assert_eq!(res.headers()["link"], r#"</v2/orders>; rel="successor-version""#);
+//!
+//! handle.transition(Stage::Retired, "alice").unwrap();
+//! let res = svc.oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(res.status(), 410);
+//! # }
+//! ```
+
+pub mod lifecycle;
