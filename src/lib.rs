@@ -60,6 +60,7 @@
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer): request paths in normal form (`..` resolved, `//` merged, escapes decoded) before anything routes on them |
 //! | [`upgrade`] | [`UpgradeHold`](upgrade::UpgradeHold): what must live as long as an upgraded connection (a WebSocket) does |
 //! | [`platform`] | [`LifecycleLayer`](platform::lifecycle::LifecycleLayer): API versions that are draft, published, deprecated (`Deprecation`, `Sunset`, successor `Link`, callers counted) or retired (410), moved by a live handle that logs who and when |
+//! | [`state`] | [`StateFile`](state::StateFile): runtime state that survives a restart, in a JSON file replaced atomically; a corrupt file refused with where it breaks |
 //! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, client IP behind trusted proxies, custom) from a request |
 //! | `model` (feature `json`) | `ModelRouter`: OpenAI-compatible model aliases over weighted versions, pins, sticky picks, fallback, token counts |
 //! | `spend` (feature `json`) | `Meter`: the model router's admission hook for token limits and budgets (in memory, or in Redis for a fleet), settled with each answer's usage; `PriceCatalog`: model prices (LiteLLM's file) and the cost of a usage in integer micro-units; `Ledger`: tokens and cost per identity, tenant, alias and version |
@@ -132,6 +133,7 @@ pub mod server;
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub mod spend;
 pub mod split;
+pub mod state;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod sync;

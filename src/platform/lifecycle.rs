@@ -57,6 +57,7 @@ use crate::auth::Identity;
 use crate::calendar::http_date;
 use crate::future::{Rejection, ResponseFuture};
 use crate::problem::Problem;
+use crate::state::StateFile;
 
 /// The `Deprecation` header (RFC 9745).
 static DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
@@ -159,6 +160,11 @@ pub enum LifecycleError {
     /// A stage name that is not one.
     #[error("`{0}` is not a stage (draft, published, deprecated, retired)")]
     UnknownStage(String),
+    /// The state file could not be read or written (the message of the
+    /// [`StateError`](crate::state::StateError)); a move it could not
+    /// keep is not made.
+    #[error("{0}")]
+    State(String),
     /// The move is not allowed (see [`Stage::can_move_to`]).
     #[error("API `{api}` cannot move from {from} to {to}")]
     Move {
@@ -366,6 +372,26 @@ pub struct Transition {
     pub at: u64,
 }
 
+/// What a state file keeps of a version: section `lifecycle`, key
+/// `"<name> <version>"`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    stage: Stage,
+    deprecated_at: Option<u64>,
+    history: Vec<SavedMove>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedMove {
+    from: Stage,
+    to: Stage,
+    by: String,
+    at: u64,
+}
+
+/// The section of a state file that lifecycles are kept in.
+const SECTION: &str = "lifecycle";
+
 /// Callers of a deprecated version, by identity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
@@ -379,6 +405,8 @@ pub struct Callers {
 
 struct Shared {
     api: Api,
+    /// Where moves are kept across restarts, if anywhere.
+    state: Option<Arc<StateFile>>,
     current: ArcSwap<Current>,
     /// Serialises moves, and keeps them.
     history: Mutex<Vec<Transition>>,
@@ -449,19 +477,39 @@ impl LifecycleHandle {
             Stage::Published => None,
             _ => now.deprecated_at,
         };
-        shared
-            .current
-            .store(Arc::new(Current::of(&shared.api, to, deprecated_at)));
         let transition = Transition {
             from: now.stage,
             to,
             by: by.to_owned(),
             at,
         };
-        if history.len() == MAX_HISTORY {
-            history.remove(0);
+        let mut next = history.clone();
+        if next.len() == MAX_HISTORY {
+            next.remove(0);
         }
-        history.push(transition.clone());
+        next.push(transition.clone());
+        if let Some(state) = &shared.state {
+            let saved = Saved {
+                stage: to,
+                deprecated_at,
+                history: next
+                    .iter()
+                    .map(|t| SavedMove {
+                        from: t.from,
+                        to: t.to,
+                        by: t.by.clone(),
+                        at: t.at,
+                    })
+                    .collect(),
+            };
+            state
+                .put(SECTION, &shared.api.label(), &saved)
+                .map_err(|e| LifecycleError::State(e.to_string()))?;
+        }
+        shared
+            .current
+            .store(Arc::new(Current::of(&shared.api, to, deprecated_at)));
+        *history = next;
         Ok(transition)
     }
 
@@ -503,19 +551,58 @@ impl fmt::Debug for LifecycleLayer {
 }
 
 impl LifecycleLayer {
-    /// A layer serving `api` in its configured stage.
+    /// A layer serving `api` in its configured stage, its moves kept in
+    /// memory only.
     pub fn new(api: Api) -> Result<Self, LifecycleError> {
+        Self::build(api, None)
+    }
+
+    /// A layer serving `api`, its moves kept in `state`: if the file
+    /// holds this version's stage (a move made before a restart), it is
+    /// served in that stage, with its history, rather than the
+    /// configured one.
+    pub fn with_state(api: Api, state: Arc<StateFile>) -> Result<Self, LifecycleError> {
+        Self::build(api, Some(state))
+    }
+
+    fn build(api: Api, state: Option<Arc<StateFile>>) -> Result<Self, LifecycleError> {
         api.check()?;
-        let deprecated_at = match api.stage {
-            Stage::Deprecated | Stage::Retired => api.deprecated_at,
-            Stage::Draft | Stage::Published => None,
+        let saved: Option<Saved> = match &state {
+            Some(state) => state
+                .get(SECTION, &api.label())
+                .map_err(|e| LifecycleError::State(e.to_string()))?,
+            None => None,
         };
-        let current = Current::of(&api, api.stage, deprecated_at);
+        let (stage, deprecated_at, history) = match saved {
+            Some(saved) => (
+                saved.stage,
+                saved.deprecated_at,
+                saved
+                    .history
+                    .into_iter()
+                    .map(|m| Transition {
+                        from: m.from,
+                        to: m.to,
+                        by: m.by,
+                        at: m.at,
+                    })
+                    .collect(),
+            ),
+            None => {
+                let deprecated_at = match api.stage {
+                    Stage::Deprecated | Stage::Retired => api.deprecated_at,
+                    Stage::Draft | Stage::Published => None,
+                };
+                (api.stage, deprecated_at, Vec::new())
+            }
+        };
+        let current = Current::of(&api, stage, deprecated_at);
         Ok(Self {
             shared: Arc::new(Shared {
                 api,
+                state,
                 current: ArcSwap::from_pointee(current),
-                history: Mutex::new(Vec::new()),
+                history: Mutex::new(history),
                 callers: Mutex::new(Callers::default()),
             }),
         })
@@ -685,6 +772,44 @@ mod tests {
                 sunset: 5
             }
         );
+    }
+
+    #[test]
+    fn moves_survive_a_restart_through_the_state_file() {
+        let dir = std::env::temp_dir().join(format!("switchyard-lifecycle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let api = || Api::new("orders", "v1").stage(Stage::Published);
+        {
+            let state = Arc::new(StateFile::open(&path).unwrap());
+            let layer = LifecycleLayer::with_state(api(), state).unwrap();
+            layer
+                .handle()
+                .transition_at(Stage::Deprecated, "carol", 7)
+                .unwrap();
+        }
+        // Restarted: served deprecated, with its date and history, though
+        // the configuration says published.
+        let state = Arc::new(StateFile::open(&path).unwrap());
+        let h = LifecycleLayer::with_state(api(), Arc::clone(&state))
+            .unwrap()
+            .handle();
+        assert_eq!(h.stage(), Stage::Deprecated);
+        assert_eq!(h.deprecated_at(), Some(7));
+        assert_eq!(h.history().len(), 1);
+        assert_eq!(h.history()[0].by, "carol");
+        // Another version in the same file is its own.
+        let v2 = LifecycleLayer::with_state(Api::new("orders", "v2"), state).unwrap();
+        assert_eq!(v2.handle().stage(), Stage::Draft);
+        // A move the file cannot keep is not made.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let err = h.transition_at(Stage::Retired, "dave", 9).unwrap_err();
+        assert!(matches!(err, LifecycleError::State(_)), "{err}");
+        assert_eq!(h.stage(), Stage::Deprecated);
+        assert_eq!(h.history().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! (answers carry `Deprecation`, `Sunset` and a `Link` to the successor,
 //! and callers are counted) or `retired` (410 Gone with the successor's
 //! link), moved between stages through a live handle that logs who moved
-//! it and when. Prompt APIs, the catalog and subscriptions are not built
-//! yet, nor persistence of the stages across restarts or admin endpoints.
+//! it and when, and (with a [`StateFile`](crate::state::StateFile)) keeps
+//! the moves across restarts. Prompt APIs, the catalog, subscriptions,
+//! admin endpoints, the gateway's configuration of all this and keeping it
+//! in Redis are not built yet.
 //!
 //! ```
 //! use std::convert::Infallible;
