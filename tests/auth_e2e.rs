@@ -6,26 +6,24 @@
 //! Timeouts here only guard against a hang; no assertion is about speed.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http::{HeaderMap, StatusCode};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use switchyard::auth::{ApiKey, ApiKeyHandle, ApiKeyLayer, Identity, RequireScopes, digest};
 use tokio::net::TcpListener;
 
-const HANG_GUARD: Duration = Duration::from_secs(10);
+#[path = "support/net.rs"]
+mod net;
+
 const MISSING: &str = r#"Bearer realm="switchyard""#;
 const INVALID: &str = r#"Bearer realm="switchyard", error="invalid_token""#;
 const FORBIDDEN: &str = r#"Bearer realm="switchyard", error="insufficient_scope", scope="admin""#;
 
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+use net::HttpClient;
 
 struct Reply {
     status: StatusCode,
@@ -80,16 +78,7 @@ async fn get_as(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
-    let mut req = Request::get(format!("http://{addr}{path}"));
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let res = tokio::time::timeout(HANG_GUARD, client.request(req.body(Empty::new()).unwrap()))
-        .await
-        .expect("request hung")
-        .expect("request failed");
-    let (parts, body) = res.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
+    let (parts, body) = net::get(client, addr, path, headers).await.into_parts();
     Reply {
         status: parts.status,
         body: if body.is_empty() {

@@ -12,28 +12,26 @@
 //! * the moves kept with who and when, a refused move an error.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use switchyard::auth::{ApiKey, ApiKeyLayer, Identity};
 use switchyard::platform::lifecycle::{
     Api, LifecycleError, LifecycleHandle, LifecycleLayer, Stage,
 };
-use tokio::net::TcpListener;
 
-const HANG_GUARD: Duration = Duration::from_secs(10);
+#[path = "support/net.rs"]
+mod net;
+
 /// 2027-01-01T00:00:00Z.
 const SUNSET: u64 = 1_798_761_600;
 
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+use net::HttpClient;
 
 struct Reply {
     status: StatusCode,
@@ -81,10 +79,7 @@ async fn serve() -> (SocketAddr, LifecycleHandle, LifecycleHandle) {
         .route("/v1/orders", get(|| async { "v1 orders" }).layer(v1))
         .route("/v2/orders", get(|| async { "v2 orders" }).layer(v2))
         .layer(keys);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, h1, h2)
+    (net::serve(app).await, h1, h2)
 }
 
 async fn get_as(
@@ -93,19 +88,11 @@ async fn get_as(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
-    let mut req = Request::get(format!("http://{addr}{path}"));
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let res = tokio::time::timeout(HANG_GUARD, client.request(req.body(Empty::new()).unwrap()))
-        .await
-        .expect("request hung")
-        .expect("request failed");
-    let (parts, body) = res.into_parts();
+    let (parts, body) = net::get(client, addr, path, headers).await.into_parts();
     Reply {
         status: parts.status,
         headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
+        body,
     }
 }
 

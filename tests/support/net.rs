@@ -3,10 +3,44 @@
 //! `KeyBy::peer_ip` and the proxy's `X-Forwarded-For` read it).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpListener;
 
+/// A plain HTTP client for the tests' requests.
+#[allow(dead_code, reason = "not every test that serves also asks")]
+pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// One `GET http://{addr}{path}` with `headers`, its body read whole; a
+/// request that hangs for 10 s, or fails, fails the test.
+#[allow(dead_code, reason = "not every test that serves also asks")]
+pub async fn get(
+    client: &HttpClient,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> http::Response<Bytes> {
+    let mut req = http::Request::get(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let res = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(req.body(Empty::new()).unwrap()),
+    )
+    .await
+    .expect("request hung")
+    .expect("request failed");
+    let (parts, body) = res.into_parts();
+    http::Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
+}
+
 /// Serves `app` on a free loopback port until the test ends; its address.
+#[allow(dead_code, reason = "not every test that asks serves this way")]
 pub async fn serve(app: axum::Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
