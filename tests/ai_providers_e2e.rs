@@ -17,8 +17,7 @@
 //!
 //! Timeouts only guard against a hang; no assertion is about speed.
 
-#[path = "support/providers.rs"]
-mod providers;
+use crate::support::providers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

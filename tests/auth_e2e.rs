@@ -16,8 +16,7 @@ use serde_json::{Value, json};
 use switchyard::auth::{ApiKey, ApiKeyHandle, ApiKeyLayer, Identity, RequireScopes, digest};
 use tokio::net::TcpListener;
 
-#[path = "support/net.rs"]
-mod net;
+use crate::support::net;
 
 const MISSING: &str = r#"Bearer realm="switchyard""#;
 const INVALID: &str = r#"Bearer realm="switchyard", error="invalid_token""#;

@@ -19,8 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use switchyard::gateway::{Gateway, GatewayConfig, admin};
-#[path = "support/net.rs"]
-mod net;
+use crate::support::net;
 use net::serve;
 
 const HANG_GUARD: Duration = Duration::from_secs(10);

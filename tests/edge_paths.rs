@@ -14,8 +14,7 @@ use switchyard::gateway::{Gateway, GatewayConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-#[path = "support/net.rs"]
-mod net;
+use crate::support::net;
 use net::serve;
 
 const HANG_GUARD: Duration = Duration::from_secs(10);

@@ -19,8 +19,7 @@ use switchyard::gateway::{Gateway, GatewayConfig};
 use switchyard::proxy::{Balance, HealthCheck, ProxyError, Upstream};
 use tower::ServiceExt;
 
-#[path = "support/net.rs"]
-mod net;
+use crate::support::net;
 
 /// A server answering every request with `name`.
 async fn named(name: &'static str) -> SocketAddr {

@@ -16,8 +16,7 @@
 //!
 //! Timeouts here only guard against a hang; no assertion is about speed.
 
-#[path = "support/greeter.rs"]
-mod greeter;
+use crate::support::greeter;
 
 use std::collections::BTreeMap;
 use std::future::Future;

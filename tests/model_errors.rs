@@ -18,8 +18,7 @@ use switchyard::problem::Problem;
 use switchyard::ratelimit::{Quota, RateLimitLayer};
 use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 
-#[path = "support/net.rs"]
-mod net;
+use crate::support::net;
 use net::serve;
 
 const HANG_GUARD: Duration = Duration::from_secs(10);

@@ -21,8 +21,7 @@ use switchyard::path::{
 };
 use tower::{Layer, ServiceExt};
 
-#[path = "support/net.rs"]
-mod net;
+use crate::support::net;
 use net::serve;
 
 const HANG_GUARD: Duration = Duration::from_secs(10);

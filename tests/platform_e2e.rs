@@ -25,8 +25,7 @@ use switchyard::platform::lifecycle::{
     Api, LifecycleError, LifecycleHandle, LifecycleLayer, Stage,
 };
 
-#[path = "support/net.rs"]
-mod net;
+use crate::support::net;
 
 /// 2027-01-01T00:00:00Z.
 const SUNSET: u64 = 1_798_761_600;

@@ -37,8 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tower::{Service, ServiceExt};
 
-#[path = "support/net.rs"]
-mod net;
+use crate::support::net;
 
 /// Guards awaits that must complete, so a bug fails the test instead of
 /// hanging it.

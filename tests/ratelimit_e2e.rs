@@ -14,8 +14,7 @@ use switchyard::key::KeyBy;
 use switchyard::ratelimit::{Quota, RateLimitLayer};
 use tokio::net::TcpSocket;
 
-#[path = "support/net.rs"]
-mod net;
+use crate::support::net;
 
 /// Sends `GET /` from the loopback address `from` (127.0.0.0/8 is all
 /// loopback, so each address is a distinct peer).

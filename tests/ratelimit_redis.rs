@@ -28,10 +28,8 @@ use switchyard::ratelimit::redis::{RedisCheckError, RedisFailure, RedisRateLimit
 use switchyard::ratelimit::{MissingKey, Quota, RateLimitError};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/redis.rs"]
-mod redis_support;
+use crate::support::net;
+use crate::support::redis as redis_support;
 use redis_support::RedisServer;
 
 fn ok_service() -> impl Service<

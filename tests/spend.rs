@@ -19,8 +19,7 @@
 //! * a proptest of a token limit against a reference model, and the bound
 //!   on what any window admits.
 
-#[path = "support/spend.rs"]
-mod support;
+use crate::support::spend as support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

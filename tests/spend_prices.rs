@@ -20,10 +20,8 @@
 //! over loopback HTTP and reached through `proxy::Upstream`s, so that the
 //! usage is read from their real wire formats.
 
-#[path = "support/providers.rs"]
-mod providers;
-#[path = "support/spend.rs"]
-mod support;
+use crate::support::providers;
+use crate::support::spend as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

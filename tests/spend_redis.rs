@@ -12,12 +12,9 @@
 //! missing; elsewhere, without `redis-server` on the `PATH`, each test
 //! says so on stderr and returns.
 
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/redis.rs"]
-mod redis_support;
-#[path = "support/spend.rs"]
-mod support;
+use crate::support::net;
+use crate::support::redis as redis_support;
+use crate::support::spend as support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

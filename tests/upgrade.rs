@@ -20,8 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 // axum hands hyper's upgrade handle on in the request's extensions.
-#[path = "support/net.rs"]
-mod net;
+use crate::support::net;
 use net::serve;
 
 const HANG_GUARD: Duration = Duration::from_secs(10);

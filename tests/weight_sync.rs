@@ -20,8 +20,7 @@ use switchyard::split::{Split, SplitHandle};
 use switchyard::sync::{SyncError, SyncTask, WeightSync, WeightSyncStats};
 use tower::{ServiceExt, service_fn, util::BoxCloneService};
 
-#[path = "support/redis.rs"]
-mod redis_support;
+use crate::support::redis as redis_support;
 use redis_support::RedisServer;
 
 const HANG_GUARD: Duration = Duration::from_secs(10);

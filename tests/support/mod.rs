@@ -1,0 +1,11 @@
+//! Helpers shared by the integration tests (`tests/integration.rs`), each
+//! compiled once, under the features of the tests that use it.
+
+pub mod greeter;
+pub mod net;
+#[cfg(feature = "json")]
+pub mod providers;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "json")]
+pub mod spend;
