@@ -55,10 +55,15 @@ struct Data {
 
 impl Data {
     fn rekey(&mut self) {
-        self.key = match &self.tenant {
-            Some(t) => format!("t{}:{t}{}", t.len(), self.id),
-            None => format!("i{}", self.id),
-        };
+        self.key = key_of(self.tenant.as_deref(), &self.id);
+    }
+}
+
+/// The [`Identity::key`] of the identity `id` of `tenant`.
+pub(crate) fn key_of(tenant: Option<&str>, id: &str) -> String {
+    match tenant {
+        Some(t) => format!("t{}:{t}{id}", t.len()),
+        None => format!("i{id}"),
     }
 }
 

@@ -53,6 +53,7 @@ mod scopes;
 pub use api_key::{ApiKey, ApiKeyAuth, ApiKeyBuilder, ApiKeyHandle, ApiKeyLayer, digest};
 pub use credentials::AuthStats;
 pub use identity::Identity;
+pub(crate) use identity::key_of;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub use jwt::{JwtAuth, JwtBuilder, JwtHandle, JwtKeys, JwtLayer, MIN_HMAC_SECRET};

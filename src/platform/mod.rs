@@ -1,14 +1,23 @@
-//! The platform around the gateway: APIs as products with a lifecycle.
+//! The platform around the gateway: APIs as products that teams publish,
+//! find and subscribe to.
 //!
-//! So far this holds [API lifecycle](lifecycle): an API version is
-//! `draft` (reachable by testers only), `published`, `deprecated`
-//! (answers carry `Deprecation`, `Sunset` and a `Link` to the successor,
-//! and callers are counted) or `retired` (410 Gone with the successor's
-//! link), moved between stages through a live handle that logs who moved
-//! it and when, and (with a [`StateFile`](crate::state::StateFile)) keeps
-//! the moves across restarts. Prompt APIs, the catalog, subscriptions,
-//! admin endpoints, the gateway's configuration of all this and keeping it
-//! in Redis are not built yet.
+//! * [API lifecycle](lifecycle): an API version is `draft` (reachable by
+//!   testers only), `published`, `deprecated` (answers carry
+//!   `Deprecation`, `Sunset` and a `Link` to the successor, and callers
+//!   are counted) or `retired` (410 Gone with the successor's link),
+//!   moved between stages through a live handle that logs who moved it
+//!   and when, and (with a [`StateFile`](crate::state::StateFile)) keeps
+//!   the moves across restarts.
+//! * [Subscriptions](subscription): consumers (identities or whole
+//!   tenants) ask for access to an API, open or by approval; until
+//!   approved their calls get 403 `subscription_required`; owners
+//!   approve, reject and revoke, every decision logged and kept.
+//! * [The catalog](catalog): the APIs a consumer may see, with their
+//!   versions, stages, owners, limits and OpenAPI 3.1 documents, and
+//!   where to ask for access.
+//!
+//! Not built yet: the gateway's configuration and admin endpoints for all
+//! this, team-scoped admin keys, and keeping it in Redis.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -41,4 +50,6 @@
 //! # }
 //! ```
 
+pub mod catalog;
 pub mod lifecycle;
+pub mod subscription;

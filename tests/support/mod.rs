@@ -3,6 +3,7 @@
 
 pub mod greeter;
 pub mod net;
+pub mod openapi;
 #[cfg(feature = "json")]
 pub mod providers;
 #[cfg(feature = "redis")]
