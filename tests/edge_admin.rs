@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::net;
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
@@ -17,10 +18,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use net::serve;
 use serde_json::{Value, json};
 use switchyard::gateway::{Gateway, GatewayConfig, admin};
-use crate::support::net;
-use net::serve;
 
 const HANG_GUARD: Duration = Duration::from_secs(10);
 
