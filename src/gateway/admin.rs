@@ -28,11 +28,21 @@
 //! | `GET /spend/{route}` | a metered route's counters (admitted, refused by limit, budget, concurrency cap or price, downgraded, cost), its token limits and budgets, and with `?budget=NAME&key=KEY` that key's spending this period (in this process; a Redis meter's is in Redis) |
 //! | `GET /upstreams` | every upstream's servers: in service, healthy, in flight, requests, failures, ejections |
 //! | `GET /metrics` | Prometheus text exposition |
+//! | `GET /apis`, `GET /apis/{route}` | the routes that are APIs: name, version, owner, stage, subscription policy; one API with its moves (who, when) and, while deprecated, its callers by identity |
+//! | `POST /apis/{route}/stage` | `{"stage": "deprecated"}`: moves the API (409 for a move the lifecycle forbids); kept in `[platform] state_file` |
+//! | `GET /subscriptions/{api}` | an API's policy, subscriptions, decisions (who, when) and refused calls |
+//! | `POST /subscriptions/{api}/approve` (`reject`, `revoke`) | `{"consumer": {"kind": "tenant", "tenant": "shop"}}` or `{"consumer": {"kind": "identity", "id": "alice", "tenant": "shop"}}`; kept in `[platform] state_file` |
 //!
 //! Every route but `/healthz` needs one of the configuration's admin keys
 //! (`admin.keys`, as the last reload left them), as a bearer token or in `x-api-key`. Every change is
 //! logged with the `tracing` crate at `INFO`, with the admin's identity
 //! and the state before and after. Errors are problem+json.
+//!
+//! An admin key with `read_only = true` reads and never changes (403). One
+//! with `team = "…"` changes only what its team owns: the splits, models
+//! and lifecycle of routes whose `api.owner` is the team, and the
+//! subscriptions of those APIs; any other change (`PUT /config`, another
+//! team's route, a route without an owner) is refused with 403.
 
 use std::collections::BTreeMap;
 
@@ -94,6 +104,11 @@ pub fn router(gateway: &Gateway) -> Result<Router, AdminError> {
         .route("/spend/{route}", get(get_spend))
         .route("/upstreams", get(get_upstreams))
         .route("/metrics", get(get_metrics))
+        .merge(super::admin_platform::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            gateway.clone(),
+            super::admin_platform::guard,
+        ))
         .layer(auth);
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -105,6 +105,8 @@ pub(crate) struct State {
     /// The first step of every request: the upgrades every upstream
     /// allows between them.
     pub(crate) ingress: crate::ingress::Sanitize,
+    /// The routes' APIs, and where their runtime changes are kept.
+    pub(crate) platform: super::platform::Platform,
 }
 
 /// The Redis connection of `[redis]` (feature `redis`; without it, a
@@ -230,8 +232,19 @@ impl Problems {
 #[must_use = "a reload's changes take effect only when applied"]
 pub(crate) struct Changes(Vec<Change>);
 
-enum Change {
+pub(crate) enum Change {
     Keys(crate::auth::ApiKeyHandle, Vec<ApiKey>),
+    /// An API moved by a reload that changed its `stage`.
+    Stage(
+        crate::platform::lifecycle::LifecycleHandle,
+        crate::platform::lifecycle::Stage,
+    ),
+    /// An API's subscription policy changed by a reload.
+    Policy(
+        crate::platform::subscription::Subscriptions,
+        String,
+        crate::platform::subscription::Policy,
+    ),
     Weights(SplitHandle, Vec<(String, u32)>),
     Catalog(ModelHandle, crate::model::Catalog),
     /// API keys read again (a reused router's providers are unchanged,
@@ -250,7 +263,7 @@ enum Change {
 }
 
 impl Changes {
-    fn push(&mut self, change: Change) {
+    pub(crate) fn push(&mut self, change: Change) {
         self.0.push(change);
     }
 
@@ -283,6 +296,10 @@ impl Change {
     fn current(&self) -> Change {
         match self {
             Change::Keys(h, _) => Change::Keys(h.clone(), h.keys()),
+            Change::Stage(h, _) => Change::Stage(h.clone(), h.stage()),
+            Change::Policy(s, api, p) => {
+                Change::Policy(s.clone(), api.clone(), s.policy(api).unwrap_or(*p))
+            }
             Change::Weights(h, _) => Change::Weights(
                 h.clone(),
                 h.weights()
@@ -305,6 +322,15 @@ impl Change {
         };
         match self {
             Change::Keys(h, keys) => h.set_keys(keys).map_err(|e| problem("api_keys", &e)),
+            // Undone only where the lifecycle allows the way back.
+            Change::Stage(h, to) if h.stage() == to => Ok(()),
+            Change::Stage(h, to) => h
+                .transition(to, "config")
+                .map(drop)
+                .map_err(|e| problem("routes.api.stage", &e)),
+            Change::Policy(s, api, policy) => s
+                .set_policy(&api, policy)
+                .map_err(|e| problem("routes.api.subscription", &e)),
             Change::Weights(h, weights) => h.set_weights(weights).map_err(|e| problem("split", &e)),
             Change::Catalog(h, catalog) => h.set_catalog(catalog).map_err(|e| problem("model", &e)),
             Change::ProviderKeys(h, keys) => {
@@ -557,6 +583,14 @@ pub(crate) fn build(
         }
     }
 
+    // The routes' APIs: lifecycles, subscriptions, the state file.
+    let platform = super::platform::build(
+        &config,
+        old.map(|o| &o.platform),
+        &mut problems,
+        &mut changes,
+    );
+
     // Routes.
     let mut routes = Vec::with_capacity(config.routes.len());
     let mut names = Vec::new();
@@ -580,6 +614,8 @@ pub(crate) fn build(
             auth: auth.as_ref(),
             pre_auth: pre_auth.as_ref().map(|(layer, _)| layer),
             redis: redis.as_ref(),
+            platform: &platform,
+            config: &config,
         };
         if let Some(route) = build_route(rc, &at, &common, old_route, &mut problems, &mut changes) {
             routes.push(route);
@@ -610,6 +646,7 @@ pub(crate) fn build(
             pre_auth,
             redis,
             ingress,
+            platform,
         },
         changes,
     ))
@@ -813,6 +850,11 @@ fn shared_redis(
     }
 }
 
+/// The label an admin key's identity carries its `team` in.
+pub(crate) const ADMIN_TEAM: &str = "switchyard.admin.team";
+/// The label that marks a read-only admin key's identity.
+pub(crate) const ADMIN_READ_ONLY: &str = "switchyard.admin.read_only";
+
 pub(crate) fn api_keys(list: &[ApiKeyConfig], at: &str, problems: &mut Problems) -> Vec<ApiKey> {
     let mut keys = Vec::new();
     for (i, k) in list.iter().enumerate() {
@@ -827,6 +869,19 @@ pub(crate) fn api_keys(list: &[ApiKeyConfig], at: &str, problems: &mut Problems)
         }
         if let Some(t) = &k.tier {
             identity = identity.with_tier(t.clone());
+        }
+        if at == "admin.keys" {
+            if let Some(team) = &k.team {
+                identity = identity.with_label(ADMIN_TEAM, team.clone());
+            }
+            if k.read_only {
+                identity = identity.with_label(ADMIN_READ_ONLY, "true");
+            }
+        } else if k.team.is_some() || k.read_only {
+            problems.push(
+                here.clone(),
+                "`team` and `read_only` are for admin keys (`admin.keys`)",
+            );
         }
         match (&k.key, &k.digest) {
             (Some(key), None) => keys.push(ApiKey::new(key, identity)),
@@ -918,6 +973,8 @@ struct Common<'a> {
     auth: Option<&'a ApiKeyLayer>,
     pre_auth: Option<&'a RateLimitLayer>,
     redis: Option<&'a SharedRedis>,
+    platform: &'a super::platform::Platform,
+    config: &'a GatewayConfig,
 }
 
 fn build_route(
@@ -935,6 +992,8 @@ fn build_route(
         auth,
         pre_auth,
         redis,
+        platform,
+        config,
     } = *common;
     let before = problems.0.len();
     let prefix = rc.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
@@ -962,8 +1021,24 @@ fn build_route(
     let mut model = None;
     let mut spend = None;
     let terminal: Option<Pipeline> = match (&rc.split, &rc.model) {
+        (None, None) if rc.catalog => {
+            if rc.api.is_some() {
+                problems.push(format!("{at}.api"), "a catalog route is not an API");
+            }
+            super::platform::catalog(config, platform, &prefix, at, problems).map(boxed)
+        }
         (Some(_), Some(_)) | (None, None) => {
-            problems.push(at, "a route needs exactly one of `split` and `model`");
+            problems.push(
+                at,
+                "a route needs exactly one of `split`, `model` and `catalog`",
+            );
+            None
+        }
+        (_, _) if rc.catalog => {
+            problems.push(
+                at,
+                "a route needs exactly one of `split`, `model` and `catalog`",
+            );
             None
         }
         (Some(sc), None) => {
@@ -1218,6 +1293,15 @@ fn build_route(
     #[cfg(feature = "redis")]
     if let Some((_, layer)) = &shared_limiter {
         service = boxed(layer.layer(service));
+    }
+    // Inside authentication, which gives the identity that testers,
+    // callers and subscribers are known by; a draft or retired version
+    // answers before its subscription is looked at.
+    if let Some(api) = platform.apis.get(&rc.name) {
+        if let Some(layer) = &api.subscription {
+            service = boxed(layer.layer(service));
+        }
+        service = boxed(api.lifecycle.layer(service));
     }
     if let Some(a) = &rc.auth {
         if !a.scopes.is_empty() {

@@ -51,6 +51,81 @@ pub struct GatewayConfig {
     /// of the gateway does not change a running server's limits (its
     /// certificate reloads with [`ServerHandle::reload_tls`](crate::server::ServerHandle::reload_tls)).
     pub server: crate::server::ServerConfig,
+    /// `[platform]`: where the runtime changes of routes' APIs (lifecycle
+    /// moves, subscriptions) are kept.
+    pub platform: PlatformConfig,
+}
+
+/// Where the platform's runtime state is kept (see [`crate::state`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PlatformConfig {
+    /// A JSON file, replaced atomically on every change and read at
+    /// start: lifecycle moves and subscriptions made through the admin
+    /// API and the catalog survive a restart. A corrupt file is refused
+    /// with its line and column. It cannot change on a reload. Without
+    /// it, they live as long as the process.
+    pub state_file: Option<String>,
+}
+
+/// A route served as an API of the platform: named, versioned, owned, in
+/// a lifecycle stage, listed in the catalog, and open to subscribers only
+/// when it has a `subscription` policy (see [`crate::platform`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ApiConfig {
+    /// The API's name, the same for each of its versions.
+    pub name: String,
+    /// This route's version of it (`v1`).
+    pub version: String,
+    /// The team that owns it: team-scoped admin keys of this team change it.
+    pub owner: Option<String>,
+    /// What it is for, shown in the catalog.
+    pub description: Option<String>,
+    /// Its stage when first built: `draft` (the default), `published`,
+    /// `deprecated` or `retired`. A stage moved through the admin API is
+    /// kept in `[platform] state_file` and wins over this at a restart;
+    /// a reload that changes this field moves the API (if the move is
+    /// allowed), as if by an admin named `config`.
+    pub stage: Option<crate::platform::lifecycle::Stage>,
+    /// When it was deprecated, Unix seconds (the `Deprecation` header);
+    /// the time of the move when it is deprecated by a move.
+    pub deprecated_at: Option<u64>,
+    /// When it stops being served, Unix seconds (the `Sunset` header).
+    pub sunset: Option<u64>,
+    /// Where its successor is (`/v2/orders`), linked from deprecated and
+    /// retired answers.
+    pub successor: Option<String>,
+    /// A header that lets testers reach a draft: `{ name = "x-tester",
+    /// value = "yes" }`.
+    pub tester_header: Option<TesterHeaderConfig>,
+    /// A scope that lets its holders reach a draft.
+    pub tester_scope: Option<String>,
+    /// Who sees it in the catalog: every consumer (no value), or the
+    /// listed teams (tenants) and the owner.
+    pub visible_to: Option<Vec<String>>,
+    /// `open` or `approval`: callers need a subscription (403
+    /// `subscription_required` otherwise). None by default: no
+    /// subscription needed. Needs `auth` on the route.
+    pub subscription: Option<crate::platform::subscription::Policy>,
+    /// Its limits as consumers should read them, shown in the catalog.
+    pub limits: Option<String>,
+    /// A file holding its own OpenAPI 3.1 document (JSON), served by the
+    /// catalog instead of one generated from this route.
+    pub openapi_file: Option<String>,
+}
+
+/// A tester header: its name and the value that marks a tester.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TesterHeaderConfig {
+    /// The header's name.
+    pub name: String,
+    /// The value.
+    pub value: String,
 }
 
 impl GatewayConfig {
@@ -207,6 +282,13 @@ pub struct ApiKeyConfig {
     pub scopes: Vec<String>,
     /// Its tier.
     pub tier: Option<String>,
+    /// Admin keys only: the team the key acts for. It may change only the
+    /// routes whose `api.owner` is this team (their splits, models and
+    /// lifecycle) and the subscriptions of those APIs; every other change
+    /// is refused with 403. Reads are not limited.
+    pub team: Option<String>,
+    /// Admin keys only: the key reads and never changes (403).
+    pub read_only: bool,
 }
 
 /// The Redis server rate limits with `redis = true` count in (see
@@ -332,6 +414,14 @@ pub struct RouteConfig {
     pub split: Option<SplitConfig>,
     /// Model router over upstreams.
     pub model: Option<ModelConfig>,
+    /// Serve the platform's catalog here (instead of a split or a model
+    /// router): the APIs of every route with `api`, as the caller may see
+    /// them (see [`crate::platform::catalog`]). Give it `auth`: the
+    /// catalog is for authenticated consumers.
+    pub catalog: bool,
+    /// This route as an API of the platform: name, version, owner,
+    /// lifecycle stage, catalog listing, subscriptions.
+    pub api: Option<ApiConfig>,
     /// Take paths with `;` parameters (`/a;jsessionid=1/b`); refused with a
     /// 400 by default (see [`crate::path`]). Routes are matched on the path
     /// without parameters either way, so `/admin;x/users` is the `/admin`

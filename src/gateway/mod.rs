@@ -84,9 +84,12 @@
 //! `examples/gateway.rs` runs a complete gateway with its admin API.
 
 mod access;
+#[cfg(feature = "admin")]
+mod admin_platform;
 mod build;
 mod config;
 mod metrics;
+mod platform;
 mod redact;
 mod spend;
 
@@ -107,9 +110,10 @@ use http_body_util::combinators::UnsyncBoxBody;
 use tower::Service;
 
 pub use config::{
-    AdminConfig, ApiKeyConfig, AuthConfig, BalanceConfig, ForwardedForConfig, GatewayConfig,
-    HealthCheckConfig, KeyConfig, ModelConfig, QuotaConfig, RateLimitConfig, RedisConfig,
-    RedisFailureConfig, RouteConfig, SplitConfig, TargetConfig, UpstreamConfig, WeightSyncConfig,
+    AdminConfig, ApiConfig, ApiKeyConfig, AuthConfig, BalanceConfig, ForwardedForConfig,
+    GatewayConfig, HealthCheckConfig, KeyConfig, ModelConfig, PlatformConfig, QuotaConfig,
+    RateLimitConfig, RedisConfig, RedisFailureConfig, RouteConfig, SplitConfig, TargetConfig,
+    TesterHeaderConfig, UpstreamConfig, WeightSyncConfig,
 };
 
 pub use redact::REDACTED;
@@ -326,8 +330,30 @@ impl Gateway {
             if let (Some(model), Some((_, handle))) = (route.model.as_mut(), built.model.as_ref()) {
                 model.catalog = handle.catalog();
             }
+            if let (Some(api), Some(built)) =
+                (route.api.as_mut(), state.platform.apis.get(&built.name))
+            {
+                api.stage = Some(built.handle().stage());
+            }
         }
         config
+    }
+
+    /// The lifecycle of `route`'s API (a route with `api`).
+    pub fn api(&self, route: &str) -> Option<crate::platform::lifecycle::LifecycleHandle> {
+        self.inner
+            .state
+            .load()
+            .platform
+            .apis
+            .get(route)
+            .map(platform::BuiltApi::handle)
+    }
+
+    /// Every API's subscriptions (routes whose `api` has a
+    /// `subscription` policy): approve, reject, revoke, list.
+    pub fn subscriptions(&self) -> crate::platform::subscription::Subscriptions {
+        self.inner.state.load().platform.subscriptions.clone()
     }
 
     /// The names of the routes, in order.

@@ -15,6 +15,9 @@
 //! * [The catalog](catalog): the APIs a consumer may see, with their
 //!   versions, stages, owners, limits and OpenAPI 3.1 documents, and
 //!   where to ask for access.
+//! * Prompt APIs (`prompt`, feature `json`) run versioned prompt
+//!   templates on a model alias for callers who send variables, each
+//!   version a split target.
 //!
 //! Not built yet: the gateway's configuration and admin endpoints for all
 //! this, team-scoped admin keys, and keeping it in Redis.
@@ -52,4 +55,5 @@
 
 pub mod catalog;
 pub mod lifecycle;
+pub mod prompt;
 pub mod subscription;

@@ -357,7 +357,8 @@ impl Allowed {
 /// One API's subscriptions.
 struct Entry {
     name: String,
-    policy: Policy,
+    /// [`Policy::Open`] when set.
+    open: std::sync::atomic::AtomicBool,
     /// Where a consumer asks for access, shown in refusals.
     request_link: RwLock<Option<String>>,
     allowed: ArcSwap<Allowed>,
@@ -452,7 +453,7 @@ impl Subscriptions {
             .collect();
         let entry = Arc::new(Entry {
             name: api.to_owned(),
-            policy,
+            open: std::sync::atomic::AtomicBool::new(policy == Policy::Open),
             request_link: RwLock::new(None),
             allowed: ArcSwap::from_pointee(Allowed::of(&subs)),
             book: Mutex::new(Book {
@@ -498,7 +499,23 @@ impl Subscriptions {
 
     /// `api`'s policy.
     pub fn policy(&self, api: &str) -> Result<Policy, SubscriptionError> {
-        Ok(self.entry(api)?.policy)
+        Ok(self.entry(api)?.policy())
+    }
+
+    /// Changes `api`'s policy: requests made from now on follow it (a
+    /// pending one stays pending until decided).
+    pub fn set_policy(&self, api: &str, policy: Policy) -> Result<(), SubscriptionError> {
+        self.entry(api)?
+            .open
+            .store(policy == Policy::Open, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The layer that guards `api`, registered already.
+    pub fn layer(&self, api: &str) -> Result<SubscriptionLayer, SubscriptionError> {
+        Ok(SubscriptionLayer {
+            entry: self.entry(api)?,
+        })
     }
 
     /// `consumer` asks to use `api` (`by` is who asked): pending, or
@@ -524,7 +541,7 @@ impl Subscriptions {
     ) -> Result<Subscription, SubscriptionError> {
         consumer.check()?;
         let entry = self.entry(api)?;
-        let to = match entry.policy {
+        let to = match entry.policy() {
             Policy::Open => Status::Approved,
             Policy::Approval => Status::Pending,
         };
@@ -737,7 +754,7 @@ impl fmt::Debug for SubscriptionLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SubscriptionLayer")
             .field("api", &self.entry.name)
-            .field("policy", &self.entry.policy)
+            .field("policy", &self.entry.policy())
             .finish_non_exhaustive()
     }
 }
@@ -769,6 +786,14 @@ impl<S> fmt::Debug for Subscribed<S> {
 }
 
 impl Entry {
+    fn policy(&self) -> Policy {
+        if self.open.load(std::sync::atomic::Ordering::Relaxed) {
+            Policy::Open
+        } else {
+            Policy::Approval
+        }
+    }
+
     fn refusal(&self) -> Rejection {
         self.refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -1,0 +1,314 @@
+//! The platform's part of a gateway: each route with `api` served in its
+//! lifecycle stage and, with a `subscription` policy, to subscribers
+//! only; catalog routes listing those APIs; and the state file that keeps
+//! their runtime changes (see [`crate::platform`] and [`crate::state`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, Method};
+
+use super::build::{Change, Changes, Problems};
+use super::config::{ApiConfig, GatewayConfig};
+use crate::platform::catalog::{ApiCatalog, Listing, Visibility};
+use crate::platform::lifecycle::{Api, LifecycleHandle, LifecycleLayer};
+use crate::platform::subscription::{SubscriptionLayer, Subscriptions};
+use crate::state::StateFile;
+
+/// What one configuration's platform is, kept by the gateway's state.
+pub(crate) struct Platform {
+    /// `[platform] state_file`, opened: its path as configured.
+    pub(crate) state_file: Option<(String, Arc<StateFile>)>,
+    /// Every API's subscriptions: one registry for the gateway's life,
+    /// handed from each state to the next.
+    pub(crate) subscriptions: Subscriptions,
+    /// By route name.
+    pub(crate) apis: BTreeMap<String, BuiltApi>,
+}
+
+/// A route's API.
+pub(crate) struct BuiltApi {
+    pub(crate) config: ApiConfig,
+    pub(crate) lifecycle: LifecycleLayer,
+    pub(crate) subscription: Option<SubscriptionLayer>,
+}
+
+impl BuiltApi {
+    pub(crate) fn handle(&self) -> LifecycleHandle {
+        self.lifecycle.handle()
+    }
+}
+
+/// The platform of `config`, reusing `old`'s registry, state file and
+/// (when a route's `api` is unchanged but for `stage`) lifecycles;
+/// stage and policy changes go into `changes`.
+pub(crate) fn build(
+    config: &GatewayConfig,
+    old: Option<&Platform>,
+    problems: &mut Problems,
+    changes: &mut Changes,
+) -> Platform {
+    let state_file = match old {
+        Some(o) => {
+            let old_path = o.state_file.as_ref().map(|(p, _)| p.as_str());
+            if config.platform.state_file.as_deref() != old_path {
+                problems.push(
+                    "platform.state_file",
+                    format!(
+                        "was {}: the state file cannot change on a reload",
+                        old_path.map_or_else(|| "none".to_owned(), |p| format!("`{p}`"))
+                    ),
+                );
+            }
+            o.state_file.clone()
+        }
+        None => match &config.platform.state_file {
+            Some(path) => match StateFile::open(path) {
+                Ok(file) => Some((path.clone(), Arc::new(file))),
+                Err(e) => {
+                    problems.push("platform.state_file", e);
+                    None
+                }
+            },
+            None => None,
+        },
+    };
+    let subscriptions = match (old, &state_file) {
+        (Some(o), _) => o.subscriptions.clone(),
+        (None, Some((_, file))) => Subscriptions::with_state(Arc::clone(file)),
+        (None, None) => Subscriptions::new(),
+    };
+
+    let mut apis = BTreeMap::new();
+    let mut versions: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    for (i, rc) in config.routes.iter().enumerate() {
+        let Some(ac) = &rc.api else { continue };
+        let at = format!("routes[{i}].api");
+        if ac.name.is_empty() || ac.version.is_empty() {
+            problems.push(&at, "an API needs a `name` and a `version`");
+            continue;
+        }
+        if let Some(other) = versions.insert((&ac.name, &ac.version), &rc.name) {
+            problems.push(
+                format!("{at}.version"),
+                format!(
+                    "API `{}` version `{}` is route `{other}`'s too",
+                    ac.name, ac.version
+                ),
+            );
+            continue;
+        }
+        if ac.subscription.is_some() && rc.auth.is_none() {
+            problems.push(
+                format!("{at}.subscription"),
+                "subscribers are identities: the route needs `auth`",
+            );
+        }
+        if let Some(file) = &ac.openapi_file
+            && let Err(e) = read_document(file)
+        {
+            problems.push(format!("{at}.openapi_file"), e);
+        }
+        let old_api = old.and_then(|o| o.apis.get(&rc.name));
+        let Some(lifecycle) = lifecycle(ac, &at, old_api, state_file.as_ref(), problems, changes)
+        else {
+            continue;
+        };
+        let subscription = ac
+            .subscription
+            .and_then(|policy| match subscriptions.layer(&ac.name) {
+                Ok(layer) => {
+                    if subscriptions.policy(&ac.name).ok() != Some(policy) {
+                        changes.push(Change::Policy(
+                            subscriptions.clone(),
+                            ac.name.clone(),
+                            policy,
+                        ));
+                    }
+                    Some(layer)
+                }
+                Err(_) => match subscriptions.register(&ac.name, policy) {
+                    Ok(layer) => Some(layer),
+                    Err(e) => {
+                        problems.push(format!("{at}.subscription"), e);
+                        None
+                    }
+                },
+            });
+        apis.insert(
+            rc.name.clone(),
+            BuiltApi {
+                config: ac.clone(),
+                lifecycle,
+                subscription,
+            },
+        );
+    }
+    // Versions of one API share their visibility and their policy.
+    let mut first: BTreeMap<&str, &ApiConfig> = BTreeMap::new();
+    for (i, rc) in config.routes.iter().enumerate() {
+        let Some(ac) = &rc.api else { continue };
+        match first.get(ac.name.as_str()) {
+            None => {
+                first.insert(&ac.name, ac);
+            }
+            Some(f) => {
+                if f.visible_to != ac.visible_to {
+                    problems.push(
+                        format!("routes[{i}].api.visible_to"),
+                        format!("the versions of API `{}` differ in `visible_to`", ac.name),
+                    );
+                }
+                if f.subscription != ac.subscription {
+                    problems.push(
+                        format!("routes[{i}].api.subscription"),
+                        format!("the versions of API `{}` differ in `subscription`", ac.name),
+                    );
+                }
+            }
+        }
+    }
+    Platform {
+        state_file,
+        subscriptions,
+        apis,
+    }
+}
+
+/// A route's lifecycle: the old one when its API is unchanged but for
+/// `stage` (a changed stage is a move, made when the reload is applied),
+/// else a new one (its stage read from the state file, if it has one).
+fn lifecycle(
+    ac: &ApiConfig,
+    at: &str,
+    old: Option<&BuiltApi>,
+    state: Option<&(String, Arc<StateFile>)>,
+    problems: &mut Problems,
+    changes: &mut Changes,
+) -> Option<LifecycleLayer> {
+    let same_but_stage = |o: &ApiConfig| {
+        let mut o = o.clone();
+        o.stage = ac.stage;
+        o == *ac
+    };
+    if let Some(old) = old.filter(|o| same_but_stage(&o.config)) {
+        let handle = old.handle();
+        if ac.stage != old.config.stage {
+            let to = ac.stage.unwrap_or_default();
+            let now = handle.stage();
+            if to != now {
+                if !now.can_move_to(to) {
+                    problems.push(
+                        format!("{at}.stage"),
+                        format!(
+                            "API `{} {}` cannot move from {now} to {to}",
+                            ac.name, ac.version
+                        ),
+                    );
+                    return None;
+                }
+                changes.push(Change::Stage(handle, to));
+            }
+        }
+        return Some(old.lifecycle.clone());
+    }
+    let mut api = Api::new(&ac.name, &ac.version).stage(ac.stage.unwrap_or_default());
+    if let Some(owner) = &ac.owner {
+        api = api.owner(owner);
+    }
+    if let Some(text) = &ac.description {
+        api = api.description(text);
+    }
+    if let Some(at) = ac.deprecated_at {
+        api = api.deprecated_at(at);
+    }
+    if let Some(at) = ac.sunset {
+        api = api.sunset(at);
+    }
+    if let Some(link) = &ac.successor {
+        api = api.successor(link);
+    }
+    if let Some(scope) = &ac.tester_scope {
+        api = api.tester_scope(scope);
+    }
+    if let Some(th) = &ac.tester_header {
+        match (
+            HeaderName::from_bytes(th.name.as_bytes()),
+            HeaderValue::from_str(&th.value),
+        ) {
+            (Ok(name), Ok(value)) if !th.value.is_empty() => api = api.tester_header(name, value),
+            _ => {
+                problems.push(
+                    format!("{at}.tester_header"),
+                    "needs a valid header name and a non-empty value",
+                );
+                return None;
+            }
+        }
+    }
+    let built = match state {
+        Some((_, file)) => LifecycleLayer::with_state(api, Arc::clone(file)),
+        None => LifecycleLayer::new(api),
+    };
+    match built {
+        Ok(layer) => Some(layer),
+        Err(e) => {
+            problems.push(at, e);
+            None
+        }
+    }
+}
+
+/// An API's own OpenAPI document, from its file.
+fn read_document(path: &str) -> Result<serde_json::Value, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("`{path}` is not JSON: {e}"))
+}
+
+/// The catalog a `catalog = true` route serves at `mount`: every route's
+/// API of `config`.
+pub(crate) fn catalog(
+    config: &GatewayConfig,
+    platform: &Platform,
+    mount: &str,
+    at: &str,
+    problems: &mut Problems,
+) -> Option<ApiCatalog> {
+    let mut catalog = ApiCatalog::new(platform.subscriptions.clone()).mounted_at(mount);
+    for rc in &config.routes {
+        let (Some(ac), Some(built)) = (&rc.api, platform.apis.get(&rc.name)) else {
+            continue;
+        };
+        let mut listing =
+            Listing::new(built.handle()).path(rc.path_prefix.as_deref().unwrap_or("/"));
+        let methods: Vec<Method> = rc
+            .methods
+            .iter()
+            .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+            .collect();
+        listing = listing.methods(methods);
+        if rc.auth.is_some() {
+            listing = listing.auth("api_key");
+        }
+        if let Some(teams) = &ac.visible_to {
+            listing = listing.visibility(Visibility::Teams(teams.clone()));
+        }
+        if let Some(limits) = &ac.limits {
+            listing = listing.limits(limits);
+        }
+        if let Some(file) = &ac.openapi_file {
+            // Read (and found JSON) when the platform was built.
+            if let Ok(doc) = read_document(file) {
+                listing = listing.openapi(doc);
+            }
+        }
+        match catalog.list(listing) {
+            Ok(c) => catalog = c,
+            Err(e) => {
+                problems.push(at, e);
+                return None;
+            }
+        }
+    }
+    Some(catalog)
+}

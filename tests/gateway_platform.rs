@@ -1,0 +1,485 @@
+#![cfg(feature = "admin")]
+//! The platform through a gateway's configuration and admin API, over real
+//! loopback HTTP:
+//!
+//! * routes with `api`: a deprecated v1 (its headers) beside a v2 that
+//!   needs an approved subscription, and a catalog route;
+//! * a subscription's whole path through the catalog and the admin API
+//!   (403, asked, 403 while pending, approved, 200, revoked, 403);
+//! * team-scoped admin keys change only their team's APIs, read-only keys
+//!   nothing, and `PUT /config` is for unscoped keys;
+//! * lifecycle moves through the admin API and through a reload that
+//!   changes `stage`;
+//! * the state file: moves and subscriptions survive a restart, a corrupt
+//!   file is refused with its line and column.
+//!
+//! Timeouts here only guard against a hang; no assertion is about speed.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use axum::Router;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use switchyard::gateway::{Gateway, GatewayConfig, admin};
+use switchyard::platform::lifecycle::Stage;
+
+use crate::support::net::serve;
+
+const HANG_GUARD: Duration = Duration::from_secs(10);
+
+/// An upstream that answers with the path it was asked for.
+async fn upstream() -> SocketAddr {
+    serve(Router::new().fallback(|uri: http::Uri| async move { format!("served {}", uri.path()) }))
+        .await
+}
+
+fn config(up: SocketAddr, state: &Path, ledger_stage: &str) -> String {
+    format!(
+        r#"
+[upstreams.app]
+url = "http://{up}"
+
+[platform]
+state_file = "{state}"
+
+[[api_keys]]
+key = "alice-key"
+id = "alice"
+tenant = "shop"
+[[api_keys]]
+key = "bob-key"
+id = "bob"
+tenant = "bank"
+
+[admin]
+keys = [
+  {{ key = "root-key", id = "root" }},
+  {{ key = "orders-key", id = "olga", team = "team-orders" }},
+  {{ key = "viewer-key", id = "vic", read_only = true }},
+]
+
+[[routes]]
+name = "orders-v1"
+path_prefix = "/v1/orders"
+auth = {{}}
+split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
+[routes.api]
+name = "orders"
+version = "v1"
+owner = "team-orders"
+stage = "deprecated"
+deprecated_at = 1767225600
+sunset = 1798761600
+successor = "/v2/orders"
+subscription = "approval"
+
+[[routes]]
+name = "orders-v2"
+path_prefix = "/v2/orders"
+auth = {{}}
+split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
+[routes.api]
+name = "orders"
+version = "v2"
+owner = "team-orders"
+description = "Orders of the shop."
+stage = "published"
+subscription = "approval"
+limits = "100 requests per minute"
+
+[[routes]]
+name = "ledger"
+path_prefix = "/v1/ledger"
+auth = {{}}
+split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
+[routes.api]
+name = "ledger"
+version = "v1"
+owner = "finance"
+stage = "{ledger_stage}"
+visible_to = ["finance"]
+
+[[routes]]
+name = "catalog"
+path_prefix = "/catalog"
+auth = {{}}
+catalog = true
+"#,
+        state = state.display()
+    )
+}
+
+struct Harness {
+    gateway: Gateway,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+impl Harness {
+    async fn start(config: &str) -> Self {
+        let gateway = Gateway::from_config(GatewayConfig::from_toml(config).unwrap()).unwrap();
+        let addr = serve(Router::new().fallback_service(gateway.clone())).await;
+        let admin = serve(admin::router(&gateway).unwrap()).await;
+        Self {
+            gateway,
+            addr,
+            admin,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        addr: SocketAddr,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("x-api-key", key);
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        let res = tokio::time::timeout(
+            HANG_GUARD,
+            self.client.request(req.body(Full::new(body)).unwrap()),
+        )
+        .await
+        .expect("request hung")
+        .expect("request failed");
+        let (parts, body) = res.into_parts();
+        let body = tokio::time::timeout(HANG_GUARD, body.collect())
+            .await
+            .expect("body hung")
+            .expect("body failed")
+            .to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    async fn get(&self, path: &str, key: &str) -> Reply {
+        self.send(Method::GET, self.addr, path, key, None).await
+    }
+
+    async fn post(&self, path: &str, key: &str) -> Reply {
+        self.send(Method::POST, self.addr, path, key, None).await
+    }
+
+    async fn admin_get(&self, path: &str, key: &str) -> Reply {
+        self.send(Method::GET, self.admin, path, key, None).await
+    }
+
+    async fn admin_post(&self, path: &str, key: &str, body: Value) -> Reply {
+        self.send(Method::POST, self.admin, path, key, Some(body))
+            .await
+    }
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchyard-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn apis_subscriptions_and_team_keys_through_the_gateway() {
+    let up = upstream().await;
+    let dir = temp_dir("gw-platform");
+    let state = dir.join("state.json");
+    let h = Harness::start(&config(up, &state, "draft")).await;
+    let shop = json!({ "consumer": { "kind": "identity", "id": "alice", "tenant": "shop" } });
+
+    // v2 needs a subscription: refused, with where to ask.
+    let r = h.get("/v2/orders/17", "alice-key").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.json()["code"], "subscription_required");
+    assert_eq!(r.json()["request_access"], "/catalog/orders/subscription");
+
+    // Asked for through the catalog; pending until an owner decides.
+    let r = h.post("/catalog/orders/subscription", "alice-key").await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.json()["status"], "pending");
+    assert_eq!(h.get("/v2/orders/17", "alice-key").await.status, 403);
+
+    // A read-only key cannot decide; another team's key neither... (the
+    // orders team's key can).
+    let r = h
+        .admin_post("/subscriptions/orders/approve", "viewer-key", shop.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.json()["detail"].as_str().unwrap().contains("read-only"));
+    let r = h
+        .admin_post("/subscriptions/orders/approve", "orders-key", shop.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["subscription"]["status"], "approved");
+    assert_eq!(r.json()["subscription"]["decided_by"], "olga");
+    let r = h.get("/v2/orders/17", "alice-key").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&r.body[..], b"served /v2/orders/17");
+    // Alice's, not Bob's.
+    assert_eq!(h.get("/v2/orders/17", "bob-key").await.status, 403);
+
+    // v1 is deprecated: served to subscribers, with the lifecycle headers.
+    let r = h.get("/v1/orders", "alice-key").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("deprecation"), Some("@1767225600"));
+    assert_eq!(r.header("sunset"), Some("Fri, 01 Jan 2027 00:00:00 GMT"));
+    assert_eq!(
+        r.header("link"),
+        Some(r#"</v2/orders>; rel="successor-version""#)
+    );
+
+    // The catalog: orders (v1 deprecated, v2 published), not the draft
+    // ledger.
+    let r = h.get("/catalog", "alice-key").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let apis = r.json()["apis"].clone();
+    assert_eq!(apis.as_array().unwrap().len(), 1);
+    assert_eq!(apis[0]["name"], "orders");
+    let states: Vec<&str> = apis[0]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["deprecated", "published"]);
+    assert_eq!(apis[0]["subscription"]["subscribed"], true);
+    let doc = h
+        .get("/catalog/orders/v2/openapi.json", "alice-key")
+        .await
+        .json();
+    crate::support::openapi::assert_valid_31(&doc);
+    assert!(doc["paths"]["/v2/orders"].is_object());
+
+    // Team keys: their own APIs only; nothing global.
+    let r = h
+        .admin_post(
+            "/apis/ledger/stage",
+            "orders-key",
+            json!({ "stage": "published" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("team `finance`")
+    );
+    let r = h
+        .send(
+            Method::PUT,
+            h.admin,
+            "/config",
+            "orders-key",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = h
+        .admin_post("/splits/ledger/rollback", "orders-key", json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Reads are for every admin key.
+    let r = h.admin_get("/apis", "viewer-key").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["apis"].as_array().unwrap().len(), 3);
+
+    // The orders team retires v1: 410 with the successor's link.
+    let r = h
+        .admin_post(
+            "/apis/orders-v1/stage",
+            "orders-key",
+            json!({ "stage": "retired" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["transition"]["by"], "olga");
+    let r = h.get("/v1/orders", "alice-key").await;
+    assert_eq!(r.status, StatusCode::GONE);
+    assert_eq!(r.json()["successor"], "/v2/orders");
+    // A move the lifecycle forbids is a conflict.
+    let r = h
+        .admin_post(
+            "/apis/orders-v1/stage",
+            "root-key",
+            json!({ "stage": "published" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = h.admin_get("/apis/orders-v1", "viewer-key").await;
+    assert_eq!(r.json()["stage"], "retired");
+    assert_eq!(r.json()["history"][0]["by"], "olga");
+    // Deprecated v1's callers were counted by identity.
+    assert_eq!(r.json()["callers"]["by_identity"]["alice"], 1);
+
+    // A reload that changes the ledger's stage moves it; the rest keeps
+    // its live state (v1 stays retired though the config says deprecated).
+    h.gateway
+        .reload(GatewayConfig::from_toml(&config(up, &state, "published")).unwrap())
+        .unwrap();
+    assert_eq!(h.gateway.api("ledger").unwrap().stage(), Stage::Published);
+    assert_eq!(h.gateway.api("orders-v1").unwrap().stage(), Stage::Retired);
+    // GET /config shows the live stages, and sending it back changes nothing.
+    let shown = h.gateway.config();
+    assert_eq!(
+        shown.routes[0].api.as_ref().unwrap().stage,
+        Some(Stage::Retired)
+    );
+    h.gateway.reload(shown).unwrap();
+    assert_eq!(h.gateway.api("orders-v1").unwrap().stage(), Stage::Retired);
+    assert_eq!(h.get("/v2/orders/1", "alice-key").await.status, 200);
+
+    // Subscription decisions are logged.
+    let r = h.admin_get("/subscriptions/orders", "viewer-key").await;
+    assert_eq!(r.json()["decisions"].as_array().unwrap().len(), 2);
+    assert_eq!(r.json()["policy"], "approval");
+
+    // Revoked: refused again.
+    let r = h
+        .admin_post("/subscriptions/orders/revoke", "root-key", shop.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(h.get("/v2/orders/1", "alice-key").await.status, 403);
+    let r = h
+        .admin_post("/subscriptions/orders/approve", "root-key", shop.clone())
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CONFLICT,
+        "a revoked subscription is asked for again"
+    );
+
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn moves_and_subscriptions_survive_a_restart() {
+    let up = upstream().await;
+    let dir = temp_dir("gw-platform-restart");
+    let state = dir.join("state.json");
+    let text = config(up, &state, "draft");
+    {
+        let h = Harness::start(&text).await;
+        let r = h.post("/catalog/orders/subscription", "alice-key").await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        let shop = json!({ "consumer": { "kind": "identity", "id": "alice", "tenant": "shop" } });
+        let r = h
+            .admin_post("/subscriptions/orders/approve", "root-key", shop)
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let r = h
+            .admin_post(
+                "/apis/orders-v1/stage",
+                "root-key",
+                json!({ "stage": "retired" }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+
+    // A new gateway over the same file: v1 retired, alice subscribed,
+    // though the configuration says deprecated and nobody subscribed.
+    let h = Harness::start(&text).await;
+    assert_eq!(h.get("/v1/orders", "alice-key").await.status, 410);
+    assert_eq!(h.get("/v2/orders", "alice-key").await.status, 200);
+    assert_eq!(h.get("/v2/orders", "bob-key").await.status, 403);
+    let r = h.admin_get("/apis/orders-v1", "root-key").await;
+    assert_eq!(r.json()["history"].as_array().unwrap().len(), 1);
+    // The state file cannot change on a reload.
+    let moved = config(up, &dir.join("other.json"), "draft");
+    let err = h
+        .gateway
+        .reload(GatewayConfig::from_toml(&moved).unwrap())
+        .unwrap_err();
+    assert_eq!(err.problems[0].at, "platform.state_file");
+
+    // A corrupt file is refused with where it breaks, never reset.
+    std::fs::write(&state, "{\n  \"lifecycle\": {\n    \"orders v1\": \n").unwrap();
+    let err = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap_err();
+    assert_eq!(err.problems[0].at, "platform.state_file");
+    assert!(
+        err.problems[0].message.contains("line 4"),
+        "{}",
+        err.problems[0].message
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn platform_settings_are_checked() {
+    let problems = |text: &str| -> Vec<(String, String)> {
+        Gateway::from_config(GatewayConfig::from_toml(text).unwrap())
+            .unwrap_err()
+            .problems
+            .into_iter()
+            .map(|p| (p.at, p.message))
+            .collect()
+    };
+    let base = r#"
+[upstreams.app]
+url = "http://127.0.0.1:9"
+[[api_keys]]
+key = "k"
+id = "a"
+team = "x"
+"#;
+    let found = problems(&format!(
+        r#"{base}
+[[routes]]
+name = "a"
+path_prefix = "/a"
+split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
+api = {{ name = "orders", version = "v1", subscription = "open" }}
+[[routes]]
+name = "b"
+path_prefix = "/b"
+split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
+api = {{ name = "orders", version = "v1", successor = "bad link>" }}
+[[routes]]
+name = "c"
+path_prefix = "/c"
+catalog = true
+split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
+"#
+    ));
+    let at: Vec<&str> = found.iter().map(|(at, _)| at.as_str()).collect();
+    assert!(at.contains(&"api_keys[0]"), "{found:?}");
+    assert!(at.contains(&"routes[0].api.subscription"), "{found:?}");
+    assert!(at.contains(&"routes[1].api.version"), "{found:?}");
+    assert!(at.contains(&"routes[2]"), "{found:?}");
+}
