@@ -483,3 +483,200 @@ split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
     assert!(at.contains(&"routes[1].api.version"), "{found:?}");
     assert!(at.contains(&"routes[2]"), "{found:?}");
 }
+
+/// A model server: its answer names the system prompt it was sent.
+async fn model_server() -> SocketAddr {
+    serve(Router::new().fallback(|body: Bytes| async move {
+        let req: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let system = req["messages"][0]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        axum::Json(json!({
+            "id": "x", "object": "chat.completion", "model": req["model"],
+            "choices": [{ "index": 0, "finish_reason": "stop",
+                "message": { "role": "assistant", "content": format!("[{system}]") } }],
+            "usage": { "prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12 }
+        }))
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn a_prompt_route_is_canaried_and_versions_are_chosen_by_header() {
+    let up = upstream().await;
+    let llm = model_server().await;
+    let text = format!(
+        r#"
+[upstreams.app]
+url = "http://{up}"
+[upstreams.llm]
+url = "http://{llm}"
+
+[[api_keys]]
+key = "alice-key"
+id = "alice"
+tenant = "shop"
+
+[admin]
+keys = [{{ key = "root-key", id = "root" }}]
+
+[[routes]]
+name = "orders-v2"
+path_prefix = "/orders"
+auth = {{}}
+split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
+transform = {{ sets = [{{ name = "v", response = {{ headers = {{ add = [{{ name = "x-v", value = "2" }}] }} }} }}] }}
+api = {{ name = "orders", version = "v2", stage = "published", version_header = "api-version" }}
+
+[[routes]]
+name = "orders-v1"
+path_prefix = "/orders"
+auth = {{}}
+split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
+api = {{ name = "orders", version = "v1", stage = "published" }}
+
+[[routes]]
+name = "ai"
+path_prefix = "/v1/chat"
+auth = {{}}
+[routes.model.catalog]
+models = [{{ name = "small", upstream = "llm" }}]
+aliases = [{{ name = "chat", versions = {{ "small" = 100 }} }}]
+
+[[routes]]
+name = "summarize"
+path_prefix = "/v1/prompts/summarize"
+auth = {{}}
+[routes.api]
+name = "summarize"
+version = "v1"
+stage = "published"
+[routes.prompt]
+model_route = "ai"
+sticky = "identity"
+[routes.prompt.api]
+name = "summarize"
+path = "/v1/prompts/summarize"
+alias = "chat"
+mode = {{ type = "text" }}
+variables = {{ text = {{ type = "string", max_length = 2000 }} }}
+[[routes.prompt.api.versions]]
+name = "v1"
+weight = 100
+messages = [
+  {{ role = "system", content = "one" }},
+  {{ role = "user", content = "Summarize: {{{{text}}}}" }},
+]
+[[routes.prompt.api.versions]]
+name = "v2"
+weight = 0
+messages = [
+  {{ role = "system", content = "two" }},
+  {{ role = "user", content = "Summarize briefly: {{{{text}}}}" }},
+]
+
+[[routes]]
+name = "catalog"
+path_prefix = "/catalog"
+auth = {{}}
+catalog = true
+"#
+    );
+    let h = Harness::start(&text).await;
+
+    // The version header chooses v2; without it, v1 serves the same path.
+    let with = h
+        .send(Method::GET, h.addr, "/orders/1", "alice-key", None)
+        .await;
+    assert_eq!(with.header("x-v"), None);
+    let mut req = Request::get(format!("http://{}/orders/1", h.addr))
+        .header("x-api-key", "alice-key")
+        .header("api-version", "v2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = h.client.request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["x-v"], "2");
+    req = Request::get(format!("http://{}/orders/1", h.addr))
+        .header("x-api-key", "alice-key")
+        .header("api-version", "v9")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = h.client.request(req).await.unwrap();
+    assert!(!res.headers().contains_key("x-v"));
+
+    // The prompt API: variables in, the text of the answer out, from v1.
+    let ask = |text: &str| {
+        let body = json!({ "variables": { "text": text } });
+        h.send(
+            Method::POST,
+            h.addr,
+            "/v1/prompts/summarize",
+            "alice-key",
+            Some(body),
+        )
+    };
+    let r = ask("a long story").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json(), json!({ "result": "[one]" }));
+    // A bad variable is a 400 naming it, in OpenAI's shape.
+    let r = h
+        .send(
+            Method::POST,
+            h.addr,
+            "/v1/prompts/summarize",
+            "alice-key",
+            Some(json!({ "variables": { "txt": "x" } })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"]["param"], "variables.txt");
+
+    // Canary through the split admin API: promote v2, then roll back.
+    let r = h
+        .send(
+            Method::POST,
+            h.admin,
+            "/splits/summarize/promote/v2",
+            "root-key",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(ask("x").await.json(), json!({ "result": "[two]" }));
+    let r = h
+        .send(
+            Method::POST,
+            h.admin,
+            "/splits/summarize/rollback",
+            "root-key",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(ask("x").await.json(), json!({ "result": "[one]" }));
+    let stats = h.gateway.split("summarize").unwrap().stats();
+    let served: Vec<(String, u64)> = stats.iter().map(|s| (s.name.clone(), s.requests)).collect();
+    assert_eq!(served, [("v1".to_owned(), 2), ("v2".to_owned(), 1)]);
+
+    // A reload keeps the live weights of the versions.
+    h.gateway
+        .split("summarize")
+        .unwrap()
+        .set_weights([("v1", 50), ("v2", 50)])
+        .unwrap();
+    h.gateway
+        .reload(GatewayConfig::from_toml(&text).unwrap())
+        .unwrap();
+    let w = h.gateway.split("summarize").unwrap().weights();
+    assert_eq!((w.get("v1"), w.get("v2")), (Some(50), Some(50)));
+
+    // The catalog serves the prompt's own document, OpenAPI 3.1.
+    let doc = h
+        .get("/catalog/summarize/v1/openapi.json", "alice-key")
+        .await
+        .json();
+    crate::support::openapi::assert_valid_31(&doc);
+    assert!(doc["paths"]["/v1/prompts/summarize"]["post"].is_object());
+}

@@ -151,6 +151,8 @@ pub(crate) struct BuiltRoute {
     #[cfg(feature = "redis")]
     pub(crate) shared_limiter: Option<(RedisConfig, crate::ratelimit::redis::RedisRateLimitLayer)>,
     pub(crate) transform: Option<(TransformLayer, TransformHandle)>,
+    /// A prompt route's API: its versions are a split.
+    pub(crate) prompt: Option<crate::platform::prompt::PromptHandle>,
     pub(crate) counters: Arc<RouteCounters>,
 }
 
@@ -164,11 +166,19 @@ pub(crate) struct Matcher {
     prefix: String,
     host: Option<String>,
     methods: Vec<Method>,
+    /// An API version chosen by header (`api.version_header`): the
+    /// header's name, and this route's version.
+    version: Option<(HeaderName, String)>,
 }
 
 impl Matcher {
     pub(crate) fn matches<B>(&self, req: &Request<B>) -> bool {
         if !self.methods.is_empty() && !self.methods.contains(req.method()) {
+            return false;
+        }
+        if let Some((name, version)) = &self.version
+            && req.headers().get(name).map(|v| v.as_bytes()) != Some(version.as_bytes())
+        {
             return false;
         }
         if let Some(host) = &self.host {
@@ -616,6 +626,7 @@ pub(crate) fn build(
             redis: redis.as_ref(),
             platform: &platform,
             config: &config,
+            built: &routes,
         };
         if let Some(route) = build_route(rc, &at, &common, old_route, &mut problems, &mut changes) {
             routes.push(route);
@@ -975,6 +986,8 @@ struct Common<'a> {
     redis: Option<&'a SharedRedis>,
     platform: &'a super::platform::Platform,
     config: &'a GatewayConfig,
+    /// The routes built before this one (a prompt route's model route).
+    built: &'a [BuiltRoute],
 }
 
 fn build_route(
@@ -994,6 +1007,7 @@ fn build_route(
         redis,
         platform,
         config,
+        built,
     } = *common;
     let before = problems.0.len();
     let prefix = rc.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
@@ -1010,37 +1024,57 @@ fn build_route(
             ),
         }
     }
+    let version = rc.api.as_ref().and_then(|api| {
+        let name = api.version_header.as_ref()?;
+        match HeaderName::from_str(name) {
+            Ok(name) => Some((name, api.version.clone())),
+            Err(_) => {
+                problems.push(
+                    format!("{at}.api.version_header"),
+                    format!("invalid header name `{name}`"),
+                );
+                None
+            }
+        }
+    });
     let matcher = Matcher {
         prefix: prefix.trim_end_matches('/').to_owned(),
         host: rc.host.clone(),
         methods,
+        version,
     };
 
     // The terminal service: a split or a model router.
     let mut split = None;
     let mut model = None;
     let mut spend = None;
+    let mut prompt = None;
+    let kinds = usize::from(rc.split.is_some())
+        + usize::from(rc.model.is_some())
+        + usize::from(rc.catalog)
+        + usize::from(rc.prompt.is_some());
     let terminal: Option<Pipeline> = match (&rc.split, &rc.model) {
+        _ if kinds != 1 => {
+            problems.push(
+                at,
+                "a route needs exactly one of `split`, `model`, `catalog` and `prompt`",
+            );
+            None
+        }
+        (None, None) if rc.prompt.is_some() => {
+            let pc = rc.prompt.as_ref().expect("checked");
+            prompt_api(pc, at, built, old, problems, changes).map(|(service, handle)| {
+                prompt = Some(handle);
+                service
+            })
+        }
         (None, None) if rc.catalog => {
             if rc.api.is_some() {
                 problems.push(format!("{at}.api"), "a catalog route is not an API");
             }
             super::platform::catalog(config, platform, &prefix, at, problems).map(boxed)
         }
-        (Some(_), Some(_)) | (None, None) => {
-            problems.push(
-                at,
-                "a route needs exactly one of `split`, `model` and `catalog`",
-            );
-            None
-        }
-        (_, _) if rc.catalog => {
-            problems.push(
-                at,
-                "a route needs exactly one of `split`, `model` and `catalog`",
-            );
-            None
-        }
+        (Some(_), Some(_)) | (None, None) => unreachable!("one kind, checked above"),
         (Some(sc), None) => {
             let here = format!("{at}.split");
             let mut targets = Vec::new();
@@ -1333,8 +1367,69 @@ fn build_route(
         #[cfg(feature = "redis")]
         shared_limiter,
         transform,
+        prompt,
         counters,
     })
+}
+
+/// A prompt route's service: its API over the model router of the route
+/// it names, counters carried over from the API it replaces, and that
+/// API's live weights kept (a change for the reload) when it had the same
+/// versions.
+fn prompt_api(
+    pc: &super::config::PromptRouteConfig,
+    at: &str,
+    built: &[BuiltRoute],
+    old: Option<&BuiltRoute>,
+    problems: &mut Problems,
+    changes: &mut Changes,
+) -> Option<(Pipeline, crate::platform::prompt::PromptHandle)> {
+    let Some(route) = built.iter().find(|r| r.name == pc.model_route) else {
+        problems.push(
+            format!("{at}.prompt.model_route"),
+            format!("no route `{}` before this one", pc.model_route),
+        );
+        return None;
+    };
+    let Some((router, _)) = &route.model else {
+        problems.push(
+            format!("{at}.prompt.model_route"),
+            format!("route `{}` has no `model`", pc.model_route),
+        );
+        return None;
+    };
+    let mut builder = crate::platform::prompt::PromptApi::builder(pc.api.clone(), router.clone());
+    if let Some(key) = &pc.sticky {
+        builder = builder.sticky(key_by(key, &format!("{at}.prompt.sticky"), problems)?);
+    }
+    let old_prompt = old.and_then(|o| o.prompt.as_ref());
+    if let Some(old) = old_prompt {
+        builder = builder.carry_over(old);
+    }
+    let api = match builder.build() {
+        Ok(api) => api,
+        Err(e) => {
+            problems.push(format!("{at}.prompt.api"), e);
+            return None;
+        }
+    };
+    let handle = api.handle();
+    if let Some(old) = old_prompt {
+        let live: Vec<(String, u32)> = old
+            .split()
+            .weights()
+            .iter()
+            .map(|(name, w)| (name.to_owned(), w))
+            .collect();
+        let mut names: Vec<&str> = live.iter().map(|(n, _)| n.as_str()).collect();
+        let mut new_names: Vec<&str> = pc.api.versions.iter().map(|v| v.name.as_str()).collect();
+        names.sort_unstable();
+        new_names.sort_unstable();
+        if names == new_names {
+            changes.push(Change::Weights(handle.split().clone(), live));
+        }
+    }
+    Some((boxed(api), handle))
 }
 
 /// `pre_auth_limit`: one limiter for every route, kept across reloads

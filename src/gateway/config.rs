@@ -98,6 +98,12 @@ pub struct ApiConfig {
     /// Where its successor is (`/v2/orders`), linked from deprecated and
     /// retired answers.
     pub successor: Option<String>,
+    /// Choose this version by a request header rather than by path: with
+    /// `version_header = "api-version"`, the route takes only requests
+    /// whose `api-version` is this `version` (routes are matched in
+    /// order, so a route of the same path without a version header,
+    /// after it, serves the rest).
+    pub version_header: Option<String>,
     /// A header that lets testers reach a draft: `{ name = "x-tester",
     /// value = "yes" }`.
     pub tester_header: Option<TesterHeaderConfig>,
@@ -115,6 +121,24 @@ pub struct ApiConfig {
     /// A file holding its own OpenAPI 3.1 document (JSON), served by the
     /// catalog instead of one generated from this route.
     pub openapi_file: Option<String>,
+}
+
+/// A route serving a prompt API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PromptRouteConfig {
+    /// The route, earlier in `routes` and with `model`, whose model router
+    /// answers the prompt's chat requests (the alias behind the prompt
+    /// splits, pins and falls back there).
+    pub model_route: String,
+    /// Keep each caller on one template version: the sticky key, as a
+    /// split's (`"identity"`, `{ header = "x-user" }`, ...). Random by
+    /// weight without one.
+    #[serde(default)]
+    pub sticky: Option<KeyConfig>,
+    /// The prompt API: variables, template versions, mode.
+    pub api: crate::platform::prompt::PromptApiConfig,
 }
 
 /// A tester header: its name and the value that marks a tester.
@@ -419,6 +443,12 @@ pub struct RouteConfig {
     /// them (see [`crate::platform::catalog`]). Give it `auth`: the
     /// catalog is for authenticated consumers.
     pub catalog: bool,
+    /// A prompt API (instead of a split or a model router): callers send
+    /// `{"variables": {…}}`, a version of its template (weighted, sticky,
+    /// promoted and rolled back through `/splits/{route}/…` like a
+    /// split's targets) becomes a chat request to another route's model
+    /// router (see [`crate::platform::prompt`]).
+    pub prompt: Option<PromptRouteConfig>,
     /// This route as an API of the platform: name, version, owner,
     /// lifecycle stage, catalog listing, subscriptions.
     pub api: Option<ApiConfig>,

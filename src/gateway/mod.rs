@@ -111,9 +111,9 @@ use tower::Service;
 
 pub use config::{
     AdminConfig, ApiConfig, ApiKeyConfig, AuthConfig, BalanceConfig, ForwardedForConfig,
-    GatewayConfig, HealthCheckConfig, KeyConfig, ModelConfig, PlatformConfig, QuotaConfig,
-    RateLimitConfig, RedisConfig, RedisFailureConfig, RouteConfig, SplitConfig, TargetConfig,
-    TesterHeaderConfig, UpstreamConfig, WeightSyncConfig,
+    GatewayConfig, HealthCheckConfig, KeyConfig, ModelConfig, PlatformConfig, PromptRouteConfig,
+    QuotaConfig, RateLimitConfig, RedisConfig, RedisFailureConfig, RouteConfig, SplitConfig,
+    TargetConfig, TesterHeaderConfig, UpstreamConfig, WeightSyncConfig,
 };
 
 pub use redact::REDACTED;
@@ -371,7 +371,10 @@ impl Gateway {
     pub fn split(&self, route: &str) -> Option<SplitHandle> {
         let state = self.inner.state.load();
         let r = state.routes.iter().find(|r| r.name == route)?;
-        r.split.as_ref().map(|s| s.handle.clone())
+        r.split
+            .as_ref()
+            .map(|s| s.handle.clone())
+            .or_else(|| r.prompt.as_ref().map(|p| p.split().clone()))
     }
 
     /// The upstream named `name` in the configuration in force: its

@@ -301,6 +301,11 @@ pub(crate) fn catalog(
             if let Ok(doc) = read_document(file) {
                 listing = listing.openapi(doc);
             }
+        } else if let Some(prompt) = &rc.prompt {
+            // A prompt API describes itself: its variables and answers.
+            listing = listing
+                .methods([Method::POST])
+                .openapi(crate::platform::prompt::openapi(&prompt.api));
         }
         match catalog.list(listing) {
             Ok(c) => catalog = c,
