@@ -59,7 +59,7 @@
 //! | [`grpc`] | how every layer's refusals look to gRPC clients (trailers-only responses with `grpc-status`) |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer): request paths in normal form (`..` resolved, `//` merged, escapes decoded) before anything routes on them |
 //! | [`upgrade`] | [`UpgradeHold`](upgrade::UpgradeHold): what must live as long as an upgraded connection (a WebSocket) does |
-//! | [`platform`] | [`LifecycleLayer`](platform::lifecycle::LifecycleLayer): API versions that are draft, published, deprecated (`Deprecation`, `Sunset`, successor `Link`, callers counted) or retired (410), moved by a live handle that logs who and when |
+//! | [`platform`] | APIs as products: [`LifecycleLayer`](platform::lifecycle::LifecycleLayer) (draft, published, deprecated with `Deprecation`/`Sunset`/successor `Link` and callers counted, retired with 410), [`Subscriptions`](platform::subscription::Subscriptions) (open or by approval; 403 `subscription_required`), [`ApiCatalog`](platform::catalog::ApiCatalog) (what a consumer may see, OpenAPI 3.1 documents), `PromptApi` (feature `json`: a prompt template published as an API, its versions a split) |
 //! | [`state`] | [`StateFile`](state::StateFile): runtime state that survives a restart, in a JSON file replaced atomically; a corrupt file refused with where it breaks |
 //! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, client IP behind trusted proxies, custom) from a request |
 //! | `model` (feature `json`) | `ModelRouter`: OpenAI-compatible model aliases over weighted versions, pins, sticky picks, fallback, token counts |

@@ -1017,10 +1017,10 @@ async fn invalid_configs_are_refused_with_every_problem_located() {
 type Labels = Vec<(String, String)>;
 
 #[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
+pub(crate) struct Sample {
+    pub(crate) name: String,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) value: f64,
 }
 
 fn valid_name(name: &str, colons: bool) -> bool {
@@ -1115,7 +1115,7 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
 /// `# TYPE`, families are not interleaved, no series repeats, and every
 /// histogram's buckets are cumulative, end with `le="+Inf"` and agree with
 /// `_count`.
-fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
+pub(crate) fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
     let mut types: HashMap<String, String> = HashMap::new();
     let mut samples = Vec::new();
     let mut family_order: Vec<String> = Vec::new();

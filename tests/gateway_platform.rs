@@ -383,6 +383,12 @@ async fn apis_subscriptions_and_team_keys_through_the_gateway() {
         StatusCode::CONFLICT,
         "a revoked subscription is asked for again"
     );
+    let samples = crate::gateway_e2e::parse_prometheus(&h.gateway.metrics()).unwrap();
+    let refused = samples
+        .iter()
+        .find(|s| s.name == "switchyard_subscription_refused_total" && s.labels["api"] == "orders")
+        .unwrap();
+    assert_eq!(refused.value, 4.0);
 
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -671,6 +677,46 @@ catalog = true
         .unwrap();
     let w = h.gateway.split("summarize").unwrap().weights();
     assert_eq!((w.get("v1"), w.get("v2")), (Some(50), Some(50)));
+
+    // /metrics, read by a strict parser: each version's counters and
+    // tokens, the API's stage, the refusals.
+    let samples = crate::gateway_e2e::parse_prometheus(&h.gateway.metrics()).unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .unwrap_or_else(|| panic!("no {name} {labels:?}"))
+            .value
+    };
+    let v2 = [("route", "summarize"), ("target", "v2")];
+    assert_eq!(value("switchyard_target_requests_total", &v2), 1.0);
+    assert_eq!(
+        value(
+            "switchyard_prompt_tokens_total",
+            &[
+                ("route", "summarize"),
+                ("version", "v1"),
+                ("kind", "completion")
+            ]
+        ),
+        4.0
+    );
+    assert_eq!(
+        value("switchyard_prompt_refused_total", &[("route", "summarize")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "switchyard_api_stage",
+            &[("route", "summarize"), ("stage", "published")]
+        ),
+        1.0
+    );
 
     // The catalog serves the prompt's own document, OpenAPI 3.1.
     let doc = h

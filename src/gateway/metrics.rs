@@ -49,11 +49,13 @@ pub(crate) fn render_sync(out: &mut String, s: crate::sync::WeightSyncStats) {
     }
 }
 
+/// A metric family's `HELP` and `TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 pub(crate) fn render(state: &State) -> String {
     let mut out = String::new();
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
 
     family(
         &mut out,
@@ -95,7 +97,15 @@ pub(crate) fn render(state: &State) -> String {
     let splits: Vec<_> = state
         .routes
         .iter()
-        .filter_map(|r| r.split.as_ref().map(|s| (r, s, s.handle.stats())))
+        .filter_map(|r| {
+            // A prompt route's template versions are a split's targets.
+            let handle = r
+                .split
+                .as_ref()
+                .map(|s| &s.handle)
+                .or_else(|| r.prompt.as_ref().map(|p| p.split()))?;
+            Some((r, (), handle.stats()))
+        })
         .collect();
     for (r, _, stats) in &splits {
         for t in stats {
@@ -486,7 +496,101 @@ pub(crate) fn render(state: &State) -> String {
             );
         }
     }
+    render_platform(&mut out, state);
     out
+}
+
+/// The routes' APIs (stage), refusals for want of a subscription, and
+/// prompt APIs' own counters.
+fn render_platform(out: &mut String, state: &State) {
+    let platform = &state.platform;
+    family(
+        out,
+        "switchyard_api_stage",
+        "gauge",
+        "1 for the lifecycle stage a route's API is in.",
+    );
+    for (route, api) in &platform.apis {
+        let _ = writeln!(
+            out,
+            "switchyard_api_stage{{route=\"{}\",api=\"{}\",version=\"{}\",stage=\"{}\"}} 1",
+            esc(route),
+            esc(&api.config.name),
+            esc(&api.config.version),
+            api.handle().stage()
+        );
+    }
+    family(
+        out,
+        "switchyard_subscription_refused_total",
+        "counter",
+        "Calls refused with 403 subscription_required.",
+    );
+    for name in platform.subscriptions.apis() {
+        let refused = platform.subscriptions.refused(&name).unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "switchyard_subscription_refused_total{{api=\"{}\"}} {refused}",
+            esc(&name)
+        );
+    }
+    let prompts: Vec<_> = state
+        .routes
+        .iter()
+        .filter_map(|r| r.prompt.as_ref().map(|p| (r, p.stats())))
+        .collect();
+    family(
+        out,
+        "switchyard_prompt_refused_total",
+        "counter",
+        "Prompt API calls refused before any version (bad variables, body, method).",
+    );
+    for (r, stats) in &prompts {
+        let _ = writeln!(
+            out,
+            "switchyard_prompt_refused_total{{route=\"{}\"}} {}",
+            esc(&r.name),
+            stats.refused
+        );
+    }
+    family(
+        out,
+        "switchyard_prompt_tokens_total",
+        "counter",
+        "Tokens of a prompt version's answers, by kind.",
+    );
+    for (r, stats) in &prompts {
+        for v in &stats.versions {
+            for (kind, n) in [
+                ("prompt", v.prompt_tokens),
+                ("completion", v.completion_tokens),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "switchyard_prompt_tokens_total{{route=\"{}\",version=\"{}\",kind=\"{kind}\"}} {n}",
+                    esc(&r.name),
+                    esc(&v.split.name)
+                );
+            }
+        }
+    }
+    family(
+        out,
+        "switchyard_prompt_invalid_answers_total",
+        "counter",
+        "A prompt version's answers refused with 502 (not the text or JSON asked for).",
+    );
+    for (r, stats) in &prompts {
+        for v in &stats.versions {
+            let _ = writeln!(
+                out,
+                "switchyard_prompt_invalid_answers_total{{route=\"{}\",version=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&v.split.name),
+                v.invalid_answers
+            );
+        }
+    }
 }
 
 fn histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {

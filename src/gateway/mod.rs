@@ -250,6 +250,13 @@ impl Gateway {
                             crate::sync::Source::Split(split.handle.clone()),
                         ));
                     }
+                    if let Some(prompt) = &r.prompt {
+                        // A prompt's versions are a split.
+                        sources.push((
+                            r.name.clone(),
+                            crate::sync::Source::Split(prompt.split().clone()),
+                        ));
+                    }
                     if let Some((_, model)) = &r.model {
                         sources.push((r.name.clone(), crate::sync::Source::Model(model.clone())));
                     }
