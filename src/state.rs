@@ -1,12 +1,18 @@
 //! Runtime state that must survive a restart (an API's lifecycle stage and
-//! its moves, so far), kept in a JSON file that is replaced whole on every
-//! change: written to a temporary file beside it, flushed to disk, then
-//! renamed over it, so a crash leaves the old file or the new one, never
-//! half of either.
+//! its moves, subscriptions), kept in a JSON file that is replaced whole on
+//! every change: written to a temporary file beside it, flushed to disk,
+//! then renamed over it, so a crash leaves the old file or the new one,
+//! never half of either; or in Redis, shared by replicas
+//! ([`redis::RedisState`], feature `redis`).
 //!
 //! A file that cannot be read as state is refused with where it went wrong,
 //! never silently reset. Nothing here is read on a request's path: state is
 //! loaded into the handles that serve, and written when they change.
+//!
+//! Both [`StateFile`] and, with the `redis` feature, [`RedisState`](redis::RedisState)
+//! (shared by every replica) are a [`StateStore`]: entries of JSON text by
+//! section and key, replaced only if they are still what the writer last
+//! read, so that two writers never undo each other's change unseen.
 //!
 //! ```
 //! use switchyard::state::StateFile;
@@ -61,9 +67,9 @@ pub enum StateError {
         message: String,
     },
     /// An entry does not have the shape its reader expects.
-    #[error("state file {path}: entry `{section}.{key}`: {message}")]
+    #[error("state {}: entry `{section}.{key}`: {message}", path.display())]
     Entry {
-        /// The file.
+        /// The file (for Redis, `redis:` and the key prefix).
         path: PathBuf,
         /// The entry's section.
         section: String,
@@ -72,6 +78,42 @@ pub enum StateError {
         /// What was wrong.
         message: String,
     },
+    /// Redis could not be reached, or answered with an error.
+    #[error("state in Redis: {0}")]
+    Redis(String),
+}
+
+impl StateError {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn redis(e: impl fmt::Display) -> Self {
+        StateError::Redis(e.to_string())
+    }
+}
+
+/// Where runtime state is kept: entries of JSON text, by section and key.
+///
+/// The platform's handles ([`LifecycleLayer::with_state`](crate::platform::lifecycle::LifecycleLayer::with_state),
+/// [`Subscriptions::with_state`](crate::platform::subscription::Subscriptions::with_state))
+/// read an entry, change it, and [`swap`](StateStore::swap) it in only if
+/// it is still what they read; when another writer (another replica) got
+/// there first, they read it again and retry.
+pub trait StateStore: Send + Sync + fmt::Debug {
+    /// Where it is, for messages: a file's path, or `redis:` and a prefix.
+    fn location(&self) -> PathBuf;
+
+    /// Entry `key` of `section`, as JSON text, if kept.
+    fn load(&self, section: &str, key: &str) -> Result<Option<String>, StateError>;
+
+    /// Replaces entry `key` of `section` with `value` (JSON text) if it
+    /// is `expected` now (`None`: absent). `Ok(false)`, and nothing
+    /// changed, if it is not; an error if it could not be kept.
+    fn swap(
+        &self,
+        section: &str,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, StateError>;
 }
 
 /// A state document kept in a file (see the [module docs](self)).
@@ -134,7 +176,23 @@ impl StateFile {
     /// before this returns (and left as it was if that fails).
     pub fn put<T: Serialize>(&self, section: &str, key: &str, value: &T) -> Result<(), StateError> {
         let value = serde_json::to_value(value).map_err(|e| self.entry_error(section, key, e))?;
+        self.replace(section, key, value, |_| true).map(drop)
+    }
+
+    /// Replaces entry `key` of `section` with `value` when `keep(current)`
+    /// says so: the file is replaced before this returns (and left as it
+    /// was if that fails).
+    fn replace(
+        &self,
+        section: &str,
+        key: &str,
+        value: Value,
+        keep: impl FnOnce(Option<&Value>) -> bool,
+    ) -> Result<bool, StateError> {
         let mut doc = self.doc.lock().unwrap_or_else(|e| e.into_inner());
+        if !keep(doc.get(section).and_then(|s| s.get(key))) {
+            return Ok(false);
+        }
         let mut next = doc.clone();
         let entries = next
             .entry(section.to_owned())
@@ -144,7 +202,7 @@ impl StateFile {
         }
         self.write(&next)?;
         *doc = next;
-        Ok(())
+        Ok(true)
     }
 
     fn entry_error(&self, section: &str, key: &str, e: serde_json::Error) -> StateError {
@@ -187,6 +245,57 @@ impl StateFile {
         written.map_err(io)
     }
 }
+
+impl StateStore for StateFile {
+    fn location(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    fn load(&self, section: &str, key: &str) -> Result<Option<String>, StateError> {
+        let doc = self.doc.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(doc
+            .get(section)
+            .and_then(|s| s.get(key))
+            .map(Value::to_string))
+    }
+
+    fn swap(
+        &self,
+        section: &str,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, StateError> {
+        let value: Value =
+            serde_json::from_str(value).map_err(|e| self.entry_error(section, key, e))?;
+        self.replace(section, key, value, |now| {
+            now.map(Value::to_string).as_deref() == expected
+        })
+    }
+}
+
+/// Reads entry `key` of `section` of `store` as a `T`: its JSON text too,
+/// for a later [`StateStore::swap`].
+pub(crate) fn load_as<T: DeserializeOwned>(
+    store: &dyn StateStore,
+    section: &str,
+    key: &str,
+) -> Result<Option<(T, String)>, StateError> {
+    let Some(text) = store.load(section, key)? else {
+        return Ok(None);
+    };
+    let value = serde_json::from_str(&text).map_err(|e| StateError::Entry {
+        path: store.location(),
+        section: section.to_owned(),
+        key: key.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(Some((value, text)))
+}
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 
 /// `bytes` as a state document: a JSON object whose values are objects.
 fn parse(path: &Path, bytes: &[u8]) -> Result<Map<String, Value>, StateError> {

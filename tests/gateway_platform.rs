@@ -726,3 +726,146 @@ catalog = true
     crate::support::openapi::assert_valid_31(&doc);
     assert!(doc["paths"]["/v1/prompts/summarize"]["post"].is_object());
 }
+
+/// Two gateways over one `redis-server`, the platform's state kept there
+/// (`[redis]` and no `state_file`): what one replica's owners decide, the
+/// other serves by, within its refresh; concurrent decisions on both are
+/// all kept; a third gateway started later starts where they are.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_moves_and_subscriptions_through_redis() {
+    use crate::support::redis::RedisServer;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let up = upstream().await;
+    let dir = temp_dir("gw-platform-redis");
+    // The file-backed configuration, with `[redis]` instead of the file.
+    let text = config(up, &dir.join("unused.json"), "draft")
+        .replace(
+            &format!("state_file = \"{}\"", dir.join("unused.json").display()),
+            "refresh_ms = 50",
+        )
+        .replacen(
+            "[[api_keys]]",
+            &format!(
+                "[redis]\nurl = \"redis://127.0.0.1:{}/\"\n\n[[api_keys]]",
+                redis.port
+            ),
+            1,
+        );
+    let (a, b) = (Harness::start(&text).await, Harness::start(&text).await);
+    let consumer = |id: &str, tenant: &str| json!({ "consumer": { "kind": "identity", "id": id, "tenant": tenant } });
+    /// Polls `check` until it holds (10 s at most: a hang guard, not a
+    /// speed claim).
+    async fn eventually<F: std::future::Future<Output = bool>>(
+        what: &str,
+        mut check: impl FnMut() -> F,
+    ) {
+        let deadline = tokio::time::Instant::now() + HANG_GUARD;
+        while !check().await {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // Asked for on A, approved on B: served by both.
+    assert_eq!(
+        a.post("/catalog/orders/subscription", "alice-key")
+            .await
+            .status,
+        201
+    );
+    eventually("B sees alice's request", || async {
+        b.admin_post(
+            "/subscriptions/orders/approve",
+            "root-key",
+            consumer("alice", "shop"),
+        )
+        .await
+        .status
+            == StatusCode::OK
+    })
+    .await;
+    eventually("A serves alice", || async {
+        a.get("/v2/orders/1", "alice-key").await.status == StatusCode::OK
+    })
+    .await;
+    assert_eq!(b.get("/v2/orders/1", "alice-key").await.status, 200);
+
+    // Decisions on both at once: every one kept (each replica retries on
+    // the other's change).
+    let asks = ["bob", "carl", "dana", "eve"];
+    for (i, id) in asks.iter().enumerate() {
+        let r = if i % 2 == 0 { &a } else { &b };
+        let body = json!({ "consumer": { "kind": "identity", "id": id, "tenant": "bank" } });
+        // An owner asks on the consumer's behalf: a pending request made
+        // by approving is refused, so ask through the registry.
+        let subs = r.gateway.subscriptions();
+        let consumer: switchyard::platform::subscription::Consumer =
+            serde_json::from_value(body["consumer"].clone()).unwrap();
+        tokio::task::spawn_blocking(move || subs.request("orders", &consumer, "ops"))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let path = "/subscriptions/orders/approve";
+    let (r1, r2, r3, r4) = tokio::join!(
+        a.admin_post(path, "root-key", consumer(asks[0], "bank")),
+        b.admin_post(path, "root-key", consumer(asks[1], "bank")),
+        a.admin_post(path, "root-key", consumer(asks[2], "bank")),
+        b.admin_post(path, "root-key", consumer(asks[3], "bank")),
+    );
+    for r in [r1, r2, r3, r4] {
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    // Lost updates would stay lost; A's view lags by a refresh at most.
+    eventually("A lists the five approved", || async {
+        let listed = a
+            .admin_get("/subscriptions/orders", "root-key")
+            .await
+            .json();
+        let approved = listed["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["status"] == "approved")
+            .count();
+        approved == 5
+    })
+    .await;
+
+    // A lifecycle move on B reaches A.
+    let r = b
+        .admin_post(
+            "/apis/orders-v1/stage",
+            "root-key",
+            json!({ "stage": "retired" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // At once on A, whether or not A has refreshed: a move is checked
+    // against what Redis holds, and retired cannot be retired again.
+    let r = a
+        .admin_post(
+            "/apis/orders-v1/stage",
+            "root-key",
+            json!({ "stage": "retired" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    eventually("A serves v1 retired", || async {
+        a.get("/v1/orders", "alice-key").await.status == StatusCode::GONE
+    })
+    .await;
+
+    // A replica started now starts where the fleet is.
+    let c = Harness::start(&text).await;
+    assert_eq!(c.get("/v1/orders", "alice-key").await.status, 410);
+    assert_eq!(c.get("/v2/orders/1", "alice-key").await.status, 200);
+    assert_eq!(
+        c.admin_get("/apis/orders-v1", "root-key").await.json()["history"][0]["to"],
+        "retired"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

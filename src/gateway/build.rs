@@ -597,6 +597,7 @@ pub(crate) fn build(
     let platform = super::platform::build(
         &config,
         old.map(|o| &o.platform),
+        redis.as_ref(),
         &mut problems,
         &mut changes,
     );

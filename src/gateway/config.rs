@@ -64,9 +64,19 @@ pub struct PlatformConfig {
     /// A JSON file, replaced atomically on every change and read at
     /// start: lifecycle moves and subscriptions made through the admin
     /// API and the catalog survive a restart. A corrupt file is refused
-    /// with its line and column. It cannot change on a reload. Without
-    /// it, they live as long as the process.
+    /// with its line and column. It cannot change on a reload.
+    ///
+    /// Without it, and with `[redis]` (feature `redis`), they are kept in
+    /// Redis instead, shared by every replica: a change made on one is
+    /// taken by the others within `refresh_ms`. Without either, they live
+    /// as long as the process.
     pub state_file: Option<String>,
+    /// With the state in Redis: the prefix of its hashes
+    /// (`switchyard:state:` by default).
+    pub redis_prefix: Option<String>,
+    /// With the state in Redis: how often each replica reads it again for
+    /// the others' changes, in milliseconds (1000 by default).
+    pub refresh_ms: Option<u64>,
 }
 
 /// A route served as an API of the platform: named, versioned, owned, in

@@ -203,7 +203,53 @@ impl Gateway {
         };
         #[cfg(feature = "redis")]
         gateway.run_sync();
+        #[cfg(feature = "redis")]
+        gateway.run_platform_refresh();
         Ok(gateway)
+    }
+
+    /// With the platform's state in Redis, reads it again every
+    /// `[platform] refresh_ms` (1 s by default) for the changes other
+    /// replicas made (subscriptions, lifecycle moves), for as long as the
+    /// gateway lives. The store cannot change on a reload, so one task is
+    /// enough.
+    #[cfg(feature = "redis")]
+    fn run_platform_refresh(&self) {
+        let redis_store = matches!(
+            self.inner.state.load().platform.store,
+            Some((platform::StoreAt::Redis(..), _))
+        );
+        // Building with `[redis]` already needed a runtime.
+        let (true, Ok(runtime)) = (redis_store, tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            loop {
+                let every = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let ms = inner.state.load().config.platform.refresh_ms;
+                    std::time::Duration::from_millis(ms.unwrap_or(1000).max(1))
+                };
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let state = inner.state.load_full();
+                drop(inner);
+                // Blocking Redis commands, off the async workers.
+                let _ = tokio::task::spawn_blocking(move || {
+                    let platform = &state.platform;
+                    if let Err(e) = platform.subscriptions.refresh() {
+                        tracing::warn!(error = %e, "platform: subscriptions not refreshed");
+                    }
+                    for (route, api) in &platform.apis {
+                        if let Err(e) = api.handle().refresh() {
+                            tracing::warn!(route, error = %e, "platform: lifecycle not refreshed");
+                        }
+                    }
+                })
+                .await;
+            }
+        });
     }
 
     /// Starts, restarts or stops the `[weight_sync]` rounds to match the

@@ -13,12 +13,22 @@ use super::config::{ApiConfig, GatewayConfig};
 use crate::platform::catalog::{ApiCatalog, Listing, Visibility};
 use crate::platform::lifecycle::{Api, LifecycleHandle, LifecycleLayer};
 use crate::platform::subscription::{SubscriptionLayer, Subscriptions};
-use crate::state::StateFile;
+use crate::state::{StateFile, StateStore};
+
+/// Where the platform's runtime state is kept, as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum StoreAt {
+    /// `[platform] state_file`.
+    File(String),
+    /// `[redis]`, with the prefix.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Redis(super::config::RedisConfig, String),
+}
 
 /// What one configuration's platform is, kept by the gateway's state.
 pub(crate) struct Platform {
-    /// `[platform] state_file`, opened: its path as configured.
-    pub(crate) state_file: Option<(String, Arc<StateFile>)>,
+    /// The state store, opened, with where it is.
+    pub(crate) store: Option<(StoreAt, Arc<dyn StateStore>)>,
     /// Every API's subscriptions: one registry for the gateway's life,
     /// handed from each state to the next.
     pub(crate) subscriptions: Subscriptions,
@@ -45,37 +55,69 @@ impl BuiltApi {
 pub(crate) fn build(
     config: &GatewayConfig,
     old: Option<&Platform>,
+    redis: Option<&super::build::SharedRedis>,
     problems: &mut Problems,
     changes: &mut Changes,
 ) -> Platform {
-    let state_file = match old {
+    let at = match (&config.platform.state_file, &config.redis) {
+        (Some(path), _) => Some(StoreAt::File(path.clone())),
+        (None, Some(rc)) => Some(StoreAt::Redis(
+            rc.clone(),
+            config
+                .platform
+                .redis_prefix
+                .clone()
+                .unwrap_or_else(|| "switchyard:state:".to_owned()),
+        )),
+        (None, None) => None,
+    };
+    if config.platform.refresh_ms == Some(0) {
+        problems.push("platform.refresh_ms", "must be above 0");
+    }
+    let store: Option<(StoreAt, Arc<dyn StateStore>)> = match old {
         Some(o) => {
-            let old_path = o.state_file.as_ref().map(|(p, _)| p.as_str());
-            if config.platform.state_file.as_deref() != old_path {
+            let old_at = o.store.as_ref().map(|(at, _)| at);
+            if at.as_ref() != old_at {
+                let files = matches!(
+                    (&at, old_at),
+                    (Some(StoreAt::File(_)), Some(StoreAt::File(_)))
+                );
                 problems.push(
-                    "platform.state_file",
-                    format!(
-                        "was {}: the state file cannot change on a reload",
-                        old_path.map_or_else(|| "none".to_owned(), |p| format!("`{p}`"))
-                    ),
+                    if files { "platform.state_file" } else { "platform" },
+                    "where the state is kept (`state_file`, or `[redis]` without one) cannot change on a reload",
                 );
             }
-            o.state_file.clone()
+            o.store.clone()
         }
-        None => match &config.platform.state_file {
-            Some(path) => match StateFile::open(path) {
-                Ok(file) => Some((path.clone(), Arc::new(file))),
+        None => match at {
+            Some(StoreAt::File(path)) => match StateFile::open(&path) {
+                Ok(file) => Some((StoreAt::File(path), Arc::new(file))),
                 Err(e) => {
                     problems.push("platform.state_file", e);
                     None
                 }
             },
+            #[cfg(feature = "redis")]
+            Some(StoreAt::Redis(rc, prefix)) => redis.map(|shared| {
+                let store =
+                    crate::state::redis::RedisState::new(shared.client()).prefix(prefix.clone());
+                (
+                    StoreAt::Redis(rc, prefix),
+                    Arc::new(store) as Arc<dyn StateStore>,
+                )
+            }),
+            // `[redis]` itself is refused without the feature.
+            #[cfg(not(feature = "redis"))]
+            Some(StoreAt::Redis(..)) => {
+                let _ = redis;
+                None
+            }
             None => None,
         },
     };
-    let subscriptions = match (old, &state_file) {
+    let subscriptions = match (old, &store) {
         (Some(o), _) => o.subscriptions.clone(),
-        (None, Some((_, file))) => Subscriptions::with_state(Arc::clone(file)),
+        (None, Some((_, store))) => Subscriptions::with_state(Arc::clone(store)),
         (None, None) => Subscriptions::new(),
     };
 
@@ -110,8 +152,7 @@ pub(crate) fn build(
             problems.push(format!("{at}.openapi_file"), e);
         }
         let old_api = old.and_then(|o| o.apis.get(&rc.name));
-        let Some(lifecycle) = lifecycle(ac, &at, old_api, state_file.as_ref(), problems, changes)
-        else {
+        let Some(lifecycle) = lifecycle(ac, &at, old_api, store.as_ref(), problems, changes) else {
             continue;
         };
         let subscription = ac
@@ -169,7 +210,7 @@ pub(crate) fn build(
         }
     }
     Platform {
-        state_file,
+        store,
         subscriptions,
         apis,
     }
@@ -182,7 +223,7 @@ fn lifecycle(
     ac: &ApiConfig,
     at: &str,
     old: Option<&BuiltApi>,
-    state: Option<&(String, Arc<StateFile>)>,
+    state: Option<&(StoreAt, Arc<dyn StateStore>)>,
     problems: &mut Problems,
     changes: &mut Changes,
 ) -> Option<LifecycleLayer> {

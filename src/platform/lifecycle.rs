@@ -57,7 +57,7 @@ use crate::auth::Identity;
 use crate::calendar::http_date;
 use crate::future::{Rejection, ResponseFuture};
 use crate::problem::Problem;
-use crate::state::StateFile;
+use crate::state::{StateStore, load_as};
 
 /// The `Deprecation` header (RFC 9745).
 static DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
@@ -405,12 +405,64 @@ pub struct Callers {
 
 struct Shared {
     api: Api,
-    /// Where moves are kept across restarts, if anywhere.
-    state: Option<Arc<StateFile>>,
+    /// Where moves are kept across restarts (and shared by replicas), if
+    /// anywhere.
+    state: Option<Arc<dyn StateStore>>,
     current: ArcSwap<Current>,
     /// Serialises moves, and keeps them.
-    history: Mutex<Vec<Transition>>,
+    book: Mutex<Book>,
     callers: Mutex<Callers>,
+}
+
+/// A version's moves, and its state entry as last read or written.
+#[derive(Default)]
+struct Book {
+    history: Vec<Transition>,
+    /// The entry's JSON text as this process last saw it.
+    seen: Option<String>,
+}
+
+/// Moves retried when another writer changed the entry in between.
+const RETRIES: usize = 8;
+
+impl Shared {
+    /// Takes what the store holds, if it changed since `book` saw it.
+    fn adopt(&self, book: &mut Book) -> Result<(), LifecycleError> {
+        let Some(store) = &self.state else {
+            return Ok(());
+        };
+        let label = self.api.label();
+        let loaded = load_as::<Saved>(store.as_ref(), SECTION, &label)
+            .map_err(|e| LifecycleError::State(e.to_string()))?;
+        let text = loaded.as_ref().map(|(_, t)| t.clone());
+        if text == book.seen {
+            return Ok(());
+        }
+        if let Some((saved, _)) = loaded {
+            self.current.store(Arc::new(Current::of(
+                &self.api,
+                saved.stage,
+                saved.deprecated_at,
+            )));
+            book.history = saved.into_history();
+        }
+        book.seen = text;
+        Ok(())
+    }
+}
+
+impl Saved {
+    fn into_history(self) -> Vec<Transition> {
+        self.history
+            .into_iter()
+            .map(|m| Transition {
+                from: m.from,
+                to: m.to,
+                by: m.by,
+                at: m.at,
+            })
+            .collect()
+    }
 }
 
 // === Handle ===
@@ -463,62 +515,89 @@ impl LifecycleHandle {
         at: u64,
     ) -> Result<Transition, LifecycleError> {
         let shared = &*self.shared;
-        let mut history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
-        let now = shared.current.load();
-        if !now.stage.can_move_to(to) {
-            return Err(LifecycleError::Move {
-                api: shared.api.label(),
+        let mut book = shared.book.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..RETRIES {
+            // Another replica's move first, if there was one.
+            shared.adopt(&mut book)?;
+            let now = shared.current.load();
+            if !now.stage.can_move_to(to) {
+                return Err(LifecycleError::Move {
+                    api: shared.api.label(),
+                    from: now.stage,
+                    to,
+                });
+            }
+            let deprecated_at = match to {
+                Stage::Deprecated => now.deprecated_at.or(Some(at)),
+                Stage::Published => None,
+                _ => now.deprecated_at,
+            };
+            let transition = Transition {
                 from: now.stage,
                 to,
-            });
-        }
-        let deprecated_at = match to {
-            Stage::Deprecated => now.deprecated_at.or(Some(at)),
-            Stage::Published => None,
-            _ => now.deprecated_at,
-        };
-        let transition = Transition {
-            from: now.stage,
-            to,
-            by: by.to_owned(),
-            at,
-        };
-        let mut next = history.clone();
-        if next.len() == MAX_HISTORY {
-            next.remove(0);
-        }
-        next.push(transition.clone());
-        if let Some(state) = &shared.state {
-            let saved = Saved {
-                stage: to,
-                deprecated_at,
-                history: next
-                    .iter()
-                    .map(|t| SavedMove {
-                        from: t.from,
-                        to: t.to,
-                        by: t.by.clone(),
-                        at: t.at,
-                    })
-                    .collect(),
+                by: by.to_owned(),
+                at,
             };
-            state
-                .put(SECTION, &shared.api.label(), &saved)
-                .map_err(|e| LifecycleError::State(e.to_string()))?;
+            let mut next = book.history.clone();
+            if next.len() == MAX_HISTORY {
+                next.remove(0);
+            }
+            next.push(transition.clone());
+            let mut seen = book.seen.clone();
+            if let Some(state) = &shared.state {
+                let saved = Saved {
+                    stage: to,
+                    deprecated_at,
+                    history: next
+                        .iter()
+                        .map(|t| SavedMove {
+                            from: t.from,
+                            to: t.to,
+                            by: t.by.clone(),
+                            at: t.at,
+                        })
+                        .collect(),
+                };
+                let text = serde_json::to_string(&saved)
+                    .map_err(|e| LifecycleError::State(e.to_string()))?;
+                let swapped = state
+                    .swap(SECTION, &shared.api.label(), book.seen.as_deref(), &text)
+                    .map_err(|e| LifecycleError::State(e.to_string()))?;
+                if !swapped {
+                    // Moved elsewhere since it was read: read it again.
+                    continue;
+                }
+                seen = Some(text);
+            }
+            shared
+                .current
+                .store(Arc::new(Current::of(&shared.api, to, deprecated_at)));
+            book.history = next;
+            book.seen = seen;
+            return Ok(transition);
         }
-        shared
-            .current
-            .store(Arc::new(Current::of(&shared.api, to, deprecated_at)));
-        *history = next;
-        Ok(transition)
+        Err(LifecycleError::State(format!(
+            "API `{}` kept being moved elsewhere; try again",
+            shared.api.label()
+        )))
+    }
+
+    /// Takes the stage and moves its state store holds, if another
+    /// process (a replica sharing a Redis store) changed them; a no-op
+    /// without a store. The gateway calls this every second for a Redis
+    /// store.
+    pub fn refresh(&self) -> Result<(), LifecycleError> {
+        let mut book = self.shared.book.lock().unwrap_or_else(|e| e.into_inner());
+        self.shared.adopt(&mut book)
     }
 
     /// Its moves, oldest first (the last 1,000).
     pub fn history(&self) -> Vec<Transition> {
         self.shared
-            .history
+            .book
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .history
             .clone()
     }
 
@@ -557,37 +636,25 @@ impl LifecycleLayer {
         Self::build(api, None)
     }
 
-    /// A layer serving `api`, its moves kept in `state`: if the file
-    /// holds this version's stage (a move made before a restart), it is
-    /// served in that stage, with its history, rather than the
-    /// configured one.
-    pub fn with_state(api: Api, state: Arc<StateFile>) -> Result<Self, LifecycleError> {
+    /// A layer serving `api`, its moves kept in `state` (a
+    /// [`StateFile`](crate::state::StateFile), or a Redis store shared by
+    /// replicas): if the store holds this version's stage (a move made
+    /// before a restart, or on another replica), it is served in that
+    /// stage, with its history, rather than the configured one.
+    pub fn with_state(api: Api, state: Arc<dyn StateStore>) -> Result<Self, LifecycleError> {
         Self::build(api, Some(state))
     }
 
-    fn build(api: Api, state: Option<Arc<StateFile>>) -> Result<Self, LifecycleError> {
+    fn build(api: Api, state: Option<Arc<dyn StateStore>>) -> Result<Self, LifecycleError> {
         api.check()?;
-        let saved: Option<Saved> = match &state {
-            Some(state) => state
-                .get(SECTION, &api.label())
+        let loaded: Option<(Saved, String)> = match &state {
+            Some(state) => load_as(state.as_ref(), SECTION, &api.label())
                 .map_err(|e| LifecycleError::State(e.to_string()))?,
             None => None,
         };
-        let (stage, deprecated_at, history) = match saved {
-            Some(saved) => (
-                saved.stage,
-                saved.deprecated_at,
-                saved
-                    .history
-                    .into_iter()
-                    .map(|m| Transition {
-                        from: m.from,
-                        to: m.to,
-                        by: m.by,
-                        at: m.at,
-                    })
-                    .collect(),
-            ),
+        let seen = loaded.as_ref().map(|(_, text)| text.clone());
+        let (stage, deprecated_at, history) = match loaded.map(|(saved, _)| saved) {
+            Some(saved) => (saved.stage, saved.deprecated_at, saved.into_history()),
             None => {
                 let deprecated_at = match api.stage {
                     Stage::Deprecated | Stage::Retired => api.deprecated_at,
@@ -602,7 +669,7 @@ impl LifecycleLayer {
                 api,
                 state,
                 current: ArcSwap::from_pointee(current),
-                history: Mutex::new(history),
+                book: Mutex::new(Book { history, seen }),
                 callers: Mutex::new(Callers::default()),
             }),
         })
@@ -729,6 +796,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StateFile;
 
     #[test]
     fn stages_read_and_move_as_documented() {
@@ -792,7 +860,7 @@ mod tests {
         // Restarted: served deprecated, with its date and history, though
         // the configuration says published.
         let state = Arc::new(StateFile::open(&path).unwrap());
-        let h = LifecycleLayer::with_state(api(), Arc::clone(&state))
+        let h = LifecycleLayer::with_state(api(), state.clone())
             .unwrap()
             .handle();
         assert_eq!(h.stage(), Stage::Deprecated);
@@ -809,6 +877,41 @@ mod tests {
         assert!(matches!(err, LifecycleError::State(_)), "{err}");
         assert_eq!(h.stage(), Stage::Deprecated);
         assert_eq!(h.history().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_move_is_checked_against_the_store_not_memory() {
+        // Two layers over one store stand for two replicas over one Redis.
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-lifecycle2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(StateFile::open(dir.join("state.json")).unwrap());
+        let api = || Api::new("orders", "v1").stage(Stage::Published);
+        let one = LifecycleLayer::with_state(api(), store.clone())
+            .unwrap()
+            .handle();
+        let two = LifecycleLayer::with_state(api(), store).unwrap().handle();
+        one.transition_at(Stage::Retired, "a", 1).unwrap();
+        assert_eq!(two.stage(), Stage::Published, "not refreshed yet");
+        // Published -> retired would be allowed; retired -> retired is not.
+        let err = two.transition_at(Stage::Retired, "b", 2).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LifecycleError::Move {
+                    from: Stage::Retired,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(two.stage(), Stage::Retired, "and it took the store's stage");
+        two.transition_at(Stage::Deprecated, "b", 3).unwrap();
+        one.refresh().unwrap();
+        assert_eq!(one.stage(), Stage::Deprecated);
+        assert_eq!(one.history().len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

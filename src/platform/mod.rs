@@ -19,8 +19,12 @@
 //!   templates on a model alias for callers who send variables, each
 //!   version a split target.
 //!
-//! Not built yet: the gateway's configuration and admin endpoints for all
-//! this, team-scoped admin keys, and keeping it in Redis.
+//! Runtime changes (moves, subscriptions) are kept in a
+//! [`StateStore`](crate::state::StateStore): a file, or Redis shared by
+//! replicas (each refreshes with `refresh`). The gateway configures all of
+//! this with `[routes.api]`, `[routes.prompt]`, `catalog = true` routes
+//! and `[platform]`, and serves the owners' side in its admin API, with
+//! team-scoped and read-only admin keys (see [`crate::gateway`]).
 //!
 //! ```
 //! use std::convert::Infallible;

@@ -58,7 +58,7 @@ use tower::{Layer, Service};
 use crate::auth::{Identity, key_of};
 use crate::future::{Rejection, ResponseFuture};
 use crate::problem::Problem;
-use crate::state::StateFile;
+use crate::state::{StateStore, load_as};
 
 /// Decisions kept per API (the oldest go first).
 const MAX_DECISIONS: usize = 1_000;
@@ -371,11 +371,42 @@ struct Entry {
 struct Book {
     subs: BTreeMap<Consumer, Subscription>,
     decisions: Vec<Decision>,
+    /// The state entry's JSON text as this process last saw it.
+    seen: Option<String>,
 }
+
+/// Changes retried when another writer changed the entry in between.
+const RETRIES: usize = 8;
 
 struct Registry {
     apis: RwLock<HashMap<String, Arc<Entry>>>,
-    state: Option<Arc<StateFile>>,
+    state: Option<Arc<dyn StateStore>>,
+}
+
+impl Registry {
+    /// Takes what the store holds for `entry`, if it changed since `book`
+    /// saw it.
+    fn adopt(&self, entry: &Entry, book: &mut Book) -> Result<(), SubscriptionError> {
+        let Some(store) = &self.state else {
+            return Ok(());
+        };
+        let loaded = load_as::<Saved>(store.as_ref(), SECTION, &entry.name)
+            .map_err(|e| SubscriptionError::State(e.to_string()))?;
+        let text = loaded.as_ref().map(|(_, t)| t.clone());
+        if text == book.seen {
+            return Ok(());
+        }
+        let saved = loaded.map(|(s, _)| s).unwrap_or_default();
+        book.subs = saved
+            .subscriptions
+            .into_iter()
+            .map(|s| (s.consumer.clone(), s))
+            .collect();
+        book.decisions = saved.decisions;
+        book.seen = text;
+        entry.allowed.store(Arc::new(Allowed::of(&book.subs)));
+        Ok(())
+    }
 }
 
 /// Every API's subscriptions, shared by the layers that guard the APIs,
@@ -417,9 +448,10 @@ impl Subscriptions {
         }
     }
 
-    /// Subscriptions kept in `state`: an API registered here starts with
-    /// what the file holds for it.
-    pub fn with_state(state: Arc<StateFile>) -> Self {
+    /// Subscriptions kept in `state` (a [`StateFile`](crate::state::StateFile),
+    /// or a Redis store shared by replicas): an API registered here starts
+    /// with what the store holds for it.
+    pub fn with_state(state: Arc<dyn StateStore>) -> Self {
         Self {
             registry: Arc::new(Registry {
                 apis: RwLock::new(HashMap::new()),
@@ -439,13 +471,13 @@ impl Subscriptions {
         if api.is_empty() {
             return Err(SubscriptionError::Unnamed);
         }
-        let saved: Saved = match &self.registry.state {
-            Some(state) => state
-                .get(SECTION, api)
-                .map_err(|e| SubscriptionError::State(e.to_string()))?
-                .unwrap_or_default(),
-            None => Saved::default(),
+        let loaded: Option<(Saved, String)> = match &self.registry.state {
+            Some(state) => load_as(state.as_ref(), SECTION, api)
+                .map_err(|e| SubscriptionError::State(e.to_string()))?,
+            None => None,
         };
+        let seen = loaded.as_ref().map(|(_, text)| text.clone());
+        let saved = loaded.map(|(saved, _)| saved).unwrap_or_default();
         let subs: BTreeMap<Consumer, Subscription> = saved
             .subscriptions
             .into_iter()
@@ -459,6 +491,7 @@ impl Subscriptions {
             book: Mutex::new(Book {
                 subs,
                 decisions: saved.decisions,
+                seen,
             }),
             refused: std::sync::atomic::AtomicU64::new(0),
         });
@@ -643,7 +676,7 @@ impl Subscriptions {
         action: &'static str,
         by: &str,
         at: u64,
-        next: impl FnOnce(Status) -> Option<Status>,
+        next: impl Fn(Status) -> Option<Status>,
     ) -> Result<Subscription, SubscriptionError> {
         let entry = self.entry(api)?;
         self.change(&entry, consumer, action, by, at, |old| match old {
@@ -652,8 +685,9 @@ impl Subscriptions {
         })
     }
 
-    /// Applies one change: checked, kept in the state file (or not made
-    /// at all), then seen by requests.
+    /// Applies one change: checked against what the store holds now,
+    /// kept there (or not made at all), then seen by requests.
+    #[allow(clippy::too_many_arguments)]
     fn change(
         &self,
         entry: &Entry,
@@ -661,79 +695,122 @@ impl Subscriptions {
         action: &'static str,
         by: &str,
         at: u64,
-        next: impl FnOnce(Option<Status>) -> Result<Status, ()>,
+        next: impl Fn(Option<Status>) -> Result<Status, ()>,
     ) -> Result<Subscription, SubscriptionError> {
         let mut book = entry.book.lock().unwrap_or_else(|e| e.into_inner());
-        let old = book.subs.get(consumer);
-        let from = old.map(|s| s.status);
-        let to = match next(from) {
-            Ok(to) => to,
-            Err(()) => {
-                return Err(match from {
-                    None => SubscriptionError::NotFound {
-                        api: entry.name.clone(),
-                        consumer: consumer.clone(),
-                    },
-                    Some(status) => SubscriptionError::Conflict {
-                        api: entry.name.clone(),
-                        consumer: consumer.clone(),
-                        status,
-                        action,
-                    },
-                });
-            }
-        };
-        if old.is_none() && book.subs.len() >= MAX_SUBSCRIPTIONS {
-            return Err(SubscriptionError::Full(entry.name.clone()));
-        }
-        let sub = match (old, action) {
-            (Some(old), a) if a != "request" => Subscription {
-                decided_by: Some(by.to_owned()),
-                decided_at: Some(at),
-                status: to,
-                ..old.clone()
-            },
-            _ => Subscription {
-                consumer: consumer.clone(),
-                status: to,
-                requested_by: by.to_owned(),
-                requested_at: at,
-                // An open API's request is its own approval.
-                decided_by: (to == Status::Approved).then(|| by.to_owned()),
-                decided_at: (to == Status::Approved).then_some(at),
-            },
-        };
-        // Made in place, and undone if the state file cannot keep it.
-        let previous = book.subs.insert(consumer.clone(), sub.clone());
-        let dropped = (book.decisions.len() == MAX_DECISIONS).then(|| book.decisions.remove(0));
-        book.decisions.push(Decision {
-            consumer: consumer.clone(),
-            from,
-            to,
-            by: by.to_owned(),
-            at,
-        });
-        if let Some(state) = &self.registry.state {
-            let saved = SavedRef {
-                subscriptions: book.subs.values().collect(),
-                decisions: &book.decisions,
-            };
-            if let Err(e) = state.put(SECTION, &entry.name, &saved) {
-                book.decisions.pop();
-                if let Some(d) = dropped {
-                    book.decisions.insert(0, d);
+        for _ in 0..RETRIES {
+            // Another replica's change first, if there was one.
+            self.registry.adopt(entry, &mut book)?;
+            let old = book.subs.get(consumer);
+            let from = old.map(|s| s.status);
+            let to = match next(from) {
+                Ok(to) => to,
+                Err(()) => {
+                    return Err(match from {
+                        None => SubscriptionError::NotFound {
+                            api: entry.name.clone(),
+                            consumer: consumer.clone(),
+                        },
+                        Some(status) => SubscriptionError::Conflict {
+                            api: entry.name.clone(),
+                            consumer: consumer.clone(),
+                            status,
+                            action,
+                        },
+                    });
                 }
-                match previous {
-                    Some(p) => book.subs.insert(consumer.clone(), p),
-                    None => book.subs.remove(consumer),
-                };
-                return Err(SubscriptionError::State(e.to_string()));
+            };
+            if old.is_none() && book.subs.len() >= MAX_SUBSCRIPTIONS {
+                return Err(SubscriptionError::Full(entry.name.clone()));
             }
+            let sub = match (old, action) {
+                (Some(old), a) if a != "request" => Subscription {
+                    decided_by: Some(by.to_owned()),
+                    decided_at: Some(at),
+                    status: to,
+                    ..old.clone()
+                },
+                _ => Subscription {
+                    consumer: consumer.clone(),
+                    status: to,
+                    requested_by: by.to_owned(),
+                    requested_at: at,
+                    // An open API's request is its own approval.
+                    decided_by: (to == Status::Approved).then(|| by.to_owned()),
+                    decided_at: (to == Status::Approved).then_some(at),
+                },
+            };
+            // Made in place, and undone if the store does not keep it.
+            let previous = book.subs.insert(consumer.clone(), sub.clone());
+            let dropped = (book.decisions.len() == MAX_DECISIONS).then(|| book.decisions.remove(0));
+            book.decisions.push(Decision {
+                consumer: consumer.clone(),
+                from,
+                to,
+                by: by.to_owned(),
+                at,
+            });
+            if let Some(state) = &self.registry.state {
+                let saved = SavedRef {
+                    subscriptions: book.subs.values().collect(),
+                    decisions: &book.decisions,
+                };
+                let kept = serde_json::to_string(&saved)
+                    .map_err(|e| SubscriptionError::State(e.to_string()))
+                    .and_then(|text| {
+                        state
+                            .swap(SECTION, &entry.name, book.seen.as_deref(), &text)
+                            .map(|swapped| swapped.then_some(text))
+                            .map_err(|e| SubscriptionError::State(e.to_string()))
+                    });
+                match kept {
+                    Ok(Some(text)) => book.seen = Some(text),
+                    undone => {
+                        book.decisions.pop();
+                        if let Some(d) = dropped {
+                            book.decisions.insert(0, d);
+                        }
+                        match previous {
+                            Some(p) => book.subs.insert(consumer.clone(), p),
+                            None => book.subs.remove(consumer),
+                        };
+                        match undone {
+                            // Changed elsewhere since it was read: again.
+                            Ok(_) => continue,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            if from == Some(Status::Approved) || to == Status::Approved {
+                entry.allowed.store(Arc::new(Allowed::of(&book.subs)));
+            }
+            return Ok(sub);
         }
-        if from == Some(Status::Approved) || to == Status::Approved {
-            entry.allowed.store(Arc::new(Allowed::of(&book.subs)));
+        Err(SubscriptionError::State(format!(
+            "the subscriptions of API `{}` kept changing elsewhere; try again",
+            entry.name
+        )))
+    }
+
+    /// Takes what the state store holds for every API, where another
+    /// process (a replica sharing a Redis store) changed it; a no-op
+    /// without a store. The gateway calls this every second for a Redis
+    /// store.
+    pub fn refresh(&self) -> Result<(), SubscriptionError> {
+        let entries: Vec<Arc<Entry>> = self
+            .registry
+            .apis
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for entry in entries {
+            let mut book = entry.book.lock().unwrap_or_else(|e| e.into_inner());
+            self.registry.adopt(&entry, &mut book)?;
         }
-        Ok(sub)
+        Ok(())
     }
 }
 
@@ -848,6 +925,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StateFile;
 
     fn alice() -> Identity {
         Identity::new("alice").with_tenant("shop")
@@ -981,6 +1059,117 @@ mod tests {
             subs.get("orders", &shop).unwrap().unwrap().status,
             Status::Approved
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn two_writers_on_one_store_lose_nothing() {
+        // Two registries over one store stand for two replicas over one
+        // Redis: each writes from what it last read.
+        let dir = std::env::temp_dir().join(format!("switchyard-subs2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(StateFile::open(dir.join("state.json")).unwrap());
+        let (one, two) = (
+            Subscriptions::with_state(store.clone()),
+            Subscriptions::with_state(store.clone()),
+        );
+        one.register("orders", Policy::Open).unwrap();
+        two.register("orders", Policy::Open).unwrap();
+        one.request("orders", &Consumer::tenant("shop"), "a")
+            .unwrap();
+        // `two` has not seen it: its write is refused, it reads, retries.
+        two.request("orders", &Consumer::tenant("bank"), "b")
+            .unwrap();
+        assert!(two.admits("orders", &Identity::new("x").with_tenant("shop")));
+        // `one` sees `two`'s after a refresh, and both are in the store.
+        assert!(!one.admits("orders", &Identity::new("x").with_tenant("bank")));
+        one.refresh().unwrap();
+        assert!(one.admits("orders", &Identity::new("x").with_tenant("bank")));
+        let three = Subscriptions::with_state(store);
+        three.register("orders", Policy::Open).unwrap();
+        assert_eq!(three.list("orders").unwrap().len(), 2);
+        assert_eq!(three.decisions("orders").unwrap().len(), 2);
+        // A conflict is judged on what the store holds: `one` revokes
+        // bank's (seen by refresh), `two` cannot revoke it again.
+        one.revoke("orders", &Consumer::tenant("bank"), "o")
+            .unwrap();
+        assert!(matches!(
+            two.revoke("orders", &Consumer::tenant("bank"), "o"),
+            Err(SubscriptionError::Conflict {
+                status: Status::Revoked,
+                ..
+            })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A store where another writer gets in between a change's read and
+    /// its write, once.
+    #[derive(Debug)]
+    struct Interfering {
+        inner: StateFile,
+        other: Mutex<Option<String>>,
+    }
+
+    impl StateStore for Interfering {
+        fn location(&self) -> std::path::PathBuf {
+            self.inner.location()
+        }
+
+        fn load(
+            &self,
+            section: &str,
+            key: &str,
+        ) -> Result<Option<String>, crate::state::StateError> {
+            self.inner.load(section, key)
+        }
+
+        fn swap(
+            &self,
+            section: &str,
+            key: &str,
+            expected: Option<&str>,
+            value: &str,
+        ) -> Result<bool, crate::state::StateError> {
+            if let Some(other) = self.other.lock().unwrap().take() {
+                let now = self.inner.load(section, key)?;
+                assert!(self.inner.swap(section, key, now.as_deref(), &other)?);
+            }
+            self.inner.swap(section, key, expected, value)
+        }
+    }
+
+    #[test]
+    fn a_write_that_lost_a_race_is_made_again_on_what_won() {
+        let dir = std::env::temp_dir().join(format!("switchyard-subs3-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // What the other writer writes: bank approved.
+        let bank = Subscription {
+            consumer: Consumer::tenant("bank"),
+            status: Status::Approved,
+            requested_by: "b".into(),
+            requested_at: 1,
+            decided_by: Some("b".into()),
+            decided_at: Some(1),
+        };
+        let other = serde_json::json!({ "subscriptions": [bank], "decisions": [] }).to_string();
+        let store = Arc::new(Interfering {
+            inner: StateFile::open(dir.join("state.json")).unwrap(),
+            other: Mutex::new(Some(other)),
+        });
+        let subs = Subscriptions::with_state(store.clone());
+        subs.register("orders", Policy::Open).unwrap();
+        subs.request("orders", &Consumer::tenant("shop"), "a")
+            .unwrap();
+        // Its first write was refused; made again on top of bank's.
+        assert!(store.other.lock().unwrap().is_none());
+        assert!(subs.admits("orders", &Identity::new("x").with_tenant("shop")));
+        assert!(subs.admits("orders", &Identity::new("x").with_tenant("bank")));
+        let kept = Subscriptions::with_state(store);
+        kept.register("orders", Policy::Open).unwrap();
+        assert_eq!(kept.list("orders").unwrap().len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
