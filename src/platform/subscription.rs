@@ -8,7 +8,8 @@
 //! Owners [`approve`](Subscriptions::approve),
 //! [`reject`](Subscriptions::reject) and [`revoke`](Subscriptions::revoke)
 //! while the API serves; every decision is logged with who and when, and
-//! (with a [`StateFile`]) kept across restarts.
+//! (with a [`StateStore`]: a file, or Redis shared by
+//! replicas) kept across restarts.
 //!
 //! ```
 //! use std::convert::Infallible;
