@@ -549,6 +549,9 @@ auth = {{}}
 [routes.model.catalog]
 models = [{{ name = "small", upstream = "llm" }}]
 aliases = [{{ name = "chat", versions = {{ "small" = 100 }} }}]
+[routes.model.spend.prices.small]
+input_per_million = 1000000
+output_per_million = 2000000
 
 [[routes]]
 name = "summarize"
@@ -709,6 +712,15 @@ catalog = true
     assert_eq!(
         value("switchyard_prompt_refused_total", &[("route", "summarize")]),
         1.0
+    );
+    // Priced by the model route's meter: 10 prompt tokens at $1 and 2
+    // completion tokens at $2 per million, 14 micro-units an answer.
+    assert_eq!(
+        value(
+            "switchyard_prompt_cost_micros_total",
+            &[("route", "summarize"), ("version", "v1")]
+        ),
+        28.0
     );
     assert_eq!(
         value(

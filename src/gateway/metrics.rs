@@ -576,6 +576,23 @@ fn render_platform(out: &mut String, state: &State) {
     }
     family(
         out,
+        "switchyard_prompt_cost_micros_total",
+        "counter",
+        "What a prompt version's answers cost, in micro-units, as the model route's meter priced them.",
+    );
+    for (r, stats) in &prompts {
+        for v in &stats.versions {
+            let _ = writeln!(
+                out,
+                "switchyard_prompt_cost_micros_total{{route=\"{}\",version=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&v.split.name),
+                v.cost_micros
+            );
+        }
+    }
+    family(
+        out,
         "switchyard_prompt_invalid_answers_total",
         "counter",
         "A prompt version's answers refused with 502 (not the text or JSON asked for).",

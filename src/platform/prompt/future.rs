@@ -319,6 +319,17 @@ fn finish<B>(
     data: Bytes,
 ) -> Response<ResponseBody<B>> {
     let completion = serde_json::from_slice::<Completion>(&data).ok();
+    // A metered model route says what the answer cost.
+    if let Some(micros) = head
+        .headers
+        .get(&crate::spend::meter::COST_MICROS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let counters = &version.counters;
+        counters.cost_micros.fetch_add(micros, Ordering::Relaxed);
+        counters.priced.fetch_add(1, Ordering::Relaxed);
+    }
     if let Some(usage) = completion.as_ref().and_then(|c| c.usage.as_ref()) {
         let counters = &version.counters;
         counters

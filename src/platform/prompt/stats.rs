@@ -16,6 +16,8 @@ pub(crate) struct VersionCounters {
     pub(crate) prompt_tokens: AtomicU64,
     pub(crate) completion_tokens: AtomicU64,
     pub(crate) invalid_answers: AtomicU64,
+    pub(crate) cost_micros: AtomicU64,
+    pub(crate) priced: AtomicU64,
 }
 
 /// A live handle on a [`PromptApi`](super::PromptApi): its versions'
@@ -145,6 +147,11 @@ pub struct PromptVersionStats {
     /// promises (no text; not JSON, or not matching the schema), or could
     /// not be read.
     pub invalid_answers: u64,
+    /// What its answers cost, in micro-units, as the model route's meter
+    /// said (`x-switchyard-cost-micros`; see [`crate::spend`]).
+    pub cost_micros: u64,
+    /// Its answers that came with a cost.
+    pub priced: u64,
 }
 
 impl PromptVersionStats {
@@ -154,6 +161,8 @@ impl PromptVersionStats {
             prompt_tokens: counters.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: counters.completion_tokens.load(Ordering::Relaxed),
             invalid_answers: counters.invalid_answers.load(Ordering::Relaxed),
+            cost_micros: counters.cost_micros.load(Ordering::Relaxed),
+            priced: counters.priced.load(Ordering::Relaxed),
         }
     }
 }
@@ -170,8 +179,9 @@ mod traffic {
 
     /// A rollout from one version of a prompt API to another: a
     /// [`SplitTraffic`] over its split whose samples also carry each
-    /// version's tokens (prompt and completion), so that
-    /// `Analysis::max_tokens_ratio` can judge a new template's verbosity.
+    /// version's tokens (prompt and completion) and, behind a metered model
+    /// route, its cost, so that `Analysis::max_tokens_ratio` and
+    /// `max_cost_ratio` can judge a new template's verbosity and price.
     /// Error rates include the 502s of answers the mode refused.
     #[cfg_attr(docsrs, doc(cfg(feature = "rollout")))]
     #[derive(Debug, Clone)]
@@ -197,10 +207,15 @@ mod traffic {
             })
         }
 
-        fn tokens(&self, version: &str) -> u64 {
-            self.handle
-                .version_stats(version)
-                .map_or(0, |s| s.prompt_tokens.saturating_add(s.completion_tokens))
+        /// A version's tokens, and its cost with the answers priced.
+        fn usage(&self, version: &str) -> (u64, u64, u64) {
+            self.handle.version_stats(version).map_or((0, 0, 0), |s| {
+                (
+                    s.prompt_tokens.saturating_add(s.completion_tokens),
+                    s.cost_micros,
+                    s.priced,
+                )
+            })
         }
     }
 
@@ -215,8 +230,14 @@ mod traffic {
 
         fn sample(&self) -> Sample {
             let mut sample = self.split.sample();
-            sample.stable = std::mem::take(&mut sample.stable).tokens(self.tokens(&self.stable));
-            sample.canary = std::mem::take(&mut sample.canary).tokens(self.tokens(&self.canary));
+            let (tokens, micros, priced) = self.usage(&self.stable);
+            sample.stable = std::mem::take(&mut sample.stable)
+                .tokens(tokens)
+                .cost(micros, priced);
+            let (tokens, micros, priced) = self.usage(&self.canary);
+            sample.canary = std::mem::take(&mut sample.canary)
+                .tokens(tokens)
+                .cost(micros, priced);
             sample
         }
     }
