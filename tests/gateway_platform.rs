@@ -730,7 +730,14 @@ catalog = true
         1.0
     );
 
-    // The catalog serves the prompt's own document, OpenAPI 3.1.
+    // The API publishes its own document at `<path>/openapi.json`...
+    let r = h
+        .get("/v1/prompts/summarize/openapi.json", "alice-key")
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    crate::support::openapi::assert_valid_31(&r.json());
+    // ... and the catalog serves it too.
     let doc = h
         .get("/catalog/summarize/v1/openapi.json", "alice-key")
         .await

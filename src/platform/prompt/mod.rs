@@ -136,7 +136,9 @@
 //! # OpenAPI
 //!
 //! Each API describes itself as an OpenAPI 3.1 document:
-//! [`PromptApi::openapi`], [`PromptHandle::openapi`] or [`openapi()`].
+//! [`PromptApi::openapi`], [`PromptHandle::openapi`] or [`openapi()`], and
+//! serves it to a `GET` of any path ending in `/openapi.json` (mounted at
+//! `/v1/prompts/weather`, at `/v1/prompts/weather/openapi.json`).
 
 #![cfg(feature = "json")]
 #![cfg_attr(docsrs, doc(cfg(feature = "json")))]

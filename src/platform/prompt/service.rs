@@ -129,6 +129,16 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (head, body) = req.into_parts();
+        if matches!(head.method, Method::GET | Method::HEAD)
+            && head.uri.path().ends_with("/openapi.json")
+        {
+            // The API describes itself, at `<path>/openapi.json`.
+            let doc = self.openapi().to_string();
+            let mut res = Response::new(ResponseBody::full(doc));
+            res.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return ResponseFuture::refused(res);
+        }
         if let Some(refusal) = self.refusal(&head, &body) {
             return ResponseFuture::refused(self.refuse(refusal));
         }
