@@ -70,6 +70,7 @@ name = "orders-v1"
 path_prefix = "/v1/orders"
 auth = {{}}
 split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
+rate_limit = {{ key = "identity", quotas = [{{ limit = 30, period = "1m", burst = 5 }}] }}
 [routes.api]
 name = "orders"
 version = "v1"
@@ -277,6 +278,12 @@ async fn apis_subscriptions_and_team_keys_through_the_gateway() {
         .map(|v| v["state"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["deprecated", "published"]);
+    // Limits as configured on the API, else read off the route's limit.
+    assert_eq!(
+        apis[0]["versions"][0]["limits"],
+        "30 requests per 1m per caller (bursts of 5)"
+    );
+    assert_eq!(apis[0]["versions"][1]["limits"], "100 requests per minute");
     assert_eq!(apis[0]["subscription"]["subscribed"], true);
     let doc = h
         .get("/catalog/orders/v2/openapi.json", "alice-key")

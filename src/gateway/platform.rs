@@ -334,7 +334,7 @@ pub(crate) fn catalog(
         if let Some(teams) = &ac.visible_to {
             listing = listing.visibility(Visibility::Teams(teams.clone()));
         }
-        if let Some(limits) = &ac.limits {
+        if let Some(limits) = ac.limits.clone().or_else(|| limits_of(rc)) {
             listing = listing.limits(limits);
         }
         if let Some(file) = &ac.openapi_file {
@@ -357,4 +357,30 @@ pub(crate) fn catalog(
         }
     }
     Some(catalog)
+}
+
+/// A route's rate limit as consumers read it, when its `api` says nothing
+/// of its limits: "60 requests per 1m per caller; 1000 requests per 1d
+/// per caller".
+fn limits_of(rc: &super::config::RouteConfig) -> Option<String> {
+    use super::config::KeyConfig;
+    let rl = rc.rate_limit.as_ref().filter(|rl| !rl.quotas.is_empty())?;
+    let per = match &rl.key {
+        KeyConfig::Global => "for everyone together",
+        KeyConfig::PeerIp | KeyConfig::ClientIp(_) => "per client address",
+        KeyConfig::Header(_) | KeyConfig::Cookie(_) => "per client key",
+        KeyConfig::Identity => "per caller",
+    };
+    let quotas: Vec<String> = rl
+        .quotas
+        .iter()
+        .map(|q| {
+            let burst = q
+                .burst
+                .map(|b| format!(" (bursts of {b})"))
+                .unwrap_or_default();
+            format!("{} requests per {} {per}{burst}", q.limit, q.period)
+        })
+        .collect();
+    Some(quotas.join("; "))
 }
