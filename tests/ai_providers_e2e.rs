@@ -1225,26 +1225,10 @@ mod stand_ins {
 
 // === the official SDKs ===
 
-/// The Python that has the SDKs: `SWITCHYARD_PYTHON`, else
-/// `target/sdk-venv/bin/python` (made by `.ci/sdk-venv`). `None` when it
-/// is missing and `SWITCHYARD_REQUIRE_SDK` is not `1` (CI sets it).
+/// The Python that has the SDKs (`target/sdk-venv`, made by
+/// `.ci/sdk-venv`).
 fn sdk_python() -> Option<PathBuf> {
-    let python = std::env::var_os("SWITCHYARD_PYTHON").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python"),
-        PathBuf::from,
-    );
-    if python.exists() {
-        return Some(python);
-    }
-    let why = format!(
-        "{} is missing: run .ci/sdk-venv (or set SWITCHYARD_PYTHON)",
-        python.display()
-    );
-    if std::env::var("SWITCHYARD_REQUIRE_SDK").as_deref() == Ok("1") {
-        panic!("SWITCHYARD_REQUIRE_SDK=1 but {why}");
-    }
-    eprintln!("skipped: {why}");
-    None
+    crate::support::openapi::python()
 }
 
 /// Runs `tests/sdk/SCRIPT BASE_URL MODEL=PROVIDER...` against a fresh gateway.

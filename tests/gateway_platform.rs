@@ -22,7 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -170,19 +170,10 @@ impl Harness {
             req = req.header("content-type", "application/json");
         }
         let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
-        let res = tokio::time::timeout(
-            HANG_GUARD,
-            self.client.request(req.body(Full::new(body)).unwrap()),
-        )
-        .await
-        .expect("request hung")
-        .expect("request failed");
-        let (parts, body) = res.into_parts();
-        let body = tokio::time::timeout(HANG_GUARD, body.collect())
-            .await
-            .expect("body hung")
-            .expect("body failed")
-            .to_bytes();
+        let (parts, body) =
+            crate::support::net::exchange(&self.client, req.body(Full::new(body)).unwrap())
+                .await
+                .into_parts();
         Reply {
             status: parts.status,
             headers: parts.headers,

@@ -19,13 +19,12 @@
 //! Timeouts only guard against a hang; no assertion is about speed.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::post;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -41,7 +40,6 @@ use switchyard::proxy::Upstream;
 use crate::support::net;
 use crate::support::openapi;
 
-const HANG_GUARD: Duration = Duration::from_secs(10);
 const VERSION_HEADER: HeaderName = HeaderName::from_static("x-prompt-version");
 
 // === the model server ===
@@ -236,16 +234,9 @@ async fn send(
     let req = req
         .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
         .unwrap();
-    let res = tokio::time::timeout(HANG_GUARD, client.request(req))
+    let (parts, body) = crate::support::net::exchange(client, req)
         .await
-        .expect("request hung")
-        .expect("request failed");
-    let (parts, body) = res.into_parts();
-    let body = tokio::time::timeout(HANG_GUARD, body.collect())
-        .await
-        .expect("body hung")
-        .expect("body failed")
-        .to_bytes();
+        .into_parts();
     Reply {
         status: parts.status,
         headers: parts.headers,

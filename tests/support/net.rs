@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpListener;
@@ -52,6 +52,30 @@ pub async fn send(
     .expect("request failed");
     let (parts, body) = res.into_parts();
     http::Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
+}
+
+/// A client for requests with bodies.
+#[allow(dead_code, reason = "not every test that serves also asks")]
+pub type FullClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Sends `req` and reads its answer whole; a request or a body that hangs
+/// for 10 s, or fails, fails the test.
+#[allow(dead_code, reason = "not every test that serves also asks")]
+pub async fn exchange(
+    client: &FullClient,
+    req: http::Request<Full<Bytes>>,
+) -> http::Response<Bytes> {
+    let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("request hung")
+        .expect("request failed");
+    let (parts, body) = res.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("body hung")
+        .expect("body failed")
+        .to_bytes();
+    http::Response::from_parts(parts, body)
 }
 
 /// Serves `app` on a free loopback port until the test ends; its address.

@@ -7,9 +7,10 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-/// The venv's Python (`SWITCHYARD_PYTHON` overrides it). `None` when it is
+/// The venv's Python (`SWITCHYARD_PYTHON` overrides it), with the OpenAI
+/// and Anthropic SDKs and openapi-spec-validator. `None` when it is
 /// missing and `SWITCHYARD_REQUIRE_SDK` is not `1` (CI sets it).
-fn python() -> Option<PathBuf> {
+pub fn python() -> Option<PathBuf> {
     let python = std::env::var_os("SWITCHYARD_PYTHON").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python"),
         PathBuf::from,
@@ -24,7 +25,7 @@ fn python() -> Option<PathBuf> {
     if std::env::var("SWITCHYARD_REQUIRE_SDK").as_deref() == Ok("1") {
         panic!("SWITCHYARD_REQUIRE_SDK=1 but {why}");
     }
-    eprintln!("skipped the OpenAPI validator: {why}");
+    eprintln!("skipped: {why}");
     None
 }
 
