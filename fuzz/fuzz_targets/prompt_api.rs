@@ -386,9 +386,13 @@ fn satisfies(schema: &ObjectSchema, value: &Value) -> bool {
         })
 }
 
-/// The assistant's text of a chat completion, read as JSON.
+/// The assistant's text of a chat completion, read as JSON. Lossy:
+/// serde_json does not check the UTF-8 of strings it skips, so bytes that
+/// are not UTF-8 in members the API does not read (`role`, `id`) do not
+/// make an answer unreadable; in `content` they do, and then no 200 is
+/// compared with this.
 fn assistant_text(answer: &[u8]) -> Option<String> {
-    let doc: Value = serde_json::from_slice(answer).ok()?;
+    let doc: Value = serde_json::from_str(&String::from_utf8_lossy(answer)).ok()?;
     doc.get("choices")?
         .get(0)?
         .get("message")?
@@ -712,7 +716,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(res_headers.get("content-type").unwrap(), "application/json");
                 let doc: Value = serde_json::from_slice(&res_body).expect("a JSON result");
                 assert!(doc.is_object(), "not an object: {doc}");
-                assert!(valid, "an answer outside the schema passed: {doc}");
+                assert!(valid, "an answer outside the schema passed: {doc} (the assistant's text: {text:?})");
                 assert_eq!(Some(&doc), parsed.as_ref(), "not the assistant's object");
             } else if read && wrap {
                 assert!(!valid, "a 502 for an answer that satisfies the schema: {text:?}");

@@ -117,11 +117,11 @@ pub fn router(gateway: &Gateway) -> Result<Router, AdminError> {
         .with_state(gateway.clone()))
 }
 
-fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
+pub(super) fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
     IntoResponse::into_response(Problem::new(status).detail(detail))
 }
 
-fn who(identity: &Option<Extension<Identity>>) -> String {
+pub(super) fn who(identity: &Option<Extension<Identity>>) -> String {
     identity
         .as_ref()
         .map_or_else(|| "unknown".to_owned(), |Extension(i)| i.id().to_owned())

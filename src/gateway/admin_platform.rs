@@ -16,17 +16,8 @@ use super::build::{ADMIN_READ_ONLY, ADMIN_TEAM};
 use crate::auth::Identity;
 use crate::platform::lifecycle::Stage;
 use crate::platform::subscription::{Consumer, SubscriptionError};
-use crate::problem::Problem;
 
-fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
-    IntoResponse::into_response(Problem::new(status).detail(detail))
-}
-
-fn who(identity: &Option<Extension<Identity>>) -> String {
-    identity
-        .as_ref()
-        .map_or_else(|| "unknown".to_owned(), |Extension(i)| i.id().to_owned())
-}
+use super::admin::{problem, who};
 
 /// The platform's admin routes.
 pub(super) fn routes() -> Router<Gateway> {
