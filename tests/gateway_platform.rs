@@ -667,17 +667,26 @@ catalog = true
     let served: Vec<(String, u64)> = stats.iter().map(|s| (s.name.clone(), s.requests)).collect();
     assert_eq!(served, [("v1".to_owned(), 2), ("v2".to_owned(), 1)]);
 
-    // A reload keeps the live weights of the versions.
+    // As a split's: the configuration in force shows the live weights, a
+    // reload with it keeps them, one with the file's applies those.
     h.gateway
         .split("summarize")
         .unwrap()
         .set_weights([("v1", 50), ("v2", 50)])
         .unwrap();
+    let shown = h.gateway.config();
+    let versions = &shown.routes[3].prompt.as_ref().unwrap().api.versions;
+    assert_eq!((versions[0].weight, versions[1].weight), (50, 50));
+    h.gateway.reload(shown).unwrap();
+    let w = h.gateway.split("summarize").unwrap().weights();
+    assert_eq!((w.get("v1"), w.get("v2")), (Some(50), Some(50)));
+    // Counters carried over the rebuilt API.
+    assert_eq!(h.gateway.split("summarize").unwrap().stats()[0].requests, 2);
     h.gateway
         .reload(GatewayConfig::from_toml(&text).unwrap())
         .unwrap();
     let w = h.gateway.split("summarize").unwrap().weights();
-    assert_eq!((w.get("v1"), w.get("v2")), (Some(50), Some(50)));
+    assert_eq!((w.get("v1"), w.get("v2")), (Some(100), Some(0)));
 
     // /metrics, read by a strict parser: each version's counters and
     // tokens, the API's stage, the refusals.

@@ -1064,7 +1064,7 @@ fn build_route(
         }
         (None, None) if rc.prompt.is_some() => {
             let pc = rc.prompt.as_ref().expect("checked");
-            prompt_api(pc, at, built, old, problems, changes).map(|(service, handle)| {
+            prompt_api(pc, at, built, old, problems).map(|(service, handle)| {
                 prompt = Some(handle);
                 service
             })
@@ -1374,16 +1374,15 @@ fn build_route(
 }
 
 /// A prompt route's service: its API over the model router of the route
-/// it names, counters carried over from the API it replaces, and that
-/// API's live weights kept (a change for the reload) when it had the same
-/// versions.
+/// it names, counters carried over from the API it replaces. Its weights
+/// are the configuration's, as a split's are on a reload
+/// ([`Gateway::config`](super::Gateway::config) shows the live ones).
 fn prompt_api(
     pc: &super::config::PromptRouteConfig,
     at: &str,
     built: &[BuiltRoute],
     old: Option<&BuiltRoute>,
     problems: &mut Problems,
-    changes: &mut Changes,
 ) -> Option<(Pipeline, crate::platform::prompt::PromptHandle)> {
     let Some(route) = built.iter().find(|r| r.name == pc.model_route) else {
         problems.push(
@@ -1415,21 +1414,6 @@ fn prompt_api(
         }
     };
     let handle = api.handle();
-    if let Some(old) = old_prompt {
-        let live: Vec<(String, u32)> = old
-            .split()
-            .weights()
-            .iter()
-            .map(|(name, w)| (name.to_owned(), w))
-            .collect();
-        let mut names: Vec<&str> = live.iter().map(|(n, _)| n.as_str()).collect();
-        let mut new_names: Vec<&str> = pc.api.versions.iter().map(|v| v.name.as_str()).collect();
-        names.sort_unstable();
-        new_names.sort_unstable();
-        if names == new_names {
-            changes.push(Change::Weights(handle.split().clone(), live));
-        }
-    }
     Some((boxed(api), handle))
 }
 

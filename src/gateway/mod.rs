@@ -383,10 +383,23 @@ impl Gateway {
             if let (Some(model), Some((_, handle))) = (route.model.as_mut(), built.model.as_ref()) {
                 model.catalog = handle.catalog();
             }
+            if let (Some(prompt), Some(handle)) = (route.prompt.as_mut(), built.prompt.as_ref()) {
+                let weights = handle.split().weights();
+                for v in &mut prompt.api.versions {
+                    if let Some(w) = weights.get(&v.name) {
+                        v.weight = w;
+                    }
+                }
+            }
             if let (Some(api), Some(built)) =
                 (route.api.as_mut(), state.platform.apis.get(&built.name))
             {
-                api.stage = Some(built.handle().stage());
+                // As configured when it has not moved, so that the
+                // configuration given is the configuration shown.
+                let live = built.handle().stage();
+                if api.stage.unwrap_or_default() != live {
+                    api.stage = Some(live);
+                }
             }
         }
         config
