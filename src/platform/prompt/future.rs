@@ -12,7 +12,6 @@ use http::request::Parts;
 use http::{HeaderValue, Request, Response, response};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use serde::Deserialize;
 use serde_json::Value;
 use tower::Service;
 
@@ -266,35 +265,6 @@ impl<F, ResB> std::fmt::Debug for VersionFuture<F, ResB> {
 
 // === reading the answer ===
 
-/// What is read of a chat completion.
-#[derive(Deserialize)]
-struct Completion {
-    #[serde(default)]
-    choices: Vec<Choice>,
-    #[serde(default)]
-    usage: Option<Usage>,
-}
-
-#[derive(Deserialize)]
-struct Choice {
-    #[serde(default)]
-    message: Option<ChoiceMessage>,
-}
-
-#[derive(Deserialize)]
-struct ChoiceMessage {
-    #[serde(default)]
-    content: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct Usage {
-    #[serde(default)]
-    prompt_tokens: Option<u64>,
-    #[serde(default)]
-    completion_tokens: Option<u64>,
-}
-
 /// A 502 for an answer the mode cannot hand back, counted on the version.
 fn bad_answer<B>(version: &VersionState, message: &str) -> Response<ResponseBody<B>> {
     version
@@ -318,7 +288,12 @@ fn finish<B>(
     mut head: response::Parts,
     data: Bytes,
 ) -> Response<ResponseBody<B>> {
-    let completion = serde_json::from_slice::<Completion>(&data).ok();
+    // Read as a JSON value and walked by member names: a derived
+    // `Deserialize` would also take arrays for objects (`[[["hi"]]]` as a
+    // completion whose text is "hi").
+    let completion = serde_json::from_slice::<Value>(&data)
+        .ok()
+        .filter(Value::is_object);
     // A metered model route says what the answer cost.
     if let Some(micros) = head
         .headers
@@ -330,22 +305,28 @@ fn finish<B>(
         counters.cost_micros.fetch_add(micros, Ordering::Relaxed);
         counters.priced.fetch_add(1, Ordering::Relaxed);
     }
-    if let Some(usage) = completion.as_ref().and_then(|c| c.usage.as_ref()) {
+    if let Some(usage) = completion
+        .as_ref()
+        .and_then(|c| c.get("usage"))
+        .filter(|u| u.is_object())
+    {
+        let tokens = |name| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
         let counters = &version.counters;
         counters
             .prompt_tokens
-            .fetch_add(usage.prompt_tokens.unwrap_or(0), Ordering::Relaxed);
+            .fetch_add(tokens("prompt_tokens"), Ordering::Relaxed);
         counters
             .completion_tokens
-            .fetch_add(usage.completion_tokens.unwrap_or(0), Ordering::Relaxed);
+            .fetch_add(tokens("completion_tokens"), Ordering::Relaxed);
     }
     let text = || {
         completion
-            .as_ref()
-            .and_then(|c| c.choices.first())
-            .and_then(|c| c.message.as_ref())
-            .and_then(|m| m.content.as_ref())
-            .and_then(Value::as_str)
+            .as_ref()?
+            .get("choices")?
+            .get(0)?
+            .get("message")?
+            .get("content")?
+            .as_str()
     };
     let out = match &version.answering.mode {
         ResponseMode::Full => data,

@@ -243,6 +243,24 @@ async fn json_mode_checks_the_answer() {
 }
 
 #[tokio::test]
+async fn an_answer_shaped_as_arrays_is_not_a_completion() {
+    // A derived `Deserialize` would read `[[[["hi"]]]]` as a completion
+    // whose text is "hi" (found by the `prompt_api` fuzz target).
+    let raw = service_fn(|_: Request<RequestBody<Full<Bytes>>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+            br#"[[[["hi"]]]]"#,
+        ))))
+    });
+    let api = PromptApi::builder(config(ResponseMode::Text), raw)
+        .build()
+        .unwrap();
+    let (status, _, body) = call(&api, post(r#"{"variables": {"city": "Oslo"}}"#)).await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json_of(&body)["error"]["code"], "invalid_answer");
+    assert_eq!(api.handle().stats().versions[0].invalid_answers, 1);
+}
+
+#[tokio::test]
 async fn upstream_errors_pass_through() {
     let api = PromptApi::builder(
         config(ResponseMode::Text),
