@@ -885,6 +885,21 @@ async fn replicas_share_moves_and_subscriptions_through_redis() {
     })
     .await;
 
+    // A key added on A is taken by B within its refresh.
+    let r = a
+        .admin_post(
+            "/keys",
+            "root-key",
+            json!({ "id": "dora", "tenant": "shop" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let dora = r.json()["key"].as_str().unwrap().to_owned();
+    eventually("B takes dora's key", || async {
+        b.get("/v2/orders/1", &dora).await.status != StatusCode::UNAUTHORIZED
+    })
+    .await;
+
     // A replica started now starts where the fleet is.
     let c = Harness::start(&text).await;
     assert_eq!(c.get("/v1/orders", "alice-key").await.status, 410);
@@ -893,5 +908,110 @@ async fn replicas_share_moves_and_subscriptions_through_redis() {
         c.admin_get("/apis/orders-v1", "root-key").await.json()["history"][0]["to"],
         "retired"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn keys_added_and_revoked_through_the_admin_api_survive_a_restart() {
+    let up = upstream().await;
+    let dir = temp_dir("gw-platform-keys");
+    let state = dir.join("state.json");
+    let text = config(up, &state, "published");
+    let (added, bob_digest) = {
+        let h = Harness::start(&text).await;
+        // Only unscoped, writing admin keys manage keys.
+        let new = json!({ "id": "carol", "tenant": "shop", "scopes": ["orders"] });
+        let r = h.admin_post("/keys", "viewer-key", new.clone()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        let r = h.admin_post("/keys", "orders-key", new.clone()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        let r = h.admin_post("/keys", "root-key", new).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        let secret = r.json()["key"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("sy_") && secret.len() == 67, "{secret}");
+        assert_eq!(r.json()["digest"], switchyard::auth::digest(&secret));
+        // The next request knows it.
+        let r = h.get("/v1/ledger", &secret).await;
+        assert_eq!(r.status, StatusCode::OK);
+        // Listed by digest, with its uses; never a secret.
+        let r = h.admin_get("/keys", "viewer-key").await;
+        let keys = r.json()["keys"].as_array().unwrap().clone();
+        assert!(!String::from_utf8_lossy(&r.body).contains(&secret));
+        let carol = keys.iter().find(|k| k["id"] == "carol").unwrap();
+        assert_eq!(
+            (carol["source"].as_str(), carol["uses"].as_u64()),
+            (Some("admin"), Some(1))
+        );
+        let bob = keys.iter().find(|k| k["id"] == "bob").unwrap();
+        assert_eq!(bob["source"], "config");
+        let bob_digest = bob["digest"].as_str().unwrap().to_owned();
+        // A configured key revoked: refused from the next request on.
+        assert_eq!(h.get("/v1/ledger", "bob-key").await.status, 200);
+        let r = h
+            .send(
+                Method::DELETE,
+                h.admin,
+                &format!("/keys/{bob_digest}"),
+                "root-key",
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(h.get("/v1/ledger", "bob-key").await.status, 401);
+        let r = h
+            .send(
+                Method::DELETE,
+                h.admin,
+                &format!("/keys/{bob_digest}"),
+                "root-key",
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        // A reload keeps both changes.
+        h.gateway
+            .reload(GatewayConfig::from_toml(&text).unwrap())
+            .unwrap();
+        assert_eq!(h.get("/v1/ledger", &secret).await.status, 200);
+        assert_eq!(h.get("/v1/ledger", "bob-key").await.status, 401);
+        (secret, bob_digest)
+    };
+
+    // Restarted over the same state file: the same keys in force.
+    let h = Harness::start(&text).await;
+    assert_eq!(h.get("/v1/ledger", &added).await.status, 200);
+    assert_eq!(h.get("/v1/ledger", "bob-key").await.status, 401);
+    assert_eq!(h.get("/v1/ledger", "alice-key").await.status, 200);
+    // An added key revoked is gone; a digest the caller holds the secret
+    // of can be added back.
+    let r = h
+        .send(
+            Method::DELETE,
+            h.admin,
+            &format!("/keys/{}", switchyard::auth::digest(&added)),
+            "root-key",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(h.get("/v1/ledger", &added).await.status, 401);
+    let r = h
+        .admin_post(
+            "/keys",
+            "root-key",
+            json!({ "id": "bob", "tenant": "bank", "digest": bob_digest }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert!(r.json().get("key").is_none(), "no secret made or shown");
+    assert_eq!(h.get("/v1/ledger", "bob-key").await.status, 200);
+    let r = h
+        .admin_post(
+            "/keys",
+            "root-key",
+            json!({ "id": "x", "digest": "sha256:nope" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -40,6 +41,9 @@ pub struct ApiKey {
     identity: Identity,
     disabled: bool,
     not_after: Option<SystemTime>,
+    /// Requests it admitted: shared by its clones, and carried over when
+    /// a key of the same digest replaces it in a layer.
+    uses: Arc<AtomicU64>,
 }
 
 /// The `sha256:<hex>` digest of a key, as [`ApiKey::from_digest`] reads it.
@@ -66,6 +70,7 @@ impl ApiKey {
             identity,
             disabled: false,
             not_after: None,
+            uses: Arc::default(),
         }
     }
 
@@ -99,6 +104,12 @@ impl ApiKey {
     /// When the key expires, if it does.
     pub fn expires(&self) -> Option<SystemTime> {
         self.not_after
+    }
+
+    /// How many requests the key has admitted (in a layer; counted on
+    /// from the key it replaced, if that had the same digest).
+    pub fn uses(&self) -> u64 {
+        self.uses.load(Ordering::Relaxed)
     }
 
     fn usable(&self) -> bool {
@@ -299,6 +310,7 @@ where
         let table = self.shared.table.load();
         let verify = |key: &str| {
             let usable = table.get(&Digest::of(key)).filter(|k| k.usable())?;
+            usable.uses.fetch_add(1, Ordering::Relaxed);
             Some(usable.identity.clone())
         };
         match self.shared.auth.admit(&mut req, verify) {
@@ -321,8 +333,11 @@ pub struct ApiKeyHandle {
 impl ApiKeyHandle {
     /// Adds a key, or replaces the key with the same digest (to disable it,
     /// change its identity or expiry).
-    pub fn insert(&self, key: ApiKey) {
+    pub fn insert(&self, mut key: ApiKey) {
         self.update(|t| {
+            if let Some(old) = t.get(&key.digest) {
+                key.uses = Arc::clone(&old.uses);
+            }
             t.insert(key.digest, key);
         });
     }
@@ -367,7 +382,15 @@ impl ApiKeyHandle {
                 return Err(AuthError::DuplicateKey(digest.to_string()));
             }
         }
-        self.update(|t| *t = table);
+        self.update(|t| {
+            // A key kept across the swap keeps counting.
+            for (digest, key) in &mut table {
+                if let Some(old) = t.get(digest) {
+                    key.uses = Arc::clone(&old.uses);
+                }
+            }
+            *t = table;
+        });
         Ok(())
     }
 
@@ -523,5 +546,53 @@ mod tests {
         for bad in ["", "sha256:", "sha256:zz", "md5:ba78", &d.to_string()[..70]] {
             assert!(Digest::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn each_key_counts_what_it_admits_across_swaps() {
+        use tower::{Layer, ServiceExt, service_fn};
+        let layer = ApiKeyLayer::builder()
+            .key(ApiKey::new("a", Identity::new("alice")))
+            .key(ApiKey::new("b", Identity::new("bob")))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let svc = layer.layer(service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(()))
+        }));
+        let call = |key: &'static str| {
+            let req = Request::builder()
+                .header("x-api-key", key)
+                .body(())
+                .unwrap();
+            svc.clone().oneshot(req)
+        };
+        let uses = |id: &str| {
+            handle
+                .keys()
+                .into_iter()
+                .find(|k| k.identity().id() == id)
+                .map(|k| k.uses())
+        };
+        for _ in 0..3 {
+            assert_eq!(call("a").await.unwrap().status(), 200);
+        }
+        assert_eq!(call("wrong").await.unwrap().status(), 401);
+        assert_eq!((uses("alice"), uses("bob")), (Some(3), Some(0)));
+        // Replaced by a key of the same digest (a reload): counting on.
+        handle
+            .set_keys([
+                ApiKey::new("a", Identity::new("alice").with_tier("gold")),
+                ApiKey::new("c", Identity::new("carol")),
+            ])
+            .unwrap();
+        call("a").await.unwrap();
+        assert_eq!((uses("alice"), uses("carol")), (Some(4), Some(0)));
+        handle.insert(ApiKey::new("a", Identity::new("alice")));
+        assert_eq!(uses("alice"), Some(4));
+        // A disabled key admits nothing, so counts nothing.
+        handle.insert(ApiKey::new("a", Identity::new("alice")).disabled(true));
+        assert_eq!(call("a").await.unwrap().status(), 401);
+        assert_eq!(uses("alice"), Some(4));
     }
 }

@@ -31,12 +31,19 @@
 //! | `GET /apis`, `GET /apis/{route}` | the routes that are APIs: name, version, owner, stage, subscription policy; one API with its moves (who, when) and, while deprecated, its callers by identity |
 //! | `POST /apis/{route}/stage` | `{"stage": "deprecated"}`: moves the API (409 for a move the lifecycle forbids); kept in `[platform] state_file` |
 //! | `GET /subscriptions/{api}` | an API's policy, subscriptions, decisions (who, when) and refused calls |
+//! | `GET /keys` | the API keys in force: digest (never the secret), identity, where from (`config` or `admin`), requests admitted |
+//! | `POST /keys` | `{"id": "carol", "tenant": "shop", "scopes": [...], "tier": ...}`: adds a key, effective on the next request, and answers its secret once (`sy_` and 64 hex digits; only its digest is kept); with `"digest": "sha256:..."`, a key whose secret you hold |
+//! | `DELETE /keys/{digest}` | revokes a key, configured or added, from the next request on |
 //! | `POST /subscriptions/{api}/approve` (`reject`, `revoke`) | `{"consumer": {"kind": "tenant", "tenant": "shop"}}` or `{"consumer": {"kind": "identity", "id": "alice", "tenant": "shop"}}`; kept in `[platform] state_file` |
 //!
 //! Every route but `/healthz` needs one of the configuration's admin keys
 //! (`admin.keys`, as the last reload left them), as a bearer token or in `x-api-key`. Every change is
 //! logged with the `tracing` crate at `INFO`, with the admin's identity
 //! and the state before and after. Errors are problem+json.
+//!
+//! Keys added and revoked here, like lifecycle moves and subscriptions,
+//! are kept in `[platform] state_file` (or Redis): a reload or a restart
+//! keeps them, on top of the configuration's `api_keys`.
 //!
 //! An admin key with `read_only = true` reads and never changes (403). One
 //! with `team = "…"` changes only what its team owns: the splits, models

@@ -27,6 +27,174 @@ pub(super) fn routes() -> Router<Gateway> {
         .route("/apis/{route}/stage", post(post_stage))
         .route("/subscriptions/{api}", get(get_subscriptions))
         .route("/subscriptions/{api}/{decision}", post(post_decision))
+        .route("/keys", get(get_keys).post(post_key))
+        .route("/keys/{digest}", axum::routing::delete(delete_key))
+}
+
+// === API keys ===
+
+async fn get_keys(State(gw): State<Gateway>) -> Response {
+    let state = gw.inner.state.load();
+    let Some(auth) = &state.auth else {
+        return Json(json!({ "keys": [] })).into_response();
+    };
+    let mut keys: Vec<Value> = auth
+        .handle()
+        .keys()
+        .iter()
+        .map(|k| {
+            let id = k.identity();
+            json!({
+                "digest": k.digest(),
+                "id": id.id(),
+                "tenant": id.tenant(),
+                "scopes": id.scopes(),
+                "tier": id.tier(),
+                "disabled": k.is_disabled(),
+                "uses": k.uses(),
+                "source": if state.platform.keys.is_managed(&k.digest()) { "admin" } else { "config" },
+            })
+        })
+        .collect();
+    keys.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Json(json!({ "keys": keys })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    id: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    tier: Option<String>,
+    /// The digest of a secret the caller keeps; without it a secret is
+    /// made and answered once.
+    #[serde(default)]
+    digest: Option<String>,
+}
+
+fn key_change_problem(e: super::keys::KeyChange) -> Response {
+    use super::keys::KeyChange;
+    match e {
+        KeyChange::Exists => problem(StatusCode::CONFLICT, "a key with this digest is in force"),
+        KeyChange::Unknown => problem(StatusCode::NOT_FOUND, "no key in force has this digest"),
+        KeyChange::Full => problem(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "10000 keys are managed through the admin API; revoke some first",
+        ),
+        KeyChange::State(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        KeyChange::Busy => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the keys kept changing elsewhere; try again",
+        ),
+    }
+}
+
+async fn post_key(
+    State(gw): State<Gateway>,
+    identity: Option<Extension<Identity>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let new: NewKey = match serde_json::from_slice(&body) {
+        Ok(k) => k,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"id\": …, \"tenant\": …, \"scopes\": […], \"tier\": …, \"digest\": \"sha256:…\"}} (all but id optional): {e}"
+                ),
+            );
+        }
+    };
+    if new.id.is_empty() {
+        return problem(StatusCode::BAD_REQUEST, "a key needs an identity `id`");
+    }
+    let state = gw.inner.state.load_full();
+    let Some(auth) = state.auth.clone() else {
+        return problem(
+            StatusCode::CONFLICT,
+            "no route has `auth`: the gateway takes no API keys",
+        );
+    };
+    // A secret of 32 bytes from the thread RNG (a CSPRNG, seeded by the
+    // OS), shown once; only its digest is kept.
+    let secret = new.digest.is_none().then(|| {
+        let mut bytes = [0u8; 32];
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        format!("sy_{hex}")
+    });
+    let digest = match (&secret, &new.digest) {
+        (Some(secret), _) => crate::auth::digest(secret),
+        (None, Some(d)) => d.clone(),
+        (None, None) => unreachable!("a secret is made without a digest"),
+    };
+    let managed = super::keys::Managed {
+        digest: digest.clone(),
+        id: new.id,
+        tenant: new.tenant,
+        scopes: new.scopes,
+        tier: new.tier,
+        by: who(&identity),
+        at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let Some(key) = managed.key() else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!("`{digest}` is not a digest (`sha256:` and 64 hex digits)"),
+        );
+    };
+    let in_force: Vec<String> = auth.handle().keys().iter().map(|k| k.digest()).collect();
+    let keys = std::sync::Arc::clone(&state.platform.keys);
+    let added = {
+        let managed = managed.clone();
+        tokio::task::spawn_blocking(move || keys.add(managed, &in_force)).await
+    };
+    match added {
+        Ok(Ok(())) => {
+            auth.handle().insert(key);
+            tracing::info!(admin = %who(&identity), id = managed.id, digest, "API key added");
+            let mut out = json!({ "digest": digest, "id": managed.id });
+            if let Some(secret) = secret {
+                out["key"] = json!(secret);
+            }
+            (StatusCode::CREATED, Json(out)).into_response()
+        }
+        Ok(Err(e)) => key_change_problem(e),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn delete_key(
+    State(gw): State<Gateway>,
+    Path(digest): Path<String>,
+    identity: Option<Extension<Identity>>,
+) -> Response {
+    let state = gw.inner.state.load_full();
+    let Some(auth) = state.auth.clone() else {
+        return problem(StatusCode::NOT_FOUND, "no key in force has this digest");
+    };
+    let in_force: Vec<String> = auth.handle().keys().iter().map(|k| k.digest()).collect();
+    let keys = std::sync::Arc::clone(&state.platform.keys);
+    let revoked = {
+        let digest = digest.clone();
+        tokio::task::spawn_blocking(move || keys.revoke(&digest, &in_force)).await
+    };
+    match revoked {
+        Ok(Ok(())) => {
+            // Effective on the very next request.
+            let _ = auth.handle().revoke_digest(&digest);
+            tracing::info!(admin = %who(&identity), digest, "API key revoked");
+            Json(json!({ "revoked": digest })).into_response()
+        }
+        Ok(Err(e)) => key_change_problem(e),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 // === Who may change what ===

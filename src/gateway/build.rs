@@ -522,8 +522,42 @@ pub(crate) fn build(
         }
     }
 
+    // Redis, for shared rate limits.
+    let redis = config
+        .redis
+        .as_ref()
+        .and_then(|rc| shared_redis(rc, old, &mut problems));
+
+    if let Some(ws) = &config.weight_sync {
+        if !cfg!(feature = "redis") {
+            problems.push("weight_sync", "needs switchyard's `redis` feature");
+        } else if config.redis.is_none() {
+            problems.push("weight_sync", "no `[redis]` is configured");
+        }
+        if ws.interval_ms == Some(0) {
+            problems.push("weight_sync.interval_ms", "must be above 0");
+        }
+        if ws.timeout_ms == Some(0) {
+            problems.push("weight_sync.timeout_ms", "must be above 0");
+        }
+        if ws.check_interval_ms == Some(0) {
+            problems.push("weight_sync.check_interval_ms", "must be above 0");
+        }
+    }
+
+    // The routes' APIs: lifecycles, subscriptions, the state file.
+    let platform = super::platform::build(
+        &config,
+        old.map(|o| &o.platform),
+        redis.as_ref(),
+        &mut problems,
+        &mut changes,
+    );
+
     // API keys: one layer for every route, changed in place on reload.
     let keys = api_keys(&config.api_keys, "api_keys", &mut problems);
+    // Less those revoked, plus those added, through the admin API.
+    let keys = platform.keys.merged(keys);
     let needs_auth = config.routes.iter().any(|r| r.auth.is_some());
     let auth = match old.and_then(|o| o.auth.clone()) {
         Some(layer) => {
@@ -569,38 +603,6 @@ pub(crate) fn build(
         .pre_auth_limit
         .as_ref()
         .and_then(|rl| pre_auth_limiter(rl, old, &mut problems, &mut changes));
-
-    // Redis, for shared rate limits.
-    let redis = config
-        .redis
-        .as_ref()
-        .and_then(|rc| shared_redis(rc, old, &mut problems));
-
-    if let Some(ws) = &config.weight_sync {
-        if !cfg!(feature = "redis") {
-            problems.push("weight_sync", "needs switchyard's `redis` feature");
-        } else if config.redis.is_none() {
-            problems.push("weight_sync", "no `[redis]` is configured");
-        }
-        if ws.interval_ms == Some(0) {
-            problems.push("weight_sync.interval_ms", "must be above 0");
-        }
-        if ws.timeout_ms == Some(0) {
-            problems.push("weight_sync.timeout_ms", "must be above 0");
-        }
-        if ws.check_interval_ms == Some(0) {
-            problems.push("weight_sync.check_interval_ms", "must be above 0");
-        }
-    }
-
-    // The routes' APIs: lifecycles, subscriptions, the state file.
-    let platform = super::platform::build(
-        &config,
-        old.map(|o| &o.platform),
-        redis.as_ref(),
-        &mut problems,
-        &mut changes,
-    );
 
     // Routes.
     let mut routes = Vec::with_capacity(config.routes.len());
@@ -860,6 +862,13 @@ fn shared_redis(
         problems.push("redis", "needs switchyard's `redis` feature");
         None
     }
+}
+
+/// The configuration's `api_keys` as keys (those it refuses left out: a
+/// configuration in force has none).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn configured_keys(config: &GatewayConfig) -> Vec<ApiKey> {
+    api_keys(&config.api_keys, "api_keys", &mut Problems(Vec::new()))
 }
 
 /// The label an admin key's identity carries its `team` in.

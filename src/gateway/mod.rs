@@ -88,6 +88,7 @@ mod access;
 mod admin_platform;
 mod build;
 mod config;
+mod keys;
 mod metrics;
 mod platform;
 mod redact;
@@ -240,6 +241,19 @@ impl Gateway {
                     let platform = &state.platform;
                     if let Err(e) = platform.subscriptions.refresh() {
                         tracing::warn!(error = %e, "platform: subscriptions not refreshed");
+                    }
+                    match platform.keys.refresh() {
+                        Ok(true) => {
+                            if let Some(auth) = &state.auth {
+                                let keys =
+                                    platform.keys.merged(build::configured_keys(&state.config));
+                                if let Err(e) = auth.handle().set_keys(keys) {
+                                    tracing::warn!(error = %e, "platform: API keys not refreshed");
+                                }
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(error = %e, "platform: API keys not refreshed"),
                     }
                     for (route, api) in &platform.apis {
                         if let Err(e) = api.handle().refresh() {

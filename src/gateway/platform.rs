@@ -34,6 +34,9 @@ pub(crate) struct Platform {
     pub(crate) subscriptions: Subscriptions,
     /// By route name.
     pub(crate) apis: BTreeMap<String, BuiltApi>,
+    /// API keys added and revoked through the admin API: one set for the
+    /// gateway's life, handed from each state to the next.
+    pub(crate) keys: Arc<super::keys::ManagedKeys>,
 }
 
 /// A route's API.
@@ -113,6 +116,16 @@ pub(crate) fn build(
                 None
             }
             None => None,
+        },
+    };
+    let keys = match old {
+        Some(o) => Arc::clone(&o.keys),
+        None => match super::keys::ManagedKeys::open(store.as_ref().map(|(_, s)| Arc::clone(s))) {
+            Ok(keys) => Arc::new(keys),
+            Err(e) => {
+                problems.push("platform", e);
+                Arc::new(super::keys::ManagedKeys::none())
+            }
         },
     };
     let subscriptions = match (old, &store) {
@@ -213,6 +226,7 @@ pub(crate) fn build(
         store,
         subscriptions,
         apis,
+        keys,
     }
 }
 
