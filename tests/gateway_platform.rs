@@ -482,6 +482,23 @@ split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
 "#
     ));
     let at: Vec<&str> = found.iter().map(|(at, _)| at.as_str()).collect();
+    // The platform's state in Redis needs a `[redis]`, and is one choice.
+    let found_redis = problems(&format!("{base}\n[platform]\nredis = true\n"));
+    assert!(
+        found_redis
+            .iter()
+            .any(|(at, m)| at == "platform.redis" && m.contains("no `[redis]`")),
+        "{found_redis:?}"
+    );
+    let found_both = problems(&format!(
+        "{base}\n[platform]\nredis = true\nstate_file = \"/tmp/x.json\"\n"
+    ));
+    assert!(
+        found_both
+            .iter()
+            .any(|(at, m)| at == "platform" && m.contains("one of")),
+        "{found_both:?}"
+    );
     assert!(at.contains(&"api_keys[0]"), "{found:?}");
     assert!(at.contains(&"routes[0].api.subscription"), "{found:?}");
     assert!(at.contains(&"routes[1].api.version"), "{found:?}");
@@ -754,7 +771,7 @@ catalog = true
 }
 
 /// Two gateways over one `redis-server`, the platform's state kept there
-/// (`[redis]` and no `state_file`): what one replica's owners decide, the
+/// (`[platform] redis = true`): what one replica's owners decide, the
 /// other serves by, within its refresh; concurrent decisions on both are
 /// all kept; a third gateway started later starts where they are.
 #[cfg(feature = "redis")]
@@ -770,7 +787,7 @@ async fn replicas_share_moves_and_subscriptions_through_redis() {
     let text = config(up, &dir.join("unused.json"), "draft")
         .replace(
             &format!("state_file = \"{}\"", dir.join("unused.json").display()),
-            "refresh_ms = 50",
+            "redis = true\nrefresh_ms = 50",
         )
         .replacen(
             "[[api_keys]]",

@@ -66,11 +66,17 @@ pub struct PlatformConfig {
     /// API and the catalog survive a restart. A corrupt file is refused
     /// with its line and column. It cannot change on a reload.
     ///
-    /// Without it, and with `[redis]` (feature `redis`), they are kept in
-    /// Redis instead, shared by every replica: a change made on one is
-    /// taken by the others within `refresh_ms`. Without either, they live
-    /// as long as the process.
+    /// Without either this or `redis`, they live as long as the process.
     pub state_file: Option<String>,
+    /// Keep them in `[redis]` instead (feature `redis`), shared by every
+    /// replica: a change made on one is taken by the others within
+    /// `refresh_ms`. The gateway refuses to start when Redis cannot be
+    /// read, as it refuses a corrupt state file: serving with keys revoked
+    /// there in force again, or drafts published, would be worse. (So it
+    /// is asked for here, not implied by `[redis]`, which rate limits may
+    /// use with Redis away.) Not over mutual TLS yet (`client_cert_file`
+    /// in `[redis]` is refused with it).
+    pub redis: bool,
     /// With the state in Redis: the prefix of its hashes
     /// (`switchyard:state:` by default).
     pub redis_prefix: Option<String>,

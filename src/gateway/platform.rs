@@ -62,17 +62,31 @@ pub(crate) fn build(
     problems: &mut Problems,
     changes: &mut Changes,
 ) -> Platform {
-    let at = match (&config.platform.state_file, &config.redis) {
-        (Some(path), _) => Some(StoreAt::File(path.clone())),
-        (None, Some(rc)) => Some(StoreAt::Redis(
+    let pc = &config.platform;
+    let at = match (&pc.state_file, pc.redis, &config.redis) {
+        (Some(_), true, _) => {
+            problems.push("platform", "give one of `state_file` and `redis = true`");
+            None
+        }
+        (Some(path), false, _) => Some(StoreAt::File(path.clone())),
+        (None, true, None) => {
+            problems.push("platform.redis", "no `[redis]` is configured");
+            None
+        }
+        (None, true, Some(rc)) if rc.client_cert_file.is_some() => {
+            problems.push(
+                "platform.redis",
+                "the platform's state is not kept over mutual TLS yet (`redis.client_cert_file`)",
+            );
+            None
+        }
+        (None, true, Some(rc)) => Some(StoreAt::Redis(
             rc.clone(),
-            config
-                .platform
-                .redis_prefix
+            pc.redis_prefix
                 .clone()
                 .unwrap_or_else(|| "switchyard:state:".to_owned()),
         )),
-        (None, None) => None,
+        (None, false, _) => None,
     };
     if config.platform.refresh_ms == Some(0) {
         problems.push("platform.refresh_ms", "must be above 0");
@@ -87,7 +101,7 @@ pub(crate) fn build(
                 );
                 problems.push(
                     if files { "platform.state_file" } else { "platform" },
-                    "where the state is kept (`state_file`, or `[redis]` without one) cannot change on a reload",
+                    "where the state is kept (`state_file`, or `redis = true`) cannot change on a reload",
                 );
             }
             o.store.clone()
