@@ -61,6 +61,7 @@
 //! | [`upgrade`] | [`UpgradeHold`](upgrade::UpgradeHold): what must live as long as an upgraded connection (a WebSocket) does |
 //! | [`platform`] | APIs as products: [`LifecycleLayer`](platform::lifecycle::LifecycleLayer) (draft, published, deprecated with `Deprecation`/`Sunset`/successor `Link` and callers counted, retired with 410), [`Subscriptions`](platform::subscription::Subscriptions) (open or by approval; 403 `subscription_required`), [`ApiCatalog`](platform::catalog::ApiCatalog) (what a consumer may see, OpenAPI 3.1 documents), `PromptApi` (feature `json`: a prompt template published as an API, its versions a split) |
 //! | [`state`] | [`StateStore`](state::StateStore): runtime state that survives a restart, in a JSON file replaced atomically ([`StateFile`](state::StateFile); a corrupt file refused with where it breaks) or in Redis for every replica (`state::redis::RedisState`, feature `redis`), each change a compare-and-swap |
+//! | [`trace`] | W3C `traceparent` at the edge: a valid one passed on unchanged, a missing or broken one replaced by a new trace (and `tracestate` dropped); the gateway logs the trace id |
 //! | [`key`] | [`KeyBy`](key::KeyBy): the one way every layer reads a key (header, cookie, peer IP, client IP behind trusted proxies, custom) from a request |
 //! | `model` (feature `json`) | `ModelRouter`: OpenAI-compatible model aliases over weighted versions, pins, sticky picks, fallback, token counts |
 //! | `spend` (feature `json`) | `Meter`: the model router's admission hook for token limits and budgets (in memory, or in Redis for a fleet), settled with each answer's usage; `PriceCatalog`: model prices (LiteLLM's file) and the cost of a usage in integer micro-units; `Ledger`: tokens and cost per identity, tenant, alias and version |
@@ -139,6 +140,7 @@ pub mod state;
 pub mod sync;
 #[cfg(feature = "tls")]
 mod tls;
+pub mod trace;
 #[cfg(feature = "transform")]
 #[cfg_attr(docsrs, doc(cfg(feature = "transform")))]
 pub mod transform;

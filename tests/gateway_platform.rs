@@ -1032,3 +1032,99 @@ async fn keys_added_and_revoked_through_the_admin_api_survive_a_restart() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The trace context at the edge: a caller's valid `traceparent` reaches
+/// the upstream unchanged (with its `tracestate`); none, or a broken one,
+/// becomes a new trace (and its `tracestate` goes); the access log names
+/// the trace either way.
+#[tokio::test(flavor = "current_thread")]
+async fn the_trace_context_is_passed_on_or_started_and_logged() {
+    use std::sync::{Arc, Mutex};
+    use switchyard::trace::TraceParent;
+
+    // The access log, captured: this test's thread only.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Log {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // An upstream that answers with the trace headers it got.
+    let up = serve(Router::new().fallback(|headers: HeaderMap| async move {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        format!("{}|{}", get("traceparent"), get("tracestate"))
+    }))
+    .await;
+    let text = format!(
+        r#"
+[upstreams.app]
+url = "http://{up}"
+[[routes]]
+name = "app"
+split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
+"#
+    );
+    let gateway = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
+    let addr = serve(Router::new().fallback_service(gateway)).await;
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let ask = |headers: &[(&str, &str)]| {
+        let mut req = Request::get(format!("http://{addr}/x"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).unwrap();
+        let client = client.clone();
+        async move {
+            let res = crate::support::net::exchange(&client, req).await;
+            String::from_utf8(res.into_body().to_vec()).unwrap()
+        }
+    };
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    let got = ask(&[("traceparent", valid), ("tracestate", "acme=7")]).await;
+    assert_eq!(got, format!("{valid}|acme=7"));
+
+    let got = ask(&[]).await;
+    let (sent, state) = got.split_once('|').unwrap();
+    let started = TraceParent::parse(sent.as_bytes()).expect("a valid traceparent");
+    assert!(!started.sampled());
+    assert_eq!(state, "");
+
+    let got = ask(&[("traceparent", "00-nonsense"), ("tracestate", "acme=7")]).await;
+    let (sent, state) = got.split_once('|').unwrap();
+    let restarted = TraceParent::parse(sent.as_bytes()).expect("a valid traceparent");
+    assert_ne!(restarted, started);
+    assert_eq!(state, "", "the broken context's state is dropped");
+
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    for id in [
+        "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+        started.trace_id(),
+        restarted.trace_id(),
+    ] {
+        assert!(
+            log.contains(&format!("trace_id={id}")),
+            "{id} not in\n{log}"
+        );
+    }
+}

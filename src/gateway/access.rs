@@ -25,6 +25,8 @@ pub(crate) struct Access {
     version: Option<HeaderName>,
     client: Option<IpAddr>,
     request_id: Option<HeaderValue>,
+    /// The request's trace context, as it went upstream.
+    trace: Option<crate::trace::TraceParent>,
 }
 
 impl Access {
@@ -43,6 +45,7 @@ impl Access {
             version: None,
             client: crate::key::peer_ip(req.extensions()),
             request_id: req.headers().get(REQUEST_ID).cloned(),
+            trace: None,
         }))
     }
 
@@ -51,6 +54,11 @@ impl Access {
     pub(crate) fn route(&mut self, name: &str, echo: Option<&str>) {
         self.route = Some(name.to_owned());
         self.version = echo.and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
+    }
+
+    /// The request's trace context.
+    pub(crate) fn trace(&mut self, trace: crate::trace::TraceParent) {
+        self.trace = Some(trace);
     }
 
     /// Logs the request with its response.
@@ -73,6 +81,7 @@ impl Access {
             client = %self.client.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
             request_id = id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
             version = version.unwrap_or("-"),
+            trace_id = %self.trace.map_or_else(|| "-".to_owned(), |t| t.trace_id()),
             "request"
         );
     }

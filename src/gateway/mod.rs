@@ -567,6 +567,11 @@ where
                 access,
             };
         }
+        // The trace context: the caller's if it is valid, else a new one.
+        let trace = crate::trace::propagate(&mut req);
+        if let Some(a) = &mut access {
+            a.trace(trace);
+        }
         // Path parameters, refused below unless the route takes them.
         let params = req.uri().path().contains(';');
         // Route on the path the upstream will read: its normal form.

@@ -1,0 +1,252 @@
+//! W3C Trace Context (`traceparent`) at the gateway's edge.
+//!
+//! A request that comes with a valid `traceparent` keeps it, unchanged, on
+//! its way upstream: the gateway records no spans of its own, so it passes
+//! the caller's context on as the recommendation asks of a participant
+//! that does not trace. A request without one, or with one that does not
+//! parse (or with two), starts a new trace: a fresh `traceparent` (random
+//! trace and parent ids, not sampled) replaces it, and any `tracestate`
+//! goes, since it belonged to a context that is no more. Either way the
+//! trace id is known, for the access log.
+//!
+//! ```
+//! use http::Request;
+//! use switchyard::trace::{TraceParent, propagate};
+//!
+//! let mut req = Request::builder()
+//!     .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+//!     .body(())
+//!     .unwrap();
+//! let trace = propagate(&mut req);
+//! assert_eq!(trace.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+//! assert!(trace.sampled());
+//!
+//! // None sent: one is made, and the upstream gets it.
+//! let mut req = Request::new(());
+//! let trace = propagate(&mut req);
+//! let sent = req.headers()["traceparent"].as_bytes();
+//! assert_eq!(TraceParent::parse(sent), Some(trace));
+//! ```
+
+use std::fmt;
+
+use http::{HeaderName, HeaderValue, Request};
+
+/// The `traceparent` header.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The `tracestate` header.
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// A parsed `traceparent`: trace id, parent id and flags.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceParent {
+    trace_id: [u8; 16],
+    parent_id: [u8; 8],
+    flags: u8,
+}
+
+impl fmt::Debug for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.header_text())
+    }
+}
+
+/// Lower-case hex digits only, as the recommendation requires.
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn hex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
+    if text.len() != out.len() * 2 {
+        return None;
+    }
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+    }
+    Some(())
+}
+
+impl TraceParent {
+    /// Parses a `traceparent` value: `version-traceid-parentid-flags`,
+    /// lower-case hex, 2-32-16-2 digits. Version `00` is exactly that;
+    /// a later version (not `ff`) may carry more after a `-`, which is
+    /// ignored. An all-zero trace id or parent id is invalid.
+    pub fn parse(value: &[u8]) -> Option<Self> {
+        if value.len() < 55 {
+            return None;
+        }
+        let mut version = [0u8; 1];
+        hex_into(&value[0..2], &mut version)?;
+        match version[0] {
+            0xff => return None,
+            0x00 if value.len() != 55 => return None,
+            _ if value.len() > 55 && value[55] != b'-' => return None,
+            _ => {}
+        }
+        if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+            return None;
+        }
+        let mut parsed = TraceParent {
+            trace_id: [0; 16],
+            parent_id: [0; 8],
+            flags: 0,
+        };
+        hex_into(&value[3..35], &mut parsed.trace_id)?;
+        hex_into(&value[36..52], &mut parsed.parent_id)?;
+        let mut flags = [0u8; 1];
+        hex_into(&value[53..55], &mut flags)?;
+        parsed.flags = flags[0];
+        if parsed.trace_id == [0; 16] || parsed.parent_id == [0; 8] {
+            return None;
+        }
+        Some(parsed)
+    }
+
+    /// A new trace: random trace and parent ids (from the thread's
+    /// cryptographically secure generator, so they cannot be guessed),
+    /// not sampled.
+    pub fn new_root() -> Self {
+        let mut parsed = TraceParent {
+            trace_id: [0; 16],
+            parent_id: [0; 8],
+            flags: 0,
+        };
+        let mut rng = rand::rng();
+        // All zeros is invalid; a retry is as likely as never.
+        while parsed.trace_id == [0; 16] {
+            rand::Rng::fill_bytes(&mut rng, &mut parsed.trace_id);
+        }
+        while parsed.parent_id == [0; 8] {
+            rand::Rng::fill_bytes(&mut rng, &mut parsed.parent_id);
+        }
+        parsed
+    }
+
+    /// The trace id, 32 lower-case hex digits.
+    pub fn trace_id(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// The parent id, 16 lower-case hex digits.
+    pub fn parent_id(&self) -> String {
+        hex(&self.parent_id)
+    }
+
+    /// Whether the caller sampled the trace (flag `01`).
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+
+    /// As a version `00` header value.
+    pub fn to_header(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.header_text()).expect("hex and dashes are a valid header value")
+    }
+
+    fn header_text(&self) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            self.trace_id(),
+            self.parent_id(),
+            self.flags
+        )
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
+}
+
+/// The request's trace context, made valid (see the [module docs](self)):
+/// its one valid `traceparent` kept as it is, else a new trace in its
+/// place and no `tracestate`.
+pub fn propagate<B>(req: &mut Request<B>) -> TraceParent {
+    let headers = req.headers_mut();
+    let mut sent = headers.get_all(&TRACEPARENT).iter();
+    if let (Some(one), None) = (sent.next(), sent.next())
+        && let Some(parent) = TraceParent::parse(one.as_bytes())
+    {
+        return parent;
+    }
+    let root = TraceParent::new_root();
+    headers.insert(TRACEPARENT.clone(), root.to_header());
+    headers.remove(&TRACESTATE);
+    root
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn the_recommendations_examples_and_its_rules() {
+        let p = TraceParent::parse(EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(p.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(p.parent_id(), "00f067aa0ba902b7");
+        assert!(p.sampled());
+        assert_eq!(p.to_header(), EXAMPLE);
+        // A later version may carry more, after a dash.
+        let later = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what-comes";
+        assert!(TraceParent::parse(later.as_bytes()).is_some());
+        for bad in [
+            "",
+            &EXAMPLE[..54],
+            &format!("{EXAMPLE}-x"), // 00 with more
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // version ff
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", // upper case
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero parent
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // separator
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x", // more, no dash
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0z",
+        ] {
+            assert_eq!(TraceParent::parse(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_or_doubled_context_starts_a_new_trace() {
+        let mut req = Request::builder()
+            .header("traceparent", "00-zz-00f067aa0ba902b7-01")
+            .header("tracestate", "vendor=1")
+            .body(())
+            .unwrap();
+        let made = propagate(&mut req);
+        assert_eq!(req.headers()["traceparent"], made.to_header());
+        assert!(!req.headers().contains_key("tracestate"));
+        assert!(!made.sampled());
+
+        let mut req = Request::builder()
+            .header("traceparent", EXAMPLE)
+            .header("traceparent", EXAMPLE)
+            .body(())
+            .unwrap();
+        let made = propagate(&mut req);
+        assert_ne!(made.to_header(), EXAMPLE);
+        assert_eq!(req.headers().get_all("traceparent").iter().count(), 1);
+
+        // A good one, with its state, goes on unchanged.
+        let mut req = Request::builder()
+            .header("traceparent", EXAMPLE)
+            .header("tracestate", "vendor=1")
+            .body(())
+            .unwrap();
+        propagate(&mut req);
+        assert_eq!(req.headers()["traceparent"], EXAMPLE);
+        assert_eq!(req.headers()["tracestate"], "vendor=1");
+        // Two new traces differ.
+        assert_ne!(TraceParent::new_root(), TraceParent::new_root());
+    }
+}
