@@ -864,6 +864,23 @@ fn shared_redis(
     }
 }
 
+/// The identity an API key stands for.
+pub(crate) fn key_identity(
+    id: &str,
+    tenant: Option<&str>,
+    scopes: &[String],
+    tier: Option<&str>,
+) -> Identity {
+    let mut identity = Identity::new(id).with_scopes(scopes.iter().cloned());
+    if let Some(t) = tenant {
+        identity = identity.with_tenant(t);
+    }
+    if let Some(t) = tier {
+        identity = identity.with_tier(t);
+    }
+    identity
+}
+
 /// The configuration's `api_keys` as keys (those it refuses left out: a
 /// configuration in force has none).
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -884,13 +901,7 @@ pub(crate) fn api_keys(list: &[ApiKeyConfig], at: &str, problems: &mut Problems)
             problems.push(format!("{here}.id"), "a key needs an identity id");
             continue;
         }
-        let mut identity = Identity::new(k.id.clone()).with_scopes(k.scopes.iter().cloned());
-        if let Some(t) = &k.tenant {
-            identity = identity.with_tenant(t.clone());
-        }
-        if let Some(t) = &k.tier {
-            identity = identity.with_tier(t.clone());
-        }
+        let mut identity = key_identity(&k.id, k.tenant.as_deref(), &k.scopes, k.tier.as_deref());
         if at == "admin.keys" {
             if let Some(team) = &k.team {
                 identity = identity.with_label(ADMIN_TEAM, team.clone());

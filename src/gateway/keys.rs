@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{ApiKey, Identity};
+use crate::auth::ApiKey;
 use crate::state::{StateError, StateStore, load_as};
 
 /// The state store's section and key of the managed keys (one entry).
@@ -41,13 +41,12 @@ pub(crate) struct Managed {
 
 impl Managed {
     pub(crate) fn key(&self) -> Option<ApiKey> {
-        let mut identity = Identity::new(self.id.clone()).with_scopes(self.scopes.iter().cloned());
-        if let Some(t) = &self.tenant {
-            identity = identity.with_tenant(t.clone());
-        }
-        if let Some(t) = &self.tier {
-            identity = identity.with_tier(t.clone());
-        }
+        let identity = super::build::key_identity(
+            &self.id,
+            self.tenant.as_deref(),
+            &self.scopes,
+            self.tier.as_deref(),
+        );
         ApiKey::from_digest(&self.digest, identity).ok()
     }
 }

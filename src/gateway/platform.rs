@@ -44,6 +44,8 @@ pub(crate) struct BuiltApi {
     pub(crate) config: ApiConfig,
     pub(crate) lifecycle: LifecycleLayer,
     pub(crate) subscription: Option<SubscriptionLayer>,
+    /// Its own OpenAPI document (`openapi_file`), read when it was built.
+    pub(crate) document: Option<serde_json::Value>,
 }
 
 impl BuiltApi {
@@ -173,11 +175,14 @@ pub(crate) fn build(
                 "subscribers are identities: the route needs `auth`",
             );
         }
-        if let Some(file) = &ac.openapi_file
-            && let Err(e) = read_document(file)
-        {
-            problems.push(format!("{at}.openapi_file"), e);
-        }
+        let document = match ac.openapi_file.as_deref().map(read_document) {
+            Some(Ok(doc)) => Some(doc),
+            Some(Err(e)) => {
+                problems.push(format!("{at}.openapi_file"), e);
+                None
+            }
+            None => None,
+        };
         let old_api = old.and_then(|o| o.apis.get(&rc.name));
         let Some(lifecycle) = lifecycle(ac, &at, old_api, store.as_ref(), problems, changes) else {
             continue;
@@ -209,6 +214,7 @@ pub(crate) fn build(
                 config: ac.clone(),
                 lifecycle,
                 subscription,
+                document,
             },
         );
     }
@@ -365,11 +371,8 @@ pub(crate) fn catalog(
         if let Some(limits) = ac.limits.clone().or_else(|| limits_of(rc)) {
             listing = listing.limits(limits);
         }
-        if let Some(file) = &ac.openapi_file {
-            // Read (and found JSON) when the platform was built.
-            if let Ok(doc) = read_document(file) {
-                listing = listing.openapi(doc);
-            }
+        if let Some(doc) = &built.document {
+            listing = listing.openapi(doc.clone());
         } else if let Some(prompt) = &rc.prompt {
             // A prompt API describes itself: its variables and answers.
             listing = listing

@@ -359,7 +359,7 @@ impl Current {
 }
 
 /// One move of a version between stages.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Transition {
     /// The stage it left.
@@ -375,18 +375,10 @@ pub struct Transition {
 /// What a state file keeps of a version: section `lifecycle`, key
 /// `"<name> <version>"`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Saved {
+struct Saved<H = Vec<Transition>> {
     stage: Stage,
     deprecated_at: Option<u64>,
-    history: Vec<SavedMove>,
-}
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct SavedMove {
-    from: Stage,
-    to: Stage,
-    by: String,
-    at: u64,
+    history: H,
 }
 
 /// The section of a state file that lifecycles are kept in.
@@ -444,24 +436,10 @@ impl Shared {
                 saved.stage,
                 saved.deprecated_at,
             )));
-            book.history = saved.into_history();
+            book.history = saved.history;
         }
         book.seen = text;
         Ok(())
-    }
-}
-
-impl Saved {
-    fn into_history(self) -> Vec<Transition> {
-        self.history
-            .into_iter()
-            .map(|m| Transition {
-                from: m.from,
-                to: m.to,
-                by: m.by,
-                at: m.at,
-            })
-            .collect()
     }
 }
 
@@ -548,15 +526,7 @@ impl LifecycleHandle {
                 let saved = Saved {
                     stage: to,
                     deprecated_at,
-                    history: next
-                        .iter()
-                        .map(|t| SavedMove {
-                            from: t.from,
-                            to: t.to,
-                            by: t.by.clone(),
-                            at: t.at,
-                        })
-                        .collect(),
+                    history: &next,
                 };
                 let text = serde_json::to_string(&saved)
                     .map_err(|e| LifecycleError::State(e.to_string()))?;
@@ -654,7 +624,7 @@ impl LifecycleLayer {
         };
         let seen = loaded.as_ref().map(|(_, text)| text.clone());
         let (stage, deprecated_at, history) = match loaded.map(|(saved, _)| saved) {
-            Some(saved) => (saved.stage, saved.deprecated_at, saved.into_history()),
+            Some(saved) => (saved.stage, saved.deprecated_at, saved.history),
             None => {
                 let deprecated_at = match api.stage {
                     Stage::Deprecated | Stage::Retired => api.deprecated_at,
