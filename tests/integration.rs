@@ -20,6 +20,7 @@ mod edge_server;
 mod endpoints;
 mod gateway_e2e;
 mod gateway_platform;
+mod gateway_rollouts;
 mod gateway_spend;
 mod grpc;
 mod mirror;

@@ -34,6 +34,9 @@
 //! | `GET /keys` | the API keys in force: digest (never the secret), identity, where from (`config` or `admin`), requests admitted |
 //! | `POST /keys` | `{"id": "carol", "tenant": "shop", "scopes": [...], "tier": ...}`: adds a key, effective on the next request, and answers its secret once (`sy_` and 64 hex digits; only its digest is kept); with `"digest": "sha256:..."`, a key whose secret you hold |
 //! | `DELETE /keys/{digest}` | revokes a key, configured or added, from the next request on |
+//! | `GET /rollouts`, `GET /rollouts/{route}` | every route's rollout plan and its last rollout: `state` (`idle`, `running`, `paused`, `promoted`, `aborted`) and `reason`, `step` of `steps`, `canary_weight`, analysis `verdicts` (figures of both versions, outcome, reasons), `history` (every event with its time), who started it |
+//! | `POST /rollouts/{route}` | starts the route's `[routes.rollout]` plan (201; 409 while one runs, here or on a replica sharing the state store) |
+//! | `POST /rollouts/{route}/pause`, `/resume`, `/abort` (`{"reason": "…"}`), `/skip` (`{"step": 2}`) | controls the running rollout (409 when none runs here); `skip` to the number of steps promotes |
 //! | `POST /subscriptions/{api}/approve` (`reject`, `revoke`) | `{"consumer": {"kind": "tenant", "tenant": "shop"}}` or `{"consumer": {"kind": "identity", "id": "alice", "tenant": "shop"}}`; kept in `[platform] state_file` |
 //!
 //! Every route but `/healthz` needs one of the configuration's admin keys
@@ -112,6 +115,7 @@ pub fn router(gateway: &Gateway) -> Result<Router, AdminError> {
         .route("/upstreams", get(get_upstreams))
         .route("/metrics", get(get_metrics))
         .merge(super::admin_platform::routes())
+        .merge(super::admin_rollouts::routes())
         .layer(axum::middleware::from_fn_with_state(
             gateway.clone(),
             super::admin_platform::guard,

@@ -636,6 +636,7 @@ pub(crate) fn build(
         }
     }
 
+    super::rollouts::check(&config, &routes, &mut problems);
     problems.into_result()?;
     let mut protocols: Vec<String> = config
         .upstreams

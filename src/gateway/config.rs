@@ -54,6 +54,107 @@ pub struct GatewayConfig {
     /// `[platform]`: where the runtime changes of routes' APIs (lifecycle
     /// moves, subscriptions) are kept.
     pub platform: PlatformConfig,
+    /// `[rollouts]`: what every route's rollout (`[routes.rollout]`)
+    /// shares: the webhooks told of its events.
+    pub rollouts: RolloutsConfig,
+}
+
+/// What every rollout shares (see [`RouteRolloutConfig`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RolloutsConfig {
+    /// Told of every rollout event, in order, each with its own queue and
+    /// retries, so that a pipeline follows a rollout without polling.
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// A URL told of rollout events: each event is `POST`ed as JSON
+/// (`{"route", "event", "seq", "at", "step", "state", "canary_weight",
+/// "detail"}`), in order; a delivery that fails (no answer, or not a 2xx)
+/// is retried after 0.5 s, 1 s, 2 s… up to `retries` times before the
+/// next event is sent. At most 1,024 events wait per webhook; beyond that
+/// new events are dropped and logged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct WebhookConfig {
+    /// `http://` (or, with feature `tls`, `https://`) URL.
+    pub url: String,
+    /// The events sent (`started`, `step`, `paused`, `resumed`, `skipped`,
+    /// `verdict`, `promoted`, `aborted`); all when empty.
+    pub events: Vec<String>,
+    /// Headers sent with each delivery (an `authorization` for the
+    /// receiver, say); their values are redacted by `GET /config`.
+    pub headers: BTreeMap<String, String>,
+    /// Attempts after the first, 5 by default.
+    pub retries: Option<u32>,
+    /// How long one attempt may take, 5 s by default.
+    pub timeout_ms: Option<u64>,
+}
+
+/// A route's rollout plan (`[routes.rollout]`): which target (a split's)
+/// or version (a model alias's) is stable, which is the canary, and the
+/// [`Plan`](crate::rollout::Plan) that moves traffic between them. It runs
+/// when started through the admin API (`POST /rollouts/{route}`).
+///
+/// ```
+/// # use switchyard::gateway::GatewayConfig;
+/// let config = GatewayConfig::from_toml(r#"
+///     [upstreams.blue]
+///     url = "http://127.0.0.1:3001"
+///     [upstreams.green]
+///     url = "http://127.0.0.1:3002"
+///     [[routes]]
+///     name = "api"
+///     split.targets = [
+///         { name = "blue", upstream = "blue", weight = 100 },
+///         { name = "green", upstream = "green", weight = 0 },
+///     ]
+///     [routes.rollout]
+///     stable = "blue"
+///     canary = "green"
+///     plan.steps = [{ set_weight = 10 }, { analyze = { windows = 3 } }, { set_weight = 50 }, { pause = "5m" }]
+///     plan.analysis = { max_error_rate = 0.02 }
+/// "#)?;
+/// assert_eq!(config.routes[0].rollout.as_ref().unwrap().canary, "green");
+/// # Ok::<_, toml::de::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RouteRolloutConfig {
+    /// The stable target (or model version).
+    pub stable: String,
+    /// The canary target (or model version).
+    pub canary: String,
+    /// On a model route: the alias whose versions the rollout moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// The steps, the analysis and the rollback.
+    pub plan: crate::rollout::Plan,
+}
+
+impl RouteRolloutConfig {
+    /// A rollout from `stable` to `canary` along `plan`.
+    pub fn new(
+        stable: impl Into<String>,
+        canary: impl Into<String>,
+        plan: crate::rollout::Plan,
+    ) -> Self {
+        Self {
+            stable: stable.into(),
+            canary: canary.into(),
+            alias: None,
+            plan,
+        }
+    }
+
+    /// On a model route: the alias whose versions it moves.
+    pub fn alias(mut self, alias: impl Into<String>) -> Self {
+        self.alias = Some(alias.into());
+        self
+    }
 }
 
 /// Where the platform's runtime state is kept (see [`crate::state`]).
@@ -468,6 +569,10 @@ pub struct RouteConfig {
     /// This route as an API of the platform: name, version, owner,
     /// lifecycle stage, catalog listing, subscriptions.
     pub api: Option<ApiConfig>,
+    /// A rollout plan for the route's split (or a model alias), started,
+    /// paused, resumed, skipped and aborted through the admin API
+    /// (`/rollouts/{route}`).
+    pub rollout: Option<RouteRolloutConfig>,
     /// Take paths with `;` parameters (`/a;jsessionid=1/b`); refused with a
     /// 400 by default (see [`crate::path`]). Routes are matched on the path
     /// without parameters either way, so `/admin;x/users` is the `/admin`

@@ -86,12 +86,15 @@
 mod access;
 #[cfg(feature = "admin")]
 mod admin_platform;
+#[cfg(feature = "admin")]
+mod admin_rollouts;
 mod build;
 mod config;
 mod keys;
 mod metrics;
 mod platform;
 mod redact;
+mod rollouts;
 mod spend;
 
 #[cfg(feature = "admin")]
@@ -113,11 +116,13 @@ use tower::Service;
 pub use config::{
     AdminConfig, ApiConfig, ApiKeyConfig, AuthConfig, BalanceConfig, ForwardedForConfig,
     GatewayConfig, HealthCheckConfig, KeyConfig, ModelConfig, PlatformConfig, PromptRouteConfig,
-    QuotaConfig, RateLimitConfig, RedisConfig, RedisFailureConfig, RouteConfig, SplitConfig,
-    TargetConfig, TesterHeaderConfig, UpstreamConfig, WeightSyncConfig,
+    QuotaConfig, RateLimitConfig, RedisConfig, RedisFailureConfig, RolloutsConfig, RouteConfig,
+    RouteRolloutConfig, SplitConfig, TargetConfig, TesterHeaderConfig, UpstreamConfig,
+    WebhookConfig, WeightSyncConfig,
 };
 
 pub use redact::REDACTED;
+pub use rollouts::RolloutStartError;
 pub use spend::{
     BudgetConfig, ConcurrencyConfig, PriceConfig, ScopeConfig, SpendConfig, TokenLimitConfig,
     UnpricedConfig,
@@ -164,6 +169,8 @@ struct Inner {
     state: ArcSwap<State>,
     /// Serialises reloads.
     reload: Mutex<()>,
+    /// The routes' rollouts, across reloads.
+    rollouts: rollouts::Rollouts,
     /// The rounds of `[weight_sync]`, with the settings they run with.
     #[cfg(feature = "redis")]
     sync: Mutex<Option<RunningSync>>,
@@ -198,10 +205,19 @@ impl Gateway {
             inner: Arc::new(Inner {
                 state: ArcSwap::from_pointee(state),
                 reload: Mutex::new(()),
+                rollouts: rollouts::Rollouts::default(),
                 #[cfg(feature = "redis")]
                 sync: Mutex::new(None),
             }),
         };
+        // Records of rollouts a stopped gateway left running are aborted.
+        rollouts::sweep(&gateway.inner);
+        let state = gateway.inner.state.load();
+        if state.platform.store.is_some() && state.config.routes.iter().any(|r| r.rollout.is_some())
+        {
+            gateway.run_rollout_tasks();
+        }
+        drop(state);
         #[cfg(feature = "redis")]
         gateway.run_sync();
         #[cfg(feature = "redis")]
@@ -375,6 +391,8 @@ impl Gateway {
         let old = self.inner.state.load_full();
         let (state, changes) = build::build(config, Some(&old))?;
         changes.apply()?;
+        // A running rollout's weights, not the configuration's.
+        self.inner.rollouts.reassert(&state);
         self.inner.state.store(Arc::new(state));
         #[cfg(feature = "redis")]
         self.run_sync();

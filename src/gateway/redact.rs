@@ -56,6 +56,14 @@ impl GatewayConfig {
                 for_credentials(rules, |value, _| *value = REDACTED.to_owned());
             }
         }
+        // A webhook's headers are there to authenticate to its receiver,
+        // and its URL may carry a password.
+        for hook in &mut config.rollouts.webhooks {
+            hook.url = redact_url(&hook.url);
+            for value in hook.headers.values_mut() {
+                *value = REDACTED.to_owned();
+            }
+        }
         config
     }
 
@@ -81,6 +89,24 @@ impl GatewayConfig {
             for e in &mut upstream.endpoints {
                 if let Some(real) = now.endpoints.iter().find(|n| *e == redact_url(n)) {
                     e.clone_from(real);
+                }
+            }
+        }
+        for hook in &mut self.rollouts.webhooks {
+            let Some(now) = current
+                .rollouts
+                .webhooks
+                .iter()
+                .find(|n| hook.url == n.url || hook.url == redact_url(&n.url))
+            else {
+                continue;
+            };
+            hook.url.clone_from(&now.url);
+            for (name, value) in &mut hook.headers {
+                if value == REDACTED
+                    && let Some(real) = now.headers.get(name)
+                {
+                    value.clone_from(real);
                 }
             }
         }

@@ -138,6 +138,8 @@ mod traffic;
 
 pub use analysis::{Outcome, Verdict, WindowStats};
 pub use plan::{Analysis, AnalyzeStep, Inconclusive, Plan, Rollback, Step};
+#[cfg(feature = "config")]
+pub(crate) use run::check as check_plan;
 pub use run::{
     EventKind, PauseReason, Rollout, RolloutEvent, RolloutHandle, RolloutState, RolloutStatus,
 };
@@ -158,4 +160,12 @@ pub enum RolloutError {
     /// A plan that cannot run.
     #[error("invalid plan: {0}")]
     InvalidPlan(String),
+    /// [`RolloutHandle::skip_to`] a step beyond the plan's end.
+    #[error("no step {step}: the plan has {steps} (skipping to {steps} promotes)")]
+    NoSuchStep {
+        /// The step asked for.
+        step: usize,
+        /// The plan's number of steps.
+        steps: usize,
+    },
 }

@@ -83,6 +83,7 @@ impl Rollout {
         let (commands, rx) = mpsc::unbounded_channel();
         let (done_tx, done) = watch::channel(None);
         let shared = Arc::new(Shared {
+            steps: self.plan.steps.len(),
             status: Mutex::new(RolloutStatus {
                 state: RolloutState::Running,
                 step: 0,
@@ -107,7 +108,7 @@ impl Rollout {
     }
 }
 
-fn check(plan: &Plan) -> Result<(), RolloutError> {
+pub(crate) fn check(plan: &Plan) -> Result<(), RolloutError> {
     let bad = |what: String| Err(RolloutError::InvalidPlan(what));
     for (i, step) in plan.steps.iter().enumerate() {
         if let Step::SetWeight(w) = step
@@ -221,6 +222,15 @@ pub enum EventKind {
     State(RolloutState),
     /// An analysis window ended.
     Verdict(Verdict),
+    /// [`RolloutHandle::skip_to`] jumped from one step to another.
+    Skip {
+        /// The step it was in.
+        from: usize,
+        /// The step it jumped to.
+        to: usize,
+        /// The canary's weight from then on, in percent.
+        weight: u32,
+    },
 }
 
 /// A rollout's status, from [`RolloutHandle::status`].
@@ -240,6 +250,8 @@ pub struct RolloutStatus {
 }
 
 struct Shared {
+    /// The plan's number of steps.
+    steps: usize,
     status: Mutex<RolloutStatus>,
     commands: mpsc::UnboundedSender<Command>,
     done: watch::Receiver<Option<RolloutState>>,
@@ -256,6 +268,7 @@ enum Command {
     Pause,
     Resume,
     Abort(String),
+    Skip(usize),
 }
 
 /// Controls and inspects a running rollout. Cheap to clone.
@@ -296,6 +309,27 @@ impl RolloutHandle {
     /// Aborts: traffic goes back to the stable version.
     pub fn abort(&self, reason: impl Into<String>) {
         let _ = self.shared.commands.send(Command::Abort(reason.into()));
+    }
+
+    /// Jumps to step `step` (an index into the plan's steps; the number of
+    /// steps skips to the end, which promotes). The canary's weight becomes
+    /// the one the last [`Step::SetWeight`] before `step` sets (0 if none),
+    /// a pause ends, and analysis goes on; a step may be skipped backwards
+    /// too. Refused for a step beyond the plan's end.
+    pub fn skip_to(&self, step: usize) -> Result<(), RolloutError> {
+        if step > self.shared.steps {
+            return Err(RolloutError::NoSuchStep {
+                step,
+                steps: self.shared.steps,
+            });
+        }
+        let _ = self.shared.commands.send(Command::Skip(step));
+        Ok(())
+    }
+
+    /// The plan's number of steps.
+    pub fn steps(&self) -> usize {
+        self.shared.steps
     }
 
     /// Waits for the end, and says how it ended.
@@ -361,6 +395,7 @@ impl Runner {
                     status.verdicts.push_back(v.clone());
                 }
                 EventKind::Step(Step::SetWeight(w)) => status.canary_weight = *w,
+                EventKind::Skip { weight, .. } => status.canary_weight = *weight,
                 EventKind::Step(_) => {}
             }
             if status.history.len() == KEEP {
@@ -432,7 +467,9 @@ impl Runner {
         let mut paused: Option<PauseReason> = None;
 
         let steps = self.plan.steps.clone();
-        for (i, step) in steps.iter().enumerate() {
+        let mut i = 0;
+        'steps: while i < steps.len() {
+            let step = &steps[i];
             self.emit(i, EventKind::Step(step.clone()));
             // What this step waits for.
             let mut remaining = match step {
@@ -441,6 +478,7 @@ impl Runner {
                         .set_canary(*w)
                         .map_err(|e| format!("setting weights failed: {e}"))?;
                     canary = *w;
+                    i += 1;
                     continue;
                 }
                 Step::Pause(d) => Some(*d),
@@ -501,6 +539,36 @@ impl Runner {
                         if paused.take().is_some() {
                             self.emit(i, EventKind::State(RolloutState::Running));
                         }
+                    }
+                    Wake::Command(Some(Command::Skip(to))) => {
+                        let weight = steps[..to]
+                            .iter()
+                            .rev()
+                            .find_map(|s| match s {
+                                Step::SetWeight(w) => Some(*w),
+                                _ => None,
+                            })
+                            .unwrap_or(0);
+                        if weight != canary {
+                            self.traffic
+                                .set_canary(weight)
+                                .map_err(|e| format!("setting weights failed: {e}"))?;
+                            canary = weight;
+                            self.shared.status().canary_weight = weight;
+                        }
+                        self.emit(
+                            i,
+                            EventKind::Skip {
+                                from: i,
+                                to,
+                                weight,
+                            },
+                        );
+                        if paused.take().is_some() {
+                            self.emit(i, EventKind::State(RolloutState::Running));
+                        }
+                        i = to;
+                        continue 'steps;
                     }
                     Wake::Tick(at) => {
                         // Windows are measured between scheduled checks,
@@ -565,9 +633,9 @@ impl Runner {
                     }
                 }
             }
-            if matches!(step, Step::PauseUntilResumed) {
-                // Resumed: the `Running` event was emitted with the command.
-            }
+            // A resumed `PauseUntilResumed` emitted `Running` with the
+            // command.
+            i += 1;
         }
         self.shared.status().step = steps.len();
         Ok(())

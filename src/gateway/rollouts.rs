@@ -1,0 +1,879 @@
+//! Rollout plans per route (`[routes.rollout]`), run by the gateway:
+//! started, paused, resumed, skipped and aborted through the admin API
+//! (or [`Gateway::start_rollout`] and [`Gateway::rollout`]), kept in the
+//! platform's state store, told to webhooks.
+//!
+//! A rollout drives its route by name: each step resolves the route in
+//! the configuration in force, so a reload that rebuilds the route's split
+//! (or model router) leaves the rollout driving the new one, and a reload
+//! that sets the route's weights has the rollout's weight put back before
+//! the new configuration takes requests.
+//!
+//! **Restarts.** A rollout's record (state, step, weights, verdicts,
+//! history) is written to the state store on every event, and its
+//! heartbeat every 10 s while it runs. A gateway that stops while a
+//! rollout runs cannot finish it: the first gateway over the same store
+//! (this one restarted, or another replica) that finds the record still
+//! running with a heartbeat older than 30 s **aborts it**: traffic goes
+//! back to the stable version, the record says why, and the webhooks are
+//! told (`aborted`). Start it again through the admin API to resume.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::Inner;
+use super::build::State;
+use super::config::{RouteRolloutConfig, WebhookConfig};
+use crate::rollout::{
+    EventKind, ModelTraffic, Rollout, RolloutError, RolloutEvent, RolloutHandle, RolloutState,
+    Sample, SplitTraffic, Step, Traffic,
+};
+use crate::state::{StateError, StateStore, load_as};
+
+/// The state store's section of rollout records (one entry per route).
+const SECTION: &str = "rollouts";
+/// Verdicts and history entries a record keeps.
+const KEEP: usize = 256;
+/// How often a running rollout's heartbeat is written, and stale records
+/// looked for.
+const BEAT: Duration = Duration::from_secs(10);
+/// A running record whose heartbeat is older than this (seconds) has no
+/// gateway running it.
+const STALE: u64 = 30;
+/// Events waiting per webhook, at most.
+const QUEUE: usize = 1024;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Why a rollout could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RolloutStartError {
+    /// The route has no `[routes.rollout]`.
+    #[error("route `{0}` has no rollout plan (`[routes.rollout]`)")]
+    NoPlan(String),
+    /// A rollout of the route is running (here, or on another gateway
+    /// sharing the state store).
+    #[error("a rollout of route `{0}` is running")]
+    Running(String),
+    /// The plan cannot run on the route as it is.
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
+    /// Not called from a tokio runtime.
+    #[error("a rollout runs on a tokio runtime; none is running here")]
+    NoRuntime,
+}
+
+/// What the state store keeps of a route's rollout, and what the admin
+/// API shows of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub(crate) route: String,
+    pub(crate) stable: String,
+    pub(crate) canary: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) alias: Option<String>,
+    pub(crate) steps: Vec<Step>,
+    /// `idle`, `running`, `paused`, `promoted` or `aborted`.
+    pub(crate) state: String,
+    #[serde(default)]
+    pub(crate) reason: Option<String>,
+    pub(crate) step: usize,
+    pub(crate) canary_weight: u32,
+    #[serde(default)]
+    pub(crate) verdicts: VecDeque<Value>,
+    #[serde(default)]
+    pub(crate) history: VecDeque<Value>,
+    #[serde(default)]
+    pub(crate) started_by: Option<String>,
+    #[serde(default)]
+    pub(crate) started_at: Option<u64>,
+    /// The heartbeat of the gateway running it (Unix seconds).
+    #[serde(default)]
+    pub(crate) beat: u64,
+    /// Events so far.
+    #[serde(default)]
+    pub(crate) seq: u64,
+}
+
+impl Record {
+    fn idle(route: &str, rc: &RouteRolloutConfig) -> Self {
+        Record {
+            route: route.to_owned(),
+            stable: rc.stable.clone(),
+            canary: rc.canary.clone(),
+            alias: rc.alias.clone(),
+            steps: rc.plan.steps.clone(),
+            state: "idle".to_owned(),
+            reason: None,
+            step: 0,
+            canary_weight: 0,
+            verdicts: VecDeque::new(),
+            history: VecDeque::new(),
+            started_by: None,
+            started_at: None,
+            beat: 0,
+            seq: 0,
+        }
+    }
+
+    fn live(&self) -> bool {
+        matches!(self.state.as_str(), "running" | "paused")
+    }
+
+    /// Records one event; its webhook event's name and detail.
+    fn record(&mut self, event: &RolloutEvent) -> (&'static str, Value) {
+        self.seq += 1;
+        self.step = event.step;
+        let (name, detail) = match &event.kind {
+            EventKind::State(state) => {
+                let (name, s, reason) = match state {
+                    RolloutState::Running if self.seq == 1 => ("started", "running", None),
+                    RolloutState::Running => ("resumed", "running", None),
+                    RolloutState::Paused { reason } => (
+                        "paused",
+                        "paused",
+                        Some(
+                            serde_json::to_value(reason)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_owned))
+                                .unwrap_or_default(),
+                        ),
+                    ),
+                    RolloutState::Promoted => {
+                        self.canary_weight = 100;
+                        ("promoted", "promoted", None)
+                    }
+                    RolloutState::Aborted { reason } => {
+                        self.canary_weight = 0;
+                        ("aborted", "aborted", Some(reason.clone()))
+                    }
+                };
+                self.state = s.to_owned();
+                self.reason = reason;
+                (name, json!({ "state": s, "reason": self.reason }))
+            }
+            EventKind::Step(step) => {
+                if let Step::SetWeight(w) = step {
+                    self.canary_weight = *w;
+                }
+                ("step", json!(step))
+            }
+            EventKind::Verdict(v) => {
+                let v = json!(v);
+                if self.verdicts.len() == KEEP {
+                    self.verdicts.pop_front();
+                }
+                self.verdicts.push_back(v.clone());
+                ("verdict", v)
+            }
+            EventKind::Skip { from, to, weight } => {
+                self.canary_weight = *weight;
+                (
+                    "skipped",
+                    json!({ "from": from, "to": to, "weight": weight }),
+                )
+            }
+        };
+        let at = event
+            .at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.history.len() == KEEP {
+            self.history.pop_front();
+        }
+        self.history.push_back(json!({
+            "seq": self.seq,
+            "at": at,
+            "step": event.step,
+            "kind": name,
+            "detail": detail,
+        }));
+        self.beat = now();
+        (name, detail)
+    }
+
+    /// What a webhook is sent for the latest event.
+    fn hook_body(&self, event: &str, detail: &Value) -> Value {
+        json!({
+            "route": self.route,
+            "event": event,
+            "seq": self.seq,
+            "at": now(),
+            "step": self.step,
+            "state": self.state,
+            "reason": self.reason,
+            "stable": self.stable,
+            "canary": self.canary,
+            "canary_weight": self.canary_weight,
+            "detail": detail,
+        })
+    }
+
+    /// The admin API's view.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) fn json(&self) -> Value {
+        let mut v = json!(self);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("beat");
+        }
+        v
+    }
+}
+
+struct Entry {
+    record: Record,
+    /// The rollout this gateway runs, if it runs one.
+    handle: Option<RolloutHandle>,
+    /// The record's text in the store, as last read or written.
+    seen: Option<String>,
+}
+
+/// The rollouts of one gateway, for its whole life (across reloads).
+#[derive(Default)]
+pub(crate) struct Rollouts {
+    entries: Mutex<BTreeMap<String, Entry>>,
+    /// One queue per webhook (by its configuration).
+    hooks: Mutex<HashMap<String, tokio::sync::mpsc::Sender<Value>>>,
+    /// Routes whose record is to be written.
+    dirty: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
+}
+
+impl Rollouts {
+    fn entries(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live rollout of `route`.
+    pub(crate) fn handle(&self, route: &str) -> Option<RolloutHandle> {
+        let entries = self.entries();
+        let handle = entries.get(route)?.handle.clone()?;
+        (!handle.state().is_final()).then_some(handle)
+    }
+
+    /// Every route with a plan or a record: its record.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) fn records(&self, state: &State) -> Vec<Record> {
+        let entries = self.entries();
+        let mut out: BTreeMap<String, Record> = entries
+            .iter()
+            .map(|(route, e)| (route.clone(), e.record.clone()))
+            .collect();
+        for rc in &state.config.routes {
+            if let Some(plan) = &rc.rollout {
+                out.entry(rc.name.clone())
+                    .or_insert_with(|| Record::idle(&rc.name, plan));
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// `route`'s record (idle when it has a plan and none ran).
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) fn record(&self, state: &State, route: &str) -> Option<Record> {
+        if let Some(e) = self.entries().get(route) {
+            return Some(e.record.clone());
+        }
+        let rc = state.config.routes.iter().find(|r| r.name == route)?;
+        rc.rollout.as_ref().map(|plan| Record::idle(route, plan))
+    }
+
+    /// The routes of the rollouts running here, their heartbeats renewed.
+    fn beat(&self) -> Vec<String> {
+        let mut entries = self.entries();
+        let mut routes = Vec::new();
+        for (route, e) in entries.iter_mut() {
+            if e.handle.is_some() && e.record.live() {
+                e.record.beat = now();
+                routes.push(route.clone());
+            }
+        }
+        routes
+    }
+
+    /// After a reload's changes, before its routes take requests: every
+    /// live rollout's weight, set again on the routes as they are now.
+    pub(crate) fn reassert(&self, state: &State) {
+        let entries = self.entries();
+        for (route, e) in entries.iter() {
+            if e.handle.as_ref().is_some_and(|h| !h.state().is_final()) {
+                let r = &e.record;
+                match resolve(state, route, &r.stable, &r.canary, r.alias.as_deref()) {
+                    Ok(traffic) => {
+                        if let Err(e) = traffic.set_canary(r.canary_weight) {
+                            tracing::warn!(route, error = %e, "rollout: weights not kept over the reload");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(route, error = %e, "rollout: its route changed under it")
+                    }
+                }
+            }
+        }
+    }
+}
+
+// === the traffic a gateway rollout drives ===
+
+/// A route's traffic, resolved in the state in force at each use.
+fn resolve(
+    state: &State,
+    route: &str,
+    stable: &str,
+    canary: &str,
+    alias: Option<&str>,
+) -> Result<Box<dyn Traffic>, RolloutError> {
+    let r = state
+        .routes
+        .iter()
+        .find(|r| r.name == route)
+        .ok_or_else(|| RolloutError::UnknownTarget(format!("route {route}")))?;
+    if let Some(alias) = alias {
+        let (_, handle) = r.model.as_ref().ok_or_else(|| {
+            RolloutError::InvalidPlan(format!("route `{route}` has no model router"))
+        })?;
+        return Ok(Box::new(ModelTraffic::new(
+            handle.clone(),
+            alias,
+            stable,
+            canary,
+        )?));
+    }
+    let split = r
+        .split
+        .as_ref()
+        .map(|s| s.handle.clone())
+        .or_else(|| r.prompt.as_ref().map(|p| p.split().clone()))
+        .ok_or_else(|| {
+            RolloutError::InvalidPlan(format!(
+                "route `{route}` has no split (a model route's rollout needs `alias`)"
+            ))
+        })?;
+    Ok(Box::new(SplitTraffic::new(split, stable, canary)?))
+}
+
+struct RouteTraffic {
+    gateway: Weak<Inner>,
+    route: String,
+    stable: String,
+    canary: String,
+    alias: Option<String>,
+}
+
+impl RouteTraffic {
+    fn now(&self) -> Result<Box<dyn Traffic>, String> {
+        let inner = self
+            .gateway
+            .upgrade()
+            .ok_or_else(|| "the gateway is gone".to_owned())?;
+        let state = inner.state.load();
+        resolve(
+            &state,
+            &self.route,
+            &self.stable,
+            &self.canary,
+            self.alias.as_deref(),
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+impl Traffic for RouteTraffic {
+    fn set_canary(&self, percent: u32) -> Result<(), String> {
+        self.now()?.set_canary(percent)
+    }
+
+    fn promote(&self) -> Result<(), String> {
+        self.now()?.promote()
+    }
+
+    fn sample(&self) -> Sample {
+        self.now().map(|t| t.sample()).unwrap_or_default()
+    }
+}
+
+// === starting and following ===
+
+impl super::Gateway {
+    /// Starts `route`'s rollout plan (`[routes.rollout]`), recorded as
+    /// started `by` someone. Refused while one runs on the route (here or
+    /// on a gateway sharing the state store).
+    pub fn start_rollout(&self, route: &str, by: &str) -> Result<RolloutHandle, RolloutStartError> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(RolloutStartError::NoRuntime);
+        };
+        let state = self.inner.state.load_full();
+        let rc = state
+            .config
+            .routes
+            .iter()
+            .find(|r| r.name == route)
+            .and_then(|r| r.rollout.clone())
+            .ok_or_else(|| RolloutStartError::NoPlan(route.to_owned()))?;
+        // Checked on the route as it is now.
+        resolve(&state, route, &rc.stable, &rc.canary, rc.alias.as_deref())?;
+        let rollouts = &self.inner.rollouts;
+        let stored = state.platform.store.as_ref().and_then(|(_, store)| {
+            load_as::<Record>(store.as_ref(), SECTION, route)
+                .ok()
+                .flatten()
+        });
+        {
+            let mut entries = rollouts.entries();
+            if entries
+                .get(route)
+                .is_some_and(|e| e.handle.as_ref().is_some_and(|h| !h.state().is_final()))
+            {
+                return Err(RolloutStartError::Running(route.to_owned()));
+            }
+            let mut seen = entries.get(route).and_then(|e| e.seen.clone());
+            if let Some((record, text)) = stored {
+                let ours = entries.get(route).is_some_and(|e| e.handle.is_some());
+                if record.live() && !ours && now().saturating_sub(record.beat) <= STALE {
+                    return Err(RolloutStartError::Running(route.to_owned()));
+                }
+                seen = Some(text);
+            }
+            let mut record = Record::idle(route, &rc);
+            record.state = "running".to_owned();
+            record.started_by = Some(by.to_owned());
+            record.started_at = Some(now());
+            record.beat = now();
+            // In place before the rollout's first event.
+            entries.insert(
+                route.to_owned(),
+                Entry {
+                    record,
+                    handle: None,
+                    seen,
+                },
+            );
+        }
+        let traffic = RouteTraffic {
+            gateway: Arc::downgrade(&self.inner),
+            route: route.to_owned(),
+            stable: rc.stable.clone(),
+            canary: rc.canary.clone(),
+            alias: rc.alias.clone(),
+        };
+        let rollout = match Rollout::new(rc.plan.clone(), traffic) {
+            Ok(r) => r,
+            Err(e) => {
+                rollouts.entries().remove(route);
+                return Err(e.into());
+            }
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let name = route.to_owned();
+        let _entered = runtime.enter();
+        self.run_rollout_tasks();
+        let handle = rollout
+            .on_event(move |event| {
+                if let Some(inner) = weak.upgrade() {
+                    on_event(&inner, &name, event);
+                }
+            })
+            .start();
+        if let Some(e) = rollouts.entries().get_mut(route) {
+            e.handle = Some(handle.clone());
+        }
+        tracing::info!(route, by, "rollout started");
+        Ok(handle)
+    }
+
+    /// The rollout running on `route`, if one is.
+    pub fn rollout(&self, route: &str) -> Option<RolloutHandle> {
+        self.inner.rollouts.handle(route)
+    }
+
+    /// Starts the task that writes records and heartbeats, and aborts
+    /// stale ones, if it is not running (on the current runtime).
+    pub(crate) fn run_rollout_tasks(&self) {
+        let rollouts = &self.inner.rollouts;
+        let mut dirty = rollouts.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if dirty.as_ref().is_some_and(|tx| !tx.is_closed()) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        *dirty = Some(tx);
+        let weak = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            let mut beat = tokio::time::interval(BEAT);
+            loop {
+                let mut routes = Vec::new();
+                tokio::select! {
+                    route = rx.recv() => match route {
+                        Some(r) => routes.push(r),
+                        None => return,
+                    },
+                    _ = beat.tick() => {
+                        let Some(inner) = weak.upgrade() else { return };
+                        routes = inner.rollouts.beat();
+                        let _ = tokio::task::spawn_blocking(move || sweep(&inner)).await;
+                    }
+                }
+                while let Ok(r) = rx.try_recv() {
+                    routes.push(r);
+                }
+                routes.sort();
+                routes.dedup();
+                let Some(inner) = weak.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || {
+                    for route in routes {
+                        write(&inner, &route);
+                    }
+                })
+                .await;
+            }
+        });
+    }
+}
+
+/// One event of `route`'s rollout: recorded, queued for the store and the
+/// webhooks, in order (called from the rollout's task).
+fn on_event(inner: &Arc<Inner>, route: &str, event: &RolloutEvent) {
+    let body = {
+        let mut entries = inner.rollouts.entries();
+        let Some(entry) = entries.get_mut(route) else {
+            return;
+        };
+        let (name, detail) = entry.record.record(event);
+        let body = entry.record.hook_body(name, &detail);
+        if name != "verdict" {
+            tracing::info!(
+                route,
+                event = name,
+                step = entry.record.step,
+                "rollout event"
+            );
+        }
+        body
+    };
+    notify(inner, route, body);
+}
+
+/// Queues `route`'s record to be written, and `body` for the webhooks.
+fn notify(inner: &Arc<Inner>, route: &str, body: Value) {
+    if let Some(tx) = inner
+        .rollouts
+        .dirty
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        let _ = tx.send(route.to_owned());
+    }
+    let state = inner.state.load();
+    let event = body["event"].as_str().unwrap_or_default();
+    for hook in &state.config.rollouts.webhooks {
+        if !hook.events.is_empty() && !hook.events.iter().any(|e| e == event) {
+            continue;
+        }
+        let queue = webhook_queue(&inner.rollouts, hook);
+        if let Some(queue) = queue
+            && queue.try_send(body.clone()).is_err()
+        {
+            tracing::warn!(url = %super::redact::redact_url(&hook.url), route, event, "rollout webhook: queue full, event dropped");
+        }
+    }
+}
+
+/// The queue of `hook`, its delivery task started when new.
+fn webhook_queue(
+    rollouts: &Rollouts,
+    hook: &WebhookConfig,
+) -> Option<tokio::sync::mpsc::Sender<Value>> {
+    let key = serde_json::to_string(hook).unwrap_or_default();
+    let mut hooks = rollouts.hooks.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(q) = hooks.get(&key)
+        && !q.is_closed()
+    {
+        return Some(q.clone());
+    }
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+    runtime.spawn(deliver(hook.clone(), rx));
+    hooks.insert(key, tx.clone());
+    Some(tx)
+}
+
+/// Delivers a webhook's events in order, each retried with backoff.
+async fn deliver(hook: WebhookConfig, mut rx: tokio::sync::mpsc::Receiver<Value>) {
+    use tower::ServiceExt;
+    let shown = super::redact::redact_url(&hook.url);
+    let Some((base, path)) = split_url(&hook.url) else {
+        tracing::warn!(url = %shown, "rollout webhook: not an http(s) URL");
+        return;
+    };
+    let timeout = Duration::from_millis(hook.timeout_ms.unwrap_or(5000).max(1));
+    let upstream = match crate::proxy::Upstream::builder(&base)
+        .response_timeout(timeout)
+        .connect_timeout(Some(timeout))
+        .build()
+    {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(url = %shown, error = %e, "rollout webhook: not usable");
+            return;
+        }
+    };
+    let retries = hook.retries.unwrap_or(5);
+    while let Some(body) = rx.recv().await {
+        let bytes = Bytes::from(body.to_string());
+        let mut backoff = Duration::from_millis(500);
+        for attempt in 0..=retries {
+            let mut req = http::Request::post(path.as_str())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(http::header::USER_AGENT, "switchyard-rollouts");
+            for (name, value) in &hook.headers {
+                req = req.header(name.as_str(), value.as_str());
+            }
+            let Ok(req) = req.body(http_body_util::Full::new(bytes.clone())) else {
+                tracing::warn!(url = %shown, "rollout webhook: invalid header");
+                break;
+            };
+            let status = match upstream.clone().oneshot(req).await {
+                Ok(res) => res.status(),
+                Err(never) => match never {},
+            };
+            if status.is_success() {
+                break;
+            }
+            tracing::warn!(url = %shown, %status, attempt, event = %body["event"], "rollout webhook: delivery failed");
+            if attempt == retries {
+                tracing::warn!(url = %shown, event = %body["event"], "rollout webhook: event given up");
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+    }
+}
+
+/// `http://host:port/path?query` as (`http://host:port`, `/path?query`).
+fn split_url(url: &str) -> Option<(String, String)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = uri.authority()?.as_str();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let path = if path.is_empty() {
+        "/".to_owned()
+    } else {
+        path
+    };
+    Some((format!("{scheme}://{authority}"), path))
+}
+
+/// Writes `route`'s record to the state store (blocking).
+fn write(inner: &Arc<Inner>, route: &str) {
+    let state = inner.state.load();
+    let Some((_, store)) = &state.platform.store else {
+        return;
+    };
+    let (text, seen) = {
+        let entries = inner.rollouts.entries();
+        let Some(e) = entries.get(route) else { return };
+        (serde_json::to_string(&e.record), e.seen.clone())
+    };
+    let Ok(text) = text else { return };
+    match put(store.as_ref(), route, seen.as_deref(), &text) {
+        Ok(()) => {
+            if let Some(e) = inner.rollouts.entries().get_mut(route) {
+                e.seen = Some(text);
+            }
+        }
+        Err(e) => tracing::warn!(route, error = %e, "rollout: record not kept"),
+    }
+}
+
+/// Replaces the record, ours while it runs here: another writer's change
+/// in between (a stale sweep elsewhere) is overwritten.
+fn put(
+    store: &dyn StateStore,
+    route: &str,
+    seen: Option<&str>,
+    text: &str,
+) -> Result<(), StateError> {
+    if store.swap(SECTION, route, seen, text)? {
+        return Ok(());
+    }
+    let current = store.load(SECTION, route)?;
+    store
+        .swap(SECTION, route, current.as_deref(), text)
+        .map(drop)
+}
+
+/// Reads the records of every route with a plan that no rollout here
+/// runs; aborts those still running with a stale heartbeat (blocking).
+pub(crate) fn sweep(inner: &Arc<Inner>) {
+    let state = inner.state.load_full();
+    let Some((_, store)) = &state.platform.store else {
+        return;
+    };
+    for rc in &state.config.routes {
+        if rc.rollout.is_none() {
+            continue;
+        }
+        let route = rc.name.as_str();
+        if inner
+            .rollouts
+            .entries()
+            .get(route)
+            .is_some_and(|e| e.handle.is_some())
+        {
+            continue;
+        }
+        let (mut record, text) = match load_as::<Record>(store.as_ref(), SECTION, route) {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(route, error = %e, "rollout: record not read");
+                continue;
+            }
+        };
+        if !record.live() || now().saturating_sub(record.beat) <= STALE {
+            inner.rollouts.entries().insert(
+                route.to_owned(),
+                Entry {
+                    record,
+                    handle: None,
+                    seen: Some(text),
+                },
+            );
+            continue;
+        }
+        // Nobody runs it: traffic back to stable, then the record.
+        let back = resolve(
+            &state,
+            route,
+            &record.stable,
+            &record.canary,
+            record.alias.as_deref(),
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|t| t.set_canary(0));
+        let reason = format!(
+            "the gateway running it stopped (no heartbeat for {} s); {}",
+            now().saturating_sub(record.beat),
+            match &back {
+                Ok(()) => format!("traffic is back on `{}`", record.stable),
+                Err(e) => format!("traffic could not be moved back: {e}"),
+            }
+        );
+        record.seq += 1;
+        record.state = "aborted".to_owned();
+        record.reason = Some(reason.clone());
+        record.canary_weight = 0;
+        let detail = json!({ "state": "aborted", "reason": reason });
+        if record.history.len() == KEEP {
+            record.history.pop_front();
+        }
+        record.history.push_back(json!({
+            "seq": record.seq, "at": now(), "step": record.step, "kind": "aborted", "detail": detail,
+        }));
+        let Ok(new_text) = serde_json::to_string(&record) else {
+            continue;
+        };
+        match store.swap(SECTION, route, Some(&text), &new_text) {
+            Ok(true) => {
+                tracing::warn!(route, %reason, "rollout aborted: its gateway stopped");
+                let body = record.hook_body("aborted", &detail);
+                inner.rollouts.entries().insert(
+                    route.to_owned(),
+                    Entry {
+                        record,
+                        handle: None,
+                        seen: Some(new_text),
+                    },
+                );
+                notify(inner, route, body);
+            }
+            // Another gateway got there first.
+            Ok(false) => {}
+            Err(e) => tracing::warn!(route, error = %e, "rollout: stale record not aborted"),
+        }
+    }
+}
+
+/// Checks every route's `rollout` against the route as built.
+pub(crate) fn check(
+    config: &super::GatewayConfig,
+    routes: &[super::build::BuiltRoute],
+    problems: &mut super::build::Problems,
+) {
+    for (i, rc) in config.routes.iter().enumerate() {
+        let Some(plan) = &rc.rollout else { continue };
+        let at = format!("routes[{i}].rollout");
+        if let Err(e) = crate::rollout::check_plan(&plan.plan) {
+            problems.push(format!("{at}.plan"), e);
+        }
+        let Some(route) = routes.iter().find(|r| r.name == rc.name) else {
+            continue;
+        };
+        let state_free = |stable: &str, canary: &str| -> Result<(), RolloutError> {
+            if let Some(alias) = &plan.alias {
+                let (_, handle) = route.model.as_ref().ok_or_else(|| {
+                    RolloutError::InvalidPlan("`alias` needs a model route".into())
+                })?;
+                ModelTraffic::new(handle.clone(), alias, stable, canary).map(drop)
+            } else {
+                let split = route
+                    .split
+                    .as_ref()
+                    .map(|s| s.handle.clone())
+                    .or_else(|| route.prompt.as_ref().map(|p| p.split().clone()))
+                    .ok_or_else(|| {
+                        RolloutError::InvalidPlan(
+                            "the route has no split (on a model route, give `alias`)".into(),
+                        )
+                    })?;
+                SplitTraffic::new(split, stable, canary).map(drop)
+            }
+        };
+        if let Err(e) = state_free(&plan.stable, &plan.canary) {
+            problems.push(at, e);
+        }
+    }
+    for (i, hook) in config.rollouts.webhooks.iter().enumerate() {
+        let at = format!("rollouts.webhooks[{i}]");
+        if split_url(&hook.url).is_none() {
+            problems.push(format!("{at}.url"), "an http:// or https:// URL");
+        }
+        for name in hook.headers.keys() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                problems.push(
+                    format!("{at}.headers"),
+                    format!("`{name}` is not a header name"),
+                );
+            }
+        }
+        for e in &hook.events {
+            if !EVENTS.contains(&e.as_str()) {
+                problems.push(
+                    format!("{at}.events"),
+                    format!("unknown event `{e}` (one of {})", EVENTS.join(", ")),
+                );
+            }
+        }
+    }
+}
+
+/// The events a webhook may ask for.
+const EVENTS: [&str; 8] = [
+    "started", "step", "paused", "resumed", "skipped", "verdict", "promoted", "aborted",
+];
