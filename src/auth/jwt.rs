@@ -281,6 +281,7 @@ pub struct JwtBuilder {
     strip: bool,
     realm: String,
     oct_in_jwks: bool,
+    keys_later: bool,
 }
 
 enum KeySource {
@@ -303,6 +304,7 @@ impl Default for JwtBuilder {
             strip: true,
             realm: "switchyard".to_owned(),
             oct_in_jwks: false,
+            keys_later: false,
         }
     }
 }
@@ -420,8 +422,18 @@ impl JwtBuilder {
         self
     }
 
+    /// Builds the layer even without keys: every token is refused (401)
+    /// until keys are given through [`JwtHandle::set_keys`] or
+    /// [`JwtHandle::set_jwks`] (a JWK Set fetched once the application
+    /// runs, say).
+    pub fn keys_later(mut self) -> Self {
+        self.keys_later = true;
+        self
+    }
+
     /// Reads the keys and builds the layer. An HS256 secret (or `oct` JWK)
-    /// shorter than [`MIN_HMAC_SECRET`] bytes is refused.
+    /// shorter than [`MIN_HMAC_SECRET`] bytes is refused, and so is a layer
+    /// without keys, unless [`keys_later`](Self::keys_later).
     pub fn build(self) -> Result<JwtLayer, AuthError> {
         let checks = Checks {
             issuers: self.issuers,
@@ -429,7 +441,11 @@ impl JwtBuilder {
             leeway: self.leeway,
             oct_in_jwks: self.oct_in_jwks,
         };
-        let keys = self.keys.compile(&checks)?;
+        let keys = if self.keys_later && self.keys.keys.is_empty() {
+            Vec::new()
+        } else {
+            self.keys.compile(&checks)?
+        };
         Ok(JwtLayer {
             shared: Arc::new(Shared {
                 keys: ArcSwap::from_pointee(keys),

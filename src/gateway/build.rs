@@ -95,6 +95,9 @@ pub(crate) struct State {
     /// certificate and key), to rebuild it on reload when they changed.
     pub(crate) tls_files: HashMap<String, [u8; 32]>,
     pub(crate) auth: Option<ApiKeyLayer>,
+    /// `[jwt]`, for routes with `auth.jwt`.
+    #[cfg(feature = "jwt")]
+    pub(crate) jwt: Option<super::jwt::BuiltJwt>,
     /// The admin API's key check (`admin.keys`), when it has keys.
     pub(crate) admin_auth: Option<ApiKeyLayer>,
     /// `pre_auth_limit`: in front of every route.
@@ -558,7 +561,16 @@ pub(crate) fn build(
     let keys = api_keys(&config.api_keys, "api_keys", &mut problems);
     // Less those revoked, plus those added, through the admin API.
     let keys = platform.keys.merged(keys);
-    let needs_auth = config.routes.iter().any(|r| r.auth.is_some());
+    let needs_auth = config
+        .routes
+        .iter()
+        .any(|r| r.auth.as_ref().is_some_and(|a| !a.jwt));
+    #[cfg(feature = "jwt")]
+    let jwt = super::jwt::build(&config, old.and_then(|o| o.jwt.as_ref()), &mut problems);
+    #[cfg(not(feature = "jwt"))]
+    if config.jwt.is_some() {
+        problems.push("jwt", "this build has no JWT support (feature `jwt`)");
+    }
     let auth = match old.and_then(|o| o.auth.clone()) {
         Some(layer) => {
             // The whole set swapped at once when the reload is applied: a
@@ -625,6 +637,8 @@ pub(crate) fn build(
             rebuilt: &rebuilt,
             old_upstreams,
             auth: auth.as_ref(),
+            #[cfg(feature = "jwt")]
+            jwt: jwt.as_ref().map(|j| &j.layer),
             pre_auth: pre_auth.as_ref().map(|(layer, _)| layer),
             redis: redis.as_ref(),
             platform: &platform,
@@ -657,6 +671,8 @@ pub(crate) fn build(
             upstreams,
             tls_files,
             auth,
+            #[cfg(feature = "jwt")]
+            jwt,
             admin_auth,
             pre_auth,
             redis,
@@ -1004,6 +1020,8 @@ struct Common<'a> {
     rebuilt: &'a [String],
     old_upstreams: Option<&'a HashMap<String, (UpstreamConfig, Upstream)>>,
     auth: Option<&'a ApiKeyLayer>,
+    #[cfg(feature = "jwt")]
+    jwt: Option<&'a crate::auth::JwtLayer>,
     pre_auth: Option<&'a RateLimitLayer>,
     redis: Option<&'a SharedRedis>,
     platform: &'a super::platform::Platform,
@@ -1025,6 +1043,8 @@ fn build_route(
         rebuilt,
         old_upstreams,
         auth,
+        #[cfg(feature = "jwt")]
+        jwt,
         pre_auth,
         redis,
         platform,
@@ -1363,9 +1383,30 @@ fn build_route(
         if !a.scopes.is_empty() {
             service = boxed(RequireScopes::all(a.scopes.iter().cloned()).layer(service));
         }
-        match auth {
-            Some(layer) => service = boxed(layer.layer(service)),
-            None => return None,
+        if a.jwt {
+            #[cfg(feature = "jwt")]
+            match jwt {
+                Some(layer) => service = boxed(layer.layer(service)),
+                None => {
+                    if config.jwt.is_none() {
+                        problems.push(format!("{at}.auth.jwt"), "no `[jwt]` is configured");
+                    }
+                    return None;
+                }
+            }
+            #[cfg(not(feature = "jwt"))]
+            {
+                problems.push(
+                    format!("{at}.auth.jwt"),
+                    "this build has no JWT support (feature `jwt`)",
+                );
+                return None;
+            }
+        } else {
+            match auth {
+                Some(layer) => service = boxed(layer.layer(service)),
+                None => return None,
+            }
         }
     }
     if let Some(layer) = pre_auth {

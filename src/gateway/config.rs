@@ -57,6 +57,76 @@ pub struct GatewayConfig {
     /// `[rollouts]`: what every route's rollout (`[routes.rollout]`)
     /// shares: the webhooks told of its events.
     pub rollouts: RolloutsConfig,
+    /// `[jwt]`: bearer JWT authentication for routes with
+    /// `auth = { jwt = true }` (feature `jwt`).
+    pub jwt: Option<JwtConfig>,
+}
+
+/// Bearer JWT authentication (`[jwt]`, feature `jwt`; see
+/// [`JwtLayer`](crate::auth::JwtLayer) for what is checked): static keys,
+/// a JWK Set file, and a `jwks_uri` fetched in the background.
+///
+/// ```
+/// # use switchyard::gateway::GatewayConfig;
+/// let config = GatewayConfig::from_toml(r#"
+///     [jwt]
+///     issuers = ["https://login.example.com/"]
+///     audiences = ["orders"]
+///     jwks_uri = "https://login.example.com/.well-known/jwks.json"
+///     keys = [{ kid = "ci", hs256_secret = { env = "CI_JWT_SECRET" } }]
+/// "#)?;
+/// assert_eq!(config.jwt.unwrap().keys.len(), 1);
+/// # Ok::<_, toml::de::Error>(())
+/// ```
+///
+/// **`jwks_uri`.** Fetched when the gateway starts (on a tokio runtime)
+/// and every `jwks_refresh_ms` (5 minutes by default; sooner when the
+/// answer's `Cache-Control: max-age` says so, never more often than every
+/// 10 s). A failed fetch (no answer, not a 2xx, not a JWK Set with a
+/// usable key) keeps the last good set and is retried after 1 s, 2 s,
+/// 4 s… up to the refresh period. Until the first fetch succeeds, only
+/// the static keys verify. A reload that keeps `jwks_uri` keeps the
+/// fetched set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JwtConfig {
+    /// Accepted `iss` values; any when empty.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values; `aud` is not checked when empty.
+    pub audiences: Vec<String>,
+    /// Clock leeway for `exp` and `nbf`, 60 s by default.
+    pub leeway_ms: Option<u64>,
+    /// The claim read as the tenant, `tenant` by default.
+    pub tenant_claim: Option<String>,
+    /// Static keys.
+    pub keys: Vec<JwtKeyConfig>,
+    /// A JWK Set document read from a file (at start and on reload).
+    pub jwks_file: Option<String>,
+    /// A JWK Set fetched from this `http://` (or, with feature `tls`,
+    /// `https://`) URL and refreshed in the background.
+    pub jwks_uri: Option<String>,
+    /// How often `jwks_uri` is fetched again, 300,000 ms by default.
+    pub jwks_refresh_ms: Option<u64>,
+    /// How long one fetch may take, 5,000 ms by default.
+    pub jwks_timeout_ms: Option<u64>,
+}
+
+/// One static JWT verification key: exactly one of `hs256_secret`,
+/// `rs256_pem_file` and `es256_pem_file`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JwtKeyConfig {
+    /// The key's id: tokens naming it (`kid`) are verified by it alone.
+    pub kid: Option<String>,
+    /// An HS256 secret (at least 32 bytes), from `{ env = "NAME" }` or
+    /// `{ file = "PATH" }`: never written in the configuration.
+    pub hs256_secret: Option<crate::model::KeySource>,
+    /// An RSA public key (PEM) verifying RS256.
+    pub rs256_pem_file: Option<String>,
+    /// An EC P-256 public key (PEM) verifying ES256.
+    pub es256_pem_file: Option<String>,
 }
 
 /// What every rollout shares (see [`RouteRolloutConfig`]).
@@ -587,6 +657,8 @@ pub struct RouteConfig {
 pub struct AuthConfig {
     /// Scopes the caller must all have (403 otherwise).
     pub scopes: Vec<String>,
+    /// Authenticate with a bearer JWT (`[jwt]`) instead of an API key.
+    pub jwt: bool,
 }
 
 /// Rate limiting on a route.

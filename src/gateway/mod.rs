@@ -90,6 +90,8 @@ mod admin_platform;
 mod admin_rollouts;
 mod build;
 mod config;
+#[cfg(feature = "jwt")]
+mod jwt;
 mod keys;
 mod metrics;
 mod platform;
@@ -115,10 +117,10 @@ use tower::Service;
 
 pub use config::{
     AdminConfig, ApiConfig, ApiKeyConfig, AuthConfig, BalanceConfig, ForwardedForConfig,
-    GatewayConfig, HealthCheckConfig, KeyConfig, ModelConfig, PlatformConfig, PromptRouteConfig,
-    QuotaConfig, RateLimitConfig, RedisConfig, RedisFailureConfig, RolloutsConfig, RouteConfig,
-    RouteRolloutConfig, SplitConfig, TargetConfig, TesterHeaderConfig, UpstreamConfig,
-    WebhookConfig, WeightSyncConfig,
+    GatewayConfig, HealthCheckConfig, JwtConfig, JwtKeyConfig, KeyConfig, ModelConfig,
+    PlatformConfig, PromptRouteConfig, QuotaConfig, RateLimitConfig, RedisConfig,
+    RedisFailureConfig, RolloutsConfig, RouteConfig, RouteRolloutConfig, SplitConfig, TargetConfig,
+    TesterHeaderConfig, UpstreamConfig, WebhookConfig, WeightSyncConfig,
 };
 
 pub use redact::REDACTED;
@@ -171,6 +173,9 @@ struct Inner {
     reload: Mutex<()>,
     /// The routes' rollouts, across reloads.
     rollouts: rollouts::Rollouts,
+    /// Wakes the `[jwt] jwks_uri` refresher, while it runs.
+    #[cfg(feature = "jwt")]
+    jwks: Mutex<Option<Arc<tokio::sync::Notify>>>,
     /// The rounds of `[weight_sync]`, with the settings they run with.
     #[cfg(feature = "redis")]
     sync: Mutex<Option<RunningSync>>,
@@ -206,6 +211,8 @@ impl Gateway {
                 state: ArcSwap::from_pointee(state),
                 reload: Mutex::new(()),
                 rollouts: rollouts::Rollouts::default(),
+                #[cfg(feature = "jwt")]
+                jwks: Mutex::new(None),
                 #[cfg(feature = "redis")]
                 sync: Mutex::new(None),
             }),
@@ -218,6 +225,8 @@ impl Gateway {
             gateway.run_rollout_tasks();
         }
         drop(state);
+        #[cfg(feature = "jwt")]
+        gateway.run_jwks();
         #[cfg(feature = "redis")]
         gateway.run_sync();
         #[cfg(feature = "redis")]
@@ -394,6 +403,8 @@ impl Gateway {
         // A running rollout's weights, not the configuration's.
         self.inner.rollouts.reassert(&state);
         self.inner.state.store(Arc::new(state));
+        #[cfg(feature = "jwt")]
+        self.run_jwks();
         #[cfg(feature = "redis")]
         self.run_sync();
         Ok(())

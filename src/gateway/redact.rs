@@ -56,6 +56,9 @@ impl GatewayConfig {
                 for_credentials(rules, |value, _| *value = REDACTED.to_owned());
             }
         }
+        if let Some(uri) = config.jwt.as_mut().and_then(|j| j.jwks_uri.as_mut()) {
+            *uri = redact_url(uri);
+        }
         // A webhook's headers are there to authenticate to its receiver,
         // and its URL may carry a password.
         for hook in &mut config.rollouts.webhooks {
@@ -91,6 +94,13 @@ impl GatewayConfig {
                     e.clone_from(real);
                 }
             }
+        }
+        if let (Some(uri), Some(now)) = (
+            self.jwt.as_mut().and_then(|j| j.jwks_uri.as_mut()),
+            current.jwt.as_ref().and_then(|j| j.jwks_uri.as_ref()),
+        ) && *uri == redact_url(now)
+        {
+            uri.clone_from(now);
         }
         for hook in &mut self.rollouts.webhooks {
             let Some(now) = current

@@ -663,7 +663,7 @@ async fn deliver(hook: WebhookConfig, mut rx: tokio::sync::mpsc::Receiver<Value>
 }
 
 /// `http://host:port/path?query` as (`http://host:port`, `/path?query`).
-fn split_url(url: &str) -> Option<(String, String)> {
+pub(crate) fn split_url(url: &str) -> Option<(String, String)> {
     let uri: http::Uri = url.parse().ok()?;
     let scheme = uri.scheme_str()?;
     if scheme != "http" && scheme != "https" {

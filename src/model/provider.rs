@@ -178,7 +178,7 @@ impl KeySource {
         }
     }
 
-    fn read(&self) -> Result<String, String> {
+    pub(crate) fn read(&self) -> Result<String, String> {
         let key = match self {
             Self::Env(name) => {
                 std::env::var(name).map_err(|e| format!("environment variable `{name}`: {e}"))?
