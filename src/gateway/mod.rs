@@ -93,6 +93,8 @@ mod metrics;
 mod platform;
 mod redact;
 mod spend;
+#[cfg(feature = "admin")]
+mod ui;
 
 #[cfg(feature = "admin")]
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
