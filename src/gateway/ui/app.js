@@ -85,7 +85,7 @@ async function api(method, path, body) {
   try { doc = text ? JSON.parse(text) : null; } catch (_) { /* not JSON */ }
   if (!res.ok) {
     const detail = doc && (doc.detail || doc.title);
-    const err = new Error(res.status + (detail ? ' ' + detail : ''));
+    const err = new Error(res.status + (detail ? ': ' + detail : ''));
     err.status = res.status;
     throw err;
   }
@@ -99,7 +99,7 @@ async function open(key) {
   try {
     await api('GET', '/splits');
   } catch (e) {
-    if (e.status === 401 || e.status === 403) return logout('Key refused: the admin API answered ' + e.message + '.');
+    if (e.status === 401 || e.status === 403) return logout('Key refused. The admin API answered ' + e.message + '.');
     return logout('The admin API did not answer: ' + e.message);
   }
   sessionStorage.setItem(KEY_STORE, key);
@@ -141,11 +141,11 @@ async function poll() {
     if (state.rollouts) parts.push(pollRollouts());
     const failed = (await Promise.allSettled(parts)).filter((r) => r.status === 'rejected').map((r) => r.reason);
     const out = failed.find((e) => e.status === 401 || e.status === 403);
-    if (out) return logout('Key refused: the admin API answered ' + out.message + '.');
+    if (out) return logout('Key refused. The admin API answered ' + out.message + '.');
     if (failed.length) notice('Some views are stale: ' + failed[0].message, true);
     else notice('Updated at ' + new Date().toLocaleTimeString());
   } catch (e) {
-    if (e.status === 401 || e.status === 403) logout('Key refused: the admin API answered ' + e.message + '.');
+    if (e.status === 401 || e.status === 403) logout('Key refused. The admin API answered ' + e.message + '.');
     else notice('The admin API did not answer: ' + e.message, true);
   } finally {
     state.busy = false;
@@ -434,7 +434,7 @@ async function act(method, path, body, done, route) {
     if (route) state.dirty.delete(route);
     notice(done);
   } catch (e) {
-    if (e.status === 401) return logout('Key refused: the admin API answered ' + e.message + '.');
+    if (e.status === 401) return logout('Key refused. The admin API answered ' + e.message + '.');
     notice('Refused: ' + e.message, true);
   }
   await poll();
