@@ -151,7 +151,10 @@ async fn ui_is_served_without_a_key_with_strict_headers() {
         let res = net::get(&demo.client, demo.admin, path, &[]).await;
         assert_eq!(res.status(), StatusCode::OK, "{path}");
         let h = res.headers();
-        assert!(h[CONTENT_TYPE].to_str().unwrap().starts_with(kind), "{path}");
+        assert!(
+            h[CONTENT_TYPE].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
         let csp = h[CONTENT_SECURITY_POLICY].to_str().unwrap();
         for directive in [
             "default-src 'none'",
@@ -285,11 +288,18 @@ async fn by_id(page: &Client, id: &str) -> Element {
 async fn type_into(page: &Client, id: &str, text: &str) {
     let input = by_id(page, id).await;
     input.click().await.unwrap();
-    input
-        .send_keys(&(Key::Control + "a"))
-        .await
-        .unwrap();
+    input.send_keys(&(Key::Control + "a")).await.unwrap();
     input.send_keys(&(Key::Null + text)).await.unwrap();
+}
+
+/// Sets the demo's weights with the page's inputs and button, and waits
+/// until the page shows them in force.
+async fn set_weights(page: &Client, blue: u32, green: u32) {
+    type_into(page, "weight-api-blue", &blue.to_string()).await;
+    type_into(page, "weight-api-green", &green.to_string()).await;
+    by_id(page, "set-weights-api").await.click().await.unwrap();
+    wait_text(page, "live-api-blue", &blue.to_string()).await;
+    wait_text(page, "live-api-green", &green.to_string()).await;
 }
 
 /// Writes `docs/screenshots/{name}.png` when `SWITCHYARD_SCREENSHOTS` is
@@ -346,25 +356,38 @@ async fn drive(page: &Client, demo: &Demo) {
 
     // Weights moved with the page's inputs: the split and the traffic
     // follow.
-    type_into(page, "weight-api-blue", "70").await;
-    type_into(page, "weight-api-green", "30").await;
-    by_id(page, "set-weights-api").await.click().await.unwrap();
-    wait_text(page, "live-api-green", "30").await;
-    wait_text(page, "live-api-blue", "70").await;
+    set_weights(page, 70, 30).await;
     assert_eq!(demo.weights("api").await, json!({"blue": 70, "green": 30}));
     let (blue, green) = demo.traffic(200).await;
-    assert!((30..=90).contains(&green), "70/30 gave {blue} blue, {green} green");
+    assert!(
+        (30..=90).contains(&green),
+        "70/30 gave {blue} blue, {green} green"
+    );
 
-    // Two polls with traffic between them, for the charts.
-    for _ in 0..3 {
-        demo.traffic(60).await;
+    // Polls with traffic between them, for the charts (for the README's
+    // screenshot, half a minute of it, the canary raised on the way).
+    let rounds = if std::env::var_os("SWITCHYARD_SCREENSHOTS").is_some() {
+        20
+    } else {
+        3
+    };
+    for round in 0..rounds {
+        if round == rounds / 2 && rounds > 3 {
+            set_weights(page, 50, 50).await;
+        }
+        demo.traffic(40 + 3 * round).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     wait_contains(page, "notice", "Updated").await;
     screenshot(page, "splits").await;
+    set_weights(page, 70, 30).await;
 
     // Promote green: all traffic to green.
-    by_id(page, "promote-api-green").await.click().await.unwrap();
+    by_id(page, "promote-api-green")
+        .await
+        .click()
+        .await
+        .unwrap();
     wait_text(page, "live-api-green", "100").await;
     wait_text(page, "live-api-blue", "0").await;
     assert_eq!(demo.weights("api").await, json!({"blue": 0, "green": 100}));
@@ -376,7 +399,10 @@ async fn drive(page: &Client, demo: &Demo) {
     wait_text(page, "live-api-blue", "70").await;
     assert_eq!(demo.weights("api").await, json!({"blue": 70, "green": 30}));
     let (blue, green) = demo.traffic(200).await;
-    assert!((30..=90).contains(&green), "70/30 gave {blue} blue, {green} green");
+    assert!(
+        (30..=90).contains(&green),
+        "70/30 gave {blue} blue, {green} green"
+    );
 
     // The other views of the demo.
     for view in ["upstreams", "keys"] {
@@ -401,9 +427,125 @@ async fn drive(page: &Client, demo: &Demo) {
             .unwrap_or_default()
     };
     let upstreams = text("upstreams").await;
-    assert!(upstreams.contains("green") && upstreams.contains("healthy"), "{upstreams}");
+    assert!(
+        upstreams.contains("green") && upstreams.contains("healthy"),
+        "{upstreams}"
+    );
     let keys = text("keys").await;
     assert!(keys.contains("demo") && keys.contains("guest"), "{keys}");
     // A gateway without rollouts (404 on /rollouts) hides their tab.
-    assert!(!by_id(page, "tab-rollouts").await.is_displayed().await.unwrap());
+    assert!(
+        !by_id(page, "tab-rollouts")
+            .await
+            .is_displayed()
+            .await
+            .unwrap()
+    );
+}
+
+// === a model route ===
+
+/// A model route over a stand-in Chat Completions server: alias `chat`
+/// over two priced versions, 80/20.
+const MODEL_CONFIG: &str = r#"
+[upstreams.llm]
+url = "LLM_URL"
+
+[admin]
+keys = [{ key = "demo-admin-key", id = "admin" }]
+
+[[routes]]
+name = "ai"
+path_prefix = "/v1"
+[routes.model.catalog]
+models = [{ name = "small-1", upstream = "llm" }, { name = "small-2", upstream = "llm" }]
+aliases = [{ name = "chat", versions = { "small-1" = 80, "small-2" = 20 } }]
+[routes.model.spend.prices.small-1]
+input_per_million = 150000
+output_per_million = 600000
+[routes.model.spend.prices.small-2]
+input_per_million = 300000
+output_per_million = 1200000
+"#;
+
+/// Answers every chat completion with 12 prompt and 30 completion tokens.
+async fn llm() -> SocketAddr {
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
+            axum::Json(json!({
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "hello"},
+                    "finish_reason": "stop",
+                }],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
+            }))
+        }),
+    );
+    net::serve(app).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_a_model_route() {
+    let Some((_driver, page)) = browser().await else {
+        return;
+    };
+    let llm = llm().await;
+    let config = MODEL_CONFIG.replace("LLM_URL", &format!("http://{llm}"));
+    let gateway = Gateway::from_config(GatewayConfig::from_toml(&config).unwrap()).unwrap();
+    let admin = net::serve(admin::router(&gateway).unwrap()).await;
+    let addr = net::serve(Router::new().fallback_service(gateway)).await;
+    let client: net::FullClient = HyperClient::builder(TokioExecutor::new()).build_http();
+    for _ in 0..20 {
+        let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+                    .to_string(),
+            )))
+            .unwrap();
+        let res = net::exchange(&client, req).await;
+        assert_eq!(res.status(), StatusCode::OK, "{:?}", res.body());
+    }
+
+    let steps = tokio::spawn({
+        let page = page.clone();
+        async move {
+            let page = &page;
+            page.goto(&format!("http://{admin}/ui#models"))
+                .await
+                .unwrap();
+            type_into(page, "login-key", ADMIN_KEY).await;
+            by_id(page, "login-submit").await.click().await.unwrap();
+            let card = page
+                .wait()
+                .at_most(PAGE_WAIT)
+                .for_element(Locator::Css("[data-model-route='ai']"))
+                .await
+                .unwrap();
+            let text = card.text().await.unwrap();
+            for shown in ["chat", "small-1 80, small-2 20"] {
+                assert!(text.contains(shown), "{shown:?} not in {text}");
+            }
+            // 20 answers of 12 + 30 tokens between the two versions.
+            let mut prompt_tokens = 0;
+            for model in ["small-1", "small-2"] {
+                let cell = format!("tr[data-model='{model}'] td:nth-of-type(4)");
+                let cell = card.find(Locator::Css(&cell)).await.unwrap();
+                prompt_tokens += cell.text().await.unwrap().parse::<u64>().unwrap();
+            }
+            assert_eq!(prompt_tokens, 20 * 12, "{text}");
+            screenshot(page, "models").await;
+        }
+    })
+    .await;
+    let _ = page.close().await;
+    if let Err(e) = steps {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }

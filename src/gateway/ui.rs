@@ -31,8 +31,14 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 /// `GET /ui` (and `/ui/`), `/ui/app.js`, `/ui/app.css`.
 pub(super) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/ui", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
-        .route("/ui/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(
+            "/ui",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/ui/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
         .route(
             "/ui/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),

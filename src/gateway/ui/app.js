@@ -293,11 +293,19 @@ function quantile(buckets, q) {
 
 // A line chart of the last HISTORY polls, one line per target.
 function chart(title, series, value, label, now) {
-  const W = 300, H = 80, span = HISTORY * POLL_MS;
-  let max = 0;
-  for (const s of series) for (const p of s.points) { const v = value(p); if (v !== null && v > max) max = v; }
+  const W = 300, H = 80;
+  let max = 0, first = now;
+  for (const s of series) {
+    for (const p of s.points) {
+      const v = value(p);
+      if (v !== null && v > max) max = v;
+      if (p.t < first) first = p.t;
+    }
+  }
+  // From the oldest point (at least a minute, at most HISTORY polls) to now.
+  const span = Math.min(Math.max(now - first, 60000), HISTORY * POLL_MS);
   const top = max > 0 ? max * 1.1 : 1;
-  const box = svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': title + ', last five minutes, peak ' + label(max) });
+  const box = svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `${title}, last ${Math.round(span / 60000)} min, peak ${label(max)}` });
   box.append(svg('line', { class: 'axis', x1: 0, y1: H - 0.5, x2: W, y2: H - 0.5 }));
   for (const s of series) {
     let d = '';
@@ -390,10 +398,10 @@ async function pollModels() {
       el('th', { scope: 'row', text: a.name }),
       td(Object.entries(a.versions).map(([v, w]) => `${v} ${w}`).join(', ')),
       td(a.fallback || '–')));
-    const versions = (m.versions || []).map((v) => el('tr', {},
+    const versions = (m.versions || []).map((v) => el('tr', { 'data-model': v.model },
       el('th', { scope: 'row', text: v.model }), td(v.requests), td(v.in_flight),
       td(v.errors + v.responses['5xx']), td(v.prompt_tokens), td(v.completion_tokens),
-      td(v.cached_tokens), td(num(v.cost_micros / 1e6, 4)), td(v.priced)));
+      td(v.cached_tokens), td(num(v.cost_micros / 1e6, 6)), td(v.priced)));
     return el('article', { class: 'card', id: 'model-' + m.route, 'data-model-route': m.route },
       el('h3', { text: m.route }),
       table(['Alias', 'Versions and weights', 'Fallback'], aliases),
