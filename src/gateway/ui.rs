@@ -10,6 +10,10 @@
 //! no-referrer` and `Cache-Control: no-store`. The script builds the page
 //! with `textContent` and `createElement`, never from HTML strings, so a
 //! route or target name cannot inject markup.
+//!
+//! The page loads `/ui/app.js` and `/ui/app.css` by absolute path: serve
+//! the admin router at the root of its listener, not nested under a
+//! prefix.
 
 use axum::Router;
 use axum::http::header::{
@@ -22,8 +26,10 @@ const INDEX_HTML: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
 const APP_CSS: &str = include_str!("ui/app.css");
 
-/// What the page may load and do: its own script, style and admin API,
-/// images only as `data:` URLs (the screenshots' charts are inline SVG).
+/// What the page may load and do: its own script, style and admin API;
+/// images from this origin or `data:` URLs (the charts are inline SVG
+/// drawn by the script); no inline code, no `<base>`, no form posts, no
+/// framing.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                    connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
                    form-action 'none'; frame-ancestors 'none'";
