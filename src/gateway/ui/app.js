@@ -108,8 +108,9 @@ async function open(key) {
   $('login-error').hidden = true;
   for (const id of ['views', 'tabs', 'logout']) $(id).hidden = false;
   state.polls = 0;
-  await poll();
+  clearInterval(state.timer);
   state.timer = setInterval(poll, POLL_MS);
+  await poll();
 }
 
 function logout(message) {
