@@ -131,6 +131,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("gateway: {scheme}://{addr}");
     println!("admin:   http://{admin_addr}");
+    println!("dashboard: http://{admin_addr}/ui (paste an admin key: demo-admin-key for the demo)");
     if args.config.is_none() {
         let g = format!("http://{addr}");
         let a = format!("http://{admin_addr}");

@@ -13,6 +13,7 @@ mod support;
 mod ai_providers_e2e;
 mod auth;
 mod auth_e2e;
+mod dashboard;
 mod edge_admin;
 mod edge_headers;
 mod edge_paths;

@@ -13,7 +13,8 @@
 //!
 //! | method and path | does |
 //! | --- | --- |
-//! | `GET /healthz` | `ok` (the only route without a key, for load balancers) |
+//! | `GET /healthz` | `ok` (without a key, for load balancers) |
+//! | `GET /ui` (or `/ui/`), `/ui/app.js`, `/ui/app.css` | the dashboard, without a key: static files that hold no data; the page asks for an admin key and uses the routes below with it (routes and splits with live request, error and p99 charts, rollouts, models, upstreams, API keys). Strict `Content-Security-Policy`, `nosniff`, `no-referrer`, `no-store` |
 //! | `GET /config` | the configuration in force, weights as they are now, secrets redacted (keys as digests, URL passwords and credential header values as `<redacted>`) |
 //! | `PUT /config` | checks a new configuration (JSON) and reloads, as one transaction; 422 with every problem otherwise, and nothing changed. `<redacted>` values sent back as `GET /config` showed them keep their secrets; a configuration without admin keys is refused |
 //! | `GET /splits`, `GET /splits/{route}` | weights and per-target counters |
@@ -39,7 +40,7 @@
 //! | `POST /rollouts/{route}/pause`, `/resume`, `/abort` (`{"reason": "…"}`), `/skip` (`{"step": 2}`) | controls the running rollout (409 when none runs here); `skip` to the number of steps promotes |
 //! | `POST /subscriptions/{api}/approve` (`reject`, `revoke`) | `{"consumer": {"kind": "tenant", "tenant": "shop"}}` or `{"consumer": {"kind": "identity", "id": "alice", "tenant": "shop"}}`; kept in `[platform] state_file` |
 //!
-//! Every route but `/healthz` needs one of the configuration's admin keys
+//! Every route but `/healthz` and the dashboard's files needs one of the configuration's admin keys
 //! (`admin.keys`, as the last reload left them), as a bearer token or in `x-api-key`. Every change is
 //! logged with the `tracing` crate at `INFO`, with the admin's identity
 //! and the state before and after. Errors are problem+json.
@@ -123,6 +124,7 @@ pub fn router(gateway: &Gateway) -> Result<Router, AdminError> {
         .layer(auth);
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .merge(super::ui::routes())
         .merge(protected)
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such admin route") })
         .with_state(gateway.clone()))

@@ -98,6 +98,8 @@ mod platform;
 mod redact;
 mod rollouts;
 mod spend;
+#[cfg(feature = "admin")]
+mod ui;
 
 #[cfg(feature = "admin")]
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
