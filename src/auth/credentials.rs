@@ -53,7 +53,7 @@ pub(crate) enum Invalid {
     /// A JWT whose signature no key of its algorithm and `kid` verifies.
     BadSignature,
     /// A JWT signed right whose issuer, audience, `nbf` or `sub` is wrong.
-    InvalidClaims,
+    Claims,
     /// A JWT with no verification key of its algorithm and `kid`.
     NoMatchingKey,
     /// A bearer token that is not a JWT at all (bad header, base64, JSON).
@@ -137,7 +137,7 @@ impl Authenticator {
             expired_key: invalid(Invalid::ExpiredKey),
             expired_token: invalid(Invalid::ExpiredToken),
             bad_signature: invalid(Invalid::BadSignature),
-            invalid_claims: invalid(Invalid::InvalidClaims),
+            invalid_claims: invalid(Invalid::Claims),
             no_matching_key: invalid(Invalid::NoMatchingKey),
             malformed_token: invalid(Invalid::MalformedToken),
         }

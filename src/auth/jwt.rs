@@ -254,7 +254,7 @@ impl Shared {
             })
             .ok_or(refused)?
             .claims;
-        identity(&claims, &self.tenant_claim).ok_or(Invalid::InvalidClaims)
+        identity(&claims, &self.tenant_claim).ok_or(Invalid::Claims)
     }
 }
 
@@ -268,7 +268,7 @@ fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> Invalid {
         | K::InvalidSubject
         | K::ImmatureSignature
         | K::MissingRequiredClaim(_)
-        | K::InvalidClaimFormat(_) => Invalid::InvalidClaims,
+        | K::InvalidClaimFormat(_) => Invalid::Claims,
         K::InvalidToken | K::Base64(_) | K::Json(_) | K::Utf8(_) => Invalid::MalformedToken,
         _ => Invalid::BadSignature,
     }
@@ -278,7 +278,7 @@ fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> Invalid {
 /// signature verified.
 fn rank(why: Invalid) -> u8 {
     match why {
-        Invalid::ExpiredToken | Invalid::InvalidClaims => 3,
+        Invalid::ExpiredToken | Invalid::Claims => 3,
         Invalid::BadSignature => 2,
         Invalid::MalformedToken => 1,
         _ => 0,

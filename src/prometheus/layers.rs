@@ -190,8 +190,9 @@ impl RateLimitCollector {
 
 impl Collector for RateLimitCollector {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
-        // (labels, allowed, rejected, Redis errors and skipped checks).
-        let read: Vec<(&LabelSet, u64, u64, Option<(u64, u64)>)> = self
+        /// Labels, allowed, rejected, and Redis errors and skipped checks.
+        type Reading<'a> = (&'a LabelSet, u64, u64, Option<(u64, u64)>);
+        let read: Vec<Reading<'_>> = self
             .limits
             .iter()
             .map(|(l, source)| match source {

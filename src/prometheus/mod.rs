@@ -72,7 +72,7 @@
 //!
 //! Counters are written with the type `counter` and names ending in
 //! `_total`, as `prometheus-client` writes them; latencies are histograms
-//! in seconds over [`BUCKETS_MICROS`](crate::metrics::BUCKETS_MICROS).
+//! in seconds over [`metrics::BUCKETS_MICROS`](crate::metrics::BUCKETS_MICROS).
 
 use std::borrow::Cow;
 use std::fmt;
