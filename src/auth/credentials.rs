@@ -61,7 +61,8 @@ pub(crate) enum Invalid {
 }
 
 impl Invalid {
-    const COUNT: usize = 8;
+    /// How many reasons there are: the counters' array is indexed by them.
+    const COUNT: usize = Invalid::MalformedToken as usize + 1;
 }
 
 impl Authenticator {

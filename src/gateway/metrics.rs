@@ -8,6 +8,11 @@
 //! always served (same content type, no `# EOF`), and it keeps every
 //! family's name as it was (a counter's `# TYPE` line names it with its
 //! `_total`).
+//!
+//! A new family is a collector registered here: in [`register_state`] when
+//! it reads the handles of a state (a route's mirror, say), rebuilt with
+//! every reload by construction; in [`register_running`] when it reads
+//! what runs beside the state (weight sync, the rollout engine).
 
 use std::fmt;
 use std::sync::Arc;
