@@ -66,6 +66,7 @@
 //! | `model` (feature `json`) | `ModelRouter`: OpenAI-compatible model aliases over weighted versions, pins, sticky picks, fallback, token counts |
 //! | `spend` (feature `json`) | `Meter`: the model router's admission hook for token limits and budgets (in memory, or in Redis for a fleet), settled with each answer's usage; `PriceCatalog`: model prices (LiteLLM's file) and the cost of a usage in integer micro-units; `Ledger`: tokens and cost per identity, tenant, alias and version |
 //! | `mirror` (feature `mirror`) | `MirrorLayer`: shadow traffic to a new version, bounded and never delaying the client, with answer comparison |
+//! | `prometheus` (feature `prometheus`) | the layers' counters as `prometheus-client` collectors, read when scraped (`SplitCollector`, `ModelCollector`, `AuthCollector`, …) |
 //! | [`metrics`] | [`LatencyHistogram`](metrics::LatencyHistogram): fixed-bucket latency counters with quantile estimates |
 //! | `proxy` (feature `proxy`) | `Upstream`: forwards to an upstream server over a pooled hyper client (HTTP/1.1, h2c; `https://` with feature `tls`), with proxy semantics, 502/504 as problem+json |
 //! | `server` (feature `server`) | `Server`: serves any service on a TCP listener, HTTP/1.1 and h2c (h2 over TLS with `tls`), with connection limits and timeouts that have safe defaults, graceful shutdown, certificate reload |
@@ -84,7 +85,8 @@
 //! | `json` | JSON body rules in `transform`, and the `model` router (`serde_json` with key order kept, `memchr`) |
 //! | `proxy` | `proxy::Upstream` over a pooled hyper client (`hyper`, `hyper-util`, `tokio`) |
 //! | `tls` | `https://` upstreams in `proxy` (rustls with ring; the system's roots or your own; client certificates), and `rediss://` with `redis` |
-//! | `config` | `gateway`: a whole gateway from TOML (`proxy`, `transform`, `json`, `toml`) |
+//! | `config` | `gateway`: a whole gateway from TOML (`proxy`, `transform`, `json`, `prometheus`, `toml`) |
+//! | `prometheus` | `prometheus`: the layers' counters as collectors for a `prometheus-client` registry (`prometheus-client`) |
 //! | `admin` | `gateway::admin`: the admin API on axum, changes logged with `tracing` |
 //! | `rollout` | `rollout`: step plans with live analysis (`tokio`) |
 //! | `mirror` | `mirror`: shadow traffic (`tokio`) |
@@ -118,6 +120,9 @@ pub mod path;
 mod per_thread;
 pub mod platform;
 pub mod problem;
+#[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+pub mod prometheus;
 #[cfg(feature = "proxy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod proxy;

@@ -1375,6 +1375,252 @@ async fn metrics_are_valid_prometheus_text() {
     );
 }
 
+/// A model server: 1,000 input tokens and `max_tokens` (or 100) output
+/// per answer; the version `broken` answers 200, sends a first chunk, then
+/// breaks its body off.
+async fn model_server() -> SocketAddr {
+    let app = Router::new().fallback(|body: Bytes| async move {
+        let req: Value = serde_json::from_slice(&body).unwrap_or_default();
+        if req["model"] == "broken" {
+            let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Bytes::from_static(b"{\"id\":"))).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = tx.send(Err(std::io::Error::other("broken off"))).await;
+            });
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+            return axum::response::Response::builder()
+                .header(CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from_stream(stream))
+                .unwrap();
+        }
+        let out = req["max_tokens"].as_u64().unwrap_or(100);
+        axum::response::IntoResponse::into_response(axum::Json(json!({
+            "id": "x", "object": "chat.completion", "model": req["model"],
+            "choices": [{ "index": 0, "finish_reason": "stop",
+                "message": { "role": "assistant", "content": "hi" } }],
+            "usage": { "prompt_tokens": 1000, "completion_tokens": out, "total_tokens": 1000 + out }
+        })))
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// `/metrics`, read by the strict parser after real traffic: a model
+/// route's versions (requests, responses, errors, latency, tokens, the
+/// aliases' weights), and the refusals of the API keys (by reason), of the
+/// admin API's keys and of a route's scope check.
+#[tokio::test]
+async fn metrics_count_model_versions_and_auth_refusals() {
+    let h = start().await;
+    let llm = model_server().await;
+    let model_route = format!(
+        r#"
+[upstreams.llm]
+url = "http://{llm}"
+response_timeout_ms = 5000
+
+[[routes]]
+name = "ai"
+path_prefix = "/v1"
+[routes.model.catalog]
+models = [
+  {{ name = "gpt-4o", upstream = "llm" }},
+  {{ name = "house", upstream = "llm" }},
+  {{ name = "broken", upstream = "llm" }},
+]
+aliases = [
+  {{ name = "chat", versions = {{ "gpt-4o" = 100, "house" = 0 }} }},
+  {{ name = "flaky", versions = {{ "broken" = 100 }} }},
+]
+"#
+    );
+    let text = CONFIG
+        .replace("BLUE_URL", &format!("http://{}", h.blue.addr))
+        .replace("GREEN_URL", &format!("http://{}", h.green.addr))
+        + &model_route;
+    h.gateway
+        .reload(GatewayConfig::from_toml(&text).unwrap())
+        .unwrap();
+
+    let chat = |model: &str| {
+        let body = json!({ "model": model, "max_tokens": 7,
+            "messages": [{ "role": "user", "content": "hello" }] });
+        try_call(
+            &h.client,
+            Method::POST,
+            format!("http://{}/v1/chat/completions", h.addr),
+            &[],
+            Some(body.to_string()),
+        )
+    };
+    for _ in 0..3 {
+        let (status, _, body) = chat("chat").await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body:?}");
+    }
+    // Broken off after its headers: the client's answer fails or ends
+    // early, whichever; the version counts an error.
+    let _ = chat("flaky").await;
+
+    // Refusals: no key, an unknown one (twice), two keys at once, a key
+    // without the route's scope; and a wrong admin key.
+    assert_eq!(h.get("/api/m", &[]).await.0, StatusCode::UNAUTHORIZED);
+    for _ in 0..2 {
+        let answer = h.get("/api/m", &[("x-api-key", "wrong")]).await;
+        assert_eq!(answer.0, StatusCode::UNAUTHORIZED);
+    }
+    let two = [("x-api-key", CLIENT_KEY), ("x-api-key", CLIENT_KEY)];
+    assert_eq!(h.get("/api/m", &two).await.0, StatusCode::BAD_REQUEST);
+    let answer = h.get("/api/m", &[("x-api-key", "no-scope-key")]).await;
+    assert_eq!(answer.0, StatusCode::FORBIDDEN);
+    for _ in 0..2 {
+        assert_eq!(h.api("/api/m").await.0, StatusCode::OK);
+    }
+    let (status, _, _) = call(
+        &h.client,
+        Method::GET,
+        format!("http://{}/metrics", h.admin),
+        &[("x-api-key", "not-the-admin-key")],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // The broken version's error is counted when its body fails.
+    let mut text = h.gateway.metrics();
+    for _ in 0..200 {
+        if text.contains("switchyard_model_errors_total{route=\"ai\",model=\"broken\"} 1\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        text = h.gateway.metrics();
+    }
+    let samples = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let v = |name: &str, labels: &[(&str, &str)]| value_of(&samples, name, labels);
+
+    let ai = ("route", "ai");
+    let gpt = ("model", "gpt-4o");
+    let house = ("model", "house");
+    let broken = ("model", "broken");
+    assert_eq!(v("switchyard_model_requests_total", &[ai, gpt]), 3.0);
+    assert_eq!(v("switchyard_model_requests_total", &[ai, house]), 0.0);
+    assert_eq!(v("switchyard_model_requests_total", &[ai, broken]), 1.0);
+    assert_eq!(
+        v(
+            "switchyard_model_responses_total",
+            &[ai, gpt, ("class", "2xx")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        v(
+            "switchyard_model_responses_total",
+            &[ai, broken, ("class", "2xx")]
+        ),
+        1.0
+    );
+    assert_eq!(v("switchyard_model_errors_total", &[ai, gpt]), 0.0);
+    assert_eq!(v("switchyard_model_errors_total", &[ai, broken]), 1.0);
+    assert_eq!(v("switchyard_model_in_flight", &[ai, gpt]), 0.0);
+    assert_eq!(v("switchyard_model_latency_seconds_count", &[ai, gpt]), 3.0);
+    assert_eq!(
+        v(
+            "switchyard_model_latency_seconds_bucket",
+            &[ai, gpt, ("le", "+Inf")]
+        ),
+        3.0
+    );
+    assert!(v("switchyard_model_latency_seconds_sum", &[ai, gpt]) > 0.0);
+    assert_eq!(
+        v("switchyard_model_latency_seconds_count", &[ai, house]),
+        0.0
+    );
+    assert_eq!(
+        v(
+            "switchyard_model_tokens_total",
+            &[ai, gpt, ("kind", "prompt")]
+        ),
+        3000.0
+    );
+    assert_eq!(
+        v(
+            "switchyard_model_tokens_total",
+            &[ai, gpt, ("kind", "completion")]
+        ),
+        21.0
+    );
+    assert_eq!(
+        v(
+            "switchyard_model_tokens_total",
+            &[ai, house, ("kind", "prompt")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        v(
+            "switchyard_model_time_to_first_token_seconds_count",
+            &[ai, gpt]
+        ),
+        3.0
+    );
+    assert_eq!(
+        v("switchyard_model_weight", &[ai, ("alias", "chat"), gpt]),
+        100.0
+    );
+    assert_eq!(
+        v("switchyard_model_weight", &[ai, ("alias", "chat"), house]),
+        0.0
+    );
+    assert_eq!(
+        v("switchyard_model_weight", &[ai, ("alias", "flaky"), broken]),
+        100.0
+    );
+
+    let keys = ("auth", "api_keys");
+    let refused = |auth: (&str, &str), reason: &str| {
+        v("switchyard_auth_refused_total", &[auth, ("reason", reason)])
+    };
+    assert_eq!(refused(keys, "missing"), 1.0);
+    assert_eq!(refused(keys, "unknown_key"), 2.0);
+    assert_eq!(refused(keys, "malformed"), 1.0);
+    assert_eq!(refused(keys, "disabled_key"), 0.0);
+    assert_eq!(refused(keys, "expired_key"), 0.0);
+    assert_eq!(
+        v(
+            "switchyard_auth_admitted_total",
+            &[keys, ("identity", "authenticated")]
+        ),
+        3.0
+    );
+    let admin = ("auth", "admin");
+    assert_eq!(refused(admin, "unknown_key"), 1.0);
+    assert_eq!(refused(admin, "missing"), 0.0);
+    let api = ("route", "api");
+    assert_eq!(
+        v(
+            "switchyard_scope_refused_total",
+            &[api, ("reason", "insufficient_scope")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "switchyard_scope_refused_total",
+            &[api, ("reason", "unauthenticated")]
+        ),
+        0.0
+    );
+    // Only the route with scopes has a scope check.
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.name == "switchyard_scope_refused_total" && s.labels["route"] != "api"),
+        "{text}"
+    );
+}
+
 /// A reload that adds a target to a split keeps the counters of the
 /// targets that stay.
 #[tokio::test]

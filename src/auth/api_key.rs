@@ -13,7 +13,7 @@ use http::{HeaderName, Request, Response};
 use sha2::{Digest as _, Sha256};
 use tower::{Layer, Service};
 
-use super::credentials::{AuthStats, Authenticator, Sources};
+use super::credentials::{AuthStats, Authenticator, Invalid, Sources};
 use super::{AuthError, Identity};
 use crate::body::ResponseBody;
 use crate::future::ResponseFuture;
@@ -112,8 +112,15 @@ impl ApiKey {
         self.uses.load(Ordering::Relaxed)
     }
 
-    fn usable(&self) -> bool {
-        !self.disabled && self.not_after.is_none_or(|t| SystemTime::now() < t)
+    /// Whether the key may be used now, or why not.
+    fn check(&self) -> Result<(), Invalid> {
+        if self.disabled {
+            Err(Invalid::DisabledKey)
+        } else if self.not_after.is_some_and(|t| SystemTime::now() >= t) {
+            Err(Invalid::ExpiredKey)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -309,9 +316,10 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let table = self.shared.table.load();
         let verify = |key: &str| {
-            let usable = table.get(&Digest::of(key)).filter(|k| k.usable())?;
-            usable.uses.fetch_add(1, Ordering::Relaxed);
-            Some(usable.identity.clone())
+            let key = table.get(&Digest::of(key)).ok_or(Invalid::UnknownKey)?;
+            key.check()?;
+            key.uses.fetch_add(1, Ordering::Relaxed);
+            Ok(key.identity.clone())
         };
         match self.shared.auth.admit(&mut req, verify) {
             Ok(()) => ResponseFuture::inner(self.inner.call(req)),

@@ -33,8 +33,36 @@ struct Counters {
     authenticated: AtomicU64,
     anonymous: AtomicU64,
     missing: AtomicU64,
-    invalid: AtomicU64,
+    /// By [`Invalid`] reason.
+    invalid: [AtomicU64; Invalid::COUNT],
     malformed: AtomicU64,
+}
+
+/// Why a credential that was found and read is not valid: counted per
+/// reason (never told to the caller, who gets the same 401 for all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Invalid {
+    /// An API key that is not in the table.
+    UnknownKey,
+    /// An API key that is disabled.
+    DisabledKey,
+    /// An API key past its `not_after`.
+    ExpiredKey,
+    /// A JWT past its `exp` (its signature verified).
+    ExpiredToken,
+    /// A JWT whose signature no key of its algorithm and `kid` verifies.
+    BadSignature,
+    /// A JWT signed right whose issuer, audience, `nbf` or `sub` is wrong.
+    Claims,
+    /// A JWT with no verification key of its algorithm and `kid`.
+    NoMatchingKey,
+    /// A bearer token that is not a JWT at all (bad header, base64, JSON).
+    MalformedToken,
+}
+
+impl Invalid {
+    /// How many reasons there are: the counters' array is indexed by them.
+    const COUNT: usize = Invalid::MalformedToken as usize + 1;
 }
 
 impl Authenticator {
@@ -59,7 +87,7 @@ impl Authenticator {
     pub(crate) fn admit<B>(
         &self,
         req: &mut Request<B>,
-        verify: impl FnOnce(&str) -> Option<Identity>,
+        verify: impl FnOnce(&str) -> Result<Identity, Invalid>,
     ) -> Result<(), Rejection> {
         let count = |c: &AtomicU64| c.fetch_add(1, Ordering::Relaxed);
         let identity = match self.sources.find(req) {
@@ -78,12 +106,12 @@ impl Authenticator {
                 }
             },
             Ok(Some(credential)) => match verify(&credential) {
-                Some(identity) => {
+                Ok(identity) => {
                     count(&self.stats.authenticated);
                     identity
                 }
-                None => {
-                    count(&self.stats.invalid);
+                Err(why) => {
+                    count(&self.stats.invalid[why as usize]);
                     return Err(self.challenge.invalid());
                 }
             },
@@ -98,12 +126,21 @@ impl Authenticator {
     pub(crate) fn stats(&self) -> AuthStats {
         let s = &self.stats;
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let invalid = |why: Invalid| read(&s.invalid[why as usize]);
         AuthStats {
             authenticated: read(&s.authenticated),
             anonymous: read(&s.anonymous),
             missing: read(&s.missing),
-            invalid: read(&s.invalid),
+            invalid: s.invalid.iter().map(read).sum(),
             malformed: read(&s.malformed),
+            unknown_key: invalid(Invalid::UnknownKey),
+            disabled_key: invalid(Invalid::DisabledKey),
+            expired_key: invalid(Invalid::ExpiredKey),
+            expired_token: invalid(Invalid::ExpiredToken),
+            bad_signature: invalid(Invalid::BadSignature),
+            invalid_claims: invalid(Invalid::Claims),
+            no_matching_key: invalid(Invalid::NoMatchingKey),
+            malformed_token: invalid(Invalid::MalformedToken),
         }
     }
 }
@@ -118,10 +155,30 @@ pub struct AuthStats {
     pub anonymous: u64,
     /// Requests refused for lack of credentials.
     pub missing: u64,
-    /// Requests refused for invalid credentials.
+    /// Requests refused for invalid credentials: the sum of the reasons
+    /// below, from `unknown_key` on.
     pub invalid: u64,
-    /// Requests refused for unreadable credentials.
+    /// Requests refused for unreadable credentials (answered 400).
     pub malformed: u64,
+    /// Of `invalid`: an API key that is not known (never added, or
+    /// revoked).
+    pub unknown_key: u64,
+    /// Of `invalid`: an API key that is disabled.
+    pub disabled_key: u64,
+    /// Of `invalid`: an API key past its expiry.
+    pub expired_key: u64,
+    /// Of `invalid`: a JWT past its `exp` (its signature was good).
+    pub expired_token: u64,
+    /// Of `invalid`: a JWT whose signature no key verified.
+    pub bad_signature: u64,
+    /// Of `invalid`: a JWT signed right whose issuer, audience,
+    /// not-before or subject is not accepted.
+    pub invalid_claims: u64,
+    /// Of `invalid`: a JWT for which no key of its algorithm (and `kid`)
+    /// is configured.
+    pub no_matching_key: u64,
+    /// Of `invalid`: a bearer token that is not a readable JWT.
+    pub malformed_token: u64,
 }
 
 // === impl Sources ===

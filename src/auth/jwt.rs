@@ -12,7 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use tower::{Layer, Service};
 
-use super::credentials::{AuthStats, Authenticator, Sources};
+use super::credentials::{AuthStats, Authenticator, Invalid, Sources};
 use super::{AuthError, Identity};
 use crate::body::ResponseBody;
 use crate::future::ResponseFuture;
@@ -228,19 +228,60 @@ where
 }
 
 impl Shared {
-    /// The identity of a valid token; `None` for any invalid one.
-    fn verify(&self, token: &str) -> Option<Identity> {
-        let header = jsonwebtoken::decode_header(token).ok()?;
+    /// The identity of a valid token, or why it is not valid. Of the keys
+    /// tried, the refusal that got furthest is kept: a token whose
+    /// signature one key verified but that expired is `ExpiredToken`,
+    /// however many other keys did not verify it.
+    fn verify(&self, token: &str) -> Result<Identity, Invalid> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Invalid::MalformedToken)?;
         let keys = self.keys.load();
+        let mut refused = Invalid::NoMatchingKey;
         let claims = keys
             .iter()
             .filter(|k| k.validation.algorithms.contains(&header.alg))
             .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
             .find_map(|k| {
-                jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &k.validation).ok()
-            })?
+                match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &k.validation) {
+                    Ok(data) => Some(data),
+                    Err(e) => {
+                        let why = refusal(e.kind());
+                        if rank(why) >= rank(refused) {
+                            refused = why;
+                        }
+                        None
+                    }
+                }
+            })
+            .ok_or(refused)?
             .claims;
-        identity(&claims, &self.tenant_claim)
+        identity(&claims, &self.tenant_claim).ok_or(Invalid::Claims)
+    }
+}
+
+/// The reason counted for one key's refusal of a token.
+fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> Invalid {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => Invalid::ExpiredToken,
+        K::InvalidIssuer
+        | K::InvalidAudience
+        | K::InvalidSubject
+        | K::ImmatureSignature
+        | K::MissingRequiredClaim(_)
+        | K::InvalidClaimFormat(_) => Invalid::Claims,
+        K::InvalidToken | K::Base64(_) | K::Json(_) | K::Utf8(_) => Invalid::MalformedToken,
+        _ => Invalid::BadSignature,
+    }
+}
+
+/// How far a token got with a key: its claims are read only once its
+/// signature verified.
+fn rank(why: Invalid) -> u8 {
+    match why {
+        Invalid::ExpiredToken | Invalid::Claims => 3,
+        Invalid::BadSignature => 2,
+        Invalid::MalformedToken => 1,
+        _ => 0,
     }
 }
 

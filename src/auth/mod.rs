@@ -57,7 +57,9 @@ pub(crate) use identity::key_of;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub use jwt::{JwtAuth, JwtBuilder, JwtHandle, JwtKeys, JwtLayer, MIN_HMAC_SECRET};
-pub use scopes::{RequireScopes, ScopeCheck};
+#[cfg(feature = "prometheus")]
+pub(crate) use scopes::ScopeCounters;
+pub use scopes::{RequireScopes, ScopeCheck, ScopeStats};
 
 /// Why an authentication layer could not be built, or a key not read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -34,6 +35,36 @@ use crate::future::ResponseFuture;
 #[derive(Clone)]
 pub struct RequireScopes {
     rule: Arc<Rule>,
+    counters: Arc<ScopeCounters>,
+}
+
+/// The refusals of a scope check, shared by its clones (and, in the
+/// gateway, carried over from the check a reload replaces). Counted on
+/// the refusal path only.
+#[derive(Debug, Default)]
+pub(crate) struct ScopeCounters {
+    insufficient: AtomicU64,
+    unauthenticated: AtomicU64,
+}
+
+impl ScopeCounters {
+    pub(crate) fn read(&self) -> ScopeStats {
+        ScopeStats {
+            insufficient_scope: self.insufficient.load(Ordering::Relaxed),
+            unauthenticated: self.unauthenticated.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The refusals of a [`RequireScopes`] check since it was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ScopeStats {
+    /// Callers refused with 403 for want of a scope.
+    pub insufficient_scope: u64,
+    /// Requests refused with 401 for want of an identity (no
+    /// authentication in front, or an anonymous caller).
+    pub unauthenticated: u64,
 }
 
 struct Rule {
@@ -76,6 +107,7 @@ impl RequireScopes {
                 joined,
                 challenge: Challenge::new("switchyard"),
             }),
+            counters: Arc::default(),
         }
     }
 
@@ -90,7 +122,27 @@ impl RequireScopes {
                 joined: r.joined.clone(),
                 challenge: Challenge::new(&realm),
             }),
+            counters: self.counters,
         }
+    }
+
+    /// Its refusals so far, shared by its clones and the services it
+    /// wrapped.
+    pub fn stats(&self) -> ScopeStats {
+        self.counters.read()
+    }
+
+    /// Counts refusals in `counters` (kept from the check this one
+    /// replaces) instead of its own.
+    #[cfg(feature = "config")]
+    pub(crate) fn counting(mut self, counters: Arc<ScopeCounters>) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    #[cfg(feature = "prometheus")]
+    pub(crate) fn counters(&self) -> &Arc<ScopeCounters> {
+        &self.counters
     }
 
     /// The scopes `identity` lacks under this rule; empty if it passes.
@@ -154,6 +206,8 @@ where
             Some(identity) if !identity.is_anonymous() => {
                 let missing = self.rule.missing(identity);
                 if !missing.is_empty() {
+                    let refused = &self.rule.counters.insufficient;
+                    refused.fetch_add(1, Ordering::Relaxed);
                     return ResponseFuture::rejected(
                         rule.challenge
                             .insufficient(&rule.joined, &missing, rule.all)
@@ -162,6 +216,8 @@ where
                 }
             }
             _ => {
+                let refused = &self.rule.counters.unauthenticated;
+                refused.fetch_add(1, Ordering::Relaxed);
                 return ResponseFuture::rejected(
                     rule.challenge.missing().for_request(req.headers()),
                 );

@@ -210,6 +210,8 @@ impl Matcher {
 pub(crate) struct RouteCounters {
     pub(crate) requests: std::sync::atomic::AtomicU64,
     pub(crate) classes: [std::sync::atomic::AtomicU64; 5],
+    /// The refusals of the route's scope check (`auth.scopes`).
+    pub(crate) scopes: Arc<crate::auth::ScopeCounters>,
 }
 
 // === building ===
@@ -1379,9 +1381,13 @@ fn build_route(
         }
         service = boxed(api.lifecycle.layer(service));
     }
+    // Counted by the gateway's response future.
+    let counters = old.map_or_else(Default::default, |o| Arc::clone(&o.counters));
     if let Some(a) = &rc.auth {
         if !a.scopes.is_empty() {
-            service = boxed(RequireScopes::all(a.scopes.iter().cloned()).layer(service));
+            let check = RequireScopes::all(a.scopes.iter().cloned());
+            let check = check.counting(Arc::clone(&counters.scopes));
+            service = boxed(check.layer(service));
         }
         if a.jwt {
             #[cfg(feature = "jwt")]
@@ -1416,8 +1422,6 @@ fn build_route(
         // OpenAI clients read every refusal on an AI route in their shape.
         service = boxed(OpenAiErrorsLayer.layer(service));
     }
-    // Counted by the gateway's response future.
-    let counters = old.map_or_else(Default::default, |o| Arc::clone(&o.counters));
     Some(BuiltRoute {
         name: rc.name.clone(),
         config: rc.clone(),

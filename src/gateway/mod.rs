@@ -556,14 +556,12 @@ impl Gateway {
     }
 
     /// Every counter, in the Prometheus text exposition format.
+    ///
+    /// Encoded by `prometheus-client` from the collectors of
+    /// [`switchyard::prometheus`](crate::prometheus) over the state in
+    /// force, read when called.
     pub fn metrics(&self) -> String {
-        #[allow(unused_mut, reason = "appended to with the `redis` feature")]
-        let mut out = metrics::render(&self.inner.state.load());
-        #[cfg(feature = "redis")]
-        if let Some(sync) = self.weight_sync() {
-            metrics::render_sync(&mut out, sync.stats());
-        }
-        out
+        metrics::render(self)
     }
 
     fn route<'s>(state: &'s State, req: &Request<GatewayBody>) -> Option<&'s BuiltRoute> {
