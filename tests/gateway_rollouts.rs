@@ -384,6 +384,36 @@ async fn a_rollout_driven_over_http_is_promoted_and_its_webhook_hears_every_even
     let history = done["history"].as_array().unwrap();
     assert_eq!(history.len(), events.len());
     assert_eq!(history.last().unwrap()["kind"], "promoted");
+
+    // And `/metrics` the rollout's families.
+    let text = h.gateway.metrics();
+    let samples =
+        crate::gateway_e2e::parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let value = |name: &str, extra: Option<(&str, &str)>| {
+        samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && s.labels.get("route").map(String::as_str) == Some("api")
+                    && extra.is_none_or(|(k, v)| s.labels.get(k).map(String::as_str) == Some(v))
+            })
+            .unwrap_or_else(|| panic!("no {name} {extra:?}\n{text}"))
+            .value
+    };
+    assert_eq!(
+        value("switchyard_rollout_state", Some(("state", "promoted"))),
+        1.0
+    );
+    assert_eq!(
+        value("switchyard_rollout_state", Some(("state", "running"))),
+        0.0
+    );
+    assert_eq!(value("switchyard_rollout_step", None), 5.0);
+    assert_eq!(value("switchyard_rollout_canary_weight", None), 100.0);
+    assert_eq!(
+        value("switchyard_rollout_last_verdict", Some(("outcome", "pass"))),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

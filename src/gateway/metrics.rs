@@ -44,8 +44,24 @@ pub(crate) fn render(gw: &Gateway) -> String {
 /// The collectors of what runs beside the state, for as long as it runs:
 /// weight sync. Add the collector of anything else the gateway runs (the
 /// rollout engine) here.
-#[allow(unused_variables, reason = "read with the `redis` feature")]
 pub(crate) fn register_running(registry: &mut Registry, gw: &Gateway) {
+    // Every route's rollout, as its record shows it (idle, running here,
+    // or finished).
+    let state = gw.inner.state.load();
+    let mut rollouts = crate::prometheus::RolloutCollector::default();
+    for r in gw.inner.rollouts.records(&state) {
+        let view = crate::prometheus::RolloutView {
+            last_verdict: r
+                .verdicts
+                .back()
+                .and_then(|v| v["outcome"].as_str().map(str::to_owned)),
+            state: r.state,
+            step: r.step,
+            canary_weight: r.canary_weight,
+        };
+        rollouts = rollouts.with_view(view, route(&r.route));
+    }
+    registry.register_collector(Box::new(rollouts));
     #[cfg(feature = "redis")]
     if let Some(sync) = gw.weight_sync() {
         registry.register_collector(Box::new(crate::prometheus::WeightSyncCollector::new(
@@ -138,6 +154,10 @@ fn register_state(registry: &mut Registry, state: &State) {
     let mut auth = AuthCollector::default();
     if let Some(layer) = &state.auth {
         auth = auth.with(layer, [("auth", "api_keys")]);
+    }
+    #[cfg(feature = "jwt")]
+    if let Some(jwt) = &state.jwt {
+        auth = auth.with(&jwt.layer, [("auth", "jwt")]);
     }
     if let Some(layer) = &state.admin_auth {
         auth = auth.with(layer, [("auth", "admin")]);

@@ -261,7 +261,6 @@ impl Rollouts {
     }
 
     /// Every route with a plan or a record: its record.
-    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     pub(crate) fn records(&self, state: &State) -> Vec<Record> {
         let entries = self.entries();
         let mut out: BTreeMap<String, Record> = entries

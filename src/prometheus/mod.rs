@@ -69,6 +69,7 @@
 //! | `WeightSyncCollector` (feature `redis`) | `weight_sync_{rounds,published,applied,refused,errors,notified}_total` |
 //! | [`LifecycleCollector`] | `api_stage` (`api`, `version`, `stage`) |
 //! | [`SubscriptionCollector`] | `subscription_refused_total` (`api`) |
+//! | [`RolloutCollector`] | `rollout_state` (`state`), `rollout_step`, `rollout_canary_weight`, `rollout_last_verdict` (`outcome`) |
 //!
 //! Counters are written with the type `counter` and names ending in
 //! `_total`, as `prometheus-client` writes them; latencies are histograms
@@ -90,6 +91,8 @@ use crate::metrics::{BUCKETS_MICROS, HistogramSnapshot};
 mod ai;
 mod layers;
 mod platform;
+#[cfg(feature = "rollout")]
+mod rollout;
 
 #[cfg(feature = "json")]
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
@@ -107,6 +110,11 @@ pub use layers::{
     AuthCollector, AuthSource, RateLimitCollector, RateLimitSource, ScopeCollector, SplitCollector,
 };
 pub use platform::{LifecycleCollector, SubscriptionCollector};
+#[cfg(feature = "rollout")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rollout")))]
+pub use rollout::RolloutCollector;
+#[cfg(feature = "rollout")]
+pub(crate) use rollout::RolloutView;
 
 // === LabelSet ===
 
