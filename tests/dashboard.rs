@@ -30,6 +30,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use switchyard::gateway::{Gateway, GatewayConfig, admin};
+use switchyard::rollout::{Analysis, Plan, Step};
 
 use crate::support::net;
 
@@ -87,6 +88,21 @@ async fn demo() -> Demo {
     }
     for route in &mut config.routes {
         route.rate_limit = None;
+        // The demo's plan, on a test's clock: 20 %, 40 % and a pause.
+        if let Some(rollout) = &mut route.rollout {
+            rollout.plan = Plan::new([
+                Step::SetWeight(20),
+                Step::pause(Duration::from_millis(300)),
+                Step::SetWeight(40),
+                Step::PauseUntilResumed,
+            ])
+            .analysis(
+                Analysis::default()
+                    .interval(Duration::from_millis(300))
+                    .check_every(Duration::from_millis(50))
+                    .max_p99_ratio(None),
+            );
+        }
     }
     let gateway = Gateway::from_config(config).unwrap();
     let admin = net::serve(admin::router(&gateway).unwrap()).await;
@@ -433,14 +449,39 @@ async fn drive(page: &Client, demo: &Demo) {
     );
     let keys = text("keys").await;
     assert!(keys.contains("demo") && keys.contains("guest"), "{keys}");
-    // A gateway without rollouts (404 on /rollouts) hides their tab.
+
+    // A rollout started from the page advances through its steps (to its
+    // pause at 40 %), and the traffic follows; its abort sends all of it
+    // back to blue.
+    by_id(page, "tab-rollouts").await.click().await.unwrap();
+    wait_text(page, "rollout-state-api", "idle").await;
+    by_id(page, "rollout-start-api")
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_text(page, "rollout-state-api", "paused").await;
+    assert_eq!(demo.weights("api").await, json!({"blue": 60, "green": 40}));
+    let (blue, green) = demo.traffic(200).await;
     assert!(
-        !by_id(page, "tab-rollouts")
-            .await
-            .is_displayed()
-            .await
-            .unwrap()
+        (40..=120).contains(&green),
+        "60/40 gave {blue} blue, {green} green"
     );
+    screenshot(page, "rollouts").await;
+    // Abort asks to be pressed twice.
+    by_id(page, "rollout-abort-api")
+        .await
+        .click()
+        .await
+        .unwrap();
+    by_id(page, "rollout-abort-api")
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_text(page, "rollout-state-api", "aborted").await;
+    assert_eq!(demo.weights("api").await, json!({"blue": 100, "green": 0}));
+    assert_eq!(demo.traffic(200).await, (200, 0));
 }
 
 // === a model route ===

@@ -352,9 +352,17 @@ function stepText(step) {
   }).join('; ');
 }
 
+// A version's figures in a verdict: durations ({secs, nanos}) in ms,
+// rates in percent, figures it has no data for left out.
 function side(s) {
   if (!s) return '–';
-  return Object.entries(s).map(([k, v]) => `${k.replace(/_/g, ' ')} ${k.endsWith('rate') && typeof v === 'number' ? pct(v) : v}`).join(', ');
+  const shown = (k, v) => {
+    if (v && typeof v === 'object' && 'secs' in v) return (v.secs * 1000 + v.nanos / 1e6).toFixed(1) + ' ms';
+    if (k.endsWith('rate') && typeof v === 'number') return pct(v);
+    return typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(3) : String(v);
+  };
+  return Object.entries(s).filter(([, v]) => v !== null && v !== undefined)
+    .map(([k, v]) => `${k.replace(/_/g, ' ')} ${shown(k, v)}`).join(', ');
 }
 
 function renderRollouts(list) {
