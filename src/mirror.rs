@@ -92,7 +92,12 @@ pub struct MirrorLayer<M> {
 }
 
 struct Shared {
-    percent: f64,
+    /// The share mirrored, 0 to 100, as `f64` bits: changed live through
+    /// [`MirrorHandle::set_percent`].
+    percent: AtomicU64,
+    /// Differing answers kept, at most `keep` (newest last).
+    samples: std::sync::Mutex<std::collections::VecDeque<MismatchSample>>,
+    keep: usize,
     methods: Option<Vec<Method>>,
     body_limit: usize,
     shadow_timeout: Duration,
@@ -105,7 +110,10 @@ struct Shared {
 impl<M> std::fmt::Debug for MirrorLayer<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MirrorLayer")
-            .field("percent", &self.shared.percent)
+            .field(
+                "percent",
+                &f64::from_bits(self.shared.percent.load(Relaxed)),
+            )
             .field("methods", &self.shared.methods)
             .finish_non_exhaustive()
     }
@@ -123,6 +131,7 @@ impl<M> MirrorLayer<M> {
             shadow_timeout: Duration::from_secs(30),
             compare_json: false,
             rng: RngSource::Thread,
+            keep: 0,
         }
     }
 
@@ -156,6 +165,7 @@ pub struct MirrorBuilder<M> {
     shadow_timeout: Duration,
     compare_json: bool,
     rng: RngSource,
+    keep: usize,
 }
 
 impl<M> std::fmt::Debug for MirrorBuilder<M> {
@@ -169,11 +179,17 @@ impl<M> std::fmt::Debug for MirrorBuilder<M> {
 impl<M> MirrorBuilder<M> {
     /// The share of eligible requests mirrored, 0 to 100 (100 by default).
     pub fn percent(mut self, percent: f64) -> Self {
-        self.percent = if percent.is_finite() {
-            percent.clamp(0.0, 100.0)
-        } else {
-            0.0
-        };
+        self.percent = clamp_percent(percent);
+        self
+    }
+
+    /// Keeps the latest `n` pairs of differing answers (status classes
+    /// apart, or JSON bodies unequal with [`compare_json`](Self::compare_json)),
+    /// each body cut to 1 KiB, for [`MirrorHandle::samples`]; none by
+    /// default. They are kept in memory as they came: bodies may hold
+    /// what your users sent and got.
+    pub fn keep_samples(mut self, n: usize) -> Self {
+        self.keep = n;
         self
     }
 
@@ -228,7 +244,9 @@ impl<M> MirrorBuilder<M> {
         MirrorLayer {
             shadow: self.shadow,
             shared: Arc::new(Shared {
-                percent: self.percent,
+                percent: AtomicU64::new(self.percent.to_bits()),
+                samples: std::sync::Mutex::new(std::collections::VecDeque::new()),
+                keep: self.keep,
                 methods: self.methods,
                 body_limit: self.body_limit,
                 shadow_timeout: self.shadow_timeout,
@@ -239,6 +257,55 @@ impl<M> MirrorBuilder<M> {
             }),
         }
     }
+}
+
+/// A percentage as mirrored: 0 to 100, and 0 for one that is not a
+/// number.
+fn clamp_percent(percent: f64) -> f64 {
+    if percent.is_finite() {
+        percent.clamp(0.0, 100.0)
+    } else {
+        0.0
+    }
+}
+
+/// The most bytes of a body a [`MismatchSample`] keeps.
+const SAMPLE_BODY: usize = 1024;
+
+/// A pair of differing answers kept by a mirror
+/// ([`MirrorBuilder::keep_samples`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct MismatchSample {
+    /// When (Unix seconds).
+    pub at: u64,
+    /// The request's method.
+    pub method: String,
+    /// The request's path (without its query).
+    pub path: String,
+    /// `status` (status classes apart) or `body` (JSON bodies unequal).
+    pub differs: &'static str,
+    /// The primary's status.
+    pub primary_status: u16,
+    /// The shadow's status.
+    pub shadow_status: u16,
+    /// The primary's JSON body, cut to 1 KiB (with `compare_json`).
+    pub primary_body: Option<String>,
+    /// The shadow's.
+    pub shadow_body: Option<String>,
+}
+
+fn cut(body: &Option<Bytes>) -> Option<String> {
+    body.as_ref().map(|b| {
+        let mut end = b.len().min(SAMPLE_BODY);
+        // Back to a character's start (a UTF-8 character is 4 bytes at most).
+        for _ in 0..3 {
+            if end < b.len() && end > 0 && (b[end] & 0xC0) == 0x80 {
+                end -= 1;
+            }
+        }
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    })
 }
 
 // === stats ===
@@ -279,6 +346,30 @@ impl std::fmt::Debug for MirrorHandle {
 }
 
 impl MirrorHandle {
+    /// The share of eligible requests mirrored now, 0 to 100.
+    pub fn percent(&self) -> f64 {
+        f64::from_bits(self.shared.percent.load(Relaxed))
+    }
+
+    /// Changes the share mirrored from the next request on (clamped to 0
+    /// to 100; not a number is 0); the share in force.
+    pub fn set_percent(&self, percent: f64) -> f64 {
+        let percent = clamp_percent(percent);
+        self.shared.percent.store(percent.to_bits(), Relaxed);
+        percent
+    }
+
+    /// The pairs of differing answers kept, oldest first
+    /// ([`MirrorBuilder::keep_samples`]).
+    pub fn samples(&self) -> Vec<MismatchSample> {
+        let samples = self
+            .shared
+            .samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        samples.iter().cloned().collect()
+    }
+
     /// The counters.
     pub fn stats(&self) -> MirrorStats {
         let c = &self.shared.stats;
@@ -401,9 +492,10 @@ where
             stats.skipped_method.fetch_add(1, Relaxed);
             return ResponseFuture::plain(self.inner.call(req.map(RequestBody::new)));
         }
-        let sampled = shared.percent >= 100.0
-            || (shared.percent > 0.0
-                && (shared.rng.next_u64() as f64) < shared.percent / 100.0 * u64::MAX as f64);
+        let percent = f64::from_bits(shared.percent.load(Relaxed));
+        let sampled = percent >= 100.0
+            || (percent > 0.0
+                && (shared.rng.next_u64() as f64) < percent / 100.0 * u64::MAX as f64);
         if !sampled {
             stats.not_sampled.fetch_add(1, Relaxed);
             return ResponseFuture::plain(self.inner.call(req.map(RequestBody::new)));
@@ -495,7 +587,9 @@ impl<M> ShadowStarter<M> {
         let (tx, rx) = oneshot::channel();
         let shadow = self.shadow.clone();
         let shared = Arc::clone(shared);
-        tokio::spawn(shadow_call(shadow, copy, rx, shared, permit));
+        let what =
+            (shared.keep > 0).then(|| (req.method().to_string(), req.uri().path().to_owned()));
+        tokio::spawn(shadow_call(shadow, copy, rx, shared, permit, what));
         Some(Report {
             tx: Some(tx),
             started: Instant::now(),
@@ -511,6 +605,7 @@ async fn shadow_call<M, MB>(
     primary: oneshot::Receiver<PrimaryOutcome>,
     shared: Arc<Shared>,
     _permit: OwnedSemaphorePermit,
+    what: Option<(String, String)>,
 ) where
     M: Service<Request<Full<Bytes>>, Response = Response<MB>> + Send,
     M::Future: Send,
@@ -553,10 +648,12 @@ async fn shadow_call<M, MB>(
     };
     let (status, latency, json) = shadow;
     stats.compared.fetch_add(1, Relaxed);
+    let mut differs = None;
     if status.as_u16() / 100 == primary_status.as_u16() / 100 {
         stats.status_matches.fetch_add(1, Relaxed);
     } else {
         stats.status_mismatches.fetch_add(1, Relaxed);
+        differs = Some("status");
     }
     stats.primary_latency.record(primary.latency);
     stats.shadow_latency.record(latency);
@@ -572,8 +669,30 @@ async fn shadow_call<M, MB>(
         };
         match (parse(&json), parse(&primary.json)) {
             (Some(a), Some(b)) if a == b => stats.body_matches.fetch_add(1, Relaxed),
-            _ => stats.body_mismatches.fetch_add(1, Relaxed),
+            _ => {
+                differs = differs.or(Some("body"));
+                stats.body_mismatches.fetch_add(1, Relaxed)
+            }
         };
+    }
+    if let (Some(differs), Some((method, path))) = (differs, what) {
+        let sample = MismatchSample {
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            method,
+            path,
+            differs,
+            primary_status: primary_status.as_u16(),
+            shadow_status: status.as_u16(),
+            primary_body: cut(&primary.json),
+            shadow_body: cut(&json),
+        };
+        let mut samples = shared.samples.lock().unwrap_or_else(|e| e.into_inner());
+        if samples.len() >= shared.keep {
+            samples.pop_front();
+        }
+        samples.push_back(sample);
     }
 }
 

@@ -21,6 +21,7 @@ mod edge_server;
 mod endpoints;
 mod gateway_e2e;
 mod gateway_jwt;
+mod gateway_mirror;
 mod gateway_platform;
 mod gateway_rollouts;
 mod gateway_spend;

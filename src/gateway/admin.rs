@@ -38,6 +38,8 @@
 //! | `GET /rollouts`, `GET /rollouts/{route}` | every route's rollout plan and its last rollout: `state` (`idle`, `running`, `paused`, `promoted`, `aborted`) and `reason`, `step` of `steps`, `canary_weight`, analysis `verdicts` (figures of both versions, outcome, reasons), `history` (every event with its time), who started it |
 //! | `POST /rollouts/{route}` | starts the route's `[routes.rollout]` plan (201; 409 while one runs, here or on a replica sharing the state store) |
 //! | `POST /rollouts/{route}/pause`, `/resume`, `/abort` (`{"reason": "…"}`), `/skip` (`{"step": 2}`) | controls the running rollout (409 when none runs here); `skip` to the number of steps promotes |
+//! | `GET /mirrors`, `GET /mirrors/{route}` | routes with a `mirror`: the shadow upstream, the share copied, counters (mirrored, dropped, compared, status and body mismatches, latencies) and the latest pairs of differing answers |
+//! | `PUT /mirrors/{route}/percent` | `{"percent": 10}`: the share copied, from the next request on (a reload that changes the route's `mirror.percent` sets it again) |
 //! | `POST /subscriptions/{api}/approve` (`reject`, `revoke`) | `{"consumer": {"kind": "tenant", "tenant": "shop"}}` or `{"consumer": {"kind": "identity", "id": "alice", "tenant": "shop"}}`; kept in `[platform] state_file` |
 //!
 //! Every route but `/healthz` and the dashboard's files needs one of the configuration's admin keys

@@ -209,7 +209,7 @@ fn owner_of(gw: &Gateway, path: &str) -> Option<String> {
     let apis = &state.platform.apis;
     let mut parts = path.trim_start_matches('/').split('/');
     match (parts.next(), parts.next()) {
-        (Some("splits" | "models" | "apis" | "rollouts"), Some(route)) => {
+        (Some("splits" | "models" | "apis" | "rollouts" | "mirrors"), Some(route)) => {
             apis.get(route).and_then(|a| a.config.owner.clone())
         }
         (Some("subscriptions"), Some(api)) => apis

@@ -1,6 +1,7 @@
-//! The admin API's rollout routes: start a route's plan, pause, resume,
-//! skip to a step, abort, and read status and history. Served by
-//! [`admin::router`](super::admin::router).
+//! The admin API's rollout routes (start a route's plan, pause, resume,
+//! skip to a step, abort, and read status and history) and mirror routes
+//! (counters, kept samples of differing answers, the share copied).
+//! Served by [`admin::router`](super::admin::router).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -20,6 +21,85 @@ pub(super) fn routes() -> Router<Gateway> {
         .route("/rollouts", get(list))
         .route("/rollouts/{route}", get(one).post(start))
         .route("/rollouts/{route}/{action}", post(act))
+        .route("/mirrors", get(mirrors))
+        .route("/mirrors/{route}", get(mirror))
+        .route("/mirrors/{route}/percent", axum::routing::put(put_percent))
+}
+
+fn mirror_json(gw: &Gateway, route: &str) -> Option<serde_json::Value> {
+    let state = gw.inner.state.load();
+    let r = state.routes.iter().find(|r| r.name == route)?;
+    let m = r.mirror.as_ref()?;
+    let h = m.layer.handle();
+    Some(json!({
+        "route": route,
+        "upstream": m.config.upstream,
+        "percent": h.percent(),
+        "stats": h.stats(),
+        "samples": h.samples(),
+    }))
+}
+
+async fn mirrors(State(gw): State<Gateway>) -> Json<serde_json::Value> {
+    let all: Vec<serde_json::Value> = gw
+        .routes()
+        .iter()
+        .filter_map(|r| mirror_json(&gw, r))
+        .collect();
+    Json(json!({ "mirrors": all }))
+}
+
+async fn mirror(State(gw): State<Gateway>, Path(route): Path<String>) -> Response {
+    match mirror_json(&gw, &route) {
+        Some(m) => Json(m).into_response(),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            format!("route `{route}` has no mirror"),
+        ),
+    }
+}
+
+/// `{"percent": 12.5}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PercentBody {
+    percent: f64,
+}
+
+async fn put_percent(
+    State(gw): State<Gateway>,
+    Path(route): Path<String>,
+    identity: Option<Extension<Identity>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(PercentBody { percent }) = serde_json::from_slice(&body) else {
+        return problem(StatusCode::BAD_REQUEST, "expected {\"percent\": 0 to 100}");
+    };
+    if !(0.0..=100.0).contains(&percent) {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("a percentage is 0 to 100, not {percent}"),
+        );
+    }
+    let handle = {
+        let state = gw.inner.state.load();
+        state
+            .routes
+            .iter()
+            .find(|r| r.name == route)
+            .and_then(|r| r.mirror.as_ref())
+            .map(|m| m.layer.handle())
+    };
+    let Some(handle) = handle else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!("route `{route}` has no mirror"),
+        );
+    };
+    let before = handle.percent();
+    let after = handle.set_percent(percent);
+    tracing::info!(admin = %who(&identity), route, before, after, "mirror share changed");
+    Json(mirror_json(&gw, &route).unwrap_or_default()).into_response()
 }
 
 fn status(gw: &Gateway, route: &str) -> Option<serde_json::Value> {

@@ -156,6 +156,9 @@ pub(crate) struct BuiltRoute {
     pub(crate) transform: Option<(TransformLayer, TransformHandle)>,
     /// A prompt route's API: its versions are a split.
     pub(crate) prompt: Option<crate::platform::prompt::PromptHandle>,
+    /// `mirror`: shadow traffic.
+    #[cfg(feature = "mirror")]
+    pub(crate) mirror: Option<super::mirror::BuiltMirror>,
     pub(crate) counters: Arc<RouteCounters>,
 }
 
@@ -270,6 +273,9 @@ pub(crate) enum Change {
     ),
     Rules(TransformHandle, crate::transform::Rules),
     Quotas(RateLimitHandle, Vec<Quota>),
+    /// A reused mirror's share, changed by a reload.
+    #[cfg(feature = "mirror")]
+    MirrorPercent(crate::mirror::MirrorHandle, f64),
     /// A reused meter's prices, read again.
     Prices(
         crate::spend::Meter,
@@ -327,6 +333,8 @@ impl Change {
             Change::Rules(h, _) => Change::Rules(h.clone(), h.rules()),
             Change::Quotas(h, _) => Change::Quotas(h.clone(), h.quotas()),
             Change::Prices(m, _) => Change::Prices(m.clone(), m.prices()),
+            #[cfg(feature = "mirror")]
+            Change::MirrorPercent(h, _) => Change::MirrorPercent(h.clone(), h.percent()),
         }
     }
 
@@ -358,6 +366,11 @@ impl Change {
             }
             Change::Prices(m, prices) => {
                 m.set_prices(prices);
+                Ok(())
+            }
+            #[cfg(feature = "mirror")]
+            Change::MirrorPercent(h, percent) => {
+                h.set_percent(percent);
                 Ok(())
             }
         }
@@ -1300,6 +1313,37 @@ fn build_route(
         }
     };
 
+    // Shadow traffic: a copy of what the split (or model router) gets.
+    #[cfg(feature = "mirror")]
+    let mirror = rc.mirror.as_ref().and_then(|mc| {
+        super::mirror::build(
+            mc,
+            &format!("{at}.mirror"),
+            old.and_then(|o| o.mirror.as_ref()),
+            upstreams,
+            rebuilt,
+            problems,
+            changes,
+        )
+    });
+    #[cfg(feature = "mirror")]
+    let terminal = match (&mirror, terminal) {
+        (Some(m), Some(t)) => {
+            let inner = t.map_request(|req: Request<crate::body::RequestBody<GatewayBody>>| {
+                req.map(crate::proxy::box_body)
+            });
+            Some(boxed(m.layer.layer(inner)))
+        }
+        (_, t) => t,
+    };
+    #[cfg(not(feature = "mirror"))]
+    if rc.mirror.is_some() {
+        problems.push(
+            format!("{at}.mirror"),
+            "this build has no shadow traffic (feature `mirror`)",
+        );
+    }
+
     // Transform.
     let transform = rc.transform.as_ref().and_then(|rules| {
         let reused = old.and_then(|o| o.transform.as_ref());
@@ -1435,6 +1479,8 @@ fn build_route(
         shared_limiter,
         transform,
         prompt,
+        #[cfg(feature = "mirror")]
+        mirror,
         counters,
     })
 }

@@ -129,6 +129,65 @@ pub struct JwtKeyConfig {
     pub es256_pem_file: Option<String>,
 }
 
+/// A route's shadow traffic (`[routes.mirror]`, feature `mirror`; see
+/// [`crate::mirror`]): a share of the requests the route's split (or model
+/// router) gets, after its transform, copied to `upstream`, the copy's
+/// answer thrown away after it is compared with the primary's. Never
+/// delays the caller; bounded by `max_concurrent` and `shadow_timeout_ms`.
+/// `percent` changes live through the admin API
+/// (`PUT /mirrors/{route}/percent`).
+///
+/// ```
+/// # use switchyard::gateway::GatewayConfig;
+/// let config = GatewayConfig::from_toml(r#"
+///     [upstreams.blue]
+///     url = "http://127.0.0.1:3001"
+///     [upstreams.green]
+///     url = "http://127.0.0.1:3002"
+///     [[routes]]
+///     name = "api"
+///     split.targets = [{ name = "blue", upstream = "blue", weight = 100 }]
+///     mirror = { upstream = "green", percent = 5.0, methods = ["GET", "POST"], compare_json = true }
+/// "#)?;
+/// assert_eq!(config.routes[0].mirror.as_ref().unwrap().percent, 5.0);
+/// # Ok::<_, toml::de::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MirrorConfig {
+    /// The shadow: an upstream's name.
+    pub upstream: String,
+    /// The share of eligible requests copied, 0 to 100 (100 by default).
+    #[serde(default = "hundred")]
+    pub percent: f64,
+    /// The methods copied (`GET`, `HEAD` and `OPTIONS` by default; `["*"]`
+    /// for all, `POST` included: only for shadows without side effects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Compare JSON response bodies too, not only status classes.
+    #[serde(default)]
+    pub compare_json: bool,
+    /// The most body bytes buffered to copy a request or compare an
+    /// answer (64 KiB by default; larger requests are not copied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_limit: Option<usize>,
+    /// Shadow calls at once (64 by default); more copies are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    /// The longest a shadow call may take (30,000 ms by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_timeout_ms: Option<u64>,
+    /// Pairs of differing answers kept for the admin API (10 by default;
+    /// bodies cut to 1 KiB, kept in memory only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+
 /// What every rollout shares (see [`RouteRolloutConfig`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -639,6 +698,9 @@ pub struct RouteConfig {
     /// This route as an API of the platform: name, version, owner,
     /// lifecycle stage, catalog listing, subscriptions.
     pub api: Option<ApiConfig>,
+    /// Copies a share of the route's requests to another upstream and
+    /// compares the answers (feature `mirror`).
+    pub mirror: Option<MirrorConfig>,
     /// A rollout plan for the route's split (or a model alias), started,
     /// paused, resumed, skipped and aborted through the admin API
     /// (`/rollouts/{route}`).

@@ -125,6 +125,14 @@ fn register_state(registry: &mut Registry, state: &State) {
     registry.register_collector(Box::new(models));
     registry.register_collector(Box::new(meters));
 
+    let mut mirrors = crate::prometheus::MirrorCollector::default();
+    for r in &state.routes {
+        if let Some(m) = &r.mirror {
+            mirrors = mirrors.with(m.layer.handle(), route(&r.name));
+        }
+    }
+    registry.register_collector(Box::new(mirrors));
+
     let mut upstreams: Vec<_> = state.upstreams.iter().collect();
     upstreams.sort_by(|a, b| a.0.cmp(b.0));
     let mut endpoints = UpstreamCollector::default();

@@ -94,6 +94,8 @@ mod config;
 mod jwt;
 mod keys;
 mod metrics;
+#[cfg(feature = "mirror")]
+mod mirror;
 mod platform;
 mod redact;
 mod rollouts;
@@ -119,8 +121,8 @@ use tower::Service;
 
 pub use config::{
     AdminConfig, ApiConfig, ApiKeyConfig, AuthConfig, BalanceConfig, ForwardedForConfig,
-    GatewayConfig, HealthCheckConfig, JwtConfig, JwtKeyConfig, KeyConfig, ModelConfig,
-    PlatformConfig, PromptRouteConfig, QuotaConfig, RateLimitConfig, RedisConfig,
+    GatewayConfig, HealthCheckConfig, JwtConfig, JwtKeyConfig, KeyConfig, MirrorConfig,
+    ModelConfig, PlatformConfig, PromptRouteConfig, QuotaConfig, RateLimitConfig, RedisConfig,
     RedisFailureConfig, RolloutsConfig, RouteConfig, RouteRolloutConfig, SplitConfig, TargetConfig,
     TesterHeaderConfig, UpstreamConfig, WebhookConfig, WeightSyncConfig,
 };
@@ -424,6 +426,10 @@ impl Gateway {
                         t.weight = w;
                     }
                 }
+            }
+            #[cfg(feature = "mirror")]
+            if let (Some(mirror), Some(m)) = (route.mirror.as_mut(), built.mirror.as_ref()) {
+                mirror.percent = m.layer.handle().percent();
             }
             if let (Some(model), Some((_, handle))) = (route.model.as_mut(), built.model.as_ref()) {
                 model.catalog = handle.catalog();
