@@ -10,6 +10,7 @@
 
 mod support;
 
+mod admin_openapi;
 mod ai_providers_e2e;
 mod auth;
 mod auth_e2e;

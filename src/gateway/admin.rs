@@ -14,6 +14,7 @@
 //! | method and path | does |
 //! | --- | --- |
 //! | `GET /healthz` | `ok` (without a key, for load balancers) |
+//! | `GET /openapi.json` | the OpenAPI 3.1 document of this API (without a key; [`OPENAPI_DOCUMENT`]) |
 //! | `GET /ui` (or `/ui/`), `/ui/app.js`, `/ui/app.css` | the dashboard, without a key: static files that hold no data; the page asks for an admin key and uses the routes below with it (routes and splits with live request, error and p99 charts, rollouts, models, upstreams, API keys). Strict `Content-Security-Policy`, `nosniff`, `no-referrer`, `no-store` |
 //! | `GET /config` | the configuration in force, weights as they are now, secrets redacted (keys as digests, URL passwords and credential header values as `<redacted>`) |
 //! | `PUT /config` | checks a new configuration (JSON) and reloads, as one transaction; 422 with every problem otherwise, and nothing changed. `<redacted>` values sent back as `GET /config` showed them keep their secrets; a configuration without admin keys is refused |
@@ -42,7 +43,7 @@
 //! | `PUT /mirrors/{route}/percent` | `{"percent": 10}`: the share copied, from the next request on (a reload that changes the route's `mirror.percent` sets it again) |
 //! | `POST /subscriptions/{api}/approve` (`reject`, `revoke`) | `{"consumer": {"kind": "tenant", "tenant": "shop"}}` or `{"consumer": {"kind": "identity", "id": "alice", "tenant": "shop"}}`; kept in `[platform] state_file` |
 //!
-//! Every route but `/healthz` and the dashboard's files needs one of the configuration's admin keys
+//! Every route but `/healthz`, `/openapi.json` and the dashboard's files needs one of the configuration's admin keys
 //! (`admin.keys`, as the last reload left them), as a bearer token or in `x-api-key`. Every change is
 //! logged with the `tracing` crate at `INFO`, with the admin's identity
 //! and the state before and after. Errors are problem+json.
@@ -71,6 +72,11 @@ use super::{ConfigError, Gateway, GatewayConfig};
 use crate::auth::Identity;
 use crate::problem::Problem;
 use crate::split::Weights;
+
+/// The admin API's OpenAPI 3.1 document (served at `GET /openapi.json`):
+/// every operation, its parameters, bodies and answers. A test checks it
+/// against the routes the router has, and with `openapi-spec-validator`.
+pub const OPENAPI_DOCUMENT: &str = include_str!("admin_openapi.json");
 
 /// Why the admin API could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,6 +132,15 @@ pub fn router(gateway: &Gateway) -> Result<Router, AdminError> {
         .layer(auth);
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    OPENAPI_DOCUMENT,
+                )
+            }),
+        )
         .merge(super::ui::routes())
         .merge(protected)
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such admin route") })
