@@ -18,12 +18,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, prometheus_text};
 use prometheus_client::registry::Registry;
 
 use super::Gateway;
 use super::build::{RouteCounters, State};
+use crate::prometheus::EncodeInto;
 use crate::prometheus::{
     AuthCollector, LabelSet, LifecycleCollector, ModelCollector, PromptCollector,
     RateLimitCollector, ScopeCollector, SpendCollector, SplitCollector, SubscriptionCollector,
@@ -33,8 +33,7 @@ use crate::prometheus::{
 /// Every counter of `gw`, in the Prometheus text exposition format.
 pub(crate) fn render(gw: &Gateway) -> String {
     let mut registry = Registry::default();
-    register_state(&mut registry, &gw.inner.state.load());
-    register_running(&mut registry, gw);
+    registry.register_collector(Box::new(GatewayCollector(gw.clone())));
     let mut out = String::new();
     // Writing to a `String` does not fail, nor do the collectors.
     let _ = prometheus_text::encode(&mut out, &registry);
@@ -44,7 +43,7 @@ pub(crate) fn render(gw: &Gateway) -> String {
 /// The collectors of what runs beside the state, for as long as it runs:
 /// weight sync. Add the collector of anything else the gateway runs (the
 /// rollout engine) here.
-pub(crate) fn register_running(registry: &mut Registry, gw: &Gateway) {
+pub(crate) fn register_running(registry: &mut Families, gw: &Gateway) {
     // Every route's rollout, as its record shows it (idle, running here,
     // or finished).
     let state = gw.inner.state.load();
@@ -61,13 +60,66 @@ pub(crate) fn register_running(registry: &mut Registry, gw: &Gateway) {
         };
         rollouts = rollouts.with_view(view, route(&r.route));
     }
-    registry.register_collector(Box::new(rollouts));
+    registry.push(Box::new(rollouts));
     #[cfg(feature = "redis")]
     if let Some(sync) = gw.weight_sync() {
-        registry.register_collector(Box::new(crate::prometheus::WeightSyncCollector::new(
+        registry.push(Box::new(crate::prometheus::WeightSyncCollector::new(
             sync,
             LabelSet::new(),
         )));
+    }
+}
+
+/// The collectors of one scrape, in the order their families are written.
+type Families = Vec<Box<dyn EncodeInto>>;
+
+/// Every family of a [`Gateway`] (what its `/metrics` shows), as one
+/// `prometheus-client` collector to register in your own
+/// [`Registry`](prometheus_client::registry::Registry) beside your
+/// metrics: the routes, splits, limits, models, meters, upstreams,
+/// mirrors, platform, authentication, rollouts and weight sync of the
+/// configuration in force at each scrape. From [`Gateway::collector`].
+///
+/// ```
+/// # use switchyard::gateway::{Gateway, GatewayConfig};
+/// use prometheus_client::registry::Registry;
+///
+/// # let gateway = Gateway::from_config(GatewayConfig::from_toml(r#"
+/// #     [upstreams.app]
+/// #     url = "http://127.0.0.1:3001"
+/// #     [[routes]]
+/// #     name = "api"
+/// #     split.targets = [{ name = "app", upstream = "app", weight = 100 }]
+/// # "#)?)?;
+/// let mut registry = Registry::default();
+/// registry.register_collector(Box::new(gateway.collector()));
+/// let mut text = String::new();
+/// prometheus_client::encoding::text::encode(&mut text, &registry)?;
+/// assert!(text.contains(r#"switchyard_target_weight{route="api",target="app"} 100"#), "{text}");
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct GatewayCollector(Gateway);
+
+impl EncodeInto for GatewayCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let mut families = Families::new();
+        register_state(&mut families, &self.0.inner.state.load());
+        register_running(&mut families, &self.0);
+        for f in &families {
+            f.encode_into(enc)?;
+        }
+        Ok(())
+    }
+}
+
+crate::prometheus::collector!(GatewayCollector);
+
+impl Gateway {
+    /// Every family of this gateway's `/metrics`, as a collector for a
+    /// `prometheus-client` registry of your own (see [`GatewayCollector`]).
+    pub fn collector(&self) -> GatewayCollector {
+        GatewayCollector(self.clone())
     }
 }
 
@@ -77,8 +129,8 @@ fn route(name: &str) -> LabelSet {
 
 /// The collectors of the routes, upstreams, platform and authentication
 /// of `state`, in the order their families are written.
-fn register_state(registry: &mut Registry, state: &State) {
-    registry.register_collector(Box::new(RouteCollector(
+fn register_state(registry: &mut Families, state: &State) {
+    registry.push(Box::new(RouteCollector(
         state
             .routes
             .iter()
@@ -94,11 +146,11 @@ fn register_state(registry: &mut Registry, state: &State) {
             splits = splits.with(handle.clone(), route(&r.name));
         }
     }
-    registry.register_collector(Box::new(splits));
+    registry.push(Box::new(splits));
 
     if let Some((_, h)) = &state.pre_auth {
         let limit = RateLimitCollector::new(h.clone(), LabelSet::new());
-        registry.register_collector(Box::new(limit.prefix("switchyard_pre_auth")));
+        registry.push(Box::new(limit.prefix("switchyard_pre_auth")));
     }
     let mut limits = RateLimitCollector::default();
     for r in &state.routes {
@@ -110,7 +162,7 @@ fn register_state(registry: &mut Registry, state: &State) {
             limits = limits.with(layer.handle(), route(&r.name));
         }
     }
-    registry.register_collector(Box::new(limits));
+    registry.push(Box::new(limits));
 
     let mut models = ModelCollector::default();
     let mut meters = SpendCollector::default();
@@ -122,8 +174,8 @@ fn register_state(registry: &mut Registry, state: &State) {
             meters = meters.with(meter.clone(), route(&r.name));
         }
     }
-    registry.register_collector(Box::new(models));
-    registry.register_collector(Box::new(meters));
+    registry.push(Box::new(models));
+    registry.push(Box::new(meters));
 
     let mut mirrors = crate::prometheus::MirrorCollector::default();
     for r in &state.routes {
@@ -131,7 +183,7 @@ fn register_state(registry: &mut Registry, state: &State) {
             mirrors = mirrors.with(m.layer.handle(), route(&r.name));
         }
     }
-    registry.register_collector(Box::new(mirrors));
+    registry.push(Box::new(mirrors));
 
     let mut upstreams: Vec<_> = state.upstreams.iter().collect();
     upstreams.sort_by(|a, b| a.0.cmp(b.0));
@@ -139,14 +191,14 @@ fn register_state(registry: &mut Registry, state: &State) {
     for (name, (_, upstream)) in upstreams {
         endpoints = endpoints.with(upstream.clone(), [("upstream", name.as_str())]);
     }
-    registry.register_collector(Box::new(endpoints));
+    registry.push(Box::new(endpoints));
 
     let mut stages = LifecycleCollector::default();
     for (name, api) in &state.platform.apis {
         stages = stages.with(api.handle(), route(name));
     }
-    registry.register_collector(Box::new(stages));
-    registry.register_collector(Box::new(SubscriptionCollector::new(
+    registry.push(Box::new(stages));
+    registry.push(Box::new(SubscriptionCollector::new(
         state.platform.subscriptions.clone(),
         LabelSet::new(),
     )));
@@ -156,7 +208,7 @@ fn register_state(registry: &mut Registry, state: &State) {
             prompts = prompts.with(p.clone(), route(&r.name));
         }
     }
-    registry.register_collector(Box::new(prompts));
+    registry.push(Box::new(prompts));
 
     // The API keys of the routes with `auth`, and the admin API's.
     let mut auth = AuthCollector::default();
@@ -170,14 +222,14 @@ fn register_state(registry: &mut Registry, state: &State) {
     if let Some(layer) = &state.admin_auth {
         auth = auth.with(layer, [("auth", "admin")]);
     }
-    registry.register_collector(Box::new(auth));
+    registry.push(Box::new(auth));
     let mut scopes = ScopeCollector::default();
     for r in &state.routes {
         if r.config.auth.as_ref().is_some_and(|a| !a.scopes.is_empty()) {
             scopes = scopes.with_counters(Arc::clone(&r.counters.scopes), route(&r.name));
         }
     }
-    registry.register_collector(Box::new(scopes));
+    registry.push(Box::new(scopes));
 }
 
 // === RouteCollector ===
@@ -186,12 +238,12 @@ fn register_state(registry: &mut Registry, state: &State) {
 #[derive(Debug)]
 struct RouteCollector(Vec<(LabelSet, Arc<RouteCounters>)>);
 
-impl Collector for RouteCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+impl crate::prometheus::EncodeInto for RouteCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         use crate::prometheus::{CLASSES, counter, row};
 
         counter(
-            &mut enc,
+            enc,
             "switchyard_route_requests_total",
             "Requests matched to a route.",
             self.0
@@ -199,7 +251,7 @@ impl Collector for RouteCollector {
                 .map(|(l, c)| (row(l, []), c.requests.load(Relaxed))),
         )?;
         counter(
-            &mut enc,
+            enc,
             "switchyard_route_responses_total",
             "Responses of a route by status class.",
             self.0.iter().flat_map(|(l, c)| {
@@ -211,3 +263,5 @@ impl Collector for RouteCollector {
         )
     }
 }
+
+crate::prometheus::collector!(RouteCollector);

@@ -127,6 +127,7 @@ pub use config::{
     TesterHeaderConfig, UpstreamConfig, WebhookConfig, WeightSyncConfig,
 };
 
+pub use metrics::GatewayCollector;
 pub use redact::REDACTED;
 pub use rollouts::RolloutStartError;
 pub use spend::{

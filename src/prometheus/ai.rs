@@ -3,7 +3,6 @@
 
 use std::fmt;
 
-use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::layers::classes;
@@ -42,8 +41,8 @@ impl ModelCollector {
     }
 }
 
-impl Collector for ModelCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+impl crate::prometheus::EncodeInto for ModelCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let read: Vec<_> = self.routers.iter().map(|(l, h)| (l, h.stats())).collect();
         let versions = || {
             read.iter().flat_map(|(l, stats)| {
@@ -57,13 +56,13 @@ impl Collector for ModelCollector {
             counter(enc, name, help, versions().map(|(r, v)| (r, get(v))))
         };
         count(
-            &mut enc,
+            enc,
             "switchyard_model_requests_total",
             "Requests sent to a model version.",
             |v| v.requests,
         )?;
         counter(
-            &mut enc,
+            enc,
             "switchyard_model_responses_total",
             "Responses of a model version by status class.",
             read.iter().flat_map(|(l, stats)| {
@@ -76,25 +75,25 @@ impl Collector for ModelCollector {
             }),
         )?;
         count(
-            &mut enc,
+            enc,
             "switchyard_model_errors_total",
             "Calls to a model version that failed without a response, or whose answer's body failed.",
             |v| v.errors + v.body_errors,
         )?;
         gauge(
-            &mut enc,
+            enc,
             "switchyard_model_in_flight",
             "Requests to a model version whose answer has not finished.",
             versions().map(|(r, v)| (r, signed(v.in_flight))),
         )?;
         histogram(
-            &mut enc,
+            enc,
             "switchyard_model_latency_seconds",
             "Time from the call to a model version to its response headers.",
             versions().map(|(r, v)| (r, &v.latency)),
         )?;
         counter(
-            &mut enc,
+            enc,
             "switchyard_model_tokens_total",
             "Tokens counted from a model version's responses.",
             read.iter().flat_map(|(l, stats)| {
@@ -114,20 +113,20 @@ impl Collector for ModelCollector {
             }),
         )?;
         count(
-            &mut enc,
+            enc,
             "switchyard_model_truncated_total",
             "Answers of a model version cut short (client gone, stream broken); their tokens are those counted before.",
             |v| v.truncated,
         )?;
         histogram(
-            &mut enc,
+            enc,
             "switchyard_model_time_to_first_token_seconds",
             "Time from the call to a model version to the first byte of its answer's body.",
             versions().map(|(r, v)| (r, &v.time_to_first_token)),
         )?;
         let keys: Vec<_> = self.routers.iter().map(|(l, h)| (l, h.keys())).collect();
         counter(
-            &mut enc,
+            enc,
             "switchyard_model_key_rate_limited_total",
             "429 answers a provider gave to one of its API keys (the key named by where it came from).",
             keys.iter().flat_map(|(l, keys)| {
@@ -141,13 +140,13 @@ impl Collector for ModelCollector {
             }),
         )?;
         count(
-            &mut enc,
+            enc,
             "switchyard_model_fallbacks_total",
             "Requests a model version failed that were retried on the fallback.",
             |v| v.fallbacks,
         )?;
         count(
-            &mut enc,
+            enc,
             "switchyard_model_cost_micros_total",
             "Cost of a model version's priced answers, in micro-units of the price catalog's currency.",
             |v| v.cost_micros,
@@ -163,7 +162,7 @@ impl Collector for ModelCollector {
             })
             .collect();
         gauge(
-            &mut enc,
+            enc,
             "switchyard_model_weight",
             "A model version's weight in an alias.",
             weights.iter().flat_map(|(l, alias, versions)| {
@@ -178,6 +177,8 @@ impl Collector for ModelCollector {
         )
     }
 }
+
+crate::prometheus::collector!(ModelCollector);
 
 // === SpendCollector ===
 
@@ -204,11 +205,11 @@ impl SpendCollector {
     }
 }
 
-impl Collector for SpendCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+impl crate::prometheus::EncodeInto for SpendCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let read: Vec<_> = self.meters.iter().map(|(l, m)| (l, m.stats())).collect();
         counter(
-            &mut enc,
+            enc,
             "switchyard_spend_admissions_total",
             "Requests a model route's meter admitted, refused (by token limit, budget, concurrency cap, unpriced model) or downgraded.",
             read.iter().flat_map(|(l, s)| {
@@ -238,7 +239,7 @@ impl Collector for SpendCollector {
         ];
         for (name, help, get) in families {
             counter(
-                &mut enc,
+                enc,
                 name,
                 help,
                 read.iter().map(|(l, s)| (row(l, []), get(s))),
@@ -251,7 +252,7 @@ impl Collector for SpendCollector {
                 .filter_map(|(l, m)| Some((l, m.ledger()?.totals(by))))
                 .collect();
             counter(
-                &mut enc,
+                enc,
                 &format!("switchyard_spend_{label}_cost_micros_total"),
                 "Cost of answers by this dimension, in micro-units, from the route's ledger.",
                 rows.iter().flat_map(|(l, list)| {
@@ -260,7 +261,7 @@ impl Collector for SpendCollector {
                 }),
             )?;
             counter(
-                &mut enc,
+                enc,
                 &format!("switchyard_spend_{label}_tokens_total"),
                 "Tokens of answers by this dimension, from the route's ledger.",
                 rows.iter().flat_map(|(l, list)| {
@@ -276,6 +277,8 @@ impl Collector for SpendCollector {
         Ok(())
     }
 }
+
+crate::prometheus::collector!(SpendCollector);
 
 // === PromptCollector ===
 
@@ -302,11 +305,11 @@ impl PromptCollector {
     }
 }
 
-impl Collector for PromptCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+impl crate::prometheus::EncodeInto for PromptCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let read: Vec<_> = self.prompts.iter().map(|(l, h)| (l, h.stats())).collect();
         counter(
-            &mut enc,
+            enc,
             "switchyard_prompt_refused_total",
             "Prompt API calls refused before any version (bad variables, body, method).",
             read.iter().map(|(l, s)| (row(l, []), s.refused)),
@@ -319,7 +322,7 @@ impl Collector for PromptCollector {
             })
         };
         counter(
-            &mut enc,
+            enc,
             "switchyard_prompt_tokens_total",
             "Tokens of a prompt version's answers, by kind.",
             versions().flat_map(|(l, version, v)| {
@@ -334,14 +337,14 @@ impl Collector for PromptCollector {
             }),
         )?;
         counter(
-            &mut enc,
+            enc,
             "switchyard_prompt_cost_micros_total",
             "What a prompt version's answers cost, in micro-units, as the model route's meter priced them.",
             versions()
                 .map(|(l, version, v)| (row(l, [("version", version.into())]), v.cost_micros)),
         )?;
         counter(
-            &mut enc,
+            enc,
             "switchyard_prompt_invalid_answers_total",
             "A prompt version's answers refused with 502 (not the text or JSON asked for).",
             versions()
@@ -349,3 +352,5 @@ impl Collector for PromptCollector {
         )
     }
 }
+
+crate::prometheus::collector!(PromptCollector);

@@ -3,7 +3,6 @@
 
 use std::fmt;
 
-use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{CLASSES, LabelSet, counter, gauge, histogram, row, signed};
@@ -47,8 +46,8 @@ impl SplitCollector {
     }
 }
 
-impl Collector for SplitCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+impl crate::prometheus::EncodeInto for SplitCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let read: Vec<_> = self.splits.iter().map(|(l, h)| (l, h.stats())).collect();
         let targets = || {
             read.iter().flat_map(|(l, stats)| {
@@ -58,19 +57,19 @@ impl Collector for SplitCollector {
             })
         };
         gauge(
-            &mut enc,
+            enc,
             "switchyard_target_weight",
             "A split target's weight.",
             targets().map(|(r, t)| (r, i64::from(t.weight))),
         )?;
         counter(
-            &mut enc,
+            enc,
             "switchyard_target_requests_total",
             "Requests sent to a split target.",
             targets().map(|(r, t)| (r, t.requests)),
         )?;
         counter(
-            &mut enc,
+            enc,
             "switchyard_target_responses_total",
             "Responses of a split target by status class.",
             read.iter().flat_map(|(l, stats)| {
@@ -83,25 +82,27 @@ impl Collector for SplitCollector {
             }),
         )?;
         counter(
-            &mut enc,
+            enc,
             "switchyard_target_errors_total",
             "Calls to a split target that failed without a response.",
             targets().map(|(r, t)| (r, t.errors + t.body_errors)),
         )?;
         gauge(
-            &mut enc,
+            enc,
             "switchyard_target_in_flight",
             "Requests in flight on a split target.",
             targets().map(|(r, t)| (r, signed(t.in_flight))),
         )?;
         histogram(
-            &mut enc,
+            enc,
             "switchyard_target_latency_seconds",
             "Time to response headers from a split target's upstream.",
             targets().map(|(r, t)| (r, &t.latency)),
         )
     }
 }
+
+crate::prometheus::collector!(SplitCollector);
 
 // === RateLimitCollector ===
 
@@ -188,8 +189,8 @@ impl RateLimitCollector {
     }
 }
 
-impl Collector for RateLimitCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+impl crate::prometheus::EncodeInto for RateLimitCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         /// Labels, allowed, rejected, and Redis errors and skipped checks.
         type Reading<'a> = (&'a LabelSet, u64, u64, Option<(u64, u64)>);
         let read: Vec<Reading<'_>> = self
@@ -209,27 +210,27 @@ impl Collector for RateLimitCollector {
             .collect();
         let p = &self.prefix;
         counter(
-            &mut enc,
+            enc,
             &format!("{p}_rejected_total"),
             "Requests refused with 429.",
             read.iter()
                 .map(|(l, _, rejected, _)| (row(l, []), *rejected)),
         )?;
         counter(
-            &mut enc,
+            enc,
             &format!("{p}_allowed_total"),
             "Requests the rate limit let through.",
             read.iter().map(|(l, allowed, _, _)| (row(l, []), *allowed)),
         )?;
         counter(
-            &mut enc,
+            enc,
             &format!("{p}_redis_errors_total"),
             "Checks Redis failed or did not answer in time (handled as on_failure says).",
             read.iter()
                 .filter_map(|(l, _, _, redis)| Some((row(l, []), redis.as_ref()?.0))),
         )?;
         counter(
-            &mut enc,
+            enc,
             &format!("{p}_redis_skipped_total"),
             "Checks not sent to Redis after it failed the ones before (handled as on_failure says).",
             read.iter()
@@ -237,6 +238,8 @@ impl Collector for RateLimitCollector {
         )
     }
 }
+
+crate::prometheus::collector!(RateLimitCollector);
 
 // === AuthCollector ===
 
@@ -355,11 +358,11 @@ impl AuthCollector {
     }
 }
 
-impl Collector for AuthCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+impl crate::prometheus::EncodeInto for AuthCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let read: Vec<_> = self.layers.iter().map(|(l, s)| (l, s.read())).collect();
         counter(
-            &mut enc,
+            enc,
             "switchyard_auth_refused_total",
             "Requests an authentication layer refused, by reason.",
             read.iter().flat_map(|(l, (_, reasons))| {
@@ -369,7 +372,7 @@ impl Collector for AuthCollector {
             }),
         )?;
         counter(
-            &mut enc,
+            enc,
             "switchyard_auth_admitted_total",
             "Requests an authentication layer let through, by identity (authenticated or anonymous).",
             read.iter().flat_map(|(l, (s, _))| {
@@ -382,6 +385,8 @@ impl Collector for AuthCollector {
         )
     }
 }
+
+crate::prometheus::collector!(AuthCollector);
 
 // === ScopeCollector ===
 
@@ -414,10 +419,10 @@ impl ScopeCollector {
     }
 }
 
-impl Collector for ScopeCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+impl crate::prometheus::EncodeInto for ScopeCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         counter(
-            &mut enc,
+            enc,
             "switchyard_scope_refused_total",
             "Requests a scope check refused: insufficient_scope (403) or unauthenticated (401).",
             self.checks.iter().flat_map(|(l, c)| {
@@ -431,6 +436,8 @@ impl Collector for ScopeCollector {
         )
     }
 }
+
+crate::prometheus::collector!(ScopeCollector);
 
 // === MirrorCollector ===
 
@@ -481,8 +488,8 @@ impl MirrorCollector {
 }
 
 #[cfg(feature = "mirror")]
-impl Collector for MirrorCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+impl crate::prometheus::EncodeInto for MirrorCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         use crate::mirror::MirrorStats;
 
         let read: Vec<_> = self.mirrors.iter().map(|(l, h)| (l, h.stats())).collect();
@@ -495,7 +502,7 @@ impl Collector for MirrorCollector {
             })
         };
         counter(
-            &mut enc,
+            enc,
             "switchyard_mirror_requests_total",
             "Requests a mirror saw, by outcome: mirrored, or why not (not_sampled, skipped_method, too_large, body_error, dropped).",
             by(
@@ -534,14 +541,14 @@ impl Collector for MirrorCollector {
         ];
         for (name, help, get) in single {
             counter(
-                &mut enc,
+                enc,
                 name,
                 help,
                 read.iter().map(|(l, s)| (row(l, []), get(s))),
             )?;
         }
         counter(
-            &mut enc,
+            enc,
             "switchyard_mirror_status_total",
             "Compared pairs whose status classes matched or not.",
             by(
@@ -553,7 +560,7 @@ impl Collector for MirrorCollector {
             ),
         )?;
         counter(
-            &mut enc,
+            enc,
             "switchyard_mirror_body_total",
             "Compared pairs whose JSON bodies were equal or not (with compare_json).",
             by(
@@ -565,7 +572,7 @@ impl Collector for MirrorCollector {
             ),
         )?;
         histogram(
-            &mut enc,
+            enc,
             "switchyard_mirror_latency_seconds",
             "Time to response headers of mirrored requests, primary and shadow.",
             read.iter().flat_map(|(l, s)| {
@@ -576,7 +583,7 @@ impl Collector for MirrorCollector {
             }),
         )?;
         super::gauge_f64(
-            &mut enc,
+            enc,
             "switchyard_mirror_latency_diff_seconds",
             "Sum over compared pairs of the shadow's minus the primary's time to response headers: positive when the shadow is slower.",
             read.iter()
@@ -584,6 +591,9 @@ impl Collector for MirrorCollector {
         )
     }
 }
+
+#[cfg(feature = "mirror")]
+crate::prometheus::collector!(MirrorCollector);
 
 // === UpstreamCollector ===
 
@@ -612,8 +622,8 @@ impl UpstreamCollector {
 }
 
 #[cfg(feature = "proxy")]
-impl Collector for UpstreamCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+impl crate::prometheus::EncodeInto for UpstreamCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         use crate::proxy::EndpointStats;
 
         let read: Vec<_> = self
@@ -646,22 +656,25 @@ impl Collector for UpstreamCollector {
             ),
         ];
         for (name, help, get) in counters {
-            counter(&mut enc, name, help, endpoints().map(|(r, e)| (r, get(e))))?;
+            counter(enc, name, help, endpoints().map(|(r, e)| (r, get(e))))?;
         }
         gauge(
-            &mut enc,
+            enc,
             "switchyard_upstream_endpoint_in_service",
             "1 while an endpoint takes requests, 0 while it is out of service.",
             endpoints().map(|(r, e)| (r, i64::from(e.in_service))),
         )?;
         gauge(
-            &mut enc,
+            enc,
             "switchyard_upstream_endpoint_in_flight",
             "Requests sent to an endpoint whose response has not ended.",
             endpoints().map(|(r, e)| (r, signed(e.in_flight))),
         )
     }
 }
+
+#[cfg(feature = "proxy")]
+crate::prometheus::collector!(UpstreamCollector);
 
 // === WeightSyncCollector ===
 
@@ -688,8 +701,8 @@ impl WeightSyncCollector {
 }
 
 #[cfg(feature = "redis")]
-impl Collector for WeightSyncCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+impl crate::prometheus::EncodeInto for WeightSyncCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         use crate::sync::WeightSyncStats;
 
         let read: Vec<_> = self.syncs.iter().map(|(l, s)| (l, s.stats())).collect();
@@ -728,7 +741,7 @@ impl Collector for WeightSyncCollector {
         ];
         for (name, help, get) in families {
             counter(
-                &mut enc,
+                enc,
                 name,
                 help,
                 read.iter().map(|(l, s)| (row(l, []), get(s))),
@@ -737,3 +750,6 @@ impl Collector for WeightSyncCollector {
         Ok(())
     }
 }
+
+#[cfg(feature = "redis")]
+crate::prometheus::collector!(WeightSyncCollector);

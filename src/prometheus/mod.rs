@@ -171,6 +171,27 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for LabelSet {
 
 // === encoding helpers ===
 
+/// A collector's families written into an encoder it does not own, so
+/// that one collector (a gateway's) can write those of many.
+pub(crate) trait EncodeInto {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result;
+}
+
+/// `Collector` for a type with [`EncodeInto`].
+macro_rules! collector {
+    ($t:ty) => {
+        impl prometheus_client::collector::Collector for $t {
+            fn encode(
+                &self,
+                mut enc: prometheus_client::encoding::DescriptorEncoder<'_>,
+            ) -> std::fmt::Result {
+                crate::prometheus::EncodeInto::encode_into(self, &mut enc)
+            }
+        }
+    };
+}
+pub(crate) use collector;
+
 /// One sample's labels: a collector's set, then its own.
 pub(crate) struct Row<'a> {
     base: &'a [(String, String)],

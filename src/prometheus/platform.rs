@@ -2,7 +2,6 @@
 
 use std::fmt;
 
-use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{LabelSet, counter, gauge, row};
@@ -32,10 +31,10 @@ impl LifecycleCollector {
     }
 }
 
-impl Collector for LifecycleCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+impl crate::prometheus::EncodeInto for LifecycleCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         gauge(
-            &mut enc,
+            enc,
             "switchyard_api_stage",
             "1 for the lifecycle stage a route's API is in.",
             self.apis.iter().map(|(l, h)| {
@@ -50,6 +49,8 @@ impl Collector for LifecycleCollector {
         )
     }
 }
+
+crate::prometheus::collector!(LifecycleCollector);
 
 // === SubscriptionCollector ===
 
@@ -74,8 +75,8 @@ impl SubscriptionCollector {
     }
 }
 
-impl Collector for SubscriptionCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+impl crate::prometheus::EncodeInto for SubscriptionCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let read: Vec<(&LabelSet, Vec<(String, u64)>)> = self
             .registries
             .iter()
@@ -90,7 +91,7 @@ impl Collector for SubscriptionCollector {
             })
             .collect();
         counter(
-            &mut enc,
+            enc,
             "switchyard_subscription_refused_total",
             "Calls refused with 403 subscription_required.",
             read.iter().flat_map(|(l, apis)| {
@@ -100,3 +101,5 @@ impl Collector for SubscriptionCollector {
         )
     }
 }
+
+crate::prometheus::collector!(SubscriptionCollector);

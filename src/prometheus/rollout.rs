@@ -2,7 +2,6 @@
 
 use std::fmt;
 
-use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{LabelSet, gauge, row};
@@ -108,8 +107,8 @@ fn view(handle: &RolloutHandle) -> RolloutView {
     }
 }
 
-impl Collector for RolloutCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+impl crate::prometheus::EncodeInto for RolloutCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let read: Vec<(&LabelSet, RolloutView)> = self
             .rollouts
             .iter()
@@ -122,7 +121,7 @@ impl Collector for RolloutCollector {
             })
             .collect();
         gauge(
-            &mut enc,
+            enc,
             "switchyard_rollout_state",
             "A rollout's state: 1 for the one it is in.",
             read.iter().flat_map(|(l, v)| {
@@ -132,21 +131,21 @@ impl Collector for RolloutCollector {
             }),
         )?;
         gauge(
-            &mut enc,
+            enc,
             "switchyard_rollout_step",
             "A rollout's current step (the number of steps when done).",
             read.iter()
                 .map(|(l, v)| (row(l, []), i64::try_from(v.step).unwrap_or(i64::MAX))),
         )?;
         gauge(
-            &mut enc,
+            enc,
             "switchyard_rollout_canary_weight",
             "The canary's share of the traffic a rollout last set, in percent.",
             read.iter()
                 .map(|(l, v)| (row(l, []), i64::from(v.canary_weight))),
         )?;
         gauge(
-            &mut enc,
+            enc,
             "switchyard_rollout_last_verdict",
             "A rollout's last analysis verdict: 1 for its outcome.",
             read.iter().flat_map(|(l, v)| {
@@ -160,3 +159,5 @@ impl Collector for RolloutCollector {
         )
     }
 }
+
+crate::prometheus::collector!(RolloutCollector);
