@@ -225,7 +225,26 @@ pub struct WebhookConfig {
 /// A route's rollout plan (`[routes.rollout]`): which target (a split's)
 /// or version (a model alias's) is stable, which is the canary, and the
 /// [`Plan`](crate::rollout::Plan) that moves traffic between them. It runs
-/// when started through the admin API (`POST /rollouts/{route}`).
+/// when started through the admin API (`POST /rollouts/{route}`) or
+/// [`Gateway::start_rollout`](super::Gateway::start_rollout), and is
+/// paused, resumed, skipped and aborted there.
+///
+/// * **Reloads.** A running rollout keeps going: it finds its route by
+///   name in the configuration in force at each step (a rebuilt split
+///   too), and a reload that sets the route's weights has the rollout's
+///   weight put back before the new configuration takes requests. A
+///   reload that changes the plan changes the next rollout, not the one
+///   running.
+/// * **Restarts.** Its record (state, step, weight, verdicts, history) is
+///   kept in `[platform]`'s store (a state file or Redis; in memory
+///   without one) on every event, with a heartbeat every 10 s while it
+///   runs. A gateway that stops mid-rollout cannot finish it: the next
+///   gateway over the same store that finds the record running with a
+///   heartbeat over 30 s old **aborts it** — traffic back on `stable`,
+///   the reason recorded, webhooks told `aborted` — and it can be started
+///   again. (Resuming mid-plan after a restart would judge the canary on
+///   windows the restart cut; an abort is the safe side.)
+/// * **Webhooks** (`[[rollouts.webhooks]]`) hear every event in order.
 ///
 /// ```
 /// # use switchyard::gateway::GatewayConfig;
