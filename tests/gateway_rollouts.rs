@@ -438,7 +438,10 @@ async fn a_failing_canary_is_rolled_back_on_its_own() {
         .await;
     assert_eq!(code, StatusCode::CREATED, "{again}");
     // A new record: the last one's history is not carried into it.
-    assert!(again["history"].as_array().map_or(0, Vec::len) <= 3, "{again}");
+    assert!(
+        again["history"].as_array().map_or(0, Vec::len) <= 3,
+        "{again}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

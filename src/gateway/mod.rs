@@ -91,6 +91,7 @@ mod admin_rollouts;
 mod build;
 mod config;
 mod keys;
+mod limits;
 mod metrics;
 mod platform;
 mod redact;
@@ -114,11 +115,11 @@ use http_body_util::combinators::UnsyncBoxBody;
 use tower::Service;
 
 pub use config::{
-    AdminConfig, ApiConfig, ApiKeyConfig, AuthConfig, BalanceConfig, ForwardedForConfig,
-    GatewayConfig, HealthCheckConfig, KeyConfig, ModelConfig, PlatformConfig, PromptRouteConfig,
-    QuotaConfig, RateLimitConfig, RedisConfig, RedisFailureConfig, RolloutsConfig, RouteConfig,
-    RouteRolloutConfig, SplitConfig, TargetConfig, TesterHeaderConfig, UpstreamConfig,
-    WebhookConfig, WeightSyncConfig,
+    AdminConfig, ApiConfig, ApiKeyConfig, AuthConfig, BalanceConfig, CostConfig,
+    ForwardedForConfig, GatewayConfig, HealthCheckConfig, KeyConfig, MissingKeyConfig, ModelConfig,
+    PlatformConfig, PromptRouteConfig, QuotaConfig, RateLimitConfig, RedisConfig,
+    RedisFailureConfig, RolloutsConfig, RouteConfig, RouteRolloutConfig, SplitConfig, TargetConfig,
+    TesterHeaderConfig, UpstreamConfig, WebhookConfig, WeightSyncConfig, WhenFullConfig,
 };
 
 pub use redact::REDACTED;
