@@ -19,6 +19,7 @@ mod edge_paths;
 mod edge_server;
 mod endpoints;
 mod gateway_e2e;
+mod gateway_options;
 mod gateway_platform;
 mod gateway_rollouts;
 mod gateway_spend;

@@ -1507,24 +1507,30 @@ fn local_limiter(
     if qs.len() != rl.quotas.len() {
         return None;
     }
-    if let Some((layer, handle)) = reused {
-        changes.push(Change::Quotas(handle.clone(), options.settings(qs)));
-        return Some((layer.clone(), handle.clone()));
-    }
+    let settings = reused.map(|_| options.settings(qs.clone()));
     let mut b = RateLimitLayer::builder().key_by(key);
     for q in qs {
         b = b.quota(q);
     }
-    match options.local(b).build() {
-        Ok(layer) => {
-            let h = layer.handle();
-            Some((layer, h))
+    // Built even when the old one is kept: its checks locate a problem
+    // here, rather than when the reload's changes are applied.
+    let built = match options.local(b).build() {
+        Ok(layer) => layer,
+        Err(crate::ratelimit::RateLimitError::Tier { tier, error }) => {
+            problems.push(format!("{here}.tiers.{tier}"), error);
+            return None;
         }
         Err(e) => {
             problems.push(format!("{here}.quotas"), e);
-            None
+            return None;
         }
+    };
+    if let (Some((layer, handle)), Some(settings)) = (reused, settings) {
+        changes.push(Change::Quotas(handle.clone(), settings));
+        return Some((layer.clone(), handle.clone()));
     }
+    let h = built.handle();
+    Some((built, h))
 }
 
 /// A route's rate limit counted in Redis: the old layer (and its counters)
