@@ -759,8 +759,9 @@ pub(super) fn allow_listed<'r>(set: &HashSet<Key<'r>>, key: &Key<'r>) -> bool {
 
 // === impl RateLimitHandle ===
 
-/// A live handle on a rate limiter: change quotas, dry-run and the allow
-/// list; inspect, check or charge a key; read counters. Cheap to clone.
+/// A live handle on a rate limiter: change quotas, per-tier quotas,
+/// dry-run and the allow list; inspect, check or charge a key (against the
+/// default quotas); read counters. Cheap to clone.
 #[derive(Clone)]
 pub struct RateLimitHandle {
     limiter: Arc<Limiter>,
