@@ -23,6 +23,7 @@ mod endpoints;
 mod gateway_e2e;
 mod gateway_jwt;
 mod gateway_mirror;
+mod gateway_options;
 mod gateway_platform;
 mod gateway_rollouts;
 mod gateway_spend;

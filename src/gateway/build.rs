@@ -272,7 +272,8 @@ pub(crate) enum Change {
         Vec<std::sync::Arc<crate::model::handle::Upstream>>,
     ),
     Rules(TransformHandle, crate::transform::Rules),
-    Quotas(RateLimitHandle, Vec<Quota>),
+    /// A kept limiter's quotas, tiers, dry-run and allow list.
+    Quotas(RateLimitHandle, crate::ratelimit::Settings),
     /// A reused mirror's share, changed by a reload.
     #[cfg(feature = "mirror")]
     MirrorPercent(crate::mirror::MirrorHandle, f64),
@@ -331,7 +332,7 @@ impl Change {
             Change::Catalog(h, _) => Change::Catalog(h.clone(), h.catalog()),
             Change::ProviderKeys(h, _) => Change::ProviderKeys(h.clone(), h.current_keys()),
             Change::Rules(h, _) => Change::Rules(h.clone(), h.rules()),
-            Change::Quotas(h, _) => Change::Quotas(h.clone(), h.quotas()),
+            Change::Quotas(h, _) => Change::Quotas(h.clone(), h.settings()),
             Change::Prices(m, _) => Change::Prices(m.clone(), m.prices()),
             #[cfg(feature = "mirror")]
             Change::MirrorPercent(h, _) => Change::MirrorPercent(h.clone(), h.percent()),
@@ -361,9 +362,9 @@ impl Change {
                 Ok(())
             }
             Change::Rules(h, rules) => h.set_rules(rules).map_err(|e| problem("transform", &e)),
-            Change::Quotas(h, quotas) => {
-                h.set_quotas(quotas).map_err(|e| problem("rate_limit", &e))
-            }
+            Change::Quotas(h, settings) => h
+                .set_settings(settings)
+                .map_err(|e| problem("rate_limit", &e)),
             Change::Prices(m, prices) => {
                 m.set_prices(prices);
                 Ok(())
@@ -998,7 +999,7 @@ pub(crate) fn period(text: &str) -> Option<Duration> {
     })
 }
 
-fn quotas(list: &[QuotaConfig], at: &str, problems: &mut Problems) -> Vec<Quota> {
+pub(crate) fn quotas(list: &[QuotaConfig], at: &str, problems: &mut Problems) -> Vec<Quota> {
     let mut out = Vec::new();
     for (i, q) in list.iter().enumerate() {
         let here = format!("{at}[{i}]");
@@ -1266,7 +1267,8 @@ fn build_route(
                     && old_mc.body_limit == mc.body_limit
                     && old_mc.providers == mc.providers
                     && old_mc.unsupported == mc.unsupported
-                    && old_mc.spend == mc.spend)
+                    && old_mc.spend == mc.spend
+                    && old_mc.fallback_on == mc.fallback_on)
                     .then_some(o.model.as_ref()?)
             });
             let built = match reusable {
@@ -1292,7 +1294,7 @@ fn build_route(
                     for (name, provider) in &mc.providers {
                         b = b.provider(name.clone(), provider.clone());
                     }
-                    b = b.unsupported(mc.unsupported);
+                    b = b.unsupported(mc.unsupported).fallback_on(mc.fallback_on);
                     if let Some((_, meter)) = &spend {
                         b = b.admit(meter.clone());
                     }
@@ -1367,11 +1369,12 @@ fn build_route(
 
     // Rate limit, counted in Redis.
     #[cfg(feature = "redis")]
-    let shared_limiter = rc
-        .rate_limit
-        .as_ref()
-        .filter(|rl| rl.redis)
-        .and_then(|rl| shared_limiter(rl, &format!("{at}.rate_limit"), redis, old, problems));
+    let shared_limiter = rc.rate_limit.as_ref().filter(|rl| rl.redis).and_then(|rl| {
+        let place = super::limits::Place::Route {
+            authenticated: rc.auth.is_some(),
+        };
+        shared_limiter(rl, &format!("{at}.rate_limit"), place, redis, old, problems)
+    });
     #[cfg(not(feature = "redis"))]
     if rc.rate_limit.as_ref().is_some_and(|rl| rl.redis) {
         // `[redis]` itself was refused already.
@@ -1393,10 +1396,20 @@ fn build_route(
                     o.config
                         .rate_limit
                         .as_ref()
-                        .is_some_and(|o| o.key == rl.key)
+                        .is_some_and(|o| super::limits::same_build(o, rl))
                 })
                 .and_then(|o| o.limiter.as_ref());
-            local_limiter(rl, &format!("{at}.rate_limit"), reused, problems, changes)
+            let place = super::limits::Place::Route {
+                authenticated: rc.auth.is_some(),
+            };
+            local_limiter(
+                rl,
+                &format!("{at}.rate_limit"),
+                place,
+                reused,
+                problems,
+                changes,
+            )
         });
 
     if problems.0.len() > before {
@@ -1530,7 +1543,8 @@ fn prompt_api(
 }
 
 /// `pre_auth_limit`: one limiter for every route, kept across reloads
-/// (with its cells) while its key is unchanged.
+/// (with its cells) while its key and build options are unchanged (see
+/// [`RateLimitConfig`]).
 fn pre_auth_limiter(
     rl: &RateLimitConfig,
     old: Option<&State>,
@@ -1556,46 +1570,58 @@ fn pre_auth_limiter(
             o.config
                 .pre_auth_limit
                 .as_ref()
-                .is_some_and(|o| o.key == rl.key)
+                .is_some_and(|o| super::limits::same_build(o, rl))
         })
         .and_then(|o| o.pre_auth.as_ref());
-    local_limiter(rl, here, reused, problems, changes)
+    let place = super::limits::Place::PreAuth;
+    local_limiter(rl, here, place, reused, problems, changes)
 }
 
 /// A rate limit counted in this process, at `here` in the configuration:
-/// `reused` (its cells kept, its quotas changed when the reload is
-/// applied) or a new one.
+/// `reused` (its cells kept; its quotas, tiers, dry-run and allow list
+/// changed when the reload is applied) or a new one.
 fn local_limiter(
     rl: &RateLimitConfig,
     here: &str,
+    place: super::limits::Place,
     reused: Option<&(RateLimitLayer, RateLimitHandle)>,
     problems: &mut Problems,
     changes: &mut Changes,
 ) -> Option<(RateLimitLayer, RateLimitHandle)> {
-    let key = key_by(&rl.key, &format!("{here}.key"), problems)?;
+    let key = key_by(&rl.key, &format!("{here}.key"), problems);
     let qs = quotas(&rl.quotas, &format!("{here}.quotas"), problems);
-    if qs.is_empty() {
+    if rl.quotas.is_empty() {
         problems.push(format!("{here}.quotas"), "at least one quota");
+    }
+    let options = super::limits::options(rl, here, place, problems);
+    let (key, options) = (key?, options?);
+    if qs.len() != rl.quotas.len() {
         return None;
     }
-    if let Some((layer, handle)) = reused {
-        changes.push(Change::Quotas(handle.clone(), qs));
-        return Some((layer.clone(), handle.clone()));
-    }
+    let settings = reused.map(|_| options.settings(qs.clone()));
     let mut b = RateLimitLayer::builder().key_by(key);
     for q in qs {
         b = b.quota(q);
     }
-    match b.build() {
-        Ok(layer) => {
-            let h = layer.handle();
-            Some((layer, h))
+    // Built even when the old one is kept: its checks locate a problem
+    // here, rather than when the reload's changes are applied.
+    let built = match options.local(b).build() {
+        Ok(layer) => layer,
+        Err(crate::ratelimit::RateLimitError::Tier { tier, error }) => {
+            problems.push(format!("{here}.tiers.{tier}"), error);
+            return None;
         }
         Err(e) => {
             problems.push(format!("{here}.quotas"), e);
-            None
+            return None;
         }
+    };
+    if let (Some((layer, handle)), Some(settings)) = (reused, settings) {
+        changes.push(Change::Quotas(handle.clone(), settings));
+        return Some((layer.clone(), handle.clone()));
     }
+    let h = built.handle();
+    Some((built, h))
 }
 
 /// A route's rate limit counted in Redis: the old layer (and its counters)
@@ -1620,15 +1646,20 @@ pub(crate) fn redis_failure(rc: &RedisConfig) -> crate::ratelimit::redis::RedisF
 fn shared_limiter(
     rl: &RateLimitConfig,
     here: &str,
+    place: super::limits::Place,
     redis: Option<&SharedRedis>,
     old: Option<&BuiltRoute>,
     problems: &mut Problems,
 ) -> Option<(RedisConfig, crate::ratelimit::redis::RedisRateLimitLayer)> {
     use crate::ratelimit::redis::RedisRateLimitLayer;
-    let key = key_by(&rl.key, &format!("{here}.key"), problems)?;
+    let key = key_by(&rl.key, &format!("{here}.key"), problems);
     let qs = quotas(&rl.quotas, &format!("{here}.quotas"), problems);
-    if qs.is_empty() {
+    if rl.quotas.is_empty() {
         problems.push(format!("{here}.quotas"), "at least one quota");
+    }
+    let options = super::limits::options(rl, here, place, problems);
+    let (key, options) = (key?, options?);
+    if qs.len() != rl.quotas.len() {
         return None;
     }
     let Some(redis) = redis else {
@@ -1657,7 +1688,7 @@ fn shared_limiter(
     for q in qs {
         b = b.quota(q);
     }
-    match b.build() {
+    match options.redis(b).build() {
         Ok(layer) => Some((rc.clone(), layer)),
         Err(e) => {
             problems.push(format!("{here}.quotas"), e);

@@ -742,7 +742,49 @@ pub struct AuthConfig {
     pub jwt: bool,
 }
 
-/// Rate limiting on a route.
+/// Rate limiting on a route (see [`crate::ratelimit`]), or before
+/// authentication (`pre_auth_limit`).
+///
+/// ```
+/// # use switchyard::gateway::GatewayConfig;
+/// let config = GatewayConfig::from_toml(r#"
+///     [upstreams.api]
+///     url = "http://127.0.0.1:3001"
+///     [[api_keys]]
+///     key = "demo-key"
+///     id = "demo"
+///     tier = "gold"
+///     [[routes]]
+///     name = "api"
+///     auth = {}
+///     split.targets = [{ name = "api", upstream = "api", weight = 1 }]
+///     [routes.rate_limit]
+///     key = "identity"
+///     quotas = [{ limit = 60, period = "1m" }]
+///     tiers.gold = [{ limit = 600, period = "1m", name = "gold" }]
+///     cost = { header = "x-estimated-cost", default = 1 }
+///     allow = ["ops-bot"]
+///     dry_run = true
+///     max_keys = 50000
+///     on_missing_key = "allow"
+/// "#)?;
+/// let rl = config.routes[0].rate_limit.as_ref().unwrap();
+/// assert_eq!(rl.tiers["gold"][0].limit, 600);
+/// # Ok::<_, toml::de::Error>(())
+/// ```
+///
+/// # Reloads
+///
+/// A reload keeps a route's limiter counted in this process, and every
+/// key's state in it, while its `key` and the options a limiter is built
+/// with (`cost`, `max_keys`, `when_full`, `on_missing_key`,
+/// `missing_key_status`, `headers_on_allowed`, `legacy_headers`) stay the
+/// same; it then changes `quotas`, `tiers`, `dry_run` and `allow` in place,
+/// all at once, as [`RateLimitHandle`](crate::ratelimit::RateLimitHandle)
+/// does (each key's state kept per quota position). A reload that changes
+/// one of the build options builds a new limiter: every key starts fresh.
+/// A limit counted in Redis is built again on any change, its state being
+/// in Redis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -750,12 +792,113 @@ pub struct RateLimitConfig {
     /// What is limited: `"identity"`, `"peer_ip"`, `"global"`,
     /// `{ header = "x-user" }`, `{ client_ip = ["10.0.0.0/8"] }` ...
     pub key: KeyConfig,
-    /// The quotas, all of which must allow a request.
+    /// The quotas, all of which must allow a request (up to four): every
+    /// caller's, or, with `tiers`, those of callers without a tier of
+    /// their own there.
     pub quotas: Vec<QuotaConfig>,
     /// Count in the gateway's `[redis]`, shared by every replica, instead
-    /// of in this process.
+    /// of in this process. Such a limit takes `cost`, `dry_run`, `allow`,
+    /// `on_missing_key` and the header options; `tiers`, `max_keys` and
+    /// `when_full` are refused with it.
     #[serde(default)]
     pub redis: bool,
+    /// Quotas by tier (the [`tier`](ApiKeyConfig::tier) of the caller's
+    /// API key, [`Identity::tier`](crate::auth::Identity::tier)): a caller
+    /// of a tier listed here is limited by that tier's quotas instead of
+    /// `quotas` (`tiers.gold = [{ limit = 600, period = "1m" }]`). None by
+    /// default. Needs `auth` on the route; refused before authentication
+    /// and with `redis = true`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tiers: BTreeMap<String, Vec<QuotaConfig>>,
+    /// What a request costs in quota units: 1 by default; `{ fixed = 5 }`,
+    /// or `{ header = "x-estimated-tokens", default = 100 }` (see
+    /// [`CostConfig`]). A cost above a quota's burst is always refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostConfig>,
+    /// Count, and send the headers, but never refuse: requests over the
+    /// limit are let through and counted as dry-run refusals (to try a
+    /// limit on real traffic first). Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// Keys never limited (nor counted), in the form `key` takes: IP
+    /// addresses for `peer_ip` and `client_ip`, header or cookie values,
+    /// and for `identity` an API key's `id` (`"tenant/id"` for one with a
+    /// tenant). Refused with `key = "global"`. Empty by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// The most keys counted at once in this process (100000 by default):
+    /// the memory bound of the limiter (see [`crate::ratelimit`]'s
+    /// "Memory"). Refused with `redis = true`, where Redis keeps the keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<usize>,
+    /// With `max_keys` keys in use and none fully recovered: `"share"` (the
+    /// default) limits every new key with one shared state, `"allow"` lets
+    /// new keys through unlimited. Refused with `redis = true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_full: Option<WhenFullConfig>,
+    /// A request without a key (no `x-user` header, no identity):
+    /// `"reject"` (the default, with `missing_key_status`) or `"allow"`
+    /// (let through unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_missing_key: Option<MissingKeyConfig>,
+    /// With `on_missing_key = "reject"`: the status of the refusal, a 4xx
+    /// (400 by default; 401 or 429 also make sense).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_key_status: Option<u16>,
+    /// Whether allowed responses carry `RateLimit` and `RateLimit-Policy`
+    /// too (true by default; refusals always do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_on_allowed: Option<bool>,
+    /// Also send `X-RateLimit-Limit`, `-Remaining` and `-Reset`, for
+    /// clients that expect them (off by default).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legacy_headers: bool,
+}
+
+/// `rate_limit.cost`: what one request costs. Give exactly one of `fixed`
+/// and `header`.
+///
+/// A cost read from a header is only as honest as whoever sets the header:
+/// a client that may send it can make its requests cost as little as 1
+/// (never less). Use it for a header set by the gateway's own `transform`
+/// or a trusted front, or for a declared estimate (tokens) checked later.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CostConfig {
+    /// Every request costs this many units (at least 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed: Option<u32>,
+    /// A request costs the whole number in this header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// With `header`: the cost of a request without the header, or whose
+    /// value is not a whole number of at least 1 (1 by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<u32>,
+}
+
+/// `rate_limit.when_full`: what new keys get when the limiter's table is
+/// full of keys still counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum WhenFullConfig {
+    /// Every new key shares one state with the same quotas.
+    Share,
+    /// New keys are let through unlimited (fail open).
+    Allow,
+}
+
+/// `rate_limit.on_missing_key`: what a request without a key gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MissingKeyConfig {
+    /// Refused with `missing_key_status` and a problem+json body.
+    Reject,
+    /// Let through unlimited.
+    Allow,
 }
 
 /// A quota: `limit` requests per `period`, with bursts of `burst`.
@@ -847,4 +990,21 @@ pub struct ModelConfig {
     pub unsupported: Unsupported,
     /// Prices, token limits and budgets (see [`SpendConfig`](super::SpendConfig)).
     pub spend: Option<super::spend::SpendConfig>,
+    /// When a request that failed on a version of an alias with a
+    /// [`fallback`](crate::model::Alias::fallback) is sent once more, to the
+    /// fallback (`catalog.aliases[].fallback`, a model of the catalog): on
+    /// `errors` (the upstream could not be reached or timed out),
+    /// `server_errors` (a 5xx) and `too_many_requests` (a 429), all true by
+    /// default (`fallback_on = { too_many_requests = false }` turns one
+    /// off). A request is retried once, before anything of the answer
+    /// reached the client; both attempts count in the versions' counters
+    /// and `switchyard_model_fallbacks_total`. A reload that changes it
+    /// builds the router again (its catalog's weights, as the
+    /// configuration has them).
+    #[serde(skip_serializing_if = "is_default_fallback")]
+    pub fallback_on: crate::model::FallbackOn,
+}
+
+fn is_default_fallback(on: &crate::model::FallbackOn) -> bool {
+    *on == crate::model::FallbackOn::default()
 }

@@ -73,6 +73,11 @@
 //! `"reject"` (503) or `"local"` (limited in memory with this replica's
 //! share of each quota, one of `replicas`); after `breaker_failures` failed
 //! checks in a row the limiters stop asking for `breaker_cooldown_ms`.
+//! A limit's options beyond its key and quotas (quotas per API-key `tier`,
+//! request `cost`, `dry_run`, an `allow` list, `max_keys`, what requests
+//! without a key get, the headers) are [`RateLimitConfig`]'s, and a model
+//! route's fallback rules are its alias's `fallback` and
+//! [`ModelConfig::fallback_on`].
 //!
 //! Every request is logged as one `tracing` event at `INFO` under the
 //! target `switchyard::access` (route, method, path without its query,
@@ -93,6 +98,7 @@ mod config;
 #[cfg(feature = "jwt")]
 mod jwt;
 mod keys;
+mod limits;
 mod metrics;
 #[cfg(feature = "mirror")]
 mod mirror;
@@ -120,11 +126,12 @@ use http_body_util::combinators::UnsyncBoxBody;
 use tower::Service;
 
 pub use config::{
-    AdminConfig, ApiConfig, ApiKeyConfig, AuthConfig, BalanceConfig, ForwardedForConfig,
-    GatewayConfig, HealthCheckConfig, JwtConfig, JwtKeyConfig, KeyConfig, MirrorConfig,
-    ModelConfig, PlatformConfig, PromptRouteConfig, QuotaConfig, RateLimitConfig, RedisConfig,
-    RedisFailureConfig, RolloutsConfig, RouteConfig, RouteRolloutConfig, SplitConfig, TargetConfig,
-    TesterHeaderConfig, UpstreamConfig, WebhookConfig, WeightSyncConfig,
+    AdminConfig, ApiConfig, ApiKeyConfig, AuthConfig, BalanceConfig, CostConfig,
+    ForwardedForConfig, GatewayConfig, HealthCheckConfig, JwtConfig, JwtKeyConfig, KeyConfig,
+    MirrorConfig, MissingKeyConfig, ModelConfig, PlatformConfig, PromptRouteConfig, QuotaConfig,
+    RateLimitConfig, RedisConfig, RedisFailureConfig, RolloutsConfig, RouteConfig,
+    RouteRolloutConfig, SplitConfig, TargetConfig, TesterHeaderConfig, UpstreamConfig,
+    WebhookConfig, WeightSyncConfig, WhenFullConfig,
 };
 
 pub use metrics::GatewayCollector;

@@ -151,7 +151,13 @@ pub struct Alias {
     pub name: String,
     /// Versions and their relative weights (zero is allowed; not all zero).
     pub versions: Weights,
-    /// The version a failed request is retried on once.
+    /// The version a failed request is retried on, once: a model of the
+    /// catalog (not an alias; an unknown name is refused at
+    /// `aliases[i].fallback`). Which failures count is the router's
+    /// [`FallbackOn`](super::FallbackOn) (a gateway's `fallback_on` in the
+    /// route's `model` section): errors, 5xx and 429 by default. A request
+    /// that failed on the fallback version itself is not retried. None by
+    /// default: no retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
 }

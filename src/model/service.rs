@@ -87,7 +87,12 @@ pub enum ModelSource {
 }
 
 /// When a failed request is retried once on its alias's fallback version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// In a gateway's configuration, `fallback_on` in a route's `model`
+/// section: `fallback_on = { too_many_requests = false }` (a field left out
+/// keeps its default, true).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct FallbackOn {
     /// The upstream call failed (connection refused, timeout...).

@@ -52,6 +52,17 @@
 //! [`RateLimitHandle::charge`]. With several quotas a request passes only
 //! if all pass, and a refused request consumes none of them.
 //!
+//! # Tiers
+//!
+//! Callers on different plans get different quotas with
+//! [`RateLimitBuilder::tier`]: a request whose
+//! [`Identity`](crate::auth::Identity) (recorded by authentication) has a
+//! [`tier`](crate::auth::Identity::tier) with quotas of its own is checked
+//! against those, every other request against the default ones. The tier
+//! is looked up by name per request without allocating; a limiter without
+//! tiers does not look. [`RateLimitHandle::set_tier_quotas`] changes them
+//! live.
+//!
 //! # Memory
 //!
 //! The table holds at most [`max_keys`](RateLimitBuilder::max_keys) keys
@@ -106,6 +117,8 @@ pub use crate::future::ResponseFuture;
 #[cfg(feature = "json")]
 pub(crate) use clock::ClockSource;
 pub use clock::{Clock, ManualClock, MonotonicClock};
+#[cfg(feature = "config")]
+pub(crate) use service::Settings;
 pub use service::{
     Decision, MissingKey, QuotaState, RateLimit, RateLimitBuilder, RateLimitHandle, RateLimitLayer,
     RateLimitStats,
@@ -249,6 +262,14 @@ pub enum RateLimitError {
     /// `max_keys` of zero.
     #[error("max_keys must be at least 1")]
     NoKeys,
+    /// A tier's quotas were refused.
+    #[error("tier `{tier}`: {error}")]
+    Tier {
+        /// The tier.
+        tier: String,
+        /// Why its quotas were refused.
+        error: Box<RateLimitError>,
+    },
     /// A Redis limiter's local fallback shared among zero replicas.
     #[error("the local fallback's replicas must be at least 1")]
     NoReplicas,

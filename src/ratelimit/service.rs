@@ -1,6 +1,6 @@
 //! The layer, service, handle and builder of the rate limiter.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,7 @@ use super::gcra::{Gcra, Verdict};
 use super::headers;
 use super::store::{Entry, KeyState, SLOTS, Store};
 use super::{Quota, RateLimitError};
+use crate::auth::Identity;
 use crate::body::ResponseBody;
 use crate::future::{Rejection, ResponseFuture};
 use crate::key::{Key, KeyBy, RequestView};
@@ -119,9 +120,69 @@ pub(super) struct Config {
     pub(super) policy: HeaderValue,
     pub(super) dry_run: bool,
     pub(super) allow: HashSet<Key<'static>>,
+    /// Per-tier quotas, by [`Identity::tier`]: each a `Config` of which
+    /// only the quotas (`quotas`, `gcras`, `names`, `policy`) are read;
+    /// dry-run and the allow list are this one's. Empty for the Redis
+    /// limiter, which has no tiers.
+    pub(super) tiers: Arc<HashMap<String, Config>>,
 }
 
 impl Config {
+    /// The quotas for `req`: those of its identity's tier when this
+    /// configuration has quotas for that tier, else its own. A lookup by
+    /// `&str` in the tiers' map: nothing is allocated, and a limiter
+    /// without tiers only tests that the map is empty.
+    #[inline]
+    pub(super) fn quotas_for<B>(&self, req: &Request<B>) -> &Config {
+        if self.tiers.is_empty() {
+            return self;
+        }
+        self.tier_of(req.extensions().get::<Identity>())
+    }
+
+    /// The quotas for `identity`'s tier, or the default ones.
+    fn tier_of(&self, identity: Option<&Identity>) -> &Config {
+        identity
+            .and_then(Identity::tier)
+            .and_then(|tier| self.tiers.get(tier))
+            .unwrap_or(self)
+    }
+
+    /// The same, with these tiers (checked: each tier's quotas as
+    /// [`Config::new`] checks quotas).
+    pub(super) fn with_tiers(
+        &self,
+        tiers: impl IntoIterator<Item = (String, Vec<Quota>)>,
+    ) -> Result<Self, RateLimitError> {
+        let mut map = HashMap::new();
+        for (tier, quotas) in tiers {
+            let checked = Config::new(quotas, false, HashSet::new()).map_err(|error| {
+                RateLimitError::Tier {
+                    tier: tier.clone(),
+                    error: Box::new(error),
+                }
+            })?;
+            map.insert(tier, checked);
+        }
+        Ok(Self {
+            tiers: Arc::new(map),
+            ..self.clone()
+        })
+    }
+
+    /// The tiers' quotas, by tier name.
+    pub(super) fn tier_quotas(&self) -> BTreeMap<String, Vec<Quota>> {
+        self.tiers
+            .iter()
+            .map(|(tier, c)| {
+                (
+                    tier.clone(),
+                    c.quotas.iter().map(|(q, _)| q.clone()).collect(),
+                )
+            })
+            .collect()
+    }
+
     /// The same, with dry-run on or off.
     pub(super) fn with_dry_run(&self, dry_run: bool) -> Self {
         Self {
@@ -188,6 +249,7 @@ impl Config {
             policy,
             dry_run,
             allow,
+            tiers: Arc::default(),
         })
     }
 }
@@ -665,9 +727,10 @@ where
             limiter.counters.bypassed.fetch_add(1, Ordering::Relaxed);
             return ResponseFuture::inner(self.inner.call(req));
         }
+        let quotas = config.quotas_for(&req);
         let cost = request_cost(limiter.cost.as_deref(), &req);
         let now = limiter.now();
-        let decision = decide_in(&limiter.store, &config.gcras, &key, cost, now, true);
+        let decision = decide_in(&limiter.store, &quotas.gcras, &key, cost, now, true);
         if decision.allowed {
             limiter.counters.allowed.fetch_add(1, Ordering::Relaxed);
         } else if config.dry_run {
@@ -679,11 +742,11 @@ where
             limiter.counters.rejected.fetch_add(1, Ordering::Relaxed);
             return ResponseFuture::rejected(
                 limiter
-                    .reject(&config, &decision, cost)
+                    .reject(quotas, &decision, cost)
                     .for_request(req.headers()),
             );
         }
-        let headers = limiter.headers(&config, &decision);
+        let headers = limiter.headers(quotas, &decision);
         ResponseFuture::inner_with_headers(self.inner.call(req), headers)
     }
 }
@@ -696,8 +759,9 @@ pub(super) fn allow_listed<'r>(set: &HashSet<Key<'r>>, key: &Key<'r>) -> bool {
 
 // === impl RateLimitHandle ===
 
-/// A live handle on a rate limiter: change quotas, dry-run and the allow
-/// list; inspect, check or charge a key; read counters. Cheap to clone.
+/// A live handle on a rate limiter: change quotas, per-tier quotas,
+/// dry-run and the allow list; inspect, check or charge a key (against the
+/// default quotas); read counters. Cheap to clone.
 #[derive(Clone)]
 pub struct RateLimitHandle {
     limiter: Arc<Limiter>,
@@ -766,12 +830,43 @@ impl RateLimitHandle {
         &self,
         quotas: impl IntoIterator<Item = Quota>,
     ) -> Result<(), RateLimitError> {
-        self.update(|c| Config::new(quotas.into_iter().collect(), c.dry_run, c.allow.clone()))
+        self.update(|c| {
+            let next = Config::new(quotas.into_iter().collect(), c.dry_run, c.allow.clone())?;
+            Ok(Config {
+                tiers: Arc::clone(&c.tiers),
+                ..next
+            })
+        })
     }
 
-    /// The current quotas.
+    /// The current quotas (the default ones, for callers without a tier
+    /// of their own).
     pub fn quotas(&self) -> Vec<Quota> {
         self.limiter.config.quotas()
+    }
+
+    /// Replaces the per-tier quotas (see [`RateLimitBuilder::tier`]): the
+    /// next request of a caller of one of these tiers is checked against
+    /// its tier's quotas, every other against the default ones. Each key's
+    /// state is kept per position, as [`set_quotas`](Self::set_quotas)
+    /// keeps it. On an error nothing changes.
+    pub fn set_tier_quotas<T: Into<String>>(
+        &self,
+        tiers: impl IntoIterator<Item = (T, Vec<Quota>)>,
+    ) -> Result<(), RateLimitError> {
+        let tiers: Vec<(String, Vec<Quota>)> =
+            tiers.into_iter().map(|(t, q)| (t.into(), q)).collect();
+        self.update(|c| c.with_tiers(tiers))
+    }
+
+    /// The per-tier quotas, by tier.
+    pub fn tier_quotas(&self) -> BTreeMap<String, Vec<Quota>> {
+        self.limiter.config.load().tier_quotas()
+    }
+
+    /// Whether the layer is in dry-run.
+    pub fn dry_run(&self) -> bool {
+        self.limiter.config.load().dry_run
     }
 
     /// Turns dry-run on or off: in dry-run, requests over the limit are
@@ -780,10 +875,40 @@ impl RateLimitHandle {
         let _ = self.update(|c| Ok(c.with_dry_run(dry_run)));
     }
 
+    /// The allow list: keys that bypass the limit entirely.
+    pub fn allow_list(&self) -> Vec<Key<'static>> {
+        self.limiter.config.load().allow.iter().cloned().collect()
+    }
+
     /// Replaces the allow list: keys that bypass the limit entirely.
     pub fn set_allow_list<K: Into<Key<'static>>>(&self, keys: impl IntoIterator<Item = K>) {
         let allow = keys.into_iter().map(Into::into).collect();
         let _ = self.update(|c| Ok(c.with_allow(allow)));
+    }
+
+    /// Everything the handle can change, as it is now.
+    #[cfg(feature = "config")]
+    pub(crate) fn settings(&self) -> Settings {
+        let config = self.limiter.config.load();
+        Settings {
+            quotas: config.quotas.iter().map(|(q, _)| q.clone()).collect(),
+            tiers: config.tier_quotas(),
+            dry_run: config.dry_run,
+            allow: config.allow.clone(),
+        }
+    }
+
+    /// Changes the quotas, the tiers' quotas, dry-run and the allow list
+    /// at once: the next request sees all of them or, on an error, none.
+    #[cfg(feature = "config")]
+    pub(crate) fn set_settings(&self, settings: Settings) -> Result<(), RateLimitError> {
+        let Settings {
+            quotas,
+            tiers,
+            dry_run,
+            allow,
+        } = settings;
+        self.update(|_| Config::new(quotas, dry_run, allow)?.with_tiers(tiers))
     }
 
     fn update(
@@ -819,6 +944,21 @@ impl fmt::Debug for RateLimitHandle {
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
+}
+
+/// What a [`RateLimitHandle`] changes while the limiter runs, all at
+/// once (the gateway's reloads).
+#[cfg(feature = "config")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Settings {
+    /// The default quotas.
+    pub(crate) quotas: Vec<Quota>,
+    /// Quotas by tier.
+    pub(crate) tiers: BTreeMap<String, Vec<Quota>>,
+    /// Whether over-limit requests are let through.
+    pub(crate) dry_run: bool,
+    /// Keys never limited.
+    pub(crate) allow: HashSet<Key<'static>>,
 }
 
 /// Counters of a rate limiter since it was built.
@@ -864,6 +1004,7 @@ pub struct RateLimitBuilder {
     cost: Option<Box<CostFn>>,
     dry_run: bool,
     allow: HashSet<Key<'static>>,
+    tiers: BTreeMap<String, Vec<Quota>>,
     max_keys: usize,
     share_when_full: bool,
     clock: ClockSource,
@@ -880,6 +1021,7 @@ impl Default for RateLimitBuilder {
             cost: None,
             dry_run: false,
             allow: HashSet::new(),
+            tiers: BTreeMap::new(),
             max_keys: 100_000,
             share_when_full: true,
             clock: ClockSource::Monotonic(MonotonicClock::new()),
@@ -924,6 +1066,62 @@ impl RateLimitBuilder {
     /// Lets requests with this key bypass the limit.
     pub fn allow(mut self, key: impl Into<Key<'static>>) -> Self {
         self.allow.insert(key.into());
+        self
+    }
+
+    /// Quotas for the callers of one tier: a request whose
+    /// [`Identity`] (recorded by authentication) has this
+    /// [`tier`](Identity::tier) is checked against these quotas (up to
+    /// four) instead of the default ones; requests without an identity, or
+    /// of a tier not given here, meet the default ones. Calling it again
+    /// for the same tier replaces that tier's quotas.
+    ///
+    /// Tiers share one table of keys: a key's state is kept per quota
+    /// position, so a key met under two tiers (callers of different tiers
+    /// behind one address, say) is counted once, each request against its
+    /// own tier's quotas. Key by [`KeyBy::identity`] so that every caller
+    /// has its own state. The handle's [`check`](RateLimitHandle::check),
+    /// [`peek`](RateLimitHandle::peek) and [`charge`](RateLimitHandle::charge),
+    /// which see no request, use the default quotas.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response};
+    /// use switchyard::auth::Identity;
+    /// use switchyard::key::KeyBy;
+    /// use switchyard::ratelimit::{Quota, RateLimitLayer};
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let limit = RateLimitLayer::builder()
+    ///     .key_by(KeyBy::identity())
+    ///     .quota(Quota::per_minute(1).named("free"))
+    ///     .tier("gold", [Quota::per_minute(3).named("gold")])
+    ///     .build()?;
+    /// let svc = limit.layer(service_fn(|_: Request<()>| async {
+    ///     Ok::<_, Infallible>(Response::new(String::new()))
+    /// }));
+    /// let as_caller = |identity: Identity| {
+    ///     let mut req = Request::new(());
+    ///     req.extensions_mut().insert(identity);
+    ///     req
+    /// };
+    /// for _ in 0..3 {
+    ///     let gold = as_caller(Identity::new("ann").with_tier("gold"));
+    ///     assert_eq!(svc.clone().oneshot(gold).await?.status(), 200);
+    /// }
+    /// assert_eq!(svc.clone().oneshot(as_caller(Identity::new("bob"))).await?.status(), 200);
+    /// assert_eq!(svc.clone().oneshot(as_caller(Identity::new("bob"))).await?.status(), 429);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tier(
+        mut self,
+        tier: impl Into<String>,
+        quotas: impl IntoIterator<Item = Quota>,
+    ) -> Self {
+        self.tiers.insert(tier.into(), quotas.into_iter().collect());
         self
     }
 
@@ -973,7 +1171,7 @@ impl RateLimitBuilder {
         if self.max_keys == 0 {
             return Err(RateLimitError::NoKeys);
         }
-        let config = Config::new(self.quotas, self.dry_run, self.allow)?;
+        let config = Config::new(self.quotas, self.dry_run, self.allow)?.with_tiers(self.tiers)?;
         Ok(RateLimitLayer {
             limiter: Arc::new(Limiter {
                 hot: HotQuotas::new(&config.gcras),
@@ -998,5 +1196,165 @@ impl fmt::Debug for RateLimitBuilder {
             .field("quotas", &self.quotas)
             .field("max_keys", &self.max_keys)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::ManualClock;
+    use std::convert::Infallible;
+    use tower::{ServiceExt, service_fn};
+
+    /// A service limited per identity: 1 per minute by default, 3 per
+    /// minute for `gold`, on a clock that stands still.
+    fn tiered() -> (
+        impl Service<Request<()>, Response = Response<ResponseBody<String>>, Error = Infallible> + Clone,
+        RateLimitHandle,
+    ) {
+        let layer = RateLimitLayer::builder()
+            .key_by(KeyBy::identity())
+            .clock(ManualClock::new())
+            .quota(Quota::per_minute(1).named("default"))
+            .tier("gold", [Quota::per_minute(3).named("gold")])
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let svc = layer.layer(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+        (svc, handle)
+    }
+
+    fn as_caller(identity: Identity) -> Request<()> {
+        let mut req = Request::new(());
+        req.extensions_mut().insert(identity);
+        req
+    }
+
+    /// The statuses of `n` requests of `identity`.
+    async fn statuses<S>(svc: &S, identity: &Identity, n: usize) -> Vec<u16>
+    where
+        S: Service<Request<()>, Response = Response<ResponseBody<String>>, Error = Infallible>
+            + Clone,
+    {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let res = svc
+                .clone()
+                .oneshot(as_caller(identity.clone()))
+                .await
+                .unwrap();
+            out.push(res.status().as_u16());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn each_tier_meets_its_own_quotas() {
+        let (svc, _) = tiered();
+        let gold = Identity::new("ann").with_tier("gold");
+        assert_eq!(statuses(&svc, &gold, 4).await, [200, 200, 200, 429]);
+        // No tier, and a tier without quotas of its own: the default.
+        let plain = Identity::new("bob");
+        assert_eq!(statuses(&svc, &plain, 2).await, [200, 429]);
+        let silver = Identity::new("cid").with_tier("silver");
+        assert_eq!(statuses(&svc, &silver, 2).await, [200, 429]);
+        // The refusal names the tier's quota.
+        let res = svc.clone().oneshot(as_caller(gold)).await.unwrap();
+        assert_eq!(res.headers()["ratelimit-policy"], r#""gold";q=3;w=60"#);
+    }
+
+    #[tokio::test]
+    async fn tiers_change_live_and_keep_each_keys_state() {
+        let (svc, handle) = tiered();
+        let gold = Identity::new("ann").with_tier("gold");
+        assert_eq!(statuses(&svc, &gold, 2).await, [200, 200]);
+        handle
+            .set_tier_quotas([("gold", vec![Quota::per_minute(5).named("gold")])])
+            .unwrap();
+        // The key's state is kept as time: 40 s ahead of now (two 20 s
+        // units of 3 per minute), so under 5 per minute (12 s a unit, 60 s
+        // of tolerance) one more fits, not three.
+        assert_eq!(statuses(&svc, &gold, 2).await, [200, 429]);
+        assert_eq!(
+            handle.tier_quotas()["gold"],
+            [Quota::per_minute(5).named("gold")]
+        );
+        // Tiers removed: the default quota, from the same state.
+        handle
+            .set_tier_quotas(Vec::<(String, Vec<Quota>)>::new())
+            .unwrap();
+        assert!(handle.tier_quotas().is_empty());
+        assert_eq!(statuses(&svc, &gold, 1).await, [429]);
+        // Default quotas changed: the tiers stay.
+        handle
+            .set_tier_quotas([("gold", vec![Quota::per_minute(9)])])
+            .unwrap();
+        handle.set_quotas([Quota::per_minute(2)]).unwrap();
+        assert_eq!(handle.tier_quotas().len(), 1);
+    }
+
+    #[test]
+    fn a_tiers_invalid_quota_is_refused_with_its_tier() {
+        let refused = RateLimitLayer::builder()
+            .quota(Quota::per_second(1))
+            .tier("gold", [Quota::per_second(0).named("zero")])
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            refused,
+            RateLimitError::Tier {
+                tier: "gold".into(),
+                error: Box::new(RateLimitError::InvalidQuota("zero".into())),
+            }
+        );
+        assert_eq!(
+            refused.to_string(),
+            "tier `gold`: quota `zero`: count, period and burst must be above zero, and burst × period / count below 146 years"
+        );
+        let none = RateLimitLayer::builder()
+            .quota(Quota::per_second(1))
+            .tier("gold", [])
+            .build()
+            .unwrap_err();
+        assert!(matches!(none, RateLimitError::Tier { .. }));
+        // Through the handle: refused, nothing changed.
+        let layer = RateLimitLayer::builder()
+            .quota(Quota::per_second(1))
+            .tier("gold", [Quota::per_second(5)])
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        assert!(handle.set_tier_quotas([("gold", vec![])]).is_err());
+        assert_eq!(handle.tier_quotas()["gold"], [Quota::per_second(5)]);
+    }
+
+    #[cfg(feature = "config")]
+    #[test]
+    fn settings_change_together_or_not_at_all() {
+        let layer = RateLimitLayer::builder()
+            .quota(Quota::per_second(1))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let before = handle.settings();
+        let mut next = before.clone();
+        next.quotas = vec![Quota::per_second(7)];
+        next.tiers
+            .insert("gold".into(), vec![Quota::per_second(70)]);
+        next.dry_run = true;
+        next.allow.insert(Key::from("bot"));
+        handle.set_settings(next.clone()).unwrap();
+        assert_eq!(handle.settings(), next);
+        assert!(handle.dry_run());
+        assert_eq!(handle.allow_list(), [Key::from("bot")]);
+        let mut broken = before.clone();
+        broken.dry_run = true;
+        broken
+            .tiers
+            .insert("bad".into(), vec![Quota::per_second(0)]);
+        assert!(handle.set_settings(broken).is_err());
+        assert_eq!(handle.settings(), next);
     }
 }
