@@ -467,6 +467,13 @@ async fn drive(page: &Client, demo: &Demo) {
         (40..=120).contains(&green),
         "60/40 gave {blue} blue, {green} green"
     );
+    if std::env::var_os("SWITCHYARD_SCREENSHOTS").is_some() {
+        // Traffic through a poll, for verdicts with figures in the shot.
+        let until = Instant::now() + Duration::from_millis(2500);
+        while Instant::now() < until {
+            demo.traffic(20).await;
+        }
+    }
     screenshot(page, "rollouts").await;
     // Abort asks to be pressed twice.
     by_id(page, "rollout-abort-api")
