@@ -582,7 +582,7 @@ impl crate::prometheus::EncodeInto for MirrorCollector {
                 ]
             }),
         )?;
-        super::gauge_f64(
+        gauge(
             enc,
             "switchyard_mirror_latency_diff_seconds",
             "Sum over compared pairs of the shadow's minus the primary's time to response headers: positive when the shadow is slower.",

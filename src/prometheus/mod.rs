@@ -239,32 +239,17 @@ pub(crate) fn counter<'r>(
     Ok(())
 }
 
-/// Writes a gauge family, unless it has no sample.
-fn gauge<'r>(
+/// Writes a gauge family (`i64` or `f64` values), unless it has no
+/// sample.
+fn gauge<'r, V>(
     enc: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    rows: impl IntoIterator<Item = (Row<'r>, i64)>,
-) -> fmt::Result {
-    let rows: Vec<_> = rows.into_iter().collect();
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut family = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, n) in &rows {
-        ConstGauge::new(*n).encode(family.encode_family(labels)?)?;
-    }
-    Ok(())
-}
-
-/// Writes a gauge family of fractional values, unless it has no sample.
-#[cfg(feature = "mirror")]
-fn gauge_f64<'r>(
-    enc: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    rows: impl IntoIterator<Item = (Row<'r>, f64)>,
-) -> fmt::Result {
+    rows: impl IntoIterator<Item = (Row<'r>, V)>,
+) -> fmt::Result
+where
+    V: prometheus_client::encoding::EncodeGaugeValue + Copy + fmt::Debug,
+{
     let rows: Vec<_> = rows.into_iter().collect();
     if rows.is_empty() {
         return Ok(());
