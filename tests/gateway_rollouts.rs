@@ -771,3 +771,61 @@ fn rollout_settings_are_read_and_checked() {
     .unwrap_err();
     assert!(err.to_string().contains("canry"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_redis_run_one_rollout_of_a_route_at_a_time() {
+    use crate::support::redis::RedisServer;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let ok = Arc::new(AtomicBool::new(false));
+    let (blue, green) = (
+        version("blue", ok.clone()).await,
+        version("green", ok).await,
+    );
+    let receiver = Receiver::default();
+    let hook = receiver.serve().await;
+    let extra = format!(
+        "[redis]\nurl = \"redis://127.0.0.1:{}/\"\n[platform]\nredis = true",
+        redis.port
+    );
+    let steps = r#"[{ set_weight = 30 }, "pause_until_resumed"]"#;
+    let text = config(blue, green, hook, &extra, steps);
+    let (a, b) = (Harness::start(&text).await, Harness::start(&text).await);
+
+    let (code, _) = a
+        .admin(Method::POST, "/rollouts/api", "root-key", json!({}))
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    a.until("paused").await;
+    // Its record, in Redis with a fresh heartbeat, keeps the other
+    // replica from starting a second rollout of the route.
+    let (code, body) = b
+        .admin(Method::POST, "/rollouts/api", "root-key", json!({}))
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    // Once it has ended there, it may.
+    let (code, _) = a
+        .admin(Method::POST, "/rollouts/api/abort", "root-key", Value::Null)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            let (code, _) = b
+                .admin(Method::POST, "/rollouts/api", "root-key", json!({}))
+                .await;
+            if code == StatusCode::CREATED {
+                return;
+            }
+            assert_eq!(code, StatusCode::CONFLICT);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the aborted record never freed the route");
+    b.until("paused").await;
+    let (code, _) = a
+        .admin(Method::POST, "/rollouts/api", "root-key", json!({}))
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "B's rollout runs now");
+}

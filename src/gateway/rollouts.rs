@@ -103,6 +103,9 @@ pub(crate) struct Record {
     /// Events so far.
     #[serde(default)]
     pub(crate) seq: u64,
+    /// The gateway running it (a number drawn when the gateway was made).
+    #[serde(default)]
+    pub(crate) owner: u64,
 }
 
 impl Record {
@@ -123,6 +126,7 @@ impl Record {
             started_at: None,
             beat: 0,
             seq: 0,
+            owner: 0,
         }
     }
 
@@ -225,6 +229,7 @@ impl Record {
         let mut v = json!(self);
         if let Some(o) = v.as_object_mut() {
             o.remove("beat");
+            o.remove("owner");
         }
         v
     }
@@ -239,13 +244,26 @@ struct Entry {
 }
 
 /// The rollouts of one gateway, for its whole life (across reloads).
-#[derive(Default)]
 pub(crate) struct Rollouts {
+    /// This gateway, in the records of the rollouts it runs.
+    id: u64,
     entries: Mutex<BTreeMap<String, Entry>>,
     /// One queue per webhook (by its configuration).
     hooks: Mutex<HashMap<String, tokio::sync::mpsc::Sender<Value>>>,
     /// Routes whose record is to be written.
     dirty: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
+}
+
+impl Default for Rollouts {
+    fn default() -> Self {
+        Self {
+            // Non-zero: 0 is a record written before owners were kept.
+            id: rand::random::<u64>() | 1,
+            entries: Mutex::default(),
+            hooks: Mutex::default(),
+            dirty: Mutex::default(),
+        }
+    }
 }
 
 impl Rollouts {
@@ -436,8 +454,13 @@ impl super::Gateway {
             }
             let mut seen = entries.get(route).and_then(|e| e.seen.clone());
             if let Some((record, text)) = stored {
-                let ours = entries.get(route).is_some_and(|e| e.handle.is_some());
-                if record.live() && !ours && now().saturating_sub(record.beat) <= STALE {
+                // Another gateway's, running with a fresh heartbeat (one of
+                // ours that says running has ended here: its last write is
+                // on its way).
+                if record.live()
+                    && record.owner != rollouts.id
+                    && now().saturating_sub(record.beat) <= STALE
+                {
                     return Err(RolloutStartError::Running(route.to_owned()));
                 }
                 seen = Some(text);
@@ -447,6 +470,7 @@ impl super::Gateway {
             record.started_by = Some(by.to_owned());
             record.started_at = Some(now());
             record.beat = now();
+            record.owner = rollouts.id;
             // In place before the rollout's first event.
             entries.insert(
                 route.to_owned(),
@@ -729,12 +753,8 @@ pub(crate) fn sweep(inner: &Arc<Inner>) {
             continue;
         }
         let route = rc.name.as_str();
-        if inner
-            .rollouts
-            .entries()
-            .get(route)
-            .is_some_and(|e| e.handle.is_some())
-        {
+        if inner.rollouts.handle(route).is_some() {
+            // Running here: this gateway keeps its record.
             continue;
         }
         let (mut record, text) = match load_as::<Record>(store.as_ref(), SECTION, route) {
@@ -745,6 +765,10 @@ pub(crate) fn sweep(inner: &Arc<Inner>) {
                 continue;
             }
         };
+        if record.owner == inner.rollouts.id {
+            // One of ours, ended here: what this gateway holds is newer.
+            continue;
+        }
         if !record.live() || now().saturating_sub(record.beat) <= STALE {
             inner.rollouts.entries().insert(
                 route.to_owned(),
