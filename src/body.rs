@@ -43,6 +43,23 @@ pin_project! {
         // Held until the body ends or is dropped (an upstream endpoint's
         // in-flight count).
         guard: Option<InFlightGuard>,
+        // The upstream connection the body comes over: back to its pool
+        // when the body has ended, closed if it is dropped before.
+        checkin: Option<Checkin>,
+    }
+}
+
+#[cfg(feature = "proxy")]
+pub(crate) use crate::proxy::Checkin;
+
+/// Without the proxy, no body comes over a pooled connection.
+#[cfg(not(feature = "proxy"))]
+pub(crate) enum Checkin {}
+
+#[cfg(not(feature = "proxy"))]
+impl Checkin {
+    fn finish(self) {
+        match self {}
     }
 }
 
@@ -136,6 +153,7 @@ impl<B> ResponseBody<B> {
         Self {
             kind: Kind::Inner { body },
             guard: None,
+            checkin: None,
         }
     }
 
@@ -144,6 +162,7 @@ impl<B> ResponseBody<B> {
         Self {
             kind: Kind::held(data.into(), None, None),
             guard: None,
+            checkin: None,
         }
     }
 
@@ -160,6 +179,7 @@ impl<B> ResponseBody<B> {
         Self {
             kind: Kind::replay(read, rest),
             guard: None,
+            checkin: None,
         }
     }
 
@@ -167,6 +187,20 @@ impl<B> ResponseBody<B> {
     #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
     pub(crate) fn with_guard(mut self, guard: InFlightGuard) -> Self {
         self.guard = Some(guard);
+        self
+    }
+}
+
+impl<B: Body<Data = Bytes>> ResponseBody<B> {
+    /// Hands `checkin`'s connection back to its pool once the body has
+    /// ended (at once if it already has).
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+    pub(crate) fn with_checkin(mut self, checkin: Checkin) -> Self {
+        if self.kind.is_end_stream() {
+            checkin.finish();
+        } else {
+            self.checkin = Some(checkin);
+        }
         self
     }
 }
@@ -201,11 +235,26 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let frame = this.kind.poll_frame(cx);
+        let mut this = self.project();
+        let frame = this.kind.as_mut().poll_frame(cx);
         if this.guard.is_some() && matches!(frame, Poll::Ready(None | Some(Err(_)))) {
             // Over: the count goes back now, not when the body is dropped.
             *this.guard = None;
+        }
+        if this.checkin.is_some() {
+            let ended = match &frame {
+                // A server stops polling a body that says it has ended.
+                Poll::Ready(None) => true,
+                Poll::Ready(Some(Ok(_))) => this.kind.is_end_stream(),
+                Poll::Ready(Some(Err(_))) => {
+                    *this.checkin = None;
+                    false
+                }
+                Poll::Pending => false,
+            };
+            if ended && let Some(checkin) = this.checkin.take() {
+                checkin.finish();
+            }
         }
         frame
     }

@@ -47,7 +47,7 @@ pub struct TraceParent {
 
 impl fmt::Debug for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.header_text())
+        f.write_str(std::str::from_utf8(&self.header_bytes()).unwrap_or("?"))
     }
 }
 
@@ -143,16 +143,30 @@ impl TraceParent {
 
     /// As a version `00` header value.
     pub fn to_header(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.header_text()).expect("hex and dashes are a valid header value")
+        // One allocation (the value's own bytes): the gateway makes one a
+        // request that comes without a trace context.
+        HeaderValue::from_bytes(&self.header_bytes())
+            .expect("hex and dashes are a valid header value")
     }
 
-    fn header_text(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id(),
-            self.parent_id(),
-            self.flags
-        )
+    /// `00-{trace id}-{parent id}-{flags}`, on the stack.
+    fn header_bytes(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[0] = b'0';
+        out[1] = b'0';
+        hex_to(&self.trace_id, &mut out[3..35]);
+        hex_to(&self.parent_id, &mut out[36..52]);
+        hex_to(&[self.flags], &mut out[53..55]);
+        out
+    }
+}
+
+/// `bytes` as lower-case hex into `out` (twice as long).
+fn hex_to(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
 }
 

@@ -211,7 +211,9 @@ impl UpstreamBuilder {
         self
     }
 
-    /// How many idle connections are kept per upstream (64 by default).
+    /// How many idle connections are kept per upstream server and per
+    /// thread (64 by default): each thread that sends requests keeps a
+    /// pool of its own (see [`ServerBuilder::threads`](crate::server::ServerBuilder::threads)).
     pub fn pool_max_idle(mut self, n: usize) -> Self {
         self.pool_max_idle_per_host = n;
         self
@@ -287,11 +289,25 @@ impl UpstreamBuilder {
             url: self.url.clone(),
             reason,
         })?;
-        let client = Client::builder(TokioExecutor::new())
+        let mut client = Client::builder(TokioExecutor::new());
+        client
             .http2_only(self.http2)
             .pool_idle_timeout(self.pool_idle_timeout)
-            .pool_max_idle_per_host(self.pool_max_idle_per_host)
-            .build(connector);
+            .pool_max_idle_per_host(self.pool_max_idle_per_host);
+        let clients = super::Clients::new(client, connector);
+        let endpoints = Endpoints::new(list, self.ejection, self.balance);
+        // Plain HTTP/1.1: the lean pool (see `pool`).
+        let pool = (scheme == Scheme::HTTP && !self.http2).then(|| {
+            let mut plain = HttpConnector::new();
+            plain.set_connect_timeout(self.connect_timeout);
+            plain.set_nodelay(true);
+            Arc::new(super::pool::Pool::new(
+                plain,
+                &endpoints,
+                self.pool_idle_timeout,
+                self.pool_max_idle_per_host,
+            ))
+        });
         let checks = match self.health_check {
             None => None,
             Some(check) => {
@@ -317,9 +333,10 @@ impl UpstreamBuilder {
         let upstream = Upstream {
             inner: Arc::new(Inner {
                 scheme,
-                endpoints: Endpoints::new(list, self.ejection, self.balance),
+                endpoints,
+                pool,
                 prefix,
-                client,
+                clients,
                 response_timeout: self.response_timeout,
                 preserve_host: self.preserve_host,
                 forwarded: self.forwarded,

@@ -61,8 +61,10 @@ pub(super) struct Retry {
 pin_project_lite::pin_project! {
     #[project = StateProj]
     pub(super) enum State {
-        // Handed to the pool.
+        // Handed to hyper-util's pool.
         Sent { #[pin] sent: hyper_util::client::legacy::ResponseFuture },
+        // Handed to the lean pool.
+        Pooled { #[pin] sent: super::pool::Exchange },
         // Answered without asking the upstream (taken when polled).
         Answered { res: Option<Response<ResponseBody<Incoming>>> },
     }
@@ -135,7 +137,7 @@ impl Future for ResponseFuture {
         loop {
             let endpoints = &this.inner.endpoints;
             let result = match this.state.as_mut().project() {
-                StateProj::Sent { sent } => {
+                StateProj::Sent { sent: _ } | StateProj::Pooled { sent: _ } => {
                     // The body's end starts the clock.
                     if let Some(done) = this.body_done.as_mut()
                         && let Poll::Ready(told) = Pin::new(done).poll(cx)
@@ -147,7 +149,16 @@ impl Future for ResponseFuture {
                             *this.timer = Some(Box::pin(tokio::time::sleep(limit)));
                         }
                     }
-                    match sent.poll(cx) {
+                    let polled = match this.state.as_mut().project() {
+                        StateProj::Sent { sent } => sent
+                            .poll(cx)
+                            .map(|r| r.map(|res| (res, None)).map_err(SendError::Legacy)),
+                        StateProj::Pooled { sent } => sent
+                            .poll(cx)
+                            .map(|r| r.map(|(res, c)| (res, Some(c))).map_err(SendError::Pooled)),
+                        StateProj::Answered { .. } => Poll::Pending,
+                    };
+                    match polled {
                         Poll::Ready(result) => result,
                         Poll::Pending => {
                             if let Some(timer) = this.timer.as_mut()
@@ -195,19 +206,25 @@ impl Future for ResponseFuture {
             }
             let ok = result
                 .as_ref()
-                .is_ok_and(|res| !endpoints.ejection().fails(res.status()));
+                .is_ok_and(|(res, _)| !endpoints.ejection().fails(res.status()));
             // A failure the client caused (its body broke off) says nothing
             // about the endpoint.
             if ok || !*this.client_failed {
                 endpoints.record(*this.endpoint, ok);
             }
             let e = match result {
-                Ok(res) => {
-                    let res = upstream_response(res, this.upgrade.take(), this.inner);
-                    return Poll::Ready(Ok(match this.guard.take() {
-                        Some(guard) => res.map(|body| body.with_guard(guard)),
-                        None => res,
-                    }));
+                Ok((res, checkin)) => {
+                    let switched = res.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    let mut res = upstream_response(res, this.upgrade.take(), this.inner);
+                    if let Some(guard) = this.guard.take() {
+                        res = res.map(|body| body.with_guard(guard));
+                    }
+                    // An upgraded connection is the tunnel's, never the
+                    // pool's again.
+                    if let Some(checkin) = checkin.filter(|_| !switched) {
+                        res = res.map(|body| body.with_checkin(checkin));
+                    }
+                    return Poll::Ready(Ok(res));
                 }
                 Err(e) => {
                     *this.guard = None;
@@ -316,8 +333,15 @@ impl Inner {
         }
         self.endpoints.sent(endpoint);
         let guard = InFlightGuard::new(&e.in_flight);
-        let sent = self.client.request(req);
-        (State::Sent { sent }, guard)
+        let state = match &self.pool {
+            Some(pool) => State::Pooled {
+                sent: pool.send(endpoint, req),
+            },
+            None => State::Sent {
+                sent: self.clients.get().request(req),
+            },
+        };
+        (state, guard)
     }
 
     /// A place among the pending requests for a retry (its first place
@@ -342,6 +366,41 @@ impl Inner {
             Request::from_parts(parts, ProxyBody::default()),
             host,
         )
+    }
+}
+
+/// Why sending to an upstream failed, whichever pool it went through.
+#[derive(Debug)]
+enum SendError {
+    Legacy(hyper_util::client::legacy::Error),
+    Pooled(super::pool::Error),
+}
+
+impl SendError {
+    /// No connection could be opened: nothing was sent.
+    fn is_connect(&self) -> bool {
+        match self {
+            SendError::Legacy(e) => e.is_connect(),
+            SendError::Pooled(e) => e.is_connect(),
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Legacy(e) => e.fmt(f),
+            SendError::Pooled(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Legacy(e) => e.source(),
+            SendError::Pooled(e) => e.source(),
+        }
     }
 }
 

@@ -120,7 +120,7 @@ impl Inner {
         let headers = req.headers_mut();
         headers.insert(header::HOST, e.host.clone());
         headers.insert(header::USER_AGENT, AGENT);
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        match tokio::time::timeout(timeout, self.clients.get().request(req)).await {
             Ok(Ok(res)) => {
                 // A gRPC server answers 200 to anything; a trailers-only
                 // error carries its status in the headers.

@@ -105,6 +105,7 @@ mod endpoints;
 mod forward;
 mod future;
 mod health;
+mod pool;
 mod tunnel;
 
 pub use builder::UpstreamBuilder;
@@ -115,6 +116,8 @@ pub use future::ResponseFuture;
 use future::{Retry, answer};
 pub use health::HealthCheck;
 use tunnel::upgrade_request;
+
+pub(crate) use pool::Checkin;
 
 /// A boxed error, as hyper and tower use.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -162,6 +165,39 @@ type Connector = HttpConnector;
 #[cfg(feature = "tls")]
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// An upstream's connection pools: one per thread that sends requests.
+///
+/// A connection's task runs on the runtime that opened it; a request sent
+/// on another thread would cross threads twice (there and back). With a
+/// pool per thread, a server with threads of its own
+/// ([`ServerBuilder::threads`](crate::server::ServerBuilder::threads))
+/// serves a proxied request on one thread from end to end, and threads
+/// never contend for a pool's lock. On a work-stealing runtime a task may
+/// still move between threads; its connections were the thread's it
+/// started on.
+struct Clients {
+    builder: hyper_util::client::legacy::Builder,
+    connector: Connector,
+    pools: thread_local::ThreadLocal<Client<Connector, ProxyBody>>,
+}
+
+impl Clients {
+    fn new(builder: hyper_util::client::legacy::Builder, connector: Connector) -> Self {
+        Self {
+            builder,
+            connector,
+            pools: thread_local::ThreadLocal::new(),
+        }
+    }
+
+    /// The calling thread's pool.
+    #[inline]
+    fn get(&self) -> &Client<Connector, ProxyBody> {
+        self.pools
+            .get_or(|| self.builder.build(self.connector.clone()))
+    }
+}
+
 /// Forwards requests to an upstream: one server, or several taking turns.
 /// See the [module docs](self).
 ///
@@ -177,7 +213,10 @@ struct Inner {
     /// The URL's path, without a trailing `/`, put before every request
     /// path.
     prefix: String,
-    client: Client<Connector, ProxyBody>,
+    clients: Clients,
+    /// Plain `http://` HTTP/1.1 upstreams: the lean pool, instead of
+    /// `clients` (which health checks still use).
+    pool: Option<Arc<pool::Pool>>,
     response_timeout: Option<Duration>,
     preserve_host: bool,
     forwarded: bool,

@@ -69,6 +69,17 @@ pub struct ServerConfig {
     /// upgraded connections before closing everything: 30000 (30 s) by
     /// default (what [`ServerHandle::shutdown_default`](super::ServerHandle::shutdown_default) uses).
     pub shutdown_timeout_ms: u64,
+    /// Threads of the server's own to serve on. Unset or `0` (the
+    /// default): connections are served on the tokio runtime that calls
+    /// [`Server::serve`](super::Server::serve). `n`: `n` threads, each
+    /// running a single-threaded tokio runtime with a listener of its own
+    /// (`SO_REUSEPORT` on Unix, so the kernel spreads new connections over
+    /// them), nginx's worker model: a connection, its requests and the
+    /// upstream connections they use stay on one thread, with no task
+    /// moving between threads. What the `gateway` example uses, one per
+    /// CPU, when the configuration leaves it unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
     /// TLS termination (feature `tls`): certificate and key from PEM
     /// files. None by default (plain HTTP and h2c).
     pub tls: Option<TlsConfig>,
@@ -88,6 +99,7 @@ impl Default for ServerConfig {
             http2_keep_alive_interval_ms: 20_000,
             http2_keep_alive_timeout_ms: 20_000,
             shutdown_timeout_ms: 30_000,
+            threads: None,
             tls: None,
         }
     }
@@ -118,6 +130,9 @@ impl TlsConfig {
     }
 }
 
+/// The most serving threads a server may have.
+const MAX_THREADS: usize = 1024;
+
 /// A timeout in milliseconds, `0` for none.
 fn millis(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
@@ -137,6 +152,8 @@ pub(crate) struct Limits {
     pub(crate) http2_keep_alive_interval: Option<Duration>,
     pub(crate) http2_keep_alive_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
+    /// Threads of the server's own; `0`: the caller's runtime.
+    pub(crate) threads: usize,
 }
 
 impl Limits {
@@ -149,6 +166,12 @@ impl Limits {
         }
         if config.max_connections == 0 {
             return Err("max_connections must be at least 1".to_owned());
+        }
+        if config.threads.is_some_and(|n| n > MAX_THREADS) {
+            return Err(format!(
+                "threads must be at most {MAX_THREADS} (got {})",
+                config.threads.unwrap_or_default()
+            ));
         }
         if config.http2_max_concurrent_streams == 0 {
             return Err("http2_max_concurrent_streams must be at least 1".to_owned());
@@ -166,6 +189,7 @@ impl Limits {
             http2_keep_alive_timeout: millis(config.http2_keep_alive_timeout_ms)
                 .unwrap_or(Duration::from_secs(20)),
             shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
+            threads: config.threads.unwrap_or(0),
         })
     }
 }

@@ -80,6 +80,23 @@
 //! close too, and at the deadline cuts whatever is left: then
 //! [`Server::serve`] returns.
 //!
+//! # Threads
+//!
+//! By default connections are served on the tokio runtime that calls
+//! [`Server::serve`], as tasks any of its workers may run.
+//! [`ServerBuilder::threads`] (`threads` in `[server]`) gives the server
+//! threads of its own instead, each running a single-threaded runtime with
+//! its own listener (`SO_REUSEPORT` on Unix: the kernel spreads new
+//! connections over them; elsewhere, and for a listener given to
+//! [`ServerBuilder::listener`], duplicates of one socket). A connection
+//! never leaves its thread, and a [`proxy::Upstream`](crate::proxy::Upstream)
+//! keeps a connection pool per thread, so a proxied request is served on
+//! one thread from end to end: nginx's worker model, the fastest for a
+//! gateway (see the README's figures). The limits are the server's, not
+//! each thread's: `max_connections` counts every thread's connections.
+//! Tasks the service spawns (a mirror's copies, say) run on the thread of
+//! the request that spawned them.
+//!
 //! # TLS
 //!
 //! With feature `tls`, [`ServerBuilder::tls`] (or `[server.tls]`) terminates
@@ -323,6 +340,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Serve on `threads` threads of the server's own, each running a
+    /// single-threaded tokio runtime with its own listener; `0` (the
+    /// default) serves on the runtime that calls [`Server::serve`]. See
+    /// [`ServerConfig::threads`] and [the module docs](self#threads).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.config.threads = Some(threads);
+        self
+    }
+
     /// Terminate TLS with the certificate chain in `cert_file` and its key
     /// in `key_file` (PEM; feature `tls`, else building fails).
     pub fn tls(mut self, cert_file: impl Into<String>, key_file: impl Into<String>) -> Self {
@@ -337,8 +363,15 @@ impl ServerBuilder {
 
     /// Binds a listener on `addr` and builds the server.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<Server, ServerError> {
-        let listener = TcpListener::bind(addr).await?;
-        self.listener(listener)
+        let reuseport = cfg!(unix) && self.config.threads.unwrap_or(0) > 1;
+        let listener = if reuseport {
+            bind_reuseport(addr).await?
+        } else {
+            TcpListener::bind(addr).await?
+        };
+        let mut server = self.listener(listener)?;
+        server.reuseport = reuseport;
+        Ok(server)
     }
 
     /// Builds the server on a listener of your own.
@@ -386,8 +419,47 @@ impl ServerBuilder {
             #[cfg(feature = "tls")]
             tls,
         });
-        Ok(Server { listener, shared })
+        Ok(Server {
+            listener,
+            shared,
+            reuseport: false,
+        })
     }
+}
+
+/// The first address of `addr` that a listener with `SO_REUSEADDR` and
+/// `SO_REUSEPORT` binds to: the serving threads' other listeners then
+/// bind to the same port.
+async fn bind_reuseport(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        match listen_reuseport(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "could not resolve to any address",
+        )
+    }))
+}
+
+/// A listener on `addr` with `SO_REUSEPORT` (Unix; elsewhere never
+/// called).
+fn listen_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    // The backlog std's and tokio's own `bind` use.
+    socket.listen(1024)
 }
 
 // === impl Server ===
@@ -398,6 +470,9 @@ impl ServerBuilder {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    /// The listener was bound with `SO_REUSEPORT`: the other serving
+    /// threads bind their own to its address.
+    reuseport: bool,
 }
 
 impl Server {
@@ -439,9 +514,33 @@ impl Server {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let Server { listener, shared } = self;
-        let mut phase = shared.phase.subscribe();
-        let deadline = loop {
+        let Server {
+            listener,
+            shared,
+            reuseport,
+        } = self;
+        if shared.limits.threads > 0 {
+            return serve_on_threads(listener, shared, service, reuseport).await;
+        }
+        let deadline = accept_loop(&listener, &shared, &service).await;
+        // Stop accepting: new connections are refused from now on.
+        drop(listener);
+        finish(&shared, deadline).await;
+        Ok(())
+    }
+}
+
+/// Accepts connections until a shutdown starts; its deadline.
+async fn accept_loop<S, B>(listener: &TcpListener, shared: &Arc<Shared>, service: &S) -> Instant
+where
+    S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut phase = shared.phase.subscribe();
+    loop {
             if let Phase::Draining(deadline) = *phase.borrow_and_update() {
                 break deadline;
             }
@@ -455,7 +554,7 @@ impl Server {
                     }
                 }
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => accept(&shared, &service, stream, peer),
+                    Ok((stream, peer)) => accept(shared, service, stream, peer),
                     Err(e) => {
                         if !matches!(
                             e.kind(),
@@ -470,18 +569,116 @@ impl Server {
                     }
                 },
             }
-        };
-        // Stop accepting: new connections are refused from now on.
-        drop(listener);
-        if !shared.all_closed(deadline).await {
-            shared.kill();
-            // Cut connections notice at their next poll; give them a moment.
-            shared
-                .all_closed(Instant::now() + Duration::from_millis(100))
-                .await;
-        }
-        Ok(())
     }
+}
+
+/// After the listener is closed: waits for the connections to close until
+/// `deadline`, then cuts what is left.
+async fn finish(shared: &Shared, deadline: Instant) {
+    if !shared.all_closed(deadline).await {
+        shared.kill();
+        // Cut connections notice at their next poll; give them a moment.
+        shared
+            .all_closed(Instant::now() + Duration::from_millis(100))
+            .await;
+    }
+}
+
+/// [`Server::serve`] on `shared.limits.threads` threads of its own, each
+/// with a current-thread runtime and a listener: `first` (moved to the
+/// first thread) and, for the others, a listener of their own on its
+/// address (`reuseport`) or a duplicate of `first`'s socket.
+async fn serve_on_threads<S, B>(
+    first: TcpListener,
+    shared: Arc<Shared>,
+    service: S,
+    reuseport: bool,
+) -> io::Result<()>
+where
+    S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let threads = shared.limits.threads;
+    let first = first.into_std()?;
+    let mut listeners = Vec::with_capacity(threads);
+    for _ in 1..threads {
+        listeners.push(if reuseport {
+            listen_reuseport(shared.local)?.into_std()?
+        } else {
+            first.try_clone()?
+        });
+    }
+    listeners.insert(0, first);
+    // Dropped (the caller gave up on `serve`) before every thread is done:
+    // shut down at once, so that no thread serves on unseen.
+    struct Abandon<'a>(&'a Shared, bool);
+    impl Drop for Abandon<'_> {
+        fn drop(&mut self) {
+            if !self.1 {
+                self.0.phase.send_if_modified(|phase| match phase {
+                    Phase::Serving => {
+                        *phase = Phase::Draining(Instant::now());
+                        true
+                    }
+                    _ => false,
+                });
+            }
+        }
+    }
+    let mut abandon = Abandon(&shared, false);
+    let mut done = Vec::with_capacity(threads);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<io::Result<()>>();
+        let shared = Arc::clone(&shared);
+        let service = service.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("switchyard-server-{i}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| {
+                        rt.block_on(async move {
+                            let listener = TcpListener::from_std(listener)?;
+                            let deadline = accept_loop(&listener, &shared, &service).await;
+                            drop(listener);
+                            finish(&shared, deadline).await;
+                            Ok(())
+                        })
+                    });
+                let _ = tx.send(result);
+            });
+        match spawned {
+            Ok(_) => done.push(rx),
+            Err(e) => {
+                // The threads already started stop with the shutdown.
+                drop(abandon);
+                return Err(e);
+            }
+        }
+    }
+    let mut result = Ok(());
+    for rx in done {
+        // A thread that panicked dropped its sender.
+        let outcome = rx
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("a serving thread panicked")));
+        if result.is_ok() {
+            if let Err(e) = outcome {
+                // Stop the others too.
+                ServerHandle {
+                    shared: Arc::clone(&shared),
+                }
+                .shutdown(Duration::ZERO);
+                result = Err(e);
+            }
+        }
+    }
+    abandon.1 = true;
+    result
 }
 
 /// One accepted connection: refused over the cap, else served on a task

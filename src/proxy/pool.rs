@@ -1,0 +1,258 @@
+//! The connection pool of plain `http://` HTTP/1.1 upstreams: one per
+//! thread, on hyper's connection API.
+//!
+//! hyper-util's pooled client (still used for `https://` and h2c
+//! upstreams) costs a proxied request more than the exchange itself: a
+//! pool key hashed with SipHash and compared under a lock, the connector
+//! cloned for a connection that is almost never opened, the whole request
+//! future boxed, and a task spawned per response to put the connection
+//! back once it is ready. Here a thread's idle connections to an endpoint
+//! are a stack only that thread touches, a connection goes back when its
+//! response body has been read to its end (by the body, no task), and a
+//! request sent on a connection the upstream had just closed, which comes
+//! back unsent, goes again on another.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::client::legacy::connect::HttpConnector;
+use thread_local::ThreadLocal;
+use tower::Service;
+
+use super::ProxyBody;
+use super::endpoints::Endpoints;
+
+/// A connection's sending half.
+type Sender = http1::SendRequest<ProxyBody>;
+
+/// What an exchange on the pool yields: the response head and the
+/// connection, to hand back when the body has ended.
+pub(super) type Exchange =
+    Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Checkin), Error>> + Send>>;
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub(super) enum Error {
+    /// No connection could be opened: nothing was sent.
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// The exchange failed on an open connection.
+    Http(hyper::Error),
+}
+
+impl Error {
+    pub(super) fn is_connect(&self) -> bool {
+        matches!(self, Error::Connect(_))
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Connect(_) => f.write_str("could not connect"),
+            Error::Http(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Connect(e) => Some(&**e),
+            Error::Http(e) => e.source(),
+        }
+    }
+}
+
+/// An idle connection and since when.
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The pool: shared by an upstream's clones; each thread keeps its own
+/// idle connections.
+pub(super) struct Pool {
+    connector: HttpConnector,
+    /// Each endpoint's base URI, to connect to.
+    uris: Vec<Uri>,
+    idle_timeout: Duration,
+    max_idle: usize,
+    /// Per thread, per endpoint: idle connections, the most recently used
+    /// last.
+    idle: ThreadLocal<RefCell<Vec<Vec<Idle>>>>,
+}
+
+impl Pool {
+    pub(super) fn new(
+        connector: HttpConnector,
+        endpoints: &Endpoints,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Self {
+        let uris = (0..endpoints.len())
+            .map(|i| {
+                Uri::builder()
+                    .scheme("http")
+                    .authority(endpoints.get(i).authority.clone())
+                    .path_and_query("/")
+                    .build()
+                    .unwrap_or_default()
+            })
+            .collect();
+        Self {
+            connector,
+            uris,
+            idle_timeout,
+            max_idle,
+            idle: ThreadLocal::new(),
+        }
+    }
+
+    fn idle(&self) -> &RefCell<Vec<Vec<Idle>>> {
+        self.idle
+            .get_or(|| RefCell::new((0..self.uris.len()).map(|_| Vec::new()).collect()))
+    }
+
+    /// The calling thread's most recently used idle connection to
+    /// `endpoint` that is still open and young enough.
+    fn checkout(&self, endpoint: usize) -> Option<Sender> {
+        let mut idle = self.idle().borrow_mut();
+        let list = idle.get_mut(endpoint)?;
+        let now = Instant::now();
+        while let Some(conn) = list.pop() {
+            if !conn.sender.is_closed()
+                && now.saturating_duration_since(conn.since) < self.idle_timeout
+            {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose exchange is over back, unless it is closed
+    /// or the thread keeps enough.
+    fn checkin(&self, endpoint: usize, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle().borrow_mut();
+        if let Some(list) = idle.get_mut(endpoint)
+            && list.len() < self.max_idle
+        {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Opens a connection to `endpoint`; its task runs on the calling
+    /// thread's runtime.
+    async fn connect(&self, endpoint: usize) -> Result<Sender, Error> {
+        let uri = self.uris[endpoint].clone();
+        let io = self
+            .connector
+            .clone()
+            .call(uri)
+            .await
+            .map_err(|e| Error::Connect(e.into()))?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake::<_, ProxyBody>(io)
+            .await
+            .map_err(Error::Http)?;
+        tokio::spawn(async move {
+            // Its errors are the exchange's, which sees them.
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` to `endpoint` on an idle connection, or a new one.
+    pub(super) fn send(self: &Arc<Self>, endpoint: usize, mut req: Request<ProxyBody>) -> Exchange {
+        // HTTP/1.1 to an origin server: the request target in origin form
+        // (the endpoint is the connection's, and `Host` names it).
+        if req.method() != http::Method::CONNECT && req.uri().scheme().is_some() {
+            let target = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(target);
+        }
+        let pooled = self.checkout(endpoint);
+        let pool = Arc::clone(self);
+        Box::pin(async move {
+            let mut req = req;
+            let mut pooled = pooled;
+            loop {
+                let reused = pooled.is_some();
+                let mut sender = match pooled.take() {
+                    Some(sender) => sender,
+                    None => pool.connect(endpoint).await?,
+                };
+                if let Err(e) = sender.ready().await {
+                    if reused {
+                        // Closed while idle: another, or a new one.
+                        pooled = pool.checkout(endpoint);
+                        continue;
+                    }
+                    return Err(Error::Http(e));
+                }
+                match sender.try_send_request(req).await {
+                    Ok(res) => {
+                        return Ok((
+                            res,
+                            Checkin {
+                                sender,
+                                pool,
+                                endpoint,
+                            },
+                        ));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // The connection closed before taking the request
+                        // (the upstream closed it while idle): nothing was
+                        // sent, so it goes again, on a new connection
+                        // after a reused one failed this way.
+                        Some(back) if reused => {
+                            req = back;
+                            pooled = pool.checkout(endpoint);
+                        }
+                        _ => return Err(Error::Http(e.into_error())),
+                    },
+                }
+            }
+        })
+    }
+}
+
+/// A connection whose response is on its way to the client: back to its
+/// thread's pool when the body has ended ([`Checkin::finish`]), closed if
+/// dropped before.
+pub(crate) struct Checkin {
+    sender: Sender,
+    pool: Arc<Pool>,
+    endpoint: usize,
+}
+
+impl Checkin {
+    /// The response body has been read to its end: the connection may
+    /// carry another request.
+    pub(crate) fn finish(self) {
+        self.pool.checkin(self.endpoint, self.sender);
+    }
+}
+
+impl std::fmt::Debug for Checkin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkin")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
