@@ -3,89 +3,180 @@
 //! to upstreams): throughput ≥ nginx and haproxy doing the same split".
 //!
 //! ```text
-//! cargo bench --bench vs_proxies
+//! cargo bench --bench vs_proxies                              # mode pinned, the split rows
 //! cargo bench --bench vs_proxies -- --rounds 5 --secs 8 --connections 64
+//! cargo bench --bench vs_proxies -- --mode shipped            # as shipped: nothing pinned
+//! cargo bench --bench vs_proxies -- --mode latency            # one request at a time
+//! cargo bench --bench vs_proxies -- --pipeline                # + the full-pipeline rows
 //! ```
 //!
-//! Needs `nginx`, `haproxy`, `wrk` and `taskset` (`apt-get install -y nginx
-//! haproxy wrk`) and two CPUs; without them it says so and exits 0 (CI only
-//! builds this file).
+//! Needs `nginx`, `haproxy`, `wrk` and (but for `--mode shipped`)
+//! `taskset` (`apt-get install -y nginx haproxy wrk`) and two CPUs; without
+//! them it says so and exits 0 (CI only builds this file).
 //!
-//! What runs:
+//! # Modes (`--mode`)
 //!
-//! * Two upstream HTTP/1.1 servers (hyper, keep-alive, `TCP_NODELAY`) on
-//!   `127.0.0.1:0`, in this process on one current-thread tokio runtime:
-//!   `GET /` answers `blue\n` on one and `green\n` on the other.
-//! * Three fronts, each a random 90/10 split of `GET /` between blue and
-//!   green over pooled keep-alive HTTP/1.1 connections, adding
-//!   `X-Forwarded-For`/`-Proto`/`-Host`, logging nothing. Their
-//!   configurations are in `benches/vs_proxies/`:
-//!   - switchyard: `Gateway::from_config` (`switchyard.toml`: one route,
-//!     one split, blue 90 / green 10) served by hyper's HTTP/1.1 server
-//!     (`TCP_NODELAY`, the peer address in the request extensions as a
-//!     server puts it) on a current-thread tokio runtime, in a child
-//!     process (this binary with `--role front`);
-//!   - nginx (`nginx.conf`): `worker_processes 1`, `split_clients` on the
-//!     random `$request_id`, an `upstream` per colour with `keepalive`,
-//!     `keepalive_requests` unbounded on both sides (nginx's default of
-//!     1000 would reconnect every 1000 requests; the others do not);
-//!   - haproxy (`haproxy.cfg`): `nbthread 1`, `balance random(1)` with
-//!     weights 90/10, `http-reuse always`, `option http-keep-alive`.
-//! * Before measuring, each front must split 1000 sequential requests
-//!   (one keep-alive client connection) about 90/10: green between 60 and
-//!   140 (±4 σ), every answer a 200 with `blue` or `green`; otherwise the
-//!   bench stops with an error.
-//! * `wrk -t1 -c32 -d5s --latency` against each front, after a 2 s warm-up
-//!   each, in 5 rounds (`--rounds`, `--secs`, `--connections` change
-//!   that); round `r` starts at front `r mod 4`, so no front always runs
-//!   first or last. A fourth entry, `direct`, is wrk straight
-//!   at the blue upstream: not a proxy, a reference for what the client
-//!   side can push. The table gives the median over rounds per front.
+//! * **`pinned`** (the default): the front under test has CPU 1 to itself
+//!   and one thread of work (nginx `worker_processes 1`, haproxy `nbthread
+//!   1`, switchyard and the hyper floor one current-thread tokio runtime);
+//!   every front of a table is started once under `taskset -c 1` and sits
+//!   idle while another is measured. This process (upstreams, checks, bookkeeping)
+//!   re-executes itself under `taskset -c 0`, and wrk (`-t1 -c32`) runs
+//!   under `taskset -c 0`: client and upstreams share CPU 0. The tables
+//!   give how busy each CPU was: if CPU 0 is saturated while CPU 1 is not,
+//!   the client side is the limit and requests/s understate the gap, so CPU
+//!   per request is the sharper comparison.
+//! * **`shipped`** ("as shipped"): nothing pinned (no `taskset` for the
+//!   fronts, wrk or this process), every front with as many workers as
+//!   CPUs (`available_parallelism`: nginx `worker_processes`, haproxy
+//!   `nbthread`, the hyper floor a multi-thread runtime), and switchyard is
+//!   the release `gateway` example binary (`<target>/release/examples/gateway
+//!   --config FILE --listen ADDR --admin-listen 127.0.0.1:0`, its
+//!   `#[tokio::main]` runtime with a worker per CPU), built with `cargo
+//!   build --release --example gateway --all-features` when missing or
+//!   older than this bench binary. wrk `-t2 -c64`. The example logs every
+//!   request (its access log) on stderr, which goes to a file here; nginx
+//!   and haproxy log nothing: that is part of "as shipped", and the table
+//!   says how much it wrote. `--example-arg ARG` (repeatable) passes more
+//!   arguments to the example, for a flag it may have to turn that off.
+//!   The upstreams stay one current-thread runtime, unpinned. The busy
+//!   column is the mean over all CPUs.
+//! * **`latency`**: pinned as `pinned`, but `wrk -t1 -c1`: one request in
+//!   flight, so p50 and p99 are one request's round trip through each
+//!   front.
 //!
-//! Fairness (2 CPUs): the front under test has CPU 1 to itself and one
-//! thread of work (nginx one worker, haproxy one thread, switchyard one
-//! current-thread runtime); all three are started once under `taskset -c
-//! 1` and sit idle while another is measured. This process (upstreams,
-//! the split check, the bookkeeping) re-executes itself under `taskset -c
-//! 0`, and wrk runs under `taskset -c 0`: client and upstreams share CPU 0.
-//! The table also gives each front's CPU time per request (utime + stime
-//! of the front's processes over the run, divided by wrk's request count)
-//! and how busy each CPU was: if CPU 0 is saturated while CPU 1 is not, the
-//! client side is the limit and requests/s understate the gap, so CPU per
-//! request is the sharper comparison.
+//! # Rows
+//!
+//! The **split** table (always, unless `--pipeline-only`): each front a
+//! random 90/10 split of `GET /` between blue and green, adding
+//! `X-Forwarded-For`/`-Proto`/`-Host`, logging nothing (but the shipped
+//! example's access log):
+//!
+//! * `switchyard`: `Gateway::from_config` (`vs_proxies/switchyard.toml`:
+//!   one route, one split, blue 90 / green 10, pooled keep-alive upstream
+//!   connections), served by `switchyard::server::Server` built from the
+//!   config's `[server]` (defaults: header-read and idle timeouts, the
+//!   connection cap, head and header-count limits, as in production). In
+//!   `pinned`/`latency` a child process (this binary with `--role front`)
+//!   on a current-thread runtime; in `shipped` the `gateway` example.
+//! * `nginx` (`vs_proxies/nginx.conf`): `split_clients` on the random
+//!   `$request_id`, an `upstream` per colour with `keepalive`,
+//!   `keepalive_requests` unbounded on both sides (nginx's default of 1000
+//!   would reconnect every 1000 requests; the others do not).
+//! * `haproxy` (`vs_proxies/haproxy.cfg`): `balance random(1)` with weights
+//!   90/10, `http-reuse always`, `option http-keep-alive`.
+//! * `hyper floor` (this binary with `--role floor`): the leanest proxy
+//!   hyper allows, for reference: a bare `hyper::server::conn::http1`
+//!   server; per client connection, one `hyper::client::conn::http1`
+//!   connection to blue and one to green, opened on first use; per request
+//!   a xorshift draw 90/10, the URI in origin form, the three
+//!   `X-Forwarded-*` headers, the upstream's response passed through. No
+//!   pool, no timeouts, no limits, hop-by-hop headers untouched: **not
+//!   hardened**, the floor for anything built on hyper, not a product.
+//! * `direct`: wrk straight at the blue upstream: not a proxy, a reference
+//!   for what the client side can push.
+//!
+//! The **pipeline** table (`--pipeline` adds it after the split table,
+//! `--pipeline-only` runs it alone; it takes about 3/5 of the split
+//! table's time): the demo route's pipeline, with limits that never bite,
+//! in front of the same 90/10 split. wrk sends `x-api-key: bench-key`.
+//! It has no `hyper floor` or `direct` row: neither does that work (the
+//! split table has them). Each table starts its fronts and stops them
+//! when it is done.
+//!
+//! * `switchyard` (`vs_proxies/switchyard_pipeline.toml`): API-key auth, a
+//!   rate limit keyed by the caller's identity (10,000,000 a second),
+//!   `x-gateway: vs-proxies` set by the transform, the split, the proxy.
+//! * `nginx` (`vs_proxies/nginx_pipeline.conf`): a `map` of
+//!   `$http_x_api_key` and `return 401`, `limit_req` keyed by the key at
+//!   10,000,000 r/s, `proxy_set_header X-Gateway`.
+//! * `haproxy` (`vs_proxies/haproxy_pipeline.cfg`): `http-request deny
+//!   deny_status 401` without the key, a stick table's `http_req_rate`
+//!   keyed by the key (deny over 10,000,000/s), `http-request set-header`.
+//!
+//! # Checks
+//!
+//! Before measuring, each front must split 1000 sequential requests (one
+//! keep-alive client connection) about 90/10 (green between 60 and 140,
+//! ±4 σ), every answer a 200 with `blue` or `green`, and every request
+//! must reach the upstream with `X-Forwarded-For: 127.0.0.1`,
+//! `X-Forwarded-Proto: http` and an `X-Forwarded-Host`. Pipeline fronts
+//! get the key on those requests, must deliver `x-gateway: vs-proxies` on
+//! each, and must answer a request without the key with a 401. Otherwise
+//! the bench stops with an error.
+//!
+//! # Measuring
+//!
+//! `wrk -d5s --latency` against each front, after a 2 s warm-up each, in 5
+//! rounds (`--rounds`, `--secs`, `--warmup-secs`, `--connections`,
+//! `--threads` change that); round `r` starts at front `r mod n`, so no
+//! front always runs first or last. The tables give the median over
+//! rounds per front of requests/s, p50, p99, the front's CPU time per
+//! request (utime + stime of all its processes and threads over the run —
+//! nginx's master and workers — divided by wrk's request count) and how
+//! busy the CPUs were.
 //!
 //! Other builds on the machine disturb the numbers: before each round the
 //! bench waits until no `rustc`, `cargo` or `clippy-driver` (other than
-//! the `cargo` running it) has been seen for 10 s (at most 120 s, then it
-//! goes on and says so), and marks every run during which one appeared.
+//! the `cargo` running it) has been seen for 10 s (`--quiet-secs`; at most
+//! 120 s, `--max-wait-secs`, then it goes on and says so), and marks every
+//! run during which one appeared.
+//!
+//! Every child (fronts, nginx, haproxy, the example) is stopped when the
+//! bench ends, on error too; the `--role` children also exit when their
+//! stdin closes (the bench went away).
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http::header::{HOST, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use switchyard::gateway::{Gateway, GatewayConfig};
-use tower::Service;
+use switchyard::server::ServerBuilder;
 
 const SWITCHYARD_TOML: &str = include_str!("vs_proxies/switchyard.toml");
 const NGINX_CONF: &str = include_str!("vs_proxies/nginx.conf");
 const HAPROXY_CFG: &str = include_str!("vs_proxies/haproxy.cfg");
+const SWITCHYARD_PIPELINE_TOML: &str = include_str!("vs_proxies/switchyard_pipeline.toml");
+const NGINX_PIPELINE_CONF: &str = include_str!("vs_proxies/nginx_pipeline.conf");
+const HAPROXY_PIPELINE_CFG: &str = include_str!("vs_proxies/haproxy_pipeline.cfg");
+
+/// Added to the `gateway` example's configuration in `--mode shipped`: the
+/// example serves an admin API too, which refuses to start without a key.
+/// Nothing of it is used.
+const EXAMPLE_ADMIN: &str = "\n[admin]\nkeys = [{ key = \"vs-proxies-admin\", id = \"bench\" }]\n";
 
 const BLUE: &[u8] = b"blue\n";
 const GREEN: &[u8] = b"green\n";
+
+/// What the pipeline fronts check, and the header they set (the templates
+/// spell the same values).
+const API_KEY_HEADER: &str = "x-api-key";
+const API_KEY: &str = "bench-key";
+const TAG_HEADER: &str = "x-gateway";
+const TAG_VALUE: &str = "vs-proxies";
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Requests of the split check, and the accepted range of green answers
 /// (90/10 over 1000: 100 expected, σ ≈ 9.5).
@@ -94,16 +185,185 @@ const CHECK_GREEN: std::ops::RangeInclusive<usize> = 60..=140;
 
 const PINNED_ENV: &str = "VS_PROXIES_PINNED";
 const INSTALL: &str = "apt-get install -y nginx haproxy wrk";
+const USAGE: &str = "usage: cargo bench --bench vs_proxies -- [--mode pinned|shipped|latency] \
+     [--pipeline | --pipeline-only] [--rounds N] [--secs S] [--connections C] [--threads T] \
+     [--warmup-secs S] [--quiet-secs S] [--max-wait-secs S] [--example-arg ARG]...";
 
 type Error = Box<dyn std::error::Error>;
 
+// === options ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Pinned,
+    Shipped,
+    Latency,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "pinned" => Ok(Mode::Pinned),
+            "shipped" => Ok(Mode::Shipped),
+            "latency" => Ok(Mode::Latency),
+            other => Err(format!(
+                "unknown mode `{other}` (pinned, shipped or latency)"
+            )),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Pinned => "pinned",
+            Mode::Shipped => "shipped",
+            Mode::Latency => "latency",
+        }
+    }
+
+    /// Fronts on CPU 1, everything else on CPU 0.
+    fn pinned(self) -> bool {
+        self != Mode::Shipped
+    }
+
+    /// wrk's `-t` and `-c` unless given.
+    fn wrk_defaults(self) -> (usize, usize) {
+        match self {
+            Mode::Pinned => (1, 32),
+            Mode::Shipped => (2, 64),
+            Mode::Latency => (1, 1),
+        }
+    }
+
+    /// Workers of each front: one in the pinned modes, one per CPU as
+    /// shipped.
+    fn workers(self) -> usize {
+        if self.pinned() {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// A table of rows: the fronts doing the same job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowSet {
+    /// The 90/10 split alone.
+    Split,
+    /// API key, rate limit, a request header, then the split.
+    Pipeline,
+}
+
+impl RowSet {
+    fn slug(self) -> &'static str {
+        match self {
+            RowSet::Split => "split",
+            RowSet::Pipeline => "pipeline",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            RowSet::Split => "split: a random 90/10 split of GET / between blue and green",
+            RowSet::Pipeline => {
+                "pipeline: API key, rate limit (never refusing), a request header, the 90/10 split"
+            }
+        }
+    }
+
+    fn templates(self) -> [&'static str; 3] {
+        match self {
+            RowSet::Split => [SWITCHYARD_TOML, NGINX_CONF, HAPROXY_CFG],
+            RowSet::Pipeline => [
+                SWITCHYARD_PIPELINE_TOML,
+                NGINX_PIPELINE_CONF,
+                HAPROXY_PIPELINE_CFG,
+            ],
+        }
+    }
+
+    /// The header every request of this table carries (wrk's `-H`).
+    fn key(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            RowSet::Split => None,
+            RowSet::Pipeline => Some((API_KEY_HEADER, API_KEY)),
+        }
+    }
+}
+
 struct Options {
+    mode: Mode,
+    sets: Vec<RowSet>,
     rounds: usize,
     secs: u64,
     connections: usize,
+    threads: usize,
     warmup_secs: u64,
     quiet_secs: u64,
     max_wait_secs: u64,
+    /// More arguments for the `gateway` example (`--mode shipped`).
+    example_args: Vec<String>,
+}
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        mode: Mode::Pinned,
+        sets: vec![RowSet::Split],
+        rounds: 5,
+        secs: 5,
+        connections: 0,
+        threads: 0,
+        warmup_secs: 2,
+        quiet_secs: 10,
+        max_wait_secs: 120,
+        example_args: Vec::new(),
+    };
+    let (mut connections, mut threads) = (None, None);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--pipeline" => {
+                o.sets = vec![RowSet::Split, RowSet::Pipeline];
+                continue;
+            }
+            "--pipeline-only" => {
+                o.sets = vec![RowSet::Pipeline];
+                continue;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => {}
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--mode" => {
+                o.mode = Mode::parse(value)?;
+                continue;
+            }
+            "--example-arg" => {
+                o.example_args.push(value.clone());
+                continue;
+            }
+            _ => {}
+        }
+        let value = value.parse::<u64>().map_err(|e| format!("{flag}: {e}"))?;
+        match flag.as_str() {
+            "--rounds" => o.rounds = value.max(1) as usize,
+            "--secs" => o.secs = value.max(1),
+            "--connections" => connections = Some(value.max(1) as usize),
+            "--threads" => threads = Some(value.max(1) as usize),
+            "--warmup-secs" => o.warmup_secs = value,
+            "--quiet-secs" => o.quiet_secs = value,
+            "--max-wait-secs" => o.max_wait_secs = value,
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    let (t, c) = o.mode.wrk_defaults();
+    o.threads = threads.unwrap_or(t);
+    o.connections = connections.unwrap_or(c).max(o.threads);
+    Ok(o)
 }
 
 fn main() {
@@ -114,6 +374,7 @@ fn main() {
     if args.first().map(String::as_str) == Some("--role") {
         match args.get(1).map(String::as_str) {
             Some("front") => front(&args[2..]),
+            Some("floor") => floor(&args[2..]),
             other => {
                 eprintln!("vs_proxies: unknown role {other:?}");
                 std::process::exit(2);
@@ -124,20 +385,19 @@ fn main() {
         Ok(o) => o,
         Err(e) => {
             eprintln!("vs_proxies: {e}");
-            eprintln!(
-                "usage: cargo bench --bench vs_proxies -- [--rounds N] [--secs S] [--connections C] \
-                 [--warmup-secs S] [--quiet-secs S] [--max-wait-secs S]"
-            );
+            eprintln!("{USAGE}");
             std::process::exit(2);
         }
     };
-    let Some(tools) = Tools::find() else {
+    let Some(tools) = Tools::find(options.mode.pinned()) else {
         std::process::exit(0);
     };
-    if std::env::var_os(PINNED_ENV).is_none() {
+    if let Some(taskset) = &tools.taskset
+        && std::env::var_os(PINNED_ENV).is_none()
+    {
         // Re-run this whole process on CPU 0; the fronts go to CPU 1.
         for cpu in ["0", "1"] {
-            let ok = Command::new(&tools.taskset)
+            let ok = Command::new(taskset)
                 .args(["-c", cpu, "true"])
                 .stderr(Stdio::null())
                 .status()
@@ -147,7 +407,7 @@ fn main() {
                 std::process::exit(0);
             }
         }
-        let status = Command::new(&tools.taskset)
+        let status = Command::new(taskset)
             .args(["-c", "0"])
             .arg(std::env::current_exe().expect("current_exe"))
             .args(&args)
@@ -162,47 +422,19 @@ fn main() {
     }
 }
 
-fn parse_options(args: &[String]) -> Result<Options, String> {
-    let mut o = Options {
-        rounds: 5,
-        secs: 5,
-        connections: 32,
-        warmup_secs: 2,
-        quiet_secs: 10,
-        max_wait_secs: 120,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?
-            .parse::<u64>()
-            .map_err(|e| format!("{flag}: {e}"))?;
-        match flag.as_str() {
-            "--rounds" => o.rounds = value.max(1) as usize,
-            "--secs" => o.secs = value.max(1),
-            "--connections" => o.connections = value.max(1) as usize,
-            "--warmup-secs" => o.warmup_secs = value,
-            "--quiet-secs" => o.quiet_secs = value,
-            "--max-wait-secs" => o.max_wait_secs = value,
-            other => return Err(format!("unknown argument `{other}`")),
-        }
-    }
-    Ok(o)
-}
-
 // === tools ===
 
 struct Tools {
     nginx: PathBuf,
     haproxy: PathBuf,
     wrk: PathBuf,
-    taskset: PathBuf,
+    /// `None` when nothing is pinned (`--mode shipped`).
+    taskset: Option<PathBuf>,
 }
 
 impl Tools {
     /// The binaries, or `None` after saying how to install the missing ones.
-    fn find() -> Option<Self> {
+    fn find(pinned: bool) -> Option<Self> {
         let find = |name: &str| -> Option<PathBuf> {
             let path = std::env::var_os("PATH").unwrap_or_default();
             std::env::split_paths(&path)
@@ -210,7 +442,11 @@ impl Tools {
                 .map(|dir| dir.join(name))
                 .find(|p| p.is_file())
         };
-        let names = ["nginx", "haproxy", "wrk", "taskset"];
+        let names: &[&str] = if pinned {
+            &["nginx", "haproxy", "wrk", "taskset"]
+        } else {
+            &["nginx", "haproxy", "wrk"]
+        };
         let found: Vec<Option<PathBuf>> = names.iter().map(|n| find(n)).collect();
         let missing: Vec<&str> = names
             .iter()
@@ -227,24 +463,132 @@ impl Tools {
             return None;
         }
         let mut found = found.into_iter().flatten();
-        let mut next = || found.next().expect("found");
         Some(Tools {
-            nginx: next(),
-            haproxy: next(),
-            wrk: next(),
-            taskset: next(),
+            nginx: found.next()?,
+            haproxy: found.next()?,
+            wrk: found.next()?,
+            taskset: found.next(),
         })
+    }
+
+    /// `program` on `cpu` when pinning, else as it is.
+    fn on_cpu(&self, cpu: &str, program: impl AsRef<OsStr>) -> Command {
+        match &self.taskset {
+            Some(taskset) => {
+                let mut cmd = Command::new(taskset);
+                cmd.args(["-c", cpu]).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// A front's command: on CPU 1 when pinning.
+    fn front(&self, program: impl AsRef<OsStr>) -> Command {
+        self.on_cpu("1", program)
+    }
+
+    /// The client's (wrk's) command: on CPU 0 when pinning.
+    fn client(&self, program: impl AsRef<OsStr>) -> Command {
+        self.on_cpu("0", program)
     }
 }
 
-// === upstreams (in this process, CPU 0) ===
+/// The release `gateway` example next to this bench binary
+/// (`<target>/release/deps/vs_proxies-HASH` → `<target>/release/examples/gateway`),
+/// built first when missing or older than this binary.
+fn gateway_example() -> Result<PathBuf, Error> {
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .ok_or("cannot find the target directory from the bench's path")?;
+    let bin = target.join("release").join("examples").join("gateway");
+    let bench_built = std::fs::metadata(&exe)?.modified()?;
+    let why = match std::fs::metadata(&bin).and_then(|m| m.modified()) {
+        Err(_) => Some("missing"),
+        Ok(built) if built < bench_built => Some("older than this bench binary"),
+        Ok(_) => None,
+    };
+    if let Some(why) = why {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        println!(
+            "the gateway example ({}) is {why}: building it with `{} build --release --example \
+             gateway --all-features` (CARGO_TARGET_DIR={})",
+            bin.display(),
+            cargo.to_string_lossy(),
+            target.display()
+        );
+        let status = Command::new(&cargo)
+            .args([
+                "build",
+                "--release",
+                "--example",
+                "gateway",
+                "--all-features",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CARGO_TARGET_DIR", target)
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run {}: {e}", cargo.to_string_lossy()))?;
+        if !status.success() {
+            return Err(format!("building the gateway example failed ({status})").into());
+        }
+        match std::fs::metadata(&bin).and_then(|m| m.modified()) {
+            Err(_) => {
+                return Err(format!("{} still missing after the build", bin.display()).into());
+            }
+            // Nothing of it changed since it was built.
+            Ok(built) if built < bench_built => println!("cargo found it up to date"),
+            Ok(_) => {}
+        }
+    }
+    Ok(bin)
+}
 
-/// Connections accepted by both upstreams: a front that keeps its pool
-/// opens none while it is measured.
-#[derive(Clone, Default)]
-struct Accepted(Arc<AtomicUsize>);
+// === upstreams (in this process) ===
 
-async fn upstream(body: &'static [u8], accepted: Accepted) -> std::io::Result<SocketAddr> {
+/// What the upstreams saw, over both.
+#[derive(Default)]
+struct Counters {
+    /// Connections accepted: a front that keeps its pool opens none while
+    /// it is measured.
+    accepted: AtomicUsize,
+    /// Requests with `X-Forwarded-For: …127.0.0.1`, `X-Forwarded-Proto:
+    /// http` and an `X-Forwarded-Host`.
+    forwarded: AtomicUsize,
+    /// Requests with the pipeline's `x-gateway: vs-proxies`.
+    tagged: AtomicUsize,
+}
+
+impl Counters {
+    fn snapshot(&self) -> [usize; 3] {
+        [&self.accepted, &self.forwarded, &self.tagged].map(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+fn count(counters: &Counters, headers: &http::HeaderMap) {
+    let forwarded = headers
+        .get(X_FORWARDED_FOR)
+        .is_some_and(|v| v.as_bytes().ends_with(b"127.0.0.1"))
+        && headers
+            .get(X_FORWARDED_PROTO)
+            .is_some_and(|v| v.as_bytes() == b"http")
+        && headers.contains_key(X_FORWARDED_HOST);
+    if forwarded {
+        counters.forwarded.fetch_add(1, Ordering::Relaxed);
+    }
+    if headers
+        .get(TAG_HEADER)
+        .is_some_and(|v| v.as_bytes() == TAG_VALUE.as_bytes())
+    {
+        counters.tagged.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn upstream(body: &'static [u8], counters: Arc<Counters>) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -252,14 +596,18 @@ async fn upstream(body: &'static [u8], accepted: Accepted) -> std::io::Result<So
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            accepted.0.fetch_add(1, Ordering::Relaxed);
+            counters.accepted.fetch_add(1, Ordering::Relaxed);
             let _ = stream.set_nodelay(true);
-            let answer = service_fn(move |req: Request<Incoming>| async move {
-                let mut res = Response::new(Full::new(Bytes::from_static(body)));
-                if req.uri().path() != "/" {
-                    *res.status_mut() = StatusCode::NOT_FOUND;
+            let counters = counters.clone();
+            let answer = service_fn(move |req: Request<Incoming>| {
+                count(&counters, req.headers());
+                async move {
+                    let mut res = Response::new(Full::new(Bytes::from_static(body)));
+                    if req.uri().path() != "/" {
+                        *res.status_mut() = StatusCode::NOT_FOUND;
+                    }
+                    Ok::<_, Infallible>(res)
                 }
-                Ok::<_, Infallible>(res)
             });
             tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), answer));
         }
@@ -268,20 +616,17 @@ async fn upstream(body: &'static [u8], accepted: Accepted) -> std::io::Result<So
 }
 
 /// Starts both upstreams on their own thread and current-thread runtime.
-fn start_upstreams(accepted: Accepted) -> Result<(SocketAddr, SocketAddr), Error> {
+fn start_upstreams(counters: Arc<Counters>) -> Result<(SocketAddr, SocketAddr), Error> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("upstreams".into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt = runtime(1);
             rt.block_on(async move {
                 let addrs = async {
                     Ok::<_, std::io::Error>((
-                        upstream(BLUE, accepted.clone()).await?,
-                        upstream(GREEN, accepted).await?,
+                        upstream(BLUE, counters.clone()).await?,
+                        upstream(GREEN, counters).await?,
                     ))
                 }
                 .await;
@@ -292,49 +637,57 @@ fn start_upstreams(accepted: Accepted) -> Result<(SocketAddr, SocketAddr), Error
     Ok(rx.recv()??)
 }
 
-// === switchyard front (child process, CPU 1) ===
+// === fronts of our own (child processes: `--role …`) ===
 
-/// `--role front --blue ADDR --green ADDR`: the gateway on a current-thread
-/// runtime; prints `listening ADDR`, exits when its stdin closes (the
-/// bench went away).
-fn front(args: &[String]) -> ! {
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .unwrap_or_else(|| panic!("front: {name} ADDR missing"))
-            .clone()
+/// A current-thread runtime for one worker, else a multi-thread one.
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
     };
-    let toml = SWITCHYARD_TOML
-        .replace("BLUE_ADDR", &arg("--blue"))
-        .replace("GREEN_ADDR", &arg("--green"));
+    builder.enable_all().build().expect("runtime")
+}
+
+fn role_arg(args: &[String], name: &str) -> String {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .unwrap_or_else(|| panic!("{name} VALUE missing"))
+        .clone()
+}
+
+/// A role child exits when its stdin closes: the bench went away.
+fn exit_with_stdin() {
     std::thread::spawn(|| {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         std::process::exit(0);
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let result: Result<(), Error> = rt.block_on(async move {
-        let gateway = Gateway::from_config(GatewayConfig::from_toml(&toml)?)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        println!("listening {}", listener.local_addr()?);
-        std::io::stdout().flush()?;
-        loop {
-            let (stream, peer) = listener.accept().await?;
-            let _ = stream.set_nodelay(true);
-            let gateway = gateway.clone();
-            let svc = service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(peer);
-                gateway.clone().call(req)
-            });
-            tokio::spawn(async move {
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+}
+
+/// What the bench waits for on a role child's stdout.
+fn announce(addr: SocketAddr) -> std::io::Result<()> {
+    println!("listening {addr}");
+    std::io::stdout().flush()
+}
+
+/// `--role front --config FILE`: the gateway of `FILE` served by
+/// `switchyard::server::Server` (the config's `[server]` limits) on a
+/// current-thread runtime; prints `listening ADDR`.
+fn front(args: &[String]) -> ! {
+    let path = role_arg(args, "--config");
+    exit_with_stdin();
+    let result: Result<(), Error> = runtime(1).block_on(async move {
+        let config = GatewayConfig::from_toml(&std::fs::read_to_string(&path)?)?;
+        let server = ServerBuilder::from_config(config.server.clone())
+            .bind("127.0.0.1:0")
+            .await?;
+        let gateway = Gateway::from_config(config)?;
+        announce(server.local_addr())?;
+        server.serve(gateway).await?;
+        Ok(())
     });
     if let Err(e) = result {
         eprintln!("front: {e}");
@@ -342,28 +695,229 @@ fn front(args: &[String]) -> ! {
     std::process::exit(1);
 }
 
+/// `--role floor --blue ADDR --green ADDR --workers N`: the hyper floor
+/// (see the module docs) on a runtime of `N` workers; prints `listening
+/// ADDR`.
+fn floor(args: &[String]) -> ! {
+    let blue: SocketAddr = role_arg(args, "--blue").parse().expect("--blue");
+    let green: SocketAddr = role_arg(args, "--green").parse().expect("--green");
+    let workers: usize = role_arg(args, "--workers").parse().expect("--workers");
+    exit_with_stdin();
+    let result: Result<(), Error> = runtime(workers).block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        announce(listener.local_addr()?)?;
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Arc::new(FloorConn {
+                upstreams: [blue, green],
+                senders: Default::default(),
+                peer: HeaderValue::from_str(&peer.ip().to_string())?,
+            });
+            let svc = service_fn(move |req| floor_forward(conn.clone(), req));
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("floor: {e}");
+    }
+    std::process::exit(1);
+}
+
+/// One client connection of the floor: its upstream connections, opened
+/// on first use (blue, green).
+struct FloorConn {
+    upstreams: [SocketAddr; 2],
+    senders: [Mutex<Option<SendRequest<Incoming>>>; 2],
+    peer: HeaderValue,
+}
+
+type FloorBody = Either<Incoming, Empty<Bytes>>;
+
+async fn floor_forward(
+    conn: Arc<FloorConn>,
+    mut req: Request<Incoming>,
+) -> Result<Response<FloorBody>, Infallible> {
+    let i = usize::from(!blue_draw());
+    if req.uri().scheme().is_some() {
+        let origin = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(origin);
+    }
+    let headers = req.headers_mut();
+    let xff = match headers.get(X_FORWARDED_FOR) {
+        Some(prev) => {
+            let mut v = prev.as_bytes().to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(conn.peer.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| conn.peer.clone())
+        }
+        None => conn.peer.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR, xff);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(host) = headers.get(HOST).cloned() {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    let cached = conn.senders[i]
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    let mut sender = match cached {
+        Some(s) => s,
+        None => match floor_connect(conn.upstreams[i]).await {
+            Some(s) => s,
+            None => return Ok(bad_gateway()),
+        },
+    };
+    if sender.ready().await.is_err() {
+        // Closed by the upstream: open another.
+        sender = match floor_connect(conn.upstreams[i]).await {
+            Some(s) => s,
+            None => return Ok(bad_gateway()),
+        };
+        if sender.ready().await.is_err() {
+            return Ok(bad_gateway());
+        }
+    }
+    let res = sender.send_request(req).await;
+    *conn.senders[i]
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(sender);
+    Ok(match res {
+        Ok(res) => res.map(Either::Left),
+        Err(_) => bad_gateway(),
+    })
+}
+
+async fn floor_connect(addr: SocketAddr) -> Option<SendRequest<Incoming>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    Some(sender)
+}
+
+fn bad_gateway() -> Response<FloorBody> {
+    let mut res = Response::new(Either::Right(Empty::new()));
+    *res.status_mut() = StatusCode::BAD_GATEWAY;
+    res
+}
+
+/// Blue 90 times in 100: a per-thread xorshift64.
+fn blue_draw() -> bool {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(Instant::now()) | 1
+        });
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        x % 100 < 90
+    })
+}
+
 // === processes ===
 
-/// A front process, stopped (TERM, then KILL) when dropped.
+/// A child process, stopped (TERM, then KILL) when dropped. Its stdout and
+/// stderr go to files in the run directory.
 struct Proc {
     name: &'static str,
     child: Child,
-    log: Option<PathBuf>,
+    stdout: PathBuf,
+    /// Shown when it fails: its stderr, and nginx's error log.
+    logs: Vec<PathBuf>,
 }
 
 impl Proc {
+    /// Starts `cmd` with its output in `DIR/STEM.stdout` and `.stderr`;
+    /// its stdin is a pipe (the `--role` children exit when it closes) or
+    /// nothing.
+    fn spawn(
+        name: &'static str,
+        stem: &str,
+        mut cmd: Command,
+        dir: &Path,
+        stdin_pipe: bool,
+    ) -> Result<Proc, Error> {
+        let stdout = dir.join(format!("{stem}.stdout"));
+        let stderr = dir.join(format!("{stem}.stderr"));
+        let child = cmd
+            .stdin(if stdin_pipe {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(std::fs::File::create(&stdout)?)
+            .stderr(std::fs::File::create(&stderr)?)
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        Ok(Proc {
+            name,
+            child,
+            stdout,
+            logs: vec![stderr],
+        })
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    fn exited(&mut self) -> Result<(), Error> {
+        match self.child.try_wait()? {
+            Some(status) => {
+                Err(format!("{} exited ({status}){}", self.name, self.log_tail()).into())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for a line `PREFIX ADDR` on its stdout, then until `ADDR`
+    /// accepts connections.
+    fn wait_announced(&mut self, prefix: &str) -> Result<SocketAddr, Error> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            self.exited()?;
+            let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+            if let Some(rest) = out.lines().find_map(|l| l.strip_prefix(prefix)) {
+                let addr: SocketAddr = rest
+                    .trim()
+                    .parse()
+                    .map_err(|e| format!("{} announced {rest:?}: {e}", self.name))?;
+                self.wait_listening(addr)?;
+                return Ok(addr);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not print `{prefix}ADDR`{}",
+                    self.name,
+                    self.log_tail()
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits until `addr` accepts connections.
     fn wait_listening(&mut self, addr: SocketAddr) -> Result<(), Error> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Err(format!("{} exited ({status}){}", self.name, self.log_tail()).into());
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            self.exited()?;
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -379,14 +933,14 @@ impl Proc {
     }
 
     fn log_tail(&self) -> String {
-        match &self.log {
-            Some(path) => format!(
-                "; {}:\n{}",
-                path.display(),
-                std::fs::read_to_string(path).unwrap_or_default()
-            ),
-            None => String::new(),
+        let mut out = String::new();
+        for path in &self.logs {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            out += &format!("; {}:\n{}", path.display(), tail.join("\n"));
         }
+        out
     }
 }
 
@@ -414,152 +968,258 @@ fn free_addr() -> Result<SocketAddr, Error> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn start_switchyard(
-    tools: &Tools,
-    blue: SocketAddr,
-    green: SocketAddr,
-) -> Result<(Proc, SocketAddr), Error> {
-    let mut child = Command::new(&tools.taskset)
-        .args(["-c", "1"])
-        .arg(std::env::current_exe()?)
-        .args([
-            "--role",
-            "front",
-            "--blue",
-            &blue.to_string(),
-            "--green",
-            &green.to_string(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("stdout");
-    let mut proc = Proc {
-        name: "switchyard",
-        child,
-        log: None,
-    };
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening ")
-        .ok_or_else(|| format!("switchyard front said {line:?}"))?
-        .parse()?;
-    proc.wait_listening(addr)?;
-    Ok((proc, addr))
+/// A row: a front (or `direct`) and where wrk sends its requests.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    /// The front's process (`None` for `direct`), stopped when dropped.
+    proc: Option<Proc>,
 }
 
-fn render(
-    template: &str,
-    dir: &Path,
-    listen: SocketAddr,
+/// Starts the fronts of a table, as the mode wants them.
+struct Launch<'a> {
+    tools: &'a Tools,
+    dir: &'a Path,
     blue: SocketAddr,
     green: SocketAddr,
-) -> String {
-    template
-        .replace("RUN_DIR", &dir.display().to_string())
-        .replace("LISTEN_ADDR", &listen.to_string())
-        .replace("BLUE_ADDR", &blue.to_string())
-        .replace("GREEN_ADDR", &green.to_string())
+    /// Workers per front.
+    workers: usize,
+    /// `--mode shipped`: the `gateway` example serves switchyard's row,
+    /// with these further arguments.
+    example: Option<(PathBuf, Vec<String>)>,
 }
 
-fn start_nginx(
-    tools: &Tools,
-    dir: &Path,
-    blue: SocketAddr,
-    green: SocketAddr,
-) -> Result<(Proc, SocketAddr), Error> {
-    let listen = free_addr()?;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, render(NGINX_CONF, dir, listen, blue, green))?;
-    let log = dir.join("nginx-error.log");
-    let child = Command::new(&tools.taskset)
-        .args(["-c", "1"])
-        .arg(&tools.nginx)
-        .arg("-p")
-        .arg(dir)
-        .arg("-e")
-        .arg(&log)
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off;"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("nginx-stderr.log"))?)
-        .spawn()?;
-    let mut proc = Proc {
-        name: "nginx",
-        child,
-        log: Some(log),
-    };
-    proc.wait_listening(listen)?;
-    Ok((proc, listen))
+impl Launch<'_> {
+    /// The table's rows: its fronts, then the references.
+    fn targets(&self, set: RowSet) -> Result<Vec<Target>, Error> {
+        let [switchyard, nginx, haproxy] = set.templates();
+        let mut targets = vec![
+            self.switchyard(set, switchyard)?,
+            self.nginx(set, nginx)?,
+            self.haproxy(set, haproxy)?,
+        ];
+        if set == RowSet::Split {
+            targets.push(self.floor()?);
+            targets.push(Target {
+                name: "direct",
+                addr: self.blue,
+                proc: None,
+            });
+        }
+        Ok(targets)
+    }
+
+    fn render(&self, template: &str, listen: Option<SocketAddr>) -> String {
+        let text = template
+            .replace("RUN_DIR", &self.dir.display().to_string())
+            .replace("BLUE_ADDR", &self.blue.to_string())
+            .replace("GREEN_ADDR", &self.green.to_string())
+            .replace("WORKERS", &self.workers.to_string());
+        match listen {
+            Some(addr) => text.replace("LISTEN_ADDR", &addr.to_string()),
+            None => text,
+        }
+    }
+
+    fn switchyard(&self, set: RowSet, template: &str) -> Result<Target, Error> {
+        let stem = format!("switchyard-{}", set.slug());
+        let config = self.dir.join(format!("{stem}.toml"));
+        let toml = self.render(template, None);
+        let (mut proc, prefix) = match &self.example {
+            None => {
+                std::fs::write(&config, toml)?;
+                let mut cmd = self.tools.front(std::env::current_exe()?);
+                cmd.args(["--role", "front", "--config"]).arg(&config);
+                let proc = Proc::spawn("switchyard", &stem, cmd, self.dir, true)?;
+                (proc, "listening ")
+            }
+            Some((example, args)) => {
+                std::fs::write(&config, toml + EXAMPLE_ADMIN)?;
+                let mut cmd = Command::new(example);
+                cmd.arg("--config")
+                    .arg(&config)
+                    .arg("--listen")
+                    .arg(free_addr()?.to_string())
+                    .args(["--admin-listen", "127.0.0.1:0"])
+                    .args(args);
+                let proc = Proc::spawn("switchyard", &stem, cmd, self.dir, false)?;
+                (proc, "gateway: http://")
+            }
+        };
+        let addr = proc.wait_announced(prefix)?;
+        Ok(Target {
+            name: "switchyard",
+            addr,
+            proc: Some(proc),
+        })
+    }
+
+    fn nginx(&self, set: RowSet, template: &str) -> Result<Target, Error> {
+        let stem = format!("nginx-{}", set.slug());
+        let listen = free_addr()?;
+        let conf = self.dir.join(format!("{stem}.conf"));
+        std::fs::write(&conf, self.render(template, Some(listen)))?;
+        let error_log = self.dir.join(format!("{stem}-error.log"));
+        let mut cmd = self.tools.front(&self.tools.nginx);
+        cmd.arg("-p")
+            .arg(self.dir)
+            .arg("-e")
+            .arg(&error_log)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"]);
+        let mut proc = Proc::spawn("nginx", &stem, cmd, self.dir, false)?;
+        proc.logs.push(error_log);
+        proc.wait_listening(listen)?;
+        Ok(Target {
+            name: "nginx",
+            addr: listen,
+            proc: Some(proc),
+        })
+    }
+
+    fn haproxy(&self, set: RowSet, template: &str) -> Result<Target, Error> {
+        let stem = format!("haproxy-{}", set.slug());
+        let listen = free_addr()?;
+        let cfg = self.dir.join(format!("{stem}.cfg"));
+        std::fs::write(&cfg, self.render(template, Some(listen)))?;
+        let mut cmd = self.tools.front(&self.tools.haproxy);
+        cmd.arg("-db").arg("-f").arg(&cfg);
+        let mut proc = Proc::spawn("haproxy", &stem, cmd, self.dir, false)?;
+        proc.wait_listening(listen)?;
+        Ok(Target {
+            name: "haproxy",
+            addr: listen,
+            proc: Some(proc),
+        })
+    }
+
+    fn floor(&self) -> Result<Target, Error> {
+        let mut cmd = self.tools.front(std::env::current_exe()?);
+        cmd.args(["--role", "floor", "--blue", &self.blue.to_string()])
+            .args(["--green", &self.green.to_string()])
+            .args(["--workers", &self.workers.to_string()]);
+        let mut proc = Proc::spawn("hyper floor", "floor", cmd, self.dir, true)?;
+        let addr = proc.wait_announced("listening ")?;
+        Ok(Target {
+            name: "hyper floor",
+            addr,
+            proc: Some(proc),
+        })
+    }
 }
 
-fn start_haproxy(
-    tools: &Tools,
-    dir: &Path,
-    blue: SocketAddr,
-    green: SocketAddr,
-) -> Result<(Proc, SocketAddr), Error> {
-    let listen = free_addr()?;
-    let cfg = dir.join("haproxy.cfg");
-    std::fs::write(&cfg, render(HAPROXY_CFG, dir, listen, blue, green))?;
-    let log = dir.join("haproxy-stderr.log");
-    let child = Command::new(&tools.taskset)
-        .args(["-c", "1"])
-        .arg(&tools.haproxy)
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()?;
-    let mut proc = Proc {
-        name: "haproxy",
-        child,
-        log: Some(log),
-    };
-    proc.wait_listening(listen)?;
-    Ok((proc, listen))
-}
+// === checks ===
 
-// === split check ===
-
-/// Counts blue and green answers over `CHECK_REQUESTS` sequential requests
-/// on one keep-alive connection.
-fn split_check(addr: SocketAddr) -> Result<(usize, usize), Error> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+/// `GET /` on one keep-alive connection, `n` times, with `header`: the
+/// status and body of each answer, in order, to `each`.
+fn get_n(
+    addr: SocketAddr,
+    n: usize,
+    header: Option<(&str, &str)>,
+    mut each: impl FnMut(StatusCode, &[u8]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let rt = runtime(1);
     rt.block_on(async move {
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        let uri: http::Uri = format!("http://{addr}/").parse()?;
-        let (mut blue, mut green) = (0, 0);
-        for _ in 0..CHECK_REQUESTS {
-            let res = client.get(uri.clone()).await?;
+        let uri: Uri = format!("http://{addr}/").parse()?;
+        for _ in 0..n {
+            let mut req = Request::get(uri.clone());
+            if let Some((name, value)) = header {
+                req = req.header(name, value);
+            }
+            let res = client.request(req.body(Empty::new())?).await?;
             let status = res.status();
             let body = res.into_body().collect().await?.to_bytes();
-            match (status, &body[..]) {
+            each(status, &body)?;
+        }
+        Ok(())
+    })
+}
+
+/// Every front of the table splits about 90/10, forwards with the
+/// `X-Forwarded-*` headers, and, in the pipeline table, sets `x-gateway`
+/// and refuses a request without the key.
+fn check_fronts(targets: &[Target], set: RowSet, counters: &Counters) -> Result<(), Error> {
+    println!(
+        "checks: {CHECK_REQUESTS} sequential requests{} on one connection, green in \
+         {CHECK_GREEN:?}, each upstream request with X-Forwarded-For/-Proto/-Host{}",
+        if set.key().is_some() {
+            " with the API key"
+        } else {
+            ""
+        },
+        if set == RowSet::Pipeline {
+            " and x-gateway; a request without the key must get 401"
+        } else {
+            ""
+        }
+    );
+    for t in targets.iter().filter(|t| t.proc.is_some()) {
+        let before = counters.snapshot();
+        let (mut blue, mut green) = (0, 0);
+        get_n(t.addr, CHECK_REQUESTS, set.key(), |status, body| {
+            match (status, body) {
                 (StatusCode::OK, BLUE) => blue += 1,
                 (StatusCode::OK, GREEN) => green += 1,
-                _ => return Err(format!("{addr} answered {status} {body:?}").into()),
+                _ => {
+                    return Err(format!(
+                        "{} answered {status} {:?}",
+                        t.name,
+                        String::from_utf8_lossy(body)
+                    )
+                    .into());
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("{}: {e}", t.name))?;
+        let after = counters.snapshot();
+        let (forwarded, tagged) = (after[1] - before[1], after[2] - before[2]);
+        let mut line = format!(
+            "  {:<12} blue {blue:>4}  green {green:>4}  forwarded {forwarded:>4}",
+            t.name
+        );
+        let mut wrong = Vec::new();
+        if !CHECK_GREEN.contains(&green) {
+            wrong.push(format!("does not split 90/10 (green {green})"));
+        }
+        if forwarded != CHECK_REQUESTS {
+            wrong.push(format!(
+                "forwarded {forwarded} of {CHECK_REQUESTS} requests with the X-Forwarded headers"
+            ));
+        }
+        if set == RowSet::Pipeline {
+            let mut refused = StatusCode::OK;
+            get_n(t.addr, 1, None, |status, _| {
+                refused = status;
+                Ok(())
+            })?;
+            line += &format!("  x-gateway {tagged:>4}  no key: {}", refused.as_u16());
+            if tagged != CHECK_REQUESTS {
+                wrong.push(format!("set x-gateway on {tagged} of {CHECK_REQUESTS}"));
+            }
+            if refused != StatusCode::UNAUTHORIZED {
+                wrong.push(format!("answered {refused} without the key"));
             }
         }
-        Ok((blue, green))
-    })
+        println!("{line}");
+        if !wrong.is_empty() {
+            return Err(format!("{}: {}", t.name, wrong.join("; ")).into());
+        }
+    }
+    Ok(())
 }
 
 // === measurement ===
 
-/// Busy and total jiffies of CPUs 0 and 1, from `/proc/stat`.
-fn cpu_jiffies() -> [(u64, u64); 2] {
+/// Busy and total jiffies of each CPU (`cpu0`, `cpu1`, … in order), from
+/// `/proc/stat`.
+fn cpu_jiffies() -> Vec<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let mut out = [(0, 0); 2];
-    for (i, name) in ["cpu0 ", "cpu1 "].iter().enumerate() {
-        if let Some(line) = stat.lines().find(|l| l.starts_with(name)) {
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|line| {
             let v: Vec<u64> = line
                 .split_whitespace()
                 .skip(1)
@@ -568,13 +1228,12 @@ fn cpu_jiffies() -> [(u64, u64); 2] {
             // user nice system idle iowait irq softirq steal ...
             let total: u64 = v.iter().take(8).sum();
             let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-            out[i] = (total - idle, total);
-        }
-    }
-    out
+            (total - idle, total)
+        })
+        .collect()
 }
 
-/// `(ppid, utime + stime)` of a process, in clock ticks.
+/// `(ppid, utime + stime)` of a process (all its threads), in clock ticks.
 fn proc_stat(pid: u32) -> Option<(u32, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -584,7 +1243,7 @@ fn proc_stat(pid: u32) -> Option<(u32, u64)> {
     Some((ppid, cpu))
 }
 
-/// CPU ticks of a process and its direct children (nginx's worker).
+/// CPU ticks of a process and its direct children (nginx's workers).
 fn tree_ticks(pid: u32) -> u64 {
     let mut total = proc_stat(pid).map_or(0, |(_, t)| t);
     if let Ok(dir) = std::fs::read_dir("/proc") {
@@ -682,10 +1341,37 @@ struct Run {
     non_2xx: u64,
     /// Front CPU time per request, µs (`None` for `direct`).
     cpu_us_per_req: Option<f64>,
-    cpu0_busy: f64,
-    cpu1_busy: f64,
+    /// How busy each CPU was, %.
+    busy: Vec<f64>,
+    /// How busy all CPUs were together, %.
+    busy_all: f64,
     new_upstream_conns: usize,
     compile_seen: bool,
+}
+
+/// A busy column of the tables.
+#[derive(Clone, Copy)]
+enum Busy {
+    Cpu(usize),
+    All,
+}
+
+impl Busy {
+    fn of(self, run: &Run) -> f64 {
+        match self {
+            Busy::Cpu(i) => run.busy.get(i).copied().unwrap_or(f64::NAN),
+            Busy::All => run.busy_all,
+        }
+    }
+
+    /// The front's CPU then the client's when pinned; all CPUs otherwise.
+    fn columns(mode: Mode) -> &'static [(&'static str, Busy)] {
+        if mode.pinned() {
+            &[("cpu1%", Busy::Cpu(1)), ("cpu0%", Busy::Cpu(0))]
+        } else {
+            &[("cpu%", Busy::All)]
+        }
+    }
 }
 
 fn parse_latency(s: &str) -> Option<f64> {
@@ -724,23 +1410,31 @@ fn parse_wrk(out: &str) -> Result<Run, Error> {
     Ok(run)
 }
 
-struct Target {
-    name: &'static str,
-    addr: SocketAddr,
-    /// The front's process (`None` for `direct`).
-    pid: Option<u32>,
+/// The runs of a table: per target, in round order.
+struct Measured {
+    runs: Vec<Vec<Run>>,
+    compiles: usize,
+    gave_up: bool,
 }
 
 struct Bench<'a> {
     tools: &'a Tools,
     options: &'a Options,
-    accepted: Accepted,
+    counters: Arc<Counters>,
     exclude: HashSet<u32>,
     ticks: f64,
 }
 
 impl Bench<'_> {
-    fn wrk(&self, target: &Target, secs: u64) -> Result<Run, Error> {
+    fn wait_quiet(&self) -> bool {
+        wait_quiet(
+            &self.exclude,
+            Duration::from_secs(self.options.quiet_secs),
+            Duration::from_secs(self.options.max_wait_secs),
+        )
+    }
+
+    fn wrk(&self, target: &Target, secs: u64, set: RowSet) -> Result<Run, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(AtomicBool::new(false));
         let watcher = {
@@ -754,22 +1448,26 @@ impl Bench<'_> {
                 }
             })
         };
-        let conns_before = self.accepted.0.load(Ordering::Relaxed);
-        let ticks_before = target.pid.map(tree_ticks);
-        let cpu_before = cpu_jiffies();
-        let out = Command::new(&self.tools.taskset)
-            .args(["-c", "0"])
-            .arg(&self.tools.wrk)
-            .args(["-t1", &format!("-c{}", self.options.connections)])
+        let mut cmd = self.tools.client(&self.tools.wrk);
+        cmd.arg(format!("-t{}", self.options.threads))
+            .arg(format!("-c{}", self.options.connections))
             .arg(format!("-d{secs}s"))
-            .arg("--latency")
-            .arg(format!("http://{}/", target.addr))
-            .output()?;
+            .arg("--latency");
+        if let Some((name, value)) = set.key() {
+            cmd.arg("-H").arg(format!("{name}: {value}"));
+        }
+        cmd.arg(format!("http://{}/", target.addr));
+        let pid = target.proc.as_ref().map(Proc::pid);
+        let conns_before = self.counters.accepted.load(Ordering::Relaxed);
+        let ticks_before = pid.map(tree_ticks);
+        let cpu_before = cpu_jiffies();
+        let out = cmd.output();
         let cpu_after = cpu_jiffies();
-        let ticks_after = target.pid.map(tree_ticks);
-        let conns_after = self.accepted.0.load(Ordering::Relaxed);
+        let ticks_after = pid.map(tree_ticks);
+        let conns_after = self.counters.accepted.load(Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
         let _ = watcher.join();
+        let out = out?;
         if !out.status.success() {
             return Err(format!(
                 "wrk against {} failed: {}",
@@ -779,13 +1477,17 @@ impl Bench<'_> {
             .into());
         }
         let mut run = parse_wrk(&String::from_utf8_lossy(&out.stdout))?;
-        let busy = |i: usize| {
-            let (b0, t0) = cpu_before[i];
-            let (b1, t1) = cpu_after[i];
-            100.0 * (b1 - b0) as f64 / (t1 - t0).max(1) as f64
-        };
-        run.cpu0_busy = busy(0);
-        run.cpu1_busy = busy(1);
+        let pct = |busy: u64, total: u64| 100.0 * busy as f64 / total.max(1) as f64;
+        let deltas: Vec<(u64, u64)> = cpu_before
+            .iter()
+            .zip(&cpu_after)
+            .map(|(&(b0, t0), &(b1, t1))| (b1.saturating_sub(b0), t1.saturating_sub(t0)))
+            .collect();
+        run.busy = deltas.iter().map(|&(b, t)| pct(b, t)).collect();
+        run.busy_all = pct(
+            deltas.iter().map(|d| d.0).sum(),
+            deltas.iter().map(|d| d.1).sum(),
+        );
         run.cpu_us_per_req = match (ticks_before, ticks_after) {
             (Some(a), Some(b)) => Some((b - a) as f64 / self.ticks * 1e6 / run.requests as f64),
             _ => None,
@@ -794,6 +1496,197 @@ impl Bench<'_> {
         run.compile_seen = seen.load(Ordering::Relaxed);
         Ok(run)
     }
+
+    /// Warm-up, then interleaved rounds over `targets`, each run printed.
+    fn measure(&self, targets: &[Target], set: RowSet) -> Result<Measured, Error> {
+        let options = self.options;
+        let busy = Busy::columns(options.mode);
+        let mut gave_up = self.wait_quiet();
+        if options.warmup_secs > 0 {
+            println!("warm-up: {} s each", options.warmup_secs);
+            for t in targets {
+                self.wrk(t, options.warmup_secs, set)?;
+            }
+        }
+        print!(
+            "{:<5} {:<12} {:>9} {:>9} {:>9} {:>10}",
+            "round", "front", "req/s", "p50", "p99", "CPU us/req"
+        );
+        for (name, _) in busy {
+            print!(" {name:>6}");
+        }
+        println!(" {:>6} {:>8}  notes", "conns", "non-2xx");
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
+        let mut compiles = 0;
+        for round in 0..options.rounds {
+            gave_up |= self.wait_quiet();
+            for k in 0..targets.len() {
+                let i = (round + k) % targets.len();
+                let t = &targets[i];
+                let r = self.wrk(t, options.secs, set)?;
+                let mut notes = Vec::new();
+                if let Some(e) = r.socket_errors.as_ref() {
+                    notes.push(format!("socket errors: {e}"));
+                }
+                if r.compile_seen {
+                    notes.push("a compile ran".to_string());
+                    compiles += 1;
+                }
+                print!(
+                    "{:<5} {:<12} {:>9.0} {:>9} {:>9} {:>10}",
+                    round + 1,
+                    t.name,
+                    r.rps,
+                    fmt_latency(r.p50_us),
+                    fmt_latency(r.p99_us),
+                    fmt_cpu(r.cpu_us_per_req.unwrap_or(f64::NAN)),
+                );
+                for (_, b) in busy {
+                    print!(" {:>6.0}", b.of(&r));
+                }
+                println!(
+                    " {:>6} {:>8}  {}",
+                    r.new_upstream_conns,
+                    r.non_2xx,
+                    notes.join("; ")
+                );
+                runs[i].push(r);
+            }
+        }
+        Ok(Measured {
+            runs,
+            compiles,
+            gave_up,
+        })
+    }
+
+    /// The medians table of a measured row set, and what to read it with.
+    fn report(&self, targets: &[Target], measured: &Measured, set: RowSet) {
+        let options = self.options;
+        let busy = Busy::columns(options.mode);
+        let runs = &measured.runs;
+        let med = |i: usize, f: &dyn Fn(&Run) -> f64| median(runs[i].iter().map(f).collect());
+        let cpu = |r: &Run| r.cpu_us_per_req.unwrap_or(f64::NAN);
+        let base_rps = med(0, &|r| r.rps);
+        let base_cpu = med(0, &cpu);
+        println!(
+            "\n{} — mode {}: medians over {} rounds ({} s each, wrk -t{} -c{}):",
+            set.slug(),
+            options.mode.name(),
+            options.rounds,
+            options.secs,
+            options.threads,
+            options.connections
+        );
+        print!(
+            "{:<22} {:>9} {:>8} {:>9} {:>9} {:>10} {:>10}",
+            "front", "req/s", "vs sy", "p50", "p99", "CPU us/req", "vs sy"
+        );
+        for (name, _) in busy {
+            print!(" {name:>6}");
+        }
+        println!();
+        for (i, t) in targets.iter().enumerate() {
+            let rps = med(i, &|r| r.rps);
+            let c = med(i, &cpu);
+            let name = match t.name {
+                "direct" => "direct (no proxy, ref)",
+                "hyper floor" => "hyper floor (ref)",
+                other => other,
+            };
+            print!(
+                "{:<22} {:>9.0} {:>8.2} {:>9} {:>9} {:>10} {:>10}",
+                name,
+                rps,
+                rps / base_rps,
+                fmt_latency(med(i, &|r| r.p50_us)),
+                fmt_latency(med(i, &|r| r.p99_us)),
+                fmt_cpu(c),
+                if c.is_nan() {
+                    "-".into()
+                } else {
+                    format!("{:.2}", c / base_cpu)
+                },
+            );
+            for (_, b) in busy {
+                print!(" {:>6.0}", med(i, &|r| b.of(r)));
+            }
+            println!();
+        }
+        let non_2xx: u64 = runs.iter().flatten().map(|r| r.non_2xx).sum();
+        let errors = runs
+            .iter()
+            .flatten()
+            .filter(|r| r.socket_errors.is_some())
+            .count();
+        println!(
+            "non-2xx answers: {non_2xx}; runs with socket errors: {errors}; runs during which a \
+             compile ran: {}{}",
+            measured.compiles,
+            if measured.gave_up {
+                " (gave up waiting for a quiet machine at least once)"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "vs sy: ratio to switchyard (req/s: higher is better; CPU us/req: lower is better). \
+             CPU us/req: the front's processes and threads (nginx's master and workers), user + \
+             system."
+        );
+        if options.mode.pinned() {
+            println!("cpu1%: the fronts' CPU; cpu0%: wrk's and the upstreams'.");
+        } else {
+            println!("cpu%: all CPUs together (nothing pinned).");
+        }
+        println!(
+            "conns: upstream connections opened during the run (0 = the front kept its pool{}).",
+            if set == RowSet::Split {
+                "; the hyper floor opens one per colour per new client connection, so it shows up \
+                 to 2 × wrk's connections"
+            } else {
+                ""
+            }
+        );
+        match options.mode {
+            Mode::Shipped => println!(
+                "switchyard: the release gateway example{} (switchyard::server::Server with the \
+                 default [server] limits, #[tokio::main] with {} workers); as shipped it writes \
+                 its access log, a line per request, to stderr: a file here ({}); nginx and \
+                 haproxy log nothing.",
+                if options.example_args.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with {}", options.example_args.join(" "))
+                },
+                options.mode.workers(),
+                targets
+                    .first()
+                    .and_then(|t| t.proc.as_ref())
+                    .and_then(|p| std::fs::metadata(&p.logs[0]).ok())
+                    .map_or("?".into(), |m| format!(
+                        "{:.1} MB so far",
+                        m.len() as f64 / 1e6
+                    ))
+            ),
+            Mode::Pinned | Mode::Latency => println!(
+                "switchyard: the Gateway on switchyard::server::Server with the default [server] \
+                 limits (header-read and idle timeouts, connection cap, head and header limits), \
+                 one current-thread runtime."
+            ),
+        }
+        match set {
+            RowSet::Split => println!(
+                "hyper floor: bare hyper HTTP/1.1 server and client connections, NOT hardened (no \
+                 timeouts, no limits, no pool, hop-by-hop headers untouched): the least any \
+                 hyper-based proxy can cost, for reference."
+            ),
+            RowSet::Pipeline => println!(
+                "pipeline: wrk sends {API_KEY_HEADER}: {API_KEY}; switchyard also answers with \
+                 RateLimit and RateLimit-Policy headers (its default), nginx and haproxy with none."
+            ),
+        }
+    }
 }
 
 fn fmt_latency(us: f64) -> String {
@@ -801,6 +1694,14 @@ fn fmt_latency(us: f64) -> String {
         format!("{:.2}ms", us / 1000.0)
     } else {
         format!("{us:.0}us")
+    }
+}
+
+fn fmt_cpu(us: f64) -> String {
+    if us.is_nan() {
+        "-".into()
+    } else {
+        format!("{us:.1}")
     }
 }
 
@@ -816,6 +1717,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+// === the run ===
+
 fn run(tools: &Tools, options: &Options) -> Result<(), Error> {
     let dir = std::env::temp_dir().join(format!("switchyard-vs-proxies-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -824,200 +1727,111 @@ fn run(tools: &Tools, options: &Options) -> Result<(), Error> {
     result
 }
 
+fn version(bin: &Path, arg: &str) -> String {
+    Command::new(bin)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
 fn run_in(tools: &Tools, options: &Options, dir: &Path) -> Result<(), Error> {
-    let version = |bin: &Path, arg: &str| -> String {
-        Command::new(bin)
-            .arg(arg)
-            .output()
-            .map(|o| {
-                let text = if o.stdout.is_empty() {
-                    o.stderr
-                } else {
-                    o.stdout
-                };
-                String::from_utf8_lossy(&text)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_string()
-            })
-            .unwrap_or_default()
-    };
+    let mode = options.mode;
+    let workers = mode.workers();
     println!(
-        "vs_proxies: switchyard Gateway vs nginx vs haproxy, random 90/10 split over loopback"
-    );
-    println!("  {}", version(&tools.nginx, "-v"));
-    println!("  {}", version(&tools.haproxy, "-v"));
-    println!("  {}", version(&tools.wrk, "-v"));
-    println!(
-        "fairness: each front on CPU 1 alone with one thread of work (switchyard current-thread \
-         tokio runtime, nginx worker_processes 1, haproxy nbthread 1); wrk -t1 -c{} and both \
-         upstreams (one current-thread runtime) on CPU 0; {} rounds of {} s per front, order \
-         rotated each round, medians reported",
-        options.connections, options.rounds, options.secs
-    );
-
-    let accepted = Accepted::default();
-    let (blue, green) = start_upstreams(accepted.clone())?;
-    println!("upstreams: blue {blue}, green {green}");
-
-    let (switchyard, sy_addr) = start_switchyard(tools, blue, green)?;
-    let (nginx, nginx_addr) = start_nginx(tools, dir, blue, green)?;
-    let (haproxy, haproxy_addr) = start_haproxy(tools, dir, blue, green)?;
-    let targets = [
-        Target {
-            name: "switchyard",
-            addr: sy_addr,
-            pid: Some(switchyard.pid()),
-        },
-        Target {
-            name: "nginx",
-            addr: nginx_addr,
-            pid: Some(nginx.pid()),
-        },
-        Target {
-            name: "haproxy",
-            addr: haproxy_addr,
-            pid: Some(haproxy.pid()),
-        },
-        Target {
-            name: "direct",
-            addr: blue,
-            pid: None,
-        },
-    ];
-
-    println!(
-        "split check ({CHECK_REQUESTS} sequential requests, green must be in {CHECK_GREEN:?}):"
-    );
-    for t in &targets[..3] {
-        let (b, g) = split_check(t.addr)?;
-        println!("  {:<10} blue {b:>4}  green {g:>4}", t.name);
-        if !CHECK_GREEN.contains(&g) {
-            return Err(format!("{} does not split 90/10: blue {b}, green {g}", t.name).into());
-        }
-    }
-
-    let bench = Bench {
-        tools,
-        options,
-        accepted,
-        exclude: ancestors(),
-        ticks: clock_ticks(),
-    };
-    let mut gave_up = wait_quiet(
-        &bench.exclude,
-        Duration::from_secs(options.quiet_secs),
-        Duration::from_secs(options.max_wait_secs),
-    );
-    if options.warmup_secs > 0 {
-        println!("warm-up: {} s each", options.warmup_secs);
-        for t in &targets {
-            bench.wrk(t, options.warmup_secs)?;
-        }
-    }
-
-    println!(
-        "{:<5} {:<10} {:>9} {:>9} {:>9} {:>10} {:>6} {:>6} {:>6} {:>8}  notes",
-        "round", "front", "req/s", "p50", "p99", "CPU us/req", "cpu1%", "cpu0%", "conns", "non-2xx"
-    );
-    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
-    let mut compiles = 0;
-    for round in 0..options.rounds {
-        gave_up |= wait_quiet(
-            &bench.exclude,
-            Duration::from_secs(options.quiet_secs),
-            Duration::from_secs(options.max_wait_secs),
-        );
-        for k in 0..targets.len() {
-            let i = (round + k) % targets.len();
-            let t = &targets[i];
-            let r = bench.wrk(t, options.secs)?;
-            let mut notes = Vec::new();
-            if let Some(e) = r.socket_errors.as_ref() {
-                notes.push(format!("socket errors: {e}"));
-            }
-            if r.compile_seen {
-                notes.push("a compile ran".to_string());
-                compiles += 1;
-            }
-            println!(
-                "{:<5} {:<10} {:>9.0} {:>9} {:>9} {:>10} {:>6.0} {:>6.0} {:>6} {:>8}  {}",
-                round + 1,
-                t.name,
-                r.rps,
-                fmt_latency(r.p50_us),
-                fmt_latency(r.p99_us),
-                r.cpu_us_per_req.map_or("-".into(), |c| format!("{c:.1}")),
-                r.cpu1_busy,
-                r.cpu0_busy,
-                r.new_upstream_conns,
-                r.non_2xx,
-                notes.join("; ")
-            );
-            runs[i].push(r);
-        }
-    }
-
-    let med = |i: usize, f: fn(&Run) -> f64| median(runs[i].iter().map(f).collect());
-    let base_rps = med(0, |r| r.rps);
-    let base_cpu = med(0, |r| r.cpu_us_per_req.unwrap_or(f64::NAN));
-    println!(
-        "\nmedians over {} rounds ({} s each, wrk -t1 -c{}):",
-        options.rounds, options.secs, options.connections
-    );
-    println!(
-        "{:<22} {:>9} {:>8} {:>9} {:>9} {:>10} {:>10} {:>6} {:>6}",
-        "front", "req/s", "vs sy", "p50", "p99", "CPU us/req", "vs sy", "cpu1%", "cpu0%"
-    );
-    for (i, t) in targets.iter().enumerate() {
-        let rps = med(i, |r| r.rps);
-        let cpu = med(i, |r| r.cpu_us_per_req.unwrap_or(f64::NAN));
-        let name = if t.pid.is_some() {
-            t.name.to_string()
-        } else {
-            "direct (no proxy, ref)".to_string()
-        };
-        println!(
-            "{:<22} {:>9.0} {:>8.2} {:>9} {:>9} {:>10} {:>10} {:>6.0} {:>6.0}",
-            name,
-            rps,
-            rps / base_rps,
-            fmt_latency(med(i, |r| r.p50_us)),
-            fmt_latency(med(i, |r| r.p99_us)),
-            if cpu.is_nan() {
-                "-".into()
-            } else {
-                format!("{cpu:.1}")
-            },
-            if cpu.is_nan() {
-                "-".into()
-            } else {
-                format!("{:.2}", cpu / base_cpu)
-            },
-            med(i, |r| r.cpu1_busy),
-            med(i, |r| r.cpu0_busy),
-        );
-    }
-    let non_2xx: u64 = runs.iter().flatten().map(|r| r.non_2xx).sum();
-    let errors = runs
-        .iter()
-        .flatten()
-        .filter(|r| r.socket_errors.is_some())
-        .count();
-    println!(
-        "non-2xx answers: {non_2xx}; runs with socket errors: {errors}; runs during which a compile \
-         ran: {compiles}{}",
-        if gave_up {
-            " (gave up waiting for a quiet machine at least once)"
+        "vs_proxies: mode {} — switchyard vs nginx vs haproxy (and a bare hyper floor), random \
+         90/10 split over loopback{}",
+        mode.name(),
+        if options.sets.contains(&RowSet::Pipeline) {
+            ", and the full pipeline"
         } else {
             ""
         }
     );
+    println!("  {}", version(&tools.nginx, "-v"));
+    println!("  {}", version(&tools.haproxy, "-v"));
+    println!("  {}", version(&tools.wrk, "-v"));
+    let wrk = format!("wrk -t{} -c{}", options.threads, options.connections);
+    match mode {
+        Mode::Pinned | Mode::Latency => println!(
+            "placement: each front on CPU 1 alone with one thread of work (switchyard and the \
+             hyper floor a current-thread tokio runtime, nginx worker_processes 1, haproxy \
+             nbthread 1); {wrk} and both upstreams (one current-thread runtime) on CPU 0{}",
+            if mode == Mode::Latency {
+                "; one request in flight: p50/p99 are a request's round trip through the front"
+            } else {
+                ""
+            }
+        ),
+        Mode::Shipped => println!(
+            "placement: nothing pinned; every front with {workers} workers (the gateway example's \
+             runtime, the hyper floor's multi-thread runtime, nginx worker_processes {workers}, \
+             haproxy nbthread {workers}); {wrk} and both upstreams (one current-thread runtime) \
+             share the same CPUs"
+        ),
+    }
+    let fronts: usize = options
+        .sets
+        .iter()
+        .map(|s| if *s == RowSet::Split { 5 } else { 3 })
+        .sum();
     println!(
-        "vs sy: ratio to switchyard (req/s: higher is better; CPU us/req: lower is better). \
-         conns: upstream connections opened during the run (0 = pools kept)."
+        "{} rounds of {} s per front (+ {} s warm-up each), order rotated each round, medians \
+         reported: about {} s of wrk, plus checks and waits for a quiet machine",
+        options.rounds,
+        options.secs,
+        options.warmup_secs,
+        fronts as u64 * (options.warmup_secs + options.rounds as u64 * options.secs)
     );
-    drop((switchyard, nginx, haproxy));
+
+    let counters = Arc::new(Counters::default());
+    let (blue, green) = start_upstreams(counters.clone())?;
+    println!("upstreams: blue {blue}, green {green}");
+    let example = match mode {
+        Mode::Shipped => {
+            let bin = gateway_example()?;
+            println!(
+                "switchyard: {} {}",
+                bin.display(),
+                options.example_args.join(" ")
+            );
+            Some((bin, options.example_args.clone()))
+        }
+        Mode::Pinned | Mode::Latency => None,
+    };
+    let launch = Launch {
+        tools,
+        dir,
+        blue,
+        green,
+        workers,
+        example,
+    };
+    let bench = Bench {
+        tools,
+        options,
+        counters,
+        exclude: ancestors(),
+        ticks: clock_ticks(),
+    };
+    for &set in &options.sets {
+        println!("\n=== {} ===", set.title());
+        let targets = launch.targets(set)?;
+        check_fronts(&targets, set, &bench.counters)?;
+        let measured = bench.measure(&targets, set)?;
+        bench.report(&targets, &measured, set);
+        // The fronts stop here, before the next table's start.
+    }
     Ok(())
 }
