@@ -18,7 +18,8 @@
 //!
 //! * **`pinned`** (the default): the front under test has CPU 1 to itself
 //!   and one thread of work (nginx `worker_processes 1`, haproxy `nbthread
-//!   1`, switchyard and the hyper floor one current-thread tokio runtime);
+//!   1`, switchyard `[server] threads = 1`, the hyper floor one
+//!   current-thread tokio runtime);
 //!   every front of a table is started once under `taskset -c 1` and sits
 //!   idle while another is measured. This process (upstreams, checks, bookkeeping)
 //!   re-executes itself under `taskset -c 0`, and wrk (`-t1 -c32`) runs
@@ -29,18 +30,18 @@
 //! * **`shipped`** ("as shipped"): nothing pinned (no `taskset` for the
 //!   fronts, wrk or this process), every front with as many workers as
 //!   CPUs (`available_parallelism`: nginx `worker_processes`, haproxy
-//!   `nbthread`, the hyper floor a multi-thread runtime), and switchyard is
-//!   the release `gateway` example binary (`<target>/release/examples/gateway
-//!   --config FILE --listen ADDR --admin-listen 127.0.0.1:0`, its
-//!   `#[tokio::main]` runtime with a worker per CPU), built with `cargo
-//!   build --release --example gateway --all-features` when missing or
-//!   older than this bench binary. wrk `-t2 -c64`. The example logs every
-//!   request (its access log) on stderr, which goes to a file here; nginx
-//!   and haproxy log nothing: that is part of "as shipped", and the table
-//!   says how much it wrote. `--example-arg ARG` (repeatable) passes more
-//!   arguments to the example, for a flag it may have to turn that off.
-//!   The upstreams stay one current-thread runtime, unpinned. The busy
-//!   column is the mean over all CPUs.
+//!   `nbthread`, switchyard `[server] threads`, the hyper floor a
+//!   multi-thread runtime). wrk `-t2 -c64`. The upstreams stay one
+//!   current-thread runtime, unpinned. The busy column is the mean over
+//!   all CPUs.
+//!
+//! In every mode switchyard is the release `gateway` example binary, what
+//! a user runs (`<target>/release/examples/gateway --config FILE --listen
+//! ADDR --admin-listen 127.0.0.1:0 --no-access-log`, under `taskset -c 1`
+//! when pinned), built with `cargo build --release --example gateway
+//! --all-features` when missing or older than this bench binary. Its
+//! `--no-access-log` is nginx's and haproxy's `access_log off`/no `log`
+//! line; `--example-arg ARG` (repeatable) passes more arguments.
 //! * **`latency`**: pinned as `pinned`, but `wrk -t1 -c1`: one request in
 //!   flight, so p50 and p99 are one request's round trip through each
 //!   front.
@@ -56,9 +57,8 @@
 //!   one route, one split, blue 90 / green 10, pooled keep-alive upstream
 //!   connections), served by `switchyard::server::Server` built from the
 //!   config's `[server]` (defaults: header-read and idle timeouts, the
-//!   connection cap, head and header-count limits, as in production). In
-//!   `pinned`/`latency` a child process (this binary with `--role front`)
-//!   on a current-thread runtime; in `shipped` the `gateway` example.
+//!   connection cap, head and header-count limits, as in production), in
+//!   the `gateway` example (see above).
 //! * `nginx` (`vs_proxies/nginx.conf`): `split_clients` on the random
 //!   `$request_id`, an `upstream` per colour with `keepalive`,
 //!   `keepalive_requests` unbounded on both sides (nginx's default of 1000
@@ -149,8 +149,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use switchyard::gateway::{Gateway, GatewayConfig};
-use switchyard::server::ServerBuilder;
 
 const SWITCHYARD_TOML: &str = include_str!("vs_proxies/switchyard.toml");
 const NGINX_CONF: &str = include_str!("vs_proxies/nginx.conf");
@@ -162,7 +160,6 @@ const HAPROXY_PIPELINE_CFG: &str = include_str!("vs_proxies/haproxy_pipeline.cfg
 /// Added to the `gateway` example's configuration in `--mode shipped`: the
 /// example serves an admin API too, which refuses to start without a key.
 /// Nothing of it is used.
-const EXAMPLE_ADMIN: &str = "\n[admin]\nkeys = [{ key = \"vs-proxies-admin\", id = \"bench\" }]\n";
 
 const BLUE: &[u8] = b"blue\n";
 const GREEN: &[u8] = b"green\n";
@@ -373,7 +370,6 @@ fn main() {
         .collect();
     if args.first().map(String::as_str) == Some("--role") {
         match args.get(1).map(String::as_str) {
-            Some("front") => front(&args[2..]),
             Some("floor") => floor(&args[2..]),
             other => {
                 eprintln!("vs_proxies: unknown role {other:?}");
@@ -673,28 +669,6 @@ fn announce(addr: SocketAddr) -> std::io::Result<()> {
     std::io::stdout().flush()
 }
 
-/// `--role front --config FILE`: the gateway of `FILE` served by
-/// `switchyard::server::Server` (the config's `[server]` limits) on a
-/// current-thread runtime; prints `listening ADDR`.
-fn front(args: &[String]) -> ! {
-    let path = role_arg(args, "--config");
-    exit_with_stdin();
-    let result: Result<(), Error> = runtime(1).block_on(async move {
-        let config = GatewayConfig::from_toml(&std::fs::read_to_string(&path)?)?;
-        let server = ServerBuilder::from_config(config.server.clone())
-            .bind("127.0.0.1:0")
-            .await?;
-        let gateway = Gateway::from_config(config)?;
-        announce(server.local_addr())?;
-        server.serve(gateway).await?;
-        Ok(())
-    });
-    if let Err(e) = result {
-        eprintln!("front: {e}");
-    }
-    std::process::exit(1);
-}
-
 /// `--role floor --blue ADDR --green ADDR --workers N`: the hyper floor
 /// (see the module docs) on a runtime of `N` workers; prints `listening
 /// ADDR`.
@@ -986,7 +960,7 @@ struct Launch<'a> {
     workers: usize,
     /// `--mode shipped`: the `gateway` example serves switchyard's row,
     /// with these further arguments.
-    example: Option<(PathBuf, Vec<String>)>,
+    example: (PathBuf, Vec<String>),
 }
 
 impl Launch<'_> {
@@ -1025,27 +999,23 @@ impl Launch<'_> {
         let stem = format!("switchyard-{}", set.slug());
         let config = self.dir.join(format!("{stem}.toml"));
         let toml = self.render(template, None);
-        let (mut proc, prefix) = match &self.example {
-            None => {
-                std::fs::write(&config, toml)?;
-                let mut cmd = self.tools.front(std::env::current_exe()?);
-                cmd.args(["--role", "front", "--config"]).arg(&config);
-                let proc = Proc::spawn("switchyard", &stem, cmd, self.dir, true)?;
-                (proc, "listening ")
-            }
-            Some((example, args)) => {
-                std::fs::write(&config, toml + EXAMPLE_ADMIN)?;
-                let mut cmd = Command::new(example);
-                cmd.arg("--config")
-                    .arg(&config)
-                    .arg("--listen")
-                    .arg(free_addr()?.to_string())
-                    .args(["--admin-listen", "127.0.0.1:0"])
-                    .args(args);
-                let proc = Proc::spawn("switchyard", &stem, cmd, self.dir, false)?;
-                (proc, "gateway: http://")
-            }
-        };
+        // The release `gateway` example, as a user runs it: `threads` of
+        // its own (one pinned, else one per CPU), no access log (nginx's
+        // and haproxy's log nothing either).
+        let (example, args) = &self.example;
+        std::fs::write(
+            &config,
+            format!("{toml}\n[server]\nthreads = {}\n", self.workers),
+        )?;
+        let mut cmd = self.tools.front(example);
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(free_addr()?.to_string())
+            .args(["--admin-listen", "127.0.0.1:0", "--no-access-log"])
+            .args(args);
+        let mut proc = Proc::spawn("switchyard", &stem, cmd, self.dir, false)?;
+        let prefix = "gateway: http://";
         let addr = proc.wait_announced(prefix)?;
         Ok(Target {
             name: "switchyard",
@@ -1648,33 +1618,18 @@ impl Bench<'_> {
                 ""
             }
         );
-        match options.mode {
-            Mode::Shipped => println!(
-                "switchyard: the release gateway example{} (switchyard::server::Server with the \
-                 default [server] limits, #[tokio::main] with {} workers); as shipped it writes \
-                 its access log, a line per request, to stderr: a file here ({}); nginx and \
-                 haproxy log nothing.",
-                if options.example_args.is_empty() {
-                    String::new()
-                } else {
-                    format!(" with {}", options.example_args.join(" "))
-                },
-                options.mode.workers(),
-                targets
-                    .first()
-                    .and_then(|t| t.proc.as_ref())
-                    .and_then(|p| std::fs::metadata(&p.logs[0]).ok())
-                    .map_or("?".into(), |m| format!(
-                        "{:.1} MB so far",
-                        m.len() as f64 / 1e6
-                    ))
-            ),
-            Mode::Pinned | Mode::Latency => println!(
-                "switchyard: the Gateway on switchyard::server::Server with the default [server] \
-                 limits (header-read and idle timeouts, connection cap, head and header limits), \
-                 one current-thread runtime."
-            ),
-        }
+        println!(
+            "switchyard: the release gateway example --no-access-log{} (switchyard::server::Server \
+             with the default [server] limits: header-read and idle timeouts, connection cap, head \
+             and header limits; [server] threads = {}, each a current-thread runtime with its own \
+             listener; mimalloc).",
+            if options.example_args.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", options.example_args.join(" "))
+            },
+            options.mode.workers(),
+        );
         match set {
             RowSet::Split => println!(
                 "hyper floor: bare hyper HTTP/1.1 server and client connections, NOT hardened (no \
@@ -1798,17 +1753,14 @@ fn run_in(tools: &Tools, options: &Options, dir: &Path) -> Result<(), Error> {
     let counters = Arc::new(Counters::default());
     let (blue, green) = start_upstreams(counters.clone())?;
     println!("upstreams: blue {blue}, green {green}");
-    let example = match mode {
-        Mode::Shipped => {
-            let bin = gateway_example()?;
-            println!(
-                "switchyard: {} {}",
-                bin.display(),
-                options.example_args.join(" ")
-            );
-            Some((bin, options.example_args.clone()))
-        }
-        Mode::Pinned | Mode::Latency => None,
+    let example = {
+        let bin = gateway_example()?;
+        println!(
+            "switchyard: {} --no-access-log {}",
+            bin.display(),
+            options.example_args.join(" ")
+        );
+        (bin, options.example_args.clone())
     };
     let launch = Launch {
         tools,
