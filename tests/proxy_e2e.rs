@@ -1302,3 +1302,64 @@ async fn split_counts_grpc_failures_against_the_target() {
         "green's failures counted as successes"
     );
 }
+
+/// A raw HTTP/1.1 upstream that answers `closes_after` requests on a
+/// connection (`ok`, keep-alive, no `Connection: close`), then closes it
+/// the way an upstream's idle timeout does; counts its connections.
+async fn closing_upstream(
+    closes_after: usize,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                for _ in 0..closes_after {
+                    if read_request(&mut reader).await.is_none() {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if reader.get_mut().write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+                // Closed while idle, with no word of it in the answers.
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn pooled_connections_are_reused_and_one_the_upstream_closed_is_never_used() {
+    // Keep-alive: 20 requests in a row over one upstream connection.
+    let (addr, accepted) = closing_upstream(usize::MAX).await;
+    let proxy = serve_proxy(Upstream::new(&format!("http://{addr}")).unwrap()).await;
+    let client = client();
+    for _ in 0..20 {
+        let (status, _, body) = get(&client, format!("http://{proxy}/"), &[]).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // An upstream that closes each connection after one answer: the next
+    // request never goes to the closed one (no 502), it opens another.
+    let (addr, accepted) = closing_upstream(1).await;
+    let proxy = serve_proxy(Upstream::new(&format!("http://{addr}")).unwrap()).await;
+    for i in 0..10 {
+        let (status, _, body) = get(&client, format!("http://{proxy}/"), &[]).await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, &b"ok"[..]),
+            "request {i}"
+        );
+        // Let the close arrive, as an idle timeout's would.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 10);
+}

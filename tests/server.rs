@@ -406,6 +406,78 @@ async fn connections_over_the_cap_are_refused_and_counted() {
     assert!(served);
 }
 
+/// Answers with the name of the thread that served the request, after
+/// `/slow`'s 300 ms for that path.
+async fn thread_name(req: Request<IncomingBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/slow" {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let name = std::thread::current().name().unwrap_or("?").to_owned();
+    Ok(Response::new(Full::new(Bytes::from(name))))
+}
+
+#[tokio::test]
+async fn threads_of_its_own_serve_every_connection_and_shut_down_together() {
+    let server = Server::builder()
+        .threads(2)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let task = tokio::spawn(async move { server.serve(service_fn(thread_name)).await.unwrap() });
+    // Many connections: the kernel spreads them over both listeners, and
+    // each is served on one of the server's threads, never the caller's.
+    let mut names = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..64 {
+        let (status, name) = get(addr, "/").await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        *names.entry(name).or_default() += 1;
+    }
+    assert!(
+        names.keys().all(|n| n.starts_with("switchyard-server-")),
+        "{names:?}"
+    );
+    assert_eq!(names.len(), 2, "both threads accept: {names:?}");
+    assert_eq!(handle.stats().requests, 64);
+    // A shutdown reaches every thread: a request in flight finishes, new
+    // connections are refused, `serve` returns once all are closed.
+    let slow = tokio::spawn(get(addr, "/slow"));
+    while handle.stats().requests == 64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    handle.shutdown(HANG_GUARD);
+    let (status, name) = slow.await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(name.starts_with("switchyard-server-"), "{name}");
+    finished(task).await;
+    assert!(TcpStream::connect(addr).await.is_err());
+    assert_eq!(handle.stats().active, 0);
+}
+
+#[tokio::test]
+async fn threads_serve_a_listener_of_ones_own_and_stop_when_serve_is_dropped() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = Server::builder().threads(3).listener(listener).unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let task = tokio::spawn(async move { server.serve(service_fn(thread_name)).await.unwrap() });
+    for _ in 0..8 {
+        let (status, name) = get(addr, "/").await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(name.starts_with("switchyard-server-"), "{name}");
+    }
+    // Giving up on `serve` stops the threads: nothing serves unseen.
+    task.abort();
+    let _ = task.await;
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "still accepting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(handle.is_shutting_down());
+}
+
 #[tokio::test]
 async fn invalid_limits_are_build_errors() {
     let err = Server::builder()
@@ -420,6 +492,12 @@ async fn invalid_limits_are_build_errors() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("max_connections"), "{err}");
+    let err = Server::builder()
+        .threads(100_000)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("threads"), "{err}");
 }
 
 #[test]

@@ -541,34 +541,34 @@ where
 {
     let mut phase = shared.phase.subscribe();
     loop {
-            if let Phase::Draining(deadline) = *phase.borrow_and_update() {
-                break deadline;
+        if let Phase::Draining(deadline) = *phase.borrow_and_update() {
+            break deadline;
+        }
+        tokio::select! {
+            biased;
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    // Every handle and the server are gone: cannot happen
+                    // while `shared` is held, but never spin.
+                    std::future::pending::<()>().await;
+                }
             }
-            tokio::select! {
-                biased;
-                changed = phase.changed() => {
-                    if changed.is_err() {
-                        // Every handle and the server are gone: cannot happen
-                        // while `shared` is held, but never spin.
-                        std::future::pending::<()>().await;
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => accept(shared, service, stream, peer),
+                Err(e) => {
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::Interrupted
+                    ) {
+                        // Out of file descriptors, most likely: wait
+                        // for some to close.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => accept(shared, service, stream, peer),
-                    Err(e) => {
-                        if !matches!(
-                            e.kind(),
-                            io::ErrorKind::ConnectionAborted
-                                | io::ErrorKind::ConnectionReset
-                                | io::ErrorKind::Interrupted
-                        ) {
-                            // Out of file descriptors, most likely: wait
-                            // for some to close.
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                },
-            }
+            },
+        }
     }
 }
 
