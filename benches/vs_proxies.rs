@@ -157,10 +157,6 @@ const SWITCHYARD_PIPELINE_TOML: &str = include_str!("vs_proxies/switchyard_pipel
 const NGINX_PIPELINE_CONF: &str = include_str!("vs_proxies/nginx_pipeline.conf");
 const HAPROXY_PIPELINE_CFG: &str = include_str!("vs_proxies/haproxy_pipeline.cfg");
 
-/// Added to the `gateway` example's configuration in `--mode shipped`: the
-/// example serves an admin API too, which refuses to start without a key.
-/// Nothing of it is used.
-
 const BLUE: &[u8] = b"blue\n";
 const GREEN: &[u8] = b"green\n";
 

@@ -666,15 +666,15 @@ where
         let outcome = rx
             .await
             .unwrap_or_else(|_| Err(io::Error::other("a serving thread panicked")));
-        if result.is_ok() {
-            if let Err(e) = outcome {
-                // Stop the others too.
-                ServerHandle {
-                    shared: Arc::clone(&shared),
-                }
-                .shutdown(Duration::ZERO);
-                result = Err(e);
+        if result.is_ok()
+            && let Err(e) = outcome
+        {
+            // Stop the others too.
+            ServerHandle {
+                shared: Arc::clone(&shared),
             }
+            .shutdown(Duration::ZERO);
+            result = Err(e);
         }
     }
     abandon.1 = true;
