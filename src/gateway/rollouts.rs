@@ -481,6 +481,17 @@ impl super::Gateway {
                 },
             );
         }
+        // Claimed in the store before anything runs: a compare-and-swap
+        // against the record read above, so that of two gateways starting
+        // at once one wins, and a gateway that starts just after this one
+        // answers finds its record (its later writes are in the
+        // background).
+        if let Some((_, store)) = &state.platform.store
+            && let Err(e) = claim(store.as_ref(), rollouts, route)
+        {
+            rollouts.entries().remove(route);
+            return Err(e);
+        }
         let traffic = RouteTraffic {
             gateway: Arc::downgrade(&self.inner),
             route: route.to_owned(),
@@ -700,6 +711,56 @@ pub(crate) fn split_url(url: &str) -> Option<(String, String)> {
         path
     };
     Some((format!("{scheme}://{authority}"), path))
+}
+
+/// Writes the record just put in place for `route` to the store if the
+/// store still holds what was read (blocking); else reads it again, and
+/// refuses if another gateway's rollout runs there now. A store that
+/// cannot be reached does not stop the start (the record is written
+/// again with the next event), as for every other write.
+fn claim(
+    store: &dyn StateStore,
+    rollouts: &Rollouts,
+    route: &str,
+) -> Result<(), RolloutStartError> {
+    for _ in 0..3 {
+        let (text, seen) = {
+            let entries = rollouts.entries();
+            let Some(e) = entries.get(route) else {
+                return Ok(());
+            };
+            (serde_json::to_string(&e.record), e.seen.clone())
+        };
+        let Ok(text) = text else { return Ok(()) };
+        match store.swap(SECTION, route, seen.as_deref(), &text) {
+            Ok(true) => {
+                if let Some(e) = rollouts.entries().get_mut(route) {
+                    e.seen = Some(text);
+                }
+                return Ok(());
+            }
+            Ok(false) => {
+                // Written in between: by a gateway that runs a rollout of
+                // the route now, or not.
+                let current = load_as::<Record>(store, SECTION, route).ok().flatten();
+                if let Some((record, _)) = &current
+                    && record.live()
+                    && record.owner != rollouts.id
+                    && now().saturating_sub(record.beat) <= STALE
+                {
+                    return Err(RolloutStartError::Running(route.to_owned()));
+                }
+                if let Some(e) = rollouts.entries().get_mut(route) {
+                    e.seen = current.map(|(_, text)| text);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(route, error = %e, "rollout: record not kept");
+                return Ok(());
+            }
+        }
+    }
+    Err(RolloutStartError::Running(route.to_owned()))
 }
 
 /// Writes `route`'s record to the state store (blocking).
