@@ -238,7 +238,7 @@ use crate::ingress::HOP_BY_HOP;
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
     // Most messages carry none: one pass over the names is cheaper than
     // nine lookups that find nothing.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(crate::ingress::is_hop_by_hop) {
         return;
     }
     let named: Vec<HeaderName> = headers
