@@ -101,6 +101,9 @@ pub mod auth;
 pub mod body;
 mod calendar;
 pub mod conn;
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod discovery;
 pub mod future;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]

@@ -15,6 +15,8 @@ mod ai_providers_e2e;
 mod auth;
 mod auth_e2e;
 mod dashboard;
+mod discovery;
+mod discovery_dns;
 mod edge_admin;
 mod edge_headers;
 mod edge_paths;

@@ -303,7 +303,6 @@ impl UpstreamBuilder {
             plain.set_nodelay(true);
             Arc::new(super::pool::Pool::new(
                 plain,
-                &endpoints,
                 self.pool_idle_timeout,
                 self.pool_max_idle_per_host,
             ))
@@ -332,6 +331,7 @@ impl UpstreamBuilder {
         };
         let upstream = Upstream {
             inner: Arc::new(Inner {
+                url: self.url.clone(),
                 scheme,
                 endpoints,
                 pool,
@@ -393,7 +393,7 @@ fn parse_url(url: &str) -> Result<(Scheme, String, Endpoint), ProxyError> {
     Ok((
         scheme,
         prefix,
-        Endpoint::new(url.to_owned(), authority, host),
+        Endpoint::new(url.to_owned(), url.to_owned(), authority, host, 1),
     ))
 }
 

@@ -17,6 +17,7 @@ use crate::problem::Problem;
 
 use tokio::sync::oneshot;
 
+use super::endpoints::Endpoint;
 use super::tunnel::tunnel;
 use super::{Inner, ProxyBody, remove_hop_by_hop};
 
@@ -30,8 +31,9 @@ pin_project_lite::pin_project! {
         // The protocol asked for and the client's side of the tunnel, for a
         // request asking to switch protocols.
         pub(super) upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
-        // The endpoint the request went to.
-        pub(super) endpoint: usize,
+        // The endpoint the request went to (none when answered without
+        // one).
+        pub(super) endpoint: Option<Arc<Endpoint>>,
         // The head of a request without a body, to send again to another
         // endpoint if this one cannot be reached.
         pub(super) retry: Option<Box<Retry>>,
@@ -76,14 +78,13 @@ impl ResponseFuture {
         res: Response<ResponseBody<Incoming>>,
         inner: Arc<Inner>,
         grpc: bool,
-        endpoint: usize,
     ) -> Self {
         Self {
             state: State::Answered { res: Some(res) },
             inner,
             grpc,
             upgrade: None,
-            endpoint,
+            endpoint: None,
             retry: None,
             guard: None,
             pending: None,
@@ -101,7 +102,7 @@ impl ResponseFuture {
         inner: Arc<Inner>,
         grpc: bool,
         upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
-        endpoint: usize,
+        endpoint: Arc<Endpoint>,
         retry: Option<Box<Retry>>,
         guard: InFlightGuard,
         pending: InFlightGuard,
@@ -118,7 +119,7 @@ impl ResponseFuture {
             inner,
             grpc,
             upgrade,
-            endpoint,
+            endpoint: Some(endpoint),
             retry,
             guard: Some(guard),
             pending: Some(pending),
@@ -164,13 +165,15 @@ impl Future for ResponseFuture {
                             if let Some(timer) = this.timer.as_mut()
                                 && timer.as_mut().poll(cx).is_ready()
                             {
-                                endpoints.record(*this.endpoint, false);
+                                if let Some(e) = this.endpoint.as_deref() {
+                                    endpoints.record(e, false);
+                                }
                                 *this.guard = None;
                                 *this.pending = None;
                                 *this.timer = None;
                                 let limit = this.inner.response_timeout.unwrap_or_default();
                                 tracing::warn!(
-                                    upstream = %endpoints.get(*this.endpoint).url,
+                                    upstream = this.endpoint.as_deref().map_or("", |e| &e.url),
                                     timeout = ?limit,
                                     "upstream did not answer in time"
                                 );
@@ -209,8 +212,10 @@ impl Future for ResponseFuture {
                 .is_ok_and(|(res, _)| !endpoints.ejection().fails(res.status()));
             // A failure the client caused (its body broke off) says nothing
             // about the endpoint.
-            if ok || !*this.client_failed {
-                endpoints.record(*this.endpoint, ok);
+            if (ok || !*this.client_failed)
+                && let Some(e) = this.endpoint.as_deref()
+            {
+                endpoints.record(e, ok);
             }
             let e = match result {
                 Ok((res, checkin)) => {
@@ -233,11 +238,14 @@ impl Future for ResponseFuture {
             };
             // Nothing was sent: another endpoint may take it.
             if e.is_connect()
-                && let Some(next) = endpoints.other_than(*this.endpoint)
+                && let Some(tried) = this.endpoint.as_deref()
+                && let Some(next) = endpoints.other_than(tried)
                 && let Some(retry) = this.retry.take()
             {
-                *this.endpoint = next;
-                let (state, guard) = this.inner.send(next, retry.parts, retry.endpoint_host);
+                let (state, guard) =
+                    this.inner
+                        .send(Arc::clone(&next), retry.parts, retry.endpoint_host);
+                *this.endpoint = Some(next);
                 this.state.set(state);
                 *this.guard = Some(guard);
                 *this.pending = this.inner.limits_pending();
@@ -257,7 +265,7 @@ impl Future for ResponseFuture {
             // The details (the endpoint's URL, the resolver's or TLS's
             // error) go to the log, never to the client.
             tracing::warn!(
-                upstream = %endpoints.get(*this.endpoint).url,
+                upstream = this.endpoint.as_deref().map_or("", |e| &e.url),
                 error = %error_chain(&e),
                 "upstream unavailable"
             );
@@ -323,16 +331,15 @@ impl Inner {
     /// to wait in, and the request's count in the endpoint's in-flight.
     pub(super) fn send_request(
         &self,
-        endpoint: usize,
+        endpoint: Arc<Endpoint>,
         mut req: Request<ProxyBody>,
         host: bool,
     ) -> (State, InFlightGuard) {
-        let e = self.endpoints.get(endpoint);
         if host {
-            req.headers_mut().insert(header::HOST, e.host.clone());
+            req.headers_mut().insert(header::HOST, endpoint.host.clone());
         }
-        self.endpoints.sent(endpoint);
-        let guard = InFlightGuard::new(&e.in_flight);
+        self.endpoints.sent(&endpoint);
+        let guard = InFlightGuard::new(&endpoint.in_flight);
         let state = match &self.pool {
             Some(pool) => State::Pooled {
                 sent: pool.send(endpoint, req),
@@ -353,11 +360,11 @@ impl Inner {
     /// Sends the head of a request without a body to `endpoint`.
     fn send(
         &self,
-        endpoint: usize,
+        endpoint: Arc<Endpoint>,
         mut parts: http::request::Parts,
         host: bool,
     ) -> (State, InFlightGuard) {
-        let authority = self.endpoints.get(endpoint).authority.clone();
+        let authority = endpoint.authority.clone();
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
         uri.authority = Some(authority);
         parts.uri = Uri::from_parts(uri).unwrap_or_default();

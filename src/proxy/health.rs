@@ -8,6 +8,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Uri, Version};
 use http_body_util::BodyExt;
 
+use super::endpoints::Endpoint;
 use super::{Inner, ProxyBody};
 
 /// Active health checks of an upstream's endpoints
@@ -78,12 +79,17 @@ pub(super) async fn health_checks(
         };
         // Each endpoint on a task of its own, so that one that hangs does
         // not hold the others' checks.
-        let probes: Vec<_> = (0..inner.endpoints.len())
-            .map(|i| {
+        // The set as it is now: an endpoint that joined since the last
+        // round is checked from this one on.
+        let probes: Vec<_> = inner
+            .endpoints
+            .list()
+            .into_iter()
+            .map(|e| {
                 let (inner, path, check) = (Arc::clone(&inner), path.clone(), check.clone());
                 tokio::spawn(async move {
-                    let passed = inner.probe(i, path, check.timeout).await;
-                    inner.endpoints.get(i).checked(
+                    let passed = inner.probe(&e, path, check.timeout).await;
+                    e.checked(
                         passed,
                         check.unhealthy_after,
                         check.healthy_after,
@@ -101,9 +107,8 @@ pub(super) async fn health_checks(
 impl Inner {
     /// One health check of `endpoint`: a 2xx to `GET path` within
     /// `timeout`.
-    async fn probe(&self, endpoint: usize, path: PathAndQuery, timeout: Duration) -> bool {
+    async fn probe(&self, e: &Endpoint, path: PathAndQuery, timeout: Duration) -> bool {
         const AGENT: HeaderValue = HeaderValue::from_static("switchyard-health-check");
-        let e = self.endpoints.get(endpoint);
         let Ok(uri) = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(e.authority.clone())

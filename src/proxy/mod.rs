@@ -101,6 +101,7 @@ use crate::key::TrustedProxies;
 use crate::problem::Problem;
 
 mod builder;
+mod changes;
 mod endpoints;
 mod forward;
 mod future;
@@ -109,7 +110,8 @@ mod pool;
 mod tunnel;
 
 pub use builder::UpstreamBuilder;
-pub use endpoints::{Balance, EndpointStats};
+pub use changes::{EndpointChanges, EndpointSpec, WeakUpstream};
+pub use endpoints::{Balance, Draining, EndpointStats};
 use endpoints::{Ejection, Endpoints};
 pub use forward::remove_hop_by_hop;
 pub use future::ResponseFuture;
@@ -208,6 +210,8 @@ pub struct Upstream {
 }
 
 struct Inner {
+    /// The URL it was built with.
+    url: String,
     scheme: Scheme,
     endpoints: Endpoints,
     /// The URL's path, without a trailing `/`, put before every request
@@ -323,13 +327,16 @@ impl Upstream {
         }
     }
 
-    /// The upstream's URL (its first endpoint's).
+    /// The upstream's URL: the one it was built with (its first
+    /// endpoint's, or for an upstream whose endpoints are discovered, the
+    /// scheme and path they share).
     pub fn url(&self) -> &str {
-        &self.inner.endpoints.get(0).url
+        &self.inner.url
     }
 
-    /// Each endpoint's counters and whether it is in service, in the order
-    /// they were given.
+    /// Each endpoint's counters and whether it is in service: those in
+    /// the set in the order they joined it, then those that left it and
+    /// are [draining](EndpointStats::draining).
     pub fn endpoints(&self) -> Vec<EndpointStats> {
         self.inner.endpoints.stats()
     }
@@ -353,11 +360,9 @@ impl Upstream {
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Inner {
-    /// Requests in flight on every endpoint.
+    /// Requests in flight on every endpoint, those draining included.
     fn in_flight(&self) -> u64 {
-        (0..self.endpoints.len())
-            .map(|i| self.endpoints.get(i).in_flight.load(Ordering::Relaxed))
-            .sum()
+        self.endpoints.in_flight()
     }
 
     /// Takes a place among the pending requests, or says which breaker is
@@ -399,13 +404,22 @@ where
         let inner = Arc::clone(&self.inner);
         let (mut parts, body) = req.into_parts();
         let grpc = crate::grpc::is_grpc(&parts.headers);
-        let endpoint = inner.endpoints.pick();
-        let Some(uri) = inner.upstream_uri(&parts.uri, inner.endpoints.get(endpoint)) else {
+        let Some(endpoint) = inner.endpoints.pick() else {
+            // Every endpoint has left (a discovery source listing none).
+            let res = Rejection::new(
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE).detail("the upstream has no endpoints"),
+            )
+            .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            .grpc(grpc)
+            .into_response();
+            return ResponseFuture::answered(res, inner, grpc);
+        };
+        let Some(uri) = inner.upstream_uri(&parts.uri, &endpoint) else {
             let res = answer(
                 grpc,
                 Problem::new(StatusCode::BAD_REQUEST).detail("invalid request path"),
             );
-            return ResponseFuture::answered(res, inner, grpc, endpoint);
+            return ResponseFuture::answered(res, inner, grpc);
         };
         let pending = match inner.admit() {
             Ok(pending) => pending,
@@ -414,7 +428,7 @@ where
                     .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
                     .grpc(grpc)
                     .into_response();
-                return ResponseFuture::answered(res, inner, grpc, endpoint);
+                return ResponseFuture::answered(res, inner, grpc);
             }
         };
         let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -461,7 +475,7 @@ where
             (body, Some(done))
         };
         let req = Request::from_parts(parts, body);
-        let (state, guard) = inner.send_request(endpoint, req, endpoint_host);
+        let (state, guard) = inner.send_request(Arc::clone(&endpoint), req, endpoint_host);
         ResponseFuture::sent(
             state, inner, grpc, upgrade, endpoint, retry, guard, pending, body_done,
         )

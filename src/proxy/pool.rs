@@ -12,7 +12,6 @@
 //! request sent on a connection the upstream had just closed, which comes
 //! back unsent, goes again on another.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,11 +21,10 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
-use thread_local::ThreadLocal;
 use tower::Service;
 
 use super::ProxyBody;
-use super::endpoints::Endpoints;
+use super::endpoints::Endpoint;
 
 /// A connection's sending half.
 type Sender = http1::SendRequest<ProxyBody>;
@@ -70,60 +68,33 @@ impl std::error::Error for Error {
 }
 
 /// An idle connection and since when.
-struct Idle {
+pub(super) struct Idle {
     sender: Sender,
     since: Instant,
 }
 
 /// The pool: shared by an upstream's clones; each thread keeps its own
-/// idle connections.
+/// idle connections, in each endpoint (see [`Endpoint::idle`]), so that an
+/// endpoint's connections go with it when it leaves its upstream.
 pub(super) struct Pool {
     connector: HttpConnector,
-    /// Each endpoint's base URI, to connect to.
-    uris: Vec<Uri>,
     idle_timeout: Duration,
     max_idle: usize,
-    /// Per thread, per endpoint: idle connections, the most recently used
-    /// last.
-    idle: ThreadLocal<RefCell<Vec<Vec<Idle>>>>,
 }
 
 impl Pool {
-    pub(super) fn new(
-        connector: HttpConnector,
-        endpoints: &Endpoints,
-        idle_timeout: Duration,
-        max_idle: usize,
-    ) -> Self {
-        let uris = (0..endpoints.len())
-            .map(|i| {
-                Uri::builder()
-                    .scheme("http")
-                    .authority(endpoints.get(i).authority.clone())
-                    .path_and_query("/")
-                    .build()
-                    .unwrap_or_default()
-            })
-            .collect();
+    pub(super) fn new(connector: HttpConnector, idle_timeout: Duration, max_idle: usize) -> Self {
         Self {
             connector,
-            uris,
             idle_timeout,
             max_idle,
-            idle: ThreadLocal::new(),
         }
-    }
-
-    fn idle(&self) -> &RefCell<Vec<Vec<Idle>>> {
-        self.idle
-            .get_or(|| RefCell::new((0..self.uris.len()).map(|_| Vec::new()).collect()))
     }
 
     /// The calling thread's most recently used idle connection to
     /// `endpoint` that is still open and young enough.
-    fn checkout(&self, endpoint: usize) -> Option<Sender> {
-        let mut idle = self.idle().borrow_mut();
-        let list = idle.get_mut(endpoint)?;
+    fn checkout(&self, endpoint: &Endpoint) -> Option<Sender> {
+        let mut list = endpoint.idle.get()?.borrow_mut();
         let now = Instant::now();
         while let Some(conn) = list.pop() {
             if !conn.sender.is_closed()
@@ -137,14 +108,13 @@ impl Pool {
 
     /// Puts a connection whose exchange is over back, unless it is closed
     /// or the thread keeps enough.
-    fn checkin(&self, endpoint: usize, sender: Sender) {
-        if sender.is_closed() {
+    /// An endpoint that has left its set keeps none.
+    fn checkin(&self, endpoint: &Endpoint, sender: Sender) {
+        if sender.is_closed() || endpoint.left.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let mut idle = self.idle().borrow_mut();
-        if let Some(list) = idle.get_mut(endpoint)
-            && list.len() < self.max_idle
-        {
+        let mut list = endpoint.idle.get_or_default().borrow_mut();
+        if list.len() < self.max_idle {
             list.push(Idle {
                 sender,
                 since: Instant::now(),
@@ -154,8 +124,8 @@ impl Pool {
 
     /// Opens a connection to `endpoint`; its task runs on the calling
     /// thread's runtime.
-    async fn connect(&self, endpoint: usize) -> Result<Sender, Error> {
-        let uri = self.uris[endpoint].clone();
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Sender, Error> {
+        let uri = endpoint.base.clone();
         let io = self
             .connector
             .clone()
@@ -174,7 +144,11 @@ impl Pool {
     }
 
     /// Sends `req` to `endpoint` on an idle connection, or a new one.
-    pub(super) fn send(self: &Arc<Self>, endpoint: usize, mut req: Request<ProxyBody>) -> Exchange {
+    pub(super) fn send(
+        self: &Arc<Self>,
+        endpoint: Arc<Endpoint>,
+        mut req: Request<ProxyBody>,
+    ) -> Exchange {
         // HTTP/1.1 to an origin server: the request target in origin form
         // (the endpoint is the connection's, and `Host` names it).
         if req.method() != http::Method::CONNECT && req.uri().scheme().is_some() {
@@ -185,7 +159,7 @@ impl Pool {
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
             *req.uri_mut() = Uri::from(target);
         }
-        let pooled = self.checkout(endpoint);
+        let pooled = self.checkout(&endpoint);
         let pool = Arc::clone(self);
         Box::pin(async move {
             let mut req = req;
@@ -194,12 +168,12 @@ impl Pool {
                 let reused = pooled.is_some();
                 let mut sender = match pooled.take() {
                     Some(sender) => sender,
-                    None => pool.connect(endpoint).await?,
+                    None => pool.connect(&endpoint).await?,
                 };
                 if let Err(e) = sender.ready().await {
                     if reused {
                         // Closed while idle: another, or a new one.
-                        pooled = pool.checkout(endpoint);
+                        pooled = pool.checkout(&endpoint);
                         continue;
                     }
                     return Err(Error::Http(e));
@@ -222,7 +196,7 @@ impl Pool {
                         // after a reused one failed this way.
                         Some(back) if reused => {
                             req = back;
-                            pooled = pool.checkout(endpoint);
+                            pooled = pool.checkout(&endpoint);
                         }
                         _ => return Err(Error::Http(e.into_error())),
                     },
@@ -238,21 +212,21 @@ impl Pool {
 pub(crate) struct Checkin {
     sender: Sender,
     pool: Arc<Pool>,
-    endpoint: usize,
+    endpoint: Arc<Endpoint>,
 }
 
 impl Checkin {
     /// The response body has been read to its end: the connection may
     /// carry another request.
     pub(crate) fn finish(self) {
-        self.pool.checkin(self.endpoint, self.sender);
+        self.pool.checkin(&self.endpoint, self.sender);
     }
 }
 
 impl std::fmt::Debug for Checkin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Checkin")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.endpoint.url)
             .finish_non_exhaustive()
     }
 }

@@ -1,0 +1,2 @@
+#![cfg(all(feature = "proxy", feature = "config"))]
+//! Service discovery over real loopback HTTP.
