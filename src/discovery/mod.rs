@@ -374,3 +374,193 @@ fn failed(status: &Mutex<DiscoveryStatus>, name: &str, why: &str) {
     s.last_error = Some(why.to_owned());
     s.stale = true;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A source answering whatever the test last set, counting the asks.
+    #[derive(Clone)]
+    struct Scripted {
+        answer: Arc<Mutex<Result<Snapshot, SourceError>>>,
+        asked: Arc<AtomicU32>,
+    }
+
+    impl Default for Scripted {
+        fn default() -> Self {
+            Self {
+                answer: Arc::new(Mutex::new(Ok(Snapshot::default()))),
+                asked: Arc::default(),
+            }
+        }
+    }
+
+    impl Scripted {
+        fn set(&self, answer: Result<Snapshot, SourceError>) {
+            *self.answer.lock().unwrap() = answer;
+        }
+        fn list(&self, addresses: &[&str], ttl: Option<u64>) {
+            let endpoints = addresses
+                .iter()
+                .map(|a| ((*a).to_owned(), EndpointSpec::new(*a)))
+                .collect();
+            self.set(Ok(Snapshot::new(endpoints, ttl.map(Duration::from_secs))));
+        }
+    }
+
+    impl Source for Scripted {
+        fn snapshot(&mut self) -> SnapshotFuture<'_> {
+            self.asked.fetch_add(1, Ordering::Relaxed);
+            let answer = self.answer.lock().unwrap().clone();
+            Box::pin(async move { answer })
+        }
+        fn describe(&self) -> String {
+            "scripted".to_owned()
+        }
+    }
+
+    /// The keys in the upstream's set, sorted.
+    fn keys(upstream: &Upstream) -> Vec<String> {
+        let mut keys: Vec<String> = upstream
+            .endpoints()
+            .into_iter()
+            .filter(|e| !e.draining)
+            .map(|e| e.key)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Lets the follower run up to `secs` seconds on, on the paused clock.
+    async fn run_for(secs: f64) {
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_are_followed_on_their_ttl_within_bounds() {
+        let upstream = Upstream::new("http://svc.internal:8080").unwrap();
+        let source = Scripted::default();
+        source.list(&["10.0.0.1:8080", "10.0.0.2:8080"], Some(5));
+        let refresh = Refresh::default()
+            .min(Duration::from_secs(2))
+            .max(Duration::from_secs(10));
+        let following = follow(&upstream, source.clone(), refresh);
+        run_for(0.1).await;
+        // The first answer replaces the URL the upstream was built with.
+        assert_eq!(keys(&upstream), ["10.0.0.1:8080", "10.0.0.2:8080"]);
+        assert_eq!(source.asked.load(Ordering::Relaxed), 1);
+        // TTL 5 s: asked again at 5 s, not before.
+        run_for(4.8).await;
+        assert_eq!(source.asked.load(Ordering::Relaxed), 1);
+        run_for(0.3).await;
+        assert_eq!(source.asked.load(Ordering::Relaxed), 2);
+        // TTL 0: no sooner than `min` (2 s); TTL of an hour: `max` (10 s).
+        source.list(&["10.0.0.1:8080", "10.0.0.2:8080"], Some(0));
+        run_for(5.0).await; // asked at 10 s (the 5 s TTL before)
+        let at = source.asked.load(Ordering::Relaxed);
+        run_for(1.7).await;
+        assert_eq!(source.asked.load(Ordering::Relaxed), at);
+        run_for(0.2).await;
+        assert_eq!(source.asked.load(Ordering::Relaxed), at + 1);
+        source.list(&["10.0.0.1:8080", "10.0.0.2:8080"], Some(3600));
+        run_for(2.1).await; // asked at 14 s
+        let at = source.asked.load(Ordering::Relaxed);
+        run_for(9.6).await;
+        assert_eq!(source.asked.load(Ordering::Relaxed), at);
+        run_for(0.3).await;
+        assert_eq!(source.asked.load(Ordering::Relaxed), at + 1);
+        let status = following.status();
+        assert_eq!((status.endpoints, status.updates, status.failures), (2, 1, 0));
+        assert!(!status.stale && status.last_ok_unix.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_leaves_after_missing_from_answers_in_a_row() {
+        let upstream = Upstream::new("http://svc.internal:8080").unwrap();
+        let source = Scripted::default();
+        source.list(&["a:1", "b:1", "c:1"], Some(1));
+        let refresh = Refresh::default()
+            .min(Duration::from_secs(1))
+            .remove_after(2);
+        let _following = follow(&upstream, source.clone(), refresh);
+        run_for(0.1).await;
+        assert_eq!(keys(&upstream), ["a:1", "b:1", "c:1"]);
+        // `b` flaps: missing from one answer, back in the next: it stays.
+        source.list(&["a:1", "c:1"], Some(1));
+        run_for(1.0).await;
+        assert_eq!(keys(&upstream), ["a:1", "b:1", "c:1"]);
+        source.list(&["a:1", "b:1", "c:1"], Some(1));
+        run_for(1.0).await;
+        source.list(&["a:1", "c:1", "d:1"], Some(1));
+        run_for(1.0).await;
+        assert_eq!(keys(&upstream), ["a:1", "b:1", "c:1", "d:1"]);
+        // Missing from a second answer in a row: gone.
+        run_for(1.0).await;
+        assert_eq!(keys(&upstream), ["a:1", "c:1", "d:1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_keep_the_last_endpoints_until_they_expire() {
+        let upstream = Upstream::new("http://svc.internal:8080").unwrap();
+        let source = Scripted::default();
+        source.list(&["a:1", "b:1"], Some(1));
+        let refresh = Refresh::default()
+            .min(Duration::from_secs(1))
+            .max(Duration::from_secs(8))
+            .max_stale(Some(Duration::from_secs(60)));
+        let following = follow(&upstream, source.clone(), refresh);
+        run_for(0.1).await;
+        // An outage, then an empty answer: the endpoints stay, stale.
+        source.set(Err(SourceError::new("SERVFAIL")));
+        run_for(1.0).await;
+        let s = following.status();
+        assert!(s.stale && !s.expired);
+        assert_eq!(s.last_error.as_deref(), Some("SERVFAIL"));
+        assert_eq!(keys(&upstream), ["a:1", "b:1"]);
+        source.list(&[], Some(1));
+        run_for(3.0).await;
+        assert_eq!(keys(&upstream), ["a:1", "b:1"]);
+        assert_eq!(
+            following.status().last_error.as_deref(),
+            Some("the source lists no endpoint")
+        );
+        // Backing off: 1, 2, 4, 8, 8 s ... not once a second.
+        let before = source.asked.load(Ordering::Relaxed);
+        run_for(30.0).await;
+        let asks = source.asked.load(Ordering::Relaxed) - before;
+        assert!((3..=6).contains(&asks), "{asks}");
+        // Past max_stale (60 s after the last good answer): dropped.
+        run_for(40.0).await;
+        let s = following.status();
+        assert!(s.expired && s.endpoints == 0, "{s:?}");
+        assert!(keys(&upstream).is_empty());
+        // The source answers again: back.
+        source.list(&["c:1"], Some(1));
+        run_for(9.0).await;
+        let s = following.status();
+        assert!(!s.stale && !s.expired && s.last_error.is_none());
+        assert_eq!(keys(&upstream), ["c:1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn following_stops_with_the_handle_or_the_upstream() {
+        let upstream = Upstream::new("http://svc.internal:8080").unwrap();
+        let source = Scripted::default();
+        source.list(&["a:1"], Some(1));
+        let following = follow(&upstream, source.clone(), Refresh::default());
+        run_for(2.5).await;
+        drop(following);
+        let at = source.asked.load(Ordering::Relaxed);
+        run_for(10.0).await;
+        assert_eq!(source.asked.load(Ordering::Relaxed), at);
+
+        let _following = follow(&upstream, source.clone(), Refresh::default());
+        run_for(0.1).await;
+        drop(upstream);
+        let at = source.asked.load(Ordering::Relaxed);
+        run_for(10.0).await;
+        // At most the ask in progress when the upstream went.
+        assert!(source.asked.load(Ordering::Relaxed) <= at + 1);
+    }
+}
