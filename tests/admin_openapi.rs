@@ -26,6 +26,7 @@ fn declared() -> BTreeSet<(String, String)> {
         include_str!("../src/gateway/admin.rs"),
         include_str!("../src/gateway/admin_platform.rs"),
         include_str!("../src/gateway/admin_rollouts.rs"),
+        include_str!("../src/gateway/admin_upstreams.rs"),
         include_str!("../src/gateway/ui.rs"),
     ];
     let mut out = BTreeSet::new();

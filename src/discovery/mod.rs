@@ -53,8 +53,11 @@ use crate::proxy::{EndpointSpec, Upstream};
 mod file;
 pub use file::FileSource;
 
-// #[cfg(feature = "dns")]
-// mod dns;
+#[cfg(feature = "dns")]
+mod dns;
+#[cfg(feature = "dns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+pub use dns::{DnsSource, ResolverConfig};
 
 /// What a [`Source`] says at one time: every endpoint it lists (a key for
 /// each, unique, and where it is), and for how long that holds.
@@ -101,6 +104,16 @@ pub trait Source: Send + 'static {
     /// What it is, for the admin API, the metrics and the log
     /// (`dns:green.internal`, `file:/etc/green.json`).
     fn describe(&self) -> String;
+}
+
+impl Source for Box<dyn Source> {
+    fn snapshot(&mut self) -> SnapshotFuture<'_> {
+        (**self).snapshot()
+    }
+
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
 }
 
 /// How often [`follow`] asks its source, and how it holds on when the

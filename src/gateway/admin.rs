@@ -28,7 +28,10 @@
 //! | `POST /models/{route}/{alias}/rollback` | an alias back to its previous weights |
 //! | `GET /usage?by=tenant&since=…&until=…&route=…` | tokens and cost of the metered model routes' answers, grouped `by` `identity`, `tenant`, `alias` or `model` (`tenant` by default), between `since` and `until` (Unix seconds, `2026-12-01` or `2026-12-01T08:00:00Z`; hourly buckets, the last 35 days), per route, most expensive first |
 //! | `GET /spend/{route}` | a metered route's counters (admitted, refused by limit, budget, concurrency cap or price, downgraded, cost), its token limits and budgets, and with `?budget=NAME&key=KEY` that key's spending this period (in this process; a Redis meter's is in Redis) |
-//! | `GET /upstreams` | every upstream's servers: in service, healthy, in flight, requests, failures, ejections |
+//! | `GET /upstreams`, `GET /upstreams/{name}` | every upstream's servers: key, URL, weight, where each came from (`config`, `admin`, or the discovery source), in service, healthy, draining, in flight, requests, failures, ejections; the discovery source's status (endpoints, updates, failures, last good answer, last error, `stale`, `expired`) |
+//! | `POST /upstreams/{name}/endpoints` | `{"address": "10.0.0.9:8080", "weight": 2, "host": "…", "key": "…"}`: adds a server (or replaces the one of that key; the key is the address unless given), taking requests from the next one on (201; 409 for an upstream whose endpoints follow a discovery source). Kept until the upstream's configuration changes or the gateway restarts |
+//! | `DELETE /upstreams/{name}/endpoints/{key}` | takes a server out (the key percent-encoded): no new request goes to it, those in flight finish (202, with its `in_flight`; it shows `draining` in `GET /upstreams` until they have) |
+//! | `GET /splits/{route}/compare` | the split's targets side by side: weight and share, their upstream's endpoints (total, in service, healthy, draining) and discovery status, its settings, live figures (requests, in flight, responses by class, errors, error rate, p50 and p99 to the response head) and capacity: `warnings` when a target has fewer healthy endpoints than its weight needs at the load the heaviest target's endpoints carry |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /apis`, `GET /apis/{route}` | the routes that are APIs: name, version, owner, stage, subscription policy; one API with its moves (who, when) and, while deprecated, its callers by identity |
 //! | `POST /apis/{route}/stage` | `{"stage": "deprecated"}`: moves the API (409 for a move the lifecycle forbids); kept in `[platform] state_file` |
@@ -121,10 +124,10 @@ pub fn router(gateway: &Gateway) -> Result<Router, AdminError> {
         .route("/models/{route}/{alias}/rollback", post(rollback_model))
         .route("/usage", get(get_usage))
         .route("/spend/{route}", get(get_spend))
-        .route("/upstreams", get(get_upstreams))
         .route("/metrics", get(get_metrics))
         .merge(super::admin_platform::routes())
         .merge(super::admin_rollouts::routes())
+        .merge(super::admin_upstreams::routes())
         .layer(axum::middleware::from_fn_with_state(
             gateway.clone(),
             super::admin_platform::guard,
@@ -232,33 +235,6 @@ fn split_json(gw: &Gateway, route: &str) -> Option<Value> {
     Some(json!({ "route": route, "weights": handle.weights(), "targets": handle.stats() }))
 }
 
-/// Every upstream, with each of its servers' counters and state.
-async fn get_upstreams(State(gw): State<Gateway>) -> Json<Value> {
-    let all: Vec<Value> = gw
-        .upstreams()
-        .into_iter()
-        .filter_map(|name| {
-            let upstream = gw.upstream(&name)?;
-            let endpoints: Vec<Value> = upstream
-                .endpoints()
-                .into_iter()
-                .map(|e| {
-                    json!({
-                        "url": e.url,
-                        "in_service": e.in_service,
-                        "healthy": e.healthy,
-                        "in_flight": e.in_flight,
-                        "requests": e.requests,
-                        "failures": e.failures,
-                        "ejections": e.ejections,
-                    })
-                })
-                .collect();
-            Some(json!({ "name": name, "endpoints": endpoints }))
-        })
-        .collect();
-    Json(Value::Array(all))
-}
 
 async fn get_splits(State(gw): State<Gateway>) -> Json<Value> {
     let all: Vec<Value> = gw

@@ -94,6 +94,9 @@ pub(crate) struct State {
     /// A digest of the TLS files each upstream read (`ca_file`, client
     /// certificate and key), to rebuild it on reload when they changed.
     pub(crate) tls_files: HashMap<String, [u8; 32]>,
+    /// The upstreams' discovery sources being followed, kept with their
+    /// upstream across reloads.
+    pub(crate) discoveries: HashMap<String, Arc<crate::discovery::Discovery>>,
     pub(crate) auth: Option<ApiKeyLayer>,
     /// `[jwt]`, for routes with `auth.jwt`.
     #[cfg(feature = "jwt")]
@@ -393,6 +396,7 @@ pub(crate) fn build(
     let mut upstreams = HashMap::new();
     let mut rebuilt = Vec::new();
     let mut tls_files = HashMap::new();
+    let mut discoveries = HashMap::new();
     for (name, uc) in &config.upstreams {
         let files = tls_files_digest(uc);
         let reused = old
@@ -403,7 +407,12 @@ pub(crate) fn build(
             tls_files.insert(name.clone(), files);
         }
         let upstream = match reused {
-            Some(u) => Some(u),
+            Some(u) => {
+                if let Some(d) = old.and_then(|o| o.discoveries.get(name)) {
+                    discoveries.insert(name.clone(), Arc::clone(d));
+                }
+                Some(u)
+            }
             None => {
                 rebuilt.push(name.clone());
                 let mut b = Upstream::builder(&uc.url)
@@ -520,8 +529,20 @@ pub(crate) fn build(
                             .healthy_after(hc.healthy_after.unwrap_or(2)),
                     );
                 }
+                let source = uc
+                    .discovery
+                    .as_ref()
+                    .and_then(|dc| discovery_source(name, uc, dc, &mut problems));
                 match b.build() {
-                    Ok(u) => Some(u),
+                    Ok(u) => {
+                        if let Some((source, refresh)) = source {
+                            discoveries.insert(
+                                name.clone(),
+                                Arc::new(crate::discovery::follow(&u, source, refresh)),
+                            );
+                        }
+                        Some(u)
+                    }
                     Err(e) => {
                         let field = match &e {
                             crate::proxy::ProxyError::InvalidUrl { url, .. } if *url != uc.url => {
@@ -686,6 +707,7 @@ pub(crate) fn build(
             routes,
             upstreams,
             tls_files,
+            discoveries,
             auth,
             #[cfg(feature = "jwt")]
             jwt,
@@ -1701,6 +1723,115 @@ fn shared_limiter(
 /// names none), so that a reload notices a renewed certificate behind an
 /// unchanged path. An unreadable file counts as empty here; building the
 /// upstream reports it.
+/// The discovery source `[upstreams.NAME] discovery` names, and how
+/// often to ask it; `None` (with the problems noted) when it cannot be
+/// followed.
+fn discovery_source(
+    name: &str,
+    uc: &UpstreamConfig,
+    dc: &super::config::DiscoveryConfig,
+    problems: &mut Problems,
+) -> Option<(Box<dyn crate::discovery::Source>, crate::discovery::Refresh)> {
+    use crate::discovery::{FileSource, Refresh, Source};
+    let at = format!("upstreams.{name}.discovery");
+    let before = problems.len();
+    if !uc.endpoints.is_empty() {
+        problems.push(&at, "cannot be given with `endpoints`");
+    }
+    let given = [dc.dns.is_some(), dc.srv.is_some(), dc.file.is_some()]
+        .iter()
+        .filter(|g| **g)
+        .count();
+    if given != 1 {
+        problems.push(&at, "give exactly one of `dns`, `srv` and `file`");
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        problems.push(&at, "build the gateway inside a Tokio runtime");
+    }
+    let min = Duration::from_millis(dc.refresh_min_ms.unwrap_or(1000));
+    let max = Duration::from_millis(dc.refresh_max_ms.unwrap_or(30_000));
+    if min.is_zero() {
+        problems.push(format!("{at}.refresh_min_ms"), "must be above 0");
+    }
+    if max < min {
+        problems.push(
+            format!("{at}.refresh_max_ms"),
+            "must be at least refresh_min_ms",
+        );
+    }
+    if dc.remove_after == Some(0) {
+        problems.push(format!("{at}.remove_after"), "must be above 0");
+    }
+    let mut refresh = Refresh::default()
+        .min(min)
+        .max(max)
+        .max_stale(match dc.max_stale_ms {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => Some(Duration::from_secs(3600)),
+        });
+    if let Some(n) = dc.remove_after {
+        refresh = refresh.remove_after(n);
+    }
+    let source: Option<Box<dyn Source>> = if let Some(path) = &dc.file {
+        Some(Box::new(FileSource::new(path)))
+    } else if dc.dns.is_some() || dc.srv.is_some() {
+        dns_source(&at, uc, dc, problems)
+    } else {
+        None
+    };
+    (problems.len() == before).then_some(())?;
+    source.map(|s| (s, refresh))
+}
+
+/// `discovery.dns` or `discovery.srv` (feature `dns`).
+#[cfg(any())] // TEMP until dns.rs lands: feature = "dns"
+fn dns_source(
+    at: &str,
+    uc: &UpstreamConfig,
+    dc: &super::config::DiscoveryConfig,
+    problems: &mut Problems,
+) -> Option<Box<dyn crate::discovery::Source>> {
+    use crate::discovery::{DnsSource, ResolverConfig};
+    let resolver = match &dc.nameserver {
+        None => ResolverConfig::system(),
+        Some(ns) => match ns.parse::<std::net::SocketAddr>() {
+            Ok(addr) => ResolverConfig::nameserver(addr),
+            Err(_) => {
+                problems.push(format!("{at}.nameserver"), format!("`{ns}` is not an ip:port"));
+                return None;
+            }
+        },
+    };
+    let source = if let Some(name) = &dc.dns {
+        let port = uc
+            .url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| {
+                u.port_u16()
+                    .or_else(|| u.scheme().map(|s| if *s == http::uri::Scheme::HTTPS { 443 } else { 80 }))
+            });
+        // An unparsable url is reported as the url's problem.
+        let port = port?;
+        DnsSource::a(name.clone(), port)
+    } else {
+        DnsSource::srv(dc.srv.clone().unwrap_or_default())
+    };
+    Some(Box::new(source.with_resolver(resolver)))
+}
+
+#[cfg(not(any()))] // TEMP: not(feature = "dns")
+fn dns_source(
+    at: &str,
+    _uc: &UpstreamConfig,
+    _dc: &super::config::DiscoveryConfig,
+    problems: &mut Problems,
+) -> Option<Box<dyn crate::discovery::Source>> {
+    problems.push(at, "`dns` and `srv` need switchyard's `dns` feature");
+    None
+}
+
 fn tls_files_digest(uc: &UpstreamConfig) -> Option<[u8; 32]> {
     use sha2::Digest;
     let files = [&uc.ca_file, &uc.client_cert_file, &uc.client_key_file];

@@ -499,6 +499,50 @@ pub struct UpstreamConfig {
     /// `"least_requests"` (the endpoint with the fewest requests in
     /// flight; see [`crate::proxy::Balance`]).
     pub balance: Option<BalanceConfig>,
+    /// Where the endpoints come from, followed as they change (see
+    /// [`crate::discovery`]): DNS records, SRV records or a file. `url`
+    /// still gives the scheme, the path and, for `dns`, the port; its host
+    /// is used until the first answer. `endpoints` cannot be given with it.
+    pub discovery: Option<DiscoveryConfig>,
+}
+
+/// `[upstreams.NAME] discovery`: one of `dns`, `srv` or `file`, and how
+/// often it is asked.
+///
+/// ```toml
+/// [upstreams.green]
+/// url = "http://green.svc.internal:8080"
+/// discovery = { dns = "green.svc.internal", refresh_min_ms = 1000, refresh_max_ms = 30000 }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DiscoveryConfig {
+    /// A DNS name whose A and AAAA records are the endpoints, on the
+    /// port of `url` (feature `dns`).
+    pub dns: Option<String>,
+    /// A DNS name whose SRV records are the endpoints: their targets'
+    /// addresses, ports and weights (feature `dns`).
+    pub srv: Option<String>,
+    /// A JSON or TOML file listing the endpoints (see
+    /// [`crate::discovery::FileSource`]), reread when it changes.
+    pub file: Option<String>,
+    /// For `dns` and `srv`: the DNS server to ask (`ip:port`) instead of
+    /// the system's (`/etc/resolv.conf`).
+    pub nameserver: Option<String>,
+    /// The shortest time between two answers, in milliseconds (1000 by
+    /// default).
+    pub refresh_min_ms: Option<u64>,
+    /// The longest (the records' TTL is followed between the two; a file
+    /// is looked at this often), in milliseconds (30000 by default).
+    pub refresh_max_ms: Option<u64>,
+    /// How long the last endpoints are kept while the source fails or
+    /// answers with none, in milliseconds (3600000, an hour, by default;
+    /// 0 for ever).
+    pub max_stale_ms: Option<u64>,
+    /// Answers in a row an endpoint must be missing from to be removed
+    /// (2 by default).
+    pub remove_after: Option<u32>,
 }
 
 /// `[upstreams.NAME] forwarded_for`: how `X-Forwarded-For` is written.

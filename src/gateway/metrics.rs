@@ -192,6 +192,20 @@ fn register_state(registry: &mut Families, state: &State) {
         endpoints = endpoints.with(upstream.clone(), [("upstream", name.as_str())]);
     }
     registry.push(Box::new(endpoints));
+    let mut discoveries: Vec<_> = state.discoveries.iter().collect();
+    discoveries.sort_by(|a, b| a.0.cmp(b.0));
+    registry.push(Box::new(DiscoveryCollector(
+        discoveries
+            .into_iter()
+            .map(|(name, d)| {
+                let status = d.status();
+                (
+                    LabelSet::from([("upstream", name.as_str()), ("source", status.source.as_str())]),
+                    status,
+                )
+            })
+            .collect(),
+    )));
 
     let mut stages = LifecycleCollector::default();
     for (name, api) in &state.platform.apis {
@@ -265,3 +279,45 @@ impl crate::prometheus::EncodeInto for RouteCollector {
 }
 
 crate::prometheus::collector!(RouteCollector);
+
+// === DiscoveryCollector ===
+
+/// The upstreams' discovery sources: endpoints from each, answers that
+/// changed the set, failed answers, and whether the endpoints are stale
+/// or expired.
+#[derive(Debug)]
+struct DiscoveryCollector(Vec<(LabelSet, crate::discovery::DiscoveryStatus)>);
+
+impl crate::prometheus::EncodeInto for DiscoveryCollector {
+    fn encode_into(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        use crate::prometheus::{counter, gauge, row};
+
+        let rows = || self.0.iter().map(|(l, s)| (row(l, []), s));
+        gauge(
+            enc,
+            "switchyard_discovery_endpoints",
+            "Endpoints an upstream has from its discovery source.",
+            rows().map(|(r, s)| (r, i64::try_from(s.endpoints).unwrap_or(i64::MAX))),
+        )?;
+        counter(
+            enc,
+            "switchyard_discovery_updates_total",
+            "Answers of a discovery source that changed its upstream's endpoints.",
+            rows().map(|(r, s)| (r, s.updates)),
+        )?;
+        counter(
+            enc,
+            "switchyard_discovery_failures_total",
+            "Answers of a discovery source that failed or listed no endpoint (the last endpoints were kept).",
+            rows().map(|(r, s)| (r, s.failures)),
+        )?;
+        gauge(
+            enc,
+            "switchyard_discovery_stale",
+            "1 while an upstream keeps its last endpoints because its discovery source fails; 2 once they expired (dropped).",
+            rows().map(|(r, s)| (r, i64::from(s.stale) + i64::from(s.expired))),
+        )
+    }
+}
+
+crate::prometheus::collector!(DiscoveryCollector);

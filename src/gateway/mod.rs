@@ -93,6 +93,8 @@ mod access;
 mod admin_platform;
 #[cfg(feature = "admin")]
 mod admin_rollouts;
+#[cfg(feature = "admin")]
+mod admin_upstreams;
 mod build;
 mod config;
 #[cfg(feature = "jwt")]

@@ -629,7 +629,14 @@ impl crate::prometheus::EncodeInto for UpstreamCollector {
         let read: Vec<_> = self
             .upstreams
             .iter()
-            .map(|(l, u)| (l, u.endpoints()))
+            // Those draining are left out: one may share its URL with
+            // the endpoint that replaced it (a series twice is an invalid
+            // scrape), and it no longer takes requests.
+            .map(|(l, u)| {
+                let mut list = u.endpoints();
+                list.retain(|e| !e.draining);
+                (l, list)
+            })
             .collect();
         let endpoints = || {
             read.iter().flat_map(|(l, list)| {

@@ -241,7 +241,7 @@ pub(crate) fn counter<'r>(
 
 /// Writes a gauge family (`i64` or `f64` values), unless it has no
 /// sample.
-fn gauge<'r, V>(
+pub(crate) fn gauge<'r, V>(
     enc: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,

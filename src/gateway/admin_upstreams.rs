@@ -1,0 +1,340 @@
+//! The admin API's upstream routes: every upstream's endpoints (and where
+//! they come from), endpoints added and removed by hand, and a split's
+//! targets compared side by side (are green's servers ready to take
+//! blue's traffic?). Served by [`admin::router`](super::admin::router).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Gateway;
+use super::admin::{problem, who};
+use crate::auth::Identity;
+use crate::proxy::{EndpointSpec, EndpointStats, Upstream};
+
+/// The upstream routes.
+pub(super) fn routes() -> Router<Gateway> {
+    Router::new()
+        .route("/upstreams", get(list))
+        .route("/upstreams/{name}", get(one))
+        .route(
+            "/upstreams/{name}/endpoints",
+            axum::routing::post(add_endpoint),
+        )
+        .route(
+            "/upstreams/{name}/endpoints/{key}",
+            delete(remove_endpoint),
+        )
+        .route("/splits/{route}/compare", get(compare))
+}
+
+/// Where an upstream's endpoint came from: its discovery source, the
+/// configuration (`url`, `endpoints`), or the admin API.
+fn origin(e: &EndpointStats, config: &super::config::UpstreamConfig, discovery: Option<&str>) -> String {
+    if let Some(source) = discovery {
+        return source.to_owned();
+    }
+    if e.key == config.url || config.endpoints.contains(&e.key) {
+        "config".to_owned()
+    } else {
+        "admin".to_owned()
+    }
+}
+
+fn upstream_json(gw: &Gateway, name: &str) -> Option<Value> {
+    let state = gw.inner.state.load();
+    let (config, upstream) = state.upstreams.get(name)?;
+    let discovery = state.discoveries.get(name).map(|d| d.status());
+    let source = discovery.as_ref().map(|d| d.source.as_str());
+    let endpoints: Vec<Value> = upstream
+        .endpoints()
+        .into_iter()
+        .map(|e| {
+            json!({
+                "key": e.key,
+                "url": e.url,
+                "weight": e.weight,
+                "source": origin(&e, config, source),
+                "in_service": e.in_service,
+                "healthy": e.healthy,
+                "draining": e.draining,
+                "in_flight": e.in_flight,
+                "requests": e.requests,
+                "failures": e.failures,
+                "ejections": e.ejections,
+            })
+        })
+        .collect();
+    Some(json!({
+        "name": name,
+        "url": upstream.url(),
+        "endpoints": endpoints,
+        "discovery": discovery,
+        "stats": upstream.stats(),
+    }))
+}
+
+/// Every upstream, with each of its servers' counters and state.
+async fn list(State(gw): State<Gateway>) -> Json<Value> {
+    let all: Vec<Value> = gw
+        .upstreams()
+        .iter()
+        .filter_map(|name| upstream_json(&gw, name))
+        .collect();
+    Json(Value::Array(all))
+}
+
+async fn one(State(gw): State<Gateway>, Path(name): Path<String>) -> Response {
+    match upstream_json(&gw, &name) {
+        Some(v) => Json(v).into_response(),
+        None => problem(StatusCode::NOT_FOUND, format!("no upstream `{name}`")),
+    }
+}
+
+/// `POST /upstreams/{name}/endpoints`: `{"address": "10.0.0.9:8080",
+/// "weight": 2, "host": "green.internal", "key": "…"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewEndpoint {
+    address: String,
+    #[serde(default)]
+    weight: Option<u32>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+/// The upstream `name` for a change by hand: 404 when there is none, 409
+/// when its endpoints follow a discovery source (whose next answer would
+/// undo the change).
+fn changeable(gw: &Gateway, name: &str) -> Result<Upstream, Response> {
+    let state = gw.inner.state.load();
+    let Some((_, upstream)) = state.upstreams.get(name) else {
+        return Err(problem(StatusCode::NOT_FOUND, format!("no upstream `{name}`")));
+    };
+    if let Some(d) = state.discoveries.get(name) {
+        return Err(problem(
+            StatusCode::CONFLICT,
+            format!(
+                "upstream `{name}` follows `{}`: change its endpoints there",
+                d.status().source
+            ),
+        ));
+    }
+    Ok(upstream.clone())
+}
+
+async fn add_endpoint(
+    State(gw): State<Gateway>,
+    Path(name): Path<String>,
+    identity: Option<Extension<Identity>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let new: NewEndpoint = match serde_json::from_slice(&body) {
+        Ok(n) => n,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"address\": \"host:port\", \"weight\": n}}: {e}"),
+            );
+        }
+    };
+    let upstream = match changeable(&gw, &name) {
+        Ok(u) => u,
+        Err(res) => return res,
+    };
+    if new.weight == Some(0) {
+        return problem(StatusCode::BAD_REQUEST, "a weight must be above 0");
+    }
+    let mut spec = EndpointSpec::new(new.address.clone()).weight(new.weight.unwrap_or(1));
+    if let Some(host) = new.host {
+        spec = spec.host(host);
+    }
+    let key = new.key.unwrap_or(new.address);
+    match upstream.insert_endpoint(key.clone(), spec) {
+        Ok(replaced) => {
+            tracing::info!(
+                admin = %who(&identity),
+                upstream = %name,
+                endpoint = %key,
+                replaced = replaced.is_some(),
+                "admin: endpoint added"
+            );
+            let body = upstream_json(&gw, &name).unwrap_or(Value::Null);
+            (StatusCode::CREATED, Json(body)).into_response()
+        }
+        Err(e) => problem(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// `DELETE /upstreams/{name}/endpoints/{key}` (the key percent-encoded
+/// when it holds `/`): the endpoint takes no new request and drains.
+async fn remove_endpoint(
+    State(gw): State<Gateway>,
+    Path((name, key)): Path<(String, String)>,
+    identity: Option<Extension<Identity>>,
+) -> Response {
+    let upstream = match changeable(&gw, &name) {
+        Ok(u) => u,
+        Err(res) => return res,
+    };
+    match upstream.remove_endpoint(&key) {
+        Some(draining) => {
+            tracing::info!(
+                admin = %who(&identity),
+                upstream = %name,
+                endpoint = %key,
+                in_flight = draining.in_flight(),
+                "admin: endpoint removed, draining"
+            );
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "key": draining.key(),
+                    "url": draining.url(),
+                    "draining": !draining.is_drained(),
+                    "in_flight": draining.in_flight(),
+                })),
+            )
+                .into_response()
+        }
+        None => problem(
+            StatusCode::NOT_FOUND,
+            format!("upstream `{name}` has no endpoint `{key}`"),
+        ),
+    }
+}
+
+/// `GET /splits/{route}/compare`: each target of the route's split beside
+/// the others — its upstream's endpoints (in service, healthy, draining),
+/// where they come from, its settings, and its live figures (requests,
+/// in flight, 5xx and errors, their share, p50 and p99 to the response
+/// head) — and capacity warnings: a target with fewer healthy endpoints
+/// than its weight needs at the load the heaviest target's endpoints
+/// carry each.
+async fn compare(State(gw): State<Gateway>, Path(route): Path<String>) -> Response {
+    let state = gw.inner.state.load();
+    let Some(split) = state
+        .config
+        .routes
+        .iter()
+        .find(|r| r.name == route)
+        .and_then(|r| r.split.as_ref())
+    else {
+        return problem(StatusCode::NOT_FOUND, format!("no split route `{route}`"));
+    };
+    let Some(handle) = gw.split(&route) else {
+        return problem(StatusCode::NOT_FOUND, format!("no split route `{route}`"));
+    };
+    let stats = handle.stats();
+    let weights = handle.weights();
+    let total: u64 = weights.iter().map(|(_, w)| u64::from(w)).sum();
+    struct Row {
+        name: String,
+        weight: u32,
+        healthy: usize,
+        value: Value,
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    for target in &split.targets {
+        let weight = weights.get(&target.name).unwrap_or(0);
+        let live = stats.iter().find(|s| s.name == target.name);
+        let (endpoints, settings) = match state.upstreams.get(&target.upstream) {
+            Some((config, upstream)) => (
+                upstream.endpoints(),
+                serde_json::to_value(config).unwrap_or(Value::Null),
+            ),
+            None => (Vec::new(), Value::Null),
+        };
+        let current: Vec<&EndpointStats> = endpoints.iter().filter(|e| !e.draining).collect();
+        let healthy = current.iter().filter(|e| e.healthy).count();
+        let figures = live.map(|s| {
+            let failed = s.responses.server_error + s.errors;
+            let ms = |q| {
+                s.latency
+                    .quantile_interpolated(q)
+                    .map(|d| d.as_secs_f64() * 1000.0)
+            };
+            json!({
+                "requests": s.requests,
+                "in_flight": s.in_flight,
+                "responses": s.responses,
+                "errors": s.errors,
+                "body_errors": s.body_errors,
+                "error_rate": if s.requests == 0 { 0.0 } else { failed as f64 / s.requests as f64 },
+                "p50_ms": ms(0.5),
+                "p99_ms": ms(0.99),
+            })
+        });
+        rows.push(Row {
+            name: target.name.clone(),
+            weight,
+            healthy,
+            value: json!({
+                "target": target.name,
+                "upstream": target.upstream,
+                "weight": weight,
+                "share": if total == 0 { 0.0 } else { f64::from(weight) / total as f64 },
+                "endpoints": {
+                    "total": current.len(),
+                    "in_service": current.iter().filter(|e| e.in_service).count(),
+                    "healthy": healthy,
+                    "draining": endpoints.len() - current.len(),
+                },
+                "discovery": state.discoveries.get(&target.upstream).map(|d| d.status()),
+                "settings": settings,
+                "live": figures,
+            }),
+        });
+    }
+    // The heaviest target (blue, while green is the canary) sets the load
+    // one endpoint carries: weight per healthy endpoint.
+    let mut warnings: Vec<String> = Vec::new();
+    if let Some(reference) = rows
+        .iter()
+        .filter(|r| r.healthy > 0)
+        .max_by_key(|r| r.weight)
+        .map(|r| (r.name.clone(), r.weight, r.healthy))
+    {
+        let (ref_name, ref_weight, ref_healthy) = reference;
+        for row in &mut rows {
+            if row.name == ref_name || ref_weight == 0 {
+                continue;
+            }
+            // Endpoints needed at the reference's load per endpoint: for
+            // the weight it has now, and to take all of the traffic.
+            let need = |weight: u64| {
+                (weight * ref_healthy as u64).div_ceil(u64::from(ref_weight)) as usize
+            };
+            let now = need(u64::from(row.weight));
+            let full = need(total);
+            row.value["capacity"] = json!({
+                "needed_now": now,
+                "needed_for_all_traffic": full,
+                "reference": ref_name,
+            });
+            if row.healthy < now {
+                warnings.push(format!(
+                    "`{}` has {} healthy endpoint(s) for weight {}; at `{ref_name}`'s load per endpoint it needs {now}",
+                    row.name, row.healthy, row.weight
+                ));
+            } else if row.healthy < full {
+                warnings.push(format!(
+                    "`{}` has {} healthy endpoint(s); to take all of the traffic at `{ref_name}`'s load per endpoint it needs {full}",
+                    row.name, row.healthy
+                ));
+            }
+        }
+    }
+    Json(json!({
+        "route": route,
+        "targets": rows.into_iter().map(|r| r.value).collect::<Vec<_>>(),
+        "warnings": warnings,
+    }))
+    .into_response()
+}
