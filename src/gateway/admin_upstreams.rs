@@ -295,12 +295,15 @@ async fn compare(State(gw): State<Gateway>, Path(route): Path<String>) -> Respon
     // The heaviest target (blue, while green is the canary) sets the load
     // one endpoint carries: weight per healthy endpoint.
     let mut warnings: Vec<String> = Vec::new();
-    if let Some(reference) = rows
+    // The first of the heaviest: blue, listed first, at equal weights.
+    let heaviest = rows
         .iter()
         .filter(|r| r.healthy > 0)
-        .max_by_key(|r| r.weight)
-        .map(|r| (r.name.clone(), r.weight, r.healthy))
-    {
+        .fold(None::<&Row>, |best, r| match best {
+            Some(b) if b.weight >= r.weight => Some(b),
+            _ => Some(r),
+        });
+    if let Some(reference) = heaviest.map(|r| (r.name.clone(), r.weight, r.healthy)) {
         let (ref_name, ref_weight, ref_healthy) = reference;
         for row in &mut rows {
             if row.name == ref_name || ref_weight == 0 {
