@@ -43,7 +43,12 @@ fn client() -> FullClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-async fn call(client: &FullClient, method: Method, url: String, body: Option<Value>) -> (StatusCode, String) {
+async fn call(
+    client: &FullClient,
+    method: Method,
+    url: String,
+    body: Option<Value>,
+) -> (StatusCode, String) {
     let mut req = Request::builder()
         .method(method)
         .uri(url)
@@ -109,17 +114,26 @@ split.targets = [{{ name = "green", upstream = "green", weight = 100 }}]
     let client = client();
     let green = gateway.upstream("green").unwrap();
     let keys = |u: &Upstream| {
-        let mut k: Vec<String> = u.endpoints().into_iter().filter(|e| !e.draining).map(|e| e.key).collect();
+        let mut k: Vec<String> = u
+            .endpoints()
+            .into_iter()
+            .filter(|e| !e.draining)
+            .map(|e| e.key)
+            .collect();
         k.sort();
         k
     };
-    eventually("the file's server", async || keys(&green) == [a.to_string()]).await;
+    eventually("the file's server", async || {
+        keys(&green) == [a.to_string()]
+    })
+    .await;
     assert_eq!(get_body(&client, format!("http://{addr}/")).await, "a");
 
     // A second server listed: requests reach both.
     std::fs::write(
         &file,
-        json!({ "endpoints": [a.to_string(), { "address": b.to_string(), "weight": 2 }] }).to_string(),
+        json!({ "endpoints": [a.to_string(), { "address": b.to_string(), "weight": 2 }] })
+            .to_string(),
     )
     .unwrap();
     eventually("both servers", async || keys(&green).len() == 2).await;
@@ -139,13 +153,23 @@ split.targets = [{{ name = "green", upstream = "green", weight = 100 }}]
     .await;
     let v: Value = serde_json::from_str(&get_body(&client, upstreams.clone()).await).unwrap();
     assert!(
-        v["discovery"]["last_error"].as_str().unwrap().contains("invalid JSON"),
+        v["discovery"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid JSON"),
         "{v}"
     );
-    assert_eq!(v["discovery"]["source"], json!(format!("file:{}", file.display())));
+    assert_eq!(
+        v["discovery"]["source"],
+        json!(format!("file:{}", file.display()))
+    );
     let endpoints = v["endpoints"].as_array().unwrap();
     assert_eq!(endpoints.len(), 2, "{v}");
-    assert!(endpoints.iter().all(|e| e["source"] == v["discovery"]["source"]));
+    assert!(
+        endpoints
+            .iter()
+            .all(|e| e["source"] == v["discovery"]["source"])
+    );
     assert_eq!(keys(&green).len(), 2);
     for _ in 0..3 {
         get_body(&client, format!("http://{addr}/")).await;
@@ -155,8 +179,14 @@ split.targets = [{{ name = "green", upstream = "green", weight = 100 }}]
         .lines()
         .find(|l| l.starts_with("switchyard_discovery_stale{"))
         .unwrap_or_else(|| panic!("{metrics}"));
-    assert!(line.contains(r#"upstream="green""#) && line.ends_with(" 1"), "{line}");
-    assert!(metrics.contains("switchyard_discovery_endpoints{"), "{metrics}");
+    assert!(
+        line.contains(r#"upstream="green""#) && line.ends_with(" 1"),
+        "{line}"
+    );
+    assert!(
+        metrics.contains("switchyard_discovery_endpoints{"),
+        "{metrics}"
+    );
 
     // An empty list is refused the same way; a good file again is taken.
     std::fs::write(&file, json!({ "endpoints": [] }).to_string()).unwrap();
@@ -197,7 +227,10 @@ split.targets = [{{ name = "blue", upstream = "blue", weight = 100 }}]
     for (body, want) in [
         (json!({ "addr": "x" }), StatusCode::BAD_REQUEST),
         (json!({ "address": "bad host:1" }), StatusCode::BAD_REQUEST),
-        (json!({ "address": b.to_string(), "weight": 0 }), StatusCode::BAD_REQUEST),
+        (
+            json!({ "address": b.to_string(), "weight": 0 }),
+            StatusCode::BAD_REQUEST,
+        ),
     ] {
         let (status, text) = call(&client, Method::POST, endpoints.clone(), Some(body)).await;
         assert_eq!(status, want, "{text}");
@@ -242,20 +275,29 @@ split.targets = [{{ name = "blue", upstream = "blue", weight = 100 }}]
         tokio::spawn(async move {
             // Round-robin: the next turn is `a`'s, then `b`'s.
             let first = get_body(&client, format!("http://{addr}/slow")).await;
-            (first, get_body(&client, format!("http://{addr}/slow")).await)
+            (
+                first,
+                get_body(&client, format!("http://{addr}/slow")).await,
+            )
         })
     };
     let blue = gateway.upstream("blue").unwrap();
     eventually("b busy", async || {
-        blue.endpoints().iter().any(|e| e.key == "b" && e.in_flight == 1)
+        blue.endpoints()
+            .iter()
+            .any(|e| e.key == "b" && e.in_flight == 1)
     })
     .await;
     let (status, body) = call(&client, Method::DELETE, format!("{endpoints}/b"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((v["draining"].clone(), v["in_flight"].clone()), (json!(true), json!(1)));
+    assert_eq!(
+        (v["draining"].clone(), v["in_flight"].clone()),
+        (json!(true), json!(1))
+    );
     let listed: Value =
-        serde_json::from_str(&get_body(&client, format!("http://{admin}/upstreams/blue")).await).unwrap();
+        serde_json::from_str(&get_body(&client, format!("http://{admin}/upstreams/blue")).await)
+            .unwrap();
     let b_row = listed["endpoints"]
         .as_array()
         .unwrap()
@@ -275,7 +317,10 @@ split.targets = [{{ name = "blue", upstream = "blue", weight = 100 }}]
     let (status, body) = call(
         &client,
         Method::DELETE,
-        format!("{endpoints}/http%3A%2F%2F{}", a.to_string().replace(':', "%3A")),
+        format!(
+            "{endpoints}/http%3A%2F%2F{}",
+            a.to_string().replace(':', "%3A")
+        ),
         None,
     )
     .await;
@@ -310,20 +355,27 @@ split.targets = [{{ name = "blue", upstream = "blue", weight = 50 }}, {{ name = 
     let (gateway, addr, admin) = serve(&config).await;
     let green = gateway.upstream("green").unwrap();
     // Green's changes come as a `tower::discover` stream.
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Change<String, EndpointSpec>, std::convert::Infallible>>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<
+        Result<Change<String, EndpointSpec>, std::convert::Infallible>,
+    >();
     let following = green.follow(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
 
     // Four clients, each sending requests one after another, until told.
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
-    let answers = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
+    let answers = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        u64,
+    >::new()));
     let mut load = Vec::new();
     for _ in 0..4 {
         let (stop, failed, answers) = (stop.clone(), failed.clone(), answers.clone());
         let client = client();
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let req = Request::get(format!("http://{addr}/")).body(Full::new(Bytes::new())).unwrap();
+                let req = Request::get(format!("http://{addr}/"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
                 let res = exchange(&client, req).await;
                 if res.status() == StatusCode::OK {
                     let who = String::from_utf8_lossy(res.body()).into_owned();
@@ -339,12 +391,17 @@ split.targets = [{{ name = "blue", upstream = "blue", weight = 50 }}, {{ name = 
 
     // Scale up: g1, g2, g3 join one by one.
     for (i, g) in greens.iter().enumerate().skip(1) {
-        tx.send(Ok(Change::Insert(format!("g{i}"), EndpointSpec::new(g.to_string())))).unwrap();
+        tx.send(Ok(Change::Insert(
+            format!("g{i}"),
+            EndpointSpec::new(g.to_string()),
+        )))
+        .unwrap();
         let name = format!("g{i}");
         eventually("the new server serving", async || served(&name) > 20).await;
     }
     // Scale down: the first and the third leave (they drain).
-    tx.send(Ok(Change::Remove(format!("http://{}", greens[0])))).unwrap();
+    tx.send(Ok(Change::Remove(format!("http://{}", greens[0]))))
+        .unwrap();
     tx.send(Ok(Change::Remove("g2".to_owned()))).unwrap();
     // Two left, those leaving drained.
     eventually("two left", async || green.endpoints().len() == 2).await;
@@ -357,7 +414,12 @@ split.targets = [{{ name = "blue", upstream = "blue", weight = 50 }}, {{ name = 
     for l in load {
         l.await.unwrap();
     }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "{:?}", answers.lock().unwrap());
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{:?}",
+        answers.lock().unwrap()
+    );
     // Nothing reached those that left once their last request had ended.
     assert_eq!((served("g0"), served("g2")), (g0, g2));
     assert!(served("blue") > 50);
@@ -378,13 +440,21 @@ split.targets = [{{ name = "blue", upstream = "blue", weight = 50 }}, {{ name = 
     assert!(targets[1]["live"]["requests"].as_u64().unwrap() > 0);
     assert_eq!(targets[1]["live"]["error_rate"], json!(0.0));
     assert!(targets[1]["live"]["p99_ms"].is_number(), "{v}");
-    assert_eq!(targets[1]["settings"]["url"], json!(format!("http://{}", greens[0])));
+    assert_eq!(
+        targets[1]["settings"]["url"],
+        json!(format!("http://{}", greens[0]))
+    );
     assert_eq!(v["warnings"], json!([]), "{v}");
 }
 
 #[tokio::test]
 async fn compare_warns_when_green_has_too_few_servers() {
-    let (b1, b2, b3, g) = (named("b1").await, named("b2").await, named("b3").await, named("g").await);
+    let (b1, b2, b3, g) = (
+        named("b1").await,
+        named("b2").await,
+        named("b3").await,
+        named("g").await,
+    );
     let config = format!(
         r#"{ADMIN}
 [upstreams.blue]
@@ -403,11 +473,20 @@ split.targets = [{{ name = "blue", upstream = "blue", weight = 60 }}, {{ name = 
     let v: Value = serde_json::from_str(&get_body(&client, url.clone()).await).unwrap();
     // Blue carries 20 per endpoint: green's 40 needs 2, all 100 needs 5.
     assert_eq!(v["targets"][1]["capacity"]["needed_now"], 2, "{v}");
-    assert_eq!(v["targets"][1]["capacity"]["needed_for_all_traffic"], 5, "{v}");
+    assert_eq!(
+        v["targets"][1]["capacity"]["needed_for_all_traffic"], 5,
+        "{v}"
+    );
     let warnings = v["warnings"].as_array().unwrap();
     assert_eq!(warnings.len(), 1, "{v}");
     assert!(warnings[0].as_str().unwrap().contains("needs 2"), "{v}");
     assert_eq!(v["targets"][0]["endpoints"]["total"], 3);
-    let (status, _) = call(&client, Method::GET, format!("http://{admin}/splits/nope/compare"), None).await;
+    let (status, _) = call(
+        &client,
+        Method::GET,
+        format!("http://{admin}/splits/nope/compare"),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }

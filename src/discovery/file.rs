@@ -121,7 +121,10 @@ impl Source for FileSource {
             .await
             .map_err(|e| SourceError::new(e.to_string()))?
             .map_err(|e| SourceError::new(format!("{}: {e}", path.display())))?;
-            let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+            let stamp = (
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            );
             if let Some((last, snapshot)) = &self.last
                 && *last == stamp
             {
@@ -165,10 +168,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.endpoints.len(), 2);
-        assert_eq!(s.endpoints[1].1, EndpointSpec::new("10.0.0.6:8080").weight(2).host("g"));
+        assert_eq!(
+            s.endpoints[1].1,
+            EndpointSpec::new("10.0.0.6:8080").weight(2).host("g")
+        );
         for (bad, why) in [
             (r#"{"endpoints": ["a:1", "a:1"]}"#, "listed twice"),
-            (r#"{"endpoints": [{"address": "a:1", "weight": 0}]}"#, "weight of 0"),
+            (
+                r#"{"endpoints": [{"address": "a:1", "weight": 0}]}"#,
+                "weight of 0",
+            ),
             (r#"{"endpoints": [{"addr": "a:1"}]}"#, "invalid JSON"),
             (r#"{"servers": []}"#, "invalid JSON"),
             ("not json", "invalid JSON"),

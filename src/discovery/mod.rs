@@ -229,7 +229,10 @@ pub struct Discovery {
 impl Discovery {
     /// Where the source stands.
     pub fn status(&self) -> DiscoveryStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -366,15 +369,20 @@ fn damped(
     listed: &[(String, EndpointSpec)],
     remove_after: u32,
 ) -> Vec<(String, EndpointSpec)> {
-    let mut next: Vec<(String, EndpointSpec, u32)> =
-        listed.iter().map(|(k, s)| (k.clone(), s.clone(), 0)).collect();
+    let mut next: Vec<(String, EndpointSpec, u32)> = listed
+        .iter()
+        .map(|(k, s)| (k.clone(), s.clone(), 0))
+        .collect();
     for (key, spec, missed) in known.drain(..) {
         if !listed.iter().any(|(k, _)| *k == key) && missed + 1 < remove_after {
             next.push((key, spec, missed + 1));
         }
     }
     *known = next;
-    known.iter().map(|(k, s, _)| (k.clone(), s.clone())).collect()
+    known
+        .iter()
+        .map(|(k, s, _)| (k.clone(), s.clone()))
+        .collect()
 }
 
 /// Notes a failed answer; the endpoints stay.
@@ -484,7 +492,10 @@ mod tests {
         run_for(0.3).await;
         assert_eq!(source.asked.load(Ordering::Relaxed), at + 1);
         let status = following.status();
-        assert_eq!((status.endpoints, status.updates, status.failures), (2, 1, 0));
+        assert_eq!(
+            (status.endpoints, status.updates, status.failures),
+            (2, 1, 0)
+        );
         assert!(!status.stale && status.last_ok_unix.is_some());
     }
 

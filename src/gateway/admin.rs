@@ -235,7 +235,6 @@ fn split_json(gw: &Gateway, route: &str) -> Option<Value> {
     Some(json!({ "route": route, "weights": handle.weights(), "targets": handle.stats() }))
 }
 
-
 async fn get_splits(State(gw): State<Gateway>) -> Json<Value> {
     let all: Vec<Value> = gw
         .routes()

@@ -25,16 +25,17 @@ pub(super) fn routes() -> Router<Gateway> {
             "/upstreams/{name}/endpoints",
             axum::routing::post(add_endpoint),
         )
-        .route(
-            "/upstreams/{name}/endpoints/{key}",
-            delete(remove_endpoint),
-        )
+        .route("/upstreams/{name}/endpoints/{key}", delete(remove_endpoint))
         .route("/splits/{route}/compare", get(compare))
 }
 
 /// Where an upstream's endpoint came from: its discovery source, the
 /// configuration (`url`, `endpoints`), or the admin API.
-fn origin(e: &EndpointStats, config: &super::config::UpstreamConfig, discovery: Option<&str>) -> String {
+fn origin(
+    e: &EndpointStats,
+    config: &super::config::UpstreamConfig,
+    discovery: Option<&str>,
+) -> String {
     if let Some(source) = discovery {
         return source.to_owned();
     }
@@ -112,19 +113,22 @@ struct NewEndpoint {
 /// The upstream `name` for a change by hand: 404 when there is none, 409
 /// when its endpoints follow a discovery source (whose next answer would
 /// undo the change).
-fn changeable(gw: &Gateway, name: &str) -> Result<Upstream, Response> {
+fn changeable(gw: &Gateway, name: &str) -> Result<Upstream, Box<Response>> {
     let state = gw.inner.state.load();
     let Some((_, upstream)) = state.upstreams.get(name) else {
-        return Err(problem(StatusCode::NOT_FOUND, format!("no upstream `{name}`")));
+        return Err(Box::new(problem(
+            StatusCode::NOT_FOUND,
+            format!("no upstream `{name}`"),
+        )));
     };
     if let Some(d) = state.discoveries.get(name) {
-        return Err(problem(
+        return Err(Box::new(problem(
             StatusCode::CONFLICT,
             format!(
                 "upstream `{name}` follows `{}`: change its endpoints there",
                 d.status().source
             ),
-        ));
+        )));
     }
     Ok(upstream.clone())
 }
@@ -146,7 +150,7 @@ async fn add_endpoint(
     };
     let upstream = match changeable(&gw, &name) {
         Ok(u) => u,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     if new.weight == Some(0) {
         return problem(StatusCode::BAD_REQUEST, "a weight must be above 0");
@@ -181,7 +185,7 @@ async fn remove_endpoint(
 ) -> Response {
     let upstream = match changeable(&gw, &name) {
         Ok(u) => u,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     match upstream.remove_endpoint(&key) {
         Some(draining) => {

@@ -1785,7 +1785,7 @@ fn discovery_source(
 }
 
 /// `discovery.dns` or `discovery.srv` (feature `dns`).
-#[cfg(any())] // TEMP until dns.rs lands: feature = "dns"
+#[cfg(feature = "dns")]
 fn dns_source(
     at: &str,
     uc: &UpstreamConfig,
@@ -1798,20 +1798,26 @@ fn dns_source(
         Some(ns) => match ns.parse::<std::net::SocketAddr>() {
             Ok(addr) => ResolverConfig::nameserver(addr),
             Err(_) => {
-                problems.push(format!("{at}.nameserver"), format!("`{ns}` is not an ip:port"));
+                problems.push(
+                    format!("{at}.nameserver"),
+                    format!("`{ns}` is not an ip:port"),
+                );
                 return None;
             }
         },
     };
     let source = if let Some(name) = &dc.dns {
-        let port = uc
-            .url
-            .parse::<http::Uri>()
-            .ok()
-            .and_then(|u| {
-                u.port_u16()
-                    .or_else(|| u.scheme().map(|s| if *s == http::uri::Scheme::HTTPS { 443 } else { 80 }))
-            });
+        let port = uc.url.parse::<http::Uri>().ok().and_then(|u| {
+            u.port_u16().or_else(|| {
+                u.scheme().map(|s| {
+                    if *s == http::uri::Scheme::HTTPS {
+                        443
+                    } else {
+                        80
+                    }
+                })
+            })
+        });
         // An unparsable url is reported as the url's problem.
         let port = port?;
         DnsSource::a(name.clone(), port)
@@ -1821,7 +1827,7 @@ fn dns_source(
     Some(Box::new(source.with_resolver(resolver)))
 }
 
-#[cfg(not(any()))] // TEMP: not(feature = "dns")
+#[cfg(not(feature = "dns"))]
 fn dns_source(
     at: &str,
     _uc: &UpstreamConfig,

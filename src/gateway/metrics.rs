@@ -200,7 +200,10 @@ fn register_state(registry: &mut Families, state: &State) {
             .map(|(name, d)| {
                 let status = d.status();
                 (
-                    LabelSet::from([("upstream", name.as_str()), ("source", status.source.as_str())]),
+                    LabelSet::from([
+                        ("upstream", name.as_str()),
+                        ("source", status.source.as_str()),
+                    ]),
                     status,
                 )
             })

@@ -653,11 +653,16 @@ mod tests {
         )
     }
 
-
     fn endpoint(key: &str, weight: u32) -> Endpoint {
         let authority: Authority = format!("{key}:80").parse().unwrap();
         let host = HeaderValue::from_str(authority.as_str()).unwrap();
-        Endpoint::new(key.to_owned(), format!("http://{authority}"), authority, host, weight)
+        Endpoint::new(
+            key.to_owned(),
+            format!("http://{authority}"),
+            authority,
+            host,
+            weight,
+        )
     }
 
     /// Endpoint `i` as [`set`] makes it.

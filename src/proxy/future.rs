@@ -336,7 +336,8 @@ impl Inner {
         host: bool,
     ) -> (State, InFlightGuard) {
         if host {
-            req.headers_mut().insert(header::HOST, endpoint.host.clone());
+            req.headers_mut()
+                .insert(header::HOST, endpoint.host.clone());
         }
         self.endpoints.sent(&endpoint);
         let guard = InFlightGuard::new(&endpoint.in_flight);

@@ -89,11 +89,7 @@ pub(super) async fn health_checks(
                 let (inner, path, check) = (Arc::clone(&inner), path.clone(), check.clone());
                 tokio::spawn(async move {
                     let passed = inner.probe(&e, path, check.timeout).await;
-                    e.checked(
-                        passed,
-                        check.unhealthy_after,
-                        check.healthy_after,
-                    );
+                    e.checked(passed, check.unhealthy_after, check.healthy_after);
                 })
             })
             .collect();

@@ -407,7 +407,8 @@ where
         let Some(endpoint) = inner.endpoints.pick() else {
             // Every endpoint has left (a discovery source listing none).
             let res = Rejection::new(
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE).detail("the upstream has no endpoints"),
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                    .detail("the upstream has no endpoints"),
             )
             .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
             .grpc(grpc)
