@@ -407,6 +407,15 @@ async fn drive(page: &Client, demo: &Demo) {
     wait_text(page, "live-api-green", "100").await;
     wait_text(page, "live-api-blue", "0").await;
     assert_eq!(demo.weights("api").await, json!({"blue": 0, "green": 100}));
+    // The split's card compares the versions' servers: green's two carry
+    // all of it, and blue's one could not take it back at that load.
+    wait_contains(page, "compare-api", "2 of 2").await;
+    wait_contains(
+        page,
+        "compare-api",
+        "`blue` has 1 healthy endpoint(s); to take all of the traffic",
+    )
+    .await;
     assert_eq!(demo.traffic(200).await, (0, 200));
 
     // Roll back: the weights before the promotion, and traffic with them.

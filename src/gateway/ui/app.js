@@ -134,7 +134,11 @@ async function poll() {
   try {
     if (state.polls++ % 15 === 0) await discover();
     const parts = [
-      api('GET', '/splits').then(renderSplits),
+      api('GET', '/splits').then(async (splits) => {
+        renderSplits(splits);
+        const compared = await Promise.all(splits.map((x) => api('GET', '/splits/' + enc(x.route) + '/compare')));
+        compared.forEach(renderCompare);
+      }),
       api('GET', '/upstreams').then(renderUpstreams),
       api('GET', '/keys').then((d) => renderKeys(d.keys)),
       pollModels(),
@@ -418,16 +422,43 @@ async function pollModels() {
   }));
 }
 
+// Whether each target's servers are ready for its share (and for all of
+// the traffic), from /splits/{route}/compare, under the split's card.
+function renderCompare(c) {
+  const card = state.cards.get(c.route);
+  if (!card) return;
+  if (!card.compare) {
+    card.compare = el('div', { class: 'compare', id: 'compare-' + c.route });
+    card.root.insertBefore(card.compare, card.charts);
+  }
+  const rows = c.targets.map((t) => {
+    const e = t.endpoints;
+    const cap = t.capacity ? t.capacity.needed_now + ' / ' + t.capacity.needed_for_all_traffic : '–';
+    return el('tr', { 'data-target': t.target }, el('th', { scope: 'row', text: t.target }), td(t.upstream),
+      td(e.healthy + ' of ' + e.total), td(e.draining), td(t.discovery ? t.discovery.source + (t.discovery.stale ? ' (stale)' : '') : 'config'),
+      td(cap), td(t.live ? num(t.live.error_rate * 100, 1) + ' %' : '–'));
+  });
+  card.compare.replaceChildren(
+    table(['Target', 'Upstream', 'Healthy servers', 'Draining', 'Servers from', 'Needed (now / all)', 'Error rate'], rows),
+    ...c.warnings.map((w) => el('p', { class: 'warning', text: w })));
+}
+
 // === upstreams ===
 
 function renderUpstreams(upstreams) {
-  $('upstreams').replaceChildren(...upstreams.map((u) => el('article', { class: 'card', 'data-upstream': u.name },
-    el('h3', { text: u.name }),
-    table(['Server', 'Health', 'In flight', 'Requests', 'Failures', 'Ejections'], u.endpoints.map((e) => {
-      const health = !e.in_service ? 'ejected' : e.healthy ? 'healthy' : 'unhealthy';
-      return el('tr', {}, el('th', { scope: 'row', text: e.url }), td(health, { class: 'health-' + health }),
-        td(e.in_flight), td(e.requests), td(e.failures), td(e.ejections));
-    })))));
+  $('upstreams').replaceChildren(...upstreams.map((u) => {
+    const d = u.discovery;
+    const status = d ? el('p', { class: d.stale ? 'warning' : 'discovery' },
+      'Servers from ' + d.source + ': ' + d.endpoints + (d.stale ? ', stale (' + (d.last_error || 'failing') + ')' : '')
+        + (d.expired ? ', expired' : '')) : null;
+    return el('article', { class: 'card', 'data-upstream': u.name },
+      el('h3', { text: u.name }), status,
+      table(['Server', 'From', 'Weight', 'Health', 'In flight', 'Requests', 'Failures', 'Ejections'], u.endpoints.map((e) => {
+        const health = e.draining ? 'draining' : !e.in_service ? 'ejected' : e.healthy ? 'healthy' : 'unhealthy';
+        return el('tr', {}, el('th', { scope: 'row', text: e.url }), td(e.source), td(e.weight), td(health, { class: 'health-' + health }),
+          td(e.in_flight), td(e.requests), td(e.failures), td(e.ejections));
+      })));
+  }));
 }
 
 // === API keys ===
