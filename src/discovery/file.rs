@@ -45,6 +45,26 @@ impl FileSource {
     }
 }
 
+/// How a [`FileSource`]'s file is written ([`FileSource::parse`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileFormat {
+    /// JSON.
+    Json,
+    /// TOML (with the `config` feature).
+    Toml,
+}
+
+impl FileSource {
+    /// The endpoints `text` lists, as a file of `format` would: to check a
+    /// file before it is put in place. Every mistake is an error naming
+    /// it: not JSON or TOML, a field unknown, an address listed twice, a
+    /// weight of 0.
+    pub fn parse(text: &str, format: FileFormat) -> Result<Snapshot, SourceError> {
+        parse(text, format == FileFormat::Toml)
+    }
+}
+
 /// The file's shape.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

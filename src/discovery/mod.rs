@@ -51,7 +51,7 @@ use std::time::{Duration, SystemTime};
 use crate::proxy::{EndpointSpec, Upstream};
 
 mod file;
-pub use file::FileSource;
+pub use file::{FileFormat, FileSource};
 
 #[cfg(feature = "dns")]
 mod dns;
