@@ -490,3 +490,94 @@ split.targets = [{{ name = "blue", upstream = "blue", weight = 60 }}, {{ name = 
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// Answers every chat completion with 12 prompt and 30 completion tokens.
+async fn llm() -> SocketAddr {
+    net::serve(axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
+            axum::Json(json!({
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "hello"},
+                    "finish_reason": "stop",
+                }],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
+            }))
+        }),
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn compare_puts_a_model_aliass_versions_side_by_side_with_tokens_and_cost() {
+    let (a, b, c) = (llm().await, llm().await, llm().await);
+    let config = format!(
+        r#"{ADMIN}
+[upstreams.old]
+url = "http://{a}"
+endpoints = ["http://{b}"]
+[upstreams.new]
+url = "http://{c}"
+[[routes]]
+name = "ai"
+path_prefix = "/v1"
+[routes.model.catalog]
+models = [{{ name = "small-1", upstream = "old" }}, {{ name = "small-2", upstream = "new" }}]
+aliases = [{{ name = "chat", versions = {{ "small-1" = 50, "small-2" = 50 }} }}]
+[routes.model.spend.prices.small-2]
+input_per_million = 1000000
+output_per_million = 2000000
+"#
+    );
+    let (_gateway, addr, admin) = serve(&config).await;
+    let client = client();
+    for _ in 0..6 {
+        let req = Request::post(format!("http://{addr}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+                    .to_string(),
+            )))
+            .unwrap();
+        let res = exchange(&client, req).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let v: Value =
+        serde_json::from_str(&get_body(&client, format!("http://{admin}/splits/ai/compare")).await)
+            .unwrap();
+    let versions = v["aliases"][0]["versions"].as_array().unwrap();
+    assert_eq!(v["aliases"][0]["alias"], "chat", "{v}");
+    assert_eq!(versions.len(), 2, "{v}");
+    let (old, new) = (&versions[0], &versions[1]);
+    assert_eq!(
+        (old["upstream"].clone(), new["upstream"].clone()),
+        (json!("old"), json!("new"))
+    );
+    assert_eq!(old["endpoints"]["healthy"], 2);
+    let requests =
+        old["live"]["requests"].as_u64().unwrap() + new["live"]["requests"].as_u64().unwrap();
+    assert_eq!(requests, 6, "{v}");
+    let new_requests = new["live"]["requests"].as_u64().unwrap();
+    assert_eq!(
+        new["live"]["completion_tokens"],
+        json!(30 * new_requests),
+        "{v}"
+    );
+    // 12 in at 1 per token-million-micro and 30 out at 2: 72 micro-units each.
+    assert_eq!(new["live"]["cost_micros"], json!(72 * new_requests), "{v}");
+    // Old carries 25 per endpoint: new's 50 needs 2 and has 1.
+    assert_eq!(new["capacity"]["needed_now"], 2, "{v}");
+    let warnings = v["warnings"].as_array().unwrap();
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .starts_with("chat: `small-2` has 1"),
+        "{v}"
+    );
+}

@@ -214,92 +214,91 @@ async fn remove_endpoint(
     }
 }
 
-/// `GET /splits/{route}/compare`: each target of the route's split beside
-/// the others — its upstream's endpoints (in service, healthy, draining),
-/// where they come from, its settings, and its live figures (requests,
-/// in flight, 5xx and errors, their share, p50 and p99 to the response
-/// head) — and capacity warnings: a target with fewer healthy endpoints
-/// than its weight needs at the load the heaviest target's endpoints
-/// carry each.
-async fn compare(State(gw): State<Gateway>, Path(route): Path<String>) -> Response {
-    let state = gw.inner.state.load();
-    let Some(split) = state
-        .config
-        .routes
-        .iter()
-        .find(|r| r.name == route)
-        .and_then(|r| r.split.as_ref())
-    else {
-        return problem(StatusCode::NOT_FOUND, format!("no split route `{route}`"));
+/// One version compared: its name, weight, upstream, and live figures.
+struct Row {
+    name: String,
+    weight: u32,
+    healthy: usize,
+    value: Value,
+}
+
+/// A version's row: its upstream's endpoints (in service, healthy,
+/// draining), where they come from, its settings, and `live`.
+fn row(
+    state: &super::build::State,
+    name: &str,
+    upstream: &str,
+    weight: u32,
+    total: u64,
+    live: Option<Value>,
+) -> Row {
+    let (endpoints, settings) = match state.upstreams.get(upstream) {
+        Some((config, u)) => (
+            u.endpoints(),
+            serde_json::to_value(config).unwrap_or(Value::Null),
+        ),
+        None => (Vec::new(), Value::Null),
     };
-    let Some(handle) = gw.split(&route) else {
-        return problem(StatusCode::NOT_FOUND, format!("no split route `{route}`"));
+    let current: Vec<&EndpointStats> = endpoints.iter().filter(|e| !e.draining).collect();
+    let healthy = current.iter().filter(|e| e.healthy).count();
+    Row {
+        name: name.to_owned(),
+        weight,
+        healthy,
+        value: json!({
+            "target": name,
+            "upstream": upstream,
+            "weight": weight,
+            "share": if total == 0 { 0.0 } else { f64::from(weight) / total as f64 },
+            "endpoints": {
+                "total": current.len(),
+                "in_service": current.iter().filter(|e| e.in_service).count(),
+                "healthy": healthy,
+                "draining": endpoints.len() - current.len(),
+            },
+            "discovery": state.discoveries.get(upstream).map(|d| d.status()),
+            "settings": settings,
+            "live": live,
+        }),
+    }
+}
+
+/// The figures every version has: requests, in flight, responses by
+/// class, errors, their share, p50 and p99 to the response head.
+fn live(
+    requests: u64,
+    in_flight: u64,
+    responses: &crate::split::StatusClasses,
+    errors: u64,
+    body_errors: u64,
+    latency: &crate::metrics::HistogramSnapshot,
+) -> Value {
+    let failed = responses.server_error + errors;
+    let ms = |q| {
+        latency
+            .quantile_interpolated(q)
+            .map(|d| d.as_secs_f64() * 1000.0)
     };
-    let stats = handle.stats();
-    let weights = handle.weights();
-    let total: u64 = weights.iter().map(|(_, w)| u64::from(w)).sum();
-    struct Row {
-        name: String,
-        weight: u32,
-        healthy: usize,
-        value: Value,
-    }
-    let mut rows: Vec<Row> = Vec::new();
-    for target in &split.targets {
-        let weight = weights.get(&target.name).unwrap_or(0);
-        let live = stats.iter().find(|s| s.name == target.name);
-        let (endpoints, settings) = match state.upstreams.get(&target.upstream) {
-            Some((config, upstream)) => (
-                upstream.endpoints(),
-                serde_json::to_value(config).unwrap_or(Value::Null),
-            ),
-            None => (Vec::new(), Value::Null),
-        };
-        let current: Vec<&EndpointStats> = endpoints.iter().filter(|e| !e.draining).collect();
-        let healthy = current.iter().filter(|e| e.healthy).count();
-        let figures = live.map(|s| {
-            let failed = s.responses.server_error + s.errors;
-            let ms = |q| {
-                s.latency
-                    .quantile_interpolated(q)
-                    .map(|d| d.as_secs_f64() * 1000.0)
-            };
-            json!({
-                "requests": s.requests,
-                "in_flight": s.in_flight,
-                "responses": s.responses,
-                "errors": s.errors,
-                "body_errors": s.body_errors,
-                "error_rate": if s.requests == 0 { 0.0 } else { failed as f64 / s.requests as f64 },
-                "p50_ms": ms(0.5),
-                "p99_ms": ms(0.99),
-            })
-        });
-        rows.push(Row {
-            name: target.name.clone(),
-            weight,
-            healthy,
-            value: json!({
-                "target": target.name,
-                "upstream": target.upstream,
-                "weight": weight,
-                "share": if total == 0 { 0.0 } else { f64::from(weight) / total as f64 },
-                "endpoints": {
-                    "total": current.len(),
-                    "in_service": current.iter().filter(|e| e.in_service).count(),
-                    "healthy": healthy,
-                    "draining": endpoints.len() - current.len(),
-                },
-                "discovery": state.discoveries.get(&target.upstream).map(|d| d.status()),
-                "settings": settings,
-                "live": figures,
-            }),
-        });
-    }
-    // The heaviest target (blue, while green is the canary) sets the load
-    // one endpoint carries: weight per healthy endpoint.
-    let mut warnings: Vec<String> = Vec::new();
-    // The first of the heaviest: blue, listed first, at equal weights.
+    json!({
+        "requests": requests,
+        "in_flight": in_flight,
+        "responses": responses,
+        "errors": errors,
+        "body_errors": body_errors,
+        "error_rate": if requests == 0 { 0.0 } else { failed as f64 / requests as f64 },
+        "p50_ms": ms(0.5),
+        "p99_ms": ms(0.99),
+    })
+}
+
+/// Capacity warnings over `rows`: the first of the heaviest (blue, listed
+/// first, at equal weights) sets the load one endpoint carries (weight
+/// per healthy endpoint); each other version gets the endpoints it needs
+/// at that load for its weight now and to take all of the traffic, and a
+/// warning when it has fewer healthy ones. `of` names the group in the
+/// warnings (an alias), if any.
+fn capacity(rows: &mut [Row], total: u64, of: Option<&str>) -> Vec<String> {
+    let mut warnings = Vec::new();
     let heaviest = rows
         .iter()
         .filter(|r| r.healthy > 0)
@@ -307,41 +306,146 @@ async fn compare(State(gw): State<Gateway>, Path(route): Path<String>) -> Respon
             Some(b) if b.weight >= r.weight => Some(b),
             _ => Some(r),
         });
-    if let Some(reference) = heaviest.map(|r| (r.name.clone(), r.weight, r.healthy)) {
-        let (ref_name, ref_weight, ref_healthy) = reference;
-        for row in &mut rows {
-            if row.name == ref_name || ref_weight == 0 {
-                continue;
-            }
-            // Endpoints needed at the reference's load per endpoint: for
-            // the weight it has now, and to take all of the traffic.
-            let need = |weight: u64| {
-                (weight * ref_healthy as u64).div_ceil(u64::from(ref_weight)) as usize
-            };
-            let now = need(u64::from(row.weight));
-            let full = need(total);
-            row.value["capacity"] = json!({
-                "needed_now": now,
-                "needed_for_all_traffic": full,
-                "reference": ref_name,
-            });
-            if row.healthy < now {
-                warnings.push(format!(
-                    "`{}` has {} healthy endpoint(s) for weight {}; at `{ref_name}`'s load per endpoint it needs {now}",
-                    row.name, row.healthy, row.weight
-                ));
-            } else if row.healthy < full {
-                warnings.push(format!(
-                    "`{}` has {} healthy endpoint(s); to take all of the traffic at `{ref_name}`'s load per endpoint it needs {full}",
-                    row.name, row.healthy
-                ));
-            }
+    let Some((ref_name, ref_weight, ref_healthy)) =
+        heaviest.map(|r| (r.name.clone(), r.weight, r.healthy))
+    else {
+        return warnings;
+    };
+    let prefix = of.map_or_else(String::new, |alias| format!("{alias}: "));
+    for row in rows.iter_mut() {
+        if row.name == ref_name || ref_weight == 0 {
+            continue;
+        }
+        let need =
+            |weight: u64| (weight * ref_healthy as u64).div_ceil(u64::from(ref_weight)) as usize;
+        let now = need(u64::from(row.weight));
+        let full = need(total);
+        row.value["capacity"] = json!({
+            "needed_now": now,
+            "needed_for_all_traffic": full,
+            "reference": ref_name,
+        });
+        if row.healthy < now {
+            warnings.push(format!(
+                "{prefix}`{}` has {} healthy endpoint(s) for weight {}; at `{ref_name}`'s load per endpoint it needs {now}",
+                row.name, row.healthy, row.weight
+            ));
+        } else if row.healthy < full {
+            warnings.push(format!(
+                "{prefix}`{}` has {} healthy endpoint(s); to take all of the traffic at `{ref_name}`'s load per endpoint it needs {full}",
+                row.name, row.healthy
+            ));
         }
     }
+    warnings
+}
+
+/// `GET /splits/{route}/compare`: each target of the route's split beside
+/// the others — its upstream's endpoints, where they come from, its
+/// settings, its live figures — and capacity warnings (see
+/// [`capacity`]). For a model route, each alias's versions the same way,
+/// with their tokens and cost.
+async fn compare(State(gw): State<Gateway>, Path(route): Path<String>) -> Response {
+    let state = gw.inner.state.load();
+    let Some(config) = state.config.routes.iter().find(|r| r.name == route) else {
+        return problem(StatusCode::NOT_FOUND, format!("no split route `{route}`"));
+    };
+    if config.model.is_some()
+        && let Some(handle) = gw.model(&route)
+    {
+        return compare_models(&state, &route, &handle);
+    }
+    let (Some(split), Some(handle)) = (config.split.as_ref(), gw.split(&route)) else {
+        return problem(StatusCode::NOT_FOUND, format!("no split route `{route}`"));
+    };
+    let stats = handle.stats();
+    let weights = handle.weights();
+    let total: u64 = weights.iter().map(|(_, w)| u64::from(w)).sum();
+    let mut rows: Vec<Row> = split
+        .targets
+        .iter()
+        .map(|target| {
+            let figures = stats.iter().find(|s| s.name == target.name).map(|s| {
+                live(
+                    s.requests,
+                    s.in_flight,
+                    &s.responses,
+                    s.errors,
+                    s.body_errors,
+                    &s.latency,
+                )
+            });
+            let weight = weights.get(&target.name).unwrap_or(0);
+            row(
+                &state,
+                &target.name,
+                &target.upstream,
+                weight,
+                total,
+                figures,
+            )
+        })
+        .collect();
+    let warnings = capacity(&mut rows, total, None);
     Json(json!({
         "route": route,
         "targets": rows.into_iter().map(|r| r.value).collect::<Vec<_>>(),
         "warnings": warnings,
     }))
     .into_response()
+}
+
+/// `compare` of a model route: each alias's versions.
+fn compare_models(
+    state: &super::build::State,
+    route: &str,
+    handle: &crate::model::ModelHandle,
+) -> Response {
+    let catalog = handle.catalog();
+    let mut warnings = Vec::new();
+    let aliases: Vec<Value> = catalog
+        .aliases
+        .iter()
+        .map(|alias| {
+            let stats = handle.alias_stats(&alias.name).unwrap_or_default();
+            let total: u64 = stats.iter().map(|s| u64::from(s.weight.unwrap_or(0))).sum();
+            let mut rows: Vec<Row> = stats
+                .iter()
+                .map(|s| {
+                    let upstream = catalog
+                        .models
+                        .iter()
+                        .find(|m| m.name == s.model)
+                        .map_or("", |m| m.upstream.as_str());
+                    let mut figures = live(
+                        s.requests,
+                        s.in_flight,
+                        &s.responses,
+                        s.errors,
+                        s.body_errors,
+                        &s.latency,
+                    );
+                    figures["prompt_tokens"] = json!(s.prompt_tokens);
+                    figures["completion_tokens"] = json!(s.completion_tokens);
+                    figures["cost_micros"] = json!(s.cost_micros);
+                    figures["mean_cost_micros"] =
+                        json!((s.priced > 0).then(|| s.cost_micros / s.priced));
+                    row(
+                        state,
+                        &s.model,
+                        upstream,
+                        s.weight.unwrap_or(0),
+                        total,
+                        Some(figures),
+                    )
+                })
+                .collect();
+            warnings.extend(capacity(&mut rows, total, Some(&alias.name)));
+            json!({
+                "alias": alias.name,
+                "versions": rows.into_iter().map(|r| r.value).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({ "route": route, "aliases": aliases, "warnings": warnings })).into_response()
 }
