@@ -527,24 +527,7 @@ output_per_million = 1200000
 
 /// Answers every chat completion with 12 prompt and 30 completion tokens.
 async fn llm() -> SocketAddr {
-    let app = Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
-            axum::Json(json!({
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "created": 1,
-                "model": body["model"],
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "hello"},
-                    "finish_reason": "stop",
-                }],
-                "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
-            }))
-        }),
-    );
-    net::serve(app).await
+    crate::support::providers::fixed_chat_server().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -493,24 +493,7 @@ split.targets = [{{ name = "blue", upstream = "blue", weight = 60 }}, {{ name = 
 
 /// Answers every chat completion with 12 prompt and 30 completion tokens.
 async fn llm() -> SocketAddr {
-    net::serve(axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
-            axum::Json(json!({
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "created": 1,
-                "model": body["model"],
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "hello"},
-                    "finish_reason": "stop",
-                }],
-                "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
-            }))
-        }),
-    ))
-    .await
+    crate::support::providers::fixed_chat_server().await
 }
 
 #[tokio::test]

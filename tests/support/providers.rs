@@ -862,3 +862,29 @@ fn gemini(request: &Value, model: &str, stream: bool) -> Response {
         .collect();
     sse_response(frames)
 }
+
+/// A stand-in Chat Completions server on loopback answering every chat
+/// completion with "hello", 12 prompt and 30 completion tokens.
+#[allow(dead_code, reason = "not every test binary uses it")]
+pub async fn fixed_chat_server() -> std::net::SocketAddr {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(
+            |axum::Json(body): axum::Json<serde_json::Value>| async move {
+                axum::Json(serde_json::json!({
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": body["model"],
+                    "choices": [{
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "hello"},
+                        "finish_reason": "stop",
+                    }],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
+                }))
+            },
+        ),
+    );
+    super::net::serve(app).await
+}
