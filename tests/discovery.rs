@@ -564,3 +564,50 @@ output_per_million = 2000000
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn a_server_that_joins_is_health_checked_from_the_next_round() {
+    use switchyard::proxy::HealthCheck;
+
+    let good = named("good").await;
+    // Answers requests, fails its health checks.
+    let sick = net::serve(
+        axum::Router::new()
+            .route(
+                "/healthz",
+                axum::routing::get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+            )
+            .fallback(|| async { "sick" }),
+    )
+    .await;
+    let upstream = Upstream::builder(&format!("http://{good}"))
+        .health_check(
+            HealthCheck::get("/healthz")
+                .interval(Duration::from_millis(30))
+                .unhealthy_after(1),
+        )
+        .build()
+        .unwrap();
+    upstream
+        .insert_endpoint("sick", EndpointSpec::new(sick.to_string()))
+        .unwrap();
+    eventually("the new server checked and out", async || {
+        upstream
+            .endpoints()
+            .iter()
+            .any(|e| e.key == "sick" && !e.healthy && !e.in_service)
+    })
+    .await;
+    use tower::ServiceExt;
+    for _ in 0..4 {
+        let req = Request::get("http://client.example/")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let res = upstream.clone().oneshot(req).await.unwrap();
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, "good");
+    }
+}
