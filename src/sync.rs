@@ -193,6 +193,30 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Tells `listener` of each change to this source's settings.
+    fn listen(&self, listener: &Arc<dyn crate::signal::Listener>) {
+        match self {
+            Source::Split(h) => h.listen(listener),
+            #[cfg(feature = "json")]
+            Source::Model(h) => h.listen(listener),
+            Source::Limit(h) => h.listen(listener),
+        }
+    }
+}
+
+/// Wakes a sync's task when a synced setting changes on this replica, so
+/// that it publishes the change at once (the check every
+/// [`check_interval`](WeightSyncBuilder::check_interval) stays as the
+/// safety net). Changes coalesce: one pending wake is enough.
+struct Wake(tokio::sync::mpsc::Sender<()>);
+
+impl crate::signal::Listener for Wake {
+    fn changed(&self) {
+        let _ = self.0.try_send(());
+    }
+}
+
 /// One synced set: weights, or a limiter's quotas and dry-run.
 enum Set {
     Split(SplitHandle),
@@ -568,6 +592,9 @@ impl WeightSync {
     pub fn spawn(&self) -> SyncTask {
         let this = self.clone();
         SyncTask(tokio::spawn(async move {
+            let (tx, mut changed) = tokio::sync::mpsc::channel(1);
+            let wake: Arc<dyn crate::signal::Listener> = Arc::new(Wake(tx));
+            this.listen(&wake);
             let ticker = |every: Duration| {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -583,6 +610,9 @@ impl WeightSync {
             let mut retry: Option<tokio::time::Instant> = None;
             loop {
                 let event = std::future::poll_fn(|cx| {
+                    if changed.poll_recv(cx).is_ready() {
+                        return Poll::Ready(Event::Changed);
+                    }
                     if full.poll_tick(cx).is_ready() {
                         return Poll::Ready(Event::Round);
                     }
@@ -600,7 +630,15 @@ impl WeightSync {
                 })
                 .await;
                 match event {
-                    Event::Round => retry = this.full_round(&mut changes).await,
+                    // Published now, not at the next check.
+                    Event::Changed => {
+                        this.round(false).await;
+                    }
+                    Event::Round => {
+                        retry = this.full_round(&mut changes).await;
+                        // Sources a reload brought are listened to too.
+                        this.listen(&wake);
+                    }
                     Event::Announced(msg) => {
                         let id = this.inner.id.as_bytes();
                         let mut others = msg.get_payload_bytes() != id;
@@ -638,6 +676,16 @@ impl WeightSync {
                 }
             }
         }))
+    }
+
+    /// Listens to every source's changes (again: a reload may have
+    /// brought new ones; a source already listened to is not added twice).
+    fn listen(&self, wake: &Arc<dyn crate::signal::Listener>) {
+        if let Some(round) = (self.inner.sources)() {
+            for (_, source) in &round.sources {
+                source.listen(wake);
+            }
+        }
     }
 
     /// Subscribes if `changes` has no stream (before the round reads, so
@@ -704,6 +752,7 @@ type Changes = Pin<Box<dyn Stream<Item = redis::Msg> + Send>>;
 
 /// What the spawned task does next.
 enum Event {
+    Changed,
     Round,
     Check,
     Announced(redis::Msg),

@@ -706,3 +706,53 @@ split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
     })
     .await;
 }
+
+/// A change is published when it is made, not found by the check: with
+/// the checks and the rounds an hour apart, a promotion on one replica
+/// still reaches the other (through the announcement), for a split and
+/// for a model alias.
+#[tokio::test]
+async fn changes_are_published_when_made() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (a, b) = (replica(&[100, 0]), replica(&[100, 0]));
+    let mut tasks = Vec::new();
+    let mut syncs = Vec::new();
+    for r in [&a, &b] {
+        let s = WeightSync::builder(redis.manager().await)
+            .split("checkout", r.handle())
+            .prefix("made:")
+            .interval(Duration::from_secs(3600))
+            .check_interval(Duration::from_secs(3600))
+            .notify(redis.client())
+            .build()
+            .unwrap();
+        tasks.push(s.spawn());
+        syncs.push(s);
+    }
+    eventually("both replicas ran their first round", || {
+        syncs.iter().all(|s| s.stats().rounds >= 1)
+    })
+    .await;
+    // The first to sync published its weights: count from here.
+    let published = |i: usize| syncs[i].stats().published;
+    let before = (published(0), published(1));
+    a.handle().promote("green").unwrap();
+    eventually("b promoted green", || {
+        b.handle().weights().get("green") == Some(100)
+    })
+    .await;
+    assert_eq!(published(0), before.0 + 1, "{:?}", syncs[0].stats());
+    b.handle()
+        .set_weights([("blue", 30), ("green", 70)])
+        .unwrap();
+    eventually("a at 30/70", || {
+        a.handle().weights().get("green") == Some(70)
+    })
+    .await;
+    // Applying the other's change published nothing back.
+    assert_eq!(published(0), before.0 + 1, "{:?}", syncs[0].stats());
+    assert_eq!(published(1), before.1 + 1, "{:?}", syncs[1].stats());
+    drop(tasks);
+}

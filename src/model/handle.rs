@@ -23,6 +23,9 @@ pub(crate) struct Shared {
     /// whole when the keys are read again).
     pub(crate) providers: Box<[ArcSwap<Upstream>]>,
     writer: Mutex<Writer>,
+    /// Told after each change of the catalog (the weight sync publishes
+    /// it at once).
+    pub(crate) listeners: crate::signal::Listeners,
 }
 
 /// An upstream's provider settings at run time.
@@ -53,6 +56,7 @@ impl Shared {
             upstreams,
             providers,
             writer: Mutex::new(writer),
+            listeners: crate::signal::Listeners::default(),
         })
     }
 
@@ -77,6 +81,8 @@ impl Shared {
         match result {
             Ok(compiled) => {
                 self.catalog.store(Arc::new(compiled));
+                drop(writer);
+                self.listeners.fire();
                 Ok(())
             }
             Err(e) => {
@@ -117,6 +123,12 @@ pub struct ModelHandle {
 }
 
 impl ModelHandle {
+    /// Tells `listener` of each change of the catalog from now on.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn listen(&self, listener: &Arc<dyn crate::signal::Listener>) {
+        self.shared.listeners.add(listener);
+    }
+
     /// The catalog in force.
     pub fn catalog(&self) -> Catalog {
         self.shared.catalog.load().source.clone()

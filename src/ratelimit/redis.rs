@@ -333,6 +333,9 @@ struct Limiter {
     headers_on_allowed: bool,
     legacy_headers: bool,
     counters: Counters,
+    /// Told after each change of the quotas, dry-run or allow list (the
+    /// weight sync publishes it at once).
+    listeners: crate::signal::Listeners,
 }
 
 /// The in-memory limiter of [`RedisFailure::Local`].
@@ -586,7 +589,14 @@ impl RedisRateLimitHandle {
                 Ok(next)
             },
             |_| {},
-        )
+        )?;
+        self.limiter.listeners.fire();
+        Ok(())
+    }
+
+    /// Tells `listener` of each change from now on.
+    pub(crate) fn listen(&self, listener: &Arc<dyn crate::signal::Listener>) {
+        self.limiter.listeners.add(listener);
     }
 
     /// The layer's counters (this replica's share).
@@ -750,6 +760,7 @@ impl RedisRateLimitBuilder {
                 headers_on_allowed: self.headers_on_allowed,
                 legacy_headers: self.legacy_headers,
                 counters: Counters::default(),
+                listeners: crate::signal::Listeners::default(),
             }),
         })
     }

@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     pub(crate) clock: Option<Arc<dyn Clock>>,
     /// Shared with the split this one carried over from, if any.
     pub(crate) waiters: Arc<Waiters>,
+    /// Told after each change of the weights (the weight sync publishes
+    /// it at once).
+    pub(crate) listeners: crate::signal::Listeners,
 }
 
 pub(crate) struct TargetMeta {
@@ -86,6 +89,7 @@ impl Shared {
             echo_header,
             clock,
             waiters: waiters.unwrap_or_default(),
+            listeners: crate::signal::Listeners::default(),
         })
     }
 
@@ -162,6 +166,7 @@ impl Shared {
         self.live.publish(&snapshot);
         self.snapshot.store(Arc::new(snapshot));
         self.waiters.wake_all();
+        self.listeners.fire();
         Ok(())
     }
 
@@ -235,6 +240,12 @@ impl SplitHandle {
             .zip(snapshot.weights.iter())
             .map(|(t, &w)| (t.name(), w))
             .collect()
+    }
+
+    /// Tells `listener` of each change of the weights from now on.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn listen(&self, listener: &Arc<dyn crate::signal::Listener>) {
+        self.shared.listeners.add(listener);
     }
 
     /// Replaces the whole set of weights at once.
