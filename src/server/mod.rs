@@ -541,8 +541,12 @@ where
 {
     let mut phase = shared.phase.subscribe();
     loop {
-        if let Phase::Draining(deadline) = *phase.borrow_and_update() {
-            break deadline;
+        // Killed counts too: with several threads, another may have passed
+        // the deadline and killed everything before this one looked.
+        match *phase.borrow_and_update() {
+            Phase::Serving => {}
+            Phase::Draining(deadline) => break deadline,
+            Phase::Killed => break Instant::now(),
         }
         tokio::select! {
             biased;
