@@ -756,3 +756,93 @@ async fn changes_are_published_when_made() {
     assert_eq!(published(1), before.1 + 1, "{:?}", syncs[1].stats());
     drop(tasks);
 }
+
+/// A model alias's change too is published when made (checks and rounds
+/// an hour apart).
+#[tokio::test]
+async fn a_model_alias_change_is_published_when_made() {
+    use switchyard::model::{Alias, Catalog, Model, ModelHandle, ModelRouter};
+
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let router = || {
+        ModelRouter::builder()
+            .upstream("blue", named("blue"))
+            .upstream("green", named("green"))
+            .catalog(
+                Catalog::new()
+                    .model(Model::new("v1", "blue"))
+                    .model(Model::new("v2", "green"))
+                    .alias(Alias::new("chat", [("v1", 100), ("v2", 0)])),
+            )
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (router(), router());
+    let (ha, hb): (ModelHandle, ModelHandle) = (a.handle(), b.handle());
+    let mut tasks = Vec::new();
+    let mut syncs = Vec::new();
+    for h in [&ha, &hb] {
+        let s = WeightSync::builder(redis.manager().await)
+            .model("ai", h.clone())
+            .prefix("alias-made:")
+            .interval(Duration::from_secs(3600))
+            .check_interval(Duration::from_secs(3600))
+            .notify(redis.client())
+            .build()
+            .unwrap();
+        tasks.push(s.spawn());
+        syncs.push(s);
+    }
+    eventually("both replicas ran their first round", || {
+        syncs.iter().all(|s| s.stats().rounds >= 1)
+    })
+    .await;
+    ha.promote("chat", "v2").unwrap();
+    eventually("b promoted v2", || {
+        hb.weights("chat").and_then(|w| w.get("v2")) == Some(100)
+    })
+    .await;
+    drop(tasks);
+}
+
+/// Changes made at the same moment on two replicas resolve the same way
+/// on both: the one Redis took last (its version is the higher), never
+/// one per replica.
+#[tokio::test]
+async fn concurrent_changes_resolve_alike_everywhere() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (a, b) = (replica(&[100, 0]), replica(&[100, 0]));
+    let (syncs, tasks) = both_listening(&redis, [&a, &b]).await;
+    for round in 0..10u32 {
+        let (wa, wb) = (10 + round, 50 + round);
+        // Both at once, each on its own replica.
+        a.handle()
+            .set_weights([("blue", 100 - wa), ("green", wa)])
+            .unwrap();
+        b.handle()
+            .set_weights([("blue", 100 - wb), ("green", wb)])
+            .unwrap();
+        eventually("both agree", || {
+            let (ga, gb) = (
+                a.handle().weights().get("green"),
+                b.handle().weights().get("green"),
+            );
+            ga == gb && (ga == Some(wa) || ga == Some(wb))
+        })
+        .await;
+        // And stay agreed: no replica flips back.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            a.handle().weights().get("green"),
+            b.handle().weights().get("green"),
+            "{:?} {:?}",
+            syncs[0].stats(),
+            syncs[1].stats()
+        );
+    }
+    drop(tasks);
+}
