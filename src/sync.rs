@@ -6,10 +6,15 @@
 //! one replica would leave the others on blue, and a user's sticky pick
 //! would depend on which replica answered. [`WeightSync`] keeps them
 //! together: it publishes a change made on this replica, by handle, admin
-//! API, rollout or reload (looked for every 100 ms by default), and
-//! applies a change another replica published: at once when it is
+//! API, rollout or reload, when it is made (the handle tells the sync's
+//! task; it is also looked for every 100 ms by default, the safety net),
+//! and applies a change another replica published: at once when it is
 //! announced to the replicas that listen ([`notify`](WeightSyncBuilder::notify)),
-//! and in any case at the next round (each second by default). Replicas with the same
+//! and in any case at the next round (each second by default). On
+//! loopback, three replicas over one Redis all answer with a change
+//! 1.6 ms (median; 2.4 ms at most over 100 changes) after it was made on
+//! one of them (`benches/propagation.rs`; 79 ms when changes were only
+//! found by the check). Replicas with the same
 //! weights make the same sticky picks (the pick is a function of the key,
 //! the target names and the weights), so once they converge a user lands
 //! on the same version whichever replica serves them.
@@ -64,8 +69,10 @@
 //! Each publication is also announced on the channel `<prefix>changes`.
 //! A replica that listens ([`notify`](WeightSyncBuilder::notify), a pub/sub
 //! connection of its own) runs a round as soon as another replica
-//! announces, so a change reaches it within about one check interval of
-//! being made. Announcements are not stored: a replica whose subscription
+//! announces, so a change reaches it within a few Redis round trips of
+//! being made. A change a replica applies enters its rollback history as
+//! one made there would: a rollback on any replica undoes the fleet's
+//! last change. Announcements are not stored: a replica whose subscription
 //! failed or was lost, or whose round failed, subscribes again if need be
 //! at its first check a [`timeout`](WeightSyncBuilder::timeout) later and
 //! runs a round then, which makes up for what it missed.
@@ -856,7 +863,8 @@ impl WeightSyncBuilder {
     }
 
     /// How often [`spawn`](WeightSync::spawn)ed tasks look for changes
-    /// made on this replica, to publish them (100 ms by default). Looking
+    /// made on this replica, to publish them (100 ms by default): the
+    /// safety net, since a change is published when it is made. Looking
     /// reads the weights in memory; Redis is asked only when one changed.
     pub fn check_interval(mut self, every: Duration) -> Self {
         self.check = every;

@@ -846,3 +846,27 @@ async fn concurrent_changes_resolve_alike_everywhere() {
     }
     drop(tasks);
 }
+
+/// A rollback on one replica undoes a change made on another: a change a
+/// replica applies from the fleet enters its own history, as one made
+/// there would.
+#[tokio::test]
+async fn a_rollback_on_one_replica_undoes_a_change_made_on_another() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (a, b) = (replica(&[90, 10]), replica(&[90, 10]));
+    let (_syncs, tasks) = both_listening(&redis, [&a, &b]).await;
+    a.handle().promote("green").unwrap();
+    eventually("b promoted green", || {
+        b.handle().weights().get("green") == Some(100)
+    })
+    .await;
+    b.handle().rollback().unwrap();
+    eventually("a back at 90/10", || {
+        a.handle().weights().get("green") == Some(10)
+    })
+    .await;
+    assert_eq!(b.handle().weights().get("blue"), Some(90));
+    drop(tasks);
+}
