@@ -445,6 +445,23 @@ split.targets = [{{ name = "blue", upstream = "blue", weight = 50 }}, {{ name = 
         json!(format!("http://{}", greens[0]))
     );
     assert_eq!(v["warnings"], json!([]), "{v}");
+    // The first compare has no window; the next one counts what came
+    // between the two.
+    assert_eq!(targets[1]["live"]["window"], Value::Null, "{v}");
+    for _ in 0..10 {
+        get_body(&client, format!("http://{addr}/")).await;
+    }
+    let v: Value = serde_json::from_str(
+        &get_body(&client, format!("http://{admin}/splits/api/compare")).await,
+    )
+    .unwrap();
+    let window = |i: usize| v["targets"][i]["live"]["window"].clone();
+    let between = window(0)["requests"].as_u64().unwrap() + window(1)["requests"].as_u64().unwrap();
+    assert_eq!(between, 10, "{v}");
+    assert!(
+        window(0)["rate_per_s"].as_f64().unwrap() + window(1)["rate_per_s"].as_f64().unwrap() > 0.0
+    );
+    assert_eq!(window(1)["error_rate"], json!(0.0), "{v}");
 }
 
 #[tokio::test]

@@ -3,6 +3,8 @@
 //! targets compared side by side (are green's servers ready to take
 //! blue's traffic?). Served by [`admin::router`](super::admin::router).
 
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -263,31 +265,84 @@ fn row(
     }
 }
 
-/// The figures every version has: requests, in flight, responses by
-/// class, errors, their share, p50 and p99 to the response head.
-fn live(
+/// A version's counters when `compare` last read them, for the figures
+/// over the window since.
+struct Sample {
+    at: std::time::Instant,
+    requests: u64,
+    failed: u64,
+    latency: crate::metrics::HistogramSnapshot,
+}
+
+/// The last sample of each version compared, by gateway (its address) and
+/// `route/alias/version`; those older than [`WINDOW`] are let go.
+static SAMPLES: std::sync::Mutex<Option<std::collections::HashMap<(usize, String), Sample>>> =
+    std::sync::Mutex::new(None);
+
+/// The longest window: an older sample is not compared against.
+const WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A version's counters, as [`live`] reads them.
+struct Counts<'a> {
     requests: u64,
     in_flight: u64,
-    responses: &crate::split::StatusClasses,
+    responses: &'a crate::split::StatusClasses,
     errors: u64,
     body_errors: u64,
-    latency: &crate::metrics::HistogramSnapshot,
-) -> Value {
-    let failed = responses.server_error + errors;
-    let ms = |q| {
-        latency
-            .quantile_interpolated(q)
-            .map(|d| d.as_secs_f64() * 1000.0)
+    latency: &'a crate::metrics::HistogramSnapshot,
+}
+
+/// The figures every version has: requests, in flight, responses by
+/// class, errors, their share, p50 and p99 to the response head (all
+/// since the start), and `window`: the rate, error rate and p99 since the
+/// previous `compare` of the same version (at most five minutes ago;
+/// `null` on the first), which the dashboard, polling every 2 s, shows
+/// live.
+fn live(gw: &Gateway, key: String, c: Counts<'_>) -> Value {
+    let failed = c.responses.server_error + c.errors;
+    let ms = |h: &crate::metrics::HistogramSnapshot, q| {
+        h.quantile_interpolated(q).map(|d| d.as_secs_f64() * 1000.0)
+    };
+    let now = std::time::Instant::now();
+    let window = {
+        let mut samples = SAMPLES.lock().unwrap_or_else(|e| e.into_inner());
+        let samples = samples.get_or_insert_with(Default::default);
+        samples.retain(|_, s| now.duration_since(s.at) <= WINDOW);
+        let slot = (Arc::as_ptr(&gw.inner) as usize, key);
+        let previous = samples.insert(
+            slot,
+            Sample {
+                at: now,
+                requests: c.requests,
+                failed,
+                latency: c.latency.clone(),
+            },
+        );
+        previous
+            .filter(|p| now > p.at && c.requests >= p.requests)
+            .map(|p| {
+                let seconds = now.duration_since(p.at).as_secs_f64();
+                let requests = c.requests - p.requests;
+                let failed = failed.saturating_sub(p.failed);
+                json!({
+                    "seconds": seconds,
+                    "requests": requests,
+                    "rate_per_s": requests as f64 / seconds,
+                    "error_rate": if requests == 0 { 0.0 } else { failed as f64 / requests as f64 },
+                    "p99_ms": ms(&c.latency.since(&p.latency), 0.99),
+                })
+            })
     };
     json!({
-        "requests": requests,
-        "in_flight": in_flight,
-        "responses": responses,
-        "errors": errors,
-        "body_errors": body_errors,
-        "error_rate": if requests == 0 { 0.0 } else { failed as f64 / requests as f64 },
-        "p50_ms": ms(0.5),
-        "p99_ms": ms(0.99),
+        "requests": c.requests,
+        "in_flight": c.in_flight,
+        "responses": c.responses,
+        "errors": c.errors,
+        "body_errors": c.body_errors,
+        "error_rate": if c.requests == 0 { 0.0 } else { failed as f64 / c.requests as f64 },
+        "p50_ms": ms(c.latency, 0.5),
+        "p99_ms": ms(c.latency, 0.99),
+        "window": window,
     })
 }
 
@@ -353,7 +408,7 @@ async fn compare(State(gw): State<Gateway>, Path(route): Path<String>) -> Respon
     if config.model.is_some()
         && let Some(handle) = gw.model(&route)
     {
-        return compare_models(&state, &route, &handle);
+        return compare_models(&gw, &state, &route, &handle);
     }
     let (Some(split), Some(handle)) = (config.split.as_ref(), gw.split(&route)) else {
         return problem(StatusCode::NOT_FOUND, format!("no split route `{route}`"));
@@ -367,12 +422,16 @@ async fn compare(State(gw): State<Gateway>, Path(route): Path<String>) -> Respon
         .map(|target| {
             let figures = stats.iter().find(|s| s.name == target.name).map(|s| {
                 live(
-                    s.requests,
-                    s.in_flight,
-                    &s.responses,
-                    s.errors,
-                    s.body_errors,
-                    &s.latency,
+                    &gw,
+                    format!("{route}/{}", target.name),
+                    Counts {
+                        requests: s.requests,
+                        in_flight: s.in_flight,
+                        responses: &s.responses,
+                        errors: s.errors,
+                        body_errors: s.body_errors,
+                        latency: &s.latency,
+                    },
                 )
             });
             let weight = weights.get(&target.name).unwrap_or(0);
@@ -397,6 +456,7 @@ async fn compare(State(gw): State<Gateway>, Path(route): Path<String>) -> Respon
 
 /// `compare` of a model route: each alias's versions.
 fn compare_models(
+    gw: &Gateway,
     state: &super::build::State,
     route: &str,
     handle: &crate::model::ModelHandle,
@@ -418,12 +478,16 @@ fn compare_models(
                         .find(|m| m.name == s.model)
                         .map_or("", |m| m.upstream.as_str());
                     let mut figures = live(
-                        s.requests,
-                        s.in_flight,
-                        &s.responses,
-                        s.errors,
-                        s.body_errors,
-                        &s.latency,
+                        gw,
+                        format!("{route}/{}/{}", alias.name, s.model),
+                        Counts {
+                            requests: s.requests,
+                            in_flight: s.in_flight,
+                            responses: &s.responses,
+                            errors: s.errors,
+                            body_errors: s.body_errors,
+                            latency: &s.latency,
+                        },
                     );
                     figures["prompt_tokens"] = json!(s.prompt_tokens);
                     figures["completion_tokens"] = json!(s.completion_tokens);

@@ -434,12 +434,15 @@ function renderCompare(c) {
   const rows = c.targets.map((t) => {
     const e = t.endpoints;
     const cap = t.capacity ? t.capacity.needed_now + ' / ' + t.capacity.needed_for_all_traffic : '–';
+    // Since the previous poll, when there was one; else since the start.
+    const w = t.live && t.live.window;
     return el('tr', { 'data-target': t.target }, el('th', { scope: 'row', text: t.target }), td(t.upstream),
       td(e.healthy + ' of ' + e.total), td(e.draining), td(t.discovery ? t.discovery.source + (t.discovery.stale ? ' (stale)' : '') : 'config'),
-      td(cap), td(t.live ? num(t.live.error_rate * 100, 1) + ' %' : '–'));
+      td(cap), td(w ? num(w.rate_per_s, 1) : '–'), td(t.live ? num((w || t.live).error_rate * 100, 1) + ' %' : '–'),
+      td(t.live ? num((w || t.live).p99_ms, 1) + ' ms' : '–'));
   });
   card.compare.replaceChildren(
-    table(['Target', 'Upstream', 'Healthy servers', 'Draining', 'Servers from', 'Needed (now / all)', 'Error rate'], rows),
+    table(['Target', 'Upstream', 'Healthy servers', 'Draining', 'Servers from', 'Needed (now / all)', 'Requests/s', 'Error rate', 'p99'], rows),
     ...c.warnings.map((w) => el('p', { class: 'warning', text: w })));
 }
 
