@@ -69,6 +69,7 @@
 //! | `prometheus` (feature `prometheus`) | the layers' counters as `prometheus-client` collectors, read when scraped (`SplitCollector`, `ModelCollector`, `AuthCollector`, …) |
 //! | [`metrics`] | [`LatencyHistogram`](metrics::LatencyHistogram): fixed-bucket latency counters with quantile estimates |
 //! | `proxy` (feature `proxy`) | `Upstream`: forwards to an upstream server over a pooled hyper client (HTTP/1.1, h2c; `https://` with feature `tls`), with proxy semantics, 502/504 as problem+json |
+//! | `discovery` (feature `proxy`) | an `Upstream`'s endpoints following a source: DNS A/AAAA or SRV (`DnsSource`, feature `dns`), a file (`FileSource`), your own `Source`; TTL bounds, damping, the last endpoints kept through failures |
 //! | `server` (feature `server`) | `Server`: serves any service on a TCP listener, HTTP/1.1 and h2c (h2 over TLS with `tls`), with connection limits and timeouts that have safe defaults, graceful shutdown, certificate reload |
 //! | [`problem`] | [`Problem`](problem::Problem): the `application/problem+json` rejections every layer answers with |
 //! | [`conn`] | [`ConnectionInfo`](conn::ConnectionInfo): what the server knows of a request's connection (peer, local address, TLS) |
@@ -84,6 +85,7 @@
 //! | `transform` | `transform`: header, path, query, method and host rules (`regex`, `uuid`) |
 //! | `json` | JSON body rules in `transform`, and the `model` router (`serde_json` with key order kept, `memchr`) |
 //! | `proxy` | `proxy::Upstream` over a pooled hyper client (`hyper`, `hyper-util`, `tokio`) |
+//! | `dns` | `discovery::DnsSource`: endpoints from DNS A/AAAA and SRV records (`hickory-resolver`) |
 //! | `tls` | `https://` upstreams in `proxy` (rustls with ring; the system's roots or your own; client certificates), and `rediss://` with `redis` |
 //! | `config` | `gateway`: a whole gateway from TOML (`proxy`, `transform`, `json`, `prometheus`, `toml`) |
 //! | `prometheus` | `prometheus`: the layers' counters as collectors for a `prometheus-client` registry (`prometheus-client`) |
