@@ -17,7 +17,7 @@ use http::{HeaderName, Request, Response};
 use http_body_util::BodyExt;
 use switchyard::key::KeyBy;
 use switchyard::split::{Split, SplitHandle};
-use switchyard::sync::{SyncError, SyncTask, WeightSync, WeightSyncStats};
+use switchyard::sync::{SyncError, SyncTask, WeightSync, WeightSyncBuilder, WeightSyncStats};
 use tower::{ServiceExt, service_fn, util::BoxCloneService};
 
 use crate::support::redis as redis_support;
@@ -707,6 +707,33 @@ split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
     .await;
 }
 
+/// A sync per replica, each made by `add` on a connection of its own,
+/// with checks and rounds an hour apart (so that only a change's own
+/// publication, when it is made, can carry it) and announcements heard;
+/// spawned, once each ran its first round.
+async fn made_only(
+    redis: &RedisServer,
+    replicas: usize,
+    add: impl Fn(usize, WeightSyncBuilder) -> WeightSyncBuilder,
+) -> (Vec<WeightSync>, Vec<SyncTask>) {
+    let mut tasks = Vec::new();
+    let mut syncs = Vec::new();
+    for i in 0..replicas {
+        let builder = WeightSync::builder(redis.manager().await)
+            .interval(Duration::from_secs(3600))
+            .check_interval(Duration::from_secs(3600))
+            .notify(redis.client());
+        let s = add(i, builder).build().unwrap();
+        tasks.push(s.spawn());
+        syncs.push(s);
+    }
+    eventually("every replica ran its first round", || {
+        syncs.iter().all(|s| s.stats().rounds >= 1)
+    })
+    .await;
+    (syncs, tasks)
+}
+
 /// A change is published when it is made, not found by the check: with
 /// the checks and the rounds an hour apart, a promotion on one replica
 /// still reaches the other (through the announcement), for a split and
@@ -717,22 +744,9 @@ async fn changes_are_published_when_made() {
         return;
     };
     let (a, b) = (replica(&[100, 0]), replica(&[100, 0]));
-    let mut tasks = Vec::new();
-    let mut syncs = Vec::new();
-    for r in [&a, &b] {
-        let s = WeightSync::builder(redis.manager().await)
-            .split("checkout", r.handle())
-            .prefix("made:")
-            .interval(Duration::from_secs(3600))
-            .check_interval(Duration::from_secs(3600))
-            .notify(redis.client())
-            .build()
-            .unwrap();
-        tasks.push(s.spawn());
-        syncs.push(s);
-    }
-    eventually("both replicas ran their first round", || {
-        syncs.iter().all(|s| s.stats().rounds >= 1)
+    let handles = [a.handle(), b.handle()];
+    let (syncs, tasks) = made_only(&redis, 2, |i, s| {
+        s.split("checkout", handles[i].clone()).prefix("made:")
     })
     .await;
     // The first to sync published its weights: count from here.
@@ -781,22 +795,9 @@ async fn a_model_alias_change_is_published_when_made() {
     };
     let (a, b) = (router(), router());
     let (ha, hb): (ModelHandle, ModelHandle) = (a.handle(), b.handle());
-    let mut tasks = Vec::new();
-    let mut syncs = Vec::new();
-    for h in [&ha, &hb] {
-        let s = WeightSync::builder(redis.manager().await)
-            .model("ai", h.clone())
-            .prefix("alias-made:")
-            .interval(Duration::from_secs(3600))
-            .check_interval(Duration::from_secs(3600))
-            .notify(redis.client())
-            .build()
-            .unwrap();
-        tasks.push(s.spawn());
-        syncs.push(s);
-    }
-    eventually("both replicas ran their first round", || {
-        syncs.iter().all(|s| s.stats().rounds >= 1)
+    let handles = [ha.clone(), hb.clone()];
+    let (_syncs, tasks) = made_only(&redis, 2, |i, s| {
+        s.model("ai", handles[i].clone()).prefix("alias-made:")
     })
     .await;
     ha.promote("chat", "v2").unwrap();
