@@ -1128,3 +1128,65 @@ split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
         );
     }
 }
+
+/// A change made on one replica is announced: the other reads the state
+/// again at once, not at its next refresh (an hour away here).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_hear_state_changes_when_they_are_made() {
+    use crate::support::redis::RedisServer;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let up = upstream().await;
+    let dir = temp_dir("gw-platform-announced");
+    let text = config(up, &dir.join("unused.json"), "draft")
+        .replace(
+            &format!("state_file = \"{}\"", dir.join("unused.json").display()),
+            "redis = true\nrefresh_ms = 3600000",
+        )
+        .replacen(
+            "[[api_keys]]",
+            &format!(
+                "[redis]\nurl = \"redis://127.0.0.1:{}/\"\n\n[[api_keys]]",
+                redis.port
+            ),
+            1,
+        );
+    let (a, b) = (Harness::start(&text).await, Harness::start(&text).await);
+    // Each replica subscribes on its refresh task's first turn.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        a.post("/catalog/orders/subscription", "alice-key")
+            .await
+            .status,
+        201
+    );
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    loop {
+        let approved = b
+            .admin_post(
+                "/subscriptions/orders/approve",
+                "root-key",
+                json!({ "consumer": { "kind": "identity", "id": "alice", "tenant": "shop" } }),
+            )
+            .await
+            .status;
+        if approved == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never heard of alice's request"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while a.get("/v2/orders/1", "alice-key").await.status != StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A never heard of the approval"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

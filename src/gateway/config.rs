@@ -318,8 +318,9 @@ pub struct PlatformConfig {
     /// Without either this or `redis`, they live as long as the process.
     pub state_file: Option<String>,
     /// Keep them in `[redis]` instead (feature `redis`), shared by every
-    /// replica: a change made on one is taken by the others within
-    /// `refresh_ms`. The gateway refuses to start when Redis cannot be
+    /// replica: a change made on one is announced on a Redis channel and
+    /// read again by the others at once (within `refresh_ms` for one that
+    /// missed the announcement). The gateway refuses to start when Redis cannot be
     /// read, as it refuses a corrupt state file: serving with keys revoked
     /// there in force again, or drafts published, would be worse. (So it
     /// is asked for here, not implied by `[redis]`, which rate limits may
@@ -329,8 +330,9 @@ pub struct PlatformConfig {
     /// With the state in Redis: the prefix of its hashes
     /// (`switchyard:state:` by default).
     pub redis_prefix: Option<String>,
-    /// With the state in Redis: how often each replica reads it again for
-    /// the others' changes, in milliseconds (1000 by default).
+    /// With the state in Redis: how often each replica reads it again
+    /// for the others' changes it did not hear announced, in milliseconds
+    /// (1000 by default).
     pub refresh_ms: Option<u64>,
 }
 

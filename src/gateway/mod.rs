@@ -248,10 +248,10 @@ impl Gateway {
         Ok(gateway)
     }
 
-    /// With the platform's state in Redis, reads it again every
-    /// `[platform] refresh_ms` (1 s by default) for the changes other
-    /// replicas made (subscriptions, lifecycle moves), for as long as the
-    /// gateway lives. The store cannot change on a reload, so one task is
+    /// With the platform's state in Redis, reads it again when another
+    /// replica announces a change (subscriptions, lifecycle moves, API
+    /// keys), and every `[platform] refresh_ms` (1 s by default) for what
+    /// was not heard, for as long as the gateway lives. The store cannot change on a reload, so one task is
     /// enough.
     #[cfg(feature = "redis")]
     fn run_platform_refresh(&self) {
@@ -265,13 +265,54 @@ impl Gateway {
         };
         let weak = Arc::downgrade(&self.inner);
         runtime.spawn(async move {
+            // Another replica's change is announced when it is made: read
+            // again at once (the refresh every `refresh_ms` stays, for
+            // announcements missed while not subscribed).
+            let mut announced: Option<
+                std::pin::Pin<Box<dyn futures_core::Stream<Item = redis::Msg> + Send>>,
+            > = None;
             loop {
-                let every = {
+                let (every, listen) = {
                     let Some(inner) = weak.upgrade() else { return };
-                    let ms = inner.state.load().config.platform.refresh_ms;
-                    std::time::Duration::from_millis(ms.unwrap_or(1000).max(1))
+                    let state = inner.state.load();
+                    let ms = state.config.platform.refresh_ms;
+                    let listen = match (&state.platform.store, &state.redis) {
+                        (Some((platform::StoreAt::Redis(_, prefix), _)), Some(redis)) => {
+                            Some((redis.client(), crate::state::redis::channel(prefix)))
+                        }
+                        _ => None,
+                    };
+                    (std::time::Duration::from_millis(ms.unwrap_or(1000).max(1)), listen)
                 };
-                tokio::time::sleep(every).await;
+                if announced.is_none()
+                    && let Some((client, channel)) = listen
+                {
+                    let subscribed = tokio::time::timeout(std::time::Duration::from_secs(2), async move {
+                        let mut pubsub = client.get_async_pubsub().await?;
+                        pubsub.subscribe(channel).await?;
+                        Ok::<_, redis::RedisError>(pubsub.into_on_message())
+                    })
+                    .await;
+                    match subscribed {
+                        Ok(Ok(stream)) => announced = Some(Box::pin(stream)),
+                        _ => tracing::warn!("platform: not subscribed to the state's announcements; refreshing every refresh_ms"),
+                    }
+                }
+                let sleep = tokio::time::sleep(every);
+                match announced.as_mut() {
+                    Some(stream) => {
+                        tokio::select! {
+                            () = sleep => {}
+                            msg = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)) => {
+                                if msg.is_none() {
+                                    // Lost: subscribe again next time round.
+                                    announced = None;
+                                }
+                            }
+                        }
+                    }
+                    None => sleep.await,
+                }
                 let Some(inner) = weak.upgrade() else { return };
                 let state = inner.state.load_full();
                 drop(inner);

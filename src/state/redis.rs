@@ -5,6 +5,9 @@
 //! entry is replaced by a script that first checks it is still what the
 //! writer read ([`StateStore::swap`]), so two replicas changing one entry
 //! at once never lose a change: the second reads again and retries.
+//! Each change is announced on the channel `<prefix>changes` ([`channel`]),
+//! the section's name as the message, so that replicas listening read it
+//! again at once rather than at their next refresh.
 //!
 //! Commands run on a blocking connection of its own, made on first use and
 //! made again after an error, each bounded by a timeout (2 s by default):
@@ -38,9 +41,11 @@ use super::{StateError, StateStore};
 /// The default prefix of the hashes.
 pub const DEFAULT_PREFIX: &str = "switchyard:state:";
 
-/// Replaces a field if it still holds what the writer read.
-/// KEYS[1]: the hash. ARGV: field, "1" if it was present else "0", the
-/// text read, the new text. Returns 1 if replaced, 0 if it had changed.
+/// Replaces a field if it still holds what the writer read, and
+/// announces the change.
+/// KEYS[1]: the hash; KEYS[2]: the channel. ARGV: field, "1" if it was
+/// present else "0", the text read, the new text, the section. Returns 1
+/// if replaced, 0 if it had changed.
 const SWAP: &str = r"
 local now = redis.call('HGET', KEYS[1], ARGV[1])
 if ARGV[2] == '1' then
@@ -49,8 +54,15 @@ elseif now then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+redis.call('PUBLISH', KEYS[2], ARGV[5])
 return 1
 ";
+
+/// The channel a store with `prefix` announces its changes on (the
+/// changed section's name is the message): `<prefix>changes`.
+pub fn channel(prefix: &str) -> String {
+    format!("{prefix}changes")
+}
 
 /// State kept in Redis (see the [module docs](self)).
 pub struct RedisState {
@@ -148,10 +160,12 @@ impl StateStore for RedisState {
         let replaced: i64 = self.with(|c| {
             self.script
                 .key(&hash)
+                .key(channel(&self.prefix))
                 .arg(key)
                 .arg(if expected.is_some() { "1" } else { "0" })
                 .arg(expected.unwrap_or(""))
                 .arg(value)
+                .arg(section)
                 .invoke(c)
         })?;
         Ok(replaced == 1)
