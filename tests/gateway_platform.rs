@@ -770,6 +770,37 @@ catalog = true
     assert!(doc["paths"]["/v1/prompts/summarize"]["post"].is_object());
 }
 
+/// The file-backed configuration of [`config`], with the platform's
+/// state in the `redis-server` on `port` instead of the file, read again
+/// every `refresh_ms`.
+#[cfg(feature = "redis")]
+fn redis_state_config(up: SocketAddr, dir: &Path, port: u16, refresh_ms: u64) -> String {
+    config(up, &dir.join("unused.json"), "draft")
+        .replace(
+            &format!("state_file = \"{}\"", dir.join("unused.json").display()),
+            &format!("redis = true\nrefresh_ms = {refresh_ms}"),
+        )
+        .replacen(
+            "[[api_keys]]",
+            &format!("[redis]\nurl = \"redis://127.0.0.1:{port}/\"\n\n[[api_keys]]"),
+            1,
+        )
+}
+
+/// Polls `check` until it holds (10 s at most: a hang guard, not a speed
+/// claim).
+#[cfg(feature = "redis")]
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Two gateways over one `redis-server`, the platform's state kept there
 /// (`[platform] redis = true`): what one replica's owners decide, the
 /// other serves by, within its refresh; concurrent decisions on both are
@@ -784,33 +815,9 @@ async fn replicas_share_moves_and_subscriptions_through_redis() {
     let up = upstream().await;
     let dir = temp_dir("gw-platform-redis");
     // The file-backed configuration, with `[redis]` instead of the file.
-    let text = config(up, &dir.join("unused.json"), "draft")
-        .replace(
-            &format!("state_file = \"{}\"", dir.join("unused.json").display()),
-            "redis = true\nrefresh_ms = 50",
-        )
-        .replacen(
-            "[[api_keys]]",
-            &format!(
-                "[redis]\nurl = \"redis://127.0.0.1:{}/\"\n\n[[api_keys]]",
-                redis.port
-            ),
-            1,
-        );
+    let text = redis_state_config(up, &dir, redis.port, 50);
     let (a, b) = (Harness::start(&text).await, Harness::start(&text).await);
     let consumer = |id: &str, tenant: &str| json!({ "consumer": { "kind": "identity", "id": id, "tenant": tenant } });
-    /// Polls `check` until it holds (10 s at most: a hang guard, not a
-    /// speed claim).
-    async fn eventually<F: std::future::Future<Output = bool>>(
-        what: &str,
-        mut check: impl FnMut() -> F,
-    ) {
-        let deadline = tokio::time::Instant::now() + HANG_GUARD;
-        while !check().await {
-            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 
     // Asked for on A, approved on B: served by both.
     assert_eq!(
@@ -1140,53 +1147,40 @@ async fn replicas_hear_state_changes_when_they_are_made() {
     };
     let up = upstream().await;
     let dir = temp_dir("gw-platform-announced");
-    let text = config(up, &dir.join("unused.json"), "draft")
-        .replace(
-            &format!("state_file = \"{}\"", dir.join("unused.json").display()),
-            "redis = true\nrefresh_ms = 3600000",
-        )
-        .replacen(
-            "[[api_keys]]",
-            &format!(
-                "[redis]\nurl = \"redis://127.0.0.1:{}/\"\n\n[[api_keys]]",
-                redis.port
-            ),
-            1,
-        );
+    let text = redis_state_config(up, &dir, redis.port, 3_600_000);
     let (a, b) = (Harness::start(&text).await, Harness::start(&text).await);
-    // Each replica subscribes on its refresh task's first turn.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both replicas listen to the announcements before anything changes
+    // (an hour's refresh would not make up for one that did not).
+    let conn = redis.manager().await;
+    eventually("both replicas subscribed", || {
+        let mut conn = conn.clone();
+        async move {
+            let (_, n): (String, i64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("switchyard:state:changes")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            n == 2
+        }
+    })
+    .await;
     assert_eq!(
         a.post("/catalog/orders/subscription", "alice-key")
             .await
             .status,
         201
     );
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    loop {
-        let approved = b
-            .admin_post(
-                "/subscriptions/orders/approve",
-                "root-key",
-                json!({ "consumer": { "kind": "identity", "id": "alice", "tenant": "shop" } }),
-            )
+    let alice = json!({ "consumer": { "kind": "identity", "id": "alice", "tenant": "shop" } });
+    eventually("B heard of alice's request", || async {
+        b.admin_post("/subscriptions/orders/approve", "root-key", alice.clone())
             .await
-            .status;
-        if approved == StatusCode::OK {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "B never heard of alice's request"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    while a.get("/v2/orders/1", "alice-key").await.status != StatusCode::OK {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "A never heard of the approval"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .status
+            == StatusCode::OK
+    })
+    .await;
+    eventually("A heard of the approval", || async {
+        a.get("/v2/orders/1", "alice-key").await.status == StatusCode::OK
+    })
+    .await;
 }
