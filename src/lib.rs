@@ -132,6 +132,9 @@ pub mod prometheus;
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod proxy;
 pub mod ratelimit;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis_conn;
 mod rng;
 #[cfg(feature = "rollout")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rollout")))]

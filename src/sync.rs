@@ -114,8 +114,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::redis_conn::{RedisConnection, RedisTarget};
 use futures_core::Stream;
-use redis::aio::ConnectionManager;
 
 #[cfg(feature = "json")]
 use crate::model::ModelHandle;
@@ -336,8 +336,8 @@ struct Known {
 /// What a round works with: the connection, the client to subscribe with
 /// (for [`notify`](WeightSyncBuilder::notify)), and the sources.
 pub(crate) struct Round {
-    pub(crate) redis: ConnectionManager,
-    pub(crate) notify: Option<redis::Client>,
+    pub(crate) redis: RedisConnection,
+    pub(crate) notify: Option<RedisTarget>,
     pub(crate) sources: Vec<(String, Source)>,
 }
 
@@ -389,11 +389,14 @@ impl fmt::Debug for WeightSync {
 }
 
 impl WeightSync {
-    /// A builder over this connection (a `ConnectionManager` reconnects by
-    /// itself); add the splits and model routers to sync.
-    pub fn builder(redis: ConnectionManager) -> WeightSyncBuilder {
+    /// A builder over this connection (a `redis::aio::ConnectionManager`,
+    /// which reconnects by itself, or a
+    /// [`RedisConnection`](crate::redis_conn::RedisConnection) to a
+    /// cluster or through Sentinel); add the splits and model routers to
+    /// sync.
+    pub fn builder(redis: impl Into<RedisConnection>) -> WeightSyncBuilder {
         WeightSyncBuilder {
-            redis,
+            redis: redis.into(),
             sources: Vec::new(),
             prefix: "switchyard:weights:".to_owned(),
             interval: Duration::from_secs(1),
@@ -475,7 +478,7 @@ impl WeightSync {
 
     async fn sync_set(
         &self,
-        redis: &mut ConnectionManager,
+        redis: &mut RedisConnection,
         key: &str,
         set: &Set,
         local: Doc,
@@ -551,12 +554,7 @@ impl WeightSync {
         }
     }
 
-    async fn publish(
-        &self,
-        redis: &mut ConnectionManager,
-        key: &str,
-        doc: &Doc,
-    ) -> Result<u64, ()> {
+    async fn publish(&self, redis: &mut RedisConnection, key: &str, doc: &Doc) -> Result<u64, ()> {
         let json = serde_json::to_string(doc).map_err(|_| ())?;
         let mut invocation = self.inner.script.key(key);
         invocation.arg(json).arg(self.channel()).arg(&self.inner.id);
@@ -571,7 +569,7 @@ impl WeightSync {
     /// `None` when nothing was published yet.
     async fn read(
         &self,
-        redis: &mut ConnectionManager,
+        redis: &mut RedisConnection,
         key: &str,
     ) -> Result<Option<(u64, Option<Doc>)>, ()> {
         let mut cmd = redis::cmd("HMGET");
@@ -720,18 +718,12 @@ impl WeightSync {
     /// The stream of change announcements when notifications are on
     /// (`None` when they are off), or `Err` when Redis did not answer.
     async fn subscribe(&self) -> Result<Option<Changes>, ()> {
-        let Some(client) = (self.inner.sources)().and_then(|s| s.notify) else {
+        let Some(target) = (self.inner.sources)().and_then(|s| s.notify) else {
             return Ok(None);
         };
-        let channel = self.channel();
-        let subscribed = tokio::time::timeout(self.inner.timeout, async move {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(channel).await?;
-            Ok::<_, redis::RedisError>(pubsub.into_on_message())
-        })
-        .await;
-        match subscribed {
-            Ok(Ok(stream)) => Ok(Some(Box::pin(stream))),
+        // Bounded by the target's own timeout, for each node it tries.
+        match target.subscribe(&self.channel()).await {
+            Ok(stream) => Ok(Some(stream)),
             _ => {
                 Counters::add(&self.inner.counters.errors);
                 Err(())
@@ -800,13 +792,13 @@ impl Drop for SyncTask {
 
 /// Builds a [`WeightSync`]; see [`WeightSync::builder`].
 pub struct WeightSyncBuilder {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     sources: Vec<(String, Source)>,
     prefix: String,
     interval: Duration,
     check: Duration,
     timeout: Duration,
-    notify: Option<redis::Client>,
+    notify: Option<RedisTarget>,
 }
 
 impl fmt::Debug for WeightSyncBuilder {
@@ -873,8 +865,10 @@ impl WeightSyncBuilder {
 
     /// Announces each publication on a Redis channel (`<prefix>changes`),
     /// and has [`spawn`](WeightSync::spawn)ed tasks listen on it through a
-    /// connection of their own from `client` (the same server as the
-    /// connection manager's), running a round as soon as another replica
+    /// connection of their own to `target` (a `redis::Client` for the same
+    /// server as the connection's, or the same
+    /// [`RedisTarget`](crate::redis_conn::RedisTarget) the connection was
+    /// made from: a cluster's node, Sentinel's primary), running a round as soon as another replica
     /// announces a change. A change then reaches every replica within
     /// about one [check interval](Self::check_interval) rather than one
     /// [interval](Self::interval); the rounds every interval go on, for
@@ -883,8 +877,8 @@ impl WeightSyncBuilder {
     ///
     /// Publications are announced whether or not this is set, so replicas
     /// that listen hear the ones that do not.
-    pub fn notify(mut self, client: redis::Client) -> Self {
-        self.notify = Some(client);
+    pub fn notify(mut self, target: impl Into<RedisTarget>) -> Self {
+        self.notify = Some(target.into());
         self
     }
 

@@ -775,16 +775,24 @@ catalog = true
 /// every `refresh_ms`.
 #[cfg(feature = "redis")]
 fn redis_state_config(up: SocketAddr, dir: &Path, port: u16, refresh_ms: u64) -> String {
+    let section = format!("[redis]\nurl = \"redis://127.0.0.1:{port}/\"");
+    redis_section_state_config(up, dir, &section, refresh_ms)
+}
+
+/// [`redis_state_config`] with the `[redis]` section given whole.
+#[cfg(feature = "redis")]
+fn redis_section_state_config(
+    up: SocketAddr,
+    dir: &Path,
+    section: &str,
+    refresh_ms: u64,
+) -> String {
     config(up, &dir.join("unused.json"), "draft")
         .replace(
             &format!("state_file = \"{}\"", dir.join("unused.json").display()),
             &format!("redis = true\nrefresh_ms = {refresh_ms}"),
         )
-        .replacen(
-            "[[api_keys]]",
-            &format!("[redis]\nurl = \"redis://127.0.0.1:{port}/\"\n\n[[api_keys]]"),
-            1,
-        )
+        .replacen("[[api_keys]]", &format!("{section}\n\n[[api_keys]]"), 1)
 }
 
 /// Polls `check` until it holds (10 s at most: a hang guard, not a speed
@@ -1145,22 +1153,59 @@ async fn replicas_hear_state_changes_when_they_are_made() {
     let Some(redis) = RedisServer::start().await else {
         return;
     };
+    let section = format!("[redis]\nurl = \"redis://127.0.0.1:{}/\"", redis.port);
+    hear_state_changes(&section, vec![redis.client()], "gw-platform-announced").await;
+}
+
+/// The same over a 3-primary Redis Cluster: the state's hashes on
+/// whichever node owns them, the announcements heard from any node.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_hear_state_changes_over_a_cluster() {
+    use crate::support::redis_ha::RedisCluster;
+    let Some(cluster) = RedisCluster::start().await else {
+        return;
+    };
+    let urls = cluster
+        .urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let section = format!("[redis]\ncluster = [{urls}]");
+    let nodes = (0..3).map(|i| cluster.client(i)).collect();
+    hear_state_changes(&section, nodes, "gw-platform-announced-cluster").await;
+}
+
+/// Two replicas over `[redis]` as `section` (whose servers are `nodes`),
+/// refreshing once an hour: a subscription asked for on A is approved on
+/// B and served on A, carried by the announcements alone.
+#[cfg(feature = "redis")]
+async fn hear_state_changes(section: &str, nodes: Vec<redis::Client>, name: &str) {
     let up = upstream().await;
-    let dir = temp_dir("gw-platform-announced");
-    let text = redis_state_config(up, &dir, redis.port, 3_600_000);
+    let dir = temp_dir(name);
+    let text = redis_section_state_config(up, &dir, section, 3_600_000);
     let (a, b) = (Harness::start(&text).await, Harness::start(&text).await);
     // Both replicas listen to the announcements before anything changes
-    // (an hour's refresh would not make up for one that did not).
-    let conn = redis.manager().await;
+    // (an hour's refresh would not make up for one that did not); on a
+    // cluster each node counts its own listeners.
+    let mut conns = Vec::new();
+    for node in &nodes {
+        conns.push(node.get_multiplexed_async_connection().await.unwrap());
+    }
     eventually("both replicas subscribed", || {
-        let mut conn = conn.clone();
+        let conns = conns.clone();
         async move {
-            let (_, n): (String, i64) = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg("switchyard:state:changes")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+            let mut n = 0;
+            for mut conn in conns {
+                let (_, here): (String, i64) = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg("switchyard:state:changes")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                n += here;
+            }
             n == 2
         }
     })

@@ -121,23 +121,24 @@ pub(crate) struct State {
 pub(crate) struct SharedRedis {
     pub(crate) config: RedisConfig,
     #[cfg(feature = "redis")]
-    conn: redis::aio::ConnectionManager,
-    /// For connections of their own (weight sync's subscription).
+    conn: crate::redis_conn::RedisConnection,
+    /// For connections of their own (subscriptions, the platform's
+    /// blocking ones).
     #[cfg(feature = "redis")]
-    client: redis::Client,
+    target: crate::redis_conn::RedisTarget,
 }
 
 impl SharedRedis {
     /// The connection (a clone shares it).
     #[cfg(feature = "redis")]
-    pub(crate) fn connection(&self) -> redis::aio::ConnectionManager {
+    pub(crate) fn connection(&self) -> crate::redis_conn::RedisConnection {
         self.conn.clone()
     }
 
-    /// A client for the same server, to open connections of one's own.
+    /// Where the Redis is, to open connections of one's own.
     #[cfg(feature = "redis")]
-    pub(crate) fn client(&self) -> redis::Client {
-        self.client.clone()
+    pub(crate) fn target(&self) -> crate::redis_conn::RedisTarget {
+        self.target.clone()
     }
 }
 
@@ -763,133 +764,12 @@ fn shared_redis(
                 "only counts with `on_failure = \"local\"`",
             );
         }
-        let client_files =
-            client_files(&rc.client_cert_file, &rc.client_key_file, "redis", problems);
-        let client = match redis::Client::open(rc.url.as_str()) {
-            Ok(c) => c,
-            Err(e) => {
-                let scheme = rc.url.split_once("://").map_or("", |(s, _)| s);
-                let tls_scheme =
-                    scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys");
-                if tls_scheme && !cfg!(feature = "tls") {
-                    problems.push(
-                        "redis.url",
-                        format!("`{scheme}://` needs switchyard's `tls` feature"),
-                    );
-                } else {
-                    problems.push("redis.url", format!("invalid Redis URL: {e}"));
-                }
-                return None;
-            }
-        };
-        let tls = match client.get_connection_info().addr() {
-            redis::ConnectionAddr::TcpTls { insecure, .. } => {
-                if *insecure {
-                    problems.push(
-                        "redis.url",
-                        "`#insecure` (no certificate checks) is not supported",
-                    );
-                }
-                true
-            }
-            _ => false,
-        };
-        #[cfg(feature = "tls")]
-        let client = if !tls {
-            if rc.ca_file.is_some() {
-                problems.push("redis.ca_file", "only `rediss://` URLs use a CA file");
-            }
-            if client_files.is_some() {
-                problems.push(
-                    "redis.client_cert_file",
-                    "only `rediss://` URLs present a client certificate",
-                );
-            }
-            client
-        } else {
-            let mut read = |at: &str, path: &str| {
-                std::fs::read(path)
-                    .map_err(|e| problems.push(at, format!("cannot read `{path}`: {e}")))
-                    .ok()
-            };
-            let root_cert = rc
-                .ca_file
-                .as_deref()
-                .and_then(|path| read("redis.ca_file", path));
-            let client_pems = client_files.and_then(|(cert, key)| {
-                let cert = read("redis.client_cert_file", cert);
-                let key = read("redis.client_key_file", key);
-                cert.zip(key)
-            });
-            // The `redis` crate reads these when it connects; check them
-            // now, as the upstreams' are.
-            if let Some(pem) = &root_cert
-                && let Err(e) = crate::tls::roots_from_pem(pem)
-            {
-                problems.push("redis.ca_file", e);
-            }
-            if let Some((cert, key)) = &client_pems {
-                let roots = Arc::new(rustls::RootCertStore::empty());
-                if let Err(e) = crate::tls::client_config(roots, Some((cert, key))) {
-                    problems.push("redis.client_cert_file", e);
-                }
-            }
-            if problems.0.len() > before {
-                return None;
-            }
-            // `redis` builds its rustls settings with
-            // `ClientConfig::builder()`, which takes the process default
-            // provider, else the one rustls's features name; with another
-            // provider in the build as well, it would panic. Ring is the
-            // provider of switchyard's `tls` feature; a default the
-            // application installed first is kept.
-            if rustls::crypto::CryptoProvider::get_default().is_none() {
-                // Losing a race to another installer is fine: then
-                // there is a default.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-            }
-            if root_cert.is_none() && client_pems.is_none() {
-                client
-            } else {
-                let certs = redis::TlsCertificates {
-                    client_tls: client_pems.map(|(client_cert, client_key)| {
-                        redis::ClientTlsConfig {
-                            client_cert,
-                            client_key,
-                        }
-                    }),
-                    root_cert,
-                };
-                match redis::Client::build_with_tls(rc.url.as_str(), certs) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        problems.push("redis", e);
-                        return None;
-                    }
-                }
-            }
-        };
-        #[cfg(not(feature = "tls"))]
-        {
-            let _ = tls;
-            if let Some(path) = &rc.ca_file {
-                problems.push(
-                    "redis.ca_file",
-                    format!("`{path}`: needs switchyard's `tls` feature"),
-                );
-            }
-            if let Some((cert, _)) = client_files {
-                problems.push(
-                    "redis.client_cert_file",
-                    format!("`{cert}`: needs switchyard's `tls` feature"),
-                );
-            }
-        }
-        if problems.0.len() > before {
+        let target = super::redis_target::target(rc, problems)?;
+        if problems.len() > before {
             return None;
         }
-        // The connection manager runs a task: it needs the runtime the
-        // gateway will serve on.
+        // The connection runs tasks: it needs the runtime the gateway
+        // will serve on.
         if tokio::runtime::Handle::try_current().is_err() {
             problems.push(
                 "redis",
@@ -897,24 +777,15 @@ fn shared_redis(
             );
             return None;
         }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(rc.timeout_ms.unwrap_or(100))));
-        match redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config) {
-            Ok(conn) => Some(SharedRedis {
-                config: rc.clone(),
-                conn,
-                client,
-            }),
-            Err(e) => {
-                problems.push("redis", e);
-                None
-            }
-        }
+        Some(SharedRedis {
+            config: rc.clone(),
+            conn: target.connection(),
+            target,
+        })
     }
     #[cfg(not(feature = "redis"))]
     {
-        let _ = rc;
-        problems.push("redis", "needs switchyard's `redis` feature");
+        super::redis_target::refuse(rc, problems);
         None
     }
 }
@@ -1858,7 +1729,7 @@ fn tls_files_digest(uc: &UpstreamConfig) -> Option<[u8; 32]> {
 
 /// `client_cert_file` and `client_key_file` of the section at `at`: both,
 /// or neither; one without the other is a problem.
-fn client_files<'a>(
+pub(super) fn client_files<'a>(
     cert: &'a Option<String>,
     key: &'a Option<String>,
     at: &str,

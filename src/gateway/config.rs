@@ -635,8 +635,16 @@ pub struct ApiKeyConfig {
 pub struct RedisConfig {
     /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS
     /// (switchyard's `tls` feature: rustls with ring, checking the server
-    /// against the system's root certificates or `ca_file`).
+    /// against the system's root certificates or `ca_file`). Give this,
+    /// `cluster` or `sentinel`: one of the three.
     pub url: String,
+    /// A Redis Cluster instead of one server: the URLs of some of its
+    /// nodes (any one that answers is enough to find the others), each
+    /// like `url`. Every key switchyard's scripts touch in one call shares
+    /// a `{hash tag}`, so each call runs on one node.
+    pub cluster: Vec<String>,
+    /// The primary Redis Sentinel names, followed through failovers.
+    pub sentinel: Option<RedisSentinelConfig>,
     /// For `rediss://`: a PEM file of the root certificates to check the
     /// server against, instead of the system's (a private CA). Read when
     /// the connection is made from this section; a reload with the same
@@ -671,6 +679,27 @@ pub struct RedisConfig {
     /// How long the limiters stop asking, in milliseconds (1000 by
     /// default); then one request asks again.
     pub breaker_cooldown_ms: Option<u64>,
+}
+
+/// `[redis] sentinel`: the primary of a service Redis Sentinel watches
+/// (see [`crate::redis_conn`]). Over TLS when the sentinels' URLs are
+/// `rediss://` (both to the sentinels and to the primary, with `ca_file`
+/// and the client certificate for both).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RedisSentinelConfig {
+    /// The service's name, as in the sentinels' `sentinel monitor`.
+    pub master: String,
+    /// The sentinels' URLs (`redis://[user:password@]host:port`, their
+    /// own credentials), at least one; give them all.
+    pub urls: Vec<String>,
+    /// The primary's username, if it wants one.
+    pub username: Option<String>,
+    /// The primary's password, if it wants one.
+    pub password: Option<String>,
+    /// The database (0 by default).
+    pub db: i64,
 }
 
 /// `[redis] on_failure`: what a rate-limited request gets when Redis does

@@ -106,6 +106,7 @@ mod metrics;
 mod mirror;
 mod platform;
 mod redact;
+mod redis_target;
 mod rollouts;
 mod spend;
 #[cfg(feature = "admin")]
@@ -268,9 +269,7 @@ impl Gateway {
             // Another replica's change is announced when it is made: read
             // again at once (the refresh every `refresh_ms` stays, for
             // announcements missed while not subscribed).
-            let mut announced: Option<
-                std::pin::Pin<Box<dyn futures_core::Stream<Item = redis::Msg> + Send>>,
-            > = None;
+            let mut announced: Option<crate::redis_conn::Messages> = None;
             loop {
                 let (every, listen) = {
                     let Some(inner) = weak.upgrade() else { return };
@@ -278,23 +277,17 @@ impl Gateway {
                     let ms = state.config.platform.refresh_ms;
                     let listen = match (&state.platform.store, &state.redis) {
                         (Some((platform::StoreAt::Redis(_, prefix), _)), Some(redis)) => {
-                            Some((redis.client(), crate::state::redis::channel(prefix)))
+                            Some((redis.target(), crate::state::redis::channel(prefix)))
                         }
                         _ => None,
                     };
                     (std::time::Duration::from_millis(ms.unwrap_or(1000).max(1)), listen)
                 };
                 if announced.is_none()
-                    && let Some((client, channel)) = listen
+                    && let Some((target, channel)) = listen
                 {
-                    let subscribed = tokio::time::timeout(std::time::Duration::from_secs(2), async move {
-                        let mut pubsub = client.get_async_pubsub().await?;
-                        pubsub.subscribe(channel).await?;
-                        Ok::<_, redis::RedisError>(pubsub.into_on_message())
-                    })
-                    .await;
-                    match subscribed {
-                        Ok(Ok(stream)) => announced = Some(Box::pin(stream)),
+                    match target.subscribe(&channel).await {
+                        Ok(stream) => announced = Some(stream),
                         _ => tracing::warn!("platform: not subscribed to the state's announcements; refreshing every refresh_ms"),
                     }
                 }
@@ -407,7 +400,7 @@ impl Gateway {
                 }
                 Some(crate::sync::Round {
                     redis: shared.connection(),
-                    notify: notify.then(|| shared.client()),
+                    notify: notify.then(|| shared.target()),
                     sources,
                 })
             },

@@ -22,7 +22,7 @@ pub(crate) enum StoreAt {
     File(String),
     /// `[redis]`, with the prefix.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Redis(super::config::RedisConfig, String),
+    Redis(Box<super::config::RedisConfig>, String),
 }
 
 /// What one configuration's platform is, kept by the gateway's state.
@@ -83,7 +83,7 @@ pub(crate) fn build(
             None
         }
         (None, true, Some(rc)) => Some(StoreAt::Redis(
-            rc.clone(),
+            Box::new(rc.clone()),
             pc.redis_prefix
                 .clone()
                 .unwrap_or_else(|| "switchyard:state:".to_owned()),
@@ -119,7 +119,7 @@ pub(crate) fn build(
             #[cfg(feature = "redis")]
             Some(StoreAt::Redis(rc, prefix)) => redis.map(|shared| {
                 let store =
-                    crate::state::redis::RedisState::new(shared.client()).prefix(prefix.clone());
+                    crate::state::redis::RedisState::new(shared.target()).prefix(prefix.clone());
                 (
                     StoreAt::Redis(rc, prefix),
                     Arc::new(store) as Arc<dyn StateStore>,

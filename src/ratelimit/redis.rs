@@ -117,10 +117,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use crate::redis_conn::RedisConnection;
 use arc_swap::ArcSwapOption;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use redis::aio::ConnectionManager;
 use tower::{Layer, Service};
 
 use super::breaker::{Breaker, Gate};
@@ -317,7 +317,7 @@ fn config(
 }
 
 struct Limiter {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     script: redis::Script,
     /// The live part, swapped whole by the handle.
     config: LiveConfig,
@@ -395,11 +395,12 @@ pub struct RedisRateLimitLayer {
 }
 
 impl RedisRateLimitLayer {
-    /// A builder over this connection (a `ConnectionManager` reconnects by
-    /// itself); add at least one quota.
-    pub fn builder(redis: ConnectionManager) -> RedisRateLimitBuilder {
+    /// A builder over this connection (a `redis::aio::ConnectionManager`,
+    /// which reconnects by itself, or a [`RedisConnection`] to a cluster or
+    /// through Sentinel); add at least one quota.
+    pub fn builder(redis: impl Into<RedisConnection>) -> RedisRateLimitBuilder {
         RedisRateLimitBuilder {
-            redis,
+            redis: redis.into(),
             key_by: KeyBy::peer_ip(),
             quotas: Vec::new(),
             cost: None,
@@ -617,7 +618,7 @@ impl fmt::Debug for RedisRateLimitHandle {
 
 /// Builds a [`RedisRateLimitLayer`]; see [`RedisRateLimitLayer::builder`].
 pub struct RedisRateLimitBuilder {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     key_by: KeyBy,
     quotas: Vec<Quota>,
     cost: Option<Box<CostFn>>,

@@ -68,7 +68,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConnection;
 
 use super::budget::BudgetAlert;
 use super::meter::{Actual, Inner, Left, LimitLeft, Outcome, Plan, Where as Held};
@@ -233,7 +233,7 @@ const MOST: u64 = (1 << 62) / 1_000;
 /// Builds the Redis store of a [`Meter`](super::Meter); give it to
 /// [`MeterBuilder::redis`](super::MeterBuilder::redis).
 pub struct RedisSpendBuilder {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     prefix: String,
     on_failure: RedisFailure,
     timeout: Duration,
@@ -242,10 +242,12 @@ pub struct RedisSpendBuilder {
 }
 
 impl RedisSpendBuilder {
-    /// Counts in the Redis `redis` connects to.
-    pub fn new(redis: ConnectionManager) -> Self {
+    /// Counts in the Redis `redis` connects to (a
+    /// `redis::aio::ConnectionManager`, or a [`RedisConnection`] to a
+    /// cluster or through Sentinel).
+    pub fn new(redis: impl Into<RedisConnection>) -> Self {
         Self {
-            redis,
+            redis: redis.into(),
             prefix: String::from("switchyard:spend:"),
             on_failure: RedisFailure::Allow,
             timeout: Duration::from_millis(100),
@@ -336,7 +338,7 @@ impl fmt::Debug for RedisSpendBuilder {
 
 /// The Redis store of a meter.
 pub(crate) struct RedisSpend {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     admit: Arc<redis::Script>,
     settle: Arc<redis::Script>,
     /// `<prefix>{<prefix>}`: every key starts with it.
@@ -588,7 +590,7 @@ impl RedisSpend {
 /// failed or did not answer within `timeout`.
 async fn run(
     script: &redis::Script,
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: Vec<String>,
     args: Vec<String>,
     timeout: Duration,

@@ -37,15 +37,17 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{StateError, StateStore};
+use crate::redis_conn::{BlockingConnection, RedisTarget};
 
 /// The default prefix of the hashes.
 pub const DEFAULT_PREFIX: &str = "switchyard:state:";
 
 /// Replaces a field if it still holds what the writer read, and
 /// announces the change.
-/// KEYS[1]: the hash; KEYS[2]: the channel. ARGV: field, "1" if it was
-/// present else "0", the text read, the new text, the section. Returns 1
-/// if replaced, 0 if it had changed.
+/// KEYS[1]: the hash. ARGV: field, "1" if it was present else "0", the
+/// text read, the new text, the section, the channel (not a key: on a
+/// Redis Cluster a second key would have to share the hash's slot).
+/// Returns 1 if replaced, 0 if it had changed.
 const SWAP: &str = r"
 local now = redis.call('HGET', KEYS[1], ARGV[1])
 if ARGV[2] == '1' then
@@ -54,7 +56,7 @@ elseif now then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
-redis.call('PUBLISH', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[5])
 return 1
 ";
 
@@ -66,10 +68,10 @@ pub fn channel(prefix: &str) -> String {
 
 /// State kept in Redis (see the [module docs](self)).
 pub struct RedisState {
-    client: redis::Client,
+    target: RedisTarget,
     prefix: String,
     timeout: Duration,
-    conn: Mutex<Option<redis::Connection>>,
+    conn: Mutex<Option<BlockingConnection>>,
     script: redis::Script,
 }
 
@@ -83,11 +85,12 @@ impl fmt::Debug for RedisState {
 }
 
 impl RedisState {
-    /// State in the Redis `client` connects to, under
+    /// State in the Redis `target` names (a `redis::Client`, or a
+    /// [`RedisTarget`] for a cluster or Sentinel), under
     /// [`DEFAULT_PREFIX`]. Nothing is connected until first used.
-    pub fn new(client: redis::Client) -> Self {
+    pub fn new(target: impl Into<RedisTarget>) -> Self {
         Self {
-            client,
+            target: target.into(),
             prefix: DEFAULT_PREFIX.to_owned(),
             timeout: Duration::from_secs(2),
             conn: Mutex::new(None),
@@ -112,19 +115,16 @@ impl RedisState {
     /// drops the connection, so the next makes a new one.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl FnOnce(&mut BlockingConnection) -> redis::RedisResult<T>,
     ) -> Result<T, StateError> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         if conn.is_none() {
-            let c = self
-                .client
-                .get_connection_with_timeout(self.timeout)
+            let target = self
+                .target
+                .clone()
+                .timeout(self.timeout)
                 .map_err(StateError::redis)?;
-            c.set_read_timeout(Some(self.timeout))
-                .map_err(StateError::redis)?;
-            c.set_write_timeout(Some(self.timeout))
-                .map_err(StateError::redis)?;
-            *conn = Some(c);
+            *conn = Some(target.blocking().map_err(StateError::redis)?);
         }
         let Some(c) = conn.as_mut() else {
             unreachable!("made above");
@@ -160,12 +160,12 @@ impl StateStore for RedisState {
         let replaced: i64 = self.with(|c| {
             self.script
                 .key(&hash)
-                .key(channel(&self.prefix))
                 .arg(key)
                 .arg(if expected.is_some() { "1" } else { "0" })
                 .arg(expected.unwrap_or(""))
                 .arg(value)
                 .arg(section)
+                .arg(channel(&self.prefix))
                 .invoke(c)
         })?;
         Ok(replaced == 1)

@@ -1,0 +1,377 @@
+#![cfg(feature = "redis")]
+//! A fleet of gateway replicas over highly available Redis: a 3-primary
+//! Redis Cluster and a Sentinel-watched primary that is killed under load,
+//! each started by the test on loopback (`tests/support/redis_ha.rs`).
+//!
+//! Like the other Redis tests, these skip (with a note) when
+//! `redis-server` is missing, unless `SWITCHYARD_REQUIRE_REDIS` is set.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use http::{Request, StatusCode};
+use switchyard::gateway::{Gateway, GatewayConfig};
+use tower::ServiceExt;
+
+use crate::support::redis_ha::{RedisCluster, RedisSentinel};
+
+const HANG_GUARD: Duration = Duration::from_secs(20);
+
+/// Polls `f` until it holds (a hang guard, not a speed claim).
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    tokio::time::timeout(HANG_GUARD, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+/// An upstream answering 200 to everything.
+async fn upstream() -> std::net::SocketAddr {
+    crate::support::net::serve(Router::new().fallback(|| async { "ok" })).await
+}
+
+/// The gateway configuration of every replica: `[redis]` as `redis`
+/// gives it, one route with a shared limit of `limit` an hour per
+/// `x-user` (and a second quota, so that each check touches two keys),
+/// and a blue/green split, synced.
+fn fleet_config(redis: &str, up: std::net::SocketAddr, limit: u32) -> GatewayConfig {
+    GatewayConfig::from_toml(&format!(
+        r#"
+{redis}
+
+[weight_sync]
+interval_ms = 3600000
+check_interval_ms = 10
+prefix = "fleet:"
+
+[upstreams.blue]
+url = "http://{up}"
+[upstreams.green]
+url = "http://{up}"
+
+[[routes]]
+name = "api"
+rate_limit = {{ key = {{ header = "x-user" }}, redis = true, quotas = [
+    {{ name = "hourly", limit = {limit}, period = "1h" }},
+    {{ name = "minute", limit = 1000, period = "1m" }},
+] }}
+split.targets = [
+    {{ name = "blue", upstream = "blue", weight = 90 }},
+    {{ name = "green", upstream = "green", weight = 10 }},
+]
+"#
+    ))
+    .unwrap()
+}
+
+/// One request for `user` through `gateway`; its status.
+async fn ask(gateway: &Router, user: &str) -> StatusCode {
+    let req = Request::get("/")
+        .header("x-user", user)
+        .body(Body::empty())
+        .unwrap();
+    let resp = tokio::time::timeout(HANG_GUARD, gateway.clone().oneshot(req))
+        .await
+        .expect("a request hung")
+        .unwrap();
+    resp.status()
+}
+
+fn routers(gateways: &[Gateway]) -> Vec<Router> {
+    gateways
+        .iter()
+        .map(|g| Router::new().fallback_service(g.clone()))
+        .collect()
+}
+
+/// Three replicas over a 3-primary Redis Cluster share each limit
+/// exactly, whichever replica a request reaches; each user's keys (two
+/// quotas: one script call touching both) sit on one node, the users
+/// spread over the nodes; a promotion on one replica reaches the others
+/// through the cluster's pub/sub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_replicas_share_limits_and_weights() {
+    let Some(cluster) = RedisCluster::start().await else {
+        return;
+    };
+    let up = upstream().await;
+    let urls = cluster
+        .urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let section = format!("[redis]\ncluster = [{urls}]\nprefix = \"fleet:rl:\"");
+    let gateways: Vec<Gateway> = (0..3)
+        .map(|_| Gateway::from_config(fleet_config(&section, up, 10)).unwrap())
+        .collect();
+    let fronts = routers(&gateways);
+
+    // 30 users, 15 requests each, round-robin over the replicas: exactly
+    // 10 each get through (an hour's quota of 10 refills nothing here).
+    let mut admitted: HashMap<String, u32> = HashMap::new();
+    for round in 0..15 {
+        for u in 0..30 {
+            let user = format!("user-{u}");
+            let status = ask(&fronts[(round + u) % 3], &user).await;
+            match status {
+                StatusCode::OK => *admitted.entry(user).or_default() += 1,
+                StatusCode::TOO_MANY_REQUESTS => {}
+                other => panic!("{user}: {other}"),
+            }
+        }
+    }
+    for u in 0..30 {
+        assert_eq!(admitted[&format!("user-{u}")], 10, "user-{u}");
+    }
+    for g in &gateways {
+        let stats = g.redis_rate_limit("api").unwrap().stats();
+        assert_eq!(stats.errors, 0, "{stats:?}");
+    }
+
+    // The keys: each user's two on one node, the users on every node.
+    let mut nodes_of: HashMap<String, Vec<u16>> = HashMap::new();
+    let mut users_per_node = Vec::new();
+    for (port, keys) in cluster.keys_on_each().await {
+        let mut users = std::collections::HashSet::new();
+        for key in keys.iter().filter(|k| k.starts_with("fleet:rl:")) {
+            let tag = key
+                .split_once('{')
+                .and_then(|(_, rest)| rest.split_once('}'))
+                .map(|(tag, _)| tag.to_owned())
+                .unwrap_or_else(|| panic!("{key} has no hash tag"));
+            nodes_of.entry(tag.clone()).or_default().push(port);
+            users.insert(tag);
+        }
+        users_per_node.push(users.len());
+    }
+    assert_eq!(nodes_of.len(), 30, "a tag per user: {nodes_of:?}");
+    for (tag, ports) in &nodes_of {
+        assert_eq!(ports.len(), 2, "{tag}: a key per quota: {ports:?}");
+        assert_eq!(ports[0], ports[1], "{tag}: both keys on one node");
+    }
+    assert!(
+        users_per_node.iter().all(|n| *n > 0),
+        "users on every node: {users_per_node:?}"
+    );
+
+    // Weights: every replica listens on some node; a promotion made on
+    // one reaches the two others.
+    eventually("every replica ran a round", || {
+        gateways
+            .iter()
+            .all(|g| g.weight_sync().unwrap().stats().rounds >= 1)
+    })
+    .await;
+    gateways[1].split("api").unwrap().promote("green").unwrap();
+    eventually("every replica promoted green", || {
+        gateways
+            .iter()
+            .all(|g| g.split("api").unwrap().weights().get("green") == Some(100))
+    })
+    .await;
+    for g in &gateways {
+        assert_eq!(g.weight_sync().unwrap().stats().errors, 0);
+    }
+}
+
+/// Three replicas over a Sentinel-watched primary, under load from 6
+/// clients; the primary is killed. Checks that Redis cannot answer during
+/// the failover are limited locally (`on_failure = "local"`, a third of
+/// each quota per replica); once the sentinels promote the replica, the
+/// gateways follow it by themselves: the limits are shared again (a user
+/// spent before the kill is still refused everywhere: the new primary has
+/// the replicated state), weights sync again, and nothing failed but
+/// Redis. The overshoot during the window is measured and printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_under_load() {
+    let Some(mut ha) = RedisSentinel::start().await else {
+        return;
+    };
+    let up = upstream().await;
+    let sentinels = ha
+        .sentinel_urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let section = format!(
+        "[redis]\nsentinel = {{ master = \"{}\", urls = [{sentinels}] }}\nprefix = \"fleet:rl:\"\n\
+         on_failure = \"local\"\nreplicas = 3\nbreaker_failures = 3\nbreaker_cooldown_ms = 100",
+        ha.master_name()
+    );
+    let limit = 30;
+    let gateways: Vec<Gateway> = (0..3)
+        .map(|_| Gateway::from_config(fleet_config(&section, up, limit)).unwrap())
+        .collect();
+    let fronts = Arc::new(routers(&gateways));
+    eventually("every replica ran a round", || {
+        gateways
+            .iter()
+            .all(|g| g.weight_sync().unwrap().stats().rounds >= 1)
+    })
+    .await;
+
+    // Before: "spent" uses its whole quota through Redis.
+    let mut spent = 0;
+    for i in 0..limit + 5 {
+        if ask(&fronts[i as usize % 3], "spent").await == StatusCode::OK {
+            spent += 1;
+        }
+    }
+    assert_eq!(spent, limit, "shared before the failover");
+    // Make sure the replica has it before the primary dies (replication
+    // is asynchronous: what a primary acknowledged and did not pass on is
+    // lost in any failover; measured apart from the limiter's own work).
+    let primary = ha.primary_port();
+    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{primary}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let synced: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(synced, 1);
+
+    // Load: 6 clients, each its own user, spread over the replicas.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..6usize {
+        let (fronts, stop) = (fronts.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let user = format!("load-{c}");
+            let (mut ok, mut limited, mut i) = (0u32, 0u32, c);
+            while !stop.load(Ordering::Relaxed) {
+                match ask(&fronts[i % 3], &user).await {
+                    StatusCode::OK => ok += 1,
+                    StatusCode::TOO_MANY_REQUESTS => limited += 1,
+                    other => panic!("{user}: {other}"),
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (ok, limited)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed_at = std::time::Instant::now();
+    let old = ha.kill_primary();
+    let new = ha.wait_failover(old).await;
+    let promoted_after = killed_at.elapsed();
+    // The gateways find the new primary by themselves: "spent" is refused
+    // by Redis again on every replica (locally, each would allow a third
+    // of the quota), and the checks stop failing.
+    let mut errors_before: Vec<u64> = gateways
+        .iter()
+        .map(|g| g.redis_rate_limit("api").unwrap().stats().errors)
+        .collect();
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    loop {
+        let mut all_refused = true;
+        for front in fronts.iter() {
+            all_refused &= ask(front, "spent").await == StatusCode::TOO_MANY_REQUESTS;
+        }
+        let errors_now: Vec<u64> = gateways
+            .iter()
+            .map(|g| g.redis_rate_limit("api").unwrap().stats().errors)
+            .collect();
+        // Refused everywhere, and no check failed since the last look.
+        if all_refused && errors_now == errors_before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateways never followed the new primary on {new}: refused everywhere: \
+             {all_refused}; failed checks {errors_before:?} then {errors_now:?}"
+        );
+        errors_before = errors_now;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shared_again_after = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut over = Vec::new();
+    for client in clients {
+        let (ok, limited) = client.await.expect("a client panicked");
+        assert!(limited > 0, "each load user ran past its quota");
+        over.push(ok.saturating_sub(limit));
+    }
+    let skipped: u64 = gateways
+        .iter()
+        .map(|g| g.redis_rate_limit("api").unwrap().stats().skipped)
+        .sum();
+    eprintln!(
+        "sentinel failover: primary {old} killed, {new} promoted after {promoted_after:?}, \
+         limits shared again after {shared_again_after:?}; admitted over the quota of \
+         {limit} per load user: {over:?}; checks that skipped Redis: {skipped}"
+    );
+    // The overshoot is bounded by the local fallback: each replica allows
+    // at most its third of the quota while Redis is away.
+    for o in &over {
+        assert!(*o <= limit, "overshoot {o} > {limit}");
+    }
+
+    // Weights still sync, through the new primary's pub/sub.
+    gateways[2].split("api").unwrap().promote("green").unwrap();
+    eventually("every replica promoted green after the failover", || {
+        gateways
+            .iter()
+            .all(|g| g.split("api").unwrap().weights().get("green") == Some(100))
+    })
+    .await;
+
+    // The old primary comes back (empty) and is made a replica; nothing
+    // changes for the fleet.
+    ha.restart_killed().await;
+    for front in fronts.iter() {
+        assert_eq!(ask(front, "spent").await, StatusCode::TOO_MANY_REQUESTS);
+    }
+}
+
+/// `[redis]` names one kind of Redis, and says where each mistake is.
+#[tokio::test]
+async fn redis_sections_are_checked() {
+    let problems = |section: &str| -> String {
+        let text = format!("{section}\n\n[upstreams.app]\nurl = \"http://127.0.0.1:1\"\n");
+        match GatewayConfig::from_toml(&text).map(Gateway::from_config) {
+            Ok(Ok(_)) => String::new(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let both =
+        problems("[redis]\nurl = \"redis://127.0.0.1/\"\ncluster = [\"redis://127.0.0.1:7000/\"]");
+    assert!(both.contains("redis: give one of"), "{both}");
+    let none = problems("[redis]\nprefix = \"x:\"");
+    assert!(
+        none.contains("give `url`, `cluster` or `sentinel`"),
+        "{none}"
+    );
+    let bad = problems("[redis]\ncluster = [\"redis://127.0.0.1:7000/\", \"nope\"]");
+    assert!(bad.contains("redis.cluster[1]"), "{bad}");
+    let mixed =
+        problems("[redis]\ncluster = [\"redis://127.0.0.1:7000/\", \"rediss://127.0.0.1:7001/\"]");
+    assert!(mixed.contains("mixes"), "{mixed}");
+    let no_master = problems("[redis]\nsentinel = { urls = [\"redis://127.0.0.1:26379/\"] }");
+    assert!(no_master.contains("redis.sentinel.master"), "{no_master}");
+    let no_sentinels = problems("[redis]\nsentinel = { master = \"mymaster\" }");
+    assert!(
+        no_sentinels.contains("redis.sentinel.urls"),
+        "{no_sentinels}"
+    );
+    let fine = problems(
+        "[redis]\nsentinel = { master = \"mymaster\", urls = [\"redis://127.0.0.1:26379/\"] }",
+    );
+    assert_eq!(fine, "", "nothing is connected when the gateway is built");
+}
