@@ -1,8 +1,8 @@
-//! Weights (and Redis rate limits' quotas) shared by every replica,
-//! through Redis (feature `redis`).
+//! Weights (and model catalogs' versions and pins, and Redis rate limits'
+//! quotas) shared by every replica, through Redis (feature `redis`).
 //!
 //! A [`Split`](crate::split::Split)'s weights and a model router's alias
-//! weights live in each process. Behind a load balancer, promoting green on
+//! weights, versions and pins live in each process. Behind a load balancer, promoting green on
 //! one replica would leave the others on blue, and a user's sticky pick
 //! would depend on which replica answered. [`WeightSync`] keeps them
 //! together: it publishes a change made on this replica, by handle, admin
@@ -183,18 +183,19 @@ impl Source {
     fn sets(&self, name: &str) -> Vec<(String, Set)> {
         match self {
             Source::Split(h) => vec![(format!("split:{}", escape(name)), Set::Split(h.clone()))],
+            // The catalog's versions and pins first, so that a version
+            // added is there before an alias's weights name it.
             #[cfg(feature = "json")]
-            Source::Model(h) => h
-                .catalog()
-                .aliases
-                .iter()
-                .map(|a| {
-                    (
-                        format!("model:{}:{}", escape(name), escape(&a.name)),
-                        Set::Alias(h.clone(), a.name.clone()),
-                    )
-                })
-                .collect(),
+            Source::Model(h) => {
+                std::iter::once((format!("catalog:{}", escape(name)), Set::Catalog(h.clone())))
+                    .chain(h.catalog().aliases.iter().map(|a| {
+                        (
+                            format!("model:{}:{}", escape(name), escape(&a.name)),
+                            Set::Alias(h.clone(), a.name.clone()),
+                        )
+                    }))
+                    .collect()
+            }
             Source::Limit(h) => vec![(format!("limit:{}", escape(name)), Set::Limit(h.clone()))],
         }
     }
@@ -224,11 +225,14 @@ impl crate::signal::Listener for Wake {
     }
 }
 
-/// One synced set: weights, or a limiter's quotas and dry-run.
+/// One synced set: weights, a model catalog's versions and pins, or a
+/// limiter's quotas and dry-run.
 enum Set {
     Split(SplitHandle),
     #[cfg(feature = "json")]
     Alias(ModelHandle, String),
+    #[cfg(feature = "json")]
+    Catalog(ModelHandle),
     Limit(RedisRateLimitHandle),
 }
 
@@ -239,6 +243,14 @@ impl Set {
             Set::Split(h) => h.weights(),
             #[cfg(feature = "json")]
             Set::Alias(h, alias) => h.weights(alias)?,
+            #[cfg(feature = "json")]
+            Set::Catalog(h) => {
+                let catalog = h.catalog();
+                return Some(serde_json::json!({
+                    "models": catalog.models,
+                    "pins": catalog.pins,
+                }));
+            }
             Set::Limit(h) => return Some(limit_doc(h)),
         };
         serde_json::to_value(weights).ok()
@@ -251,6 +263,17 @@ impl Set {
             #[cfg(feature = "json")]
             Set::Alias(h, alias) => {
                 weights_of(doc).is_some_and(|w| h.set_weights(alias, w.iter()).is_ok())
+            }
+            #[cfg(feature = "json")]
+            Set::Catalog(h) => {
+                let models = serde_json::from_value(doc["models"].clone());
+                let pins = serde_json::from_value(doc["pins"].clone());
+                match (models, pins) {
+                    (Ok(models), Ok(pins)) => {
+                        h.apply_synced(Some((models, pins)), Vec::new()).is_ok()
+                    }
+                    _ => false,
+                }
             }
             Set::Limit(h) => apply_limit(h, doc),
         }
@@ -322,12 +345,86 @@ fn same(a: &Doc, b: &Doc) -> bool {
     a == b
 }
 
+/// Applies, router by router, the refused catalog and alias sets of each
+/// model router in one change (what Redis holds of each); how many sets
+/// were applied.
+#[cfg(feature = "json")]
+fn apply_jointly(all: &[(String, Set)], known: &mut HashMap<String, Known>) -> usize {
+    let mut done = 0;
+    let mut handled: Vec<&ModelHandle> = Vec::new();
+    for (_, set) in all {
+        let (Set::Catalog(h) | Set::Alias(h, _)) = set else {
+            continue;
+        };
+        if handled.iter().any(|seen| seen.same_router(h)) {
+            continue;
+        }
+        handled.push(h);
+        let mut models_and_pins = None;
+        let mut aliases = Vec::new();
+        let mut keys = Vec::new();
+        for (key, set) in all {
+            let remote = match known.get(key) {
+                Some(Known {
+                    refused: true,
+                    redis: Some((_, Some(doc))),
+                    ..
+                }) => doc.clone(),
+                _ => continue,
+            };
+            match set {
+                Set::Catalog(other) if other.same_router(h) => {
+                    let models = serde_json::from_value(remote["models"].clone());
+                    let pins = serde_json::from_value(remote["pins"].clone());
+                    let (Ok(models), Ok(pins)) = (models, pins) else {
+                        continue;
+                    };
+                    models_and_pins = Some((models, pins));
+                }
+                Set::Alias(other, alias) if other.same_router(h) => {
+                    let Some(weights) = weights_of(&remote) else {
+                        continue;
+                    };
+                    aliases.push((alias.clone(), weights));
+                }
+                _ => continue,
+            }
+            keys.push((key.clone(), remote));
+        }
+        if keys.len() < 2 || h.apply_synced(models_and_pins, aliases).is_err() {
+            continue;
+        }
+        for (key, remote) in keys {
+            if let Some(k) = known.get_mut(&key) {
+                k.last = Some(remote);
+                k.refused = false;
+                done += 1;
+            }
+        }
+    }
+    done
+}
+
+/// What syncing one set came to.
+enum Outcome {
+    /// Another replica's change, applied here.
+    Applied,
+    /// Redis's set does not fit here (counted by the round, which may try
+    /// it again).
+    Refused,
+    /// Published, unchanged, or failed (counted as an error).
+    Other,
+}
+
 /// What a replica remembers of one set between rounds.
 #[derive(Debug, Default)]
 struct Known {
     /// The weights it last published or applied (or found, before its
     /// first successful round, or kept when it refused Redis's).
     last: Option<Doc>,
+    /// Whether Redis's set was refused here, and not replaced since (by
+    /// one that fitted, or one published from here).
+    refused: bool,
     /// What Redis held when it last looked: the version, and the weights
     /// (`None` if unreadable). `None` before the first successful round.
     redis: Option<(u64, Option<Doc>)>,
@@ -450,6 +547,7 @@ impl WeightSync {
         let mut known = inner.known.lock().await;
         let errors = inner.counters.errors.load(Ordering::Relaxed);
         let mut seen = Vec::new();
+        let (mut all, mut refused, mut applied) = (Vec::new(), 0, false);
         for (name, source) in &sources {
             for (suffix, set) in source.sets(name) {
                 let key = format!("{}{suffix}", inner.prefix);
@@ -459,10 +557,48 @@ impl WeightSync {
                 let entry = known.entry(key.clone()).or_default();
                 let changed_here = entry.last.as_ref().is_some_and(|last| !same(last, &local));
                 if full || changed_here {
-                    self.sync_set(&mut redis, &key, &set, local, entry).await;
+                    match self.sync_set(&mut redis, &key, &set, local, entry).await {
+                        Outcome::Refused => refused += 1,
+                        Outcome::Applied => applied = true,
+                        Outcome::Other => {}
+                    }
                 }
-                seen.push(key);
+                seen.push(key.clone());
+                all.push((key, set));
             }
+        }
+        // A set may not fit until another is applied: an alias's weights
+        // naming a version the catalog's set adds, or a catalog retiring
+        // a version an alias still names until its set comes. Once
+        // something was applied, the sets Redis holds that were refused
+        // (in this round or an earlier one) are tried again.
+        if applied {
+            for (key, set) in &all {
+                let (Some(local), Some(entry)) = (set.doc(), known.get_mut(key)) else {
+                    continue;
+                };
+                if !entry.refused {
+                    continue;
+                }
+                // Read again, as if never seen.
+                entry.redis = None;
+                if let Outcome::Refused = self.sync_set(&mut redis, key, set, local, entry).await {
+                    refused += 1;
+                }
+            }
+        }
+        // Sets of one model router that fit only together (a pin moved
+        // off a version an alias's new weights leave): applied together.
+        #[cfg(feature = "json")]
+        if refused >= 2 {
+            let joined = apply_jointly(&all, &mut known);
+            refused -= joined;
+            for _ in 0..joined {
+                Counters::add(&inner.counters.applied);
+            }
+        }
+        for _ in 0..refused {
+            Counters::add(&inner.counters.refused);
         }
         // Sets that went away (a route or alias removed) are forgotten.
         known.retain(|k, _| seen.contains(k));
@@ -483,7 +619,7 @@ impl WeightSync {
         set: &Set,
         local: Doc,
         known: &mut Known,
-    ) {
+    ) -> Outcome {
         let c = &self.inner.counters;
         let changed_here = known.last.as_ref().is_some_and(|last| !same(last, &local));
         let found = if changed_here {
@@ -496,7 +632,7 @@ impl WeightSync {
                     // Remember what was found, so that a change made while
                     // Redis is away is published when it is back.
                     known.last.get_or_insert(local);
-                    return;
+                    return Outcome::Other;
                 }
             }
         };
@@ -506,6 +642,7 @@ impl WeightSync {
                 match self.publish(redis, key, &local).await {
                     Ok(version) => {
                         Counters::add(&c.published);
+                        known.refused = false;
                         known.redis = Some((version, Some(local.clone())));
                         known.last = Some(local);
                     }
@@ -514,7 +651,7 @@ impl WeightSync {
                         known.last.get_or_insert(local);
                     }
                 }
-                return;
+                return Outcome::Other;
             }
             Some(Some(found)) => found,
         };
@@ -530,27 +667,33 @@ impl WeightSync {
                 }
         });
         if unchanged {
-            return;
+            return Outcome::Other;
         }
         known.redis = Some((version, remote.clone()));
         let Some(remote) = remote else {
             // Unreadable weights: wait for the next publication.
-            Counters::add(&c.refused);
             known.last = Some(local);
-            return;
+            known.refused = true;
+            return Outcome::Refused;
         };
         if same(&remote, &local) {
             known.last = Some(local);
+            known.refused = false;
+            Outcome::Other
         } else if set.doc().is_some_and(|now| !same(&now, &local)) {
             // Changed here while Redis was asked: that change is newer,
             // and the next round publishes it.
             known.last = Some(local);
+            Outcome::Other
         } else if set.apply(&remote) {
             Counters::add(&c.applied);
             known.last = Some(remote);
+            known.refused = false;
+            Outcome::Applied
         } else {
-            Counters::add(&c.refused);
             known.last = Some(local);
+            known.refused = true;
+            Outcome::Refused
         }
     }
 
@@ -832,8 +975,11 @@ impl WeightSyncBuilder {
     }
 
     /// Syncs the weights of every alias of a model router under `name`
-    /// (feature `json`). Aliases are read at every round, so one added
-    /// later is synced too.
+    /// (feature `json`), and its catalog's versions and pins: a version
+    /// added or retired, or a tenant pinned, on one replica is on every
+    /// other (the aliases themselves, and their fallbacks, stay each
+    /// replica's configuration). Aliases are read at every round, so one
+    /// added later is synced too.
     #[cfg(feature = "json")]
     pub fn model(mut self, name: impl Into<String>, handle: ModelHandle) -> Self {
         self.sources.push((name.into(), Source::Model(handle)));

@@ -235,8 +235,8 @@ async fn model_alias_weights_follow() {
     let sb = sync(hb.clone(), redis.manager().await);
     sa.sync_once().await;
     sb.sync_once().await;
-    // One set per alias.
-    assert_eq!(counts(&sa), (2, 0, 0, 0));
+    // The catalog's versions and pins, and one set per alias.
+    assert_eq!(counts(&sa), (3, 0, 0, 0));
 
     ha.promote("chat", "v2").unwrap();
     sa.sync_once().await;
@@ -245,6 +245,121 @@ async fn model_alias_weights_follow() {
     assert_eq!(hb.weights("chat").unwrap().get("v2"), Some(100));
     assert_eq!(hb.weights("embed").unwrap().get("v1"), Some(1));
     assert_eq!(counts(&sb), (0, 1, 0, 0));
+}
+
+/// A model router's catalog travels too: a version added and given
+/// weight, a tenant pinned, a version retired after its weight moved, each
+/// made on one replica, reach the other in one round (announced, with the
+/// rounds an hour apart), whichever order the sets arrive in.
+#[cfg(feature = "json")]
+#[tokio::test]
+async fn model_versions_and_pins_follow() {
+    use switchyard::model::{Alias, Catalog, Model, ModelRouter, Pin, PinKey};
+
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let router = || {
+        ModelRouter::builder()
+            .upstream("blue", named("blue"))
+            .upstream("green", named("green"))
+            .catalog(
+                Catalog::new()
+                    .model(Model::new("v1", "blue"))
+                    .model(Model::new("v2", "green"))
+                    .alias(Alias::new("chat", [("v1", 90), ("v2", 10)])),
+            )
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (router(), router());
+    let (ha, hb) = (a.handle(), b.handle());
+    let (syncs, _tasks) = made_only(&redis, 2, |i, builder| {
+        builder.model("ai", if i == 0 { ha.clone() } else { hb.clone() })
+    })
+    .await;
+
+    // A version added, then given weight: two changes, one after the other.
+    ha.add_model(Model::new("v3", "green")).unwrap();
+    ha.set_weights("chat", [("v1", 80), ("v2", 10), ("v3", 10)])
+        .unwrap();
+    eventually("b has v3 with weight", || {
+        hb.weights("chat").and_then(|w| w.get("v3")) == Some(10)
+    })
+    .await;
+    assert!(hb.catalog().models.iter().any(|m| m.name == "v3"));
+
+    // A tenant pinned to v3.
+    ha.pin(Pin::tenant("acme", "chat", "v3")).unwrap();
+    eventually("b pins acme", || hb.catalog().pins == ha.catalog().pins).await;
+    assert_eq!(hb.catalog().pins.len(), 1);
+    assert_eq!(hb.catalog().pins[0].who, PinKey::Tenant("acme".into()));
+
+    // Unpinned, its weight moved away, then retired: b retires it too.
+    // Depending on when b's round reads them, the catalog's set (no v3)
+    // does not fit b's alias (still naming v3), nor the alias's set (no
+    // v3) b's pin on v3: the round applies such sets together.
+    assert!(ha.unpin(&PinKey::Tenant("acme".into()), "chat").unwrap());
+    ha.set_weights("chat", [("v1", 90), ("v2", 10), ("v3", 0)])
+        .unwrap();
+    ha.retire_model("v3").unwrap();
+    eventually("b retired v3", || {
+        !hb.catalog().models.iter().any(|m| m.name == "v3")
+    })
+    .await;
+    assert_eq!(hb.catalog(), ha.catalog());
+    assert_eq!(syncs[1].stats().errors, 0);
+}
+
+/// Two sets that fit only together: a's alias drops v3 and a's catalog
+/// drops the pin on v3 (and v3 itself). Read in one round by b, neither
+/// fits alone (b's pin holds v3; b's alias names it): they are applied
+/// together, and counted as applied, not refused.
+#[cfg(feature = "json")]
+#[tokio::test]
+async fn sets_that_fit_only_together_are_applied_together() {
+    use switchyard::model::{Alias, Catalog, Model, ModelRouter, Pin, PinKey};
+
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let router = || {
+        ModelRouter::builder()
+            .upstream("blue", named("blue"))
+            .catalog(
+                Catalog::new()
+                    .model(Model::new("v1", "blue"))
+                    .model(Model::new("v3", "blue"))
+                    .alias(Alias::new("chat", [("v1", 90), ("v3", 10)]))
+                    .pin(Pin::tenant("acme", "chat", "v3")),
+            )
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (router(), router());
+    let (ha, hb) = (a.handle(), b.handle());
+    let sync = |h, conn| {
+        WeightSync::builder(conn)
+            .model("ai", h)
+            .prefix("test:")
+            .build()
+            .unwrap()
+    };
+    let sa = sync(ha.clone(), redis.manager().await);
+    let sb = sync(hb.clone(), redis.manager().await);
+    sa.sync_once().await;
+    sb.sync_once().await;
+
+    assert!(ha.unpin(&PinKey::Tenant("acme".into()), "chat").unwrap());
+    ha.set_weights("chat", [("v1", 100), ("v3", 0)]).unwrap();
+    ha.retire_model("v3").unwrap();
+    sa.sync_once().await;
+    let before = sb.stats();
+    sb.sync_once().await;
+    assert_eq!(hb.catalog(), ha.catalog());
+    let after = sb.stats();
+    assert_eq!(after.applied - before.applied, 2);
+    assert_eq!(after.refused, before.refused);
 }
 
 #[tokio::test]

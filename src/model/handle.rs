@@ -242,6 +242,39 @@ impl ModelHandle {
         Ok(found)
     }
 
+    /// Weight sync's change: the catalog's versions and pins (if given)
+    /// and the weights of some aliases, in one step, so that sets that
+    /// only fit together (a pin moved off a version that an alias's new
+    /// weights leave) are applied together. Each alias's weights before
+    /// are remembered for [`rollback`](Self::rollback), as
+    /// [`set_weights`](Self::set_weights) does. Refused, like any change,
+    /// if an alias or pin would name a version that is not there.
+    #[cfg(feature = "redis")]
+    pub(crate) fn apply_synced(
+        &self,
+        models_and_pins: Option<(Vec<Model>, Vec<Pin>)>,
+        aliases: Vec<(String, Weights)>,
+    ) -> Result<(), ModelError> {
+        self.shared.change(|catalog, writer| {
+            if let Some((models, pins)) = models_and_pins {
+                catalog.models = models;
+                catalog.pins = pins;
+            }
+            for (alias, weights) in aliases {
+                let entry = alias_mut(catalog, &alias)?;
+                let previous = std::mem::replace(&mut entry.versions, weights);
+                writer.remember(&alias, previous);
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether `other` is a handle on the same router.
+    #[cfg(feature = "redis")]
+    pub(crate) fn same_router(&self, other: &ModelHandle) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// Adds a model version to the catalog (then give it weight in an alias
     /// with [`set_weights`](Self::set_weights)).
     pub fn add_model(&self, model: Model) -> Result<(), ModelError> {
