@@ -65,6 +65,9 @@ pub type Messages = Pin<Box<dyn Stream<Item = redis::Msg> + Send>>;
 /// How long connecting may take by default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long an ask to the sentinels may take, at least.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How often, at most, the sentinels are asked for the primary.
 const RESOLVE_EVERY: Duration = Duration::from_millis(50);
 
@@ -319,7 +322,10 @@ impl RedisTarget {
             })),
             Kind::Sentinel(s) => Conn::Sentinel(Arc::new(SentinelConn {
                 at: s.clone(),
-                config,
+                // A primary that is gone fails the command at once (and
+                // the sentinels are asked), rather than after the
+                // manager's reconnection attempts.
+                config: config.set_number_of_retries(1),
                 timeout: self.timeout,
                 current: ArcSwapOption::empty(),
                 resolving: tokio::sync::Mutex::new(None),
@@ -386,7 +392,8 @@ impl RedisTarget {
                 Err(last.unwrap_or_else(|| no_address("no node")))
             }
             Kind::Sentinel(s) => {
-                let client = match tokio::time::timeout(self.timeout, s.primary()).await {
+                let bound = self.timeout.max(RESOLVE_TIMEOUT);
+                let client = match tokio::time::timeout(bound, s.primary()).await {
                     Ok(found) => found?,
                     Err(_) => return Err(timed_out()),
                 };
@@ -615,7 +622,11 @@ impl SentinelConn {
             }
         }
         *last = Some(now);
-        let client = match tokio::time::timeout(self.timeout, self.at.primary()).await {
+        // Asking takes several round trips (a sentinel, then the primary
+        // it names, to check its role): at least a second, whatever the
+        // commands' timeout.
+        let bound = self.timeout.max(RESOLVE_TIMEOUT);
+        let client = match tokio::time::timeout(bound, self.at.primary()).await {
             Ok(found) => found?,
             Err(_) => return Err(timed_out()),
         };
@@ -654,11 +665,39 @@ impl SentinelConn {
     {
         let manager = self.get().await?;
         let addr = self.current.load().as_ref().map(|c| c.0.clone());
+        // A caller that gives up first (its own timeout: a rate limit
+        // check waits 100 ms) drops this future before the manager says
+        // anything: that counts as a failure too.
+        let mut unanswered = Unanswered {
+            conn: Some(self.clone()),
+            addr: addr.clone(),
+        };
         let done = f(manager).await;
+        unanswered.conn = None;
         if let (Err(e), Some(addr)) = (&done, addr) {
             self.failed(addr, e);
         }
         done
+    }
+}
+
+/// Asks the sentinels again (in the background) when dropped armed: a
+/// command whose caller stopped waiting for it.
+struct Unanswered {
+    conn: Option<Arc<SentinelConn>>,
+    addr: Option<String>,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        let (Some(conn), Some(addr)) = (self.conn.take(), self.addr.take()) else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = conn.resolve(Some(&addr)).await;
+            });
+        }
     }
 }
 

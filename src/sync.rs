@@ -176,6 +176,8 @@ pub(crate) enum Source {
     #[cfg(feature = "json")]
     Model(ModelHandle),
     Limit(RedisRateLimitHandle),
+    #[cfg(feature = "proxy")]
+    Upstream(crate::proxy::Upstream),
 }
 
 impl Source {
@@ -197,6 +199,11 @@ impl Source {
                     .collect()
             }
             Source::Limit(h) => vec![(format!("limit:{}", escape(name)), Set::Limit(h.clone()))],
+            #[cfg(feature = "proxy")]
+            Source::Upstream(u) => vec![(
+                format!("upstream:{}", escape(name)),
+                Set::Endpoints(u.clone()),
+            )],
         }
     }
 }
@@ -209,6 +216,8 @@ impl Source {
             #[cfg(feature = "json")]
             Source::Model(h) => h.listen(listener),
             Source::Limit(h) => h.listen(listener),
+            #[cfg(feature = "proxy")]
+            Source::Upstream(u) => u.listen(listener),
         }
     }
 }
@@ -234,6 +243,8 @@ enum Set {
     #[cfg(feature = "json")]
     Catalog(ModelHandle),
     Limit(RedisRateLimitHandle),
+    #[cfg(feature = "proxy")]
+    Endpoints(crate::proxy::Upstream),
 }
 
 impl Set {
@@ -252,6 +263,8 @@ impl Set {
                 }));
             }
             Set::Limit(h) => return Some(limit_doc(h)),
+            #[cfg(feature = "proxy")]
+            Set::Endpoints(u) => return Some(endpoints_doc(u)),
         };
         serde_json::to_value(weights).ok()
     }
@@ -276,6 +289,8 @@ impl Set {
                 }
             }
             Set::Limit(h) => apply_limit(h, doc),
+            #[cfg(feature = "proxy")]
+            Set::Endpoints(u) => apply_endpoints(u, doc),
         }
     }
 }
@@ -333,6 +348,46 @@ fn apply_limit(h: &RedisRateLimitHandle, doc: &Doc) -> bool {
     }
     h.set_dry_run(dry_run);
     true
+}
+
+/// An upstream's endpoints: `[{"key":..,"authority":..,"host":..,"weight":..}]`
+/// (`host` null when it is the authority), in the set's order.
+#[cfg(feature = "proxy")]
+fn endpoints_doc(u: &crate::proxy::Upstream) -> Doc {
+    let list: Vec<Doc> = u
+        .endpoint_specs()
+        .into_iter()
+        .map(|(key, spec)| {
+            serde_json::json!({
+                "key": key,
+                "authority": spec.authority,
+                "host": spec.host,
+                "weight": spec.weight,
+            })
+        })
+        .collect();
+    Doc::Array(list)
+}
+
+/// Makes an upstream's set the one `doc` lists; `false` when it does not
+/// fit (unreadable, or an address the upstream refuses).
+#[cfg(feature = "proxy")]
+fn apply_endpoints(u: &crate::proxy::Upstream, doc: &Doc) -> bool {
+    let spec = |e: &Doc| -> Option<(String, crate::proxy::EndpointSpec)> {
+        let mut spec = crate::proxy::EndpointSpec::new(e["authority"].as_str()?)
+            .weight(u32::try_from(e["weight"].as_u64()?).ok()?);
+        if let Some(host) = e["host"].as_str() {
+            spec = spec.host(host);
+        }
+        Some((e["key"].as_str()?.to_owned(), spec))
+    };
+    let Some(list) = doc
+        .as_array()
+        .and_then(|l| l.iter().map(spec).collect::<Option<Vec<_>>>())
+    else {
+        return false;
+    };
+    u.set_endpoints(list).is_ok()
 }
 
 /// `:` and `%` escaped, so that names made of parts never collide.
@@ -983,6 +1038,18 @@ impl WeightSyncBuilder {
     #[cfg(feature = "json")]
     pub fn model(mut self, name: impl Into<String>, handle: ModelHandle) -> Self {
         self.sources.push((name.into(), Source::Model(handle)));
+        self
+    }
+
+    /// Syncs an upstream's set of endpoints under `name` (feature
+    /// `proxy`): an endpoint added, removed or reweighted on one replica
+    /// ([`Upstream::insert_endpoint`](crate::proxy::Upstream::insert_endpoint)
+    /// and the others, the admin API's `/upstreams`) is on every other,
+    /// leaving and draining there as here. Leave out upstreams that follow
+    /// a [discovery](crate::discovery) source: each replica follows it.
+    #[cfg(feature = "proxy")]
+    pub fn upstream(mut self, name: impl Into<String>, upstream: crate::proxy::Upstream) -> Self {
+        self.sources.push((name.into(), Source::Upstream(upstream)));
         self
     }
 

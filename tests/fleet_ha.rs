@@ -39,7 +39,8 @@ async fn upstream() -> std::net::SocketAddr {
 
 /// The gateway configuration of every replica: `[redis]` as `redis`
 /// gives it, one route with a shared limit of `limit` an hour per
-/// `x-user` (and a second quota, so that each check touches two keys),
+/// `x-user` (and a second quota, so that each check touches two keys;
+/// both long, so that no key expires while a test looks at them),
 /// and a blue/green split, synced.
 fn fleet_config(redis: &str, up: std::net::SocketAddr, limit: u32) -> GatewayConfig {
     GatewayConfig::from_toml(&format!(
@@ -60,7 +61,7 @@ url = "http://{up}"
 name = "api"
 rate_limit = {{ key = {{ header = "x-user" }}, redis = true, quotas = [
     {{ name = "hourly", limit = {limit}, period = "1h" }},
-    {{ name = "minute", limit = 1000, period = "1m" }},
+    {{ name = "daily", limit = 1000, period = "1d" }},
 ] }}
 split.targets = [
     {{ name = "blue", upstream = "blue", weight = 90 }},
@@ -227,22 +228,17 @@ async fn sentinel_failover_under_load() {
         }
     }
     assert_eq!(spent, limit, "shared before the failover");
-    // Make sure the replica has it before the primary dies (replication
-    // is asynchronous: what a primary acknowledged and did not pass on is
-    // lost in any failover; measured apart from the limiter's own work).
+    // Replication is asynchronous: what a primary acknowledged and did
+    // not pass on before it died is lost in any failover. The test makes
+    // sure the replica has it all before the kill, so that what it
+    // measures is the gateways' own work.
     let primary = ha.primary_port();
     let mut conn = redis::Client::open(format!("redis://127.0.0.1:{primary}/"))
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let synced: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(2000)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(synced, 1);
+    replicated(&mut conn).await;
 
     // Load: 6 clients, each its own user, spread over the replicas.
     let stop = Arc::new(AtomicBool::new(false));
@@ -266,38 +262,21 @@ async fn sentinel_failover_under_load() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let killed_at = std::time::Instant::now();
+    // The load users are spent in Redis by now, and a refusal writes
+    // nothing: once the replica has what came before, it has it all.
+    replicated(&mut conn).await;
     let old = ha.kill_primary();
     let new = ha.wait_failover(old).await;
     let promoted_after = killed_at.elapsed();
     // The gateways find the new primary by themselves: "spent" is refused
     // by Redis again on every replica (locally, each would allow a third
     // of the quota), and the checks stop failing.
-    let mut errors_before: Vec<u64> = gateways
-        .iter()
-        .map(|g| g.redis_rate_limit("api").unwrap().stats().errors)
-        .collect();
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    loop {
-        let mut all_refused = true;
-        for front in fronts.iter() {
-            all_refused &= ask(front, "spent").await == StatusCode::TOO_MANY_REQUESTS;
-        }
-        let errors_now: Vec<u64> = gateways
-            .iter()
-            .map(|g| g.redis_rate_limit("api").unwrap().stats().errors)
-            .collect();
-        // Refused everywhere, and no check failed since the last look.
-        if all_refused && errors_now == errors_before {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the gateways never followed the new primary on {new}: refused everywhere: \
-             {all_refused}; failed checks {errors_before:?} then {errors_now:?}"
-        );
-        errors_before = errors_now;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    shared_again(
+        &fronts,
+        &gateways,
+        &format!("the gateways follow the new primary on {new}"),
+    )
+    .await;
     let shared_again_after = killed_at.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -334,8 +313,60 @@ async fn sentinel_failover_under_load() {
     // The old primary comes back (empty) and is made a replica; nothing
     // changes for the fleet.
     ha.restart_killed().await;
-    for front in fronts.iter() {
-        assert_eq!(ask(front, "spent").await, StatusCode::TOO_MANY_REQUESTS);
+    shared_again(&fronts, &gateways, "the fleet stays on the new primary").await;
+}
+
+/// Writes through `conn`, then waits until the replica has everything
+/// the primary had up to that write (`WAIT` counts a connection's own
+/// writes).
+async fn replicated(conn: &mut redis::aio::MultiplexedConnection) {
+    let () = redis::cmd("SET")
+        .arg("fleet:probe")
+        .arg(1)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let synced: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2000)
+        .query_async(conn)
+        .await
+        .unwrap();
+    assert_eq!(synced, 1, "the replica has the primary's writes");
+}
+
+/// Waits until "spent" is refused by every replica in a pass during
+/// which no check failed: Redis, not a local fallback, refused it (a
+/// check may still time out now and then on a loaded machine, and fall
+/// back). Panics with `what` after [`HANG_GUARD`].
+async fn shared_again(fronts: &[Router], gateways: &[Gateway], what: &str) {
+    let failed = || -> u64 {
+        gateways
+            .iter()
+            .map(|g| {
+                let s = g.redis_rate_limit("api").unwrap().stats();
+                s.errors + s.skipped
+            })
+            .sum()
+    };
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    loop {
+        let before = failed();
+        let mut refused = 0;
+        for front in fronts {
+            if ask(front, "spent").await == StatusCode::TOO_MANY_REQUESTS {
+                refused += 1;
+            }
+        }
+        if refused == fronts.len() && failed() == before {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never: {what} (refused by {refused} of {} replicas)",
+            fronts.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

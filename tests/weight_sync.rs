@@ -774,6 +774,133 @@ async fn rate_limit_quotas_and_dry_run_follow() {
     assert!(b.dry_run());
 }
 
+/// The servers of each upstream travel too: one added on a replica (as
+/// the admin API adds it) is on the others, one removed there drains
+/// everywhere, a replica that starts takes the fleet's set, and an
+/// upstream that follows a discovery source, or a fleet with
+/// `endpoints = false`, keeps its own.
+#[tokio::test]
+async fn gateway_replicas_share_their_upstreams_servers() {
+    use switchyard::gateway::{Gateway, GatewayConfig};
+    use switchyard::proxy::EndpointSpec;
+
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("sy-ws-endpoints-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("servers.json");
+    std::fs::write(&file, r#"{"endpoints": ["127.0.0.1:7"]}"#).unwrap();
+    let config = |extra: &str| {
+        GatewayConfig::from_toml(&format!(
+            r#"
+[redis]
+url = "redis://127.0.0.1:{}/"
+
+[weight_sync]
+interval_ms = 3600000
+check_interval_ms = 10
+prefix = "test:"
+{extra}
+
+[upstreams.green]
+url = "http://127.0.0.1:1"
+[upstreams.found]
+url = "http://127.0.0.1:2"
+discovery = {{ file = "{}", refresh_min_ms = 20, refresh_max_ms = 50 }}
+
+[[routes]]
+name = "web"
+split.targets = [{{ name = "green", upstream = "green", weight = 1 }}]
+"#,
+            redis.port,
+            file.display()
+        ))
+        .unwrap()
+    };
+    let keys = |g: &Gateway, name: &str| -> Vec<String> {
+        let mut keys: Vec<String> = g
+            .upstream(name)
+            .unwrap()
+            .endpoints()
+            .into_iter()
+            .filter(|e| !e.draining)
+            .map(|e| e.key)
+            .collect();
+        keys.sort();
+        keys
+    };
+    let a = Gateway::from_config(config("")).unwrap();
+    let b = Gateway::from_config(config("")).unwrap();
+    eventually("both replicas ran a round", || {
+        [&a, &b]
+            .iter()
+            .all(|g| g.weight_sync().unwrap().stats().rounds >= 1)
+    })
+    .await;
+
+    a.upstream("green")
+        .unwrap()
+        .insert_endpoint("extra", EndpointSpec::new("127.0.0.1:3").weight(5))
+        .unwrap();
+    eventually("b has a's server", || {
+        keys(&b, "green").contains(&"extra".to_owned())
+    })
+    .await;
+    let extra = b
+        .upstream("green")
+        .unwrap()
+        .endpoints()
+        .into_iter()
+        .find(|e| e.key == "extra")
+        .unwrap();
+    assert_eq!(
+        (extra.url.as_str(), extra.weight),
+        ("http://127.0.0.1:3", 5)
+    );
+
+    assert!(
+        b.upstream("green")
+            .unwrap()
+            .remove_endpoint("http://127.0.0.1:1")
+            .is_some()
+    );
+    eventually("a lost the server b removed", || {
+        keys(&a, "green") == ["extra"]
+    })
+    .await;
+
+    // A replica that starts takes the fleet's set, not its file's.
+    let c = Gateway::from_config(config("")).unwrap();
+    eventually("c has the fleet's set", || keys(&c, "green") == ["extra"]).await;
+    // The discovered upstream is each replica's own.
+    eventually("a follows its file", || {
+        keys(&a, "found") == ["127.0.0.1:7"]
+    })
+    .await;
+    assert!(!redis_key_exists(&redis, "test:upstream:found").await);
+    assert!(redis_key_exists(&redis, "test:upstream:green").await);
+
+    // Off: a replica keeps its own servers.
+    let d = Gateway::from_config(config("endpoints = false")).unwrap();
+    eventually("d ran a round", || {
+        d.weight_sync().unwrap().stats().rounds >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(keys(&d, "green"), ["http://127.0.0.1:1"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+async fn redis_key_exists(redis: &RedisServer, key: &str) -> bool {
+    let mut conn = redis.manager().await;
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<bool>(&mut conn)
+        .await
+        .unwrap()
+}
+
 /// The gateway syncs its routes' Redis rate limits too.
 #[tokio::test]
 async fn gateway_replicas_keep_their_redis_limits_together() {

@@ -743,6 +743,13 @@ pub struct WeightSyncConfig {
     /// apply their changes at once, instead of at the next round (true by
     /// default; see [`crate::sync::WeightSyncBuilder::notify`]).
     pub notify: Option<bool>,
+    /// Share each upstream's set of servers too (true by default): a
+    /// server added, removed or drained through the admin API on one
+    /// replica is on every other, and a replica that starts takes the
+    /// fleet's set (see [`crate::sync::WeightSyncBuilder::upstream`]).
+    /// Upstreams that follow a `discovery` source are left out: each
+    /// replica follows it. `false` keeps each replica's servers its own.
+    pub endpoints: Option<bool>,
 }
 
 /// The admin API's settings.

@@ -368,6 +368,7 @@ impl Gateway {
         let weak = Arc::downgrade(&self.inner);
         let ws = &settings.0;
         let notify = ws.notify.unwrap_or(true);
+        let endpoints = ws.endpoints.unwrap_or(true);
         let ms = |v: Option<u64>, default| std::time::Duration::from_millis(v.unwrap_or(default));
         let sync = crate::sync::WeightSync::dynamic(
             move || {
@@ -396,6 +397,18 @@ impl Gateway {
                     if let Some((_, limiter)) = &r.shared_limiter {
                         sources
                             .push((r.name.clone(), crate::sync::Source::Limit(limiter.handle())));
+                    }
+                }
+                if endpoints {
+                    let mut names: Vec<&String> = state
+                        .upstreams
+                        .keys()
+                        .filter(|n| !state.discoveries.contains_key(*n))
+                        .collect();
+                    names.sort();
+                    for name in names {
+                        let upstream = state.upstreams[name].1.clone();
+                        sources.push((name.clone(), crate::sync::Source::Upstream(upstream)));
                     }
                 }
                 Some(crate::sync::Round {

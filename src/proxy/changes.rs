@@ -175,6 +175,19 @@ impl Upstream {
         Ok(EndpointChanges::from(self.inner.endpoints.replace(list)))
     }
 
+    /// The endpoints as `(key, spec)` pairs, in order (those draining
+    /// left out): what [`set_endpoints`](Self::set_endpoints) takes to make
+    /// the set again, here or on another replica.
+    pub fn endpoint_specs(&self) -> Vec<(String, EndpointSpec)> {
+        self.inner.endpoints.specs()
+    }
+
+    /// Tells `listener` of each change of the endpoint set from now on.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn listen(&self, listener: &std::sync::Arc<dyn crate::signal::Listener>) {
+        self.inner.endpoints.listeners.add(listener);
+    }
+
     /// Applies one change of a discovery source, as
     /// [`tower::discover`] names them: `Insert(key, spec)` is
     /// [`insert_endpoint`](Self::insert_endpoint), `Remove(key)`

@@ -247,6 +247,8 @@ pub(super) struct Endpoints {
     ejection: Ejection,
     balance: Balance,
     origin: Instant,
+    /// Told of each change of the set (weight sync).
+    pub(super) listeners: crate::signal::Listeners,
 }
 
 /// What a change to an upstream's set did.
@@ -271,6 +273,7 @@ impl Endpoints {
             ejection,
             balance,
             origin: Instant::now(),
+            listeners: crate::signal::Listeners::default(),
         }
     }
 
@@ -448,7 +451,7 @@ impl Endpoints {
     /// Changes the set with `change` (given the current list, returns the
     /// next), publishes it, and sends those that left to drain.
     fn change(&self, change: impl FnOnce(&[Arc<Endpoint>]) -> Vec<Arc<Endpoint>>) -> Changed {
-        let _one = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let one = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.set.load_full();
         let next = change(&current.list);
         let mut changed = Changed::default();
@@ -473,7 +476,29 @@ impl Endpoints {
         draining.retain(|e| e.in_flight() > 0);
         self.any_draining
             .store(!draining.is_empty(), Ordering::Relaxed);
+        drop((draining, one));
+        self.listeners.fire();
         changed
+    }
+
+    /// The set as `(key, spec)` pairs, in order: what
+    /// [`set_endpoints`](super::Upstream::set_endpoints) would make it
+    /// again.
+    pub(super) fn specs(&self) -> Vec<(String, super::EndpointSpec)> {
+        self.set
+            .load()
+            .list
+            .iter()
+            .map(|e| {
+                let authority = e.authority.as_str();
+                let host = e.host.to_str().ok().filter(|h| *h != authority);
+                let mut spec = super::EndpointSpec::new(authority).weight(e.weight);
+                if let Some(host) = host {
+                    spec = spec.host(host);
+                }
+                (e.key.clone(), spec)
+            })
+            .collect()
     }
 
     /// Adds `endpoint`, or replaces the one of the same key unless it is

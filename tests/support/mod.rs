@@ -8,5 +8,6 @@ pub mod openapi;
 pub mod providers;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod redis_ha;
 #[cfg(feature = "json")]
 pub mod spend;
