@@ -543,7 +543,7 @@ impl fmt::Debug for WeightSync {
 impl WeightSync {
     /// A builder over this connection (a `redis::aio::ConnectionManager`,
     /// which reconnects by itself, or a
-    /// [`RedisConnection`](crate::redis_conn::RedisConnection) to a
+    /// [`RedisConnection`] to a
     /// cluster or through Sentinel); add the splits and model routers to
     /// sync.
     pub fn builder(redis: impl Into<RedisConnection>) -> WeightSyncBuilder {
@@ -1080,7 +1080,7 @@ impl WeightSyncBuilder {
     /// and has [`spawn`](WeightSync::spawn)ed tasks listen on it through a
     /// connection of their own to `target` (a `redis::Client` for the same
     /// server as the connection's, or the same
-    /// [`RedisTarget`](crate::redis_conn::RedisTarget) the connection was
+    /// [`RedisTarget`] the connection was
     /// made from: a cluster's node, Sentinel's primary), running a round as soon as another replica
     /// announces a change. A change then reaches every replica within
     /// about one [check interval](Self::check_interval) rather than one

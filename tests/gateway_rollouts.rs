@@ -633,8 +633,12 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// A record left running by a gateway that stopped: the next gateway
+/// over the same store carries it on from its step when it has the same
+/// plan (`lead`), and aborts it (traffic back on stable) when its plan is
+/// not the record's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollout_left_running_by_a_stopped_gateway_is_aborted_by_the_next() {
+async fn a_rollout_left_running_by_a_stopped_gateway_is_carried_on_or_aborted_by_the_next() {
     let ok = Arc::new(AtomicBool::new(false));
     let (blue, green) = (
         version("blue", ok.clone()).await,
@@ -674,17 +678,63 @@ async fn a_rollout_left_running_by_a_stopped_gateway_is_aborted_by_the_next() {
     assert_eq!(record["state"], "paused", "{kept}");
     assert_eq!(record["canary_weight"], 50);
 
-    // As a gateway that crashed leaves it: the heartbeat long gone, and
-    // weights that another replica, say, still has at 50 %. (A copy: the
-    // first gateway still runs in this process, and keeps its file.)
+    // As a gateway that crashed leaves it: the heartbeat long gone. (A
+    // copy: the first gateway still runs in this process, and keeps its
+    // file.)
     let mut stale = kept.clone();
     stale["rollouts"]["api"]["beat"] = json!(1);
+    stale["rollouts"]["api"]["beat_ms"] = json!(1000);
+    let stale = stale.to_string();
+
+    // The same plan: carried on, paused where it was, at 50 %.
     let copy = dir.join("copy.json");
-    std::fs::write(&copy, stale.to_string()).unwrap();
+    std::fs::write(&copy, &stale).unwrap();
     let receiver = Receiver::default();
     let hook2 = receiver.serve().await;
     let extra = format!("[platform]\nstate_file = \"{}\"", copy.display());
-    let half = config(blue, green, hook2, &extra, steps)
+    let h = Harness::start(&config(blue, green, hook2, &extra, steps)).await;
+    let s = h.until("paused").await;
+    assert_eq!((h.weight("blue"), h.weight("green")), (50, 50));
+    assert_eq!(s["step"], 1, "{s}");
+    let lead = s["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "lead")
+        .unwrap_or_else(|| panic!("no lead in {s}"))
+        .clone();
+    assert!(
+        lead["detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("carries it on"),
+        "{lead}"
+    );
+    assert_eq!(
+        hear(&receiver, "lead").await.last().unwrap()["route"],
+        "api"
+    );
+    let (code, _) = h
+        .admin(
+            Method::POST,
+            "/rollouts/api/resume",
+            "root-key",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    h.until("promoted").await;
+    assert_eq!((h.weight("blue"), h.weight("green")), (0, 100));
+    drop(h);
+
+    // Another plan: it cannot carry it on, and aborts it.
+    let copy = dir.join("copy2.json");
+    std::fs::write(&copy, &stale).unwrap();
+    let receiver = Receiver::default();
+    let hook3 = receiver.serve().await;
+    let extra = format!("[platform]\nstate_file = \"{}\"", copy.display());
+    let other = r#"[{ set_weight = 20 }, "pause_until_resumed"]"#;
+    let half = config(blue, green, hook3, &extra, other)
         .replace("weight = 100", "weight = 50")
         .replace(
             "{ name = \"green\", upstream = \"green\", weight = 0 }",
@@ -694,7 +744,10 @@ async fn a_rollout_left_running_by_a_stopped_gateway_is_aborted_by_the_next() {
     assert_eq!((h.weight("blue"), h.weight("green")), (100, 0));
     let s = h.status().await;
     assert_eq!(s["state"], "aborted");
-    assert!(s["reason"].as_str().unwrap().contains("stopped"), "{s}");
+    assert!(
+        s["reason"].as_str().unwrap().contains("cannot carry on"),
+        "{s}"
+    );
     assert_eq!(
         hear(&receiver, "aborted").await.last().unwrap()["route"],
         "api"
@@ -764,6 +817,8 @@ fn rollout_settings_are_read_and_checked() {
     assert_eq!(p[0].0, "rollouts.webhooks[0].events", "{p:?}");
     let p = problems(&text.replace("authorization =", "\"bad header\" ="));
     assert_eq!(p[0].0, "rollouts.webhooks[0].headers", "{p:?}");
+    let p = problems(&text.replace("retries = 3", "retries = 3\n[rollouts]\nlease_ms = 5000"));
+    assert_eq!(p[0].0, "rollouts.lease_ms", "{p:?}");
     // Unknown fields are refused by the reader, with their line.
     let err = GatewayConfig::from_toml(
         &text.replace("stable = \"blue\"", "stable = \"blue\"\ncanry = \"x\""),
@@ -828,4 +883,81 @@ async fn replicas_sharing_redis_run_one_rollout_of_a_route_at_a_time() {
         .admin(Method::POST, "/rollouts/api", "root-key", json!({}))
         .await;
     assert_eq!(code, StatusCode::CONFLICT, "B's rollout runs now");
+}
+
+/// Two replicas over Redis: the one that started the rollout leads it;
+/// when it stops, the other takes the lead once the lease has run out and
+/// carries the rollout on from its step, to promotion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lead_moves_when_its_replica_stops() {
+    use crate::support::redis::RedisServer;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let ok = Arc::new(AtomicBool::new(false));
+    let (blue, green) = (
+        version("blue", ok.clone()).await,
+        version("green", ok).await,
+    );
+    let receiver = Receiver::default();
+    let hook = receiver.serve().await;
+    let extra = format!(
+        "[redis]\nurl = \"redis://127.0.0.1:{}/\"\n[platform]\nredis = true\n\
+         [rollouts]\nheartbeat_ms = 100\nlease_ms = 500",
+        redis.port
+    );
+    let steps = r#"[{ set_weight = 30 }, "pause_until_resumed"]"#;
+    let text = config(blue, green, hook, &extra, steps);
+    // The leader, a gateway of its own (not served: dropping it stops it).
+    let a = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
+    let handle = a.start_rollout("api", "root").unwrap();
+    let b = Harness::start(&text).await;
+    // B shows A's rollout, and does not run it.
+    let s = b.until("paused").await;
+    assert_eq!(s["canary_weight"], 30);
+    assert!(b.gateway.rollout("api").is_none());
+    let (code, _) = b
+        .admin(Method::POST, "/rollouts/api", "root-key", json!({}))
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT);
+
+    let stopped = std::time::Instant::now();
+    drop(handle);
+    drop(a);
+    let lead = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            let s = b.status().await;
+            // Its `lead`, then the step it carries on from again.
+            if s["history"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|e| e["kind"] == "lead"))
+                && s["state"] == "paused"
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("B never took the lead");
+    let took = stopped.elapsed();
+    eprintln!("the lead moved {took:?} after its replica stopped (lease 500 ms, heartbeat 100 ms)");
+    assert!(b.gateway.rollout("api").is_some());
+    assert_eq!(lead["state"], "paused", "{lead}");
+    assert_eq!((b.weight("blue"), b.weight("green")), (70, 30));
+    assert_eq!(
+        hear(&receiver, "lead").await.last().unwrap()["route"],
+        "api"
+    );
+    let (code, _) = b
+        .admin(
+            Method::POST,
+            "/rollouts/api/resume",
+            "root-key",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    b.until("promoted").await;
+    assert_eq!((b.weight("blue"), b.weight("green")), (0, 100));
 }

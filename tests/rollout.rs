@@ -450,6 +450,46 @@ async fn bad_canary_from(t0: f64, seed: u64) -> Duration {
     after
 }
 
+/// A rollout carried on from a step (as another replica takes over a
+/// stopped one's): the canary gets the recorded weight at once, the steps
+/// before are not walked again, and the step it starts at starts over.
+#[tokio::test(start_paused = true)]
+async fn a_rollout_started_from_a_step_carries_on_from_there() {
+    let (split, _blue, _green) = blue_green(2, false);
+    let handle = split.handle();
+    let plan = Plan::new([
+        Step::SetWeight(10),
+        Step::pause(secs(30.0)),
+        Step::SetWeight(50),
+        Step::pause(secs(30.0)),
+        Step::SetWeight(100),
+    ]);
+    assert!(matches!(
+        Rollout::new(plan.clone(), traffic(&handle))
+            .unwrap()
+            .from_step(6, 0),
+        Err(RolloutError::NoSuchStep { step: 6, steps: 5 })
+    ));
+    let rollout = Rollout::new(plan, traffic(&handle))
+        .unwrap()
+        .from_step(3, 50)
+        .unwrap()
+        .start();
+    tokio::task::yield_now().await;
+    assert_eq!(weights(&handle), (50, 50));
+    assert_eq!(rollout.status().step, 3);
+    assert_eq!(finish(&rollout).await, RolloutState::Promoted);
+    assert_eq!(
+        transitions(&rollout.status()),
+        vec![
+            (secs(0.0), 3, state(RolloutState::Running)),
+            (secs(0.0), 3, step(Step::pause(secs(30.0)))),
+            (secs(30.0), 4, step(Step::SetWeight(100))),
+            (secs(30.0), 5, state(RolloutState::Promoted)),
+        ]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn bad_canary_is_rolled_back_within_one_window_and_one_check() {
     // Failures beginning at every phase of a 10 s window ([10 s, 20 s)),

@@ -196,6 +196,14 @@ pub struct RolloutsConfig {
     /// Told of every rollout event, in order, each with its own queue and
     /// retries, so that a pipeline follows a rollout without polling.
     pub webhooks: Vec<WebhookConfig>,
+    /// How often the gateway leading a rollout renews its lease in the
+    /// state store, in milliseconds (10 000 by default).
+    pub heartbeat_ms: Option<u64>,
+    /// How long a lease holds without renewal, in milliseconds (30 000 by
+    /// default; more than `heartbeat_ms`): past it, the next gateway over
+    /// the same store to look (each looks every `heartbeat_ms`) takes the
+    /// lead and carries the rollout on from its recorded step.
+    pub lease_ms: Option<u64>,
 }
 
 /// A URL told of rollout events: each event is `POST`ed as JSON
@@ -211,7 +219,8 @@ pub struct WebhookConfig {
     /// `http://` (or, with feature `tls`, `https://`) URL.
     pub url: String,
     /// The events sent (`started`, `step`, `paused`, `resumed`, `skipped`,
-    /// `verdict`, `promoted`, `aborted`); all when empty.
+    /// `verdict`, `promoted`, `aborted`, `lead`: another gateway took the
+    /// lead); all when empty.
     pub events: Vec<String>,
     /// Headers sent with each delivery (an `authorization` for the
     /// receiver, say); their values are redacted by `GET /config`.

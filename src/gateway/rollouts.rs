@@ -9,14 +9,25 @@
 //! that sets the route's weights has the rollout's weight put back before
 //! the new configuration takes requests.
 //!
-//! **Restarts.** A rollout's record (state, step, weights, verdicts,
-//! history) is written to the state store on every event, and its
-//! heartbeat every 10 s while it runs. A gateway that stops while a
-//! rollout runs cannot finish it: the first gateway over the same store
-//! (this one restarted, or another replica) that finds the record still
-//! running with a heartbeat older than 30 s **aborts it**: traffic goes
-//! back to the stable version, the record says why, and the webhooks are
-//! told (`aborted`). Start it again through the admin API to resume.
+//! **One leader for the fleet.** A rollout's record (state, step,
+//! weights, verdicts, history, and the gateway leading it) is written to
+//! the state store on every event, and its lease renewed every
+//! `[rollouts] heartbeat_ms` (10 s) while it runs: one gateway runs it,
+//! the others over the same store show its record and follow its weights
+//! (with `[weight_sync]`). When the leader stops, the first gateway to
+//! find the lease older than `lease_ms` (30 s) **takes the lead**: it
+//! claims the record (a compare-and-swap, so one gateway wins) and
+//! carries the rollout on from the recorded step and weight (a pause or
+//! analysis under way starts over; a manual pause stays paused); the
+//! history and the webhooks say `lead`. A leader that finds the record
+//! taken (it was cut off for longer than the lease) hands over: it stops
+//! without touching the weights. A gateway that cannot run the plan as
+//! recorded (the route's plan or versions changed) **aborts** it instead:
+//! traffic goes back to the stable version, the record says why, and the
+//! webhooks are told (`aborted`).
+//!
+//! Still each leader's own: the analysis judges the traffic the leading
+//! replica sees (its own counters), not the fleet's.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -40,11 +51,32 @@ const SECTION: &str = "rollouts";
 /// Verdicts and history entries a record keeps.
 const KEEP: usize = 256;
 /// How often a running rollout's heartbeat is written, and stale records
-/// looked for.
+/// looked for, by default (`[rollouts] heartbeat_ms`).
 const BEAT: Duration = Duration::from_secs(10);
-/// A running record whose heartbeat is older than this (seconds) has no
-/// gateway running it.
-const STALE: u64 = 30;
+/// A running record whose heartbeat is older than this (milliseconds) by
+/// default has no gateway running it (`[rollouts] lease_ms`).
+const LEASE_MS: u64 = 30_000;
+
+/// How often `state`'s heartbeats are written.
+fn heartbeat(state: &State) -> Duration {
+    state
+        .config
+        .rollouts
+        .heartbeat_ms
+        .map_or(BEAT, Duration::from_millis)
+        .max(Duration::from_millis(1))
+}
+
+/// How long `state`'s leases hold, in milliseconds.
+fn lease_ms(state: &State) -> u64 {
+    state.config.rollouts.lease_ms.unwrap_or(LEASE_MS)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 /// Events waiting per webhook, at most.
 const QUEUE: usize = 1024;
 
@@ -100,6 +132,14 @@ pub(crate) struct Record {
     /// The heartbeat of the gateway running it (Unix seconds).
     #[serde(default)]
     pub(crate) beat: u64,
+    /// The same, in Unix milliseconds (0 in records written before it
+    /// was kept).
+    #[serde(default)]
+    pub(crate) beat_ms: u64,
+    /// Set when this gateway takes the lead: its first event is `lead`,
+    /// after how long the leader was silent (ms).
+    #[serde(skip)]
+    pub(crate) lead_from: Option<u64>,
     /// Events so far.
     #[serde(default)]
     pub(crate) seq: u64,
@@ -125,6 +165,8 @@ impl Record {
             started_by: None,
             started_at: None,
             beat: 0,
+            beat_ms: 0,
+            lead_from: None,
             seq: 0,
             owner: 0,
         }
@@ -134,13 +176,46 @@ impl Record {
         matches!(self.state.as_str(), "running" | "paused")
     }
 
+    /// When its leader last renewed the lease (Unix milliseconds).
+    fn beat_at(&self) -> u64 {
+        if self.beat_ms > 0 {
+            self.beat_ms
+        } else {
+            self.beat.saturating_mul(1000)
+        }
+    }
+
+    /// Whether its leader's lease has run out.
+    fn lapsed(&self, lease_ms: u64) -> bool {
+        now_ms().saturating_sub(self.beat_at()) > lease_ms
+    }
+
+    /// Renews the lease.
+    fn renew(&mut self) {
+        self.beat = now();
+        self.beat_ms = now_ms();
+    }
+
     /// Records one event; its webhook event's name and detail.
     fn record(&mut self, event: &RolloutEvent) -> (&'static str, Value) {
         self.seq += 1;
         self.step = event.step;
         let (name, detail) = match &event.kind {
             EventKind::State(state) => {
+                let lead = match state {
+                    RolloutState::Running => self.lead_from.take(),
+                    _ => None,
+                };
                 let (name, s, reason) = match state {
+                    RolloutState::Running if lead.is_some() => (
+                        "lead",
+                        "running",
+                        Some(format!(
+                            "the gateway leading it stopped (no heartbeat for {} ms); this one carries it on from step {}",
+                            lead.unwrap_or(0),
+                            event.step
+                        )),
+                    ),
                     RolloutState::Running if self.seq == 1 => ("started", "running", None),
                     RolloutState::Running => ("resumed", "running", None),
                     RolloutState::Paused { reason } => (
@@ -202,7 +277,7 @@ impl Record {
             "kind": name,
             "detail": detail,
         }));
-        self.beat = now();
+        self.renew();
         (name, detail)
     }
 
@@ -229,6 +304,7 @@ impl Record {
         let mut v = json!(self);
         if let Some(o) = v.as_object_mut() {
             o.remove("beat");
+            o.remove("beat_ms");
             o.remove("owner");
         }
         v
@@ -310,7 +386,7 @@ impl Rollouts {
         let mut routes = Vec::new();
         for (route, e) in entries.iter_mut() {
             if e.handle.is_some() && e.record.live() {
-                e.record.beat = now();
+                e.record.renew();
                 routes.push(route.clone());
             }
         }
@@ -457,9 +533,7 @@ impl super::Gateway {
                 // Another gateway's, running with a fresh heartbeat (one of
                 // ours that says running has ended here: its last write is
                 // on its way).
-                if record.live()
-                    && record.owner != rollouts.id
-                    && now().saturating_sub(record.beat) <= STALE
+                if record.live() && record.owner != rollouts.id && !record.lapsed(lease_ms(&state))
                 {
                     return Err(RolloutStartError::Running(route.to_owned()));
                 }
@@ -469,7 +543,7 @@ impl super::Gateway {
             record.state = "running".to_owned();
             record.started_by = Some(by.to_owned());
             record.started_at = Some(now());
-            record.beat = now();
+            record.renew();
             record.owner = rollouts.id;
             // In place before the rollout's first event.
             entries.insert(
@@ -487,7 +561,7 @@ impl super::Gateway {
         // answers finds its record (its later writes are in the
         // background).
         if let Some((_, store)) = &state.platform.store
-            && let Err(e) = claim(store.as_ref(), rollouts, route)
+            && let Err(e) = claim(store.as_ref(), rollouts, route, lease_ms(&state))
         {
             rollouts.entries().remove(route);
             return Err(e);
@@ -544,7 +618,8 @@ impl super::Gateway {
         *dirty = Some(tx);
         let weak = Arc::downgrade(&self.inner);
         runtime.spawn(async move {
-            let mut beat = tokio::time::interval(BEAT);
+            // The first beat at once (as an interval's first tick was).
+            let mut next = tokio::time::Instant::now();
             loop {
                 let mut routes = Vec::new();
                 tokio::select! {
@@ -552,8 +627,10 @@ impl super::Gateway {
                         Some(r) => routes.push(r),
                         None => return,
                     },
-                    _ = beat.tick() => {
+                    () = tokio::time::sleep_until(next) => {
                         let Some(inner) = weak.upgrade() else { return };
+                        // Read at each beat: a reload may change it.
+                        next = tokio::time::Instant::now() + heartbeat(&inner.state.load());
                         routes = inner.rollouts.beat();
                         let _ = tokio::task::spawn_blocking(move || sweep(&inner)).await;
                     }
@@ -583,6 +660,10 @@ fn on_event(inner: &Arc<Inner>, route: &str, event: &RolloutEvent) {
         let Some(entry) = entries.get_mut(route) else {
             return;
         };
+        if entry.record.owner != inner.rollouts.id {
+            // Handed over: another gateway tells its events.
+            return;
+        }
         let (name, detail) = entry.record.record(event);
         let body = entry.record.hook_body(name, &detail);
         if name != "verdict" {
@@ -722,6 +803,7 @@ fn claim(
     store: &dyn StateStore,
     rollouts: &Rollouts,
     route: &str,
+    lease_ms: u64,
 ) -> Result<(), RolloutStartError> {
     for _ in 0..3 {
         let (text, seen) = {
@@ -746,7 +828,7 @@ fn claim(
                 if let Some((record, _)) = &current
                     && record.live()
                     && record.owner != rollouts.id
-                    && now().saturating_sub(record.beat) <= STALE
+                    && !record.lapsed(lease_ms)
                 {
                     return Err(RolloutStartError::Running(route.to_owned()));
                 }
@@ -775,31 +857,69 @@ fn write(inner: &Arc<Inner>, route: &str) {
         (serde_json::to_string(&e.record), e.seen.clone())
     };
     let Ok(text) = text else { return };
-    match put(store.as_ref(), route, seen.as_deref(), &text) {
-        Ok(()) => {
+    match put(
+        store.as_ref(),
+        route,
+        seen.as_deref(),
+        &text,
+        inner.rollouts.id,
+    ) {
+        Ok(Put::Written) => {
             if let Some(e) = inner.rollouts.entries().get_mut(route) {
                 e.seen = Some(text);
             }
+        }
+        Ok(Put::Taken(record, current)) => {
+            // Cut off for longer than the lease: another gateway leads it
+            // now. Stop here without touching the weights, and show its
+            // record; the events of the rollout stopping are not ours to
+            // tell.
+            let mut entries = inner.rollouts.entries();
+            if let Some(e) = entries.get_mut(route) {
+                if let Some(handle) = e.handle.take() {
+                    handle.hand_over("another gateway leads it now");
+                }
+                e.record = *record;
+                e.seen = Some(current);
+            }
+            tracing::warn!(route, "rollout: another gateway took its lead; handed over");
         }
         Err(e) => tracing::warn!(route, error = %e, "rollout: record not kept"),
     }
 }
 
+/// What [`put`] did.
+enum Put {
+    Written,
+    /// Another gateway leads the rollout now: its record, and its text.
+    Taken(Box<Record>, String),
+}
+
 /// Replaces the record, ours while it runs here: another writer's change
-/// in between (a stale sweep elsewhere) is overwritten.
+/// in between is overwritten, unless it is another gateway (`owner` is
+/// this one) taking the lead of a live rollout.
 fn put(
     store: &dyn StateStore,
     route: &str,
     seen: Option<&str>,
     text: &str,
-) -> Result<(), StateError> {
+    owner: u64,
+) -> Result<Put, StateError> {
     if store.swap(SECTION, route, seen, text)? {
-        return Ok(());
+        return Ok(Put::Written);
     }
     let current = store.load(SECTION, route)?;
+    if let Some(current) = &current
+        && let Ok(record) = serde_json::from_str::<Record>(current)
+        && record.live()
+        && record.owner != owner
+        && record.owner != 0
+    {
+        return Ok(Put::Taken(Box::new(record), current.clone()));
+    }
     store
         .swap(SECTION, route, current.as_deref(), text)
-        .map(drop)
+        .map(|_| Put::Written)
 }
 
 /// Reads the records of every route with a plan that no rollout here
@@ -830,7 +950,7 @@ pub(crate) fn sweep(inner: &Arc<Inner>) {
             // One of ours, ended here: what this gateway holds is newer.
             continue;
         }
-        if !record.live() || now().saturating_sub(record.beat) <= STALE {
+        if !record.live() || !record.lapsed(lease_ms(&state)) {
             inner.rollouts.entries().insert(
                 route.to_owned(),
                 Entry {
@@ -841,7 +961,11 @@ pub(crate) fn sweep(inner: &Arc<Inner>) {
             );
             continue;
         }
-        // Nobody runs it: traffic back to stable, then the record.
+        // Nobody runs it: this gateway carries it on if it can.
+        if take_over(inner, &state, store.as_ref(), route, &record, &text) {
+            continue;
+        }
+        // It cannot: traffic back to stable, then the record.
         let back = resolve(
             &state,
             route,
@@ -852,8 +976,8 @@ pub(crate) fn sweep(inner: &Arc<Inner>) {
         .map_err(|e| e.to_string())
         .and_then(|t| t.set_canary(0));
         let reason = format!(
-            "the gateway running it stopped (no heartbeat for {} s); {}",
-            now().saturating_sub(record.beat),
+            "the gateway running it stopped (no heartbeat for {} s), and this one cannot carry on its plan; {}",
+            now_ms().saturating_sub(record.beat_at()) / 1000,
             match &back {
                 Ok(()) => format!("traffic is back on `{}`", record.stable),
                 Err(e) => format!("traffic could not be moved back: {e}"),
@@ -892,6 +1016,102 @@ pub(crate) fn sweep(inner: &Arc<Inner>) {
             Err(e) => tracing::warn!(route, error = %e, "rollout: stale record not aborted"),
         }
     }
+}
+
+/// Takes the lead of `route`'s rollout, whose leader's lease ran out
+/// (`record`, read as `text`): claims the record, then carries the plan
+/// on from the recorded step and weight. `false` when this gateway cannot
+/// run that plan (the route's plan or versions are not the record's, or
+/// no runtime), for the caller to abort it; `true` when it leads it now,
+/// or another gateway claimed it first, or the store could not be asked.
+fn take_over(
+    inner: &Arc<Inner>,
+    state: &Arc<State>,
+    store: &dyn StateStore,
+    route: &str,
+    record: &Record,
+    text: &str,
+) -> bool {
+    let Some(rc) = state
+        .config
+        .routes
+        .iter()
+        .find(|r| r.name == route)
+        .and_then(|r| r.rollout.as_ref())
+    else {
+        return false;
+    };
+    if rc.plan.steps != record.steps
+        || rc.stable != record.stable
+        || rc.canary != record.canary
+        || rc.alias != record.alias
+    {
+        return false;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    let traffic = RouteTraffic {
+        gateway: Arc::downgrade(inner),
+        route: route.to_owned(),
+        stable: rc.stable.clone(),
+        canary: rc.canary.clone(),
+        alias: rc.alias.clone(),
+    };
+    let Ok(rollout) = Rollout::new(rc.plan.clone(), traffic)
+        .and_then(|r| r.from_step(record.step, record.canary_weight))
+    else {
+        return false;
+    };
+    let silent = now_ms().saturating_sub(record.beat_at());
+    let mut next = record.clone();
+    next.owner = inner.rollouts.id;
+    next.renew();
+    let Ok(new_text) = serde_json::to_string(&next) else {
+        return false;
+    };
+    match store.swap(SECTION, route, Some(text), &new_text) {
+        Ok(true) => {}
+        // Another gateway took it first.
+        Ok(false) => return true,
+        Err(e) => {
+            tracing::warn!(route, error = %e, "rollout: its lead not taken (the store did not answer)");
+            return true;
+        }
+    }
+    let manual_pause = record.state == "paused" && record.reason.as_deref() == Some("manual");
+    next.lead_from = Some(silent);
+    inner.rollouts.entries().insert(
+        route.to_owned(),
+        Entry {
+            record: next,
+            handle: None,
+            seen: Some(new_text),
+        },
+    );
+    let weak = Arc::downgrade(inner);
+    let name = route.to_owned();
+    let _entered = runtime.enter();
+    let handle = rollout
+        .on_event(move |event| {
+            if let Some(inner) = weak.upgrade() {
+                on_event(&inner, &name, event);
+            }
+        })
+        .start();
+    if manual_pause {
+        handle.pause();
+    }
+    if let Some(e) = inner.rollouts.entries().get_mut(route) {
+        e.handle = Some(handle);
+    }
+    tracing::warn!(
+        route,
+        step = record.step,
+        silent_ms = silent,
+        "rollout: the gateway leading it stopped; this one leads it now"
+    );
+    true
 }
 
 /// Checks every route's `rollout` against the route as built.
@@ -933,6 +1153,17 @@ pub(crate) fn check(
             problems.push(at, e);
         }
     }
+    let beat = config.rollouts.heartbeat_ms.unwrap_or(10_000);
+    if beat == 0 {
+        problems.push("rollouts.heartbeat_ms", "must be above zero");
+    } else if config.rollouts.lease_ms.unwrap_or(LEASE_MS) <= beat {
+        problems.push(
+            "rollouts.lease_ms",
+            format!(
+                "must be more than `heartbeat_ms` ({beat}), or every leader would lose its lease"
+            ),
+        );
+    }
     for (i, hook) in config.rollouts.webhooks.iter().enumerate() {
         let at = format!("rollouts.webhooks[{i}]");
         if split_url(&hook.url).is_none() {
@@ -958,6 +1189,6 @@ pub(crate) fn check(
 }
 
 /// The events a webhook may ask for.
-const EVENTS: [&str; 8] = [
-    "started", "step", "paused", "resumed", "skipped", "verdict", "promoted", "aborted",
+const EVENTS: [&str; 9] = [
+    "started", "step", "paused", "resumed", "skipped", "verdict", "promoted", "aborted", "lead",
 ];

@@ -45,6 +45,8 @@ pub struct Rollout {
     plan: Plan,
     traffic: Arc<dyn Traffic>,
     hook: Option<Hook>,
+    /// Where it starts: the step, and the canary's weight then.
+    from: (usize, u32),
 }
 
 impl std::fmt::Debug for Rollout {
@@ -63,7 +65,34 @@ impl Rollout {
             plan,
             traffic: Arc::new(traffic),
             hook: None,
+            from: (0, 0),
         })
+    }
+
+    /// Starts at `step` with the canary at `canary_weight`, rather than at
+    /// the first step: to carry on a rollout that ran elsewhere (another
+    /// replica that stopped) from where its record says it was. The
+    /// canary is given that weight at once; a pause or analysis at `step`
+    /// starts over (its time and windows count from now, on what this
+    /// replica sees). `step` equal to the number of steps promotes at once.
+    ///
+    /// # Errors
+    ///
+    /// A step past the plan's end, or a weight above 100.
+    pub fn from_step(mut self, step: usize, canary_weight: u32) -> Result<Self, RolloutError> {
+        if step > self.plan.steps.len() {
+            return Err(RolloutError::NoSuchStep {
+                step,
+                steps: self.plan.steps.len(),
+            });
+        }
+        if canary_weight > 100 {
+            return Err(RolloutError::InvalidPlan(format!(
+                "a canary weight is a percentage, 0 to 100 (got {canary_weight})"
+            )));
+        }
+        self.from = (step, canary_weight);
+        Ok(self)
     }
 
     /// Calls `hook` on every event (state changes, steps, verdicts), in
@@ -86,8 +115,8 @@ impl Rollout {
             steps: self.plan.steps.len(),
             status: Mutex::new(RolloutStatus {
                 state: RolloutState::Running,
-                step: 0,
-                canary_weight: 0,
+                step: self.from.0,
+                canary_weight: self.from.1,
                 verdicts: VecDeque::new(),
                 history: VecDeque::new(),
             }),
@@ -102,6 +131,8 @@ impl Rollout {
             commands: rx,
             started: Instant::now(),
             done: done_tx,
+            from: self.from,
+            handed_over: false,
         };
         tokio::spawn(runner.run());
         RolloutHandle { shared }
@@ -269,6 +300,7 @@ enum Command {
     Resume,
     Abort(String),
     Skip(usize),
+    HandOver(String),
 }
 
 /// Controls and inspects a running rollout. Cheap to clone.
@@ -309,6 +341,15 @@ impl RolloutHandle {
     /// Aborts: traffic goes back to the stable version.
     pub fn abort(&self, reason: impl Into<String>) {
         let _ = self.shared.commands.send(Command::Abort(reason.into()));
+    }
+
+    /// Stops here without touching the traffic, because another runner
+    /// carries the rollout on (a replica that took the lead, with
+    /// [`Rollout::from_step`]): the state becomes aborted with `reason`,
+    /// and the weights stay as they are. Takes effect at the rollout's
+    /// next wait (a pause, an analysis window).
+    pub fn hand_over(&self, reason: impl Into<String>) {
+        let _ = self.shared.commands.send(Command::HandOver(reason.into()));
     }
 
     /// Jumps to step `step` (an index into the plan's steps; the number of
@@ -358,6 +399,9 @@ struct Runner {
     commands: mpsc::UnboundedReceiver<Command>,
     started: Instant,
     done: watch::Sender<Option<RolloutState>>,
+    from: (usize, u32),
+    /// Stopped for another runner: the traffic is left as it is.
+    handed_over: bool,
 }
 
 /// The analysis window under way.
@@ -425,7 +469,9 @@ impl Runner {
                 }
             },
             Err(reason) => {
-                self.roll_back().await;
+                if !self.handed_over {
+                    self.roll_back().await;
+                }
                 RolloutState::Aborted { reason }
             }
         };
@@ -451,7 +497,13 @@ impl Runner {
 
     /// Walks the steps; `Err` with the reason to abort.
     async fn walk(&mut self) -> Result<(), String> {
-        self.emit(0, EventKind::State(RolloutState::Running));
+        let (first, weight) = self.from;
+        self.emit(first, EventKind::State(RolloutState::Running));
+        if first > 0 || weight > 0 {
+            self.traffic
+                .set_canary(weight)
+                .map_err(|e| format!("setting weights failed: {e}"))?;
+        }
         let analysis = self.plan.analysis.clone();
         let origin = Instant::now();
         let mut ticker =
@@ -463,11 +515,11 @@ impl Runner {
             fails: 0,
             passes: 0,
         };
-        let mut canary = 0u32;
+        let mut canary = weight;
         let mut paused: Option<PauseReason> = None;
 
         let steps = self.plan.steps.clone();
-        let mut i = 0;
+        let mut i = first;
         'steps: while i < steps.len() {
             let step = &steps[i];
             self.emit(i, EventKind::Step(step.clone()));
@@ -523,6 +575,10 @@ impl Runner {
                     Wake::Command(None) => {} // every handle dropped: carry on
                     Wake::Command(Some(Command::Abort(reason))) => {
                         return Err(format!("aborted: {reason}"));
+                    }
+                    Wake::Command(Some(Command::HandOver(reason))) => {
+                        self.handed_over = true;
+                        return Err(format!("handed over: {reason}"));
                     }
                     Wake::Command(Some(Command::Pause)) => {
                         if paused.is_none() {
