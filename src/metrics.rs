@@ -21,7 +21,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Upper bounds of the buckets, in microseconds (the last bucket, beyond
 /// them, is unbounded).
@@ -73,7 +73,8 @@ impl LatencyHistogram {
 
 /// A reading of a [`LatencyHistogram`]. Readings only grow; subtract two
 /// with [`HistogramSnapshot::since`] for a window.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct HistogramSnapshot {
     /// Observations per bucket (not cumulative); the bucket `i` holds
@@ -86,6 +87,19 @@ pub struct HistogramSnapshot {
 }
 
 impl HistogramSnapshot {
+    /// Adds `other`'s observations to these (two replicas' readings, say),
+    /// bucket by bucket.
+    pub fn merge(&mut self, other: &HistogramSnapshot) {
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine = mine.saturating_add(*theirs);
+        }
+        self.count = self.count.saturating_add(other.count);
+        self.sum_micros = self.sum_micros.saturating_add(other.sum_micros);
+    }
+
     /// The observations made after `earlier` was read.
     pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
         let buckets: Vec<u64> = self

@@ -30,6 +30,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use switchyard::gateway::{Gateway, GatewayConfig, admin};
+use switchyard::rollout::RolloutState;
 
 use crate::support::net::{FullClient, exchange, serve};
 
@@ -960,4 +961,89 @@ async fn the_lead_moves_when_its_replica_stops() {
     assert_eq!(code, StatusCode::OK);
     b.until("promoted").await;
     assert_eq!((b.weight("blue"), b.weight("green")), (0, 100));
+}
+
+/// The gateway leading a rollout judges the fleet's traffic: here it
+/// serves none itself, and the canary fails only on the other replica's
+/// requests; with the replicas' counters shared (`samples_ms`), the
+/// leader rolls it back. With them kept apart it sees nothing to judge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_judges_the_whole_fleets_traffic() {
+    use crate::support::redis::RedisServer;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (ok, failing) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(true)),
+    );
+    let (blue, green) = (version("blue", ok).await, version("green", failing).await);
+    let receiver = Receiver::default();
+    let hook = receiver.serve().await;
+    let steps = r#"[{ set_weight = 50 }, { analyze = { windows = 3 } }, { set_weight = 100 }]"#;
+    let config = |samples_ms: u64, prefix: &str| {
+        let extra = format!(
+            "[redis]\nurl = \"redis://127.0.0.1:{}/\"\n[platform]\nredis = true\nredis_prefix = \"{prefix}\"\n\
+             [weight_sync]\ncheck_interval_ms = 10\nprefix = \"{prefix}w:\"\n\
+             [rollouts]\nsamples_ms = {samples_ms}",
+            redis.port
+        );
+        config(blue, green, hook, &extra, steps)
+    };
+
+    // Kept apart: the leader sees no traffic, and judges nothing.
+    let text = config(0, "apart:");
+    let a = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
+    let b = Harness::start(&text).await;
+    let handle = a.start_rollout("api", "root").unwrap();
+    tokio::time::timeout(HANG_GUARD, async {
+        while b.weight("green") != 50 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("b never followed the canary's weight");
+    // B's canary answers 500 to half its load all the while.
+    let _ = b.share("green", 200).await;
+    assert!(!handle.state().is_final(), "{:?}", handle.state());
+    assert_eq!(
+        handle
+            .status()
+            .verdicts
+            .iter()
+            .filter(|v| v.canary.answered > 0)
+            .count(),
+        0
+    );
+    handle.abort("the next part");
+    drop((a, b));
+
+    // Shared: the leader rolls the canary back on B's failures.
+    let text = config(100, "shared:");
+    let a = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
+    let b = Harness::start(&text).await;
+    let handle = a.start_rollout("api", "root").unwrap();
+    let end = tokio::time::timeout(HANG_GUARD, handle.finished())
+        .await
+        .expect("the leader never judged the canary");
+    let RolloutState::Aborted { reason } = end else {
+        panic!("{end:?}");
+    };
+    assert!(reason.contains("error rate"), "{reason}");
+    let failing = handle
+        .status()
+        .verdicts
+        .iter()
+        .find(|v| v.canary.failed > 0)
+        .cloned()
+        .expect("a verdict saw the canary fail");
+    assert!(failing.canary.answered >= 5, "{failing:?}");
+    // And the weights went back on B too.
+    tokio::time::timeout(HANG_GUARD, async {
+        while b.weight("green") != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("b never went back to blue");
 }

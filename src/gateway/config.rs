@@ -204,6 +204,13 @@ pub struct RolloutsConfig {
     /// the same store to look (each looks every `heartbeat_ms`) takes the
     /// lead and carries the rollout on from its recorded step.
     pub lease_ms: Option<u64>,
+    /// With `[redis]`: how often each gateway shares its counters of the
+    /// versions of every route with a rollout plan, in milliseconds (500
+    /// by default; 0 keeps them its own). The gateway leading a rollout
+    /// judges the sum of every replica's counters, so a canary is judged
+    /// on all of its traffic, whichever replica served it (each replica's
+    /// share lags by up to this period).
+    pub samples_ms: Option<u64>,
 }
 
 /// A URL told of rollout events: each event is `POST`ed as JSON

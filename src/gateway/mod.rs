@@ -245,6 +245,10 @@ impl Gateway {
         #[cfg(feature = "redis")]
         gateway.run_sync();
         #[cfg(feature = "redis")]
+        if gateway.inner.state.load().redis.is_some() {
+            gateway.run_fleet_samples();
+        }
+        #[cfg(feature = "redis")]
         gateway.run_platform_refresh();
         Ok(gateway)
     }

@@ -26,8 +26,11 @@
 //! traffic goes back to the stable version, the record says why, and the
 //! webhooks are told (`aborted`).
 //!
-//! Still each leader's own: the analysis judges the traffic the leading
-//! replica sees (its own counters), not the fleet's.
+//! **The fleet's traffic.** With `[redis]`, every gateway shares its
+//! counters of the versions of each route with a plan every `[rollouts]
+//! samples_ms` (500 ms), and the leader's analysis judges their sum: a
+//! canary is judged on all of its traffic, whichever replica served it
+//! (the other replicas' part lags by up to that period).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -328,6 +331,10 @@ pub(crate) struct Rollouts {
     hooks: Mutex<HashMap<String, tokio::sync::mpsc::Sender<Value>>>,
     /// Routes whose record is to be written.
     dirty: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
+    /// The other replicas' counters of each route's versions (their sum,
+    /// read from Redis), added to this replica's own when a rollout led
+    /// here samples its route.
+    fleet: Mutex<HashMap<String, Sample>>,
 }
 
 impl Default for Rollouts {
@@ -338,6 +345,7 @@ impl Default for Rollouts {
             entries: Mutex::default(),
             hooks: Mutex::default(),
             dirty: Mutex::default(),
+            fleet: Mutex::default(),
         }
     }
 }
@@ -490,7 +498,18 @@ impl Traffic for RouteTraffic {
     }
 
     fn sample(&self) -> Sample {
-        self.now().map(|t| t.sample()).unwrap_or_default()
+        let mut sample = self.now().map(|t| t.sample()).unwrap_or_default();
+        if let Some(inner) = self.gateway.upgrade()
+            && let Some(others) = inner
+                .rollouts
+                .fleet
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&self.route)
+        {
+            sample.add(others);
+        }
+        sample
     }
 }
 
@@ -649,6 +668,141 @@ impl super::Gateway {
                 .await;
             }
         });
+    }
+}
+
+/// What a replica shares of a route's versions: when, which versions, and
+/// its counters of them (since it was built).
+#[cfg(feature = "redis")]
+#[derive(Serialize, Deserialize)]
+struct Shared {
+    at: u64,
+    stable: String,
+    canary: String,
+    sample: Sample,
+}
+
+/// A share older than this is no longer counted (a replica gone an hour).
+#[cfg(feature = "redis")]
+const SHARED_FOR_MS: u64 = 3_600_000;
+
+impl super::Gateway {
+    /// Shares this replica's counters of the versions of every route with
+    /// a rollout plan through Redis every `[rollouts] samples_ms`, and
+    /// reads the other replicas' (their sum), for the rollouts led here to
+    /// judge the whole fleet's traffic. A replica that stops keeps counting
+    /// with its last counters (so that the sum never goes back) for an
+    /// hour. Runs until the gateway is dropped; started when a gateway is
+    /// built with `[redis]`.
+    #[cfg(feature = "redis")]
+    pub(crate) fn run_fleet_samples(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            loop {
+                let every = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let state = inner.state.load_full();
+                    let every = state.config.rollouts.samples_ms.unwrap_or(500);
+                    if every > 0
+                        && let Some(redis) = &state.redis
+                    {
+                        share_samples(&inner, &state, redis.connection()).await;
+                    }
+                    every
+                };
+                let pause = if every == 0 { 1000 } else { every };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        });
+    }
+}
+
+/// One round of [`run_fleet_samples`](super::Gateway::run_fleet_samples).
+#[cfg(feature = "redis")]
+async fn share_samples(
+    inner: &Arc<Inner>,
+    state: &State,
+    mut redis: crate::redis_conn::RedisConnection,
+) {
+    let prefix = state
+        .config
+        .platform
+        .redis_prefix
+        .as_deref()
+        .unwrap_or(crate::state::redis::DEFAULT_PREFIX);
+    let me = format!("{:016x}", inner.rollouts.id);
+    let bound = Duration::from_secs(1);
+    for rc in &state.config.routes {
+        let Some(plan) = &rc.rollout else { continue };
+        let Ok(traffic) = resolve(
+            state,
+            &rc.name,
+            &plan.stable,
+            &plan.canary,
+            plan.alias.as_deref(),
+        ) else {
+            continue;
+        };
+        let key = format!("{prefix}samples:{}", rc.name);
+        let mine = Shared {
+            at: now_ms(),
+            stable: plan.stable.clone(),
+            canary: plan.canary.clone(),
+            sample: traffic.sample(),
+        };
+        let Ok(text) = serde_json::to_string(&mine) else {
+            continue;
+        };
+        let round = async {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(&me)
+                .arg(&text)
+                .query_async::<()>(&mut redis)
+                .await?;
+            redis::cmd("PEXPIRE")
+                .arg(&key)
+                .arg(SHARED_FOR_MS)
+                .query_async::<()>(&mut redis)
+                .await?;
+            redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async::<HashMap<String, String>>(&mut redis)
+                .await
+        };
+        let all = match tokio::time::timeout(bound, round).await {
+            Ok(Ok(all)) => all,
+            Ok(Err(e)) => {
+                tracing::debug!(route = %rc.name, error = %e, "rollout: counters not shared");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let now = now_ms();
+        let mut others = Sample::default();
+        for (replica, text) in all {
+            if replica == me {
+                continue;
+            }
+            let Ok(theirs) = serde_json::from_str::<Shared>(&text) else {
+                continue;
+            };
+            if theirs.stable == plan.stable
+                && theirs.canary == plan.canary
+                && now.saturating_sub(theirs.at) <= SHARED_FOR_MS
+            {
+                others.add(&theirs.sample);
+            }
+        }
+        inner
+            .rollouts
+            .fleet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rc.name.clone(), others);
     }
 }
 

@@ -1,7 +1,7 @@
 //! What a rollout drives: a split's two targets, or two versions of a
 //! model alias.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::RolloutError;
 use crate::metrics::HistogramSnapshot;
@@ -21,7 +21,8 @@ pub trait Traffic: Send + Sync + 'static {
 }
 
 /// Counters of both versions at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct Sample {
     /// The stable version.
@@ -30,8 +31,18 @@ pub struct Sample {
     pub canary: TargetSample,
 }
 
+impl Sample {
+    /// Adds `other`'s counters to these, version by version: the readings
+    /// of several replicas as one fleet's.
+    pub fn add(&mut self, other: &Sample) {
+        self.stable.add(&other.stable);
+        self.canary.add(&other.canary);
+    }
+}
+
 /// One version's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct TargetSample {
     /// Requests answered (a response or an error).
@@ -73,6 +84,17 @@ impl TargetSample {
         self.cost_micros = micros;
         self.priced = priced;
         self
+    }
+
+    /// Adds `other`'s counters to these (two replicas' readings of one
+    /// version, say).
+    pub fn add(&mut self, other: &TargetSample) {
+        self.answered = self.answered.saturating_add(other.answered);
+        self.failed = self.failed.saturating_add(other.failed);
+        self.latency.merge(&other.latency);
+        self.tokens = self.tokens.saturating_add(other.tokens);
+        self.cost_micros = self.cost_micros.saturating_add(other.cost_micros);
+        self.priced = self.priced.saturating_add(other.priced);
     }
 
     pub(crate) fn since(&self, earlier: &TargetSample) -> TargetSample {
