@@ -860,11 +860,24 @@ async fn replicas_sharing_redis_run_one_rollout_of_a_route_at_a_time() {
         .admin(Method::POST, "/rollouts/api", "root-key", json!({}))
         .await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
-    // Once it has ended there, it may.
-    let (code, _) = a
-        .admin(Method::POST, "/rollouts/api/abort", "root-key", Value::Null)
+    // A command given to B is left in the record for A, which carries it
+    // out when the store announces the change.
+    let (code, body) = b
+        .admin(
+            Method::POST,
+            "/rollouts/api/abort",
+            "root-key",
+            json!({ "reason": "asked on B" }),
+        )
         .await;
-    assert_eq!(code, StatusCode::OK);
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["forwarded"], true);
+    let s = a.until("aborted").await;
+    assert!(
+        s["reason"].as_str().unwrap().contains("asked on B (root)"),
+        "{s}"
+    );
+    // Once it has ended there, B may start one.
     tokio::time::timeout(HANG_GUARD, async {
         loop {
             let (code, _) = b

@@ -205,11 +205,17 @@ async fn act(
             format!("no rollout action `{action}` (pause, resume, abort, skip)"),
         );
     }
+    let admin = who(&identity);
     let Some(handle) = gw.rollout(&route) else {
+        let shared = gw.inner.state.load().platform.store.is_some();
         return match status(&gw, &route) {
+            // Perhaps led by another gateway over the same store (read
+            // there, not in this gateway's view): the command is left in
+            // the record for it.
+            Some(_) if shared => forward(&gw, &route, &action, body, &admin).await,
             Some(_) => problem(
                 StatusCode::CONFLICT,
-                format!("no rollout of route `{route}` is running here"),
+                format!("no rollout of route `{route}` is running"),
             ),
             None => problem(
                 StatusCode::NOT_FOUND,
@@ -217,7 +223,6 @@ async fn act(
             ),
         };
     };
-    let admin = who(&identity);
     let before = status(&gw, &route).map_or(0, |s| s["seq"].as_u64().unwrap_or(0));
     match action.as_str() {
         "pause" => handle.pause(),
@@ -265,4 +270,42 @@ async fn act(
         now = status(&gw, &route).unwrap_or_default();
     }
     Json(now).into_response()
+}
+
+/// A command for the rollout another gateway leads: left in its record
+/// (202 with the record), which the leader reads when the store announces
+/// the change, or at its next heartbeat.
+async fn forward(gw: &Gateway, route: &str, action: &str, body: ActBody, admin: &str) -> Response {
+    if action == "skip" && body.step.is_none() {
+        return problem(StatusCode::BAD_REQUEST, "skip needs {\"step\": N}");
+    }
+    let state = gw.inner.state.load_full();
+    let command = json!({
+        "op": action,
+        "reason": body.reason,
+        "step": body.step,
+        "by": admin,
+    });
+    let route_owned = route.to_owned();
+    let done = tokio::task::spawn_blocking(move || {
+        super::rollouts::forward(&state, &route_owned, command)
+    })
+    .await;
+    match done {
+        Ok(Ok(mut record)) => {
+            tracing::info!(
+                admin,
+                route,
+                action,
+                "rollout command left for the gateway leading it"
+            );
+            record["forwarded"] = json!(true);
+            (StatusCode::ACCEPTED, Json(record)).into_response()
+        }
+        Ok(Err(why)) => problem(StatusCode::CONFLICT, why),
+        Err(_) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the command was not left",
+        ),
+    }
 }

@@ -301,9 +301,22 @@ impl Gateway {
                         tokio::select! {
                             () = sleep => {}
                             msg = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)) => {
-                                if msg.is_none() {
+                                match msg {
                                     // Lost: subscribe again next time round.
-                                    announced = None;
+                                    None => announced = None,
+                                    // A rollout's record changed: commands
+                                    // for the rollouts led here may wait,
+                                    // and the others' records are read.
+                                    Some(m) if m.get_payload_bytes() == b"rollouts" => {
+                                        if let Some(inner) = weak.upgrade() {
+                                            inner.rollouts.look_for_commands();
+                                            let _ = tokio::task::spawn_blocking(move || {
+                                                rollouts::sweep(&inner);
+                                            })
+                                            .await;
+                                        }
+                                    }
+                                    Some(_) => {}
                                 }
                             }
                         }

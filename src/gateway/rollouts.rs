@@ -21,7 +21,10 @@
 //! analysis under way starts over; a manual pause stays paused); the
 //! history and the webhooks say `lead`. A leader that finds the record
 //! taken (it was cut off for longer than the lease) hands over: it stops
-//! without touching the weights. A gateway that cannot run the plan as
+//! without touching the weights. Commands given to a follower's admin
+//! API (pause, resume, skip, abort) are left in the record, and the
+//! leader carries them out when the store announces the change (Redis),
+//! or at its next heartbeat. A gateway that cannot run the plan as
 //! recorded (the route's plan or versions changed) **aborts** it instead:
 //! traffic goes back to the stable version, the record says why, and the
 //! webhooks are told (`aborted`).
@@ -149,6 +152,11 @@ pub(crate) struct Record {
     /// The gateway running it (a number drawn when the gateway was made).
     #[serde(default)]
     pub(crate) owner: u64,
+    /// Commands given through another gateway's admin API, for the one
+    /// leading the rollout to carry out (`{"op", "reason", "step", "by"}`),
+    /// oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) pending: Vec<Value>,
 }
 
 impl Record {
@@ -172,6 +180,7 @@ impl Record {
             lead_from: None,
             seq: 0,
             owner: 0,
+            pending: Vec::new(),
         }
     }
 
@@ -999,52 +1008,168 @@ fn claim(
     Err(RolloutStartError::Running(route.to_owned()))
 }
 
-/// Writes `route`'s record to the state store (blocking).
+/// Writes `route`'s record to the state store (blocking). Commands other
+/// gateways left in it for this one are carried out first.
 fn write(inner: &Arc<Inner>, route: &str) {
     let state = inner.state.load();
     let Some((_, store)) = &state.platform.store else {
         return;
     };
-    let (text, seen) = {
-        let entries = inner.rollouts.entries();
-        let Some(e) = entries.get(route) else { return };
-        (serde_json::to_string(&e.record), e.seen.clone())
-    };
-    let Ok(text) = text else { return };
-    match put(
-        store.as_ref(),
-        route,
-        seen.as_deref(),
-        &text,
-        inner.rollouts.id,
-    ) {
-        Ok(Put::Written) => {
-            if let Some(e) = inner.rollouts.entries().get_mut(route) {
-                e.seen = Some(text);
-            }
-        }
-        Ok(Put::Taken(record, current)) => {
-            // Cut off for longer than the lease: another gateway leads it
-            // now. Stop here without touching the weights, and show its
-            // record; the events of the rollout stopping are not ours to
-            // tell.
-            let mut entries = inner.rollouts.entries();
-            if let Some(e) = entries.get_mut(route) {
-                if let Some(handle) = e.handle.take() {
-                    handle.hand_over("another gateway leads it now");
+    for _ in 0..3 {
+        let (text, seen) = {
+            let entries = inner.rollouts.entries();
+            let Some(e) = entries.get(route) else { return };
+            (serde_json::to_string(&e.record), e.seen.clone())
+        };
+        let Ok(text) = text else { return };
+        if seen.as_deref() == Some(text.as_str()) {
+            // Nothing new here: write only if the store changed (commands
+            // left for this gateway, or its lead taken), so that hearing
+            // its own announcement does not make it write again.
+            match store.load(SECTION, route) {
+                Ok(current) if current.as_deref() == seen.as_deref() => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(route, error = %e, "rollout: record not read");
+                    return;
                 }
-                e.record = *record;
-                e.seen = Some(current);
             }
-            tracing::warn!(route, "rollout: another gateway took its lead; handed over");
         }
-        Err(e) => tracing::warn!(route, error = %e, "rollout: record not kept"),
+        match put(
+            store.as_ref(),
+            route,
+            seen.as_deref(),
+            &text,
+            inner.rollouts.id,
+        ) {
+            Ok(Put::Written) => {
+                if let Some(e) = inner.rollouts.entries().get_mut(route) {
+                    e.seen = Some(text);
+                }
+                return;
+            }
+            Ok(Put::Commands(commands, current)) => {
+                // Ours still, with commands left in it: carried out, then
+                // the record written over that text (without them).
+                let handle = {
+                    let mut entries = inner.rollouts.entries();
+                    let Some(e) = entries.get_mut(route) else {
+                        return;
+                    };
+                    e.seen = Some(current);
+                    e.handle.clone()
+                };
+                if let Some(handle) = handle {
+                    for c in &commands {
+                        carry_out(&handle, route, c);
+                    }
+                }
+            }
+            Ok(Put::Taken(record, current)) => {
+                // Cut off for longer than the lease: another gateway leads
+                // it now. Stop here without touching the weights, and show
+                // its record; the events of the rollout stopping are not
+                // ours to tell.
+                let mut entries = inner.rollouts.entries();
+                if let Some(e) = entries.get_mut(route) {
+                    if let Some(handle) = e.handle.take() {
+                        handle.hand_over("another gateway leads it now");
+                    }
+                    e.record = *record;
+                    e.seen = Some(current);
+                }
+                tracing::warn!(route, "rollout: another gateway took its lead; handed over");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(route, error = %e, "rollout: record not kept");
+                return;
+            }
+        }
+    }
+}
+
+/// Carries out a command another gateway's admin API left in the record.
+fn carry_out(handle: &RolloutHandle, route: &str, command: &Value) {
+    let by = command["by"].as_str().unwrap_or("another gateway");
+    match command["op"].as_str() {
+        Some("pause") => handle.pause(),
+        Some("resume") => handle.resume(),
+        Some("abort") => {
+            let reason = command["reason"].as_str().unwrap_or("by the admin API");
+            handle.abort(format!("{reason} ({by})"));
+        }
+        Some("skip") => {
+            let step = command["step"]
+                .as_u64()
+                .and_then(|s| usize::try_from(s).ok());
+            if let Some(Err(e)) = step.map(|s| handle.skip_to(s)) {
+                tracing::warn!(route, error = %e, "rollout: a forwarded skip refused");
+            }
+        }
+        other => tracing::warn!(route, op = ?other, "rollout: an unknown forwarded command"),
+    }
+    tracing::info!(admin = %by, route, op = ?command["op"], "rollout changed (forwarded)");
+}
+
+/// Leaves `command` in `route`'s record for the gateway leading it
+/// (blocking): a compare-and-swap, tried again if the record changed. The
+/// record as it is then, or why not.
+pub(crate) fn forward(state: &State, route: &str, command: Value) -> Result<Value, String> {
+    let Some((_, store)) = &state.platform.store else {
+        return Err("no state store is shared with the leader".to_owned());
+    };
+    for _ in 0..5 {
+        let (mut record, text) = match load_as::<Record>(store.as_ref(), SECTION, route) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Err(format!("no rollout of route `{route}` is running")),
+            Err(e) => return Err(e.to_string()),
+        };
+        if !record.live() {
+            return Err(format!("no rollout of route `{route}` is running"));
+        }
+        record.pending.push(command.clone());
+        let Ok(new_text) = serde_json::to_string(&record) else {
+            return Err("the record cannot be written".to_owned());
+        };
+        match store.swap(SECTION, route, Some(&text), &new_text) {
+            Ok(true) => return Ok(record.json()),
+            Ok(false) => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("the record kept changing".to_owned())
+}
+
+impl Rollouts {
+    /// Queues the records of the rollouts led here to be written (another
+    /// gateway changed the store: commands may wait in them).
+    #[cfg(feature = "redis")]
+    pub(crate) fn look_for_commands(&self) {
+        let routes: Vec<String> = self
+            .entries()
+            .iter()
+            .filter(|(_, e)| e.handle.is_some())
+            .map(|(r, _)| r.clone())
+            .collect();
+        if let Some(tx) = self
+            .dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            for r in routes {
+                let _ = tx.send(r);
+            }
+        }
     }
 }
 
 /// What [`put`] did.
 enum Put {
     Written,
+    /// Still ours, with commands other gateways left (and the text read).
+    Commands(Vec<Value>, String),
     /// Another gateway leads the rollout now: its record, and its text.
     Taken(Box<Record>, String),
 }
@@ -1065,11 +1190,13 @@ fn put(
     let current = store.load(SECTION, route)?;
     if let Some(current) = &current
         && let Ok(record) = serde_json::from_str::<Record>(current)
-        && record.live()
-        && record.owner != owner
-        && record.owner != 0
     {
-        return Ok(Put::Taken(Box::new(record), current.clone()));
+        if record.live() && record.owner != owner && record.owner != 0 {
+            return Ok(Put::Taken(Box::new(record), current.clone()));
+        }
+        if record.owner == owner && !record.pending.is_empty() {
+            return Ok(Put::Commands(record.pending, current.clone()));
+        }
     }
     store
         .swap(SECTION, route, current.as_deref(), text)
