@@ -105,6 +105,8 @@ struct Shared {
     permits: Arc<Semaphore>,
     rng: RngSource,
     stats: Counters,
+    /// Told of each change of the share (weight sync).
+    listeners: crate::signal::Listeners,
 }
 
 impl<M> std::fmt::Debug for MirrorLayer<M> {
@@ -254,6 +256,7 @@ impl<M> MirrorBuilder<M> {
                 permits: Arc::new(Semaphore::new(self.max_concurrent)),
                 rng: self.rng,
                 stats: Counters::default(),
+                listeners: crate::signal::Listeners::default(),
             }),
         }
     }
@@ -355,8 +358,17 @@ impl MirrorHandle {
     /// to 100; not a number is 0); the share in force.
     pub fn set_percent(&self, percent: f64) -> f64 {
         let percent = clamp_percent(percent);
-        self.shared.percent.store(percent.to_bits(), Relaxed);
+        let before = self.shared.percent.swap(percent.to_bits(), Relaxed);
+        if before != percent.to_bits() {
+            self.shared.listeners.fire();
+        }
         percent
+    }
+
+    /// Tells `listener` of each change of the share from now on.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn listen(&self, listener: &Arc<dyn crate::signal::Listener>) {
+        self.shared.listeners.add(listener);
     }
 
     /// The pairs of differing answers kept, oldest first

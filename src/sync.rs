@@ -178,6 +178,8 @@ pub(crate) enum Source {
     Limit(RedisRateLimitHandle),
     #[cfg(feature = "proxy")]
     Upstream(crate::proxy::Upstream),
+    #[cfg(feature = "mirror")]
+    Mirror(crate::mirror::MirrorHandle),
 }
 
 impl Source {
@@ -204,6 +206,8 @@ impl Source {
                 format!("upstream:{}", escape(name)),
                 Set::Endpoints(u.clone()),
             )],
+            #[cfg(feature = "mirror")]
+            Source::Mirror(h) => vec![(format!("mirror:{}", escape(name)), Set::Mirror(h.clone()))],
         }
     }
 }
@@ -218,6 +222,8 @@ impl Source {
             Source::Limit(h) => h.listen(listener),
             #[cfg(feature = "proxy")]
             Source::Upstream(u) => u.listen(listener),
+            #[cfg(feature = "mirror")]
+            Source::Mirror(h) => h.listen(listener),
         }
     }
 }
@@ -245,6 +251,8 @@ enum Set {
     Limit(RedisRateLimitHandle),
     #[cfg(feature = "proxy")]
     Endpoints(crate::proxy::Upstream),
+    #[cfg(feature = "mirror")]
+    Mirror(crate::mirror::MirrorHandle),
 }
 
 impl Set {
@@ -265,6 +273,8 @@ impl Set {
             Set::Limit(h) => return Some(limit_doc(h)),
             #[cfg(feature = "proxy")]
             Set::Endpoints(u) => return Some(endpoints_doc(u)),
+            #[cfg(feature = "mirror")]
+            Set::Mirror(h) => return Some(serde_json::json!({ "percent": h.percent() })),
         };
         serde_json::to_value(weights).ok()
     }
@@ -291,6 +301,14 @@ impl Set {
             Set::Limit(h) => apply_limit(h, doc),
             #[cfg(feature = "proxy")]
             Set::Endpoints(u) => apply_endpoints(u, doc),
+            #[cfg(feature = "mirror")]
+            Set::Mirror(h) => match doc["percent"].as_f64() {
+                Some(p) if (0.0..=100.0).contains(&p) => {
+                    h.set_percent(p);
+                    true
+                }
+                _ => false,
+            },
         }
     }
 }
@@ -1050,6 +1068,15 @@ impl WeightSyncBuilder {
     #[cfg(feature = "proxy")]
     pub fn upstream(mut self, name: impl Into<String>, upstream: crate::proxy::Upstream) -> Self {
         self.sources.push((name.into(), Source::Upstream(upstream)));
+        self
+    }
+
+    /// Syncs a mirror's share (feature `mirror`) under `name`: a change
+    /// made on one replica ([`MirrorHandle::set_percent`](crate::mirror::MirrorHandle::set_percent),
+    /// the admin API's `/mirrors/{route}/percent`) is made on every other.
+    #[cfg(feature = "mirror")]
+    pub fn mirror(mut self, name: impl Into<String>, handle: crate::mirror::MirrorHandle) -> Self {
+        self.sources.push((name.into(), Source::Mirror(handle)));
         self
     }
 

@@ -892,6 +892,53 @@ split.targets = [{{ name = "green", upstream = "green", weight = 1 }}]
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A mirror's share travels too: changed on one replica (as the admin
+/// API's `/mirrors/{route}/percent` changes it), it is changed on the
+/// others.
+#[tokio::test]
+async fn gateway_replicas_share_their_mirrors_share() {
+    use switchyard::gateway::{Gateway, GatewayConfig};
+
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let text = format!(
+        r#"
+[redis]
+url = "redis://127.0.0.1:{}/"
+
+[weight_sync]
+interval_ms = 3600000
+check_interval_ms = 10
+prefix = "test:"
+
+[upstreams.blue]
+url = "http://127.0.0.1:1"
+[upstreams.green]
+url = "http://127.0.0.1:2"
+
+[[routes]]
+name = "web"
+split.targets = [{{ name = "blue", upstream = "blue", weight = 1 }}]
+mirror = {{ upstream = "green", percent = 10.0 }}
+"#,
+        redis.port
+    );
+    let a = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
+    let b = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
+    eventually("both replicas ran a round", || {
+        [&a, &b]
+            .iter()
+            .all(|g| g.weight_sync().unwrap().stats().rounds >= 1)
+    })
+    .await;
+    let mirror = |g: &Gateway| g.mirror("web").unwrap();
+    assert_eq!(mirror(&a).set_percent(35.5), 35.5);
+    eventually("b mirrors 35.5 %", || mirror(&b).percent() == 35.5).await;
+    mirror(&b).set_percent(0.0);
+    eventually("a mirrors nothing", || mirror(&a).percent() == 0.0).await;
+}
+
 async fn redis_key_exists(redis: &RedisServer, key: &str) -> bool {
     let mut conn = redis.manager().await;
     redis::cmd("EXISTS")

@@ -415,6 +415,13 @@ impl Gateway {
                         sources
                             .push((r.name.clone(), crate::sync::Source::Limit(limiter.handle())));
                     }
+                    #[cfg(feature = "mirror")]
+                    if let Some(m) = &r.mirror {
+                        sources.push((
+                            r.name.clone(),
+                            crate::sync::Source::Mirror(m.layer.handle()),
+                        ));
+                    }
                 }
                 if endpoints {
                     let mut names: Vec<&String> = state
@@ -617,6 +624,16 @@ impl Gateway {
         let state = self.inner.state.load();
         let r = state.routes.iter().find(|r| r.name == route)?;
         r.limiter.as_ref().map(|(_, h)| h.clone())
+    }
+
+    /// The handle of `route`'s mirror (`[routes.mirror]`, feature
+    /// `mirror`): its share, counters and kept samples.
+    #[cfg(feature = "mirror")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "mirror")))]
+    pub fn mirror(&self, route: &str) -> Option<crate::mirror::MirrorHandle> {
+        let state = self.inner.state.load();
+        let r = state.routes.iter().find(|r| r.name == route)?;
+        r.mirror.as_ref().map(|m| m.layer.handle())
     }
 
     /// The handle of a route's rate limit counted in Redis (`rate_limit.redis
