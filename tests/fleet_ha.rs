@@ -183,6 +183,51 @@ async fn cluster_replicas_share_limits_and_weights() {
     }
 }
 
+/// The same over TLS (`rediss://` nodes, a private CA in `ca_file`): two
+/// replicas share a limit exactly through a cluster whose nodes speak TLS
+/// to clients and to each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_over_tls_shares_limits() {
+    let Some(cluster) = RedisCluster::start_tls().await else {
+        return;
+    };
+    let up = upstream().await;
+    let urls = cluster
+        .tls_urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem");
+    let section = format!(
+        "[redis]\ncluster = [{urls}]\nca_file = \"{ca}\"\nprefix = \"fleet:rl:\"\ntimeout_ms = 1000"
+    );
+    let gateways: Vec<Gateway> = (0..2)
+        .map(|_| Gateway::from_config(fleet_config(&section, up, 5)).unwrap())
+        .collect();
+    let fronts = routers(&gateways);
+    for u in 0..12 {
+        let user = format!("tls-{u}");
+        let mut admitted = 0;
+        for i in 0..8 {
+            if ask(&fronts[i % 2], &user).await == StatusCode::OK {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 5, "{user}");
+    }
+    for g in &gateways {
+        assert_eq!(g.redis_rate_limit("api").unwrap().stats().errors, 0);
+    }
+    let nodes_with_keys = cluster
+        .keys_on_each()
+        .await
+        .into_iter()
+        .filter(|(_, keys)| keys.iter().any(|k| k.starts_with("fleet:rl:")))
+        .count();
+    assert!(nodes_with_keys >= 2, "the users spread over the nodes");
+}
+
 /// Three replicas over a Sentinel-watched primary, under load from 6
 /// clients; the primary is killed. Checks that Redis cannot answer during
 /// the failover are limited locally (`on_failure = "local"`, a third of

@@ -211,6 +211,8 @@ fn slot_ranges(slots: &[Vec<Value>]) -> Vec<(u16, u16, u16)> {
 pub struct RedisCluster {
     nodes: Vec<Process>,
     dir: TempDir,
+    /// With TLS ([`RedisCluster::start_tls`]): each node's TLS port.
+    tls_ports: Vec<u16>,
 }
 
 impl RedisCluster {
@@ -219,16 +221,40 @@ impl RedisCluster {
     /// all 16384 slots covered; `None` (with a note) when `redis-server`
     /// is not installed and not required.
     pub async fn start() -> Option<Self> {
+        Self::start_with(false).await
+    }
+
+    /// As [`start`](Self::start), with TLS between the nodes (cluster bus,
+    /// `tls-cluster yes`) and for clients on a TLS port of each node (see
+    /// [`tls_urls`](Self::tls_urls)), with the certificates of
+    /// `tests/fixtures/tls` (the server's for `localhost` and 127.0.0.1,
+    /// by `ca.pem`); the plain port stays, for the harness's own checks.
+    pub async fn start_tls() -> Option<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Option<Self> {
         let dir = TempDir::new("cluster");
-        // A client port and a cluster bus port for each node: the bus port
-        // is given, as the default (port + 10000) can be past 65535.
-        let ports = free_ports(6);
+        // A client port, a cluster bus port and a TLS port for each node:
+        // the bus port is given, as the default (port + 10000) can be past
+        // 65535.
+        let ports = free_ports(9);
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
             dir,
+            tls_ports: Vec::new(),
         };
-        for pair in ports.chunks(2) {
-            let (port, bus) = (pair[0], pair[1]);
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+        // The nodes present the client certificate to each other on the
+        // bus (the server's is for servers only), and trust both CAs.
+        let bundle = cluster.dir.path().join("cas.pem");
+        if tls {
+            let mut pem = std::fs::read(format!("{fixtures}/ca.pem")).unwrap();
+            pem.extend(std::fs::read(format!("{fixtures}/client-ca.pem")).unwrap());
+            std::fs::write(&bundle, pem).unwrap();
+        }
+        for triple in ports.chunks(3) {
+            let (port, bus, tls_port) = (triple[0], triple[1], triple[2]);
             let conf = cluster.dir.path().join(format!("nodes-{port}.conf"));
             let log = cluster.dir.path().join(format!("node-{port}.log"));
             let args = [
@@ -253,6 +279,29 @@ impl RedisCluster {
             ]
             .map(String::from)
             .to_vec();
+            let mut args = args;
+            if tls {
+                let f = |name: &str| format!("{fixtures}/{name}");
+                args.extend([
+                    "--tls-port".to_owned(),
+                    tls_port.to_string(),
+                    "--tls-cluster".to_owned(),
+                    "yes".to_owned(),
+                    "--tls-cert-file".to_owned(),
+                    f("server.pem"),
+                    "--tls-key-file".to_owned(),
+                    f("server.key"),
+                    "--tls-client-cert-file".to_owned(),
+                    f("client.pem"),
+                    "--tls-client-key-file".to_owned(),
+                    f("client.key"),
+                    "--tls-ca-cert-file".to_owned(),
+                    bundle.to_string_lossy().into_owned(),
+                    "--tls-auth-clients".to_owned(),
+                    "optional".to_owned(),
+                ]);
+                cluster.tls_ports.push(tls_port);
+            }
             let mut node = Process::new(port, args, cluster.dir.path());
             if let Err(e) = node.run() {
                 return not_started("redis-server", &e);
@@ -356,6 +405,15 @@ impl RedisCluster {
     /// `redis://127.0.0.1:P/` for each node.
     pub fn urls(&self) -> Vec<String> {
         self.ports().into_iter().map(url).collect()
+    }
+
+    /// `rediss://127.0.0.1:T/` for each node's TLS port (empty without
+    /// TLS).
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.tls_ports
+            .iter()
+            .map(|p| format!("rediss://127.0.0.1:{p}/"))
+            .collect()
     }
 
     /// Each node's client port.
