@@ -1,7 +1,8 @@
 #![cfg(feature = "redis")]
 //! A fleet of gateway replicas over highly available Redis: a 3-primary
 //! Redis Cluster and a Sentinel-watched primary that is killed under load,
-//! each started by the test on loopback (`tests/support/redis_ha.rs`).
+//! each started by the test on loopback (`tests/support/redis_ha.rs`);
+//! the replicas are a `Fleet` in this process (`tests/support/fleet.rs`).
 //!
 //! Like the other Redis tests, these skip (with a note) when
 //! `redis-server` is missing, unless `SWITCHYARD_REQUIRE_REDIS` is set.
@@ -12,25 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use http::{Request, StatusCode};
+use http::StatusCode;
 use switchyard::gateway::{Gateway, GatewayConfig};
-use tower::ServiceExt;
 
+use crate::support::fleet::{Fleet, HANG_GUARD, ask};
 use crate::support::redis_ha::{RedisCluster, RedisSentinel};
-
-const HANG_GUARD: Duration = Duration::from_secs(20);
-
-/// Polls `f` until it holds (a hang guard, not a speed claim).
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    tokio::time::timeout(HANG_GUARD, async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("never: {what}"));
-}
 
 /// An upstream answering 200 to everything.
 async fn upstream() -> std::net::SocketAddr {
@@ -72,26 +59,6 @@ split.targets = [
     .unwrap()
 }
 
-/// One request for `user` through `gateway`; its status.
-async fn ask(gateway: &Router, user: &str) -> StatusCode {
-    let req = Request::get("/")
-        .header("x-user", user)
-        .body(Body::empty())
-        .unwrap();
-    let resp = tokio::time::timeout(HANG_GUARD, gateway.clone().oneshot(req))
-        .await
-        .expect("a request hung")
-        .unwrap();
-    resp.status()
-}
-
-fn routers(gateways: &[Gateway]) -> Vec<Router> {
-    gateways
-        .iter()
-        .map(|g| Router::new().fallback_service(g.clone()))
-        .collect()
-}
-
 /// Three replicas over a 3-primary Redis Cluster share each limit
 /// exactly, whichever replica a request reaches; each user's keys (two
 /// quotas: one script call touching both) sit on one node, the users
@@ -110,10 +77,8 @@ async fn cluster_replicas_share_limits_and_weights() {
         .collect::<Vec<_>>()
         .join(", ");
     let section = format!("[redis]\ncluster = [{urls}]\nprefix = \"fleet:rl:\"");
-    let gateways: Vec<Gateway> = (0..3)
-        .map(|_| Gateway::from_config(fleet_config(&section, up, 10)).unwrap())
-        .collect();
-    let fronts = routers(&gateways);
+    let fleet = Fleet::start(3, || fleet_config(&section, up, 10));
+    let gateways = &fleet.gateways;
 
     // 30 users, 15 requests each, round-robin over the replicas: exactly
     // 10 each get through (an hour's quota of 10 refills nothing here).
@@ -121,7 +86,7 @@ async fn cluster_replicas_share_limits_and_weights() {
     for round in 0..15 {
         for u in 0..30 {
             let user = format!("user-{u}");
-            let status = ask(&fronts[(round + u) % 3], &user).await;
+            let status = fleet.ask((round + u) % 3, &user).await;
             match status {
                 StatusCode::OK => *admitted.entry(user).or_default() += 1,
                 StatusCode::TOO_MANY_REQUESTS => {}
@@ -132,7 +97,7 @@ async fn cluster_replicas_share_limits_and_weights() {
     for u in 0..30 {
         assert_eq!(admitted[&format!("user-{u}")], 10, "user-{u}");
     }
-    for g in &gateways {
+    for g in gateways {
         let stats = g.redis_rate_limit("api").unwrap().stats();
         assert_eq!(stats.errors, 0, "{stats:?}");
     }
@@ -165,20 +130,14 @@ async fn cluster_replicas_share_limits_and_weights() {
 
     // Weights: every replica listens on some node; a promotion made on
     // one reaches the two others.
-    eventually("every replica ran a round", || {
-        gateways
-            .iter()
-            .all(|g| g.weight_sync().unwrap().stats().rounds >= 1)
-    })
-    .await;
+    fleet.synced().await;
     gateways[1].split("api").unwrap().promote("green").unwrap();
-    eventually("every replica promoted green", || {
-        gateways
-            .iter()
-            .all(|g| g.split("api").unwrap().weights().get("green") == Some(100))
-    })
-    .await;
-    for g in &gateways {
+    fleet
+        .until("green promoted", |g| {
+            g.split("api").unwrap().weights().get("green") == Some(100)
+        })
+        .await;
+    for g in gateways {
         assert_eq!(g.weight_sync().unwrap().stats().errors, 0);
     }
 }
@@ -202,21 +161,18 @@ async fn cluster_over_tls_shares_limits() {
     let section = format!(
         "[redis]\ncluster = [{urls}]\nca_file = \"{ca}\"\nprefix = \"fleet:rl:\"\ntimeout_ms = 1000"
     );
-    let gateways: Vec<Gateway> = (0..2)
-        .map(|_| Gateway::from_config(fleet_config(&section, up, 5)).unwrap())
-        .collect();
-    let fronts = routers(&gateways);
+    let fleet = Fleet::start(2, || fleet_config(&section, up, 5));
     for u in 0..12 {
         let user = format!("tls-{u}");
         let mut admitted = 0;
         for i in 0..8 {
-            if ask(&fronts[i % 2], &user).await == StatusCode::OK {
+            if fleet.ask(i % 2, &user).await == StatusCode::OK {
                 admitted += 1;
             }
         }
         assert_eq!(admitted, 5, "{user}");
     }
-    for g in &gateways {
+    for g in &fleet.gateways {
         assert_eq!(g.redis_rate_limit("api").unwrap().stats().errors, 0);
     }
     let nodes_with_keys = cluster
@@ -254,21 +210,14 @@ async fn sentinel_failover_under_load() {
         ha.master_name()
     );
     let limit = 30;
-    let gateways: Vec<Gateway> = (0..3)
-        .map(|_| Gateway::from_config(fleet_config(&section, up, limit)).unwrap())
-        .collect();
-    let fronts = Arc::new(routers(&gateways));
-    eventually("every replica ran a round", || {
-        gateways
-            .iter()
-            .all(|g| g.weight_sync().unwrap().stats().rounds >= 1)
-    })
-    .await;
+    let fleet = Fleet::start(3, || fleet_config(&section, up, limit));
+    let (gateways, fronts) = (&fleet.gateways, &fleet.fronts);
+    fleet.synced().await;
 
     // Before: "spent" uses its whole quota through Redis.
     let mut spent = 0;
     for i in 0..limit + 5 {
-        if ask(&fronts[i as usize % 3], "spent").await == StatusCode::OK {
+        if fleet.ask(i as usize % 3, "spent").await == StatusCode::OK {
             spent += 1;
         }
     }
@@ -317,8 +266,8 @@ async fn sentinel_failover_under_load() {
     // by Redis again on every replica (locally, each would allow a third
     // of the quota), and the checks stop failing.
     shared_again(
-        &fronts,
-        &gateways,
+        fronts,
+        gateways,
         &format!("the gateways follow the new primary on {new}"),
     )
     .await;
@@ -348,17 +297,16 @@ async fn sentinel_failover_under_load() {
 
     // Weights still sync, through the new primary's pub/sub.
     gateways[2].split("api").unwrap().promote("green").unwrap();
-    eventually("every replica promoted green after the failover", || {
-        gateways
-            .iter()
-            .all(|g| g.split("api").unwrap().weights().get("green") == Some(100))
-    })
-    .await;
+    fleet
+        .until("green promoted after the failover", |g| {
+            g.split("api").unwrap().weights().get("green") == Some(100)
+        })
+        .await;
 
     // The old primary comes back (empty) and is made a replica; nothing
     // changes for the fleet.
     ha.restart_killed().await;
-    shared_again(&fronts, &gateways, "the fleet stays on the new primary").await;
+    shared_again(fronts, gateways, "the fleet stays on the new primary").await;
 }
 
 /// Writes through `conn`, then waits until the replica has everything

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests (`tests/integration.rs`), each
 //! compiled once, under the features of the tests that use it.
 
+#[cfg(feature = "redis")]
+pub mod fleet;
 pub mod greeter;
 pub mod net;
 pub mod openapi;
