@@ -1115,6 +1115,7 @@ fn carry_out(handle: &RolloutHandle, route: &str, command: &Value) {
 /// Leaves `command` in `route`'s record for the gateway leading it
 /// (blocking): a compare-and-swap, tried again if the record changed. The
 /// record as it is then, or why not.
+#[cfg_attr(not(feature = "admin"), allow(dead_code))]
 pub(crate) fn forward(state: &State, route: &str, command: Value) -> Result<Value, String> {
     let Some((_, store)) = &state.platform.store else {
         return Err("no state store is shared with the leader".to_owned());
