@@ -221,6 +221,22 @@ impl Harness {
         s
     }
 
+    /// Resumes the rollout paused here (a `pause_until_resumed` before its
+    /// last step) and waits for its promotion: all traffic on green.
+    async fn resume_to_promotion(&self) {
+        let (code, body) = self
+            .admin(
+                Method::POST,
+                "/rollouts/api/resume",
+                "root-key",
+                Value::Null,
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        self.until("promoted").await;
+        assert_eq!((self.weight("blue"), self.weight("green")), (0, 100));
+    }
+
     /// Waits until the rollout's state is `state`.
     async fn until(&self, state: &str) -> Value {
         let last = Mutex::new(Value::Null);
@@ -715,17 +731,7 @@ async fn a_rollout_left_running_by_a_stopped_gateway_is_carried_on_or_aborted_by
         hear(&receiver, "lead").await.last().unwrap()["route"],
         "api"
     );
-    let (code, _) = h
-        .admin(
-            Method::POST,
-            "/rollouts/api/resume",
-            "root-key",
-            Value::Null,
-        )
-        .await;
-    assert_eq!(code, StatusCode::OK);
-    h.until("promoted").await;
-    assert_eq!((h.weight("blue"), h.weight("green")), (0, 100));
+    h.resume_to_promotion().await;
     drop(h);
 
     // Another plan: it cannot carry it on, and aborts it.
@@ -963,17 +969,7 @@ async fn the_lead_moves_when_its_replica_stops() {
         hear(&receiver, "lead").await.last().unwrap()["route"],
         "api"
     );
-    let (code, _) = b
-        .admin(
-            Method::POST,
-            "/rollouts/api/resume",
-            "root-key",
-            Value::Null,
-        )
-        .await;
-    assert_eq!(code, StatusCode::OK);
-    b.until("promoted").await;
-    assert_eq!((b.weight("blue"), b.weight("green")), (0, 100));
+    b.resume_to_promotion().await;
 }
 
 /// The gateway leading a rollout judges the fleet's traffic: here it

@@ -199,6 +199,24 @@ async fn a_set_that_does_not_fit_is_refused() {
     assert_eq!(err.to_string(), "the interval must be above zero");
 }
 
+/// A model router over `blue` and `green`: versions `v1` (on blue) and
+/// `v2` (on green), alias `chat` over them with `weights`.
+#[cfg(feature = "json")]
+fn chat_router(weights: [u32; 2]) -> switchyard::model::ModelRouter<Svc> {
+    use switchyard::model::{Alias, Catalog, Model, ModelRouter};
+    ModelRouter::builder()
+        .upstream("blue", named("blue"))
+        .upstream("green", named("green"))
+        .catalog(
+            Catalog::new()
+                .model(Model::new("v1", "blue"))
+                .model(Model::new("v2", "green"))
+                .alias(Alias::new("chat", [("v1", weights[0]), ("v2", weights[1])])),
+        )
+        .build()
+        .unwrap()
+}
+
 #[cfg(feature = "json")]
 #[tokio::test]
 async fn model_alias_weights_follow() {
@@ -254,25 +272,12 @@ async fn model_alias_weights_follow() {
 #[cfg(feature = "json")]
 #[tokio::test]
 async fn model_versions_and_pins_follow() {
-    use switchyard::model::{Alias, Catalog, Model, ModelRouter, Pin, PinKey};
+    use switchyard::model::{Model, Pin, PinKey};
 
     let Some(redis) = RedisServer::start().await else {
         return;
     };
-    let router = || {
-        ModelRouter::builder()
-            .upstream("blue", named("blue"))
-            .upstream("green", named("green"))
-            .catalog(
-                Catalog::new()
-                    .model(Model::new("v1", "blue"))
-                    .model(Model::new("v2", "green"))
-                    .alias(Alias::new("chat", [("v1", 90), ("v2", 10)])),
-            )
-            .build()
-            .unwrap()
-    };
-    let (a, b) = (router(), router());
+    let (a, b) = (chat_router([90, 10]), chat_router([90, 10]));
     let (ha, hb) = (a.handle(), b.handle());
     let (syncs, _tasks) = made_only(&redis, 2, |i, builder| {
         builder.model("ai", if i == 0 { ha.clone() } else { hb.clone() })
@@ -1064,25 +1069,12 @@ async fn changes_are_published_when_made() {
 /// an hour apart).
 #[tokio::test]
 async fn a_model_alias_change_is_published_when_made() {
-    use switchyard::model::{Alias, Catalog, Model, ModelHandle, ModelRouter};
+    use switchyard::model::ModelHandle;
 
     let Some(redis) = RedisServer::start().await else {
         return;
     };
-    let router = || {
-        ModelRouter::builder()
-            .upstream("blue", named("blue"))
-            .upstream("green", named("green"))
-            .catalog(
-                Catalog::new()
-                    .model(Model::new("v1", "blue"))
-                    .model(Model::new("v2", "green"))
-                    .alias(Alias::new("chat", [("v1", 100), ("v2", 0)])),
-            )
-            .build()
-            .unwrap()
-    };
-    let (a, b) = (router(), router());
+    let (a, b) = (chat_router([100, 0]), chat_router([100, 0]));
     let (ha, hb): (ModelHandle, ModelHandle) = (a.handle(), b.handle());
     let handles = [ha.clone(), hb.clone()];
     let (_syncs, tasks) = made_only(&redis, 2, |i, s| {
