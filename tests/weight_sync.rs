@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use http::{HeaderName, Request, Response};
 use http_body_util::BodyExt;
+use switchyard::gateway::GatewayConfig;
 use switchyard::key::KeyBy;
 use switchyard::split::{Split, SplitHandle};
 use switchyard::sync::{SyncError, SyncTask, WeightSync, WeightSyncBuilder, WeightSyncStats};
@@ -902,12 +903,40 @@ split.targets = [{{ name = "green", upstream = "green", weight = 1 }}]
 /// others.
 #[tokio::test]
 async fn gateway_replicas_share_their_mirrors_share() {
-    use switchyard::gateway::{Gateway, GatewayConfig};
+    use crate::support::fleet::Fleet;
+    use switchyard::gateway::Gateway;
 
     let Some(redis) = RedisServer::start().await else {
         return;
     };
-    let text = format!(
+    let text = synced_config(
+        &redis,
+        r#"
+[upstreams.blue]
+url = "http://127.0.0.1:1"
+[upstreams.green]
+url = "http://127.0.0.1:2"
+
+[[routes]]
+name = "web"
+split.targets = [{ name = "blue", upstream = "blue", weight = 1 }]
+mirror = { upstream = "green", percent = 10.0 }
+"#,
+    );
+    let fleet = Fleet::start(2, || GatewayConfig::from_toml(&text).unwrap());
+    fleet.synced().await;
+    let (a, b) = (&fleet.gateways[0], &fleet.gateways[1]);
+    let mirror = |g: &Gateway| g.mirror("web").unwrap();
+    assert_eq!(mirror(a).set_percent(35.5), 35.5);
+    eventually("b mirrors 35.5 %", || mirror(b).percent() == 35.5).await;
+    mirror(b).set_percent(0.0);
+    eventually("a mirrors nothing", || mirror(a).percent() == 0.0).await;
+}
+
+/// A gateway configuration over `redis` with weight sync on (rounds an
+/// hour apart, checks every 10 ms, announcements on), then `rest`.
+fn synced_config(redis: &RedisServer, rest: &str) -> String {
+    format!(
         r#"
 [redis]
 url = "redis://127.0.0.1:{}/"
@@ -916,32 +945,9 @@ url = "redis://127.0.0.1:{}/"
 interval_ms = 3600000
 check_interval_ms = 10
 prefix = "test:"
-
-[upstreams.blue]
-url = "http://127.0.0.1:1"
-[upstreams.green]
-url = "http://127.0.0.1:2"
-
-[[routes]]
-name = "web"
-split.targets = [{{ name = "blue", upstream = "blue", weight = 1 }}]
-mirror = {{ upstream = "green", percent = 10.0 }}
-"#,
+{rest}"#,
         redis.port
-    );
-    let a = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
-    let b = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
-    eventually("both replicas ran a round", || {
-        [&a, &b]
-            .iter()
-            .all(|g| g.weight_sync().unwrap().stats().rounds >= 1)
-    })
-    .await;
-    let mirror = |g: &Gateway| g.mirror("web").unwrap();
-    assert_eq!(mirror(&a).set_percent(35.5), 35.5);
-    eventually("b mirrors 35.5 %", || mirror(&b).percent() == 35.5).await;
-    mirror(&b).set_percent(0.0);
-    eventually("a mirrors nothing", || mirror(&a).percent() == 0.0).await;
+    )
 }
 
 async fn redis_key_exists(redis: &RedisServer, key: &str) -> bool {
@@ -956,40 +962,27 @@ async fn redis_key_exists(redis: &RedisServer, key: &str) -> bool {
 /// The gateway syncs its routes' Redis rate limits too.
 #[tokio::test]
 async fn gateway_replicas_keep_their_redis_limits_together() {
-    use switchyard::gateway::{Gateway, GatewayConfig};
+    use crate::support::fleet::Fleet;
     use switchyard::ratelimit::Quota;
 
     let Some(redis) = RedisServer::start().await else {
         return;
     };
-    let text = format!(
+    let text = synced_config(
+        &redis,
         r#"
-[redis]
-url = "redis://127.0.0.1:{}/"
-
-[weight_sync]
-interval_ms = 3600000
-check_interval_ms = 10
-prefix = "test:"
-
 [upstreams.app]
 url = "http://127.0.0.1:1"
 
 [[routes]]
 name = "api"
-rate_limit = {{ key = {{ header = "x-user" }}, quotas = [{{ name = "shared", limit = 100, period = "1m" }}], redis = true }}
-split.targets = [{{ name = "app", upstream = "app", weight = 1 }}]
+rate_limit = { key = { header = "x-user" }, quotas = [{ name = "shared", limit = 100, period = "1m" }], redis = true }
+split.targets = [{ name = "app", upstream = "app", weight = 1 }]
 "#,
-        redis.port
     );
-    let a = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
-    let b = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
-    eventually("both replicas ran a round", || {
-        [&a, &b]
-            .iter()
-            .all(|g| g.weight_sync().unwrap().stats().rounds >= 1)
-    })
-    .await;
+    let fleet = Fleet::start(2, || GatewayConfig::from_toml(&text).unwrap());
+    fleet.synced().await;
+    let (a, b) = (&fleet.gateways[0], &fleet.gateways[1]);
     a.redis_rate_limit("api")
         .unwrap()
         .set_quotas([Quota::per_minute(10).named("shared")])
