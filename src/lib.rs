@@ -69,6 +69,7 @@
 //! | `prometheus` (feature `prometheus`) | the layers' counters as `prometheus-client` collectors, read when scraped (`SplitCollector`, `ModelCollector`, `AuthCollector`, …) |
 //! | [`metrics`] | [`LatencyHistogram`](metrics::LatencyHistogram): fixed-bucket latency counters with quantile estimates |
 //! | `proxy` (feature `proxy`) | `Upstream`: forwards to an upstream server over a pooled hyper client (HTTP/1.1, h2c; `https://` with feature `tls`), with proxy semantics, 502/504 as problem+json |
+//! | `redis_conn` (feature `redis`) | where Redis is: one server, a Redis Cluster (slots followed), or the primary Redis Sentinel names (asked again after a failover); the connection every Redis-backed layer takes |
 //! | `discovery` (feature `proxy`) | an `Upstream`'s endpoints following a source: DNS A/AAAA or SRV (`DnsSource`, feature `dns`), a file (`FileSource`), your own `Source`; TTL bounds, damping, the last endpoints kept through failures |
 //! | `server` (feature `server`) | `Server`: serves any service on a TCP listener, HTTP/1.1 and h2c (h2 over TLS with `tls`), with connection limits and timeouts that have safe defaults, graceful shutdown, certificate reload |
 //! | [`problem`] | [`Problem`](problem::Problem): the `application/problem+json` rejections every layer answers with |
@@ -92,7 +93,7 @@
 //! | `admin` | `gateway::admin`: the admin API on axum, changes logged with `tracing` |
 //! | `rollout` | `rollout`: step plans with live analysis (`tokio`) |
 //! | `mirror` | `mirror`: shadow traffic (`tokio`) |
-//! | `redis` | `ratelimit::redis`: rate limits shared by every replica, kept in Redis; `sync`: split and model weights kept the same on every replica (`redis`) |
+//! | `redis` | `ratelimit::redis`: rate limits shared by every replica, kept in Redis; `sync`: split and model weights (model versions and pins, upstreams' servers, mirrors' shares) kept the same on every replica; `redis_conn`: one server, a Redis Cluster, or Sentinel's primary, for all of them (`redis`) |
 //! | `server` | `server`: a server of our own on hyper-util (`hyper`, `hyper-util`, `tokio`); with `tls`, TLS termination (`tokio-rustls`) |
 //! | `tonic` | a [`Split`](split::Split) of tonic services is a tonic `NamedService`, for `Server::builder().add_service(split)` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
