@@ -1056,3 +1056,95 @@ async fn the_leader_judges_the_whole_fleets_traffic() {
     .await
     .expect("b never went back to blue");
 }
+
+/// A leader cut off for longer than its lease finds, at its next
+/// heartbeat, the record led by another gateway: it hands over, stopping
+/// without touching the weights and without telling the webhooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_finds_its_lead_taken_hands_over() {
+    use crate::support::redis::RedisServer;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let ok = Arc::new(AtomicBool::new(false));
+    let (blue, green) = (
+        version("blue", ok.clone()).await,
+        version("green", ok).await,
+    );
+    let receiver = Receiver::default();
+    let hook = receiver.serve().await;
+    let extra = format!(
+        "[redis]\nurl = \"redis://127.0.0.1:{}/\"\n[platform]\nredis = true\n\
+         [rollouts]\nheartbeat_ms = 100\nlease_ms = 500",
+        redis.port
+    );
+    let steps = r#"[{ set_weight = 30 }, "pause_until_resumed"]"#;
+    let text = config(blue, green, hook, &extra, steps);
+    let a = Harness::start(&text).await;
+    let (code, _) = a
+        .admin(Method::POST, "/rollouts/api", "root-key", json!({}))
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    a.until("paused").await;
+    let handle = a.gateway.rollout("api").unwrap();
+    hear(&receiver, "paused").await;
+
+    // Another gateway's claim, as a takeover writes it.
+    let mut conn = redis.manager().await;
+    let key = "switchyard:state:rollouts";
+    let text: String = redis::cmd("HGET")
+        .arg(key)
+        .arg("api")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut record: Value = serde_json::from_str(&text).unwrap();
+    record["owner"] = json!(12345);
+    // Its lease renewed ahead, so that A does not take the lead back
+    // while the test looks.
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000;
+    record["beat_ms"] = json!(u64::try_from(ahead).unwrap());
+    let () = redis::cmd("HSET")
+        .arg(key)
+        .arg("api")
+        .arg(record.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let end = tokio::time::timeout(HANG_GUARD, handle.finished())
+        .await
+        .expect("the leader never handed over");
+    let RolloutState::Aborted { reason } = end else {
+        panic!("{end:?}");
+    };
+    assert!(reason.contains("handed over"), "{reason}");
+    // The weights stay where the rollout left them, for the new leader.
+    assert_eq!((a.weight("blue"), a.weight("green")), (70, 30));
+    assert!(a.gateway.rollout("api").is_none());
+    // Nobody is told of an abort: the rollout goes on elsewhere.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !receiver
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "aborted"),
+        "an abort was told"
+    );
+    // The record stays the new leader's.
+    let text: String = redis::cmd("HGET")
+        .arg(key)
+        .arg("api")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let kept: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(kept["owner"], 12345);
+    assert_eq!(kept["state"], "paused");
+}
