@@ -185,9 +185,11 @@ async fn cluster_over_tls_shares_limits() {
 }
 
 /// Three replicas over a Sentinel-watched primary, under load from 6
-/// clients; the primary is killed. Checks that Redis cannot answer during
-/// the failover are limited locally (`on_failure = "local"`, a third of
-/// each quota per replica); once the sentinels promote the replica, the
+/// clients (and 3 more from the kill on); the primary is killed. Checks
+/// that Redis cannot answer during the failover are limited locally
+/// (`on_failure = "local"`, a third of each quota per replica, a key
+/// Redis refused before being refused locally too); once the sentinels
+/// promote the replica, the
 /// gateways follow it by themselves: the limits are shared again (a user
 /// spent before the kill is still refused everywhere: the new primary has
 /// the replicated state), weights sync again, and nothing failed but
@@ -234,14 +236,18 @@ async fn sentinel_failover_under_load() {
         .unwrap();
     replicated(&mut conn).await;
 
-    // Load: 6 clients, each its own user, spread over the replicas.
+    // Load: 6 clients, each its own user, spread over the replicas, spent
+    // in Redis before the kill; 3 more users whose first requests come
+    // once the primary is dead.
     let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for c in 0..6usize {
-        let (fronts, stop) = (fronts.clone(), stop.clone());
-        clients.push(tokio::spawn(async move {
-            let user = format!("load-{c}");
-            let (mut ok, mut limited, mut i) = (0u32, 0u32, c);
+    let kill = Arc::new(tokio::sync::Notify::new());
+    let load = |user: String, first: usize, after_kill: bool| {
+        let (fronts, stop, kill) = (fronts.clone(), stop.clone(), kill.clone());
+        tokio::spawn(async move {
+            if after_kill {
+                kill.notified().await;
+            }
+            let (mut ok, mut limited, mut i) = (0u32, 0u32, first);
             while !stop.load(Ordering::Relaxed) {
                 match ask(&fronts[i % 3], &user).await {
                     StatusCode::OK => ok += 1,
@@ -252,14 +258,19 @@ async fn sentinel_failover_under_load() {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             (ok, limited)
-        }));
-    }
+        })
+    };
+    let spent_users: Vec<_> = (0..6)
+        .map(|c| load(format!("load-{c}"), c, false))
+        .collect();
+    let new_users: Vec<_> = (0..3).map(|c| load(format!("new-{c}"), c, true)).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let killed_at = std::time::Instant::now();
     // The load users are spent in Redis by now, and a refusal writes
     // nothing: once the replica has what came before, it has it all.
     replicated(&mut conn).await;
     let old = ha.kill_primary();
+    kill.notify_waiters();
     let new = ha.wait_failover(old).await;
     let promoted_after = killed_at.elapsed();
     // The gateways find the new primary by themselves: "spent" is refused
@@ -275,10 +286,16 @@ async fn sentinel_failover_under_load() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let mut over = Vec::new();
-    for client in clients {
+    for client in spent_users {
         let (ok, limited) = client.await.expect("a client panicked");
         assert!(limited > 0, "each load user ran past its quota");
         over.push(ok.saturating_sub(limit));
+    }
+    let mut new_over = Vec::new();
+    for client in new_users {
+        let (ok, limited) = client.await.expect("a client panicked");
+        assert!(limited > 0, "each new user ran past its quota");
+        new_over.push(ok.saturating_sub(limit));
     }
     let skipped: u64 = gateways
         .iter()
@@ -287,11 +304,16 @@ async fn sentinel_failover_under_load() {
     eprintln!(
         "sentinel failover: primary {old} killed, {new} promoted after {promoted_after:?}, \
          limits shared again after {shared_again_after:?}; admitted over the quota of \
-         {limit} per load user: {over:?}; checks that skipped Redis: {skipped}"
+         {limit}: users spent before the kill {over:?}, users new in the failover \
+         {new_over:?}; checks that skipped Redis: {skipped}"
     );
-    // The overshoot is bounded by the local fallback: each replica allows
-    // at most its third of the quota while Redis is away.
-    for o in &over {
+    // Users Redis refused before the kill stay refused: each replica
+    // spent their local share when Redis refused them.
+    assert!(over.iter().all(|o| *o == 0), "{over:?}");
+    // A user new in the window gets at most the quota from the replicas'
+    // local shares (a third each), which Redis does not know of once it
+    // is back: one quota more at most.
+    for o in &new_over {
         assert!(*o <= limit, "overshoot {o} > {limit}");
     }
 

@@ -226,7 +226,9 @@ pub enum RedisFailure {
     /// headers of that share, and count in `allowed` and `rejected` as
     /// well as in `errors` or `skipped`.
     ///
-    /// The local state is kept while Redis answers, unused, and starts
+    /// The local state is kept while Redis answers, unused but for the
+    /// keys Redis refuses (their local share is spent too, so that a key
+    /// the fleet refuses stays refused through an outage), and starts
     /// from it at the next outage; it holds up to 100 000 keys, and the
     /// keys it cannot hold share one state. `replicas` of 0 is refused when
     /// the layer is built.
@@ -857,6 +859,34 @@ impl Limiter {
         }
     }
 
+    /// Redis refused `req`'s key: with the local fallback, the key's local
+    /// share is spent too, so that a key the fleet refuses is not let
+    /// through by a fresh local count at the next outage (it refills as
+    /// any count does). Only on refusals: once spent, the first try is
+    /// refused, so a flood of refused requests costs one local check each.
+    fn remember_refusal<B>(&self, config: &Arc<Config>, req: &Request<B>) {
+        let (Some(local), Some(key)) = (&self.local, self.key_by.extract(req)) else {
+            return;
+        };
+        let Ok(share) = local.share(config) else {
+            return;
+        };
+        let share = &share.1;
+        let now = local.clock.now_nanos();
+        let most = share
+            .quotas
+            .iter()
+            .map(|(q, _)| q.burst_size())
+            .min()
+            .unwrap_or(1)
+            .min(10_000);
+        for _ in 0..=most {
+            if !decide_in(&local.store, &share.gcras, &key, 1, now, true).is_allowed() {
+                break;
+            }
+        }
+    }
+
     /// What a request whose check failed (`why`) gets, as `on_failure`
     /// says: let through with these headers, or refused.
     fn fallback<B>(
@@ -1141,7 +1171,12 @@ where
                         return Poll::Pending;
                     };
                     let verdict = match &outcome {
-                        Ok(decision) => limiter.verdict(config, decision, *cost, *grpc),
+                        Ok(decision) => {
+                            if !decision.is_allowed() && !config.dry_run {
+                                limiter.remember_refusal(config, &req);
+                            }
+                            limiter.verdict(config, decision, *cost, *grpc)
+                        }
                         Err(why) => limiter.fallback(config, &req, *cost, *grpc, why),
                     };
                     let headers = match verdict {
