@@ -241,8 +241,15 @@ async fn sentinel_failover_under_load() {
     // once the primary is dead.
     let stop = Arc::new(AtomicBool::new(false));
     let kill = Arc::new(tokio::sync::Notify::new());
+    // Refusals so far of each user that runs before the kill.
+    let refused: Arc<Vec<std::sync::atomic::AtomicU32>> = Arc::new(
+        (0..6)
+            .map(|_| std::sync::atomic::AtomicU32::new(0))
+            .collect(),
+    );
     let load = |user: String, first: usize, after_kill: bool| {
         let (fronts, stop, kill) = (fronts.clone(), stop.clone(), kill.clone());
+        let refused = refused.clone();
         tokio::spawn(async move {
             if after_kill {
                 kill.notified().await;
@@ -251,7 +258,12 @@ async fn sentinel_failover_under_load() {
             while !stop.load(Ordering::Relaxed) {
                 match ask(&fronts[i % 3], &user).await {
                     StatusCode::OK => ok += 1,
-                    StatusCode::TOO_MANY_REQUESTS => limited += 1,
+                    StatusCode::TOO_MANY_REQUESTS => {
+                        limited += 1;
+                        if !after_kill {
+                            refused[first].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     other => panic!("{user}: {other}"),
                 }
                 i += 1;
@@ -264,7 +276,15 @@ async fn sentinel_failover_under_load() {
         .map(|c| load(format!("load-{c}"), c, false))
         .collect();
     let new_users: Vec<_> = (0..3).map(|c| load(format!("new-{c}"), c, true)).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each spent user refused on every replica before the kill, however
+    // slow the machine (round robin: 3 refusals in a row will do).
+    tokio::time::timeout(HANG_GUARD, async {
+        while refused.iter().any(|r| r.load(Ordering::Relaxed) < 3) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the load users were never refused");
     let killed_at = std::time::Instant::now();
     // The load users are spent in Redis by now, and a refusal writes
     // nothing: once the replica has what came before, it has it all.
