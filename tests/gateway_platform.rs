@@ -1177,6 +1177,30 @@ async fn replicas_hear_state_changes_over_a_cluster() {
     hear_state_changes(&section, nodes, "gw-platform-announced-cluster").await;
 }
 
+/// The same through Redis Sentinel: the state read and written on the
+/// primary the sentinels name (blocking connections), the announcements
+/// heard from it.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_hear_state_changes_through_sentinel() {
+    use crate::support::redis_ha::RedisSentinel;
+    let Some(ha) = RedisSentinel::start().await else {
+        return;
+    };
+    let urls = ha
+        .sentinel_urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let section = format!(
+        "[redis]\nsentinel = {{ master = \"{}\", urls = [{urls}] }}",
+        ha.master_name()
+    );
+    let primary = redis::Client::open(format!("redis://127.0.0.1:{}/", ha.primary_port())).unwrap();
+    hear_state_changes(&section, vec![primary], "gw-platform-announced-sentinel").await;
+}
+
 /// Two replicas over `[redis]` as `section` (whose servers are `nodes`),
 /// refreshing once an hour: a subscription asked for on A is approved on
 /// B and served on A, carried by the announcements alone.
