@@ -803,6 +803,32 @@ impl WeightSync {
         format!("{}changes", self.inner.prefix)
     }
 
+    /// Remembers each set as it is now, before the first round: a change
+    /// made here from now on, even before that round, is a change to
+    /// publish (a rollout's weight, an admin's), not the local state a
+    /// joining replica gives up for the fleet's. Sets already known are
+    /// left as they are.
+    fn seed(&self) {
+        let inner = &*self.inner;
+        let Some(Round { sources, .. }) = (inner.sources)() else {
+            return;
+        };
+        // Nothing runs yet when a sync is spawned: the lock is free.
+        let Ok(mut known) = inner.known.try_lock() else {
+            return;
+        };
+        for (name, source) in &sources {
+            for (suffix, set) in source.sets(name) {
+                if let Some(local) = set.doc() {
+                    let entry = known
+                        .entry(format!("{}{suffix}", inner.prefix))
+                        .or_default();
+                    entry.last.get_or_insert(local);
+                }
+            }
+        }
+    }
+
     /// Runs on the current Tokio runtime, until the returned task is
     /// dropped or [aborted](SyncTask::abort): a round every
     /// [`interval`](WeightSyncBuilder::interval); every
@@ -811,6 +837,7 @@ impl WeightSync {
     /// [`notify`](WeightSyncBuilder::notify), a round as soon as another
     /// replica announces a change.
     pub fn spawn(&self) -> SyncTask {
+        self.seed();
         let this = self.clone();
         SyncTask(tokio::spawn(async move {
             let (tx, mut changed) = tokio::sync::mpsc::channel(1);

@@ -474,6 +474,32 @@ async fn listening(redis: &RedisServer, split: &Split<Svc>) -> WeightSync {
         .unwrap()
 }
 
+/// A change made on a replica once its sync is spawned, but before its
+/// first round, is a change to publish: it is not given up for the fleet's
+/// weights (a rollout that sets its weight as its gateway starts, say).
+#[tokio::test]
+async fn a_change_before_the_first_round_is_published() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (a, b) = (replica(&[100, 0]), replica(&[100, 0]));
+    let sb = listening(&redis, &b).await;
+    let _tb = sb.spawn();
+    eventually("b ran its first round", || sb.stats().rounds >= 1).await;
+    // The fleet is at 100/0 in Redis. A joins, and changes at once: on
+    // this (current-thread) runtime its task has not run yet.
+    let sa = listening(&redis, &a).await;
+    let _ta = sa.spawn();
+    a.handle()
+        .set_weights([("blue", 50), ("green", 50)])
+        .unwrap();
+    eventually("b took a's change", || {
+        weights(&b.handle()) == pairs(&[("blue", 50), ("green", 50)])
+    })
+    .await;
+    assert_eq!(weights(&a.handle()), pairs(&[("blue", 50), ("green", 50)]));
+}
+
 /// A listening sync of each replica, spawned, once each ran its first
 /// round (each task subscribes before it).
 async fn both_listening(
