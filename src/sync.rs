@@ -289,14 +289,7 @@ impl Set {
             }
             #[cfg(feature = "json")]
             Set::Catalog(h) => {
-                let models = serde_json::from_value(doc["models"].clone());
-                let pins = serde_json::from_value(doc["pins"].clone());
-                match (models, pins) {
-                    (Ok(models), Ok(pins)) => {
-                        h.apply_synced(Some((models, pins)), Vec::new()).is_ok()
-                    }
-                    _ => false,
-                }
+                catalog_of(doc).is_some_and(|c| h.apply_synced(Some(c), Vec::new()).is_ok())
             }
             Set::Limit(h) => apply_limit(h, doc),
             #[cfg(feature = "proxy")]
@@ -316,6 +309,14 @@ impl Set {
 /// What a set is published as: JSON (weights as `{"blue":90,"green":10}`;
 /// a limiter as `{"quotas":[{"name":..,"count":..,"period_us":..,"burst":..}],"dry_run":false}`).
 type Doc = serde_json::Value;
+
+/// A catalog set's versions and pins (`{"models": [..], "pins": [..]}`).
+#[cfg(feature = "json")]
+fn catalog_of(doc: &Doc) -> Option<(Vec<crate::model::Model>, Vec<crate::model::Pin>)> {
+    let models = serde_json::from_value(doc["models"].clone()).ok()?;
+    let pins = serde_json::from_value(doc["pins"].clone()).ok()?;
+    Some((models, pins))
+}
 
 fn weights_of(doc: &Doc) -> Option<Weights> {
     serde_json::from_value(doc.clone()).ok()
@@ -447,12 +448,10 @@ fn apply_jointly(all: &[(String, Set)], known: &mut HashMap<String, Known>) -> u
             };
             match set {
                 Set::Catalog(other) if other.same_router(h) => {
-                    let models = serde_json::from_value(remote["models"].clone());
-                    let pins = serde_json::from_value(remote["pins"].clone());
-                    let (Ok(models), Ok(pins)) = (models, pins) else {
+                    let Some(catalog) = catalog_of(&remote) else {
                         continue;
                     };
-                    models_and_pins = Some((models, pins));
+                    models_and_pins = Some(catalog);
                 }
                 Set::Alias(other, alias) if other.same_router(h) => {
                     let Some(weights) = weights_of(&remote) else {
@@ -619,7 +618,6 @@ impl WeightSync {
         };
         let mut known = inner.known.lock().await;
         let errors = inner.counters.errors.load(Ordering::Relaxed);
-        let mut seen = Vec::new();
         let (mut all, mut refused, mut applied) = (Vec::new(), 0, false);
         for (name, source) in &sources {
             for (suffix, set) in source.sets(name) {
@@ -636,7 +634,6 @@ impl WeightSync {
                         Outcome::Other => {}
                     }
                 }
-                seen.push(key.clone());
                 all.push((key, set));
             }
         }
@@ -674,7 +671,7 @@ impl WeightSync {
             Counters::add(&inner.counters.refused);
         }
         // Sets that went away (a route or alias removed) are forgotten.
-        known.retain(|k, _| seen.contains(k));
+        known.retain(|k, _| all.iter().any(|(key, _)| key == k));
         // Counted when done: a replica that "ran a round" has published
         // or taken every set.
         if full {

@@ -594,31 +594,16 @@ impl super::Gateway {
             rollouts.entries().remove(route);
             return Err(e);
         }
-        let traffic = RouteTraffic {
-            gateway: Arc::downgrade(&self.inner),
-            route: route.to_owned(),
-            stable: rc.stable.clone(),
-            canary: rc.canary.clone(),
-            alias: rc.alias.clone(),
-        };
-        let rollout = match Rollout::new(rc.plan.clone(), traffic) {
+        let rollout = match route_rollout(&self.inner, route, &rc) {
             Ok(r) => r,
             Err(e) => {
                 rollouts.entries().remove(route);
                 return Err(e.into());
             }
         };
-        let weak = Arc::downgrade(&self.inner);
-        let name = route.to_owned();
         let _entered = runtime.enter();
         self.run_rollout_tasks();
-        let handle = rollout
-            .on_event(move |event| {
-                if let Some(inner) = weak.upgrade() {
-                    on_event(&inner, &name, event);
-                }
-            })
-            .start();
+        let handle = run(&self.inner, route, rollout);
         if let Some(e) = rollouts.entries().get_mut(route) {
             e.handle = Some(handle.clone());
         }
@@ -813,6 +798,36 @@ async fn share_samples(
             .unwrap_or_else(|e| e.into_inner())
             .insert(rc.name.clone(), others);
     }
+}
+
+/// `route`'s plan as a rollout of the route, driving it by name.
+fn route_rollout(
+    inner: &Arc<Inner>,
+    route: &str,
+    rc: &RouteRolloutConfig,
+) -> Result<Rollout, RolloutError> {
+    let traffic = RouteTraffic {
+        gateway: Arc::downgrade(inner),
+        route: route.to_owned(),
+        stable: rc.stable.clone(),
+        canary: rc.canary.clone(),
+        alias: rc.alias.clone(),
+    };
+    Rollout::new(rc.plan.clone(), traffic)
+}
+
+/// Starts `rollout` of `route` (on the current runtime), its events
+/// recorded and told by [`on_event`].
+fn run(inner: &Arc<Inner>, route: &str, rollout: Rollout) -> RolloutHandle {
+    let weak = Arc::downgrade(inner);
+    let name = route.to_owned();
+    rollout
+        .on_event(move |event| {
+            if let Some(inner) = weak.upgrade() {
+                on_event(&inner, &name, event);
+            }
+        })
+        .start()
 }
 
 /// One event of `route`'s rollout: recorded, queued for the store and the
@@ -1333,14 +1348,7 @@ fn take_over(
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return false;
     };
-    let traffic = RouteTraffic {
-        gateway: Arc::downgrade(inner),
-        route: route.to_owned(),
-        stable: rc.stable.clone(),
-        canary: rc.canary.clone(),
-        alias: rc.alias.clone(),
-    };
-    let Ok(rollout) = Rollout::new(rc.plan.clone(), traffic)
+    let Ok(rollout) = route_rollout(inner, route, rc)
         .and_then(|r| r.from_step(record.step, record.canary_weight))
     else {
         return false;
@@ -1371,16 +1379,8 @@ fn take_over(
             seen: Some(new_text),
         },
     );
-    let weak = Arc::downgrade(inner);
-    let name = route.to_owned();
     let _entered = runtime.enter();
-    let handle = rollout
-        .on_event(move |event| {
-            if let Some(inner) = weak.upgrade() {
-                on_event(&inner, &name, event);
-            }
-        })
-        .start();
+    let handle = run(inner, route, rollout);
     if manual_pause {
         handle.pause();
     }
