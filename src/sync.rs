@@ -392,11 +392,19 @@ fn endpoints_doc(u: &crate::proxy::Upstream) -> Doc {
 /// fit (unreadable, or an address the upstream refuses).
 #[cfg(feature = "proxy")]
 fn apply_endpoints(u: &crate::proxy::Upstream, doc: &Doc) -> bool {
+    // Only what `endpoints_doc` writes: a weight of 1 or more, a `Host`
+    // other than the authority (else this replica would read back another
+    // document than it applied, and publish it again).
     let spec = |e: &Doc| -> Option<(String, crate::proxy::EndpointSpec)> {
-        let mut spec = crate::proxy::EndpointSpec::new(e["authority"].as_str()?)
-            .weight(u32::try_from(e["weight"].as_u64()?).ok()?);
-        if let Some(host) = e["host"].as_str() {
-            spec = spec.host(host);
+        let authority = e["authority"].as_str()?;
+        let weight = u32::try_from(e["weight"].as_u64()?)
+            .ok()
+            .filter(|w| *w > 0)?;
+        let mut spec = crate::proxy::EndpointSpec::new(authority).weight(weight);
+        match &e["host"] {
+            Doc::Null => {}
+            Doc::String(host) if host != authority => spec = spec.host(host.as_str()),
+            _ => return None,
         }
         Some((e["key"].as_str()?.to_owned(), spec))
     };

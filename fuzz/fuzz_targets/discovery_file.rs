@@ -15,7 +15,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(rest) else {
         return;
     };
-    let format = if first & 1 == 0 { FileFormat::Json } else { FileFormat::Toml };
+    let format = if first & 1 == 0 {
+        FileFormat::Json
+    } else {
+        FileFormat::Toml
+    };
     let Ok(snapshot) = FileSource::parse(text, format) else {
         return;
     };

@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
     let parsed: serde_json::Value =
         serde_json::from_str(doc).expect("a document that built keys is JSON");
     let entries = parsed["keys"].as_array().map_or(0, Vec::len);
-    assert!(ids.len() <= entries, "{} keys from {entries} entries", ids.len());
+    assert!(
+        ids.len() <= entries,
+        "{} keys from {entries} entries",
+        ids.len()
+    );
     for id in ids.iter().flatten() {
         let named = parsed["keys"]
             .as_array()

@@ -48,7 +48,10 @@ fn run(kind: u8, data: &[u8], cuts: &[usize]) -> Vec<u8> {
     let mut failed = false;
     for &cut in cuts.iter().chain(std::iter::once(&data.len())) {
         let cut = cut.clamp(at, data.len());
-        if parser.feed(&data[at..cut], |e| m.event(e, &mut out)).is_err() {
+        if parser
+            .feed(&data[at..cut], |e| m.event(e, &mut out))
+            .is_err()
+        {
             m.fail("too long", &mut out);
             failed = true;
             break;
@@ -109,7 +112,8 @@ fn without_ids(out: &[u8]) -> Vec<(String, serde_json::Value)> {
     let mut parser = Parser::new(usize::MAX);
     parser
         .feed(out, |e| {
-            let mut v = serde_json::from_str(e.data).unwrap_or(serde_json::Value::String(e.data.to_owned()));
+            let mut v = serde_json::from_str(e.data)
+                .unwrap_or(serde_json::Value::String(e.data.to_owned()));
             strip(&mut v);
             events.push((e.event.to_owned(), v));
         })
@@ -150,8 +154,12 @@ fuzz_target!(|input: &[u8]| {
             }
             let status = StatusCode::TOO_MANY_REQUESTS;
             match kind {
-                3 => json_object(&serde_json::to_vec(&anthropic::error_to_chat(status, rest)).unwrap()),
-                4 => json_object(&serde_json::to_vec(&gemini::error_to_chat(status, rest)).unwrap()),
+                3 => json_object(
+                    &serde_json::to_vec(&anthropic::error_to_chat(status, rest)).unwrap(),
+                ),
+                4 => {
+                    json_object(&serde_json::to_vec(&gemini::error_to_chat(status, rest)).unwrap())
+                }
                 _ => json_object(&messages::error_from_chat(status, rest).to_json()),
             }
         }
@@ -159,7 +167,10 @@ fuzz_target!(|input: &[u8]| {
             // The first bytes place up to four cuts; the rest is the stream.
             let (cuts, data) = rest.split_at(rest.len().min(4));
             let cuts: Vec<usize> = {
-                let mut c: Vec<usize> = cuts.iter().map(|&b| usize::from(b) * data.len() / 256).collect();
+                let mut c: Vec<usize> = cuts
+                    .iter()
+                    .map(|&b| usize::from(b) * data.len() / 256)
+                    .collect();
                 c.sort_unstable();
                 c
             };

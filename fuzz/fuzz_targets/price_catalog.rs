@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let counts = [0u64, 1, 199_999, 200_001, u64::from(u32::MAX), u64::MAX];
     for (name, price) in catalog.iter() {
-        assert!(catalog.get(name).is_some(), "{name} is listed but not found");
+        assert!(
+            catalog.get(name).is_some(),
+            "{name} is listed but not found"
+        );
         for &n in &counts {
             let mut small = Usage::default();
             (small.input, small.output) = (n, n);

@@ -46,8 +46,8 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
 use switchyard::body::RequestBody;
 use switchyard::platform::prompt::{
-    ErrorFormat, JsonType, ObjectSchema, PromptApi, PromptApiConfig, PropertySchema,
-    ResponseMode, Role, TemplateMessage, Variable, VariableType, VersionConfig,
+    ErrorFormat, JsonType, ObjectSchema, PromptApi, PromptApiConfig, PropertySchema, ResponseMode,
+    Role, TemplateMessage, Variable, VariableType, VersionConfig,
 };
 use tower::{ServiceExt, service_fn};
 
@@ -207,7 +207,10 @@ const CONTENT_TYPES: [(Option<&str>, Option<bool>); 16] = [
     (Some("text/json"), Some(false)),
     (Some("application"), Some(false)),
     (Some("application/+json"), None),
-    (Some("multipart/form-data; boundary=\"application/json\""), Some(false)),
+    (
+        Some("multipart/form-data; boundary=\"application/json\""),
+        Some(false),
+    ),
 ];
 
 /// `Content-Encoding` lines and whether they encode the body.
@@ -238,7 +241,10 @@ fn variable_admits(kind: VariableType, value: &Value) -> bool {
 
 /// The caller's body as the docs read it: each variable's text by name and
 /// the extra messages, or `None` for a 400.
-fn read_caller(config: &PromptApiConfig, body: &[u8]) -> Option<(BTreeMap<String, String>, Vec<Value>)> {
+fn read_caller(
+    config: &PromptApiConfig,
+    body: &[u8],
+) -> Option<(BTreeMap<String, String>, Vec<Value>)> {
     let doc: Value = serde_json::from_slice(body).ok()?;
     let empty = Map::new();
     let mut given = &empty;
@@ -260,7 +266,10 @@ fn read_caller(config: &PromptApiConfig, body: &[u8]) -> Option<(BTreeMap<String
             Some(value) => value,
             None if spec.required => return None,
             None => {
-                values.insert(name.clone(), spec.default.as_ref().map(text).unwrap_or_default());
+                values.insert(
+                    name.clone(),
+                    spec.default.as_ref().map(text).unwrap_or_default(),
+                );
                 continue;
             }
         };
@@ -268,7 +277,10 @@ fn read_caller(config: &PromptApiConfig, body: &[u8]) -> Option<(BTreeMap<String
             && spec
                 .max_length
                 .is_none_or(|max| value.as_str().is_none_or(|s| s.chars().count() <= max))
-            && spec.one_of.as_ref().is_none_or(|allowed| allowed.contains(value));
+            && spec
+                .one_of
+                .as_ref()
+                .is_none_or(|allowed| allowed.contains(value));
         if !fits {
             return None;
         }
@@ -364,7 +376,9 @@ fn json_admits(kind: JsonType, value: &Value) -> bool {
         JsonType::Integer => {
             value.is_i64()
                 || value.is_u64()
-                || value.as_f64().is_some_and(|f| f.is_finite() && f.fract() == 0.0)
+                || value
+                    .as_f64()
+                    .is_some_and(|f| f.is_finite() && f.fract() == 0.0)
         }
         JsonType::Number => value.is_number(),
         JsonType::Boolean => value.is_boolean(),
@@ -380,10 +394,14 @@ fn satisfies(schema: &ObjectSchema, value: &Value) -> bool {
         return false;
     };
     schema.required.iter().all(|r| object.contains_key(r))
-        && object.iter().all(|(name, v)| match schema.properties.get(name) {
-            None => schema.additional_properties,
-            Some(p) => json_admits(p.kind, v) && p.one_of.as_ref().is_none_or(|a| a.contains(v)),
-        })
+        && object
+            .iter()
+            .all(|(name, v)| match schema.properties.get(name) {
+                None => schema.additional_properties,
+                Some(p) => {
+                    json_admits(p.kind, v) && p.one_of.as_ref().is_none_or(|a| a.contains(v))
+                }
+            })
 }
 
 /// The assistant's text of a chat completion, read as JSON. Lossy:
@@ -410,11 +428,17 @@ fn error_of(
     body: &[u8],
 ) -> (String, Option<String>) {
     let doc: Value = serde_json::from_slice(body).unwrap_or_else(|e| {
-        panic!("a {status} error that is not JSON ({e}): {}", String::from_utf8_lossy(body))
+        panic!(
+            "a {status} error that is not JSON ({e}): {}",
+            String::from_utf8_lossy(body)
+        )
     });
     let (content_type, fields) = match format {
         ErrorFormat::OpenAi => {
-            let error = doc.get("error").and_then(Value::as_object).expect("`error`");
+            let error = doc
+                .get("error")
+                .and_then(Value::as_object)
+                .expect("`error`");
             let kind = if status.is_server_error() {
                 "server_error"
             } else {
@@ -426,7 +450,11 @@ fn error_of(
         }
         ErrorFormat::Problem => {
             let object = doc.as_object().expect("a problem object");
-            assert_eq!(object.get("status"), Some(&Value::from(status.as_u16())), "{doc}");
+            assert_eq!(
+                object.get("status"),
+                Some(&Value::from(status.as_u16())),
+                "{doc}"
+            );
             assert!(object.get("title").is_some_and(Value::is_string), "{doc}");
             assert!(object.get("detail").is_some_and(Value::is_string), "{doc}");
             ("application/problem+json", object.clone())
@@ -461,7 +489,10 @@ fn check_bad_request(config: &PromptApiConfig, body: &[u8], code: &str, param: O
             assert_eq!(param, None);
         }
         "invalid_json" => {
-            assert!(doc.as_ref().is_none_or(|d| !d.is_object()), "{code} for an object");
+            assert!(
+                doc.as_ref().is_none_or(|d| !d.is_object()),
+                "{code} for an object"
+            );
             assert_eq!(param, None);
         }
         "invalid_variables" => {
@@ -477,13 +508,18 @@ fn check_bad_request(config: &PromptApiConfig, body: &[u8], code: &str, param: O
         "stream_unsupported" | "invalid_type" => assert_eq!(param, Some("stream")),
         "invalid_messages" => {
             assert!(config.allow_extra_messages);
-            assert!(param.is_some_and(|p| p.starts_with("messages")), "{param:?}");
+            assert!(
+                param.is_some_and(|p| p.starts_with("messages")),
+                "{param:?}"
+            );
         }
         "unknown_variable" => {
             let name = variable.unwrap_or_else(|| panic!("{code} with param {param:?}"));
             assert!(!config.variables.contains_key(name));
         }
-        "missing_variable" | "variable_too_long" | "invalid_variable_type"
+        "missing_variable"
+        | "variable_too_long"
+        | "invalid_variable_type"
         | "invalid_variable_value" => {
             let name = variable.unwrap_or_else(|| panic!("{code} with param {param:?}"));
             let spec = &config.variables[name];
@@ -557,9 +593,7 @@ fuzz_target!(|data: &[u8]| {
     } else if true_length {
         req = req.header("content-length", caller.len());
     }
-    let req = req
-        .body(Full::new(Bytes::copy_from_slice(caller)))
-        .unwrap();
+    let req = req.body(Full::new(Bytes::copy_from_slice(caller))).unwrap();
 
     let before = api.handle().stats();
     let (res_status, res_headers, res_body) = common::runtime().block_on(async {
@@ -575,7 +609,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(len.to_str().unwrap(), res_body.len().to_string());
     }
     let refused = after.refused - before.refused;
-    let sum = |s: &switchyard::platform::prompt::PromptStats, f: fn(&switchyard::platform::prompt::PromptVersionStats) -> u64| {
+    let sum = |s: &switchyard::platform::prompt::PromptStats,
+               f: fn(&switchyard::platform::prompt::PromptVersionStats) -> u64| {
         s.versions.iter().map(f).sum::<u64>()
     };
     let invalid = sum(&after, |v| v.invalid_answers) - sum(&before, |v| v.invalid_answers);
@@ -625,7 +660,11 @@ fuzz_target!(|data: &[u8]| {
 
     // The model was asked: the request was admissible.
     assert_eq!(refused, 0);
-    assert_ne!(media_refused, Some(true), "a non-JSON or encoded body reached the model");
+    assert_ne!(
+        media_refused,
+        Some(true),
+        "a non-JSON or encoded body reached the model"
+    );
     assert!(!too_large, "a body over the limit reached the model");
     let (values, extra) = reading.unwrap_or_else(|| {
         panic!(
@@ -636,16 +675,26 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(head.method, http::Method::POST);
     assert_eq!(head.uri.path(), "/v1/chat/completions");
     assert_eq!(head.uri.query(), None);
-    assert_eq!(head.headers.get("content-type").unwrap(), "application/json");
     assert_eq!(
-        head.headers.get("content-length").unwrap().to_str().unwrap(),
+        head.headers.get("content-type").unwrap(),
+        "application/json"
+    );
+    assert_eq!(
+        head.headers
+            .get("content-length")
+            .unwrap()
+            .to_str()
+            .unwrap(),
         sent.len().to_string()
     );
     assert!(head.headers.get("accept-encoding").is_none());
     assert!(head.headers.get("content-encoding").is_none());
     assert_eq!(head.headers.get("x-caller").unwrap(), "fuzz");
     let got: Value = serde_json::from_slice(&sent).unwrap_or_else(|e| {
-        panic!("the model got a body that is not JSON ({e}): {}", String::from_utf8_lossy(&sent))
+        panic!(
+            "the model got a body that is not JSON ({e}): {}",
+            String::from_utf8_lossy(&sent)
+        )
     });
     assert_eq!(got["model"], Value::from(config.alias.as_str()));
     assert!(got.get("stream").is_none(), "stream sent: {got}");
@@ -653,7 +702,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(
         want.contains(&got),
         "the model got\n{got}\nnot one of\n{}",
-        want.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
+        want.iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     // The answer, in the API's mode.
@@ -693,7 +745,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         ResponseMode::Text => {
-            let text = if wrap { Some(content) } else { assistant_text(&answer) };
+            let text = if wrap {
+                Some(content)
+            } else {
+                assistant_text(&answer)
+            };
             if res_status == status {
                 assert_eq!(res_headers.get("content-type").unwrap(), "application/json");
                 let doc: Value = serde_json::from_slice(&res_body).expect("a JSON result");
@@ -709,17 +765,29 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         ResponseMode::Json { schema } => {
-            let text = if wrap { Some(content) } else { assistant_text(&answer) };
-            let parsed = text.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok());
+            let text = if wrap {
+                Some(content)
+            } else {
+                assistant_text(&answer)
+            };
+            let parsed = text
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok());
             let valid = parsed.as_ref().is_some_and(|v| satisfies(schema, v));
             if res_status == status {
                 assert_eq!(res_headers.get("content-type").unwrap(), "application/json");
                 let doc: Value = serde_json::from_slice(&res_body).expect("a JSON result");
                 assert!(doc.is_object(), "not an object: {doc}");
-                assert!(valid, "an answer outside the schema passed: {doc} (the assistant's text: {text:?})");
+                assert!(
+                    valid,
+                    "an answer outside the schema passed: {doc} (the assistant's text: {text:?})"
+                );
                 assert_eq!(Some(&doc), parsed.as_ref(), "not the assistant's object");
             } else if read && wrap {
-                assert!(!valid, "a 502 for an answer that satisfies the schema: {text:?}");
+                assert!(
+                    !valid,
+                    "a 502 for an answer that satisfies the schema: {text:?}"
+                );
             }
         }
         _ => unreachable!(),

@@ -8,8 +8,9 @@
 //!   panic; a request is allowed, or refused with 429 only when the
 //!   answer names one of the quotas;
 //! * the weight sync's `HMGET version weights` (a JSON document), through
-//!   `WeightSync::sync_once` over a split, a model alias and a Redis rate
-//!   limiter: no panic; whatever a round applies is valid, and is then
+//!   `WeightSync::sync_once` over a split, a model router (its catalog's
+//!   versions and pins, and an alias), a Redis rate limiter and an
+//!   upstream's servers: no panic; whatever a round applies is valid, and is then
 //!   exactly what this replica would publish (so replicas converge
 //!   instead of publishing back and forth).
 #![no_main]
@@ -180,6 +181,7 @@ struct World {
     limit_handle: RedisRateLimitHandle,
     split: SplitHandle,
     model: ModelHandle,
+    upstream: switchyard::proxy::Upstream,
     sync: WeightSync,
 }
 
@@ -221,10 +223,15 @@ fn world() -> &'static World {
                 .build()
                 .unwrap()
                 .handle();
+            let upstream = switchyard::proxy::Upstream::builder("http://127.0.0.1:1")
+                .endpoint("http://127.0.0.1:2")
+                .build()
+                .unwrap();
             let sync = WeightSync::builder(conn)
                 .split("s", split.clone())
                 .model("m", model.clone())
                 .rate_limit("l", limit_handle.clone())
+                .upstream("u", upstream.clone())
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap();
@@ -233,6 +240,7 @@ fn world() -> &'static World {
                 limit_handle,
                 split,
                 model,
+                upstream,
                 sync,
             }
         })
@@ -254,6 +262,24 @@ fn limit_doc(h: &RedisRateLimitHandle) -> Value {
         })
         .collect();
     json!({ "quotas": quotas, "dry_run": h.dry_run() })
+}
+
+/// What a replica publishes for a model router's catalog.
+fn catalog_doc(h: &ModelHandle) -> Value {
+    let catalog = h.catalog();
+    json!({ "models": catalog.models, "pins": catalog.pins })
+}
+
+/// What a replica publishes for an upstream's servers.
+fn endpoints_doc(u: &switchyard::proxy::Upstream) -> Value {
+    let list: Vec<Value> = u
+        .endpoint_specs()
+        .into_iter()
+        .map(|(key, spec)| {
+            json!({ "key": key, "authority": spec.authority, "host": spec.host, "weight": spec.weight })
+        })
+        .collect();
+    Value::Array(list)
 }
 
 fn weights_doc(w: impl serde::Serialize) -> Value {
@@ -333,10 +359,12 @@ fuzz_target!(|data: &[u8]| {
         };
         REPLIES.lock().unwrap().0 = publish.to_vec();
         let before = w.sync.stats();
-        let (split0, model0, limit0) = (
+        let (split0, model0, limit0, catalog0, upstream0) = (
             weights_doc(w.split.weights()),
             weights_doc(w.model.weights("chat").unwrap()),
             limit_doc(&w.limit_handle),
+            catalog_doc(&w.model),
+            endpoints_doc(&w.upstream),
         );
         rt.block_on(w.sync.sync_once());
         let after = w.sync.stats();
@@ -345,6 +373,8 @@ fuzz_target!(|data: &[u8]| {
             (split0, weights_doc(w.split.weights())),
             (model0, weights_doc(w.model.weights("chat").unwrap())),
             (limit0, limit_doc(&w.limit_handle)),
+            (catalog0, catalog_doc(&w.model)),
+            (upstream0, endpoints_doc(&w.upstream)),
         ];
         for (was, is) in &now {
             if was != is {

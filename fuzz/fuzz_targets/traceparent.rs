@@ -52,7 +52,8 @@ fuzz_target!(|data: &[u8]| {
     let want = reference(value);
     assert_eq!(
         parsed.map(|p| (p.trace_id(), p.parent_id(), p.sampled())),
-        want.as_ref().map(|(t, p, f)| (t.clone(), p.clone(), f & 1 == 1)),
+        want.as_ref()
+            .map(|(t, p, f)| (t.clone(), p.clone(), f & 1 == 1)),
         "{:?}",
         String::from_utf8_lossy(value)
     );
@@ -82,6 +83,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(req.headers().contains_key("tracestate"));
     } else {
         assert!(!out.sampled(), "a new trace is not sampled");
-        assert!(!req.headers().contains_key("tracestate"), "the state of a dropped context kept");
+        assert!(
+            !req.headers().contains_key("tracestate"),
+            "the state of a dropped context kept"
+        );
     }
 });

@@ -72,12 +72,24 @@ fn has_duplicate_keys(body: &[u8]) -> bool {
             }
             Ok(dup)
         }
-        fn visit_bool<E>(self, _: bool) -> Result<bool, E> { Ok(false) }
-        fn visit_i64<E>(self, _: i64) -> Result<bool, E> { Ok(false) }
-        fn visit_u64<E>(self, _: u64) -> Result<bool, E> { Ok(false) }
-        fn visit_f64<E>(self, _: f64) -> Result<bool, E> { Ok(false) }
-        fn visit_str<E>(self, _: &str) -> Result<bool, E> { Ok(false) }
-        fn visit_unit<E>(self) -> Result<bool, E> { Ok(false) }
+        fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_unit<E>(self) -> Result<bool, E> {
+            Ok(false)
+        }
     }
     struct Seed;
     impl<'de> serde::de::DeserializeSeed<'de> for Seed {
