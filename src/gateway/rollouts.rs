@@ -1248,14 +1248,19 @@ pub(crate) fn sweep(inner: &Arc<Inner>) {
             continue;
         }
         if !record.live() || !record.lapsed(lease_ms(&state)) {
-            inner.rollouts.entries().insert(
-                route.to_owned(),
-                Entry {
-                    record,
-                    handle: None,
-                    seen: Some(text),
-                },
-            );
+            let mut entries = inner.rollouts.entries();
+            // A rollout started here since the record was read keeps its
+            // entry (it holds the handle, and its record is newer).
+            if entries.get(route).is_none_or(|e| e.handle.is_none()) {
+                entries.insert(
+                    route.to_owned(),
+                    Entry {
+                        record,
+                        handle: None,
+                        seen: Some(text),
+                    },
+                );
+            }
             continue;
         }
         // Nobody runs it: this gateway carries it on if it can.
