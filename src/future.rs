@@ -46,6 +46,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use tower::Service;
+
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use pin_project_lite::pin_project;
 
@@ -189,5 +191,94 @@ where
 impl<F> std::fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+// === Dispatch ===
+
+pin_project! {
+    /// Calls a service with one request, as
+    /// [`oneshot`](tower::ServiceExt::oneshot) does: waits until the
+    /// service is ready, then calls it. The response future of a
+    /// [`Split`](crate::split::Split) drives the chosen target with it; the
+    /// server and the gateway drive their inner services with it.
+    ///
+    /// [`Dispatch::new`] first asks the service once whether it is ready
+    /// already (with a no-op waker, which is harmless: a service that is
+    /// not ready is asked again, with the task's waker, when this future is
+    /// polled) and, if so, calls it at once, so the request is not moved
+    /// into a waiting state and out again; the common case costs less.
+    pub struct Dispatch<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: DispatchState<S, Req>,
+    }
+}
+
+pin_project! {
+    #[project = DispatchProj]
+    enum DispatchState<S, Req>
+    where
+        S: Service<Req>,
+    {
+        Waiting { svc: S, req: Option<Req> },
+        Called { #[pin] future: S::Future },
+        Failed { error: Option<S::Error> },
+    }
+}
+
+impl<S: Service<Req>, Req> Dispatch<S, Req> {
+    /// Calls `svc` with `req` at once if it is ready, else when polled
+    /// once it is.
+    pub fn new(mut svc: S, req: Req) -> Self {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let state = match svc.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => DispatchState::Called {
+                future: svc.call(req),
+            },
+            Poll::Ready(Err(error)) => DispatchState::Failed { error: Some(error) },
+            Poll::Pending => DispatchState::Waiting {
+                svc,
+                req: Some(req),
+            },
+        };
+        Self { state }
+    }
+}
+
+impl<S: Service<Req>, Req> Future for Dispatch<S, Req> {
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                DispatchProj::Called { future } => return future.poll(cx),
+                DispatchProj::Failed { error } => match error.take() {
+                    Some(e) => return Poll::Ready(Err(e)),
+                    // Polled again after it failed: a contract breach by
+                    // the caller, but never a panic here.
+                    None => return Poll::Pending,
+                },
+                DispatchProj::Waiting { svc, req } => {
+                    if let Err(e) = ready!(svc.poll_ready(cx)) {
+                        return Poll::Ready(Err(e));
+                    }
+                    let Some(req) = req.take() else {
+                        return Poll::Pending;
+                    };
+                    let future = svc.call(req);
+                    this.state.set(DispatchState::Called { future });
+                }
+            }
+        }
+    }
+}
+
+impl<S: Service<Req>, Req> std::fmt::Debug for Dispatch<S, Req> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatch").finish_non_exhaustive()
     }
 }

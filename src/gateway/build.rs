@@ -51,6 +51,18 @@ trait ErasedService: Send + Sync {
 /// A service behind a [`Pipeline`].
 struct Erased<S>(S);
 
+/// A split of upstreams behind a [`Pipeline`]: called in place
+/// ([`Split::call_shared`]), not cloned per request.
+struct ErasedSplit(Split<Upstream>);
+
+impl ErasedService for ErasedSplit {
+    fn call(&self, req: Request<GatewayBody>) -> PipelineFuture {
+        Box::pin(Boxed {
+            inner: self.0.call_shared(req),
+        })
+    }
+}
+
 impl<S, B> ErasedService for Erased<S>
 where
     S: Service<Request<GatewayBody>, Response = Response<B>, Error = Infallible>
@@ -63,12 +75,37 @@ where
     B::Error: Into<BoxError>,
 {
     fn call(&self, req: Request<GatewayBody>) -> PipelineFuture {
-        Box::pin(
-            self.0
-                .clone()
-                .map_response(|res: Response<B>| res.map(crate::proxy::box_body))
-                .oneshot(req),
-        )
+        // `Dispatch` calls a service that is ready at once (every layer of
+        // a route is, but for a limiter at its cap), so the request is not
+        // moved into a waiting state and out again as `oneshot` would.
+        Box::pin(Boxed {
+            inner: crate::split::Dispatch::new(self.0.clone(), req),
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A pipeline's response with its body boxed (see
+    /// [`box_body`](crate::proxy::box_body)).
+    struct Boxed<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, B> std::future::Future for Boxed<F>
+where
+    F: std::future::Future<Output = Result<Response<B>, Infallible>>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<GatewayBody>, Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project()
+            .inner
+            .poll(cx)
+            .map_ok(|res| res.map(crate::proxy::box_body))
     }
 }
 
@@ -1126,7 +1163,9 @@ fn build_route(
                     Err(e) => problems.push(format!("{here}.targets"), e),
                 }
             }
-            split.as_ref().map(|s| boxed(s.split.clone()))
+            split
+                .as_ref()
+                .map(|s| Pipeline(Arc::new(ErasedSplit(s.split.clone()))))
         }
         (None, Some(mc)) => {
             let here = format!("{at}.model");

@@ -363,7 +363,7 @@ where
         );
         let req = Request::from_parts(parts, body);
         ConnFuture {
-            inner: tower::ServiceExt::oneshot(self.inner.clone(), req),
+            inner: Call::new(self.inner.clone(), req),
             in_flight: Some(in_flight),
             timed_out,
         }
@@ -377,9 +377,66 @@ pin_project! {
         S: Service<Request<IncomingBody>, Response = Response<B>>,
     {
         #[pin]
-        inner: Oneshot<S, Request<IncomingBody>>,
+        inner: Call<S, Request<IncomingBody>>,
         in_flight: Option<InFlight>,
         timed_out: Option<Arc<AtomicBool>>,
+    }
+}
+
+pin_project! {
+    /// The inner service called with the request: at once when it is
+    /// ready already (the gateway always is), so the request is not moved
+    /// into a waiting state and out again as `oneshot` would; else as
+    /// `oneshot` does.
+    #[project = CallProj]
+    pub(crate) enum Call<S, Req>
+    where
+        S: Service<Req>,
+    {
+        Called { #[pin] future: S::Future },
+        Waiting { #[pin] oneshot: Oneshot<S, Req> },
+        Failed { error: Option<BoxError> },
+    }
+}
+
+impl<S, Req> Call<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    fn new(mut svc: S, req: Req) -> Self {
+        // A no-op waker is harmless: a service that is not ready is asked
+        // again, with the task's waker, by the `oneshot`.
+        let mut cx = Context::from_waker(Waker::noop());
+        match svc.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Call::Called {
+                future: svc.call(req),
+            },
+            Poll::Ready(Err(e)) => Call::Failed {
+                error: Some(e.into()),
+            },
+            Poll::Pending => Call::Waiting {
+                oneshot: Oneshot::new(svc, req),
+            },
+        }
+    }
+}
+
+impl<S, Req> Future for Call<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CallProj::Called { future } => future.poll(cx).map_err(Into::into),
+            CallProj::Waiting { oneshot } => oneshot.poll(cx).map_err(Into::into),
+            CallProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "polled after completion".into()))),
+        }
     }
 }
 
@@ -414,7 +471,7 @@ where
         }
         Poll::Ready(match result {
             Ok(res) => Ok(res.map(|b| OutgoingBody::new(ResponseBody::new(b), in_flight))),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         })
     }
 }

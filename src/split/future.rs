@@ -8,7 +8,6 @@ use std::task::{Context, Poll, ready};
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tower::Service;
 
 use super::handle::Shared;
 
@@ -68,89 +67,6 @@ impl InFlight {
     #[cold]
     fn cut_off(&self) {
         self.shared.counters(self.index).body_error();
-    }
-}
-
-pin_project! {
-    /// Drives the target a [`Split`](super::Split) chose, as
-    /// [`oneshot`](tower::ServiceExt::oneshot) does: waits until that
-    /// target is ready, then calls it.
-    ///
-    /// `Split::call` first asks the target once whether it is ready
-    /// already (with a no-op waker, which is harmless: a target that is not
-    /// ready is asked again, with the task's waker, when this future is
-    /// polled) and, if so, calls it at once, so the request is not moved
-    /// into a waiting state and out again; the common case costs less.
-    pub struct Dispatch<S, Req>
-    where
-        S: Service<Req>,
-    {
-        #[pin]
-        state: DispatchState<S, Req>,
-    }
-}
-
-pin_project! {
-    #[project = DispatchProj]
-    enum DispatchState<S, Req>
-    where
-        S: Service<Req>,
-    {
-        Waiting { svc: S, req: Option<Req> },
-        Called { #[pin] future: S::Future },
-        Failed { error: Option<S::Error> },
-    }
-}
-
-impl<S: Service<Req>, Req> Dispatch<S, Req> {
-    pub(crate) fn new(mut svc: S, req: Req) -> Self {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let state = match svc.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => DispatchState::Called {
-                future: svc.call(req),
-            },
-            Poll::Ready(Err(error)) => DispatchState::Failed { error: Some(error) },
-            Poll::Pending => DispatchState::Waiting {
-                svc,
-                req: Some(req),
-            },
-        };
-        Self { state }
-    }
-}
-
-impl<S: Service<Req>, Req> Future for Dispatch<S, Req> {
-    type Output = Result<S::Response, S::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                DispatchProj::Called { future } => return future.poll(cx),
-                DispatchProj::Failed { error } => match error.take() {
-                    Some(e) => return Poll::Ready(Err(e)),
-                    // Polled again after it failed: a contract breach by
-                    // the caller, but never a panic here.
-                    None => return Poll::Pending,
-                },
-                DispatchProj::Waiting { svc, req } => {
-                    if let Err(e) = ready!(svc.poll_ready(cx)) {
-                        return Poll::Ready(Err(e));
-                    }
-                    let Some(req) = req.take() else {
-                        return Poll::Pending;
-                    };
-                    let future = svc.call(req);
-                    this.state.set(DispatchState::Called { future });
-                }
-            }
-        }
-    }
-}
-
-impl<S: Service<Req>, Req> std::fmt::Debug for Dispatch<S, Req> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dispatch").finish_non_exhaustive()
     }
 }
 

@@ -49,8 +49,9 @@ mod handle;
 mod service;
 pub(crate) mod weights;
 
+pub use crate::future::Dispatch;
 pub use error::SplitError;
-pub use future::{Dispatch, ResponseFuture, SplitBody};
+pub use future::{ResponseFuture, SplitBody};
 pub use handle::{Drained, SplitHandle, StatusClasses, TargetStats};
 pub use service::{Split, SplitBuilder, Target};
 pub use weights::Weights;

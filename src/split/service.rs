@@ -9,9 +9,10 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use tower::Service;
 
 use super::SplitError;
-use super::future::{Dispatch, InFlight, ResponseFuture, SplitBody};
+use super::future::{InFlight, ResponseFuture, SplitBody};
 use super::handle::{Shared, SplitHandle, TargetMeta};
 use super::weights::View;
+use crate::future::Dispatch;
 use crate::key::{HashSeed, Key, KeyBy};
 use crate::ratelimit::Clock;
 use crate::rng::RngSource;
@@ -279,7 +280,22 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        self.call_shared(req)
+    }
+}
+
+impl<S> Split<S> {
+    /// [`Service::call`] without `&mut`: a split needs none, so an owner
+    /// that shares one (the gateway's route) calls it in place rather than
+    /// cloning it (its targets' list) for each request.
+    pub(crate) fn call_shared<ReqB, ResB>(
+        &self,
+        mut req: Request<ReqB>,
+    ) -> ResponseFuture<Dispatch<S, Request<ReqB>>>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    {
         let shared = &self.shared;
         let index = match self.forced(&req) {
             Some(index) => {
