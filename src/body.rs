@@ -185,9 +185,8 @@ impl<B> ResponseBody<B> {
 
     /// Holds `guard` until the body ends or is dropped.
     #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
-    pub(crate) fn with_guard(mut self, guard: InFlightGuard) -> Self {
+    pub(crate) fn hold_guard(&mut self, guard: InFlightGuard) {
         self.guard = Some(guard);
-        self
     }
 }
 
@@ -195,13 +194,12 @@ impl<B: Body<Data = Bytes>> ResponseBody<B> {
     /// Hands `checkin`'s connection back to its pool once the body has
     /// ended (at once if it already has).
     #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
-    pub(crate) fn with_checkin(mut self, checkin: Checkin) -> Self {
+    pub(crate) fn hold_checkin(&mut self, checkin: Checkin) {
         if self.kind.is_end_stream() {
             checkin.finish();
         } else {
             self.checkin = Some(checkin);
         }
-        self
     }
 }
 

@@ -54,6 +54,12 @@ impl Inner {
             headers.remove(&XFF);
             headers.remove(header::FORWARDED);
         }
+        // Up to four headers added: room for them at once, rather than the
+        // map growing (and rehashing) more than once on the way.
+        headers.reserve(4);
+        // The peer's address as a header value, made once for
+        // `X-Forwarded-For` and `X-Real-IP`.
+        let ip_value = peer.and_then(|ip| HeaderValue::from_str(IpText::new(ip).as_str()).ok());
         if let Some(ip) = peer {
             // Several `X-Forwarded-For` lines are one list (RFC 9110
             // section 5.3): keep all of it, then add the peer.
@@ -61,7 +67,7 @@ impl Inner {
             let mut priors = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok());
             let value = match priors.next() {
                 // The usual case: the peer alone, without a `String`.
-                None => HeaderValue::from_str(ip.as_str()),
+                None => ip_value.clone().ok_or(()),
                 Some(first) => {
                     let mut value = String::new();
                     for prior in std::iter::once(first).chain(priors) {
@@ -69,7 +75,7 @@ impl Inner {
                         value.push_str(", ");
                     }
                     value.push_str(ip.as_str());
-                    HeaderValue::from_str(&value)
+                    HeaderValue::from_str(&value).map_err(|_| ())
                 }
             };
             if let Ok(v) = value {
@@ -99,7 +105,7 @@ impl Inner {
         });
         headers.insert(XFP, HeaderValue::from_static(proto));
         if !(trusted && headers.contains_key(&XRI)) {
-            match peer.and_then(|ip| HeaderValue::from_str(IpText::new(ip).as_str()).ok()) {
+            match ip_value {
                 Some(ip) => {
                     headers.insert(XRI, ip);
                 }
@@ -236,36 +242,79 @@ use crate::ingress::HOP_BY_HOP;
 /// [`crate::ingress`] does this (and more) once, before any layer runs;
 /// the proxy does it again for requests that did not come through it.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
-    // Most messages carry none: one pass over the names is cheaper than
-    // nine lookups that find nothing.
-    if !headers.keys().any(crate::ingress::is_hop_by_hop) {
+    // One pass over the names says which of the list are present (most
+    // messages carry none; an upstream's response often `Connection:
+    // keep-alive` alone): only those are looked up to be removed.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if !crate::ingress::is_protected(&name) {
+    if present & 1 != 0 {
+        // The headers `Connection` names, but for the list's own (removed
+        // below) and `close`: collected only when there are some.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for token in headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+        {
+            if token.eq_ignore_ascii_case("close") || token.is_empty() {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                && hop_by_hop_index(&name).is_none()
+                && !crate::ingress::is_protected(&name)
+            {
+                named.push(name);
+            }
+        }
+        for name in named {
             headers.remove(name);
         }
     }
+    const TE_BIT: u16 = 1 << 5;
     let te_trailers = request
+        && present & TE_BIT != 0
         && headers.get_all(header::TE).iter().any(|v| {
             v.to_str().is_ok_and(|v| {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             })
         });
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// `name`'s place in [`HOP_BY_HOP`], by its text (see
+/// [`is_hop_by_hop`](crate::ingress::is_hop_by_hop)).
+#[inline]
+fn hop_by_hop_index(name: &HeaderName) -> Option<u32> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        "http2-settings" => 9,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -273,6 +322,36 @@ mod tests {
     use http::{HeaderMap, HeaderValue};
 
     use super::{IpText, forwarded_element, remove_hop_by_hop};
+
+    #[test]
+    fn hop_by_hop_index_is_the_lists_order() {
+        for (i, name) in crate::ingress::HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(super::hop_by_hop_index(name), Some(i as u32), "{name}");
+        }
+        assert_eq!(super::hop_by_hop_index(&http::header::HOST), None);
+    }
+
+    #[test]
+    fn only_the_present_hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, close, X-A, te"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("2"));
+        h.insert("te", HeaderValue::from_static("trailers, gzip"));
+        let mut response = h.clone();
+        remove_hop_by_hop(&mut h, true);
+        let mut names: Vec<_> = h.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["te", "x-b"]);
+        assert_eq!(h["te"], "trailers");
+        remove_hop_by_hop(&mut response, false);
+        let names: Vec<_> = response.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-b"]);
+    }
 
     #[test]
     fn forwarded_values_are_quoted_and_escaped() {

@@ -222,12 +222,12 @@ impl Future for ResponseFuture {
                     let switched = res.status() == StatusCode::SWITCHING_PROTOCOLS;
                     let mut res = upstream_response(res, this.upgrade.take(), this.inner);
                     if let Some(guard) = this.guard.take() {
-                        res = res.map(|body| body.with_guard(guard));
+                        res.body_mut().hold_guard(guard);
                     }
                     // An upgraded connection is the tunnel's, never the
                     // pool's again.
                     if let Some(checkin) = checkin.filter(|_| !switched) {
-                        res = res.map(|body| body.with_checkin(checkin));
+                        res.body_mut().hold_checkin(checkin);
                     }
                     return Poll::Ready(Ok(res));
                 }
