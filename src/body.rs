@@ -148,6 +148,23 @@ impl<B: Body<Data = Bytes>> Kind<B> {
 }
 
 impl<B> ResponseBody<B> {
+    /// The inner body, when this one only passes it through (nothing
+    /// held, no in-flight count, no pooled connection): what
+    /// [`proxy::box_body`](crate::proxy) hands on without boxing it again.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+    // The `Err` is the body itself, handed back by value once to be boxed.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn into_passthrough(self) -> Result<B, Self> {
+        match self {
+            Self {
+                kind: Kind::Inner { body },
+                guard: None,
+                checkin: None,
+            } => Ok(body),
+            other => Err(other),
+        }
+    }
+
     /// The inner service's body, passed through.
     pub fn new(body: B) -> Self {
         Self {
@@ -329,6 +346,18 @@ pin_project! {
 }
 
 impl<B> RequestBody<B> {
+    /// The inner body, when this one only passes it through: what
+    /// [`proxy::box_body`](crate::proxy) hands on without boxing it again.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+    // The `Err` is the body itself, handed back by value once to be boxed.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn into_passthrough(self) -> Result<B, Self> {
+        match self.kind {
+            Kind::Inner { body } => Ok(body),
+            kind => Err(Self { kind }),
+        }
+    }
+
     /// The client's body, passed through.
     pub fn new(body: B) -> Self {
         Self {

@@ -59,11 +59,13 @@ impl Inner {
         headers.reserve(4);
         // The peer's address as a header value, made once for
         // `X-Forwarded-For` and `X-Real-IP`.
-        let ip_value = peer.and_then(|ip| HeaderValue::from_str(IpText::new(ip).as_str()).ok());
-        if let Some(ip) = peer {
+        let ip_text = peer.map(IpText::new);
+        let ip_value = ip_text
+            .as_ref()
+            .and_then(|ip| HeaderValue::from_str(ip.as_str()).ok());
+        if let Some(ip) = &ip_text {
             // Several `X-Forwarded-For` lines are one list (RFC 9110
             // section 5.3): keep all of it, then add the peer.
-            let ip = IpText::new(ip);
             let mut priors = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok());
             let value = match priors.next() {
                 // The usual case: the peer alone, without a `String`.
@@ -265,11 +267,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
             .flat_map(|v| v.split(','))
             .map(str::trim)
         {
-            if token.eq_ignore_ascii_case("close") || token.is_empty() {
+            // `keep-alive` (the usual one) and the rest of the list are
+            // told apart by their text, before a name is made.
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+            {
                 continue;
             }
             if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-                && hop_by_hop_index(&name).is_none()
                 && !crate::ingress::is_protected(&name)
             {
                 named.push(name);

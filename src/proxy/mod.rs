@@ -492,10 +492,30 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    use std::any::Any;
     let mut slot = Some(body);
-    if let Some(boxed) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<ProxyBody>>() {
+    if let Some(boxed) = (&mut slot as &mut dyn Any).downcast_mut::<Option<ProxyBody>>() {
         // `B` is `ProxyBody`: hand it on as it is.
         return boxed.take().unwrap_or_default();
+    }
+    // A layer's body that only passes a boxed one through (a layer of a
+    // gateway's route that let the request by): the boxed one, rather
+    // than a box around a wrapper around it, for each layer of the route.
+    if let Some(wrapped) =
+        (&mut slot as &mut dyn Any).downcast_mut::<Option<crate::body::ResponseBody<ProxyBody>>>()
+        && let Some(body) = wrapped.take()
+    {
+        return body
+            .into_passthrough()
+            .unwrap_or_else(|body| body.boxed_unsync());
+    }
+    if let Some(wrapped) =
+        (&mut slot as &mut dyn Any).downcast_mut::<Option<crate::body::RequestBody<ProxyBody>>>()
+        && let Some(body) = wrapped.take()
+    {
+        return body
+            .into_passthrough()
+            .unwrap_or_else(|body| body.boxed_unsync());
     }
     slot.map(|body| body.map_err(Into::into).boxed_unsync())
         .unwrap_or_default()
