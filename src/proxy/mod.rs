@@ -492,31 +492,64 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    use std::any::Any;
+    use crate::body::{RequestBody, ResponseBody};
+    /// The body in `slot` if it is a `T`.
+    fn take<T: 'static>(slot: &mut dyn std::any::Any) -> Option<T> {
+        slot.downcast_mut::<Option<T>>()?.take()
+    }
     let mut slot = Some(body);
-    if let Some(boxed) = (&mut slot as &mut dyn Any).downcast_mut::<Option<ProxyBody>>() {
+    if let Some(boxed) = take::<ProxyBody>(&mut slot) {
         // `B` is `ProxyBody`: hand it on as it is.
-        return boxed.take().unwrap_or_default();
+        return boxed;
     }
     // A layer's body that only passes a boxed one through (a layer of a
     // gateway's route that let the request by): the boxed one, rather
     // than a box around a wrapper around it, for each layer of the route.
-    if let Some(wrapped) =
-        (&mut slot as &mut dyn Any).downcast_mut::<Option<crate::body::ResponseBody<ProxyBody>>>()
-        && let Some(body) = wrapped.take()
-    {
-        return body
-            .into_passthrough()
-            .unwrap_or_else(|body| body.boxed_unsync());
+    if let Some(body) = take::<ResponseBody<ProxyBody>>(&mut slot) {
+        return body.into_passthrough().unwrap_or_else(|b| b.boxed_unsync());
     }
-    if let Some(wrapped) =
-        (&mut slot as &mut dyn Any).downcast_mut::<Option<crate::body::RequestBody<ProxyBody>>>()
-        && let Some(body) = wrapped.take()
-    {
-        return body
-            .into_passthrough()
-            .unwrap_or_else(|body| body.boxed_unsync());
+    if let Some(body) = take::<RequestBody<ProxyBody>>(&mut slot) {
+        return body.into_passthrough().unwrap_or_else(|b| b.boxed_unsync());
     }
     slot.map(|body| body.map_err(Into::into).boxed_unsync())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    use super::{ProxyBody, box_body};
+    use crate::body::{RequestBody, ResponseBody};
+
+    fn boxed(text: &'static str) -> ProxyBody {
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    }
+
+    async fn text(body: ProxyBody) -> Bytes {
+        body.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn box_body_unwraps_a_pass_through_and_keeps_the_rest() {
+        assert_eq!(text(box_body(boxed("as is"))).await, "as is");
+        assert_eq!(
+            text(box_body(ResponseBody::new(boxed("inner")))).await,
+            "inner"
+        );
+        assert_eq!(
+            text(box_body(RequestBody::new(boxed("inner")))).await,
+            "inner"
+        );
+        // A body a layer holds is not a pass-through: boxed with what it holds.
+        let held: ResponseBody<ProxyBody> = ResponseBody::full("held");
+        assert_eq!(text(box_body(held)).await, "held");
+        assert_eq!(
+            text(box_body(Full::new(Bytes::from("other")))).await,
+            "other"
+        );
+    }
 }
