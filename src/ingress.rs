@@ -92,25 +92,32 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 10] = [
     HeaderName::from_static("http2-settings"),
 ];
 
-/// Whether `name` is one of [`HOP_BY_HOP`]: a match on the name's text
-/// (its length, then its bytes), where `HOP_BY_HOP.contains` would build
-/// and drop a fresh array of ten names per call (a `const` is copied at
-/// each use). Called for every header of every request and response.
+/// Whether `name` is one of [`HOP_BY_HOP`] (see [`hop_by_hop_index`]).
+/// Called for every header of every request and response.
 #[inline]
 pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "http2-settings"
-    )
+    hop_by_hop_index(name).is_some()
+}
+
+/// `name`'s place in [`HOP_BY_HOP`]: a match on the name's text (its
+/// length, then its bytes), where a search of `HOP_BY_HOP` would build and
+/// drop a fresh array of ten names per call (a `const` is copied at each
+/// use).
+#[inline]
+pub(crate) fn hop_by_hop_index(name: &HeaderName) -> Option<u32> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        "http2-settings" => 9,
+        _ => return None,
+    })
 }
 
 /// Why [`sanitize`] refused a request.
@@ -422,8 +429,9 @@ mod tests {
 
     #[test]
     fn is_hop_by_hop_is_the_list() {
-        for name in HOP_BY_HOP {
-            assert!(is_hop_by_hop(&name), "{name}");
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert!(is_hop_by_hop(name), "{name}");
+            assert_eq!(hop_by_hop_index(name), Some(i as u32), "{name}");
         }
         for name in [
             header::HOST,

@@ -231,7 +231,7 @@ impl IpText {
 
 /// The hop-by-hop headers every proxy removes, whether `Connection` names
 /// them or not: the ingress step's list, so the two never drift apart.
-use crate::ingress::HOP_BY_HOP;
+use crate::ingress::{HOP_BY_HOP, hop_by_hop_index};
 
 /// Removes the hop-by-hop headers (RFC 9110 section 7.6.1): `Connection`
 /// and the headers it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
@@ -287,6 +287,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
             headers.remove(name);
         }
     }
+    // `TE`'s place in the list (a test holds the order).
     const TE_BIT: u16 = 1 << 5;
     let te_trailers = request
         && present & TE_BIT != 0
@@ -306,38 +307,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
     }
 }
 
-/// `name`'s place in [`HOP_BY_HOP`], by its text (see
-/// [`is_hop_by_hop`](crate::ingress::is_hop_by_hop)).
-#[inline]
-fn hop_by_hop_index(name: &HeaderName) -> Option<u32> {
-    Some(match name.as_str() {
-        "connection" => 0,
-        "keep-alive" => 1,
-        "proxy-connection" => 2,
-        "proxy-authenticate" => 3,
-        "proxy-authorization" => 4,
-        "te" => 5,
-        "trailer" => 6,
-        "transfer-encoding" => 7,
-        "upgrade" => 8,
-        "http2-settings" => 9,
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use http::{HeaderMap, HeaderValue};
 
     use super::{IpText, forwarded_element, remove_hop_by_hop};
-
-    #[test]
-    fn hop_by_hop_index_is_the_lists_order() {
-        for (i, name) in crate::ingress::HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(super::hop_by_hop_index(name), Some(i as u32), "{name}");
-        }
-        assert_eq!(super::hop_by_hop_index(&http::header::HOST), None);
-    }
 
     #[test]
     fn only_the_present_hop_by_hop_headers_go() {

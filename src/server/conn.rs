@@ -22,13 +22,14 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tower::Service;
-use tower::util::Oneshot;
+use tower::util::MapErr;
 
 use super::Phase;
 use super::Shared;
 use super::body::{BoxError, IncomingBody, OutgoingBody};
 use crate::body::ResponseBody;
 use crate::conn::ConnectionInfo;
+use crate::future::Dispatch;
 use crate::problem::Problem;
 
 // === impl ConnState ===
@@ -363,7 +364,9 @@ where
         );
         let req = Request::from_parts(parts, body);
         ConnFuture {
-            inner: Call::new(self.inner.clone(), req),
+            // At once when the service is ready already (the gateway
+            // always is), rather than through `oneshot`.
+            inner: Dispatch::new(MapErr::new(self.inner.clone(), Into::into), req),
             in_flight: Some(in_flight),
             timed_out,
         }
@@ -377,66 +380,11 @@ pin_project! {
         S: Service<Request<IncomingBody>, Response = Response<B>>,
     {
         #[pin]
-        inner: Call<S, Request<IncomingBody>>,
+        // Errors boxed when they happen: the future holds no `S::Error`
+        // (which need not be `Send`).
+        inner: Dispatch<MapErr<S, fn(S::Error) -> BoxError>, Request<IncomingBody>>,
         in_flight: Option<InFlight>,
         timed_out: Option<Arc<AtomicBool>>,
-    }
-}
-
-pin_project! {
-    /// The inner service called with the request: at once when it is
-    /// ready already (the gateway always is), so the request is not moved
-    /// into a waiting state and out again as `oneshot` would; else as
-    /// `oneshot` does.
-    #[project = CallProj]
-    pub(crate) enum Call<S, Req>
-    where
-        S: Service<Req>,
-    {
-        Called { #[pin] future: S::Future },
-        Waiting { #[pin] oneshot: Oneshot<S, Req> },
-        Failed { error: Option<BoxError> },
-    }
-}
-
-impl<S, Req> Call<S, Req>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-{
-    fn new(mut svc: S, req: Req) -> Self {
-        // A no-op waker is harmless: a service that is not ready is asked
-        // again, with the task's waker, by the `oneshot`.
-        let mut cx = Context::from_waker(Waker::noop());
-        match svc.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => Call::Called {
-                future: svc.call(req),
-            },
-            Poll::Ready(Err(e)) => Call::Failed {
-                error: Some(e.into()),
-            },
-            Poll::Pending => Call::Waiting {
-                oneshot: Oneshot::new(svc, req),
-            },
-        }
-    }
-}
-
-impl<S, Req> Future for Call<S, Req>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-{
-    type Output = Result<S::Response, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            CallProj::Called { future } => future.poll(cx).map_err(Into::into),
-            CallProj::Waiting { oneshot } => oneshot.poll(cx).map_err(Into::into),
-            CallProj::Failed { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or_else(|| "polled after completion".into()))),
-        }
     }
 }
 
