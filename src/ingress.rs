@@ -78,8 +78,9 @@ pub fn is_protected(name: &HeaderName) -> bool {
 }
 
 /// The hop-by-hop headers removed whether `Connection` names them or not
-/// (the proxy's defensive pass removes the same list).
-pub(crate) const HOP_BY_HOP: [HeaderName; 10] = [
+/// (the proxy's defensive pass removes the same list). A `static`: a
+/// `const` array would be built (and dropped) again at each use.
+pub(crate) static HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -100,9 +101,8 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// `name`'s place in [`HOP_BY_HOP`]: a match on the name's text (its
-/// length, then its bytes), where a search of `HOP_BY_HOP` would build and
-/// drop a fresh array of ten names per call (a `const` is copied at each
-/// use).
+/// length, then its bytes), rather than a search of `HOP_BY_HOP` comparing
+/// names one by one.
 #[inline]
 pub(crate) fn hop_by_hop_index(name: &HeaderName) -> Option<u32> {
     Some(match name.as_str() {
@@ -227,7 +227,7 @@ impl Sanitize {
         }
         let te_trailers =
             tokens(headers.get_all(header::TE).iter()).any(|t| t.eq_ignore_ascii_case("trailers"));
-        for name in HOP_BY_HOP {
+        for name in &HOP_BY_HOP {
             headers.remove(name);
         }
         if te_trailers {

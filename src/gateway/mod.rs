@@ -681,7 +681,15 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> ResponseFuture {
-        let mut req = req.map(crate::proxy::box_body);
+        // A request without a body (most of them) goes on with an empty
+        // one: nothing to box for a body that has nothing more to give.
+        let mut req = req.map(|body| {
+            if body.is_end_stream() {
+                GatewayBody::default()
+            } else {
+                crate::proxy::box_body(body)
+            }
+        });
         let mut access = access::Access::begin(&req);
         let state = self.inner.state.load();
         // First of all: hop-by-hop headers out, `Host` checked.

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Uri};
@@ -12,8 +13,15 @@ use super::{ForwardedFor, Inner};
 
 impl Inner {
     /// The request's URI on the upstream's `endpoint`; `None` if it cannot
-    /// be one.
-    pub(super) fn upstream_uri(&self, uri: &Uri, endpoint: &Endpoint) -> Option<Uri> {
+    /// be one. In origin form (the path and query alone) when
+    /// `origin_form`: what an HTTP/1.1 connection to the endpoint itself
+    /// sends, with `Host` naming it.
+    pub(super) fn upstream_uri(
+        &self,
+        uri: &Uri,
+        endpoint: &Endpoint,
+        origin_form: bool,
+    ) -> Option<Uri> {
         let pq = if self.prefix.is_empty() {
             // Shares the request's bytes (a server's read buffer) rather
             // than copying them.
@@ -24,6 +32,9 @@ impl Inner {
             let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
             PathAndQuery::try_from(format!("{}{pq}", self.prefix)).ok()?
         };
+        if origin_form {
+            return Some(Uri::from(pq));
+        }
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(endpoint.authority.clone())
@@ -51,38 +62,41 @@ impl Inner {
         let trusted = peer.is_some_and(|ip| self.trusted.as_ref().is_some_and(|t| t.contains(ip)));
         let replace = !trusted && self.forwarded_for == ForwardedFor::Replace;
         if replace {
-            headers.remove(&XFF);
             headers.remove(header::FORWARDED);
         }
         // Up to four headers added: room for them at once, rather than the
         // map growing (and rehashing) more than once on the way.
         headers.reserve(4);
-        // The peer's address as a header value, made once for
-        // `X-Forwarded-For` and `X-Real-IP`.
-        let ip_text = peer.map(IpText::new);
-        let ip_value = ip_text
-            .as_ref()
-            .and_then(|ip| HeaderValue::from_str(ip.as_str()).ok());
-        if let Some(ip) = &ip_text {
-            // Several `X-Forwarded-For` lines are one list (RFC 9110
-            // section 5.3): keep all of it, then add the peer.
-            let mut priors = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok());
-            let value = match priors.next() {
-                // The usual case: the peer alone, without a `String`.
-                None => ip_value.clone().ok_or(()),
-                Some(first) => {
-                    let mut value = String::new();
-                    for prior in std::iter::once(first).chain(priors) {
-                        value.push_str(prior);
-                        value.push_str(", ");
-                    }
-                    value.push_str(ip.as_str());
-                    HeaderValue::from_str(&value).map_err(|_| ())
-                }
-            };
-            if let Ok(v) = value {
-                headers.insert(XFF, v);
+        // The peer's address as a header value, for `X-Forwarded-For` and
+        // `X-Real-IP`.
+        let ip_value = peer.and_then(peer_value);
+        match &ip_value {
+            // At the edge the client's list goes: `insert` replaces it.
+            Some(ip) if replace => {
+                headers.insert(XFF, ip.clone());
             }
+            Some(ip) => match headers.entry(XFF) {
+                header::Entry::Vacant(entry) => {
+                    entry.insert(ip.clone());
+                }
+                // Several `X-Forwarded-For` lines are one list (RFC 9110
+                // section 5.3): keep all of it, then add the peer.
+                header::Entry::Occupied(mut entry) => {
+                    let mut value = Vec::new();
+                    for prior in entry.iter() {
+                        value.extend_from_slice(prior.as_bytes());
+                        value.extend_from_slice(b", ");
+                    }
+                    value.extend_from_slice(ip.as_bytes());
+                    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+                        entry.insert(v);
+                    }
+                }
+            },
+            None if replace => {
+                headers.remove(XFF);
+            }
+            None => {}
         }
         // A trusted proxy in front says what it saw; otherwise, what this
         // hop saw, never what the client claims.
@@ -131,6 +145,34 @@ impl Inner {
             headers.append(header::FORWARDED, v);
         }
     }
+}
+
+/// `ip` as a header value. The peer of a connection is the same for each
+/// of its requests, and behind a load balancer it is the same for every
+/// request: the last one made on this thread is kept and shared (a
+/// reference count) while the peer stays the same, rather than the
+/// address written out and copied into a header of its own twice a
+/// request.
+fn peer_value(ip: IpAddr) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let made = || HeaderValue::from_str(IpText::new(ip).as_str()).ok();
+    LAST.try_with(|last| {
+        let mut last = last.try_borrow_mut().ok()?;
+        match &*last {
+            Some((seen, value)) if *seen == ip => Some(value.clone()),
+            _ => {
+                let value = made()?;
+                *last = Some((ip, value.clone()));
+                Some(value)
+            }
+        }
+    })
+    .ok()
+    .flatten()
+    .or_else(made)
 }
 
 /// One RFC 7239 `Forwarded` element: `for`, `host` and `proto`, the

@@ -365,10 +365,13 @@ impl Inner {
         mut parts: http::request::Parts,
         host: bool,
     ) -> (State, InFlightGuard) {
-        let authority = endpoint.authority.clone();
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
-        uri.authority = Some(authority);
-        parts.uri = Uri::from_parts(uri).unwrap_or_default();
+        // An absolute URI names the endpoint; one in origin form (the
+        // pool's) is the same on any.
+        if parts.uri.scheme().is_some() {
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.authority = Some(endpoint.authority.clone());
+            parts.uri = Uri::from_parts(uri).unwrap_or_default();
+        }
         self.send_request(
             endpoint,
             Request::from_parts(parts, ProxyBody::default()),

@@ -415,7 +415,10 @@ where
             .into_response();
             return ResponseFuture::answered(res, inner, grpc);
         };
-        let Some(uri) = inner.upstream_uri(&parts.uri, &endpoint) else {
+        // The pool's HTTP/1.1 connections are to the endpoint itself: the
+        // request goes in origin form, as it would be written.
+        let origin_form = inner.pool.is_some() && parts.method != http::Method::CONNECT;
+        let Some(uri) = inner.upstream_uri(&parts.uri, &endpoint, origin_form) else {
             let res = answer(
                 grpc,
                 Problem::new(StatusCode::BAD_REQUEST).detail("invalid request path"),
