@@ -298,7 +298,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
     if present == 0 {
         return;
     }
-    if present & 1 != 0 {
+    // `Connection: keep-alive` (or `close`) alone, an upstream's usual
+    // answer, names nothing to remove but itself.
+    let plain = present & 1 != 0 && {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        matches!(
+            (values.next(), values.next()),
+            (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+                || v.as_bytes().eq_ignore_ascii_case(b"close")
+        )
+    };
+    if present & 1 != 0 && !plain {
         // The headers `Connection` names, but for the list's own (removed
         // below) and `close`: collected only when there are some.
         let mut named: Vec<HeaderName> = Vec::new();
@@ -374,6 +384,29 @@ mod tests {
         assert_eq!(h["te"], "trailers");
         remove_hop_by_hop(&mut response, false);
         let names: Vec<_> = response.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-b"]);
+    }
+
+    #[test]
+    fn a_plain_keep_alive_or_close_goes_with_the_rest_of_the_list() {
+        for value in ["keep-alive", "Keep-Alive", "close", "CLOSE"] {
+            let mut h = HeaderMap::new();
+            h.insert("connection", HeaderValue::from_static(value));
+            h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+            h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+            h.insert("x-a", HeaderValue::from_static("1"));
+            remove_hop_by_hop(&mut h, false);
+            let names: Vec<_> = h.keys().map(|n| n.as_str()).collect();
+            assert_eq!(names, ["x-a"], "{value}");
+        }
+        // Two `Connection` lines are a list, read token by token.
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("keep-alive"));
+        h.append("connection", HeaderValue::from_static("x-a"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("2"));
+        remove_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["x-b"]);
     }
 

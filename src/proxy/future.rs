@@ -48,8 +48,10 @@ pin_project_lite::pin_project! {
         // The client's body failed: the exchange's failure is the
         // client's, not the endpoint's.
         pub(super) client_failed: bool,
-        // The response timeout, running once the request is sent.
-        pub(super) timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        // The response timeout, running once the request is sent (in
+        // place: no allocation of its own).
+        #[pin]
+        pub(super) timer: Option<tokio::time::Sleep>,
     }
 }
 
@@ -109,9 +111,7 @@ impl ResponseFuture {
         body_done: Option<oneshot::Receiver<bool>>,
     ) -> Self {
         let timer = match body_done {
-            None => inner
-                .response_timeout
-                .map(|t| Box::pin(tokio::time::sleep(t))),
+            None => inner.response_timeout.map(tokio::time::sleep),
             Some(_) => None,
         };
         Self {
@@ -147,7 +147,7 @@ impl Future for ResponseFuture {
                         if told == Ok(false) {
                             *this.client_failed = true;
                         } else if let Some(limit) = this.inner.response_timeout {
-                            *this.timer = Some(Box::pin(tokio::time::sleep(limit)));
+                            this.timer.set(Some(tokio::time::sleep(limit)));
                         }
                     }
                     let polled = match this.state.as_mut().project() {
@@ -162,15 +162,15 @@ impl Future for ResponseFuture {
                     match polled {
                         Poll::Ready(result) => result,
                         Poll::Pending => {
-                            if let Some(timer) = this.timer.as_mut()
-                                && timer.as_mut().poll(cx).is_ready()
+                            if let Some(timer) = this.timer.as_mut().as_pin_mut()
+                                && timer.poll(cx).is_ready()
                             {
                                 if let Some(e) = this.endpoint.as_deref() {
                                     endpoints.record(e, false);
                                 }
                                 *this.guard = None;
                                 *this.pending = None;
-                                *this.timer = None;
+                                this.timer.set(None);
                                 let limit = this.inner.response_timeout.unwrap_or_default();
                                 tracing::warn!(
                                     upstream = this.endpoint.as_deref().map_or("", |e| &e.url),
@@ -199,7 +199,7 @@ impl Future for ResponseFuture {
                 }
             };
             *this.pending = None;
-            *this.timer = None;
+            this.timer.set(None);
             // A body that failed may not have been told yet.
             if result.is_err()
                 && let Some(done) = this.body_done.as_mut()
@@ -249,10 +249,8 @@ impl Future for ResponseFuture {
                 this.state.set(state);
                 *this.guard = Some(guard);
                 *this.pending = this.inner.limits_pending();
-                *this.timer = this
-                    .inner
-                    .response_timeout
-                    .map(|t| Box::pin(tokio::time::sleep(t)));
+                this.timer
+                    .set(this.inner.response_timeout.map(tokio::time::sleep));
                 continue;
             }
             if *this.client_failed {

@@ -320,7 +320,30 @@ pub(crate) struct ConnService<S> {
     inner: S,
     state: Arc<ConnState>,
     shared: Arc<Shared>,
-    info: ConnectionInfo,
+    // What each request's extensions start with (the connection's facts):
+    // cloned into them.
+    extensions: http::Extensions,
+}
+
+/// The connection's facts as extensions, in a table with room for one
+/// more: the split's `Target` then goes in without the table growing (a
+/// clone keeps the table's size; one built by inserting three would be
+/// full).
+fn conn_extensions(info: ConnectionInfo) -> http::Extensions {
+    /// Inserted only to size the table, and removed: with them it
+    /// holds four or five values, which takes a table of eight.
+    #[derive(Clone)]
+    struct Room<const N: u8>;
+    let mut extensions = http::Extensions::new();
+    extensions.insert(info.peer);
+    #[cfg(feature = "axum")]
+    extensions.insert(axum::extract::ConnectInfo(info.peer));
+    extensions.insert(info);
+    extensions.insert(Room::<0>);
+    extensions.insert(Room::<1>);
+    extensions.remove::<Room<0>>();
+    extensions.remove::<Room<1>>();
+    extensions
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
@@ -344,12 +367,9 @@ where
         }
         let in_flight = InFlight::new(Arc::clone(state));
         let (mut parts, body) = req.into_parts();
-        parts.extensions.insert(self.info.peer);
-        #[cfg(feature = "axum")]
-        parts
-            .extensions
-            .insert(axum::extract::ConnectInfo(self.info.peer));
-        parts.extensions.insert(self.info);
+        // The peer's `SocketAddr`, axum's `ConnectInfo` of it (feature
+        // `axum`) and the `ConnectionInfo`: one clone of the connection's.
+        parts.extensions.extend(self.extensions.clone());
         let timeout = self
             .shared
             .limits
@@ -516,7 +536,7 @@ async fn http<I, S, B>(
         inner: service,
         state: Arc::clone(&state),
         shared: Arc::clone(shared),
-        info,
+        extensions: conn_extensions(info),
     };
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
