@@ -48,7 +48,7 @@ pub(crate) fn write(
     policy: &HeaderValue,
     legacy: bool,
 ) {
-    let mut out = String::with_capacity(32 * states.len());
+    let mut out = Text::default();
     for (i, ((name, s), q)) in names.iter().zip(states.clone()).zip(counts).enumerate() {
         if i > 0 {
             out.push_str(", ");
@@ -56,7 +56,7 @@ pub(crate) fn write(
         let r = s.remaining.min(q);
         let _ = write!(out, "\"{name}\";r={r};t={}", reset_secs(&s));
     }
-    if let Ok(v) = HeaderValue::from_str(&out) {
+    if let Ok(v) = HeaderValue::from_bytes(out.as_bytes()) {
         headers.push((RATELIMIT.clone(), v));
     }
     headers.push((RATELIMIT_POLICY.clone(), policy.clone()));
@@ -67,6 +67,55 @@ pub(crate) fn write(
             headers.push((X_REMAINING.clone(), HeaderValue::from(s.remaining)));
             headers.push((X_RESET.clone(), HeaderValue::from(reset_secs(&s))));
         }
+    }
+}
+
+/// A header value's text, written on the stack while it fits (one quota's
+/// `RateLimit` member does) and on the heap past that: the value copies
+/// it anyway, so a `String` would be an allocation made only to be
+/// dropped.
+struct Text {
+    stack: [u8; 128],
+    len: usize,
+    heap: Option<String>,
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Self {
+            stack: [0; 128],
+            len: 0,
+            heap: None,
+        }
+    }
+}
+
+impl Text {
+    fn push_str(&mut self, s: &str) {
+        if let Some(heap) = &mut self.heap {
+            heap.push_str(s);
+        } else if let Some(room) = self.stack.get_mut(self.len..self.len + s.len()) {
+            room.copy_from_slice(s.as_bytes());
+            self.len += s.len();
+        } else {
+            let mut heap = String::from_utf8_lossy(&self.stack[..self.len]).into_owned();
+            heap.push_str(s);
+            self.heap = Some(heap);
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match &self.heap {
+            Some(heap) => heap.as_bytes(),
+            None => &self.stack[..self.len],
+        }
+    }
+}
+
+impl Write for Text {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push_str(s);
+        Ok(())
     }
 }
 
@@ -81,4 +130,23 @@ pub(crate) fn retry_secs(wait_nanos: u64) -> u64 {
 
 fn reset_secs(s: &QuotaState) -> u64 {
     ceil_secs(u64::try_from(s.reset.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write;
+
+    use super::Text;
+
+    #[test]
+    fn text_spills_to_the_heap_past_its_stack_and_keeps_every_byte() {
+        let mut text = Text::default();
+        let mut expected = String::new();
+        for i in 0..40 {
+            let _ = write!(text, "\"quota-{i}\";r={i};t=1, ");
+            let _ = write!(expected, "\"quota-{i}\";r={i};t=1, ");
+            assert_eq!(text.as_bytes(), expected.as_bytes(), "after {i}");
+            assert_eq!(text.heap.is_some(), expected.len() > 128, "after {i}");
+        }
+    }
 }

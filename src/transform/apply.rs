@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{Entry, HOST};
 use http::request::Parts;
 use http::uri::PathAndQuery;
@@ -38,8 +39,8 @@ pub(crate) struct ResponsePlan {
 }
 
 impl ResponsePlan {
-    pub(crate) fn apply_headers(&self, headers: &mut HeaderMap) {
-        for (i, rendered) in &self.headers {
+    pub(crate) fn apply_headers(&mut self, headers: &mut HeaderMap) {
+        for (i, rendered) in &mut self.headers {
             let set = &self.rules.sets[*i];
             apply_headers(
                 headers,
@@ -130,7 +131,12 @@ fn apply_set(
         }
     }
 
-    apply_headers(&mut parts.headers, &set.request_headers, &rendered, empty);
+    apply_headers(
+        &mut parts.headers,
+        &set.request_headers,
+        &mut rendered,
+        empty,
+    );
     if set.rewrites_uri {
         rewrite_uri(set, parts, captures.as_ref(), prefix.flatten(), &query)?;
     }
@@ -250,7 +256,7 @@ fn render_headers(
 pub(crate) fn apply_headers(
     map: &mut HeaderMap,
     rules: &Headers,
-    rendered: &[Option<String>],
+    rendered: &mut [Option<String>],
     empty: bool,
 ) {
     for name in &rules.remove {
@@ -274,7 +280,7 @@ pub(crate) fn apply_headers(
             }
         }
     }
-    let rendered = &mut rendered.iter();
+    let rendered = &mut rendered.iter_mut();
     for (name, v) in &rules.replace {
         let v = resolve(v, rendered);
         // `insert` replaces every value the name had, as `replace` means.
@@ -299,10 +305,13 @@ pub(crate) fn apply_headers(
     }
 }
 
-fn resolve<'a>(v: &'a Value, rendered: &mut std::slice::Iter<'a, Option<String>>) -> Resolved<'a> {
+fn resolve<'a>(
+    v: &'a Value,
+    rendered: &mut std::slice::IterMut<'_, Option<String>>,
+) -> Resolved<'a> {
     match v {
         Value::Literal(v) => Resolved::Literal(v),
-        Value::Template(_) => Resolved::Rendered(rendered.next().and_then(Option::as_deref)),
+        Value::Template(_) => Resolved::Rendered(rendered.next().and_then(Option::take)),
     }
 }
 
@@ -310,14 +319,16 @@ fn resolve<'a>(v: &'a Value, rendered: &mut std::slice::Iter<'a, Option<String>>
 enum Resolved<'a> {
     Literal(&'a HeaderValue),
     /// A rendered template; `None` when a value was missing.
-    Rendered(Option<&'a str>),
+    Rendered(Option<String>),
 }
 
 impl Resolved<'_> {
     fn value(self, empty: bool) -> Option<HeaderValue> {
         match self {
             Resolved::Literal(v) => Some(v.clone()),
-            Resolved::Rendered(text) => match HeaderValue::from_str(text?) {
+            // The text's own bytes become the value's (a copy only when
+            // the `String` has room to spare).
+            Resolved::Rendered(text) => match HeaderValue::from_maybe_shared(Bytes::from(text?)) {
                 Ok(v) => Some(v),
                 // A value that cannot be a header value (a control
                 // character from a decoded query parameter, say) counts as

@@ -273,7 +273,7 @@ impl<'a> Context<'a> {
                 .get::<Target>()
                 .map(|t| Cow::Borrowed(t.name())),
             Source::Method => Some(Cow::Borrowed(parts.method.as_str())),
-            Source::Uuid => Some(Cow::Owned(self.uuid.get_or_init(new_uuid).clone())),
+            Source::Uuid => Some(Cow::Borrowed(self.uuid.get_or_init(new_uuid).as_str())),
         }
     }
 }
