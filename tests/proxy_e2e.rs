@@ -698,6 +698,32 @@ async fn x_forwarded_for_split_over_several_lines_is_kept_whole() {
     );
 }
 
+/// A line of the list that is not visible ASCII (obs-text) names no
+/// address: it goes, the rest of the list is kept and the peer added. (The
+/// `forwarded` fuzz target found a build that passed such bytes on.)
+#[tokio::test]
+async fn x_forwarded_for_lines_that_are_not_ascii_are_dropped() {
+    let up = echo_upstream().await;
+    let proxy = serve_proxy(Upstream::new(&format!("http://{up}")).unwrap()).await;
+    let (status, body) = get_from(
+        [127, 0, 0, 9],
+        proxy,
+        "/who",
+        &[
+            ("host", "public.example"),
+            ("x-forwarded-for", "203.0.113.7\u{e9}"),
+            ("x-forwarded-for", "198.51.100.2"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let doc = json(&body);
+    assert_eq!(
+        echoed(&doc, "x-forwarded-for").join(", "),
+        "198.51.100.2, 127.0.0.9"
+    );
+}
+
 // === streaming ===
 
 /// Byte `i` of the test upload.

@@ -80,10 +80,11 @@ impl Inner {
                     entry.insert(ip.clone());
                 }
                 // Several `X-Forwarded-For` lines are one list (RFC 9110
-                // section 5.3): keep all of it, then add the peer.
+                // section 5.3): keep all of it, then add the peer. A line
+                // that is not visible ASCII names no address: dropped.
                 header::Entry::Occupied(mut entry) => {
                     let mut value = Vec::new();
-                    for prior in entry.iter() {
+                    for prior in entry.iter().filter_map(|v| v.to_str().ok()) {
                         value.extend_from_slice(prior.as_bytes());
                         value.extend_from_slice(b", ");
                     }
