@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -144,21 +144,18 @@ impl Pool {
     }
 
     /// Sends `req` to `endpoint` on an idle connection, or a new one.
+    /// HTTP/1.1 to an origin server: `req`'s target is in origin form
+    /// already (the upstream builds it so; the endpoint is the
+    /// connection's, and `Host` names it), but for `CONNECT`.
     pub(super) fn send(
         self: &Arc<Self>,
         endpoint: Arc<Endpoint>,
-        mut req: Request<ProxyBody>,
+        req: Request<ProxyBody>,
     ) -> Exchange {
-        // HTTP/1.1 to an origin server: the request target in origin form
-        // (the endpoint is the connection's, and `Host` names it).
-        if req.method() != http::Method::CONNECT && req.uri().scheme().is_some() {
-            let target = req
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-            *req.uri_mut() = Uri::from(target);
-        }
+        debug_assert!(
+            req.method() == http::Method::CONNECT || req.uri().scheme().is_none(),
+            "the pool sends requests in origin form"
+        );
         let pooled = self.checkout(&endpoint);
         let pool = Arc::clone(self);
         Box::pin(async move {
