@@ -185,14 +185,25 @@ fn hex(bytes: &[u8]) -> String {
 /// place and no `tracestate`.
 pub fn propagate<B>(req: &mut Request<B>) -> TraceParent {
     let headers = req.headers_mut();
-    let mut sent = headers.get_all(&TRACEPARENT).iter();
-    if let (Some(one), None) = (sent.next(), sent.next())
-        && let Some(parent) = TraceParent::parse(one.as_bytes())
-    {
-        return parent;
-    }
-    let root = TraceParent::new_root();
-    headers.insert(TRACEPARENT.clone(), root.to_header());
+    // One lookup of the name for reading it and for replacing it.
+    let root = match headers.entry(TRACEPARENT.clone()) {
+        http::header::Entry::Occupied(mut sent) => {
+            let mut values = sent.iter();
+            if let (Some(one), None) = (values.next(), values.next())
+                && let Some(parent) = TraceParent::parse(one.as_bytes())
+            {
+                return parent;
+            }
+            let root = TraceParent::new_root();
+            sent.insert(root.to_header());
+            root
+        }
+        http::header::Entry::Vacant(none) => {
+            let root = TraceParent::new_root();
+            none.insert(root.to_header());
+            root
+        }
+    };
     headers.remove(&TRACESTATE);
     root
 }

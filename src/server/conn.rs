@@ -554,26 +554,52 @@ async fn http<I, S, B>(
     if draining {
         conn.as_mut().graceful_shutdown();
     }
+    // The watchdog and the phase are polled only when one of them woke
+    // the task, not on each of the connection's wakes (two a request).
+    let side = Arc::new(Side::default());
+    let side_waker = Waker::from(Arc::clone(&side));
+    // Cleared if the server is gone: nothing will change the phase again.
+    let mut phase_live = true;
     loop {
-        tokio::select! {
-            biased;
-            _ = conn.as_mut() => return,
-            changed = phase.changed() => {
-                if changed.is_err() {
-                    continue;
+        let event = {
+            let changed = phase.changed();
+            tokio::pin!(changed);
+            // A new `changed` (and a watchdog just reset) is polled once
+            // to register.
+            side.woken.store(true, Ordering::Relaxed);
+            std::future::poll_fn(|cx| {
+                if conn.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Done);
                 }
-                match *phase.borrow_and_update() {
-                    Phase::Serving => {}
-                    Phase::Draining(_) => {
-                        if !draining {
-                            draining = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
+                side.register(cx.waker());
+                if side.woken.swap(false, Ordering::AcqRel) {
+                    let mut side_cx = Context::from_waker(&side_waker);
+                    if phase_live && let Poll::Ready(changed) = changed.as_mut().poll(&mut side_cx)
+                    {
+                        return Poll::Ready(Event::Phase(changed.is_ok()));
                     }
-                    Phase::Killed => return,
+                    if watchdog.as_mut().poll(&mut side_cx).is_ready() {
+                        return Poll::Ready(Event::Watchdog);
+                    }
                 }
-            }
-            () = &mut watchdog => {
+                Poll::Pending
+            })
+            .await
+        };
+        match event {
+            Event::Done => return,
+            Event::Phase(false) => phase_live = false,
+            Event::Phase(true) => match *phase.borrow_and_update() {
+                Phase::Serving => {}
+                Phase::Draining(_) => {
+                    if !draining {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+                Phase::Killed => return,
+            },
+            Event::Watchdog => {
                 let now = Instant::now();
                 if closing {
                     // Closed gracefully a while ago and still not done.
@@ -582,7 +608,10 @@ async fn http<I, S, B>(
                 match state.check(now, header, idle) {
                     Verdict::Until(at) => watchdog.as_mut().reset(at),
                     Verdict::HeaderTimeout => {
-                        shared.counters.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                        shared
+                            .counters
+                            .header_timeouts
+                            .fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                     Verdict::Idle => {
@@ -594,6 +623,49 @@ async fn http<I, S, B>(
                     }
                 }
             }
+        }
+    }
+}
+
+/// What woke the connection's loop.
+enum Event {
+    /// The connection is over.
+    Done,
+    /// The phase changed (`false`: the server is gone).
+    Phase(bool),
+    /// The watchdog's time came.
+    Watchdog,
+}
+
+/// The waker of a connection's watchdog and phase: notes that one of them
+/// woke, and wakes the connection's task.
+#[derive(Default)]
+struct Side {
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Side {
+    /// Wakes `waker` when the watchdog or the phase wakes.
+    fn register(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*task {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *task = Some(waker.clone()),
+        }
+    }
+}
+
+impl std::task::Wake for Side {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = &*task {
+            w.wake_by_ref();
         }
     }
 }
