@@ -30,8 +30,9 @@
 //! * **`shipped`** ("as shipped"): nothing pinned (no `taskset` for the
 //!   fronts, wrk or this process), every front with as many workers as
 //!   CPUs (`available_parallelism`: nginx `worker_processes`, haproxy
-//!   `nbthread`, switchyard `[server] threads`, the hyper floor a
-//!   multi-thread runtime). wrk `-t2 -c64`. The upstreams stay one
+//!   `nbthread`, switchyard `[server] threads`, the hyper floor as many
+//!   threads as switchyard, each a current-thread runtime on its own
+//!   `SO_REUSEPORT` listener, as switchyard's). wrk `-t2 -c64`. The upstreams stay one
 //!   current-thread runtime, unpinned. The busy column is the mean over
 //!   all CPUs.
 //!
@@ -114,7 +115,12 @@
 //! rounds per front of requests/s, p50, p99, the front's CPU time per
 //! request (utime + stime of all its processes and threads over the run —
 //! nginx's master and workers — divided by wrk's request count) and how
-//! busy the CPUs were.
+//! busy the CPUs were. The ratios to switchyard (`vs sy`) are the medians
+//! of each round's ratio, a front's run over switchyard's run of the same
+//! round (within a minute of it), with their range over the rounds: on a
+//! shared machine the speed of every front drifts between rounds by more
+//! than the fronts differ, which a ratio of two medians taken over
+//! different rounds would mix into the comparison.
 //!
 //! Other builds on the machine disturb the numbers: before each round the
 //! bench waits until no `rustc`, `cargo` or `clippy-driver` (other than
@@ -666,34 +672,81 @@ fn announce(addr: SocketAddr) -> std::io::Result<()> {
 }
 
 /// `--role floor --blue ADDR --green ADDR --workers N`: the hyper floor
-/// (see the module docs) on a runtime of `N` workers; prints `listening
-/// ADDR`.
+/// (see the module docs) on `N` threads, each a current-thread runtime
+/// accepting on its own `SO_REUSEPORT` listener of one port (switchyard's
+/// serving model, `[server] threads`, so that the floor differs from it
+/// only in what a request costs); prints `listening ADDR`.
 fn floor(args: &[String]) -> ! {
     let blue: SocketAddr = role_arg(args, "--blue").parse().expect("--blue");
     let green: SocketAddr = role_arg(args, "--green").parse().expect("--green");
     let workers: usize = role_arg(args, "--workers").parse().expect("--workers");
     exit_with_stdin();
-    let result: Result<(), Error> = runtime(workers).block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        announce(listener.local_addr()?)?;
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let conn = Arc::new(FloorConn {
-                upstreams: [blue, green],
-                senders: Default::default(),
-                peer: HeaderValue::from_str(&peer.ip().to_string())?,
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel::<std::io::Result<SocketAddr>>();
+    let mut addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let mut threads = Vec::new();
+    for _ in 0..workers.max(1) {
+        let bound = bound_tx.clone();
+        threads.push(std::thread::spawn(move || {
+            runtime(1).block_on(async move {
+                let listener = match reuseport_listener(addr) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = bound.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = bound.send(listener.local_addr());
+                floor_accept(listener, [blue, green]).await;
             });
-            let svc = service_fn(move |req| floor_forward(conn.clone(), req));
-            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
+        }));
+        // The first thread's port is the others' too.
+        match bound_rx.recv() {
+            Ok(Ok(a)) => addr = a,
+            Ok(Err(e)) => {
+                eprintln!("floor: {e}");
+                std::process::exit(1);
+            }
+            Err(_) => std::process::exit(1),
         }
-    });
-    if let Err(e) = result {
+    }
+    if let Err(e) = announce(addr) {
         eprintln!("floor: {e}");
+        std::process::exit(1);
+    }
+    for t in threads {
+        let _ = t.join();
     }
     std::process::exit(1);
+}
+
+/// A listener on `addr` that other threads can bind too (`SO_REUSEPORT`:
+/// the kernel spreads new connections over them).
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// One floor thread's accept loop: each connection served on this thread.
+async fn floor_accept(listener: tokio::net::TcpListener, upstreams: [SocketAddr; 2]) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(peer) = HeaderValue::from_str(&peer.ip().to_string()) else {
+            continue;
+        };
+        let conn = Arc::new(FloorConn {
+            upstreams,
+            senders: Default::default(),
+            peer,
+        });
+        let svc = service_fn(move |req| floor_forward(conn.clone(), req));
+        tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
+    }
 }
 
 /// One client connection of the floor: its upstream connections, opened
@@ -1532,9 +1585,16 @@ impl Bench<'_> {
         let busy = Busy::columns(options.mode);
         let runs = &measured.runs;
         let med = |i: usize, f: &dyn Fn(&Run) -> f64| median(runs[i].iter().map(f).collect());
+        // Each round's ratio to switchyard's run of that round (see the
+        // module docs), then their median and range.
+        let ratios = |i: usize, f: &dyn Fn(&Run) -> f64| -> Vec<f64> {
+            runs[i]
+                .iter()
+                .zip(&runs[0])
+                .map(|(r, sy)| f(r) / f(sy))
+                .collect()
+        };
         let cpu = |r: &Run| r.cpu_us_per_req.unwrap_or(f64::NAN);
-        let base_rps = med(0, &|r| r.rps);
-        let base_cpu = med(0, &cpu);
         println!(
             "\n{} — mode {}: medians over {} rounds ({} s each, wrk -t{} -c{}):",
             set.slug(),
@@ -1545,8 +1605,8 @@ impl Bench<'_> {
             options.connections
         );
         print!(
-            "{:<22} {:>9} {:>8} {:>9} {:>9} {:>10} {:>10}",
-            "front", "req/s", "vs sy", "p50", "p99", "CPU us/req", "vs sy"
+            "{:<22} {:>9} {:>8} {:>11} {:>9} {:>9} {:>10} {:>10}",
+            "front", "req/s", "vs sy", "range", "p50", "p99", "CPU us/req", "vs sy"
         );
         for (name, _) in busy {
             print!(" {name:>6}");
@@ -1555,23 +1615,30 @@ impl Bench<'_> {
         for (i, t) in targets.iter().enumerate() {
             let rps = med(i, &|r| r.rps);
             let c = med(i, &cpu);
+            let rps_ratios = ratios(i, &|r| r.rps);
+            let (lo, hi) = rps_ratios
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                    (lo.min(x), hi.max(x))
+                });
             let name = match t.name {
                 "direct" => "direct (no proxy, ref)",
                 "hyper floor" => "hyper floor (ref)",
                 other => other,
             };
             print!(
-                "{:<22} {:>9.0} {:>8.2} {:>9} {:>9} {:>10} {:>10}",
+                "{:<22} {:>9.0} {:>8.2} {:>11} {:>9} {:>9} {:>10} {:>10}",
                 name,
                 rps,
-                rps / base_rps,
+                median(rps_ratios),
+                format!("{lo:.2}-{hi:.2}"),
                 fmt_latency(med(i, &|r| r.p50_us)),
                 fmt_latency(med(i, &|r| r.p99_us)),
                 fmt_cpu(c),
                 if c.is_nan() {
                     "-".into()
                 } else {
-                    format!("{:.2}", c / base_cpu)
+                    format!("{:.2}", median(ratios(i, &cpu)))
                 },
             );
             for (_, b) in busy {
@@ -1596,9 +1663,10 @@ impl Bench<'_> {
             }
         );
         println!(
-            "vs sy: ratio to switchyard (req/s: higher is better; CPU us/req: lower is better). \
-             CPU us/req: the front's processes and threads (nginx's master and workers), user + \
-             system."
+            "vs sy: ratio to switchyard (req/s: higher is better; CPU us/req: lower is better), \
+             the median of each round's ratio to switchyard's run of the same round; range: the \
+             lowest and highest of those for req/s. CPU us/req: the front's processes and threads \
+             (nginx's master and workers), user + system."
         );
         if options.mode.pinned() {
             println!("cpu1%: the fronts' CPU; cpu0%: wrk's and the upstreams'.");
@@ -1726,8 +1794,9 @@ fn run_in(tools: &Tools, options: &Options, dir: &Path) -> Result<(), Error> {
             }
         ),
         Mode::Shipped => println!(
-            "placement: nothing pinned; every front with {workers} workers (the gateway example's \
-             runtime, the hyper floor's multi-thread runtime, nginx worker_processes {workers}, \
+            "placement: nothing pinned; every front with {workers} workers (switchyard's and the \
+             hyper floor's {workers} threads each a current-thread runtime on its own SO_REUSEPORT \
+             listener, nginx worker_processes {workers}, \
              haproxy nbthread {workers}); {wrk} and both upstreams (one current-thread runtime) \
              share the same CPUs"
         ),
