@@ -49,12 +49,20 @@ pub(crate) fn write(
     legacy: bool,
 ) {
     let mut out = Text::default();
+    // Pieces pushed in place, the numbers by `itoa`: `write!` through
+    // `core::fmt` cost more than the rest of the value (every response
+    // of a limited route carries it).
+    let mut digits = itoa::Buffer::new();
     for (i, ((name, s), q)) in names.iter().zip(states.clone()).zip(counts).enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        let r = s.remaining.min(q);
-        let _ = write!(out, "\"{name}\";r={r};t={}", reset_secs(&s));
+        out.push_str("\"");
+        out.push_str(name);
+        out.push_str("\";r=");
+        out.push_str(digits.format(s.remaining.min(q)));
+        out.push_str(";t=");
+        out.push_str(digits.format(reset_secs(&s)));
     }
     if let Ok(v) = HeaderValue::from_bytes(out.as_bytes()) {
         headers.push((RATELIMIT.clone(), v));
