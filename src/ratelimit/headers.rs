@@ -120,13 +120,6 @@ impl Text {
     }
 }
 
-impl Write for Text {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.push_str(s);
-        Ok(())
-    }
-}
-
 /// `Retry-After` in whole seconds, rounded up and never 0.
 pub(crate) fn retry_after(headers: &mut Vec<(HeaderName, HeaderValue)>, wait_nanos: u64) {
     headers.push((RETRY_AFTER, HeaderValue::from(retry_secs(wait_nanos))));
@@ -142,8 +135,6 @@ fn reset_secs(s: &QuotaState) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::fmt::Write;
-
     use super::Text;
 
     #[test]
@@ -151,8 +142,9 @@ mod tests {
         let mut text = Text::default();
         let mut expected = String::new();
         for i in 0..40 {
-            let _ = write!(text, "\"quota-{i}\";r={i};t=1, ");
-            let _ = write!(expected, "\"quota-{i}\";r={i};t=1, ");
+            let member = format!("\"quota-{i}\";r={i};t=1, ");
+            text.push_str(&member);
+            expected.push_str(&member);
             assert_eq!(text.as_bytes(), expected.as_bytes(), "after {i}");
             assert_eq!(text.heap.is_some(), expected.len() > 128, "after {i}");
         }
