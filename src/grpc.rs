@@ -46,12 +46,15 @@ pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// Whether a request (or response) is gRPC: its `content-type` is
 /// `application/grpc` or `application/grpc+…` / `application/grpc;…`.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        v.len() >= 16
-            && v[..16].eq_ignore_ascii_case(b"application/grpc")
-            && matches!(v.get(16), None | Some(b'+' | b';'))
-    })
+    headers.get(CONTENT_TYPE).is_some_and(is_grpc_value)
+}
+
+/// Whether a `content-type` value is gRPC's (see [`is_grpc`]).
+pub(crate) fn is_grpc_value(value: &HeaderValue) -> bool {
+    let v = value.as_bytes();
+    v.len() >= 16
+        && v[..16].eq_ignore_ascii_case(b"application/grpc")
+        && matches!(v.get(16), None | Some(b'+' | b';'))
 }
 
 /// The gRPC status code a switchyard refusal with this HTTP status gets.

@@ -936,6 +936,99 @@ async fn response_timeout_does_not_turn_an_unreachable_upstream_into_a_504() {
     assert_problem(status, &headers, &body, StatusCode::BAD_GATEWAY);
 }
 
+/// An upstream on one keep-alive connection at a time that answers the
+/// `n`th request of a connection after `delays[n]`, or never for `None`;
+/// counts the connections it accepted.
+async fn scheduled_upstream(
+    delays: Vec<Option<Duration>>,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let delays = delays.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                for delay in delays {
+                    // A request head without a body.
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let Some(delay) = delay else {
+                        // Never answers; holds the connection.
+                        std::future::pending::<()>().await;
+                        return;
+                    };
+                    tokio::time::sleep(delay).await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if reader.get_mut().write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A pooled connection keeps its response timer from exchange to
+/// exchange, armed for its last deadline: an exchange must time out at
+/// its own deadline, neither at the earlier one the connection's timer
+/// was armed for (passed while idle, or while it waits) nor later.
+#[tokio::test(start_paused = true)]
+async fn response_timeout_on_a_reused_connection_is_the_exchange_own() {
+    use tokio::time::Instant;
+    const LIMIT: Duration = Duration::from_secs(1);
+    let (up, accepted) = scheduled_upstream(vec![
+        Some(Duration::ZERO),
+        Some(Duration::from_millis(500)),
+        Some(Duration::from_millis(700)),
+        None,
+    ])
+    .await;
+    let upstream = Upstream::builder(&format!("http://{up}"))
+        .response_timeout(LIMIT)
+        .build()
+        .unwrap();
+    let proxy = serve_proxy(upstream).await;
+    let client = client();
+    let url = format!("http://{proxy}/x");
+    assert_eq!(get(&client, url.clone(), &[]).await.0, StatusCode::OK);
+    // The connection's timer runs out while it is idle.
+    tokio::time::sleep(LIMIT + LIMIT / 2).await;
+    let start = Instant::now();
+    let (status, _, body) = get(&client, url.clone(), &[]).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
+    // Armed for the last exchange's deadline, half a second from now: it
+    // runs out while this one waits, 700 ms for an answer.
+    let start = Instant::now();
+    let (status, _, body) = get(&client, url.clone(), &[]).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    assert_eq!(start.elapsed(), Duration::from_millis(700));
+    // An upstream that never answers: a 504 at this exchange's deadline.
+    let start = Instant::now();
+    let (status, headers, body) = get(&client, url, &[]).await;
+    assert_problem(status, &headers, &body, StatusCode::GATEWAY_TIMEOUT);
+    let took = start.elapsed();
+    assert!(
+        took >= LIMIT && took < LIMIT + Duration::from_millis(50),
+        "{took:?}"
+    );
+    // All on one connection: the timer was the connection's each time.
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn response_timeout_is_a_504_problem_but_streams_may_last() {
     // Accepts connections and never answers.

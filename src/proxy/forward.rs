@@ -296,52 +296,119 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
             present |= 1 << i;
         }
     }
+    remove_present(headers, request, present);
+}
+
+/// `Connection`'s, `TE`'s and `Upgrade`'s places in the list, as bits of
+/// a set of them (a test holds them to the list).
+const CONNECTION_BIT: u16 = 1 << 0;
+const TE_BIT: u16 = 1 << 5;
+pub(super) const UPGRADE_BIT: u16 = 1 << 8;
+
+/// What one pass over a request's header lines found, for the proxy
+/// ([`scan_request`]).
+pub(super) struct RequestHead {
+    /// The hop-by-hop headers present, a bit for each place in the list.
+    pub(super) hop_by_hop: u16,
+    /// The request is gRPC (see [`crate::grpc::is_grpc`]).
+    pub(super) grpc: bool,
+    /// The client's `Host`, its first line.
+    pub(super) host: Option<HeaderValue>,
+    /// `Host` was one line, and is now the value asked for.
+    pub(super) host_set: bool,
+}
+
+/// One pass over `headers` for what the proxy reads of a request: the
+/// hop-by-hop headers present, whether it is gRPC, and the client's
+/// `Host`, replaced in place by `set_host` when given. Each of those
+/// otherwise costs a lookup of its own (a hash of the name and a probe),
+/// and `Host` a second one to be replaced; the pass compares each line's
+/// name, most of them standard names, compared as such.
+pub(super) fn scan_request(headers: &mut HeaderMap, set_host: Option<&HeaderValue>) -> RequestHead {
+    let mut head = RequestHead {
+        hop_by_hop: 0,
+        grpc: false,
+        host: None,
+        host_set: false,
+    };
+    let mut hosts = 0u32;
+    let mut content_type = false;
+    for (name, value) in headers.iter_mut() {
+        if name == header::HOST {
+            hosts += 1;
+            if hosts == 1 {
+                head.host = Some(match set_host {
+                    Some(set) => std::mem::replace(value, set.clone()),
+                    None => value.clone(),
+                });
+            }
+        } else if name == header::CONTENT_TYPE {
+            // The first line, as `HeaderMap::get` reads.
+            if !std::mem::replace(&mut content_type, true) {
+                head.grpc = crate::grpc::is_grpc_value(value);
+            }
+        } else if let Some(i) = hop_by_hop_index(name) {
+            head.hop_by_hop |= 1 << i;
+        }
+    }
+    // Several `Host` lines (only without the ingress step, which refuses
+    // them) are left to an `insert` to make one.
+    head.host_set = set_host.is_some() && hosts == 1;
+    head
+}
+
+/// [`remove_hop_by_hop`] with the headers of the list that are present
+/// known (a bit for each place in the list).
+pub(super) fn remove_present(headers: &mut HeaderMap, request: bool, present: u16) {
     if present == 0 {
         return;
     }
-    // `Connection: keep-alive` (or `close`) alone, an upstream's usual
-    // answer, names nothing to remove but itself.
-    let plain = present & 1 != 0 && {
-        let mut values = headers.get_all(header::CONNECTION).iter();
-        matches!(
-            (values.next(), values.next()),
-            (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
-                || v.as_bytes().eq_ignore_ascii_case(b"close")
-        )
-    };
-    if present & 1 != 0 && !plain {
+    if present & CONNECTION_BIT != 0
+        && let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION)
+    {
+        // `Connection: keep-alive` alone, an upstream's usual answer, names
+        // nothing to remove but itself (`Keep-Alive` is in the list).
+        // `close` is an option like any other: a line named `close` goes
+        // with it (RFC 9110 section 7.6.1).
+        let plain = {
+            let mut values = connection.iter();
+            matches!(
+                (values.next(), values.next()),
+                (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+            )
+        };
         // The headers `Connection` names, but for the list's own (removed
-        // below) and `close`: collected only when there are some.
+        // below): collected only when there are some.
         let mut named: Vec<HeaderName> = Vec::new();
-        for token in headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-        {
-            // `keep-alive` (the usual one) and the rest of the list are
-            // told apart by their text, before a name is made.
-            if token.is_empty()
-                || token.eq_ignore_ascii_case("close")
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+        if !plain {
+            for token in connection
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
             {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-                && !crate::ingress::is_protected(&name)
-            {
-                named.push(name);
+                // `keep-alive` (the usual one) and the rest of the list are
+                // told apart by their text, before a name is made.
+                if token.is_empty()
+                    || HOP_BY_HOP
+                        .iter()
+                        .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                    && !crate::ingress::is_protected(&name)
+                {
+                    named.push(name);
+                }
             }
         }
+        // Removed where it was found: no second lookup of the name.
+        connection.remove();
         for name in named {
             headers.remove(name);
         }
     }
-    // `TE`'s place in the list (a test holds the order).
-    const TE_BIT: u16 = 1 << 5;
     let te_trailers = request
         && present & TE_BIT != 0
         && headers.get_all(header::TE).iter().any(|v| {
@@ -350,7 +417,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             })
         });
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+    // `Connection` (the first of the list) is gone already.
+    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
@@ -364,7 +432,55 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
 mod tests {
     use http::{HeaderMap, HeaderValue};
 
-    use super::{IpText, forwarded_element, remove_hop_by_hop};
+    use super::{
+        CONNECTION_BIT, HOP_BY_HOP, IpText, TE_BIT, UPGRADE_BIT, forwarded_element,
+        remove_hop_by_hop, scan_request,
+    };
+    use http::header;
+
+    #[test]
+    fn the_bits_name_their_places_in_the_list() {
+        for (bit, name) in [
+            (CONNECTION_BIT, header::CONNECTION),
+            (TE_BIT, header::TE),
+            (UPGRADE_BIT, header::UPGRADE),
+        ] {
+            assert_eq!(HOP_BY_HOP[bit.trailing_zeros() as usize], name);
+        }
+    }
+
+    #[test]
+    fn one_pass_reads_what_the_lookups_read() {
+        let mut h = HeaderMap::new();
+        h.append("host", HeaderValue::from_static("client.example"));
+        h.append(
+            "content-type",
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        h.append("content-type", HeaderValue::from_static("text/plain"));
+        h.append("upgrade", HeaderValue::from_static("websocket"));
+        h.append("te", HeaderValue::from_static("trailers"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        let endpoint = HeaderValue::from_static("10.0.0.1:80");
+        let mut kept = h.clone();
+        let head = scan_request(&mut h, Some(&endpoint));
+        assert_eq!(head.host.as_ref(), kept.get("host"));
+        assert!(head.host_set);
+        assert_eq!(h["host"], "10.0.0.1:80");
+        assert_eq!(head.grpc, crate::grpc::is_grpc(&kept));
+        assert!(head.grpc);
+        assert_eq!(head.hop_by_hop, UPGRADE_BIT | TE_BIT);
+        // Without a value to set, `Host` stays; two lines are left to an
+        // `insert`.
+        let head = scan_request(&mut kept, None);
+        assert!(!head.host_set);
+        assert_eq!(kept["host"], "client.example");
+        kept.append("host", HeaderValue::from_static("other.example"));
+        let head = scan_request(&mut kept, Some(&endpoint));
+        assert!(!head.host_set);
+        assert_eq!(head.host.unwrap(), "client.example");
+        assert!(!scan_request(&mut HeaderMap::new(), Some(&endpoint)).host_set);
+    }
 
     #[test]
     fn only_the_present_hop_by_hop_headers_go() {
@@ -386,6 +502,21 @@ mod tests {
         remove_hop_by_hop(&mut response, false);
         let names: Vec<_> = response.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["x-b"]);
+    }
+
+    #[test]
+    fn a_line_named_close_goes_when_connection_says_close() {
+        // Found by the `hop_by_hop` fuzz target: `close` is a connection
+        // option, and a line of that name is the connection's.
+        for connection in ["close", "close, x-a", "Close"] {
+            let mut h = HeaderMap::new();
+            h.insert("connection", HeaderValue::from_static(connection));
+            h.insert("close", HeaderValue::from_static("2"));
+            h.insert("x-b", HeaderValue::from_static("3"));
+            remove_hop_by_hop(&mut h, true);
+            let names: Vec<_> = h.keys().map(|n| n.as_str()).collect();
+            assert_eq!(names, ["x-b"], "{connection}");
+        }
     }
 
     #[test]

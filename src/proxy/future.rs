@@ -18,6 +18,7 @@ use crate::problem::Problem;
 use tokio::sync::oneshot;
 
 use super::endpoints::Endpoint;
+use super::pool::Timer;
 use super::tunnel::tunnel;
 use super::{Inner, ProxyBody, remove_hop_by_hop};
 
@@ -48,10 +49,12 @@ pin_project_lite::pin_project! {
         // The client's body failed: the exchange's failure is the
         // client's, not the endpoint's.
         pub(super) client_failed: bool,
-        // The response timeout, running once the request is sent (in
-        // place: no allocation of its own).
-        #[pin]
-        pub(super) timer: Option<tokio::time::Sleep>,
+        // When the response timeout runs out: set once the request is
+        // sent (for a request with a body, once the body has ended).
+        pub(super) deadline: Option<tokio::time::Instant>,
+        // What wakes the task at the deadline: the connection's (see
+        // `pool::Timer`), or one made when it first waits.
+        pub(super) timer: Option<Timer>,
     }
 }
 
@@ -92,26 +95,27 @@ impl ResponseFuture {
             pending: None,
             body_done: None,
             client_failed: false,
+            deadline: None,
             timer: None,
         }
     }
 
-    /// Handed to the pool; the response timeout starts now for a request
-    /// without a body, else when `body_done` says the body has ended.
+    /// Handed to the pool (with the timer of the connection it took, if
+    /// any); the response timeout starts now for a request without a
+    /// body, else when `body_done` says the body has ended.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn sent(
-        state: State,
+        (state, guard, timer): (State, InFlightGuard, Option<Timer>),
         inner: Arc<Inner>,
         grpc: bool,
         upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
         endpoint: Arc<Endpoint>,
         retry: Option<Box<Retry>>,
-        guard: InFlightGuard,
         pending: InFlightGuard,
         body_done: Option<oneshot::Receiver<bool>>,
     ) -> Self {
-        let timer = match body_done {
-            None => inner.response_timeout.map(tokio::time::sleep),
+        let deadline = match body_done {
+            None => inner.deadline(),
             Some(_) => None,
         };
         Self {
@@ -125,8 +129,28 @@ impl ResponseFuture {
             pending: Some(pending),
             body_done,
             client_failed: false,
+            deadline,
             timer,
         }
+    }
+}
+
+/// Whether `deadline` has passed, by `timer`, which wakes the task then. A
+/// connection's timer may be armed for an earlier deadline (an earlier
+/// exchange's): when that passes, it is set to this one; one armed for a
+/// later deadline (a shorter timeout since) is set to this one at once.
+fn expired(timer: &mut Timer, deadline: tokio::time::Instant, cx: &mut Context<'_>) -> bool {
+    loop {
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if timer.deadline() >= deadline {
+            return true;
+        }
+        timer.as_mut().reset(deadline);
     }
 }
 
@@ -146,8 +170,8 @@ impl Future for ResponseFuture {
                         *this.body_done = None;
                         if told == Ok(false) {
                             *this.client_failed = true;
-                        } else if let Some(limit) = this.inner.response_timeout {
-                            this.timer.set(Some(tokio::time::sleep(limit)));
+                        } else {
+                            *this.deadline = this.inner.deadline();
                         }
                     }
                     let polled = match this.state.as_mut().project() {
@@ -162,15 +186,22 @@ impl Future for ResponseFuture {
                     match polled {
                         Poll::Ready(result) => result,
                         Poll::Pending => {
-                            if let Some(timer) = this.timer.as_mut().as_pin_mut()
-                                && timer.poll(cx).is_ready()
+                            if let Some(deadline) = *this.deadline
+                                && expired(
+                                    this.timer.get_or_insert_with(|| {
+                                        Box::pin(tokio::time::sleep_until(deadline))
+                                    }),
+                                    deadline,
+                                    cx,
+                                )
                             {
                                 if let Some(e) = this.endpoint.as_deref() {
                                     endpoints.record(e, false);
                                 }
                                 *this.guard = None;
                                 *this.pending = None;
-                                this.timer.set(None);
+                                *this.deadline = None;
+                                *this.timer = None;
                                 let limit = this.inner.response_timeout.unwrap_or_default();
                                 tracing::warn!(
                                     upstream = this.endpoint.as_deref().map_or("", |e| &e.url),
@@ -199,7 +230,7 @@ impl Future for ResponseFuture {
                 }
             };
             *this.pending = None;
-            this.timer.set(None);
+            *this.deadline = None;
             // A body that failed may not have been told yet.
             if result.is_err()
                 && let Some(done) = this.body_done.as_mut()
@@ -226,7 +257,9 @@ impl Future for ResponseFuture {
                     }
                     // An upgraded connection is the tunnel's, never the
                     // pool's again.
-                    if let Some(checkin) = checkin.filter(|_| !switched) {
+                    if let Some(mut checkin) = checkin.filter(|_| !switched) {
+                        // The timer goes with the connection, armed.
+                        checkin.keep_timer(this.timer.take());
                         res.body_mut().hold_checkin(checkin);
                     }
                     return Poll::Ready(Ok(res));
@@ -242,15 +275,17 @@ impl Future for ResponseFuture {
                 && let Some(next) = endpoints.other_than(tried)
                 && let Some(retry) = this.retry.take()
             {
-                let (state, guard) =
+                let (state, guard, timer) =
                     this.inner
                         .send(Arc::clone(&next), retry.parts, retry.endpoint_host);
                 *this.endpoint = Some(next);
                 this.state.set(state);
                 *this.guard = Some(guard);
                 *this.pending = this.inner.limits_pending();
-                this.timer
-                    .set(this.inner.response_timeout.map(tokio::time::sleep));
+                *this.deadline = this.inner.deadline();
+                if this.timer.is_none() {
+                    *this.timer = timer;
+                }
                 continue;
             }
             if *this.client_failed {
@@ -325,29 +360,40 @@ fn upstream_response(
 }
 
 impl Inner {
+    /// When a response timeout starting now runs out.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.response_timeout
+            .map(|limit| tokio::time::Instant::now() + limit)
+    }
+
     /// Hands `req` (its URI already `endpoint`'s) to the pool; the state
-    /// to wait in, and the request's count in the endpoint's in-flight.
+    /// to wait in, the request's count in the endpoint's in-flight, and
+    /// the timer of the pool's connection it went on, if it has one.
     pub(super) fn send_request(
         &self,
         endpoint: Arc<Endpoint>,
         mut req: Request<ProxyBody>,
         host: bool,
-    ) -> (State, InFlightGuard) {
+    ) -> (State, InFlightGuard, Option<Timer>) {
         if host {
             req.headers_mut()
                 .insert(header::HOST, endpoint.host.clone());
         }
         self.endpoints.sent(&endpoint);
         let guard = InFlightGuard::new(&endpoint.in_flight);
-        let state = match &self.pool {
-            Some(pool) => State::Pooled {
-                sent: pool.send(endpoint, req),
-            },
-            None => State::Sent {
-                sent: self.clients.get().request(req),
-            },
+        let (state, timer) = match &self.pool {
+            Some(pool) => {
+                let (sent, timer) = pool.send(endpoint, req);
+                (State::Pooled { sent }, timer)
+            }
+            None => (
+                State::Sent {
+                    sent: self.clients.get().request(req),
+                },
+                None,
+            ),
         };
-        (state, guard)
+        (state, guard, timer)
     }
 
     /// A place among the pending requests for a retry (its first place
@@ -362,7 +408,7 @@ impl Inner {
         endpoint: Arc<Endpoint>,
         mut parts: http::request::Parts,
         host: bool,
-    ) -> (State, InFlightGuard) {
+    ) -> (State, InFlightGuard, Option<Timer>) {
         // An absolute URI names the endpoint; one in origin form (the
         // pool's) is the same on any.
         if parts.uri.scheme().is_some() {

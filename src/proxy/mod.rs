@@ -403,8 +403,8 @@ where
     fn call(&mut self, req: Request<B>) -> ResponseFuture {
         let inner = Arc::clone(&self.inner);
         let (mut parts, body) = req.into_parts();
-        let grpc = crate::grpc::is_grpc(&parts.headers);
         let Some(endpoint) = inner.endpoints.pick() else {
+            let grpc = crate::grpc::is_grpc(&parts.headers);
             // Every endpoint has left (a discovery source listing none).
             let res = Rejection::new(
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE)
@@ -419,6 +419,7 @@ where
         // request goes in origin form, as it would be written.
         let origin_form = inner.pool.is_some() && parts.method != http::Method::CONNECT;
         let Some(uri) = inner.upstream_uri(&parts.uri, &endpoint, origin_form) else {
+            let grpc = crate::grpc::is_grpc(&parts.headers);
             let res = answer(
                 grpc,
                 Problem::new(StatusCode::BAD_REQUEST).detail("invalid request path"),
@@ -428,6 +429,7 @@ where
         let pending = match inner.admit() {
             Ok(pending) => pending,
             Err(why) => {
+                let grpc = crate::grpc::is_grpc(&parts.headers);
                 let res = Rejection::new(Problem::new(StatusCode::SERVICE_UNAVAILABLE).detail(why))
                     .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
                     .grpc(grpc)
@@ -435,7 +437,15 @@ where
                 return ResponseFuture::answered(res, inner, grpc);
             }
         };
-        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        // One pass over the lines: the hop-by-hop ones present, gRPC or
+        // not, and the client's `Host`, made the endpoint's in place
+        // unless it is to be kept.
+        let head = forward::scan_request(
+            &mut parts.headers,
+            (!inner.preserve_host).then_some(&endpoint.host),
+        );
+        let grpc = head.grpc;
+        let client_host = head.host.or_else(|| {
             parts
                 .uri
                 .authority()
@@ -444,8 +454,12 @@ where
 
         // A protocol upgrade (WebSocket) the client's connection can make:
         // ask the upstream for it too, and tunnel once both sides agree.
-        let upgrade = upgrade_request(&inner, &mut parts);
-        remove_hop_by_hop(&mut parts.headers, true);
+        let upgrade = if head.hop_by_hop & forward::UPGRADE_BIT != 0 {
+            upgrade_request(&inner, &mut parts)
+        } else {
+            None
+        };
+        forward::remove_present(&mut parts.headers, true, head.hop_by_hop);
         if let Some((protocol, _)) = &upgrade {
             parts
                 .headers
@@ -479,9 +493,10 @@ where
             (body, Some(done))
         };
         let req = Request::from_parts(parts, body);
-        let (state, guard) = inner.send_request(Arc::clone(&endpoint), req, endpoint_host);
+        // `Host` is set here unless the pass above set it.
+        let sent = inner.send_request(Arc::clone(&endpoint), req, endpoint_host && !head.host_set);
         ResponseFuture::sent(
-            state, inner, grpc, upgrade, endpoint, retry, guard, pending, body_done,
+            sent, inner, grpc, upgrade, endpoint, retry, pending, body_done,
         )
     }
 }

@@ -29,6 +29,16 @@ use super::endpoints::Endpoint;
 /// A connection's sending half.
 type Sender = http1::SendRequest<ProxyBody>;
 
+/// A response timer that goes with a connection from exchange to
+/// exchange (see [`ResponseFuture`](super::ResponseFuture)): set once for
+/// a connection's first exchange, it stays armed in the runtime's timer
+/// wheel, and each later exchange, whose deadline is later, leaves it as
+/// it is until it fires and only then sets it again, about once a
+/// timeout's length rather than a timer made, registered and cancelled
+/// a request. It belongs to the runtime of the connection's task, which
+/// is the one its exchanges are polled in.
+pub(super) type Timer = Pin<Box<tokio::time::Sleep>>;
+
 /// What an exchange on the pool yields: the response head and the
 /// connection, to hand back when the body has ended.
 pub(super) type Exchange =
@@ -71,6 +81,7 @@ impl std::error::Error for Error {
 pub(super) struct Idle {
     sender: Sender,
     since: Instant,
+    timer: Option<Timer>,
 }
 
 /// The pool: shared by an upstream's clones; each thread keeps its own
@@ -92,15 +103,15 @@ impl Pool {
     }
 
     /// The calling thread's most recently used idle connection to
-    /// `endpoint` that is still open and young enough.
-    fn checkout(&self, endpoint: &Endpoint) -> Option<Sender> {
+    /// `endpoint` that is still open and young enough, and its timer.
+    fn checkout(&self, endpoint: &Endpoint) -> Option<(Sender, Option<Timer>)> {
         let mut list = endpoint.idle.get()?.borrow_mut();
         let now = Instant::now();
         while let Some(conn) = list.pop() {
             if !conn.sender.is_closed()
                 && now.saturating_duration_since(conn.since) < self.idle_timeout
             {
-                return Some(conn.sender);
+                return Some((conn.sender, conn.timer));
             }
         }
         None
@@ -109,7 +120,7 @@ impl Pool {
     /// Puts a connection whose exchange is over back, unless it is closed
     /// or the thread keeps enough.
     /// An endpoint that has left its set keeps none.
-    fn checkin(&self, endpoint: &Endpoint, sender: Sender) {
+    fn checkin(&self, endpoint: &Endpoint, sender: Sender, timer: Option<Timer>) {
         if sender.is_closed() || endpoint.left.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
@@ -118,6 +129,7 @@ impl Pool {
             list.push(Idle {
                 sender,
                 since: Instant::now(),
+                timer,
             });
         }
     }
@@ -147,18 +159,24 @@ impl Pool {
     /// HTTP/1.1 to an origin server: `req`'s target is in origin form
     /// already (the upstream builds it so; the endpoint is the
     /// connection's, and `Host` names it), but for `CONNECT`.
+    ///
+    /// With the exchange comes the timer of the idle connection it takes,
+    /// if it has one.
     pub(super) fn send(
         self: &Arc<Self>,
         endpoint: Arc<Endpoint>,
         req: Request<ProxyBody>,
-    ) -> Exchange {
+    ) -> (Exchange, Option<Timer>) {
         debug_assert!(
             req.method() == http::Method::CONNECT || req.uri().scheme().is_none(),
             "the pool sends requests in origin form"
         );
-        let pooled = self.checkout(&endpoint);
+        let (pooled, timer) = match self.checkout(&endpoint) {
+            Some((sender, timer)) => (Some(sender), timer),
+            None => (None, None),
+        };
         let pool = Arc::clone(self);
-        Box::pin(async move {
+        let exchange = Box::pin(async move {
             let mut req = req;
             let mut pooled = pooled;
             loop {
@@ -170,7 +188,7 @@ impl Pool {
                 if let Err(e) = sender.ready().await {
                     if reused {
                         // Closed while idle: another, or a new one.
-                        pooled = pool.checkout(&endpoint);
+                        pooled = pool.checkout(&endpoint).map(|(sender, _)| sender);
                         continue;
                     }
                     return Err(Error::Http(e));
@@ -183,6 +201,7 @@ impl Pool {
                                 sender,
                                 pool,
                                 endpoint,
+                                timer: None,
                             },
                         ));
                     }
@@ -193,13 +212,14 @@ impl Pool {
                         // after a reused one failed this way.
                         Some(back) if reused => {
                             req = back;
-                            pooled = pool.checkout(&endpoint);
+                            pooled = pool.checkout(&endpoint).map(|(sender, _)| sender);
                         }
                         _ => return Err(Error::Http(e.into_error())),
                     },
                 }
             }
-        })
+        });
+        (exchange, timer)
     }
 }
 
@@ -210,13 +230,19 @@ pub(crate) struct Checkin {
     sender: Sender,
     pool: Arc<Pool>,
     endpoint: Arc<Endpoint>,
+    timer: Option<Timer>,
 }
 
 impl Checkin {
     /// The response body has been read to its end: the connection may
     /// carry another request.
     pub(crate) fn finish(self) {
-        self.pool.checkin(&self.endpoint, self.sender);
+        self.pool.checkin(&self.endpoint, self.sender, self.timer);
+    }
+
+    /// The exchange's response timer, to go with the connection.
+    pub(super) fn keep_timer(&mut self, timer: Option<Timer>) {
+        self.timer = timer;
     }
 }
 
