@@ -405,8 +405,10 @@ pub(super) fn remove_present(headers: &mut HeaderMap, request: bool, present: u1
         }
         // Removed where it was found: no second lookup of the name.
         connection.remove();
-        for name in named {
-            headers.remove(name);
+        if !named.is_empty() {
+            for name in named {
+                headers.remove(name);
+            }
         }
     }
     let te_trailers = request
