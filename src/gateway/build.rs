@@ -58,7 +58,7 @@ struct ErasedSplit(Split<Upstream>);
 impl ErasedService for ErasedSplit {
     fn call(&self, req: Request<GatewayBody>) -> PipelineFuture {
         Box::pin(Boxed {
-            inner: self.0.call_shared(req),
+            inner: self.0.call_with(req, Upstream::call_ref),
         })
     }
 }

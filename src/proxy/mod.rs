@@ -401,6 +401,19 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> ResponseFuture {
+        self.call_ref(req)
+    }
+}
+
+impl Upstream {
+    /// [`Service::call`] without `&mut`: an upstream is always ready and
+    /// its state is shared, so an owner that shares one (a gateway route's
+    /// split) calls it in place, neither cloning it nor waiting for it.
+    pub(crate) fn call_ref<B>(&self, req: Request<B>) -> ResponseFuture
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let inner = Arc::clone(&self.inner);
         let (mut parts, body) = req.into_parts();
         let Some(endpoint) = inner.endpoints.pick() else {
@@ -466,7 +479,12 @@ where
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
         }
-        inner.add_forwarded(&mut parts.headers, &parts.extensions, client_host.as_ref());
+        inner.add_forwarded(
+            &mut parts.headers,
+            &parts.extensions,
+            client_host.as_ref(),
+            head.forwarding,
+        );
         let endpoint_host = !inner.preserve_host || client_host.is_none();
         parts.uri = uri;
         parts.version = if inner.http2 {

@@ -291,11 +291,23 @@ impl<S> Split<S> {
     /// cloning it (its targets' list) for each request.
     pub(crate) fn call_shared<ReqB, ResB>(
         &self,
-        mut req: Request<ReqB>,
+        req: Request<ReqB>,
     ) -> ResponseFuture<Dispatch<S, Request<ReqB>>>
     where
         S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     {
+        self.call_with(req, |svc, req| Dispatch::new(svc.clone(), req))
+    }
+
+    /// The target picked and counted, then `call` given its service and
+    /// the request: for a service that is always ready and needs no `&mut`
+    /// to be called ([`Upstream`](crate::proxy::Upstream)), neither a
+    /// clone of it nor [`Dispatch`]'s readiness state around its future.
+    pub(crate) fn call_with<ReqB, F>(
+        &self,
+        mut req: Request<ReqB>,
+        call: impl FnOnce(&S, Request<ReqB>) -> F,
+    ) -> ResponseFuture<F> {
         let shared = &self.shared;
         let index = match self.forced(&req) {
             Some(index) => {
@@ -307,8 +319,7 @@ impl<S> Split<S> {
         let in_flight = InFlight::adopt(shared.clone(), index);
         let meta = &shared.targets[index];
         req.extensions_mut().insert(meta.target);
-        let svc = self.services[index].clone();
-        ResponseFuture::new(Dispatch::new(svc, req), in_flight)
+        ResponseFuture::new(call(&self.services[index], req), in_flight)
     }
 }
 
