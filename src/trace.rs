@@ -116,12 +116,14 @@ impl TraceParent {
             flags: 0,
         };
         let mut rng = rand::rng();
-        // All zeros is invalid; a retry is as likely as never.
-        while parsed.trace_id == [0; 16] {
-            rand::Rng::fill_bytes(&mut rng, &mut parsed.trace_id);
-        }
-        while parsed.parent_id == [0; 8] {
-            rand::Rng::fill_bytes(&mut rng, &mut parsed.parent_id);
+        // Both ids from one draw. All zeros is invalid for either; a retry
+        // is as likely as never.
+        let mut bytes = [0u8; 24];
+        while parsed.trace_id == [0; 16] || parsed.parent_id == [0; 8] {
+            rand::Rng::fill_bytes(&mut rng, &mut bytes);
+            let (trace, parent) = bytes.split_at(16);
+            parsed.trace_id.copy_from_slice(trace);
+            parsed.parent_id.copy_from_slice(parent);
         }
         parsed
     }
@@ -161,23 +163,31 @@ impl TraceParent {
     }
 }
 
+/// Each byte's two lower-case hex digits: one load a byte where the
+/// digits are written for every request's new trace context.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    table
+};
+
 /// `bytes` as lower-case hex into `out` (twice as long).
 fn hex_to(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0xf)];
+    for (&b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
     }
 }
 
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    out
+    let mut out = vec![0; bytes.len() * 2];
+    hex_to(bytes, &mut out);
+    // Hex digits only.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The request's trace context, made valid (see the [module docs](self)):

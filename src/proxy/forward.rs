@@ -48,32 +48,22 @@ impl Inner {
     /// trusted proxy, else what this hop saw), `X-Forwarded-Host`,
     /// `X-Real-IP` (the client's from a trusted proxy, else the peer), and
     /// with the option on, a `Forwarded` element with every value quoted.
-    ///
-    /// `present` says which of them the request carries
-    /// ([`RequestHead::forwarding`]): one it does not carry is appended
-    /// (no search for lines to replace) and never removed.
     pub(super) fn add_forwarded(
         &self,
         headers: &mut HeaderMap,
         extensions: &http::Extensions,
         host: Option<&HeaderValue>,
-        present: u16,
     ) {
+        const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+        const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+        const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+        const XRI: HeaderName = HeaderName::from_static("x-real-ip");
         let peer = crate::key::peer_ip(extensions);
         let trusted = peer.is_some_and(|ip| self.trusted.as_ref().is_some_and(|t| t.contains(ip)));
         let replace = !trusted && self.forwarded_for == ForwardedFor::Replace;
-        if replace && present & FORWARDED_BIT != 0 {
+        if replace {
             headers.remove(header::FORWARDED);
         }
-        // Set as `insert` would, without its search for lines to replace
-        // when the request has none.
-        let set = |headers: &mut HeaderMap, name: HeaderName, bit: u16, value: HeaderValue| {
-            if present & bit != 0 {
-                headers.insert(name, value);
-            } else {
-                headers.append(name, value);
-            }
-        };
         // Up to four headers added: room for them at once, rather than the
         // map growing (and rehashing) more than once on the way.
         headers.reserve(4);
@@ -82,9 +72,8 @@ impl Inner {
         let ip_value = peer.and_then(peer_value);
         match &ip_value {
             // At the edge the client's list goes: `insert` replaces it.
-            Some(ip) if replace => set(headers, XFF, XFF_BIT, ip.clone()),
-            Some(ip) if present & XFF_BIT == 0 => {
-                headers.append(XFF, ip.clone());
+            Some(ip) if replace => {
+                headers.insert(XFF, ip.clone());
             }
             Some(ip) => match headers.entry(XFF) {
                 header::Entry::Vacant(entry) => {
@@ -105,14 +94,14 @@ impl Inner {
                     }
                 }
             },
-            None if replace && present & XFF_BIT != 0 => {
+            None if replace => {
                 headers.remove(XFF);
             }
             None => {}
         }
         // A trusted proxy in front says what it saw; otherwise, what this
         // hop saw, never what the client claims.
-        let claimed = (trusted && present & XFP_BIT != 0)
+        let claimed = trusted
             .then(|| headers.get(&XFP))
             .flatten()
             .and_then(|v| v.to_str().ok())
@@ -131,22 +120,24 @@ impl Inner {
                 .get::<crate::conn::ConnectionInfo>()
                 .map_or("http", crate::conn::ConnectionInfo::scheme)
         });
-        set(headers, XFP, XFP_BIT, HeaderValue::from_static(proto));
-        if !(trusted && present & XRI_BIT != 0) {
+        headers.insert(XFP, HeaderValue::from_static(proto));
+        if !(trusted && headers.contains_key(&XRI)) {
             match ip_value {
-                Some(ip) => set(headers, XRI, XRI_BIT, ip),
-                None if present & XRI_BIT != 0 => {
+                Some(ip) => {
+                    headers.insert(XRI, ip);
+                }
+                None => {
                     headers.remove(XRI);
                 }
-                None => {}
             }
         }
         match host {
-            Some(host) => set(headers, XFH, XFH_BIT, host.clone()),
-            None if present & XFH_BIT != 0 => {
+            Some(host) => {
+                headers.insert(XFH, host.clone());
+            }
+            None => {
                 headers.remove(XFH);
             }
-            None => {}
         }
         if self.forwarded
             && let Some(element) = forwarded_element(peer, host, proto)
@@ -314,39 +305,11 @@ const CONNECTION_BIT: u16 = 1 << 0;
 const TE_BIT: u16 = 1 << 5;
 pub(super) const UPGRADE_BIT: u16 = 1 << 8;
 
-/// The forwarding headers the proxy writes.
-const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-const XRI: HeaderName = HeaderName::from_static("x-real-ip");
-
-/// Each as a bit of [`RequestHead::forwarding`].
-const FORWARDED_BIT: u16 = 1 << 0;
-const XFF_BIT: u16 = 1 << 1;
-const XFP_BIT: u16 = 1 << 2;
-const XFH_BIT: u16 = 1 << 3;
-const XRI_BIT: u16 = 1 << 4;
-
-/// `name`'s bit among the forwarding headers, 0 for any other name (by
-/// its length, then its bytes, as [`hop_by_hop_index`]).
-fn forwarding_bit(name: &HeaderName) -> u16 {
-    match name.as_str() {
-        "forwarded" => FORWARDED_BIT,
-        "x-forwarded-for" => XFF_BIT,
-        "x-forwarded-proto" => XFP_BIT,
-        "x-forwarded-host" => XFH_BIT,
-        "x-real-ip" => XRI_BIT,
-        _ => 0,
-    }
-}
-
 /// What one pass over a request's header lines found, for the proxy
 /// ([`scan_request`]).
 pub(super) struct RequestHead {
     /// The hop-by-hop headers present, a bit for each place in the list.
     pub(super) hop_by_hop: u16,
-    /// The forwarding headers present (`FORWARDED_BIT` and the rest).
-    pub(super) forwarding: u16,
     /// The request is gRPC (see [`crate::grpc::is_grpc`]).
     pub(super) grpc: bool,
     /// The client's `Host`, its first line.
@@ -356,15 +319,14 @@ pub(super) struct RequestHead {
 }
 
 /// One pass over `headers` for what the proxy reads of a request: the
-/// hop-by-hop and forwarding headers present, whether it is gRPC, and the
-/// client's `Host`, replaced in place by `set_host` when given. Each of those
+/// hop-by-hop headers present, whether it is gRPC, and the client's
+/// `Host`, replaced in place by `set_host` when given. Each of those
 /// otherwise costs a lookup of its own (a hash of the name and a probe),
 /// and `Host` a second one to be replaced; the pass compares each line's
 /// name, most of them standard names, compared as such.
 pub(super) fn scan_request(headers: &mut HeaderMap, set_host: Option<&HeaderValue>) -> RequestHead {
     let mut head = RequestHead {
         hop_by_hop: 0,
-        forwarding: 0,
         grpc: false,
         host: None,
         host_set: false,
@@ -387,8 +349,6 @@ pub(super) fn scan_request(headers: &mut HeaderMap, set_host: Option<&HeaderValu
             }
         } else if let Some(i) = hop_by_hop_index(name) {
             head.hop_by_hop |= 1 << i;
-        } else {
-            head.forwarding |= forwarding_bit(name);
         }
     }
     // Several `Host` lines (only without the ingress step, which refuses
@@ -475,9 +435,8 @@ mod tests {
     use http::{HeaderMap, HeaderValue};
 
     use super::{
-        CONNECTION_BIT, FORWARDED_BIT, HOP_BY_HOP, IpText, TE_BIT, UPGRADE_BIT, XFF, XFF_BIT, XFH,
-        XFH_BIT, XFP, XFP_BIT, XRI, XRI_BIT, forwarded_element, forwarding_bit, remove_hop_by_hop,
-        scan_request,
+        CONNECTION_BIT, HOP_BY_HOP, IpText, TE_BIT, UPGRADE_BIT, forwarded_element,
+        remove_hop_by_hop, scan_request,
     };
     use http::header;
 
@@ -490,16 +449,6 @@ mod tests {
         ] {
             assert_eq!(HOP_BY_HOP[bit.trailing_zeros() as usize], name);
         }
-        for (bit, name) in [
-            (FORWARDED_BIT, header::FORWARDED),
-            (XFF_BIT, XFF),
-            (XFP_BIT, XFP),
-            (XFH_BIT, XFH),
-            (XRI_BIT, XRI),
-        ] {
-            assert_eq!(forwarding_bit(&name), bit, "{name}");
-        }
-        assert_eq!(forwarding_bit(&header::HOST), 0);
     }
 
     #[test]
@@ -514,8 +463,6 @@ mod tests {
         h.append("upgrade", HeaderValue::from_static("websocket"));
         h.append("te", HeaderValue::from_static("trailers"));
         h.append("x-a", HeaderValue::from_static("1"));
-        h.append("X-Real-IP", HeaderValue::from_static("10.9.9.9"));
-        h.append("forwarded", HeaderValue::from_static("for=10.9.9.9"));
         let endpoint = HeaderValue::from_static("10.0.0.1:80");
         let mut kept = h.clone();
         let head = scan_request(&mut h, Some(&endpoint));
@@ -525,7 +472,6 @@ mod tests {
         assert_eq!(head.grpc, crate::grpc::is_grpc(&kept));
         assert!(head.grpc);
         assert_eq!(head.hop_by_hop, UPGRADE_BIT | TE_BIT);
-        assert_eq!(head.forwarding, XRI_BIT | FORWARDED_BIT);
         // Without a value to set, `Host` stays; two lines are left to an
         // `insert`.
         let head = scan_request(&mut kept, None);

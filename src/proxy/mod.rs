@@ -479,12 +479,7 @@ impl Upstream {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
         }
-        inner.add_forwarded(
-            &mut parts.headers,
-            &parts.extensions,
-            client_host.as_ref(),
-            head.forwarding,
-        );
+        inner.add_forwarded(&mut parts.headers, &parts.extensions, client_host.as_ref());
         let endpoint_host = !inner.preserve_host || client_host.is_none();
         parts.uri = uri;
         parts.version = if inner.http2 {
