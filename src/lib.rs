@@ -122,7 +122,6 @@ pub mod mirror;
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub mod model;
 pub mod path;
-#[cfg(feature = "json")]
 mod per_thread;
 pub mod platform;
 pub mod problem;

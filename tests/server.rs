@@ -123,6 +123,105 @@ async fn http1_requests_carry_the_peer_and_the_connection() {
     assert_eq!((stats.accepted, stats.active, stats.requests), (1, 1, 2));
 }
 
+/// A wait in line for [`OneAtATime`]'s permit.
+type Acquiring = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>,
+            > + Send
+            + Sync,
+    >,
+>;
+
+/// A service that serves one request at a time: its readiness waits in
+/// line for the one permit (tokio's semaphore hands a freed permit to the
+/// first in line), and a clone starts out of line.
+struct OneAtATime {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    acquiring: Option<Acquiring>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Clone for OneAtATime {
+    fn clone(&self) -> Self {
+        Self {
+            permits: std::sync::Arc::clone(&self.permits),
+            acquiring: None,
+            permit: None,
+        }
+    }
+}
+
+impl tower::Service<Request<IncomingBody>> for OneAtATime {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        if self.permit.is_none() {
+            let permits = &self.permits;
+            let acquiring = self
+                .acquiring
+                .get_or_insert_with(|| Box::pin(std::sync::Arc::clone(permits).acquire_owned()));
+            let permit = std::task::ready!(acquiring.as_mut().poll(cx)).expect("never closed");
+            self.acquiring = None;
+            self.permit = Some(permit);
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<IncomingBody>) -> Self::Future {
+        let permit = self.permit.take();
+        Box::pin(async move {
+            let res = app(req).await;
+            drop(permit);
+            res
+        })
+    }
+}
+
+/// The server calls a ready service in place; one that is not ready waits
+/// in the request's future. Whatever its readiness reserved goes with it:
+/// here its place in line for the permit, which would otherwise be handed
+/// to an instance nothing polls, and the second request would hang.
+#[tokio::test]
+async fn a_service_not_ready_is_awaited_where_it_waits_in_line() {
+    let server = Server::builder().bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let service = OneAtATime {
+        permits: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+        acquiring: None,
+        permit: None,
+    };
+    let task = tokio::spawn(async move { server.serve(service).await.unwrap() });
+    // The first request holds the permit for 500 ms.
+    let slow = tokio::spawn(get(addr, "/slow"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The second, on a connection of its own, finds the service not ready.
+    let (status, body) = tokio::time::timeout(HANG_GUARD, get(addr, "/"))
+        .await
+        .expect("the waiting request is answered once the permit is free")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("peer="), "{body}");
+    let (status, body) = slow.await.unwrap().unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "slow done"));
+    // And a third, after both, on a new connection.
+    let (status, _) = tokio::time::timeout(HANG_GUARD, get(addr, "/"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    handle.shutdown(Duration::from_secs(5));
+    finished(task).await;
+}
+
 #[tokio::test]
 async fn h2c_with_prior_knowledge() {
     let (addr, _handle, _task) = start(Server::builder()).await;

@@ -109,6 +109,15 @@ where
     }
 }
 
+impl Pipeline {
+    /// [`Service::call`] without `&mut` and without a clone: the gateway
+    /// calls a route's pipeline in place (no reference count taken and
+    /// given back on a line every serving thread shares).
+    pub(crate) fn call_ref(&self, req: Request<GatewayBody>) -> PipelineFuture {
+        self.0.call(req)
+    }
+}
+
 impl Service<Request<GatewayBody>> for Pipeline {
     type Response = Response<GatewayBody>;
     type Error = Infallible;
@@ -119,7 +128,7 @@ impl Service<Request<GatewayBody>> for Pipeline {
     }
 
     fn call(&mut self, req: Request<GatewayBody>) -> PipelineFuture {
-        self.0.call(req)
+        self.call_ref(req)
     }
 }
 
@@ -252,10 +261,23 @@ impl Matcher {
 /// Requests and responses of a route, by status class.
 #[derive(Debug, Default)]
 pub(crate) struct RouteCounters {
-    pub(crate) requests: std::sync::atomic::AtomicU64,
-    pub(crate) classes: [std::sync::atomic::AtomicU64; 5],
+    /// Requests matched ([`RouteCounters::REQUESTS`]), then responses by
+    /// status class, 1xx to 5xx: each thread's own (every request adds to
+    /// them).
+    pub(crate) counts: crate::per_thread::Counters<6>,
     /// The refusals of the route's scope check (`auth.scopes`).
     pub(crate) scopes: Arc<crate::auth::ScopeCounters>,
+}
+
+impl RouteCounters {
+    /// Where `counts` keeps the requests matched.
+    pub(crate) const REQUESTS: usize = 0;
+
+    /// Where `counts` keeps the responses of `class` (0 for 1xx to 4 for
+    /// 5xx).
+    pub(crate) const fn class(class: usize) -> usize {
+        1 + class
+    }
 }
 
 // === building ===

@@ -16,7 +16,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use prometheus_client::encoding::{DescriptorEncoder, prometheus_text};
 use prometheus_client::registry::Registry;
@@ -265,17 +264,17 @@ impl crate::prometheus::EncodeInto for RouteCollector {
             "Requests matched to a route.",
             self.0
                 .iter()
-                .map(|(l, c)| (row(l, []), c.requests.load(Relaxed))),
+                .map(|(l, c)| (row(l, []), c.counts.get(RouteCounters::REQUESTS))),
         )?;
         counter(
             enc,
             "switchyard_route_responses_total",
             "Responses of a route by status class.",
             self.0.iter().flat_map(|(l, c)| {
-                CLASSES
-                    .iter()
-                    .zip(&c.classes)
-                    .map(move |(class, n)| (row(l, [("class", (*class).into())]), n.load(Relaxed)))
+                CLASSES.iter().enumerate().map(move |(i, class)| {
+                    let n = c.counts.get(RouteCounters::class(i));
+                    (row(l, [("class", (*class).into())]), n)
+                })
             }),
         )
     }

@@ -740,7 +740,7 @@ where
                 }
                 ResponseFuture {
                     kind: Kind::Route {
-                        future: route.service.clone().call(req),
+                        future: route.service.call_ref(req),
                         counters: Arc::clone(&route.counters),
                         polled: false,
                     },
@@ -803,14 +803,13 @@ impl ResponseFuture {
                 counters,
                 polled,
             } => {
-                use std::sync::atomic::Ordering::Relaxed;
                 if !std::mem::replace(polled, true) {
-                    counters.requests.fetch_add(1, Relaxed);
+                    counters.counts.add(RouteCounters::REQUESTS, 1);
                 }
                 let res = std::task::ready!(future.poll(cx))?;
                 let status = crate::grpc::effective_status(res.status(), res.headers());
                 let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-                counters.classes[class].fetch_add(1, Relaxed);
+                counters.counts.add(RouteCounters::class(class), 1);
                 Poll::Ready(Ok(res))
             }
             KindProj::NotFound { grpc } => Poll::Ready(Ok(crate::future::Rejection::new(

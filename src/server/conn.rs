@@ -317,7 +317,12 @@ impl<T: AsyncWrite> AsyncWrite for Io<T> {
 /// response counted in flight until its body ends.
 #[derive(Debug)]
 pub(crate) struct ConnService<S> {
-    inner: S,
+    /// Called in place when it is ready (hyper calls with `&self`; a tower
+    /// service takes `&mut self`): no clone of it a request, which for the
+    /// gateway is a reference count taken and given back on a line every
+    /// serving thread shares. Calls never overlap: each borrow lasts one
+    /// synchronous `call`.
+    inner: std::cell::RefCell<S>,
     state: Arc<ConnState>,
     shared: Arc<Shared>,
     // What each request's extensions start with (the connection's facts):
@@ -358,10 +363,7 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let state = &self.state;
-        self.shared
-            .counters
-            .requests
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.requests.add(0, 1);
         if state.requests.fetch_add(1, Ordering::AcqRel) == 0 && req.version() == Version::HTTP_2 {
             state.h2.store(true, Ordering::Relaxed);
         }
@@ -383,13 +385,58 @@ where
             timeout.map(|_| Arc::clone(&self.shared.counters)),
         );
         let req = Request::from_parts(parts, body);
+        // The service called in place when it is ready already (the
+        // gateway always is). One that is not goes into the future, to be
+        // asked again with the task's waker, and a clone takes its place:
+        // whatever its readiness reserved (a semaphore's place in line,
+        // say) is the waiting request's, not left with an instance that
+        // nothing polls until the connection's next request.
+        let call = match self.inner.try_borrow_mut() {
+            Ok(mut svc) => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match svc.poll_ready(&mut cx) {
+                    Poll::Ready(Ok(())) => Call::Called {
+                        future: svc.call(req),
+                    },
+                    _ => {
+                        let fresh = svc.clone();
+                        let asked = std::mem::replace(&mut *svc, fresh);
+                        Call::Waiting {
+                            dispatch: Dispatch::new(MapErr::new(asked, Into::into), req),
+                        }
+                    }
+                }
+            }
+            // Only if the service itself made this connection call it
+            // again: never, but never a panic either.
+            Err(_) => Call::Failed {
+                error: Some("the connection's service was called from within its own call".into()),
+            },
+        };
         ConnFuture {
-            // At once when the service is ready already (the gateway
-            // always is), rather than through `oneshot`.
-            inner: Dispatch::new(MapErr::new(self.inner.clone(), Into::into), req),
+            inner: call,
             in_flight: Some(in_flight),
             timed_out,
         }
+    }
+}
+
+pin_project! {
+    /// How a [`ConnService`] called its service.
+    #[project = CallProj]
+    enum Call<S>
+    where
+        S: Service<Request<IncomingBody>>,
+    {
+        // Called in place.
+        Called { #[pin] future: S::Future },
+        // A clone of it, awaited. Errors boxed when they happen: the
+        // future holds no `S::Error` (which need not be `Send`).
+        Waiting {
+            #[pin]
+            dispatch: Dispatch<MapErr<S, fn(S::Error) -> BoxError>, Request<IncomingBody>>,
+        },
+        Failed { error: Option<BoxError> },
     }
 }
 
@@ -400,9 +447,7 @@ pin_project! {
         S: Service<Request<IncomingBody>, Response = Response<B>>,
     {
         #[pin]
-        // Errors boxed when they happen: the future holds no `S::Error`
-        // (which need not be `Send`).
-        inner: Dispatch<MapErr<S, fn(S::Error) -> BoxError>, Request<IncomingBody>>,
+        inner: Call<S>,
         in_flight: Option<InFlight>,
         timed_out: Option<Arc<AtomicBool>>,
     }
@@ -418,7 +463,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let result = match this.inner.project() {
+            CallProj::Called { future } => ready!(future.poll(cx)).map_err(Into::into),
+            CallProj::Waiting { dispatch } => ready!(dispatch.poll(cx)),
+            CallProj::Failed { error } => Err(error
+                .take()
+                .unwrap_or_else(|| "polled after completion".into())),
+        };
         let Some(in_flight) = this.in_flight.take() else {
             return Poll::Ready(Err("polled after completion".into()));
         };
@@ -533,7 +584,7 @@ async fn http<I, S, B>(
     B::Error: Into<BoxError>,
 {
     let service = ConnService {
-        inner: service,
+        inner: std::cell::RefCell::new(service),
         state: Arc::clone(&state),
         shared: Arc::clone(shared),
         extensions: conn_extensions(info),

@@ -13,7 +13,9 @@ pub(crate) struct Counters {
     pub(crate) idle_closed: AtomicU64,
     pub(crate) body_timeouts: AtomicU64,
     pub(crate) tls_handshake_failures: AtomicU64,
-    pub(crate) requests: AtomicU64,
+    /// Requests handed to the service: each serving thread's own count
+    /// (every request adds to it).
+    pub(crate) requests: crate::per_thread::Counters<1>,
 }
 
 impl Counters {
@@ -27,7 +29,7 @@ impl Counters {
             idle_closed: get(&self.idle_closed),
             body_timeouts: get(&self.body_timeouts),
             tls_handshake_failures: get(&self.tls_handshake_failures),
-            requests: get(&self.requests),
+            requests: self.requests.get(0),
         }
     }
 }

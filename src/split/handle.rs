@@ -66,10 +66,10 @@ pub(crate) struct Counters {
     /// Picks undone and redone because the weights changed meanwhile; they
     /// count as started and finished but are not requests.
     retried: AtomicU64,
-    /// Responses by status class, 1xx to 5xx.
-    classes: [AtomicU64; 5],
-    errors: AtomicU64,
-    body_errors: AtomicU64,
+    /// Responses by status class, 1xx to 5xx ([`Counters::CLASSES`]),
+    /// then errors and body errors: each thread's own (every request adds
+    /// to them), off the line `started` and `finished` share.
+    outcomes: crate::per_thread::Counters<7>,
 }
 
 impl Shared {
@@ -197,20 +197,26 @@ impl Counters {
         started.saturating_sub(finished)
     }
 
+    /// Where `outcomes` keeps the responses of class 1xx (then 2xx to
+    /// 5xx), the errors and the body errors.
+    const CLASSES: usize = 0;
+    const ERRORS: usize = 5;
+    const BODY_ERRORS: usize = 6;
+
     #[inline]
     pub(crate) fn response(&self, status: http::StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-        self.classes[class].fetch_add(1, Ordering::Relaxed);
+        self.outcomes.add(Self::CLASSES + class, 1);
     }
 
     #[inline]
     pub(crate) fn error(&self) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.outcomes.add(Self::ERRORS, 1);
     }
 
     #[inline]
     pub(crate) fn body_error(&self) {
-        self.body_errors.fetch_add(1, Ordering::Relaxed);
+        self.outcomes.add(Self::BODY_ERRORS, 1);
     }
 }
 
@@ -434,7 +440,7 @@ pub struct StatusClasses {
 impl TargetStats {
     fn read(meta: &TargetMeta, weight: u32) -> Self {
         let c = &meta.counters;
-        let class = |i: usize| c.classes[i].load(Ordering::Relaxed);
+        let class = |i: usize| c.outcomes.get(Counters::CLASSES + i);
         TargetStats {
             name: meta.target.name().to_owned(),
             weight,
@@ -450,8 +456,8 @@ impl TargetStats {
                 client_error: class(3),
                 server_error: class(4),
             },
-            errors: c.errors.load(Ordering::Relaxed),
-            body_errors: c.body_errors.load(Ordering::Relaxed),
+            errors: c.outcomes.get(Counters::ERRORS),
+            body_errors: c.outcomes.get(Counters::BODY_ERRORS),
             latency: meta.latency.snapshot(),
         }
     }
