@@ -430,8 +430,9 @@ pin_project! {
     {
         // Called in place.
         Called { #[pin] future: S::Future },
-        // A clone of it, awaited. Errors boxed when they happen: the
-        // future holds no `S::Error` (which need not be `Send`).
+        // The instance that was not ready, awaited (a clone took its
+        // place). Errors boxed when they happen: the future holds no
+        // `S::Error` (which need not be `Send`).
         Waiting {
             #[pin]
             dispatch: Dispatch<MapErr<S, fn(S::Error) -> BoxError>, Request<IncomingBody>>,
