@@ -123,6 +123,55 @@ async fn http1_requests_carry_the_peer_and_the_connection() {
     assert_eq!((stats.accepted, stats.active, stats.requests), (1, 1, 2));
 }
 
+/// A body of `/len/N`'s N bytes, each its index mod 251.
+async fn sized(req: Request<IncomingBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let n: usize = req
+        .uri()
+        .path()
+        .strip_prefix("/len/")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let body: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+    Ok(Response::new(Full::new(Bytes::from(body))))
+}
+
+/// Responses whose head and body together are just under, at and just
+/// over the size the connection gathers into one write, and a large one
+/// written as it is: every byte arrives, in order, on one keep-alive
+/// connection.
+#[tokio::test]
+async fn responses_around_the_gathered_write_size_arrive_whole() {
+    let server = Server::builder().bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let task = tokio::spawn(async move { server.serve(service_fn(sized)).await.unwrap() });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let sizes = (0..=64).chain(1800..=2200).chain([65_536, 1 << 20]);
+    for n in sizes {
+        let req = Request::get(format!("/len/{n}"))
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = tokio::time::timeout(HANG_GUARD, send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{n}");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), n);
+        assert!(
+            body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+            "{n}: bytes out of place"
+        );
+    }
+    handle.shutdown(Duration::from_secs(5));
+    finished(task).await;
+}
+
 /// A wait in line for [`OneAtATime`]'s permit.
 type Acquiring = std::pin::Pin<
     Box<
