@@ -1250,8 +1250,13 @@ pub(crate) fn sweep(inner: &Arc<Inner>) {
         if !record.live() || !record.lapsed(lease_ms(&state)) {
             let mut entries = inner.rollouts.entries();
             // A rollout started here since the record was read keeps its
-            // entry (it holds the handle, and its record is newer).
-            if entries.get(route).is_none_or(|e| e.handle.is_none()) {
+            // entry (its record is newer): one that holds its handle, and
+            // one still starting, whose entry is ours and live before its
+            // handle is in place (`start_rollout`).
+            let ours = |e: &Entry| {
+                e.handle.is_some() || (e.record.owner == inner.rollouts.id && e.record.live())
+            };
+            if !entries.get(route).is_some_and(ours) {
                 entries.insert(
                     route.to_owned(),
                     Entry {
@@ -1479,3 +1484,97 @@ pub(crate) fn check(
 const EVENTS: [&str; 9] = [
     "started", "step", "paused", "resumed", "skipped", "verdict", "promoted", "aborted", "lead",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rollout being started here has its entry in place, ours and
+    /// running, before its handle is: a sweep that read another gateway's
+    /// ended record just before this one's claim must not put that record
+    /// over it (it did, once in a while, under a loaded test run: the
+    /// started rollout then showed the ended one's record for good).
+    #[test]
+    fn a_sweep_leaves_a_rollout_being_started_here_its_entry() {
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-sweep-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("state.json");
+        let text = format!(
+            r#"
+[platform]
+state_file = "{}"
+
+[upstreams.blue]
+url = "http://127.0.0.1:9"
+[upstreams.green]
+url = "http://127.0.0.1:9"
+
+[[routes]]
+name = "api"
+split.targets = [
+    {{ name = "blue", upstream = "blue", weight = 100 }},
+    {{ name = "green", upstream = "green", weight = 0 }},
+]
+[routes.rollout]
+stable = "blue"
+canary = "green"
+plan.steps = [{{ set_weight = 30 }}, "pause_until_resumed"]
+"#,
+            file.display()
+        );
+        let gw = crate::gateway::Gateway::from_config(
+            crate::gateway::GatewayConfig::from_toml(&text).unwrap(),
+        )
+        .unwrap();
+        let inner = &gw.inner;
+        let state = inner.state.load_full();
+        let plan = state.config.routes[0].rollout.clone().unwrap();
+        let (_, store) = state.platform.store.as_ref().unwrap();
+
+        // Another gateway's rollout of the route, ended.
+        let mut theirs = Record::idle("api", &plan);
+        theirs.state = "aborted".to_owned();
+        theirs.owner = inner.rollouts.id ^ 2;
+        let stored = serde_json::to_string(&theirs).unwrap();
+        assert!(store.swap(SECTION, "api", None, &stored).unwrap());
+
+        // This gateway's, as `start_rollout` puts it before its handle.
+        let mut mine = Record::idle("api", &plan);
+        mine.state = "running".to_owned();
+        mine.owner = inner.rollouts.id;
+        mine.renew();
+        inner.rollouts.entries().insert(
+            "api".to_owned(),
+            Entry {
+                record: mine,
+                handle: None,
+                seen: Some(stored),
+            },
+        );
+        sweep(inner);
+        let entries = inner.rollouts.entries();
+        let kept = &entries["api"].record;
+        assert_eq!(
+            (kept.owner, kept.state.as_str()),
+            (inner.rollouts.id, "running")
+        );
+        drop(entries);
+
+        // With no rollout of its own, the gateway shows the ended record.
+        inner.rollouts.entries().remove("api");
+        sweep(inner);
+        let entries = inner.rollouts.entries();
+        let shown = &entries["api"].record;
+        assert_eq!(
+            (shown.owner, shown.state.as_str()),
+            (inner.rollouts.id ^ 2, "aborted")
+        );
+        drop(entries);
+        drop(gw);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
