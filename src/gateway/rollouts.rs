@@ -329,6 +329,11 @@ struct Entry {
     handle: Option<RolloutHandle>,
     /// The record's text in the store, as last read or written.
     seen: Option<String>,
+    /// Set by the `start_rollout` that put the entry in place (0 for any
+    /// other): a start that fails takes away only its own entry, not one
+    /// that took its place meanwhile (this gateway's sweep taking over
+    /// the route's lapsed record).
+    start: u64,
 }
 
 /// The rollouts of one gateway, for its whole life (across reloads).
@@ -389,6 +394,15 @@ impl Rollouts {
 
     /// `route`'s record (idle when it has a plan and none ran).
     #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    /// Takes away the entry of `route` that the `start_rollout` marked
+    /// `start` put in place, if it is still there.
+    fn forget_start(&self, route: &str, start: u64) {
+        let mut entries = self.entries();
+        if entries.get(route).is_some_and(|e| e.start == start) {
+            entries.remove(route);
+        }
+    }
+
     pub(crate) fn record(&self, state: &State, route: &str) -> Option<Record> {
         if let Some(e) = self.entries().get(route) {
             return Some(e.record.clone());
@@ -543,6 +557,7 @@ impl super::Gateway {
         // Checked on the route as it is now.
         resolve(&state, route, &rc.stable, &rc.canary, rc.alias.as_deref())?;
         let rollouts = &self.inner.rollouts;
+        let start = rand::random::<u64>() | 1;
         let stored = state.platform.store.as_ref().and_then(|(_, store)| {
             load_as::<Record>(store.as_ref(), SECTION, route)
                 .ok()
@@ -580,6 +595,7 @@ impl super::Gateway {
                     record,
                     handle: None,
                     seen,
+                    start,
                 },
             );
         }
@@ -591,13 +607,13 @@ impl super::Gateway {
         if let Some((_, store)) = &state.platform.store
             && let Err(e) = claim(store.as_ref(), rollouts, route, lease_ms(&state))
         {
-            rollouts.entries().remove(route);
+            rollouts.forget_start(route, start);
             return Err(e);
         }
         let rollout = match route_rollout(&self.inner, route, &rc) {
             Ok(r) => r,
             Err(e) => {
-                rollouts.entries().remove(route);
+                rollouts.forget_start(route, start);
                 return Err(e.into());
             }
         };
@@ -1263,6 +1279,7 @@ pub(crate) fn sweep(inner: &Arc<Inner>) {
                         record,
                         handle: None,
                         seen: Some(text),
+                        start: 0,
                     },
                 );
             }
@@ -1314,6 +1331,7 @@ pub(crate) fn sweep(inner: &Arc<Inner>) {
                         record,
                         handle: None,
                         seen: Some(new_text),
+                        start: 0,
                     },
                 );
                 notify(inner, route, body);
@@ -1387,6 +1405,7 @@ fn take_over(
             record: next,
             handle: None,
             seen: Some(new_text),
+            start: 0,
         },
     );
     let _entered = runtime.enter();
@@ -1489,13 +1508,9 @@ const EVENTS: [&str; 9] = [
 mod tests {
     use super::*;
 
-    /// A rollout being started here has its entry in place, ours and
-    /// running, before its handle is: a sweep that read another gateway's
-    /// ended record just before this one's claim must not put that record
-    /// over it (it did, once in a while, under a loaded test run: the
-    /// started rollout then showed the ended one's record for good).
-    #[test]
-    fn a_sweep_leaves_a_rollout_being_started_here_its_entry() {
+    /// A gateway with a rollout plan on route `api` and a state file as
+    /// its store, and the file's directory (to remove).
+    fn gateway() -> (crate::gateway::Gateway, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!(
             "switchyard-sweep-{}-{}",
             std::process::id(),
@@ -1530,6 +1545,17 @@ plan.steps = [{{ set_weight = 30 }}, "pause_until_resumed"]
             crate::gateway::GatewayConfig::from_toml(&text).unwrap(),
         )
         .unwrap();
+        (gw, dir)
+    }
+
+    /// A rollout being started here has its entry in place, ours and
+    /// running, before its handle is: a sweep that read another gateway's
+    /// ended record just before this one's claim must not put that record
+    /// over it (it did, once in a while, under a loaded test run: the
+    /// started rollout then showed the ended one's record for good).
+    #[test]
+    fn a_sweep_leaves_a_rollout_being_started_here_its_entry() {
+        let (gw, dir) = gateway();
         let inner = &gw.inner;
         let state = inner.state.load_full();
         let plan = state.config.routes[0].rollout.clone().unwrap();
@@ -1553,6 +1579,7 @@ plan.steps = [{{ set_weight = 30 }}, "pause_until_resumed"]
                 record: mine,
                 handle: None,
                 seen: Some(stored),
+                start: 0,
             },
         );
         sweep(inner);
@@ -1574,6 +1601,34 @@ plan.steps = [{{ set_weight = 30 }}, "pause_until_resumed"]
             (inner.rollouts.id ^ 2, "aborted")
         );
         drop(entries);
+        drop(gw);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A start whose claim fails takes its entry away, and only its own:
+    /// not one that took its place meanwhile (this gateway's sweep taking
+    /// over the route's lapsed record).
+    #[test]
+    fn a_failed_start_takes_away_only_its_own_entry() {
+        let (gw, dir) = gateway();
+        let rollouts = &gw.inner.rollouts;
+        let plan = gw.inner.state.load().config.routes[0]
+            .rollout
+            .clone()
+            .unwrap();
+        let entry = |start| Entry {
+            record: Record::idle("api", &plan),
+            handle: None,
+            seen: None,
+            start,
+        };
+        rollouts.entries().insert("api".to_owned(), entry(7));
+        rollouts.forget_start("api", 7);
+        assert!(rollouts.entries().get("api").is_none());
+        // Another entry in its place: kept.
+        rollouts.entries().insert("api".to_owned(), entry(0));
+        rollouts.forget_start("api", 7);
+        assert!(rollouts.entries().get("api").is_some());
         drop(gw);
         let _ = std::fs::remove_dir_all(&dir);
     }
