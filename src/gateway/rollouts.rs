@@ -392,8 +392,6 @@ impl Rollouts {
         out.into_values().collect()
     }
 
-    /// `route`'s record (idle when it has a plan and none ran).
-    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     /// Takes away the entry of `route` that the `start_rollout` marked
     /// `start` put in place, if it is still there.
     fn forget_start(&self, route: &str, start: u64) {
@@ -403,6 +401,8 @@ impl Rollouts {
         }
     }
 
+    /// `route`'s record (idle when it has a plan and none ran).
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     pub(crate) fn record(&self, state: &State, route: &str) -> Option<Record> {
         if let Some(e) = self.entries().get(route) {
             return Some(e.record.clone());
