@@ -45,6 +45,13 @@ pub const BUCKETS_MICROS: [u64; 16] = [
     120_000_000,
 ];
 
+/// The index of `status`'s class among 1xx to 5xx (0 to 4), as the
+/// counters by status class keep them; a status outside 100–599, which
+/// `http` allows up to 999, counts with the nearest class.
+pub(crate) fn class_index(status: http::StatusCode) -> usize {
+    usize::from(status.as_u16() / 100).clamp(1, 5) - 1
+}
+
 /// Where a [`LatencyHistogram`] keeps its sum: after the buckets.
 const SUM: usize = BUCKETS_MICROS.len() + 1;
 

@@ -32,8 +32,8 @@ use arc_swap::ArcSwap;
 #[cfg(any(feature = "json", feature = "proxy"))]
 use thread_local::ThreadLocal;
 
-/// `N` counters, each the sum of one slot per thread.
 #[cfg(any(feature = "json", feature = "proxy"))]
+/// `N` counters, each the sum of one slot per thread.
 ///
 /// Adding is a load and a store to the calling thread's slot (no
 /// read-modify-write on a shared line); reading sums every slot, so it

@@ -808,7 +808,7 @@ impl ResponseFuture {
                 }
                 let res = std::task::ready!(future.poll(cx))?;
                 let status = crate::grpc::effective_status(res.status(), res.headers());
-                let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+                let class = crate::metrics::class_index(status);
                 counters.counts.add(RouteCounters::class(class), 1);
                 Poll::Ready(Ok(res))
             }

@@ -44,7 +44,7 @@ impl VersionCounters {
 
     /// A response arrived after `latency`.
     pub(crate) fn response(&self, status: StatusCode, latency: Duration) {
-        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        let class = crate::metrics::class_index(status);
         self.classes[class].fetch_add(1, Ordering::Relaxed);
         self.latency.record(latency);
     }

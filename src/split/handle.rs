@@ -205,7 +205,7 @@ impl Counters {
 
     #[inline]
     pub(crate) fn response(&self, status: http::StatusCode) {
-        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        let class = crate::metrics::class_index(status);
         self.outcomes.add(Self::CLASSES + class, 1);
     }
 
