@@ -134,6 +134,24 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return v
 ";
 
+/// Reads a set, or, when nothing was published for it yet, publishes
+/// this replica's weights as its first version, in one step: a replica
+/// that found nothing cannot then publish its unchanged weights over a
+/// change another replica published in between (last writer wins only
+/// between changes). `KEYS[1]`, `ARGV` as [`PUBLISH`]'s. Returns
+/// `{1, version, nil}` when it published, else `{0, version, weights}`
+/// as found (`weights` nil when missing).
+const READ_OR_CLAIM: &str = r"
+local found = redis.call('HMGET', KEYS[1], 'version', 'weights')
+if found[1] then
+  return {0, found[1], found[2]}
+end
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'weights', ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return {1, v, false}
+";
+
 /// What a [`WeightSync`] could not be built with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -527,6 +545,8 @@ struct Inner {
     check: Duration,
     timeout: Duration,
     script: redis::Script,
+    /// [`READ_OR_CLAIM`].
+    read_or_claim: redis::Script,
     /// This replica's id in change announcements (its own are ignored).
     id: String,
     known: tokio::sync::Mutex<HashMap<String, Known>>,
@@ -600,6 +620,7 @@ impl WeightSync {
                 check,
                 timeout,
                 script: redis::Script::new(PUBLISH),
+                read_or_claim: redis::Script::new(READ_OR_CLAIM),
                 id: format!("{:016x}", rand::random::<u64>()),
                 known: tokio::sync::Mutex::default(),
                 counters: Counters::default(),
@@ -703,8 +724,16 @@ impl WeightSync {
         let found = if changed_here {
             None
         } else {
-            match self.read(redis, key).await {
-                Ok(found) => Some(found),
+            match self.read_or_claim(redis, key, &local).await {
+                // The first replica to sync this set: published.
+                Ok(Err(version)) => {
+                    Counters::add(&c.published);
+                    known.refused = false;
+                    known.redis = Some((version, Some(local.clone())));
+                    known.last = Some(local);
+                    return Outcome::Other;
+                }
+                Ok(Ok(found)) => Some(found),
                 Err(()) => {
                     Counters::add(&c.errors);
                     // Remember what was found, so that a change made while
@@ -715,8 +744,8 @@ impl WeightSync {
             }
         };
         let (version, remote) = match found {
-            // Changed here, or the first replica to sync this set: publish.
-            None | Some(None) => {
+            // Changed here: publish.
+            None => {
                 match self.publish(redis, key, &local).await {
                     Ok(version) => {
                         Counters::add(&c.published);
@@ -731,7 +760,7 @@ impl WeightSync {
                 }
                 return Outcome::Other;
             }
-            Some(Some(found)) => found,
+            Some(found) => found,
         };
         // Nothing new in Redis since this replica last looked. (Any other
         // difference is news: a newer version, or, from a Redis that lost
@@ -786,21 +815,30 @@ impl WeightSync {
         }
     }
 
-    /// The version and weights in Redis (`None` weights: unreadable), or
-    /// `None` when nothing was published yet.
-    async fn read(
+    /// The version and weights in Redis (`None` weights: unreadable),
+    /// or, when nothing was published yet, `local` published as the
+    /// first version (`Err` with it; see [`READ_OR_CLAIM`]).
+    async fn read_or_claim(
         &self,
         redis: &mut RedisConnection,
         key: &str,
-    ) -> Result<Option<(u64, Option<Doc>)>, ()> {
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(key).arg("version").arg("weights");
-        let run = cmd.query_async::<(Option<u64>, Option<String>)>(redis);
-        let (version, json) = match tokio::time::timeout(self.inner.timeout, run).await {
+        local: &Doc,
+    ) -> Result<Result<(u64, Option<Doc>), u64>, ()> {
+        let json = serde_json::to_string(local).map_err(|_| ())?;
+        let mut invocation = self.inner.read_or_claim.key(key);
+        invocation.arg(json).arg(self.channel()).arg(&self.inner.id);
+        let run = invocation.invoke_async::<(u8, u64, Option<String>)>(redis);
+        let (published, version, json) = match tokio::time::timeout(self.inner.timeout, run).await {
             Ok(Ok(found)) => found,
             _ => return Err(()),
         };
-        Ok(version.map(|v| (v, json.and_then(|j| serde_json::from_str(&j).ok()))))
+        if published == 1 {
+            return Ok(Err(version));
+        }
+        Ok(Ok((
+            version,
+            json.and_then(|j| serde_json::from_str(&j).ok()),
+        )))
     }
 
     /// The channel changes are announced on.
