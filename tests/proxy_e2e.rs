@@ -1464,3 +1464,103 @@ async fn pooled_connections_are_reused_and_one_the_upstream_closed_is_never_used
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 10);
 }
+
+/// An upstream that answers `early` as soon as it has a request's head,
+/// then reads the request's (chunked) body and hands it to the test, and
+/// serves the next request on the same connection: what an upstream that
+/// acknowledges an upload before reading it does. Counts its connections.
+async fn early_answering_upstream() -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<Vec<u8>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut chunked = false;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        chunked |= line.to_ascii_lowercase().starts_with("transfer-encoding");
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
+                    if reader.get_mut().write_all(answer).await.is_err() {
+                        return;
+                    }
+                    let mut body = Vec::new();
+                    while chunked {
+                        let mut size = String::new();
+                        if reader.read_line(&mut size).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+                            return;
+                        };
+                        let mut chunk = vec![0; n + 2];
+                        if reader.read_exact(&mut chunk).await.is_err() {
+                            return;
+                        }
+                        body.extend_from_slice(&chunk[..n]);
+                        chunked = n > 0;
+                    }
+                    let _ = tx.send(body);
+                }
+            });
+        }
+    });
+    (addr, rx, accepted)
+}
+
+/// The response arrives, and is read to its end, while the request's body
+/// is still being sent: the pooled connection goes on sending the body to
+/// its end, rather than being put back busy or closed half way.
+#[tokio::test]
+async fn an_upload_answered_before_it_ends_still_reaches_the_upstream_whole() {
+    let (addr, mut bodies, accepted) = early_answering_upstream().await;
+    let proxy = serve_proxy(Upstream::new(&format!("http://{addr}")).unwrap()).await;
+    let client = client();
+
+    let (tx, body) = channel_body(4);
+    tx.send(Frame::data(Bytes::from_static(b"first-")))
+        .await
+        .unwrap();
+    let req = Request::post(format!("http://{proxy}/upload"))
+        .body(ClientBody::new(body))
+        .unwrap();
+    // The whole answer, with the body still open on the client's side.
+    let (status, _, answer) = read(send(&client, req).await).await;
+    assert_eq!((status, &answer[..]), (StatusCode::OK, &b"early"[..]));
+    // The rest of the body, after the answer has ended.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    tx.send(Frame::data(Bytes::from_static(b"rest")))
+        .await
+        .unwrap();
+    drop(tx);
+    let got = tokio::time::timeout(HANG_GUARD, bodies.recv())
+        .await
+        .expect("the rest of the body never reached the upstream")
+        .unwrap();
+    assert_eq!(got, b"first-rest");
+
+    // And the proxy goes on serving.
+    for _ in 0..3 {
+        let (status, _, answer) = get(&client, format!("http://{proxy}/"), &[]).await;
+        assert_eq!((status, &answer[..]), (StatusCode::OK, &b"early"[..]));
+    }
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+}
