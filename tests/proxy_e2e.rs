@@ -238,17 +238,7 @@ async fn raw_upstream(
 /// (`Content-Length` or chunked; trailer lines are appended to the head
 /// as `trailer-line: <line>`).
 async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await.ok()? == 0 {
-            return None;
-        }
-        if line == "\r\n" {
-            break;
-        }
-        head.push_str(&line);
-    }
+    let mut head = read_head(reader).await?;
     let lines = header_lines(&head);
     let mut body = Vec::new();
     if lines
@@ -291,6 +281,43 @@ fn header_lines(head: &str) -> Vec<(String, String)> {
         .filter_map(|line| line.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect()
+}
+
+/// Serves raw TCP on a fresh loopback port: each connection accepted is
+/// counted and handed to `conn`, buffered, on a task of its own.
+async fn raw_server<F, Fut>(conn: F) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(BufReader<TcpStream>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(conn(BufReader::new(stream)));
+        }
+    });
+    (addr, accepted)
+}
+
+/// Reads a request's head up to its empty line; `None` at the end of the
+/// connection.
+async fn read_head(reader: &mut BufReader<TcpStream>) -> Option<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            return Some(head);
+        }
+        head.push_str(&line);
+    }
 }
 
 // === client helpers ===
@@ -942,43 +969,28 @@ async fn response_timeout_does_not_turn_an_unreachable_upstream_into_a_504() {
 async fn scheduled_upstream(
     delays: Vec<Option<Duration>>,
 ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let delays = delays.clone();
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(stream);
-                for delay in delays {
-                    // A request head without a body.
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let Some(delay) = delay else {
-                        // Never answers; holds the connection.
-                        std::future::pending::<()>().await;
-                        return;
-                    };
-                    tokio::time::sleep(delay).await;
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if reader.get_mut().write_all(answer).await.is_err() {
-                        return;
-                    }
+    raw_server(move |mut reader| {
+        let delays = delays.clone();
+        async move {
+            for delay in delays {
+                // A request head without a body.
+                if read_head(&mut reader).await.is_none() {
+                    return;
                 }
-            });
+                let Some(delay) = delay else {
+                    // Never answers; holds the connection.
+                    std::future::pending::<()>().await;
+                    return;
+                };
+                tokio::time::sleep(delay).await;
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if reader.get_mut().write_all(answer).await.is_err() {
+                    return;
+                }
+            }
         }
-    });
-    (addr, accepted)
+    })
+    .await
 }
 
 /// A pooled connection keeps its response timer from exchange to
@@ -1410,30 +1422,19 @@ async fn split_counts_grpc_failures_against_the_target() {
 async fn closing_upstream(
     closes_after: usize,
 ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(stream);
-                for _ in 0..closes_after {
-                    if read_request(&mut reader).await.is_none() {
-                        return;
-                    }
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if reader.get_mut().write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-                // Closed while idle, with no word of it in the answers.
-            });
+    raw_server(move |mut reader| async move {
+        for _ in 0..closes_after {
+            if read_request(&mut reader).await.is_none() {
+                return;
+            }
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if reader.get_mut().write_all(answer).await.is_err() {
+                return;
+            }
         }
-    });
-    (addr, accepted)
+        // Closed while idle, with no word of it in the answers.
+    })
+    .await
 }
 
 #[tokio::test]
@@ -1474,55 +1475,39 @@ async fn early_answering_upstream() -> (
     mpsc::UnboundedReceiver<Vec<u8>>,
     Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(stream);
-                loop {
-                    let mut chunked = false;
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        chunked |= line.to_ascii_lowercase().starts_with("transfer-encoding");
-                    }
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
-                    if reader.get_mut().write_all(answer).await.is_err() {
+    let (addr, accepted) = raw_server(move |mut reader| {
+        let tx = tx.clone();
+        async move {
+            while let Some(head) = read_head(&mut reader).await {
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
+                if reader.get_mut().write_all(answer).await.is_err() {
+                    return;
+                }
+                let mut body = Vec::new();
+                let mut chunked = header_lines(&head)
+                    .iter()
+                    .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+                while chunked {
+                    let mut size = String::new();
+                    if reader.read_line(&mut size).await.unwrap_or(0) == 0 {
                         return;
                     }
-                    let mut body = Vec::new();
-                    while chunked {
-                        let mut size = String::new();
-                        if reader.read_line(&mut size).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-                            return;
-                        };
-                        let mut chunk = vec![0; n + 2];
-                        if reader.read_exact(&mut chunk).await.is_err() {
-                            return;
-                        }
-                        body.extend_from_slice(&chunk[..n]);
-                        chunked = n > 0;
+                    let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+                        return;
+                    };
+                    let mut chunk = vec![0; n + 2];
+                    if reader.read_exact(&mut chunk).await.is_err() {
+                        return;
                     }
-                    let _ = tx.send(body);
+                    body.extend_from_slice(&chunk[..n]);
+                    chunked = n > 0;
                 }
-            });
+                let _ = tx.send(body);
+            }
         }
-    });
+    })
+    .await;
     (addr, rx, accepted)
 }
 
