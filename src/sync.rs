@@ -152,6 +152,14 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return {1, v, false}
 ";
 
+/// What [`READ_OR_CLAIM`] did.
+enum Claim {
+    /// Published this replica's weights as the set's first version.
+    Published(u64),
+    /// Found the set: its version and weights (`None`: unreadable).
+    Found(u64, Option<Doc>),
+}
+
 /// What a [`WeightSync`] could not be built with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -726,14 +734,14 @@ impl WeightSync {
         } else {
             match self.read_or_claim(redis, key, &local).await {
                 // The first replica to sync this set: published.
-                Ok(Err(version)) => {
+                Ok(Claim::Published(version)) => {
                     Counters::add(&c.published);
                     known.refused = false;
                     known.redis = Some((version, Some(local.clone())));
                     known.last = Some(local);
                     return Outcome::Other;
                 }
-                Ok(Ok(found)) => Some(found),
+                Ok(Claim::Found(version, remote)) => Some((version, remote)),
                 Err(()) => {
                     Counters::add(&c.errors);
                     // Remember what was found, so that a change made while
@@ -815,15 +823,15 @@ impl WeightSync {
         }
     }
 
-    /// The version and weights in Redis (`None` weights: unreadable),
-    /// or, when nothing was published yet, `local` published as the
-    /// first version (`Err` with it; see [`READ_OR_CLAIM`]).
+    /// The version and weights in Redis or, when nothing was published
+    /// yet, `local` published as the first version (see
+    /// [`READ_OR_CLAIM`]).
     async fn read_or_claim(
         &self,
         redis: &mut RedisConnection,
         key: &str,
         local: &Doc,
-    ) -> Result<Result<(u64, Option<Doc>), u64>, ()> {
+    ) -> Result<Claim, ()> {
         let json = serde_json::to_string(local).map_err(|_| ())?;
         let mut invocation = self.inner.read_or_claim.key(key);
         invocation.arg(json).arg(self.channel()).arg(&self.inner.id);
@@ -833,12 +841,10 @@ impl WeightSync {
             _ => return Err(()),
         };
         if published == 1 {
-            return Ok(Err(version));
+            return Ok(Claim::Published(version));
         }
-        Ok(Ok((
-            version,
-            json.and_then(|j| serde_json::from_str(&j).ok()),
-        )))
+        let remote = json.and_then(|j| serde_json::from_str(&j).ok());
+        Ok(Claim::Found(version, remote))
     }
 
     /// The channel changes are announced on.
