@@ -106,6 +106,32 @@ impl TraceParent {
         Some(parsed)
     }
 
+    /// The trace context `headers` carry, if they hold one `traceparent`
+    /// line and it [parses](Self::parse): what [`propagate`] would keep.
+    /// Nothing is changed.
+    ///
+    /// ```
+    /// use http::{HeaderMap, HeaderValue};
+    /// use switchyard::trace::TraceParent;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// assert_eq!(TraceParent::from_headers(&headers), None);
+    /// let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    /// headers.append("traceparent", HeaderValue::from_static(sent));
+    /// let trace = TraceParent::from_headers(&headers).unwrap();
+    /// assert_eq!(trace.parent_id(), "00f067aa0ba902b7");
+    /// // Two lines are none.
+    /// headers.append("traceparent", HeaderValue::from_static(sent));
+    /// assert_eq!(TraceParent::from_headers(&headers), None);
+    /// ```
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<Self> {
+        let mut values = headers.get_all(&TRACEPARENT).iter();
+        match (values.next(), values.next()) {
+            (Some(one), None) => Self::parse(one.as_bytes()),
+            _ => None,
+        }
+    }
+
     /// A new trace: random trace and parent ids (from the thread's
     /// cryptographically secure generator, so they cannot be guessed),
     /// not sampled.

@@ -484,6 +484,36 @@ async fn a_clients_x_real_ip_is_replaced() {
     assert_eq!(seen(&doc, "x-real-ip"), ["127.0.0.1"]);
 }
 
+/// With `X-Real-IP` turned off (`real_ip_header = false`, as a front that
+/// adds only `X-Forwarded-*` does), a client's own still never reaches
+/// the upstream: not written is not passed on. Behind a trusted proxy its
+/// value is the proxy's word, and goes on.
+#[tokio::test]
+async fn without_x_real_ip_a_clients_is_still_removed() {
+    let echo = echo().await;
+    let ask = "GET /ip HTTP/1.1\r\nHost: a.example\r\nX-Real-IP: 6.6.6.6\r\n\r\n";
+    let (front, _) = serve_gateway(&gateway_config(&echo, "real_ip_header = false", "")).await;
+    let doc = raw(front, ask).await.json();
+    assert!(seen(&doc, "x-real-ip").is_empty(), "{doc}");
+    assert_eq!(seen(&doc, "x-forwarded-for"), ["127.0.0.1"]);
+    let (front, _) = serve_gateway(&gateway_config(&echo, "", "")).await;
+    let doc = raw(front, ask).await.json();
+    assert_eq!(seen(&doc, "x-real-ip"), ["127.0.0.1"], "on by default");
+
+    let behind_lb = serve_upstream(
+        upstream(&echo)
+            .real_ip_header(false)
+            .trusted_proxies(TrustedProxies::new(["127.0.0.0/8"]).unwrap())
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let doc = raw(behind_lb, ask).await.json();
+    assert_eq!(seen(&doc, "x-real-ip"), ["6.6.6.6"]);
+    let doc = raw(behind_lb, "GET /ip HTTP/1.1\r\nHost: a.example\r\n\r\n").await.json();
+    assert!(seen(&doc, "x-real-ip").is_empty(), "{doc}");
+}
+
 /// Before: there was no edge mode; the client's `X-Forwarded-For: 6.6.6.6`
 /// was kept and the peer appended (`6.6.6.6, 127.0.0.1`), so an upstream
 /// reading the leftmost entry believed the client. Now `Replace` starts

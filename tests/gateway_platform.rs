@@ -1144,6 +1144,89 @@ split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
     }
 }
 
+/// With `trace_context = false` the gateway leaves the trace context as
+/// the caller sent it: none stays none, a broken one and its `tracestate`
+/// go on untouched; the access log still names the trace of a valid one.
+#[tokio::test(flavor = "current_thread")]
+async fn the_trace_context_turned_off_is_passed_on_as_it_came() {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Log {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let up = serve(Router::new().fallback(|headers: HeaderMap| async move {
+        let all = |name: &str| {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        format!("{}|{}", all("traceparent"), all("tracestate"))
+    }))
+    .await;
+    let text = format!(
+        r#"
+trace_context = false
+[upstreams.app]
+url = "http://{up}"
+[[routes]]
+name = "app"
+split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
+"#
+    );
+    let gateway = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
+    let addr = serve(Router::new().fallback_service(gateway)).await;
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let ask = |headers: &[(&str, &str)]| {
+        let mut req = Request::get(format!("http://{addr}/x"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).unwrap();
+        let client = client.clone();
+        async move {
+            let res = crate::support::net::exchange(&client, req).await;
+            String::from_utf8(res.into_body().to_vec()).unwrap()
+        }
+    };
+    assert_eq!(ask(&[]).await, "|", "none started");
+    let got = ask(&[("traceparent", "00-nonsense"), ("tracestate", "acme=7")]).await;
+    assert_eq!(got, "00-nonsense|acme=7");
+    let valid = "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let got = ask(&[("traceparent", valid), ("tracestate", "acme=7")]).await;
+    assert_eq!(got, format!("{valid}|acme=7"));
+
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("trace_id=")).collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    assert!(lines[0].contains("trace_id=-"), "{log}");
+    assert!(lines[1].contains("trace_id=-"), "{log}");
+    assert!(
+        lines[2].contains("trace_id=5bf92f3577b34da6a3ce929d0e0e4736"),
+        "{log}"
+    );
+}
+
 /// A change made on one replica is announced: the other reads the state
 /// again at once, not at its next refresh (an hour away here).
 #[cfg(feature = "redis")]

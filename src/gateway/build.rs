@@ -498,6 +498,9 @@ pub(crate) fn build(
                 if uc.forwarded_for == Some(super::config::ForwardedForConfig::Replace) {
                     b = b.forwarded_for(crate::proxy::ForwardedFor::Replace);
                 }
+                if uc.real_ip_header == Some(false) {
+                    b = b.real_ip_header(false);
+                }
                 if !uc.trusted_proxies.is_empty() {
                     match TrustedProxies::new(&uc.trusted_proxies) {
                         Ok(t) => b = b.trusted_proxies(t),

@@ -45,6 +45,12 @@ pub struct GatewayConfig {
     /// default: with raw paths, `/public/../admin` matches the `/` route
     /// here and may reach `/admin` upstream.
     pub raw_paths: bool,
+    /// `false` passes the W3C trace context (`traceparent`, `tracestate`)
+    /// on as the client sent it, or not at all, instead of starting a new
+    /// trace for a request without a valid one (see [`crate::trace`]; on
+    /// by default). The access log still names the trace of a request
+    /// that came with one valid `traceparent`.
+    pub trace_context: Option<bool>,
     /// `[server]`: the limits, TLS and shutdown deadline of the server the
     /// gateway is served with (see [`crate::server::ServerConfig`]; every
     /// field has a safe default). Read when the server is built: a reload
@@ -493,6 +499,10 @@ pub struct UpstreamConfig {
     /// `"append"` (the default) adds the peer to `X-Forwarded-For`;
     /// `"replace"`, at the edge, replaces the list an untrusted peer sent.
     pub forwarded_for: Option<ForwardedForConfig>,
+    /// `false` leaves `X-Real-IP` out (written by default; see
+    /// [`crate::proxy::UpstreamBuilder::real_ip_header`]): a client's own
+    /// is still removed unless it came through a trusted proxy.
+    pub real_ip_header: Option<bool>,
     /// The reverse proxies in front (IP addresses or CIDR ranges) whose
     /// `X-Forwarded-Proto`, `X-Real-IP` and `X-Forwarded-For` are believed
     /// (none by default).

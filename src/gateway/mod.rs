@@ -62,7 +62,10 @@
 //! authentication. A path with `;` parameters is matched without them
 //! (`/admin;x/users` is the `/admin` route's) and refused with a 400
 //! unless the route sets `allow_path_params`. Set `raw_paths = true` to
-//! route on paths as they came. On AI routes (a
+//! route on paths as they came. Every request goes upstream with a W3C
+//! trace context ([`crate::trace`]: the caller's valid `traceparent`, else
+//! a new trace); `trace_context = false` passes what the caller sent as it
+//! came. On AI routes (a
 //! `model` router), every refusal is answered in OpenAI's error shape
 //! ([`OpenAiErrorsLayer`](crate::model::OpenAiErrorsLayer)).
 //!
@@ -701,9 +704,16 @@ where
                 access,
             };
         }
-        // The trace context: the caller's if it is valid, else a new one.
-        let trace = crate::trace::propagate(&mut req);
-        if let Some(a) = &mut access {
+        // The trace context: the caller's if it is valid, else a new one;
+        // or, turned off, whatever the caller sent, untouched.
+        if state.config.trace_context != Some(false) {
+            let trace = crate::trace::propagate(&mut req);
+            if let Some(a) = &mut access {
+                a.trace(trace);
+            }
+        } else if let Some(a) = &mut access
+            && let Some(trace) = crate::trace::TraceParent::from_headers(req.headers())
+        {
             a.trace(trace);
         }
         // Path parameters, refused below unless the route takes them.

@@ -27,6 +27,7 @@ pub struct UpstreamBuilder {
     pub(super) http2: bool,
     pub(super) preserve_host: bool,
     pub(super) forwarded: bool,
+    pub(super) real_ip: bool,
     pub(super) pool_idle_timeout: Duration,
     pub(super) pool_max_idle_per_host: usize,
     pub(super) upgrade_idle_timeout: Option<Duration>,
@@ -205,6 +206,16 @@ impl UpstreamBuilder {
         self
     }
 
+    /// Writes `X-Real-IP` (on by default): the client's address, as
+    /// [`trusted_proxies`](Self::trusted_proxies) says. With `false` the
+    /// header is not written, and one a client sent is still removed
+    /// unless it came through a trusted proxy: an upstream never reads an
+    /// address the client made up.
+    pub fn real_ip_header(mut self, yes: bool) -> Self {
+        self.real_ip = yes;
+        self
+    }
+
     /// How long an idle pooled connection is kept (90 s by default).
     pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
         self.pool_idle_timeout = timeout;
@@ -340,6 +351,7 @@ impl UpstreamBuilder {
                 response_timeout: self.response_timeout,
                 preserve_host: self.preserve_host,
                 forwarded: self.forwarded,
+                real_ip: self.real_ip,
                 http2: self.http2,
                 upgrade_idle_timeout: self.upgrade_idle_timeout,
                 upgrade_protocols: self.upgrade_protocols,

@@ -46,8 +46,9 @@ impl Inner {
     /// Writes the forwarding headers: `X-Forwarded-For` (appended to, or
     /// replaced at the edge), `X-Forwarded-Proto` (the client's from a
     /// trusted proxy, else what this hop saw), `X-Forwarded-Host`,
-    /// `X-Real-IP` (the client's from a trusted proxy, else the peer), and
-    /// with the option on, a `Forwarded` element with every value quoted.
+    /// `X-Real-IP` (the client's from a trusted proxy, else the peer; with
+    /// that header off, only the client's from a trusted proxy), and with
+    /// the option on, a `Forwarded` element with every value quoted.
     pub(super) fn add_forwarded(
         &self,
         headers: &mut HeaderMap,
@@ -66,7 +67,7 @@ impl Inner {
         }
         // Up to four headers added: room for them at once, rather than the
         // map growing (and rehashing) more than once on the way.
-        headers.reserve(4);
+        headers.reserve(if self.real_ip { 4 } else { 3 });
         // The peer's address as a header value, for `X-Forwarded-For` and
         // `X-Real-IP`.
         let ip_value = peer.and_then(peer_value);
@@ -121,7 +122,13 @@ impl Inner {
                 .map_or("http", crate::conn::ConnectionInfo::scheme)
         });
         headers.insert(XFP, HeaderValue::from_static(proto));
-        if !(trusted && headers.contains_key(&XRI)) {
+        if !self.real_ip {
+            // Not written, and never passed on from a client that may have
+            // made it up.
+            if !trusted {
+                headers.remove(XRI);
+            }
+        } else if !(trusted && headers.contains_key(&XRI)) {
             match ip_value {
                 Some(ip) => {
                     headers.insert(XRI, ip);

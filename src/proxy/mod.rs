@@ -224,6 +224,8 @@ struct Inner {
     response_timeout: Option<Duration>,
     preserve_host: bool,
     forwarded: bool,
+    /// `X-Real-IP` written ([`UpstreamBuilder::real_ip_header`]).
+    real_ip: bool,
     http2: bool,
     upgrade_idle_timeout: Option<Duration>,
     /// The protocols an `Upgrade` may ask for (lowercase names).
@@ -312,6 +314,7 @@ impl Upstream {
             http2: false,
             preserve_host: false,
             forwarded: false,
+            real_ip: true,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
             upgrade_idle_timeout: Some(Duration::from_secs(300)),
