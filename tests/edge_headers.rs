@@ -510,7 +510,9 @@ async fn without_x_real_ip_a_clients_is_still_removed() {
     .await;
     let doc = raw(behind_lb, ask).await.json();
     assert_eq!(seen(&doc, "x-real-ip"), ["6.6.6.6"]);
-    let doc = raw(behind_lb, "GET /ip HTTP/1.1\r\nHost: a.example\r\n\r\n").await.json();
+    let doc = raw(behind_lb, "GET /ip HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await
+        .json();
     assert!(seen(&doc, "x-real-ip").is_empty(), "{doc}");
 }
 
