@@ -111,6 +111,8 @@ pub mod future;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod gateway;
+#[cfg(any(feature = "server", feature = "proxy"))]
+mod gather;
 pub mod grpc;
 pub mod ingress;
 pub mod key;

@@ -15,6 +15,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -145,7 +146,7 @@ impl Pool {
             .await
             .map_err(|e| Error::Connect(e.into()))?;
         let (sender, conn) = http1::Builder::new()
-            .handshake::<_, ProxyBody>(io)
+            .handshake::<_, ProxyBody>(Gathered(io))
             .await
             .map_err(Error::Http)?;
         tokio::spawn(async move {
@@ -220,6 +221,59 @@ impl Pool {
             }
         });
         (exchange, timer)
+    }
+}
+
+/// An upstream connection's socket, its small vectored writes sent as one
+/// buffer (see [`crate::gather`]): a request's head, or its head and a
+/// small body, goes in one `send` rather than a `writev`.
+struct Gathered<T>(T);
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Gathered<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Gathered<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let inner = Pin::new(&mut self.0);
+        if let [one] = bufs {
+            return inner.poll_write(cx, one);
+        }
+        let mut scratch = [0u8; crate::gather::GATHER];
+        match crate::gather::one_buffer(bufs, &mut scratch) {
+            Some(all) => inner.poll_write(cx, all),
+            None => inner.poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
