@@ -120,7 +120,12 @@
 //! round (within a minute of it), with their range over the rounds: on a
 //! shared machine the speed of every front drifts between rounds by more
 //! than the fronts differ, which a ratio of two medians taken over
-//! different rounds would mix into the comparison.
+//! different rounds would mix into the comparison. Under each table,
+//! each front's best run (its highest requests/s, its lowest CPU a
+//! request) and its ratio to switchyard's best: the speed drifts between
+//! whole runs (two speeds, 15-25 % apart, on the reference machine), so a
+//! round compares two fronts fairly only when both ran at the same speed,
+//! and the best of several runs is each front's undisturbed figure.
 //!
 //! Other builds on the machine disturb the numbers: before each round the
 //! bench waits until no `rustc`, `cargo` or `clippy-driver` (other than
@@ -1645,6 +1650,33 @@ impl Bench<'_> {
                 print!(" {:>6.0}", med(i, &|r| b.of(r)));
             }
             println!();
+        }
+        // Each front's least disturbed run: this machine's speed drifts
+        // between runs by more than the fronts differ (whole runs at two
+        // speeds, 15-25 % apart), and a round's ratio compares two fronts
+        // only when both ran at the same speed. The best of several runs
+        // is each front's undisturbed speed, if it had one.
+        println!(
+            "best of the {} rounds: {:<22} {:>9} {:>8} {:>10} {:>10}",
+            options.rounds, "front", "req/s", "vs sy", "CPU us/req", "vs sy"
+        );
+        let best_rps = |i: usize| runs[i].iter().map(|r| r.rps).fold(f64::NAN, f64::max);
+        let best_cpu = |i: usize| runs[i].iter().map(cpu).fold(f64::NAN, f64::min);
+        for (i, t) in targets.iter().enumerate() {
+            let (rps, c) = (best_rps(i), best_cpu(i));
+            println!(
+                "{:<22} {:<22} {:>9.0} {:>8.2} {:>10} {:>10}",
+                "",
+                t.name,
+                rps,
+                rps / best_rps(0),
+                fmt_cpu(c),
+                if c.is_nan() {
+                    "-".into()
+                } else {
+                    format!("{:.2}", c / best_cpu(0))
+                },
+            );
         }
         let non_2xx: u64 = runs.iter().flatten().map(|r| r.non_2xx).sum();
         let errors = runs
