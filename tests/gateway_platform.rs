@@ -1048,90 +1048,119 @@ async fn keys_added_and_revoked_through_the_admin_api_survive_a_restart() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The trace context at the edge: a caller's valid `traceparent` reaches
-/// the upstream unchanged (with its `tracestate`); none, or a broken one,
-/// becomes a new trace (and its `tracestate` goes); the access log names
-/// the trace either way.
-#[tokio::test(flavor = "current_thread")]
-async fn the_trace_context_is_passed_on_or_started_and_logged() {
-    use std::sync::{Arc, Mutex};
-    use switchyard::trace::TraceParent;
+/// The access log, captured on this test's thread while the guard lives.
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
-    // The access log, captured: this test's thread only.
-    #[derive(Clone, Default)]
-    struct Log(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Log {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
     }
-    let log = Log::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
-    // An upstream that answers with the trace headers it got.
-    let up = serve(Router::new().fallback(|headers: HeaderMap| async move {
-        let get = |name: &str| {
-            headers
-                .get(name)
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default()
-        };
-        format!("{}|{}", get("traceparent"), get("tracestate"))
-    }))
-    .await;
-    let text = format!(
-        r#"
+impl CapturedLog {
+    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+        let log = Self::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        (log, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// A gateway (`top` its top-level settings) in front of an upstream that
+/// answers with the `traceparent` and `tracestate` lines it got,
+/// `traceparent|tracestate`, several lines joined by commas.
+struct TraceFront {
+    addr: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl TraceFront {
+    async fn start(top: &str) -> Self {
+        let up = serve(Router::new().fallback(|headers: HeaderMap| async move {
+            let all = |name: &str| {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            format!("{}|{}", all("traceparent"), all("tracestate"))
+        }))
+        .await;
+        let text = format!(
+            r#"
+{top}
 [upstreams.app]
 url = "http://{up}"
 [[routes]]
 name = "app"
 split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
 "#
-    );
-    let gateway = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
-    let addr = serve(Router::new().fallback_service(gateway)).await;
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let ask = |headers: &[(&str, &str)]| {
-        let mut req = Request::get(format!("http://{addr}/x"));
+        );
+        let gateway = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
+        Self {
+            addr: serve(Router::new().fallback_service(gateway)).await,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    async fn ask(&self, headers: &[(&str, &str)]) -> String {
+        let mut req = Request::get(format!("http://{}/x", self.addr));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(Bytes::new())).unwrap();
-        let client = client.clone();
-        async move {
-            let res = crate::support::net::exchange(&client, req).await;
-            String::from_utf8(res.into_body().to_vec()).unwrap()
-        }
-    };
+        let res = crate::support::net::exchange(&self.client, req).await;
+        String::from_utf8(res.into_body().to_vec()).unwrap()
+    }
+}
+
+/// The trace context at the edge: a caller's valid `traceparent` reaches
+/// the upstream unchanged (with its `tracestate`); none, or a broken one,
+/// becomes a new trace (and its `tracestate` goes); the access log names
+/// the trace either way.
+#[tokio::test(flavor = "current_thread")]
+async fn the_trace_context_is_passed_on_or_started_and_logged() {
+    use switchyard::trace::TraceParent;
+
+    let (log, _guard) = CapturedLog::start();
+    let front = TraceFront::start("").await;
     let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    let got = ask(&[("traceparent", valid), ("tracestate", "acme=7")]).await;
+    let got = front
+        .ask(&[("traceparent", valid), ("tracestate", "acme=7")])
+        .await;
     assert_eq!(got, format!("{valid}|acme=7"));
 
-    let got = ask(&[]).await;
+    let got = front.ask(&[]).await;
     let (sent, state) = got.split_once('|').unwrap();
     let started = TraceParent::parse(sent.as_bytes()).expect("a valid traceparent");
     assert!(!started.sampled());
     assert_eq!(state, "");
 
-    let got = ask(&[("traceparent", "00-nonsense"), ("tracestate", "acme=7")]).await;
+    let got = front
+        .ask(&[("traceparent", "00-nonsense"), ("tracestate", "acme=7")])
+        .await;
     let (sent, state) = got.split_once('|').unwrap();
     let restarted = TraceParent::parse(sent.as_bytes()).expect("a valid traceparent");
     assert_ne!(restarted, started);
     assert_eq!(state, "", "the broken context's state is dropped");
 
-    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let log = log.text();
     for id in [
         "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
         started.trace_id(),
@@ -1149,74 +1178,20 @@ split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
 /// go on untouched; the access log still names the trace of a valid one.
 #[tokio::test(flavor = "current_thread")]
 async fn the_trace_context_turned_off_is_passed_on_as_it_came() {
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Log(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Log {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let log = Log::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let up = serve(Router::new().fallback(|headers: HeaderMap| async move {
-        let all = |name: &str| {
-            headers
-                .get_all(name)
-                .iter()
-                .map(|v| v.to_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        format!("{}|{}", all("traceparent"), all("tracestate"))
-    }))
-    .await;
-    let text = format!(
-        r#"
-trace_context = false
-[upstreams.app]
-url = "http://{up}"
-[[routes]]
-name = "app"
-split = {{ targets = [{{ name = "app", upstream = "app", weight = 100 }}] }}
-"#
-    );
-    let gateway = Gateway::from_config(GatewayConfig::from_toml(&text).unwrap()).unwrap();
-    let addr = serve(Router::new().fallback_service(gateway)).await;
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let ask = |headers: &[(&str, &str)]| {
-        let mut req = Request::get(format!("http://{addr}/x"));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(Full::new(Bytes::new())).unwrap();
-        let client = client.clone();
-        async move {
-            let res = crate::support::net::exchange(&client, req).await;
-            String::from_utf8(res.into_body().to_vec()).unwrap()
-        }
-    };
-    assert_eq!(ask(&[]).await, "|", "none started");
-    let got = ask(&[("traceparent", "00-nonsense"), ("tracestate", "acme=7")]).await;
+    let (log, _guard) = CapturedLog::start();
+    let front = TraceFront::start("trace_context = false").await;
+    assert_eq!(front.ask(&[]).await, "|", "none started");
+    let got = front
+        .ask(&[("traceparent", "00-nonsense"), ("tracestate", "acme=7")])
+        .await;
     assert_eq!(got, "00-nonsense|acme=7");
     let valid = "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let got = ask(&[("traceparent", valid), ("tracestate", "acme=7")]).await;
+    let got = front
+        .ask(&[("traceparent", valid), ("tracestate", "acme=7")])
+        .await;
     assert_eq!(got, format!("{valid}|acme=7"));
 
-    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let log = log.text();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("trace_id=")).collect();
     assert_eq!(lines.len(), 3, "{log}");
     assert!(lines[0].contains("trace_id=-"), "{log}");
