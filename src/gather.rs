@@ -15,6 +15,7 @@
 //! a buffer that stays as large as the largest message).
 
 use std::io::IoSlice;
+use std::task::Context;
 
 /// The most bytes gathered into one write.
 pub(crate) const GATHER: usize = 2048;
@@ -35,6 +36,27 @@ pub(crate) fn one_buffer<'a>(
         len += buf.len();
     }
     Some(&scratch[..len])
+}
+
+/// A vectored write of `bufs` to `io`, made with `write` when they are
+/// one buffer (see [`one_buffer`]; a single slice without touching the
+/// scratch buffer), else with `writev`: the body of a socket wrapper's
+/// `poll_write_vectored`, whichever trait it implements.
+pub(crate) fn write_vectored<W, R>(
+    io: W,
+    cx: &mut Context<'_>,
+    bufs: &[IoSlice<'_>],
+    write: impl FnOnce(W, &mut Context<'_>, &[u8]) -> R,
+    writev: impl FnOnce(W, &mut Context<'_>, &[IoSlice<'_>]) -> R,
+) -> R {
+    if let [one] = bufs {
+        return write(io, cx, one);
+    }
+    let mut scratch = [0u8; GATHER];
+    match one_buffer(bufs, &mut scratch) {
+        Some(all) => write(io, cx, all),
+        None => writev(io, cx, bufs),
+    }
 }
 
 #[cfg(test)]

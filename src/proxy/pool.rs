@@ -253,15 +253,13 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Gathered<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let inner = Pin::new(&mut self.0);
-        if let [one] = bufs {
-            return inner.poll_write(cx, one);
-        }
-        let mut scratch = [0u8; crate::gather::GATHER];
-        match crate::gather::one_buffer(bufs, &mut scratch) {
-            Some(all) => inner.poll_write(cx, all),
-            None => inner.poll_write_vectored(cx, bufs),
-        }
+        crate::gather::write_vectored(
+            Pin::new(&mut self.0),
+            cx,
+            bufs,
+            T::poll_write,
+            T::poll_write_vectored,
+        )
     }
 
     fn is_write_vectored(&self) -> bool {

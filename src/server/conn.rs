@@ -297,14 +297,7 @@ impl<T: AsyncWrite> AsyncWrite for Io<T> {
         // A small response comes as hyper's head and the body's chunk in
         // two slices: one `send` of them costs the kernel less than a
         // `writev` (see `crate::gather`).
-        if let [one] = bufs {
-            return this.inner.poll_write(cx, one);
-        }
-        let mut scratch = [0u8; crate::gather::GATHER];
-        match crate::gather::one_buffer(bufs, &mut scratch) {
-            Some(all) => this.inner.poll_write(cx, all),
-            None => this.inner.poll_write_vectored(cx, bufs),
-        }
+        crate::gather::write_vectored(this.inner, cx, bufs, T::poll_write, T::poll_write_vectored)
     }
 
     fn is_write_vectored(&self) -> bool {
