@@ -152,9 +152,10 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return {1, v, false}
 ";
 
-/// What [`READ_OR_CLAIM`] did.
+/// What [`READ_OR_CLAIM`], or a publish of a change made here, did.
 enum Claim {
-    /// Published this replica's weights as the set's first version.
+    /// Published this replica's weights: as the set's first version, or
+    /// over a newer one after a change made here.
     Published(u64),
     /// Found the set: its version and weights (`None`: unreadable).
     Found(u64, Option<Doc>),
@@ -729,46 +730,29 @@ impl WeightSync {
     ) -> Outcome {
         let c = &self.inner.counters;
         let changed_here = known.last.as_ref().is_some_and(|last| !same(last, &local));
-        let found = if changed_here {
-            None
+        // Changed here: publish. Otherwise read what Redis holds, or claim
+        // the set as its first publisher.
+        let claim = if changed_here {
+            self.publish(redis, key, &local).await.map(Claim::Published)
         } else {
-            match self.read_or_claim(redis, key, &local).await {
-                // The first replica to sync this set: published.
-                Ok(Claim::Published(version)) => {
-                    Counters::add(&c.published);
-                    known.refused = false;
-                    known.redis = Some((version, Some(local.clone())));
-                    known.last = Some(local);
-                    return Outcome::Other;
-                }
-                Ok(Claim::Found(version, remote)) => Some((version, remote)),
-                Err(()) => {
-                    Counters::add(&c.errors);
-                    // Remember what was found, so that a change made while
-                    // Redis is away is published when it is back.
-                    known.last.get_or_insert(local);
-                    return Outcome::Other;
-                }
-            }
+            self.read_or_claim(redis, key, &local).await
         };
-        let (version, remote) = match found {
-            // Changed here: publish.
-            None => {
-                match self.publish(redis, key, &local).await {
-                    Ok(version) => {
-                        Counters::add(&c.published);
-                        known.refused = false;
-                        known.redis = Some((version, Some(local.clone())));
-                        known.last = Some(local);
-                    }
-                    Err(()) => {
-                        Counters::add(&c.errors);
-                        known.last.get_or_insert(local);
-                    }
-                }
+        let (version, remote) = match claim {
+            Ok(Claim::Published(version)) => {
+                Counters::add(&c.published);
+                known.refused = false;
+                known.redis = Some((version, Some(local.clone())));
+                known.last = Some(local);
                 return Outcome::Other;
             }
-            Some(found) => found,
+            Ok(Claim::Found(version, remote)) => (version, remote),
+            Err(()) => {
+                Counters::add(&c.errors);
+                // Remember what was found, so that a change made while
+                // Redis is away is published when it is back.
+                known.last.get_or_insert(local);
+                return Outcome::Other;
+            }
         };
         // Nothing new in Redis since this replica last looked. (Any other
         // difference is news: a newer version, or, from a Redis that lost
