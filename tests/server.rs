@@ -626,6 +626,80 @@ async fn threads_serve_a_listener_of_ones_own_and_stop_when_serve_is_dropped() {
     assert!(handle.is_shutting_down());
 }
 
+/// A keep-alive connection to `addr`, and the name of the thread that
+/// serves it.
+async fn open_on(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    String,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (send, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn a_new_connection_goes_to_the_thread_with_the_fewest_open() {
+    // Both ways of listening on several threads: a listener each
+    // (`SO_REUSEPORT`, the kernel picks one by a hash of the addresses) and
+    // one socket shared (whichever thread wakes first takes it).
+    let reuseport = Server::builder()
+        .threads(2)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shared = Server::builder().threads(2).listener(listener).unwrap();
+    for server in [reuseport, shared] {
+        let addr = server.local_addr();
+        let handle = server.handle();
+        let task =
+            tokio::spawn(async move { server.serve(service_fn(thread_name)).await.unwrap() });
+        // Opened one after another, each served before the next: they
+        // alternate, whichever thread accepted them.
+        let mut open = Vec::new();
+        for _ in 0..16 {
+            open.push(open_on(addr).await);
+        }
+        let on = |open: &[(_, String)], name: &str| open.iter().filter(|(_, n)| n == name).count();
+        let first = open[0].1.clone();
+        assert_eq!(
+            on(&open, &first),
+            8,
+            "{:?}",
+            open.iter().map(|(_, n)| n).collect::<Vec<_>>()
+        );
+        // The first thread's connections close: the next ones all go there.
+        open.retain(|(_, n)| *n != first);
+        let deadline = tokio::time::Instant::now() + HANG_GUARD;
+        while handle.stats().active > 8 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "connections still open"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for _ in 0..8 {
+            let (send, name) = open_on(addr).await;
+            assert_eq!(name, first);
+            open.push((send, name));
+        }
+        drop(open);
+        handle.shutdown(HANG_GUARD);
+        finished(task).await;
+    }
+}
+
 #[tokio::test]
 async fn invalid_limits_are_build_errors() {
     let err = Server::builder()

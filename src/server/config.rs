@@ -73,8 +73,8 @@ pub struct ServerConfig {
     /// default): connections are served on the tokio runtime that calls
     /// [`Server::serve`](super::Server::serve). `n`: `n` threads, each
     /// running a single-threaded tokio runtime with a listener of its own
-    /// (`SO_REUSEPORT` on Unix, so the kernel spreads new connections over
-    /// them), nginx's worker model: a connection, its requests and the
+    /// (`SO_REUSEPORT` on Unix), a new connection served by the thread with
+    /// the fewest open; nginx's worker model: a connection, its requests and the
     /// upstream connections they use stay on one thread, with no task
     /// moving between threads. What the `gateway` example uses, one per
     /// CPU, when the configuration leaves it unset.

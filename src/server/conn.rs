@@ -199,6 +199,8 @@ pin_project_lite::pin_project! {
         state: Arc<ConnState>,
         shared: Arc<Shared>,
         id: u64,
+        // Its place in its serving thread's count (several threads).
+        seat: Option<super::Seat>,
     }
 
     impl<T> PinnedDrop for Io<T> {
@@ -210,12 +212,19 @@ pin_project_lite::pin_project! {
 }
 
 impl<T> Io<T> {
-    pub(crate) fn new(inner: T, state: Arc<ConnState>, shared: Arc<Shared>, id: u64) -> Self {
+    pub(crate) fn new(
+        inner: T,
+        state: Arc<ConnState>,
+        shared: Arc<Shared>,
+        id: u64,
+        seat: Option<super::Seat>,
+    ) -> Self {
         Self {
             inner,
             state,
             shared,
             id,
+            seat,
         }
     }
 }

@@ -86,10 +86,14 @@
 //! [`Server::serve`], as tasks any of its workers may run.
 //! [`ServerBuilder::threads`] (`threads` in `[server]`) gives the server
 //! threads of its own instead, each running a single-threaded runtime with
-//! its own listener (`SO_REUSEPORT` on Unix: the kernel spreads new
-//! connections over them; elsewhere, and for a listener given to
-//! [`ServerBuilder::listener`], duplicates of one socket). A connection
-//! never leaves its thread, and a [`proxy::Upstream`](crate::proxy::Upstream)
+//! its own listener (`SO_REUSEPORT` on Unix; elsewhere, and for a listener
+//! given to [`ServerBuilder::listener`], duplicates of one socket). A new
+//! connection is served by the thread with the fewest open, whichever
+//! thread accepted it (haproxy's rule): the kernel's spread over
+//! `SO_REUSEPORT` listeners, a hash of the addresses, often leaves one
+//! thread with a third more connections than another, or three of four.
+//! Once placed, a connection never leaves its thread, and a
+//! [`proxy::Upstream`](crate::proxy::Upstream)
 //! keeps a connection pool per thread, so a proxied request is served on
 //! one thread from end to end: nginx's worker model, the fastest for a
 //! gateway (see the README's figures). The limits are the server's, not
@@ -522,7 +526,7 @@ impl Server {
         if shared.limits.threads > 0 {
             return serve_on_threads(listener, shared, service, reuseport).await;
         }
-        let deadline = accept_loop(&listener, &shared, &service).await;
+        let deadline = accept_loop(&listener, &shared, &service, None).await;
         // Stop accepting: new connections are refused from now on.
         drop(listener);
         finish(&shared, deadline).await;
@@ -530,8 +534,16 @@ impl Server {
     }
 }
 
-/// Accepts connections until a shutdown starts; its deadline.
-async fn accept_loop<S, B>(listener: &TcpListener, shared: &Arc<Shared>, service: &S) -> Instant
+/// Accepts connections until a shutdown starts; its deadline. On one of
+/// several serving threads (`seats`), a connection goes to the thread with
+/// the fewest open, and this thread also serves the connections the
+/// others hand it.
+async fn accept_loop<S, B>(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    service: &S,
+    mut seats: Option<&mut Seats>,
+) -> Instant
 where
     S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -548,6 +560,12 @@ where
             Phase::Draining(deadline) => break deadline,
             Phase::Killed => break Instant::now(),
         }
+        let handed = async {
+            match seats.as_deref_mut() {
+                Some(seats) => seats.inbox.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             changed = phase.changed() => {
@@ -557,8 +575,13 @@ where
                     std::future::pending::<()>().await;
                 }
             }
+            // Another thread's `spread` always holds a sender: never `None`.
+            Some(handed) = handed => serve_handed(shared, service, handed),
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => accept(shared, service, stream, peer),
+                Ok((stream, peer)) => match seats.as_deref() {
+                    Some(seats) => seats.place(shared, service, stream, peer),
+                    None => accept(shared, service, stream, peer, None),
+                },
                 Err(e) => {
                     if !matches!(
                         e.kind(),
@@ -634,10 +657,16 @@ where
     }
     let mut abandon = Abandon(&shared, false);
     let mut done = Vec::with_capacity(threads);
-    for (i, listener) in listeners.into_iter().enumerate() {
+    let (spread, inboxes) = Spread::new(threads);
+    for ((i, listener), inbox) in listeners.into_iter().enumerate().zip(inboxes) {
         let (tx, rx) = tokio::sync::oneshot::channel::<io::Result<()>>();
         let shared = Arc::clone(&shared);
         let service = service.clone();
+        let mut seats = Seats {
+            spread: Arc::clone(&spread),
+            me: i,
+            inbox,
+        };
         let spawned = std::thread::Builder::new()
             .name(format!("switchyard-server-{i}"))
             .spawn(move || {
@@ -647,8 +676,10 @@ where
                     .and_then(|rt| {
                         rt.block_on(async move {
                             let listener = TcpListener::from_std(listener)?;
-                            let deadline = accept_loop(&listener, &shared, &service).await;
+                            let deadline =
+                                accept_loop(&listener, &shared, &service, Some(&mut seats)).await;
                             drop(listener);
+                            seats.close(&shared, &service);
                             finish(&shared, deadline).await;
                             Ok(())
                         })
@@ -686,9 +717,14 @@ where
 }
 
 /// One accepted connection: refused over the cap, else served on a task
-/// of its own.
-fn accept<S, B>(shared: &Arc<Shared>, service: &S, stream: tokio::net::TcpStream, peer: SocketAddr)
-where
+/// of its own, holding its `seat` in its thread's count until closed.
+fn accept<S, B>(
+    shared: &Arc<Shared>,
+    service: &S,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    seat: Option<Seat>,
+) where
     S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -713,7 +749,7 @@ where
         .unwrap_or_else(PoisonError::into_inner)
         .insert(id, Arc::downgrade(&state));
     // From here on, dropping the stream counts the connection closed.
-    let io = Io::new(stream, Arc::clone(&state), Arc::clone(shared), id);
+    let io = Io::new(stream, Arc::clone(&state), Arc::clone(shared), id, seat);
     tokio::spawn(conn::serve(
         Arc::clone(shared),
         state,
@@ -722,6 +758,176 @@ where
         peer,
         local,
     ));
+}
+
+/// A connection handed from the thread that accepted it to the one that
+/// serves it, with its seat there.
+type Handed = (std::net::TcpStream, SocketAddr, Seat);
+
+/// The serving threads' open connections, and a way to hand each thread a
+/// connection another accepted. A new connection goes to the thread with
+/// the fewest open (haproxy's rule for its threads), not wherever the
+/// kernel's hash of its addresses put it (`SO_REUSEPORT`: with 64
+/// keep-alive connections over two threads, 36 and 28 is common, and the
+/// busier thread's requests wait longer) or whichever thread woke first
+/// (one shared socket).
+struct Spread {
+    open: Box<[std::sync::atomic::AtomicUsize]>,
+    to: Box<[tokio::sync::mpsc::UnboundedSender<Handed>]>,
+}
+
+/// A thread's part in a [`Spread`]: its number and its inbox.
+struct Seats {
+    spread: Arc<Spread>,
+    me: usize,
+    inbox: tokio::sync::mpsc::UnboundedReceiver<Handed>,
+}
+
+/// A connection's place in its serving thread's count, given back when
+/// dropped (when the connection's stream is, or with a connection refused
+/// or never served).
+pub(crate) struct Seat {
+    spread: Arc<Spread>,
+    thread: usize,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.spread.open[self.thread].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Seat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seat")
+            .field("thread", &self.thread)
+            .finish()
+    }
+}
+
+/// A count no thread reaches: a thread that stopped accepting is given
+/// no more connections.
+const CLOSED: usize = usize::MAX / 2;
+
+impl Spread {
+    fn new(threads: usize) -> (Arc<Self>, Vec<tokio::sync::mpsc::UnboundedReceiver<Handed>>) {
+        let (to, inboxes) = (0..threads)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip::<_, _, Vec<_>, Vec<_>>();
+        let open = (0..threads).map(|_| Default::default()).collect();
+        let spread = Spread {
+            open,
+            to: to.into_boxed_slice(),
+        };
+        (Arc::new(spread), inboxes)
+    }
+
+    /// A seat on the thread with the fewest open connections: `me` unless
+    /// another has fewer than it.
+    fn seat(self: &Arc<Self>, me: usize) -> Seat {
+        let mut thread = me;
+        let mut least = self.open[me].load(Ordering::Relaxed);
+        for (i, open) in self.open.iter().enumerate() {
+            let open = open.load(Ordering::Relaxed);
+            if open < least {
+                (thread, least) = (i, open);
+            }
+        }
+        self.seat_on(thread)
+    }
+
+    /// A seat on `thread`, whatever the others hold.
+    fn seat_on(self: &Arc<Self>, thread: usize) -> Seat {
+        self.open[thread].fetch_add(1, Ordering::Relaxed);
+        Seat {
+            spread: Arc::clone(self),
+            thread,
+        }
+    }
+}
+
+impl Seats {
+    /// A connection this thread accepted: served here, or handed to the
+    /// thread with fewer open.
+    fn place<S, B>(
+        &self,
+        shared: &Arc<Shared>,
+        service: &S,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) where
+        S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let seat = self.spread.seat(self.me);
+        if seat.thread == self.me {
+            return accept(shared, service, stream, peer, Some(seat));
+        }
+        // Off this thread's reactor, onto the other's when it takes it.
+        let Ok(stream) = stream.into_std() else {
+            return;
+        };
+        if let Err(returned) = self.spread.to[seat.thread].send((stream, peer, seat)) {
+            // That thread has stopped: served here after all.
+            let (stream, peer, _) = returned.0;
+            let seat = self.spread.seat_on(self.me);
+            serve_std(shared, service, stream, peer, Some(seat));
+        }
+    }
+
+    /// This thread stops accepting: no more connections are handed to it,
+    /// and those handed already are served.
+    fn close<S, B>(&mut self, shared: &Arc<Shared>, service: &S)
+    where
+        S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.spread.open[self.me].fetch_add(CLOSED, Ordering::Relaxed);
+        self.inbox.close();
+        while let Ok(handed) = self.inbox.try_recv() {
+            serve_handed(shared, service, handed);
+        }
+    }
+}
+
+/// A connection another thread handed to this one: served here.
+fn serve_handed<S, B>(shared: &Arc<Shared>, service: &S, (stream, peer, seat): Handed)
+where
+    S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    serve_std(shared, service, stream, peer, Some(seat));
+}
+
+/// [`accept`] for a connection taken off another thread's reactor:
+/// registered with this thread's first.
+fn serve_std<S, B>(
+    shared: &Arc<Shared>,
+    service: &S,
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    seat: Option<Seat>,
+) where
+    S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    // Fails only if the reactor cannot take it (out of memory, say): the
+    // connection closes, as one the listener could not accept.
+    if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+        accept(shared, service, stream, peer, seat);
+    }
 }
 
 // === impl ServerHandle ===
