@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use switchyard::conn::ConnectionInfo;
 use switchyard::server::{IncomingBody, Server, ServerBuilder, ServerHandle, ServerStats};
@@ -81,6 +82,15 @@ async fn raw(addr: SocketAddr, raw: &[u8]) -> String {
 
 /// One HTTP/1.1 `GET path` over hyper's client on a fresh connection.
 async fn get(addr: SocketAddr, path: &str) -> Result<(StatusCode, String), hyper::Error> {
+    let (_, status, body) = get_keeping(addr, path).await?;
+    Ok((status, body))
+}
+
+/// [`get`], with the connection, still open.
+async fn get_keeping(
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(SendRequest<Empty<Bytes>>, StatusCode, String), hyper::Error> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
@@ -91,7 +101,7 @@ async fn get(addr: SocketAddr, path: &str) -> Result<(StatusCode, String), hyper
     let res = send.send_request(req).await?;
     let status = res.status();
     let body = res.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok((send, status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 async fn finished(task: JoinHandle<()>) {
@@ -628,24 +638,10 @@ async fn threads_serve_a_listener_of_ones_own_and_stop_when_serve_is_dropped() {
 
 /// A keep-alive connection to `addr`, and the name of the thread that
 /// serves it.
-async fn open_on(
-    addr: SocketAddr,
-) -> (
-    hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-    String,
-) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get("/")
-        .header("host", "localhost")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let res = send.send_request(req).await.unwrap();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (send, String::from_utf8_lossy(&body).into_owned())
+async fn open_on(addr: SocketAddr) -> (SendRequest<Empty<Bytes>>, String) {
+    let (send, status, name) = get_keeping(addr, "/").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    (send, name)
 }
 
 #[tokio::test]

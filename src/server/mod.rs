@@ -534,6 +534,38 @@ impl Server {
     }
 }
 
+/// What a server serves, its bounds in one place: a service of requests
+/// with an [`IncomingBody`], cloned for each connection.
+trait Serves<B>:
+    Service<
+        Request<IncomingBody>,
+        Response = Response<B>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Serves<B> for S
+where
+    S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+}
+
+/// The body of what a server serves: bytes, from any thread.
+trait ServedBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> ServedBody for B
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+}
+
 /// Accepts connections until a shutdown starts; its deadline. On one of
 /// several serving threads (`seats`), a connection goes to the thread with
 /// the fewest open, and this thread also serves the connections the
@@ -545,11 +577,8 @@ async fn accept_loop<S, B>(
     mut seats: Option<&mut Seats>,
 ) -> Instant
 where
-    S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: Serves<B>,
+    B: ServedBody,
 {
     let mut phase = shared.phase.subscribe();
     loop {
@@ -622,11 +651,8 @@ async fn serve_on_threads<S, B>(
     reuseport: bool,
 ) -> io::Result<()>
 where
-    S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: Serves<B>,
+    B: ServedBody,
 {
     let threads = shared.limits.threads;
     let first = first.into_std()?;
@@ -725,11 +751,8 @@ fn accept<S, B>(
     peer: SocketAddr,
     seat: Option<Seat>,
 ) where
-    S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: Serves<B>,
+    B: ServedBody,
 {
     let counters = &shared.counters;
     if counters.active.load(Ordering::Acquire) >= shared.limits.max_connections {
@@ -856,11 +879,8 @@ impl Seats {
         stream: tokio::net::TcpStream,
         peer: SocketAddr,
     ) where
-        S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
+        S: Serves<B>,
+        B: ServedBody,
     {
         let seat = self.spread.seat(self.me);
         if seat.thread == self.me {
@@ -874,7 +894,7 @@ impl Seats {
             // That thread has stopped: served here after all.
             let (stream, peer, _) = returned.0;
             let seat = self.spread.seat_on(self.me);
-            serve_std(shared, service, stream, peer, Some(seat));
+            serve_handed(shared, service, (stream, peer, seat));
         }
     }
 
@@ -882,11 +902,8 @@ impl Seats {
     /// and those handed already are served.
     fn close<S, B>(&mut self, shared: &Arc<Shared>, service: &S)
     where
-        S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
+        S: Serves<B>,
+        B: ServedBody,
     {
         self.spread.open[self.me].fetch_add(CLOSED, Ordering::Relaxed);
         self.inbox.close();
@@ -896,37 +913,18 @@ impl Seats {
     }
 }
 
-/// A connection another thread handed to this one: served here.
+/// [`accept`] for a connection handed over from another thread's reactor
+/// (or back from a thread that stopped): registered with this thread's
+/// first.
 fn serve_handed<S, B>(shared: &Arc<Shared>, service: &S, (stream, peer, seat): Handed)
 where
-    S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    serve_std(shared, service, stream, peer, Some(seat));
-}
-
-/// [`accept`] for a connection taken off another thread's reactor:
-/// registered with this thread's first.
-fn serve_std<S, B>(
-    shared: &Arc<Shared>,
-    service: &S,
-    stream: std::net::TcpStream,
-    peer: SocketAddr,
-    seat: Option<Seat>,
-) where
-    S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: Serves<B>,
+    B: ServedBody,
 {
     // Fails only if the reactor cannot take it (out of memory, say): the
     // connection closes, as one the listener could not accept.
     if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
-        accept(shared, service, stream, peer, seat);
+        accept(shared, service, stream, peer, Some(seat));
     }
 }
 
