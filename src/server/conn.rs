@@ -75,14 +75,12 @@ impl ConnState {
         self.base + Duration::from_millis(millis)
     }
 
+    /// Wakes the task waiting to read. The waker stays registered: the
+    /// reader keeps a copy, and registers again only for another waker.
     pub(crate) fn wake_reader(&self) {
-        if let Some(waker) = self
-            .reader
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            waker.wake();
+        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(waker) = &*reader {
+            waker.wake_by_ref();
         }
     }
 
@@ -201,6 +199,10 @@ pin_project_lite::pin_project! {
         id: u64,
         // Its place in its serving thread's count (several threads).
         seat: Option<super::Seat>,
+        // What `state.reader` holds, as this reader last registered it: a
+        // read that waits with the same waker (each one of the
+        // connection's task) takes no lock.
+        registered: Option<Waker>,
     }
 
     impl<T> PinnedDrop for Io<T> {
@@ -225,6 +227,7 @@ impl<T> Io<T> {
             shared,
             id,
             seat,
+            registered: None,
         }
     }
 }
@@ -261,16 +264,15 @@ impl<T: AsyncRead> AsyncRead for Io<T> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let mut reader = this
-                    .state
-                    .reader
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                match &*reader {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => *reader = Some(cx.waker().clone()),
+                let waker = cx.waker();
+                if !this.registered.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    *this
+                        .state
+                        .reader
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(waker.clone());
+                    *this.registered = Some(waker.clone());
                 }
-                drop(reader);
                 // The deadline may have passed while registering.
                 if this.shared.killed.load(Ordering::Relaxed) {
                     return Poll::Ready(Err(cut()));
@@ -622,6 +624,9 @@ async fn http<I, S, B>(
     // the task, not on each of the connection's wakes (two a request).
     let side = Arc::new(Side::default());
     let side_waker = Waker::from(Arc::clone(&side));
+    // The waker `side` holds, as registered last: the connection's task
+    // registers again only with another waker, not on each poll.
+    let mut registered: Option<Waker> = None;
     // Cleared if the server is gone: nothing will change the phase again.
     let mut phase_live = true;
     loop {
@@ -635,8 +640,11 @@ async fn http<I, S, B>(
                 if conn.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Done);
                 }
-                side.register(cx.waker());
-                if side.woken.swap(false, Ordering::AcqRel) {
+                if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    side.register(cx.waker());
+                    registered = Some(cx.waker().clone());
+                }
+                if side.woken.load(Ordering::Acquire) && side.woken.swap(false, Ordering::AcqRel) {
                     let mut side_cx = Context::from_waker(&side_waker);
                     if phase_live && let Poll::Ready(changed) = changed.as_mut().poll(&mut side_cx)
                     {
@@ -712,11 +720,7 @@ struct Side {
 impl Side {
     /// Wakes `waker` when the watchdog or the phase wakes.
     fn register(&self, waker: &Waker) {
-        let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
-        match &*task {
-            Some(w) if w.will_wake(waker) => {}
-            _ => *task = Some(waker.clone()),
-        }
+        *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker.clone());
     }
 }
 
