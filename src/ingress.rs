@@ -365,13 +365,15 @@ pub fn valid_host(value: &[u8]) -> Result<(), IngressError> {
     };
     let _ = host;
     if let Some(port) = port {
-        let ok = !port.is_empty()
-            && port.len() <= 5
-            && port.iter().all(u8::is_ascii_digit)
-            && std::str::from_utf8(port)
-                .ok()
-                .and_then(|p| p.parse::<u16>().ok())
-                .is_some();
+        // One to five digits, read as they are checked (no text
+        // conversion and general parse on every request's `Host`).
+        let ok = (1..=5).contains(&port.len())
+            && port
+                .iter()
+                .try_fold(0u32, |n, &b| {
+                    b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
+                })
+                .is_some_and(|n| n <= u32::from(u16::MAX));
         if !ok {
             return Err(IngressError::InvalidHost("bad port"));
         }
@@ -513,6 +515,22 @@ mod tests {
             "a:1:2",
         ] {
             assert!(valid_host(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_port_is_one_to_five_digits_up_to_65535() {
+        // Every string of one to five digits, against the standard parse.
+        for len in 1..=5u32 {
+            for n in 0..10u32.pow(len) {
+                let port = format!("{n:0width$}", width = len as usize);
+                let host = format!("example.com:{port}");
+                assert_eq!(
+                    valid_host(host.as_bytes()).is_ok(),
+                    port.parse::<u16>().is_ok(),
+                    "{host}"
+                );
+            }
         }
     }
 
