@@ -200,8 +200,8 @@ pin_project_lite::pin_project! {
         // Its place in its serving thread's count (several threads).
         seat: Option<super::Seat>,
         // What `state.reader` holds, as this reader last registered it: a
-        // read that waits with the same waker (each one of the
-        // connection's task) takes no lock.
+        // read that waits with the same waker (the connection task's, read
+        // after read) takes no lock.
         registered: Option<Waker>,
     }
 
