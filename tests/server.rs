@@ -530,38 +530,45 @@ async fn an_open_tunnel_is_cut_at_the_deadline() {
 
 #[tokio::test]
 async fn connections_over_the_cap_are_refused_and_counted() {
-    let (addr, handle, _task) = start(Server::builder().max_connections(2)).await;
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 12];
-        tcp.read_exact(&mut buf).await.unwrap();
-        held.push(tcp);
-    }
-    // The third is accepted and closed at once.
-    let answer = raw(addr, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
-    assert_eq!(answer, "");
-    let ServerStats {
-        accepted,
-        active,
-        refused_over_cap,
-        ..
-    } = handle.stats();
-    assert_eq!((accepted, active, refused_over_cap), (2, 2, 1));
-    // One closes: there is room again.
-    drop(held.pop());
-    let mut served = false;
-    for _ in 0..100 {
-        if let Ok((StatusCode::OK, _)) = get(addr, "/").await {
-            served = true;
-            break;
+    // On the caller's runtime, and on threads of the server's own, where a
+    // connection may be handed to another thread before it is served.
+    for builder in [
+        Server::builder().max_connections(2),
+        Server::builder().max_connections(2).threads(2),
+    ] {
+        let (addr, handle, _task) = start(builder).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = [0u8; 12];
+            tcp.read_exact(&mut buf).await.unwrap();
+            held.push(tcp);
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The third is accepted and closed at once.
+        let answer = raw(addr, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        assert_eq!(answer, "");
+        let ServerStats {
+            accepted,
+            active,
+            refused_over_cap,
+            ..
+        } = handle.stats();
+        assert_eq!((accepted, active, refused_over_cap), (2, 2, 1));
+        // One closes: there is room again.
+        drop(held.pop());
+        let mut served = false;
+        for _ in 0..100 {
+            if let Ok((StatusCode::OK, _)) = get(addr, "/").await {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(served);
     }
-    assert!(served);
 }
 
 /// Answers with the name of the thread that served the request, after

@@ -756,9 +756,7 @@ fn accept<S, B>(
 {
     let counters = &shared.counters;
     if counters.active.load(Ordering::Acquire) >= shared.limits.max_connections {
-        counters.refused_over_cap.fetch_add(1, Ordering::Relaxed);
-        drop(stream);
-        return;
+        return refuse_over_cap(shared, stream);
     }
     counters.active.fetch_add(1, Ordering::AcqRel);
     counters.accepted.fetch_add(1, Ordering::Relaxed);
@@ -781,6 +779,15 @@ fn accept<S, B>(
         peer,
         local,
     ));
+}
+
+/// A connection refused over the cap: counted, and closed.
+fn refuse_over_cap(shared: &Shared, stream: tokio::net::TcpStream) {
+    shared
+        .counters
+        .refused_over_cap
+        .fetch_add(1, Ordering::Relaxed);
+    drop(stream);
 }
 
 /// A connection handed from the thread that accepted it to the one that
@@ -845,18 +852,23 @@ impl Spread {
         (Arc::new(spread), inboxes)
     }
 
-    /// A seat on the thread with the fewest open connections: `me` unless
-    /// another has fewer than it.
-    fn seat(self: &Arc<Self>, me: usize) -> Seat {
+    /// A seat on the thread with the fewest open connections (`me` unless
+    /// another has fewer than it), and how many seats all the threads
+    /// held before it: the connections served and those on their way to
+    /// a thread, which the server's cap counts before they are served.
+    fn seat(self: &Arc<Self>, me: usize) -> (Seat, usize) {
         let mut thread = me;
         let mut least = self.open[me].load(Ordering::Relaxed);
+        let mut held = 0;
         for (i, open) in self.open.iter().enumerate() {
             let open = open.load(Ordering::Relaxed);
+            // A stopped thread's count is `CLOSED` over its seats.
+            held += open % CLOSED;
             if open < least {
                 (thread, least) = (i, open);
             }
         }
-        self.seat_on(thread)
+        (self.seat_on(thread), held)
     }
 
     /// A seat on `thread`, whatever the others hold.
@@ -882,7 +894,12 @@ impl Seats {
         S: Serves<B>,
         B: ServedBody,
     {
-        let seat = self.spread.seat(self.me);
+        let (seat, held) = self.spread.seat(self.me);
+        // Over the cap, refused here: a connection handed to another
+        // thread is not yet among the `active` that `accept` counts.
+        if held >= shared.limits.max_connections {
+            return refuse_over_cap(shared, stream);
+        }
         if seat.thread == self.me {
             return accept(shared, service, stream, peer, Some(seat));
         }
