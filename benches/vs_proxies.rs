@@ -43,6 +43,14 @@
 //! --all-features` when missing or older than this bench binary. Its
 //! `--no-access-log` is nginx's and haproxy's `access_log off`/no `log`
 //! line; `--example-arg ARG` (repeatable) passes more arguments.
+//! `--gateway PATH` serves switchyard's row with the build at PATH
+//! instead (built by nothing here: `benches/vs_proxies/pgo.sh` trains a
+//! profile-guided build with it). `--compare PATH` adds a row, `switchyard B`, served by another build of
+//! the example at PATH (started the same way, with the same arguments):
+//! two builds of the gateway (a change against the build before it, a
+//! profile-guided build against the plain one) measured in the same
+//! interleaved rounds as the peers, so their ratio is taken within rounds
+//! rather than across runs of this bench on a machine that drifts.
 //! * **`latency`**: pinned as `pinned`, but `wrk -t1 -c1`: one request in
 //!   flight, so p50 and p99 are one request's round trip through each
 //!   front.
@@ -187,11 +195,15 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const CHECK_REQUESTS: usize = 1000;
 const CHECK_GREEN: std::ops::RangeInclusive<usize> = 60..=140;
 
+/// The row of `--compare`'s build.
+const COMPARED: &str = "switchyard B";
+
 const PINNED_ENV: &str = "VS_PROXIES_PINNED";
 const INSTALL: &str = "apt-get install -y nginx haproxy wrk";
 const USAGE: &str = "usage: cargo bench --bench vs_proxies -- [--mode pinned|shipped|latency] \
      [--pipeline | --pipeline-only] [--rounds N] [--secs S] [--connections C] [--threads T] \
-     [--warmup-secs S] [--quiet-secs S] [--max-wait-secs S] [--example-arg ARG]...";
+     [--warmup-secs S] [--quiet-secs S] [--max-wait-secs S] [--example-arg ARG]... \
+     [--gateway PATH] [--compare PATH]";
 
 type Error = Box<dyn std::error::Error>;
 
@@ -307,6 +319,11 @@ struct Options {
     max_wait_secs: u64,
     /// More arguments for the `gateway` example (`--mode shipped`).
     example_args: Vec<String>,
+    /// A build of the `gateway` example serving switchyard's row instead
+    /// of the release example next to this binary.
+    gateway: Option<PathBuf>,
+    /// Another build of the `gateway` example, measured as `switchyard B`.
+    compare: Option<PathBuf>,
 }
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
@@ -321,6 +338,8 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         quiet_secs: 10,
         max_wait_secs: 120,
         example_args: Vec::new(),
+        gateway: None,
+        compare: None,
     };
     let (mut connections, mut threads) = (None, None);
     let mut it = args.iter();
@@ -348,6 +367,14 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             }
             "--example-arg" => {
                 o.example_args.push(value.clone());
+                continue;
+            }
+            "--gateway" => {
+                o.gateway = Some(PathBuf::from(value));
+                continue;
+            }
+            "--compare" => {
+                o.compare = Some(PathBuf::from(value));
                 continue;
             }
             _ => {}
@@ -1015,17 +1042,20 @@ struct Launch<'a> {
     /// `--mode shipped`: the `gateway` example serves switchyard's row,
     /// with these further arguments.
     example: (PathBuf, Vec<String>),
+    /// `--compare`: another build, serving `switchyard B`.
+    compare: Option<PathBuf>,
 }
 
 impl Launch<'_> {
     /// The table's rows: its fronts, then the references.
     fn targets(&self, set: RowSet) -> Result<Vec<Target>, Error> {
         let [switchyard, nginx, haproxy] = set.templates();
-        let mut targets = vec![
-            self.switchyard(set, switchyard)?,
-            self.nginx(set, nginx)?,
-            self.haproxy(set, haproxy)?,
-        ];
+        let mut targets = vec![self.switchyard(set, switchyard, &self.example.0, "switchyard")?];
+        if let Some(other) = &self.compare {
+            targets.push(self.switchyard(set, switchyard, other, COMPARED)?);
+        }
+        targets.push(self.nginx(set, nginx)?);
+        targets.push(self.haproxy(set, haproxy)?);
         if set == RowSet::Split {
             targets.push(self.floor()?);
             targets.push(Target {
@@ -1049,14 +1079,21 @@ impl Launch<'_> {
         }
     }
 
-    fn switchyard(&self, set: RowSet, template: &str) -> Result<Target, Error> {
-        let stem = format!("switchyard-{}", set.slug());
+    /// A row served by `example`, a build of the `gateway` example.
+    fn switchyard(
+        &self,
+        set: RowSet,
+        template: &str,
+        example: &Path,
+        name: &'static str,
+    ) -> Result<Target, Error> {
+        let stem = format!("{}-{}", name.replace(' ', "-"), set.slug());
         let config = self.dir.join(format!("{stem}.toml"));
         let toml = self.render(template, None);
         // The release `gateway` example, as a user runs it: `threads` of
         // its own (one pinned, else one per CPU), no access log (nginx's
         // and haproxy's log nothing either).
-        let (example, args) = &self.example;
+        let args = &self.example.1;
         std::fs::write(
             &config,
             format!("{toml}\n[server]\nthreads = {}\n", self.workers),
@@ -1068,11 +1105,11 @@ impl Launch<'_> {
             .arg(free_addr()?.to_string())
             .args(["--admin-listen", "127.0.0.1:0", "--no-access-log"])
             .args(args);
-        let mut proc = Proc::spawn("switchyard", &stem, cmd, self.dir, false)?;
+        let mut proc = Proc::spawn(name, &stem, cmd, self.dir, false)?;
         let prefix = "gateway: http://";
         let addr = proc.wait_announced(prefix)?;
         Ok(Target {
-            name: "switchyard",
+            name,
             addr,
             proc: Some(proc),
         })
@@ -1715,10 +1752,14 @@ impl Bench<'_> {
             }
         );
         println!(
-            "switchyard: the release gateway example --no-access-log{} (switchyard::server::Server \
+            "switchyard: the {} --no-access-log{} (switchyard::server::Server \
              with the default [server] limits: header-read and idle timeouts, connection cap, head \
              and header limits; [server] threads = {}, each a current-thread runtime with its own \
              listener; mimalloc).",
+            match &options.gateway {
+                Some(bin) => format!("gateway example built as {}", bin.display()),
+                None => "release gateway example".to_string(),
+            },
             if options.example_args.is_empty() {
                 String::new()
             } else {
@@ -1726,6 +1767,12 @@ impl Bench<'_> {
             },
             options.mode.workers(),
         );
+        if let Some(other) = &options.compare {
+            println!(
+                "{COMPARED}: the same, served by the build at {}.",
+                other.display()
+            );
+        }
         match set {
             RowSet::Split => println!(
                 "hyper floor: bare hyper HTTP/1.1 server and client connections, NOT hardened (no \
@@ -1837,7 +1884,8 @@ fn run_in(tools: &Tools, options: &Options, dir: &Path) -> Result<(), Error> {
         .sets
         .iter()
         .map(|s| if *s == RowSet::Split { 5 } else { 3 })
-        .sum();
+        .sum::<usize>()
+        + options.sets.len() * usize::from(options.compare.is_some());
     println!(
         "{} rounds of {} s per front (+ {} s warm-up each), order rotated each round, medians \
          reported: about {} s of wrk, plus checks and waits for a quiet machine",
@@ -1851,7 +1899,11 @@ fn run_in(tools: &Tools, options: &Options, dir: &Path) -> Result<(), Error> {
     let (blue, green) = start_upstreams(counters.clone())?;
     println!("upstreams: blue {blue}, green {green}");
     let example = {
-        let bin = gateway_example()?;
+        let bin = match &options.gateway {
+            Some(bin) if bin.is_file() => bin.clone(),
+            Some(bin) => return Err(format!("--gateway {}: no such file", bin.display()).into()),
+            None => gateway_example()?,
+        };
         println!(
             "switchyard: {} --no-access-log {}",
             bin.display(),
@@ -1859,6 +1911,12 @@ fn run_in(tools: &Tools, options: &Options, dir: &Path) -> Result<(), Error> {
         );
         (bin, options.example_args.clone())
     };
+    if let Some(other) = &options.compare {
+        if !other.is_file() {
+            return Err(format!("--compare {}: no such file", other.display()).into());
+        }
+        println!("switchyard B: {}", other.display());
+    }
     let launch = Launch {
         tools,
         dir,
@@ -1866,6 +1924,7 @@ fn run_in(tools: &Tools, options: &Options, dir: &Path) -> Result<(), Error> {
         green,
         workers,
         example,
+        compare: options.compare.clone(),
     };
     let bench = Bench {
         tools,
