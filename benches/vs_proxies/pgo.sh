@@ -53,7 +53,7 @@ else
 fi
 
 build() { # TARGET_DIR RUSTFLAGS
-    RUSTFLAGS="$2" cargo build --release --example gateway --all-features --target-dir "$1"
+    RUSTFLAGS="${RUSTFLAGS:-} $2" cargo build --release --example gateway --all-features --target-dir "$1"
 }
 
 train() { # BINARY
