@@ -45,8 +45,9 @@
 //! line; `--example-arg ARG` (repeatable) passes more arguments.
 //! `--gateway PATH` serves switchyard's row with the build at PATH
 //! instead (built by nothing here: `benches/vs_proxies/pgo.sh` trains a
-//! profile-guided build with it). `--compare PATH` adds a row, `switchyard B`, served by another build of
-//! the example at PATH (started the same way, with the same arguments):
+//! profile-guided build with it). `--compare PATH` adds a row,
+//! `switchyard B`, served by another build of the example at PATH
+//! (started the same way, with the same arguments):
 //! two builds of the gateway (a change against the build before it, a
 //! profile-guided build against the plain one) measured in the same
 //! interleaved rounds as the peers, so their ratio is taken within rounds
