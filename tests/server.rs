@@ -581,6 +581,15 @@ async fn thread_name(req: Request<IncomingBody>) -> Result<Response<Full<Bytes>>
     Ok(Response::new(Full::new(Bytes::from(name))))
 }
 
+/// `server` serving [`thread_name`] on a task: its address, its handle,
+/// the task.
+fn serve_thread_names(server: Server) -> (SocketAddr, ServerHandle, JoinHandle<()>) {
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let task = tokio::spawn(async move { server.serve(service_fn(thread_name)).await.unwrap() });
+    (addr, handle, task)
+}
+
 #[tokio::test]
 async fn threads_of_its_own_serve_every_connection_and_shut_down_together() {
     let server = Server::builder()
@@ -588,9 +597,7 @@ async fn threads_of_its_own_serve_every_connection_and_shut_down_together() {
         .bind("127.0.0.1:0")
         .await
         .unwrap();
-    let addr = server.local_addr();
-    let handle = server.handle();
-    let task = tokio::spawn(async move { server.serve(service_fn(thread_name)).await.unwrap() });
+    let (addr, handle, task) = serve_thread_names(server);
     // Many connections: the kernel spreads them over both listeners, and
     // each is served on one of the server's threads, never the caller's.
     let mut names = std::collections::BTreeMap::<String, usize>::new();
@@ -624,9 +631,7 @@ async fn threads_of_its_own_serve_every_connection_and_shut_down_together() {
 async fn threads_serve_a_listener_of_ones_own_and_stop_when_serve_is_dropped() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = Server::builder().threads(3).listener(listener).unwrap();
-    let addr = server.local_addr();
-    let handle = server.handle();
-    let task = tokio::spawn(async move { server.serve(service_fn(thread_name)).await.unwrap() });
+    let (addr, handle, task) = serve_thread_names(server);
     for _ in 0..8 {
         let (status, name) = get(addr, "/").await.unwrap();
         assert_eq!(status, StatusCode::OK);
@@ -664,10 +669,7 @@ async fn a_new_connection_goes_to_the_thread_with_the_fewest_open() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shared = Server::builder().threads(2).listener(listener).unwrap();
     for server in [reuseport, shared] {
-        let addr = server.local_addr();
-        let handle = server.handle();
-        let task =
-            tokio::spawn(async move { server.serve(service_fn(thread_name)).await.unwrap() });
+        let (addr, handle, task) = serve_thread_names(server);
         // Opened one after another, each served before the next: they
         // alternate, whichever thread accepted them.
         let mut open = Vec::new();
