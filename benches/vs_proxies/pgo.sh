@@ -40,9 +40,10 @@ need() {
 }
 profdata=llvm-profdata-$llvm
 need "$profdata" "llvm-$llvm"
-for tool in nginx haproxy wrk taskset; do
+for tool in nginx haproxy wrk; do
     need "$tool" "nginx haproxy wrk"
 done
+need taskset util-linux
 bolt=llvm-bolt-$llvm
 merge=merge-fdata-$llvm
 if command -v "$bolt" > /dev/null 2>&1 && command -v "$merge" > /dev/null 2>&1; then
