@@ -95,8 +95,7 @@ keys = [{ key = "root-key", id = "root" }]
 #[tokio::test]
 async fn a_file_source_is_followed_and_a_bad_file_keeps_the_last_set() {
     let (a, b) = (named("a").await, named("b").await);
-    let dir = std::env::temp_dir().join(format!("switchyard-discovery-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::support::temp::TempDir::new("discovery");
     let file = dir.join("green.json");
     std::fs::write(&file, json!({ "endpoints": [a.to_string()] }).to_string()).unwrap();
     let config = format!(
@@ -204,7 +203,6 @@ split.targets = [{{ name = "green", upstream = "green", weight = 100 }}]
     )
     .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use switchyard::gateway::{Gateway, GatewayConfig};
 
 use crate::support::net::{HttpClient, get, serve};
+use crate::support::temp::TempDir;
 
 const HANG_GUARD: Duration = Duration::from_secs(10);
 
@@ -232,17 +233,10 @@ jwks_refresh_ms = 200
     assert_eq!(status(&client, gw, &t2).await, StatusCode::UNAUTHORIZED);
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[tokio::test]
 async fn static_keys_from_files() {
     let up = serve(Router::new().fallback(|| async { "ok" })).await;
-    let dir = temp_dir("gw-jwt-static");
+    let dir = TempDir::new("gw-jwt-static");
     std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
     std::fs::write(dir.join("ec1.pem"), EC1_PUBLIC).unwrap();
     let text = config(
@@ -270,7 +264,6 @@ keys = [
         status(&client, gw, &token(EC2, "k1")).await,
         StatusCode::UNAUTHORIZED
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

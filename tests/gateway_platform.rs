@@ -31,6 +31,7 @@ use switchyard::gateway::{Gateway, GatewayConfig, admin};
 use switchyard::platform::lifecycle::Stage;
 
 use crate::support::net::serve;
+use crate::support::temp::TempDir;
 
 const HANG_GUARD: Duration = Duration::from_secs(10);
 
@@ -199,17 +200,10 @@ impl Harness {
     }
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("switchyard-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[tokio::test]
 async fn apis_subscriptions_and_team_keys_through_the_gateway() {
     let up = upstream().await;
-    let dir = temp_dir("gw-platform");
+    let dir = TempDir::new("gw-platform");
     let state = dir.join("state.json");
     let h = Harness::start(&config(up, &state, "draft")).await;
     let shop = json!({ "consumer": { "kind": "identity", "id": "alice", "tenant": "shop" } });
@@ -387,14 +381,12 @@ async fn apis_subscriptions_and_team_keys_through_the_gateway() {
         .find(|s| s.name == "switchyard_subscription_refused_total" && s.labels["api"] == "orders")
         .unwrap();
     assert_eq!(refused.value, 4.0);
-
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
 async fn moves_and_subscriptions_survive_a_restart() {
     let up = upstream().await;
-    let dir = temp_dir("gw-platform-restart");
+    let dir = TempDir::new("gw-platform-restart");
     let state = dir.join("state.json");
     let text = config(up, &state, "draft");
     {
@@ -441,7 +433,6 @@ async fn moves_and_subscriptions_survive_a_restart() {
         "{}",
         err.problems[0].message
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -821,7 +812,7 @@ async fn replicas_share_moves_and_subscriptions_through_redis() {
         return;
     };
     let up = upstream().await;
-    let dir = temp_dir("gw-platform-redis");
+    let dir = TempDir::new("gw-platform-redis");
     // The file-backed configuration, with `[redis]` instead of the file.
     let text = redis_state_config(up, &dir, redis.port, 50);
     let (a, b) = (Harness::start(&text).await, Harness::start(&text).await);
@@ -940,13 +931,12 @@ async fn replicas_share_moves_and_subscriptions_through_redis() {
         c.admin_get("/apis/orders-v1", "root-key").await.json()["history"][0]["to"],
         "retired"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
 async fn keys_added_and_revoked_through_the_admin_api_survive_a_restart() {
     let up = upstream().await;
-    let dir = temp_dir("gw-platform-keys");
+    let dir = TempDir::new("gw-platform-keys");
     let state = dir.join("state.json");
     let text = config(up, &state, "published");
     let (added, bob_digest) = {
@@ -1045,7 +1035,6 @@ async fn keys_added_and_revoked_through_the_admin_api_survive_a_restart() {
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The access log, captured on this test's thread while the guard lives.
@@ -1265,7 +1254,7 @@ async fn replicas_hear_state_changes_through_sentinel() {
 #[cfg(feature = "redis")]
 async fn hear_state_changes(section: &str, nodes: Vec<redis::Client>, name: &str) {
     let up = upstream().await;
-    let dir = temp_dir(name);
+    let dir = TempDir::new(name);
     let text = redis_section_state_config(up, &dir, section, 3_600_000);
     let (a, b) = (Harness::start(&text).await, Harness::start(&text).await);
     // Both replicas listen to the announcements before anything changes

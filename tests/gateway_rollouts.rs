@@ -33,6 +33,7 @@ use switchyard::gateway::{Gateway, GatewayConfig, admin};
 use switchyard::rollout::RolloutState;
 
 use crate::support::net::{FullClient, exchange, serve};
+use crate::support::temp::TempDir;
 
 const HANG_GUARD: Duration = Duration::from_secs(20);
 
@@ -643,13 +644,6 @@ async fn a_reload_keeps_a_running_rollouts_weights() {
     assert!((0.6..0.8).contains(&share), "green had {share}");
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A record left running by a gateway that stopped: the next gateway
 /// over the same store carries it on from its step when it has the same
 /// plan (`lead`), and aborts it (traffic back on stable) when its plan is
@@ -663,7 +657,7 @@ async fn a_rollout_left_running_by_a_stopped_gateway_is_carried_on_or_aborted_by
     );
     let receiver = Receiver::default();
     let hook = receiver.serve().await;
-    let dir = temp_dir("gw-rollout-restart");
+    let dir = TempDir::new("gw-rollout-restart");
     let state = dir.join("state.json");
     let extra = format!("[platform]\nstate_file = \"{}\"", state.display());
     let steps = r#"[{ set_weight = 50 }, "pause_until_resumed"]"#;
@@ -766,9 +760,6 @@ async fn a_rollout_left_running_by_a_stopped_gateway_is_carried_on_or_aborted_by
         .admin(Method::POST, "/rollouts/api", "root-key", json!({}))
         .await;
     assert_eq!(code, StatusCode::CREATED);
-    drop(h);
-    // The first gateway may still be writing its file.
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

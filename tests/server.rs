@@ -811,13 +811,6 @@ mod tls {
         std::fs::write(dir.join("key.pem"), fixture(key)).unwrap();
     }
 
-    fn tempdir(name: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("switchyard-server-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[tokio::test]
     async fn alpn_h2_and_http11_over_tls() {
         let (addr, _handle, _task) = start(Server::builder().tls(
@@ -859,7 +852,7 @@ mod tls {
 
     #[tokio::test]
     async fn reload_serves_the_new_certificate_and_keeps_open_connections() {
-        let dir = tempdir("reload");
+        let dir = crate::support::temp::TempDir::new("server-reload");
         files(&dir, "server.pem", "server.key");
         let cert = dir.join("cert.pem").display().to_string();
         let key = dir.join("key.pem").display().to_string();
@@ -890,7 +883,6 @@ mod tls {
             .unwrap();
         let res = old_send.send_request(req).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

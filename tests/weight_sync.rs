@@ -819,8 +819,7 @@ async fn gateway_replicas_share_their_upstreams_servers() {
     let Some(redis) = RedisServer::start().await else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("sy-ws-endpoints-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::support::temp::TempDir::new("ws-endpoints");
     let file = dir.join("servers.json");
     std::fs::write(&file, r#"{"endpoints": ["127.0.0.1:7"]}"#).unwrap();
     let config = |extra: &str| {
@@ -921,7 +920,6 @@ split.targets = [{{ name = "green", upstream = "green", weight = 1 }}]
     .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(keys(&d, "green"), ["http://127.0.0.1:1"]);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A mirror's share travels too: changed on one replica (as the admin

@@ -13,3 +13,4 @@ pub mod redis;
 pub mod redis_ha;
 #[cfg(feature = "json")]
 pub mod spend;
+pub mod temp;
