@@ -201,17 +201,6 @@ impl Sanitize {
         if !headers.keys().any(is_hop_by_hop) {
             return Ok(());
         }
-        self.remove_hop_by_hop(version, headers);
-        Ok(())
-    }
-
-    /// The hop-by-hop headers out of a request that has some, and those
-    /// its `Connection` names; an allowed `Upgrade` kept. Out of line:
-    /// most requests have none, and its code would otherwise sit among
-    /// what each of them runs (the instruction cache: see the README's
-    /// *Performance*).
-    #[inline(never)]
-    fn remove_hop_by_hop(&self, version: Version, headers: &mut HeaderMap) {
         let mut upgrade = false;
         let nominated: Vec<HeaderName> = tokens(headers.get_all(header::CONNECTION).iter())
             .filter_map(|t| {
@@ -248,6 +237,7 @@ impl Sanitize {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocols);
         }
+        Ok(())
     }
 
     /// Whether an `Upgrade` to `protocol` (`name[/version]`) may go on.

@@ -697,7 +697,12 @@ where
         let state = self.inner.state.load();
         // First of all: hop-by-hop headers out, `Host` checked.
         if let Err(e) = state.ingress.apply(&mut req) {
-            return refused(|| e.rejection(), req.headers(), access);
+            return ResponseFuture {
+                kind: Kind::Refused {
+                    rejection: Some(e.rejection().for_request(req.headers())),
+                },
+                access,
+            };
         }
         // The trace context: the caller's if it is valid, else a new one;
         // or, turned off, whatever the caller sent, untouched.
@@ -718,15 +723,26 @@ where
             match crate::path::normalize_uri(req.uri(), true) {
                 Ok(None) => {}
                 Ok(Some(uri)) => *req.uri_mut() = uri,
-                Err(e) => return refused(|| crate::path::rejection(e), req.headers(), access),
+                Err(e) => {
+                    return ResponseFuture {
+                        kind: Kind::Refused {
+                            rejection: Some(crate::path::rejection(e).for_request(req.headers())),
+                        },
+                        access,
+                    };
+                }
             }
         }
         match Self::route(&state, &req) {
-            Some(route) if params && !route.config.allow_path_params => refused(
-                || crate::path::rejection(crate::path::PathError::PathParameter),
-                req.headers(),
-                access,
-            ),
+            Some(route) if params && !route.config.allow_path_params => {
+                let e = crate::path::PathError::PathParameter;
+                ResponseFuture {
+                    kind: Kind::Refused {
+                        rejection: Some(crate::path::rejection(e).for_request(req.headers())),
+                    },
+                    access,
+                }
+            }
             Some(route) => {
                 if let Some(a) = &mut access {
                     let echo = route.config.split.as_ref();
@@ -741,40 +757,13 @@ where
                     access,
                 }
             }
-            None => not_found(req.headers(), access),
+            None => ResponseFuture {
+                kind: Kind::NotFound {
+                    grpc: crate::grpc::is_grpc(req.headers()),
+                },
+                access,
+            },
         }
-    }
-}
-
-/// A request refused before a route saw it, with the problem `make`
-/// builds. Cold and out of line, as [`not_found`] is: the code that
-/// builds a refusal would otherwise sit among what every request runs,
-/// and a request's cost here is mostly the instruction cache (see the
-/// README's *Performance*).
-#[cold]
-#[inline(never)]
-fn refused(
-    make: impl FnOnce() -> crate::future::Rejection,
-    headers: &http::HeaderMap,
-    access: Option<Box<access::Access>>,
-) -> ResponseFuture {
-    ResponseFuture {
-        kind: Kind::Refused {
-            rejection: Some(make().for_request(headers)),
-        },
-        access,
-    }
-}
-
-/// No route takes the request.
-#[cold]
-#[inline(never)]
-fn not_found(headers: &http::HeaderMap, access: Option<Box<access::Access>>) -> ResponseFuture {
-    ResponseFuture {
-        kind: Kind::NotFound {
-            grpc: crate::grpc::is_grpc(headers),
-        },
-        access,
     }
 }
 
@@ -833,35 +822,23 @@ impl ResponseFuture {
                 counters.counts.add(RouteCounters::class(class), 1);
                 Poll::Ready(Ok(res))
             }
-            KindProj::NotFound { grpc } => Poll::Ready(Ok(not_found_response(*grpc))),
-            KindProj::Refused { rejection } => Poll::Ready(Ok(refused_response(rejection.take()))),
+            KindProj::NotFound { grpc } => Poll::Ready(Ok(crate::future::Rejection::new(
+                Problem::new(StatusCode::NOT_FOUND).detail("no route matches this request"),
+            )
+            .grpc(*grpc)
+            .into_response::<GatewayBody>()
+            .map(|b| b.boxed_unsync()))),
+            KindProj::Refused { rejection } => {
+                let rejection = rejection.take().unwrap_or_else(|| {
+                    // Polled again after completing: answer, never panic.
+                    crate::future::Rejection::new(Problem::new(StatusCode::INTERNAL_SERVER_ERROR))
+                });
+                Poll::Ready(Ok(rejection
+                    .into_response::<GatewayBody>()
+                    .map(|b| b.boxed_unsync())))
+            }
         }
     }
-}
-
-/// The 404 of a request no route takes (cold: see [`refused`]).
-#[cold]
-#[inline(never)]
-fn not_found_response(grpc: bool) -> Response<GatewayBody> {
-    crate::future::Rejection::new(
-        Problem::new(StatusCode::NOT_FOUND).detail("no route matches this request"),
-    )
-    .grpc(grpc)
-    .into_response::<GatewayBody>()
-    .map(|b| b.boxed_unsync())
-}
-
-/// A refused request's answer (cold: see [`refused`]).
-#[cold]
-#[inline(never)]
-fn refused_response(rejection: Option<crate::future::Rejection>) -> Response<GatewayBody> {
-    let rejection = rejection.unwrap_or_else(|| {
-        // Polled again after completing: answer, never panic.
-        crate::future::Rejection::new(Problem::new(StatusCode::INTERNAL_SERVER_ERROR))
-    });
-    rejection
-        .into_response::<GatewayBody>()
-        .map(|b| b.boxed_unsync())
 }
 
 impl std::fmt::Debug for ResponseFuture {

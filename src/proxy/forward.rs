@@ -83,7 +83,17 @@ impl Inner {
                 // Several `X-Forwarded-For` lines are one list (RFC 9110
                 // section 5.3): keep all of it, then add the peer. A line
                 // that is not visible ASCII names no address: dropped.
-                header::Entry::Occupied(entry) => append_for(entry, ip),
+                header::Entry::Occupied(mut entry) => {
+                    let mut value = Vec::new();
+                    for prior in entry.iter().filter_map(|v| v.to_str().ok()) {
+                        value.extend_from_slice(prior.as_bytes());
+                        value.extend_from_slice(b", ");
+                    }
+                    value.extend_from_slice(ip.as_bytes());
+                    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+                        entry.insert(v);
+                    }
+                }
             },
             None if replace => {
                 headers.remove(XFF);
@@ -145,24 +155,6 @@ impl Inner {
     }
 }
 
-/// Adds `ip` to the `X-Forwarded-For` list in `entry`, all of its lines
-/// kept as one list. Out of line: a request from a client straight to
-/// this hop carries none, and the code would otherwise sit among what
-/// each of them runs (the instruction cache: see the README's
-/// *Performance*).
-#[inline(never)]
-fn append_for(mut entry: header::OccupiedEntry<'_, HeaderValue>, ip: &HeaderValue) {
-    let mut value = Vec::new();
-    for prior in entry.iter().filter_map(|v| v.to_str().ok()) {
-        value.extend_from_slice(prior.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    value.extend_from_slice(ip.as_bytes());
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-        entry.insert(v);
-    }
-}
-
 /// `ip` as a header value. The peer of a connection is the same for each
 /// of its requests, and behind a load balancer it is the same for every
 /// request: the last one made on this thread is kept and shared (a
@@ -194,9 +186,7 @@ fn peer_value(ip: IpAddr) -> Option<HeaderValue> {
 /// One RFC 7239 `Forwarded` element: `for`, `host` and `proto`, the
 /// address and host as quoted strings (a host's `"` and `\` escaped, so
 /// that it cannot end the string and add parameters of its own). `None`
-/// with neither an address nor a host. Out of line: written only with
-/// the option on.
-#[inline(never)]
+/// with neither an address nor a host.
 pub(super) fn forwarded_element(
     peer: Option<IpAddr>,
     host: Option<&HeaderValue>,
@@ -374,36 +364,6 @@ pub(super) fn scan_request(headers: &mut HeaderMap, set_host: Option<&HeaderValu
     head
 }
 
-/// The headers `Connection` lines name, but for the hop-by-hop list's
-/// own and the protected ones. Out of line: the usual `Connection:
-/// keep-alive` names none (the instruction cache: see the README's
-/// *Performance*).
-#[inline(never)]
-fn named_by<'a>(lines: impl Iterator<Item = &'a HeaderValue>) -> Vec<HeaderName> {
-    let mut named = Vec::new();
-    for token in lines
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-    {
-        // `keep-alive` (the usual one) and the rest of the list are told
-        // apart by their text, before a name is made.
-        if token.is_empty()
-            || HOP_BY_HOP
-                .iter()
-                .any(|h| token.eq_ignore_ascii_case(h.as_str()))
-        {
-            continue;
-        }
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-            && !crate::ingress::is_protected(&name)
-        {
-            named.push(name);
-        }
-    }
-    named
-}
-
 /// [`remove_hop_by_hop`] with the headers of the list that are present
 /// known (a bit for each place in the list).
 pub(super) fn remove_present(headers: &mut HeaderMap, request: bool, present: u16) {
@@ -426,11 +386,30 @@ pub(super) fn remove_present(headers: &mut HeaderMap, request: bool, present: u1
         };
         // The headers `Connection` names, but for the list's own (removed
         // below): collected only when there are some.
-        let named = if plain {
-            Vec::new()
-        } else {
-            named_by(connection.iter())
-        };
+        let mut named: Vec<HeaderName> = Vec::new();
+        if !plain {
+            for token in connection
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+            {
+                // `keep-alive` (the usual one) and the rest of the list are
+                // told apart by their text, before a name is made.
+                if token.is_empty()
+                    || HOP_BY_HOP
+                        .iter()
+                        .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                    && !crate::ingress::is_protected(&name)
+                {
+                    named.push(name);
+                }
+            }
+        }
         // Removed where it was found: no second lookup of the name.
         connection.remove();
         if !named.is_empty() {

@@ -202,13 +202,20 @@ impl Future for ResponseFuture {
                                 *this.pending = None;
                                 *this.deadline = None;
                                 *this.timer = None;
+                                let limit = this.inner.response_timeout.unwrap_or_default();
+                                tracing::warn!(
+                                    upstream = this.endpoint.as_deref().map_or("", |e| &e.url),
+                                    timeout = ?limit,
+                                    "upstream did not answer in time"
+                                );
                                 // The state's future is dropped with `self`;
                                 // answered now.
                                 this.state.set(State::Answered { res: None });
-                                return Poll::Ready(Ok(timed_out(
-                                    this.inner,
-                                    this.endpoint.as_deref(),
+                                return Poll::Ready(Ok(answer(
                                     *this.grpc,
+                                    Problem::new(StatusCode::GATEWAY_TIMEOUT).detail(format!(
+                                        "upstream did not answer within {limit:?}"
+                                    )),
                                 )));
                             }
                             return Poll::Pending;
@@ -281,70 +288,31 @@ impl Future for ResponseFuture {
                 }
                 continue;
             }
-            return Poll::Ready(Ok(failed(
-                &e,
-                this.endpoint.as_deref(),
-                *this.client_failed,
+            if *this.client_failed {
+                return Poll::Ready(Ok(answer(
+                    *this.grpc,
+                    Problem::new(StatusCode::BAD_REQUEST)
+                        .detail("the request body broke off before it ended"),
+                )));
+            }
+            // The details (the endpoint's URL, the resolver's or TLS's
+            // error) go to the log, never to the client.
+            tracing::warn!(
+                upstream = this.endpoint.as_deref().map_or("", |e| &e.url),
+                error = %error_chain(&e),
+                "upstream unavailable"
+            );
+            let detail = if e.is_connect() {
+                "could not connect to upstream"
+            } else {
+                "upstream unavailable"
+            };
+            return Poll::Ready(Ok(answer(
                 *this.grpc,
+                Problem::new(StatusCode::BAD_GATEWAY).detail(detail),
             )));
         }
     }
-}
-
-/// The response timeout ran out: logged, and a 504. Cold and out of line, as [`failed`] is: the code
-/// that logs and builds the answer would otherwise sit among what every
-/// proxied request runs, and a request's cost here is mostly the
-/// instruction cache (see the README's *Performance*).
-#[cold]
-#[inline(never)]
-fn timed_out(
-    inner: &Inner,
-    endpoint: Option<&Endpoint>,
-    grpc: bool,
-) -> Response<ResponseBody<Incoming>> {
-    let limit = inner.response_timeout.unwrap_or_default();
-    tracing::warn!(
-        upstream = endpoint.map_or("", |e| &e.url),
-        timeout = ?limit,
-        "upstream did not answer in time"
-    );
-    answer(
-        grpc,
-        Problem::new(StatusCode::GATEWAY_TIMEOUT)
-            .detail(format!("upstream did not answer within {limit:?}")),
-    )
-}
-
-/// The exchange failed with no other endpoint to try: a 400 if the
-/// client's body broke off, else logged and a 502.
-#[cold]
-#[inline(never)]
-fn failed(
-    e: &SendError,
-    endpoint: Option<&Endpoint>,
-    client_failed: bool,
-    grpc: bool,
-) -> Response<ResponseBody<Incoming>> {
-    if client_failed {
-        return answer(
-            grpc,
-            Problem::new(StatusCode::BAD_REQUEST)
-                .detail("the request body broke off before it ended"),
-        );
-    }
-    // The details (the endpoint's URL, the resolver's or TLS's error) go
-    // to the log, never to the client.
-    tracing::warn!(
-        upstream = endpoint.map_or("", |e| &e.url),
-        error = %error_chain(e),
-        "upstream unavailable"
-    );
-    let detail = if e.is_connect() {
-        "could not connect to upstream"
-    } else {
-        "upstream unavailable"
-    };
-    answer(grpc, Problem::new(StatusCode::BAD_GATEWAY).detail(detail))
 }
 
 impl std::fmt::Debug for ResponseFuture {
@@ -367,26 +335,11 @@ fn upstream_response(
     upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
     inner: &Inner,
 ) -> Response<ResponseBody<Incoming>> {
-    let Some(upgrade) = upgrade else {
-        remove_hop_by_hop(res.headers_mut(), false);
-        return res.map(ResponseBody::new);
-    };
-    upgraded_response(res, upgrade, inner)
-}
-
-/// [`upstream_response`] for a request that asked to switch protocols.
-/// Out of line: most requests do not, and the tunnel's code would
-/// otherwise sit among what each of them runs (the instruction cache: see
-/// the README's *Performance*).
-#[inline(never)]
-fn upgraded_response(
-    mut res: Response<Incoming>,
-    (_, client): (HeaderValue, hyper::upgrade::OnUpgrade),
-    inner: &Inner,
-) -> Response<ResponseBody<Incoming>> {
-    let agreed = res.headers().get(header::UPGRADE).cloned();
+    let agreed = upgrade
+        .as_ref()
+        .and_then(|_| res.headers().get(header::UPGRADE).cloned());
     remove_hop_by_hop(res.headers_mut(), false);
-    if let Some(protocol) = agreed
+    if let (Some((_, client)), Some(protocol)) = (upgrade, agreed)
         && res.status() == StatusCode::SWITCHING_PROTOCOLS
     {
         // Whatever a layer outside hands this hold lives as long as the
@@ -449,10 +402,7 @@ impl Inner {
         Some(InFlightGuard::new(&self.limits.pending))
     }
 
-    /// Sends the head of a request without a body to `endpoint`: a retry,
-    /// so out of line (the exchange's code, inlined here, would otherwise
-    /// sit a second time in the response future's).
-    #[inline(never)]
+    /// Sends the head of a request without a body to `endpoint`.
     fn send(
         &self,
         endpoint: Arc<Endpoint>,

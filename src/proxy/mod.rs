@@ -420,37 +420,37 @@ impl Upstream {
         let inner = Arc::clone(&self.inner);
         let (mut parts, body) = req.into_parts();
         let Some(endpoint) = inner.endpoints.pick() else {
+            let grpc = crate::grpc::is_grpc(&parts.headers);
             // Every endpoint has left (a discovery source listing none).
-            return answered(inner, &parts.headers, |grpc| {
-                Rejection::new(
-                    Problem::new(StatusCode::SERVICE_UNAVAILABLE)
-                        .detail("the upstream has no endpoints"),
-                )
-                .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
-                .grpc(grpc)
-                .into_response()
-            });
+            let res = Rejection::new(
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                    .detail("the upstream has no endpoints"),
+            )
+            .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            .grpc(grpc)
+            .into_response();
+            return ResponseFuture::answered(res, inner, grpc);
         };
         // The pool's HTTP/1.1 connections are to the endpoint itself: the
         // request goes in origin form, as it would be written.
         let origin_form = inner.pool.is_some() && parts.method != http::Method::CONNECT;
         let Some(uri) = inner.upstream_uri(&parts.uri, &endpoint, origin_form) else {
-            return answered(inner, &parts.headers, |grpc| {
-                answer(
-                    grpc,
-                    Problem::new(StatusCode::BAD_REQUEST).detail("invalid request path"),
-                )
-            });
+            let grpc = crate::grpc::is_grpc(&parts.headers);
+            let res = answer(
+                grpc,
+                Problem::new(StatusCode::BAD_REQUEST).detail("invalid request path"),
+            );
+            return ResponseFuture::answered(res, inner, grpc);
         };
         let pending = match inner.admit() {
             Ok(pending) => pending,
             Err(why) => {
-                return answered(inner, &parts.headers, |grpc| {
-                    Rejection::new(Problem::new(StatusCode::SERVICE_UNAVAILABLE).detail(why))
-                        .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
-                        .grpc(grpc)
-                        .into_response()
-                });
+                let grpc = crate::grpc::is_grpc(&parts.headers);
+                let res = Rejection::new(Problem::new(StatusCode::SERVICE_UNAVAILABLE).detail(why))
+                    .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+                    .grpc(grpc)
+                    .into_response();
+                return ResponseFuture::answered(res, inner, grpc);
             }
         };
         // One pass over the lines: the hop-by-hop ones present, gRPC or
@@ -515,22 +515,6 @@ impl Upstream {
             sent, inner, grpc, upgrade, endpoint, retry, pending, body_done,
         )
     }
-}
-
-/// Answered without asking the upstream, by `make` (told whether the
-/// request is gRPC). Cold and out of line: the code that builds a refusal
-/// would otherwise sit among what every proxied request runs, and a
-/// request's cost here is mostly the instruction cache (see the README's
-/// *Performance*).
-#[cold]
-#[inline(never)]
-fn answered(
-    inner: Arc<Inner>,
-    headers: &http::HeaderMap,
-    make: impl FnOnce(bool) -> Response<ResponseBody<Incoming>>,
-) -> ResponseFuture {
-    let grpc = crate::grpc::is_grpc(headers);
-    ResponseFuture::answered(make(grpc), inner, grpc)
 }
 
 /// `body` boxed, unless it already is: a body a

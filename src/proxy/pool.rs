@@ -45,9 +45,6 @@ pub(super) type Timer = Pin<Box<tokio::time::Sleep>>;
 pub(super) type Exchange =
     Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Checkin), Error>> + Send>>;
 
-/// A connection being opened ([`Pool::connect`]).
-type Connecting = Pin<Box<dyn Future<Output = Result<Sender, Error>> + Send>>;
-
 /// Why an exchange failed.
 #[derive(Debug)]
 pub(super) enum Error {
@@ -140,33 +137,23 @@ impl Pool {
 
     /// Opens a connection to `endpoint`; its task runs on the calling
     /// thread's runtime.
-    ///
-    /// A boxed future of its own, behind `dyn`: most exchanges take an
-    /// idle connection, and the connector's and handshake's code, were it
-    /// inlined into the exchange's future, would sit among what every
-    /// exchange runs (a request's cost here is mostly the instruction
-    /// cache: see the README's *Performance*). Only a new connection pays
-    /// the allocation.
-    #[cold]
-    #[inline(never)]
-    fn connect(&self, endpoint: &Endpoint) -> Connecting {
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Sender, Error> {
         let uri = endpoint.base.clone();
-        let mut connector = self.connector.clone();
-        Box::pin(async move {
-            let io = connector
-                .call(uri)
-                .await
-                .map_err(|e| Error::Connect(e.into()))?;
-            let (sender, conn) = http1::Builder::new()
-                .handshake::<_, ProxyBody>(Gathered(io))
-                .await
-                .map_err(Error::Http)?;
-            tokio::spawn(async move {
-                // Its errors are the exchange's, which sees them.
-                let _ = conn.with_upgrades().await;
-            });
-            Ok(sender)
-        })
+        let io = self
+            .connector
+            .clone()
+            .call(uri)
+            .await
+            .map_err(|e| Error::Connect(e.into()))?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake::<_, ProxyBody>(Gathered(io))
+            .await
+            .map_err(Error::Http)?;
+        tokio::spawn(async move {
+            // Its errors are the exchange's, which sees them.
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
     }
 
     /// Sends `req` to `endpoint` on an idle connection, or a new one.

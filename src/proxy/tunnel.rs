@@ -15,9 +15,6 @@ use super::Inner;
 /// came through a hyper server, which leaves an `OnUpgrade` in the
 /// extensions), and an HTTP/1.1 upstream: the protocol asked for and the
 /// client side of the tunnel. Otherwise the request goes on as a plain one.
-/// Out of line: most requests ask for no upgrade (the instruction cache:
-/// see the README's *Performance*).
-#[inline(never)]
 pub(super) fn upgrade_request(
     inner: &Inner,
     parts: &mut http::request::Parts,
