@@ -384,8 +384,7 @@ fn the_readme_provider_config_parses_and_builds() {
     );
 
     // Keys from files instead of the environment, to build it here.
-    let dir = std::env::temp_dir().join(format!("switchyard-readme-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::support::temp::TempDir::new("readme");
     let mut config = config;
     let model = config.routes[0].model.as_mut().unwrap();
     for (name, provider) in model.providers.iter_mut() {
@@ -393,9 +392,7 @@ fn the_readme_provider_config_parses_and_builds() {
         std::fs::write(&path, format!("sk-{name}\n")).unwrap();
         provider.keys = vec![KeySource::File(path)];
     }
-    let built = switchyard::gateway::Gateway::from_config(config);
-    std::fs::remove_dir_all(&dir).unwrap();
-    built.unwrap();
+    switchyard::gateway::Gateway::from_config(config).unwrap();
 }
 
 /// A translated stream is written as the upstream's events arrive: each

@@ -20,8 +20,9 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use super::temp::TempDir;
 
 use redis::Value;
 
@@ -55,42 +56,6 @@ fn not_started<T>(what: &str, e: &std::io::Error) -> Option<T> {
         None
     } else {
         panic!("{what} is required (SWITCHYARD_REQUIRE_REDIS): {e}");
-    }
-}
-
-/// A directory under the system's temporary directory, removed on drop
-/// but for a panic once something was written there.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(kind: &str) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "switchyard-redis-{kind}-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-        ));
-        std::fs::create_dir(&path).expect("create the Redis harness's temporary directory");
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let written = std::fs::read_dir(&self.0).is_ok_and(|mut d| d.next().is_some());
-        if std::thread::panicking() && written {
-            // The servers' logs, for the test that failed.
-            eprintln!("Redis logs and configuration kept in {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 }
 
@@ -234,7 +199,7 @@ impl RedisCluster {
     }
 
     async fn start_with(tls: bool) -> Option<Self> {
-        let dir = TempDir::new("cluster");
+        let dir = TempDir::unique("redis-cluster").keep_on_panic("Redis logs and configuration");
         // A client port, a cluster bus port and a TLS port for each node:
         // the bus port is given, as the default (port + 10000) can be past
         // 65535.
@@ -247,7 +212,7 @@ impl RedisCluster {
         let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
         // The nodes present the client certificate to each other on the
         // bus (the server's is for servers only), and trust both CAs.
-        let bundle = cluster.dir.path().join("cas.pem");
+        let bundle = cluster.dir.join("cas.pem");
         if tls {
             let mut pem = std::fs::read(format!("{fixtures}/ca.pem")).unwrap();
             pem.extend(std::fs::read(format!("{fixtures}/client-ca.pem")).unwrap());
@@ -255,8 +220,8 @@ impl RedisCluster {
         }
         for triple in ports.chunks(3) {
             let (port, bus, tls_port) = (triple[0], triple[1], triple[2]);
-            let conf = cluster.dir.path().join(format!("nodes-{port}.conf"));
-            let log = cluster.dir.path().join(format!("node-{port}.log"));
+            let conf = cluster.dir.join(format!("nodes-{port}.conf"));
+            let log = cluster.dir.join(format!("node-{port}.log"));
             let args = [
                 "--port",
                 &port.to_string(),
@@ -302,7 +267,7 @@ impl RedisCluster {
                 ]);
                 cluster.tls_ports.push(tls_port);
             }
-            let mut node = Process::new(port, args, cluster.dir.path());
+            let mut node = Process::new(port, args, &cluster.dir);
             if let Err(e) = node.run() {
                 return not_started("redis-server", &e);
             }
@@ -493,7 +458,7 @@ impl RedisSentinel {
     /// and knows the replica and the two other Sentinels; `None` (with a
     /// note) when `redis-server` is not installed and not required.
     pub async fn start() -> Option<Self> {
-        let dir = TempDir::new("sentinel");
+        let dir = TempDir::unique("redis-sentinel").keep_on_panic("Redis logs and configuration");
         let ports = free_ports(5);
         let (primary, replica) = (ports[0], ports[1]);
         let mut ha = RedisSentinel {
@@ -503,7 +468,7 @@ impl RedisSentinel {
             dir,
         };
         let server_args = |port: u16| {
-            let log = ha.dir.path().join(format!("server-{port}.log"));
+            let log = ha.dir.join(format!("server-{port}.log"));
             [
                 "--port",
                 &port.to_string(),
@@ -536,7 +501,7 @@ impl RedisSentinel {
         // The primary first: a replica that finds no primary tries again
         // only a second later.
         for (port, args) in [(primary, server_args(primary)), (replica, replica_args)] {
-            let mut server = Process::new(port, args, ha.dir.path());
+            let mut server = Process::new(port, args, &ha.dir);
             if let Err(e) = server.run() {
                 return not_started("redis-server", &e);
             }
@@ -548,8 +513,8 @@ impl RedisSentinel {
         // Started once the replica is in sync, so that a Sentinel's first
         // INFO of the primary already lists it.
         for &port in &ports[2..] {
-            let conf = ha.dir.path().join(format!("sentinel-{port}.conf"));
-            let log = ha.dir.path().join(format!("sentinel-{port}.log"));
+            let conf = ha.dir.join(format!("sentinel-{port}.conf"));
+            let log = ha.dir.join(format!("sentinel-{port}.log"));
             let text = format!(
                 "port {port}\n\
                  bind 127.0.0.1\n\
@@ -562,7 +527,7 @@ impl RedisSentinel {
             );
             std::fs::write(&conf, text).expect("write a Sentinel's configuration file");
             let args = vec![conf.to_string_lossy().into_owned(), "--sentinel".into()];
-            let mut sentinel = Process::new(port, args, ha.dir.path());
+            let mut sentinel = Process::new(port, args, &ha.dir);
             if let Err(e) = sentinel.run() {
                 return not_started("redis-server --sentinel", &e);
             }
