@@ -19,10 +19,7 @@ impl TempDir {
         let path = std::env::temp_dir().join(format!("switchyard-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
-        Self {
-            path,
-            kept_on_panic: None,
-        }
+        Self::removed_on_drop(path)
     }
 
     /// A directory no other in this process shares, for a harness that
@@ -43,6 +40,10 @@ impl TempDir {
             NEXT.fetch_add(1, Ordering::Relaxed),
         ));
         std::fs::create_dir(&path).expect("create the test's temporary directory");
+        Self::removed_on_drop(path)
+    }
+
+    fn removed_on_drop(path: PathBuf) -> Self {
         Self {
             path,
             kept_on_panic: None,
