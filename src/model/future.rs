@@ -1,4 +1,57 @@
 //! The response future of [`ModelRouter`].
+//!
+//! [`ResponseFuture`] reads the request body to find the model, waits for
+//! the [admission hook](super::Admit) if there is one, calls the chosen
+//! upstream (and the next one on a fallback), and hands back the answer
+//! in a [`ModelBody`] that counts its tokens. Name it
+//! where a struct holds a routed call in flight:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::future::{Ready, ready};
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use switchyard::body::RequestBody;
+//! use switchyard::model::future::ResponseFuture;
+//! use switchyard::model::{Alias, Catalog, Model, ModelBody, ModelRouter};
+//! use tower::service_fn;
+//! use tower::util::ServiceFn;
+//! use tower::{Service, ServiceExt};
+//!
+//! type Reply = Ready<Result<Response<Full<Bytes>>, Infallible>>;
+//! type Server = ServiceFn<fn(Request<RequestBody<Full<Bytes>>>) -> Reply>;
+//!
+//! /// A stand-in model server.
+//! fn server(_: Request<RequestBody<Full<Bytes>>>) -> Reply {
+//!     ready(Ok(Response::new(Full::new(Bytes::from_static(b"{}")))))
+//! }
+//!
+//! /// A routed call, held for later.
+//! struct Pending {
+//!     future: ResponseFuture<Server, Full<Bytes>, Full<Bytes>>,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut router = ModelRouter::builder()
+//!     .upstream("blue", service_fn(server as fn(_) -> _))
+//!     .catalog(
+//!         Catalog::new()
+//!             .model(Model::new("llama-3.1-8b", "blue"))
+//!             .alias(Alias::new("chat", [("llama-3.1-8b", 1)])),
+//!     )
+//!     .build()?;
+//! let ask = Request::post("/v1/chat/completions")
+//!     .body(Full::new(Bytes::from_static(br#"{"model":"chat","messages":[]}"#)))?;
+//! let pending = Pending {
+//!     future: router.ready().await?.call(ask),
+//! };
+//! let res: Response<ModelBody<Full<Bytes>>> = pending.future.await?;
+//! assert_eq!(res.headers()["x-switchyard-model"], "llama-3.1-8b");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::future::Future;
 use std::pin::Pin;

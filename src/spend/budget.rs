@@ -1,5 +1,33 @@
 //! [`Budget`]: money (and optionally tokens) per identity, tenant, alias
 //! or key over a calendar period, and its state in memory.
+//!
+//! A budget's spending starts again at each [`Period`]'s start, midnight
+//! in the budget's own time zone (a fixed offset from UTC), so a budget
+//! kept in Central Europe rolls over an hour before one kept in UTC. What
+//! a request over it gets is its [`OverBudget`]: a 429, or a cheaper
+//! version of its alias. A [`Meter`](super::Meter) enforces budgets (see
+//! [its module](super::meter) for one at work).
+//!
+//! ```
+//! use switchyard::spend::{Budget, BudgetScope, OverBudget, Period};
+//!
+//! // 2026-12-31 23:30 UTC: still December in UTC, January at UTC+1.
+//! let t = 1_798_759_800;
+//! let (december, new_year_utc) = Period::Month.at(t, 0);
+//! let (january, february_cet) = Period::Month.at(t, 3_600);
+//! assert_eq!(january, december + 1);
+//! assert_eq!(new_year_utc, 1_798_761_600); // 2027-01-01 00:00 UTC
+//! assert_eq!(february_cet, 1_801_436_400); // 2027-02-01 00:00 at UTC+1
+//! assert_eq!(Period::Lifetime.at(t, 0), (0, u64::MAX));
+//!
+//! // $100 a day per caller, days from midnight at UTC+1; over it, the
+//! // cheaper version of the alias asked for.
+//! let daily = Budget::new(BudgetScope::Identity, 100_000_000, Period::Day)
+//!     .utc_offset_minutes(60)
+//!     .downgrade_to("gpt-4o-mini");
+//! assert_eq!(daily.name(), "identity-day");
+//! assert_eq!(daily.limit_micros(), 100_000_000);
+//! ```
 
 use crate::calendar::{civil_from_days, days_from_civil};
 use std::fmt;

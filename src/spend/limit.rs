@@ -1,4 +1,29 @@
 //! [`TokenLimit`]: tokens per period, keyed like every other limit.
+//!
+//! A [`Meter`](super::Meter) takes a request's estimate from each of its
+//! token limits when it admits the request (its input, from the body's
+//! size, and its `max_tokens`), and settles with what the answer says it
+//! used. What a limit counts is a [`TokenCount`]:
+//!
+//! ```
+//! use switchyard::key::KeyBy;
+//! use switchyard::model::providers::Usage;
+//! use switchyard::ratelimit::Quota;
+//! use switchyard::spend::{TokenCount, TokenLimit};
+//!
+//! let mut usage = Usage::default();
+//! (usage.input, usage.output) = (1_000, 250);
+//! assert_eq!(TokenCount::Total.of(&usage), 1_250);
+//! assert_eq!(TokenCount::Output.of(&usage), 250);
+//! // Output priced four times input: count it four times.
+//! let weighted = TokenCount::Weighted { input: 1, output: 4 };
+//! assert_eq!(weighted.of(&usage), 2_000);
+//!
+//! // 10,000 weighted tokens an hour per caller.
+//! let limit = TokenLimit::new(KeyBy::identity(), Quota::per_hour(10_000)).counting(weighted);
+//! assert_eq!(limit.count(), weighted);
+//! assert_eq!(limit.name(), "10000-per-3600s");
+//! ```
 
 use std::fmt;
 

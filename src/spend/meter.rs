@@ -1,5 +1,70 @@
 //! [`Meter`]: token limits, budgets and cost as the model router's
 //! admission hook.
+//!
+//! The meter reserves a request's worst case in each budget before the
+//! request goes upstream (its input estimated from the body's size, its
+//! output at `max_tokens`, priced), and settles at what the answer cost
+//! when the answer ends. A request whose worst case does not fit is
+//! refused (a 429, OpenAI's `insufficient_quota`) or downgraded; none
+//! slips past a budget because others were in flight. (An answer whose
+//! usage the router did not see, such as a stream the client left before
+//! its last event, keeps what was reserved for it.)
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use switchyard::body::RequestBody;
+//! use switchyard::model::{Alias, Catalog, Model, ModelRouter};
+//! use switchyard::spend::{Budget, BudgetScope, Meter, Period, Price, PriceCatalog};
+//! use tower::{service_fn, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A stand-in model server: 1,000 tokens in, 500 out.
+//! let server = service_fn(|_: Request<RequestBody<Full<Bytes>>>| async {
+//!     let json = r#"{"choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":500}}"#;
+//!     Ok::<_, Infallible>(
+//!         Response::builder()
+//!             .header("content-type", "application/json")
+//!             .body(Full::new(Bytes::from(json)))
+//!             .unwrap(),
+//!     )
+//! });
+//! let meter = Meter::builder()
+//!     // $2.50 in and $10 out per million tokens: an answer costs 7,500 µ$.
+//!     .prices(PriceCatalog::new().with_price("gpt-4o", Price::per_million(2_500_000, 10_000_000)))
+//!     // 20,000 µ$ for everyone, for good.
+//!     .budget(Budget::new(BudgetScope::Global, 20_000, Period::Lifetime))
+//!     .build()?;
+//! let router = ModelRouter::builder()
+//!     .upstream("openai", server)
+//!     .catalog(Catalog::new().model(Model::new("gpt-4o", "openai")).alias(Alias::new("chat", [("gpt-4o", 1)])))
+//!     .admit(meter.clone())
+//!     .build()?;
+//!
+//! // Each request's worst case: 1,000 output tokens (10,000 µ$) and its
+//! // input (30 µ$).
+//! let ask = || {
+//!     Request::post("/v1/chat/completions")
+//!         .body(Full::new(Bytes::from_static(br#"{"model":"chat","max_tokens":1000,"messages":[]}"#)))
+//!         .unwrap()
+//! };
+//! let mut statuses = Vec::new();
+//! for _ in 0..3 {
+//!     let res = router.clone().oneshot(ask()).await?;
+//!     statuses.push(res.status().as_u16());
+//!     res.into_body().collect().await?; // the answer ends: settled
+//! }
+//! // 0 + 10,030 fits, 7,500 + 10,030 fits, 15,000 + 10,030 does not.
+//! assert_eq!(statuses, [200, 200, 429]);
+//! let usage = meter.budget_usage("global-lifetime", "*").unwrap();
+//! assert_eq!((usage.spent_micros, usage.reserved_micros), (15_000, 0));
+//! assert_eq!(meter.stats().refused_budget, 1);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -450,7 +515,9 @@ impl Meter {
     }
 
     /// What `key` has spent and holds in reservations in budget `budget`
-    /// this period, in this process's memory (a Redis meter's state is in
+    /// this period (`key` is the identity, tenant, alias or key the
+    /// budget's scope names; `*` for a [`BudgetScope::Global`] budget), in
+    /// this process's memory (a Redis meter's state is in
     /// Redis: see [`RedisSpend`](super::redis)). `None` for an unknown
     /// budget.
     pub fn budget_usage(&self, budget: &str, key: &str) -> Option<BudgetUsage> {

@@ -1,4 +1,50 @@
 //! The response future of [`Transform`](super::Transform).
+//!
+//! [`ResponseFuture`] reads the request body first when a body rule asks
+//! for it, then calls the inner service, then applies the response rules
+//! (reading the response body only when a response body rule asks for
+//! it). Name it where a struct holds a transformed call in flight:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::future::{Ready, ready};
+//! use http::{Request, Response};
+//! use http_body_util::BodyExt;
+//! use switchyard::body::{RequestBody, ResponseBody};
+//! use switchyard::transform::future::ResponseFuture;
+//! use switchyard::transform::{RuleSet, Rules, TransformLayer};
+//! use tower::service_fn;
+//! use tower::util::ServiceFn;
+//! use tower::{Layer, Service, ServiceExt};
+//!
+//! type Reply = Ready<Result<Response<String>, Infallible>>;
+//! type Upstream = ServiceFn<fn(Request<RequestBody<String>>) -> Reply>;
+//!
+//! /// The upstream answers with the path it was asked for.
+//! fn echo_path(req: Request<RequestBody<String>>) -> Reply {
+//!     ready(Ok(Response::new(req.uri().path().to_owned())))
+//! }
+//!
+//! /// A transformed call, held for later.
+//! struct Pending {
+//!     future: ResponseFuture<Upstream, String, String>,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let layer = TransformLayer::new(Rules::new().set(RuleSet::named("v2").request(|r| {
+//!     r.path.add_prefix("/v2");
+//! })))?;
+//! let upstream: Upstream = service_fn(echo_path as fn(_) -> _);
+//! let mut svc = layer.layer(upstream);
+//! let pending = Pending {
+//!     future: svc.ready().await?.call(Request::get("/users").body(String::new())?),
+//! };
+//! let res: Response<ResponseBody<String>> = pending.future.await?;
+//! assert_eq!(res.into_body().collect().await?.to_bytes(), "/v2/users");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::future::Future;
 use std::pin::Pin;
