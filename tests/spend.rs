@@ -569,6 +569,40 @@ async fn an_abandoned_stream_with_no_usage_seen_keeps_its_estimate() {
     assert_eq!(tokens_left(&router, "t1").await, 6000 - ask.estimate());
 }
 
+/// An answer with no `Content-Type` (some OpenAI-compatible servers send
+/// none) is still read for its usage as it passes: settled at what it
+/// used, not held at its estimate. One that names another type is not
+/// read and keeps its estimate.
+#[tokio::test]
+async fn an_answer_with_no_content_type_is_settled_from_its_usage() {
+    let (builder, _clock) = metered();
+    let meter = builder.token_limit(tpm()).build().unwrap();
+    let up = Upstream::new();
+    let router = router(&meter, &up);
+    let ask = Ask::chat("chat", 2000)
+        .header("x-team", "t1")
+        .usage(300, 200)
+        .mode("untyped");
+    let res = send(&router, &ask).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("content-type").is_none());
+    let body: serde_json::Value = serde_json::from_slice(&bytes(res).await).unwrap();
+    assert_eq!(body["usage"]["prompt_tokens"], 300);
+    let stats = meter.stats();
+    assert_eq!(stats.settled, 1);
+    assert_eq!(stats.cost_micros, micros(300, 200, GPT4O));
+    assert_eq!(tokens_left(&router, "t1").await, 6000 - 500);
+
+    let ask = Ask::chat("chat", 2000)
+        .header("x-team", "t2")
+        .usage(300, 200)
+        .mode("text");
+    let res = send(&router, &ask).await;
+    assert_eq!(header(&res, "content-type"), "text/plain");
+    bytes(res).await;
+    assert_eq!(tokens_left(&router, "t2").await, 6000 - ask.estimate());
+}
+
 #[tokio::test]
 async fn streams_end_with_cost_comments_that_sse_readers_skip() {
     let (builder, _clock) = metered();

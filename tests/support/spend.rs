@@ -12,6 +12,8 @@
 //! | --- | --- |
 //! | `x-usage: IN,OUT` | the usage it reports (default `100,50`) |
 //! | `x-mode: json` | a whole JSON answer (the default) |
+//! | `x-mode: untyped` | the same JSON answer with no `Content-Type` |
+//! | `x-mode: text` | the same JSON answer as `text/plain` |
 //! | `x-mode: stream` | an event stream, its usage in its last events |
 //! | `x-mode: hang` | an event stream that stops after its first content events and never ends |
 //! | `x-mode: gate` | an event stream whose end (usage included) waits for [`Upstream::gate`] `x-gate` |
@@ -193,7 +195,20 @@ impl Upstream {
                 } else {
                     openai_json(&model, usage)
                 };
-                Ok(json_answer(StatusCode::OK, &answer))
+                let mut res = json_answer(StatusCode::OK, &answer);
+                match mode.as_str() {
+                    "untyped" => {
+                        res.headers_mut().remove(http::header::CONTENT_TYPE);
+                    }
+                    "text" => {
+                        res.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("text/plain"),
+                        );
+                    }
+                    _ => {}
+                }
+                Ok(res)
             }
         }
     }
