@@ -233,6 +233,16 @@ impl Tracker {
         Reader::Tail(Box::default(), protocol)
     }
 
+    /// [`tail`](Self::tail) for an answer that does not say it is JSON
+    /// (no `Content-Type`): its usage is read only if the body opens as a
+    /// JSON object, so that a body of plain text (a model's words passed
+    /// on raw) cannot name its own usage.
+    pub(crate) fn untyped_tail(protocol: Protocol) -> Reader {
+        let mut tail = Box::<Tail>::default();
+        tail.opening = Opening::Unseen;
+        Reader::Tail(tail, protocol)
+    }
+
     pub(crate) fn anthropic_events() -> Reader {
         Reader::Anthropic(Box::new((
             Parser::new(EVENT_LIMIT),
@@ -447,6 +457,21 @@ pub(crate) struct Tail {
     buf: Vec<u8>,
     /// Once `buf` is full: where the next byte goes (the oldest byte).
     at: usize,
+    /// Whether the body must open with `{` for its usage to count.
+    opening: Opening,
+}
+
+/// What a [`Tail`] requires of its body's first byte (past whitespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// Nothing: the answer said it is JSON, or it is an event stream.
+    Any,
+    /// `{`, not seen yet.
+    Unseen,
+    /// `{`, seen.
+    Object,
+    /// Something else came first: no usage is read.
+    NotJson,
 }
 
 /// A power of two, so that wrapping around the ring is a mask.
@@ -459,6 +484,7 @@ impl Default for Tail {
         Self {
             buf: Vec::with_capacity(TAIL_BYTES),
             at: 0,
+            opening: Opening::Any,
         }
     }
 }
@@ -467,6 +493,15 @@ impl Tail {
     #[inline]
     pub(crate) fn push(&mut self, data: &[u8]) {
         const CAP: usize = TAIL_BYTES;
+        if self.opening == Opening::Unseen
+            && let Some(&first) = data.iter().find(|c| !c.is_ascii_whitespace())
+        {
+            self.opening = if first == b'{' {
+                Opening::Object
+            } else {
+                Opening::NotJson
+            };
+        }
         let mut data = &data[data.len().saturating_sub(CAP)..];
         let held = self.buf.len();
         if held < CAP {
@@ -490,6 +525,9 @@ impl Tail {
     /// The last usage object with token counts, read in `protocol`'s
     /// shape.
     pub(crate) fn usage(&self, protocol: Protocol) -> Option<Usage> {
+        if matches!(self.opening, Opening::Unseen | Opening::NotJson) {
+            return None;
+        }
         let last_usage = |b: &[u8]| last_usage(b, protocol);
         if self.buf.len() < TAIL_BYTES || self.at == 0 {
             return last_usage(&self.buf);
@@ -553,6 +591,34 @@ mod tests {
         assert_eq!(last_usage(sse), Some((5, 7)));
         assert_eq!(last_usage(b"data: {\"usage\":null}\n\n"), None);
         assert_eq!(last_usage(b"{\"usage\": {\"prompt_tokens\": 1"), None);
+    }
+
+    #[test]
+    fn an_untyped_tail_reads_usage_only_from_a_json_object() {
+        let usage = br#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        let read = |chunks: &[&[u8]]| {
+            let Reader::Tail(mut tail, protocol) = Tracker::untyped_tail(Protocol::OpenAi) else {
+                unreachable!()
+            };
+            for c in chunks {
+                tail.push(c);
+            }
+            tail.usage(protocol).map(|u| (u.input, u.output))
+        };
+        assert_eq!(read(&[usage]), Some((3, 4)));
+        // Whitespace first, even a whole chunk of it, then the object.
+        assert_eq!(read(&[b" \r\n", b"", b"\t", usage]), Some((3, 4)));
+        // Text that names a usage object is not JSON: none is read.
+        assert_eq!(read(&[b"Sure! ", usage]), None);
+        assert_eq!(read(&[b"[", usage, b"]"]), None);
+        // Nothing but whitespace, or nothing at all.
+        assert_eq!(read(&[b"  "]), None);
+        assert_eq!(read(&[]), None);
+        // A typed tail reads text as before.
+        let mut tail = Tail::default();
+        tail.push(b"Sure! ");
+        tail.push(usage);
+        assert!(tail.usage(Protocol::OpenAi).is_some());
     }
 
     #[test]

@@ -765,8 +765,10 @@ fn respond<S, ResB>(res: Response<ResB>, attempt: Box<Attempt<S>>) -> Responded<
         _ if encoded => Reader::None,
         Reply::Pass(Protocol::Anthropic) if stream => Tracker::anthropic_events(),
         Reply::HideUsage if stream => Tracker::map(Box::new(HideUsage::new())),
-        Reply::Pass(p) if stream || may_be_json(&parts.headers) => Tracker::tail(p),
-        Reply::HideUsage if may_be_json(&parts.headers) => Tracker::tail(Protocol::OpenAi),
+        Reply::Pass(p) if stream || crate::body::is_json(&parts.headers) => Tracker::tail(p),
+        Reply::HideUsage if crate::body::is_json(&parts.headers) => Tracker::tail(Protocol::OpenAi),
+        Reply::Pass(p) if untyped(&parts.headers) => Tracker::untyped_tail(p),
+        Reply::HideUsage if untyped(&parts.headers) => Tracker::untyped_tail(Protocol::OpenAi),
         Reply::Pass(_) | Reply::HideUsage => Reader::None,
         _ => match translate::mapper(reply, &entry.name) {
             Some(m) => Tracker::map(m),
@@ -792,14 +794,14 @@ fn respond<S, ResB>(res: Response<ResB>, attempt: Box<Attempt<S>>) -> Responded<
     ))
 }
 
-/// Whether an answer's usage may be read from its tail: a JSON answer, or
-/// one that names no `Content-Type` at all (some OpenAI-compatible servers
-/// leave it out). Unread, such an answer would be charged its estimate
-/// (see the meter's settlement); read, a tail that is not JSON says no
-/// usage and the estimate stands all the same. Only the last few KiB are
-/// kept, so this costs no more memory than a JSON answer does.
-fn may_be_json(headers: &http::HeaderMap) -> bool {
-    crate::body::is_json(headers) || !headers.contains_key(CONTENT_TYPE)
+/// Whether an answer names no `Content-Type` at all (some
+/// OpenAI-compatible servers leave it out). Its usage is read from its
+/// tail if it opens as a JSON object ([`Tracker::untyped_tail`]); unread,
+/// it would be charged its estimate (see the meter's settlement). Only
+/// the last few KiB are kept, so this costs no more memory than a JSON
+/// answer does.
+fn untyped(headers: &http::HeaderMap) -> bool {
+    !headers.contains_key(CONTENT_TYPE)
 }
 
 /// The tracker of an answer, and its response header.
