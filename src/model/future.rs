@@ -3,8 +3,8 @@
 //! [`ResponseFuture`] reads the request body to find the model, waits for
 //! the [admission hook](super::Admit) if there is one, calls the chosen
 //! upstream (and the next one on a fallback), and hands back the answer
-//! in a [`ModelBody`] that counts its tokens. Name it
-//! where a struct holds a routed call in flight:
+//! in a [`ModelBody`] that counts its tokens. Name it where a struct holds
+//! a routed call in flight:
 //!
 //! ```
 //! use std::convert::Infallible;
