@@ -10,6 +10,10 @@
 //! * The upstream answers a server-sent event stream: fuzzed bytes, then a
 //!   final `usage` event, cut into fuzzed chunks. The version's token
 //!   counts grow by exactly that event's counts.
+//! * Or (an odd number of cuts) the same bytes with no `Content-Type`: for
+//!   a request that does not mention `stream`, the counts grow by the
+//!   final usage if the body opens (past whitespace) with `{`, and not at
+//!   all otherwise.
 #![no_main]
 
 mod common;
@@ -50,11 +54,13 @@ impl http_body::Body for Chunks {
 
 struct Plan {
     chunks: VecDeque<Bytes>,
+    untyped: bool,
     seen: Option<(http::HeaderMap, Bytes)>,
 }
 
 static PLAN: Mutex<Plan> = Mutex::new(Plan {
     chunks: VecDeque::new(),
+    untyped: false,
     seen: None,
 });
 
@@ -73,10 +79,14 @@ fn serve(
         let mut plan = PLAN.lock().unwrap();
         plan.seen = Some((parts.headers, body));
         let chunks = std::mem::take(&mut plan.chunks);
-        Ok(Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(Chunks(chunks))
-            .unwrap())
+        let mut res = Response::new(Chunks(chunks));
+        if !plan.untyped {
+            res.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+        }
+        Ok(res)
     })
 }
 
@@ -145,9 +155,12 @@ fuzz_target!(|data: &[u8]| {
     if !rest.is_empty() {
         chunks.push_back(Bytes::copy_from_slice(rest));
     }
+    let untyped = cuts.len() % 2 == 1;
+    let opens_object = stream.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{');
     {
         let mut plan = PLAN.lock().unwrap();
         plan.chunks = chunks;
+        plan.untyped = untyped;
         plan.seen = None;
     }
 
@@ -199,7 +212,14 @@ fuzz_target!(|data: &[u8]| {
         after.prompt_tokens - before.prompt_tokens,
         after.completion_tokens - before.completion_tokens,
     );
-    if prompt > 0 || completion > 0 {
+    let mentions_stream = body.windows(6).any(|w| w == b"stream");
+    if untyped && !mentions_stream && !opens_object {
+        assert_eq!(
+            grew,
+            (0, 0),
+            "usage read from an untyped body that is not JSON"
+        );
+    } else if (prompt > 0 || completion > 0) && (!untyped || !mentions_stream) {
         assert_eq!(
             grew,
             (prompt, completion),
