@@ -761,10 +761,8 @@ async fn the_response_timeout_still_fires_once_the_body_is_sent() {
 #[tokio::test]
 async fn bad_gateway_details_do_not_leak_the_upstream() {
     // Refused.
-    let dead = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
-    };
+    let refusing = crate::support::net::Refusing::new();
+    let dead = refusing.addr;
     // Accepts, reads the head, closes without a word.
     let rude = {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

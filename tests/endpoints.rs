@@ -26,15 +26,6 @@ async fn named(name: &'static str) -> SocketAddr {
     net::serve(axum::Router::new().fallback(move || async move { name })).await
 }
 
-/// A loopback address nothing listens on (a port just freed): connecting
-/// is refused at once.
-fn nowhere() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// Sends `req` through `upstream`: the status and the body.
 async fn send(upstream: &Upstream, req: Request<Full<Bytes>>) -> (StatusCode, String) {
     let res = tokio::time::timeout(Duration::from_secs(10), upstream.clone().oneshot(req))
@@ -58,8 +49,9 @@ async fn get(upstream: &Upstream) -> String {
 #[tokio::test]
 async fn requests_take_turns_and_an_unreachable_endpoint_is_skipped() {
     let (a, c) = (named("a").await, named("c").await);
+    let refusing = net::Refusing::new();
     let upstream = Upstream::builder(&format!("http://{a}"))
-        .endpoint(&format!("http://{}", nowhere()))
+        .endpoint(&format!("http://{}", refusing.addr))
         .endpoint(&format!("http://{c}"))
         .eject_after(2, Duration::from_secs(60))
         .build()
@@ -90,7 +82,8 @@ async fn requests_take_turns_and_an_unreachable_endpoint_is_skipped() {
 #[tokio::test]
 async fn a_request_with_a_body_is_not_sent_twice() {
     let a = named("a").await;
-    let dead = nowhere();
+    let refusing = net::Refusing::new();
+    let dead = refusing.addr;
     let upstream = Upstream::builder(&format!("http://{dead}"))
         .endpoint(&format!("http://{a}"))
         .eject_after(1, Duration::from_secs(60))
@@ -115,8 +108,8 @@ async fn a_request_with_a_body_is_not_sent_twice() {
 #[tokio::test]
 async fn an_ejected_endpoint_returns_after_its_ejection() {
     let a = named("a").await;
-    let later = nowhere();
-    let upstream = Upstream::builder(&format!("http://{later}"))
+    let later = net::Refusing::new();
+    let upstream = Upstream::builder(&format!("http://{}", later.addr))
         .endpoint(&format!("http://{a}"))
         .eject_after(1, Duration::from_millis(300))
         .build()
@@ -126,7 +119,7 @@ async fn an_ejected_endpoint_returns_after_its_ejection() {
 
     // A server starts there; once the ejection is over (at least 300 ms
     // later), the endpoint takes its turns again.
-    let listener = tokio::net::TcpListener::bind(later).await.unwrap();
+    let listener = later.listen();
     tokio::spawn(async move {
         axum::serve(listener, axum::Router::new().fallback(|| async { "later" })).await
     });
@@ -168,7 +161,8 @@ fn endpoints_must_share_the_scheme_and_path() {
 #[tokio::test]
 async fn gateway_upstreams_take_endpoints() {
     let (a, b) = (named("a").await, named("b").await);
-    let dead = nowhere();
+    let refusing = net::Refusing::new();
+    let dead = refusing.addr;
     let config = |extra: &str| {
         format!(
             r#"

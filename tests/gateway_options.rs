@@ -934,10 +934,8 @@ async fn a_failing_upstream_falls_back_through_the_gateway() {
     assert_eq!(backup_hits.load(Ordering::SeqCst), 3);
 
     // A primary that cannot be reached falls back on `errors`.
-    let gone: SocketAddr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
+    let refusing = net::Refusing::new();
+    let gone = refusing.addr;
     gw.reload(model_config(gone, backup, "")).unwrap();
     let (status, headers, _) = chat(&gw).await;
     assert_eq!(status, 200);

@@ -1019,11 +1019,9 @@ async fn proxy_upstream_that_never_answers_is_deadline_exceeded() {
 
 #[tokio::test]
 async fn proxy_to_an_unreachable_upstream_is_unavailable() {
-    // A port that was just free: nothing listens there.
-    let closed = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
-    };
+    // A port held with nothing listening there.
+    let refusing = crate::support::net::Refusing::new();
+    let closed = refusing.addr;
     let upstream = h2c(closed);
     let addr =
         spawn_server(|incoming| Server::builder().serve_with_incoming(upstream, incoming)).await;

@@ -119,14 +119,6 @@ where
     net::serve(Router::new().fallback_service(svc)).await
 }
 
-/// An address nobody listens on: bound, then released.
-async fn dead_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    addr
-}
-
 /// An upstream that echoes what it received as JSON: method, URI (as the
 /// upstream sees it), version, every header line, and the body.
 async fn echo(req: AxumRequest) -> axum::Json<Value> {
@@ -903,7 +895,8 @@ async fn sse_response_arrives_chunk_by_chunk() {
 
 #[tokio::test]
 async fn connection_refused_is_a_502_problem() {
-    let dead = dead_addr().await;
+    let refusing = net::Refusing::new();
+    let dead = refusing.addr;
     let proxy = serve_proxy(Upstream::new(&format!("http://{dead}")).unwrap()).await;
     let client = client();
     for _ in 0..2 {
@@ -1338,7 +1331,8 @@ async fn h2c_upstream_passes_trailers_both_ways() {
 /// trailers-only answers, `UNAVAILABLE` (14) and `DEADLINE_EXCEEDED` (4).
 #[tokio::test]
 async fn grpc_calls_get_grpc_shaped_failures() {
-    let dead = dead_addr().await;
+    let refusing = net::Refusing::new();
+    let dead = refusing.addr;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -1376,7 +1370,8 @@ async fn grpc_calls_get_grpc_shaped_failures() {
 #[tokio::test]
 async fn split_counts_grpc_failures_against_the_target() {
     let blue = h2c_upstream().await;
-    let green = dead_addr().await;
+    let refusing = net::Refusing::new();
+    let green = refusing.addr;
     let h2 = |addr: SocketAddr| {
         Upstream::builder(&format!("http://{addr}"))
             .http2(true)

@@ -951,10 +951,8 @@ async fn gateway_falls_back_to_local_limits() {
 
     let upstream = net::serve(axum::Router::new().fallback(|| async { "hello" })).await;
     // Nothing listens there: every connection is refused at once.
-    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refusing = net::Refusing::new();
+    let nowhere = refusing.addr;
     let config = |redis_section: &str| {
         format!(
             r#"

@@ -11,6 +11,36 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpListener;
 
+/// An address on loopback where a connection is refused, for as long as
+/// this value lives: a socket bound there and never listening. (A port
+/// bound and then released could be taken by another test's listener
+/// in between, or by a connection's own source port, and a connection
+/// to it would hang rather than be refused.)
+#[allow(dead_code, reason = "not every test needs a refused address")]
+pub struct Refusing {
+    socket: tokio::net::TcpSocket,
+    /// The address.
+    pub addr: SocketAddr,
+}
+
+#[allow(dead_code, reason = "not every test needs a refused address")]
+impl Refusing {
+    /// A port of `127.0.0.1` held, nobody listening.
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bound to a port of loopback");
+        let addr = socket.local_addr().expect("its address");
+        Self { socket, addr }
+    }
+
+    /// Starts listening there: from now on connections are accepted.
+    pub fn listen(self) -> TcpListener {
+        self.socket.listen(1024).expect("listening")
+    }
+}
+
 /// A plain HTTP client for the tests' requests.
 #[allow(dead_code, reason = "not every test that serves also asks")]
 pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
