@@ -464,12 +464,11 @@ pub(crate) struct Tail {
 /// What a [`Tail`] requires of its body's first byte (past whitespace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Opening {
-    /// Nothing: the answer said it is JSON, or it is an event stream.
+    /// Nothing (more): the answer said it is JSON or is an event stream,
+    /// or it opened with `{`.
     Any,
     /// `{`, not seen yet.
     Unseen,
-    /// `{`, seen.
-    Object,
     /// Something else came first: no usage is read.
     NotJson,
 }
@@ -497,7 +496,7 @@ impl Tail {
             && let Some(&first) = data.iter().find(|c| !c.is_ascii_whitespace())
         {
             self.opening = if first == b'{' {
-                Opening::Object
+                Opening::Any
             } else {
                 Opening::NotJson
             };

@@ -737,6 +737,12 @@ fn respond<S, ResB>(res: Response<ResB>, attempt: Box<Attempt<S>>) -> Responded<
     let (mut parts, body) = res.into_parts();
     let encoded = crate::body::is_encoded(&parts.headers);
     let stream = translate::is_event_stream(&parts.headers);
+    let json = crate::body::is_json(&parts.headers);
+    // Some OpenAI-compatible servers send no `Content-Type` at all: such
+    // an answer's usage is read from its tail if it opens as a JSON object
+    // ([`Tracker::untyped_tail`]); unread, it would be charged its
+    // estimate (see the meter's settlement).
+    let untyped = !parts.headers.contains_key(CONTENT_TYPE);
     let reply = attempt.reply;
     let translating = !matches!(reply, Reply::Pass(_) | Reply::HideUsage);
     // A whole answer is read before its head goes when the admission
@@ -744,7 +750,7 @@ fn respond<S, ResB>(res: Response<ResB>, attempt: Box<Attempt<S>>) -> Responded<
     let settle_whole = !stream
         && !encoded
         && parts.status.is_success()
-        && crate::body::is_json(&parts.headers)
+        && json
         && attempt.ticket.is_some()
         && attempt
             .router
@@ -765,10 +771,10 @@ fn respond<S, ResB>(res: Response<ResB>, attempt: Box<Attempt<S>>) -> Responded<
         _ if encoded => Reader::None,
         Reply::Pass(Protocol::Anthropic) if stream => Tracker::anthropic_events(),
         Reply::HideUsage if stream => Tracker::map(Box::new(HideUsage::new())),
-        Reply::Pass(p) if stream || crate::body::is_json(&parts.headers) => Tracker::tail(p),
-        Reply::HideUsage if crate::body::is_json(&parts.headers) => Tracker::tail(Protocol::OpenAi),
-        Reply::Pass(p) if untyped(&parts.headers) => Tracker::untyped_tail(p),
-        Reply::HideUsage if untyped(&parts.headers) => Tracker::untyped_tail(Protocol::OpenAi),
+        Reply::Pass(p) if stream || json => Tracker::tail(p),
+        Reply::HideUsage if json => Tracker::tail(Protocol::OpenAi),
+        Reply::Pass(p) if untyped => Tracker::untyped_tail(p),
+        Reply::HideUsage if untyped => Tracker::untyped_tail(Protocol::OpenAi),
         Reply::Pass(_) | Reply::HideUsage => Reader::None,
         _ => match translate::mapper(reply, &entry.name) {
             Some(m) => Tracker::map(m),
@@ -792,16 +798,6 @@ fn respond<S, ResB>(res: Response<ResB>, attempt: Box<Attempt<S>>) -> Responded<
         parts,
         ModelBody::tracked(body, tracker),
     ))
-}
-
-/// Whether an answer names no `Content-Type` at all (some
-/// OpenAI-compatible servers leave it out). Its usage is read from its
-/// tail if it opens as a JSON object ([`Tracker::untyped_tail`]); unread,
-/// it would be charged its estimate (see the meter's settlement). Only
-/// the last few KiB are kept, so this costs no more memory than a JSON
-/// answer does.
-fn untyped(headers: &http::HeaderMap) -> bool {
-    !headers.contains_key(CONTENT_TYPE)
 }
 
 /// The tracker of an answer, and its response header.
