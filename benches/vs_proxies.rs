@@ -123,8 +123,10 @@
 //! front always runs first or last. The tables give the median over
 //! rounds per front of requests/s, p50, p99, the front's CPU time per
 //! request (utime + stime of all its processes and threads over the run —
-//! nginx's master and workers — divided by wrk's request count) and how
-//! busy the CPUs were. The ratios to switchyard (`vs sy`) are the medians
+//! nginx's master and workers — divided by wrk's request count), its
+//! user-space part (utime alone: the kernel's share, sockets and wakeups,
+//! differs little between fronts that make the same syscalls a request)
+//! and how busy the CPUs were. The ratios to switchyard (`vs sy`) are the medians
 //! of each round's ratio, a front's run over switchyard's run of the same
 //! round (within a minute of it), with their range over the rounds: on a
 //! shared machine the speed of every front drifts between rounds by more
@@ -1295,26 +1297,53 @@ fn cpu_jiffies() -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// `(ppid, utime + stime)` of a process (all its threads), in clock ticks.
-fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+/// CPU time in clock ticks: user and system.
+#[derive(Clone, Copy, Default)]
+struct Ticks {
+    user: u64,
+    system: u64,
+}
+
+impl Ticks {
+    fn total(self) -> u64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Add for Ticks {
+    type Output = Ticks;
+
+    fn add(self, other: Ticks) -> Ticks {
+        Ticks {
+            user: self.user + other.user,
+            system: self.system + other.system,
+        }
+    }
+}
+
+/// `(ppid, utime and stime)` of a process (all its threads).
+fn proc_stat(pid: u32) -> Option<(u32, Ticks)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split(' ').collect();
     let ppid = f.get(1)?.parse().ok()?;
-    let cpu = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some((ppid, cpu))
+    let ticks = Ticks {
+        user: f.get(11)?.parse().ok()?,
+        system: f.get(12)?.parse().ok()?,
+    };
+    Some((ppid, ticks))
 }
 
 /// CPU ticks of a process and its direct children (nginx's workers).
-fn tree_ticks(pid: u32) -> u64 {
-    let mut total = proc_stat(pid).map_or(0, |(_, t)| t);
+fn tree_ticks(pid: u32) -> Ticks {
+    let mut total = proc_stat(pid).map_or(Ticks::default(), |(_, t)| t);
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {
             if let Some(child) = entry.file_name().to_str().and_then(|s| s.parse().ok())
                 && let Some((ppid, t)) = proc_stat(child)
                 && ppid == pid
             {
-                total += t;
+                total = total + t;
             }
         }
     }
@@ -1403,6 +1432,8 @@ struct Run {
     non_2xx: u64,
     /// Front CPU time per request, µs (`None` for `direct`).
     cpu_us_per_req: Option<f64>,
+    /// The user-space part of it.
+    user_us_per_req: Option<f64>,
     /// How busy each CPU was, %.
     busy: Vec<f64>,
     /// How busy all CPUs were together, %.
@@ -1550,10 +1581,11 @@ impl Bench<'_> {
             deltas.iter().map(|d| d.0).sum(),
             deltas.iter().map(|d| d.1).sum(),
         );
-        run.cpu_us_per_req = match (ticks_before, ticks_after) {
-            (Some(a), Some(b)) => Some((b - a) as f64 / self.ticks * 1e6 / run.requests as f64),
-            _ => None,
-        };
+        let per_req = |ticks: u64| ticks as f64 / self.ticks * 1e6 / run.requests as f64;
+        if let (Some(a), Some(b)) = (ticks_before, ticks_after) {
+            run.cpu_us_per_req = Some(per_req(b.total().saturating_sub(a.total())));
+            run.user_us_per_req = Some(per_req(b.user.saturating_sub(a.user)));
+        }
         run.new_upstream_conns = conns_after - conns_before;
         run.compile_seen = seen.load(Ordering::Relaxed);
         Ok(run)
@@ -1571,8 +1603,8 @@ impl Bench<'_> {
             }
         }
         print!(
-            "{:<5} {:<12} {:>9} {:>9} {:>9} {:>10}",
-            "round", "front", "req/s", "p50", "p99", "CPU us/req"
+            "{:<5} {:<12} {:>9} {:>9} {:>9} {:>10} {:>7}",
+            "round", "front", "req/s", "p50", "p99", "CPU us/req", "user"
         );
         for (name, _) in busy {
             print!(" {name:>6}");
@@ -1595,13 +1627,14 @@ impl Bench<'_> {
                     compiles += 1;
                 }
                 print!(
-                    "{:<5} {:<12} {:>9.0} {:>9} {:>9} {:>10}",
+                    "{:<5} {:<12} {:>9.0} {:>9} {:>9} {:>10} {:>7}",
                     round + 1,
                     t.name,
                     r.rps,
                     fmt_latency(r.p50_us),
                     fmt_latency(r.p99_us),
                     fmt_cpu(r.cpu_us_per_req.unwrap_or(f64::NAN)),
+                    fmt_cpu(r.user_us_per_req.unwrap_or(f64::NAN)),
                 );
                 for (_, b) in busy {
                     print!(" {:>6.0}", b.of(&r));
@@ -1638,6 +1671,7 @@ impl Bench<'_> {
                 .collect()
         };
         let cpu = |r: &Run| r.cpu_us_per_req.unwrap_or(f64::NAN);
+        let user = |r: &Run| r.user_us_per_req.unwrap_or(f64::NAN);
         println!(
             "\n{} — mode {}: medians over {} rounds ({} s each, wrk -t{} -c{}):",
             set.slug(),
@@ -1648,8 +1682,8 @@ impl Bench<'_> {
             options.connections
         );
         print!(
-            "{:<22} {:>9} {:>8} {:>11} {:>9} {:>9} {:>10} {:>10}",
-            "front", "req/s", "vs sy", "range", "p50", "p99", "CPU us/req", "vs sy"
+            "{:<22} {:>9} {:>8} {:>11} {:>9} {:>9} {:>10} {:>10} {:>7}",
+            "front", "req/s", "vs sy", "range", "p50", "p99", "CPU us/req", "vs sy", "user"
         );
         for (name, _) in busy {
             print!(" {name:>6}");
@@ -1670,7 +1704,7 @@ impl Bench<'_> {
                 other => other,
             };
             print!(
-                "{:<22} {:>9.0} {:>8.2} {:>11} {:>9} {:>9} {:>10} {:>10}",
+                "{:<22} {:>9.0} {:>8.2} {:>11} {:>9} {:>9} {:>10} {:>10} {:>7}",
                 name,
                 rps,
                 median(rps_ratios),
@@ -1683,6 +1717,7 @@ impl Bench<'_> {
                 } else {
                     format!("{:.2}", median(ratios(i, &cpu)))
                 },
+                fmt_cpu(med(i, &user)),
             );
             for (_, b) in busy {
                 print!(" {:>6.0}", med(i, &|r| b.of(r)));
@@ -1736,7 +1771,8 @@ impl Bench<'_> {
             "vs sy: ratio to switchyard (req/s: higher is better; CPU us/req: lower is better), \
              the median of each round's ratio to switchyard's run of the same round; range: the \
              lowest and highest of those for req/s. CPU us/req: the front's processes and threads \
-             (nginx's master and workers), user + system."
+             (nginx's master and workers), user + system; user: the user-space part of it (the \
+             rest is the kernel's: sockets, wakeups)."
         );
         if options.mode.pinned() {
             println!("cpu1%: the fronts' CPU; cpu0%: wrk's and the upstreams'.");
