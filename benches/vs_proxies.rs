@@ -126,12 +126,12 @@
 //! nginx's master and workers — divided by wrk's request count), its
 //! user-space part (utime alone: the kernel's share, sockets and wakeups,
 //! differs little between fronts that make the same syscalls a request)
-//! and how busy the CPUs were. The ratios to switchyard (`vs sy`) are the medians
-//! of each round's ratio, a front's run over switchyard's run of the same
-//! round (within a minute of it), with their range over the rounds: on a
-//! shared machine the speed of every front drifts between rounds by more
-//! than the fronts differ, which a ratio of two medians taken over
-//! different rounds would mix into the comparison. Under each table,
+//! and how busy the CPUs were. The ratios to switchyard (`vs sy`) are the
+//! medians of each round's ratio, a front's run over switchyard's run of
+//! the same round (within a minute of it), with their range over the
+//! rounds: on a shared machine the speed of every front drifts between
+//! rounds by more than the fronts differ, which a ratio of two medians
+//! taken over different rounds would mix into the comparison. Under each table,
 //! each front's best run (its highest requests/s, its lowest CPU a
 //! request) and its ratio to switchyard's best: the speed drifts between
 //! whole runs (two speeds, 15-25 % apart, on the reference machine), so a
@@ -1310,14 +1310,10 @@ impl Ticks {
     }
 }
 
-impl std::ops::Add for Ticks {
-    type Output = Ticks;
-
-    fn add(self, other: Ticks) -> Ticks {
-        Ticks {
-            user: self.user + other.user,
-            system: self.system + other.system,
-        }
+impl std::ops::AddAssign for Ticks {
+    fn add_assign(&mut self, other: Ticks) {
+        self.user += other.user;
+        self.system += other.system;
     }
 }
 
@@ -1343,7 +1339,7 @@ fn tree_ticks(pid: u32) -> Ticks {
                 && let Some((ppid, t)) = proc_stat(child)
                 && ppid == pid
             {
-                total = total + t;
+                total += t;
             }
         }
     }
