@@ -444,6 +444,106 @@ async fn shutdown_gives_up_at_the_deadline() {
     assert_eq!(handle.stats().active, 0);
 }
 
+/// Panics on `/panic`, answers `/slow` after 300 ms, anything else at once.
+async fn panicking(req: Request<IncomingBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+    match req.uri().path() {
+        "/panic" => panic!("a bug in the service"),
+        "/slow" => tokio::time::sleep(Duration::from_millis(300)).await,
+        _ => {}
+    }
+    Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+}
+
+/// A panic in one request's service ends that request's connection and
+/// nothing else: a request in flight on another connection finishes, new
+/// connections are served, the connection count comes back to zero (the
+/// release profile keeps `panic = "unwind"` for this; see Cargo.toml).
+async fn a_panic_ends_one_connection(builder: ServerBuilder) {
+    let server = builder.bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let task = tokio::spawn(async move { server.serve(service_fn(panicking)).await.unwrap() });
+    let slow = tokio::spawn(get(addr, "/slow"));
+    while handle.stats().requests == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let panicked = tokio::time::timeout(HANG_GUARD, get(addr, "/panic"))
+        .await
+        .expect("the panicking request's connection is closed");
+    assert!(panicked.is_err(), "{panicked:?}");
+    let (status, body) = slow.await.unwrap().unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    for _ in 0..8 {
+        let (status, body) = get(addr, "/").await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    }
+    tokio::time::timeout(HANG_GUARD, async {
+        while handle.stats().active != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("every connection, the one that panicked too, is counted closed");
+    assert_eq!(handle.stats().requests, 10);
+    handle.shutdown(HANG_GUARD);
+    finished(task).await;
+}
+
+#[tokio::test]
+async fn a_panic_in_the_service_ends_its_connection_not_the_server() {
+    a_panic_ends_one_connection(Server::builder()).await;
+}
+
+#[tokio::test]
+async fn a_panic_on_a_serving_thread_ends_its_connection_not_the_thread() {
+    // With one thread every connection is served on the runtime whose
+    // task panicked; with two, on either.
+    a_panic_ends_one_connection(Server::builder().threads(1)).await;
+    a_panic_ends_one_connection(Server::builder().threads(2)).await;
+}
+
+#[tokio::test]
+async fn a_panic_on_an_http2_stream_ends_that_stream_not_its_connection() {
+    let server = Server::builder().bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let task = tokio::spawn(async move { server.serve(service_fn(panicking)).await.unwrap() });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = |path: &str| {
+        let mut send = send.clone();
+        let req = Request::get(format!("http://{addr}{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        async move {
+            let res = send.send_request(req).await?;
+            let status = res.status();
+            let body = res.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        }
+    };
+    let slow = tokio::spawn(request("/slow"));
+    while handle.stats().requests == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let panicked = tokio::time::timeout(HANG_GUARD, request("/panic"))
+        .await
+        .expect("the panicking stream is reset");
+    assert!(panicked.is_err(), "{panicked:?}");
+    // The other stream, and the connection, go on.
+    let (status, body) = slow.await.unwrap().unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    let (status, body) = request("/").await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    assert_eq!(handle.stats().active, 1);
+    handle.shutdown(HANG_GUARD);
+    finished(task).await;
+}
+
 /// A service that switches protocols on `/tunnel` and then echoes what
 /// it reads until the client closes.
 async fn upgrading(mut req: Request<IncomingBody>) -> Result<Response<Empty<Bytes>>, Infallible> {

@@ -71,6 +71,15 @@
 //! stalls, the refusal is immediate, and a flood's own connections are
 //! closed by the header read timeout, so that retrying clients get in.
 //!
+//! A panic in the service (a bug of a layer or handler) ends the request
+//! it was serving and nothing else: an HTTP/1.1 connection is a task of
+//! its own, which the runtime ends, closing that connection (counted
+//! closed); an HTTP/2 stream is a task of its own too, reset while its
+//! connection's other streams go on. Every other connection, and the
+//! serving threads, are untouched. This holds as long as the application
+//! is built with `panic = "unwind"`, Rust's default: with `"abort"` the
+//! process ends.
+//!
 //! # Shutdown
 //!
 //! [`ServerHandle::shutdown`] stops accepting (the listener is closed, so
