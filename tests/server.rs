@@ -63,10 +63,23 @@ async fn app(req: Request<IncomingBody>) -> Result<Response<Full<Bytes>>, Infall
 
 /// Serves [`app`] with `builder`'s limits on loopback.
 async fn start(builder: ServerBuilder) -> (SocketAddr, ServerHandle, JoinHandle<()>) {
-    let server = builder.bind("127.0.0.1:0").await.unwrap();
+    serving(builder.bind("127.0.0.1:0").await.unwrap(), service_fn(app))
+}
+
+/// `server` serving `service` on a task: its address, its handle, the task.
+fn serving<S, B>(server: Server, service: S) -> (SocketAddr, ServerHandle, JoinHandle<()>)
+where
+    S: tower::Service<Request<IncomingBody>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let addr = server.local_addr();
     let handle = server.handle();
-    let task = tokio::spawn(async move { server.serve(service_fn(app)).await.unwrap() });
+    let task = tokio::spawn(async move { server.serve(service).await.unwrap() });
     (addr, handle, task)
 }
 
@@ -152,9 +165,7 @@ async fn sized(req: Request<IncomingBody>) -> Result<Response<Full<Bytes>>, Infa
 #[tokio::test]
 async fn responses_around_the_gathered_write_size_arrive_whole() {
     let server = Server::builder().bind("127.0.0.1:0").await.unwrap();
-    let addr = server.local_addr();
-    let handle = server.handle();
-    let task = tokio::spawn(async move { server.serve(service_fn(sized)).await.unwrap() });
+    let (addr, handle, task) = serving(server, service_fn(sized));
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -444,6 +455,23 @@ async fn shutdown_gives_up_at_the_deadline() {
     assert_eq!(handle.stats().active, 0);
 }
 
+/// A service that is `Send` but not `Sync` (tower's `BoxCloneService`) is
+/// served from a spawned task, on the caller's runtime and on threads of
+/// the server's own ([`serving`] asks no `Sync` of its service either).
+#[tokio::test]
+async fn a_service_that_is_send_but_not_sync_is_served_from_a_spawned_task() {
+    for builder in [Server::builder(), Server::builder().threads(2)] {
+        let server = builder.bind("127.0.0.1:0").await.unwrap();
+        let service = tower::util::BoxCloneService::new(service_fn(app));
+        let (addr, handle, task) = serving(server, service);
+        let (status, body) = get(addr, "/").await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with("peer=127.0.0.1:"), "{body}");
+        handle.shutdown(HANG_GUARD);
+        finished(task).await;
+    }
+}
+
 /// Panics on `/panic`, answers `/slow` after 300 ms, anything else at once.
 async fn panicking(req: Request<IncomingBody>) -> Result<Response<Full<Bytes>>, Infallible> {
     match req.uri().path() {
@@ -460,9 +488,7 @@ async fn panicking(req: Request<IncomingBody>) -> Result<Response<Full<Bytes>>, 
 /// release profile keeps `panic = "unwind"` for this; see Cargo.toml).
 async fn a_panic_ends_one_connection(builder: ServerBuilder) {
     let server = builder.bind("127.0.0.1:0").await.unwrap();
-    let addr = server.local_addr();
-    let handle = server.handle();
-    let task = tokio::spawn(async move { server.serve(service_fn(panicking)).await.unwrap() });
+    let (addr, handle, task) = serving(server, service_fn(panicking));
     let slow = tokio::spawn(get(addr, "/slow"));
     while handle.stats().requests == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -505,9 +531,7 @@ async fn a_panic_on_a_serving_thread_ends_its_connection_not_the_thread() {
 #[tokio::test]
 async fn a_panic_on_an_http2_stream_ends_that_stream_not_its_connection() {
     let server = Server::builder().bind("127.0.0.1:0").await.unwrap();
-    let addr = server.local_addr();
-    let handle = server.handle();
-    let task = tokio::spawn(async move { server.serve(service_fn(panicking)).await.unwrap() });
+    let (addr, handle, task) = serving(server, service_fn(panicking));
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -684,10 +708,7 @@ async fn thread_name(req: Request<IncomingBody>) -> Result<Response<Full<Bytes>>
 /// `server` serving [`thread_name`] on a task: its address, its handle,
 /// the task.
 fn serve_thread_names(server: Server) -> (SocketAddr, ServerHandle, JoinHandle<()>) {
-    let addr = server.local_addr();
-    let handle = server.handle();
-    let task = tokio::spawn(async move { server.serve(service_fn(thread_name)).await.unwrap() });
-    (addr, handle, task)
+    serving(server, service_fn(thread_name))
 }
 
 #[tokio::test]

@@ -518,7 +518,9 @@ impl Server {
     /// listener is closed and every connection is closed (or cut at the
     /// shutdown's deadline). Accept errors (out of file descriptors, a
     /// connection reset before it was accepted) are waited out, never
-    /// returned.
+    /// returned. The service need only be `Send`, not `Sync` (a tower
+    /// `BoxCloneService` will do): the future is `Send` either way, so it
+    /// can be spawned.
     pub async fn serve<S, B>(self, service: S) -> io::Result<()>
     where
         S: Service<Request<IncomingBody>, Response = Response<B>> + Clone + Send + 'static,
@@ -535,7 +537,7 @@ impl Server {
         if shared.limits.threads > 0 {
             return serve_on_threads(listener, shared, service, reuseport).await;
         }
-        let deadline = accept_loop(&listener, &shared, &service, None).await;
+        let deadline = accept_loop(&listener, &shared, service, None).await;
         // Stop accepting: new connections are refused from now on.
         drop(listener);
         finish(&shared, deadline).await;
@@ -579,10 +581,15 @@ where
 /// several serving threads (`seats`), a connection goes to the thread with
 /// the fewest open, and this thread also serves the connections the
 /// others hand it.
+///
+/// The service is owned, not borrowed: a borrow held across the awaits
+/// below would make [`Server::serve`]'s future `Send` only for a `Sync`
+/// service, and so not spawnable with one that is `Send` alone (tower's
+/// `BoxCloneService`).
 async fn accept_loop<S, B>(
     listener: &TcpListener,
     shared: &Arc<Shared>,
-    service: &S,
+    service: S,
     mut seats: Option<&mut Seats>,
 ) -> Instant
 where
@@ -614,11 +621,11 @@ where
                 }
             }
             // Another thread's `spread` always holds a sender: never `None`.
-            Some(handed) = handed => serve_handed(shared, service, handed),
+            Some(handed) = handed => serve_handed(shared, &service, handed),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match seats.as_deref() {
-                    Some(seats) => seats.place(shared, service, stream, peer),
-                    None => accept(shared, service, stream, peer, None),
+                    Some(seats) => seats.place(shared, &service, stream, peer),
+                    None => accept(shared, &service, stream, peer, None),
                 },
                 Err(e) => {
                     if !matches!(
@@ -712,7 +719,8 @@ where
                         rt.block_on(async move {
                             let listener = TcpListener::from_std(listener)?;
                             let deadline =
-                                accept_loop(&listener, &shared, &service, Some(&mut seats)).await;
+                                accept_loop(&listener, &shared, service.clone(), Some(&mut seats))
+                                    .await;
                             drop(listener);
                             seats.close(&shared, &service);
                             finish(&shared, deadline).await;
