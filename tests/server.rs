@@ -482,21 +482,24 @@ async fn panicking(req: Request<IncomingBody>) -> Result<Response<Full<Bytes>>, 
     Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
 }
 
-/// A panic in one request's service ends that request's connection and
-/// nothing else: a request in flight on another connection finishes, new
-/// connections are served, the connection count comes back to zero (the
-/// release profile keeps `panic = "unwind"` for this; see Cargo.toml).
-async fn a_panic_ends_one_connection(builder: ServerBuilder) {
+/// A panic in one request's service is answered with a 500 problem and
+/// its connection closed, and nothing else is touched: a request in
+/// flight on another connection finishes, new connections are served,
+/// the connection count comes back to zero (the release profile keeps
+/// `panic = "unwind"` for this; see Cargo.toml).
+async fn a_panic_is_a_500_for_its_request_alone(builder: ServerBuilder) {
     let server = builder.bind("127.0.0.1:0").await.unwrap();
     let (addr, handle, task) = serving(server, service_fn(panicking));
     let slow = tokio::spawn(get(addr, "/slow"));
     while handle.stats().requests == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let panicked = tokio::time::timeout(HANG_GUARD, get(addr, "/panic"))
-        .await
-        .expect("the panicking request's connection is closed");
-    assert!(panicked.is_err(), "{panicked:?}");
+    let (mut send, status, body) = get_keeping(addr, "/panic").await.unwrap();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body.contains(r#""status":500"#), "{body}");
+    // The answer said `Connection: close`, and the server closed it.
+    let closed = tokio::time::timeout(HANG_GUARD, send.ready()).await;
+    assert!(closed.expect("the connection is closed").is_err());
     let (status, body) = slow.await.unwrap().unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
     for _ in 0..8 {
@@ -516,20 +519,56 @@ async fn a_panic_ends_one_connection(builder: ServerBuilder) {
 }
 
 #[tokio::test]
-async fn a_panic_in_the_service_ends_its_connection_not_the_server() {
-    a_panic_ends_one_connection(Server::builder()).await;
+async fn a_panic_in_the_service_is_a_500_not_a_lost_server() {
+    a_panic_is_a_500_for_its_request_alone(Server::builder()).await;
 }
 
 #[tokio::test]
-async fn a_panic_on_a_serving_thread_ends_its_connection_not_the_thread() {
-    // With one thread every connection is served on the runtime whose
-    // task panicked; with two, on either.
-    a_panic_ends_one_connection(Server::builder().threads(1)).await;
-    a_panic_ends_one_connection(Server::builder().threads(2)).await;
+async fn a_panic_on_a_serving_thread_is_a_500_not_a_lost_thread() {
+    // With one thread every connection is served on the runtime where the
+    // service panicked; with two, on either.
+    a_panic_is_a_500_for_its_request_alone(Server::builder().threads(1)).await;
+    a_panic_is_a_500_for_its_request_alone(Server::builder().threads(2)).await;
+}
+
+/// A service whose `call` itself panics on `/panic` (before any future
+/// exists), else answers at once.
+#[derive(Clone)]
+struct PanicsInCall;
+
+impl tower::Service<Request<IncomingBody>> for PanicsInCall {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<IncomingBody>) -> Self::Future {
+        assert_ne!(req.uri().path(), "/panic", "a bug in the service's call");
+        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"ok")))))
+    }
 }
 
 #[tokio::test]
-async fn a_panic_on_an_http2_stream_ends_that_stream_not_its_connection() {
+async fn a_panic_in_the_services_call_is_a_500_too() {
+    let server = Server::builder().bind("127.0.0.1:0").await.unwrap();
+    let (addr, handle, task) = serving(server, PanicsInCall);
+    let (status, body) = get(addr, "/panic").await.unwrap();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body.contains(r#""status":500"#), "{body}");
+    let (status, body) = get(addr, "/").await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    handle.shutdown(HANG_GUARD);
+    finished(task).await;
+}
+
+#[tokio::test]
+async fn a_panic_on_an_http2_stream_is_a_500_on_that_stream_alone() {
     let server = Server::builder().bind("127.0.0.1:0").await.unwrap();
     let (addr, handle, task) = serving(server, service_fn(panicking));
     let tcp = TcpStream::connect(addr).await.unwrap();
@@ -554,10 +593,9 @@ async fn a_panic_on_an_http2_stream_ends_that_stream_not_its_connection() {
     while handle.stats().requests == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let panicked = tokio::time::timeout(HANG_GUARD, request("/panic"))
-        .await
-        .expect("the panicking stream is reset");
-    assert!(panicked.is_err(), "{panicked:?}");
+    let (status, body) = request("/panic").await.unwrap();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(String::from_utf8_lossy(&body).contains(r#""status":500"#));
     // The other stream, and the connection, go on.
     let (status, body) = slow.await.unwrap().unwrap();
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));

@@ -405,28 +405,39 @@ where
         // whatever its readiness reserved (a semaphore's place in line,
         // say) is the waiting request's, not left with an instance that
         // nothing polls until the connection's next request.
-        let call = match self.inner.try_borrow_mut() {
-            Ok(mut svc) => {
-                let mut cx = Context::from_waker(std::task::Waker::noop());
-                match svc.poll_ready(&mut cx) {
-                    Poll::Ready(Ok(())) => Call::Called {
-                        future: svc.call(req),
-                    },
-                    _ => {
-                        let fresh = svc.clone();
-                        let asked = std::mem::replace(&mut *svc, fresh);
-                        Call::Waiting {
-                            dispatch: Dispatch::new(MapErr::new(asked, Into::into), req),
+        //
+        // A panic in `poll_ready` or `call` (before any future exists) is
+        // answered like one in the future (see [`ConnFuture`]'s `poll`):
+        // `call` stays `Panicked`. It is written from within the closure,
+        // which returns nothing: a future handed out of `catch_unwind`
+        // would be copied once more on its way, on every request.
+        let mut call = Call::Panicked { _none: () };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            call = match self.inner.try_borrow_mut() {
+                Ok(mut svc) => {
+                    let mut cx = Context::from_waker(std::task::Waker::noop());
+                    match svc.poll_ready(&mut cx) {
+                        Poll::Ready(Ok(())) => Call::Called {
+                            future: svc.call(req),
+                        },
+                        _ => {
+                            let fresh = svc.clone();
+                            let asked = std::mem::replace(&mut *svc, fresh);
+                            Call::Waiting {
+                                dispatch: Dispatch::new(MapErr::new(asked, Into::into), req),
+                            }
                         }
                     }
                 }
-            }
-            // Only if the service itself made this connection call it
-            // again: never, but never a panic either.
-            Err(_) => Call::Failed {
-                error: Some("the connection's service was called from within its own call".into()),
-            },
-        };
+                // Only if the service itself made this connection call it
+                // again: never, but never a panic either.
+                Err(_) => Call::Failed {
+                    error: Some(
+                        "the connection's service was called from within its own call".into(),
+                    ),
+                },
+            };
+        }));
         ConnFuture {
             inner: call,
             in_flight: Some(in_flight),
@@ -452,6 +463,9 @@ pin_project! {
             dispatch: Dispatch<MapErr<S, fn(S::Error) -> BoxError>, Request<IncomingBody>>,
         },
         Failed { error: Option<BoxError> },
+        // The service panicked: answered with a 500, never polled (the
+        // field only because pin-project-lite wants one).
+        Panicked { _none: () },
     }
 }
 
@@ -478,15 +492,45 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = match this.inner.project() {
-            CallProj::Called { future } => ready!(future.poll(cx)).map_err(Into::into),
-            CallProj::Waiting { dispatch } => ready!(dispatch.poll(cx)),
-            CallProj::Failed { error } => Err(error
-                .take()
-                .unwrap_or_else(|| "polled after completion".into())),
-        };
+        let mut inner = this.inner;
+        // A panic in the service's future (a bug of a layer or a handler)
+        // is this request's alone: it is answered with a 500 and its
+        // connection closed, rather than the connection's task ending with
+        // no answer at all. The future is dropped and never polled again,
+        // so whatever state the panic left it in is not observed.
+        //
+        // The service's result is written from within the closure (see
+        // `call`); it is still `None` once ready if the service panicked.
+        let mut result = None;
+        let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            match inner.as_mut().project() {
+                CallProj::Called { future } => {
+                    result = Some(ready!(future.poll(cx)).map_err(Into::into));
+                }
+                CallProj::Waiting { dispatch } => result = Some(ready!(dispatch.poll(cx))),
+                CallProj::Failed { error } => {
+                    result = Some(Err(error
+                        .take()
+                        .unwrap_or_else(|| "polled after completion".into())));
+                }
+                CallProj::Panicked { .. } => {}
+            }
+            Poll::Ready(())
+        }));
+        match ready {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(())) => {}
+            Err(_) => inner.set(Call::Failed { error: None }),
+        }
         let Some(in_flight) = this.in_flight.take() else {
             return Poll::Ready(Err("polled after completion".into()));
+        };
+        let Some(result) = result else {
+            return Poll::Ready(Ok(closing_answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the server failed while handling the request",
+                in_flight,
+            )));
         };
         let timed_out = this
             .timed_out
@@ -496,18 +540,31 @@ where
             // The body stopped arriving and nothing has been answered yet:
             // say so, and end the connection (the rest of the body will
             // not be read).
-            let mut res = Problem::new(StatusCode::REQUEST_TIMEOUT)
-                .detail("the request body stopped arriving")
-                .into_response::<B>();
-            res.headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            return Poll::Ready(Ok(res.map(|b| OutgoingBody::new(b, in_flight))));
+            return Poll::Ready(Ok(closing_answer(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body stopped arriving",
+                in_flight,
+            )));
         }
         Poll::Ready(match result {
             Ok(res) => Ok(res.map(|b| OutgoingBody::new(ResponseBody::new(b), in_flight))),
             Err(e) => Err(e),
         })
     }
+}
+
+/// The server's own answer in place of the service's, a problem+json
+/// with `Connection: close`.
+#[cold]
+fn closing_answer<B>(
+    status: StatusCode,
+    detail: &'static str,
+    in_flight: InFlight,
+) -> Response<OutgoingBody<ResponseBody<B>>> {
+    let mut res = Problem::new(status).detail(detail).into_response::<B>();
+    res.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    res.map(|b| OutgoingBody::new(b, in_flight))
 }
 
 // === serving one connection ===

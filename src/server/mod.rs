@@ -71,14 +71,16 @@
 //! stalls, the refusal is immediate, and a flood's own connections are
 //! closed by the header read timeout, so that retrying clients get in.
 //!
-//! A panic in the service (a bug of a layer or handler) ends the request
-//! it was serving and nothing else: an HTTP/1.1 connection is a task of
-//! its own, which the runtime ends, closing that connection (counted
-//! closed); an HTTP/2 stream is a task of its own too, reset while its
-//! connection's other streams go on. Every other connection, and the
-//! serving threads, are untouched. This holds as long as the application
-//! is built with `panic = "unwind"`, Rust's default: with `"abort"` the
-//! process ends.
+//! A panic in the service (a bug of a layer or a handler, in its
+//! `poll_ready`, its `call` or its future) is the request's alone: it is
+//! answered with a `500` problem+json and `Connection: close` (over
+//! HTTP/2, the stream is answered and the connection's other streams go
+//! on), the panic printed by the process's panic hook as usual. Every
+//! other request, connection and serving thread is untouched. A panic
+//! while the response body is being written ends that connection (over
+//! HTTP/2, that stream). This holds as long as the application is built
+//! with `panic = "unwind"`, Rust's default: with `"abort"` the process
+//! ends.
 //!
 //! # Shutdown
 //!
