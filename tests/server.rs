@@ -567,6 +567,47 @@ async fn a_panic_in_the_services_call_is_a_500_too() {
     finished(task).await;
 }
 
+/// A response body that panics when it is read past its head: `/panic`
+/// gets one, anything else an empty body.
+struct PanicsWhenRead(bool);
+
+impl http_body::Body for PanicsWhenRead {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        assert!(!self.0, "a bug in the response body");
+        std::task::Poll::Ready(None)
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_the_response_body_ends_its_connection_alone() {
+    let server = Server::builder().bind("127.0.0.1:0").await.unwrap();
+    let panics = |req: Request<IncomingBody>| async move {
+        let body = PanicsWhenRead(req.uri().path() == "/panic");
+        Ok::<_, Infallible>(Response::new(body))
+    };
+    let (addr, handle, task) = serving(server, service_fn(panics));
+    // The head may be out already: the connection is cut, not answered.
+    let cut = tokio::time::timeout(HANG_GUARD, get(addr, "/panic")).await;
+    assert!(cut.expect("the connection is cut").is_err());
+    let (status, _) = get(addr, "/").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::timeout(HANG_GUARD, async {
+        while handle.stats().active != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the cut connection is counted closed");
+    handle.shutdown(HANG_GUARD);
+    finished(task).await;
+}
+
 #[tokio::test]
 async fn a_panic_on_an_http2_stream_is_a_500_on_that_stream_alone() {
     let server = Server::builder().bind("127.0.0.1:0").await.unwrap();
