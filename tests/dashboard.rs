@@ -300,6 +300,20 @@ async fn by_id(page: &Client, id: &str) -> Element {
         .unwrap_or_else(|e| panic!("no #{id}: {e}"))
 }
 
+/// Clicks `#id`, found again when the page redrew it between the finding
+/// and the click (the dashboard redraws its cards as it polls): a stale
+/// element is not clicked, so the retry clicks once.
+async fn click_id(page: &Client, id: &str) {
+    let deadline = Instant::now() + PAGE_WAIT;
+    loop {
+        match by_id(page, id).await.click().await {
+            Ok(_) => return,
+            Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {}
+            Err(e) => panic!("clicking #{id}: {e}"),
+        }
+    }
+}
+
 /// Types `text` into the input `#id` over what it held.
 async fn type_into(page: &Client, id: &str, text: &str) {
     let input = by_id(page, id).await;
@@ -313,7 +327,7 @@ async fn type_into(page: &Client, id: &str, text: &str) {
 async fn set_weights(page: &Client, blue: u32, green: u32) {
     type_into(page, "weight-api-blue", &blue.to_string()).await;
     type_into(page, "weight-api-green", &green.to_string()).await;
-    by_id(page, "set-weights-api").await.click().await.unwrap();
+    click_id(page, "set-weights-api").await;
     wait_text(page, "live-api-blue", &blue.to_string()).await;
     wait_text(page, "live-api-green", &green.to_string()).await;
 }
@@ -356,7 +370,7 @@ async fn drive(page: &Client, demo: &Demo) {
 
     // A wrong key is refused, and the page says so.
     type_into(page, "login-key", "not-the-key").await;
-    by_id(page, "login-submit").await.click().await.unwrap();
+    click_id(page, "login-submit").await;
     wait_contains(page, "login-error", "Key refused").await;
     wait_contains(page, "login-error", "401").await;
     assert!(!by_id(page, "views").await.is_displayed().await.unwrap());
@@ -364,7 +378,7 @@ async fn drive(page: &Client, demo: &Demo) {
 
     // The right key opens the demo's weights: all blue.
     type_into(page, "login-key", ADMIN_KEY).await;
-    by_id(page, "login-submit").await.click().await.unwrap();
+    click_id(page, "login-submit").await;
     wait_text(page, "live-api-blue", "100").await;
     wait_text(page, "live-api-green", "0").await;
     assert!(!by_id(page, "login").await.is_displayed().await.unwrap());
@@ -399,11 +413,7 @@ async fn drive(page: &Client, demo: &Demo) {
     set_weights(page, 70, 30).await;
 
     // Promote green: all traffic to green.
-    by_id(page, "promote-api-green")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click_id(page, "promote-api-green").await;
     wait_text(page, "live-api-green", "100").await;
     wait_text(page, "live-api-blue", "0").await;
     assert_eq!(demo.weights("api").await, json!({"blue": 0, "green": 100}));
@@ -419,7 +429,7 @@ async fn drive(page: &Client, demo: &Demo) {
     assert_eq!(demo.traffic(200).await, (0, 200));
 
     // Roll back: the weights before the promotion, and traffic with them.
-    by_id(page, "rollback-api").await.click().await.unwrap();
+    click_id(page, "rollback-api").await;
     wait_text(page, "live-api-green", "30").await;
     wait_text(page, "live-api-blue", "70").await;
     assert_eq!(demo.weights("api").await, json!({"blue": 70, "green": 30}));
@@ -462,13 +472,9 @@ async fn drive(page: &Client, demo: &Demo) {
     // A rollout started from the page advances through its steps (to its
     // pause at 40 %), and the traffic follows; its abort sends all of it
     // back to blue.
-    by_id(page, "tab-rollouts").await.click().await.unwrap();
+    click_id(page, "tab-rollouts").await;
     wait_text(page, "rollout-state-api", "idle").await;
-    by_id(page, "rollout-start-api")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click_id(page, "rollout-start-api").await;
     wait_text(page, "rollout-state-api", "paused").await;
     assert_eq!(demo.weights("api").await, json!({"blue": 60, "green": 40}));
     let (blue, green) = demo.traffic(200).await;
@@ -485,16 +491,8 @@ async fn drive(page: &Client, demo: &Demo) {
     }
     screenshot(page, "rollouts").await;
     // Abort asks to be pressed twice.
-    by_id(page, "rollout-abort-api")
-        .await
-        .click()
-        .await
-        .unwrap();
-    by_id(page, "rollout-abort-api")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click_id(page, "rollout-abort-api").await;
+    click_id(page, "rollout-abort-api").await;
     wait_text(page, "rollout-state-api", "aborted").await;
     assert_eq!(demo.weights("api").await, json!({"blue": 100, "green": 0}));
     assert_eq!(demo.traffic(200).await, (200, 0));
@@ -561,7 +559,7 @@ async fn dashboard_shows_a_model_route() {
                 .await
                 .unwrap();
             type_into(page, "login-key", ADMIN_KEY).await;
-            by_id(page, "login-submit").await.click().await.unwrap();
+            click_id(page, "login-submit").await;
             let card = page
                 .wait()
                 .at_most(PAGE_WAIT)
