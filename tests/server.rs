@@ -117,6 +117,19 @@ async fn get_keeping(
     Ok((send, status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// Waits (up to `HANG_GUARD`) until the server counts no connection open;
+/// `what` names the ones awaited.
+async fn all_closed(handle: &ServerHandle, what: &str) {
+    let wait = async {
+        while handle.stats().active != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    if tokio::time::timeout(HANG_GUARD, wait).await.is_err() {
+        panic!("{what}: not counted closed");
+    }
+}
+
 async fn finished(task: JoinHandle<()>) {
     tokio::time::timeout(HANG_GUARD, task)
         .await
@@ -506,13 +519,7 @@ async fn a_panic_is_a_500_for_its_request_alone(builder: ServerBuilder) {
         let (status, body) = get(addr, "/").await.unwrap();
         assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
     }
-    tokio::time::timeout(HANG_GUARD, async {
-        while handle.stats().active != 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("every connection, the one that panicked too, is counted closed");
+    all_closed(&handle, "every connection, the one that panicked too").await;
     assert_eq!(handle.stats().requests, 10);
     handle.shutdown(HANG_GUARD);
     finished(task).await;
@@ -597,13 +604,7 @@ async fn a_panic_in_the_response_body_ends_its_connection_alone() {
     assert!(cut.expect("the connection is cut").is_err());
     let (status, _) = get(addr, "/").await.unwrap();
     assert_eq!(status, StatusCode::OK);
-    tokio::time::timeout(HANG_GUARD, async {
-        while handle.stats().active != 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the cut connection is counted closed");
+    all_closed(&handle, "the cut connection").await;
     handle.shutdown(HANG_GUARD);
     finished(task).await;
 }

@@ -520,7 +520,7 @@ where
         match ready {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(())) => {}
-            Err(_) => inner.set(Call::Failed { error: None }),
+            Err(_) => inner.set(Call::Panicked { _none: () }),
         }
         let Some(in_flight) = this.in_flight.take() else {
             return Poll::Ready(Err("polled after completion".into()));
