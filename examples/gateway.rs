@@ -245,6 +245,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let admin_addr = admin_server.as_ref().map(Server::local_addr);
     let handle = server.handle();
     let admin_handle = admin_server.as_ref().map(Server::handle);
+    // Both servers' connections, timeouts and panics on `/metrics`.
+    gateway.report_server("gateway", handle.clone());
+    if let Some(admin) = &admin_handle {
+        gateway.report_server("admin", admin.clone());
+    }
 
     // The server puts the peer address in each request (for
     // X-Forwarded-For and per-IP limits).

@@ -26,6 +26,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use switchyard::gateway::admin::{self, AdminError};
 use switchyard::gateway::{ConfigError, Gateway, GatewayConfig};
+use switchyard::server::Server;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -1406,6 +1407,79 @@ async fn model_server() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
+}
+
+/// The servers a gateway is served by, reported with `report_server` as
+/// the `gateway` example does, show on its `/metrics`: the requests each
+/// handed on, its connections, and none panicked.
+#[tokio::test]
+async fn metrics_show_the_servers_reported() {
+    let blue = backend("blue").await;
+    let green = backend("green").await;
+    let gateway = Gateway::from_config(config_for(&blue, &green)).unwrap();
+    let server = Server::bind("127.0.0.1:0").await.unwrap();
+    let admin_server = Server::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin_addr) = (server.local_addr(), admin_server.local_addr());
+    gateway.report_server("gateway", server.handle());
+    gateway.report_server("admin", admin_server.handle());
+    let (handle, admin_handle) = (server.handle(), admin_server.handle());
+    let serving = tokio::spawn(server.serve(gateway.clone()));
+    let serving_admin = tokio::spawn(admin_server.serve(admin::router(&gateway).unwrap()));
+
+    let client = client();
+    for _ in 0..3 {
+        let (status, _, _) = call(
+            &client,
+            Method::GET,
+            format!("http://{addr}/api/m"),
+            &[("x-api-key", CLIENT_KEY)],
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _, body) = call(
+        &client,
+        Method::GET,
+        format!("http://{admin_addr}/metrics"),
+        &[("x-api-key", ADMIN_KEY)],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let samples = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let v = |name: &str, server: &str| value_of(&samples, name, &[("server", server)]);
+    assert_eq!(v("switchyard_server_requests_total", "gateway"), 3.0);
+    // The scrape itself is the admin server's one request so far.
+    assert_eq!(v("switchyard_server_requests_total", "admin"), 1.0);
+    // The client kept one connection to each, open still.
+    for server in ["gateway", "admin"] {
+        assert_eq!(
+            v("switchyard_server_connections_accepted_total", server),
+            1.0
+        );
+        assert_eq!(v("switchyard_server_connections_active", server), 1.0);
+        assert_eq!(v("switchyard_server_panics_total", server), 0.0);
+        assert_eq!(v("switchyard_server_header_timeouts_total", server), 0.0);
+    }
+    // The same families in the gateway's collector, read now.
+    assert!(
+        gateway
+            .metrics()
+            .contains("switchyard_server_requests_total{server=\"admin\"} 1\n")
+    );
+
+    drop(client);
+    handle.shutdown(HANG_GUARD);
+    admin_handle.shutdown(HANG_GUARD);
+    for task in [serving, serving_admin] {
+        tokio::time::timeout(HANG_GUARD, task)
+            .await
+            .expect("the server stops")
+            .unwrap()
+            .unwrap();
+    }
 }
 
 /// `/metrics`, read by the strict parser after real traffic: a model

@@ -520,7 +520,8 @@ async fn a_panic_is_a_500_for_its_request_alone(builder: ServerBuilder) {
         assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
     }
     all_closed(&handle, "every connection, the one that panicked too").await;
-    assert_eq!(handle.stats().requests, 10);
+    let stats = handle.stats();
+    assert_eq!((stats.requests, stats.panics), (10, 1));
     handle.shutdown(HANG_GUARD);
     finished(task).await;
 }
@@ -570,6 +571,7 @@ async fn a_panic_in_the_services_call_is_a_500_too() {
     assert!(body.contains(r#""status":500"#), "{body}");
     let (status, body) = get(addr, "/").await.unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    assert_eq!(handle.stats().panics, 1);
     handle.shutdown(HANG_GUARD);
     finished(task).await;
 }
@@ -605,6 +607,8 @@ async fn a_panic_in_the_response_body_ends_its_connection_alone() {
     let (status, _) = get(addr, "/").await.unwrap();
     assert_eq!(status, StatusCode::OK);
     all_closed(&handle, "the cut connection").await;
+    // Not a request the server answered for the service: not counted.
+    assert_eq!(handle.stats().panics, 0);
     handle.shutdown(HANG_GUARD);
     finished(task).await;
 }
@@ -643,7 +647,8 @@ async fn a_panic_on_an_http2_stream_is_a_500_on_that_stream_alone() {
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
     let (status, body) = request("/").await.unwrap();
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
-    assert_eq!(handle.stats().active, 1);
+    let stats = handle.stats();
+    assert_eq!((stats.active, stats.panics), (1, 1));
     handle.shutdown(HANG_GUARD);
     finished(task).await;
 }

@@ -40,7 +40,7 @@ pub(crate) fn render(gw: &Gateway) -> String {
 }
 
 /// The collectors of what runs beside the state, for as long as it runs:
-/// weight sync. Add the collector of anything else the gateway runs (the
+/// rollouts, the servers reported, weight sync. Add the collector of anything else the gateway runs (the
 /// rollout engine) here.
 pub(crate) fn register_running(registry: &mut Families, gw: &Gateway) {
     // Every route's rollout, as its record shows it (idle, running here,
@@ -60,6 +60,18 @@ pub(crate) fn register_running(registry: &mut Families, gw: &Gateway) {
         rollouts = rollouts.with_view(view, route(&r.route));
     }
     registry.push(Box::new(rollouts));
+    // The servers reported to serve it.
+    let servers = gw
+        .inner
+        .servers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .fold(
+            crate::prometheus::ServerCollector::default(),
+            |c, (name, h)| c.with(h.clone(), [("server", name.as_str())]),
+        );
+    registry.push(Box::new(servers));
     #[cfg(feature = "redis")]
     if let Some(sync) = gw.weight_sync() {
         registry.push(Box::new(crate::prometheus::WeightSyncCollector::new(
@@ -77,7 +89,8 @@ type Families = Vec<Box<dyn EncodeInto>>;
 /// [`Registry`](prometheus_client::registry::Registry) beside your
 /// metrics: the routes, splits, limits, models, meters, upstreams,
 /// mirrors, platform, authentication, rollouts and weight sync of the
-/// configuration in force at each scrape. From [`Gateway::collector`].
+/// configuration in force at each scrape, and the counters of the servers
+/// reported with [`Gateway::report_server`]. From [`Gateway::collector`].
 ///
 /// ```
 /// # use switchyard::gateway::{Gateway, GatewayConfig};

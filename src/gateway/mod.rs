@@ -197,6 +197,9 @@ struct Inner {
     /// The rounds of `[weight_sync]`, with the settings they run with.
     #[cfg(feature = "redis")]
     sync: Mutex<Option<RunningSync>>,
+    /// The servers whose counters `/metrics` shows, by name (see
+    /// [`Gateway::report_server`]).
+    servers: Mutex<Vec<(String, crate::server::ServerHandle)>>,
 }
 
 #[cfg(feature = "redis")]
@@ -233,6 +236,7 @@ impl Gateway {
                 jwks: Mutex::new(None),
                 #[cfg(feature = "redis")]
                 sync: Mutex::new(None),
+                servers: Mutex::new(Vec::new()),
             }),
         };
         // Records of rollouts a stopped gateway left running are aborted.
@@ -662,6 +666,49 @@ impl Gateway {
     /// force, read when called.
     pub fn metrics(&self) -> String {
         metrics::render(self)
+    }
+
+    /// Shows the counters of the [`Server`](crate::server::Server) behind
+    /// `handle` on this gateway's `/metrics` (and in its
+    /// [`collector`](Self::collector)), labelled `server="name"`: its
+    /// connections accepted, open and refused, its timeouts, the requests
+    /// it handed on and those the service panicked on (the families of
+    /// [`ServerCollector`](crate::prometheus::ServerCollector)). Report the
+    /// server that serves this gateway, and the admin API's if it has its
+    /// own. A second report under the same name replaces the first (a
+    /// server started again).
+    ///
+    /// ```
+    /// # use switchyard::gateway::{Gateway, GatewayConfig};
+    /// use switchyard::server::Server;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let gateway = Gateway::from_config(GatewayConfig::from_toml(r#"
+    /// #     [upstreams.app]
+    /// #     url = "http://127.0.0.1:3001"
+    /// #     [[routes]]
+    /// #     name = "api"
+    /// #     split.targets = [{ name = "app", upstream = "app", weight = 100 }]
+    /// # "#)?)?;
+    /// let server = Server::builder().bind("127.0.0.1:0").await?;
+    /// gateway.report_server("gateway", server.handle());
+    /// assert!(gateway
+    ///     .metrics()
+    ///     .contains("switchyard_server_connections_active{server=\"gateway\"} 0\n"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn report_server(&self, name: &str, handle: crate::server::ServerHandle) {
+        let mut servers = self
+            .inner
+            .servers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match servers.iter_mut().find(|(n, _)| n == name) {
+            Some((_, h)) => *h = handle,
+            None => servers.push((name.to_owned(), handle)),
+        }
     }
 
     fn route<'s>(state: &'s State, req: &Request<GatewayBody>) -> Option<&'s BuiltRoute> {

@@ -464,3 +464,46 @@ async fn mirrored_requests_are_counted() {
     );
     assert!(text.contains("# TYPE switchyard_mirror_latency_diff_seconds gauge\n"));
 }
+
+/// A real server's counters after a request answered and one the service
+/// panicked on, both over loopback.
+#[cfg(feature = "server")]
+#[tokio::test]
+async fn server_collector_counts_requests_connections_and_panics() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = crate::server::Server::bind("127.0.0.1:0").await.unwrap();
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let collector = ServerCollector::new(server.handle(), [("server", "edge")]);
+    let app = service_fn(|req: Request<crate::server::IncomingBody>| async move {
+        assert_ne!(req.uri().path(), "/panic", "a bug in the service");
+        Ok::<_, Infallible>(Response::new(String::from("ok")))
+    });
+    let serving = tokio::spawn(server.serve(app));
+    // Each request on a connection of its own, read to its end.
+    let exchange = |path: &'static str| async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    assert!(exchange("/").await.starts_with("HTTP/1.1 200"));
+    assert!(exchange("/panic").await.starts_with("HTTP/1.1 500"));
+    while handle.stats().active > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let text = encode(vec![Box::new(collector)]);
+    let v = |name: &str| value(&text, &format!("{name}{{server=\"edge\"}}"));
+    assert_eq!(v("switchyard_server_connections_accepted_total"), 2.0);
+    assert_eq!(v("switchyard_server_connections_active"), 0.0);
+    assert_eq!(v("switchyard_server_requests_total"), 2.0);
+    assert_eq!(v("switchyard_server_panics_total"), 1.0);
+    assert_eq!(v("switchyard_server_header_timeouts_total"), 0.0);
+    assert!(text.contains("# TYPE switchyard_server_connections_active gauge\n"));
+    assert!(text.contains("# TYPE switchyard_server_panics_total counter\n"));
+    handle.shutdown(Duration::from_secs(1));
+    serving.await.unwrap().unwrap();
+}

@@ -27,6 +27,7 @@ use tower::util::MapErr;
 use super::Phase;
 use super::Shared;
 use super::body::{BoxError, IncomingBody, OutgoingBody};
+use super::stats::Counters;
 use crate::body::ResponseBody;
 use crate::conn::ConnectionInfo;
 use crate::future::Dispatch;
@@ -39,6 +40,9 @@ use crate::problem::Problem;
 #[derive(Debug)]
 pub(crate) struct ConnState {
     base: Instant,
+    // The server's counters, for what a request's future counts (a
+    // panic): one reference a connection, none a request.
+    counters: Arc<Counters>,
     in_flight: AtomicUsize,
     requests: AtomicU64,
     h2: AtomicBool,
@@ -54,9 +58,10 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
         Self {
             base: Instant::now(),
+            counters,
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             h2: AtomicBool::new(false),
@@ -526,6 +531,7 @@ where
             return Poll::Ready(Err("polled after completion".into()));
         };
         let Some(result) = result else {
+            in_flight.0.counters.panics.fetch_add(1, Ordering::Relaxed);
             return Poll::Ready(Ok(closing_answer(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the server failed while handling the request",
@@ -803,7 +809,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn first_request_within_header_timeout_of_accept() {
-        let state = Arc::new(ConnState::new());
+        let state = Arc::new(ConnState::new(Arc::default()));
         let t0 = Instant::now();
         assert_eq!(
             state.check(t0, Some(10 * S), Some(60 * S)),
@@ -818,7 +824,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_then_a_late_head() {
-        let state = Arc::new(ConnState::new());
+        let state = Arc::new(ConnState::new(Arc::default()));
         state.requests.store(1, Ordering::Relaxed);
         let guard = InFlight::new(Arc::clone(&state));
         let t0 = Instant::now();
@@ -854,7 +860,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_timeout_without_a_byte() {
-        let state = Arc::new(ConnState::new());
+        let state = Arc::new(ConnState::new(Arc::default()));
         state.requests.store(1, Ordering::Relaxed);
         drop(InFlight::new(Arc::clone(&state)));
         tokio::time::advance(59 * S).await;
@@ -871,7 +877,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn h2_ignores_bytes_between_streams() {
-        let state = Arc::new(ConnState::new());
+        let state = Arc::new(ConnState::new(Arc::default()));
         state.requests.store(1, Ordering::Relaxed);
         state.h2.store(true, Ordering::Relaxed);
         drop(InFlight::new(Arc::clone(&state)));

@@ -75,7 +75,8 @@
 //! `poll_ready`, its `call` or its future) is the request's alone: it is
 //! answered with a `500` problem+json and `Connection: close` (over
 //! HTTP/2, the stream is answered and the connection's other streams go
-//! on), the panic printed by the process's panic hook as usual. Every
+//! on), the panic printed by the process's panic hook as usual and
+//! counted in [`ServerStats::panics`]. Every
 //! other request, connection and serving thread is untouched. A panic
 //! while the response body is being written ends that connection (over
 //! HTTP/2, that stream). This holds as long as the application is built
@@ -781,7 +782,7 @@ fn accept<S, B>(
     counters.accepted.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(shared.local);
-    let state = Arc::new(ConnState::new());
+    let state = Arc::new(ConnState::new(Arc::clone(&shared.counters)));
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     shared
         .conns

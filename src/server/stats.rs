@@ -13,6 +13,9 @@ pub(crate) struct Counters {
     pub(crate) idle_closed: AtomicU64,
     pub(crate) body_timeouts: AtomicU64,
     pub(crate) tls_handshake_failures: AtomicU64,
+    /// Requests answered with the server's 500 because the service
+    /// panicked.
+    pub(crate) panics: AtomicU64,
     /// Requests handed to the service: each serving thread's own count
     /// (every request adds to it).
     pub(crate) requests: crate::per_thread::Counters<1>,
@@ -29,6 +32,7 @@ impl Counters {
             idle_closed: get(&self.idle_closed),
             body_timeouts: get(&self.body_timeouts),
             tls_handshake_failures: get(&self.tls_handshake_failures),
+            panics: get(&self.panics),
             requests: self.requests.get(0),
         }
     }
@@ -61,4 +65,10 @@ pub struct ServerStats {
     pub tls_handshake_failures: u64,
     /// Requests handed to the service.
     pub requests: u64,
+    /// Requests the service panicked on (in `poll_ready`, `call` or its
+    /// future), each answered with the server's 500 and its connection
+    /// closed (see the [module docs](super)). A panic in a response
+    /// body, after the head went out, cuts its connection and is not
+    /// counted here. Anything but zero is a bug to look into.
+    pub panics: u64,
 }
