@@ -1427,26 +1427,20 @@ async fn metrics_show_the_servers_reported() {
     let serving_admin = tokio::spawn(admin_server.serve(admin::router(&gateway).unwrap()));
 
     let client = client();
+    let get = |at: SocketAddr, path: &str, key: &'static str| {
+        let uri = format!("http://{at}{path}");
+        let client = &client;
+        async move {
+            let (status, _, body) =
+                call(client, Method::GET, uri, &[("x-api-key", key)], None).await;
+            assert_eq!(status, StatusCode::OK);
+            body
+        }
+    };
     for _ in 0..3 {
-        let (status, _, _) = call(
-            &client,
-            Method::GET,
-            format!("http://{addr}/api/m"),
-            &[("x-api-key", CLIENT_KEY)],
-            None,
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
+        get(addr, "/api/m", CLIENT_KEY).await;
     }
-    let (status, _, body) = call(
-        &client,
-        Method::GET,
-        format!("http://{admin_addr}/metrics"),
-        &[("x-api-key", ADMIN_KEY)],
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    let body = get(admin_addr, "/metrics", ADMIN_KEY).await;
     let text = String::from_utf8(body.to_vec()).unwrap();
     let samples = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let v = |name: &str, server: &str| value_of(&samples, name, &[("server", server)]);

@@ -40,8 +40,8 @@ pub(crate) fn render(gw: &Gateway) -> String {
 }
 
 /// The collectors of what runs beside the state, for as long as it runs:
-/// rollouts, the servers reported, weight sync. Add the collector of anything else the gateway runs (the
-/// rollout engine) here.
+/// rollouts, the servers reported, weight sync. Add the collector of
+/// anything else the gateway runs here.
 pub(crate) fn register_running(registry: &mut Families, gw: &Gateway) {
     // Every route's rollout, as its record shows it (idle, running here,
     // or finished).

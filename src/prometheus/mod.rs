@@ -70,7 +70,7 @@
 //! | [`LifecycleCollector`] | `api_stage` (`api`, `version`, `stage`) |
 //! | [`SubscriptionCollector`] | `subscription_refused_total` (`api`) |
 //! | [`RolloutCollector`] | `rollout_state` (`state`), `rollout_step`, `rollout_canary_weight`, `rollout_last_verdict` (`outcome`) |
-//! | `ServerCollector` (feature `server`) | `server_connections_accepted_total`, `server_connections_active`, `server_connections_refused_total`, `server_header_timeouts_total`, `server_idle_closed_total`, `server_body_timeouts_total`, `server_tls_handshake_failures_total`, `server_requests_total`, `server_panics_total` |
+//! | `ServerCollector` (feature `server`) | `server_connections_active`, `server_connections_accepted_total`, `server_connections_refused_total`, `server_header_timeouts_total`, `server_idle_closed_total`, `server_body_timeouts_total`, `server_tls_handshake_failures_total`, `server_requests_total`, `server_panics_total` |
 //!
 //! Counters are written with the type `counter` and names ending in
 //! `_total`, as `prometheus-client` writes them; latencies are histograms

@@ -12,8 +12,8 @@ use crate::server::{ServerHandle, ServerStats};
 ///
 /// | family | what |
 /// | --- | --- |
-/// | `switchyard_server_connections_accepted_total` | connections accepted and kept |
 /// | `switchyard_server_connections_active` | connections open now (gauge) |
+/// | `switchyard_server_connections_accepted_total` | connections accepted and kept |
 /// | `switchyard_server_connections_refused_total` | connections closed at once over `max_connections` |
 /// | `switchyard_server_header_timeouts_total` | connections closed by the header read timeout |
 /// | `switchyard_server_idle_closed_total` | connections closed by the idle timeout |
@@ -120,16 +120,6 @@ impl crate::prometheus::EncodeInto for ServerCollector {
         // Each server read once, so that its families agree.
         let read: Vec<(&LabelSet, ServerStats)> =
             self.servers.iter().map(|(l, h)| (l, h.stats())).collect();
-        let (accepted, rest) = COUNTS.split_first().expect("COUNTS is not empty");
-        let family = |enc: &mut DescriptorEncoder<'_>, &(name, help, get): &Count| {
-            counter(
-                enc,
-                name,
-                help,
-                read.iter().map(|(l, s)| (row(l, []), get(s))),
-            )
-        };
-        family(enc, accepted)?;
         gauge(
             enc,
             "switchyard_server_connections_active",
@@ -137,8 +127,13 @@ impl crate::prometheus::EncodeInto for ServerCollector {
             read.iter()
                 .map(|(l, s)| (row(l, []), signed(s.active as u64))),
         )?;
-        for count in rest {
-            family(enc, count)?;
+        for (name, help, get) in COUNTS {
+            counter(
+                enc,
+                name,
+                help,
+                read.iter().map(|(l, s)| (row(l, []), get(s))),
+            )?;
         }
         Ok(())
     }
