@@ -67,7 +67,8 @@ def read(path):
     return ir, miss
 
 
-# The repository's root, where switchyard's own files are.
+# The repository's root, where switchyard's own files are (a binary built
+# from another checkout has its own files counted as "other").
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")) + "/"
 
 
@@ -80,6 +81,7 @@ def short(path):
 
 
 def group(path):
+    """The crate (or toolchain part) a file belongs to."""
     if path.startswith("switchyard:"):
         return "switchyard's own"
     if path.startswith("rustc:"):
