@@ -49,11 +49,15 @@ impl Inner {
     /// `X-Real-IP` (the client's from a trusted proxy, else the peer; with
     /// that header off, only the client's from a trusted proxy), and with
     /// the option on, a `Forwarded` element with every value quoted.
+    /// `real_ip_sent`: whether the request carries `X-Real-IP` (as
+    /// [`scan_request`] found), so that one it does not carry is not
+    /// looked up to be removed.
     pub(super) fn add_forwarded(
         &self,
         headers: &mut HeaderMap,
         extensions: &http::Extensions,
         host: Option<&HeaderValue>,
+        real_ip_sent: bool,
     ) {
         const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
         const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -125,10 +129,10 @@ impl Inner {
         if !self.real_ip {
             // Not written, and never passed on from a client that may have
             // made it up.
-            if !trusted {
+            if !trusted && real_ip_sent {
                 headers.remove(XRI);
             }
-        } else if !(trusted && headers.contains_key(&XRI)) {
+        } else if !(trusted && real_ip_sent) {
             match ip_value {
                 Some(ip) => {
                     headers.insert(XRI, ip);
@@ -323,11 +327,14 @@ pub(super) struct RequestHead {
     pub(super) host: Option<HeaderValue>,
     /// `Host` was one line, and is now the value asked for.
     pub(super) host_set: bool,
+    /// The request carries `X-Real-IP`.
+    pub(super) real_ip: bool,
 }
 
 /// One pass over `headers` for what the proxy reads of a request: the
-/// hop-by-hop headers present, whether it is gRPC, and the client's
-/// `Host`, replaced in place by `set_host` when given. Each of those
+/// hop-by-hop headers present, whether it is gRPC, whether it carries
+/// `X-Real-IP`, and the client's `Host`, replaced in place by `set_host`
+/// when given. Each of those
 /// otherwise costs a lookup of its own (a hash of the name and a probe),
 /// and `Host` a second one to be replaced; the pass compares each line's
 /// name, most of them standard names, compared as such.
@@ -337,6 +344,7 @@ pub(super) fn scan_request(headers: &mut HeaderMap, set_host: Option<&HeaderValu
         grpc: false,
         host: None,
         host_set: false,
+        real_ip: false,
     };
     let mut hosts = 0u32;
     let mut content_type = false;
@@ -356,6 +364,8 @@ pub(super) fn scan_request(headers: &mut HeaderMap, set_host: Option<&HeaderValu
             }
         } else if let Some(i) = hop_by_hop_index(name) {
             head.hop_by_hop |= 1 << i;
+        } else if name.as_str() == "x-real-ip" {
+            head.real_ip = true;
         }
     }
     // Several `Host` lines (only without the ingress step, which refuses
@@ -479,6 +489,10 @@ mod tests {
         assert_eq!(head.grpc, crate::grpc::is_grpc(&kept));
         assert!(head.grpc);
         assert_eq!(head.hop_by_hop, UPGRADE_BIT | TE_BIT);
+        assert!(!head.real_ip);
+        let mut with_real_ip = kept.clone();
+        with_real_ip.append("X-Real-IP", HeaderValue::from_static("192.0.2.1"));
+        assert!(scan_request(&mut with_real_ip, None).real_ip);
         // Without a value to set, `Host` stays; two lines are left to an
         // `insert`.
         let head = scan_request(&mut kept, None);

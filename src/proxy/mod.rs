@@ -482,7 +482,12 @@ impl Upstream {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
         }
-        inner.add_forwarded(&mut parts.headers, &parts.extensions, client_host.as_ref());
+        inner.add_forwarded(
+            &mut parts.headers,
+            &parts.extensions,
+            client_host.as_ref(),
+            head.real_ip,
+        );
         let endpoint_host = !inner.preserve_host || client_host.is_none();
         parts.uri = uri;
         parts.version = if inner.http2 {
