@@ -31,6 +31,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use switchyard::gateway::{Gateway, GatewayConfig, admin};
 use switchyard::rollout::{Analysis, Plan, Step};
+use switchyard::server::Server;
 
 use crate::support::net;
 
@@ -106,7 +107,13 @@ async fn demo() -> Demo {
     }
     let gateway = Gateway::from_config(config).unwrap();
     let admin = net::serve(admin::router(&gateway).unwrap()).await;
-    let gateway = net::serve(Router::new().fallback_service(gateway)).await;
+    // Served as the `gateway` example serves it: by switchyard's server,
+    // reported to the gateway (the dashboard's Servers view).
+    let server = Server::bind("127.0.0.1:0").await.unwrap();
+    gateway.report_server("gateway", server.handle());
+    let addr = server.local_addr();
+    tokio::spawn(server.serve(gateway));
+    let gateway = addr;
     Demo {
         gateway,
         admin,
@@ -440,7 +447,7 @@ async fn drive(page: &Client, demo: &Demo) {
     );
 
     // The other views of the demo.
-    for view in ["upstreams", "keys"] {
+    for view in ["upstreams", "servers", "keys"] {
         page.find(Locator::Css(&format!("#tabs button[data-view='{view}']")))
             .await
             .unwrap()
@@ -468,6 +475,45 @@ async fn drive(page: &Client, demo: &Demo) {
     );
     let keys = text("keys").await;
     assert!(keys.contains("demo") && keys.contains("guest"), "{keys}");
+    // The server the gateway is served by: its address, serving, every
+    // request sent so far handed on (929 by now; the view shows them by
+    // the next poll), none panicked, and a rate.
+    // Read in one script: each poll builds the table anew, so an element
+    // found in one call may be gone by the next.
+    let cells = async || -> Vec<String> {
+        let cells = page
+            .execute(
+                "return Array.from(document.querySelectorAll(\
+                 \"#servers tr[data-server='gateway'] > *\"), (c) => c.textContent);",
+                vec![],
+            )
+            .await
+            .unwrap();
+        serde_json::from_value(cells).unwrap()
+    };
+    let requests_shown = async |at_least: u64| {
+        let deadline = Instant::now() + PAGE_WAIT;
+        loop {
+            let row = cells().await;
+            let shown = row.get(5).and_then(|n| n.parse::<u64>().ok());
+            if shown.is_some_and(|n| n >= at_least) && row[6] != "–" {
+                return row;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the servers' view stays at {row:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let row = requests_shown(929).await;
+    assert_eq!(row[0], "gateway", "{row:?}");
+    assert_eq!(row[1], demo.gateway.to_string(), "{row:?}");
+    assert_eq!(row[2], "serving", "{row:?}");
+    assert_eq!(row[10], "0", "{row:?}");
+    let shown: u64 = row[5].parse().unwrap();
+    demo.traffic(50).await;
+    requests_shown(shown + 50).await;
 
     // A rollout started from the page advances through its steps (to its
     // pause at 40 %), and the traffic follows; its abort sends all of it

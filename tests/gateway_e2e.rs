@@ -1463,6 +1463,32 @@ async fn metrics_show_the_servers_reported() {
             .metrics()
             .contains("switchyard_server_requests_total{server=\"admin\"} 1\n")
     );
+    // And as JSON, for the dashboard: the admin server's second request.
+    let body = get(admin_addr, "/servers", ADMIN_KEY).await;
+    let servers: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(servers.as_array().map(Vec::len), Some(2), "{servers}");
+    let (data, control) = (&servers[0], &servers[1]);
+    assert_eq!(data["name"], "gateway");
+    assert_eq!(data["address"], addr.to_string());
+    assert_eq!(data["requests"], 3);
+    assert_eq!(control["name"], "admin");
+    assert_eq!(control["address"], admin_addr.to_string());
+    assert_eq!(control["requests"], 2);
+    for server in [data, control] {
+        assert_eq!(server["shutting_down"], false);
+        assert_eq!(server["accepted"], 1);
+        assert_eq!(server["active"], 1);
+        assert_eq!(server["panics"], 0);
+        assert_eq!(server["refused_over_cap"], 0);
+    }
+    // Shutting down shows before the server has stopped.
+    admin_handle.shutdown(HANG_GUARD);
+    assert!(
+        gateway
+            .servers()
+            .iter()
+            .any(|s| s.name == "admin" && s.shutting_down)
+    );
 
     drop(client);
     handle.shutdown(HANG_GUARD);

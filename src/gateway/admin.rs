@@ -15,7 +15,7 @@
 //! | --- | --- |
 //! | `GET /healthz` | `ok` (without a key, for load balancers) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of this API (without a key; [`OPENAPI_DOCUMENT`]) |
-//! | `GET /ui` (or `/ui/`), `/ui/app.js`, `/ui/app.css` | the dashboard, without a key: static files that hold no data; the page asks for an admin key and uses the routes below with it (routes and splits with live request, error and p99 charts, rollouts, models, upstreams, API keys). Strict `Content-Security-Policy`, `nosniff`, `no-referrer`, `no-store` |
+//! | `GET /ui` (or `/ui/`), `/ui/app.js`, `/ui/app.css` | the dashboard, without a key: static files that hold no data; the page asks for an admin key and uses the routes below with it (routes and splits with live request, error and p99 charts, rollouts, models, upstreams, the gateway's own servers, API keys). Strict `Content-Security-Policy`, `nosniff`, `no-referrer`, `no-store` |
 //! | `GET /config` | the configuration in force, weights as they are now, secrets redacted (keys as digests, URL passwords and credential header values as `<redacted>`) |
 //! | `PUT /config` | checks a new configuration (JSON) and reloads, as one transaction; 422 with every problem otherwise, and nothing changed. `<redacted>` values sent back as `GET /config` showed them keep their secrets; a configuration without admin keys is refused |
 //! | `GET /splits`, `GET /splits/{route}` | weights and per-target counters |
@@ -33,6 +33,7 @@
 //! | `DELETE /upstreams/{name}/endpoints/{key}` | takes a server out (the key percent-encoded): no new request goes to it, those in flight finish (202, with its `in_flight`; it shows `draining` in `GET /upstreams` until they have) |
 //! | `GET /splits/{route}/compare` | the split's targets side by side: weight and share, their upstream's endpoints (total, in service, healthy, draining) and discovery status, its settings, live figures (requests, in flight, responses by class, errors, error rate, p50 and p99 to the response head, since the start and, as `window`, since the previous compare of the route: rate per second, error rate, p99) and capacity: `warnings` when a target has fewer healthy endpoints than its weight needs at the load the heaviest target's endpoints carry; for a model route, each alias's versions the same way, with their tokens and cost |
 //! | `GET /metrics` | Prometheus text exposition |
+//! | `GET /servers` | the servers reported with [`Gateway::report_server`] (the `gateway` example reports its data and admin servers): name, address, `shutting_down`, connections open now, accepted, refused over the cap, closed by the header read and idle timeouts, request bodies cut by the body idle timeout, failed TLS handshakes, requests, and requests the service panicked on |
 //! | `GET /apis`, `GET /apis/{route}` | the routes that are APIs: name, version, owner, stage, subscription policy; one API with its moves (who, when) and, while deprecated, its callers by identity |
 //! | `POST /apis/{route}/stage` | `{"stage": "deprecated"}`: moves the API (409 for a move the lifecycle forbids); kept in `[platform] state_file` |
 //! | `GET /subscriptions/{api}` | an API's policy, subscriptions, decisions (who, when) and refused calls |
@@ -125,6 +126,7 @@ pub fn router(gateway: &Gateway) -> Result<Router, AdminError> {
         .route("/usage", get(get_usage))
         .route("/spend/{route}", get(get_spend))
         .route("/metrics", get(get_metrics))
+        .route("/servers", get(get_servers))
         .merge(super::admin_platform::routes())
         .merge(super::admin_rollouts::routes())
         .merge(super::admin_upstreams::routes())
@@ -453,6 +455,32 @@ struct UsageQuery {
     since: Option<String>,
     until: Option<String>,
     route: Option<String>,
+}
+
+/// The servers reported to the gateway, with their counters.
+async fn get_servers(State(gw): State<Gateway>) -> Json<Value> {
+    let servers: Vec<Value> = gw
+        .servers()
+        .into_iter()
+        .map(|s| {
+            let c = s.stats;
+            json!({
+                "name": s.name,
+                "address": s.address.to_string(),
+                "shutting_down": s.shutting_down,
+                "active": c.active,
+                "accepted": c.accepted,
+                "refused_over_cap": c.refused_over_cap,
+                "header_timeouts": c.header_timeouts,
+                "idle_closed": c.idle_closed,
+                "body_timeouts": c.body_timeouts,
+                "tls_handshake_failures": c.tls_handshake_failures,
+                "requests": c.requests,
+                "panics": c.panics,
+            })
+        })
+        .collect();
+    Json(Value::Array(servers))
 }
 
 async fn get_usage(

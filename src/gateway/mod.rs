@@ -711,9 +711,66 @@ impl Gateway {
         }
     }
 
+    /// The servers reported with [`report_server`](Self::report_server),
+    /// in the order they were first reported: each one's name, address,
+    /// whether it is shutting down, and its counters now (what the admin
+    /// API's `GET /servers` and the dashboard show).
+    ///
+    /// ```
+    /// # use switchyard::gateway::{Gateway, GatewayConfig};
+    /// use switchyard::server::Server;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let gateway = Gateway::from_config(GatewayConfig::from_toml(r#"
+    /// #     [upstreams.app]
+    /// #     url = "http://127.0.0.1:3001"
+    /// #     [[routes]]
+    /// #     name = "api"
+    /// #     split.targets = [{ name = "app", upstream = "app", weight = 100 }]
+    /// # "#)?)?;
+    /// let server = Server::builder().bind("127.0.0.1:0").await?;
+    /// gateway.report_server("gateway", server.handle());
+    /// let servers = gateway.servers();
+    /// assert_eq!(servers[0].name, "gateway");
+    /// assert_eq!(servers[0].address, server.local_addr());
+    /// assert_eq!(servers[0].stats.requests, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn servers(&self) -> Vec<ReportedServer> {
+        self.inner
+            .servers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(name, handle)| ReportedServer {
+                name: name.clone(),
+                address: handle.local_addr(),
+                shutting_down: handle.is_shutting_down(),
+                stats: handle.stats(),
+            })
+            .collect()
+    }
+
     fn route<'s>(state: &'s State, req: &Request<GatewayBody>) -> Option<&'s BuiltRoute> {
         state.routes.iter().find(|r| r.matcher.matches(req))
     }
+}
+
+/// A server reported to a gateway ([`Gateway::report_server`]) as it is
+/// now: from [`Gateway::servers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReportedServer {
+    /// The name it was reported under.
+    pub name: String,
+    /// The address it listens on.
+    pub address: std::net::SocketAddr,
+    /// Whether its graceful shutdown has started.
+    pub shutting_down: bool,
+    /// Its counters.
+    pub stats: crate::server::ServerStats,
 }
 
 impl<B> Service<Request<B>> for Gateway

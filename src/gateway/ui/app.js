@@ -27,6 +27,7 @@ const state = {
   series: new Map(), // "route/target" -> [{t, rate, err, p99}]
   dirty: new Set(), // routes whose weight inputs the user is editing
   cards: new Map(), // route -> its split card
+  serverPrev: new Map(), // server name -> {requests, t} at the last poll
 };
 
 // === building the page ===
@@ -140,6 +141,7 @@ async function poll() {
         compared.forEach(renderCompare);
       }),
       api('GET', '/upstreams').then(renderUpstreams),
+      api('GET', '/servers').then(renderServers),
       api('GET', '/keys').then((d) => renderKeys(d.keys)),
       pollModels(),
     ];
@@ -462,6 +464,29 @@ function renderUpstreams(upstreams) {
           td(e.in_flight), td(e.requests), td(e.failures), td(e.ejections));
       })));
   }));
+}
+
+// === the gateway's own servers ===
+
+function renderServers(servers) {
+  const now = Date.now();
+  const rows = servers.map((s) => {
+    // Requests a second since the last poll (none on the first).
+    const prev = state.serverPrev.get(s.name);
+    const rate = prev && now > prev.t && s.requests >= prev.requests
+      ? (s.requests - prev.requests) / ((now - prev.t) / 1000) : null;
+    state.serverPrev.set(s.name, { requests: s.requests, t: now });
+    return el('tr', { 'data-server': s.name },
+      el('th', { scope: 'row', text: s.name }), td(s.address),
+      td(s.shutting_down ? 'shutting down' : 'serving', { class: s.shutting_down ? 'warning' : null }),
+      td(s.active), td(s.accepted), td(s.requests), td(num(rate, 1)),
+      td(s.refused_over_cap), td(s.header_timeouts + ' / ' + s.idle_closed + ' / ' + s.body_timeouts),
+      td(s.tls_handshake_failures), td(s.panics, { class: s.panics > 0 ? 'warning' : null, 'data-panics': s.panics }));
+  });
+  $('servers').replaceChildren(servers.length
+    ? table(['Server', 'Address', 'State', 'Open connections', 'Accepted', 'Requests', 'Requests/s', 'Refused (at the cap)',
+      'Timeouts (head / idle / body)', 'TLS handshakes failed', 'Panics'], rows)
+    : el('p', { class: 'empty', text: 'No servers reported to this gateway (Gateway::report_server).' }));
 }
 
 // === API keys ===
