@@ -284,6 +284,7 @@ Try:
   curl -s -X POST {a}/splits/api/rollback -H 'authorization: Bearer demo-admin-key'
   seq 300 | xargs -P 30 -I@ curl -s -o /dev/null -w '%{{http_code}}\n' {g}/ -H 'x-api-key: demo-key' | sort | uniq -c   # 429s past the burst
   curl -s {a}/upstreams -H 'authorization: Bearer demo-admin-key'        # green's two servers
+  curl -s {a}/servers -H 'authorization: Bearer demo-admin-key'          # this gateway's own: connections, requests
   curl -s {a}/metrics -H 'authorization: Bearer demo-admin-key'
 "#
         );
