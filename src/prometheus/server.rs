@@ -20,7 +20,7 @@ use crate::server::{ServerHandle, ServerStats};
 /// | `switchyard_server_body_timeouts_total` | request bodies cut by the body idle timeout |
 /// | `switchyard_server_tls_handshake_failures_total` | TLS handshakes that failed |
 /// | `switchyard_server_requests_total` | requests handed to the service |
-/// | `switchyard_server_panics_total` | requests the service panicked on (each answered with a 500) |
+/// | `switchyard_server_panics_total` | requests the service panicked on (each answered with a 500, or, in its response body, cut short) |
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -110,7 +110,7 @@ const COUNTS: [Count; 8] = [
     ),
     (
         "switchyard_server_panics_total",
-        "Requests the service panicked on, each answered with the server's 500.",
+        "Requests the service panicked on, each answered with the server's 500 or, when its response body panicked, cut short.",
         |s| s.panics,
     ),
 ];

@@ -125,11 +125,14 @@ impl fmt::Debug for IncomingBody {
 
 pin_project! {
     /// A response body on its way out, holding its request's in-flight
-    /// count until it ends or is dropped.
+    /// count until it ends or is dropped. A panic in the body it wraps
+    /// ends it with an error (see the [module docs](super)).
     pub struct OutgoingBody<B> {
         #[pin]
         inner: B,
         in_flight: Option<InFlight>,
+        // The body panicked: never polled again.
+        poisoned: bool,
     }
 }
 
@@ -138,32 +141,59 @@ impl<B> OutgoingBody<B> {
         Self {
             inner,
             in_flight: Some(in_flight),
+            poisoned: false,
         }
     }
 }
 
+/// The error a response body ends with when the body the service gave
+/// panicked while it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the response body panicked")]
+struct BodyPanicked;
+
 impl<B> Body for OutgoingBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let frame = this.inner.poll_frame(cx);
+        if *this.poisoned {
+            return Poll::Ready(None);
+        }
+        let mut inner = this.inner;
+        // A panic in the body (a bug of a layer or a handler, after the
+        // head went out) ends it with an error, rather than unwinding
+        // through hyper and ending the connection's task: hyper then cuts
+        // the connection (HTTP/1.1: the response cannot be finished) or
+        // resets the stream (HTTP/2), and the server counts it with the
+        // service's panics. Whatever state the panic left the body in is
+        // never observed: it is not polled again.
+        let Ok(frame) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inner.as_mut().poll_frame(cx)
+        })) else {
+            *this.poisoned = true;
+            if let Some(in_flight) = this.in_flight.take() {
+                in_flight.count_panic();
+            }
+            return Poll::Ready(Some(Err(Box::new(BodyPanicked))));
+        };
         if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
             *this.in_flight = None;
         }
-        frame
+        frame.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.poisoned || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

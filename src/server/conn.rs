@@ -174,6 +174,13 @@ impl InFlight {
         state.in_flight.fetch_add(1, Ordering::AcqRel);
         Self(state)
     }
+
+    /// Counts a panic of the service on this request (its future's, or
+    /// its response body's).
+    #[cold]
+    pub(crate) fn count_panic(&self) {
+        self.0.counters.panics.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for InFlight {
@@ -531,7 +538,7 @@ where
             return Poll::Ready(Err("polled after completion".into()));
         };
         let Some(result) = result else {
-            in_flight.0.counters.panics.fetch_add(1, Ordering::Relaxed);
+            in_flight.count_panic();
             return Poll::Ready(Ok(closing_answer(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the server failed while handling the request",

@@ -78,8 +78,9 @@
 //! on), the panic printed by the process's panic hook as usual and
 //! counted in [`ServerStats::panics`]. Every
 //! other request, connection and serving thread is untouched. A panic
-//! while the response body is being written ends that connection (over
-//! HTTP/2, that stream). This holds as long as the application is built
+//! in the response body, once its head has gone out, ends that response
+//! with an error: its connection is cut (over HTTP/2, its stream is
+//! reset and the others go on), and it is counted too. This holds as long as the application is built
 //! with `panic = "unwind"`, Rust's default: with `"abort"` the process
 //! ends.
 //!

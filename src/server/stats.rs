@@ -65,10 +65,10 @@ pub struct ServerStats {
     pub tls_handshake_failures: u64,
     /// Requests handed to the service.
     pub requests: u64,
-    /// Requests the service panicked on (in `poll_ready`, `call` or its
-    /// future), each answered with the server's 500 and its connection
-    /// closed (see the [module docs](super)). A panic in a response
-    /// body, after the head went out, cuts its connection and is not
-    /// counted here. Anything but zero is a bug to look into.
+    /// Requests the service panicked on: in `poll_ready`, `call` or its
+    /// future, each answered with the server's 500 and its connection
+    /// closed, or in the response body, after the head went out, which
+    /// cuts its connection (over HTTP/2, resets its stream; see the
+    /// [module docs](super)). Anything but zero is a bug to look into.
     pub panics: u64,
 }
