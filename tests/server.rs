@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use switchyard::conn::ConnectionInfo;
 use switchyard::server::{IncomingBody, Server, ServerBuilder, ServerHandle, ServerStats};
@@ -115,6 +116,43 @@ async fn get_keeping(
     let status = res.status();
     let body = res.into_body().collect().await?.to_bytes();
     Ok((send, status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// An HTTP/2 connection to `addr` (prior knowledge) and its task.
+async fn h2_connect(addr: SocketAddr) -> (http2::SendRequest<Empty<Bytes>>, JoinHandle<()>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, conn)
+}
+
+/// `GET path` on a stream of `send`'s connection: the status, and the
+/// body or how it ended.
+async fn h2_get(
+    send: &http2::SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(StatusCode, Result<Bytes, hyper::Error>), hyper::Error> {
+    let req = Request::get(format!("http://{addr}{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = send.clone().send_request(req).await?;
+    let status = res.status();
+    Ok((
+        status,
+        res.into_body().collect().await.map(|b| b.to_bytes()),
+    ))
+}
+
+/// Waits until the server has handed `n` requests to the service.
+async fn requests_seen(handle: &ServerHandle, n: u64) {
+    while handle.stats().requests < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Waits (up to `HANG_GUARD`) until the server counts no connection open;
@@ -628,31 +666,15 @@ async fn a_panic_in_an_http2_response_body_resets_that_stream_alone() {
         Ok::<_, Infallible>(Response::new(body))
     };
     let (addr, handle, task) = serving(server, service_fn(panics));
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
-    let request = |path: &str| {
-        let mut send = send.clone();
-        let req = Request::get(format!("http://{addr}{path}"))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        async move {
-            let res = send.send_request(req).await?;
-            let status = res.status();
-            let body = res.into_body().collect().await.map(|b| b.to_bytes());
-            Ok::<_, hyper::Error>((status, body))
-        }
-    };
-    let slow = tokio::spawn(request("/slow"));
-    while handle.stats().requests == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (send, conn) = h2_connect(addr).await;
+    let slow = tokio::spawn({
+        let send = send.clone();
+        async move { h2_get(&send, addr, "/slow").await }
+    });
+    requests_seen(&handle, 1).await;
     // Reset: with the head, if it reached the client before the reset,
     // the body ends in an error rather than in full.
-    match request("/panic").await {
+    match h2_get(&send, addr, "/panic").await {
         Ok((status, body)) => {
             assert_eq!(status, StatusCode::OK);
             assert!(body.is_err(), "the body ends in an error, not in full");
@@ -661,7 +683,7 @@ async fn a_panic_in_an_http2_response_body_resets_that_stream_alone() {
     }
     let (status, body) = slow.await.unwrap().unwrap();
     assert_eq!((status, body.unwrap().len()), (StatusCode::OK, 0));
-    let (status, body) = request("/").await.unwrap();
+    let (status, body) = h2_get(&send, addr, "/").await.unwrap();
     assert_eq!((status, body.unwrap().len()), (StatusCode::OK, 0));
     let stats = handle.stats();
     assert_eq!((stats.active, stats.requests, stats.panics), (1, 3, 1));
@@ -674,28 +696,16 @@ async fn a_panic_in_an_http2_response_body_resets_that_stream_alone() {
 async fn a_panic_on_an_http2_stream_is_a_500_on_that_stream_alone() {
     let server = Server::builder().bind("127.0.0.1:0").await.unwrap();
     let (addr, handle, task) = serving(server, service_fn(panicking));
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let request = |path: &str| {
-        let mut send = send.clone();
-        let req = Request::get(format!("http://{addr}{path}"))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+    let (send, _conn) = h2_connect(addr).await;
+    let request = |path: &'static str| {
+        let send = send.clone();
         async move {
-            let res = send.send_request(req).await?;
-            let status = res.status();
-            let body = res.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
+            let (status, body) = h2_get(&send, addr, path).await?;
+            Ok::<_, hyper::Error>((status, body?))
         }
     };
     let slow = tokio::spawn(request("/slow"));
-    while handle.stats().requests == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    requests_seen(&handle, 1).await;
     let (status, body) = request("/panic").await.unwrap();
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(String::from_utf8_lossy(&body).contains(r#""status":500"#));
