@@ -290,8 +290,16 @@ pub(crate) fn apply_headers(
             map.insert(name, v);
         }
     }
-    for (name, v) in &rules.add {
+    for (k, (name, v)) in rules.add.iter().enumerate() {
         let v = resolve(v, rendered);
+        if rules.sets.get(k) == Some(&true) {
+            // Removed, then added: what the request had goes either way.
+            match v.value(empty) {
+                Some(v) => map.insert(name, v),
+                None => map.remove(name),
+            };
+            continue;
+        }
         if !map.contains_key(name)
             && let Some(v) = v.value(empty)
         {
@@ -566,5 +574,101 @@ mod tests {
         assert!(is_encoded(&h(&["identity, gzip"])));
         assert!(is_encoded(&h(&["gzip, identity"])));
         assert!(is_encoded(&h(&["identity", "br"])));
+    }
+
+    mod sets {
+        use proptest::prelude::*;
+
+        use super::super::apply_headers;
+        use crate::transform::compile::{Headers, Value, fuse_sets};
+        use http::{HeaderMap, HeaderName, HeaderValue};
+
+        const NAMES: [&str; 3] = ["x-a", "x-b", "x-c"];
+
+        fn name(i: usize) -> HeaderName {
+            HeaderName::from_static(NAMES[i])
+        }
+
+        fn value(v: u8) -> Value {
+            Value::Literal(HeaderValue::from(u16::from(v)))
+        }
+
+        /// Rules over three names, as written: `(remove, rename,
+        /// replace, add, append)`.
+        type Written = (
+            Vec<usize>,
+            Vec<(usize, usize)>,
+            Vec<(usize, u8)>,
+            Vec<(usize, u8)>,
+            Vec<(usize, u8)>,
+        );
+
+        fn headers(w: &Written) -> Headers {
+            let (remove, rename, replace, add, append) = w;
+            let named = |l: &[(usize, u8)]| l.iter().map(|&(n, v)| (name(n), value(v))).collect();
+            Headers {
+                remove: remove.iter().map(|&n| name(n)).collect(),
+                rename: rename.iter().map(|&(f, t)| (name(f), name(t))).collect(),
+                replace: named(replace),
+                add: named(add),
+                sets: Vec::new(),
+                append: named(append),
+                has_templates: false,
+            }
+        }
+
+        fn written() -> impl Strategy<Value = Written> {
+            let n = || 0..NAMES.len();
+            let list = |max| proptest::collection::vec((n(), any::<u8>()), 0..max);
+            (
+                proptest::collection::vec(n(), 0..3),
+                proptest::collection::vec((n(), n()), 0..2),
+                list(2),
+                list(4),
+                list(2),
+            )
+        }
+
+        fn request() -> impl Strategy<Value = Vec<(usize, u8)>> {
+            proptest::collection::vec((0..NAMES.len(), any::<u8>()), 0..5)
+        }
+
+        #[test]
+        fn the_set_idiom_is_fused() {
+            // remove x-a, add x-a: one `insert`.
+            let mut h = headers(&(vec![0], vec![], vec![], vec![(0, 7)], vec![]));
+            fuse_sets(&mut h);
+            assert!(h.remove.is_empty());
+            assert_eq!(h.sets, [true]);
+            // A rename to the name keeps the rules as written.
+            let mut h = headers(&(vec![0], vec![(1, 0)], vec![], vec![(0, 7)], vec![]));
+            fuse_sets(&mut h);
+            assert_eq!(h.remove.len(), 1);
+            assert_eq!(h.sets, [false]);
+        }
+
+        proptest! {
+            /// Fused or as written, the rules leave any request's headers
+            /// the same, values and their order.
+            #[test]
+            fn fused_rules_do_what_the_written_ones_do(w in written(), req in request()) {
+                let mut map = HeaderMap::new();
+                for (n, v) in &req {
+                    map.append(name(*n), HeaderValue::from(u16::from(*v)));
+                }
+                let mut as_written = map.clone();
+                let plain = headers(&w);
+                apply_headers(&mut as_written, &plain, &mut [], false);
+                let mut fused = headers(&w);
+                fuse_sets(&mut fused);
+                apply_headers(&mut map, &fused, &mut [], false);
+                for n in NAMES {
+                    let got: Vec<_> = map.get_all(n).iter().collect();
+                    let want: Vec<_> = as_written.get_all(n).iter().collect();
+                    prop_assert_eq!(got, want, "{}", n);
+                }
+                prop_assert_eq!(map.len(), as_written.len());
+            }
+        }
     }
 }

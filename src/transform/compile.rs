@@ -68,6 +68,13 @@ pub(crate) struct Headers {
     pub(crate) rename: Vec<(HeaderName, HeaderName)>,
     pub(crate) replace: Vec<(HeaderName, Value)>,
     pub(crate) add: Vec<(HeaderName, Value)>,
+    /// Of `add`, by index, the rules that set their header outright: the
+    /// first `add` of a name that `remove` takes out and that no `rename`
+    /// or `replace` touches in between (`proxy_set_header`'s idiom). Its
+    /// name is left out of `remove`: the `insert` that adds it replaces
+    /// what the request had, one lookup of the name where removing,
+    /// looking and inserting took three.
+    pub(crate) sets: Vec<bool>,
     pub(crate) append: Vec<(HeaderName, Value)>,
     pub(crate) has_templates: bool,
 }
@@ -324,7 +331,33 @@ fn compile_headers(
         }
     }
     out.has_templates = has_templates;
+    fuse_sets(&mut out);
     Ok(out)
+}
+
+/// Marks the `add` rules that can set their header in one step (see
+/// [`Headers::sets`]) and takes their names out of `remove`.
+pub(crate) fn fuse_sets(headers: &mut Headers) {
+    let Headers {
+        remove,
+        rename,
+        replace,
+        add,
+        sets,
+        ..
+    } = headers;
+    sets.clear();
+    sets.resize(add.len(), false);
+    for (k, (name, _)) in add.iter().enumerate() {
+        let fusable = remove.contains(name)
+            && !rename.iter().any(|(from, to)| from == name || to == name)
+            && !replace.iter().any(|(n, _)| n == name)
+            && !add[..k].iter().any(|(n, _)| n == name);
+        if fusable {
+            sets[k] = true;
+            remove.retain(|n| n != name);
+        }
+    }
 }
 
 pub(crate) fn template(
