@@ -11,7 +11,8 @@ use super::{Change, Changes, Problems, SharedRedis, State, key_by, quotas};
 #[cfg(feature = "redis")]
 use crate::gateway::config::RedisFailureConfig;
 use crate::gateway::config::{KeyConfig, RateLimitConfig, RedisConfig};
-use crate::ratelimit::{RateLimitHandle, RateLimitLayer};
+use crate::key::KeyBy;
+use crate::ratelimit::{Quota, RateLimitHandle, RateLimitLayer};
 
 /// The connection for `[redis]`: the old one when the settings did not
 /// change. The connection is made lazily (and remade when lost) by the
@@ -116,6 +117,25 @@ pub(super) fn pre_auth_limiter(
     local_limiter(rl, here, place, reused, problems, changes)
 }
 
+/// What a limiter is built from, read from its `rate_limit` section at
+/// `here`: the key, the quotas and the options, every problem noted;
+/// `None` when any of them is wrong.
+fn section(
+    rl: &RateLimitConfig,
+    here: &str,
+    place: crate::gateway::limits::Place,
+    problems: &mut Problems,
+) -> Option<(KeyBy, Vec<Quota>, crate::gateway::limits::Options)> {
+    let key = key_by(&rl.key, &format!("{here}.key"), problems);
+    let qs = quotas(&rl.quotas, &format!("{here}.quotas"), problems);
+    if rl.quotas.is_empty() {
+        problems.push(format!("{here}.quotas"), "at least one quota");
+    }
+    let options = crate::gateway::limits::options(rl, here, place, problems);
+    let (key, options) = (key?, options?);
+    (qs.len() == rl.quotas.len()).then_some((key, qs, options))
+}
+
 /// A rate limit counted in this process, at `here` in the configuration:
 /// `reused` (its cells kept; its quotas, tiers, dry-run and allow list
 /// changed when the reload is applied) or a new one.
@@ -127,16 +147,7 @@ pub(super) fn local_limiter(
     problems: &mut Problems,
     changes: &mut Changes,
 ) -> Option<(RateLimitLayer, RateLimitHandle)> {
-    let key = key_by(&rl.key, &format!("{here}.key"), problems);
-    let qs = quotas(&rl.quotas, &format!("{here}.quotas"), problems);
-    if rl.quotas.is_empty() {
-        problems.push(format!("{here}.quotas"), "at least one quota");
-    }
-    let options = crate::gateway::limits::options(rl, here, place, problems);
-    let (key, options) = (key?, options?);
-    if qs.len() != rl.quotas.len() {
-        return None;
-    }
+    let (key, qs, options) = section(rl, here, place, problems)?;
     let settings = reused.map(|_| options.settings(qs.clone()));
     let mut b = RateLimitLayer::builder().key_by(key);
     for q in qs {
@@ -191,16 +202,7 @@ pub(super) fn shared_limiter(
     problems: &mut Problems,
 ) -> Option<(RedisConfig, crate::ratelimit::redis::RedisRateLimitLayer)> {
     use crate::ratelimit::redis::RedisRateLimitLayer;
-    let key = key_by(&rl.key, &format!("{here}.key"), problems);
-    let qs = quotas(&rl.quotas, &format!("{here}.quotas"), problems);
-    if rl.quotas.is_empty() {
-        problems.push(format!("{here}.quotas"), "at least one quota");
-    }
-    let options = crate::gateway::limits::options(rl, here, place, problems);
-    let (key, options) = (key?, options?);
-    if qs.len() != rl.quotas.len() {
-        return None;
-    }
+    let (key, qs, options) = section(rl, here, place, problems)?;
     let Some(redis) = redis else {
         problems.push(format!("{here}.redis"), "no `[redis]` is configured");
         return None;
