@@ -194,6 +194,15 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
     }
 }
 
+// === answered panics ===
+
+/// In a response's extensions: the answer a layer gave in place of a
+/// panic under it (see [`OpenAiErrors`](crate::model::OpenAiErrors)), so
+/// that the server still counts the panic (`ServerStats::panics`) though
+/// it did not catch it itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AnsweredPanic;
+
 // === Dispatch ===
 
 pin_project! {

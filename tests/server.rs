@@ -614,6 +614,50 @@ async fn a_panic_in_the_services_call_is_a_500_too() {
     finished(task).await;
 }
 
+/// Under `OpenAiErrors` (outermost on a gateway's AI routes) a panic is
+/// answered in OpenAI's error shape, where the server alone answers a
+/// problem+json that OpenAI SDKs do not read, in the service's future or
+/// in its `call`: a 500 `server_error`, its connection closed as the
+/// server's own answer closes it, and the panic counted by the server.
+#[tokio::test]
+async fn a_panic_under_openai_errors_is_answered_in_their_shape_and_counted() {
+    use switchyard::model::OpenAiErrorsLayer;
+    use tower::Layer;
+
+    let server = Server::builder().bind("127.0.0.1:0").await.unwrap();
+    let in_future = OpenAiErrorsLayer::new().layer(service_fn(panicking));
+    let (addr, handle, task) = serving(server, in_future);
+    let (mut send, status, body) = get_keeping(addr, "/panic").await.unwrap();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let doc: serde_json::Value = serde_json::from_str(&body).expect(&body);
+    assert_eq!(doc["error"]["type"], "server_error", "{body}");
+    assert_eq!(
+        doc["error"]["message"], "the server failed while handling the request",
+        "{body}"
+    );
+    let closed = tokio::time::timeout(HANG_GUARD, send.ready()).await;
+    assert!(closed.expect("the connection is closed").is_err());
+    let (status, body) = get(addr, "/").await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    let stats = handle.stats();
+    assert_eq!((stats.requests, stats.panics), (2, 1));
+    handle.shutdown(HANG_GUARD);
+    finished(task).await;
+
+    let server = Server::builder().bind("127.0.0.1:0").await.unwrap();
+    let in_call = OpenAiErrorsLayer::new().layer(PanicsInCall);
+    let (addr, handle, task) = serving(server, in_call);
+    let (status, body) = get(addr, "/panic").await.unwrap();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let doc: serde_json::Value = serde_json::from_str(&body).expect(&body);
+    assert_eq!(doc["error"]["type"], "server_error", "{body}");
+    let (status, body) = get(addr, "/").await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    assert_eq!(handle.stats().panics, 1);
+    handle.shutdown(HANG_GUARD);
+    finished(task).await;
+}
+
 /// A response body that panics when it is read past its head: `/panic`
 /// gets one, anything else an empty body.
 struct PanicsWhenRead(bool);

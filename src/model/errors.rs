@@ -2,11 +2,12 @@
 //! router, in the error shape OpenAI clients parse.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -64,6 +65,15 @@ impl<S> Layer<S> for OpenAiErrorsLayer {
 ///
 /// Every other response passes untouched, its body streamed: answers from
 /// the models, the router's own errors, gRPC statuses.
+///
+/// A panic under the layer (a bug: in the inner service's `call` or its
+/// future) is answered here too, as a 500 `server_error` with
+/// `Connection: close`, in place of the problem+json a server's own
+/// panic handling answers with; the inner future is dropped, never polled
+/// again. switchyard's `server::Server` closes the
+/// connection and counts the panic in its `ServerStats::panics`, as it
+/// does for a panic it catches itself. A panic in a response body, after
+/// the head went out, is left to the server.
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -135,9 +145,13 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        OpenAiErrorsFuture {
-            inner: self.inner.call(req),
-        }
+        // A panic under this layer is answered by it (see the type's docs).
+        let inner = &mut self.inner;
+        let state = match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req))) {
+            Ok(future) => State::Running { future },
+            Err(_) => State::Panicked,
+        };
+        OpenAiErrorsFuture { state }
     }
 }
 
@@ -145,7 +159,18 @@ pin_project! {
     /// Response future of [`OpenAiErrors`].
     pub struct OpenAiErrorsFuture<F> {
         #[pin]
-        inner: F,
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Running { #[pin] future: F },
+        // The inner service panicked, in `call` or in a poll of its
+        // future (which is dropped then, never polled again).
+        Panicked,
+        Done,
     }
 }
 
@@ -158,8 +183,24 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let res = ready!(self.project().inner.poll(cx))?;
-        Poll::Ready(Ok(reshape(res)))
+        let mut state = self.project().state;
+        let answer = match state.as_mut().project() {
+            StateProj::Running { future } => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Ok(Poll::Ready(result)) => {
+                        state.set(State::Done);
+                        return Poll::Ready(result.map(reshape));
+                    }
+                    Err(_) => panic_answer(),
+                }
+            }
+            StateProj::Panicked => panic_answer(),
+            // Polled again after its answer: an answer still, never a panic.
+            StateProj::Done => openai_answer(&Problem::new(StatusCode::INTERNAL_SERVER_ERROR)),
+        };
+        state.set(State::Done);
+        Poll::Ready(Ok(answer))
     }
 }
 
@@ -185,14 +226,36 @@ fn reshape<B>(res: Response<B>) -> Response<ResponseBody<B>> {
     };
     // The problem's own body is replaced, unread.
     drop(body);
-    let json = serde_json::to_vec(&from_problem(&problem)).unwrap_or_default();
-    parts
-        .headers
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    parts
-        .headers
-        .insert(CONTENT_LENGTH, HeaderValue::from(json.len()));
-    Response::from_parts(parts, ResponseBody::full(json))
+    let (answer, body) = openai_answer(&problem).into_parts();
+    parts.headers.extend(answer.headers);
+    Response::from_parts(parts, body)
+}
+
+/// `problem` as an OpenAI error document: its status, and only the
+/// headers of the document itself.
+fn openai_answer<B>(problem: &Problem) -> Response<ResponseBody<B>> {
+    let json = serde_json::to_vec(&from_problem(problem)).unwrap_or_default();
+    let len = json.len();
+    let mut res = Response::new(ResponseBody::full(json));
+    *res.status_mut() = problem.status();
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    res
+}
+
+/// The answer to a panic under the layer: a 500 `server_error` that
+/// closes its connection, as the server's own answer to a panic does,
+/// marked for the server to count.
+#[cold]
+fn panic_answer<B>() -> Response<ResponseBody<B>> {
+    let problem = Problem::new(StatusCode::INTERNAL_SERVER_ERROR)
+        .detail("the server failed while handling the request");
+    let mut res = openai_answer(&problem);
+    res.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    res.extensions_mut().insert(crate::future::AnsweredPanic);
+    res
 }
 
 /// The OpenAI error for a problem: its message, and a type and code by

@@ -560,7 +560,18 @@ where
             )));
         }
         Poll::Ready(match result {
-            Ok(res) => Ok(res.map(|b| OutgoingBody::new(ResponseBody::new(b), in_flight))),
+            Ok(res) => {
+                // A layer answered a panic under it in its own shape
+                // (`OpenAiErrors`): counted as the server's own would be.
+                if res
+                    .extensions()
+                    .get::<crate::future::AnsweredPanic>()
+                    .is_some()
+                {
+                    in_flight.count_panic();
+                }
+                Ok(res.map(|b| OutgoingBody::new(ResponseBody::new(b), in_flight)))
+            }
             Err(e) => Err(e),
         })
     }

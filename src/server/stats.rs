@@ -69,6 +69,8 @@ pub struct ServerStats {
     /// future, each answered with the server's 500 and its connection
     /// closed, or in the response body, after the head went out, which
     /// cuts its connection (over HTTP/2, resets its stream; see the
-    /// [module docs](super)). Anything but zero is a bug to look into.
+    /// [module docs](super)). Also the panics a layer answered in its own
+    /// shape (`model::OpenAiErrors` on AI routes).
+    /// Anything but zero is a bug to look into.
     pub panics: u64,
 }
