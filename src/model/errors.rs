@@ -70,10 +70,10 @@ impl<S> Layer<S> for OpenAiErrorsLayer {
 /// future) is answered here too, as a 500 `server_error` with
 /// `Connection: close`, in place of the problem+json a server's own
 /// panic handling answers with; the inner future is dropped, never polled
-/// again. switchyard's `server::Server` closes the
-/// connection and counts the panic in its `ServerStats::panics`, as it
-/// does for a panic it catches itself. A panic in a response body, after
-/// the head went out, is left to the server.
+/// again. switchyard's `server::Server` closes the connection and counts
+/// the panic in its `ServerStats::panics`, as it does for a panic it
+/// catches itself. A panic in a response body, after the head went out,
+/// is left to the server.
 ///
 /// ```
 /// use std::convert::Infallible;
