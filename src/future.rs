@@ -200,6 +200,7 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 /// panic under it (see [`OpenAiErrors`](crate::model::OpenAiErrors)), so
 /// that the server still counts the panic (`ServerStats::panics`) though
 /// it did not catch it itself.
+#[cfg(feature = "json")]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct AnsweredPanic;
 

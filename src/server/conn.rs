@@ -563,6 +563,7 @@ where
             Ok(res) => {
                 // A layer answered a panic under it in its own shape
                 // (`OpenAiErrors`): counted as the server's own would be.
+                #[cfg(feature = "json")]
                 if res
                     .extensions()
                     .get::<crate::future::AnsweredPanic>()
