@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
@@ -226,22 +226,25 @@ fn reshape<B>(res: Response<B>) -> Response<ResponseBody<B>> {
     };
     // The problem's own body is replaced, unread.
     drop(body);
-    let (answer, body) = openai_answer(&problem).into_parts();
-    parts.headers.extend(answer.headers);
+    let body = openai_body(&problem, &mut parts.headers);
     Response::from_parts(parts, body)
 }
 
-/// `problem` as an OpenAI error document: its status, and only the
-/// headers of the document itself.
-fn openai_answer<B>(problem: &Problem) -> Response<ResponseBody<B>> {
+/// `problem`'s OpenAI error document as a body, its `Content-Type` and
+/// `Content-Length` set in `headers`.
+fn openai_body<B>(problem: &Problem, headers: &mut HeaderMap) -> ResponseBody<B> {
     let json = serde_json::to_vec(&from_problem(problem)).unwrap_or_default();
-    let len = json.len();
-    let mut res = Response::new(ResponseBody::full(json));
-    *res.status_mut() = problem.status();
-    let headers = res.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
-    res
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(json.len()));
+    ResponseBody::full(json)
+}
+
+/// A response of `problem`'s status with its OpenAI error document.
+fn openai_answer<B>(problem: &Problem) -> Response<ResponseBody<B>> {
+    let mut res = Response::new(());
+    *res.status_mut() = problem.status();
+    let body = openai_body(problem, res.headers_mut());
+    res.map(|()| body)
 }
 
 /// The answer to a panic under the layer: a 500 `server_error` that
