@@ -73,7 +73,9 @@ pin_project! {
         // trailers, then the rest of the body it read them from, if any.
         Held {
             data: Option<Bytes>,
-            trailers: Option<HeaderMap>,
+            // Boxed, being rare: inline, a header map would make every
+            // body, the ones passed through too, three times as large.
+            trailers: Option<Box<HeaderMap>>,
             // Boxed: the layer polled it inside its own pinned future before
             // deciding to hand it on, and a pinned value cannot move.
             rest: Option<Pin<Box<B>>>,
@@ -85,7 +87,7 @@ impl<B> Kind<B> {
     fn held(data: Bytes, trailers: Option<HeaderMap>, rest: Option<Pin<Box<B>>>) -> Self {
         Kind::Held {
             data: (!data.is_empty()).then_some(data),
-            trailers,
+            trailers: trailers.map(Box::new),
             rest,
         }
     }
@@ -306,7 +308,7 @@ fn describe<B>(kind: &Kind<B>, f: &mut std::fmt::Formatter<'_>, name: &str) -> s
 #[inline(never)]
 fn poll_held<B: Body<Data = Bytes>>(
     data: &mut Option<Bytes>,
-    trailers: &mut Option<HeaderMap>,
+    trailers: &mut Option<Box<HeaderMap>>,
     rest: &mut Option<Pin<Box<B>>>,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
@@ -314,7 +316,7 @@ fn poll_held<B: Body<Data = Bytes>>(
         return Poll::Ready(Some(Ok(Frame::data(data))));
     }
     if let Some(trailers) = trailers.take() {
-        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        return Poll::Ready(Some(Ok(Frame::trailers(*trailers))));
     }
     match rest {
         Some(rest) => rest.as_mut().poll_frame(cx),

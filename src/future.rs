@@ -233,7 +233,10 @@ pin_project! {
     where
         S: Service<Req>,
     {
-        Waiting { svc: S, req: Option<Req> },
+        // Boxed, being rare (every layer of a route is ready at once but
+        // a limiter at its cap): inline, the request would make every
+        // `Dispatch` as large as a request, moved with it on each call.
+        Waiting { waiting: Box<(S, Option<Req>)> },
         Called { #[pin] future: S::Future },
         Failed { error: Option<S::Error> },
     }
@@ -250,8 +253,7 @@ impl<S: Service<Req>, Req> Dispatch<S, Req> {
             },
             Poll::Ready(Err(error)) => DispatchState::Failed { error: Some(error) },
             Poll::Pending => DispatchState::Waiting {
-                svc,
-                req: Some(req),
+                waiting: Box::new((svc, Some(req))),
             },
         };
         Self { state }
@@ -272,7 +274,8 @@ impl<S: Service<Req>, Req> Future for Dispatch<S, Req> {
                     // the caller, but never a panic here.
                     None => return Poll::Pending,
                 },
-                DispatchProj::Waiting { svc, req } => {
+                DispatchProj::Waiting { waiting } => {
+                    let (svc, req) = &mut **waiting;
                     if let Err(e) = ready!(svc.poll_ready(cx)) {
                         return Poll::Ready(Err(e));
                     }

@@ -72,8 +72,10 @@ pin_project_lite::pin_project! {
         Sent { #[pin] sent: hyper_util::client::legacy::ResponseFuture },
         // Handed to the lean pool.
         Pooled { #[pin] sent: super::pool::Exchange },
-        // Answered without asking the upstream (taken when polled).
-        Answered { res: Option<Response<ResponseBody<Incoming>>> },
+        // Answered without asking the upstream (taken when polled). Boxed,
+        // being rare: inline, a whole response would make every
+        // request's future larger (it is moved into place each request).
+        Answered { res: Option<Box<Response<ResponseBody<Incoming>>>> },
     }
 }
 
@@ -85,7 +87,9 @@ impl ResponseFuture {
         grpc: bool,
     ) -> Self {
         Self {
-            state: State::Answered { res: Some(res) },
+            state: State::Answered {
+                res: Some(Box::new(res)),
+            },
             inner,
             grpc,
             upgrade: None,
@@ -223,10 +227,14 @@ impl Future for ResponseFuture {
                     }
                 }
                 StateProj::Answered { res } => {
-                    return Poll::Ready(Ok(res.take().unwrap_or_else(|| {
-                        // Polled again after completing: answer, never panic.
-                        answer(*this.grpc, Problem::new(StatusCode::INTERNAL_SERVER_ERROR))
-                    })));
+                    return Poll::Ready(Ok(res.take().map_or_else(
+                        || {
+                            // Polled again after completing: answer, never
+                            // panic.
+                            answer(*this.grpc, Problem::new(StatusCode::INTERNAL_SERVER_ERROR))
+                        },
+                        |res| *res,
+                    )));
                 }
             };
             *this.pending = None;

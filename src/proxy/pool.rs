@@ -177,50 +177,165 @@ impl Pool {
             None => (None, None),
         };
         let pool = Arc::clone(self);
-        let exchange = Box::pin(async move {
-            let mut req = req;
-            let mut pooled = pooled;
-            loop {
-                let reused = pooled.is_some();
-                let mut sender = match pooled.take() {
-                    Some(sender) => sender,
-                    None => pool.connect(&endpoint).await?,
-                };
-                if let Err(e) = sender.ready().await {
-                    if reused {
-                        // Closed while idle: another, or a new one.
-                        pooled = pool.checkout(&endpoint).map(|(sender, _)| sender);
-                        continue;
-                    }
-                    return Err(Error::Http(e));
-                }
-                match sender.try_send_request(req).await {
-                    Ok(res) => {
-                        return Ok((
-                            res,
-                            Checkin {
-                                sender,
-                                pool,
-                                endpoint,
-                                timer: None,
-                            },
-                        ));
-                    }
-                    Err(mut e) => match e.take_message() {
-                        // The connection closed before taking the request
-                        // (the upstream closed it while idle): nothing was
-                        // sent, so it goes again, on a new connection
-                        // after a reused one failed this way.
-                        Some(back) if reused => {
-                            req = back;
-                            pooled = pool.checkout(&endpoint).map(|(sender, _)| sender);
-                        }
-                        _ => return Err(Error::Http(e.into_error())),
-                    },
-                }
+        if let Some(mut sender) = pooled {
+            // The common case: an idle connection that wants a request
+            // takes this one now, and the exchange is only the wait for
+            // its answer ([`Sent`]). That future is some 300 bytes against
+            // the whole loop's 850 (whose connect and readiness states it
+            // does not carry), and it is moved into its box every request.
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if let Poll::Ready(Ok(())) = sender.poll_ready(&mut cx) {
+                let exchange = Box::pin(Sent::Waiting {
+                    sent: sender.try_send_request(req),
+                    rest: Some((sender, pool, endpoint)),
+                });
+                return (exchange, timer);
             }
-        });
-        (exchange, timer)
+            // Not ready (closing, or still busy with its last exchange):
+            // the loop waits for it or takes another.
+            return (
+                Pool::boxed_exchange(pool, endpoint, req, Some(sender)),
+                timer,
+            );
+        }
+        (Pool::boxed_exchange(pool, endpoint, req, None), timer)
+    }
+
+    /// [`exchange`](Self::exchange), boxed: an [`Exchange`] of its own
+    /// for a request that no idle connection took at once, and the retry
+    /// of [`Sent`].
+    fn boxed_exchange(
+        pool: Arc<Self>,
+        endpoint: Arc<Endpoint>,
+        req: Request<ProxyBody>,
+        pooled: Option<Sender>,
+    ) -> Exchange {
+        Box::pin(pool.exchange(endpoint, req, pooled))
+    }
+
+    /// Sends `req` on `pooled` (an idle connection taken from the pool,
+    /// when it is ready) or on another or a new one.
+    async fn exchange(
+        self: Arc<Self>,
+        endpoint: Arc<Endpoint>,
+        mut req: Request<ProxyBody>,
+        mut pooled: Option<Sender>,
+    ) -> Result<(Response<Incoming>, Checkin), Error> {
+        loop {
+            let reused = pooled.is_some();
+            let mut sender = match pooled.take() {
+                Some(sender) => sender,
+                None => self.connect(&endpoint).await?,
+            };
+            if let Err(e) = sender.ready().await {
+                if reused {
+                    // Closed while idle: another, or a new one.
+                    pooled = self.checkout(&endpoint).map(|(sender, _)| sender);
+                    continue;
+                }
+                return Err(Error::Http(e));
+            }
+            match sender.try_send_request(req).await {
+                Ok(res) => {
+                    return Ok((
+                        res,
+                        Checkin {
+                            sender,
+                            pool: self,
+                            endpoint,
+                            timer: None,
+                        },
+                    ));
+                }
+                Err(mut e) => match e.take_message() {
+                    // The connection closed before taking the request
+                    // (the upstream closed it while idle): nothing was
+                    // sent, so it goes again, on a new connection after
+                    // a reused one failed this way.
+                    Some(back) if reused => {
+                        req = back;
+                        pooled = self.checkout(&endpoint).map(|(sender, _)| sender);
+                    }
+                    _ => return Err(Error::Http(e.into_error())),
+                },
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The exchange of a request an idle connection took at once (see
+    /// [`Pool::send`]): hyper's answer awaited, and the request sent
+    /// again on another connection if this one had closed before taking
+    /// it. A future of its own rather than an `async` block: the block
+    /// would keep room for hyper's future twice (as captured and as
+    /// awaited) and for its result across the retry's wait, over 1 KiB
+    /// moved into its box on every request.
+    #[project = SentProj]
+    enum Sent<F> {
+        Waiting {
+            #[pin]
+            sent: F,
+            // Taken when the answer comes.
+            rest: Option<(Sender, Arc<Pool>, Arc<Endpoint>)>,
+        },
+        Again { again: Exchange },
+        Done,
+    }
+}
+
+impl<F> Future for Sent<F>
+where
+    F: Future<
+        Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>>,
+    >,
+{
+    type Output = Result<(Response<Incoming>, Checkin), Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (result, (sender, pool, endpoint)) = match self.as_mut().project() {
+            SentProj::Waiting { sent, rest } => {
+                let result = std::task::ready!(sent.poll(cx));
+                let Some(rest) = rest.take() else {
+                    return Poll::Pending;
+                };
+                (result, rest)
+            }
+            SentProj::Again { again } => return again.as_mut().poll(cx),
+            // Polled again after completing: a breach by the caller, never
+            // a panic here.
+            SentProj::Done => return Poll::Pending,
+        };
+        match result {
+            Ok(res) => {
+                self.set(Sent::Done);
+                Poll::Ready(Ok((
+                    res,
+                    Checkin {
+                        sender,
+                        pool,
+                        endpoint,
+                        timer: None,
+                    },
+                )))
+            }
+            Err(mut e) => match e.take_message() {
+                // Closed by the upstream while idle, before taking the
+                // request: it goes again, as in the loop.
+                Some(back) => {
+                    drop(sender);
+                    let again = pool.checkout(&endpoint).map(|(sender, _)| sender);
+                    self.set(Sent::Again {
+                        again: Pool::boxed_exchange(pool, endpoint, back, again),
+                    });
+                    self.poll(cx)
+                }
+                None => {
+                    self.set(Sent::Done);
+                    Poll::Ready(Err(Error::Http(e.into_error())))
+                }
+            },
+        }
     }
 }
 

@@ -436,7 +436,10 @@ where
                             let fresh = svc.clone();
                             let asked = std::mem::replace(&mut *svc, fresh);
                             Call::Waiting {
-                                dispatch: Dispatch::new(MapErr::new(asked, Into::into), req),
+                                dispatch: Box::pin(Dispatch::new(
+                                    MapErr::new(asked, Into::into),
+                                    req,
+                                )),
                             }
                         }
                     }
@@ -469,10 +472,11 @@ pin_project! {
         Called { #[pin] future: S::Future },
         // The instance that was not ready, awaited (a clone took its
         // place). Errors boxed when they happen: the future holds no
-        // `S::Error` (which need not be `Send`).
+        // `S::Error` (which need not be `Send`). Boxed, being rare: inline,
+        // its request would make every request's future as large as a
+        // request (hyper moves that future three times a request).
         Waiting {
-            #[pin]
-            dispatch: Dispatch<MapErr<S, fn(S::Error) -> BoxError>, Request<IncomingBody>>,
+            dispatch: Pin<Box<Dispatch<MapErr<S, fn(S::Error) -> BoxError>, Request<IncomingBody>>>>,
         },
         Failed { error: Option<BoxError> },
         // The service panicked: answered with a 500, never polled (the
@@ -519,7 +523,7 @@ where
                 CallProj::Called { future } => {
                     result = Some(ready!(future.poll(cx)).map_err(Into::into));
                 }
-                CallProj::Waiting { dispatch } => result = Some(ready!(dispatch.poll(cx))),
+                CallProj::Waiting { dispatch } => result = Some(ready!(dispatch.as_mut().poll(cx))),
                 CallProj::Failed { error } => {
                     result = Some(Err(error
                         .take()

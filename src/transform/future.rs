@@ -95,7 +95,10 @@ pin_project! {
             #[pin]
             body: ReqB,
             head: Option<Box<BufferedHead<S>>>,
-            collector: Collector,
+            // Boxed, as the heads are: a rewrite that reads a body is the
+            // rare case, and inline these would make every request's
+            // future, `Calling` too, eight times as large.
+            collector: Box<Collector>,
             shared: Arc<Shared>,
         },
         Calling {
@@ -106,8 +109,8 @@ pin_project! {
         // Reading the response body to rewrite it.
         Reading {
             body: Option<Pin<Box<ResB>>>,
-            head: Option<(response::Parts, Box<ResponsePlan>)>,
-            collector: Collector,
+            head: Option<Box<(response::Parts, Box<ResponsePlan>)>>,
+            collector: Box<Collector>,
             shared: Arc<Shared>,
         },
         Rejected {
@@ -222,7 +225,7 @@ where
                 response: plan.response,
                 limit,
             })),
-            collector: Collector::new(limit),
+            collector: Box::new(Collector::new(limit)),
             shared: Arc::clone(shared),
         },
     }
@@ -336,8 +339,8 @@ where
                     }
                     State::Reading {
                         body: Some(Box::pin(body)),
-                        head: Some((parts, plan)),
-                        collector: Collector::new(limit),
+                        head: Some(Box::new((parts, plan))),
+                        collector: Box::new(Collector::new(limit)),
                         shared,
                     }
                 }
@@ -351,10 +354,10 @@ where
                         return Poll::Ready(Ok(polled_after_completion()));
                     };
                     let read = ready!(collector.poll_collect(rest.as_mut(), cx));
-                    let (Some(rest), Some((mut parts, mut plan))) = (body.take(), head.take())
-                    else {
+                    let (Some(rest), Some(head)) = (body.take(), head.take()) else {
                         return Poll::Ready(Ok(polled_after_completion()));
                     };
+                    let (mut parts, mut plan) = *head;
                     let stats = &shared.stats;
                     let collected = collector.take();
                     let ops = std::mem::take(&mut plan.body);
