@@ -30,33 +30,8 @@ if [ -z "$bin" ]; then
     bin=target/by-source/release/examples/gateway
 fi
 
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2> /dev/null || true
-    done
-}
-trap cleanup EXIT
-
-cat > "$dir/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-error_log $dir/nginx.err;
-pid $dir/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:28081; location / { return 200 "blue\n"; } }
-  server { listen 127.0.0.1:28082; location / { return 200 "green\n"; } }
-}
-CONF
-taskset -c 0 nginx -c "$dir/nginx.conf" -p "$dir" &
-pids+=($!)
-
-sed -e 's/BLUE_ADDR/127.0.0.1:28081/' -e 's/GREEN_ADDR/127.0.0.1:28082/' \
-    benches/vs_proxies/switchyard.toml > "$dir/gateway.toml"
-printf '\n[server]\nthreads = 1\n' >> "$dir/gateway.toml"
+. benches/vs_proxies/upstreams.sh
+upstreams benches/vs_proxies/switchyard.toml
 
 taskset -c 1 valgrind --tool=callgrind --cache-sim=yes --dump-instr=yes \
     --I1=32768,8,64 --D1=32768,8,64 --LL=8388608,16,64 --instr-atstart=no \

@@ -16,33 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${1:-target/release/examples/gateway}
 config=${2:-benches/vs_proxies/switchyard.toml}
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2> /dev/null || true
-    done
-}
-trap cleanup EXIT
-
+. benches/vs_proxies/upstreams.sh
 gcc -O2 -shared -fPIC -o "$dir/moves.so" benches/vs_proxies/moves.c -ldl
-cat > "$dir/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-error_log $dir/nginx.err;
-pid $dir/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:28081; location / { return 200 "blue\n"; } }
-  server { listen 127.0.0.1:28082; location / { return 200 "green\n"; } }
-}
-CONF
-taskset -c 0 nginx -c "$dir/nginx.conf" -p "$dir" &
-pids+=($!)
-sed -e 's/BLUE_ADDR/127.0.0.1:28081/' -e 's/GREEN_ADDR/127.0.0.1:28082/' "$config" > "$dir/gateway.toml"
-printf '\n[server]\nthreads = 1\n' >> "$dir/gateway.toml"
+upstreams "$config"
 
 MOVES_OUT="$dir/moves.out" LD_PRELOAD="$dir/moves.so" taskset -c 1 "$bin" \
     --config "$dir/gateway.toml" --listen 127.0.0.1:28080 \
